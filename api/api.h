@@ -1,0 +1,146 @@
+/*
+ * api.h — the REST API of ../shared/API.md, on top of core/http and db/pg.
+ *
+ * main.c builds one sl_app_t, registers every route file's routes into the
+ * router, and dispatches each request to its route. Route files (api/*.c) are
+ * thin: parse and validate input, run one parameterised batch in Postgres
+ * (JSON documents are built by SQL functions from db/migrations/002_json.sql),
+ * and answer. Every query filters on the caller's tenant_id, so another
+ * tenant's object is a 404.
+ */
+#ifndef SL_API_H
+#define SL_API_H
+
+#include <jansson.h>
+#include <event2/event.h>
+
+#include "core/config.h"
+#include "core/http.h"
+#include "core/metrics.h"
+#include "core/storage.h"
+#include "core/workq.h"
+#include "db/pg.h"
+
+#define SL_MAX_STEPS 16
+
+/** A pipeline as the API knows it: name, the MIME patterns it matches, its steps. */
+typedef struct sl_pipeline_def_s {
+    char name[64];
+    char *match[SL_CONFIG_MAX_MATCH + 1]; /* borrowed from config or static defaults */
+    int nsteps;
+    char steps[SL_MAX_STEPS][32];
+} sl_pipeline_def_t;
+
+typedef struct sl_app_s {
+    struct event_base *base;
+    sl_config_t *cfg;          /* owned by main */
+    sl_pg_t *pg;               /* owned by main */
+    sl_workq_t *wq;            /* owned by main */
+    sl_store_t *store;         /* owned by main */
+    sl_http_server_t *http;    /* owned by main */
+    sl_http_router_t *router;  /* owned by main */
+    char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
+    int npipelines;
+    sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
+    int active_uploads;        /* uploads in progress in this process */
+
+    /* metrics families, registered in main */
+    sl_metric_t *m_requests;   /* sluice_http_requests_total{route,status} */
+    sl_metric_t *m_latency;    /* sluice_http_request_duration_seconds{route} */
+    sl_metric_t *m_upload_bytes; /* sluice_upload_bytes_total */
+    sl_metric_t *m_upload_files; /* sluice_upload_files_total */
+} sl_app_t;
+
+/* ---- authentication ---- */
+
+/**
+ * Called with the caller's tenant id (borrowed until the callback returns;
+ * copy it if an async step follows). Never called on failure: sl_api_auth
+ * has then answered 401 (missing/bad key) or 503 (database down) itself.
+ */
+typedef void (*sl_api_auth_cb)(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                               void *arg);
+
+/**
+ * Authenticates `Authorization: Bearer <key>` (or, when allow_query_token,
+ * `?access_token=`). Looks the sha256 of the key up in api_keys. The callback
+ * runs on a later loop turn.
+ */
+void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
+                 void *arg);
+
+/** True if the request carries the admin key (constant-time compare). */
+int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req);
+
+/* ---- responses ---- */
+
+/** Answers with a JSON value (takes `v`, encodes compactly). */
+void sl_api_json(sl_http_req_t *req, int status, json_t *v);
+
+/** Answers with JSON text already encoded (borrowed; copied). */
+void sl_api_json_text(sl_http_req_t *req, int status, const char *text, size_t len);
+
+/**
+ * Answers a failed database batch: 503 "database_unavailable" with Retry-After
+ * when Postgres is down, 500 "internal_error" otherwise (logged with the
+ * request id).
+ */
+void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r);
+
+/**
+ * Reads a JSON object body (up to cfg->max_json_bytes) and calls cb with it
+ * (borrowed; cb may json_incref). Answers 400 "invalid_json" / 413 itself,
+ * without calling cb, for a malformed or oversized body or one that is not an
+ * object.
+ */
+typedef void (*sl_api_json_body_cb)(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg);
+void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg);
+
+/* ---- pipelines ---- */
+
+/** True if `mime` matches a pattern like "image/*", "text/plain" or "*\/\*". */
+int sl_api_mime_match(const char *pattern, const char *mime);
+
+/** Fills app->pipelines from config (or the shipped defaults). */
+int sl_api_load_pipelines(sl_app_t *app);
+
+/* ---- route registration: one per route file ---- */
+void sl_api_register_tenants(sl_app_t *app);   /* POST /v1/admin/tenants */
+void sl_api_register_datasets(sl_app_t *app);  /* /v1/datasets, /v1/datasets/{id} */
+void sl_api_register_upload(sl_app_t *app);    /* POST /v1/datasets/{id}/files */
+void sl_api_register_files(sl_app_t *app);     /* file get/list/delete/process/events */
+void sl_api_register_records(sl_app_t *app);   /* GET /v1/datasets/{id}/records */
+void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs */
+void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
+
+/* ---- idempotency (shared by upload and process) ---- */
+
+/**
+ * Idempotency-Key handling. sl_api_idem_begin() reserves (tenant, key): the
+ * callback gets SL_IDEM_NEW (go on; finish with sl_api_idem_store_stmt in the
+ * same batch as the work), SL_IDEM_REPLAYED (the stored first response was sent
+ * already; do nothing more), or the request was answered with 409
+ * "idempotency_in_progress" / 503 and the callback is not called.
+ * Keys longer than 255 bytes get 400. A request without the header gets
+ * SL_IDEM_NONE at once (on a later turn).
+ */
+enum { SL_IDEM_NONE = 0, SL_IDEM_NEW = 1, SL_IDEM_REPLAYED = 2 };
+typedef void (*sl_api_idem_cb)(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg);
+void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                       const char *endpoint, sl_api_idem_cb cb, void *arg);
+/** Adds to batch b the statement recording the response (status, body) for the key. */
+int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *key, int status,
+                           const char *body);
+/** Releases a reservation after a failed request (fire and forget). */
+void sl_api_idem_release(sl_app_t *app, const char *tenant_id, const char *key);
+
+/* ---- signed URLs ---- */
+
+/** Signs "/v1/blobs/{artifact_id}?expires=...&sig=..." valid for ttl_s; into out. */
+int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_s, char *out,
+                         size_t outlen, char *expires_at_rfc3339, size_t exlen);
+/** 1 if sig is valid for (artifact_id, expires) and expires is in the future. */
+int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
+                          const char *sig);
+
+#endif

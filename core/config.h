@@ -1,0 +1,117 @@
+/*
+ * config.h — the YAML configuration (libfyaml), validated at start.
+ *
+ * One file, given by --config PATH or SLUICE_CONFIG. Scalar values may use
+ * ${NAME} (error if NAME is unset) and ${NAME:-default}. Every error names the
+ * file, the line and the key: "sluice.yaml:12: limits.max_file_bytes: must be a
+ * positive integer". Unknown keys are errors too (they are usually typos).
+ * Keys and their meaning: API.md "Configuration keys" plus the additions
+ * documented in README.md ("Configuration reference").
+ */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_CONFIG_MAX_SERVICES 16
+#define SL_CONFIG_MAX_PIPELINES 32
+#define SL_CONFIG_MAX_MATCH 16
+#define SL_CONFIG_MAX_ARGV 32
+#define SL_CONFIG_MAX_TENANTS 16
+
+/**
+ * A service section (tika, ocr, textract, openai, or any other name). Every
+ * string is owned by the config. `configured` is 0 when the section is absent
+ * or empty: steps calling it fail with not_configured.
+ */
+typedef struct sl_config_service_s {
+    char *name;
+    int configured;
+    char *url;                /* tika: url; openai: base_url; textract: endpoint */
+    char *region;             /* textract */
+    char *access_key_id;      /* textract */
+    char *secret_access_key;  /* textract */
+    char *api_key;            /* openai */
+    char *model;              /* openai */
+    char *command[SL_CONFIG_MAX_ARGV + 1]; /* ocr etc.: argv, NULL-terminated */
+    int timeout_ms;           /* per call (default 30000) */
+    int concurrency;          /* calls in flight at once (default 8) */
+    double rate_per_s;        /* outbound request rate, 0 = unlimited */
+    int retry_max_attempts;   /* default 3 */
+    int retry_base_ms;        /* default 500 */
+    int retry_max_ms;         /* default 30000 */
+} sl_config_service_t;
+
+typedef struct sl_config_pipeline_s {
+    char *name;
+    char *flow;               /* path of the Lua flow file */
+    char *match[SL_CONFIG_MAX_MATCH + 1]; /* MIME patterns ("image/*"), NULL-terminated */
+    int line;                 /* where it was declared, for errors */
+} sl_config_pipeline_t;
+
+typedef struct sl_config_tenant_s {
+    char *name;
+    char *api_key;            /* bootstrap key (stored hashed at start) */
+} sl_config_tenant_t;
+
+typedef struct sl_config_s {
+    char *path;               /* the file it was read from */
+    char *listen;             /* "127.0.0.1:8080" */
+    int workers;              /* processes (SO_REUSEPORT); default 1 */
+    char *database_url;
+    int database_pool;        /* connections per process; default 4 */
+    char *redis_url;          /* may be NULL: Redis not configured */
+    char *admin_key;          /* config admin_key, else env SLUICE_ADMIN_KEY; may be NULL */
+    char *public_url;         /* optional, for printed links */
+
+    char *storage_backend;    /* "fs" or "s3" */
+    char *storage_path;       /* fs */
+    char *s3_endpoint, *s3_bucket, *s3_region, *s3_access_key_id, *s3_secret_access_key;
+
+    /* limits */
+    int64_t max_file_bytes;        /* default 100 MiB */
+    int max_files_per_request;     /* default 1000 */
+    int64_t max_request_bytes;     /* whole upload body; default max_file_bytes * 2 + 1 MiB... see README */
+    size_t max_json_bytes;         /* JSON request bodies; default 1 MiB */
+    size_t max_header_bytes;       /* default 64 KiB */
+    int max_connections;           /* default 10000 */
+    int header_timeout_ms, idle_timeout_ms, body_timeout_ms;
+
+    char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
+    char *web_root;           /* static UI folder; default "web" */
+
+    int nservices;
+    sl_config_service_t services[SL_CONFIG_MAX_SERVICES];
+    int npipelines;           /* 0 with has_pipelines = 0: the shipped defaults apply */
+    int has_pipelines;
+    sl_config_pipeline_t pipelines[SL_CONFIG_MAX_PIPELINES];
+    int ntenants;
+    sl_config_tenant_t tenants[SL_CONFIG_MAX_TENANTS];
+} sl_config_t;
+
+/**
+ * Loads and validates `path` (borrowed). On success returns 0 and an owned
+ * config in *out. On failure returns SL_ECONFIG (or SL_EIO / SL_ENOMEM) and
+ * writes a one-line message naming file, line and key into errbuf.
+ */
+int sl_config_load(const char *path, sl_config_t **out, char *errbuf, size_t errlen);
+
+/** Same, from a string; `name` is used in error messages in place of a path. */
+int sl_config_load_string(const char *yaml, size_t len, const char *name, sl_config_t **out,
+                          char *errbuf, size_t errlen);
+
+/** The service section `name`, or NULL when absent. Borrowed from cfg. */
+const sl_config_service_t *sl_config_service(const sl_config_t *cfg, const char *name);
+
+/** Frees everything. */
+void sl_config_free(sl_config_t *cfg);
+
+/**
+ * Expands ${NAME} and ${NAME:-default} in `in` into out. Returns the length, or
+ * SL_EINVAL with the unset variable's name in errbuf, SL_ETOOBIG if out is short.
+ * Exposed for tests.
+ */
+int sl_config_expand(const char *in, char *out, size_t outlen, char *errbuf, size_t errlen);
+
+#endif

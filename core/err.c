@@ -1,0 +1,24 @@
+/* err.c — sl_strerror(): stable names for SL_E* codes. */
+#include "err.h"
+
+const char *sl_strerror(int err)
+{
+    switch (err) {
+    case SL_OK: return "ok";
+    case SL_ENOMEM: return "out_of_memory";
+    case SL_EINVAL: return "invalid";
+    case SL_ETIMEDOUT: return "timeout";
+    case SL_ECLOSED: return "closed";
+    case SL_ECANCELED: return "cancelled";
+    case SL_EIO: return "io_error";
+    case SL_ETOOBIG: return "too_large";
+    case SL_EUNAVAIL: return "unavailable";
+    case SL_ENOTFOUND: return "not_found";
+    case SL_EEXIST: return "exists";
+    case SL_EAGAIN: return "again";
+    case SL_EPROTO: return "protocol_error";
+    case SL_ECONFIG: return "config_error";
+    case SL_EDB: return "db_error";
+    }
+    return "unknown_error";
+}

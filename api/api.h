@@ -43,6 +43,8 @@ typedef struct sl_app_s {
     int npipelines;
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
     int active_uploads;        /* uploads in progress in this process */
+    int redis_up;              /* 1 while the Redis connection is up (for /readyz) */
+    const char *instance_id;   /* this process's id (lease owner, logs) */
 
     /* metrics families, registered in main */
     sl_metric_t *m_requests;   /* sluice_http_requests_total{route,status} */
@@ -95,6 +97,11 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r);
  */
 typedef void (*sl_api_json_body_cb)(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg);
 void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg);
+
+/**
+ * The route callback's params are borrowed for the call only: copy the values
+ * you keep. Route callbacks are registered with arg = the sl_app_t.
+ */
 
 /* ---- pipelines ---- */
 

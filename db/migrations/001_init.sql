@@ -30,7 +30,7 @@ CREATE TABLE datasets (
     id            uuid PRIMARY KEY,
     tenant_id     uuid NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
     name          text NOT NULL,
-    record_schema jsonb NOT NULL,
+    record_schema json NOT NULL,                -- json, not jsonb: keeps the property order (CSV columns)
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX datasets_tenant ON datasets (tenant_id, created_at DESC);

@@ -1,1 +1,433 @@
-int main(void){return 0;}
+/*
+ * main.c — the sluice executable: configuration, wiring, the event loop.
+ *
+ *   sluice [serve] --config PATH   serve (migrates the database first)
+ *   sluice migrate --config PATH   apply schema migrations and exit
+ *   sluice --version | --help
+ *
+ * One event loop per process. With `workers: N` the parent forks N serving
+ * children that share the listening port through SO_REUSEPORT (the same way N
+ * machines scale) and restarts none of them: a supervisor is the operator's.
+ * Start-up never waits for Postgres: migrations run on the worker pool and are
+ * retried with backoff, and until they are done /readyz and /v1 answer 503.
+ */
+#include "api/api.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SLUICE_VERSION "0.1.0"
+#define DRAIN_TIMEOUT_S 10
+
+static sl_app_t g_app;
+static char g_instance[128];
+
+/* ---- request dispatch ---- */
+
+static void dispatch_cb(sl_http_req_t *req, void *arg)
+{
+    sl_app_t *app = arg;
+    sl_http_route_cb cb;
+    void *cb_arg;
+    sl_http_params_t params;
+    const char *name = NULL;
+    const char *path = sl_http_req_path(req);
+    int m = sl_http_router_match(app->router, sl_http_req_method(req), path, &cb, &cb_arg, &params,
+                                 &name);
+    if (m == 0) {
+        sl_http_req_set_route(req, "not_found");
+        sl_http_respond_error(req, 404, "not_found", "no such endpoint", -1);
+        return;
+    }
+    if (m < 0) {
+        sl_http_req_set_route(req, "method_not_allowed");
+        sl_http_respond_error(req, 405, "method_not_allowed", "method not allowed here", -1);
+        return;
+    }
+    sl_http_req_set_route(req, name);
+    /* Until the schema is in place only the process-level endpoints answer. */
+    if (!app->schema_ready && strncmp(path, "/v1/", 4) == 0) {
+        sl_http_respond_error(req, 503, "database_unavailable",
+                              "the database is not reachable yet", 2);
+        return;
+    }
+    cb(req, &params, cb_arg);
+}
+
+static void finish_cb(sl_http_req_t *req, int status, double duration_s, void *arg)
+{
+    sl_app_t *app = arg;
+    const char *route = sl_http_req_route(req);
+    char code[8];
+    snprintf(code, sizeof code, "%d", status);
+    if (!route)
+        route = "unrouted";
+    sl_metrics_add(app->m_requests, 1, route, code);
+    sl_metrics_observe(app->m_latency, duration_s, route);
+    sl_log(status >= 500 ? SL_LOG_WARN : SL_LOG_INFO, "http_request",
+           "{s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:s}", "request_id", sl_http_req_id(req), "method",
+           sl_http_req_method(req), "path", sl_http_req_path(req), "route", route, "status",
+           status, "duration_s", duration_s, "body_bytes", (json_int_t)sl_http_req_body_bytes(req),
+           "peer", sl_http_req_peer(req));
+}
+
+/* ---- database start-up: migrate on the worker pool, retry until it works ---- */
+
+typedef struct migrate_job_s {
+    sl_app_t *app;
+    int err;
+    char errbuf[512];
+    char key[129];
+    struct event *retry;
+    int delay_ms;
+} migrate_job_t;
+
+static void migrate_work(void *arg)
+{
+    migrate_job_t *job = arg;
+    job->err = sl_pg_migrate(job->app->cfg->database_url, sl_pg_migrations, sl_pg_nmigrations,
+                             job->errbuf, sizeof job->errbuf);
+    if (job->err)
+        return;
+    /* The URL-signing key is shared by every instance through the database. */
+    PGconn *c = PQconnectdb(job->app->cfg->database_url);
+    PGresult *r = NULL;
+    if (PQstatus(c) == CONNECTION_OK)
+        r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        snprintf(job->key, sizeof job->key, "%s", PQgetvalue(r, 0, 0));
+    } else {
+        job->err = SL_EUNAVAIL;
+        snprintf(job->errbuf, sizeof job->errbuf, "cannot read settings: %s",
+                 PQerrorMessage(c));
+    }
+    PQclear(r);
+    PQfinish(c);
+}
+
+static void migrate_done(void *arg);
+
+static void migrate_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    migrate_job_t *job = arg;
+    (void)fd;
+    (void)what;
+    if (sl_workq_submit(job->app->wq, NULL, migrate_work, migrate_done, job) != 0)
+        event_add(job->retry, &(struct timeval){1, 0});
+}
+
+static void migrate_done(void *arg)
+{
+    migrate_job_t *job = arg;
+    sl_app_t *app = job->app;
+    if (job->err) {
+        sl_log(SL_LOG_WARN, "migrate_failed", "{s:s, s:i}", "error", job->errbuf, "retry_ms",
+               job->delay_ms);
+        struct timeval tv = {job->delay_ms / 1000, (job->delay_ms % 1000) * 1000};
+        event_add(job->retry, &tv);
+        job->delay_ms = job->delay_ms * 2 > 5000 ? 5000 : job->delay_ms * 2;
+        return;
+    }
+    snprintf(app->signing_key, sizeof app->signing_key, "%s", job->key);
+    app->schema_ready = 1;
+    sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
+    event_free(job->retry);
+    free(job);
+}
+
+static int start_migrations(sl_app_t *app)
+{
+    migrate_job_t *job = calloc(1, sizeof *job);
+    if (!job)
+        return SL_ENOMEM;
+    job->app = app;
+    job->delay_ms = 200;
+    job->retry = evtimer_new(app->base, migrate_retry_cb, job);
+    if (!job->retry || sl_workq_submit(app->wq, NULL, migrate_work, migrate_done, job) != 0) {
+        if (job->retry)
+            event_free(job->retry);
+        free(job);
+        return SL_ENOMEM;
+    }
+    return 0;
+}
+
+/* ---- metrics read at render time ---- */
+
+static double gauge_connections(void *arg)
+{
+    sl_app_t *app = arg;
+    return app->http ? (double)sl_http_server_connections(app->http) : 0;
+}
+static double gauge_uploads(void *arg)
+{
+    return ((sl_app_t *)arg)->active_uploads;
+}
+static double gauge_pg_up(void *arg)
+{
+    int total, up, busy, queued;
+    sl_pg_stats(((sl_app_t *)arg)->pg, &total, &up, &busy, &queued);
+    return up;
+}
+static double gauge_pg_busy(void *arg)
+{
+    int total, up, busy, queued;
+    sl_pg_stats(((sl_app_t *)arg)->pg, &total, &up, &busy, &queued);
+    return busy;
+}
+static double gauge_pg_queued(void *arg)
+{
+    int total, up, busy, queued;
+    sl_pg_stats(((sl_app_t *)arg)->pg, &total, &up, &busy, &queued);
+    return queued;
+}
+static double gauge_workq(void *arg)
+{
+    return (double)sl_workq_pending(((sl_app_t *)arg)->wq);
+}
+
+static void register_metrics(sl_app_t *app)
+{
+    static const double latency[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25,  0.5,   1,    2.5,   5,    10};
+    app->m_requests = sl_metrics_counter("sluice_http_requests_total",
+                                         "HTTP requests by route and status", "route,status");
+    app->m_latency = sl_metrics_histogram("sluice_http_request_duration_seconds",
+                                          "HTTP request latency by route", "route", latency,
+                                          (int)(sizeof latency / sizeof latency[0]));
+    app->m_upload_bytes =
+        sl_metrics_counter("sluice_upload_bytes_total", "Request body bytes of uploads", NULL);
+    app->m_upload_files =
+        sl_metrics_counter("sluice_upload_files_total", "Files stored by uploads", NULL);
+    sl_metrics_gauge_fn("sluice_http_open_connections", "Open HTTP connections",
+                        gauge_connections, app);
+    sl_metrics_gauge_fn("sluice_uploads_in_progress", "Uploads being received", gauge_uploads,
+                        app);
+    sl_metrics_gauge_fn("sluice_pg_connections_up", "Postgres pool connections up", gauge_pg_up,
+                        app);
+    sl_metrics_gauge_fn("sluice_pg_connections_busy", "Postgres pool connections running a batch",
+                        gauge_pg_busy, app);
+    sl_metrics_gauge_fn("sluice_pg_batches_queued", "Postgres batches waiting for a connection",
+                        gauge_pg_queued, app);
+    sl_metrics_gauge_fn("sluice_workq_jobs", "Jobs queued or running on the worker pool",
+                        gauge_workq, app);
+}
+
+/* ---- shutdown ---- */
+
+static struct event *g_sigterm, *g_sigint;
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+    sl_app_t *app = arg;
+    (void)what;
+    sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
+    if (app->http) {
+        sl_http_server_free(app->http); /* stop accepting; in-flight requests finish */
+        app->http = NULL;
+    }
+    event_del(g_sigterm);
+    event_del(g_sigint);
+    struct timeval tv = {DRAIN_TIMEOUT_S, 0};
+    event_base_loopexit(app->base, &tv);
+}
+
+/* ---- serving ---- */
+
+static int serve(sl_config_t *cfg)
+{
+    sl_app_t *app = &g_app;
+    int err;
+    char pid[32];
+    char rnd[9];
+    unsigned char rb[4];
+    sl_random_bytes(rb, sizeof rb);
+    sl_hex(rb, sizeof rb, rnd);
+    snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    snprintf(g_instance, sizeof g_instance, "%s-%s-%s", host, pid, rnd);
+
+    memset(app, 0, sizeof *app);
+    app->cfg = cfg;
+    app->instance_id = g_instance;
+    app->base = event_base_new();
+    if (!app->base)
+        return SL_ENOMEM;
+    register_metrics(app);
+
+    if ((err = sl_workq_new(app->base, 4, &app->wq)) != 0)
+        goto out;
+    if (strcmp(cfg->storage_backend, "fs") != 0) {
+        sl_log(SL_LOG_ERROR, "storage_unsupported", "{s:s}", "backend", cfg->storage_backend);
+        err = SL_ECONFIG;
+        goto out;
+    }
+    if ((err = sl_store_fs_open(app->wq, cfg->storage_path, &app->store)) != 0) {
+        sl_log(SL_LOG_ERROR, "storage_open_failed", "{s:s, s:s}", "path", cfg->storage_path,
+               "error", sl_strerror(err));
+        goto out;
+    }
+    if ((err = sl_pg_new(app->base, cfg->database_url, cfg->database_pool, 30000, &app->pg)) != 0)
+        goto out;
+    if ((err = sl_api_load_pipelines(app)) != 0)
+        goto out;
+    if ((err = start_migrations(app)) != 0)
+        goto out;
+
+    app->router = sl_http_router_new();
+    if (!app->router) {
+        err = SL_ENOMEM;
+        goto out;
+    }
+    sl_api_register_ops(app);
+    sl_api_register_tenants(app);
+    sl_api_register_datasets(app);
+    sl_api_register_upload(app);
+    sl_api_register_files(app);
+    sl_api_register_records(app);
+    sl_api_register_artifacts(app);
+
+    sl_http_limits_t limits;
+    sl_http_limits_default(&limits);
+    limits.max_header_bytes = cfg->max_header_bytes;
+    limits.max_connections = (size_t)cfg->max_connections;
+    limits.header_timeout_ms = cfg->header_timeout_ms;
+    limits.idle_timeout_ms = cfg->idle_timeout_ms;
+    limits.body_timeout_ms = cfg->body_timeout_ms;
+    if ((err = sl_http_server_new(app->base, cfg->listen, &limits, dispatch_cb, app,
+                                  &app->http)) != 0) {
+        sl_log(SL_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", cfg->listen, "error",
+               sl_strerror(err));
+        goto out;
+    }
+    sl_http_server_on_finish(app->http, finish_cb, app);
+
+    g_sigterm = evsignal_new(app->base, SIGTERM, stop_cb, app);
+    g_sigint = evsignal_new(app->base, SIGINT, stop_cb, app);
+    event_add(g_sigterm, NULL);
+    event_add(g_sigint, NULL);
+
+    sl_log(SL_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s}", "listen", cfg->listen, "port",
+           sl_http_server_port(app->http), "instance", g_instance, "version", SLUICE_VERSION);
+    event_base_dispatch(app->base);
+    err = 0;
+
+out:
+    if (app->http)
+        sl_http_server_free(app->http);
+    if (g_sigterm)
+        event_free(g_sigterm);
+    if (g_sigint)
+        event_free(g_sigint);
+    if (app->router)
+        sl_http_router_free(app->router);
+    if (app->pg)
+        sl_pg_free(app->pg);
+    if (app->store)
+        sl_store_free(app->store);
+    if (app->wq)
+        sl_workq_free(app->wq);
+    sl_metrics_reset();
+    event_base_free(app->base);
+    return err;
+}
+
+/* Forks `n` serving children; returns in each child (1) or after they all exit (0). */
+static int fork_workers(int n, int *status)
+{
+    for (int i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p == 0)
+            return 1;
+        if (p < 0) {
+            perror("fork");
+            break;
+        }
+    }
+    signal(SIGTERM, SIG_IGN); /* the process group gets it; children shut down on their own */
+    signal(SIGINT, SIG_IGN);
+    int st, worst = 0;
+    while (wait(&st) > 0)
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            worst = 1;
+    *status = worst;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sluice [serve] --config PATH\n"
+               "       sluice migrate --config PATH\n"
+               "       sluice --version\n"
+               "The config path may also come from SLUICE_CONFIG.\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = "serve";
+    const char *config_path = getenv("SLUICE_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            config_path = argv[i] + 9;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("sluice %s\n", SLUICE_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "serve") == 0 || strcmp(argv[i], "migrate") == 0) {
+            cmd = argv[i];
+        } else {
+            fprintf(stderr, "sluice: unknown argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path) {
+        fprintf(stderr, "sluice: no configuration: pass --config PATH or set SLUICE_CONFIG\n");
+        return 2;
+    }
+    char errbuf[512];
+    sl_config_t *cfg = NULL;
+    if (sl_config_load(config_path, &cfg, errbuf, sizeof errbuf) != 0) {
+        fprintf(stderr, "sluice: %s\n", errbuf);
+        return 2;
+    }
+    sl_log_set_level(cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc;
+    if (strcmp(cmd, "migrate") == 0) {
+        rc = sl_pg_migrate(cfg->database_url, sl_pg_migrations, sl_pg_nmigrations, errbuf,
+                           sizeof errbuf);
+        if (rc)
+            fprintf(stderr, "sluice: migrate: %s\n", errbuf);
+        else
+            printf("sluice: schema up to date (%d migrations)\n", sl_pg_nmigrations);
+    } else if (cfg->workers > 1) {
+        int status = 0;
+        if (fork_workers(cfg->workers, &status)) {
+            rc = serve(cfg);
+            sl_config_free(cfg);
+            return rc ? 1 : 0;
+        }
+        rc = status;
+    } else {
+        rc = serve(cfg);
+    }
+    sl_config_free(cfg);
+    return rc ? 1 : 0;
+}

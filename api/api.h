@@ -2,7 +2,7 @@
  * api.h — the REST API of ../shared/API.md, on top of core/http and db/pg.
  *
  * main.c builds one sl_app_t, registers every route file's routes into the
- * router, and dispatches each request to its route. Route files (api/*.c) are
+ * router, and dispatches each request to its route. Route files (the api/ .c files) are
  * thin: parse and validate input, run one parameterised batch in Postgres
  * (JSON documents are built by SQL functions from db/migrations/002_json.sql),
  * and answer. Every query filters on the caller's tenant_id, so another
@@ -44,6 +44,7 @@ typedef struct sl_app_s {
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
     int active_uploads;        /* uploads in progress in this process */
     int redis_up;              /* 1 while the Redis connection is up (for /readyz) */
+    int schema_ready;          /* migrations applied and settings loaded; /v1 answers 503 before */
     const char *instance_id;   /* this process's id (lease owner, logs) */
 
     /* metrics families, registered in main */
@@ -105,7 +106,11 @@ void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb,
 
 /* ---- pipelines ---- */
 
-/** True if `mime` matches a pattern like "image/*", "text/plain" or "*\/\*". */
+/**
+ * True if `mime` (parameters after ';' ignored) matches `pattern`: an exact type
+ * ("text/plain"), a whole top-level type ("image/" followed by a star) or any
+ * type (star slash star). Case-insensitive.
+ */
 int sl_api_mime_match(const char *pattern, const char *mime);
 
 /** Fills app->pipelines from config (or the shipped defaults). */

@@ -46,7 +46,7 @@ typedef struct sl_config_service_s {
 typedef struct sl_config_pipeline_s {
     char *name;
     char *flow;               /* path of the Lua flow file */
-    char *match[SL_CONFIG_MAX_MATCH + 1]; /* MIME patterns ("image/*"), NULL-terminated */
+    char *match[SL_CONFIG_MAX_MATCH + 1]; /* MIME patterns; subtype "*" is a wildcard; NULL-terminated */
     int line;                 /* where it was declared, for errors */
 } sl_config_pipeline_t;
 
@@ -72,7 +72,7 @@ typedef struct sl_config_s {
     /* limits */
     int64_t max_file_bytes;        /* default 100 MiB */
     int max_files_per_request;     /* default 1000 */
-    int64_t max_request_bytes;     /* whole upload body; default max_file_bytes * 2 + 1 MiB... see README */
+    int64_t max_request_bytes;     /* whole upload body; default 0: bounded by max_file_bytes * max_files_per_request */
     size_t max_json_bytes;         /* JSON request bodies; default 1 MiB */
     size_t max_header_bytes;       /* default 64 KiB */
     int max_connections;           /* default 10000 */

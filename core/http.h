@@ -230,7 +230,7 @@ void sl_http_router_free(sl_http_router_t *r);
 int sl_http_router_add(sl_http_router_t *r, const char *method, const char *pattern,
                        const char *name, sl_http_route_cb cb, void *arg);
 /**
- * Finds the route for req. Returns 1 and fills *cb/*arg/*params/*name if one
+ * Finds the route for req. Returns 1 and fills cb, arg, params and name if one
  * matches; 0 if no path matches (404); -1 if the path matches but not the
  * method (405).
  */

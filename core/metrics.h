@@ -17,7 +17,7 @@ typedef struct sl_metric_s sl_metric_t;
 #define SL_METRICS_MAX_LABELS 4
 
 /**
- * Registers a family. `name`, `help` and the label names are copied.
+ * Registers a family. `name`, `help` and the label names are borrowed (copied).
  * `labels` is a comma-separated list ("route,status") or NULL/"" for none.
  * Registering the same name twice returns the existing family.
  * Returns a pointer owned by the registry (valid until sl_metrics_reset), or NULL.
@@ -35,6 +35,18 @@ sl_metric_t *sl_metrics_histogram(const char *name, const char *help, const char
 void sl_metrics_add(sl_metric_t *m, double delta, ...);      /* counter or gauge: += delta */
 void sl_metrics_set(sl_metric_t *m, double value, ...);      /* gauge: = value */
 void sl_metrics_observe(sl_metric_t *m, double value, ...);  /* histogram */
+
+/*
+ * C varargs carry no count, so the three calls above read label values up to a
+ * NULL sentinel. These macros append it, which is what makes "wrong arity is
+ * ignored" safe: sl_metrics_add(m, 1, "GET", "200") becomes
+ * (sl_metrics_add)(m, 1, "GET", "200", NULL). Calling the functions directly
+ * (parenthesised name or through a pointer) requires passing the NULL yourself.
+ * A NULL label value therefore ends the list.
+ */
+#define sl_metrics_add(...) (sl_metrics_add)(__VA_ARGS__, (const char *)NULL)
+#define sl_metrics_set(...) (sl_metrics_set)(__VA_ARGS__, (const char *)NULL)
+#define sl_metrics_observe(...) (sl_metrics_observe)(__VA_ARGS__, (const char *)NULL)
 
 /**
  * A gauge whose value is read at render time: fn(arg) for an unlabelled family.

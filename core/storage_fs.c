@@ -1,1 +1,971 @@
-/* placeholder: being written */
+/*
+ * storage_fs.c — the storage interface (core/storage.h) and its local
+ * filesystem backend.
+ *
+ * The file has two parts. The generic part is the dispatch over a small vtable
+ * (sl_store_ops_t), key validation and the writer's backpressure accounting;
+ * it is what an S3 backend will share (it moves to core/storage.c with the
+ * vtable in an internal header when a second backend lands). The fs part keeps
+ * objects at <root>/<key>, writes through a temp file in <root>/.tmp, and does
+ * every blocking call (open, write, fsync, rename, unlink, pread, libmagic) on
+ * the worker pool. docs/internals/storage.md explains the writer's job chain.
+ *
+ * Threads: a writer's jobs share its address as their serial key, so they run
+ * one at a time, in order; the fields marked "worker" are touched only by those
+ * jobs (the pool's mutex orders one job after the other). Fields marked "loop"
+ * are touched only on the loop thread. The chunk list and the sticky error are
+ * shared and guarded by the writer's mutex.
+ */
+#include "storage.h"
+#include "crypto.h"
+#include "err.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <magic.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define FS_TMP_DIR ".tmp"
+#define FS_CHUNK_MIN (64 * 1024)   /* small writes are packed into chunks this big */
+#define FS_HEAD_MAX (64 * 1024)    /* bytes kept for libmagic */
+#define FS_READ_MAX (1024 * 1024)  /* one sl_store_read returns at most this */
+#define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
+#define FS_PATH_MAX PATH_MAX
+
+/* ======================================================================
+ * Generic layer
+ * ====================================================================== */
+
+/* What a backend implements. Writers and stores embed the base structs below
+ * as their first member. Every op gets an already valid key. */
+typedef struct sl_store_ops_s {
+    int (*put_begin)(sl_store_t *st, const char *key, sl_store_writer_t **out);
+    /* Queue len > 0 bytes; the generic layer counts them in w->pending. */
+    int (*write)(sl_store_writer_t *w, const void *data, size_t len);
+    /* Start finishing; later call sl_store__commit_done() on the loop. */
+    int (*commit)(sl_store_writer_t *w);
+    void (*abort)(sl_store_writer_t *w);
+    int (*read)(sl_store_t *st, const char *key, uint64_t offset, size_t len,
+                sl_store_read_cb cb, void *arg);
+    int (*stat)(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg);
+    int (*del)(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
+    int (*local_path)(sl_store_t *st, const char *key, char *buf, size_t buflen); /* may be NULL */
+    void (*free)(sl_store_t *st);
+} sl_store_ops_t;
+
+struct sl_store_s {
+    const sl_store_ops_t *ops;
+    sl_workq_t *wq; /* borrowed */
+};
+
+enum { W_OPEN, W_COMMITTING, W_ABORTED };
+
+struct sl_store_writer_s {
+    sl_store_t *st;
+    int state;                 /* loop */
+    size_t pending;            /* loop: bytes accepted and not yet written */
+    int above_high;            /* loop: pending reached HIGH_WATER since the last drain */
+    sl_store_drain_cb drain_cb; /* loop */
+    void *drain_arg;
+    sl_store_commit_cb commit_cb; /* loop */
+    void *commit_arg;
+};
+
+int sl_store_key_valid(const char *key)
+{
+    if (!key)
+        return 0;
+    size_t n = strnlen(key, SL_STORE_KEY_MAX + 1);
+    if (n == 0 || n > SL_STORE_KEY_MAX)
+        return 0;
+    if (key[0] == '/' || key[n - 1] == '/')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = key[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '/' || c == '_' || c == '.' || c == '-';
+        if (!ok)
+            return 0;
+        if (c == '/' && key[i + 1] == '/')
+            return 0;
+        if (c == '.' && key[i + 1] == '.')
+            return 0;
+        /* No component starts with '.': that rules out ".", the backend's own
+         * ".tmp" and hidden files. */
+        if (c == '.' && (i == 0 || key[i - 1] == '/'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Called by a backend on the loop when `n` queued bytes have been written. */
+static void sl_store__written(sl_store_writer_t *w, size_t n)
+{
+    w->pending -= n <= w->pending ? n : w->pending;
+    if (w->above_high && w->pending < SL_STORE_HIGH_WATER / 2) {
+        w->above_high = 0;
+        if (w->state == W_OPEN && w->drain_cb)
+            w->drain_cb(w, w->drain_arg);
+    }
+}
+
+/* Called by a backend on the loop when its commit finished; the backend frees
+ * the writer after this returns. */
+static void sl_store__commit_done(sl_store_writer_t *w, int err, const sl_store_info_t *info)
+{
+    if (w->commit_cb)
+        w->commit_cb(err, err ? NULL : info, w->commit_arg);
+}
+
+void sl_store_free(sl_store_t *st)
+{
+    if (st)
+        st->ops->free(st);
+}
+
+int sl_store_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out)
+{
+    if (!st || !out || !sl_store_key_valid(key))
+        return SL_EINVAL;
+    return st->ops->put_begin(st, key, out);
+}
+
+int sl_store_write(sl_store_writer_t *w, const void *data, size_t len)
+{
+    if (!w || w->state != W_OPEN || (!data && len))
+        return SL_EINVAL;
+    int err = w->st->ops->write(w, data, len);
+    if (err == 0) {
+        w->pending += len;
+        if (w->pending >= SL_STORE_HIGH_WATER)
+            w->above_high = 1;
+    }
+    return err;
+}
+
+size_t sl_store_pending(const sl_store_writer_t *w)
+{
+    return w ? w->pending : 0;
+}
+
+void sl_store_on_drain(sl_store_writer_t *w, sl_store_drain_cb cb, void *arg)
+{
+    if (!w)
+        return;
+    w->drain_cb = cb;
+    w->drain_arg = arg;
+}
+
+int sl_store_put_commit(sl_store_writer_t *w, sl_store_commit_cb cb, void *arg)
+{
+    if (!w || w->state != W_OPEN)
+        return SL_EINVAL;
+    w->commit_cb = cb;
+    w->commit_arg = arg;
+    int err = w->st->ops->commit(w);
+    if (err) {
+        w->commit_cb = NULL;
+        w->commit_arg = NULL;
+        return err; /* the writer stays open: the caller may retry or abort */
+    }
+    w->state = W_COMMITTING;
+    return 0;
+}
+
+void sl_store_put_abort(sl_store_writer_t *w)
+{
+    if (!w || w->state != W_OPEN)
+        return; /* a committing writer belongs to the store already */
+    w->state = W_ABORTED;
+    w->st->ops->abort(w);
+}
+
+int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len,
+                  sl_store_read_cb cb, void *arg)
+{
+    if (!st || !cb || !sl_store_key_valid(key) || offset > (uint64_t)INT64_MAX)
+        return SL_EINVAL;
+    return st->ops->read(st, key, offset, len, cb, arg);
+}
+
+int sl_store_stat(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg)
+{
+    if (!st || !cb || !sl_store_key_valid(key))
+        return SL_EINVAL;
+    return st->ops->stat(st, key, cb, arg);
+}
+
+int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
+{
+    if (!st || !sl_store_key_valid(key))
+        return SL_EINVAL;
+    return st->ops->del(st, key, cb, arg);
+}
+
+int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t buflen)
+{
+    if (!st || !buf || buflen == 0 || !sl_store_key_valid(key) || !st->ops->local_path)
+        return SL_EINVAL;
+    return st->ops->local_path(st, key, buf, buflen);
+}
+
+/* ======================================================================
+ * Filesystem backend
+ * ====================================================================== */
+
+typedef struct fs_store_s {
+    sl_store_t base;
+    char root[FS_PATH_MAX]; /* no trailing '/' */
+    size_t root_len;
+} fs_store_t;
+
+typedef struct chunk_s {
+    struct chunk_s *next;
+    size_t len, cap;
+    char data[];
+} chunk_t;
+
+typedef struct fs_writer_s {
+    sl_store_writer_t base;
+    char tmp_path[FS_PATH_MAX];
+    char final_path[FS_PATH_MAX];
+    size_t root_len; /* final_path[0..root_len) is the root: mkdir -p stops there */
+
+    pthread_mutex_t mu; /* guards: */
+    chunk_t *head, *tail; /* bytes accepted, not yet taken by a write job */
+    int job_queued;       /* a write job is queued that has not taken the list yet */
+    int err;              /* sticky: the first I/O error */
+    int aborted;
+
+    /* loop */
+    int inflight;   /* jobs submitted whose done callback has not run */
+    int abort_sync; /* abort could not queue its job: clean up when inflight hits 0 */
+
+    /* worker (serial jobs only) */
+    int fd;
+    EVP_MD_CTX *md;
+    uint64_t size;
+    unsigned char *headbuf; /* first FS_HEAD_MAX bytes of the object */
+    size_t head_len;
+    int commit_err;
+    sl_store_info_t info;
+} fs_writer_t;
+
+/* One write job: takes the whole chunk list when it starts. */
+typedef struct fs_wjob_s {
+    fs_writer_t *w;
+    size_t bytes; /* how many queued bytes it took */
+} fs_wjob_t;
+
+static const sl_store_ops_t fs_ops;
+
+static int errno_to_sl(int e)
+{
+    switch (e) {
+    case ENOENT:
+    case ENOTDIR:
+        return SL_ENOTFOUND;
+    case ENOMEM:
+        return SL_ENOMEM;
+    case ENAMETOOLONG:
+        return SL_ETOOBIG;
+    default:
+        return SL_EIO;
+    }
+}
+
+static int fs_path(const fs_store_t *fs, const char *key, char *buf, size_t buflen)
+{
+    int n = snprintf(buf, buflen, "%s/%s", fs->root, key);
+    return n < 0 || (size_t)n >= buflen ? SL_ETOOBIG : 0;
+}
+
+/* fsyncs the directory `dir` (so a new entry in it survives a crash). */
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno_to_sl(errno);
+    int err = fsync(fd) == 0 ? 0 : SL_EIO;
+    close(fd);
+    return err;
+}
+
+/*
+ * Creates the missing parent directories of `path` below its first `keep`
+ * bytes (the root, which must exist). A directory it creates is made durable by
+ * fsyncing its parent.
+ */
+static int mkdir_parents(const char *path, size_t keep)
+{
+    char buf[FS_PATH_MAX];
+    size_t n = strnlen(path, sizeof buf);
+    if (n >= sizeof buf)
+        return SL_ETOOBIG;
+    memcpy(buf, path, n + 1);
+    for (size_t i = keep + 1; i < n; i++) {
+        if (buf[i] != '/')
+            continue;
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) == 0) {
+            char *slash = strrchr(buf, '/');
+            *slash = '\0';
+            int err = fsync_dir(buf);
+            *slash = '/';
+            if (err)
+                return err;
+        } else if (errno != EEXIST) {
+            return errno_to_sl(errno);
+        }
+        buf[i] = '/';
+    }
+    return 0;
+}
+
+/* mkdir -p for the root at open time (which may start anywhere). */
+static int mkdir_all(const char *path)
+{
+    char buf[FS_PATH_MAX];
+    size_t n = strnlen(path, sizeof buf);
+    if (n >= sizeof buf)
+        return SL_ETOOBIG;
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return errno_to_sl(errno);
+        buf[i] = saved;
+    }
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return SL_EIO;
+    return 0;
+}
+
+/* ---- writer: worker side ---- */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t r = write(fd, p, n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno_to_sl(errno);
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int writer_open_tmp(fs_writer_t *w)
+{
+    if (w->fd >= 0)
+        return 0;
+    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (w->fd < 0)
+        return SL_EIO; /* even ENOENT (no .tmp dir) is an I/O error here */
+    return 0;
+}
+
+static int writer_write_chunk(fs_writer_t *w, const chunk_t *c)
+{
+    int err = writer_open_tmp(w);
+    if (err)
+        return err;
+    if (w->head_len < FS_HEAD_MAX) {
+        if (!w->headbuf && !(w->headbuf = malloc(FS_HEAD_MAX)))
+            return SL_ENOMEM;
+        size_t take = FS_HEAD_MAX - w->head_len;
+        if (take > c->len)
+            take = c->len;
+        memcpy(w->headbuf + w->head_len, c->data, take);
+        w->head_len += take;
+    }
+    if (EVP_DigestUpdate(w->md, c->data, c->len) != 1)
+        return SL_EIO;
+    err = write_all(w->fd, c->data, c->len);
+    if (err)
+        return err;
+    w->size += c->len;
+    return 0;
+}
+
+/* Takes the queued chunks and writes them (or drops them after an error or an
+ * abort). Returns the number of queued bytes it took. */
+static size_t writer_flush(fs_writer_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    chunk_t *list = w->head;
+    w->head = w->tail = NULL;
+    w->job_queued = 0;
+    int err = w->err;
+    int aborted = w->aborted;
+    pthread_mutex_unlock(&w->mu);
+
+    size_t bytes = 0;
+    while (list) {
+        chunk_t *next = list->next;
+        if (!err && !aborted)
+            err = writer_write_chunk(w, list);
+        bytes += list->len;
+        free(list);
+        list = next;
+    }
+    if (err) {
+        pthread_mutex_lock(&w->mu);
+        if (!w->err)
+            w->err = err;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return bytes;
+}
+
+static void write_work(void *arg)
+{
+    fs_wjob_t *j = arg;
+    j->bytes = writer_flush(j->w);
+}
+
+static pthread_key_t magic_key;
+static pthread_once_t magic_once = PTHREAD_ONCE_INIT;
+
+static void magic_destroy(void *m)
+{
+    magic_close(m);
+}
+
+static void magic_key_init(void)
+{
+    (void)pthread_key_create(&magic_key, magic_destroy);
+}
+
+/* libmagic cookies are not thread-safe: one per worker thread, loaded lazily
+ * and closed by the key's destructor when the thread exits. */
+static magic_t thread_magic(void)
+{
+    pthread_once(&magic_once, magic_key_init);
+    magic_t m = pthread_getspecific(magic_key);
+    if (m)
+        return m;
+    m = magic_open(MAGIC_MIME_TYPE);
+    if (!m)
+        return NULL;
+    if (magic_load(m, NULL) != 0 || pthread_setspecific(magic_key, m) != 0) {
+        magic_close(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void sniff_mime(fs_writer_t *w)
+{
+    const char *mime = NULL;
+    if (w->head_len == 0) {
+        mime = "application/x-empty";
+    } else {
+        magic_t m = thread_magic();
+        if (m)
+            mime = magic_buffer(m, w->headbuf, w->head_len);
+    }
+    if (!mime || !*mime)
+        mime = "application/octet-stream";
+    snprintf(w->info.mime, sizeof w->info.mime, "%s", mime);
+}
+
+static void commit_work(void *arg)
+{
+    fs_writer_t *w = arg;
+    int err, renamed = 0;
+
+    (void)writer_flush(w); /* normally empty: the write jobs ran before us */
+    pthread_mutex_lock(&w->mu);
+    err = w->err;
+    pthread_mutex_unlock(&w->mu);
+    if (err)
+        goto out;
+
+    if ((err = writer_open_tmp(w)) != 0) /* a 0-byte object was never opened */
+        goto out;
+    if (fsync(w->fd) != 0) {
+        err = SL_EIO;
+        goto out;
+    }
+    int fd = w->fd;
+    w->fd = -1;
+    if (close(fd) != 0) {
+        err = SL_EIO;
+        goto out;
+    }
+    if ((err = mkdir_parents(w->final_path, w->root_len)) != 0)
+        goto out;
+    if (rename(w->tmp_path, w->final_path) != 0) {
+        err = errno_to_sl(errno) == SL_ENOTFOUND ? SL_EIO : errno_to_sl(errno);
+        goto out;
+    }
+    renamed = 1;
+    char *slash = strrchr(w->final_path, '/'); /* there is one: after the root */
+    *slash = '\0';
+    err = fsync_dir(w->final_path);
+    *slash = '/';
+    if (err)
+        goto out;
+
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (EVP_DigestFinal_ex(w->md, md, &mdlen) != 1 || mdlen != 32) {
+        err = SL_EIO;
+        goto out;
+    }
+    sl_hex(md, 32, w->info.sha256_hex);
+    w->info.size = w->size;
+    sniff_mime(w);
+
+out:
+    if (err) {
+        if (w->fd >= 0) {
+            close(w->fd);
+            w->fd = -1;
+        }
+        /* Nothing is left behind: not the temp file, not a half-durable object. */
+        unlink(renamed ? w->final_path : w->tmp_path);
+    }
+    w->commit_err = err;
+}
+
+static void abort_work(void *arg)
+{
+    fs_writer_t *w = arg;
+    (void)writer_flush(w); /* drops anything still queued */
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    unlink(w->tmp_path); /* ENOENT when nothing was written: fine */
+}
+
+/* ---- writer: loop side ---- */
+
+static void writer_free(fs_writer_t *w)
+{
+    chunk_t *c = w->head;
+    while (c) {
+        chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+    if (w->fd >= 0)
+        close(w->fd);
+    EVP_MD_CTX_free(w->md);
+    free(w->headbuf);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+static void write_done(void *arg)
+{
+    fs_wjob_t *j = arg;
+    fs_writer_t *w = j->w;
+    size_t bytes = j->bytes;
+    free(j);
+    w->inflight--;
+    if (w->abort_sync && w->inflight == 0) {
+        /* Rare path (the abort job could not be queued): clean up here. */
+        abort_work(w);
+        writer_free(w);
+        return;
+    }
+    sl_store__written(&w->base, bytes);
+}
+
+static void commit_done(void *arg)
+{
+    fs_writer_t *w = arg;
+    sl_store__commit_done(&w->base, w->commit_err, &w->info);
+    writer_free(w);
+}
+
+static void abort_done(void *arg)
+{
+    writer_free(arg);
+}
+
+static int fs_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out)
+{
+    fs_store_t *fs = (fs_store_t *)st;
+    unsigned char rnd[16];
+    char hex[33];
+    int err;
+
+    fs_writer_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return SL_ENOMEM;
+    w->fd = -1;
+    if (pthread_mutex_init(&w->mu, NULL) != 0) {
+        free(w);
+        return SL_ENOMEM;
+    }
+    if ((err = sl_random_bytes(rnd, sizeof rnd)) != 0)
+        goto fail;
+    sl_hex(rnd, sizeof rnd, hex);
+    int n = snprintf(w->tmp_path, sizeof w->tmp_path, "%s/" FS_TMP_DIR "/%s", fs->root, hex);
+    if (n < 0 || (size_t)n >= sizeof w->tmp_path) {
+        err = SL_ETOOBIG;
+        goto fail;
+    }
+    if ((err = fs_path(fs, key, w->final_path, sizeof w->final_path)) != 0)
+        goto fail;
+    w->root_len = fs->root_len;
+    w->md = EVP_MD_CTX_new();
+    if (!w->md || EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) != 1) {
+        err = SL_ENOMEM;
+        goto fail;
+    }
+    w->base.st = st;
+    w->base.state = W_OPEN;
+    *out = &w->base;
+    return 0;
+
+fail:
+    EVP_MD_CTX_free(w->md);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    return err;
+}
+
+static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
+{
+    fs_writer_t *w = (fs_writer_t *)base;
+    int err = 0;
+
+    fs_wjob_t *j = calloc(1, sizeof *j); /* may go unused: freed below then */
+    if (!j)
+        return SL_ENOMEM;
+    j->w = w;
+
+    /* Everything under the lock, so that either the bytes are queued and a job
+     * will take them, or nothing changed. Lock order: w->mu, then the pool's. */
+    pthread_mutex_lock(&w->mu);
+    if (w->err) {
+        err = w->err;
+        goto out;
+    }
+    if (len == 0)
+        goto out;
+    chunk_t *c = w->tail;
+    chunk_t *fresh = NULL;
+    if (!c || c->cap - c->len < len) {
+        size_t cap = len > FS_CHUNK_MIN ? len : FS_CHUNK_MIN;
+        fresh = malloc(sizeof *fresh + cap);
+        if (!fresh) {
+            err = SL_ENOMEM;
+            goto out;
+        }
+        fresh->next = NULL;
+        fresh->len = 0;
+        fresh->cap = cap;
+        c = fresh;
+    }
+    if (!w->job_queued) {
+        err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
+        if (err) {
+            free(fresh);
+            goto out;
+        }
+        j = NULL;
+        w->job_queued = 1;
+        w->inflight++;
+    }
+    memcpy(c->data + c->len, data, len);
+    c->len += len;
+    if (fresh) {
+        if (w->tail)
+            w->tail->next = fresh;
+        else
+            w->head = fresh;
+        w->tail = fresh;
+    }
+out:
+    pthread_mutex_unlock(&w->mu);
+    free(j);
+    return err;
+}
+
+static int fs_commit(sl_store_writer_t *base)
+{
+    fs_writer_t *w = (fs_writer_t *)base;
+    int err = sl_workq_submit(base->st->wq, w, commit_work, commit_done, w);
+    if (err == 0)
+        w->inflight++;
+    return err;
+}
+
+static void fs_abort(sl_store_writer_t *base)
+{
+    fs_writer_t *w = (fs_writer_t *)base;
+    pthread_mutex_lock(&w->mu);
+    w->aborted = 1; /* queued write jobs now drop their bytes */
+    pthread_mutex_unlock(&w->mu);
+    if (sl_workq_submit(base->st->wq, w, abort_work, abort_done, w) == 0) {
+        w->inflight++;
+        return;
+    }
+    if (w->inflight > 0) {
+        w->abort_sync = 1; /* the last write_done cleans up */
+        return;
+    }
+    abort_work(w); /* out of memory and nothing in flight: a quick unlink here */
+    writer_free(w);
+}
+
+/* ---- read, stat, delete ---- */
+
+typedef struct fs_op_s {
+    uint64_t offset;
+    size_t len;
+    int err;
+    size_t n;
+    uint64_t size;
+    char *buf;
+    union {
+        sl_store_read_cb read;
+        sl_store_stat_cb stat;
+        sl_store_done_cb done;
+    } cb;
+    void *arg;
+    char path[]; /* root/key */
+} fs_op_t;
+
+static fs_op_t *fs_op_new(fs_store_t *fs, const char *key)
+{
+    size_t need = fs->root_len + 1 + strlen(key) + 1;
+    fs_op_t *op = calloc(1, sizeof *op + need);
+    if (op && fs_path(fs, key, op->path, need) != 0) {
+        free(op);
+        op = NULL;
+    }
+    return op;
+}
+
+static void read_work(void *arg)
+{
+    fs_op_t *op = arg;
+    struct stat sb;
+    int fd = open(op->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        op->err = errno_to_sl(errno);
+        return;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        op->err = SL_ENOTFOUND; /* a directory is not an object */
+        goto out;
+    }
+    if (op->len == 0)
+        goto out;
+    if (!(op->buf = malloc(op->len))) {
+        op->err = SL_ENOMEM;
+        goto out;
+    }
+    while (op->n < op->len) {
+        ssize_t r = pread(fd, op->buf + op->n, op->len - op->n, (off_t)(op->offset + op->n));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            op->err = SL_EIO;
+            goto out;
+        }
+        if (r == 0)
+            break;
+        op->n += (size_t)r;
+    }
+out:
+    close(fd);
+}
+
+static void read_done(void *arg)
+{
+    fs_op_t *op = arg;
+    if (op->err)
+        op->cb.read(op->err, NULL, 0, op->arg);
+    else
+        op->cb.read(0, op->buf ? op->buf : "", op->n, op->arg);
+    free(op->buf);
+    free(op);
+}
+
+static int fs_read(sl_store_t *st, const char *key, uint64_t offset, size_t len,
+                   sl_store_read_cb cb, void *arg)
+{
+    fs_op_t *op = fs_op_new((fs_store_t *)st, key);
+    if (!op)
+        return SL_ENOMEM;
+    op->offset = offset;
+    op->len = len > FS_READ_MAX ? FS_READ_MAX : len;
+    op->cb.read = cb;
+    op->arg = arg;
+    int err = sl_workq_submit(st->wq, NULL, read_work, read_done, op);
+    if (err)
+        free(op);
+    return err;
+}
+
+static void stat_work(void *arg)
+{
+    fs_op_t *op = arg;
+    struct stat sb;
+    if (stat(op->path, &sb) != 0)
+        op->err = errno_to_sl(errno);
+    else if (!S_ISREG(sb.st_mode))
+        op->err = SL_ENOTFOUND;
+    else
+        op->size = (uint64_t)sb.st_size;
+}
+
+static void stat_done(void *arg)
+{
+    fs_op_t *op = arg;
+    op->cb.stat(op->err, op->err ? 0 : op->size, op->arg);
+    free(op);
+}
+
+static int fs_stat(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg)
+{
+    fs_op_t *op = fs_op_new((fs_store_t *)st, key);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.stat = cb;
+    op->arg = arg;
+    int err = sl_workq_submit(st->wq, NULL, stat_work, stat_done, op);
+    if (err)
+        free(op);
+    return err;
+}
+
+static void del_work(void *arg)
+{
+    fs_op_t *op = arg;
+    if (unlink(op->path) != 0) {
+        /* Missing, or a directory (no object has that name): nothing to delete. */
+        if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR)
+            op->err = 0;
+        else
+            op->err = SL_EIO;
+    }
+}
+
+static void del_done(void *arg)
+{
+    fs_op_t *op = arg;
+    if (op->cb.done)
+        op->cb.done(op->err, op->arg);
+    free(op);
+}
+
+static int fs_del(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
+{
+    fs_op_t *op = fs_op_new((fs_store_t *)st, key);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.done = cb;
+    op->arg = arg;
+    int err = sl_workq_submit(st->wq, NULL, del_work, del_done, op);
+    if (err)
+        free(op);
+    return err;
+}
+
+static int fs_local_path(sl_store_t *st, const char *key, char *buf, size_t buflen)
+{
+    return fs_path((fs_store_t *)st, key, buf, buflen);
+}
+
+static void fs_free(sl_store_t *st)
+{
+    free(st);
+}
+
+static const sl_store_ops_t fs_ops = {
+    .put_begin = fs_put_begin,
+    .write = fs_write,
+    .commit = fs_commit,
+    .abort = fs_abort,
+    .read = fs_read,
+    .stat = fs_stat,
+    .del = fs_del,
+    .local_path = fs_local_path,
+    .free = fs_free,
+};
+
+/* Removes what a crash left in <root>/.tmp (synchronous: runs at start-up). */
+static int clean_tmp_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno_to_sl(errno);
+    struct dirent *de;
+    char path[FS_PATH_MAX];
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        int n = snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (n < 0 || (size_t)n >= sizeof path)
+            continue;
+        /* Only files are ever made there; leave anything else alone. */
+        if (unlink(path) != 0 && errno != ENOENT && errno != EISDIR && errno != EPERM)
+            continue;
+    }
+    closedir(d);
+    return 0;
+}
+
+int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
+{
+    char tmp[FS_PATH_MAX];
+    int err;
+
+    if (!wq || !root || !out)
+        return SL_EINVAL;
+    size_t n = strnlen(root, FS_ROOT_MAX + 1);
+    while (n > 1 && root[n - 1] == '/')
+        n--;
+    if (n == 0 || n > FS_ROOT_MAX)
+        return SL_EINVAL;
+
+    fs_store_t *fs = calloc(1, sizeof *fs);
+    if (!fs)
+        return SL_ENOMEM;
+    fs->base.ops = &fs_ops;
+    fs->base.wq = wq;
+    memcpy(fs->root, root, n);
+    fs->root[n] = '\0';
+    if (n == 1 && root[0] == '/')
+        n = 0; /* the filesystem root: paths are "/<key>" */
+    fs->root[n] = n ? fs->root[n] : '\0';
+    fs->root_len = n;
+
+    snprintf(tmp, sizeof tmp, "%s/" FS_TMP_DIR, fs->root);
+    if ((err = mkdir_all(fs->root[0] ? fs->root : "/")) != 0)
+        goto fail;
+    if ((err = mkdir_all(tmp)) != 0)
+        goto fail;
+    if ((err = clean_tmp_dir(tmp)) != 0)
+        goto fail;
+    *out = &fs->base;
+    return 0;
+
+fail:
+    free(fs);
+    return err;
+}

@@ -1,1 +1,156 @@
-/* placeholder: being written */
+/*
+ * migrate.c — applies the schema migrations embedded in the binary.
+ *
+ * Blocking libpq on purpose: it runs once at start-up (or from `sluice
+ * migrate`) before the event loop exists. A session advisory lock serialises
+ * instances that start together; each migration runs in its own transaction
+ * together with its row in schema_migrations, so a migration is either fully
+ * applied and recorded or not at all.
+ */
+#include "db/pg.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define SL_PG_MIGRATE_LOCK "727272"
+
+static void quiet_notice(void *arg, const char *message)
+{
+    /* "relation already exists, skipping" and the like: not worth a line */
+}
+
+/* Writes "<what>: <libpq message without its trailing newline>" into errbuf. */
+static void set_err(char *errbuf, size_t errlen, const char *what, const char *msg)
+{
+    int len;
+
+    if (!errbuf || errlen == 0)
+        return;
+    if (!msg || !*msg)
+        msg = "unknown error";
+    len = snprintf(errbuf, errlen, "%s: %s", what, msg);
+    if (len < 0)
+        return;
+    size_t end = strnlen(errbuf, errlen);
+    while (end > 0 && (errbuf[end - 1] == '\n' || errbuf[end - 1] == '\r'))
+        errbuf[--end] = '\0';
+}
+
+/* Runs one command; returns 1 if its status is `want`, else fills errbuf and returns 0. */
+static int exec_ok(PGconn *pc, const char *sql, ExecStatusType want, const char *what,
+                   char *errbuf, size_t errlen)
+{
+    PGresult *r = PQexec(pc, sql);
+    int ok = r && PQresultStatus(r) == want;
+
+    if (!ok)
+        set_err(errbuf, errlen, what, r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
+    PQclear(r);
+    return ok;
+}
+
+/* 1 if applied, 0 if not, -1 on error (errbuf filled). */
+static int is_applied(PGconn *pc, int version, char *errbuf, size_t errlen)
+{
+    char v[16];
+    const char *params[1] = {v};
+    PGresult *r;
+    int rc;
+
+    snprintf(v, sizeof v, "%d", version);
+    r = PQexecParams(pc, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL, params,
+                     NULL, NULL, 0);
+    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+        set_err(errbuf, errlen, "schema_migrations", r ? PQresultErrorMessage(r)
+                                                       : PQerrorMessage(pc));
+        rc = -1;
+    } else {
+        rc = PQntuples(r) > 0;
+    }
+    PQclear(r);
+    return rc;
+}
+
+static int apply_one(PGconn *pc, const sl_pg_migration_t *m, char *errbuf, size_t errlen)
+{
+    char v[16];
+    const char *params[2] = {v, m->name};
+    PGresult *r;
+    int ok;
+
+    snprintf(v, sizeof v, "%d", m->version);
+    if (!exec_ok(pc, "BEGIN", PGRES_COMMAND_OK, m->name, errbuf, errlen))
+        return SL_EDB;
+    /* A migration file may hold many statements: PQexec runs them all, in our transaction. */
+    r = PQexec(pc, m->sql);
+    ok = r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK ||
+               PQresultStatus(r) == PGRES_EMPTY_QUERY);
+    if (!ok)
+        set_err(errbuf, errlen, m->name, r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
+    PQclear(r);
+    if (ok) {
+        r = PQexecParams(pc, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
+                         NULL, params, NULL, NULL, 0);
+        ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            set_err(errbuf, errlen, m->name, r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
+        PQclear(r);
+    }
+    if (ok && exec_ok(pc, "COMMIT", PGRES_COMMAND_OK, m->name, errbuf, errlen))
+        return 0;
+    PQclear(PQexec(pc, "ROLLBACK"));
+    return SL_EDB;
+}
+
+int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, char *errbuf,
+                  size_t errlen)
+{
+    PGconn *pc = NULL;
+    int rc = SL_EDB;
+    int locked = 0;
+
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!conninfo || n < 0 || (n > 0 && !migs)) {
+        set_err(errbuf, errlen, "migrate", "invalid arguments");
+        return SL_EINVAL;
+    }
+    pc = PQconnectdb(conninfo);
+    if (!pc || PQstatus(pc) != CONNECTION_OK) {
+        set_err(errbuf, errlen, "connect", pc ? PQerrorMessage(pc) : "out of memory");
+        rc = SL_EUNAVAIL;
+        goto out;
+    }
+    PQsetNoticeProcessor(pc, quiet_notice, NULL);
+    if (!exec_ok(pc, "SELECT pg_advisory_lock(" SL_PG_MIGRATE_LOCK ")", PGRES_TUPLES_OK,
+                 "advisory lock", errbuf, errlen))
+        goto out;
+    locked = 1;
+    if (!exec_ok(pc,
+                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                 "version int PRIMARY KEY, name text NOT NULL, "
+                 "applied_at timestamptz NOT NULL DEFAULT now())",
+                 PGRES_COMMAND_OK, "schema_migrations", errbuf, errlen))
+        goto out;
+    for (int i = 0; i < n; i++) {
+        const sl_pg_migration_t *m = &migs[i];
+        int applied = is_applied(pc, m->version, errbuf, errlen);
+        if (applied < 0)
+            goto out;
+        if (applied)
+            continue;
+        if (apply_one(pc, m, errbuf, errlen) != 0)
+            goto out;
+        sl_log(SL_LOG_INFO, "pg_migration_applied", "{s:i, s:s}", "version", m->version, "name",
+               m->name);
+    }
+    rc = 0;
+
+out:
+    if (locked)
+        PQclear(PQexec(pc, "SELECT pg_advisory_unlock(" SL_PG_MIGRATE_LOCK ")"));
+    PQfinish(pc);
+    return rc;
+}

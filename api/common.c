@@ -1,0 +1,627 @@
+/*
+ * common.c — what every route file shares: API-key authentication, the admin
+ * check, JSON answers and JSON bodies, database error mapping, MIME pattern
+ * matching, the pipeline list, Idempotency-Key reservations and signed blob
+ * URLs.
+ *
+ * Everything asynchronous here follows the callback contract of STYLE.md: the
+ * caller's callback runs on a later loop turn, at most once, and not at all
+ * when this file has answered the request itself (401, 400, 409, 503...).
+ * State that must survive the gap to a database reply is copied into a small
+ * heap context first: route params and header values are borrowed.
+ */
+#include "api/api.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#define SL_API_KEY_MAX 512          /* longer bearer tokens are rejected unread */
+#define SL_IDEM_KEY_MAX 255         /* Idempotency-Key length limit */
+#define SL_IDEM_ENDPOINT_MAX 256
+#define SL_IDEM_MAX_ATTEMPTS 4      /* reservation races retried at most this often */
+#define SL_DEFAULT_JSON_MAX (1024 * 1024)
+
+/* nginx's "client closed request": used only to finish a request whose client
+ * is gone (nobody reads the answer; the status shows in logs and metrics). */
+#define SL_STATUS_CLIENT_CLOSED 499
+
+/* ------------------------------------------------------------------------ */
+/* small helpers                                                             */
+
+/* Finishes a request whose client went away, so the http layer can free it. */
+static void finish_closed(sl_http_req_t *req)
+{
+    sl_http_respond_error(req, SL_STATUS_CLIENT_CLOSED, "client_closed", "client went away", -1);
+}
+
+/*
+ * Copies the token of "Authorization: Bearer <token>" into out. The scheme is
+ * case-insensitive (RFC 7235 §2.1). Returns the token length, or -1 when the
+ * header is absent, another scheme, empty or too long.
+ */
+static int bearer_token(sl_http_req_t *req, char *out, size_t outlen)
+{
+    const char *h = sl_http_req_header(req, "Authorization");
+    if (h == NULL)
+        return -1;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
+        return -1;
+    h += 6;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    size_t n = strlen(h);
+    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n >= outlen)
+        return -1;
+    memcpy(out, h, n);
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* authentication                                                            */
+
+typedef struct auth_ctx_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    sl_api_auth_cb cb;
+    void *arg;
+} auth_ctx_t;
+
+static void auth_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    auth_ctx_t *ctx = arg;
+    sl_http_req_t *req = ctx->req;
+    char tenant_id[64];
+
+    if (r->err != 0) {
+        sl_api_db_error(req, r);
+        goto out;
+    }
+    if (sl_http_req_closed(req)) {
+        finish_closed(req);
+        goto out;
+    }
+    if (r->n < 1 || PQntuples(r->res[0]) != 1) {
+        sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
+        goto out;
+    }
+    /* Copied: the PGresult is freed once this callback returns. */
+    snprintf(tenant_id, sizeof tenant_id, "%s", PQgetvalue(r->res[0], 0, 0));
+    ctx->cb(ctx->app, req, tenant_id, ctx->arg);
+out:
+    free(ctx);
+}
+
+void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
+                 void *arg)
+{
+    char key[SL_API_KEY_MAX];
+    char hash[65];
+    int n = bearer_token(req, key, sizeof key);
+
+    if (n < 0 && allow_query_token && sl_http_req_header(req, "Authorization") == NULL)
+        n = sl_http_req_query_param(req, "access_token", key, sizeof key);
+    if (n <= 0) {
+        sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
+        return;
+    }
+    sl_sha256_hex(key, (size_t)n, hash);
+    explicit_bzero(key, sizeof key);
+
+    auth_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    ctx->app = app;
+    ctx->req = req;
+    ctx->cb = cb;
+    ctx->arg = arg;
+    const char *params[1] = {hash};
+    int err = sl_pg_query(app->pg,
+                          "SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                          1, params, auth_done_cb, ctx);
+    if (err != 0) {
+        free(ctx);
+        sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
+        sl_api_db_error(req, &r);
+    }
+}
+
+int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req)
+{
+    char key[SL_API_KEY_MAX];
+    char a[65], b[65];
+    const char *admin = app->cfg != NULL ? app->cfg->admin_key : NULL;
+
+    if (admin == NULL || admin[0] == '\0')
+        return 0;
+    int n = bearer_token(req, key, sizeof key);
+    if (n <= 0)
+        return 0;
+    /* Comparing the digests keeps the comparison constant-time whatever the
+     * lengths of the two keys. */
+    sl_sha256_hex(key, (size_t)n, a);
+    sl_sha256_hex(admin, strlen(admin), b);
+    explicit_bzero(key, sizeof key);
+    return sl_consttime_eq(a, b, 64);
+}
+
+/* ------------------------------------------------------------------------ */
+/* responses                                                                 */
+
+void sl_api_json_text(sl_http_req_t *req, int status, const char *text, size_t len)
+{
+    sl_http_respond(req, status, "application/json", text, len);
+}
+
+void sl_api_json(sl_http_req_t *req, int status, json_t *v)
+{
+    char *s = v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)
+                        : NULL;
+    json_decref(v);
+    if (s == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "could not encode the response", -1);
+        return;
+    }
+    sl_api_json_text(req, status, s, strlen(s));
+    free(s);
+}
+
+void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r)
+{
+    /* SL_ECANCELED means the pool is shutting down: also "try again". */
+    if (r->err == SL_EUNAVAIL || r->err == SL_EAGAIN || r->err == SL_ECANCELED) {
+        sl_http_respond_error(req, 503, "database_unavailable", "the database is unavailable", 2);
+        return;
+    }
+    sl_log(SL_LOG_ERROR, "db_error", "{s:s, s:s, s:s, s:s}", "request_id",
+           sl_http_req_id(req) ? sl_http_req_id(req) : "", "error", sl_strerror(r->err), "errmsg",
+           r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate ? r->sqlstate : "");
+    sl_http_respond_error(req, 500, "internal_error", "internal error", -1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON bodies                                                               */
+
+typedef struct body_ctx_s {
+    sl_app_t *app;
+    sl_api_json_body_cb cb;
+    void *arg;
+} body_ctx_t;
+
+static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
+{
+    body_ctx_t *ctx = arg;
+    json_error_t jerr;
+    json_t *v = NULL;
+
+    if (err == SL_ETOOBIG)
+        goto out; /* the http layer answered 413 itself */
+    if (err != 0) {
+        finish_closed(req); /* client gone or stalled: nobody reads this */
+        goto out;
+    }
+    v = json_loadb(body, len, 0, &jerr);
+    if (v == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "invalid JSON: %s", jerr.text);
+        sl_http_respond_error(req, 400, "invalid_json", msg, -1);
+        goto out;
+    }
+    if (!json_is_object(v)) {
+        sl_http_respond_error(req, 400, "invalid_json", "body must be a JSON object", -1);
+        goto out;
+    }
+    ctx->cb(ctx->app, req, v, ctx->arg);
+out:
+    json_decref(v);
+    free(ctx);
+}
+
+void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg)
+{
+    size_t max = app->cfg != NULL && app->cfg->max_json_bytes > 0 ? app->cfg->max_json_bytes
+                                                                  : SL_DEFAULT_JSON_MAX;
+    body_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    ctx->app = app;
+    ctx->cb = cb;
+    ctx->arg = arg;
+    if (sl_http_req_read_body(req, max, json_body_cb, ctx) != 0) {
+        free(ctx);
+        sl_http_respond_error(req, 500, "internal_error", "could not read the body", -1);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* pipelines                                                                 */
+
+int sl_api_mime_match(const char *pattern, const char *mime)
+{
+    if (pattern == NULL || mime == NULL)
+        return 0;
+    /* The mime's parameters ("; charset=...") and surrounding blanks do not count. */
+    while (*mime == ' ' || *mime == '\t')
+        mime++;
+    size_t mlen = strcspn(mime, ";");
+    while (mlen > 0 && (mime[mlen - 1] == ' ' || mime[mlen - 1] == '\t'))
+        mlen--;
+    if (mlen == 0)
+        return 0;
+    if (strcmp(pattern, "*/*") == 0 || strcmp(pattern, "*") == 0)
+        return 1;
+    size_t plen = strlen(pattern);
+    if (plen >= 2 && pattern[plen - 2] == '/' && pattern[plen - 1] == '*') {
+        size_t tlen = plen - 1; /* "image/" */
+        return mlen > tlen && strncasecmp(pattern, mime, tlen) == 0;
+    }
+    return plen == mlen && strncasecmp(pattern, mime, mlen) == 0;
+}
+
+/* The shipped pipelines (DESIGN.md "The pipelines that ship"). */
+static char m_pdf[] = "application/pdf";
+static char m_image[] = "image/*";
+static char m_text[] = "text/*";
+
+static const struct {
+    const char *name;
+    char *match[4];
+    const char *steps[SL_MAX_STEPS];
+} shipped[] = {
+    {"ai_record", {m_pdf, m_image, m_text, NULL}, {"tika", "ocr", "textract", "record", NULL}},
+    {"file_view", {m_pdf, m_image, NULL}, {"preview", "thumbnail", NULL}},
+};
+#define NSHIPPED ((int)(sizeof shipped / sizeof shipped[0]))
+
+static void shipped_steps(sl_pipeline_def_t *p)
+{
+    p->nsteps = 0;
+    for (int i = 0; i < NSHIPPED; i++) {
+        if (strcmp(shipped[i].name, p->name) != 0)
+            continue;
+        for (int s = 0; s < SL_MAX_STEPS && shipped[i].steps[s] != NULL; s++)
+            snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s", shipped[i].steps[s]);
+    }
+}
+
+int sl_api_load_pipelines(sl_app_t *app)
+{
+    sl_pipeline_def_t defs[SL_CONFIG_MAX_PIPELINES];
+    int n = 0;
+    const sl_config_t *cfg = app->cfg;
+
+    memset(defs, 0, sizeof defs);
+    if (cfg != NULL && cfg->has_pipelines) {
+        if (cfg->npipelines < 0 || cfg->npipelines > SL_CONFIG_MAX_PIPELINES)
+            return SL_EINVAL;
+        for (int i = 0; i < cfg->npipelines; i++) {
+            const sl_config_pipeline_t *cp = &cfg->pipelines[i];
+            sl_pipeline_def_t *p = &defs[n++];
+            if (cp->name == NULL || strlen(cp->name) >= sizeof p->name)
+                return SL_EINVAL;
+            snprintf(p->name, sizeof p->name, "%s", cp->name);
+            for (int m = 0; m < SL_CONFIG_MAX_MATCH && cp->match[m] != NULL; m++)
+                p->match[m] = cp->match[m];
+            /* A flow's steps are only known once flows are loaded; the two
+             * shipped names keep their documented steps. */
+            shipped_steps(p);
+        }
+    } else {
+        for (int i = 0; i < NSHIPPED; i++) {
+            sl_pipeline_def_t *p = &defs[n++];
+            snprintf(p->name, sizeof p->name, "%s", shipped[i].name);
+            for (int m = 0; shipped[i].match[m] != NULL; m++)
+                p->match[m] = shipped[i].match[m];
+            shipped_steps(p);
+        }
+    }
+    memcpy(app->pipelines, defs, sizeof defs);
+    app->npipelines = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* idempotency                                                               */
+
+/*
+ * The reservation is a small state machine, one batch per step:
+ *   RESERVE: INSERT ... ON CONFLICT DO NOTHING RETURNING key, then (same batch,
+ *            a fresh snapshot in read committed) SELECT the row as it stands.
+ *   REPLACE: an expired (> 24 h) row: delete it and insert ours, one batch.
+ *   TAKEOVER: an abandoned reservation (no response after 10 min): claim it.
+ * A step that loses a race goes back to RESERVE, at most SL_IDEM_MAX_ATTEMPTS.
+ */
+enum { IDEM_RESERVE, IDEM_REPLACE, IDEM_TAKEOVER };
+
+typedef struct idem_ctx_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    sl_api_idem_cb cb;
+    void *arg;
+    int step;
+    int attempts;
+    char tenant_id[64];
+    char key[SL_IDEM_KEY_MAX + 1];
+    char endpoint[SL_IDEM_ENDPOINT_MAX];
+} idem_ctx_t;
+
+static void idem_db_cb(const sl_pg_result_t *r, void *arg);
+
+static int idem_send(idem_ctx_t *ctx, int step)
+{
+    const char *p3[3] = {ctx->tenant_id, ctx->key, ctx->endpoint};
+    sl_pg_batch_t *b = sl_pg_batch_new(ctx->app->pg);
+    int err = SL_ENOMEM;
+
+    if (b == NULL)
+        return SL_ENOMEM;
+    ctx->step = step;
+    ctx->attempts++;
+    if (step == IDEM_REPLACE) {
+        if ((err = sl_pg_batch_add(b,
+                                   "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 "
+                                   "AND created_at < now() - interval '24 hours'",
+                                   2, p3)) < 0)
+            goto fail;
+    }
+    if (step == IDEM_TAKEOVER) {
+        if ((err = sl_pg_batch_add(b,
+                                   "UPDATE idempotency_keys SET created_at = clock_timestamp() "
+                                   "WHERE tenant_id = $1 AND key = $2 AND endpoint = $3 "
+                                   "AND status IS NULL "
+                                   "AND created_at < now() - interval '10 minutes' RETURNING key",
+                                   3, p3)) < 0)
+            goto fail;
+    } else {
+        if ((err = sl_pg_batch_add(b,
+                                   "INSERT INTO idempotency_keys (tenant_id, key, endpoint) "
+                                   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING key",
+                                   3, p3)) < 0)
+            goto fail;
+    }
+    if ((err = sl_pg_batch_add(b,
+                               "SELECT status, body, endpoint, "
+                               "created_at < now() - interval '24 hours', "
+                               "created_at < now() - interval '10 minutes' "
+                               "FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                               2, p3)) < 0)
+        goto fail;
+    return sl_pg_batch_exec(b, idem_db_cb, ctx);
+fail:
+    sl_pg_batch_free(b);
+    return err;
+}
+
+/* Goes on with another step, or answers when that fails to start. 1 if sent. */
+static int idem_next(idem_ctx_t *ctx, int step)
+{
+    int err;
+    if (ctx->attempts >= SL_IDEM_MAX_ATTEMPTS) {
+        sl_http_respond_error(ctx->req, 409, "idempotency_in_progress",
+                              "a request with this Idempotency-Key is in progress", -1);
+        return 0;
+    }
+    if ((err = idem_send(ctx, step)) != 0) {
+        sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
+        sl_api_db_error(ctx->req, &r);
+        return 0;
+    }
+    return 1;
+}
+
+static void idem_db_cb(const sl_pg_result_t *r, void *arg)
+{
+    idem_ctx_t *ctx = arg;
+    sl_http_req_t *req = ctx->req;
+
+    if (r->err != 0) {
+        sl_api_db_error(req, r);
+        goto done;
+    }
+    /* The claiming statement is the second to last one; the SELECT is last. */
+    PGresult *claim = r->res[r->n - 2];
+    PGresult *row = r->res[r->n - 1];
+    if (PQntuples(claim) == 1) {
+        if (sl_http_req_closed(req)) {
+            /* Nobody will get the answer: give the key back at once. */
+            sl_api_idem_release(ctx->app, ctx->tenant_id, ctx->key);
+            finish_closed(req);
+            goto done;
+        }
+        ctx->cb(ctx->app, req, SL_IDEM_NEW, ctx->arg);
+        goto done;
+    }
+    if (PQntuples(row) != 1) {
+        /* Released between our two statements: try again. */
+        if (idem_next(ctx, IDEM_RESERVE))
+            return;
+        goto done;
+    }
+    int expired = PQgetvalue(row, 0, 3)[0] == 't';
+    int stale = PQgetvalue(row, 0, 4)[0] == 't';
+    if (expired) {
+        if (idem_next(ctx, IDEM_REPLACE))
+            return;
+        goto done;
+    }
+    if (strcmp(PQgetvalue(row, 0, 2), ctx->endpoint) != 0) {
+        sl_http_respond_error(req, 409, "idempotency_key_reused",
+                              "this Idempotency-Key was used for another request", -1);
+        goto done;
+    }
+    if (PQgetisnull(row, 0, 0)) {
+        if (stale) {
+            if (idem_next(ctx, IDEM_TAKEOVER))
+                return;
+            goto done;
+        }
+        sl_http_respond_error(req, 409, "idempotency_in_progress",
+                              "a request with this Idempotency-Key is in progress", -1);
+        goto done;
+    }
+    long status = strtol(PQgetvalue(row, 0, 0), NULL, 10);
+    if (status < 100 || status > 599)
+        status = 500;
+    /*
+     * The replay. The caller's callback runs first, while `req` is certainly
+     * still valid (it must only drop its own state); the stored response
+     * finishes the request right after.
+     */
+    ctx->cb(ctx->app, req, SL_IDEM_REPLAYED, ctx->arg);
+    sl_http_resp_header(req, "Idempotent-Replayed", "true");
+    if (PQgetisnull(row, 0, 1))
+        sl_api_json_text(req, (int)status, "{}", 2);
+    else
+        sl_api_json_text(req, (int)status, PQgetvalue(row, 0, 1),
+                         (size_t)PQgetlength(row, 0, 1));
+done:
+    free(ctx);
+}
+
+static void idem_none_cb(evutil_socket_t fd, short what, void *arg)
+{
+    idem_ctx_t *ctx = arg;
+    (void)fd;
+    (void)what;
+    ctx->cb(ctx->app, ctx->req, SL_IDEM_NONE, ctx->arg);
+    free(ctx);
+}
+
+void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                       const char *endpoint, sl_api_idem_cb cb, void *arg)
+{
+    const char *key = sl_http_req_header(req, "Idempotency-Key");
+    idem_ctx_t *ctx;
+
+    if (key != NULL && (key[0] == '\0' || strlen(key) > SL_IDEM_KEY_MAX)) {
+        sl_http_respond_error(req, 400, "invalid_idempotency_key",
+                              "Idempotency-Key must be 1 to 255 bytes", -1);
+        return;
+    }
+    if (strlen(tenant_id) >= sizeof ctx->tenant_id || strlen(endpoint) >= sizeof ctx->endpoint) {
+        sl_http_respond_error(req, 500, "internal_error", "internal error", -1);
+        return;
+    }
+    ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    ctx->app = app;
+    ctx->req = req;
+    ctx->cb = cb;
+    ctx->arg = arg;
+    snprintf(ctx->tenant_id, sizeof ctx->tenant_id, "%s", tenant_id);
+    snprintf(ctx->endpoint, sizeof ctx->endpoint, "%s", endpoint);
+    if (key == NULL) {
+        /* No header: answer SL_IDEM_NONE on the next loop turn, never inside this call. */
+        struct timeval zero = {0, 0};
+        if (event_base_once(app->base, -1, EV_TIMEOUT, idem_none_cb, ctx, &zero) != 0) {
+            free(ctx);
+            sl_http_respond_error(req, 500, "internal_error", "internal error", -1);
+        }
+        return;
+    }
+    snprintf(ctx->key, sizeof ctx->key, "%s", key);
+    if (!idem_next(ctx, IDEM_RESERVE))
+        free(ctx);
+}
+
+int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *key, int status,
+                           const char *body)
+{
+    char st[16];
+    snprintf(st, sizeof st, "%d", status);
+    const char *params[4] = {tenant_id, key, st, body};
+    int idx = sl_pg_batch_add(
+        b, "UPDATE idempotency_keys SET status = $3::int, body = $4 WHERE tenant_id = $1 AND key = $2",
+        4, params);
+    return idx < 0 ? idx : 0;
+}
+
+static void idem_release_cb(const sl_pg_result_t *r, void *arg)
+{
+    (void)arg;
+    if (r->err != 0 && r->err != SL_ECANCELED)
+        sl_log(SL_LOG_WARN, "idempotency_release_failed", "{s:s}", "errmsg",
+               r->errmsg ? r->errmsg : "");
+}
+
+void sl_api_idem_release(sl_app_t *app, const char *tenant_id, const char *key)
+{
+    const char *params[2] = {tenant_id, key};
+    /* If this fails the reservation is taken over after 10 minutes anyway. */
+    sl_pg_query(app->pg,
+                "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND status IS NULL",
+                2, params, idem_release_cb, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* signed blob URLs                                                          */
+
+/* The signature is HMAC-SHA256(signing_key, "<artifact_id>\n<expires>"). */
+static int blob_sig(const sl_app_t *app, const char *artifact_id, long long expires, char out[65])
+{
+    char msg[256];
+    size_t klen = strnlen(app->signing_key, sizeof app->signing_key);
+    if (klen == 0 || klen >= sizeof app->signing_key)
+        return SL_EINVAL;
+    int n = snprintf(msg, sizeof msg, "%s\n%lld", artifact_id, expires);
+    if (n < 0 || (size_t)n >= sizeof msg)
+        return SL_ETOOBIG;
+    sl_hmac_sha256_hex(app->signing_key, klen, msg, (size_t)n, out);
+    return 0;
+}
+
+int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_s, char *out,
+                         size_t outlen, char *expires_at_rfc3339, size_t exlen)
+{
+    char sig[65];
+    long long expires = (long long)time(NULL) + ttl_s;
+    int err = blob_sig(app, artifact_id, expires, sig);
+    if (err != 0)
+        return err;
+    int n = snprintf(out, outlen, "/v1/blobs/%s?expires=%lld&sig=%s", artifact_id, expires, sig);
+    if (n < 0 || (size_t)n >= outlen)
+        return SL_ETOOBIG;
+    if (expires_at_rfc3339 != NULL && exlen > 0) {
+        struct tm tm;
+        time_t t = (time_t)expires;
+        if (gmtime_r(&t, &tm) == NULL ||
+            strftime(expires_at_rfc3339, exlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+            return SL_ETOOBIG;
+    }
+    return 0;
+}
+
+int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
+                          const char *sig)
+{
+    char want[65];
+    char *end = NULL;
+
+    if (artifact_id == NULL || expires == NULL || sig == NULL || !isdigit((unsigned char)expires[0]))
+        return 0;
+    long long e = strtoll(expires, &end, 10);
+    if (end == NULL || *end != '\0' || e <= (long long)time(NULL))
+        return 0;
+    if (strlen(sig) != 64 || blob_sig(app, artifact_id, e, want) != 0)
+        return 0;
+    return sl_consttime_eq(want, sig, 64);
+}

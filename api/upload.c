@@ -1,0 +1,616 @@
+/*
+ * upload.c — POST /v1/datasets/{id}/files: a streamed, all-or-nothing batch upload.
+ *
+ * The body flows socket -> http (de-chunked) -> multipart parser -> one storage
+ * writer per part, which hashes and writes it on the worker pool. Nothing of
+ * the body is held beyond the storage writer's bounded queue: when the current
+ * writer has SL_STORE_HIGH_WATER bytes queued, the request is paused (the socket
+ * is not read) until the writer drains. So memory per upload is constant.
+ *
+ * All or nothing: blobs are written under fresh server-made keys, and the rows
+ * (files, runs, timeline events, the idempotency response) are inserted in one
+ * batch — one transaction — only after every part is durable. Any failure
+ * before that (a limit, a truncated body, a client that goes away, the
+ * database) deletes the blobs this request wrote; no row ever points at them.
+ *
+ * Lifetime: the upload state is refcounted: one reference for the request and
+ * one per outstanding storage commit or database batch; it is freed by the last
+ * release, never inside a callback chain that still uses it.
+ */
+#include "api/api.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/multipart.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UPLOAD_NAME_MAX 255
+
+typedef struct upload_part_s {
+    char file_id[37];
+    char key[SL_STORE_KEY_MAX];
+    char name[UPLOAD_NAME_MAX * 3 + 1]; /* sanitised UTF-8 display name */
+    int committed;                       /* blob is durable at `key` */
+    sl_store_info_t info;
+} upload_part_t;
+
+typedef struct upload_s {
+    sl_app_t *app;
+    sl_http_req_t *req;       /* NULL once the request is finished */
+    int refs;
+    char tenant_id[37];
+    char dataset_id[37];
+    char batch_id[37];
+    char idem_key[256];
+    int idem_reserved;        /* we hold an idempotency reservation to release on failure */
+    char boundary[SL_MULTIPART_MAX_BOUNDARY + 1];
+    sl_multipart_t *mp;
+
+    upload_part_t *parts;     /* owned array */
+    int nparts, cap;
+    sl_store_writer_t *writer; /* the part being written, or NULL */
+    int in_file_part;         /* current part has a filename (else its data is ignored) */
+    int commits_pending;
+    int body_done;            /* end_cb(0) seen */
+    int failed;               /* a response was (or will be) an error */
+    int fail_status;
+    const char *fail_code;
+    const char *fail_msg;
+    uint64_t bytes;
+} upload_t;
+
+static void upload_release(upload_t *up);
+static void upload_fail(upload_t *up, int status, const char *code, const char *msg);
+static void upload_maybe_finish(upload_t *up);
+
+/* ---- helpers ---- */
+
+/*
+ * A display name from the client's filename: the last path component (some
+ * browsers send "C:\dir\name"), control characters and invalid UTF-8 replaced
+ * by '_', at most UPLOAD_NAME_MAX bytes. Postgres rejects invalid UTF-8, and
+ * the name ends up in HTML and CSV, so it is cleaned here once.
+ */
+static void sanitize_name(const char *in, char *out, size_t outlen)
+{
+    const char *base = in;
+    for (const char *p = in; *p; p++)
+        if (*p == '/' || *p == '\\')
+            base = p + 1;
+    size_t o = 0;
+    const unsigned char *s = (const unsigned char *)base;
+    while (*s && o + 5 < outlen && o < UPLOAD_NAME_MAX) {
+        unsigned char c = *s;
+        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0;
+        for (int i = 1; ok && i < n; i++)
+            ok = (s[i] & 0xc0) == 0x80;
+        if (ok && n == 2 && c < 0xc2)
+            ok = 0; /* overlong */
+        if (!ok || (n == 1 && (c < 0x20 || c == 0x7f))) {
+            out[o++] = '_';
+            s++;
+            continue;
+        }
+        memcpy(out + o, s, (size_t)n);
+        o += (size_t)n;
+        s += n;
+    }
+    out[o] = '\0';
+    if (o == 0 || strcmp(out, ".") == 0 || strcmp(out, "..") == 0)
+        snprintf(out, outlen, "unnamed");
+}
+
+static upload_part_t *cur_part(upload_t *up)
+{
+    return up->nparts ? &up->parts[up->nparts - 1] : NULL;
+}
+
+/* ---- cleanup: delete every blob this request wrote ---- */
+
+static void delete_done_cb(int err, void *arg)
+{
+    upload_t *up = arg;
+    if (err)
+        sl_log(SL_LOG_WARN, "upload_blob_delete_failed", "{s:s, s:s}", "batch_id", up->batch_id,
+               "error", sl_strerror(err));
+    upload_release(up);
+}
+
+static void discard_blobs(upload_t *up)
+{
+    if (up->writer) {
+        sl_store_put_abort(up->writer);
+        up->writer = NULL;
+    }
+    for (int i = 0; i < up->nparts; i++) {
+        if (!up->parts[i].committed)
+            continue;
+        up->parts[i].committed = 0;
+        up->refs++;
+        if (sl_store_delete(up->app->store, up->parts[i].key, delete_done_cb, up) != 0)
+            up->refs--;
+    }
+}
+
+/* ---- multipart callbacks ---- */
+
+static void writer_drain_cb(sl_store_writer_t *w, void *arg)
+{
+    upload_t *up = arg;
+    (void)w;
+    if (up->req && !up->failed)
+        sl_http_req_resume(up->req);
+}
+
+static int part_begin_cb(void *arg, const sl_multipart_part_t *part)
+{
+    upload_t *up = arg;
+    sl_config_t *cfg = up->app->cfg;
+    up->in_file_part = part->filename != NULL;
+    if (!up->in_file_part)
+        return 0; /* a plain form field: ignored */
+    if (up->nparts >= cfg->max_files_per_request) {
+        upload_fail(up, 413, "too_many_files", "more files than limits.max_files_per_request");
+        return 1;
+    }
+    if (up->nparts == up->cap) {
+        int ncap = up->cap ? up->cap * 2 : 8;
+        upload_part_t *np = realloc(up->parts, (size_t)ncap * sizeof *np);
+        if (!np) {
+            upload_fail(up, 500, "internal_error", "out of memory");
+            return 1;
+        }
+        up->parts = np;
+        up->cap = ncap;
+    }
+    upload_part_t *p = &up->parts[up->nparts];
+    memset(p, 0, sizeof *p);
+    if (sl_uuid_v4(p->file_id) != 0) {
+        upload_fail(up, 500, "internal_error", "no randomness");
+        return 1;
+    }
+    snprintf(p->key, sizeof p->key, "files/%s/%s", up->tenant_id, p->file_id);
+    sanitize_name(part->filename, p->name, sizeof p->name);
+    up->nparts++;
+    int err = sl_store_put_begin(up->app->store, p->key, &up->writer);
+    if (err) {
+        upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+        return 1;
+    }
+    sl_store_on_drain(up->writer, writer_drain_cb, up);
+    return 0;
+}
+
+static int part_data_cb(void *arg, const char *data, size_t len)
+{
+    upload_t *up = arg;
+    if (!up->in_file_part || len == 0)
+        return 0;
+    upload_part_t *p = cur_part(up);
+    p->info.size += len;
+    up->bytes += len;
+    if ((int64_t)p->info.size > up->app->cfg->max_file_bytes) {
+        upload_fail(up, 413, "file_too_large", "a file is larger than limits.max_file_bytes");
+        return 1;
+    }
+    if (sl_store_write(up->writer, data, len) != 0) {
+        upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+        return 1;
+    }
+    if (sl_store_pending(up->writer) >= SL_STORE_HIGH_WATER && up->req)
+        sl_http_req_pause(up->req); /* backpressure: resumed by writer_drain_cb */
+    return 0;
+}
+
+typedef struct commit_ctx_s {
+    upload_t *up;
+    int index;
+} commit_ctx_t;
+
+static void commit_cb(int err, const sl_store_info_t *info, void *arg)
+{
+    commit_ctx_t *cc = arg;
+    upload_t *up = cc->up;
+    upload_part_t *p = &up->parts[cc->index];
+    free(cc);
+    up->commits_pending--;
+    if (err) {
+        upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+    } else {
+        p->committed = 1;
+        p->info = *info;
+        if (up->failed) /* the request failed while this part was being made durable */
+            discard_blobs(up);
+    }
+    upload_maybe_finish(up);
+    upload_release(up);
+}
+
+static int part_end_cb(void *arg)
+{
+    upload_t *up = arg;
+    if (!up->in_file_part)
+        return 0;
+    up->in_file_part = 0;
+    commit_ctx_t *cc = malloc(sizeof *cc);
+    if (!cc) {
+        upload_fail(up, 500, "internal_error", "out of memory");
+        return 1;
+    }
+    cc->up = up;
+    cc->index = up->nparts - 1;
+    sl_store_writer_t *w = up->writer;
+    up->writer = NULL;
+    up->refs++;
+    up->commits_pending++;
+    if (sl_store_put_commit(w, commit_cb, cc) != 0) {
+        up->refs--;
+        up->commits_pending--;
+        free(cc);
+        upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+        return 1;
+    }
+    if (up->req)
+        sl_http_req_resume(up->req); /* the next part gets a fresh writer */
+    return 0;
+}
+
+/* ---- lifecycle ---- */
+
+static void upload_free(upload_t *up)
+{
+    sl_multipart_free(up->mp);
+    free(up->parts);
+    free(up);
+}
+
+static void upload_release(upload_t *up)
+{
+    if (--up->refs == 0)
+        upload_free(up);
+}
+
+/* Finishes the HTTP request with the recorded error (once). */
+static void respond_failure(upload_t *up)
+{
+    if (!up->req)
+        return;
+    sl_http_req_t *req = up->req;
+    up->req = NULL;
+    if (up->idem_reserved) {
+        sl_api_idem_release(up->app, up->tenant_id, up->idem_key);
+        up->idem_reserved = 0;
+    }
+    up->app->active_uploads--;
+    int retry = (up->fail_status == 503) ? 2 : -1;
+    sl_http_respond_error(req, up->fail_status, up->fail_code, up->fail_msg, retry);
+    upload_release(up);
+}
+
+static void deferred_failure_cb(evutil_socket_t fd, short what, void *arg)
+{
+    upload_t *up = arg;
+    (void)fd;
+    (void)what;
+    respond_failure(up);
+    upload_release(up);
+}
+
+/*
+ * Records the first failure and throws away what was written. The answer goes
+ * out on a later loop turn: failures are found deep inside the http body
+ * callbacks, which must not see their request finished under them. The http
+ * layer closes the connection when a response precedes the end of the body.
+ */
+static void upload_fail(upload_t *up, int status, const char *code, const char *msg)
+{
+    if (up->failed)
+        return;
+    up->failed = 1;
+    up->fail_status = status;
+    up->fail_code = code;
+    up->fail_msg = msg;
+    discard_blobs(up);
+    static const struct timeval now = {0, 0};
+    up->refs++;
+    if (event_base_once(up->app->base, -1, EV_TIMEOUT, deferred_failure_cb, up, &now) != 0) {
+        up->refs--;
+        respond_failure(up);
+    }
+}
+
+static void batch_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    upload_t *up = arg;
+    sl_app_t *app = up->app;
+    if (r->err) {
+        discard_blobs(up);
+        if (up->req) {
+            if (up->idem_reserved)
+                sl_api_idem_release(app, up->tenant_id, up->idem_key);
+            up->idem_reserved = 0;
+            app->active_uploads--;
+            sl_http_req_t *req = up->req;
+            up->req = NULL;
+            sl_api_db_error(req, r);
+            upload_release(up); /* the request's reference */
+        }
+        upload_release(up);     /* the batch's reference */
+        return;
+    }
+    PGresult *last = r->res[r->n - 1];
+    const char *body = PQgetvalue(last, 0, 0);
+    sl_metrics_add(app->m_upload_files, (double)up->nparts);
+    sl_log(SL_LOG_INFO, "upload_stored", "{s:s, s:s, s:s, s:i, s:I}", "tenant_id", up->tenant_id,
+           "dataset_id", up->dataset_id, "batch_id", up->batch_id, "files", up->nparts, "bytes",
+           (json_int_t)up->bytes);
+    if (up->req) {
+        sl_http_req_t *req = up->req;
+        up->req = NULL;
+        app->active_uploads--;
+        sl_api_json_text(req, 202, body, strlen(body));
+        upload_release(up);
+    }
+    upload_release(up);
+}
+
+/* The JSON response: every file of this batch in part order. */
+static const char RESPONSE_SQL[] =
+    "SELECT json_build_object('files', coalesce(json_agg(sluice_file_json(f) ORDER BY f.seq),"
+    " '[]'::json))::text FROM files f WHERE f.tenant_id = $1 AND f.batch_id = $2";
+
+static int add_file_rows(upload_t *up, sl_pg_batch_t *b, upload_part_t *p)
+{
+    sl_app_t *app = up->app;
+    char size[32];
+    snprintf(size, sizeof size, "%llu", (unsigned long long)p->info.size);
+    const char *fp[] = {p->file_id, up->tenant_id, up->dataset_id, up->batch_id,
+                        p->name,    size,          p->info.sha256_hex, p->info.mime, p->key};
+    if (sl_pg_batch_add(b,
+                        "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, "
+                        "sha256, mime, storage_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                        9, fp) < 0)
+        return SL_ENOMEM;
+    for (int i = 0; i < app->npipelines; i++) {
+        const sl_pipeline_def_t *pl = &app->pipelines[i];
+        int match = 0;
+        for (int m = 0; pl->match[m] && !match; m++)
+            match = sl_api_mime_match(pl->match[m], p->info.mime);
+        if (!match)
+            continue;
+        char run_id[37];
+        if (sl_uuid_v4(run_id) != 0)
+            return SL_EIO;
+        const char *rp[] = {run_id, up->tenant_id, up->dataset_id, p->file_id, up->batch_id,
+                            pl->name};
+        if (sl_pg_batch_add(b,
+                            "WITH r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, "
+                            "batch_id, pipeline, step) VALUES ($1,$2,$3,$4,$5,$6, NULL) "
+                            "RETURNING *) INSERT INTO run_events (tenant_id, dataset_id, "
+                            "file_id, run_id, pipeline, kind, state) SELECT tenant_id, "
+                            "dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r",
+                            6, rp) < 0)
+            return SL_ENOMEM;
+    }
+    return 0;
+}
+
+/* Every part is durable: record the whole batch in one transaction. */
+static void store_rows(upload_t *up)
+{
+    sl_pg_batch_t *b = sl_pg_batch_new(up->app->pg);
+    if (!b)
+        goto fail;
+    for (int i = 0; i < up->nparts; i++)
+        if (add_file_rows(up, b, &up->parts[i]) != 0)
+            goto fail;
+    const char *params[] = {up->tenant_id, up->batch_id, up->idem_key};
+    if (up->idem_reserved) {
+        /* The stored first response is the very document we answer with. */
+        char sql[1024];
+        snprintf(sql, sizeof sql,
+                 "UPDATE idempotency_keys SET status = 202, body = (%s) "
+                 "WHERE tenant_id = $1 AND key = $3",
+                 RESPONSE_SQL);
+        if (sl_pg_batch_add(b, sql, 3, params) < 0)
+            goto fail;
+    }
+    if (sl_pg_batch_add(b, RESPONSE_SQL, 2, params) < 0)
+        goto fail;
+    up->refs++;
+    if (sl_pg_batch_exec(b, batch_done_cb, up) != 0) {
+        up->refs--;
+        b = NULL;
+        goto fail;
+    }
+    return;
+fail:
+    sl_pg_batch_free(b);
+    upload_fail(up, 500, "internal_error", "could not record the upload");
+}
+
+/* Called after each commit and at body end: proceeds once both are done. */
+static void upload_maybe_finish(upload_t *up)
+{
+    if (up->failed)
+        return; /* answered by upload_fail's deferred response */
+    if (!up->body_done || up->commits_pending > 0 || !up->req)
+        return;
+    if (sl_http_req_closed(up->req)) {
+        upload_fail(up, 400, "truncated_body", "the client went away");
+        return;
+    }
+    if (up->nparts == 0) {
+        upload_fail(up, 400, "no_files", "the body has no part with a filename");
+        return;
+    }
+    store_rows(up);
+}
+
+/* ---- http body callbacks ---- */
+
+static int body_data_cb(sl_http_req_t *req, const char *data, size_t len, void *arg)
+{
+    upload_t *up = arg;
+    (void)req;
+    if (up->failed || !up->req)
+        return 1;
+    sl_metrics_add(up->app->m_upload_bytes, (double)len);
+    int err = sl_multipart_feed(up->mp, data, len);
+    if (err == SL_EPROTO)
+        upload_fail(up, 400, "malformed_multipart", "the multipart body is malformed");
+    if (err) {
+        /* The body is abandoned (no end_cb will come); upload_fail answers. */
+        up->body_done = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static void body_end_cb(sl_http_req_t *req, int err, void *arg)
+{
+    upload_t *up = arg;
+    (void)req;
+    if (up->body_done)
+        return;
+    up->body_done = 1;
+    if (!up->failed) {
+        if (err == SL_ETIMEDOUT)
+            upload_fail(up, 408, "request_timeout", "the upload stalled");
+        else if (err == SL_EPROTO)
+            upload_fail(up, 400, "bad_request", "malformed request body framing");
+        else if (err)
+            upload_fail(up, 400, "truncated_body", "the body ended early or the client went away");
+        else if (!sl_multipart_done(up->mp))
+            upload_fail(up, 400, "malformed_multipart",
+                        "the body ended before the closing multipart boundary");
+    }
+    upload_maybe_finish(up);
+}
+
+static void start_streaming(upload_t *up)
+{
+    static const sl_multipart_cbs_t cbs = {part_begin_cb, part_data_cb, part_end_cb};
+    up->mp = sl_multipart_new(up->boundary, &cbs, up);
+    if (!up->mp || sl_http_req_stream_body(up->req, body_data_cb, body_end_cb, up) != 0) {
+        upload_fail(up, 500, "internal_error", "cannot start the upload");
+        return;
+    }
+    sl_http_req_resume(up->req);
+}
+
+static void idem_cb(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg)
+{
+    upload_t *up = arg;
+    (void)app;
+    (void)req;
+    if (outcome == SL_IDEM_REPLAYED) {
+        /* answered already with the first response */
+        up->req = NULL;
+        up->app->active_uploads--;
+        upload_release(up);
+        return;
+    }
+    up->idem_reserved = outcome == SL_IDEM_NEW;
+    start_streaming(up);
+}
+
+static void dataset_cb(const sl_pg_result_t *r, void *arg)
+{
+    upload_t *up = arg;
+    if (r->err) {
+        sl_http_req_t *req = up->req;
+        up->req = NULL;
+        up->app->active_uploads--;
+        sl_api_db_error(req, r);
+        upload_release(up);
+        return;
+    }
+    if (PQntuples(r->res[0]) != 1) {
+        upload_fail(up, 404, "not_found", "no such dataset");
+        return;
+    }
+    const char *key = sl_http_req_header(up->req, "Idempotency-Key");
+    if (key) {
+        snprintf(up->idem_key, sizeof up->idem_key, "%s", key);
+        sl_api_idem_begin(up->app, up->req, up->tenant_id, "POST /v1/datasets/{id}/files", idem_cb,
+                          up);
+        return;
+    }
+    start_streaming(up);
+}
+
+/* The dataset id of "/v1/datasets/{id}/files" (checked by the router and route_upload). */
+static void dataset_id_from_path(const char *path, char out[37])
+{
+    const char *p = path + strlen("/v1/datasets/");
+    snprintf(out, 37, "%.36s", p);
+}
+
+/*
+ * Authenticated: now the upload gets its state. It is not made earlier
+ * because sl_api_auth answers failures itself and never calls back.
+ */
+static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    upload_t *up = calloc(1, sizeof *up);
+    if (!up || sl_uuid_v4(up->batch_id) != 0) {
+        free(up);
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    up->app = app;
+    up->req = req;
+    up->refs = 1;
+    snprintf(up->tenant_id, sizeof up->tenant_id, "%s", tenant_id);
+    dataset_id_from_path(sl_http_req_path(req), up->dataset_id);
+    if (sl_multipart_boundary(sl_http_req_header(req, "Content-Type"), up->boundary,
+                              sizeof up->boundary) < 0) {
+        free(up);
+        sl_http_respond_error(req, 415, "unsupported_media_type", "not multipart", -1);
+        return;
+    }
+    app->active_uploads++;
+    const char *params[] = {up->tenant_id, up->dataset_id};
+    if (sl_pg_query(app->pg, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2, params,
+                    dataset_cb, up) != 0) {
+        upload_fail(up, 503, "database_unavailable", "database unavailable");
+    }
+}
+
+static void route_upload(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    sl_app_t *app = arg;
+    /* Nothing of the body is read until the caller and the dataset are known. */
+    sl_http_req_pause(req);
+    if (!sl_is_uuid(params->values[0])) {
+        sl_http_respond_error(req, 404, "not_found", "no such dataset", -1);
+        return;
+    }
+    const char *ct = sl_http_req_header(req, "Content-Type");
+    char boundary[SL_MULTIPART_MAX_BOUNDARY + 1];
+    if (!ct || sl_multipart_boundary(ct, boundary, sizeof boundary) < 0) {
+        sl_http_respond_error(req, 415, "unsupported_media_type",
+                              "the body must be multipart/form-data with a boundary", -1);
+        return;
+    }
+    int64_t clen = sl_http_req_content_length(req);
+    int64_t max_total = app->cfg->max_request_bytes;
+    if (max_total > 0 && clen > max_total) {
+        sl_http_respond_error(req, 413, "request_too_large",
+                              "the body is larger than limits.max_request_bytes", -1);
+        return;
+    }
+    sl_api_auth(app, req, 0, auth_cb, NULL);
+}
+
+void sl_api_register_upload(sl_app_t *app)
+{
+    sl_http_router_add(app->router, "POST", "/v1/datasets/{id}/files", "files_upload",
+                       route_upload, app);
+}

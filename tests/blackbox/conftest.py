@@ -1,0 +1,170 @@
+"""Fixtures for Sluice's black-box tests (see sluice_harness.py).
+
+Session: `pg` (private Postgres cluster), `redis` (private redis-server).
+Function: `start_server` (factory), `server`, `tenant`, `samples`.
+
+Environment:
+  SLUICE_BIN            binary to test (default REPO/build/sluice)
+  SLUICE_SAMPLES        samples dir (default REPO/../shared/samples)
+  SLUICE_START_TIMEOUT  seconds to wait for /healthz (default 20)
+  SLUICE_TEST_TIMEOUT   per-test alarm in seconds (default 600; 0 = off);
+                        a test can set its own with @pytest.mark.timeout(N)
+  SLUICE_IGNORE_SANITIZER=1  don't fail a test whose server logged an
+                        ASan/LSan/UBSan report
+"""
+
+import atexit
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sluice_harness import (  # noqa: E402
+    REPO, Client, PgCluster, RedisServer, Server, ServerFactory, free_port,
+)
+
+__all__ = ["Client", "Server", "free_port"]
+
+# Everything long-lived registers here so atexit / SIGTERM can clean it up
+# even when pytest's own teardown doesn't run.
+_live = []
+
+
+def _cleanup_all():
+    while _live:
+        obj = _live.pop()
+        try:
+            obj.destroy()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+atexit.register(_cleanup_all)
+
+
+def _on_sigterm(signum, frame):
+    # Turn SIGTERM into an orderly exit so fixtures and atexit run.
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_configure(config):
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    config.addinivalue_line("markers", "slow: big uploads / many files; run only against the normal build")
+    config.addinivalue_line("markers", "server_smoke: needs a working sluice binary")
+    config.addinivalue_line("markers", "timeout(seconds): per-test time limit")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+# ---------------------------------------------------------------- timeouts
+
+class SluiceTestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _per_test_timeout(request):
+    m = request.node.get_closest_marker("timeout")
+    secs = int(m.args[0]) if m and m.args else int(os.environ.get("SLUICE_TEST_TIMEOUT", "600"))
+    if secs <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise SluiceTestTimeout("test exceeded its %d s time limit" % secs)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(secs)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------- services
+
+@pytest.fixture(scope="session")
+def pg():
+    """Private Postgres: .new_database(), .stop(), .start(), .sockdir, .port."""
+    cluster = PgCluster()
+    _live.append(cluster)
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+    if cluster in _live:
+        _live.remove(cluster)
+
+
+@pytest.fixture(scope="session")
+def redis():
+    """Private Redis: .url, .port, .stop(), .start()."""
+    r = RedisServer()
+    _live.append(r)
+    r.start()
+    yield r
+    r.destroy()
+    if r in _live:
+        _live.remove(r)
+
+
+@pytest.fixture(autouse=True)
+def _restore_services(request):
+    """If a test stopped the session Postgres/Redis and didn't restart them
+    (e.g. it failed half way), bring them back for the next test."""
+    yield
+    for obj in list(_live):
+        if isinstance(obj, (PgCluster, RedisServer)) and not obj.running:
+            obj.start()
+
+
+# ---------------------------------------------------------------- server
+
+@pytest.fixture
+def start_server(pg, redis, tmp_path, request):
+    """Factory: start_server(config=None, env=None, database_url=None,
+    storage_path=None, extra_yaml="") -> Server. All are stopped at teardown."""
+    factory = ServerFactory(pg, redis, tmp_path)
+    yield factory
+    reports = factory.teardown()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for i, s in enumerate(factory.servers, 1):
+            tail = "\n".join(s.log().splitlines()[-40:])
+            print("\n---- sluice server %d log tail (%s) ----\n%s" % (i, s.log_path, tail))
+    if reports and os.environ.get("SLUICE_IGNORE_SANITIZER") != "1":
+        pytest.fail("sanitizer reports in server logs:\n" +
+                    "\n".join("server %d: %s" % (i, l) for i, l in reports[:20]),
+                    pytrace=False)
+
+
+@pytest.fixture
+def server(start_server):
+    """A sluice server with the default config and a fresh database."""
+    return start_server()
+
+
+@pytest.fixture
+def tenant(server):
+    """A Client for a new tenant on `server`."""
+    return server.create_tenant("t-" + secrets.token_hex(4))
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """pathlib.Path of the sample files."""
+    p = Path(os.environ.get("SLUICE_SAMPLES") or (REPO.parent / "shared" / "samples"))
+    if not p.is_dir():
+        pytest.fail("samples dir not found: %s (set SLUICE_SAMPLES)" % p, pytrace=False)
+    return p

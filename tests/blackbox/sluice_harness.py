@@ -1,0 +1,647 @@
+"""sluice_harness — helper classes for Sluice's black-box tests.
+
+Private Postgres (unix socket only, run as the unprivileged user "sluice" when
+we are root), private Redis, the sluice server process, and a thin HTTP
+client. Every process is started as our child with a parent-death signal, so
+nothing outlives the test run even if pytest is killed; the fixtures in
+conftest.py stop them cleanly at teardown.
+"""
+
+import ctypes
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+PG_USER = os.environ.get("SL_PG_USER", "sluice")
+DEFAULT_TIMEOUT = 30
+
+_libc = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_pdeathsig():
+    """In a forked child: die with SIGKILL when the parent (pytest) dies."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _preexec(uid=None, gid=None):
+    """Return a preexec_fn: optionally drop to uid/gid, then set pdeathsig
+    (after the credential change, which would otherwise clear it)."""
+
+    def fn():
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+        _set_pdeathsig()
+
+    return fn
+
+
+# ---------------------------------------------------------------- ports
+
+_handed_out = set()
+
+
+def free_port():
+    """A currently free TCP port on 127.0.0.1, never the same one twice in
+    this process (so two fixtures can't race for one)."""
+    for _ in range(200):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _log_tail(path, lines=60):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _stop_proc(proc, sig=signal.SIGTERM, timeout=15.0):
+    """Signal proc and reap it; SIGKILL after timeout. Returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+def pg_bindir():
+    """The newest /usr/lib/postgresql/<major>/bin with a postgres binary."""
+    best = None
+    base = Path("/usr/lib/postgresql")
+    if base.is_dir():
+        for d in base.iterdir():
+            if d.name.split(".")[0].isdigit() and (d / "bin" / "postgres").exists():
+                v = int(d.name.split(".")[0])
+                if best is None or v > best[0]:
+                    best = (v, d / "bin")
+    if best is None:
+        raise RuntimeError("no PostgreSQL under /usr/lib/postgresql (run scripts/install-deps)")
+    return best[1]
+
+
+def _ensure_pg_user():
+    """When root, create the system user that owns the cluster; returns
+    (uid, gid) to run Postgres as, or (None, None) when not root."""
+    if os.geteuid() != 0:
+        return None, None
+    try:
+        pw = pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True,
+        )
+        pw = pwd.getpwnam(PG_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+class PgCluster:
+    """A throwaway Postgres cluster in a temp dir, reachable only over a unix
+    socket in `sockdir` named after `port`. The superuser role is named after
+    our OS user, so a URI without a user name works."""
+
+    def __init__(self, base=None):
+        self.bindir = pg_bindir()
+        self.uid, self.gid = _ensure_pg_user()
+        self.base = Path(base or tempfile.mkdtemp(prefix="sluice-pg-", dir="/tmp"))
+        os.chmod(self.base, 0o755)  # traversable by the postgres user
+        self.datadir = self.base / "data"
+        self.sockdir = str(self.base / "run")
+        self.logfile = self.base / "postgres.log"
+        self.port = free_port()
+        self.proc = None
+        self.want_running = False
+        self._dbseq = 0
+        self._superuser = pwd.getpwuid(os.geteuid()).pw_name
+        self._initdb()
+
+    def _chown(self, path):
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid)
+
+    def _initdb(self):
+        self.datadir.mkdir(mode=0o700)
+        self._chown(self.datadir)
+        Path(self.sockdir).mkdir(mode=0o755)
+        self._chown(self.sockdir)
+        r = subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self._superuser,
+             "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=_preexec(self.uid, self.gid),
+        )
+        if r.returncode != 0:
+            raise RuntimeError("initdb failed:\n" + r.stdout)
+
+    def start(self):
+        """Start (or restart) the cluster on the same socket dir and port;
+        returns when it accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.want_running = True
+            return
+        log = open(self.logfile, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.datadir),
+                 "-k", self.sockdir, "-c", "listen_addresses=", "-p", str(self.port),
+                 "-c", "max_connections=300", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "shared_buffers=32MB"],
+                cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_preexec(self.uid, self.gid),
+            )
+        finally:
+            log.close()
+        self.want_running = True
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("postgres exited at start:\n" + _log_tail(self.logfile))
+            r = subprocess.run(
+                [str(self.bindir / "pg_isready"), "-q", "-h", self.sockdir, "-p", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("postgres did not become ready:\n" + _log_tail(self.logfile))
+
+    def stop(self, mode="fast"):
+        """Stop the cluster ("fast" = SIGINT, "smart" = SIGTERM,
+        "immediate" = SIGQUIT)."""
+        self.want_running = False
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT,
+               "immediate": signal.SIGQUIT}[mode]
+        _stop_proc(self.proc, sig, timeout=30)
+        self.proc = None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def url(self, dbname):
+        """libpq URI of database dbname on this cluster."""
+        return "postgresql:///%s?host=%s&port=%d" % (
+            urllib.parse.quote(dbname), urllib.parse.quote(self.sockdir, safe="/"), self.port)
+
+    def psql(self, sql, dbname="postgres", check=True):
+        """Run sql with psql on dbname; returns stdout (unaligned, tuples only)."""
+        r = subprocess.run(
+            [str(self.bindir / "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+             "-h", self.sockdir, "-p", str(self.port), "-d", dbname, "-c", sql],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        if check and r.returncode != 0:
+            raise RuntimeError("psql failed: %s\n%s" % (sql, r.stderr))
+        return r.stdout
+
+    def new_database(self):
+        """Create a fresh, empty database; returns its libpq URI."""
+        self._dbseq += 1
+        name = "sl_t%d_%s" % (self._dbseq, secrets.token_hex(3))
+        self.psql('CREATE DATABASE "%s"' % name)
+        return self.url(name)
+
+    def destroy(self):
+        """Stop the cluster and remove its directory."""
+        self.stop("immediate" if self.running else "fast")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Redis
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1:port, no persistence."""
+
+    def __init__(self, base=None):
+        self.base = Path(base or tempfile.mkdtemp(prefix="sluice-redis-", dir="/tmp"))
+        self.port = free_port()
+        self.url = "redis://127.0.0.1:%d/0" % self.port
+        self.logfile = self.base / "redis.log"
+        self.proc = None
+        self.want_running = False
+
+    def start(self):
+        """Start (or restart) on the same port; returns once it answers PING."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.want_running = True
+            return
+        log = open(self.logfile, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--daemonize", "no",
+                 "--dir", str(self.base)],
+                cwd=str(self.base), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, preexec_fn=_preexec(),
+            )
+        finally:
+            log.close()
+        self.want_running = True
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis exited at start:\n" + _log_tail(self.logfile))
+            if self.ping():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis did not answer PING:\n" + _log_tail(self.logfile))
+
+    def ping(self):
+        """True if redis answers PING (raw RESP over a socket; no client lib)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        """SIGTERM and wait."""
+        self.want_running = False
+        _stop_proc(self.proc, signal.SIGTERM, timeout=15)
+        self.proc = None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def destroy(self):
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- HTTP client
+
+
+class Client:
+    """Thin wrapper over requests for one API key: adds the Bearer header and
+    a 30 s timeout; returns requests.Response objects unchanged."""
+
+    def __init__(self, base, key, tenant_id=None):
+        self.base = base.rstrip("/")
+        self.key = key
+        self.tenant_id = tenant_id
+        self.session = requests.Session()
+
+    def request(self, method, path, **kw):
+        url = path if path.startswith(("http://", "https://")) else self.base + path
+        headers = {}
+        if self.key:
+            headers["Authorization"] = "Bearer " + self.key
+        headers.update(kw.pop("headers", None) or {})
+        headers = {k: v for k, v in headers.items() if v is not None}  # None removes
+        kw.setdefault("timeout", DEFAULT_TIMEOUT)
+        return self.session.request(method, url, headers=headers, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def put(self, path, **kw):
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def create_dataset(self, name="ds", schema=None):
+        """POST /v1/datasets; asserts 201 and returns the dataset dict."""
+        body = {"name": name}
+        if schema is not None:
+            body["record_schema"] = schema
+        r = self.post("/v1/datasets", json=body)
+        assert r.status_code == 201, "create_dataset: %d %s" % (r.status_code, r.text)
+        return r.json()
+
+    def upload(self, dataset_id, paths_or_tuples, headers=None, **kw):
+        """Multipart POST /v1/datasets/{id}/files, one part named "file" per
+        item. An item is a path (str/Path) or a tuple (filename, bytes) or
+        (filename, bytes, content_type). A single item may be passed bare."""
+        items = paths_or_tuples
+        if isinstance(items, (str, os.PathLike)) or (
+                isinstance(items, tuple) and len(items) in (2, 3)
+                and isinstance(items[0], str) and isinstance(items[1], (bytes, bytearray))):
+            items = [items]
+        files, opened = [], []
+        try:
+            for it in items:
+                if isinstance(it, tuple):
+                    if len(it) == 2:
+                        files.append(("file", (it[0], bytes(it[1]), "application/octet-stream")))
+                    else:
+                        files.append(("file", (it[0], bytes(it[1]), it[2])))
+                else:
+                    p = Path(it)
+                    f = open(p, "rb")
+                    opened.append(f)
+                    files.append(("file", (p.name, f, "application/octet-stream")))
+            return self.post("/v1/datasets/%s/files" % dataset_id, files=files,
+                             headers=headers, **kw)
+        finally:
+            for f in opened:
+                f.close()
+
+    def wait_file(self, file_id, until=("done", "failed"), timeout=60.0, interval=0.2):
+        """Poll GET /v1/files/{id} until status is in `until`; returns the file
+        dict (fails the test on timeout)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            r = self.get("/v1/files/%s" % file_id)
+            if r.status_code == 200:
+                last = r.json()
+                if last.get("status") in until:
+                    return last
+            time.sleep(interval)
+        raise AssertionError("file %s not %s after %.0fs; last: %r" % (file_id, until, timeout, last))
+
+
+# ---------------------------------------------------------------- server
+
+SANITIZER_PATTERNS = re.compile(
+    r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|WARNING: ThreadSanitizer"
+    r"|\.[ch]:\d+:\d+: runtime error:")
+
+_TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:", re.M)
+
+
+class _Placeholders(dict):
+    def __missing__(self, key):
+        raise KeyError(key)
+
+
+def fill_placeholders(text, values):
+    """Fill {name} placeholders like str.format. YAML flow mappings use
+    braces too, so when str.format chokes on them (unknown field, bad spec)
+    only the known {name} tokens are replaced and every other brace is kept."""
+    try:
+        return text.format_map(_Placeholders(values))
+    except (KeyError, ValueError, IndexError, AttributeError):
+        out = text
+        for k, v in values.items():
+            out = out.replace("{%s}" % k, str(v))
+        return out
+
+
+def default_config(values, extra_yaml=""):
+    """The harness's default YAML config. Top-level keys that extra_yaml
+    defines replace the default's own (e.g. extra_yaml "services: ..."
+    replaces the default services section)."""
+    sections = {
+        "listen": 'listen: "%s"\n' % values["listen"],
+        "database_url": 'database_url: "%s"\n' % values["database_url"],
+        "redis_url": 'redis_url: "%s"\n' % values["redis_url"],
+        "admin_key": 'admin_key: "%s"\n' % values["admin_key"],
+        "storage": 'storage: {backend: fs, path: "%s"}\n' % values["storage_path"],
+        "services": 'services:\n  ocr: {command: ["tesseract", "{input}", "stdout"]}\n',
+    }
+    overridden = set(_TOP_KEY.findall(extra_yaml or ""))
+    text = "".join(v for k, v in sections.items() if k not in overridden)
+    if extra_yaml:
+        text += extra_yaml if extra_yaml.endswith("\n") else extra_yaml + "\n"
+    return text
+
+
+class ServerStartError(AssertionError):
+    pass
+
+
+class Server:
+    """One sluice process started from a config file. Restartable on the
+    same port, config, database and storage."""
+
+    def __init__(self, binary, config_text, config_path, log_path, port, admin_key,
+                 database_url, storage_path, env, start_timeout=20.0):
+        self.binary = str(binary)
+        self.config_text = config_text
+        self.config_path = str(config_path)
+        self.log_path = str(log_path)
+        self.port = port
+        self.url = "http://127.0.0.1:%d" % port
+        self.admin_key = admin_key
+        self.database_url = database_url
+        self.storage_path = str(storage_path)
+        self.env = env
+        self.start_timeout = start_timeout
+        self.proc = None
+        Path(self.config_path).write_text(config_text)
+
+    # -- process control
+
+    def start(self):
+        """Start the process and wait for GET /healthz == 200."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if not os.access(self.binary, os.X_OK):
+            raise ServerStartError("sluice binary not found or not executable: %s "
+                                   "(build it, or set SLUICE_BIN)" % self.binary)
+        log = open(self.log_path, "ab")
+        try:
+            log.write(b"==== start %s --config %s\n" % (self.binary.encode(), self.config_path.encode()))
+            log.flush()
+            self.proc = subprocess.Popen(
+                [self.binary, "--config", self.config_path],
+                cwd=str(REPO), env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_preexec(),
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError("sluice exited with %s during start; log tail:\n%s"
+                                       % (self.proc.returncode, _log_tail(self.log_path)))
+            try:
+                r = requests.get(self.url + "/healthz", timeout=2)
+                if r.status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        code = self.proc.poll()
+        self.kill()
+        raise ServerStartError("sluice did not answer /healthz within %.0fs (exit %s); log tail:\n%s"
+                               % (self.start_timeout, code, _log_tail(self.log_path)))
+
+    def stop(self, timeout=15.0):
+        """SIGTERM and wait (SIGKILL after timeout). Returns the exit code."""
+        rc = _stop_proc(self.proc, signal.SIGTERM, timeout=timeout)
+        return rc
+
+    def kill(self):
+        """SIGKILL and reap."""
+        return _stop_proc(self.proc, signal.SIGKILL, timeout=10)
+
+    def restart(self):
+        """Stop (gracefully) and start again with the same config/db/port."""
+        self.stop()
+        self.proc = None
+        return self.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- introspection
+
+    def _status_kib(self, field):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError("%s not in /proc/%d/status" % (field, self.proc.pid))
+
+    def rss_kib(self):
+        """Current resident set size (VmRSS) in KiB."""
+        return self._status_kib("VmRSS")
+
+    def peak_rss_kib(self):
+        """Peak resident set size (VmHWM) in KiB."""
+        return self._status_kib("VmHWM")
+
+    def log(self):
+        """The full server log (stdout+stderr) so far."""
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def sanitizer_reports(self):
+        """Lines of the log that are ASan/LSan/UBSan reports."""
+        return [l for l in self.log().splitlines() if SANITIZER_PATTERNS.search(l)]
+
+    # -- API helpers
+
+    def admin(self):
+        """A Client with the admin key."""
+        return Client(self.url, self.admin_key)
+
+    def create_tenant(self, name):
+        """POST /v1/admin/tenants; asserts 201; returns a Client for it."""
+        r = requests.post(self.url + "/v1/admin/tenants", json={"name": name},
+                          headers={"Authorization": "Bearer " + self.admin_key},
+                          timeout=DEFAULT_TIMEOUT)
+        assert r.status_code == 201, "create_tenant: %d %s" % (r.status_code, r.text)
+        body = r.json()
+        return Client(self.url, body["api_key"], body.get("id"))
+
+
+def sluice_binary():
+    """SLUICE_BIN (relative paths against the repo root) or REPO/build/sluice."""
+    b = os.environ.get("SLUICE_BIN")
+    if not b:
+        return REPO / "build" / "sluice"
+    p = Path(b)
+    return p if p.is_absolute() else REPO / p
+
+
+class ServerFactory:
+    """Creates Server objects for one test and tears them all down."""
+
+    def __init__(self, pg, redis, tmpdir):
+        self.pg = pg
+        self.redis = redis
+        self.tmpdir = Path(tmpdir)
+        self.servers = []
+
+    def __call__(self, config=None, env=None, database_url=None, storage_path=None,
+                 extra_yaml=""):
+        n = len(self.servers) + 1
+        port = free_port()
+        if database_url is None:
+            database_url = self.pg.new_database()
+        if storage_path is None:
+            storage_path = self.tmpdir / ("blobs%d" % n)
+            storage_path.mkdir(parents=True, exist_ok=True)
+        admin_key = secrets.token_hex(16)
+        values = {
+            "listen": "127.0.0.1:%d" % port,
+            "port": port,
+            "database_url": database_url,
+            "redis_url": self.redis.url,
+            "admin_key": admin_key,
+            "storage_path": str(storage_path),
+            "repo": str(REPO),
+            "tmp": str(self.tmpdir),
+        }
+        if config is None:
+            text = default_config(values, extra_yaml)
+        else:
+            text = fill_placeholders(config, values)
+            if extra_yaml:
+                text += "\n" + extra_yaml
+        full_env = dict(os.environ)
+        full_env.update({k: str(v) for k, v in (env or {}).items()})
+        srv = Server(
+            binary=sluice_binary(), config_text=text,
+            config_path=self.tmpdir / ("sluice%d.yaml" % n),
+            log_path=self.tmpdir / ("sluice%d.log" % n),
+            port=port, admin_key=admin_key, database_url=database_url,
+            storage_path=storage_path, env=full_env,
+            start_timeout=float(os.environ.get("SLUICE_START_TIMEOUT", "20")),
+        )
+        self.servers.append(srv)
+        srv.start()
+        return srv
+
+    def teardown(self):
+        """Stop every server (SIGTERM, then SIGKILL); returns sanitizer report
+        lines found in their logs, as (server_index, line) pairs."""
+        reports = []
+        for i, s in enumerate(self.servers, 1):
+            try:
+                s.stop(timeout=10)
+            except Exception:  # noqa: BLE001 — keep tearing down the rest
+                s.kill()
+            reports += [(i, l) for l in s.sanitizer_reports()]
+        return reports

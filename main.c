@@ -280,6 +280,10 @@ static int serve(sl_config_t *cfg)
     }
     if ((err = sl_pg_new(app->base, cfg->database_url, cfg->database_pool, 30000, &app->pg)) != 0)
         goto out;
+    if (cfg->redis_url && (err = sl_redis_new(app->base, cfg->redis_url, &app->redis)) != 0) {
+        sl_log(SL_LOG_ERROR, "redis_url_invalid", "{s:s}", "redis_url", cfg->redis_url);
+        goto out;
+    }
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
     if ((err = start_migrations(app)) != 0)
@@ -332,6 +336,8 @@ out:
         event_free(g_sigint);
     if (app->router)
         sl_http_router_free(app->router);
+    if (app->redis)
+        sl_redis_free(app->redis);
     if (app->pg)
         sl_pg_free(app->pg);
     if (app->store)

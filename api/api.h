@@ -17,6 +17,7 @@
 #include "core/config.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
 #include "db/pg.h"
@@ -39,6 +40,7 @@ typedef struct sl_app_s {
     sl_store_t *store;         /* owned by main */
     sl_http_server_t *http;    /* owned by main */
     sl_http_router_t *router;  /* owned by main */
+    sl_redis_t *redis;         /* owned by main; NULL when redis_url is not configured */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
@@ -72,6 +74,17 @@ typedef void (*sl_api_auth_cb)(sl_app_t *app, sl_http_req_t *req, const char *te
 void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
                  void *arg);
 
+/**
+ * What an sl_api_auth_owned / sl_api_read_json_owned call does with `arg` when
+ * it answers the request itself without calling cb: release(arg) (maybe
+ * inside the call). So `arg` may own heap state that lives across the call.
+ */
+typedef void (*sl_api_release_fn)(void *arg);
+
+/** sl_api_auth; when cb is not called, release(arg) is (release may be NULL). */
+void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
+                       sl_api_auth_cb cb, void *arg, sl_api_release_fn release);
+
 /** True if the request carries the admin key (constant-time compare). */
 int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req);
 
@@ -98,11 +111,22 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r);
  */
 typedef void (*sl_api_json_body_cb)(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg);
 void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg);
+/** sl_api_read_json; when cb is not called, release(arg) is (release may be NULL). */
+void sl_api_read_json_owned(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg,
+                            sl_api_release_fn release);
 
 /**
  * The route callback's params are borrowed for the call only: copy the values
  * you keep. Route callbacks are registered with arg = the sl_app_t.
  */
+
+/**
+ * Matches the request's method and path against app->router again and fills
+ * *out with the route's params (e.g. {id}). Lets an sl_api_auth callback
+ * recover the path params without allocating before authentication (which may
+ * answer 401 without calling back). 0, or SL_ENOTFOUND if no route matches.
+ */
+int sl_api_route_params(sl_app_t *app, sl_http_req_t *req, sl_http_params_t *out);
 
 /* ---- pipelines ---- */
 
@@ -154,5 +178,18 @@ int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_
 /** 1 if sig is valid for (artifact_id, expires) and expires is in the future. */
 int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
                           const char *sig);
+
+/* ---- blob downloads (api/artifacts.c) ---- */
+
+/**
+ * Answers 200 with the object at storage_key (borrowed; copied) as the body,
+ * Content-Type `mime` (borrowed; copied) and Content-Length `size`, streamed
+ * from storage in 256 KiB reads, each started only when the previous chunk
+ * has drained to the client, so memory stays bounded. Stops early if the
+ * client goes away. Finishes the request (404/503 if the object cannot be
+ * read before the headers are sent).
+ */
+void sl_api_stream_blob(sl_app_t *app, sl_http_req_t *req, const char *storage_key,
+                        const char *mime, uint64_t size);
 
 #endif

@@ -77,7 +77,14 @@ typedef struct auth_ctx_s {
     sl_http_req_t *req;
     sl_api_auth_cb cb;
     void *arg;
+    sl_api_release_fn release;
 } auth_ctx_t;
+
+static void release_arg(sl_api_release_fn release, void *arg)
+{
+    if (release != NULL)
+        release(arg);
+}
 
 static void auth_done_cb(const sl_pg_result_t *r, void *arg)
 {
@@ -87,25 +94,34 @@ static void auth_done_cb(const sl_pg_result_t *r, void *arg)
 
     if (r->err != 0) {
         sl_api_db_error(req, r);
-        goto out;
+        goto fail;
     }
     if (sl_http_req_closed(req)) {
         finish_closed(req);
-        goto out;
+        goto fail;
     }
     if (r->n < 1 || PQntuples(r->res[0]) != 1) {
         sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
-        goto out;
+        goto fail;
     }
     /* Copied: the PGresult is freed once this callback returns. */
     snprintf(tenant_id, sizeof tenant_id, "%s", PQgetvalue(r->res[0], 0, 0));
     ctx->cb(ctx->app, req, tenant_id, ctx->arg);
-out:
+    free(ctx);
+    return;
+fail:
+    release_arg(ctx->release, ctx->arg);
     free(ctx);
 }
 
 void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
                  void *arg)
+{
+    sl_api_auth_owned(app, req, allow_query_token, cb, arg, NULL);
+}
+
+void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
+                       sl_api_auth_cb cb, void *arg, sl_api_release_fn release)
 {
     char key[SL_API_KEY_MAX];
     char hash[65];
@@ -115,6 +131,7 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
         n = sl_http_req_query_param(req, "access_token", key, sizeof key);
     if (n <= 0) {
         sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
+        release_arg(release, arg);
         return;
     }
     sl_sha256_hex(key, (size_t)n, hash);
@@ -123,12 +140,14 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
     auth_ctx_t *ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) {
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        release_arg(release, arg);
         return;
     }
     ctx->app = app;
     ctx->req = req;
     ctx->cb = cb;
     ctx->arg = arg;
+    ctx->release = release;
     const char *params[1] = {hash};
     int err = sl_pg_query(app->pg,
                           "SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -137,6 +156,7 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
         free(ctx);
         sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
         sl_api_db_error(req, &r);
+        release_arg(release, arg);
     }
 }
 
@@ -200,6 +220,7 @@ typedef struct body_ctx_s {
     sl_app_t *app;
     sl_api_json_body_cb cb;
     void *arg;
+    sl_api_release_fn release;
 } body_ctx_t;
 
 static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
@@ -226,26 +247,39 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
         goto out;
     }
     ctx->cb(ctx->app, req, v, ctx->arg);
+    json_decref(v);
+    free(ctx);
+    return;
 out:
+    release_arg(ctx->release, ctx->arg);
     json_decref(v);
     free(ctx);
 }
 
 void sl_api_read_json(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg)
 {
+    sl_api_read_json_owned(app, req, cb, arg, NULL);
+}
+
+void sl_api_read_json_owned(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_cb cb, void *arg,
+                            sl_api_release_fn release)
+{
     size_t max = app->cfg != NULL && app->cfg->max_json_bytes > 0 ? app->cfg->max_json_bytes
                                                                   : SL_DEFAULT_JSON_MAX;
     body_ctx_t *ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) {
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        release_arg(release, arg);
         return;
     }
     ctx->app = app;
     ctx->cb = cb;
     ctx->arg = arg;
+    ctx->release = release;
     if (sl_http_req_read_body(req, max, json_body_cb, ctx) != 0) {
         free(ctx);
         sl_http_respond_error(req, 500, "internal_error", "could not read the body", -1);
+        release_arg(release, arg);
     }
 }
 
@@ -624,4 +658,19 @@ int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const ch
     if (strlen(sig) != 64 || blob_sig(app, artifact_id, e, want) != 0)
         return 0;
     return sl_consttime_eq(want, sig, 64);
+}
+
+/* ------------------------------------------------------------------------ */
+/* route params                                                              */
+
+int sl_api_route_params(sl_app_t *app, sl_http_req_t *req, sl_http_params_t *out)
+{
+    sl_http_route_cb cb = NULL;
+    void *arg = NULL;
+    const char *name = NULL;
+    memset(out, 0, sizeof *out);
+    if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb,
+                             &arg, out, &name) != 1)
+        return SL_ENOTFOUND;
+    return 0;
 }

@@ -906,7 +906,12 @@ static int set_defaults(sl_config_t *cfg)
     return 0;
 }
 
-/* Turns the first collected libfyaml error into our one-line message. */
+/*
+ * Turns the first collected libfyaml error (lines are 1-based there) into our
+ * one-line message. Returns 0 when nothing was collected: libfyaml builds no
+ * document for an empty stream (only blanks and comments) but collects no
+ * error either, and an empty file is an empty mapping to us.
+ */
 static int syntax_error(ctx_t *c, struct fy_diag *diag)
 {
     struct fy_diag_error *e;
@@ -917,7 +922,7 @@ static int syntax_error(ctx_t *c, struct fy_diag *diag)
             return fail(c, e->line > 0 ? e->line : 1, NULL, "syntax error: %s",
                         e->msg != NULL ? e->msg : "invalid YAML");
     }
-    return fail(c, 1, NULL, "syntax error: invalid YAML");
+    return 0;
 }
 
 int sl_config_load_string(const char *yaml, size_t len, const char *name, sl_config_t **out,
@@ -964,11 +969,8 @@ int sl_config_load_string(const char *yaml, size_t len, const char *name, sl_con
     pcfg.flags = FYPCF_QUIET; /* no RESOLVE: aliases are rejected, not expanded */
     pcfg.diag = diag;
     doc = fy_document_build_from_string(&pcfg, yaml, len);
-    if (doc == NULL && fy_diag_got_error(diag)) {
-        rc = syntax_error(&c, diag);
+    if (doc == NULL && (rc = syntax_error(&c, diag)) < 0)
         goto out;
-    }
-    /* doc == NULL without an error: an empty stream, i.e. an empty mapping. */
     rc = parse_root(&c, doc != NULL ? fy_document_root(doc) : NULL);
 
 out:

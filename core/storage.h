@@ -37,21 +37,39 @@ typedef struct sl_store_info_s {
     char mime[SL_STORE_MIME_MAX]; /* sniffed, e.g. "application/pdf"; "application/x-empty" for 0 bytes */
 } sl_store_info_t;
 
-/** Opens the filesystem backend rooted at `root` (created if missing; copied). */
+/**
+ * Opens the filesystem backend rooted at `root` (created if missing; copied;
+ * not "/"). Objects live at <root>/<key>; temp files in <root>/.tmp, which is
+ * emptied here (synchronously: call at start-up). `wq` is borrowed and must
+ * outlive the store and its pending operations. Returns owned in *out.
+ */
 int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out);
 
-/** Frees the store (writers must be committed or aborted first). */
+/**
+ * Frees the store (writers must be committed or aborted first). Reads, stats
+ * and deletes still in flight complete normally: they do not use the store.
+ */
 void sl_store_free(sl_store_t *st);
 
-/** True if key is a well-formed server-made key. */
+/**
+ * True if key is a well-formed server-made key: 1..SL_STORE_KEY_MAX chars of
+ * [A-Za-z0-9/_.-], no leading or trailing '/', no "//", no "..", and no path
+ * component starting with '.' (so never the backend's own ".tmp").
+ */
 int sl_store_key_valid(const char *key);
 
 /* ---- writing ---- */
 
-/** Starts writing `key` (copied). Returns owned writer in *out. */
+/**
+ * Starts writing `key` (borrowed, copied). Returns an owned writer in *out: it
+ * must be passed to sl_store_put_commit() or sl_store_put_abort().
+ */
 int sl_store_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out);
 
-/** Queues len bytes (copied). Returns 0, SL_ENOMEM, or the writer's earlier I/O error. */
+/**
+ * Queues len bytes (data borrowed, copied). Returns 0, SL_ENOMEM, SL_EINVAL
+ * (after commit/abort), or the writer's earlier I/O error (sticky).
+ */
 int sl_store_write(sl_store_writer_t *w, const void *data, size_t len);
 
 /** Bytes queued and not yet written. */
@@ -67,19 +85,26 @@ void sl_store_on_drain(sl_store_writer_t *w, sl_store_drain_cb cb, void *arg);
 /**
  * Finishes the object. cb gets err = 0 and the object's info (borrowed until cb
  * returns) once it is durable, or a negative error (then nothing is left
- * behind). The writer is freed by the store after cb returns.
+ * behind), including a sticky write error. The writer is freed by the store
+ * after cb returns; once this returned 0 the caller must not use w again. If it
+ * returns an error (SL_EINVAL, SL_ENOMEM) there is no callback and the caller
+ * still owns w. `arg` borrowed; cb may be NULL.
  */
 typedef void (*sl_store_commit_cb)(int err, const sl_store_info_t *info, void *arg);
 int sl_store_put_commit(sl_store_writer_t *w, sl_store_commit_cb cb, void *arg);
 
-/** Discards the writer and its temp data (async cleanup, no callback). Takes w. */
+/**
+ * Discards the writer and its temp data (async cleanup, no callback, no more
+ * drain callbacks). Takes w. A no-op on a writer already committing.
+ */
 void sl_store_put_abort(sl_store_writer_t *w);
 
 /* ---- reading and deleting ---- */
 
 /**
- * Reads up to len bytes at offset. cb gets the bytes (borrowed until it
- * returns), n = bytes read (0 at end), or err < 0 (SL_ENOTFOUND if no object).
+ * Reads up to len bytes at offset (len is capped at 1 MiB per call). cb gets
+ * the bytes (borrowed until it returns), n = bytes read (< len only at the end,
+ * 0 past it), or err < 0 (SL_ENOTFOUND if no object). cb required; `arg` borrowed.
  */
 typedef void (*sl_store_read_cb)(int err, const char *data, size_t n, void *arg);
 int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len,

@@ -265,8 +265,6 @@ typedef struct fs_wjob_s {
     size_t bytes; /* how many queued bytes it took */
 } fs_wjob_t;
 
-static const sl_store_ops_t fs_ops;
-
 static int errno_to_sl(int e)
 {
     switch (e) {
@@ -512,7 +510,7 @@ static void commit_work(void *arg)
     if ((err = mkdir_parents(w->final_path, w->root_len)) != 0)
         goto out;
     if (rename(w->tmp_path, w->final_path) != 0) {
-        err = errno_to_sl(errno) == SL_ENOTFOUND ? SL_EIO : errno_to_sl(errno);
+        err = SL_EIO;
         goto out;
     }
     renamed = 1;
@@ -922,9 +920,8 @@ static int clean_tmp_dir(const char *dir)
         int n = snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         if (n < 0 || (size_t)n >= sizeof path)
             continue;
-        /* Only files are ever made there; leave anything else alone. */
-        if (unlink(path) != 0 && errno != ENOENT && errno != EISDIR && errno != EPERM)
-            continue;
+        /* Only files are ever made there; unlink leaves anything else alone. */
+        (void)unlink(path);
     }
     closedir(d);
     return 0;
@@ -940,8 +937,8 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     size_t n = strnlen(root, FS_ROOT_MAX + 1);
     while (n > 1 && root[n - 1] == '/')
         n--;
-    if (n == 0 || n > FS_ROOT_MAX)
-        return SL_EINVAL;
+    if (n == 0 || n > FS_ROOT_MAX || (n == 1 && root[0] == '/'))
+        return SL_EINVAL; /* not the filesystem root itself */
 
     fs_store_t *fs = calloc(1, sizeof *fs);
     if (!fs)
@@ -950,13 +947,14 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     fs->base.wq = wq;
     memcpy(fs->root, root, n);
     fs->root[n] = '\0';
-    if (n == 1 && root[0] == '/')
-        n = 0; /* the filesystem root: paths are "/<key>" */
-    fs->root[n] = n ? fs->root[n] : '\0';
     fs->root_len = n;
 
-    snprintf(tmp, sizeof tmp, "%s/" FS_TMP_DIR, fs->root);
-    if ((err = mkdir_all(fs->root[0] ? fs->root : "/")) != 0)
+    int len = snprintf(tmp, sizeof tmp, "%s/" FS_TMP_DIR, fs->root);
+    if (len < 0 || (size_t)len >= sizeof tmp) {
+        err = SL_ETOOBIG;
+        goto fail;
+    }
+    if ((err = mkdir_all(fs->root)) != 0)
         goto fail;
     if ((err = mkdir_all(tmp)) != 0)
         goto fail;

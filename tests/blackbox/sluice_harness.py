@@ -27,19 +27,17 @@ REPO = Path(__file__).resolve().parents[2]
 PG_USER = os.environ.get("SL_PG_USER", "sluice")
 DEFAULT_TIMEOUT = 30
 
-_libc = None
 _PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork
+except OSError:
+    _libc = None
 
 
 def _set_pdeathsig():
     """In a forked child: die with SIGKILL when the parent (pytest) dies."""
-    global _libc
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
 
 
 def _preexec(uid=None, gid=None):

@@ -1,0 +1,230 @@
+/*
+ * datasets.c — a tenant's datasets.
+ *
+ *   POST /v1/datasets        {"name", "record_schema"?} -> 201 dataset
+ *   GET  /v1/datasets        -> {"datasets": [dataset, ...]}, newest first
+ *   GET  /v1/datasets/{id}   -> dataset, or 404 (also another tenant's)
+ *
+ * The dataset document is built by sluice_dataset_json() in Postgres. The
+ * record schema is stored as json (not jsonb) text so its property order — the
+ * CSV column order of records.c — is the order the client wrote.
+ */
+#include "api/api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/crypto.h"
+#include "core/err.h"
+
+#define SL_DATASET_NAME_MAX 200 /* characters (code points) */
+
+/* Used when a dataset is created without a record_schema. */
+static const char default_schema[] =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"title\":{\"type\":\"string\"},"
+    "\"reference\":{\"type\":\"string\"},"
+    "\"date\":{\"type\":\"string\"},"
+    "\"total\":{\"type\":\"number\"},"
+    "\"currency\":{\"type\":\"string\"},"
+    "\"email\":{\"type\":\"string\"}}}";
+
+typedef struct ds_ctx_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    char tenant_id[64];
+    char id[37];
+} ds_ctx_t;
+
+static ds_ctx_t *ds_ctx_new(sl_app_t *app, sl_http_req_t *req, const char *id)
+{
+    ds_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return NULL;
+    }
+    ctx->app = app;
+    ctx->req = req;
+    if (id != NULL)
+        memcpy(ctx->id, id, sizeof ctx->id); /* a validated UUID: 36 chars + NUL */
+    return ctx;
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s != '\0'; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+/* Answers a query whose single row, single column is a JSON document; 404 without a row. */
+static void json_row_cb(const sl_pg_result_t *r, void *arg)
+{
+    ds_ctx_t *ctx = arg;
+    if (r->err != 0) {
+        sl_api_db_error(ctx->req, r);
+    } else {
+        PGresult *res = r->res[r->n - 1];
+        if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+            sl_http_respond_error(ctx->req, 404, "not_found", "no such dataset", -1);
+        else
+            sl_api_json_text(ctx->req, 200, PQgetvalue(res, 0, 0),
+                             (size_t)PQgetlength(res, 0, 0));
+    }
+    free(ctx);
+}
+
+static void created_cb(const sl_pg_result_t *r, void *arg)
+{
+    ds_ctx_t *ctx = arg;
+    if (r->err != 0)
+        sl_api_db_error(ctx->req, r);
+    else
+        sl_api_json_text(ctx->req, 201, PQgetvalue(r->res[0], 0, 0),
+                         (size_t)PQgetlength(r->res[0], 0, 0));
+    free(ctx);
+}
+
+static void run_query(ds_ctx_t *ctx, const char *sql, int n, const char *const *params,
+                      sl_pg_cb cb)
+{
+    int err = sl_pg_query(ctx->app->pg, sql, n, params, cb, ctx);
+    if (err != 0) {
+        sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
+        sl_api_db_error(ctx->req, &r);
+        free(ctx);
+    }
+}
+
+/* ---- POST /v1/datasets ---- */
+
+/* 1 if s is a JSON object with "type": "object" and an object "properties". */
+static int schema_valid(const json_t *s)
+{
+    const json_t *type = json_object_get(s, "type");
+    return json_is_object(s) && json_is_string(type) &&
+           strcmp(json_string_value(type), "object") == 0 &&
+           json_is_object(json_object_get(s, "properties"));
+}
+
+static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg)
+{
+    ds_ctx_t *ctx = arg;
+    json_t *name = json_object_get(body, "name");
+    json_t *schema = json_object_get(body, "record_schema");
+    char *schema_text = NULL;
+
+    (void)app;
+    if (!json_is_string(name) || json_string_length(name) == 0 ||
+        utf8_chars(json_string_value(name)) > SL_DATASET_NAME_MAX) {
+        sl_http_respond_error(req, 400, "invalid_request",
+                              "name must be a non-empty string of at most 200 characters", -1);
+        goto fail;
+    }
+    if (schema != NULL && !json_is_null(schema)) {
+        if (!schema_valid(schema)) {
+            sl_http_respond_error(req, 400, "invalid_schema",
+                                  "record_schema must be a JSON object with \"type\": \"object\" "
+                                  "and an object \"properties\"",
+                                  -1);
+            goto fail;
+        }
+        schema_text = json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (schema_text == NULL) {
+            sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+            goto fail;
+        }
+    }
+    if (sl_uuid_v4(ctx->id) != 0) {
+        sl_http_respond_error(req, 500, "internal_error", "no randomness", -1);
+        goto fail;
+    }
+    const char *p[4] = {ctx->id, ctx->tenant_id, json_string_value(name),
+                        schema_text != NULL ? schema_text : default_schema};
+    run_query(ctx,
+              "INSERT INTO datasets (id, tenant_id, name, record_schema) "
+              "VALUES ($1, $2, $3, $4::json) RETURNING sluice_dataset_json(datasets.*)",
+              4, p, created_cb);
+    free(schema_text);
+    return;
+fail:
+    free(schema_text);
+    free(ctx);
+}
+
+static void create_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    ds_ctx_t *ctx = ds_ctx_new(app, req, NULL);
+    (void)arg;
+    if (ctx == NULL)
+        return;
+    snprintf(ctx->tenant_id, sizeof ctx->tenant_id, "%s", tenant_id);
+    sl_api_read_json_owned(app, req, create_body_cb, ctx, free);
+}
+
+static void datasets_create(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, create_auth_cb, NULL);
+}
+
+/* ---- GET /v1/datasets ---- */
+
+static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    ds_ctx_t *ctx = ds_ctx_new(app, req, NULL);
+    (void)arg;
+    if (ctx == NULL)
+        return;
+    const char *p[1] = {tenant_id};
+    run_query(ctx,
+              "SELECT json_build_object('datasets', coalesce(json_agg(sluice_dataset_json(d) "
+              "ORDER BY d.created_at DESC, d.id DESC), '[]'::json)) "
+              "FROM datasets d WHERE d.tenant_id = $1",
+              1, p, json_row_cb);
+}
+
+static void datasets_list(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, list_auth_cb, NULL);
+}
+
+/* ---- GET /v1/datasets/{id} ---- */
+
+static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    sl_http_params_t params;
+    ds_ctx_t *ctx;
+    (void)arg;
+    /* The route's {id} is recovered from the path: nothing is allocated before
+     * authentication, which may answer without calling back. */
+    if (sl_api_route_params(app, req, &params) != 0 || params.n < 1 ||
+        !sl_is_uuid(params.values[0])) {
+        sl_http_respond_error(req, 404, "not_found", "no such dataset", -1);
+        return;
+    }
+    if ((ctx = ds_ctx_new(app, req, params.values[0])) == NULL)
+        return;
+    const char *p[2] = {ctx->id, tenant_id};
+    run_query(ctx,
+              "SELECT sluice_dataset_json(d) FROM datasets d WHERE d.id = $1 AND d.tenant_id = $2",
+              2, p, json_row_cb);
+}
+
+static void datasets_get(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, get_auth_cb, NULL);
+}
+
+void sl_api_register_datasets(sl_app_t *app)
+{
+    sl_http_router_add(app->router, "POST", "/v1/datasets", "datasets_create", datasets_create,
+                       app);
+    sl_http_router_add(app->router, "GET", "/v1/datasets", "datasets_list", datasets_list, app);
+    sl_http_router_add(app->router, "GET", "/v1/datasets/{id}", "datasets_get", datasets_get, app);
+}

@@ -1,0 +1,788 @@
+/*
+ * files.c — one file and its timeline: get, list a dataset's files, events,
+ * delete, original content, and (re)process.
+ *
+ * Every handler authenticates first, then runs one parameterised batch that
+ * filters on the caller's tenant_id, so another tenant's file is a 404 just
+ * like a missing one (and so is a malformed id). The JSON documents come from
+ * the SQL functions of db/migrations/002_json.sql and are passed through as
+ * text; lists are aggregated in SQL too, so no JSON is re-encoded here.
+ *
+ * State is allocated only after sl_api_auth calls back, because it answers
+ * failures itself and never calls back then; the path's {id} is read again
+ * from the router at that point (route params are borrowed for the route call
+ * only).
+ */
+#include "api/api.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LIST_LIMIT_DEFAULT 50
+#define LIST_LIMIT_MAX 1000
+#define IDEM_KEY_MAX 255
+#define PROCESS_ENDPOINT "POST /v1/files/{id}/process"
+
+/* Per-request state of the simple read/delete handlers. */
+typedef struct file_req_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    char tenant_id[37];
+    char id[37];
+} file_req_t;
+
+/* ---- small helpers ---- */
+
+/*
+ * The {id} of the route this request matched, into out. 0 if it is a UUID,
+ * -1 otherwise (a malformed id is answered like a missing object).
+ */
+static int route_id(sl_app_t *app, sl_http_req_t *req, char out[37])
+{
+    sl_http_route_cb cb;
+    void *arg;
+    const char *name;
+    sl_http_params_t params;
+    out[0] = '\0';
+    if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb,
+                             &arg, &params, &name) != 1)
+        return -1;
+    for (int i = 0; i < params.n && i < 8; i++) {
+        if (params.names[i] && strcmp(params.names[i], "id") == 0) {
+            if (!sl_is_uuid(params.values[i]))
+                return -1;
+            memcpy(out, params.values[i], 36);
+            out[36] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*
+ * A query parameter: its length (value in buf), -1 when absent, -2 when it is
+ * present but longer than buf can hold (so "too long" is never "absent").
+ */
+static int query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen)
+{
+    int n = sl_http_req_query_param(req, name, buf, buflen);
+    if (n >= 0)
+        return n;
+    size_t nl = strlen(name);
+    for (const char *q = sl_http_req_query(req); q && *q;) {
+        if (strncmp(q, name, nl) == 0 && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
+            return -2;
+        const char *amp = strchr(q, '&');
+        if (!amp)
+            break;
+        q = amp + 1;
+    }
+    return -1;
+}
+
+/* Parses a decimal in [min, max] made of digits only (no sign, no spaces). */
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s || strlen(s) > 18)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    errno = 0;
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || !end || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void respond_not_found(sl_http_req_t *req, const char *what)
+{
+    sl_http_respond_error(req, 404, "not_found", what, -1);
+}
+
+static void respond_unavailable(sl_http_req_t *req)
+{
+    sl_http_respond_error(req, 503, "database_unavailable", "the database is unavailable", 2);
+}
+
+static file_req_t *file_req_new(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                                const char *id)
+{
+    file_req_t *fr = calloc(1, sizeof *fr);
+    if (!fr) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return NULL;
+    }
+    fr->app = app;
+    fr->req = req;
+    snprintf(fr->tenant_id, sizeof fr->tenant_id, "%s", tenant_id);
+    snprintf(fr->id, sizeof fr->id, "%s", id);
+    return fr;
+}
+
+/*
+ * Sends batch b with fr as the callback argument; on a send failure (no
+ * callback will come) answers 503 and frees fr. Takes b.
+ */
+static void exec_or_fail(sl_pg_batch_t *b, sl_pg_cb cb, file_req_t *fr)
+{
+    if (!b) {
+        sl_http_respond_error(fr->req, 500, "internal_error", "out of memory", -1);
+        free(fr);
+        return;
+    }
+    if (sl_pg_batch_exec(b, cb, fr) != 0) {
+        respond_unavailable(fr->req);
+        free(fr);
+    }
+}
+
+/* Adds every statement of sqls (all with the same params) to a new batch. */
+static sl_pg_batch_t *batch_of(sl_pg_t *pg, const char *const *sqls, int nsql, int nparams,
+                               const char *const *params)
+{
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    if (!b)
+        return NULL;
+    for (int i = 0; i < nsql; i++) {
+        if (sl_pg_batch_add(b, sqls[i], nparams, params) < 0) {
+            sl_pg_batch_free(b);
+            return NULL;
+        }
+    }
+    return b;
+}
+
+/* Answers with column 0 of row 0 of res as JSON text, or 404 when there is no row. */
+static void respond_first_json(sl_http_req_t *req, int status, PGresult *res, const char *what)
+{
+    if (PQntuples(res) < 1 || PQgetisnull(res, 0, 0)) {
+        respond_not_found(req, what);
+        return;
+    }
+    sl_api_json_text(req, status, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+}
+
+/* ---- GET /v1/files/{id} ---- */
+
+static void get_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    file_req_t *fr = arg;
+    if (r->err)
+        sl_api_db_error(fr->req, r);
+    else
+        respond_first_json(fr->req, 200, r->res[0], "no such file");
+    free(fr);
+}
+
+static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    static const char *const sql[] = {
+        "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2"};
+    const char *params[] = {fr->tenant_id, fr->id};
+    exec_or_fail(batch_of(app->pg, sql, 1, 2, params), get_done_cb, fr);
+}
+
+static void route_get(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, get_auth_cb, NULL);
+}
+
+/* ---- GET /v1/datasets/{id}/files?limit=&cursor=&status= ---- */
+
+/*
+ * Newest first by files.seq. The cursor is "c<seq>" of the last file of the
+ * page; the next page holds files with a smaller seq. limit+1 rows are read to
+ * know whether there is a next page; the page and next_cursor are built in
+ * one JSON document by Postgres.
+ */
+static const char LIST_SQL[] =
+    "WITH page AS ("
+    "  SELECT f.seq, sluice_file_json(f) AS j FROM files f"
+    "  WHERE f.tenant_id = $1 AND f.dataset_id = $2"
+    "    AND ($3::bigint IS NULL OR f.seq < $3::bigint)"
+    "    AND ($4::text IS NULL OR sluice_file_status(f.id) = $4::text)"
+    "  ORDER BY f.seq DESC LIMIT $5::int + 1),"
+    " numbered AS (SELECT seq, j, row_number() OVER (ORDER BY seq DESC) AS rn FROM page)"
+    " SELECT json_build_object("
+    "  'files', coalesce(json_agg(j ORDER BY seq DESC) FILTER (WHERE rn <= $5::int), '[]'::json),"
+    "  'next_cursor', CASE WHEN count(*) > $5::int"
+    "                 THEN 'c' || min(seq) FILTER (WHERE rn <= $5::int) END)::text"
+    " FROM numbered";
+
+static void list_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    file_req_t *fr = arg;
+    if (r->err)
+        sl_api_db_error(fr->req, r);
+    else if (PQntuples(r->res[0]) < 1)
+        respond_not_found(fr->req, "no such dataset");
+    else
+        respond_first_json(fr->req, 200, r->res[1], "no such dataset");
+    free(fr);
+}
+
+static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37], buf[64];
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such dataset");
+        return;
+    }
+    long limit = LIST_LIMIT_DEFAULT;
+    int n = query_param(req, "limit", buf, sizeof buf);
+    if (n != -1 && (n < 0 || parse_long(buf, 1, LIST_LIMIT_MAX, &limit) != 0)) {
+        sl_http_respond_error(req, 400, "invalid_request", "limit must be an integer in 1..1000",
+                              -1);
+        return;
+    }
+    char cursor[32] = "";
+    n = query_param(req, "cursor", buf, sizeof buf);
+    if (n != -1) {
+        long seq;
+        if (n < 2 || buf[0] != 'c' || parse_long(buf + 1, 1, 999999999999999999L, &seq) != 0) {
+            sl_http_respond_error(req, 400, "invalid_cursor", "the cursor is not one we made", -1);
+            return;
+        }
+        snprintf(cursor, sizeof cursor, "%ld", seq);
+    }
+    char status[16] = "";
+    n = query_param(req, "status", buf, sizeof buf);
+    if (n != -1) {
+        static const char *const ok[] = {"queued", "processing", "done", "failed"};
+        int found = 0;
+        for (size_t i = 0; n >= 0 && i < sizeof ok / sizeof ok[0]; i++)
+            found |= strcmp(buf, ok[i]) == 0;
+        if (!found) {
+            sl_http_respond_error(req, 400, "invalid_request",
+                                  "status must be queued, processing, done or failed", -1);
+            return;
+        }
+        snprintf(status, sizeof status, "%s", buf);
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    char lim[16];
+    snprintf(lim, sizeof lim, "%ld", limit);
+    const char *params[] = {fr->tenant_id, fr->id, cursor[0] ? cursor : NULL,
+                            status[0] ? status : NULL, lim};
+    sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
+    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2,
+                              params) < 0 ||
+              sl_pg_batch_add(b, LIST_SQL, 5, params) < 0)) {
+        sl_pg_batch_free(b);
+        b = NULL;
+    }
+    exec_or_fail(b, list_done_cb, fr);
+}
+
+static void route_list(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, list_auth_cb, NULL);
+}
+
+/* ---- GET /v1/files/{id}/events?after=SEQ ---- */
+
+static void events_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    file_req_t *fr = arg;
+    if (r->err)
+        sl_api_db_error(fr->req, r);
+    else if (PQntuples(r->res[0]) < 1)
+        respond_not_found(fr->req, "no such file");
+    else
+        respond_first_json(fr->req, 200, r->res[1], "no such file");
+    free(fr);
+}
+
+static void events_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37], buf[32], after[32] = "";
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    int n = query_param(req, "after", buf, sizeof buf);
+    if (n != -1) {
+        long seq;
+        if (n < 0 || parse_long(buf, 0, 999999999999999999L, &seq) != 0) {
+            sl_http_respond_error(req, 400, "invalid_request",
+                                  "after must be a non-negative integer", -1);
+            return;
+        }
+        snprintf(after, sizeof after, "%ld", seq);
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    const char *params[] = {fr->tenant_id, fr->id, after[0] ? after : NULL};
+    sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
+    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2", 2,
+                              params) < 0 ||
+              sl_pg_batch_add(b,
+                              "SELECT json_build_object('events', coalesce("
+                              "json_agg(sluice_event_json(e) ORDER BY e.seq), '[]'::json))::text"
+                              " FROM run_events e WHERE e.tenant_id = $1 AND e.file_id = $2"
+                              " AND ($3::bigint IS NULL OR e.seq > $3::bigint)",
+                              3, params) < 0)) {
+        sl_pg_batch_free(b);
+        b = NULL;
+    }
+    exec_or_fail(b, events_done_cb, fr);
+}
+
+static void route_events(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, events_auth_cb, NULL);
+}
+
+/* ---- DELETE /v1/files/{id} ---- */
+
+static void blob_deleted_cb(int err, void *arg)
+{
+    char *key = arg;
+    if (err)
+        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
+               sl_strerror(err));
+    free(key);
+}
+
+/* Deletes the blob at key in the background; a failure leaves a harmless orphan. */
+static void delete_blob(sl_app_t *app, const char *key)
+{
+    char *copy = strdup(key);
+    if (!copy) {
+        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
+               "out of memory");
+        return;
+    }
+    int err = sl_store_delete(app->store, copy, blob_deleted_cb, copy);
+    if (err) {
+        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
+               sl_strerror(err));
+        free(copy);
+    }
+}
+
+/*
+ * Rows first, blobs after: once the rows are gone nothing points at the blobs,
+ * so a blob left behind by a failed delete is harmless, while a row pointing at
+ * a missing blob would not be.
+ */
+static void delete_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    file_req_t *fr = arg;
+    if (r->err) {
+        sl_api_db_error(fr->req, r);
+        free(fr);
+        return;
+    }
+    PGresult *arts = r->res[1], *files = r->res[2];
+    if (PQntuples(files) < 1) {
+        respond_not_found(fr->req, "no such file");
+        free(fr);
+        return;
+    }
+    sl_log(SL_LOG_INFO, "file_deleted", "{s:s, s:s, s:i}", "tenant_id", fr->tenant_id, "file_id",
+           fr->id, "artifacts", PQntuples(arts));
+    for (int i = 0; i < PQntuples(files); i++)
+        delete_blob(fr->app, PQgetvalue(files, i, 0));
+    for (int i = 0; i < PQntuples(arts); i++)
+        delete_blob(fr->app, PQgetvalue(arts, i, 0));
+    sl_http_respond(fr->req, 204, NULL, NULL, 0);
+    free(fr);
+}
+
+static void delete_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    /*
+     * One transaction. Locking the file row first keeps a run from adding an
+     * artifact (its foreign key needs a share lock on the row) between reading
+     * the artifact keys and the delete; runs, events, artifacts and the record
+     * go with the file by ON DELETE CASCADE.
+     */
+    static const char *const sql[] = {
+        "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2",
+        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 RETURNING storage_key",
+    };
+    const char *params[] = {fr->tenant_id, fr->id};
+    exec_or_fail(batch_of(app->pg, sql, 3, 2, params), delete_done_cb, fr);
+}
+
+static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, delete_auth_cb, NULL);
+}
+
+/* ---- GET /v1/files/{id}/content ---- */
+
+static void content_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    file_req_t *fr = arg;
+    if (r->err) {
+        sl_api_db_error(fr->req, r);
+    } else if (PQntuples(r->res[0]) < 1) {
+        respond_not_found(fr->req, "no such file");
+    } else {
+        PGresult *res = r->res[0];
+        uint64_t size = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
+        sl_api_stream_blob(fr->app, fr->req, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), size);
+    }
+    free(fr);
+}
+
+static void content_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    static const char *const sql[] = {
+        "SELECT storage_key, mime, size FROM files WHERE tenant_id = $1 AND id = $2"};
+    const char *params[] = {fr->tenant_id, fr->id};
+    exec_or_fail(batch_of(app->pg, sql, 1, 2, params), content_done_cb, fr);
+}
+
+static void route_content(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, content_auth_cb, NULL);
+}
+
+/* ---- POST /v1/files/{id}/process ---- */
+
+typedef struct process_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    char tenant_id[37];
+    char id[37];
+    char idem_key[IDEM_KEY_MAX + 1];
+    int idem_reserved;  /* we hold a reservation: store the response or release it */
+    int explicit_list;  /* the body named the pipelines */
+    int npipelines;
+    char pipelines[SL_CONFIG_MAX_PIPELINES][64];
+} process_t;
+
+/* Finishes with an error, releasing an idempotency reservation first. */
+static void process_fail(process_t *pr, int status, const char *code, const char *msg)
+{
+    if (pr->idem_reserved)
+        sl_api_idem_release(pr->app, pr->tenant_id, pr->idem_key);
+    sl_http_respond_error(pr->req, status, code, msg, status == 503 ? 2 : -1);
+    free(pr);
+}
+
+static int pipeline_known(const sl_app_t *app, const char *name)
+{
+    for (int i = 0; i < app->npipelines; i++)
+        if (strcmp(app->pipelines[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+static int pipeline_listed(const process_t *pr, const char *name)
+{
+    for (int i = 0; i < pr->npipelines; i++)
+        if (strcmp(pr->pipelines[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void process_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    process_t *pr = arg;
+    if (r->err) {
+        if (pr->idem_reserved)
+            sl_api_idem_release(pr->app, pr->tenant_id, pr->idem_key);
+        sl_api_db_error(pr->req, r);
+        free(pr);
+        return;
+    }
+    PGresult *last = r->res[r->n - 1];
+    if (PQntuples(last) < 1) {
+        process_fail(pr, 404, "not_found", "no such file");
+        return;
+    }
+    sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
+    free(pr);
+}
+
+/*
+ * One run per pipeline unless one is active already (the partial unique index
+ * runs_one_active makes the check atomic), a 'queued' timeline event for each
+ * run actually inserted, and the response. With an idempotency reservation the
+ * response document is stored by the same statement that returns it, so the
+ * replay is byte for byte what was answered, and commits with the runs.
+ */
+static const char RUN_SQL[] =
+    "WITH ins AS ("
+    "  INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
+    "  SELECT $3::uuid, f.tenant_id, f.dataset_id, f.id, $4::uuid, $5::text FROM files f"
+    "  WHERE f.tenant_id = $1 AND f.id = $2"
+    "  ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING"
+    "  RETURNING id, tenant_id, dataset_id, file_id, pipeline)"
+    " INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
+    " SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM ins";
+
+static const char PROCESS_RESPONSE_SQL[] =
+    "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"
+    "           WHERE f.tenant_id = $1 AND f.id = $2),"
+    " u AS (UPDATE idempotency_keys k SET status = 202, body = j.body FROM j"
+    "       WHERE k.tenant_id = $1 AND k.key = $3 RETURNING 1)"
+    " SELECT body FROM j";
+
+static void process_run(process_t *pr)
+{
+    char batch_id[37], run_id[37];
+    sl_pg_batch_t *b = sl_pg_batch_new(pr->app->pg);
+    if (!b || sl_uuid_v4(batch_id) != 0)
+        goto fail;
+    for (int i = 0; i < pr->npipelines; i++) {
+        if (sl_uuid_v4(run_id) != 0)
+            goto fail;
+        const char *rp[] = {pr->tenant_id, pr->id, run_id, batch_id, pr->pipelines[i]};
+        if (sl_pg_batch_add(b, RUN_SQL, 5, rp) < 0)
+            goto fail;
+    }
+    const char *params[] = {pr->tenant_id, pr->id, pr->idem_reserved ? pr->idem_key : NULL};
+    if (sl_pg_batch_add(b, PROCESS_RESPONSE_SQL, 3, params) < 0)
+        goto fail;
+    if (sl_pg_batch_exec(b, process_done_cb, pr) != 0) {
+        process_fail(pr, 503, "database_unavailable", "the database is unavailable");
+        return;
+    }
+    return;
+fail:
+    sl_pg_batch_free(b);
+    process_fail(pr, 500, "internal_error", "could not start the runs");
+}
+
+/* Without an explicit list: every pipeline whose match fits the sniffed mime. */
+static void process_mime_cb(const sl_pg_result_t *r, void *arg)
+{
+    process_t *pr = arg;
+    if (r->err) {
+        if (pr->idem_reserved)
+            sl_api_idem_release(pr->app, pr->tenant_id, pr->idem_key);
+        sl_api_db_error(pr->req, r);
+        free(pr);
+        return;
+    }
+    if (PQntuples(r->res[0]) < 1) {
+        process_fail(pr, 404, "not_found", "no such file");
+        return;
+    }
+    const char *mime = PQgetvalue(r->res[0], 0, 0);
+    const sl_app_t *app = pr->app;
+    pr->npipelines = 0;
+    for (int i = 0; i < app->npipelines && pr->npipelines < SL_CONFIG_MAX_PIPELINES; i++) {
+        const sl_pipeline_def_t *pl = &app->pipelines[i];
+        int match = 0;
+        for (int m = 0; m < SL_CONFIG_MAX_MATCH && pl->match[m] && !match; m++)
+            match = sl_api_mime_match(pl->match[m], mime);
+        if (match && !pipeline_listed(pr, pl->name))
+            snprintf(pr->pipelines[pr->npipelines++], sizeof pr->pipelines[0], "%s", pl->name);
+    }
+    process_run(pr);
+}
+
+static void process_start(process_t *pr)
+{
+    if (pr->explicit_list) {
+        process_run(pr);
+        return;
+    }
+    const char *params[] = {pr->tenant_id, pr->id};
+    if (sl_pg_query(pr->app->pg, "SELECT mime FROM files WHERE tenant_id = $1 AND id = $2", 2,
+                    params, process_mime_cb, pr) != 0)
+        process_fail(pr, 503, "database_unavailable", "the database is unavailable");
+}
+
+static void process_idem_cb(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg)
+{
+    process_t *pr = arg;
+    (void)app;
+    (void)req;
+    if (outcome == SL_IDEM_REPLAYED) { /* the first response was sent again */
+        free(pr);
+        return;
+    }
+    pr->idem_reserved = outcome == SL_IDEM_NEW;
+    process_start(pr);
+}
+
+/*
+ * The body: empty, or {"pipelines": ["name", ...]} with known names. Returns 0,
+ * or answers 400 itself and returns -1.
+ */
+static int process_parse_body(process_t *pr, const char *body, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    if (i == len)
+        return 0; /* empty: every matching pipeline */
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    const char *code = "invalid_json", *msg = "the body is not a JSON object";
+    int rc = -1;
+    if (!root || !json_is_object(root))
+        goto out;
+    json_t *list = json_object_get(root, "pipelines");
+    if (!list || json_is_null(list)) {
+        rc = 0;
+        goto out;
+    }
+    code = "invalid_request";
+    msg = "pipelines must be a non-empty array of pipeline names";
+    if (!json_is_array(list) || json_array_size(list) == 0)
+        goto out;
+    size_t idx;
+    json_t *v;
+    json_array_foreach(list, idx, v)
+    {
+        const char *name = json_string_value(v);
+        if (!name) {
+            code = "invalid_request";
+            msg = "pipelines must be a non-empty array of pipeline names";
+            goto out;
+        }
+        if (!pipeline_known(pr->app, name)) {
+            code = "unknown_pipeline";
+            msg = "no pipeline of that name";
+            goto out;
+        }
+        if (!pipeline_listed(pr, name) && pr->npipelines < SL_CONFIG_MAX_PIPELINES)
+            snprintf(pr->pipelines[pr->npipelines++], sizeof pr->pipelines[0], "%s", name);
+    }
+    pr->explicit_list = 1;
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc != 0)
+        sl_http_respond_error(pr->req, 400, code, msg, -1);
+    return rc;
+}
+
+/* Body parsed: take the idempotency reservation (if any), then do the work. */
+static void process_after_body(process_t *pr)
+{
+    const char *key = sl_http_req_header(pr->req, "Idempotency-Key");
+    if (!key) {
+        process_start(pr);
+        return;
+    }
+    if (key[0] == '\0' || strlen(key) > IDEM_KEY_MAX) {
+        sl_http_respond_error(pr->req, 400, "invalid_idempotency_key",
+                              "Idempotency-Key must be 1..255 bytes", -1);
+        free(pr);
+        return;
+    }
+    snprintf(pr->idem_key, sizeof pr->idem_key, "%s", key);
+    sl_api_idem_begin(pr->app, pr->req, pr->tenant_id, PROCESS_ENDPOINT, process_idem_cb, pr);
+}
+
+static void process_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
+{
+    process_t *pr = arg;
+    if (err == SL_ETOOBIG) { /* the server answered 413 itself */
+        free(pr);
+        return;
+    }
+    if (err) { /* client gone or stalled: this answer is discarded */
+        sl_http_respond_error(req, 400, "bad_request", "the body did not arrive", -1);
+        free(pr);
+        return;
+    }
+    if (process_parse_body(pr, body, len) != 0) {
+        free(pr);
+        return;
+    }
+    process_after_body(pr);
+}
+
+static void process_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    if (route_id(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    process_t *pr = calloc(1, sizeof *pr);
+    if (!pr) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    pr->app = app;
+    pr->req = req;
+    snprintf(pr->tenant_id, sizeof pr->tenant_id, "%s", tenant_id);
+    snprintf(pr->id, sizeof pr->id, "%s", id);
+    if (!sl_http_req_has_body(req)) {
+        process_after_body(pr);
+        return;
+    }
+    size_t max = app->cfg && app->cfg->max_json_bytes ? app->cfg->max_json_bytes : 1024 * 1024;
+    if (sl_http_req_read_body(req, max, process_body_cb, pr) != 0) {
+        sl_http_respond_error(req, 500, "internal_error", "cannot read the body", -1);
+        free(pr);
+    }
+}
+
+static void route_process(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, process_auth_cb, NULL);
+}
+
+void sl_api_register_files(sl_app_t *app)
+{
+    sl_http_router_add(app->router, "GET", "/v1/files/{id}", "files_get", route_get, app);
+    sl_http_router_add(app->router, "DELETE", "/v1/files/{id}", "files_delete", route_delete,
+                       app);
+    sl_http_router_add(app->router, "GET", "/v1/files/{id}/events", "files_events", route_events,
+                       app);
+    sl_http_router_add(app->router, "GET", "/v1/files/{id}/content", "files_content",
+                       route_content, app);
+    sl_http_router_add(app->router, "POST", "/v1/files/{id}/process", "files_process",
+                       route_process, app);
+    sl_http_router_add(app->router, "GET", "/v1/datasets/{id}/files", "files_list", route_list,
+                       app);
+}

@@ -1,0 +1,716 @@
+/*
+ * test_pg.c — db/pg.c and db/migrate.c against a real Postgres.
+ *
+ * Uses SL_TEST_DATABASE_URL if set; otherwise initdb's a throwaway cluster in a
+ * temp dir (unix socket only; as root the server runs as `nobody`, since
+ * Postgres refuses root), and then also stops and restarts it mid-run to test
+ * the pool's outage and reconnect paths.
+ */
+#include "core/err.h"
+#include "db/pg.h"
+
+#include <event2/event.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int passed, failed;
+#define CHECK(e)                                                                                  \
+    do {                                                                                          \
+        if (e) {                                                                                  \
+            passed++;                                                                             \
+        } else {                                                                                  \
+            failed++;                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                 \
+        }                                                                                         \
+    } while (0)
+
+/* ---- the throwaway server ---- */
+
+#define TEST_PORT "55432"
+
+static char srv_dir[64];
+static char srv_data[128];
+static char bindir[256];
+static char conninfo[512];
+static int own_server;
+
+static int run_cmd(const char *const *argv)
+{
+    const char *full[32];
+    int k = 0;
+    pid_t pid;
+    int status;
+
+    if (geteuid() == 0) {
+        full[k++] = "runuser";
+        full[k++] = "-u";
+        full[k++] = "nobody";
+        full[k++] = "--";
+    }
+    for (int i = 0; argv[i] && k < 31; i++)
+        full[k++] = argv[i];
+    full[k] = NULL;
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        char logp[160];
+        snprintf(logp, sizeof logp, "%s/cmd.log", srv_dir);
+        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0666);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        if (chdir(srv_dir) != 0)
+            _exit(126);
+        execvp(full[0], (char *const *)full);
+        _exit(127);
+    }
+    if (waitpid(pid, &status, 0) < 0)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void dump_cmd_log(void)
+{
+    char p[160], line[512];
+    snprintf(p, sizeof p, "%s/cmd.log", srv_dir);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f))
+        fputs(line, stderr);
+    fclose(f);
+}
+
+static int server_start(void)
+{
+    char tool[300], opts[256];
+    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
+    snprintf(opts, sizeof opts, "-c listen_addresses='' -k %s -p %s -c fsync=off", srv_dir,
+             TEST_PORT);
+    const char *argv[] = {tool, "-D", srv_data, "-l", "server.log", "-w", "-t", "60", "-o", opts,
+                          "start", NULL};
+    return run_cmd(argv);
+}
+
+static int server_stop(const char *mode)
+{
+    char tool[300];
+    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
+    const char *argv[] = {tool, "-D", srv_data, "-w", "-m", mode, "stop", NULL};
+    return run_cmd(argv);
+}
+
+static int server_setup(void)
+{
+    glob_t g;
+    char tool[300];
+
+    if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0 || g.gl_pathc == 0) {
+        fprintf(stderr, "no initdb under /usr/lib/postgresql/*/bin\n");
+        return -1;
+    }
+    snprintf(bindir, sizeof bindir, "%s", g.gl_pathv[g.gl_pathc - 1]);
+    globfree(&g);
+    *strrchr(bindir, '/') = '\0';
+
+    snprintf(srv_dir, sizeof srv_dir, "/tmp/sl_pg_test_XXXXXX");
+    if (!mkdtemp(srv_dir))
+        return -1;
+    if (geteuid() == 0) {
+        struct passwd *pw = getpwnam("nobody");
+        if (!pw || chown(srv_dir, pw->pw_uid, pw->pw_gid) != 0)
+            return -1;
+    }
+    snprintf(srv_data, sizeof srv_data, "%s/data", srv_dir);
+    snprintf(tool, sizeof tool, "%s/initdb", bindir);
+    const char *argv[] = {tool, "-D", srv_data, "-A", "trust", "-U", "sluice", "-N",
+                          "-E", "UTF8", "--locale=C", NULL};
+    if (run_cmd(argv) != 0 || server_start() != 0) {
+        dump_cmd_log();
+        return -1;
+    }
+    own_server = 1;
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=sluice dbname=postgres", srv_dir,
+             TEST_PORT);
+    return 0;
+}
+
+static void server_teardown(void)
+{
+    if (!own_server)
+        return;
+    server_stop("immediate");
+    /* runs as root again: rm does not need the server's user */
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("rm", "rm", "-rf", srv_dir, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+}
+
+static void quiet_notice(void *arg, const char *message)
+{
+}
+
+/* Blocking helper: the first value of the first row, or "<null>"/"<error>". */
+static void sql_scalar(const char *sql, char *out, size_t cap)
+{
+    PGconn *pc = PQconnectdb(conninfo);
+    PQsetNoticeProcessor(pc, quiet_notice, NULL);
+    PGresult *r = PQstatus(pc) == CONNECTION_OK ? PQexec(pc, sql) : NULL;
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+        snprintf(out, cap, "%s", PQgetisnull(r, 0, 0) ? "<null>" : PQgetvalue(r, 0, 0));
+    else if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
+        snprintf(out, cap, "<ok>");
+    else
+        snprintf(out, cap, "<error>");
+    PQclear(r);
+    PQfinish(pc);
+}
+
+/* ---- the loop ---- */
+
+static struct event_base *base;
+static struct event *tick;
+
+static double now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return tv.tv_sec * 1000.0 + tv.tv_usec / 1000.0;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+/* Runs the loop until *flag >= want or timeout; returns 1 if reached. */
+static int wait_int(const int *flag, int want, int timeout_ms)
+{
+    double end = now_ms() + timeout_ms;
+    while (*flag < want && now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    return *flag >= want;
+}
+
+static int wait_ready(sl_pg_t *pg, int want_up, int timeout_ms)
+{
+    double end = now_ms() + timeout_ms;
+    int up = 0;
+    for (;;) {
+        sl_pg_stats(pg, NULL, &up, NULL, NULL);
+        if (up >= want_up || now_ms() >= end)
+            break;
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    return up >= want_up;
+}
+
+static int wait_not_ready(sl_pg_t *pg, int timeout_ms)
+{
+    double end = now_ms() + timeout_ms;
+    while (sl_pg_ready(pg) && now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    return !sl_pg_ready(pg);
+}
+
+/* ---- a recording callback ---- */
+
+#define MAXR 8
+typedef struct q_s {
+    int returned; /* set right after exec returned: the callback must see 1 */
+    int called;
+    int sync_call;
+    int err;
+    int n;
+    int status[MAXR];
+    char val0[MAXR][128];
+    int ncols;
+    char cols[MAXR][128];
+    int colnull[MAXR];
+    char errmsg[256];
+    char sqlstate[8];
+    double at;
+} q_t;
+
+static void rec_cb(const sl_pg_result_t *r, void *arg)
+{
+    q_t *q = arg;
+    if (!q->returned)
+        q->sync_call = 1;
+    q->called++;
+    q->at = now_ms();
+    q->err = r->err;
+    q->n = r->n;
+    snprintf(q->errmsg, sizeof q->errmsg, "%s", r->errmsg ? r->errmsg : "(null)");
+    snprintf(q->sqlstate, sizeof q->sqlstate, "%s", r->sqlstate ? r->sqlstate : "(null)");
+    if (r->err != 0 || !r->res)
+        return;
+    for (int i = 0; i < r->n && i < MAXR; i++) {
+        q->status[i] = PQresultStatus(r->res[i]);
+        if (PQntuples(r->res[i]) > 0 && PQnfields(r->res[i]) > 0)
+            snprintf(q->val0[i], sizeof q->val0[i], "%s", PQgetvalue(r->res[i], 0, 0));
+    }
+    PGresult *last = r->res[r->n - 1];
+    if (PQntuples(last) > 0) {
+        q->ncols = PQnfields(last) < MAXR ? PQnfields(last) : MAXR;
+        for (int j = 0; j < q->ncols; j++) {
+            q->colnull[j] = PQgetisnull(last, 0, j);
+            snprintf(q->cols[j], sizeof q->cols[j], "%s", PQgetvalue(last, 0, j));
+        }
+    }
+}
+
+static int query(sl_pg_t *pg, q_t *q, const char *sql, int np, const char *const *params)
+{
+    memset(q, 0, sizeof *q);
+    int rc = sl_pg_query(pg, sql, np, params, rec_cb, q);
+    q->returned = 1;
+    return rc;
+}
+
+/* ---- tests ---- */
+
+static void test_migrate(void)
+{
+    char err[512], v[64];
+
+    CHECK(sl_pg_nmigrations >= 2);
+    CHECK(sl_pg_migrations[0].version == 1);
+    CHECK(strcmp(sl_pg_migrations[0].name, "001_init") == 0);
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    CHECK(err[0] == '\0');
+    sql_scalar("SELECT count(*) FROM schema_migrations", v, sizeof v);
+    char want[16];
+    snprintf(want, sizeof want, "%d", sl_pg_nmigrations);
+    CHECK(strcmp(v, want) == 0);
+    sql_scalar("SELECT to_regclass('files') IS NOT NULL", v, sizeof v);
+    CHECK(strcmp(v, "t") == 0);
+    sql_scalar("SELECT value IS NOT NULL FROM settings WHERE key = 'url_signing_key'", v,
+               sizeof v);
+    CHECK(strcmp(v, "t") == 0);
+    sql_scalar("SELECT max(applied_at)::text FROM schema_migrations", v, sizeof v);
+    char first_applied[64];
+    snprintf(first_applied, sizeof first_applied, "%s", v);
+
+    /* twice: a no-op (nothing re-applied, which would fail on CREATE TABLE anyway) */
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    sql_scalar("SELECT count(*) FROM schema_migrations", v, sizeof v);
+    CHECK(strcmp(v, want) == 0);
+    sql_scalar("SELECT max(applied_at)::text FROM schema_migrations", v, sizeof v);
+    CHECK(strcmp(v, first_applied) == 0);
+
+    /* a failing migration: named in the error, rolled back entirely, not recorded */
+    static const sl_pg_migration_t bad[] = {
+        {9001, "9001_bad", "CREATE TABLE sl_bad_partial (x int);\nSELECT sl_no_such_fn();\n"},
+    };
+    CHECK(sl_pg_migrate(conninfo, bad, 1, err, sizeof err) == SL_EDB);
+    CHECK(strstr(err, "9001_bad") != NULL);
+    CHECK(strstr(err, "sl_no_such_fn") != NULL);
+    sql_scalar("SELECT to_regclass('sl_bad_partial') IS NULL", v, sizeof v);
+    CHECK(strcmp(v, "t") == 0);
+    sql_scalar("SELECT count(*) FROM schema_migrations WHERE version = 9001", v, sizeof v);
+    CHECK(strcmp(v, "0") == 0);
+    /* the advisory lock was released: another session can take it at once */
+    sql_scalar("SELECT pg_try_advisory_lock(727272)", v, sizeof v);
+    CHECK(strcmp(v, "t") == 0);
+
+    CHECK(sl_pg_migrate("host=/nonexistent-sl-dir port=1 connect_timeout=2", sl_pg_migrations,
+                        sl_pg_nmigrations, err, sizeof err) == SL_EUNAVAIL);
+    CHECK(strncmp(err, "connect: ", 9) == 0);
+}
+
+static void test_args(sl_pg_t *pg)
+{
+    sl_pg_t *bad = NULL;
+    q_t q;
+
+    CHECK(sl_pg_new(base, "host='unterminated", 2, 1000, &bad) == SL_EINVAL);
+    CHECK(bad == NULL);
+    CHECK(sl_pg_new(base, conninfo, 0, 1000, &bad) == SL_EINVAL);
+
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    CHECK(b != NULL);
+    CHECK(sl_pg_batch_add(b, "SELECT 1", -1, NULL) == SL_EINVAL);
+    CHECK(sl_pg_batch_add(b, NULL, 0, NULL) == SL_EINVAL);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &q) == SL_EINVAL); /* empty: freed, no callback */
+
+    b = sl_pg_batch_new(pg);
+    const char *p[] = {"x"};
+    CHECK(sl_pg_batch_add(b, "SELECT $1::text", 1, p) == 0);
+    CHECK(sl_pg_batch_add(b, "SELECT 2", 0, NULL) == 1);
+    sl_pg_batch_free(b); /* unsent: no callback, no leak */
+
+    memset(&q, 0, sizeof q);
+    CHECK(sl_pg_query(NULL, "SELECT 1", 0, NULL, rec_cb, &q) == SL_EINVAL);
+    CHECK(q.called == 0);
+}
+
+static void test_three(sl_pg_t *pg)
+{
+    q_t q = {0};
+    const char *p1[] = {"three", "v1"};
+    const char *p2[] = {"three"};
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+
+    CHECK(sl_pg_batch_add(b, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, p1) == 0);
+    CHECK(sl_pg_batch_add(b, "UPDATE sl_pg_test SET v = v || '+' WHERE k = $1 RETURNING v", 1,
+                          p2) == 1);
+    CHECK(sl_pg_batch_add(b, "SELECT count(*) FROM sl_pg_test WHERE k = $1", 1, p2) == 2);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &q) == 0);
+    q.returned = 1;
+    CHECK(q.called == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.called == 1);
+    CHECK(q.err == 0);
+    CHECK(q.n == 3);
+    CHECK(q.status[0] == PGRES_COMMAND_OK);
+    CHECK(q.status[1] == PGRES_TUPLES_OK);
+    CHECK(strcmp(q.val0[1], "v1+") == 0);
+    CHECK(q.status[2] == PGRES_TUPLES_OK);
+    CHECK(strcmp(q.val0[2], "1") == 0);
+    CHECK(strcmp(q.errmsg, "") == 0);
+    CHECK(strcmp(q.sqlstate, "") == 0);
+}
+
+static void test_atomic(sl_pg_t *pg)
+{
+    q_t q;
+    const char *pd[] = {"dup", "first"};
+    CHECK(query(pg, &q, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, pd) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+
+    q_t f = {0};
+    const char *a1[] = {"atom1", "x"};
+    const char *a2[] = {"dup", "second"};
+    const char *a3[] = {"atom3", "x"};
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    sl_pg_batch_add(b, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, a1);
+    sl_pg_batch_add(b, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, a2);
+    sl_pg_batch_add(b, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, a3);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &f) == 0);
+    f.returned = 1;
+    CHECK(wait_int(&f.called, 1, 5000));
+    CHECK(f.err == SL_EDB);
+    CHECK(f.n == 0);
+    CHECK(strcmp(f.sqlstate, "23505") == 0);
+    CHECK(strstr(f.errmsg, "duplicate key") != NULL);
+    CHECK(f.errmsg[strlen(f.errmsg) - 1] != '\n');
+
+    /* statement 1 ran before the failure, but the batch is one transaction */
+    const char *pk[] = {"atom1"};
+    CHECK(query(pg, &q, "SELECT count(*) FROM sl_pg_test WHERE k = $1", 1, pk) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "0") == 0);
+    const char *pk2[] = {"dup"};
+    CHECK(query(pg, &q, "SELECT v FROM sl_pg_test WHERE k = $1", 1, pk2) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(strcmp(q.val0[0], "first") == 0);
+}
+
+#define NCONC 200
+static int conc_called, conc_ok, conc_sync;
+typedef struct conc_s {
+    int returned;
+    char key[32];
+} conc_t;
+
+static void conc_cb(const sl_pg_result_t *r, void *arg)
+{
+    conc_t *c = arg;
+    if (!c->returned)
+        conc_sync++;
+    conc_called++;
+    if (r->err == 0 && r->n == 2 && PQntuples(r->res[1]) == 1 &&
+        strcmp(PQgetvalue(r->res[1], 0, 0), c->key) == 0)
+        conc_ok++;
+}
+
+static void test_concurrent(sl_pg_t *pg)
+{
+    static conc_t cs[NCONC];
+    int max_queued = 0, max_busy = 0, total = 0;
+
+    for (int i = 0; i < NCONC; i++) {
+        snprintf(cs[i].key, sizeof cs[i].key, "conc-%03d", i);
+        const char *p[] = {cs[i].key};
+        sl_pg_batch_t *b = sl_pg_batch_new(pg);
+        CHECK(sl_pg_batch_add(b, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $1)", 1, p) == 0);
+        CHECK(sl_pg_batch_add(b, "SELECT v FROM sl_pg_test WHERE k = $1", 1, p) == 1);
+        CHECK(sl_pg_batch_exec(b, conc_cb, &cs[i]) == 0);
+        cs[i].returned = 1;
+        int q = 0, busy = 0;
+        sl_pg_stats(pg, &total, NULL, &busy, &q);
+        if (q > max_queued)
+            max_queued = q;
+        if (busy > max_busy)
+            max_busy = busy;
+    }
+    CHECK(total == 4);
+    CHECK(max_busy == 4);
+    CHECK(max_queued == NCONC - 4);
+    CHECK(conc_called == 0);
+    CHECK(wait_int(&conc_called, NCONC, 20000));
+    CHECK(conc_called == NCONC);
+    CHECK(conc_ok == NCONC);
+    CHECK(conc_sync == 0);
+    int q = -1, busy = -1;
+    sl_pg_stats(pg, NULL, NULL, &busy, &q);
+    CHECK(q == 0);
+    CHECK(busy == 0);
+    char v[32];
+    sql_scalar("SELECT count(*) FROM sl_pg_test WHERE k LIKE 'conc-%'", v, sizeof v);
+    CHECK(strcmp(v, "200") == 0);
+}
+
+static void test_params(sl_pg_t *pg)
+{
+    q_t q;
+    const char *evil = "it's \"quoted\" \\ back'; DROP TABLE sl_pg_test; --";
+    const char *p[] = {evil, NULL, "h\xc3\xa9llo\tworld\n", ""};
+    CHECK(query(pg, &q, "SELECT $1::text, $2::text, $2::text IS NULL, $3::text, $4::text", 4,
+                p) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(q.ncols == 5);
+    CHECK(strcmp(q.cols[0], evil) == 0);
+    CHECK(q.colnull[0] == 0);
+    CHECK(q.colnull[1] == 1);
+    CHECK(strcmp(q.cols[2], "t") == 0);
+    CHECK(strcmp(q.cols[3], "h\xc3\xa9llo\tworld\n") == 0);
+    CHECK(q.colnull[4] == 0);
+    CHECK(strcmp(q.cols[4], "") == 0);
+
+    /* stored and read back through a table too */
+    const char *ins[] = {evil, NULL};
+    CHECK(query(pg, &q, "INSERT INTO sl_pg_test (k, v) VALUES ($1, $2)", 2, ins) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    const char *sel[] = {evil};
+    CHECK(query(pg, &q, "SELECT k, v IS NULL FROM sl_pg_test WHERE k = $1", 1, sel) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(strcmp(q.cols[0], evil) == 0);
+    CHECK(strcmp(q.cols[1], "t") == 0);
+    CHECK(q.sync_call == 0);
+}
+
+static void test_statement_timeout(void)
+{
+    sl_pg_t *pg = NULL;
+    q_t q;
+
+    CHECK(sl_pg_new(base, conninfo, 1, 150, &pg) == 0);
+    CHECK(wait_ready(pg, 1, 5000));
+    double t0 = now_ms();
+    CHECK(query(pg, &q, "SELECT pg_sleep(5)", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(now_ms() - t0 < 3000);
+    CHECK(q.err == SL_EDB);
+    CHECK(strcmp(q.sqlstate, "57014") == 0);
+    /* the connection survives a statement error */
+    CHECK(query(pg, &q, "SELECT current_setting('statement_timeout')", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "150ms") == 0);
+    sl_pg_free(pg);
+}
+
+#define NCAP 10001
+static int cap_called, cap_ok, cap_again;
+static void cap_cb(const sl_pg_result_t *r, void *arg)
+{
+    cap_called++;
+    if (r->err == 0)
+        cap_ok++;
+    else if (r->err == SL_EAGAIN)
+        cap_again++;
+}
+
+static void test_queue_cap(void)
+{
+    sl_pg_t *pg = NULL;
+    int queued = 0;
+
+    CHECK(sl_pg_new(base, conninfo, 4, 5000, &pg) == 0);
+    CHECK(sl_pg_ready(pg) == 0); /* connecting starts on a later turn */
+    /* before the first connections are up, batches queue (start-up grace) */
+    int rcs = 0;
+    for (int i = 0; i < NCAP; i++)
+        rcs |= sl_pg_query(pg, "SELECT 1", 0, NULL, cap_cb, NULL);
+    CHECK(rcs == 0);
+    sl_pg_stats(pg, NULL, NULL, NULL, &queued);
+    CHECK(queued == NCAP - 1);
+    CHECK(cap_called == 0);
+    CHECK(wait_int(&cap_called, NCAP, 60000));
+    CHECK(cap_again == 1);
+    CHECK(cap_ok == NCAP - 1);
+    sl_pg_free(pg);
+}
+
+static int cancel_called, cancel_canceled;
+static void cancel_cb(const sl_pg_result_t *r, void *arg)
+{
+    cancel_called++;
+    if (r->err == SL_ECANCELED && strlen(r->errmsg) > 0)
+        cancel_canceled++;
+}
+
+static void test_free_cancels(void)
+{
+    sl_pg_t *pg = NULL;
+    int busy = 0, queued = 0;
+
+    CHECK(sl_pg_new(base, conninfo, 2, 5000, &pg) == 0);
+    CHECK(wait_ready(pg, 2, 5000));
+    for (int i = 0; i < 6; i++)
+        CHECK(sl_pg_query(pg, "SELECT pg_sleep(0.5)", 0, NULL, cancel_cb, NULL) == 0);
+    sl_pg_stats(pg, NULL, NULL, &busy, &queued);
+    CHECK(busy == 2);
+    CHECK(queued == 4);
+    sl_pg_free(pg);
+    CHECK(cancel_called == 0); /* on a later turn */
+    CHECK(wait_int(&cancel_called, 6, 2000));
+    CHECK(cancel_canceled == 6);
+}
+
+static void test_unreachable(void)
+{
+    sl_pg_t *pg = NULL;
+    q_t q1, q2;
+
+    CHECK(sl_pg_new(base, "host=/nonexistent-sl-dir port=1", 2, 1000, &pg) == 0);
+    /* queued during the first attempts, failed when they all fail */
+    CHECK(query(pg, &q1, "SELECT 1", 0, NULL) == 0);
+    CHECK(wait_int(&q1.called, 1, 3000));
+    CHECK(q1.err == SL_EUNAVAIL);
+    CHECK(q1.sync_call == 0);
+    CHECK(sl_pg_ready(pg) == 0);
+    /* now failing at once (on the next turn) */
+    double t0 = now_ms();
+    CHECK(query(pg, &q2, "SELECT 1", 0, NULL) == 0);
+    CHECK(q2.called == 0);
+    CHECK(wait_int(&q2.called, 1, 3000));
+    CHECK(q2.at - t0 < 100);
+    CHECK(q2.err == SL_EUNAVAIL);
+    CHECK(strcmp(q2.errmsg, "database unavailable") == 0);
+    CHECK(q2.n == 0);
+    sl_pg_free(pg);
+}
+
+static void test_outage(sl_pg_t *pg)
+{
+    q_t inflight, q;
+    int up = -1;
+
+    CHECK(wait_ready(pg, 4, 5000));
+    CHECK(query(pg, &inflight, "SELECT pg_sleep(30)", 0, NULL) == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(server_stop("fast") == 0);
+
+    /* the batch on the broken connection fails, the pool notices it is down */
+    CHECK(wait_int(&inflight.called, 1, 5000));
+    CHECK(inflight.err == SL_EUNAVAIL);
+    CHECK(wait_not_ready(pg, 5000));
+    sl_pg_stats(pg, NULL, &up, NULL, NULL);
+    CHECK(up == 0);
+
+    double t0 = now_ms();
+    CHECK(query(pg, &q, "SELECT 1", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 2000));
+    CHECK(q.at - t0 < 200);
+    CHECK(q.err == SL_EUNAVAIL);
+    CHECK(strcmp(q.errmsg, "database unavailable") == 0);
+    CHECK(q.sync_call == 0);
+
+    /* stay down through a few backoff rounds, then come back */
+    double until = now_ms() + 1500;
+    while (now_ms() < until)
+        event_base_loop(base, EVLOOP_ONCE);
+    CHECK(sl_pg_ready(pg) == 0);
+    CHECK(server_start() == 0);
+    t0 = now_ms();
+    CHECK(wait_ready(pg, 1, 10000));
+    CHECK(now_ms() - t0 < 7000);
+    CHECK(query(pg, &q, "SELECT count(*) FROM sl_pg_test WHERE k = 'three'", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "1") == 0);
+    CHECK(wait_ready(pg, 4, 10000));
+}
+
+int main(void)
+{
+    const char *url = getenv("SL_TEST_DATABASE_URL");
+    sl_pg_t *pg = NULL;
+    q_t q;
+    char v[64];
+
+    if (url && *url) {
+        snprintf(conninfo, sizeof conninfo, "%s", url);
+    } else if (server_setup() != 0) {
+        fprintf(stderr, "could not start a throwaway Postgres\n");
+        CHECK(!"postgres");
+        server_teardown();
+        printf("%d passed, %d failed\n", passed, failed);
+        return 1;
+    }
+    base = event_base_new();
+    tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    struct timeval tv = {0, 20000};
+    event_add(tick, &tv); /* EVLOOP_ONCE always returns within 20 ms */
+
+    test_migrate();
+    sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
+    sql_scalar("CREATE TABLE sl_pg_test (k text PRIMARY KEY, v text)", v, sizeof v);
+    CHECK(strcmp(v, "<ok>") == 0);
+
+    CHECK(sl_pg_new(base, conninfo, 4, 5000, &pg) == 0);
+    CHECK(sl_pg_ready(pg) == 0);
+    /* a query before the pool is up waits for it, and is never answered synchronously */
+    CHECK(query(pg, &q, "SELECT 41 + 1", 0, NULL) == 0);
+    CHECK(q.called == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.sync_call == 0);
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "42") == 0);
+    CHECK(wait_ready(pg, 4, 5000));
+    CHECK(sl_pg_ready(pg) == 1);
+
+    test_args(pg);
+    test_three(pg);
+    test_atomic(pg);
+    test_concurrent(pg);
+    test_params(pg);
+    test_statement_timeout();
+    test_queue_cap();
+    test_free_cancels();
+    test_unreachable();
+    if (own_server)
+        test_outage(pg);
+    else
+        fprintf(stderr, "SL_TEST_DATABASE_URL set: skipping the stop/restart test\n");
+
+    sl_pg_free(pg);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
+    event_free(tick);
+    event_base_free(base);
+    server_teardown();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

@@ -164,6 +164,10 @@ enum { SL_IDEM_NONE = 0, SL_IDEM_NEW = 1, SL_IDEM_REPLAYED = 2 };
 typedef void (*sl_api_idem_cb)(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg);
 void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
                        const char *endpoint, sl_api_idem_cb cb, void *arg);
+/** sl_api_idem_begin; when cb is not called, release(arg) is (release may be NULL). */
+void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                             const char *endpoint, sl_api_idem_cb cb, void *arg,
+                             sl_api_release_fn release);
 /** Adds to batch b the statement recording the response (status, body) for the key. */
 int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *key, int status,
                            const char *body);

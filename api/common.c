@@ -388,6 +388,7 @@ typedef struct idem_ctx_s {
     sl_http_req_t *req;
     sl_api_idem_cb cb;
     void *arg;
+    sl_api_release_fn release;
     int step;
     int attempts;
     char tenant_id[64];
@@ -479,7 +480,8 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
             goto done;
         }
         ctx->cb(ctx->app, req, SL_IDEM_NEW, ctx->arg);
-        goto done;
+        free(ctx);
+        return;
     }
     if (PQntuples(row) != 1) {
         /* Released between our two statements: try again. */
@@ -524,7 +526,10 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
     else
         sl_api_json_text(req, (int)status, PQgetvalue(row, 0, 1),
                          (size_t)PQgetlength(row, 0, 1));
+    free(ctx);
+    return;
 done:
+    release_arg(ctx->release, ctx->arg);
     free(ctx);
 }
 
@@ -540,27 +545,38 @@ static void idem_none_cb(evutil_socket_t fd, short what, void *arg)
 void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
                        const char *endpoint, sl_api_idem_cb cb, void *arg)
 {
+    sl_api_idem_begin_owned(app, req, tenant_id, endpoint, cb, arg, NULL);
+}
+
+void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                             const char *endpoint, sl_api_idem_cb cb, void *arg,
+                             sl_api_release_fn release)
+{
     const char *key = sl_http_req_header(req, "Idempotency-Key");
     idem_ctx_t *ctx;
 
     if (key != NULL && (key[0] == '\0' || strlen(key) > SL_IDEM_KEY_MAX)) {
         sl_http_respond_error(req, 400, "invalid_idempotency_key",
                               "Idempotency-Key must be 1 to 255 bytes", -1);
+        release_arg(release, arg);
         return;
     }
     if (strlen(tenant_id) >= sizeof ctx->tenant_id || strlen(endpoint) >= sizeof ctx->endpoint) {
         sl_http_respond_error(req, 500, "internal_error", "internal error", -1);
+        release_arg(release, arg);
         return;
     }
     ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) {
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        release_arg(release, arg);
         return;
     }
     ctx->app = app;
     ctx->req = req;
     ctx->cb = cb;
     ctx->arg = arg;
+    ctx->release = release;
     snprintf(ctx->tenant_id, sizeof ctx->tenant_id, "%s", tenant_id);
     snprintf(ctx->endpoint, sizeof ctx->endpoint, "%s", endpoint);
     if (key == NULL) {
@@ -569,12 +585,15 @@ void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
         if (event_base_once(app->base, -1, EV_TIMEOUT, idem_none_cb, ctx, &zero) != 0) {
             free(ctx);
             sl_http_respond_error(req, 500, "internal_error", "internal error", -1);
+            release_arg(release, arg);
         }
         return;
     }
     snprintf(ctx->key, sizeof ctx->key, "%s", key);
-    if (!idem_next(ctx, IDEM_RESERVE))
+    if (!idem_next(ctx, IDEM_RESERVE)) {
         free(ctx);
+        release_arg(release, arg);
+    }
 }
 
 int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *key, int status,

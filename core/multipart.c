@@ -36,12 +36,12 @@ struct sl_multipart_s {
     sl_multipart_cbs_t cbs;
     void *arg;
     int state;
-    int err;     /* sticky: 0 or the first SL_E* returned */
-    int done;    /* the close delimiter was parsed */
-    int in_part; /* a part_begin_cb was called without its part_end_cb yet */
-    size_t dlen; /* strlen(delim) */
-    size_t held; /* bytes of delim matched at the end of the last feed */
-    size_t virt; /* of those, how many were never in the input (see scan()) */
+    int err;           /* sticky: 0 or the first SL_E* returned */
+    int done;          /* the close delimiter was parsed */
+    int in_part;       /* a part_begin_cb was called without its part_end_cb yet */
+    size_t dlen;       /* strlen(delim) */
+    size_t held;       /* bytes of delim matched at the end of the last feed */
+    size_t virt;       /* of those, how many were never in the input (see scan()) */
     size_t hlen;       /* bytes in hdr */
     size_t line_start; /* offset in hdr of the line being collected */
     size_t alen;       /* bytes used in arena */
@@ -422,7 +422,7 @@ static int disp_param(void *ctx, const char *name, size_t nlen, char *val, size_
     else
         return 0;
     if (*slot != NULL)
-        return -1; /* a repeated parameter is ambiguous: reject */
+        return -1;    /* a repeated parameter is ambiguous: reject */
     val[vlen] = '\0'; /* walk_params left room */
     *slot = val;
     d->mp->alen += vlen + 1;
@@ -462,8 +462,7 @@ static const char *decode_ext_value(char *s)
 }
 
 /* Content-Disposition: form-data *( ";" param ) (RFC 7578 §4.2). */
-static int parse_disposition(sl_multipart_t *mp, const char *v, size_t n,
-                             sl_multipart_part_t *part)
+static int parse_disposition(sl_multipart_t *mp, const char *v, size_t n, sl_multipart_part_t *part)
 {
     cur_t c = {v, 0, n};
     const char *tok;

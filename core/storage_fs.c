@@ -16,9 +16,9 @@
  * are touched only on the loop thread. The chunk list and the sticky error are
  * shared and guarded by the writer's mutex.
  */
-#include "storage.h"
 #include "crypto.h"
 #include "err.h"
+#include "storage.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -34,9 +34,9 @@
 #include <unistd.h>
 
 #define FS_TMP_DIR ".tmp"
-#define FS_CHUNK_MIN (64 * 1024)   /* small writes are packed into chunks this big */
-#define FS_HEAD_MAX (64 * 1024)    /* bytes kept for libmagic */
-#define FS_READ_MAX (1024 * 1024)  /* one sl_store_read returns at most this */
+#define FS_CHUNK_MIN (64 * 1024)  /* small writes are packed into chunks this big */
+#define FS_HEAD_MAX (64 * 1024)   /* bytes kept for libmagic */
+#define FS_READ_MAX (1024 * 1024) /* one sl_store_read returns at most this */
 #define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
 #define FS_PATH_MAX PATH_MAX
 
@@ -53,8 +53,8 @@ typedef struct sl_store_ops_s {
     /* Start finishing; later call sl_store__commit_done() on the loop. */
     int (*commit)(sl_store_writer_t *w);
     void (*abort)(sl_store_writer_t *w);
-    int (*read)(sl_store_t *st, const char *key, uint64_t offset, size_t len,
-                sl_store_read_cb cb, void *arg);
+    int (*read)(sl_store_t *st, const char *key, uint64_t offset, size_t len, sl_store_read_cb cb,
+                void *arg);
     int (*stat)(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg);
     int (*del)(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
     int (*local_path)(sl_store_t *st, const char *key, char *buf, size_t buflen); /* may be NULL */
@@ -70,9 +70,9 @@ enum { W_OPEN, W_COMMITTING, W_ABORTED };
 
 struct sl_store_writer_s {
     sl_store_t *st;
-    int state;                 /* loop */
-    size_t pending;            /* loop: bytes accepted and not yet written */
-    int above_high;            /* loop: pending reached HIGH_WATER since the last drain */
+    int state;                  /* loop */
+    size_t pending;             /* loop: bytes accepted and not yet written */
+    int above_high;             /* loop: pending reached HIGH_WATER since the last drain */
     sl_store_drain_cb drain_cb; /* loop */
     void *drain_arg;
     sl_store_commit_cb commit_cb; /* loop */
@@ -188,8 +188,8 @@ void sl_store_put_abort(sl_store_writer_t *w)
     w->st->ops->abort(w);
 }
 
-int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len,
-                  sl_store_read_cb cb, void *arg)
+int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len, sl_store_read_cb cb,
+                  void *arg)
 {
     if (!st || !cb || !sl_store_key_valid(key) || offset > (uint64_t)INT64_MAX)
         return SL_EINVAL;
@@ -239,7 +239,7 @@ typedef struct fs_writer_s {
     char final_path[FS_PATH_MAX];
     size_t root_len; /* final_path[0..root_len) is the root: mkdir -p stops there */
 
-    pthread_mutex_t mu; /* guards: */
+    pthread_mutex_t mu;   /* guards: */
     chunk_t *head, *tail; /* bytes accepted, not yet taken by a write job */
     int job_queued;       /* a write job is queued that has not taken the list yet */
     int err;              /* sticky: the first I/O error */

@@ -51,7 +51,7 @@ struct sl_workq_s {
     struct event *ev;        /* EV_READ on efd, runs on_notify on the loop */
     int efd;
 
-    pthread_mutex_t mu; /* guards everything below up to `threads` */
+    pthread_mutex_t mu;       /* guards everything below up to `threads` */
     pthread_cond_t work_cond; /* workers: a job is ready or stop is set */
     pthread_cond_t idle_cond; /* sl_workq_free: nbusy reached 0 */
     jobq_t ready;
@@ -277,8 +277,8 @@ fail:
     return err;
 }
 
-int sl_workq_submit(sl_workq_t *q, const void *serial, sl_work_fn work_fn,
-                    sl_work_done_cb done_cb, void *arg)
+int sl_workq_submit(sl_workq_t *q, const void *serial, sl_work_fn work_fn, sl_work_done_cb done_cb,
+                    void *arg)
 {
     job_t *j = NULL;
     chain_t *spare = NULL;

@@ -7,9 +7,9 @@
  * together with its row in schema_migrations, so a migration is either fully
  * applied and recorded or not at all.
  */
-#include "db/pg.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "db/pg.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -39,8 +39,8 @@ static void set_err(char *errbuf, size_t errlen, const char *what, const char *m
 }
 
 /* Runs one command; returns 1 if its status is `want`, else fills errbuf and returns 0. */
-static int exec_ok(PGconn *pc, const char *sql, ExecStatusType want, const char *what,
-                   char *errbuf, size_t errlen)
+static int exec_ok(PGconn *pc, const char *sql, ExecStatusType want, const char *what, char *errbuf,
+                   size_t errlen)
 {
     PGresult *r = PQexec(pc, sql);
     int ok = r && PQresultStatus(r) == want;
@@ -63,8 +63,8 @@ static int is_applied(PGconn *pc, int version, char *errbuf, size_t errlen)
     r = PQexecParams(pc, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, NULL, params,
                      NULL, NULL, 0);
     if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        set_err(errbuf, errlen, "schema_migrations", r ? PQresultErrorMessage(r)
-                                                       : PQerrorMessage(pc));
+        set_err(errbuf, errlen, "schema_migrations",
+                r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
         rc = -1;
     } else {
         rc = PQntuples(r) > 0;

@@ -26,9 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SL_PG_QUEUE_MAX 10000         /* batches waiting for a connection */
-#define SL_PG_BATCH_MAX_STMTS 1024    /* statements in one batch */
-#define SL_PG_MAX_PARAMS 65535        /* the protocol's limit (Int16 count) */
+#define SL_PG_QUEUE_MAX 10000      /* batches waiting for a connection */
+#define SL_PG_BATCH_MAX_STMTS 1024 /* statements in one batch */
+#define SL_PG_MAX_PARAMS 65535     /* the protocol's limit (Int16 count) */
 #define SL_PG_BACKOFF_MIN_MS 100
 #define SL_PG_BACKOFF_MAX_MS 5000
 #define SL_PG_CONNECT_TIMEOUT_MS 10000 /* PQconnectPoll does not enforce connect_timeout */
@@ -70,8 +70,8 @@ typedef struct sl_pg_conn_s {
     struct event *ev_timer; /* DOWN: backoff; CONNECTING: connect deadline */
     int want_write;
     int backoff_ms;
-    int tried;    /* first connection attempt concluded */
-    int failures; /* consecutive failed attempts, to log only transitions */
+    int tried;            /* first connection attempt concluded */
+    int failures;         /* consecutive failed attempts, to log only transitions */
     sl_pg_batch_t *batch; /* in flight while BUSY */
 } sl_pg_conn_t;
 
@@ -761,8 +761,8 @@ int sl_pg_batch_exec(sl_pg_batch_t *b, sl_pg_cb cb, void *arg)
     return 0;
 }
 
-int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params,
-                sl_pg_cb cb, void *arg)
+int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params, sl_pg_cb cb,
+                void *arg)
 {
     sl_pg_batch_t *b = sl_pg_batch_new(pg);
     int rc;

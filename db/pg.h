@@ -9,10 +9,14 @@
  * Batches queue FIFO and go to the next idle connection.
  *
  * Down and back: a connection that breaks fails its batch with SL_EUNAVAIL and
- * reconnects with exponential backoff (100 ms .. 5 s). While no connection is
- * up, new batches fail at once with SL_EUNAVAIL (callers answer 503 with
- * Retry-After), so nothing piles up in memory. sl_pg_ready() says whether the
- * pool has a live connection (for /readyz).
+ * reconnects with exponential backoff (100 ms .. 5 s, with jitter). While no
+ * connection is up, new batches fail at once with SL_EUNAVAIL (callers answer
+ * 503 with Retry-After), so nothing piles up in memory. The one exception is
+ * start-up: until every connection has made its first attempt, batches queue
+ * (and fail with SL_EUNAVAIL if all first attempts fail). At most 10000
+ * batches wait for a connection; beyond that a batch fails with SL_EAGAIN.
+ * sl_pg_ready() says whether the pool has a live connection (for /readyz).
+ * See docs/internals/pg.md.
  *
  * Every statement is parameterised: values travel as text parameters, never
  * spliced into SQL.
@@ -20,36 +24,60 @@
 #ifndef SL_PG_H
 #define SL_PG_H
 
-#include <stddef.h>
 #include <event2/event.h>
 #include <libpq-fe.h>
+#include <stddef.h>
 
 typedef struct sl_pg_s sl_pg_t;
 typedef struct sl_pg_batch_s sl_pg_batch_t;
 
 /**
- * Creates the pool and starts connecting (returns before connections are up).
- * `base` and `conninfo` are borrowed/copied. `statement_timeout_ms` is set on
- * every connection (server-side cancel of a runaway statement).
+ * Creates the pool and starts connecting (returns before connections are up;
+ * the first attempts start on the next loop turn). `base` is borrowed and must
+ * outlive the pool; `conninfo` (key=value or URI) is copied. `pool_size` is
+ * 1..256. `statement_timeout_ms` (> 0) is set on every connection through the
+ * startup "options" (appended to any options the conninfo has): server-side
+ * cancel of a runaway statement; 0 leaves the server default. Returns 0 and
+ * *out (owned, release with sl_pg_free), SL_EINVAL (bad argument or conninfo)
+ * or SL_ENOMEM. Host names are resolved synchronously by libpq: prefer an IP
+ * address or a unix socket directory.
  */
 int sl_pg_new(struct event_base *base, const char *conninfo, int pool_size,
               int statement_timeout_ms, sl_pg_t **out);
 
-/** Closes every connection; pending batches get SL_ECANCELED (on a later loop turn); frees. */
+/**
+ * Closes every connection and frees the pool (takes pg; NULL is a no-op).
+ * Batches in flight or queued get SL_ECANCELED on a later loop turn: their
+ * completions are posted to `base` and need nothing of the pool, so the loop
+ * must run once more before the base is freed, or those callbacks never fire
+ * and their batches leak. Completions already posted before the call still
+ * deliver their real results. Safe to call from inside a batch callback. A
+ * batch cancelled in flight may or may not have committed.
+ */
 void sl_pg_free(sl_pg_t *pg);
 
-/** 1 if at least one connection is up. */
+/** 1 if at least one connection is up (borrows pg). */
 int sl_pg_ready(const sl_pg_t *pg);
 
-/** Connections: total, up, busy; batches waiting. For /metrics. */
+/** Connections: total, up, busy; batches waiting. For /metrics. Any out pointer may be NULL. */
 void sl_pg_stats(const sl_pg_t *pg, int *total, int *up, int *busy, int *queued);
 
-/** Starts a batch. Returns owned (until sl_pg_batch_exec or sl_pg_batch_free), or NULL. */
+/**
+ * Starts a batch on `pg` (borrowed; the batch must be executed or freed
+ * before sl_pg_free). Returns owned (until sl_pg_batch_exec or
+ * sl_pg_batch_free), or NULL.
+ */
 sl_pg_batch_t *sl_pg_batch_new(sl_pg_t *pg);
 
 /**
- * Adds a statement. `sql` and each param are copied; a NULL param is SQL NULL.
- * Returns the statement's index in the batch, or SL_ENOMEM.
+ * Adds a statement. `sql` and each param are copied (borrowed for the call); a
+ * NULL param is SQL NULL. One SQL statement per call (several in one string
+ * fail with SL_EDB, SQLSTATE 42601). Statements that cannot run inside a
+ * transaction block (VACUUM, CREATE DATABASE) do not belong in a batch of more
+ * than one, and a COMMIT inside a batch ends its atomicity early.
+ * Returns the statement's index in the batch, SL_EINVAL (NULL sql, nparams
+ * outside 0..65535, params NULL with nparams > 0), SL_ETOOBIG (more than 1024
+ * statements) or SL_ENOMEM.
  */
 int sl_pg_batch_add(sl_pg_batch_t *b, const char *sql, int nparams, const char *const *params);
 
@@ -57,9 +85,13 @@ int sl_pg_batch_add(sl_pg_batch_t *b, const char *sql, int nparams, const char *
  * Result callback: err = 0 and res[0..n-1] (one PGresult per statement, in order,
  * borrowed until the callback returns), or err < 0 (SL_EUNAVAIL when Postgres is
  * unreachable, SL_EDB when a statement failed — then nothing of the batch was
- * committed — SL_ECANCELED when the pool is freed) with res NULL and `errmsg`
- * (borrowed) describing the failure. `sqlstate` is the failing statement's
- * SQLSTATE ("23505" unique violation) or "".
+ * committed — SL_ECANCELED when the pool is freed, SL_EAGAIN when the queue is
+ * full, SL_EPROTO if the server answered without a result for a statement)
+ * with n 0, res NULL and `errmsg` (borrowed) describing the failure; errmsg is
+ * "" on success. `sqlstate` is the failing statement's SQLSTATE ("23505"
+ * unique violation, "57014" statement timeout) or "". SL_EUNAVAIL for a batch
+ * whose connection broke after it was sent means "unknown": the server may
+ * have committed it. The callback may start new batches or free the pool.
  */
 typedef struct sl_pg_result_s {
     int err;
@@ -71,24 +103,25 @@ typedef struct sl_pg_result_s {
 typedef void (*sl_pg_cb)(const sl_pg_result_t *r, void *arg);
 
 /**
- * Sends the batch (takes b). The callback fires exactly once, on a later loop
- * turn, even when Postgres is down (then err = SL_EUNAVAIL). Returns 0, or an
- * error without calling back (b is freed either way).
+ * Sends the batch (takes b; `arg` is passed through untouched). The callback
+ * fires exactly once, on a later loop turn, even when Postgres is down (then
+ * err = SL_EUNAVAIL). Returns 0, or an error without calling back (SL_EINVAL
+ * for a NULL cb or an empty batch, SL_ENOMEM); b is freed either way.
  */
 int sl_pg_batch_exec(sl_pg_batch_t *b, sl_pg_cb cb, void *arg);
 
 /** Frees an unsent batch. */
 void sl_pg_batch_free(sl_pg_batch_t *b);
 
-/** One statement: sl_pg_batch_new + add + exec. */
-int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params,
-                sl_pg_cb cb, void *arg);
+/** One statement: sl_pg_batch_new + add + exec; same ownership and errors. */
+int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params, sl_pg_cb cb,
+                void *arg);
 
 /** One schema migration, embedded in the binary at build time from db/migrations/. */
 typedef struct sl_pg_migration_s {
-    int version;        /* NNN of NNN_name.sql */
-    const char *name;   /* "001_init" */
-    const char *sql;    /* the whole file */
+    int version;      /* NNN of NNN_name.sql */
+    const char *name; /* "001_init" */
+    const char *sql;  /* the whole file */
 } sl_pg_migration_t;
 
 /** The migrations built into this binary, in version order (generated: db/migrations.c). */
@@ -99,8 +132,11 @@ extern const int sl_pg_nmigrations;
  * Applies migrations not yet applied, in order, each in its own transaction,
  * blocking (only at start-up or by `sluice migrate`, before the loop runs).
  * Takes a session advisory lock so instances starting together migrate once.
- * Records applied versions in schema_migrations. Returns 0, or an error with a
- * message in errbuf.
+ * Records applied versions in schema_migrations. `conninfo`, `migs` and
+ * `errbuf` are borrowed. Returns 0 (errbuf ""), or SL_EUNAVAIL (cannot
+ * connect), SL_EDB (a statement failed; the failing migration is rolled back,
+ * earlier ones stay applied) or SL_EINVAL, with "<migration name or step>:
+ * <server message>" in errbuf (truncated to errlen).
  */
 int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, char *errbuf,
                   size_t errlen);

@@ -23,7 +23,7 @@ static int passed, failed;
             passed++;                                                                              \
         } else {                                                                                   \
             failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
         }                                                                                          \
     } while (0)
 
@@ -246,13 +246,13 @@ static uint32_t rnd(void)
 static void make_binary(buf_t *b, size_t approx)
 {
     static const char *const baits[] = {
-        "\r\n--" BOUNDARY,            /* 0: cut below to a strict prefix */
-        "--" BOUNDARY,                 /* no CRLF before it */
-        "\n--" BOUNDARY,               /* no CR */
-        "\r--" BOUNDARY,               /* no LF */
-        "\r\n-" BOUNDARY,              /* one dash */
-        "\r\n--" BOUNDARY,            /* 5: last character changed below */
-        "\r\r\n\r\n-\r\n--\r\n---",   /* CRs restarting matches */
+        "\r\n--" BOUNDARY,          /* 0: cut below to a strict prefix */
+        "--" BOUNDARY,              /* no CRLF before it */
+        "\n--" BOUNDARY,            /* no CR */
+        "\r--" BOUNDARY,            /* no LF */
+        "\r\n-" BOUNDARY,           /* one dash */
+        "\r\n--" BOUNDARY,          /* 5: last character changed below */
+        "\r\r\n\r\n-\r\n--\r\n---", /* CRs restarting matches */
     };
     while (b->len < approx) {
         uint32_t x = rnd() % 100;
@@ -466,27 +466,27 @@ static void test_headers(void)
 
     /* Errors. */
     static const char *const bad[] = {
-        D "\r\n\r\ndata\r\n" D "--",                                     /* no headers at all */
-        D "\r\nContent-Type: text/plain\r\n\r\ndata\r\n" D "--",         /* no disposition */
+        D "\r\n\r\ndata\r\n" D "--",                                         /* no headers at all */
+        D "\r\nContent-Type: text/plain\r\n\r\ndata\r\n" D "--",             /* no disposition */
         D "\r\nContent-Disposition: attachment; name=a\r\n\r\nx\r\n" D "--", /* not form-data */
-        D "\r\n" CD CD "\r\nx\r\n" D "--",                               /* duplicate */
+        D "\r\n" CD CD "\r\nx\r\n" D "--",                                   /* duplicate */
         D "\r\nContent-Disposition: form-data; name=a; name=b\r\n\r\nx\r\n" D "--",
         D "\r\nContent-Disposition: form-data; name=\"a\r\n\r\nx\r\n" D "--", /* open quote */
         D "\r\nContent-Disposition: form-data; name\r\n\r\nx\r\n" D "--",     /* no '=' */
         D "\r\nContent-Disposition: form-data; name=\r\n\r\nx\r\n" D "--",    /* no value */
         D "\r\nContent-Disposition: form-data; name=a b\r\n\r\nx\r\n" D "--", /* junk */
         D "\r\nContent-Disposition form-data; name=a\r\n\r\nx\r\n" D "--",    /* no colon */
-        D "\r\nContent-Disposition : form-data; name=a\r\n\r\nx\r\n" D "--", /* space before : */
-        D "\r\nContent-Disposition: form-data; name=a\n\r\nx\r\n" D "--",    /* bare LF */
-        D "\r\nContent-Disposition: form-data; name=a\r\n\n",                  /* bare LF */
+        D "\r\nContent-Disposition : form-data; name=a\r\n\r\nx\r\n" D "--",  /* space before : */
+        D "\r\nContent-Disposition: form-data; name=a\n\r\nx\r\n" D "--",     /* bare LF */
+        D "\r\nContent-Disposition: form-data; name=a\r\n\n",                 /* bare LF */
         D "\r\nContent-Disposition: form-data;\r name=a\r\n\r\nx\r\n" D "--", /* bare CR */
-        D "\r\n folded: x\r\n" CD "\r\nx\r\n" D "--",                    /* leading fold */
-        D "x\r\n" CD "\r\nx\r\n" D "--",                                 /* garbage after delim */
-        D "-x\r\n" CD "\r\nx\r\n" D "--",                                /* half a close */
-        D " \tx\r\n" CD "\r\nx\r\n" D "--",                              /* garbage after padding */
-        D "\rx" CD "\r\nx\r\n" D "--",                                   /* CR without LF */
-        D "\r\n" CD "\r\nx\r\n" D "ZZ\r\n",                              /* bad second delimiter */
-        "preamble\r\n" D "X\r\n",                                        /* bad first delimiter */
+        D "\r\n folded: x\r\n" CD "\r\nx\r\n" D "--",                         /* leading fold */
+        D "x\r\n" CD "\r\nx\r\n" D "--",    /* garbage after delim */
+        D "-x\r\n" CD "\r\nx\r\n" D "--",   /* half a close */
+        D " \tx\r\n" CD "\r\nx\r\n" D "--", /* garbage after padding */
+        D "\rx" CD "\r\nx\r\n" D "--",      /* CR without LF */
+        D "\r\n" CD "\r\nx\r\n" D "ZZ\r\n", /* bad second delimiter */
+        "preamble\r\n" D "X\r\n",           /* bad first delimiter */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = feed_str(&r, bad[i], &done);
@@ -620,7 +620,7 @@ static void test_truncated(void)
     CHECK(!bad);
 
     /* Truncated in the middle of a delimiter: the held bytes are not data. */
-    CHECK(feed_str(&r, D "\r\n" CD "\r\nhello\r\n--" "----Sluice", &done) == 0);
+    CHECK(feed_str(&r, D "\r\n" CD "\r\nhello\r\n------Sluice", &done) == 0);
     CHECK(done == 0 && r.nparts == 1 && r.parts[0].data.len == 5 && r.end_calls == 0);
     rec_reset(&r);
 }

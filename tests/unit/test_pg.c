@@ -22,14 +22,14 @@
 #include <unistd.h>
 
 static int passed, failed;
-#define CHECK(e)                                                                                  \
-    do {                                                                                          \
-        if (e) {                                                                                  \
-            passed++;                                                                             \
-        } else {                                                                                  \
-            failed++;                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                 \
-        }                                                                                         \
+#define CHECK(e)                                                                                   \
+    do {                                                                                           \
+        if (e) {                                                                                   \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                  \
+        }                                                                                          \
     } while (0)
 
 /* ---- the throwaway server ---- */
@@ -98,8 +98,8 @@ static int server_start(void)
     snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
     snprintf(opts, sizeof opts, "-c listen_addresses='' -k %s -p %s -c fsync=off", srv_dir,
              TEST_PORT);
-    const char *argv[] = {tool, "-D", srv_data, "-l", "server.log", "-w", "-t", "60", "-o", opts,
-                          "start", NULL};
+    const char *argv[] = {tool, "-D", srv_data, "-l", "server.log", "-w",
+                          "-t", "60", "-o",     opts, "start",      NULL};
     return run_cmd(argv);
 }
 
@@ -134,8 +134,8 @@ static int server_setup(void)
     }
     snprintf(srv_data, sizeof srv_data, "%s/data", srv_dir);
     snprintf(tool, sizeof tool, "%s/initdb", bindir);
-    const char *argv[] = {tool, "-D", srv_data, "-A", "trust", "-U", "sluice", "-N",
-                          "-E", "UTF8", "--locale=C", NULL};
+    const char *argv[] = {tool,     "-D", srv_data, "-A",   "trust",      "-U",
+                          "sluice", "-N", "-E",     "UTF8", "--locale=C", NULL};
     if (run_cmd(argv) != 0 || server_start() != 0) {
         dump_cmd_log();
         return -1;
@@ -299,8 +299,7 @@ static void test_migrate(void)
     CHECK(strcmp(v, want) == 0);
     sql_scalar("SELECT to_regclass('files') IS NOT NULL", v, sizeof v);
     CHECK(strcmp(v, "t") == 0);
-    sql_scalar("SELECT value IS NOT NULL FROM settings WHERE key = 'url_signing_key'", v,
-               sizeof v);
+    sql_scalar("SELECT value IS NOT NULL FROM settings WHERE key = 'url_signing_key'", v, sizeof v);
     CHECK(strcmp(v, "t") == 0);
     sql_scalar("SELECT max(applied_at)::text FROM schema_migrations", v, sizeof v);
     char first_applied[64];
@@ -483,8 +482,8 @@ static void test_params(sl_pg_t *pg)
     q_t q;
     const char *evil = "it's \"quoted\" \\ back'; DROP TABLE sl_pg_test; --";
     const char *p[] = {evil, NULL, "h\xc3\xa9llo\tworld\n", ""};
-    CHECK(query(pg, &q, "SELECT $1::text, $2::text, $2::text IS NULL, $3::text, $4::text", 4,
-                p) == 0);
+    CHECK(query(pg, &q, "SELECT $1::text, $2::text, $2::text IS NULL, $3::text, $4::text", 4, p) ==
+          0);
     CHECK(wait_int(&q.called, 1, 5000));
     CHECK(q.err == 0);
     CHECK(q.ncols == 5);
@@ -507,6 +506,30 @@ static void test_params(sl_pg_t *pg)
     CHECK(strcmp(q.cols[0], evil) == 0);
     CHECK(strcmp(q.cols[1], "t") == 0);
     CHECK(q.sync_call == 0);
+
+    /* a 2 MiB parameter: more than a socket buffer, so the send needs EV_WRITE rounds */
+    size_t big_len = 2u << 20;
+    char *big = malloc(big_len + 1);
+    CHECK(big != NULL);
+    if (big) {
+        for (size_t i = 0; i < big_len; i++)
+            big[i] = (char)('a' + i % 26);
+        big[big_len] = '\0';
+        const char *pb[] = {big};
+        CHECK(query(pg, &q, "SELECT length($1::text), md5($1::text) = md5(repeat('x', 0))", 1,
+                    pb) == 0);
+        free(big); /* copied by the batch */
+        CHECK(wait_int(&q.called, 1, 10000));
+        CHECK(q.err == 0);
+        CHECK(strcmp(q.cols[0], "2097152") == 0);
+        CHECK(strcmp(q.cols[1], "f") == 0);
+    }
+
+    /* one statement per add: two in one string is a statement error, not a splice */
+    CHECK(query(pg, &q, "SELECT 1; SELECT 2", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == SL_EDB);
+    CHECK(strcmp(q.sqlstate, "42601") == 0);
 }
 
 static void test_statement_timeout(void)

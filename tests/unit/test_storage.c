@@ -25,14 +25,14 @@
 #include <unistd.h>
 
 static int passed, failed;
-#define CHECK(expr)                                                                \
-    do {                                                                           \
-        if (expr) {                                                                \
-            passed++;                                                              \
-        } else {                                                                   \
-            failed++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr); \
-        }                                                                          \
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        if (expr) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
+        }                                                                                          \
     } while (0)
 
 #define MIB (1024 * 1024)
@@ -53,7 +53,9 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void tick_cb(evutil_socket_t fd, short what, void *arg) {}
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+}
 
 static void on_loop_check(void)
 {
@@ -204,8 +206,8 @@ static void test_keys(void)
     char long_key[202];
     memset(long_key, 'a', 201);
     long_key[201] = '\0';
-    const char *bad[] = {"../x", "/abs", "a//b", "a/../b", "", long_key, "a/", "a b", "a\\b",
-                         "..", ".tmp/x", "a/./b", "a?b", "t/é"};
+    const char *bad[] = {"../x", "/abs", "a//b", "a/../b", "",      long_key, "a/",
+                         "a b",  "a\\b", "..",   ".tmp/x", "a/./b", "a?b",    "t/é"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (sl_store_key_valid(bad[i]))
             fprintf(stderr, "accepted bad key \"%s\"\n", bad[i]);
@@ -359,8 +361,7 @@ static void test_big_object(void)
     int nreq = (int)(sizeof reqs / sizeof reqs[0]);
     for (int i = 0; i < nreq; i++) {
         reqs[i].expect = data;
-        CHECK(sl_store_read(st, "t1/big.bin", reqs[i].offset, reqs[i].len, read_cb, &reqs[i]) ==
-              0);
+        CHECK(sl_store_read(st, "t1/big.bin", reqs[i].offset, reqs[i].len, read_cb, &reqs[i]) == 0);
     }
     run_idle();
     for (int i = 0; i < nreq; i++) {
@@ -384,9 +385,13 @@ static void test_mime(void)
         commit_res_t res;
         char sha[65];
     } c[] = {
-        {.sample = "/work/shared/samples/invoice-acme.pdf", .key = "t1/invoice.pdf", .mime = "application/pdf"},
+        {.sample = "/work/shared/samples/invoice-acme.pdf",
+         .key = "t1/invoice.pdf",
+         .mime = "application/pdf"},
         {.sample = "/work/shared/samples/photo.jpg", .key = "t1/photo.jpg", .mime = "image/jpeg"},
-        {.sample = "/work/shared/samples/notes.txt", .key = "t2/deep/er/notes.txt", .mime = "text/plain"},
+        {.sample = "/work/shared/samples/notes.txt",
+         .key = "t2/deep/er/notes.txt",
+         .mime = "text/plain"},
         {.sample = NULL, .key = "t2/empty", .mime = "application/x-empty"},
     };
     int n = (int)(sizeof c / sizeof c[0]);
@@ -402,8 +407,7 @@ static void test_mime(void)
         /* Two pieces, the split inside the head kept for libmagic. */
         size_t half = c[i].len / 2;
         CHECK(sl_store_write(c[i].w, c[i].data, half) == 0);
-        CHECK(sl_store_write(c[i].w, c[i].data ? c[i].data + half : NULL, c[i].len - half) ==
-              0);
+        CHECK(sl_store_write(c[i].w, c[i].data ? c[i].data + half : NULL, c[i].len - half) == 0);
     }
     for (int i = 0; i < n; i++)
         CHECK(sl_store_put_commit(c[i].w, commit_cb, &c[i].res) == 0);

@@ -15,14 +15,14 @@
 #include <unistd.h>
 
 static int passed, failed;
-#define CHECK(expr)                                                                \
-    do {                                                                           \
-        if (expr) {                                                                \
-            passed++;                                                              \
-        } else {                                                                   \
-            failed++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr); \
-        }                                                                          \
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        if (expr) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
+        }                                                                                          \
     } while (0)
 
 static struct event_base *base;
@@ -35,7 +35,9 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void tick_cb(evutil_socket_t fd, short what, void *arg) {}
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+}
 
 /* Runs the loop until *counter reaches target or 30 s pass. */
 static void run_until(const int *counter, int target)
@@ -133,8 +135,8 @@ static void test_serial(void)
         for (int k = 0; k < NKEYS; k++) {
             jobs[k][i].key = k;
             jobs[k][i].seq = i;
-            CHECK(sl_workq_submit(q, &serial_keys[k], serial_work, serial_done_cb,
-                                  &jobs[k][i]) == 0);
+            CHECK(sl_workq_submit(q, &serial_keys[k], serial_work, serial_done_cb, &jobs[k][i]) ==
+                  0);
         }
         CHECK(sl_workq_submit(q, NULL, count_work, count_done, NULL) == 0);
     }

@@ -225,7 +225,21 @@ static void register_metrics(sl_app_t *app)
 
 /* ---- shutdown ---- */
 
-static struct event *g_sigterm, *g_sigint;
+static struct event *g_sigterm, *g_sigint, *g_drain;
+static int g_drain_ticks;
+
+/* After a stop signal: exit once nothing is in flight, or after DRAIN_TIMEOUT_S. */
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_app_t *app = arg;
+    int total, up, busy, queued;
+    (void)fd;
+    (void)what;
+    sl_pg_stats(app->pg, &total, &up, &busy, &queued);
+    if ((app->active_uploads == 0 && busy == 0 && queued == 0 && sl_workq_pending(app->wq) == 0) ||
+        ++g_drain_ticks >= DRAIN_TIMEOUT_S * 20)
+        event_base_loopbreak(app->base);
+}
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -238,8 +252,10 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     }
     event_del(g_sigterm);
     event_del(g_sigint);
-    struct timeval tv = {DRAIN_TIMEOUT_S, 0};
-    event_base_loopexit(app->base, &tv);
+    g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
+    struct timeval tv = {0, 50000};
+    if (!g_drain || event_add(g_drain, &tv) != 0)
+        event_base_loopbreak(app->base);
 }
 
 /* ---- serving ---- */
@@ -334,6 +350,8 @@ out:
         event_free(g_sigterm);
     if (g_sigint)
         event_free(g_sigint);
+    if (g_drain)
+        event_free(g_drain);
     if (app->router)
         sl_http_router_free(app->router);
     if (app->redis)

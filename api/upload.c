@@ -363,51 +363,74 @@ static const char RESPONSE_SQL[] =
     "SELECT json_build_object('files', coalesce(json_agg(sluice_file_json(f) ORDER BY f.seq),"
     " '[]'::json))::text FROM files f WHERE f.tenant_id = $1 AND f.batch_id = $2";
 
-static int add_file_rows(upload_t *up, sl_pg_batch_t *b, upload_part_t *p)
+/*
+ * The batch's rows travel as two JSON documents (built by jansson), so the
+ * transaction has the same five statements for one file or for a thousand.
+ */
+static json_t *rows_json(upload_t *up, json_t **runs_out)
 {
     sl_app_t *app = up->app;
-    char size[32];
-    snprintf(size, sizeof size, "%llu", (unsigned long long)p->info.size);
-    const char *fp[] = {p->file_id, up->tenant_id, up->dataset_id, up->batch_id,
-                        p->name,    size,          p->info.sha256_hex, p->info.mime, p->key};
-    if (sl_pg_batch_add(b,
-                        "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, "
-                        "sha256, mime, storage_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-                        9, fp) < 0)
-        return SL_ENOMEM;
-    for (int i = 0; i < app->npipelines; i++) {
-        const sl_pipeline_def_t *pl = &app->pipelines[i];
-        int match = 0;
-        for (int m = 0; pl->match[m] && !match; m++)
-            match = sl_api_mime_match(pl->match[m], p->info.mime);
-        if (!match)
-            continue;
-        char run_id[37];
-        if (sl_uuid_v4(run_id) != 0)
-            return SL_EIO;
-        const char *rp[] = {run_id, up->tenant_id, up->dataset_id, p->file_id, up->batch_id,
-                            pl->name};
-        if (sl_pg_batch_add(b,
-                            "WITH r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, "
-                            "batch_id, pipeline, step) VALUES ($1,$2,$3,$4,$5,$6, NULL) "
-                            "RETURNING *) INSERT INTO run_events (tenant_id, dataset_id, "
-                            "file_id, run_id, pipeline, kind, state) SELECT tenant_id, "
-                            "dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r",
-                            6, rp) < 0)
-            return SL_ENOMEM;
+    json_t *files = json_array(), *runs = json_array();
+    if (!files || !runs)
+        goto fail;
+    for (int i = 0; i < up->nparts; i++) {
+        upload_part_t *p = &up->parts[i];
+        if (json_array_append_new(files, json_pack("{s:s, s:i, s:s, s:I, s:s, s:s, s:s}", "id",
+                                                   p->file_id, "ord", i, "name", p->name, "size",
+                                                   (json_int_t)p->info.size, "sha256",
+                                                   p->info.sha256_hex, "mime", p->info.mime,
+                                                   "storage_key", p->key)) != 0)
+            goto fail;
+        for (int k = 0; k < app->npipelines; k++) {
+            const sl_pipeline_def_t *pl = &app->pipelines[k];
+            int match = 0;
+            for (int m = 0; pl->match[m] && !match; m++)
+                match = sl_api_mime_match(pl->match[m], p->info.mime);
+            char run_id[37];
+            if (!match)
+                continue;
+            if (sl_uuid_v4(run_id) != 0 ||
+                json_array_append_new(runs, json_pack("{s:s, s:s, s:s}", "id", run_id, "file_id",
+                                                      p->file_id, "pipeline", pl->name)) != 0)
+                goto fail;
+        }
     }
-    return 0;
+    *runs_out = runs;
+    return files;
+fail:
+    json_decref(files);
+    json_decref(runs);
+    return NULL;
 }
+
+static const char INSERT_FILES_SQL[] =
+    "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime, "
+    "storage_key) SELECT x.id, $1, $2, $3, x.name, x.size, x.sha256, x.mime, x.storage_key "
+    "FROM json_to_recordset($4::json) AS x(id uuid, ord int, name text, size bigint, "
+    "sha256 text, mime text, storage_key text) ORDER BY x.ord";
+
+static const char INSERT_RUNS_SQL[] =
+    "WITH r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline) "
+    "SELECT x.id, $1, $2, x.file_id, $3, x.pipeline FROM json_to_recordset($4::json) "
+    "AS x(id uuid, file_id uuid, pipeline text) RETURNING *) "
+    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state) "
+    "SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r";
 
 /* Every part is durable: record the whole batch in one transaction. */
 static void store_rows(upload_t *up)
 {
+    json_t *runs = NULL;
+    json_t *files = rows_json(up, &runs);
+    char *files_txt = files ? json_dumps(files, JSON_COMPACT) : NULL;
+    char *runs_txt = runs ? json_dumps(runs, JSON_COMPACT) : NULL;
     sl_pg_batch_t *b = sl_pg_batch_new(up->app->pg);
-    if (!b)
+    if (!files_txt || !runs_txt || !b)
         goto fail;
-    for (int i = 0; i < up->nparts; i++)
-        if (add_file_rows(up, b, &up->parts[i]) != 0)
-            goto fail;
+    const char *fp[] = {up->tenant_id, up->dataset_id, up->batch_id, files_txt};
+    const char *rp[] = {up->tenant_id, up->dataset_id, up->batch_id, runs_txt};
+    if (sl_pg_batch_add(b, INSERT_FILES_SQL, 4, fp) < 0 ||
+        sl_pg_batch_add(b, INSERT_RUNS_SQL, 4, rp) < 0)
+        goto fail;
     const char *params[] = {up->tenant_id, up->batch_id, up->idem_key};
     if (up->idem_reserved) {
         /* The stored first response is the very document we answer with. */
@@ -421,15 +444,22 @@ static void store_rows(upload_t *up)
     }
     if (sl_pg_batch_add(b, RESPONSE_SQL, 2, params) < 0)
         goto fail;
+    json_decref(files);
+    json_decref(runs);
+    free(files_txt);
+    free(runs_txt);
     up->refs++;
     if (sl_pg_batch_exec(b, batch_done_cb, up) != 0) {
         up->refs--;
-        b = NULL;
-        goto fail;
+        upload_fail(up, 500, "internal_error", "could not record the upload");
     }
     return;
 fail:
     sl_pg_batch_free(b);
+    json_decref(files);
+    json_decref(runs);
+    free(files_txt);
+    free(runs_txt);
     upload_fail(up, 500, "internal_error", "could not record the upload");
 }
 

@@ -101,6 +101,23 @@ def _stop_proc(proc, sig=signal.SIGTERM, timeout=15.0):
     return proc.returncode
 
 
+def _mkbase(prefix):
+    """A fresh temp dir (mode 755, so the postgres user can traverse it)
+    tagged with our pid; first sweeps dirs of earlier runs whose owner died
+    without cleaning up (e.g. pytest was SIGKILLed)."""
+    for d in Path("/tmp").glob(prefix + "*"):
+        try:
+            owner = int((d / ".owner-pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours (or still being set up)
+        if owner != os.getpid() and not Path("/proc/%d" % owner).exists():
+            shutil.rmtree(d, ignore_errors=True)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)
+    (base / ".owner-pid").write_text(str(os.getpid()))
+    return base
+
+
 # ---------------------------------------------------------------- Postgres
 
 
@@ -143,8 +160,7 @@ class PgCluster:
     def __init__(self, base=None):
         self.bindir = pg_bindir()
         self.uid, self.gid = _ensure_pg_user()
-        self.base = Path(base or tempfile.mkdtemp(prefix="sluice-pg-", dir="/tmp"))
-        os.chmod(self.base, 0o755)  # traversable by the postgres user
+        self.base = Path(base) if base else _mkbase("sluice-pgt-")
         self.datadir = self.base / "data"
         self.sockdir = str(self.base / "run")
         self.logfile = self.base / "postgres.log"
@@ -255,7 +271,7 @@ class RedisServer:
     """A private redis-server on 127.0.0.1:port, no persistence."""
 
     def __init__(self, base=None):
-        self.base = Path(base or tempfile.mkdtemp(prefix="sluice-redis-", dir="/tmp"))
+        self.base = Path(base) if base else _mkbase("sluice-redist-")
         self.port = free_port()
         self.url = "redis://127.0.0.1:%d/0" % self.port
         self.logfile = self.base / "redis.log"
@@ -472,7 +488,8 @@ class Server:
     # -- process control
 
     def start(self):
-        """Start the process and wait for GET /healthz == 200."""
+        """Start the process and wait for GET {wait_path} == 200 (default /readyz:
+        the schema is migrated in the background after start)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
         if not os.access(self.binary, os.X_OK):
@@ -496,7 +513,7 @@ class Server:
                 raise ServerStartError("sluice exited with %s during start; log tail:\n%s"
                                        % (self.proc.returncode, _log_tail(self.log_path)))
             try:
-                r = requests.get(self.url + "/healthz", timeout=2)
+                r = requests.get(self.url + getattr(self, "wait_path", "/readyz"), timeout=2)
                 if r.status_code == 200:
                     return self
             except requests.RequestException:
@@ -591,6 +608,7 @@ class ServerFactory:
         self.redis = redis
         self.tmpdir = Path(tmpdir)
         self.servers = []
+        self.own_storage = []
 
     def __call__(self, config=None, env=None, database_url=None, storage_path=None,
                  extra_yaml=""):
@@ -601,6 +619,7 @@ class ServerFactory:
         if storage_path is None:
             storage_path = self.tmpdir / ("blobs%d" % n)
             storage_path.mkdir(parents=True, exist_ok=True)
+            self.own_storage.append(storage_path)
         admin_key = secrets.token_hex(16)
         values = {
             "listen": "127.0.0.1:%d" % port,
@@ -638,8 +657,13 @@ class ServerFactory:
         reports = []
         for i, s in enumerate(self.servers, 1):
             try:
-                s.stop(timeout=10)
+                s.stop(timeout=float(os.environ.get("SLUICE_STOP_TIMEOUT", "15")))
             except Exception:  # noqa: BLE001 — keep tearing down the rest
                 s.kill()
             reports += [(i, l) for l in s.sanitizer_reports()]
         return reports
+
+    def remove_storage(self):
+        """Delete the blob dirs the factory made (big uploads add up)."""
+        for d in self.own_storage:
+            shutil.rmtree(d, ignore_errors=True)

@@ -63,6 +63,7 @@ typedef void (*sl_http_handler_cb)(sl_http_req_t *req, void *arg);
  * Creates a server bound to `listen_addr` ("host:port", port 0 picks a free
  * port; IPv6 as "[::1]:8080"), with SO_REUSEADDR and SO_REUSEPORT. `base` and
  * `listen_addr` are borrowed. Returns owned in *out, or a negative SL_E* code.
+ * `limits` is copied; NULL or a zero field means the default.
  */
 int sl_http_server_new(struct event_base *base, const char *listen_addr,
                        const sl_http_limits_t *limits, sl_http_handler_cb handler, void *arg,
@@ -79,7 +80,14 @@ void sl_http_server_on_finish(sl_http_server_t *srv, sl_http_finish_cb cb, void 
 /** The bound port (useful when listen_addr asked for port 0). */
 int sl_http_server_port(const sl_http_server_t *srv);
 
-/** Number of open connections right now. */
+/**
+ * Serves an already connected socket (a socketpair end, an inherited fd) as if
+ * it had been accepted. Takes fd (closed on failure); `peer` is borrowed and
+ * copied (NULL means "local"). 0 or a negative SL_E* code.
+ */
+int sl_http_server_adopt(sl_http_server_t *srv, evutil_socket_t fd, const char *peer);
+
+/** Number of open connections right now (including ones being told 503). */
 size_t sl_http_server_connections(const sl_http_server_t *srv);
 
 /**
@@ -213,7 +221,8 @@ int sl_http_req_status(const sl_http_req_t *req);
 
 /**
  * A tiny router: patterns like "/v1/files/{id}/events"; `{name}` matches one
- * non-empty path segment. Method "*" matches any method.
+ * non-empty path segment. Method "*" matches any method; a "GET" route also
+ * answers HEAD (the server sends the headers and no body).
  */
 typedef struct sl_http_router_s sl_http_router_t;
 typedef struct sl_http_params_s {
@@ -230,7 +239,7 @@ void sl_http_router_free(sl_http_router_t *r);
 int sl_http_router_add(sl_http_router_t *r, const char *method, const char *pattern,
                        const char *name, sl_http_route_cb cb, void *arg);
 /**
- * Finds the route for req. Returns 1 and fills cb, arg, params and name if one
+ * Finds the route for req. params->names borrow from the router. Returns 1 and fills cb, arg, params and name if one
  * matches; 0 if no path matches (404); -1 if the path matches but not the
  * method (405).
  */

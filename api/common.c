@@ -23,10 +23,10 @@
 #include "core/err.h"
 #include "core/log.h"
 
-#define SL_API_KEY_MAX 512          /* longer bearer tokens are rejected unread */
-#define SL_IDEM_KEY_MAX 255         /* Idempotency-Key length limit */
+#define SL_API_KEY_MAX 512  /* longer bearer tokens are rejected unread */
+#define SL_IDEM_KEY_MAX 255 /* Idempotency-Key length limit */
 #define SL_IDEM_ENDPOINT_MAX 256
-#define SL_IDEM_MAX_ATTEMPTS 4      /* reservation races retried at most this often */
+#define SL_IDEM_MAX_ATTEMPTS 4 /* reservation races retried at most this often */
 #define SL_DEFAULT_JSON_MAX (1024 * 1024)
 
 /* nginx's "client closed request": used only to finish a request whose client
@@ -120,8 +120,8 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
     sl_api_auth_owned(app, req, allow_query_token, cb, arg, NULL);
 }
 
-void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
-                       sl_api_auth_cb cb, void *arg, sl_api_release_fn release)
+void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
+                       void *arg, sl_api_release_fn release)
 {
     char key[SL_API_KEY_MAX];
     char hash[65];
@@ -150,7 +150,8 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
     ctx->release = release;
     const char *params[1] = {hash};
     int err = sl_pg_query(app->pg,
-                          "SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                          "SELECT tenant_id FROM api_keys "
+                          "WHERE key_hash = $1 AND revoked_at IS NULL",
                           1, params, auth_done_cb, ctx);
     if (err != 0) {
         free(ctx);
@@ -189,8 +190,8 @@ void sl_api_json_text(sl_http_req_t *req, int status, const char *text, size_t l
 
 void sl_api_json(sl_http_req_t *req, int status, json_t *v)
 {
-    char *s = v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)
-                        : NULL;
+    char *s =
+        v != NULL ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY) : NULL;
     json_decref(v);
     if (s == NULL) {
         sl_http_respond_error(req, 500, "internal_error", "could not encode the response", -1);
@@ -524,8 +525,7 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
     if (PQgetisnull(row, 0, 1))
         sl_api_json_text(req, (int)status, "{}", 2);
     else
-        sl_api_json_text(req, (int)status, PQgetvalue(row, 0, 1),
-                         (size_t)PQgetlength(row, 0, 1));
+        sl_api_json_text(req, (int)status, PQgetvalue(row, 0, 1), (size_t)PQgetlength(row, 0, 1));
     free(ctx);
     return;
 done:
@@ -602,9 +602,10 @@ int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *
     char st[16];
     snprintf(st, sizeof st, "%d", status);
     const char *params[4] = {tenant_id, key, st, body};
-    int idx = sl_pg_batch_add(
-        b, "UPDATE idempotency_keys SET status = $3::int, body = $4 WHERE tenant_id = $1 AND key = $2",
-        4, params);
+    int idx = sl_pg_batch_add(b,
+                              "UPDATE idempotency_keys SET status = $3::int, body = $4 "
+                              "WHERE tenant_id = $1 AND key = $2",
+                              4, params);
     return idx < 0 ? idx : 0;
 }
 
@@ -669,7 +670,8 @@ int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const ch
     char want[65];
     char *end = NULL;
 
-    if (artifact_id == NULL || expires == NULL || sig == NULL || !isdigit((unsigned char)expires[0]))
+    if (artifact_id == NULL || expires == NULL || sig == NULL ||
+        !isdigit((unsigned char)expires[0]))
         return 0;
     long long e = strtoll(expires, &end, 10);
     if (end == NULL || *end != '\0' || e <= (long long)time(NULL))
@@ -688,8 +690,8 @@ int sl_api_route_params(sl_app_t *app, sl_http_req_t *req, sl_http_params_t *out
     void *arg = NULL;
     const char *name = NULL;
     memset(out, 0, sizeof *out);
-    if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb,
-                             &arg, out, &name) != 1)
+    if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb, &arg,
+                             out, &name) != 1)
         return SL_ENOTFOUND;
     return 0;
 }

@@ -21,14 +21,13 @@
 #define SL_DATASET_NAME_MAX 200 /* characters (code points) */
 
 /* Used when a dataset is created without a record_schema. */
-static const char default_schema[] =
-    "{\"type\":\"object\",\"properties\":{"
-    "\"title\":{\"type\":\"string\"},"
-    "\"reference\":{\"type\":\"string\"},"
-    "\"date\":{\"type\":\"string\"},"
-    "\"total\":{\"type\":\"number\"},"
-    "\"currency\":{\"type\":\"string\"},"
-    "\"email\":{\"type\":\"string\"}}}";
+static const char default_schema[] = "{\"type\":\"object\",\"properties\":{"
+                                     "\"title\":{\"type\":\"string\"},"
+                                     "\"reference\":{\"type\":\"string\"},"
+                                     "\"date\":{\"type\":\"string\"},"
+                                     "\"total\":{\"type\":\"number\"},"
+                                     "\"currency\":{\"type\":\"string\"},"
+                                     "\"email\":{\"type\":\"string\"}}}";
 
 typedef struct ds_ctx_s {
     sl_app_t *app;
@@ -71,8 +70,7 @@ static void json_row_cb(const sl_pg_result_t *r, void *arg)
         if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
             sl_http_respond_error(ctx->req, 404, "not_found", "no such dataset", -1);
         else
-            sl_api_json_text(ctx->req, 200, PQgetvalue(res, 0, 0),
-                             (size_t)PQgetlength(res, 0, 0));
+            sl_api_json_text(ctx->req, 200, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
     }
     free(ctx);
 }
@@ -88,8 +86,7 @@ static void created_cb(const sl_pg_result_t *r, void *arg)
     free(ctx);
 }
 
-static void run_query(ds_ctx_t *ctx, const char *sql, int n, const char *const *params,
-                      sl_pg_cb cb)
+static void run_query(ds_ctx_t *ctx, const char *sql, int n, const char *const *params, sl_pg_cb cb)
 {
     int err = sl_pg_query(ctx->app->pg, sql, n, params, cb, ctx);
     if (err != 0) {

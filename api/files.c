@@ -43,13 +43,9 @@ typedef struct file_req_s {
  */
 static int route_id(sl_app_t *app, sl_http_req_t *req, char out[37])
 {
-    sl_http_route_cb cb;
-    void *arg;
-    const char *name;
     sl_http_params_t params;
     out[0] = '\0';
-    if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb,
-                             &arg, &params, &name) != 1)
+    if (sl_api_route_params(app, req, &params) != 0)
         return -1;
     for (int i = 0; i < params.n && i < 8; i++) {
         if (params.names[i] && strcmp(params.names[i], "id") == 0) {
@@ -263,27 +259,25 @@ static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_i
         }
         snprintf(cursor, sizeof cursor, "%ld", seq);
     }
-    char status[16] = "";
+    const char *status = NULL; /* static string */
     n = query_param(req, "status", buf, sizeof buf);
     if (n != -1) {
         static const char *const ok[] = {"queued", "processing", "done", "failed"};
-        int found = 0;
         for (size_t i = 0; n >= 0 && i < sizeof ok / sizeof ok[0]; i++)
-            found |= strcmp(buf, ok[i]) == 0;
-        if (!found) {
+            if (strcmp(buf, ok[i]) == 0)
+                status = ok[i];
+        if (!status) {
             sl_http_respond_error(req, 400, "invalid_request",
                                   "status must be queued, processing, done or failed", -1);
             return;
         }
-        snprintf(status, sizeof status, "%s", buf);
     }
     file_req_t *fr = file_req_new(app, req, tenant_id, id);
     if (!fr)
         return;
     char lim[16];
     snprintf(lim, sizeof lim, "%ld", limit);
-    const char *params[] = {fr->tenant_id, fr->id, cursor[0] ? cursor : NULL,
-                            status[0] ? status : NULL, lim};
+    const char *params[] = {fr->tenant_id, fr->id, cursor[0] ? cursor : NULL, status, lim};
     sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
     if (b && (sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2,
                               params) < 0 ||
@@ -494,8 +488,8 @@ typedef struct process_s {
     char tenant_id[37];
     char id[37];
     char idem_key[IDEM_KEY_MAX + 1];
-    int idem_reserved;  /* we hold a reservation: store the response or release it */
-    int explicit_list;  /* the body named the pipelines */
+    int idem_reserved; /* we hold a reservation: store the response or release it */
+    int explicit_list; /* the body named the pipelines */
     int npipelines;
     char pipelines[SL_CONFIG_MAX_PIPELINES][64];
 } process_t;
@@ -709,14 +703,10 @@ static void process_after_body(process_t *pr)
         process_start(pr);
         return;
     }
-    if (key[0] == '\0' || strlen(key) > IDEM_KEY_MAX) {
-        sl_http_respond_error(pr->req, 400, "invalid_idempotency_key",
-                              "Idempotency-Key must be 1..255 bytes", -1);
-        free(pr);
-        return;
-    }
-    snprintf(pr->idem_key, sizeof pr->idem_key, "%s", key);
-    sl_api_idem_begin(pr->app, pr->req, pr->tenant_id, PROCESS_ENDPOINT, process_idem_cb, pr);
+    /* An over-long key is answered 400 by sl_api_idem_begin_owned (pr released). */
+    snprintf(pr->idem_key, sizeof pr->idem_key, "%.*s", IDEM_KEY_MAX, key);
+    sl_api_idem_begin_owned(pr->app, pr->req, pr->tenant_id, PROCESS_ENDPOINT, process_idem_cb, pr,
+                            free);
 }
 
 static void process_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
@@ -775,12 +765,11 @@ static void route_process(sl_http_req_t *req, const sl_http_params_t *params, vo
 void sl_api_register_files(sl_app_t *app)
 {
     sl_http_router_add(app->router, "GET", "/v1/files/{id}", "files_get", route_get, app);
-    sl_http_router_add(app->router, "DELETE", "/v1/files/{id}", "files_delete", route_delete,
-                       app);
+    sl_http_router_add(app->router, "DELETE", "/v1/files/{id}", "files_delete", route_delete, app);
     sl_http_router_add(app->router, "GET", "/v1/files/{id}/events", "files_events", route_events,
                        app);
-    sl_http_router_add(app->router, "GET", "/v1/files/{id}/content", "files_content",
-                       route_content, app);
+    sl_http_router_add(app->router, "GET", "/v1/files/{id}/content", "files_content", route_content,
+                       app);
     sl_http_router_add(app->router, "POST", "/v1/files/{id}/process", "files_process",
                        route_process, app);
     sl_http_router_add(app->router, "GET", "/v1/datasets/{id}/files", "files_list", route_list,

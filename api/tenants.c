@@ -109,9 +109,8 @@ static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
                                "INSERT INTO tenants (id, name) VALUES ($1, $2) "
                                "RETURNING name, sluice_ts(created_at)",
                                2, pt)) < 0 ||
-        (err = sl_pg_batch_add(b,
-                               "INSERT INTO api_keys (id, tenant_id, key_hash) VALUES ($1, $2, $3)",
-                               3, pk)) < 0)
+        (err = sl_pg_batch_add(
+             b, "INSERT INTO api_keys (id, tenant_id, key_hash) VALUES ($1, $2, $3)", 3, pk)) < 0)
         goto fail;
     err = sl_pg_batch_exec(b, tenant_created_cb, ctx);
     b = NULL; /* taken, freed on error too */

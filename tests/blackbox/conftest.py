@@ -7,6 +7,8 @@ Environment:
   SLUICE_BIN            binary to test (default REPO/build/sluice)
   SLUICE_SAMPLES        samples dir (default REPO/../shared/samples)
   SLUICE_START_TIMEOUT  seconds to wait for /healthz (default 20)
+  SLUICE_STOP_TIMEOUT   seconds a server gets to exit on SIGTERM at teardown
+                        before SIGKILL (default 15)
   SLUICE_TEST_TIMEOUT   per-test alarm in seconds (default 600; 0 = off);
                         a test can set its own with @pytest.mark.timeout(N)
   SLUICE_IGNORE_SANITIZER=1  don't fail a test whose server logged an
@@ -138,8 +140,10 @@ def start_server(pg, redis, tmp_path, request):
     factory = ServerFactory(pg, redis, tmp_path)
     yield factory
     reports = factory.teardown()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.passed:
+        factory.remove_storage()
+    if call is not None and call.failed:
         for i, s in enumerate(factory.servers, 1):
             tail = "\n".join(s.log().splitlines()[-40:])
             print("\n---- sluice server %d log tail (%s) ----\n%s" % (i, s.log_path, tail))

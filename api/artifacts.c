@@ -1,0 +1,399 @@
+/*
+ * artifacts.c — downloading artifacts: by id with an API key, as signed
+ * expiring URLs, and through those URLs without a key; plus the streaming
+ * helper every download path shares (sl_api_stream_blob, also used for a
+ * file's original content).
+ *
+ * Downloads are streamed from storage with backpressure: a 256 KiB chunk is
+ * read, written to the client, and the next read starts only once the client
+ * has taken it (the drain callback), so a slow client of a 1 GiB artifact
+ * holds one chunk of memory, not the artifact.
+ *
+ * /v1/blobs/{id} takes no API key: the signature over (id, expires) is the
+ * capability, so the artifact is looked up by id alone.
+ */
+#include "api/api.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STREAM_CHUNK (256 * 1024)
+#define URL_TTL_DEFAULT 3600
+#define URL_TTL_MAX 604800
+#define SIGNED_URL_MAX 512
+
+/* ---- streaming ---- */
+
+typedef struct blob_stream_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    char key[SL_STORE_KEY_MAX];
+    char mime[SL_STORE_MIME_MAX];
+    uint64_t size;
+    uint64_t off;      /* bytes sent so far */
+    int started;       /* status line and headers are out */
+    int reading;       /* a storage read is in flight (its callback owns the next step) */
+    int waiting_drain; /* waiting for the client to take the last chunk */
+    int closed;        /* the client went away */
+} blob_stream_t;
+
+static void stream_read_next(blob_stream_t *bs);
+
+/*
+ * Finishes the request exactly once and frees the stream. Before the headers
+ * are out a failure is a proper error response; after, the response can only
+ * be cut short (the client sees fewer bytes than Content-Length).
+ */
+static void stream_finish(blob_stream_t *bs, int status, const char *code, const char *msg)
+{
+    sl_http_req_t *req = bs->req;
+    sl_http_resp_on_drain(req, NULL, NULL);
+    sl_http_req_on_close(req, NULL, NULL);
+    if (!bs->started)
+        sl_http_respond_error(req, status, code, msg, status == 503 ? 2 : -1);
+    else
+        sl_http_resp_end(req);
+    free(bs);
+}
+
+static void stream_close_cb(sl_http_req_t *req, void *arg)
+{
+    blob_stream_t *bs = arg;
+    (void)req;
+    bs->closed = 1;
+    if (!bs->reading) /* else the read callback finishes */
+        stream_finish(bs, 499, "client_closed", "the client went away");
+}
+
+static void stream_drain_cb(sl_http_req_t *req, void *arg)
+{
+    blob_stream_t *bs = arg;
+    (void)req;
+    if (!bs->waiting_drain || bs->reading)
+        return;
+    bs->waiting_drain = 0;
+    stream_read_next(bs);
+}
+
+static void stream_read_cb(int err, const char *data, size_t n, void *arg)
+{
+    blob_stream_t *bs = arg;
+    bs->reading = 0;
+    if (bs->closed) {
+        stream_finish(bs, 499, "client_closed", "the client went away");
+        return;
+    }
+    if (err || n == 0) {
+        /* n == 0 before size bytes: the object is shorter than its row says. */
+        sl_log(SL_LOG_ERROR, "blob_read_failed", "{s:s, s:s, s:s, s:I, s:I}", "request_id",
+               sl_http_req_id(bs->req), "storage_key", bs->key, "error",
+               err ? sl_strerror(err) : "short object", "offset", (json_int_t)bs->off, "size",
+               (json_int_t)bs->size);
+        if (err == SL_ENOTFOUND)
+            stream_finish(bs, 404, "not_found", "the stored object is missing");
+        else if (err)
+            stream_finish(bs, 503, "storage_unavailable", "cannot read from storage");
+        else
+            stream_finish(bs, 500, "internal_error", "the stored object is truncated");
+        return;
+    }
+    if (n > bs->size - bs->off)
+        n = (size_t)(bs->size - bs->off);
+    if (!bs->started) {
+        bs->started = 1;
+        /* Stored content is the client's own upload: never let a browser sniff or run it. */
+        sl_http_resp_header(bs->req, "X-Content-Type-Options", "nosniff");
+        sl_http_resp_header(bs->req, "Content-Security-Policy", "sandbox");
+        sl_http_resp_header(bs->req, "Cache-Control", "private, max-age=0");
+        sl_http_resp_start(bs->req, 200, bs->mime, (int64_t)bs->size);
+    }
+    if (sl_http_resp_write(bs->req, data, n) != 0) {
+        stream_finish(bs, 499, "client_closed", "the client went away");
+        return;
+    }
+    bs->off += n;
+    if (bs->off >= bs->size) {
+        stream_finish(bs, 200, NULL, NULL);
+        return;
+    }
+    if (sl_http_resp_pending(bs->req) == 0) {
+        stream_read_next(bs);
+        return;
+    }
+    bs->waiting_drain = 1; /* stream_drain_cb starts the next read */
+}
+
+static void stream_read_next(blob_stream_t *bs)
+{
+    uint64_t left = bs->size - bs->off;
+    size_t len = left < STREAM_CHUNK ? (size_t)left : STREAM_CHUNK;
+    int err = sl_store_read(bs->app->store, bs->key, bs->off, len, stream_read_cb, bs);
+    if (err) {
+        sl_log(SL_LOG_ERROR, "blob_read_failed", "{s:s, s:s, s:s}", "request_id",
+               sl_http_req_id(bs->req), "storage_key", bs->key, "error", sl_strerror(err));
+        stream_finish(bs, 503, "storage_unavailable", "cannot read from storage");
+        return;
+    }
+    bs->reading = 1;
+}
+
+void sl_api_stream_blob(sl_app_t *app, sl_http_req_t *req, const char *storage_key,
+                        const char *mime, uint64_t size)
+{
+    if (!storage_key || strlen(storage_key) >= SL_STORE_KEY_MAX) {
+        sl_http_respond_error(req, 500, "internal_error", "bad storage key", -1);
+        return;
+    }
+    if (size == 0) {
+        sl_http_resp_header(req, "X-Content-Type-Options", "nosniff");
+        sl_http_resp_start(req, 200, mime && *mime ? mime : "application/octet-stream", 0);
+        sl_http_resp_end(req);
+        return;
+    }
+    blob_stream_t *bs = calloc(1, sizeof *bs);
+    if (!bs) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    bs->app = app;
+    bs->req = req;
+    bs->size = size;
+    snprintf(bs->key, sizeof bs->key, "%s", storage_key);
+    snprintf(bs->mime, sizeof bs->mime, "%s", mime && *mime ? mime : "application/octet-stream");
+    sl_http_req_on_close(req, stream_close_cb, bs);
+    sl_http_resp_on_drain(req, stream_drain_cb, bs);
+    stream_read_next(bs);
+}
+
+/* ---- helpers ---- */
+
+typedef struct art_req_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    char id[37];
+    long ttl;
+} art_req_t;
+
+/* The {id} of the matched route into out: 0 if it is a UUID, else -1. */
+static int route_id(sl_app_t *app, sl_http_req_t *req, char out[37])
+{
+    sl_http_params_t params;
+    out[0] = '\0';
+    if (sl_api_route_params(app, req, &params) != 0)
+        return -1;
+    for (int i = 0; i < params.n && i < 8; i++) {
+        if (params.names[i] && strcmp(params.names[i], "id") == 0) {
+            if (!sl_is_uuid(params.values[i]))
+                return -1;
+            memcpy(out, params.values[i], 36);
+            out[36] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*
+ * A query parameter: its length (value in buf), -1 when absent, -2 when it is
+ * present but longer than buf can hold (so "too long" is never "absent").
+ */
+static int query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen)
+{
+    int n = sl_http_req_query_param(req, name, buf, buflen);
+    if (n >= 0)
+        return n;
+    size_t nl = strlen(name);
+    for (const char *q = sl_http_req_query(req); q && *q;) {
+        if (strncmp(q, name, nl) == 0 && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
+            return -2;
+        const char *amp = strchr(q, '&');
+        if (!amp)
+            break;
+        q = amp + 1;
+    }
+    return -1;
+}
+
+/* Parses a decimal in [min, max] made of digits only. */
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s || strlen(s) > 18)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    errno = 0;
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || !end || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static art_req_t *art_req_new(sl_app_t *app, sl_http_req_t *req, const char *id)
+{
+    art_req_t *ar = calloc(1, sizeof *ar);
+    if (!ar) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return NULL;
+    }
+    ar->app = app;
+    ar->req = req;
+    snprintf(ar->id, sizeof ar->id, "%s", id);
+    return ar;
+}
+
+/* One statement with ar as the callback argument; answers 503 and frees ar if it cannot be sent. */
+static void art_query(art_req_t *ar, const char *sql, int nparams, const char *const *params,
+                      sl_pg_cb cb)
+{
+    if (sl_pg_query(ar->app->pg, sql, nparams, params, cb, ar) != 0) {
+        sl_http_respond_error(ar->req, 503, "database_unavailable", "the database is unavailable",
+                              2);
+        free(ar);
+    }
+}
+
+/* Streams row 0 of (storage_key, mime, size), or 404. */
+static void stream_row_cb(const sl_pg_result_t *r, void *arg)
+{
+    art_req_t *ar = arg;
+    if (r->err) {
+        sl_api_db_error(ar->req, r);
+    } else if (PQntuples(r->res[0]) < 1) {
+        sl_http_respond_error(ar->req, 404, "not_found", "no such artifact", -1);
+    } else {
+        PGresult *res = r->res[0];
+        uint64_t size = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
+        sl_api_stream_blob(ar->app, ar->req, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), size);
+    }
+    free(ar);
+}
+
+/* ---- GET /v1/artifacts/{id} ---- */
+
+static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    if (route_id(app, req, id) != 0) {
+        sl_http_respond_error(req, 404, "not_found", "no such artifact", -1);
+        return;
+    }
+    art_req_t *ar = art_req_new(app, req, id);
+    if (!ar)
+        return;
+    const char *params[] = {tenant_id, ar->id};
+    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE tenant_id = $1 AND id = $2",
+              2, params, stream_row_cb);
+}
+
+static void route_get(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, get_auth_cb, NULL);
+}
+
+/* ---- GET /v1/artifacts/{id}/url?ttl= ---- */
+
+static void url_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    art_req_t *ar = arg;
+    char url[SIGNED_URL_MAX], expires_at[64];
+    if (r->err) {
+        sl_api_db_error(ar->req, r);
+    } else if (PQntuples(r->res[0]) < 1) {
+        sl_http_respond_error(ar->req, 404, "not_found", "no such artifact", -1);
+    } else if (sl_api_sign_blob_url(ar->app, ar->id, ar->ttl, url, sizeof url, expires_at,
+                                    sizeof expires_at) != 0) {
+        sl_http_respond_error(ar->req, 500, "internal_error", "cannot sign the URL", -1);
+    } else {
+        json_t *v = json_pack("{s:s, s:s}", "url", url, "expires_at", expires_at);
+        if (v)
+            sl_api_json(ar->req, 200, v);
+        else
+            sl_http_respond_error(ar->req, 500, "internal_error", "out of memory", -1);
+    }
+    free(ar);
+}
+
+static void url_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37], buf[32];
+    if (route_id(app, req, id) != 0) {
+        sl_http_respond_error(req, 404, "not_found", "no such artifact", -1);
+        return;
+    }
+    long ttl = URL_TTL_DEFAULT;
+    int n = query_param(req, "ttl", buf, sizeof buf);
+    if (n != -1 && (n < 0 || parse_long(buf, 1, URL_TTL_MAX, &ttl) != 0)) {
+        sl_http_respond_error(req, 400, "invalid_request", "ttl must be an integer in 1..604800",
+                              -1);
+        return;
+    }
+    art_req_t *ar = art_req_new(app, req, id);
+    if (!ar)
+        return;
+    ar->ttl = ttl;
+    const char *params[] = {tenant_id, ar->id};
+    art_query(ar, "SELECT 1 FROM artifacts WHERE tenant_id = $1 AND id = $2", 2, params,
+              url_done_cb);
+}
+
+static void route_url(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, url_auth_cb, NULL);
+}
+
+/* ---- GET /v1/blobs/{id}?expires=&sig= (no API key) ---- */
+
+static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    sl_app_t *app = arg;
+    char expires[32], sig[160];
+    const char *id = params->n > 0 ? params->values[0] : "";
+    int ne = sl_http_req_query_param(req, "expires", expires, sizeof expires);
+    int ns = sl_http_req_query_param(req, "sig", sig, sizeof sig);
+    if (ne <= 0 || ns <= 0 || !sl_api_check_blob_sig(app, id, expires, sig)) {
+        /*
+         * Tell an expired link from a forged one so a client knows to ask for
+         * a fresh URL; both are 403 and neither reveals whether the id exists.
+         */
+        long exp;
+        int expired = ne > 0 && ns == 64 &&
+                      parse_long(expires, 0, 999999999999999999L, &exp) == 0 &&
+                      (time_t)exp <= time(NULL);
+        if (expired)
+            sl_http_respond_error(req, 403, "url_expired", "the signed URL has expired", -1);
+        else
+            sl_http_respond_error(req, 403, "invalid_signature", "the URL signature is invalid",
+                                  -1);
+        return;
+    }
+    if (!sl_is_uuid(id)) {
+        sl_http_respond_error(req, 404, "not_found", "no such artifact", -1);
+        return;
+    }
+    art_req_t *ar = art_req_new(app, req, id);
+    if (!ar)
+        return;
+    const char *qp[] = {ar->id};
+    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE id = $1", 1, qp,
+              stream_row_cb);
+}
+
+void sl_api_register_artifacts(sl_app_t *app)
+{
+    sl_http_router_add(app->router, "GET", "/v1/artifacts/{id}", "artifacts_get", route_get, app);
+    sl_http_router_add(app->router, "GET", "/v1/artifacts/{id}/url", "artifacts_url", route_url,
+                       app);
+    sl_http_router_add(app->router, "GET", "/v1/blobs/{id}", "blobs_get", route_blob, app);
+}

@@ -907,6 +907,55 @@ static int set_defaults(sl_config_t *cfg)
 }
 
 /*
+ * Checks that text is UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF). A config file has no business being anything else, and libfyaml
+ * 0.7.12 loops forever on a directive line ("%...") holding an invalid byte
+ * (found by tests/fuzz/fuzz_config.c), so bad bytes must never reach it.
+ * Returns 0, or the 1-based line of the first bad byte.
+ */
+static int utf8_bad_line(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    int line = 1;
+
+    while (i < len) {
+        unsigned char ch = s[i];
+        size_t n;
+        uint32_t cp;
+
+        if (ch < 0x80) {
+            line += ch == '\n';
+            i++;
+            continue;
+        }
+        if (ch >= 0xc2 && ch <= 0xdf) {
+            n = 1;
+            cp = ch & 0x1f;
+        } else if (ch >= 0xe0 && ch <= 0xef) {
+            n = 2;
+            cp = ch & 0x0f;
+        } else if (ch >= 0xf0 && ch <= 0xf4) {
+            n = 3;
+            cp = ch & 0x07;
+        } else {
+            return line;
+        }
+        if (len - i - 1 < n)
+            return line;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return line;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return line;
+        i += n + 1;
+    }
+    return 0;
+}
+
+/*
  * Turns the first collected libfyaml error (lines are 1-based there) into our
  * one-line message. Returns 0 when nothing was collected: libfyaml builds no
  * document for an empty stream (only blanks and comments) but collects no
@@ -952,6 +1001,11 @@ int sl_config_load_string(const char *yaml, size_t len, const char *name, sl_con
     c.cfg = cfg;
     if (set_defaults(cfg) < 0 || (cfg->path = strdup(c.name)) == NULL) {
         rc = oom(&c);
+        goto out;
+    }
+
+    if ((rc = utf8_bad_line((const unsigned char *)yaml, len)) > 0) {
+        rc = fail(&c, rc, NULL, "not valid UTF-8");
         goto out;
     }
 

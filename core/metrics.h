@@ -19,7 +19,8 @@ typedef struct sl_metric_s sl_metric_t;
 /**
  * Registers a family. `name`, `help` and the label names are borrowed (copied).
  * `labels` is a comma-separated list ("route,status") or NULL/"" for none.
- * Registering the same name twice returns the existing family.
+ * Registering the same name twice returns the existing family (NULL if it has
+ * another type). Names follow Prometheus rules; "le" is reserved on histograms.
  * Returns a pointer owned by the registry (valid until sl_metrics_reset), or NULL.
  */
 sl_metric_t *sl_metrics_counter(const char *name, const char *help, const char *labels);

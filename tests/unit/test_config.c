@@ -434,6 +434,16 @@ static void test_errors(void)
                  "listen: 'oops\n",
                  "sluice.yaml:2: syntax error: single-quoted scalar without closing quote");
     EXPECT_ERROR("database_url: x\ndatabase_url: y\n", "sluice.yaml:2: syntax error: duplicate key");
+    /* Invalid UTF-8 never reaches libfyaml (0.7.12 hangs on it in a directive). */
+    EXPECT_ERROR("database_url: x\n%\xdd", "sluice.yaml:2: not valid UTF-8");
+    EXPECT_ERROR("database_url: \"\xc0\xaf\"\n", "sluice.yaml:1: not valid UTF-8");
+    EXPECT_ERROR("a: 1\nb: 2\nc: \xed\xa0\x80\n", "sluice.yaml:3: not valid UTF-8");
+    {
+        sl_config_t *cfg = NULL;
+        CHECK(load("database_url: \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"\n", &cfg) == 0);
+        CHECK(cfg != NULL && STREQ(cfg->database_url, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+        sl_config_free(cfg);
+    }
     EXPECT_ERROR("database_url: &u x\nredis_url: *u\n",
                  "sluice.yaml:2: redis_url: aliases are not supported");
 }

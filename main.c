@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -141,6 +142,8 @@ static void migrate_done(void *arg)
     snprintf(app->signing_key, sizeof app->signing_key, "%s", job->key);
     app->schema_ready = 1;
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
+    if (app->sched)
+        sl_sched_start(app->sched);
     event_free(job->retry);
     free(job);
 }
@@ -160,6 +163,61 @@ static int start_migrations(sl_app_t *app)
         return SL_ENOMEM;
     }
     return 0;
+}
+
+/* ---- flows: load at start, reload on SIGHUP ---- */
+
+/*
+ * Loads every pipeline's flow; on success hands them to the scheduler and
+ * fills the steps /v1/pipelines shows. At start a bad flow is fatal (errors at
+ * load time); on reload a bad flow is logged and the old version stays.
+ */
+static int load_flows(sl_app_t *app, int reload)
+{
+    sl_flow_t *flows[SL_CONFIG_MAX_PIPELINES] = {0};
+    int err = 0;
+    for (int i = 0; i < app->npipelines; i++) {
+        const char *path = NULL;
+        char def[256];
+        for (int k = 0; k < app->cfg->npipelines; k++)
+            if (strcmp(app->cfg->pipelines[k].name, app->pipelines[i].name) == 0)
+                path = app->cfg->pipelines[k].flow;
+        if (!path) {
+            snprintf(def, sizeof def, "lua-flows/%s.lua", app->pipelines[i].name);
+            path = def;
+        }
+        char msg[512];
+        if ((err = sl_flow_load(app->vm, app->pipelines[i].name, path, &flows[i], msg,
+                                sizeof msg)) != 0) {
+            sl_log(SL_LOG_ERROR, reload ? "flow_reload_failed" : "flow_load_failed",
+                   "{s:s, s:s}", "pipeline", app->pipelines[i].name, "error", msg);
+            if (!reload)
+                fprintf(stderr, "sluice: %s\n", msg);
+            goto out;
+        }
+    }
+    for (int i = 0; i < app->npipelines; i++) {
+        sl_pipeline_def_t *p = &app->pipelines[i];
+        sl_sched_set_flow(app->sched, p->name, flows[i]);
+        p->nsteps = 0;
+        for (int k = 0; k < sl_flow_nsteps(flows[i]) && k < SL_MAX_STEPS; k++)
+            snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s",
+                     sl_flow_step_at(flows[i], k)->name);
+        sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}",
+               "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps", p->nsteps);
+    }
+out:
+    for (int i = 0; i < app->npipelines; i++)
+        if (flows[i])
+            sl_flow_unref(flows[i]);
+    return err;
+}
+
+static void sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    load_flows(arg, 1);
 }
 
 /* ---- metrics read at render time ---- */
@@ -225,7 +283,7 @@ static void register_metrics(sl_app_t *app)
 
 /* ---- shutdown ---- */
 
-static struct event *g_sigterm, *g_sigint, *g_drain;
+static struct event *g_sigterm, *g_sigint, *g_sighup, *g_drain;
 static int g_drain_ticks;
 
 /* After a stop signal: exit once nothing is in flight, or after DRAIN_TIMEOUT_S. */
@@ -241,6 +299,13 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(app->base);
 }
 
+static void release_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    (void)arg;
+    if (r->err)
+        sl_log(SL_LOG_WARN, "lease_release_failed", "{s:s}", "error", r->errmsg);
+}
+
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     sl_app_t *app = arg;
@@ -252,6 +317,16 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     }
     event_del(g_sigterm);
     event_del(g_sigint);
+    if (app->sched) {
+        /* Hand this instance's runs back at once instead of letting leases lapse. */
+        const char *params[] = {app->instance_id};
+        sl_sched_free(app->sched);
+        app->sched = NULL;
+        sl_pg_query(app->pg,
+                    "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE lease_owner = $1 AND state = 'running'",
+                    1, params, release_done_cb, NULL);
+    }
     g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
     struct timeval tv = {0, 50000};
     if (!g_drain || event_add(g_drain, &tv) != 0)
@@ -270,9 +345,9 @@ static int serve(sl_config_t *cfg)
     sl_random_bytes(rb, sizeof rb);
     sl_hex(rb, sizeof rb, rnd);
     snprintf(pid, sizeof pid, "%ld", (long)getpid());
-    char host[64] = "host";
-    gethostname(host, sizeof host - 1);
-    snprintf(g_instance, sizeof g_instance, "%s-%s-%s", host, pid, rnd);
+    char hostname[64] = "host";
+    gethostname(hostname, sizeof hostname - 1);
+    snprintf(g_instance, sizeof g_instance, "%s-%s-%s", hostname, pid, rnd);
 
     memset(app, 0, sizeof *app);
     app->cfg = cfg;
@@ -301,6 +376,51 @@ static int serve(sl_config_t *cfg)
         goto out;
     }
     if ((err = sl_api_load_pipelines(app)) != 0)
+        goto out;
+    if ((err = sl_curl_new(app->base, &app->curl)) != 0)
+        goto out;
+    /*
+     * Scratch space for runs, absolute: steps run their tools with the run's
+     * scratch dir as working directory, so relative paths would break.
+     */
+    static char tmp_root[600];
+    char cwd[512];
+    if (!getcwd(cwd, sizeof cwd)) {
+        err = SL_EIO;
+        goto out;
+    }
+    snprintf(tmp_root, sizeof tmp_root, "%s/var", cwd);
+    mkdir(tmp_root, 0755);
+    snprintf(tmp_root, sizeof tmp_root, "%s/var/tmp", cwd);
+    if (mkdir(tmp_root, 0700) != 0 && errno != EEXIST) {
+        sl_log(SL_LOG_ERROR, "tmp_dir_failed", "{s:s}", "path", tmp_root);
+        err = SL_EIO;
+        goto out;
+    }
+    sl_flow_host_t host = {0};
+    host.base = app->base;
+    host.curl = app->curl;
+    host.store = app->store;
+    host.pg = app->pg;
+    host.wq = app->wq;
+    host.cfg = cfg;
+    host.lib_dir = "lua-flows/lib";
+    host.tmp_root = tmp_root;
+    char msg[512];
+    if ((err = sl_flowvm_new(&host, &app->vm, msg, sizeof msg)) != 0) {
+        sl_log(SL_LOG_ERROR, "flowvm_failed", "{s:s}", "error", msg);
+        goto out;
+    }
+    sl_sched_opts_t so = {0};
+    so.base = app->base;
+    so.pg = app->pg;
+    so.store = app->store;
+    so.vm = app->vm;
+    so.instance_id = g_instance;
+    so.tmp_root = tmp_root;
+    if ((err = sl_sched_new(&so, &app->sched)) != 0)
+        goto out;
+    if ((err = load_flows(app, 0)) != 0)
         goto out;
     if ((err = start_migrations(app)) != 0)
         goto out;
@@ -335,8 +455,10 @@ static int serve(sl_config_t *cfg)
 
     g_sigterm = evsignal_new(app->base, SIGTERM, stop_cb, app);
     g_sigint = evsignal_new(app->base, SIGINT, stop_cb, app);
+    g_sighup = evsignal_new(app->base, SIGHUP, sighup_cb, app);
     event_add(g_sigterm, NULL);
     event_add(g_sigint, NULL);
+    event_add(g_sighup, NULL);
 
     sl_log(SL_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s}", "listen", cfg->listen, "port",
            sl_http_server_port(app->http), "instance", g_instance, "version", SLUICE_VERSION);
@@ -352,12 +474,23 @@ out:
         event_free(g_sigint);
     if (g_drain)
         event_free(g_drain);
+    if (g_sighup)
+        event_free(g_sighup);
+    if (app->sched)
+        sl_sched_free(app->sched);
+    if (app->vm)
+        sl_flowvm_free(app->vm);
+    if (app->curl)
+        sl_curl_free(app->curl);
     if (app->router)
         sl_http_router_free(app->router);
     if (app->redis)
         sl_redis_free(app->redis);
     if (app->pg)
         sl_pg_free(app->pg);
+    /* let cancelled operations deliver their callbacks (they free their state) */
+    for (int i = 0; i < 3; i++)
+        event_base_loop(app->base, EVLOOP_NONBLOCK);
     if (app->store)
         sl_store_free(app->store);
     if (app->wq)

@@ -20,6 +20,7 @@
 #include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
+#include "actors/scheduler.h"
 #include "db/pg.h"
 
 #define SL_MAX_STEPS 16
@@ -41,6 +42,9 @@ typedef struct sl_app_s {
     sl_http_server_t *http;    /* owned by main */
     sl_http_router_t *router;  /* owned by main */
     sl_redis_t *redis;         /* owned by main; NULL when redis_url is not configured */
+    sl_curl_t *curl;           /* owned by main */
+    sl_flowvm_t *vm;           /* owned by main */
+    sl_sched_t *sched;         /* owned by main; NULL until flows are loaded */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];

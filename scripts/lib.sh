@@ -83,13 +83,6 @@ sl_pg_owns() {
     if sl_is_root; then chown "$SL_PG_USER": "$@"; fi
 }
 
-# sl_pg_reachable DIR — true if the Postgres owner can create files in DIR
-# (i.e. every parent is traversable by it).
-sl_pg_reachable() {
-    sl_is_root || return 0
-    runuser -u "$SL_PG_USER" -- test -w "$1" -a -x "$1" 2>/dev/null
-}
-
 # sl_pg_init DATADIR — initdb once (trust auth, superuser named after the
 # invoking OS user so libpq's default user name works over the socket).
 sl_pg_init() {

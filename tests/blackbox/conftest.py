@@ -6,7 +6,7 @@ Function: `start_server` (factory), `server`, `tenant`, `samples`.
 Environment:
   SLUICE_BIN            binary to test (default REPO/build/sluice)
   SLUICE_SAMPLES        samples dir (default REPO/../shared/samples)
-  SLUICE_START_TIMEOUT  seconds to wait for /healthz (default 20)
+  SLUICE_START_TIMEOUT  seconds to wait for /readyz (default 20)
   SLUICE_STOP_TIMEOUT   seconds a server gets to exit on SIGTERM at teardown
                         before SIGKILL (default 15)
   SLUICE_TEST_TIMEOUT   per-test alarm in seconds (default 600; 0 = off);
@@ -136,7 +136,9 @@ def _restore_services(request):
 @pytest.fixture
 def start_server(pg, redis, tmp_path, request):
     """Factory: start_server(config=None, env=None, database_url=None,
-    storage_path=None, extra_yaml="") -> Server. All are stopped at teardown."""
+    storage_path=None, extra_yaml="", wait_path="/readyz") -> Server, started
+    and ready (use wait_path="/healthz" to start one while Postgres is down).
+    All are stopped at teardown."""
     factory = ServerFactory(pg, redis, tmp_path)
     yield factory
     reports = factory.teardown()

@@ -470,7 +470,7 @@ class Server:
     same port, config, database and storage."""
 
     def __init__(self, binary, config_text, config_path, log_path, port, admin_key,
-                 database_url, storage_path, env, start_timeout=20.0):
+                 database_url, storage_path, env, start_timeout=20.0, wait_path="/readyz"):
         self.binary = str(binary)
         self.config_text = config_text
         self.config_path = str(config_path)
@@ -482,6 +482,10 @@ class Server:
         self.storage_path = str(storage_path)
         self.env = env
         self.start_timeout = start_timeout
+        # start() waits for GET wait_path == 200: /readyz by default (the
+        # schema is migrated after the listener is up), "/healthz" for a
+        # server started while Postgres is down.
+        self.wait_path = wait_path
         self.proc = None
         Path(self.config_path).write_text(config_text)
 
@@ -513,16 +517,18 @@ class Server:
                 raise ServerStartError("sluice exited with %s during start; log tail:\n%s"
                                        % (self.proc.returncode, _log_tail(self.log_path)))
             try:
-                r = requests.get(self.url + getattr(self, "wait_path", "/readyz"), timeout=2)
+                r = requests.get(self.url + self.wait_path, timeout=2)
                 if r.status_code == 200:
                     return self
+                if r.status_code == 404 and self.wait_path != "/healthz":
+                    self.wait_path = "/healthz"  # no such endpoint: liveness only
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         code = self.proc.poll()
         self.kill()
-        raise ServerStartError("sluice did not answer /healthz within %.0fs (exit %s); log tail:\n%s"
-                               % (self.start_timeout, code, _log_tail(self.log_path)))
+        raise ServerStartError("sluice did not answer %s with 200 within %.0fs (exit %s); log tail:\n%s"
+                               % (self.wait_path, self.start_timeout, code, _log_tail(self.log_path)))
 
     def stop(self, timeout=15.0):
         """SIGTERM and wait (SIGKILL after timeout). Returns the exit code."""
@@ -533,10 +539,13 @@ class Server:
         """SIGKILL and reap."""
         return _stop_proc(self.proc, signal.SIGKILL, timeout=10)
 
-    def restart(self):
-        """Stop (gracefully) and start again with the same config/db/port."""
+    def restart(self, wait_path=None):
+        """Stop (gracefully) and start again with the same config/db/port;
+        wait_path overrides what start() waits for (see __init__)."""
         self.stop()
         self.proc = None
+        if wait_path is not None:
+            self.wait_path = wait_path
         return self.start()
 
     @property
@@ -582,10 +591,16 @@ class Server:
         return Client(self.url, self.admin_key)
 
     def create_tenant(self, name):
-        """POST /v1/admin/tenants; asserts 201; returns a Client for it."""
-        r = requests.post(self.url + "/v1/admin/tenants", json={"name": name},
-                          headers={"Authorization": "Bearer " + self.admin_key},
-                          timeout=DEFAULT_TIMEOUT)
+        """POST /v1/admin/tenants; asserts 201; returns a Client for it.
+        Retries a 503 (database not reachable yet) for up to 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            r = requests.post(self.url + "/v1/admin/tenants", json={"name": name},
+                              headers={"Authorization": "Bearer " + self.admin_key},
+                              timeout=DEFAULT_TIMEOUT)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert r.status_code == 201, "create_tenant: %d %s" % (r.status_code, r.text)
         body = r.json()
         return Client(self.url, body["api_key"], body.get("id"))
@@ -611,7 +626,9 @@ class ServerFactory:
         self.own_storage = []
 
     def __call__(self, config=None, env=None, database_url=None, storage_path=None,
-                 extra_yaml=""):
+                 extra_yaml="", wait_path="/readyz"):
+        """Start a server (see conftest.start_server). wait_path: what start
+        waits for; pass "/healthz" when Postgres is deliberately down."""
         n = len(self.servers) + 1
         port = free_port()
         if database_url is None:
@@ -646,6 +663,7 @@ class ServerFactory:
             port=port, admin_key=admin_key, database_url=database_url,
             storage_path=storage_path, env=full_env,
             start_timeout=float(os.environ.get("SLUICE_START_TIMEOUT", "20")),
+            wait_path=wait_path,
         )
         self.servers.append(srv)
         srv.start()

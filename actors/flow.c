@@ -1,0 +1,1462 @@
+/*
+ * flow.c — the Lua flow runtime: the VM with its capped allocator and
+ * instruction budget, the sandbox, loading and checking flow files, and
+ * running steps as coroutines on the loop (the one resume path).
+ *
+ * Design notes: docs/internals/flow.md. The flow author's contract:
+ * docs/flows.md. The C contract: actors/flow.h.
+ */
+#include "actors/lua_api.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#define DEFAULT_TIMEOUT_MS 300000
+#define MAX_TIMEOUT_MS (24 * 3600 * 1000)
+#define MAX_STEPS 256
+#define STEP_NAME_MAX 64
+
+/* Registry keys (their addresses). */
+static const char key_array_mt = 'a';
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static char *xstrdup(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
+/* ------------------------------------------------------------------------ */
+/* The allocator: net bytes per VM and per running step                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Lua calls this for every allocation, resize and free. Growth is refused
+ * (NULL) past the VM's cap or, while a step's coroutine runs (vm->cur), past
+ * that step's budget; Lua then runs a full collection and tries once more
+ * before raising "not enough memory". Frees and shrinks never fail (Lua
+ * relies on it). Attribution is by who runs, so a step that triggers a
+ * collection is credited with other steps' garbage: the budget is a bound on
+ * runaway growth, not an exact per-step account.
+ */
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sl_flowvm_t *vm = ud;
+    size_t old = ptr != NULL ? osize : 0;
+    sl_step_t *s = vm->cur;
+    void *p;
+
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem -= old;
+        if (s != NULL)
+            s->mem -= (long long)old;
+        return NULL;
+    }
+    if (nsize > old) {
+        size_t grow = nsize - old;
+        if (vm->mem + grow > vm->mem_cap)
+            return NULL;
+        if (s != NULL && s->mem + (long long)grow > (long long)vm->host.step_memory)
+            return NULL;
+    }
+    p = realloc(ptr, nsize);
+    if (p == NULL)
+        return nsize <= old ? ptr : NULL; /* a failed shrink keeps the block */
+    vm->mem = vm->mem - old + nsize;
+    if (s != NULL)
+        s->mem += (long long)nsize - (long long)old;
+    return p;
+}
+
+static int vm_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    sl_log(SL_LOG_ERROR, "lua_panic", "{s:s}", "message", msg ? msg : "?");
+    abort();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Budgets: instruction hook, and pcall/xpcall that cannot swallow a kill    */
+/* ------------------------------------------------------------------------ */
+
+static sl_flowvm_t *vm_of(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+sl_step_t *sl_flow__step(lua_State *L)
+{
+    return *(sl_step_t **)lua_getextraspace(L);
+}
+
+/* Where "this code is over budget" is recorded: the step, or the flow being loaded. */
+static const char **killed_slot(lua_State *L, const char **load_slot)
+{
+    sl_step_t *s = sl_flow__step(L);
+    return s != NULL ? &s->killed : load_slot;
+}
+
+static const char *load_killed; /* loading is synchronous: one at a time */
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    sl_step_t *s = sl_flow__step(L);
+    sl_flowvm_t *vm = vm_of(L);
+    long *used = s != NULL ? &s->instr : &vm->load_instr;
+
+    *used += SL_FLOW_HOOK_EVERY;
+    if (*used > vm->host.step_instructions) {
+        *killed_slot(L, &load_killed) = "instruction budget exceeded";
+        luaL_error(L, "instruction budget exceeded");
+    }
+}
+
+static int pcall_k(lua_State *L, int status, lua_KContext extra)
+{
+    const char **killed = killed_slot(L, &load_killed);
+
+    if (status != LUA_OK && status != LUA_YIELD) {
+        if (status == LUA_ERRMEM && *killed == NULL)
+            *killed = "memory budget exceeded";
+        /* A budget error is not the flow's to catch: it fails the step. */
+        if (*killed != NULL)
+            return luaL_error(L, "%s", *killed);
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int sb_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1); /* [true, f, args...] */
+    return pcall_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, pcall_k), 0);
+}
+
+static int sb_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2); /* [f, handler, true, f, args...] */
+    return pcall_k(L, lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, pcall_k), 2);
+}
+
+/*
+ * setmetatable without __gc: a finalizer runs whenever the collector decides,
+ * in whatever step (or none) is current, outside every budget.
+ */
+static int sb_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    lua_pushliteral(L, "__gc");
+    if (t == LUA_TTABLE && lua_rawget(L, 2) != LUA_TNIL)
+        return luaL_error(L, "__gc metamethods are not allowed in flows");
+    lua_settop(L, 2);
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static int sb_refuse_global(lua_State *L)
+{
+    const char *k = lua_tostring(L, 2);
+    return luaL_error(L, "assignment to undeclared global '%s'", k ? k : "?");
+}
+
+/* ------------------------------------------------------------------------ */
+/* The sandbox: one environment per loaded flow, shared with its modules     */
+/* ------------------------------------------------------------------------ */
+
+static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    char *buf = NULL;
+    size_t n = 0;
+
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > SL_FLOW_MAX_FILE) {
+        snprintf(err, errlen, "%s: not a regular file of at most %d bytes", path, SL_FLOW_MAX_FILE);
+        close(fd);
+        return SL_EINVAL;
+    }
+    if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
+        close(fd);
+        return SL_ENOMEM;
+    }
+    while (n < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static int name_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= max)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/*
+ * require "name": lib_dir/name.lua, loaded once per flow environment, as text,
+ * with the same _ENV. Upvalues: 1 cache table, 2 env, 3 lib_dir.
+ * A module that yields at its top level fails (C call boundary): load modules
+ * at the top of the flow file, before steps run.
+ */
+static int sb_require(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const char *dir = lua_tostring(L, lua_upvalueindex(3));
+    char path[PATH_MAX], err[PATH_MAX + 64];
+    char *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (!name_ok(name, 64))
+        return luaL_error(L, "require: bad module name '%s' ([a-z0-9_]+)", name);
+    lua_settop(L, 1);
+    if (lua_getfield(L, lua_upvalueindex(1), name) != LUA_TNIL) {
+        if (lua_toboolean(L, -1) == 0 && lua_isboolean(L, -1))
+            return luaL_error(L, "require: loop while loading '%s'", name);
+        return 1;
+    }
+    lua_pop(L, 1);
+    /* Reading a file inside a step would block the loop: modules load with the flow. */
+    if (sl_flow__step(L) != NULL)
+        return luaL_error(L,
+                          "require '%s': modules must be required when the flow loads "
+                          "(at the top of the file), not inside a step",
+                          name);
+    if (snprintf(path, sizeof(path), "%s/%s.lua", dir, name) >= (int)sizeof(path))
+        return luaL_error(L, "require: path too long");
+    if ((rc = read_file(path, &buf, &len, err, sizeof(err))) != 0)
+        return luaL_error(L, "require '%s': %s", name, rc == SL_ENOMEM ? "out of memory" : err);
+    lua_pushfstring(L, "@%s", path);
+    rc = luaL_loadbufferx(L, buf, len, lua_tostring(L, -1), "t");
+    free(buf);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_setupvalue(L, -2, 1);
+    lua_pushboolean(L, 0); /* "loading": a cycle finds false */
+    lua_setfield(L, lua_upvalueindex(1), name);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        lua_pushnil(L); /* not "loading" any more: a later require tries again */
+        lua_setfield(L, lua_upvalueindex(1), name);
+        return lua_error(L);
+    }
+    if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, lua_upvalueindex(1), name);
+    return 1;
+}
+
+/* flow{...}: upvalue 1 is the load's state table ({def =, line =}). */
+static int sb_flow(lua_State *L)
+{
+    lua_Debug ar;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, lua_upvalueindex(1), "def");
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
+        lua_pushinteger(L, ar.currentline);
+        lua_setfield(L, lua_upvalueindex(1), "line");
+    }
+    return 1;
+}
+
+/* Copies the listed fields of the table at src into a new table left on top. */
+static void copy_fields(lua_State *L, int src, const char *const *names)
+{
+    lua_newtable(L);
+    for (int i = 0; names[i] != NULL; i++) {
+        lua_getfield(L, src, names[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+}
+
+/* Copies every field of the library table `lib` (in the loaded table) into a new table. */
+static void copy_lib(lua_State *L, const char *lib)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, lib);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, -3) != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/*
+ * Pushes a new environment for one flow: a proxy (empty; __index = the base
+ * table, __newindex refuses, metatable protected) and leaves the load state
+ * table below it. Stack effect: +2 (state, env).
+ */
+static void push_env(lua_State *L, sl_flowvm_t *vm)
+{
+    static const char *const base_names[] = {
+        "assert", "error",  "ipairs",   "next",     "pairs",        "rawequal", "rawget", "rawlen",
+        "rawset", "select", "tonumber", "tostring", "getmetatable", "type",     NULL};
+    static const char *const os_names[] = {"time", "clock", "date", NULL};
+    int base_t, env_t;
+
+    lua_newtable(L); /* the load state */
+    lua_pushglobaltable(L);
+    copy_fields(L, lua_gettop(L), base_names);
+    lua_remove(L, -2);
+    base_t = lua_gettop(L);
+    lua_pushcfunction(L, sb_pcall);
+    lua_setfield(L, base_t, "pcall");
+    lua_pushcfunction(L, sb_xpcall);
+    lua_setfield(L, base_t, "xpcall");
+    lua_pushcfunction(L, sb_setmetatable);
+    lua_setfield(L, base_t, "setmetatable");
+    copy_lib(L, LUA_STRLIBNAME);
+    lua_setfield(L, base_t, "string");
+    copy_lib(L, LUA_TABLIBNAME);
+    lua_setfield(L, base_t, "table");
+    copy_lib(L, LUA_MATHLIBNAME);
+    lua_setfield(L, base_t, "math");
+    copy_lib(L, LUA_UTF8LIBNAME);
+    lua_setfield(L, base_t, "utf8");
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, LUA_OSLIBNAME);
+    copy_fields(L, lua_gettop(L), os_names);
+    lua_setfield(L, base_t, "os");
+    lua_pop(L, 2);
+
+    /* sl: built per flow, so a flow that scribbles on it hurts only itself */
+    lua_newtable(L);
+    sl_lua_inject_util(L, vm);
+    sl_lua_inject_http(L, vm);
+    sl_lua_inject_exec(L, vm);
+    sl_lua_inject_run(L, vm);
+    lua_setfield(L, base_t, "sl");
+
+    lua_pushvalue(L, base_t - 1);
+    lua_pushcclosure(L, sb_flow, 1);
+    lua_setfield(L, base_t, "flow");
+
+    /* the proxy */
+    lua_newtable(L);
+    env_t = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushvalue(L, base_t);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sb_refuse_global);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, env_t);
+
+    lua_newtable(L); /* module cache */
+    lua_pushvalue(L, env_t);
+    lua_pushstring(L, vm->lib_dir);
+    lua_pushcclosure(L, sb_require, 3);
+    lua_setfield(L, base_t, "require");
+
+    lua_remove(L, base_t); /* [state, env] */
+}
+
+/* ------------------------------------------------------------------------ */
+/* The VM                                                                    */
+/* ------------------------------------------------------------------------ */
+
+int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size_t errlen)
+{
+    sl_flowvm_t *vm = calloc(1, sizeof(*vm));
+    int rc = SL_ENOMEM;
+
+    if (vm == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_ENOMEM;
+    }
+    if (host == NULL || host->base == NULL) {
+        snprintf(err, errlen, "flow host needs an event base");
+        free(vm);
+        return SL_EINVAL;
+    }
+    vm->host = *host;
+    if (vm->host.step_instructions <= 0)
+        vm->host.step_instructions = SL_FLOW_DEFAULT_INSTRUCTIONS;
+    if (vm->host.step_memory == 0)
+        vm->host.step_memory = SL_FLOW_DEFAULT_STEP_MEMORY;
+    vm->mem_cap = SL_FLOW_VM_MEMORY_CAP;
+    vm->lib_dir = xstrdup(host->lib_dir ? host->lib_dir : "lua-flows/lib");
+    vm->tmp_root = xstrdup(host->tmp_root ? host->tmp_root : "./var/tmp");
+    if (vm->lib_dir == NULL || vm->tmp_root == NULL)
+        goto fail;
+    vm->host.lib_dir = vm->lib_dir;
+    vm->host.tmp_root = vm->tmp_root;
+    if ((rc = sl_svcs_new(host->base, host->cfg, host->circuit_open_ms, &vm->svcs)) != 0)
+        goto fail;
+    rc = SL_ENOMEM;
+    if ((vm->L = lua_newstate(vm_alloc, vm)) == NULL)
+        goto fail;
+    lua_atpanic(vm->L, vm_panic);
+    *(sl_step_t **)lua_getextraspace(vm->L) = NULL;
+
+    /* Only the libraries the sandbox copies from; no io, os.execute, package, debug. */
+    luaL_requiref(vm->L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(vm->L, LUA_STRLIBNAME, luaopen_string, 0);
+    /* string.dump turns functions into bytecode; strings index this table directly */
+    lua_pushnil(vm->L);
+    lua_setfield(vm->L, -2, "dump");
+    luaL_requiref(vm->L, LUA_TABLIBNAME, luaopen_table, 0);
+    luaL_requiref(vm->L, LUA_MATHLIBNAME, luaopen_math, 0);
+    luaL_requiref(vm->L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
+    luaL_requiref(vm->L, LUA_OSLIBNAME, luaopen_os, 0);
+    lua_settop(vm->L, 0);
+    /* getmetatable("") must not hand out the shared string metatable */
+    lua_pushliteral(vm->L, "");
+    lua_getmetatable(vm->L, -1);
+    lua_pushboolean(vm->L, 0);
+    lua_setfield(vm->L, -2, "__metatable");
+    lua_settop(vm->L, 0);
+    /* the metatable of decoded JSON arrays (so an empty one stays []) */
+    lua_newtable(vm->L);
+    lua_pushliteral(vm->L, "array");
+    lua_setfield(vm->L, -2, "__name");
+    lua_rawsetp(vm->L, LUA_REGISTRYINDEX, &key_array_mt);
+    *out = vm;
+    return 0;
+
+fail:
+    snprintf(err, errlen, "cannot create the flow VM: %s", sl_strerror(rc));
+    if (vm->L)
+        lua_close(vm->L);
+    sl_svcs_free(vm->svcs);
+    free(vm->lib_dir);
+    free(vm->tmp_root);
+    free(vm);
+    return rc;
+}
+
+const void *sl_flow__array_mt_key(void)
+{
+    return &key_array_mt;
+}
+
+size_t sl_flowvm_memory(const sl_flowvm_t *vm)
+{
+    return vm->mem;
+}
+
+int sl_flowvm_running(const sl_flowvm_t *vm)
+{
+    return vm->nsteps;
+}
+
+static void flow_drop_lua(sl_flow_t *f)
+{
+    sl_flowvm_t *vm = f->vm;
+    if (vm == NULL)
+        return;
+    for (int i = 0; i < f->nsteps; i++)
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, f->run_refs[i]);
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, f->env_ref);
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        vm->flows = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    f->prev = f->next = NULL;
+    f->vm = NULL;
+}
+
+static void finish(sl_step_t *s, int ok, const char *err, const char *detail);
+static void deliver(sl_step_t *s);
+
+void sl_flowvm_free(sl_flowvm_t *vm)
+{
+    if (vm == NULL)
+        return;
+    vm->freeing = 1;
+    /* Every step reports now (cancelled, or its result if it had one). */
+    while (vm->steps != NULL) {
+        sl_step_t *s = vm->steps;
+        if (s->state != SL_STEP_DONE)
+            finish(s, 0, "cancelled", "the flow VM is shutting down");
+        event_del(s->ev);
+        deliver(s);
+    }
+    while (vm->flows != NULL)
+        flow_drop_lua(vm->flows);
+    lua_close(vm->L);
+    sl_svcs_free(vm->svcs);
+    free(vm->lib_dir);
+    free(vm->tmp_root);
+    free(vm);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading and checking a flow                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct load_step_s {
+    sl_flow_step_t st;
+    int ref;
+} load_step_t;
+
+typedef struct load_s {
+    sl_flowvm_t *vm;
+    const char *path;
+    const char *buf;
+    size_t len;
+    char *err;
+    size_t errlen;
+    int failed;
+    int flow_line;
+    int nsteps;
+    load_step_t steps[MAX_STEPS];
+    char *start;
+    int env_ref;
+} load_t;
+
+static void load_fail(load_t *ld, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void load_fail(load_t *ld, int line, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (ld->failed)
+        return;
+    ld->failed = 1;
+    n = snprintf(ld->err, ld->errlen, "%s:%d: ", ld->path, line > 0 ? line : 1);
+    if (n < 0 || (size_t)n >= ld->errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * The line a step table starts on when its run is not a function: the first
+ * line reading `name = {` or `["name"] = {`. Lua keeps no lines for tables.
+ */
+static int find_key_line(const load_t *ld, const char *name)
+{
+    size_t nl = strlen(name);
+    int line = 1;
+    for (size_t i = 0; i < ld->len; line++) {
+        size_t j = i;
+        while (j < ld->len && (ld->buf[j] == ' ' || ld->buf[j] == '\t'))
+            j++;
+        if (j < ld->len && ld->buf[j] == '[')
+            j += (j + 2 < ld->len && (ld->buf[j + 1] == '"' || ld->buf[j + 1] == '\'')) ? 2 : 1;
+        if (j + nl <= ld->len && memcmp(ld->buf + j, name, nl) == 0) {
+            j += nl;
+            while (j < ld->len && (ld->buf[j] == '"' || ld->buf[j] == '\'' || ld->buf[j] == ']' ||
+                                   ld->buf[j] == ' ' || ld->buf[j] == '\t'))
+                j++;
+            if (j < ld->len && ld->buf[j] == '=')
+                return line;
+        }
+        while (i < ld->len && ld->buf[i] != '\n')
+            i++;
+        i++;
+    }
+    return ld->flow_line;
+}
+
+static int step_cmp(const void *a, const void *b)
+{
+    const load_step_t *x = a, *y = b;
+    if (x->st.line != y->st.line)
+        return x->st.line < y->st.line ? -1 : 1;
+    return strcmp(x->st.name, y->st.name);
+}
+
+static load_step_t *find_loaded(load_t *ld, const char *name)
+{
+    for (int i = 0; i < ld->nsteps; i++)
+        if (strcmp(ld->steps[i].st.name, name) == 0)
+            return &ld->steps[i];
+    return NULL;
+}
+
+/* A number of seconds at table index t, field k, as ms (> 0 unless allow0). */
+static int get_seconds(lua_State *L, load_t *ld, int t, const char *k, int line, const char *step,
+                       int allow0, int *out)
+{
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (ty != LUA_TNUMBER || lua_tonumber(L, -1) < 0 || (!allow0 && lua_tonumber(L, -1) == 0) ||
+        lua_tonumber(L, -1) * 1000 > MAX_TIMEOUT_MS) {
+        load_fail(ld, line, "step '%s': %s must be a number of seconds (%s 0, at most 86400)", step,
+                  k, allow0 ? ">=" : ">");
+        lua_pop(L, 1);
+        return -1;
+    }
+    *out = (int)(lua_tonumber(L, -1) * 1000);
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Checks the step table at index t, named name; fills ls. */
+static void check_step(lua_State *L, load_t *ld, int t, const char *name, load_step_t *ls)
+{
+    static const char *const known[] = {"run",     "next",  "fallback", "always",
+                                        "timeout", "retry", NULL};
+    static const char *const trans[] = {"next", "fallback", "always"};
+    char **dst[] = {(char **)&ls->st.next, (char **)&ls->st.fallback, (char **)&ls->st.always};
+    int line;
+
+    ls->ref = LUA_NOREF;
+    ls->st.timeout_ms = DEFAULT_TIMEOUT_MS;
+    ls->st.retry_attempts = 3;
+    ls->st.retry_base_ms = 500;
+    ls->st.retry_max_ms = 30000;
+    if (lua_getfield(L, t, "run") == LUA_TFUNCTION) {
+        lua_Debug ar;
+        lua_pushvalue(L, -1);
+        lua_getinfo(L, ">S", &ar);
+        line = ar.linedefined;
+    } else {
+        line = find_key_line(ld, name);
+    }
+    ls->st.line = line;
+    if (lua_type(L, -1) != LUA_TFUNCTION) {
+        load_fail(ld, line, "step '%s': run must be a function", name);
+        lua_pop(L, 1);
+        return;
+    }
+    ls->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        int ok = 0;
+        if (lua_type(L, -2) == LUA_TSTRING)
+            for (int i = 0; known[i]; i++)
+                ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
+        if (!ok) {
+            if (lua_type(L, -2) == LUA_TSTRING)
+                load_fail(ld, line, "step '%s': unknown key '%s'", name, lua_tostring(L, -2));
+            else
+                load_fail(ld, line, "step '%s': unknown key of type %s", name,
+                          luaL_typename(L, -2));
+            lua_pop(L, 2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+    for (int i = 0; i < 3; i++) {
+        int ty = lua_getfield(L, t, trans[i]);
+        if (ty == LUA_TSTRING) {
+            if ((*dst[i] = strdup(lua_tostring(L, -1))) == NULL)
+                load_fail(ld, line, "out of memory");
+        } else if (ty != LUA_TNIL) {
+            load_fail(ld, line, "step '%s': %s must be a step name", name, trans[i]);
+        }
+        lua_pop(L, 1);
+    }
+    if (get_seconds(L, ld, t, "timeout", line, name, 0, &ls->st.timeout_ms) < 0)
+        return;
+    int ty = lua_getfield(L, t, "retry");
+    if (ty == LUA_TTABLE) {
+        int r = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, r) != 0) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            if (k == NULL ||
+                (strcmp(k, "attempts") != 0 && strcmp(k, "base") != 0 && strcmp(k, "max") != 0)) {
+                load_fail(ld, line, "step '%s': retry: unknown key '%s'", name, k ? k : "?");
+                lua_pop(L, 3);
+                return;
+            }
+            lua_pop(L, 1);
+        }
+        if (lua_getfield(L, r, "attempts") != LUA_TNIL) {
+            lua_Integer a = lua_tointeger(L, -1);
+            if (!lua_isinteger(L, -1) || a < 1 || a > 100)
+                load_fail(ld, line, "step '%s': retry.attempts must be an integer 1..100", name);
+            else
+                ls->st.retry_attempts = (int)a;
+        }
+        lua_pop(L, 1);
+        if (get_seconds(L, ld, r, "base", line, name, 1, &ls->st.retry_base_ms) < 0 ||
+            get_seconds(L, ld, r, "max", line, name, 1, &ls->st.retry_max_ms) < 0) {
+            lua_pop(L, 1);
+            return;
+        }
+        if (ls->st.retry_max_ms < ls->st.retry_base_ms)
+            load_fail(ld, line, "step '%s': retry.max is below retry.base", name);
+    } else if (ty != LUA_TNIL) {
+        load_fail(ld, line, "step '%s': retry must be a table {attempts, base, max}", name);
+    }
+    lua_pop(L, 1);
+}
+
+/* Runs in protected mode on the main thread: load the chunk, run it, check the result. */
+static int load_protected(lua_State *L)
+{
+    load_t *ld = lua_touserdata(L, 1);
+    sl_flowvm_t *vm = ld->vm;
+    int state, env, def, steps, rc;
+
+    lua_settop(L, 0);
+    push_env(L, vm);
+    state = 1;
+    env = 2;
+    lua_pushfstring(L, "@%s", ld->path);
+    rc = luaL_loadbufferx(L, ld->buf, ld->len, lua_tostring(L, -1), "t");
+    if (rc != LUA_OK) {
+        /* syntax errors already read "path:line: message" */
+        snprintf(ld->err, ld->errlen, "%s", lua_tostring(L, -1));
+        ld->failed = 1;
+        return 0;
+    }
+    lua_pushvalue(L, env);
+    lua_setupvalue(L, -2, 1);
+    vm->load_instr = 0;
+    load_killed = NULL;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, SL_FLOW_HOOK_EVERY);
+    rc = lua_pcall(L, 0, 1, 0);
+    lua_sethook(L, NULL, 0, 0);
+    if (rc != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        snprintf(ld->err, ld->errlen, "%s", m ? m : "error while loading the flow");
+        if (m == NULL || strncmp(m, ld->path, strlen(ld->path)) != 0)
+            snprintf(ld->err, ld->errlen, "%s:1: %s", ld->path, m ? m : "error while loading");
+        ld->failed = 1;
+        return 0;
+    }
+    def = lua_gettop(L);
+    lua_getfield(L, state, "line");
+    ld->flow_line = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, state, "def");
+    if (lua_type(L, def) != LUA_TTABLE || !lua_rawequal(L, -1, def)) {
+        load_fail(ld, ld->flow_line, "the file must return flow{...}");
+        return 0;
+    }
+    lua_pop(L, 1);
+
+    lua_pushnil(L);
+    while (lua_next(L, def) != 0) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (k == NULL || (strcmp(k, "start") != 0 && strcmp(k, "steps") != 0)) {
+            load_fail(ld, ld->flow_line, "flow: unknown key '%s'", k ? k : "?");
+            return 0;
+        }
+        lua_pop(L, 1);
+    }
+    if (lua_getfield(L, def, "steps") != LUA_TTABLE) {
+        load_fail(ld, ld->flow_line, "flow: steps must be a table of steps");
+        return 0;
+    }
+    steps = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, steps) != 0) {
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        load_step_t *ls;
+        if (name == NULL) {
+            load_fail(ld, ld->flow_line, "flow: step names must be strings");
+            return 0;
+        }
+        if (ld->nsteps >= MAX_STEPS) {
+            load_fail(ld, ld->flow_line, "flow: more than %d steps", MAX_STEPS);
+            return 0;
+        }
+        ls = &ld->steps[ld->nsteps];
+        if ((ls->st.name = strdup(name)) == NULL) {
+            load_fail(ld, ld->flow_line, "out of memory");
+            return 0;
+        }
+        ld->nsteps++;
+        if (!name_ok(name, STEP_NAME_MAX))
+            load_fail(ld, find_key_line(ld, name),
+                      "step '%s': names are 1..63 characters of [a-z0-9_]", name);
+        else if (lua_type(L, -1) != LUA_TTABLE)
+            load_fail(ld, find_key_line(ld, name), "step '%s': must be a table", name);
+        else
+            check_step(L, ld, lua_gettop(L), name, ls);
+        if (ld->failed)
+            return 0;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ld->nsteps == 0) {
+        load_fail(ld, ld->flow_line, "flow: no steps");
+        return 0;
+    }
+    qsort(ld->steps, (size_t)ld->nsteps, sizeof(ld->steps[0]), step_cmp);
+
+    if (lua_getfield(L, def, "start") != LUA_TSTRING) {
+        load_fail(ld, ld->flow_line, "flow: start is missing (the name of the first step)");
+        return 0;
+    }
+    if ((ld->start = strdup(lua_tostring(L, -1))) == NULL) {
+        load_fail(ld, ld->flow_line, "out of memory");
+        return 0;
+    }
+    lua_pop(L, 1);
+    if (find_loaded(ld, ld->start) == NULL) {
+        load_fail(ld, ld->flow_line, "flow: start '%s' is not a step", ld->start);
+        return 0;
+    }
+    for (int i = 0; i < ld->nsteps; i++) {
+        const sl_flow_step_t *st = &ld->steps[i].st;
+        const char *tn[] = {"next", "fallback", "always"};
+        const char *tv[] = {st->next, st->fallback, st->always};
+        for (int j = 0; j < 3; j++)
+            if (tv[j] != NULL && find_loaded(ld, tv[j]) == NULL) {
+                load_fail(ld, st->line, "step '%s': %s '%s' is not a step", st->name, tn[j], tv[j]);
+                return 0;
+            }
+    }
+    /* every step reachable from start */
+    {
+        int seen[MAX_STEPS] = {0}, queue[MAX_STEPS], qh = 0, qt = 0;
+        int s0 = (int)(find_loaded(ld, ld->start) - ld->steps);
+        seen[s0] = 1;
+        queue[qt++] = s0;
+        while (qh < qt) {
+            const sl_flow_step_t *st = &ld->steps[queue[qh++]].st;
+            const char *tv[] = {st->next, st->fallback, st->always};
+            for (int j = 0; j < 3; j++) {
+                if (tv[j] == NULL)
+                    continue;
+                int k = (int)(find_loaded(ld, tv[j]) - ld->steps);
+                if (!seen[k]) {
+                    seen[k] = 1;
+                    queue[qt++] = k;
+                }
+            }
+        }
+        for (int i = 0; i < ld->nsteps; i++)
+            if (!seen[i]) {
+                load_fail(ld, ld->steps[i].st.line, "step '%s': unreachable from start '%s'",
+                          ld->steps[i].st.name, ld->start);
+                return 0;
+            }
+    }
+    lua_pushvalue(L, env);
+    ld->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static void free_step_strings(sl_flow_step_t *st)
+{
+    free((char *)st->name);
+    free((char *)st->next);
+    free((char *)st->fallback);
+    free((char *)st->always);
+}
+
+int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t **out, char *err,
+                 size_t errlen)
+{
+    load_t *ld = NULL;
+    sl_flow_t *f = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (vm == NULL || name == NULL || path == NULL || out == NULL) {
+        snprintf(err, errlen, "%s: bad arguments", path ? path : "?");
+        return SL_EINVAL;
+    }
+    if ((rc = read_file(path, &buf, &len, err, errlen)) != 0)
+        return rc;
+    if ((ld = calloc(1, sizeof(*ld))) == NULL) {
+        rc = SL_ENOMEM;
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    ld->vm = vm;
+    ld->path = path;
+    ld->buf = buf;
+    ld->len = len;
+    ld->err = err;
+    ld->errlen = errlen;
+    ld->env_ref = LUA_NOREF;
+    err[0] = '\0';
+
+    lua_settop(vm->L, 0);
+    lua_pushcfunction(vm->L, load_protected);
+    lua_pushlightuserdata(vm->L, ld);
+    if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
+        const char *m = lua_tostring(vm->L, -1);
+        snprintf(err, errlen, "%s:1: %s", path, m ? m : "error while loading");
+        ld->failed = 1;
+    }
+    lua_settop(vm->L, 0);
+    if (ld->failed) {
+        rc = SL_EINVAL;
+        goto out;
+    }
+
+    rc = SL_ENOMEM;
+    if ((f = calloc(1, sizeof(*f))) == NULL || (f->name = strdup(name)) == NULL ||
+        (f->path = strdup(path)) == NULL ||
+        (f->steps = calloc((size_t)ld->nsteps, sizeof(*f->steps))) == NULL ||
+        (f->run_refs = calloc((size_t)ld->nsteps, sizeof(int))) == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    f->vm = vm;
+    f->refs = 1;
+    f->start = ld->start;
+    ld->start = NULL;
+    f->env_ref = ld->env_ref;
+    ld->env_ref = LUA_NOREF;
+    sl_sha256_hex(buf, len, f->version);
+    f->nsteps = ld->nsteps;
+    for (int i = 0; i < ld->nsteps; i++) {
+        f->steps[i] = ld->steps[i].st;
+        f->run_refs[i] = ld->steps[i].ref;
+    }
+    ld->nsteps = 0; /* moved */
+    f->next = vm->flows;
+    if (vm->flows)
+        vm->flows->prev = f;
+    vm->flows = f;
+    *out = f;
+    f = NULL;
+    rc = 0;
+
+out:
+    if (f != NULL) {
+        free(f->name);
+        free(f->path);
+        free(f->steps);
+        free(f->run_refs);
+        free(f);
+    }
+    if (ld != NULL) {
+        for (int i = 0; i < ld->nsteps; i++) {
+            free_step_strings(&ld->steps[i].st);
+            luaL_unref(vm->L, LUA_REGISTRYINDEX, ld->steps[i].ref);
+        }
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, ld->env_ref);
+        free(ld->start);
+        free(ld);
+    }
+    free(buf);
+    return rc;
+}
+
+void sl_flow_ref(sl_flow_t *f)
+{
+    if (f != NULL)
+        f->refs++;
+}
+
+void sl_flow_unref(sl_flow_t *f)
+{
+    if (f == NULL || --f->refs > 0)
+        return;
+    flow_drop_lua(f);
+    for (int i = 0; i < f->nsteps; i++)
+        free_step_strings(&f->steps[i]);
+    free(f->steps);
+    free(f->run_refs);
+    free(f->name);
+    free(f->path);
+    free(f->start);
+    free(f);
+}
+
+const char *sl_flow_version(const sl_flow_t *f)
+{
+    return f->version;
+}
+
+const char *sl_flow_name(const sl_flow_t *f)
+{
+    return f->name;
+}
+
+const char *sl_flow_path(const sl_flow_t *f)
+{
+    return f->path;
+}
+
+const char *sl_flow_start(const sl_flow_t *f)
+{
+    return f->start;
+}
+
+int sl_flow_nsteps(const sl_flow_t *f)
+{
+    return f->nsteps;
+}
+
+const sl_flow_step_t *sl_flow_step_at(const sl_flow_t *f, int i)
+{
+    return i >= 0 && i < f->nsteps ? &f->steps[i] : NULL;
+}
+
+const sl_flow_step_t *sl_flow_step(const sl_flow_t *f, const char *name)
+{
+    for (int i = 0; name != NULL && i < f->nsteps; i++)
+        if (strcmp(f->steps[i].name, name) == 0)
+            return &f->steps[i];
+    return NULL;
+}
+
+int sl_flow_err_transient(const char *err)
+{
+    static const char *const t[] = {
+        "timeout", "unavailable", "server_error", "rate_limited", "circuit_open", "busy", NULL};
+    for (int i = 0; err != NULL && t[i]; i++)
+        if (strcmp(err, t[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Steps                                                                     */
+/* ------------------------------------------------------------------------ */
+
+sl_step_t *sl_flow__check_step(lua_State *L, const char *what)
+{
+    sl_step_t *s = sl_flow__step(L);
+    if (s == NULL || s->state != SL_STEP_RUNNING)
+        luaL_error(L, "%s can only be called inside a step", what);
+    if (!lua_isyieldable(L))
+        luaL_error(L, "%s cannot yield here (inside a metamethod or an iterator?)", what);
+    return s;
+}
+
+void sl_flow__set_op(sl_step_t *s, sl_flow_op_t *op, sl_flow_cancel_fn cancel)
+{
+    op->cancel = cancel;
+    op->step = s;
+    s->op = op;
+}
+
+sl_step_t *sl_flow__op_take(sl_flow_op_t *op)
+{
+    sl_step_t *s = op->step;
+    if (s == NULL)
+        return NULL;
+    op->step = NULL;
+    s->op = NULL;
+    return s;
+}
+
+lua_State *sl_flow__co(sl_step_t *s)
+{
+    return s->co;
+}
+
+static void cancel_op(sl_step_t *s)
+{
+    sl_flow_op_t *op = s->op;
+    if (op == NULL)
+        return;
+    s->op = NULL;
+    op->step = NULL;
+    op->cancel(op);
+}
+
+/* Encodes the step's ctx table; NULL with err set when it holds a non-JSON value. */
+static char *encode_ctx(sl_step_t *s, char *err, size_t errlen)
+{
+    lua_State *L = s->vm->L;
+    json_t *j;
+    char *out;
+
+    if (s->ctx_ref == LUA_NOREF || s->ctx_ref == LUA_REFNIL)
+        return strdup(s->ctx_in);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
+    j = sl_flow__to_json(L, -1, err, errlen);
+    lua_pop(L, 1);
+    if (j == NULL)
+        return NULL;
+    if (!json_is_object(j)) {
+        snprintf(err, errlen, "ctx is not a table");
+        json_decref(j);
+        return NULL;
+    }
+    out = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (out == NULL)
+        snprintf(err, errlen, "ctx could not be encoded");
+    return out;
+}
+
+/*
+ * Ends the attempt (from the loop, never from inside the coroutine): cancels
+ * the pending op, stops the deadline, encodes ctx, unpins the coroutine, and
+ * posts the delivery to a later loop turn.
+ */
+static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
+{
+    static const struct timeval zero = {0, 0};
+    char cerr[256];
+    lua_State *L = s->vm->L;
+
+    cancel_op(s);
+    evtimer_del(s->timer);
+    s->ok = ok;
+    snprintf(s->err, sizeof(s->err), "%s", ok ? "" : (err && *err ? err : "failed"));
+    free(s->detail);
+    s->detail = detail ? strdup(detail) : NULL;
+    cerr[0] = '\0';
+    s->ctx_out = encode_ctx(s, cerr, sizeof(cerr));
+    if (s->ctx_out == NULL) {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "ctx holds a value that is not JSON: %s", cerr);
+        s->ok = 0;
+        snprintf(s->err, sizeof(s->err), "lua_error");
+        free(s->detail);
+        s->detail = strdup(msg);
+        s->ctx_out = strdup(s->ctx_in);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, s->ctx_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
+    s->ctx_ref = s->co_ref = LUA_NOREF;
+    s->co = NULL;
+    s->state = SL_STEP_DONE;
+    evtimer_add(s->ev, &zero);
+}
+
+static void step_free(sl_step_t *s)
+{
+    sl_flowvm_t *vm = s->vm;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        vm->steps = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    vm->nsteps--;
+    event_free(s->ev);
+    event_free(s->timer);
+    sl_flow_unref(s->flow);
+    free(s->run_id);
+    free(s->tenant_id);
+    free(s->dataset_id);
+    free(s->file_id);
+    free(s->pipeline);
+    free(s->step);
+    free(s->tmpdir);
+    free(s->ctx_in);
+    free(s->file_in);
+    json_decref(s->ctx_j);
+    json_decref(s->file_j);
+    free(s->detail);
+    free(s->ctx_out);
+    free(s);
+}
+
+static void deliver(sl_step_t *s)
+{
+    sl_step_result_t res;
+    memset(&res, 0, sizeof(res));
+    res.ok = s->ok;
+    res.err = s->ok ? NULL : s->err;
+    res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
+    res.detail = s->detail;
+    res.ctx_json = s->ctx_out ? s->ctx_out : "{}";
+    res.duration_s = now_s() - s->t0;
+    s->cb(s, &res, s->arg);
+    step_free(s);
+}
+
+/* The coroutine's body: decode ctx and file, call run(ctx, file), return its results. */
+static int step_entry_k(lua_State *L, int status, lua_KContext k)
+{
+    return lua_gettop(L);
+}
+
+/* The inputs were parsed in sl_step_start (owned by the step, so a raise here leaks nothing). */
+static void push_input(lua_State *L, json_t *j, const char *what)
+{
+    if (j == NULL || !json_is_object(j))
+        luaL_error(L, "%s is not a JSON object", what);
+    sl_flow__push_json(L, j);
+}
+
+static int step_entry(lua_State *L)
+{
+    sl_step_t *s = sl_flow__step(L);
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->flow->run_refs[s->def - s->flow->steps]);
+    push_input(L, s->ctx_j, "ctx");
+    lua_pushvalue(L, -1);
+    s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    push_input(L, s->file_j, "file");
+    lua_callk(L, 2, LUA_MULTRET, 0, step_entry_k);
+    return step_entry_k(L, LUA_OK, 0);
+}
+
+/* Protected: make the coroutine and pin it. */
+static int begin_protected(lua_State *L)
+{
+    sl_step_t *s = lua_touserdata(L, 1);
+    lua_State *co = lua_newthread(L);
+    *(sl_step_t **)lua_getextraspace(co) = s;
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, SL_FLOW_HOOK_EVERY);
+    lua_pushcfunction(co, step_entry);
+    s->co = co;
+    s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static void begin(sl_step_t *s)
+{
+    lua_State *L = s->vm->L;
+    s->state = SL_STEP_RUNNING;
+    lua_pushcfunction(L, begin_protected);
+    lua_pushlightuserdata(L, s);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        finish(s, 0, "lua_error", "out of memory starting the step");
+        return;
+    }
+    sl_flow__resume(s, 0);
+}
+
+void sl_flow__resume(sl_step_t *s, int nargs)
+{
+    sl_flowvm_t *vm = s->vm;
+    lua_State *co = s->co;
+    int nres = 0, st;
+
+    vm->cur = s;
+    st = lua_resume(co, vm->L, nargs, &nres);
+    vm->cur = NULL;
+    if (st == LUA_YIELD) {
+        lua_pop(co, nres);
+        if (s->op == NULL)
+            finish(s, 0, "lua_error", "the step yielded outside an sl primitive");
+        return;
+    }
+    if (st == LUA_OK) {
+        int first = lua_gettop(co) - nres + 1;
+        if (nres >= 1 && lua_toboolean(co, first)) {
+            lua_settop(co, 0);
+            finish(s, 1, NULL, NULL);
+            return;
+        }
+        char err[SL_FLOW_ERR_MAX];
+        snprintf(err, sizeof(err), "%s",
+                 nres >= 2 && lua_type(co, first + 1) == LUA_TSTRING ? lua_tostring(co, first + 1)
+                                                                     : "failed");
+        lua_settop(co, 0);
+        finish(s, 0, err, NULL);
+        return;
+    }
+    /* An error: message plus the coroutine's traceback (its stack is still there). */
+    const char *msg = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
+    char other[96];
+    if (st == LUA_ERRMEM)
+        msg = "memory budget exceeded (not enough memory)";
+    else if (msg == NULL) {
+        snprintf(other, sizeof(other), "(error object is a %s value)", luaL_typename(co, -1));
+        msg = other;
+    }
+    luaL_traceback(vm->L, co, msg, 0);
+    finish(s, 0, "lua_error", lua_tostring(vm->L, -1));
+    lua_pop(vm->L, 1);
+}
+
+typedef struct push_call_s {
+    lua_CFunction push;
+    void *ud;
+} push_call_t;
+
+static int push_protected(lua_State *L)
+{
+    push_call_t *pc = lua_touserdata(L, 1);
+    lua_settop(L, 0);
+    lua_pushlightuserdata(L, pc->ud);
+    lua_insert(L, 1);
+    int n = pc->push(L);
+    return n;
+}
+
+void sl_flow__resume_with(sl_step_t *s, lua_CFunction push, void *ud)
+{
+    sl_flowvm_t *vm = s->vm;
+    lua_State *L = vm->L;
+    push_call_t pc = {push, ud};
+    int base = lua_gettop(L), n, rc;
+
+    /* Results count against the step's memory budget, in protected mode. */
+    lua_pushcfunction(L, push_protected);
+    lua_pushlightuserdata(L, &pc);
+    vm->cur = s;
+    rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+    vm->cur = NULL;
+    n = lua_gettop(L) - base;
+    if (rc != LUA_OK || !lua_checkstack(s->co, n + LUA_MINSTACK)) {
+        lua_settop(L, base);
+        s->killed = "memory budget exceeded";
+        finish(s, 0, "lua_error",
+               rc == LUA_ERRMEM || rc == LUA_OK
+                   ? "memory budget exceeded (the result of an sl call did not fit)"
+                   : "could not hand a result to the step");
+        return;
+    }
+    lua_xmove(L, s->co, n);
+    sl_flow__resume(s, n);
+}
+
+static int push_err(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, lua_touserdata(L, 1));
+    return 2;
+}
+
+void sl_flow__resume_err(sl_step_t *s, const char *err)
+{
+    sl_flow__resume_with(s, push_err, (void *)err);
+}
+
+static void step_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_step_t *s = arg;
+    if (s->state == SL_STEP_NEW)
+        begin(s);
+    else if (s->state == SL_STEP_DONE)
+        deliver(s);
+}
+
+static void step_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_step_t *s = arg;
+    char d[96];
+    if (s->state == SL_STEP_DONE)
+        return;
+    snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
+             s->def->timeout_ms / 1000.0);
+    finish(s, 0, "timeout", d);
+}
+
+int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_step_cb cb,
+                  void *arg, sl_step_t **out)
+{
+    static const struct timeval zero = {0, 0};
+    const sl_flow_step_t *def;
+    sl_step_t *s;
+
+    if (vm == NULL || f == NULL || in == NULL || cb == NULL || f->vm != vm || vm->freeing)
+        return SL_EINVAL;
+    if ((def = sl_flow_step(f, in->step)) == NULL)
+        return SL_ENOTFOUND;
+    if ((s = calloc(1, sizeof(*s))) == NULL)
+        return SL_ENOMEM;
+    s->vm = vm;
+    s->flow = f;
+    s->def = def;
+    s->co_ref = s->ctx_ref = LUA_NOREF;
+    s->attempt = in->attempt;
+    s->cb = cb;
+    s->arg = arg;
+    s->t0 = now_s();
+    s->run_id = xstrdup(in->run_id);
+    s->tenant_id = xstrdup(in->tenant_id);
+    s->dataset_id = xstrdup(in->dataset_id);
+    s->file_id = xstrdup(in->file_id);
+    s->pipeline = xstrdup(in->pipeline ? in->pipeline : f->name);
+    s->step = xstrdup(in->step);
+    s->tmpdir = in->tmpdir ? strdup(in->tmpdir) : NULL;
+    s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
+    s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
+    s->ctx_j = s->ctx_in ? json_loads(s->ctx_in, 0, NULL) : NULL; /* NULL: fails in the step */
+    s->file_j = s->file_in ? json_loads(s->file_in, 0, NULL) : NULL;
+    s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
+    s->timer = evtimer_new(vm->host.base, step_timeout_cb, s);
+    if (!s->run_id || !s->tenant_id || !s->dataset_id || !s->file_id || !s->pipeline || !s->step ||
+        (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev || !s->timer) {
+        if (s->ev)
+            event_free(s->ev);
+        if (s->timer)
+            event_free(s->timer);
+        free(s->run_id);
+        free(s->tenant_id);
+        free(s->dataset_id);
+        free(s->file_id);
+        free(s->pipeline);
+        free(s->step);
+        free(s->tmpdir);
+        free(s->ctx_in);
+        free(s->file_in);
+        json_decref(s->ctx_j);
+        json_decref(s->file_j);
+        free(s);
+        return SL_ENOMEM;
+    }
+    sl_flow_ref(f);
+    s->next = vm->steps;
+    if (vm->steps)
+        vm->steps->prev = s;
+    vm->steps = s;
+    vm->nsteps++;
+    struct timeval tv = {def->timeout_ms / 1000, (def->timeout_ms % 1000) * 1000};
+    evtimer_add(s->timer, &tv);
+    evtimer_add(s->ev, &zero);
+    if (out != NULL)
+        *out = s;
+    return 0;
+}
+
+void sl_step_cancel(sl_step_t *s)
+{
+    if (s == NULL || s->state == SL_STEP_DONE)
+        return;
+    finish(s, 0, "cancelled", NULL);
+}

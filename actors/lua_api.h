@@ -1,0 +1,174 @@
+/*
+ * lua_api.h — internals shared by the flow runtime's files (not a public API).
+ *
+ * actors/flow.c owns the VM, the flows and the steps; the lua_*.c files each
+ * add one group of `sl` functions with their sl_lua_inject_<name>(L). They
+ * meet here: the structs, the pending-op protocol and the one resume path.
+ *
+ * The pending-op protocol (see docs/internals/flow.md). A yielding primitive:
+ *   1. checks its arguments and that it runs inside a step (sl_flow__check_step);
+ *   2. allocates its op (a struct whose first member is sl_flow_op_t), starts
+ *      the operation, and records it with sl_flow__set_op(s, &op->hdr, cancel);
+ *   3. returns lua_yield(L, 0).
+ * When the operation completes (on the loop, later) its callback calls
+ * sl_flow__op_take(&op->hdr): NULL means the op was detached (the step timed
+ * out, was cancelled or the VM is gone) and the callback just frees the op;
+ * otherwise it returns the step, which is resumed with the results through
+ * sl_flow__resume_with(s, push_fn, result) (the results are pushed in
+ * protected mode and counted against the step's memory budget).
+ * The cancel function must, synchronously, make sure the op never touches the
+ * step again: either free the op (nothing outstanding) or mark it detached
+ * (op->step = NULL) and let its pending callback free it. It must also give
+ * back anything borrowed from the VM (a service slot).
+ */
+#ifndef SL_LUA_API_H
+#define SL_LUA_API_H
+
+#include <jansson.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdint.h>
+
+#include "actors/flow.h"
+#include "actors/service.h"
+
+#define SL_FLOW_DEFAULT_INSTRUCTIONS 50000000L
+#define SL_FLOW_DEFAULT_STEP_MEMORY (64u * 1024 * 1024)
+#define SL_FLOW_VM_MEMORY_CAP ((size_t)1024 * 1024 * 1024) /* the whole VM */
+#define SL_FLOW_HOOK_EVERY 1000        /* instructions between two budget checks */
+#define SL_FLOW_MAX_FILE (1024 * 1024) /* a flow or lib file */
+#define SL_FLOW_JSON_DEPTH 64          /* nesting of tables converted to JSON */
+#define SL_FLOW_ERR_MAX 64
+
+typedef struct sl_flow_op_s sl_flow_op_t;
+typedef void (*sl_flow_cancel_fn)(sl_flow_op_t *op);
+
+/** The head of every pending operation (first member of the primitive's op struct). */
+struct sl_flow_op_s {
+    sl_flow_cancel_fn cancel;
+    sl_step_t *step; /* NULL once detached */
+};
+
+struct sl_flowvm_s {
+    lua_State *L;
+    sl_flow_host_t host; /* copy; lib_dir and tmp_root point at owned copies below */
+    char *lib_dir;
+    char *tmp_root;
+    sl_svcs_t *svcs;
+    size_t mem; /* bytes the allocator handed out, net */
+    size_t mem_cap;
+    sl_step_t *cur;   /* the step whose coroutine runs now (allocator attribution) */
+    long load_instr;  /* instructions used by the flow file being loaded */
+    sl_step_t *steps; /* every step not yet delivered (doubly linked) */
+    int nsteps;
+    sl_flow_t *flows; /* every flow still referenced (doubly linked) */
+    int freeing;
+};
+
+struct sl_flow_s {
+    sl_flowvm_t *vm; /* NULL once the VM is freed (the Lua refs are gone) */
+    int refs;
+    char *name, *path, *start;
+    char version[65];
+    int nsteps;
+    sl_flow_step_t *steps; /* sorted by line (definition order) */
+    int *run_refs;         /* registry refs of each step's run function */
+    int env_ref;           /* the flow's _ENV (keeps its module cache alive) */
+    sl_flow_t *prev, *next;
+};
+
+enum { SL_STEP_NEW, SL_STEP_RUNNING, SL_STEP_DONE };
+
+struct sl_step_s {
+    sl_flowvm_t *vm;
+    sl_flow_t *flow;
+    const sl_flow_step_t *def;
+    int state;
+    lua_State *co;
+    int co_ref, ctx_ref;
+    sl_flow_op_t *op;    /* the pending op, or NULL */
+    struct event *ev;    /* start (NEW) and delivery (DONE) */
+    struct event *timer; /* the step's deadline */
+    long instr;          /* instructions used by this attempt */
+    long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
+    const char *killed;  /* budget exceeded: every pcall re-raises */
+    double t0;
+    /* copied inputs */
+    char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
+    char *ctx_in, *file_in;
+    json_t *ctx_j, *file_j; /* parsed inputs (NULL if not JSON) */
+    int attempt;
+    /* result */
+    int ok;
+    char err[SL_FLOW_ERR_MAX];
+    char *detail;
+    char *ctx_out;
+    sl_step_cb cb;
+    void *arg;
+    sl_step_t *prev, *next;
+};
+
+/* ---- flow.c: the step side of primitives ---- */
+
+/** The step whose coroutine is L, or NULL (load time, main thread). */
+sl_step_t *sl_flow__step(lua_State *L);
+
+/** Same, but raises "<what> can only be called inside a step" when there is none. */
+sl_step_t *sl_flow__check_step(lua_State *L, const char *what);
+
+/** Records op as s's pending op (s must have none). */
+void sl_flow__set_op(sl_step_t *s, sl_flow_op_t *op, sl_flow_cancel_fn cancel);
+
+/** Completion side: returns the step to resume and clears its pending op, or NULL if detached. */
+sl_step_t *sl_flow__op_take(sl_flow_op_t *op);
+
+/** The coroutine to push results on (borrowed). */
+lua_State *sl_flow__co(sl_step_t *s);
+
+/**
+ * The one resume path: resumes s's coroutine with nargs values already pushed
+ * on it, then handles yield, return and error (finishing the step on the
+ * latter two). Never call it from inside a Lua call.
+ */
+void sl_flow__resume(sl_step_t *s, int nargs);
+
+/**
+ * Completion side: runs push(L) in protected mode on the main thread, with
+ * `ud` as its only argument (light userdata at index 1, to be left below the
+ * results), counting the bytes against the step's memory budget; moves the
+ * values it returned to the coroutine and resumes it with them. A push that
+ * runs out of budget fails the step (lua_error, "memory budget exceeded").
+ * Completions must hand results over this way: pushing on a suspended
+ * coroutine directly would be unprotected.
+ */
+void sl_flow__resume_with(sl_step_t *s, lua_CFunction push, void *ud);
+
+/** Resumes with nil, err (err borrowed). */
+void sl_flow__resume_err(sl_step_t *s, const char *err);
+
+/** The registry key (light userdata address) of the metatable of decoded JSON arrays. */
+const void *sl_flow__array_mt_key(void);
+
+/* ---- lua_util.c: JSON both ways ---- */
+
+/** Pushes v as a Lua value (arrays get the array metatable). May raise (memory). */
+void sl_flow__push_json(lua_State *L, json_t *v);
+
+/**
+ * Converts the value at idx to JSON (raw access, no metamethods; never raises).
+ * Returns a new reference, or NULL with a message in err.
+ */
+json_t *sl_flow__to_json(lua_State *L, int idx, char *err, size_t errlen);
+
+/** Maps an SL_E* code to the word flows see ("timeout", "unavailable", ...). */
+const char *sl_flow__errword(int err);
+
+/* ---- one entry point per file: each adds its functions to the table on top of L,
+ *      with the VM as their one upvalue (light userdata) ---- */
+void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);
+void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);
+void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);
+void sl_lua_inject_util(lua_State *L, sl_flowvm_t *vm);
+
+#endif

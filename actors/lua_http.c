@@ -1,0 +1,371 @@
+/*
+ * lua_http.c — sl.http.request{...}: an outbound HTTP call from a step, over
+ * core/curl (non-blocking, on the loop), under the named service's policy
+ * (timeout, concurrency slot, circuit breaker; actors/service.h).
+ *
+ * The request is copied into the op, because a call may wait for a slot and
+ * start later. The response reaches the coroutine through
+ * sl_flow__resume_with, so the body counts against the step's memory budget.
+ */
+#include "actors/lua_api.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+
+#define HDR_NAME_MAX 256
+
+typedef struct http_op_s {
+    sl_flow_op_t hdr;
+    sl_flowvm_t *vm;
+    sl_svc_t *svc; /* NULL: no service policy */
+    sl_svc_wait_t wait;
+    sl_curl_xfer_t *xfer; /* in flight */
+    char *method, *url, *body_file, *aws_sigv4, *aws_key, *aws_secret;
+    char **headers;
+    size_t n_headers;
+    char *body;
+    size_t body_len;
+    long timeout_ms;
+    size_t max_bytes;
+    double t0;
+} http_op_t;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void op_free(http_op_t *op)
+{
+    for (size_t i = 0; i < op->n_headers; i++)
+        free(op->headers[i]);
+    free(op->headers);
+    free(op->method);
+    free(op->url);
+    free(op->body_file);
+    free(op->aws_sigv4);
+    free(op->aws_key);
+    free(op->aws_secret);
+    free(op->body);
+    free(op);
+}
+
+/* ---- the response, pushed in protected mode ---- */
+
+static int push_response(lua_State *L)
+{
+    const sl_curl_result_t *res = lua_touserdata(L, 1);
+    char name[HDR_NAME_MAX];
+
+    if (res->err != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, sl_flow__errword(res->err));
+        return 2;
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, res->status);
+    lua_setfield(L, -2, "status");
+    lua_createtable(L, 0, (int)res->n_headers);
+    for (size_t i = 0; i < res->n_headers; i++) {
+        size_t n = strlen(res->headers[i].name);
+        if (n >= sizeof(name))
+            n = sizeof(name) - 1;
+        for (size_t k = 0; k < n; k++) {
+            char c = res->headers[i].name[k];
+            name[k] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+        }
+        name[n] = '\0';
+        /* a repeated header: values joined with ", " (RFC 9110 5.3) */
+        if (lua_getfield(L, -1, name) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushstring(L, res->headers[i].value);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushstring(L, res->headers[i].value);
+        }
+        lua_setfield(L, -2, name);
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, res->body, res->body_len);
+    lua_setfield(L, -2, "body");
+    return 1;
+}
+
+static const char *outcome_of(const sl_curl_result_t *res)
+{
+    if (res->err != 0)
+        return sl_flow__errword(res->err);
+    if (res->status == 429)
+        return "rate_limited";
+    if (res->status >= 500)
+        return "server_error";
+    return "ok";
+}
+
+static void http_done(const sl_curl_result_t *res, void *arg)
+{
+    http_op_t *op = arg;
+    sl_step_t *s;
+
+    op->xfer = NULL;
+    sl_svc_release(&op->wait, outcome_of(res), now_s() - op->t0);
+    s = sl_flow__op_take(&op->hdr);
+    if (s != NULL)
+        sl_flow__resume_with(s, push_response, (void *)res);
+    op_free(op);
+}
+
+/* Starts the transfer; 0 or an SL_E* code (then the slot is given back). */
+static int start(http_op_t *op)
+{
+    sl_curl_req_opts_t o;
+    int rc;
+
+    memset(&o, 0, sizeof(o));
+    o.method = op->method;
+    o.url = op->url;
+    o.headers = (const char *const *)op->headers;
+    o.n_headers = op->n_headers;
+    o.body = op->body;
+    o.body_len = op->body_len;
+    o.body_path = op->body_file;
+    o.timeout_ms = op->timeout_ms;
+    o.max_response_bytes = op->max_bytes;
+    o.aws_sigv4 = op->aws_sigv4;
+    o.user = op->aws_key;
+    o.password = op->aws_secret;
+    op->t0 = now_s();
+    rc = sl_curl_request(op->vm->host.curl, &o, http_done, op, &op->xfer);
+    if (rc != 0) {
+        op->xfer = NULL;
+        sl_svc_release(&op->wait, "cancelled", 0);
+    }
+    return rc;
+}
+
+static void http_cancel(sl_flow_op_t *hdr)
+{
+    http_op_t *op = (http_op_t *)hdr;
+    if (op->xfer != NULL) {
+        /* the callback still fires (ECANCELED) and frees the op */
+        sl_svc_release(&op->wait, "cancelled", now_s() - op->t0);
+        sl_curl_cancel(op->xfer);
+        return;
+    }
+    if (op->svc != NULL)
+        sl_svc_cancel_wait(&op->wait);
+    op_free(op);
+}
+
+static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
+{
+    http_op_t *op = arg;
+    const char *word;
+    int rc;
+
+    if (err == 0) {
+        if ((rc = start(op)) == 0)
+            return;
+        word = rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc);
+    } else {
+        word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
+    }
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    op_free(op);
+    if (s != NULL)
+        sl_flow__resume_err(s, word);
+}
+
+/* ---- argument parsing ---- */
+
+static char *opt_str(lua_State *L, int t, const char *k)
+{
+    char *v = NULL;
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TSTRING) {
+        if ((v = strdup(lua_tostring(L, -1))) == NULL)
+            luaL_error(L, "sl.http.request: out of memory");
+    } else if (ty != LUA_TNIL) {
+        luaL_error(L, "sl.http.request: %s must be a string", k);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Parses the request table into op; raises on bad arguments (the op is in a box). */
+static void parse(lua_State *L, http_op_t *op)
+{
+    static const char *const known[] = {"method",    "url",     "headers",    "body",
+                                        "body_file", "timeout", "max_bytes",  "service",
+                                        "aws_sigv4", "aws_key", "aws_secret", NULL};
+    int t = 1;
+
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        int ok = 0;
+        for (int i = 0; lua_type(L, -2) == LUA_TSTRING && known[i]; i++)
+            ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
+        if (!ok)
+            luaL_error(L, "sl.http.request: unknown field '%s'",
+                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+        lua_pop(L, 1);
+    }
+    op->method = opt_str(L, t, "method");
+    op->url = opt_str(L, t, "url");
+    if (op->url == NULL)
+        luaL_error(L, "sl.http.request: url is required");
+    op->body_file = opt_str(L, t, "body_file");
+    op->aws_sigv4 = opt_str(L, t, "aws_sigv4");
+    op->aws_key = opt_str(L, t, "aws_key");
+    op->aws_secret = opt_str(L, t, "aws_secret");
+
+    int ty = lua_getfield(L, t, "body");
+    if (ty == LUA_TSTRING) {
+        size_t n;
+        const char *b = lua_tolstring(L, -1, &n);
+        if ((op->body = malloc(n ? n : 1)) == NULL)
+            luaL_error(L, "sl.http.request: out of memory");
+        memcpy(op->body, b, n);
+        op->body_len = n;
+    } else if (ty != LUA_TNIL) {
+        luaL_error(L, "sl.http.request: body must be a string");
+    }
+    lua_pop(L, 1);
+
+    ty = lua_getfield(L, t, "headers");
+    if (ty == LUA_TTABLE) {
+        int h = lua_gettop(L);
+        size_t n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, h) != 0) {
+            n++;
+            lua_pop(L, 1);
+        }
+        if (n > SL_CURL_MAX_REQ_HEADERS)
+            luaL_error(L, "sl.http.request: more than %d headers", SL_CURL_MAX_REQ_HEADERS);
+        if (n > 0 && (op->headers = calloc(n, sizeof(char *))) == NULL)
+            luaL_error(L, "sl.http.request: out of memory");
+        lua_pushnil(L);
+        while (lua_next(L, h) != 0) {
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+                luaL_error(L, "sl.http.request: headers must be {name = value}");
+            const char *k = lua_tostring(L, -2);
+            const char *v = lua_tostring(L, -1); /* a number value becomes a string in place */
+            size_t len = strlen(k) + strlen(v) + 3;
+            char *line = malloc(len);
+            if (line == NULL)
+                luaL_error(L, "sl.http.request: out of memory");
+            snprintf(line, len, "%s: %s", k, v);
+            op->headers[op->n_headers++] = line;
+            lua_pop(L, 1);
+        }
+    } else if (ty != LUA_TNIL) {
+        luaL_error(L, "sl.http.request: headers must be a table");
+    }
+    lua_pop(L, 1);
+
+    if (lua_getfield(L, t, "timeout") != LUA_TNIL) {
+        lua_Number secs = lua_tonumber(L, -1);
+        if (!lua_isnumber(L, -1) || secs <= 0 || secs > 86400)
+            luaL_error(L, "sl.http.request: timeout must be seconds in (0, 86400]");
+        op->timeout_ms = (long)(secs * 1000);
+        if (op->timeout_ms < 1)
+            op->timeout_ms = 1;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, t, "max_bytes") != LUA_TNIL) {
+        lua_Integer n = lua_tointeger(L, -1);
+        if (!lua_isinteger(L, -1) || n < 1 || (lua_Unsigned)n > SL_CURL_MAX_RESPONSE_LIMIT)
+            luaL_error(L, "sl.http.request: max_bytes must be an integer 1..%u",
+                       (unsigned)SL_CURL_MAX_RESPONSE_LIMIT);
+        op->max_bytes = (size_t)n;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, t, "service") != LUA_TNIL) {
+        const char *name = lua_tostring(L, -1);
+        if (lua_type(L, -1) != LUA_TSTRING || (op->svc = sl_svcs_get(op->vm->svcs, name)) == NULL)
+            luaL_error(L, "sl.http.request: bad service name");
+    }
+    lua_pop(L, 1);
+}
+
+/* The op lives in a box until it is handed to the step, so a raise frees it. */
+static int box_gc(lua_State *L)
+{
+    http_op_t **box = lua_touserdata(L, 1);
+    if (*box != NULL)
+        op_free(*box);
+    *box = NULL;
+    return 0;
+}
+
+static int l_request(lua_State *L)
+{
+    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    http_op_t *op, **box;
+    sl_step_t *s;
+    int rc;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    s = sl_flow__check_step(L, "sl.http.request");
+    box = lua_newuserdatauv(L, sizeof(*box), 0);
+    *box = NULL;
+    lua_newtable(L);
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if ((op = calloc(1, sizeof(*op))) == NULL)
+        return luaL_error(L, "sl.http.request: out of memory");
+    *box = op;
+    op->vm = vm;
+    parse(L, op);
+    *box = NULL; /* ours from here on */
+    lua_settop(L, 1);
+
+    if (vm->host.curl == NULL) {
+        op_free(op);
+        lua_pushnil(L);
+        lua_pushliteral(L, "not_configured");
+        return 2;
+    }
+    if (op->timeout_ms == 0)
+        op->timeout_ms = op->svc ? sl_svc_timeout_ms(op->svc) : SL_SVC_DEFAULT_TIMEOUT_MS;
+    if (op->svc != NULL) {
+        rc = sl_svc_acquire(op->svc, &op->wait, (int)op->timeout_ms, slot_cb, op);
+        if (rc == 0) {
+            sl_flow__set_op(s, &op->hdr, http_cancel);
+            return lua_yield(L, 0);
+        }
+        if (rc < 0) {
+            op_free(op);
+            lua_pushnil(L);
+            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_flow__errword(rc));
+            return 2;
+        }
+    }
+    if ((rc = start(op)) != 0) {
+        op_free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc));
+        return 2;
+    }
+    sl_flow__set_op(s, &op->hdr, http_cancel);
+    return lua_yield(L, 0);
+}
+
+void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm)
+{
+    lua_newtable(L);
+    lua_pushlightuserdata(L, vm);
+    lua_pushcclosure(L, l_request, 1);
+    lua_setfield(L, -2, "request");
+    lua_setfield(L, -2, "http");
+}

@@ -1,0 +1,664 @@
+/*
+ * lua_run.c — what a step records about its run: sl.artifact{kind, mime,
+ * data | path}, sl.read_artifact(kind), sl.record(tbl), sl.set_text_source(name).
+ *
+ * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>"
+ * (a retried step overwrites the same key atomically), then one statement
+ * upserts the row (unique on run_id, kind: db/migrations/003_flows.sql). A
+ * `path` is read on the worker pool in chunks and fed to the store writer
+ * with its backpressure, so neither the loop nor memory sees the whole file.
+ *
+ * Every op copies what it needs from the host (store, pg, workq) and the step
+ * (ids), so once detached (step timed out or cancelled) its pending callback
+ * can clean up without touching the VM.
+ */
+#include "actors/lua_api.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/crypto.h"
+#include "core/err.h"
+
+#define READ_CHUNK (256 * 1024)
+#define READ_ARTIFACT_MAX (16u * 1024 * 1024)
+#define STORE_READ_MAX (1024 * 1024)
+#define KIND_MAX 64
+
+static int kind_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n >= KIND_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((k[i] >= 'a' && k[i] <= 'z') || (k[i] >= '0' && k[i] <= '9') || k[i] == '_'))
+            return 0;
+    return 1;
+}
+
+static const char *pg_word(int err)
+{
+    switch (err) {
+    case SL_EUNAVAIL:
+        return "unavailable";
+    case SL_EAGAIN:
+        return "busy";
+    case SL_ECANCELED:
+        return "cancelled";
+    case SL_EDB:
+        return "db_error";
+    default:
+        return sl_flow__errword(err);
+    }
+}
+
+static int push_true(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int push_str(lua_State *L)
+{
+    lua_pushstring(L, lua_touserdata(L, 1));
+    return 1;
+}
+
+typedef struct bytes_s {
+    const char *p;
+    size_t n;
+} bytes_t;
+
+static int push_bytes(lua_State *L)
+{
+    const bytes_t *b = lua_touserdata(L, 1);
+    lua_pushlstring(L, b->p, b->n);
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* sl.artifact                                                               */
+/* ------------------------------------------------------------------------ */
+
+enum { A_READ, A_DRAIN, A_COMMIT, A_DB };
+
+typedef struct art_op_s {
+    sl_flow_op_t hdr;
+    sl_store_t *store;
+    sl_pg_t *pg;
+    sl_workq_t *wq;
+    int phase;
+    sl_store_writer_t *w;
+    /* path source (worker side) */
+    char *path;
+    int fd;
+    char *buf;
+    size_t n;
+    int eof, rerr;
+    uint64_t off;
+    /* row */
+    char id[37];
+    char key[SL_STORE_KEY_MAX + 1];
+    char kind[KIND_MAX];
+    char *mime;
+    char *tenant_id, *file_id, *run_id;
+} art_op_t;
+
+static void art_free(art_op_t *op)
+{
+    if (op->w != NULL)
+        sl_store_put_abort(op->w);
+    if (op->fd >= 0)
+        close(op->fd);
+    free(op->path);
+    free(op->buf);
+    free(op->mime);
+    free(op->tenant_id);
+    free(op->file_id);
+    free(op->run_id);
+    free(op);
+}
+
+/* Ends the op: resumes the step (if still attached) with an error word, frees. */
+static void art_fail(art_op_t *op, const char *word)
+{
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    art_free(op);
+    if (s != NULL)
+        sl_flow__resume_err(s, word);
+}
+
+static void art_cancel(sl_flow_op_t *hdr)
+{
+    art_op_t *op = (art_op_t *)hdr;
+    /* Waiting for a drain has nothing in flight once the writer is aborted; the
+     * other phases have a callback pending, which sees the op detached. */
+    if (op->phase == A_DRAIN)
+        art_free(op);
+}
+
+static void art_db_cb(const sl_pg_result_t *r, void *arg)
+{
+    art_op_t *op = arg;
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    char id[37];
+
+    if (r->err != 0 || r->n < 1 || PQntuples(r->res[0]) < 1) {
+        art_free(op);
+        if (s != NULL)
+            sl_flow__resume_err(s, r->err ? pg_word(r->err) : "db_error");
+        return;
+    }
+    snprintf(id, sizeof(id), "%s", PQgetvalue(r->res[0], 0, 0));
+    art_free(op);
+    if (s != NULL)
+        sl_flow__resume_with(s, push_str, id);
+}
+
+static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
+{
+    static const char sql[] =
+        "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256, "
+        "storage_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (run_id, kind) DO UPDATE SET mime = EXCLUDED.mime, size = EXCLUDED.size, "
+        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, "
+        "created_at = clock_timestamp() RETURNING id";
+    art_op_t *op = arg;
+    char size[32];
+    int rc;
+
+    op->w = NULL; /* the store frees the writer after this returns */
+    if (op->hdr.step == NULL) {
+        art_free(op);
+        return;
+    }
+    if (err != 0) {
+        art_fail(op, sl_flow__errword(err));
+        return;
+    }
+    snprintf(size, sizeof(size), "%llu", (unsigned long long)info->size);
+    const char *params[] = {
+        op->id,     op->tenant_id,    op->file_id,
+        op->run_id, op->kind,         op->mime && *op->mime ? op->mime : info->mime,
+        size,       info->sha256_hex, op->key};
+    op->phase = A_DB;
+    if ((rc = sl_pg_query(op->pg, sql, 9, params, art_db_cb, op)) != 0)
+        art_fail(op, pg_word(rc));
+}
+
+static void art_commit(art_op_t *op)
+{
+    int rc;
+    op->phase = A_COMMIT;
+    if ((rc = sl_store_put_commit(op->w, art_commit_cb, op)) != 0) {
+        art_fail(op, sl_flow__errword(rc));
+        return;
+    }
+}
+
+static void art_read_work(void *arg);
+static void art_read_done(void *arg);
+
+static void art_read_next(art_op_t *op)
+{
+    int rc;
+    op->phase = A_READ;
+    if ((rc = sl_workq_submit(op->wq, NULL, art_read_work, art_read_done, op)) != 0)
+        art_fail(op, sl_flow__errword(rc));
+}
+
+static void art_drain_cb(sl_store_writer_t *w, void *arg)
+{
+    art_op_t *op = arg;
+    if (op->phase != A_DRAIN)
+        return;
+    if (op->hdr.step == NULL) {
+        art_free(op);
+        return;
+    }
+    art_read_next(op);
+}
+
+/* Worker thread: open once, then one chunk per job. Touches only op's source fields. */
+static void art_read_work(void *arg)
+{
+    art_op_t *op = arg;
+    ssize_t r;
+
+    op->n = 0;
+    if (op->fd < 0 && (op->fd = open(op->path, O_RDONLY | O_CLOEXEC)) < 0) {
+        op->rerr = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+        return;
+    }
+    do
+        r = pread(op->fd, op->buf, READ_CHUNK, (off_t)op->off);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        op->rerr = SL_EIO;
+        return;
+    }
+    op->n = (size_t)r;
+    op->off += (uint64_t)r;
+    op->eof = r == 0;
+}
+
+static void art_read_done(void *arg)
+{
+    art_op_t *op = arg;
+    int rc;
+
+    if (op->hdr.step == NULL) {
+        art_free(op);
+        return;
+    }
+    if (op->rerr != 0) {
+        art_fail(op, sl_flow__errword(op->rerr));
+        return;
+    }
+    if (op->n > 0 && (rc = sl_store_write(op->w, op->buf, op->n)) != 0) {
+        art_fail(op, sl_flow__errword(rc));
+        return;
+    }
+    if (op->eof) {
+        art_commit(op);
+        return;
+    }
+    if (sl_store_pending(op->w) >= SL_STORE_HIGH_WATER) {
+        op->phase = A_DRAIN; /* art_drain_cb goes on */
+        return;
+    }
+    art_read_next(op);
+}
+
+static char *field_str(lua_State *L, int t, const char *k, int required)
+{
+    char *v = NULL;
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TSTRING) {
+        if ((v = strdup(lua_tostring(L, -1))) == NULL)
+            luaL_error(L, "sl.artifact: out of memory");
+    } else if (ty != LUA_TNIL || required) {
+        luaL_error(L, "sl.artifact: %s must be a string", k);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int art_box_gc(lua_State *L)
+{
+    art_op_t **box = lua_touserdata(L, 1);
+    if (*box != NULL)
+        art_free(*box);
+    *box = NULL;
+    return 0;
+}
+
+static int l_artifact(lua_State *L)
+{
+    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    art_op_t *op, **box;
+    sl_step_t *s;
+    size_t dlen = 0;
+    const char *data = NULL;
+    int rc;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    s = sl_flow__check_step(L, "sl.artifact");
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (strcmp(k, "kind") && strcmp(k, "mime") && strcmp(k, "data") && strcmp(k, "path"))
+            return luaL_error(L, "sl.artifact: unknown field '%s'", k);
+        lua_pop(L, 1);
+    }
+    if (lua_getfield(L, 1, "data") == LUA_TSTRING)
+        data = lua_tolstring(L, -1, &dlen); /* stays on the stack (index 2) */
+    else if (!lua_isnil(L, -1))
+        return luaL_error(L, "sl.artifact: data must be a string");
+
+    box = lua_newuserdatauv(L, sizeof(*box), 0);
+    *box = NULL;
+    lua_newtable(L);
+    lua_pushcfunction(L, art_box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if ((op = calloc(1, sizeof(*op))) == NULL)
+        return luaL_error(L, "sl.artifact: out of memory");
+    op->fd = -1;
+    *box = op;
+    op->mime = field_str(L, 1, "mime", 0);
+    op->path = field_str(L, 1, "path", 0);
+    char *kind = field_str(L, 1, "kind", 1);
+    int kok = kind_ok(kind);
+    snprintf(op->kind, sizeof(op->kind), "%s", kind);
+    free(kind);
+    if (!kok)
+        return luaL_error(L, "sl.artifact: kind must be 1..63 characters of [a-z0-9_]");
+    if ((data == NULL) == (op->path == NULL))
+        return luaL_error(L, "sl.artifact: give exactly one of data and path");
+    if ((op->tenant_id = strdup(s->tenant_id)) == NULL ||
+        (op->file_id = strdup(s->file_id)) == NULL || (op->run_id = strdup(s->run_id)) == NULL)
+        return luaL_error(L, "sl.artifact: out of memory");
+    if (op->path != NULL && (op->buf = malloc(READ_CHUNK)) == NULL)
+        return luaL_error(L, "sl.artifact: out of memory");
+    *box = NULL; /* ours from here on */
+
+    op->store = vm->host.store;
+    op->pg = vm->host.pg;
+    op->wq = vm->host.wq;
+    if (op->store == NULL || op->pg == NULL || (op->path != NULL && op->wq == NULL)) {
+        art_free(op);
+        lua_pushnil(L);
+        lua_pushliteral(L, "not_configured");
+        return 2;
+    }
+    snprintf(op->key, sizeof(op->key), "artifacts/%s/%s/%s", s->tenant_id, s->run_id, op->kind);
+    if (!sl_store_key_valid(op->key) || sl_uuid_v4(op->id) != 0) {
+        art_free(op);
+        lua_pushnil(L);
+        lua_pushliteral(L, "bad_input");
+        return 2;
+    }
+    if ((rc = sl_store_put_begin(op->store, op->key, &op->w)) != 0) {
+        op->w = NULL;
+        art_free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, sl_flow__errword(rc));
+        return 2;
+    }
+    sl_store_on_drain(op->w, art_drain_cb, op);
+    sl_flow__set_op(s, &op->hdr, art_cancel);
+    if (data != NULL) {
+        /* the writer copies; its queue is bounded by the step's own data */
+        if ((rc = sl_store_write(op->w, data, dlen)) != 0) {
+            s->op = NULL;
+            art_free(op);
+            lua_pushnil(L);
+            lua_pushstring(L, sl_flow__errword(rc));
+            return 2;
+        }
+        op->phase = A_COMMIT;
+        if ((rc = sl_store_put_commit(op->w, art_commit_cb, op)) != 0) {
+            s->op = NULL;
+            art_free(op);
+            lua_pushnil(L);
+            lua_pushstring(L, sl_flow__errword(rc));
+            return 2;
+        }
+    } else {
+        op->phase = A_READ;
+        if ((rc = sl_workq_submit(op->wq, NULL, art_read_work, art_read_done, op)) != 0) {
+            s->op = NULL;
+            art_free(op);
+            lua_pushnil(L);
+            lua_pushstring(L, sl_flow__errword(rc));
+            return 2;
+        }
+    }
+    return lua_yield(L, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* sl.read_artifact                                                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rd_op_s {
+    sl_flow_op_t hdr;
+    sl_store_t *store;
+    char key[SL_STORE_KEY_MAX + 1];
+    char *buf;
+    size_t len, size;
+} rd_op_t;
+
+static void rd_cancel(sl_flow_op_t *hdr)
+{
+    (void)hdr; /* a pg or store callback is always pending: it frees the op */
+}
+
+static void rd_free(rd_op_t *op)
+{
+    free(op->buf);
+    free(op);
+}
+
+static void rd_fail(rd_op_t *op, const char *word)
+{
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    rd_free(op);
+    if (s != NULL)
+        sl_flow__resume_err(s, word);
+}
+
+static void rd_read_cb(int err, const char *data, size_t n, void *arg);
+
+static void rd_next(rd_op_t *op)
+{
+    size_t want = op->size - op->len;
+    int rc;
+    if (want > STORE_READ_MAX)
+        want = STORE_READ_MAX;
+    if (want == 0) {
+        sl_step_t *s = sl_flow__op_take(&op->hdr);
+        bytes_t b = {op->buf, op->len};
+        if (s != NULL)
+            sl_flow__resume_with(s, push_bytes, &b);
+        rd_free(op);
+        return;
+    }
+    if ((rc = sl_store_read(op->store, op->key, op->len, want, rd_read_cb, op)) != 0)
+        rd_fail(op, sl_flow__errword(rc));
+}
+
+static void rd_read_cb(int err, const char *data, size_t n, void *arg)
+{
+    rd_op_t *op = arg;
+    if (op->hdr.step == NULL) {
+        rd_free(op);
+        return;
+    }
+    if (err != 0) {
+        rd_fail(op, sl_flow__errword(err));
+        return;
+    }
+    if (n > op->size - op->len)
+        n = op->size - op->len;
+    memcpy(op->buf + op->len, data, n);
+    op->len += n;
+    if (n == 0)
+        op->size = op->len; /* shorter than the row said */
+    rd_next(op);
+}
+
+static void rd_db_cb(const sl_pg_result_t *r, void *arg)
+{
+    rd_op_t *op = arg;
+    long long size;
+    char *end;
+
+    if (op->hdr.step == NULL) {
+        rd_free(op);
+        return;
+    }
+    if (r->err != 0) {
+        rd_fail(op, pg_word(r->err));
+        return;
+    }
+    if (r->n < 1 || PQntuples(r->res[0]) < 1) {
+        rd_fail(op, "not_found");
+        return;
+    }
+    snprintf(op->key, sizeof(op->key), "%s", PQgetvalue(r->res[0], 0, 0));
+    size = strtoll(PQgetvalue(r->res[0], 0, 1), &end, 10);
+    if (*end != '\0' || size < 0) {
+        rd_fail(op, "db_error");
+        return;
+    }
+    if ((unsigned long long)size > READ_ARTIFACT_MAX) {
+        rd_fail(op, "too_large");
+        return;
+    }
+    op->size = (size_t)size;
+    if ((op->buf = malloc(op->size + 1)) == NULL) {
+        rd_fail(op, "out_of_memory");
+        return;
+    }
+    rd_next(op);
+}
+
+static int l_read_artifact(lua_State *L)
+{
+    static const char sql[] = "SELECT storage_key, size FROM artifacts "
+                              "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
+    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *kind = luaL_checkstring(L, 1);
+    sl_step_t *s;
+    rd_op_t *op;
+    int rc;
+
+    luaL_argcheck(L, kind_ok(kind), 1, "kind must be 1..63 characters of [a-z0-9_]");
+    s = sl_flow__check_step(L, "sl.read_artifact");
+    if (vm->host.store == NULL || vm->host.pg == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "not_configured");
+        return 2;
+    }
+    if ((op = calloc(1, sizeof(*op))) == NULL)
+        return luaL_error(L, "sl.read_artifact: out of memory");
+    op->store = vm->host.store;
+    const char *params[] = {s->run_id, kind, s->tenant_id};
+    if ((rc = sl_pg_query(vm->host.pg, sql, 3, params, rd_db_cb, op)) != 0) {
+        rd_free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, pg_word(rc));
+        return 2;
+    }
+    sl_flow__set_op(s, &op->hdr, rd_cancel);
+    return lua_yield(L, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* sl.record and sl.set_text_source: one statement each                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct db_op_s {
+    sl_flow_op_t hdr;
+    int need_row; /* an UPDATE that changed nothing is "not_found" */
+} db_op_t;
+
+static void db_cancel(sl_flow_op_t *hdr)
+{
+    (void)hdr; /* the pg callback is pending: it frees the op */
+}
+
+static void db_cb(const sl_pg_result_t *r, void *arg)
+{
+    db_op_t *op = arg;
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    int need_row = op->need_row;
+    free(op);
+    if (s == NULL)
+        return;
+    if (r->err != 0)
+        sl_flow__resume_err(s, pg_word(r->err));
+    else if (need_row && (r->n < 1 || strcmp(PQcmdTuples(r->res[0]), "0") == 0))
+        sl_flow__resume_err(s, "not_found");
+    else
+        sl_flow__resume_with(s, push_true, NULL);
+}
+
+static int db_start(lua_State *L, sl_step_t *s, sl_pg_t *pg, const char *sql, int n,
+                    const char *const *params, int need_row)
+{
+    db_op_t *op = calloc(1, sizeof(*op));
+    int rc;
+    if (op == NULL)
+        return luaL_error(L, "out of memory");
+    op->need_row = need_row;
+    if ((rc = sl_pg_query(pg, sql, n, params, db_cb, op)) != 0) {
+        free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, pg_word(rc));
+        return 2;
+    }
+    sl_flow__set_op(s, &op->hdr, db_cancel);
+    return lua_yield(L, 0);
+}
+
+static int l_record(lua_State *L)
+{
+    static const char sql[] =
+        "INSERT INTO records (id, tenant_id, dataset_id, file_id, run_id, data) "
+        "VALUES ($1, $2, $3, $4, $5, $6::jsonb) "
+        "ON CONFLICT (file_id) DO UPDATE SET data = EXCLUDED.data, run_id = EXCLUDED.run_id";
+    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    char err[160], id[37];
+    json_t *j;
+    char *text;
+    sl_step_t *s;
+    int ret;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    s = sl_flow__check_step(L, "sl.record");
+    if (vm->host.pg == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "not_configured");
+        return 2;
+    }
+    if ((j = sl_flow__to_json(L, 1, err, sizeof(err))) == NULL)
+        return luaL_error(L, "sl.record: cannot encode %s", err);
+    text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (text == NULL)
+        return luaL_error(L, "sl.record: out of memory");
+    if (sl_uuid_v4(id) != 0) {
+        free(text);
+        return luaL_error(L, "sl.record: no random bytes");
+    }
+    const char *params[] = {id, s->tenant_id, s->dataset_id, s->file_id, s->run_id, text};
+    /* sl_pg_query copies the params; nothing below raises before text is freed */
+    db_op_t *op = calloc(1, sizeof(*op));
+    int rc = op ? sl_pg_query(vm->host.pg, sql, 6, params, db_cb, op) : SL_ENOMEM;
+    free(text);
+    if (rc != 0) {
+        free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, pg_word(rc));
+        return 2;
+    }
+    sl_flow__set_op(s, &op->hdr, db_cancel);
+    ret = lua_yield(L, 0);
+    return ret;
+}
+
+static int l_set_text_source(lua_State *L)
+{
+    static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
+    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *name = luaL_checkstring(L, 1);
+    sl_step_t *s;
+
+    luaL_argcheck(L, strlen(name) > 0 && strlen(name) < 64, 1, "1..63 characters");
+    s = sl_flow__check_step(L, "sl.set_text_source");
+    if (vm->host.pg == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "not_configured");
+        return 2;
+    }
+    const char *params[] = {name, s->file_id, s->tenant_id};
+    return db_start(L, s, vm->host.pg, sql, 3, params, 1);
+}
+
+void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm)
+{
+    static const luaL_Reg fns[] = {{"artifact", l_artifact},
+                                   {"read_artifact", l_read_artifact},
+                                   {"record", l_record},
+                                   {"set_text_source", l_set_text_source},
+                                   {NULL, NULL}};
+    lua_pushlightuserdata(L, vm);
+    luaL_setfuncs(L, fns, 1);
+}

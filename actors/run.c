@@ -1,0 +1,529 @@
+/*
+ * run.c — the run actor (see run.h for the state machine).
+ *
+ * Invariant: an actor has at most one operation in progress (`busy`): a
+ * commit, a step attempt, or a retry timer. Its completion is the message that
+ * moves the actor on. Cancelling marks the actor and cancels that operation;
+ * the actor ends when the operation reports back, never inside the cancel.
+ *
+ * Commits are one statement: an UPDATE of the runs row guarded by
+ * lease_owner, with the timeline events inserted from its RETURNING row in the
+ * same statement — so events are written only if the guard held, and an
+ * actor that finds no row (lease lost, file deleted) ends without effects.
+ */
+#include "actors/run.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "core/exec.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define WAIT_MAX_S 300
+
+struct sl_run_s {
+    sl_sched_t *sched;        /* NULL once detached */
+    sl_sched_ctx_t ctx;       /* a copy: valid after the scheduler is gone */
+    char instance_id[128];
+    int cancelled;
+    int busy;                 /* an operation is in progress */
+    char id[37], tenant_id[37], dataset_id[37], file_id[37];
+    char pipeline[64];
+    char step[64];
+    int attempt;
+    char *ctx_json;           /* owned */
+    char *file_json;          /* owned; includes the local path */
+    char chain_start[64];
+    int chain_transient;
+    int wait_count;
+    sl_flow_t *flow;          /* a reference, for the life of the actor */
+    sl_step_t *cur;           /* the running attempt, or NULL */
+    struct event *timer;      /* retry delay */
+    char tmpdir[640];
+};
+
+/* What a commit does once it holds. */
+typedef enum { NEXT_ATTEMPT, NEXT_TIMER, NEXT_END } next_t;
+
+typedef struct commit_s {
+    sl_run_t *run;
+    next_t next;
+    int delay_ms;
+} commit_t;
+
+static sl_metric_t *m_step_seconds, *m_transitions, *m_retries, *m_fallbacks;
+
+static void metrics_init(void)
+{
+    static const double buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+    if (m_step_seconds)
+        return;
+    m_step_seconds = sl_metrics_histogram("sluice_step_duration_seconds",
+                                          "Step attempt duration by pipeline, step and outcome",
+                                          "pipeline,step,outcome", buckets,
+                                          (int)(sizeof buckets / sizeof buckets[0]));
+    m_transitions = sl_metrics_counter("sluice_run_transitions_total",
+                                       "Timeline events written by run actors", "pipeline,kind");
+    m_retries = sl_metrics_counter("sluice_step_retries_total", "Step attempts retried",
+                                   "pipeline,step");
+    m_fallbacks = sl_metrics_counter("sluice_fallbacks_total", "Fallback transitions taken",
+                                     "pipeline,from,to");
+}
+
+static void run_attempt(sl_run_t *r);
+static void run_end(sl_run_t *r);
+
+const char *sl_run__file_id(const sl_run_t *r)
+{
+    return r->file_id;
+}
+
+/* ---- ending ---- */
+
+static void rm_done_cb(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
+{
+    (void)x;
+    (void)res;
+    (void)arg;
+}
+
+static void run_free(sl_run_t *r)
+{
+    if (r->timer)
+        event_free(r->timer);
+    if (r->flow)
+        sl_flow_unref(r->flow);
+    free(r->ctx_json);
+    free(r->file_json);
+    free(r);
+}
+
+/* The actor is done: scratch dir removed by a subprocess, scheduler told. */
+static void run_end(sl_run_t *r)
+{
+    if (r->tmpdir[0]) {
+        const char *argv[] = {"rm", "-rf", "--", r->tmpdir, NULL};
+        sl_exec_opts_t o = {0};
+        o.argv = argv;
+        o.timeout_ms = 60000;
+        sl_exec_t *x;
+        sl_exec_start(r->ctx.base, &o, rm_done_cb, NULL, &x);
+    }
+    if (r->sched)
+        sl_sched__remove(r->sched, r);
+    run_free(r);
+}
+
+static void end_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    run_end(arg);
+}
+
+void sl_run__cancel(sl_run_t *r)
+{
+    if (r->cancelled)
+        return;
+    r->cancelled = 1;
+    if (r->cur) {
+        sl_step_cancel(r->cur); /* its callback ends the actor */
+    } else if (r->timer && evtimer_pending(r->timer, NULL)) {
+        evtimer_del(r->timer);
+        r->busy = 0;
+        event_base_once(r->ctx.base, -1, EV_TIMEOUT, end_later_cb, r, &(struct timeval){0, 0});
+    }
+    /* a commit in flight: its callback sees `cancelled` and ends the actor */
+}
+
+void sl_run__detach(sl_run_t *r)
+{
+    r->sched = NULL;
+    sl_run__cancel(r);
+}
+
+/* ---- commits ---- */
+
+static const char COMMIT_SQL[] =
+    "WITH u AS (UPDATE runs SET step = $3, attempt = $4, ctx = $5::jsonb, state = $6,"
+    "  chain_start = $7, chain_transient = $8::boolean, wait_count = $9::int, error = $10,"
+    "  flow_version = $12,"
+    "  finished_at = CASE WHEN $6 IN ('succeeded','failed','cancelled') THEN now()"
+    "                ELSE finished_at END,"
+    "  next_attempt_at = CASE WHEN $6 = 'waiting'"
+    "                    THEN now() + make_interval(secs => $11::double precision)"
+    "                    ELSE next_attempt_at END,"
+    "  lease_owner = CASE WHEN $6 = 'running' THEN lease_owner END,"
+    "  lease_until = CASE WHEN $6 = 'running' THEN lease_until END"
+    "  WHERE id = $1 AND lease_owner = $2"
+    "  RETURNING id, tenant_id, dataset_id, file_id, pipeline, state) "
+    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, step, kind,"
+    "  state, detail) "
+    "SELECT u.tenant_id, u.dataset_id, u.file_id, u.id, u.pipeline, e.step, e.kind, u.state,"
+    "  coalesce(e.detail, '{}'::json)::jsonb "
+    "FROM u, ROWS FROM (json_to_recordset($13::json) AS (step text, kind text, detail json))"
+    "  WITH ORDINALITY AS e(step, kind, detail, n) ORDER BY e.n RETURNING seq";
+
+static void commit_cb(const sl_pg_result_t *res, void *arg)
+{
+    commit_t *c = arg;
+    sl_run_t *r = c->run;
+    next_t next = c->next;
+    int delay = c->delay_ms;
+    free(c);
+    r->busy = 0;
+    if (r->cancelled) {
+        run_end(r);
+        return;
+    }
+    if (res->err || PQntuples(res->res[0]) == 0) {
+        /*
+         * Not committed (database down) or not ours any more (lease lost, file
+         * deleted): stop here. If the run still exists its lease lapses and
+         * it resumes from its last committed step.
+         */
+        sl_log(SL_LOG_WARN, "run_commit_lost", "{s:s, s:s, s:s}", "run_id", r->id, "step",
+               r->step, "error", res->err ? res->errmsg : "lease lost or run deleted");
+        run_end(r);
+        return;
+    }
+    switch (next) {
+    case NEXT_ATTEMPT:
+        run_attempt(r);
+        break;
+    case NEXT_TIMER: {
+        struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+        r->busy = 1;
+        evtimer_add(r->timer, &tv);
+        break;
+    }
+    case NEXT_END:
+        run_end(r);
+        break;
+    }
+}
+
+/* Adds a timeline event {step, kind, detail} to events (detail taken). */
+static void add_event(sl_run_t *r, json_t *events, const char *step, const char *kind,
+                      json_t *detail)
+{
+    json_array_append_new(events, json_pack("{s:s, s:s, s:o}", "step", step, "kind", kind,
+                                            "detail", detail ? detail : json_object()));
+    sl_metrics_add(m_transitions, 1, r->pipeline, kind);
+}
+
+/*
+ * Commits the actor's current fields with `state` and the events (taken),
+ * then continues with `next`.
+ */
+static void commit(sl_run_t *r, const char *state, const char *error, double wait_s,
+                   json_t *events, next_t next, int delay_ms)
+{
+    char attempt[16], wait_count[16], wait[32];
+    snprintf(attempt, sizeof attempt, "%d", r->attempt);
+    snprintf(wait_count, sizeof wait_count, "%d", r->wait_count);
+    snprintf(wait, sizeof wait, "%.3f", wait_s);
+    char *ev = json_dumps(events, JSON_COMPACT);
+    json_decref(events);
+    commit_t *c = malloc(sizeof *c);
+    if (!ev || !c) {
+        free(ev);
+        free(c);
+        run_end(r);
+        return;
+    }
+    c->run = r;
+    c->next = next;
+    c->delay_ms = delay_ms;
+    const char *params[] = {r->id,
+                            r->instance_id,
+                            r->step,
+                            attempt,
+                            r->ctx_json,
+                            state,
+                            r->chain_start[0] ? r->chain_start : NULL,
+                            r->chain_transient ? "true" : "false",
+                            wait_count,
+                            error,
+                            wait,
+                            sl_flow_version(r->flow),
+                            ev};
+    r->busy = 1;
+    if (sl_pg_query(r->ctx.pg, COMMIT_SQL, 13, params, commit_cb, c) != 0) {
+        r->busy = 0;
+        free(c);
+        free(ev);
+        run_end(r);
+        return;
+    }
+    free(ev);
+}
+
+/* ---- steps ---- */
+
+/* Full jitter (AWS architecture blog "Exponential Backoff And Jitter"). */
+static int backoff_ms(const sl_flow_step_t *st, int attempt)
+{
+    double cap = st->retry_base_ms * pow(2.0, attempt - 1);
+    if (cap > st->retry_max_ms)
+        cap = st->retry_max_ms;
+    unsigned int rnd = 0;
+    sl_random_bytes(&rnd, sizeof rnd);
+    return (int)(cap / 2 + (cap / 2) * ((double)rnd / 4294967295.0));
+}
+
+static json_t *fail_detail(const sl_step_result_t *res, int attempt)
+{
+    json_t *d = json_pack("{s:s, s:b, s:i, s:f}", "error", res->err ? res->err : "failed",
+                          "transient", res->transient, "attempt", attempt, "duration_s",
+                          res->duration_s);
+    if (d && res->detail)
+        json_object_set_new(d, "detail", json_string(res->detail));
+    return d;
+}
+
+static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
+{
+    sl_run_t *r = arg;
+    (void)s;
+    r->cur = NULL;
+    r->busy = 0;
+    sl_metrics_observe(m_step_seconds, res->duration_s, r->pipeline, r->step,
+                       res->ok ? "ok" : "failed");
+    if (r->cancelled) {
+        run_end(r);
+        return;
+    }
+    if (res->ctx_json) {
+        char *c = strdup(res->ctx_json);
+        if (c) {
+            free(r->ctx_json);
+            r->ctx_json = c;
+        }
+    }
+    const sl_flow_step_t *st = sl_flow_step(r->flow, r->step);
+    json_t *events = json_array();
+    char from[64];
+    snprintf(from, sizeof from, "%s", r->step);
+
+    if (res->ok) {
+        add_event(r, events, from, "step_succeeded",
+                  json_pack("{s:f, s:i}", "duration_s", res->duration_s, "attempt", r->attempt));
+        const char *target = st->always ? st->always : st->next;
+        r->chain_start[0] = '\0';
+        r->chain_transient = 0;
+        if (target) {
+            snprintf(r->step, sizeof r->step, "%s", target);
+            r->attempt = 1;
+            add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
+            commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+        } else {
+            add_event(r, events, from, "succeeded", NULL);
+            commit(r, "succeeded", NULL, 0, events, NEXT_END, 0);
+        }
+        return;
+    }
+
+    const char *err = res->err ? res->err : "failed";
+    if (res->detail && strcmp(err, "lua_error") == 0)
+        sl_log(SL_LOG_WARN, "step_lua_error", "{s:s, s:s, s:s, s:s}", "run_id", r->id, "file_id",
+               r->file_id, "step", r->step, "detail", res->detail);
+    add_event(r, events, from, "step_failed", fail_detail(res, r->attempt));
+
+    if (res->transient && r->attempt < st->retry_attempts) {
+        int delay = backoff_ms(st, r->attempt);
+        r->attempt++;
+        sl_metrics_add(m_retries, 1, r->pipeline, r->step);
+        add_event(r, events, from, "retry",
+                  json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", delay, "error",
+                            err));
+        commit(r, "running", NULL, 0, events, NEXT_TIMER, delay);
+        return;
+    }
+    const char *target = st->always ? st->always : st->fallback;
+    if (target) {
+        if (!r->chain_start[0])
+            snprintf(r->chain_start, sizeof r->chain_start, "%s", from);
+        r->chain_transient |= res->transient;
+        snprintf(r->step, sizeof r->step, "%s", target);
+        r->attempt = 1;
+        sl_metrics_add(m_fallbacks, 1, r->pipeline, from, target);
+        add_event(r, events, from, st->always ? "always" : "fallback",
+                  json_pack("{s:s, s:s, s:s}", "from", from, "to", target, "error", err));
+        add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
+        commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+        return;
+    }
+    if (r->chain_transient || res->transient) {
+        /*
+         * Nowhere left to go, but a service on the way may come back: wait and
+         * start the chain again (tika -> ocr -> textract), with backoff.
+         */
+        double wait_s = pow(2.0, r->wait_count < 9 ? r->wait_count : 9);
+        if (wait_s > WAIT_MAX_S)
+            wait_s = WAIT_MAX_S;
+        char reason[128];
+        snprintf(reason, sizeof reason, "waiting for %s", from);
+        if (r->chain_start[0])
+            snprintf(r->step, sizeof r->step, "%s", r->chain_start);
+        r->chain_start[0] = '\0';
+        r->chain_transient = 0;
+        r->attempt = 1;
+        r->wait_count++;
+        add_event(r, events, from, "waiting",
+                  json_pack("{s:s, s:s, s:f, s:s}", "reason", reason, "error", err, "retry_in_s",
+                            wait_s, "resume_step", r->step));
+        commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
+        return;
+    }
+    add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
+    commit(r, "failed", err, 0, events, NEXT_END, 0);
+}
+
+static void run_attempt(sl_run_t *r)
+{
+    sl_step_input_t in = {0};
+    in.run_id = r->id;
+    in.tenant_id = r->tenant_id;
+    in.dataset_id = r->dataset_id;
+    in.file_id = r->file_id;
+    in.pipeline = r->pipeline;
+    in.step = r->step;
+    in.attempt = r->attempt;
+    in.ctx_json = r->ctx_json;
+    in.file_json = r->file_json;
+    in.tmpdir = r->tmpdir;
+    r->busy = 1;
+    if (sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) != 0) {
+        r->busy = 0;
+        r->cur = NULL;
+        json_t *events = json_array();
+        add_event(r, events, r->step, "failed",
+                  json_pack("{s:s}", "error", "the step could not start"));
+        commit(r, "failed", "internal_error", 0, events, NEXT_END, 0);
+    }
+}
+
+static void retry_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_run_t *r = arg;
+    (void)fd;
+    (void)what;
+    r->busy = 0;
+    if (r->cancelled) {
+        run_end(r);
+        return;
+    }
+    run_attempt(r);
+}
+
+/* ---- start ---- */
+
+static void ignore_cb(const sl_pg_result_t *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+}
+
+/* The file document of the claim plus `path`, the blob's local file. */
+static char *file_doc(sl_run_t *r, const char *json_text)
+{
+    json_t *f = json_loads(json_text, 0, NULL);
+    if (!f)
+        return NULL;
+    const char *key = json_string_value(json_object_get(f, "storage_key"));
+    char path[1024];
+    if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0)
+        json_object_set_new(f, "path", json_string(path));
+    json_object_del(f, "storage_key");
+    char *out = json_dumps(f, JSON_COMPACT);
+    json_decref(f);
+    return out;
+}
+
+int sl_run__start(sl_sched_t *s, PGresult *res, int i)
+{
+    metrics_init();
+    if (PQgetisnull(res, i, 13))
+        return SL_ENOTFOUND; /* its file went away meanwhile */
+    sl_run_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return SL_ENOMEM;
+    r->sched = s;
+    r->ctx = *sl_sched__ctx(s);
+    snprintf(r->instance_id, sizeof r->instance_id, "%s", r->ctx.instance_id);
+    r->ctx.instance_id = r->instance_id;
+    snprintf(r->id, sizeof r->id, "%s", PQgetvalue(res, i, 0));
+    snprintf(r->tenant_id, sizeof r->tenant_id, "%s", PQgetvalue(res, i, 1));
+    snprintf(r->dataset_id, sizeof r->dataset_id, "%s", PQgetvalue(res, i, 2));
+    snprintf(r->file_id, sizeof r->file_id, "%s", PQgetvalue(res, i, 3));
+    snprintf(r->pipeline, sizeof r->pipeline, "%s", PQgetvalue(res, i, 4));
+    r->attempt = (int)strtol(PQgetvalue(res, i, 6), NULL, 10);
+    r->ctx_json = strdup(PQgetvalue(res, i, 7));
+    snprintf(r->chain_start, sizeof r->chain_start, "%s", PQgetvalue(res, i, 8));
+    r->chain_transient = PQgetvalue(res, i, 9)[0] == 't';
+    r->wait_count = (int)strtol(PQgetvalue(res, i, 10), NULL, 10);
+    const char *old_state = PQgetvalue(res, i, 11);
+    const char *old_owner = PQgetvalue(res, i, 12);
+    r->file_json = file_doc(r, PQgetvalue(res, i, 13));
+    r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
+    snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s", r->ctx.tmp_root, r->id);
+    if (!r->ctx_json || !r->file_json || !r->timer) {
+        run_free(r);
+        return SL_ENOMEM;
+    }
+    /* a metadata syscall, like opening a socket: not worth a thread hop */
+    mkdir(r->ctx.tmp_root, 0700);
+    if (mkdir(r->tmpdir, 0700) != 0 && errno != EEXIST)
+        r->tmpdir[0] = '\0';
+    sl_sched__add(s, r);
+
+    json_t *events = json_array();
+    r->flow = sl_sched__flow_for(s, r->pipeline);
+    if (!r->flow) {
+        /* No flow for this pipeline (config changed): the run cannot go on. */
+        json_decref(events);
+        const char *params[] = {r->id, r->instance_id};
+        sl_pg_query(r->ctx.pg,
+                    "WITH u AS (UPDATE runs SET state = 'failed', error = 'unknown_pipeline', "
+                    "finished_at = now(), lease_owner = NULL, lease_until = NULL "
+                    "WHERE id = $1 AND lease_owner = $2 RETURNING *) "
+                    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, "
+                    "step, kind, state, detail) SELECT tenant_id, dataset_id, file_id, id, "
+                    "pipeline, step, 'failed', 'failed', '{\"error\": \"unknown_pipeline\"}' "
+                    "FROM u",
+                    2, params, ignore_cb, NULL);
+        event_base_once(r->ctx.base, -1, EV_TIMEOUT, end_later_cb, r, &(struct timeval){0, 0});
+        return 0;
+    }
+    sl_flow_ref(r->flow);
+    const char *step = PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5);
+    if (step && !sl_flow_step(r->flow, step))
+        step = NULL; /* the flow changed under a waiting run: start over */
+    if (!step) {
+        snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
+        r->attempt = 1;
+        if (strcmp(old_state, "queued") == 0)
+            add_event(r, events, r->step, "started", NULL);
+        else
+            add_event(r, events, r->step, "resumed",
+                      json_pack("{s:s}", "from", old_state));
+    } else {
+        snprintf(r->step, sizeof r->step, "%s", step);
+        if (r->attempt < 1)
+            r->attempt = 1;
+        add_event(r, events, r->step, "resumed",
+                  json_pack("{s:s, s:s}", "from", old_state, "previous_owner", old_owner));
+    }
+    add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
+    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+    return 0;
+}

@@ -1,0 +1,65 @@
+/*
+ * run.h — the run actor: one per claimed file run, driving its flow step by
+ * step and committing every transition to Postgres.
+ *
+ * An actor is a small struct: ids, the current step and attempt, the ctx JSON,
+ * the flow it runs (a reference: a reload does not change it under the run),
+ * and at most one thing in progress — a database commit, a step attempt (a Lua
+ * coroutine in flow.c), or a retry timer. Each completion is a message that
+ * moves the state machine on; nothing waits on a thread.
+ *
+ *   claim -> [started|resumed] -> step_started -> attempt
+ *     ok        -> step_succeeded -> next step | succeeded
+ *     transient, attempts left -> retry (timer) -> attempt
+ *     failed    -> fallback/always step | waiting (a transient link in the chain)
+ *                                        | failed
+ * Every arrow is one batch: the runs row (guarded by lease_owner) and the
+ * timeline event(s) commit together. If the guard finds no row (the lease was
+ * lost or the file deleted) the actor stops without further effects.
+ */
+#ifndef SL_RUN_H
+#define SL_RUN_H
+
+#include "actors/scheduler.h"
+#include <libpq-fe.h>
+
+typedef struct sl_run_s sl_run_t;
+
+/**
+ * Starts an actor for row `i` of a claim result (columns as the claim query in
+ * scheduler.c returns them; borrowed for the call). Returns 0 or an error
+ * (the run is then left to its lease).
+ */
+int sl_run__start(sl_sched_t *s, PGresult *res, int i);
+
+/**
+ * Cancels the actor without committing (deleted file, lost lease). Its end
+ * (and sl_sched__remove) comes on a later loop turn.
+ */
+void sl_run__cancel(sl_run_t *r);
+
+/** Cancels and forgets the scheduler (which is being freed): no callback into it. */
+void sl_run__detach(sl_run_t *r);
+
+/** The actor's file id (borrowed). */
+const char *sl_run__file_id(const sl_run_t *r);
+
+/* ---- what run.c needs from scheduler.c ---- */
+typedef struct sl_sched_ctx_s {
+    struct event_base *base;
+    sl_pg_t *pg;
+    sl_store_t *store;
+    sl_flowvm_t *vm;
+    const char *instance_id;
+    const char *tmp_root;
+} sl_sched_ctx_t;
+
+/** The scheduler's shared context (borrowed). */
+const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s);
+/** Registers / unregisters a live actor (for cancel, counts and shutdown). */
+void sl_sched__add(sl_sched_t *s, sl_run_t *r);
+void sl_sched__remove(sl_sched_t *s, sl_run_t *r);
+/** A flow for a run: the version it started with if still held, else the current one. */
+sl_flow_t *sl_sched__flow_for(sl_sched_t *s, const char *pipeline);
+
+#endif

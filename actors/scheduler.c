@@ -1,0 +1,347 @@
+/*
+ * scheduler.c — claims runs from Postgres with leases and holds their actors.
+ *
+ * One claim query at a time: when there is room (in_flight < max_in_flight) it
+ * claims up to claim_batch runnable runs (queued, waiting whose time has come,
+ * or running under an expired lease — a dead instance's) with FOR UPDATE SKIP
+ * LOCKED, so instances sharing the database never claim the same run. A full
+ * batch claims again at once; an empty one sleeps poll_ms (uploads kick it).
+ * A heartbeat renews every lease this instance holds in one statement, and
+ * a slower tick refreshes the run gauges of /metrics from the database.
+ */
+#include "actors/scheduler.h"
+#include "actors/run.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PIPELINES 32
+
+typedef struct pipeline_flow_s {
+    char name[64];
+    sl_flow_t *flow; /* a reference */
+} pipeline_flow_t;
+
+typedef struct run_node_s {
+    sl_run_t *run;
+    struct run_node_s *prev, *next;
+} run_node_t;
+
+struct sl_sched_s {
+    sl_sched_ctx_t ctx;
+    char instance_id[128];
+    char tmp_root[512];
+    int max_in_flight, claim_batch, lease_s, heartbeat_s, poll_ms;
+    int started, stopping;
+    int claiming;         /* a claim query is in flight */
+    int in_flight;
+    run_node_t *runs;     /* live actors (unordered list) */
+    struct event *claim_timer, *heartbeat_timer, *gauge_timer;
+    int npipelines;
+    pipeline_flow_t pipelines[MAX_PIPELINES];
+    sl_metric_t *m_runs;  /* sluice_runs{pipeline,state} from the database */
+    sl_metric_t *m_claimed;
+};
+
+static const char CLAIM_SQL[] =
+    "WITH c AS ("
+    "  SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r"
+    "  WHERE r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()"
+    "    AND (r.lease_until IS NULL OR r.lease_until < now())"
+    "  ORDER BY r.next_attempt_at, r.created_at"
+    "  LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "UPDATE runs r SET lease_owner = $1, lease_until = now() + make_interval(secs => $3),"
+    "  state = 'running', started_at = coalesce(r.started_at, now()) "
+    "FROM c WHERE r.id = c.id "
+    "RETURNING r.id, r.tenant_id, r.dataset_id, r.file_id, r.pipeline, r.step, r.attempt,"
+    "  r.ctx::text, r.chain_start, r.chain_transient, r.wait_count, c.old_state, c.old_owner,"
+    "  (SELECT json_build_object('id', f.id, 'name', f.name, 'mime', f.mime, 'size', f.size,"
+    "     'sha256', f.sha256, 'storage_key', f.storage_key, 'dataset_id', f.dataset_id,"
+    "     'schema', d.record_schema)::text"
+    "   FROM files f JOIN datasets d ON d.id = f.dataset_id WHERE f.id = r.file_id)";
+
+static void schedule_claim(sl_sched_t *s, int ms)
+{
+    if (!s->started || s->stopping)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(s->claim_timer, &tv);
+}
+
+static void claim_cb(const sl_pg_result_t *r, void *arg)
+{
+    sl_sched_t *s = arg;
+    s->claiming = 0;
+    if (s->stopping)
+        return;
+    if (r->err) {
+        sl_log(SL_LOG_WARN, "claim_failed", "{s:s}", "error", r->errmsg);
+        schedule_claim(s, 1000);
+        return;
+    }
+    PGresult *res = r->res[0];
+    int n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        if (sl_run__start(s, res, i) != 0)
+            sl_log(SL_LOG_WARN, "run_start_failed", "{s:s}", "run_id", PQgetvalue(res, i, 0));
+    }
+    if (n)
+        sl_metrics_add(s->m_claimed, n);
+    schedule_claim(s, n > 0 ? 0 : s->poll_ms);
+}
+
+static void claim(sl_sched_t *s)
+{
+    if (s->claiming || s->stopping || !s->started)
+        return;
+    int room = s->max_in_flight - s->in_flight;
+    if (room <= 0)
+        return; /* an actor ending kicks the claimer */
+    if (room > s->claim_batch)
+        room = s->claim_batch;
+    char limit[16], lease[16];
+    snprintf(limit, sizeof limit, "%d", room);
+    snprintf(lease, sizeof lease, "%d", s->lease_s);
+    const char *params[] = {s->instance_id, limit, lease};
+    s->claiming = 1;
+    if (sl_pg_query(s->ctx.pg, CLAIM_SQL, 3, params, claim_cb, s) != 0) {
+        s->claiming = 0;
+        schedule_claim(s, 1000);
+    }
+}
+
+static void claim_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    claim(arg);
+}
+
+/* ---- heartbeat: renew every lease of this instance at once ---- */
+
+static void heartbeat_done(const sl_pg_result_t *r, void *arg)
+{
+    (void)arg;
+    if (r->err)
+        sl_log(SL_LOG_WARN, "lease_renew_failed", "{s:s}", "error", r->errmsg);
+}
+
+static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_sched_t *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->in_flight > 0) {
+        char lease[16];
+        snprintf(lease, sizeof lease, "%d", s->lease_s);
+        const char *params[] = {s->instance_id, lease};
+        sl_pg_query(s->ctx.pg,
+                    "UPDATE runs SET lease_until = now() + make_interval(secs => $2) "
+                    "WHERE lease_owner = $1 AND state = 'running'",
+                    2, params, heartbeat_done, s);
+    }
+    struct timeval tv = {s->heartbeat_s, 0};
+    evtimer_add(s->heartbeat_timer, &tv);
+}
+
+/* ---- run gauges from the database (every instance sees every run) ---- */
+
+static void gauge_done(const sl_pg_result_t *r, void *arg)
+{
+    sl_sched_t *s = arg;
+    if (r->err)
+        return;
+    static const char *states[] = {"queued", "running", "waiting", "succeeded", "failed",
+                                   "cancelled"};
+    /* zero the known series first, so a state that emptied reads 0 */
+    for (int p = 0; p < s->npipelines; p++)
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            sl_metrics_set(s->m_runs, 0, s->pipelines[p].name, states[k]);
+    PGresult *res = r->res[0];
+    for (int i = 0; i < PQntuples(res); i++)
+        sl_metrics_set(s->m_runs, strtod(PQgetvalue(res, i, 2), NULL), PQgetvalue(res, i, 0),
+                       PQgetvalue(res, i, 1));
+}
+
+static void gauge_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_sched_t *s = arg;
+    (void)fd;
+    (void)what;
+    sl_pg_query(s->ctx.pg, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2", 0, NULL,
+                gauge_done, s);
+    struct timeval tv = {5, 0};
+    evtimer_add(s->gauge_timer, &tv);
+}
+
+static double gauge_in_flight(void *arg)
+{
+    return ((sl_sched_t *)arg)->in_flight;
+}
+
+/* ---- public API ---- */
+
+int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
+{
+    sl_sched_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return SL_ENOMEM;
+    snprintf(s->instance_id, sizeof s->instance_id, "%s", o->instance_id);
+    snprintf(s->tmp_root, sizeof s->tmp_root, "%s", o->tmp_root ? o->tmp_root : "./var/tmp");
+    s->ctx.base = o->base;
+    s->ctx.pg = o->pg;
+    s->ctx.store = o->store;
+    s->ctx.vm = o->vm;
+    s->ctx.instance_id = s->instance_id;
+    s->ctx.tmp_root = s->tmp_root;
+    s->max_in_flight = o->max_in_flight > 0 ? o->max_in_flight : 10000;
+    s->claim_batch = o->claim_batch > 0 ? o->claim_batch : 200;
+    s->lease_s = o->lease_s > 0 ? o->lease_s : 30;
+    s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : 10;
+    s->poll_ms = o->poll_ms > 0 ? o->poll_ms : 250;
+    s->claim_timer = evtimer_new(o->base, claim_timer_cb, s);
+    s->heartbeat_timer = evtimer_new(o->base, heartbeat_cb, s);
+    s->gauge_timer = evtimer_new(o->base, gauge_cb, s);
+    if (!s->claim_timer || !s->heartbeat_timer || !s->gauge_timer) {
+        sl_sched_free(s);
+        return SL_ENOMEM;
+    }
+    s->m_runs = sl_metrics_gauge("sluice_runs", "Runs by pipeline and state (all instances)",
+                                 "pipeline,state");
+    s->m_claimed = sl_metrics_counter("sluice_runs_claimed_total",
+                                      "Runs claimed by this instance", NULL);
+    sl_metrics_gauge_fn("sluice_runs_in_flight", "Runs held by actors of this instance",
+                        gauge_in_flight, s);
+    *out = s;
+    return 0;
+}
+
+int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f)
+{
+    for (int i = 0; i < s->npipelines; i++) {
+        if (strcmp(s->pipelines[i].name, pipeline) == 0) {
+            sl_flow_ref(f);
+            sl_flow_unref(s->pipelines[i].flow);
+            s->pipelines[i].flow = f;
+            return 0;
+        }
+    }
+    if (s->npipelines == MAX_PIPELINES)
+        return SL_ETOOBIG;
+    pipeline_flow_t *p = &s->pipelines[s->npipelines++];
+    snprintf(p->name, sizeof p->name, "%s", pipeline);
+    sl_flow_ref(f);
+    p->flow = f;
+    return 0;
+}
+
+sl_flow_t *sl_sched_flow(const sl_sched_t *s, const char *pipeline)
+{
+    for (int i = 0; i < s->npipelines; i++)
+        if (strcmp(s->pipelines[i].name, pipeline) == 0)
+            return s->pipelines[i].flow;
+    return NULL;
+}
+
+sl_flow_t *sl_sched__flow_for(sl_sched_t *s, const char *pipeline)
+{
+    return sl_sched_flow(s, pipeline);
+}
+
+void sl_sched_start(sl_sched_t *s)
+{
+    if (s->started)
+        return;
+    s->started = 1;
+    schedule_claim(s, 0);
+    struct timeval hb = {s->heartbeat_s, 0}, g = {0, 0};
+    evtimer_add(s->heartbeat_timer, &hb);
+    evtimer_add(s->gauge_timer, &g);
+}
+
+void sl_sched_kick(sl_sched_t *s)
+{
+    if (s && !s->claiming)
+        schedule_claim(s, 0);
+}
+
+const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s)
+{
+    return &s->ctx;
+}
+
+void sl_sched__add(sl_sched_t *s, sl_run_t *r)
+{
+    run_node_t *n = calloc(1, sizeof *n);
+    if (!n)
+        return; /* only bookkeeping: cancel-by-file won't see it */
+    n->run = r;
+    n->next = s->runs;
+    if (s->runs)
+        s->runs->prev = n;
+    s->runs = n;
+    s->in_flight++;
+}
+
+void sl_sched__remove(sl_sched_t *s, sl_run_t *r)
+{
+    for (run_node_t *n = s->runs; n; n = n->next) {
+        if (n->run != r)
+            continue;
+        if (n->prev)
+            n->prev->next = n->next;
+        else
+            s->runs = n->next;
+        if (n->next)
+            n->next->prev = n->prev;
+        free(n);
+        s->in_flight--;
+        break;
+    }
+    if (!s->stopping)
+        sl_sched_kick(s);
+}
+
+void sl_sched_cancel_file(sl_sched_t *s, const char *file_id)
+{
+    if (!s)
+        return;
+    /* collect first: cancelling does not remove synchronously, but be safe */
+    for (run_node_t *n = s->runs; n; n = n->next)
+        if (strcmp(sl_run__file_id(n->run), file_id) == 0)
+            sl_run__cancel(n->run);
+}
+
+int sl_sched_in_flight(const sl_sched_t *s)
+{
+    return s ? s->in_flight : 0;
+}
+
+void sl_sched_free(sl_sched_t *s)
+{
+    if (!s)
+        return;
+    s->stopping = 1;
+    for (run_node_t *n = s->runs; n; n = n->next)
+        sl_run__detach(n->run);
+    if (s->claim_timer)
+        event_free(s->claim_timer);
+    if (s->heartbeat_timer)
+        event_free(s->heartbeat_timer);
+    if (s->gauge_timer)
+        event_free(s->gauge_timer);
+    for (int i = 0; i < s->npipelines; i++)
+        sl_flow_unref(s->pipelines[i].flow);
+    /* actors still finishing their cancel hold no pointer to s after it */
+    run_node_t *n = s->runs;
+    while (n) {
+        run_node_t *next = n->next;
+        free(n);
+        n = next;
+    }
+    free(s);
+}

@@ -1,0 +1,64 @@
+/*
+ * scheduler.h — claims runnable runs from Postgres and keeps their actors.
+ *
+ * Runs are claimed in batches with `FOR UPDATE SKIP LOCKED` and a lease
+ * (lease_owner = this instance, lease_until = now + 30 s), renewed by one
+ * heartbeat statement for all of this instance's runs every 10 s. A process
+ * that dies stops renewing; when its leases end, any instance claims those
+ * runs and they resume at their last committed step. Up to max_in_flight runs
+ * are held at once (each a small actor, see run.h); a run waiting for a
+ * service's slot or reply costs only its actor and its Lua coroutine.
+ */
+#ifndef SL_SCHEDULER_H
+#define SL_SCHEDULER_H
+
+#include "actors/flow.h"
+
+typedef struct sl_sched_s sl_sched_t;
+
+typedef struct sl_sched_opts_s {
+    struct event_base *base;  /* borrowed */
+    sl_pg_t *pg;              /* borrowed */
+    sl_store_t *store;        /* borrowed */
+    sl_flowvm_t *vm;          /* borrowed */
+    const char *instance_id;  /* copied: the lease owner */
+    const char *tmp_root;     /* copied: parent of per-run scratch dirs */
+    int max_in_flight;        /* default 10000 */
+    int claim_batch;          /* runs per claim query; default 200 */
+    int lease_s;              /* default 30 */
+    int heartbeat_s;          /* default 10 */
+    int poll_ms;              /* idle poll interval; default 250 */
+} sl_sched_opts_t;
+
+/** Creates the scheduler (not started). Returns owned in *out. */
+int sl_sched_new(const sl_sched_opts_t *opts, sl_sched_t **out);
+
+/**
+ * Sets the flow of a pipeline (takes a reference to f; drops the one it had).
+ * Runs already in flight keep the flow they started with.
+ */
+int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f);
+
+/** The current flow of a pipeline, or NULL (borrowed). */
+sl_flow_t *sl_sched_flow(const sl_sched_t *s, const char *pipeline);
+
+/** Starts claiming (call once the schema is ready). */
+void sl_sched_start(sl_sched_t *s);
+
+/** Wakes the claimer now (after an upload queued runs). */
+void sl_sched_kick(sl_sched_t *s);
+
+/** Cancels this instance's actors of a file (its rows were deleted). */
+void sl_sched_cancel_file(sl_sched_t *s, const char *file_id);
+
+/** Runs held by actors now. */
+int sl_sched_in_flight(const sl_sched_t *s);
+
+/**
+ * Stops claiming and cancels every actor without committing anything (their
+ * leases lapse and another instance resumes them), then frees. Pending
+ * database callbacks are safe: actors are refcounted.
+ */
+void sl_sched_free(sl_sched_t *s);
+
+#endif

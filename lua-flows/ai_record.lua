@@ -1,0 +1,133 @@
+-- ai_record.lua — a file's text, then a dataset record made from it.
+--
+--   tika ──fail──> ocr ──fail──> textract
+--    │              │              │
+--    └──ok──────────┴──ok──────────┴──ok──> record
+--
+-- Three ways to get text, cheapest first: the file's own text (Apache Tika,
+-- or the local text layer when no Tika is configured), then self-hosted OCR
+-- (tesseract), then Amazon Textract. The first that finds text stores it as
+-- this run's "text" artifact and goes to `record`, which turns the text into
+-- the dataset's record (OpenAI when configured, else the local extractor).
+--
+-- How failures travel (docs/flows.md): a step returns nil, "word". Transient
+-- words (timeout, unavailable, server_error, rate_limited, ...) are retried by
+-- the runtime first; then the step's `fallback` runs. When `textract` fails
+-- too, the run fails if every failure in the chain was permanent (a photo
+-- with no text), or waits and tries again later if one was transient (every
+-- service down).
+--
+-- To write a flow like this one: keep each step small, put service calls in
+-- lua-flows/lib/ modules, keep big data out of `ctx` (it is saved at every
+-- transition) — store it as an artifact and read it back in a later step.
+
+local tika = require "tika"
+local ocr = require "ocr"
+local textract = require "textract"
+local openai = require "openai"
+local local_extract = require "local_extract"
+local schema = require "schema"
+local text = require "text"
+
+-- Stores the text a step found and says where it came from. Both calls are
+-- idempotent (one artifact per run and kind, one text_source per file), so a
+-- step that runs twice after a crash does no harm.
+local function keep_text(ctx, txt, source)
+  if text.is_blank(txt) then
+    return nil, "no_text"
+  end
+  sl.artifact { kind = "text", mime = "text/plain; charset=utf-8", data = txt }
+  sl.set_text_source(source)
+  -- Only small facts go in ctx: later steps read the text back from the artifact.
+  ctx.text_source = source
+  ctx.text_bytes = #txt
+  ctx.text_error = nil
+  return true
+end
+
+-- Remembers why a text step failed, for `textract` to report when it cannot
+-- even try (see there), and passes the failure on.
+local function failed(ctx, err, detail)
+  ctx.text_error = err
+  return nil, err, detail
+end
+
+return flow {
+  start = "tika",
+  steps = {
+    -- 1. The file's own text: Tika, or the local text layer (pdftotext, or
+    --    the bytes of a text file). Nothing for scans and photos: "no_text".
+    tika = {
+      run = function(ctx, file)
+        local txt, source_or_err, detail = tika.extract(file)
+        if not txt then
+          return failed(ctx, source_or_err, detail)
+        end
+        return keep_text(ctx, txt, source_or_err) -- "tika" or "text_layer"
+      end,
+      timeout = 120,
+      next = "record",
+      fallback = "ocr",
+    },
+
+    -- 2. Self-hosted OCR of images and scanned PDFs.
+    ocr = {
+      run = function(ctx, file)
+        local txt, err, detail = ocr.extract(file)
+        if not txt then
+          return failed(ctx, err, detail)
+        end
+        return keep_text(ctx, txt, "ocr")
+      end,
+      timeout = 300, -- up to five pages of tesseract
+      next = "record",
+      fallback = "textract",
+    },
+
+    -- 3. Amazon Textract: the last resort, and the only one that costs money.
+    textract = {
+      run = function(ctx, file)
+        local txt, err, detail = textract.extract(file)
+        if not txt then
+          if err == "not_configured" and ctx.text_error then
+            -- No Textract to ask: the run's error is why the other steps
+            -- found nothing ("no_text" for a photo, "bad_input" for a
+            -- damaged PDF), which tells the user more than "not_configured".
+            -- A transient earlier failure stays transient: the run waits.
+            return nil, ctx.text_error, "textract not configured; earlier: " .. ctx.text_error
+          end
+          return failed(ctx, err, detail)
+        end
+        return keep_text(ctx, txt, "textract")
+      end,
+      timeout = 120,
+      next = "record",
+    },
+
+    -- 4. The dataset record, from the text stored by the step before.
+    record = {
+      run = function(ctx, file)
+        local txt = sl.read_artifact("text")
+        if text.is_blank(txt) then
+          return nil, "no_text"
+        end
+        -- The dataset's record_schema says which fields the record has.
+        local record_schema = type(file.schema) == "table" and file.schema or schema.DEFAULT
+        local rec, err, detail
+        if sl.service("openai").configured then
+          rec, err, detail = openai.extract(txt, record_schema)
+          ctx.record_by = "openai"
+        else
+          rec = local_extract.extract(txt, record_schema)
+          ctx.record_by = "local"
+        end
+        if not rec then
+          return nil, err, detail
+        end
+        sl.record(rec) -- one record per file: a second run replaces it
+        return true
+      end,
+      timeout = 120,
+    },
+  },
+}

@@ -1,0 +1,132 @@
+-- ocr.lua — self-hosted OCR (tesseract by default) of images and scanned PDFs.
+--
+--   local text = ocr.extract(file)     -- or nil, err, detail
+--
+-- The command comes from the config (services.ocr.command, default
+-- {"tesseract", "{input}", "stdout"}): "{input}" is replaced by the image's
+-- path and the command must print the text on stdout. Images are OCRed as
+-- they are; PDFs are first rasterised page by page with pdftoppm (the first
+-- MAX_PAGES pages at 200 dpi, tesseract's sweet spot for body text) and the
+-- pages' texts joined with form feeds, as pdftotext separates pages.
+--
+-- Errors: "not_configured" (no ocr section), "unavailable" (the OCR command is
+-- not installed: OCR is down, transient — the run falls back to Textract or
+-- waits), "timeout", "bad_input" (a damaged file; the tool's message is the
+-- detail), "no_text" (OCR read nothing), "unsupported".
+
+local text = require "text"
+
+local M = {}
+
+local DEFAULT_COMMAND = { "tesseract", "{input}", "stdout" }
+local MAX_PAGES = 5 -- OCR of a page costs seconds: a record needs the first pages
+local DPI = "200"
+local PDF_TOOL_TIMEOUT = 60
+
+-- The configured argv with "{input}" replaced by `path` (in any argument, so
+-- {"ocr", "--in={input}"} works too).
+local function command_for(svc, path)
+  local template = DEFAULT_COMMAND
+  if type(svc.command) == "table" and #svc.command > 0 then
+    template = svc.command
+  end
+  local argv = {}
+  for i, a in ipairs(template) do
+    local s, e = a:find("{input}", 1, true)
+    if s then
+      a = a:sub(1, s - 1) .. path .. a:sub(e + 1)
+    end
+    argv[i] = a
+  end
+  return argv
+end
+
+-- OCR of one image file: its text (possibly blank), or nil, err, detail.
+local function ocr_image(svc, path)
+  local res, err, detail = text.exec("ocr", {
+    argv = command_for(svc, path),
+    service = "ocr", -- the service's timeout, concurrency cap and circuit breaker
+  })
+  if not res then
+    return nil, err, detail
+  end
+  return res.stdout or ""
+end
+
+-- The number of pages of a PDF, from pdfinfo's "Pages: N" line.
+local function pdf_pages(path)
+  local res, err, detail = text.exec("ocr", {
+    argv = { "pdfinfo", path },
+    timeout = PDF_TOOL_TIMEOUT,
+  })
+  if not res then
+    return nil, err, detail -- a damaged PDF: bad_input with poppler's message
+  end
+  local n = tonumber((res.stdout or ""):match("\nPages:%s*(%d+)") or
+    (res.stdout or ""):match("^Pages:%s*(%d+)"))
+  if not n or n < 1 then
+    return text.fail("ocr", "bad_input", "pdfinfo found no pages")
+  end
+  return n
+end
+
+-- OCR of the first pages of a PDF.
+local function ocr_pdf(svc, file)
+  local pages, err, detail = pdf_pages(file.path)
+  if not pages then
+    return nil, err, detail
+  end
+  local dir = sl.tmpdir()
+  local texts = {}
+  for page = 1, math.min(pages, MAX_PAGES) do
+    -- One pdftoppm call per page with -singlefile: the output is exactly
+    -- <prefix>.png. Without it pdftoppm zero-pads the page number to the
+    -- width of the page count (page-1.png, page-01.png, page-001.png), a
+    -- name we would have to guess.
+    local prefix = text.join(dir, "ocr-page-" .. page)
+    local res, perr, pdetail = text.exec("ocr", {
+      argv = { "pdftoppm", "-r", DPI, "-png", "-f", tostring(page), "-l", tostring(page),
+        "-singlefile", file.path, prefix },
+      timeout = PDF_TOOL_TIMEOUT,
+    })
+    if not res then
+      return nil, perr, pdetail
+    end
+    local t, oerr, odetail = ocr_image(svc, prefix .. ".png")
+    if not t then
+      return nil, oerr, odetail
+    end
+    texts[#texts + 1] = t
+  end
+  return table.concat(texts, "\f")
+end
+
+--- The OCR text of an image or a PDF, or nil, err, detail. Never blank.
+function M.extract(file)
+  local svc = sl.service("ocr")
+  if not (svc and svc.configured) then
+    return nil, "not_configured"
+  end
+  if (file.size or 0) == 0 then
+    return nil, "no_text"
+  end
+  local t, err, detail
+  if text.is_pdf(file.mime) then
+    t, err, detail = ocr_pdf(svc, file)
+  elseif text.is_image(file.mime) then
+    t, err, detail = ocr_image(svc, file.path)
+  elseif text.is_text(file.mime) then
+    return nil, "no_text" -- a text file with no text: nothing to look at
+  else
+    return text.fail("ocr", "unsupported", "cannot OCR " .. tostring(file.mime))
+  end
+  if not t then
+    return nil, err, detail
+  end
+  if text.is_blank(t) then
+    return nil, "no_text"
+  end
+  return text.to_utf8(t)
+end
+
+return M

@@ -1,0 +1,115 @@
+-- openai.lua — a dataset record from a document's text with OpenAI chat completions.
+--
+--   local rec = openai.extract(txt, schema)   -- or nil, err, detail
+--
+-- One request (OpenAI API reference, "Create chat completion", and the
+-- "Structured Outputs" guide):
+--   POST {base_url}/chat/completions
+--   Authorization: Bearer <api_key>
+--   {"model": ..., "messages": [system prompt, the text],
+--    "response_format": {"type": "json_schema",
+--                         "json_schema": {"name": "record", "strict": true,
+--                                         "schema": <strict schema>}}}
+-- With strict structured outputs the model's answer is guaranteed to parse
+-- against the schema, but strict mode wants every property required and
+-- additionalProperties false; schema.strict() makes that form and makes every
+-- type nullable, so "the text does not say" comes back as null, not a guess.
+-- The answer (choices[1].message.content, a JSON string) is shaped to the
+-- dataset's own schema again, which drops the nulls.
+--
+-- Errors: "not_configured", "rate_limited" (429: the runtime retries with
+-- backoff; the Retry-After hint is logged), "server_error" (5xx), "timeout",
+-- "unavailable", "unauthorized" (bad key), "bad_input" (400: e.g. a schema
+-- OpenAI refuses), "refused" (the model declined), "bad_response".
+
+local text = require "text"
+local schema_lib = require "schema"
+
+local M = {}
+
+local DEFAULT_BASE_URL = "https://api.openai.com/v1"
+local DEFAULT_MODEL = "gpt-4o-mini"
+-- About 3,000 tokens of text: enough for the fields of a typical document,
+-- and it bounds the cost and latency of one call.
+local MAX_TEXT_BYTES = 12000
+local MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+local SYSTEM_PROMPT = [[
+You extract a structured record from the text of one document (an invoice, a
+letter, notes, ...). Fill each field of the JSON schema with what the text
+states. Use null when the text does not give a value; never invent one.
+Write dates as YYYY-MM-DD, amounts as plain numbers without currency symbols or
+thousands separators, and currencies as ISO 4217 codes (EUR, USD, ...).
+]]
+
+--- A record for `schema` (schema.DEFAULT when nil) from the text `txt`, or
+--- nil, err, detail.
+function M.extract(txt, schema)
+  local svc = sl.service("openai")
+  if not (svc and svc.configured) then
+    return nil, "not_configured"
+  end
+  if not svc.api_key then
+    return text.fail("openai", "not_configured", "openai needs api_key")
+  end
+  schema = schema or schema_lib.DEFAULT
+
+  local request = {
+    model = svc.model or DEFAULT_MODEL,
+    messages = {
+      { role = "system", content = SYSTEM_PROMPT },
+      { role = "user", content = text.truncate_utf8(txt, MAX_TEXT_BYTES) },
+    },
+    response_format = {
+      type = "json_schema",
+      json_schema = { name = "record", strict = true, schema = schema_lib.strict(schema) },
+    },
+  }
+
+  local res, err = sl.http.request {
+    method = "POST",
+    url = text.strip_slash(svc.url or DEFAULT_BASE_URL) .. "/chat/completions",
+    headers = {
+      ["Authorization"] = "Bearer " .. svc.api_key,
+      ["Content-Type"] = "application/json",
+    },
+    body = sl.json.encode(request),
+    max_bytes = MAX_ANSWER_BYTES,
+    service = "openai",
+  }
+  if not res then
+    return text.fail("openai", err or "unavailable")
+  end
+  if res.status ~= 200 then
+    -- 429 -> rate_limited and 5xx -> server_error are transient: the step is
+    -- retried with backoff, then the run waits. text.http_fail logs the
+    -- Retry-After header with the failure.
+    return text.http_fail("openai", res)
+  end
+
+  local doc = text.decode_json(res.body)
+  local choice = type(doc) == "table" and type(doc.choices) == "table" and doc.choices[1] or nil
+  local msg = type(choice) == "table" and choice.message or nil
+  if type(msg) ~= "table" then
+    return text.fail("openai", "bad_response", "no choices[1].message in the answer")
+  end
+  if type(msg.refusal) == "string" then
+    return text.fail("openai", "refused", text.short(msg.refusal, 200))
+  end
+  local content = text.decode_json(msg.content)
+  if type(content) ~= "table" then
+    -- finish_reason "length" leaves the JSON cut off.
+    return text.fail("openai", "bad_response", "content is not a JSON object (finish_reason "
+      .. tostring(choice.finish_reason) .. ")")
+  end
+  if type(doc.usage) == "table" then
+    sl.log("info", "openai: record extracted", {
+      model = request.model,
+      prompt_tokens = doc.usage.prompt_tokens,
+      completion_tokens = doc.usage.completion_tokens,
+    })
+  end
+  return schema_lib.shape(content, schema) or {}
+end
+
+return M

@@ -1,0 +1,43 @@
+-- preview.lua — the in-app preview of a document or an image: one PNG.
+--
+--   local id = preview.make(file)    -- the artifact id, or nil, err, detail
+--
+-- PDFs: the first page rendered by poppler's pdftoppm, its long side 1024
+-- pixels (-scale-to rather than a fixed dpi, so a poster-sized page cannot
+-- turn into a gigapixel image). Images: libvips' `vips thumbnail`, which
+-- shrinks while decoding (fast and small in memory even for huge photos),
+-- to 1024 pixels on the long side, never enlarging a smaller image.
+-- Other types have no preview ("unsupported").
+--
+-- The PNG is stored as this run's "preview" artifact; a retried step
+-- replaces it (sl.artifact keeps one per run and kind).
+
+local text = require "text"
+
+local M = {}
+
+local SIZE = "1024"
+local TIMEOUT = 60
+
+--- Renders and stores the preview; returns the artifact id or nil, err, detail.
+function M.make(file)
+  local out = text.join(sl.tmpdir(), "preview.png")
+  local argv
+  if text.is_pdf(file.mime) then
+    -- -singlefile: write <prefix>.png, without a page number in the name.
+    argv = { "pdftoppm", "-png", "-f", "1", "-l", "1", "-scale-to", SIZE, "-singlefile",
+      file.path, out:sub(1, -5) }
+  elseif text.is_image(file.mime) then
+    argv = { "vips", "thumbnail", file.path, out, SIZE, "--size", "down" }
+  else
+    return text.fail("preview", "unsupported", "no preview for " .. tostring(file.mime))
+  end
+  -- A damaged file makes the tool exit non-zero: bad_input, with its message.
+  local res, err, detail = text.exec("preview", { argv = argv, timeout = TIMEOUT })
+  if not res then
+    return nil, err, detail
+  end
+  return sl.artifact { kind = "preview", mime = "image/png", path = out }
+end
+
+return M

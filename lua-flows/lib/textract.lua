@@ -1,0 +1,144 @@
+-- textract.lua — Amazon Textract's DetectDocumentText (synchronous OCR).
+--
+--   local text = textract.extract(file)   -- or nil, err, detail
+--
+-- The request (Textract API reference, DetectDocumentText; AWS JSON 1.1):
+--   POST {endpoint}/
+--   Content-Type: application/x-amz-json-1.1
+--   X-Amz-Target: Textract.DetectDocumentText
+--   {"Document": {"Bytes": "<base64 of the file>"}}
+-- signed with AWS Signature V4 by the runtime (libcurl's CURLOPT_AWS_SIGV4:
+-- "aws:amz:<region>:textract"). The answer's Blocks of type LINE, in order,
+-- are the text.
+--
+-- The synchronous API takes JPEG, PNG, TIFF and single-page PDF documents of
+-- at most 10 MB; anything else is refused here, before paying for a call.
+--
+-- Errors: "not_configured", "bad_input" (a document Textract cannot read),
+-- "too_large", "unauthorized" (bad keys), "no_text", and the transient
+-- "rate_limited" (HTTP 429 or a throttling exception), "server_error",
+-- "timeout", "unavailable".
+
+local text = require "text"
+
+local M = {}
+
+local MAX_DOCUMENT_BYTES = 10 * 1024 * 1024 -- Textract's limit for Document.Bytes
+local MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+local ACCEPTED = {
+  ["application/pdf"] = true,
+  ["image/jpeg"] = true,
+  ["image/png"] = true,
+  ["image/tiff"] = true,
+}
+
+-- Textract's error types (the "__type" of a 400 answer) that mean "slow
+-- down": AWS throttles with HTTP 400, not 429.
+local THROTTLING = {
+  ThrottlingException = true,
+  ProvisionedThroughputExceededException = true,
+  LimitExceededException = true,
+}
+
+-- "com.amazonaws...#ThrottlingException" -> "ThrottlingException"
+local function error_type(body)
+  local doc = text.decode_json(body)
+  if type(doc) == "table" and type(doc.__type) == "string" then
+    return (doc.__type:match("#?([%w_]+)$")), doc.message or doc.Message
+  end
+  return nil
+end
+
+-- The LINE blocks' texts joined by newlines.
+local function lines_of(doc)
+  local out = {}
+  if type(doc) == "table" and type(doc.Blocks) == "table" then
+    for _, b in ipairs(doc.Blocks) do
+      if type(b) == "table" and b.BlockType == "LINE" and type(b.Text) == "string" then
+        out[#out + 1] = b.Text
+      end
+    end
+  end
+  return table.concat(out, "\n")
+end
+
+--- The text Textract reads in the file, or nil, err, detail. Never blank.
+function M.extract(file)
+  local svc = sl.service("textract")
+  if not (svc and svc.configured) then
+    return nil, "not_configured"
+  end
+  if not (svc.access_key_id and svc.secret_access_key) then
+    return text.fail("textract", "not_configured", "textract needs access_key_id and secret_access_key")
+  end
+  local region = svc.region or "us-east-1"
+  local endpoint = svc.url or svc.endpoint or ("https://textract." .. region .. ".amazonaws.com")
+
+  local mime = text.base_mime(file.mime)
+  if not ACCEPTED[mime] then
+    return text.fail("textract", "unsupported", "Textract does not read " .. tostring(file.mime))
+  end
+  if (file.size or 0) == 0 then
+    return nil, "no_text"
+  end
+  if file.size > MAX_DOCUMENT_BYTES then
+    return text.fail("textract", "too_large", "over Textract's 10 MB limit")
+  end
+
+  -- coreutils' base64 does the encoding (-w0: one line, no wrapping); the
+  -- sandbox has no io to read the file with.
+  local b64, err, detail = text.exec("textract", {
+    argv = { "base64", "-w0", file.path },
+    timeout = 30,
+  })
+  if not b64 then
+    return nil, err, detail
+  end
+  local body = sl.json.encode { Document = { Bytes = (b64.stdout:gsub("%s+", "")) } }
+  b64 = nil -- the encoded file can be 13 MB: let it go before the request
+
+  local res
+  res, err = sl.http.request {
+    method = "POST",
+    url = text.strip_slash(endpoint) .. "/",
+    headers = {
+      ["Content-Type"] = "application/x-amz-json-1.1",
+      ["X-Amz-Target"] = "Textract.DetectDocumentText",
+    },
+    body = body,
+    max_bytes = MAX_ANSWER_BYTES,
+    service = "textract",
+    aws_sigv4 = "aws:amz:" .. region .. ":textract",
+    aws_key = svc.access_key_id,
+    aws_secret = svc.secret_access_key,
+  }
+  if not res then
+    return text.fail("textract", err or "unavailable")
+  end
+  if res.status ~= 200 then
+    local ty, msg = error_type(res.body)
+    if ty and THROTTLING[ty] then
+      return text.fail("textract", "rate_limited", ty, { status = res.status })
+    end
+    if res.status == 400 and ty then
+      -- InvalidParameterException, UnsupportedDocumentException,
+      -- BadDocumentException, DocumentTooLargeException: the file's fault.
+      local word = ty == "DocumentTooLargeException" and "too_large" or "bad_input"
+      return text.fail("textract", word, ty .. (msg and (": " .. msg) or ""), { status = 400 })
+    end
+    return text.http_fail("textract", res)
+  end
+
+  local doc = text.decode_json(res.body)
+  if type(doc) ~= "table" then
+    return text.fail("textract", "bad_response", "answer is not JSON")
+  end
+  local t = lines_of(doc)
+  if text.is_blank(t) then
+    return nil, "no_text"
+  end
+  return t
+end
+
+return M

@@ -1,0 +1,49 @@
+-- thumbnail.lua — a small JPEG for lists and tables: 256 pixels on the long side.
+--
+--   local id = thumbnail.make(file)  -- the artifact id, or nil, err, detail
+--
+-- Images: libvips' `vips thumbnail` straight from the file (it shrinks while
+-- decoding, so even a huge photo costs little), never enlarging a small one.
+-- PDFs: vips cannot be relied on to render PDFs (that depends on how libvips
+-- was built), so poppler's pdftoppm first renders page 1 at 512 pixels — twice
+-- the final size, for a sharp downscale — and vips makes the JPEG from that.
+-- The JPEG is stored as this run's "thumbnail" artifact.
+
+local text = require "text"
+
+local M = {}
+
+local SIZE = "256"
+local RENDER_SIZE = "512"
+local TIMEOUT = 60
+
+--- Renders and stores the thumbnail; returns the artifact id or nil, err, detail.
+function M.make(file)
+  local dir = sl.tmpdir()
+  local out = text.join(dir, "thumb.jpg")
+  local src = file.path
+  if text.is_pdf(file.mime) then
+    local prefix = text.join(dir, "thumb-page")
+    local res, err, detail = text.exec("thumbnail", {
+      argv = { "pdftoppm", "-png", "-f", "1", "-l", "1", "-scale-to", RENDER_SIZE,
+        "-singlefile", file.path, prefix },
+      timeout = TIMEOUT,
+    })
+    if not res then
+      return nil, err, detail -- truncated.pdf ends here: bad_input, poppler's message
+    end
+    src = prefix .. ".png"
+  elseif not text.is_image(file.mime) then
+    return text.fail("thumbnail", "unsupported", "no thumbnail for " .. tostring(file.mime))
+  end
+  local res, err, detail = text.exec("thumbnail", {
+    argv = { "vips", "thumbnail", src, out, SIZE, "--size", "down" },
+    timeout = TIMEOUT,
+  })
+  if not res then
+    return nil, err, detail
+  end
+  return sl.artifact { kind = "thumbnail", mime = "image/jpeg", path = out }
+end
+
+return M

@@ -1,0 +1,1 @@
+return { start = "a", steps = {} }

@@ -1,0 +1,6 @@
+-- no start
+return flow {
+  steps = {
+    a = { run = function() return true end },
+  },
+}

@@ -1,0 +1,7 @@
+return flow {
+  start = "a",
+  steps = {
+    a = { run = function() return true end }
+    b = {},
+  },
+}

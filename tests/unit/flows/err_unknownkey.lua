@@ -1,0 +1,9 @@
+return flow {
+  start = "a",
+  steps = {
+    a = {
+      run = function() return true end,
+      nxt = "a",
+    },
+  },
+}

@@ -1,0 +1,3 @@
+-- leaky.lua — assigns a global at load: refused.
+oops = true
+return {}

@@ -404,6 +404,8 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
         delete_blob(fr->app, PQgetvalue(files, i, 0));
     for (int i = 0; i < PQntuples(arts); i++)
         delete_blob(fr->app, PQgetvalue(arts, i, 0));
+    /* Actors of this file on this instance stop now; elsewhere at their next commit. */
+    sl_sched_cancel_file(fr->app->sched, fr->id);
     sl_http_respond(fr->req, 204, NULL, NULL, 0);
     free(fr);
 }
@@ -535,6 +537,7 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
         return;
     }
     sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
+    sl_sched_kick(pr->app->sched);
     free(pr);
 }
 

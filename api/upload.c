@@ -353,6 +353,7 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
         up->req = NULL;
         app->active_uploads--;
         sl_api_json_text(req, 202, body, strlen(body));
+        sl_sched_kick(app->sched); /* its runs are queued: claim them now */
         upload_release(up);
     }
     upload_release(up);

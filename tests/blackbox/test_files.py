@@ -326,7 +326,7 @@ def wait_gone(path, timeout=10.0):
 
 def test_delete_removes_everything(server, tenant, samples):
     ds = tenant.create_dataset("delete")
-    [f, keep] = upload_ok(tenant, ds["id"], [samples / "notes.txt", ("keep.txt", b"stays\n")])
+    [f, keep] = upload_ok(tenant, ds["id"], [("blob.bin", os.urandom(4096)), ("keep.txt", b"stays\n")])
     fid = f["id"]
     key = psql(server, "SELECT storage_key FROM files WHERE id = %s" % q(fid))
     blob = Path(server.storage_path) / key

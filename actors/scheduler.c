@@ -38,6 +38,8 @@ struct sl_sched_s {
     int max_in_flight, claim_batch, lease_s, heartbeat_s, poll_ms;
     int started, stopping;
     int claiming;         /* a claim query is in flight */
+    int queries;          /* claim/heartbeat/gauge queries in flight (they point at s) */
+    int free_pending;     /* sl_sched_free ran: the last query callback frees s */
     int in_flight;
     run_node_t *runs;     /* live actors (unordered list) */
     struct event *claim_timer, *heartbeat_timer, *gauge_timer;
@@ -64,6 +66,35 @@ static const char CLAIM_SQL[] =
     "     'schema', d.record_schema)::text"
     "   FROM files f JOIN datasets d ON d.id = f.dataset_id WHERE f.id = r.file_id)";
 
+static void sched_destroy(sl_sched_t *s);
+
+/*
+ * Every query callback starts with this: it accounts for the query and, once
+ * the scheduler was freed while queries were in flight, frees it with the last
+ * one. Returns 1 if the callback must not touch s any further.
+ */
+static int query_done(sl_sched_t *s)
+{
+    s->queries--;
+    if (s->free_pending) {
+        if (s->queries == 0)
+            sched_destroy(s);
+        return 1;
+    }
+    return 0;
+}
+
+static int send_query(sl_sched_t *s, const char *sql, int n, const char *const *params,
+                      sl_pg_cb cb)
+{
+    s->queries++;
+    if (sl_pg_query(s->ctx.pg, sql, n, params, cb, s) != 0) {
+        s->queries--;
+        return -1;
+    }
+    return 0;
+}
+
 static void schedule_claim(sl_sched_t *s, int ms)
 {
     if (!s->started || s->stopping)
@@ -76,7 +107,7 @@ static void claim_cb(const sl_pg_result_t *r, void *arg)
 {
     sl_sched_t *s = arg;
     s->claiming = 0;
-    if (s->stopping)
+    if (query_done(s) || s->stopping)
         return;
     if (r->err) {
         sl_log(SL_LOG_WARN, "claim_failed", "{s:s}", "error", r->errmsg);
@@ -108,7 +139,7 @@ static void claim(sl_sched_t *s)
     snprintf(lease, sizeof lease, "%d", s->lease_s);
     const char *params[] = {s->instance_id, limit, lease};
     s->claiming = 1;
-    if (sl_pg_query(s->ctx.pg, CLAIM_SQL, 3, params, claim_cb, s) != 0) {
+    if (send_query(s, CLAIM_SQL, 3, params, claim_cb) != 0) {
         s->claiming = 0;
         schedule_claim(s, 1000);
     }
@@ -125,7 +156,8 @@ static void claim_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void heartbeat_done(const sl_pg_result_t *r, void *arg)
 {
-    (void)arg;
+    if (query_done(arg))
+        return;
     if (r->err)
         sl_log(SL_LOG_WARN, "lease_renew_failed", "{s:s}", "error", r->errmsg);
 }
@@ -139,10 +171,10 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
         char lease[16];
         snprintf(lease, sizeof lease, "%d", s->lease_s);
         const char *params[] = {s->instance_id, lease};
-        sl_pg_query(s->ctx.pg,
-                    "UPDATE runs SET lease_until = now() + make_interval(secs => $2) "
-                    "WHERE lease_owner = $1 AND state = 'running'",
-                    2, params, heartbeat_done, s);
+        send_query(s,
+                   "UPDATE runs SET lease_until = now() + make_interval(secs => $2) "
+                   "WHERE lease_owner = $1 AND state = 'running'",
+                   2, params, heartbeat_done);
     }
     struct timeval tv = {s->heartbeat_s, 0};
     evtimer_add(s->heartbeat_timer, &tv);
@@ -153,7 +185,7 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 static void gauge_done(const sl_pg_result_t *r, void *arg)
 {
     sl_sched_t *s = arg;
-    if (r->err)
+    if (query_done(s) || r->err)
         return;
     static const char *states[] = {"queued", "running", "waiting", "succeeded", "failed",
                                    "cancelled"};
@@ -172,8 +204,8 @@ static void gauge_cb(evutil_socket_t fd, short what, void *arg)
     sl_sched_t *s = arg;
     (void)fd;
     (void)what;
-    sl_pg_query(s->ctx.pg, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2", 0, NULL,
-                gauge_done, s);
+    send_query(s, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2", 0, NULL,
+               gauge_done);
     struct timeval tv = {5, 0};
     evtimer_add(s->gauge_timer, &tv);
 }
@@ -321,11 +353,25 @@ int sl_sched_in_flight(const sl_sched_t *s)
     return s ? s->in_flight : 0;
 }
 
+static void sched_destroy(sl_sched_t *s)
+{
+    for (int i = 0; i < s->npipelines; i++)
+        sl_flow_unref(s->pipelines[i].flow);
+    run_node_t *n = s->runs;
+    while (n) {
+        run_node_t *next = n->next;
+        free(n);
+        n = next;
+    }
+    free(s);
+}
+
 void sl_sched_free(sl_sched_t *s)
 {
     if (!s)
         return;
     s->stopping = 1;
+    /* detached actors finish their cancel without calling back into s */
     for (run_node_t *n = s->runs; n; n = n->next)
         sl_run__detach(n->run);
     if (s->claim_timer)
@@ -334,14 +380,9 @@ void sl_sched_free(sl_sched_t *s)
         event_free(s->heartbeat_timer);
     if (s->gauge_timer)
         event_free(s->gauge_timer);
-    for (int i = 0; i < s->npipelines; i++)
-        sl_flow_unref(s->pipelines[i].flow);
-    /* actors still finishing their cancel hold no pointer to s after it */
-    run_node_t *n = s->runs;
-    while (n) {
-        run_node_t *next = n->next;
-        free(n);
-        n = next;
-    }
-    free(s);
+    s->claim_timer = s->heartbeat_timer = s->gauge_timer = NULL;
+    if (s->queries > 0)
+        s->free_pending = 1; /* the last query callback frees s */
+    else
+        sched_destroy(s);
 }

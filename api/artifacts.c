@@ -245,7 +245,9 @@ static art_req_t *art_req_new(sl_app_t *app, sl_http_req_t *req, const char *id)
     }
     ar->app = app;
     ar->req = req;
-    snprintf(ar->id, sizeof ar->id, "%s", id);
+    size_t n = strnlen(id, sizeof ar->id - 1); /* a checked UUID: 36 bytes */
+    memcpy(ar->id, id, n);
+    ar->id[n] = '\0';
     return ar;
 }
 

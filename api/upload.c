@@ -274,11 +274,14 @@ static void upload_release(upload_t *up)
         upload_free(up);
 }
 
-/* Finishes the HTTP request with the recorded error (once). */
-static void respond_failure(upload_t *up)
+/*
+ * Finishes the HTTP request with the recorded error (once). Returns 1 if it
+ * did, and then the caller drops the request's reference.
+ */
+static int answer_failure(upload_t *up)
 {
     if (!up->req)
-        return;
+        return 0;
     sl_http_req_t *req = up->req;
     up->req = NULL;
     if (up->idem_reserved) {
@@ -288,7 +291,13 @@ static void respond_failure(upload_t *up)
     up->app->active_uploads--;
     int retry = (up->fail_status == 503) ? 2 : -1;
     sl_http_respond_error(req, up->fail_status, up->fail_code, up->fail_msg, retry);
-    upload_release(up);
+    return 1;
+}
+
+static void respond_failure(upload_t *up)
+{
+    if (answer_failure(up))
+        upload_release(up);
 }
 
 static void deferred_failure_cb(evutil_socket_t fd, short what, void *arg)
@@ -296,7 +305,8 @@ static void deferred_failure_cb(evutil_socket_t fd, short what, void *arg)
     upload_t *up = arg;
     (void)fd;
     (void)what;
-    respond_failure(up);
+    if (answer_failure(up))
+        up->refs--; /* the request's reference; the deferred call still holds one */
     upload_release(up);
 }
 
@@ -337,9 +347,9 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
             sl_http_req_t *req = up->req;
             up->req = NULL;
             sl_api_db_error(req, r);
-            upload_release(up); /* the request's reference */
+            up->refs--; /* the request's reference; the batch's is released below */
         }
-        upload_release(up);     /* the batch's reference */
+        upload_release(up);
         return;
     }
     PGresult *last = r->res[r->n - 1];
@@ -354,7 +364,7 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
         app->active_uploads--;
         sl_api_json_text(req, 202, body, strlen(body));
         sl_sched_kick(app->sched); /* its runs are queued: claim them now */
-        upload_release(up);
+        up->refs--; /* the request's reference; the batch's is released below */
     }
     upload_release(up);
 }

@@ -219,12 +219,24 @@ static bool node_is_null(struct fy_node *n)
                          memcmp(s, "NULL", 4) == 0));
 }
 
+/*
+ * Key paths are labels for error messages: a path cut short at
+ * SL_CONFIG_MAX_PATH is still a useful label, so truncation is accepted here.
+ */
+static void path_fmt(char *dst, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, n, fmt, ap);
+    va_end(ap);
+}
+
 static void join_path(char *dst, const char *prefix, const char *key)
 {
     if (prefix == NULL || prefix[0] == '\0')
-        snprintf(dst, SL_CONFIG_MAX_PATH, "%s", key);
+        path_fmt(dst, SL_CONFIG_MAX_PATH, "%s", key);
     else
-        snprintf(dst, SL_CONFIG_MAX_PATH, "%s.%s", prefix, key);
+        path_fmt(dst, SL_CONFIG_MAX_PATH, "%s.%s", prefix, key);
 }
 
 /*
@@ -555,7 +567,7 @@ static int parse_command(ctx_t *c, sl_config_service_t *svc, struct fy_node *seq
     while ((item = fy_node_sequence_iterate(seq, &it)) != NULL) {
         const char *s;
 
-        snprintf(path, sizeof(path), "%s[%d]", prefix, n);
+        path_fmt(path, sizeof(path), "%s[%d]", prefix, n);
         if (n >= SL_CONFIG_MAX_ARGV)
             return fail(c, node_line(item, line, 0), path, "more than %d arguments",
                         SL_CONFIG_MAX_ARGV);
@@ -682,7 +694,7 @@ static int parse_match(ctx_t *c, sl_config_pipeline_t *pl, struct fy_node *seq, 
     while (!node_is_null(seq) && (item = fy_node_sequence_iterate(seq, &it)) != NULL) {
         const char *s;
 
-        snprintf(path, sizeof(path), "%s[%d]", prefix, n);
+        path_fmt(path, sizeof(path), "%s[%d]", prefix, n);
         if (n >= SL_CONFIG_MAX_MATCH)
             return fail(c, node_line(item, line, 0), path, "more than %d patterns",
                         SL_CONFIG_MAX_MATCH);

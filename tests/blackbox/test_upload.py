@@ -17,9 +17,10 @@ BOUNDARY = "sluiceTestBoundary7MA4YWxkTrZu0gW"
 
 
 def blobs_in(storage_path):
-    """Every committed object under the fs storage root (temp files excluded)."""
+    """Every uploaded object under the fs storage root: the files/ prefix (the
+    pipelines' artifacts live under artifacts/; temp files are excluded)."""
     found = []
-    for root, dirs, files in os.walk(storage_path):
+    for root, dirs, files in os.walk(os.path.join(storage_path, "files")):
         dirs[:] = [d for d in dirs if d != ".tmp"]
         found += [os.path.join(root, f) for f in files]
     return found

@@ -1,0 +1,114 @@
+#!/usr/bin/python3
+"""Run actors under load: memory per parked run, and transitions per second.
+
+Starts its own Postgres, Redis, Tika stand-in and sluice, then:
+  1. parks N runs (default 10,000) on a stalled Tika stand-in (each run's tika
+     step waits for a reply or for a service slot) and reads the server's RSS;
+     the figure is (RSS parked - RSS before the upload) / N;
+  2. with the stand-in answering at once, processes M text files (default
+     2,000) through ai_record and counts committed transitions per second
+     (timeline events written by the actors, from /metrics).
+
+    /usr/bin/python3 bench/flow_bench.py [--binary build/sluice] [--runs 10000] [--files 2000]
+"""
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "blackbox"))
+import sluice_harness as h  # noqa: E402
+from test_pipelines import Standin, services_yaml  # noqa: E402
+
+
+def metric(srv, name):
+    text = h.requests.get(srv.url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            m = re.match(r"^" + re.escape(name) + r"(\{[^}]*\})?\s+(\S+)$", line)
+            if m:
+                total += float(m.group(2))
+    return total
+
+
+def upload_many(client, ds, n, prefix):
+    for start in range(0, n, 1000):
+        parts = [(f"{prefix}-{i:05d}.txt", f"Document {i}\nReference: REF-{i:05d}\n".encode())
+                 for i in range(start, min(n, start + 1000))]
+        r = client.upload(ds, parts)
+        assert r.status_code == 202, r.text[:300]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=str(HERE.parent / "build" / "sluice"))
+    ap.add_argument("--runs", type=int, default=10000)
+    ap.add_argument("--files", type=int, default=2000)
+    args = ap.parse_args()
+    os.environ["SLUICE_BIN"] = args.binary
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-flowbench-"))
+    pg, redis = h.PgCluster(), h.RedisServer()
+    pg.start()
+    redis.start()
+    factory = h.ServerFactory(pg, redis, tmp)
+    tika = Standin("tika")
+    try:
+        # 1. parked runs
+        tika.control(mode="stall")
+        yaml = services_yaml(tika=tika).replace("timeout_ms: 5000", "timeout_ms: 3600000")
+        srv = factory(extra_yaml=yaml)
+        client = srv.create_tenant("bench")
+        ds = client.create_dataset("bench")["id"]
+        time.sleep(1)
+        rss0 = srv.rss_kib()
+        t0 = time.time()
+        upload_many(client, ds, args.runs, "park")
+        while metric(srv, "sluice_runs_in_flight") < args.runs and time.time() - t0 < 600:
+            time.sleep(0.5)
+        parked = metric(srv, "sluice_runs_in_flight")
+        time.sleep(1)
+        rss1 = srv.rss_kib()
+        print(f"runs_parked: {parked:.0f} (on a stalled Tika stand-in, {time.time() - t0:.1f} s "
+              f"to upload and claim)")
+        print(f"rss_before: {rss0 / 1024:.1f} MiB, rss_parked: {rss1 / 1024:.1f} MiB")
+        print(f"memory_per_parked_run: {(rss1 - rss0) * 1024 / max(parked, 1) / 1024:.2f} KiB "
+              f"(RSS delta / runs; includes the upload's own residue)")
+        srv.kill()
+
+        # 2. transitions per second with an instant stand-in
+        tika.control(mode="ok")
+        srv = factory(extra_yaml=services_yaml(tika=tika))
+        client = srv.create_tenant("bench2")
+        ds = client.create_dataset("bench2")["id"]
+        before = metric(srv, "sluice_run_transitions_total")
+        t0 = time.time()
+        upload_many(client, ds, args.files, "fast")
+        while True:
+            done = metric(srv, 'sluice_runs{pipeline="ai_record",state="succeeded"}')
+            if done >= args.files or time.time() - t0 > 900:
+                break
+            time.sleep(0.2)
+        dt = time.time() - t0
+        n = metric(srv, "sluice_run_transitions_total") - before
+        print(f"runs_completed: {done:.0f} of {args.files} in {dt:.1f} s "
+              f"({done / dt:.0f} runs/s, ai_record via the Tika stand-in + local extractor)")
+        print(f"transitions_per_s: {n / dt:.0f} (timeline events committed by actors; "
+              f"{n / max(done, 1):.1f} per run)")
+    finally:
+        tika.stop()
+        factory.teardown()
+        redis.stop()
+        pg.stop()
+        pg.destroy()
+        redis.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

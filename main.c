@@ -3,6 +3,7 @@
  *
  *   sluice [serve] --config PATH   serve (migrates the database first)
  *   sluice migrate --config PATH   apply schema migrations and exit
+ *   sluice upload --dataset ID ... upload files and follow them (cli/upload.h)
  *   sluice --version | --help
  *
  * One event loop per process. With `workers: N` the parent forks N serving
@@ -12,6 +13,7 @@
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
 #include "api/api.h"
+#include "cli/upload.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -19,10 +21,12 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <libpq-fe.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +38,70 @@ static sl_app_t g_app;
 static char g_instance[128];
 
 /* ---- request dispatch ---- */
+
+/* A request held until the limiter answers (the router's params copied). */
+typedef struct limited_req_s {
+    sl_http_req_t *req;
+    sl_http_route_cb cb;
+    void *cb_arg;
+    sl_http_params_t params;
+} limited_req_t;
+
+static void request_limit_cb(int err, double retry_after_s, void *arg)
+{
+    limited_req_t *lr = arg;
+    if (err == 0) {
+        lr->cb(lr->req, &lr->params, lr->cb_arg);
+    } else if (err == SL_EAGAIN) {
+        int secs = (int)ceil(retry_after_s);
+        sl_http_respond_error(lr->req, 429, "rate_limited",
+                              "too many requests for this API key; retry after Retry-After seconds",
+                              secs < 1 ? 1 : secs);
+    } else {
+        sl_http_respond_error(lr->req, 503, "unavailable", "shutting down", 1);
+    }
+    free(lr);
+}
+
+/*
+ * Per API key request limits (rate_limits.requests_per_s): uploads and every
+ * other /v1 request ("reads") have separate budgets. The key is the sha256 of
+ * the bearer token (or ?access_token=), so no database lookup is needed and
+ * a bad key costs the same as a good one. Returns 1 if the request now waits
+ * for the limiter (which then routes or answers it), 0 to route it at once.
+ */
+static int limit_request(sl_app_t *app, sl_http_req_t *req, const char *route,
+                         sl_http_route_cb cb, void *cb_arg, const sl_http_params_t *params)
+{
+    const sl_config_t *cfg = app->cfg;
+    int upload = route && strcmp(route, "files_upload") == 0;
+    sl_rl_limit_t lim = {upload ? cfg->rl_uploads_per_s : cfg->rl_reads_per_s, 0};
+    if (!app->ratelimit || lim.rate <= 0)
+        return 0;
+    lim.burst = cfg->rl_requests_burst > 0 ? cfg->rl_requests_burst : lim.rate;
+    char token[512];
+    const char *auth = sl_http_req_header(req, "Authorization");
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+        snprintf(token, sizeof token, "%s", auth + 7);
+    else if (sl_http_req_query_param(req, "access_token", token, sizeof token) <= 0)
+        return 0; /* no key: authentication answers 401 */
+    char hash[65], key[96];
+    sl_sha256_hex(token, strlen(token), hash);
+    snprintf(key, sizeof key, "req:%s:%s", upload ? "uploads" : "reads", hash);
+    limited_req_t *lr = malloc(sizeof *lr);
+    if (!lr)
+        return 0;
+    lr->req = req;
+    lr->cb = cb;
+    lr->cb_arg = cb_arg;
+    lr->params = *params;
+    if (sl_ratelimit_check(app->ratelimit, upload ? "uploads" : "reads", key, &lim, 1, 0,
+                           request_limit_cb, lr, NULL) != 0) {
+        free(lr);
+        return 0;
+    }
+    return 1;
+}
 
 static void dispatch_cb(sl_http_req_t *req, void *arg)
 {
@@ -62,6 +130,8 @@ static void dispatch_cb(sl_http_req_t *req, void *arg)
                               "the database is not reachable yet", 2);
         return;
     }
+    if (strncmp(path, "/v1/", 4) == 0 && limit_request(app, req, name, cb, cb_arg, &params))
+        return;
     cb(req, &params, cb_arg);
 }
 
@@ -338,6 +408,8 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     }
     event_del(g_sigterm);
     event_del(g_sigint);
+    if (app->pubsub)
+        sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams, which never end by themselves */
     if (app->sched) {
         /* Hand this instance's runs back at once instead of letting leases lapse. */
         const char *params[] = {app->instance_id};
@@ -396,6 +468,13 @@ static int serve(sl_config_t *cfg)
         sl_log(SL_LOG_ERROR, "redis_url_invalid", "{s:s}", "redis_url", cfg->redis_url);
         goto out;
     }
+    /* Before the flow VM: service calls find the limiter as the process default. */
+    if ((err = sl_ratelimit_new(app->base, app->redis, &app->ratelimit)) != 0)
+        goto out;
+    sl_ratelimit_set_default(app->ratelimit);
+    /* Status events: local fan-out, bridged through Redis when it is configured. */
+    if ((err = sl_pubsub_new(app->base, app->redis, cfg->redis_url, g_instance, &app->pubsub)) != 0)
+        goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
     if ((err = sl_curl_new(app->base, &app->curl)) != 0)
@@ -437,9 +516,20 @@ static int serve(sl_config_t *cfg)
     so.pg = app->pg;
     so.store = app->store;
     so.vm = app->vm;
+    so.pubsub = app->pubsub;
     so.instance_id = g_instance;
     so.tmp_root = tmp_root;
-    if ((err = sl_sched_new(&so, &app->sched)) != 0)
+    so.max_in_flight = cfg->max_runs_in_flight;
+    so.max_in_flight_per_tenant = cfg->max_runs_per_tenant;
+    json_t *weights = json_object();
+    for (int i = 0; weights && i < cfg->nweights; i++)
+        json_object_set_new(weights, cfg->weights[i].tenant, json_integer(cfg->weights[i].weight));
+    char *weights_txt = weights ? json_dumps(weights, JSON_COMPACT) : NULL;
+    json_decref(weights);
+    so.weights_json = weights_txt; /* copied by the scheduler */
+    err = sl_sched_new(&so, &app->sched);
+    free(weights_txt);
+    if (err)
         goto out;
     if ((err = load_flows(app, 0)) != 0)
         goto out;
@@ -458,6 +548,7 @@ static int serve(sl_config_t *cfg)
     sl_api_register_files(app);
     sl_api_register_records(app);
     sl_api_register_artifacts(app);
+    sl_api_register_events(app);
 
     sl_http_limits_t limits;
     sl_http_limits_default(&limits);
@@ -505,6 +596,9 @@ out:
         sl_curl_free(app->curl);
     if (app->router)
         sl_http_router_free(app->router);
+    sl_ratelimit_free(app->ratelimit); /* before Redis: its pending checks end with it */
+    if (app->pubsub)
+        sl_pubsub_set_publisher(app->pubsub, NULL); /* it borrows app->redis */
     if (app->redis)
         sl_redis_free(app->redis);
     if (app->pg)
@@ -512,6 +606,8 @@ out:
     /* let cancelled operations deliver their callbacks (they free their state) */
     for (int i = 0; i < 3; i++)
         event_base_loop(app->base, EVLOOP_NONBLOCK);
+    if (app->pubsub) /* after those callbacks: they may publish or unsubscribe */
+        sl_pubsub_free(app->pubsub);
     if (app->store)
         sl_store_free(app->store);
     if (app->wq)
@@ -547,6 +643,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: sluice [serve] --config PATH\n"
                "       sluice migrate --config PATH\n"
+               "       sluice upload --dataset ID [--url URL] [--key KEY] FILES_OR_DIRS...\n"
                "       sluice --version\n"
                "The config path may also come from SLUICE_CONFIG.\n");
 }
@@ -555,6 +652,9 @@ int main(int argc, char **argv)
 {
     const char *cmd = "serve";
     const char *config_path = getenv("SLUICE_CONFIG");
+    /* A client of the API: no server configuration involved. */
+    if (argc >= 2 && strcmp(argv[1], "upload") == 0)
+        return sl_cli_upload_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];

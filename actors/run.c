@@ -17,6 +17,7 @@
 #include "core/exec.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/pubsub.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -48,6 +49,7 @@ struct sl_run_s {
     sl_step_t *cur;           /* the running attempt, or NULL */
     struct event *timer;      /* retry delay */
     char tmpdir[640];
+    sl_pubsub_t *pubsub;      /* borrowed from the scheduler's opts (outlives every actor) */
 };
 
 /* What a commit does once it holds. */
@@ -152,6 +154,26 @@ void sl_run__detach(sl_run_t *r)
 
 /* ---- commits ---- */
 
+/*
+ * Publishes committed timeline rows (columns SL_PUBSUB_EVENT_COLUMNS) on their
+ * dataset's channel, in seq order, for SSE clients on every instance.
+ */
+static void publish_rows(sl_pubsub_t *ps, PGresult *res)
+{
+    int n = ps && res ? PQntuples(res) : 0;
+    for (int i = 0; i < n; i++) {
+        const char *v[SL_PUBSUB_EVENT_NCOLS];
+        for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+            v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+        sl_pubsub_publish_values(ps, "run", v);
+    }
+}
+
+/*
+ * The per-dataset advisory lock taken before the events get their seqs makes
+ * a dataset's seqs commit in order, so an SSE replay of "seq > last id" never
+ * skips one that commits later (docs/internals/sse.md).
+ */
 static const char COMMIT_SQL[] =
     "WITH u AS (UPDATE runs SET step = $3, attempt = $4, ctx = $5::jsonb, state = $6,"
     "  chain_start = $7, chain_transient = $8::boolean, wait_count = $9::int, error = $10,"
@@ -169,8 +191,11 @@ static const char COMMIT_SQL[] =
     "  state, detail) "
     "SELECT u.tenant_id, u.dataset_id, u.file_id, u.id, u.pipeline, e.step, e.kind, u.state,"
     "  coalesce(e.detail, '{}'::json)::jsonb "
-    "FROM u, ROWS FROM (json_to_recordset($13::json) AS (step text, kind text, detail json))"
-    "  WITH ORDINALITY AS e(step, kind, detail, n) ORDER BY e.n RETURNING seq";
+    "FROM u CROSS JOIN LATERAL"
+    "  (SELECT pg_advisory_xact_lock(hashtextextended(u.dataset_id::text, 0))) lk,"
+    "  ROWS FROM (json_to_recordset($13::json) AS (step text, kind text, detail json))"
+    "  WITH ORDINALITY AS e(step, kind, detail, n) ORDER BY e.n"
+    " RETURNING " SL_PUBSUB_EVENT_COLUMNS;
 
 static void commit_cb(const sl_pg_result_t *res, void *arg)
 {
@@ -180,6 +205,8 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
     int delay = c->delay_ms;
     free(c);
     r->busy = 0;
+    if (!res->err)
+        publish_rows(r->pubsub, res->res[0]); /* committed, even if the actor was cancelled */
     if (r->cancelled) {
         run_end(r);
         return;
@@ -427,10 +454,11 @@ static void retry_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start ---- */
 
-static void ignore_cb(const sl_pg_result_t *res, void *arg)
+/* arg: the pubsub (outlives the pool's callbacks). */
+static void failed_start_cb(const sl_pg_result_t *res, void *arg)
 {
-    (void)res;
-    (void)arg;
+    if (!res->err)
+        publish_rows(arg, res->res[0]);
 }
 
 /* The file document of the claim plus `path`, the blob's local file. */
@@ -459,6 +487,7 @@ int sl_run__start(sl_sched_t *s, PGresult *res, int i)
         return SL_ENOMEM;
     r->sched = s;
     r->ctx = *sl_sched__ctx(s);
+    r->pubsub = sl_sched_pubsub(s);
     snprintf(r->instance_id, sizeof r->instance_id, "%s", r->ctx.instance_id);
     r->ctx.instance_id = r->instance_id;
     snprintf(r->id, sizeof r->id, "%s", PQgetvalue(res, i, 0));
@@ -499,8 +528,10 @@ int sl_run__start(sl_sched_t *s, PGresult *res, int i)
                     "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, "
                     "step, kind, state, detail) SELECT tenant_id, dataset_id, file_id, id, "
                     "pipeline, step, 'failed', 'failed', '{\"error\": \"unknown_pipeline\"}' "
-                    "FROM u",
-                    2, params, ignore_cb, NULL);
+                    "FROM u CROSS JOIN LATERAL"
+                    " (SELECT pg_advisory_xact_lock(hashtextextended(u.dataset_id::text, 0))) lk"
+                    " RETURNING " SL_PUBSUB_EVENT_COLUMNS,
+                    2, params, failed_start_cb, r->pubsub);
         event_base_once(r->ctx.base, -1, EV_TIMEOUT, end_later_cb, r, &(struct timeval){0, 0});
         return 0;
     }

@@ -6,6 +6,14 @@
  * or running under an expired lease — a dead instance's) with FOR UPDATE SKIP
  * LOCKED, so instances sharing the database never claim the same run. A full
  * batch claims again at once; an empty one sleeps poll_ms (uploads kick it).
+ *
+ * Fairness: the claim ranks runnable runs round-robin — first across the upload
+ * batches of a tenant (a run's rank in its batch), then across tenants (a
+ * run's rank in its tenant, plus the runs this instance already holds for the
+ * tenant, divided by the tenant's weight) — and claims none past
+ * max_in_flight_per_tenant x weight held by this instance. So a 10,000-file
+ * batch is claimed a few runs at a time, and another tenant's single file is
+ * next in line as soon as a run ends; the queue itself stays in Postgres.
  * A heartbeat renews every lease this instance holds in one statement, and
  * a slower tick refreshes the run gauges of /metrics from the database.
  */
@@ -47,15 +55,46 @@ struct sl_sched_s {
     pipeline_flow_t pipelines[MAX_PIPELINES];
     sl_metric_t *m_runs;  /* sluice_runs{pipeline,state} from the database */
     sl_metric_t *m_claimed;
+    sl_pubsub_t *pubsub;  /* borrowed */
+    int per_tenant;       /* runs held per tenant (x its weight) */
+    char *weights_json;   /* owned; {"tenant name or id": weight} */
+    sl_metric_t *m_queue; /* sluice_queue_depth{tenant} */
+    int nqueue_tenants;   /* tenants with a queue_depth series, to zero when they empty */
+    char queue_tenants[256][37];
 };
 
+/*
+ * $1 instance, $2 batch size, $3 lease seconds, $4 runs per tenant, $5 weights.
+ * Window functions cannot share a SELECT with FOR UPDATE, so `pick` ranks and
+ * `c` locks; a run another instance locked meanwhile is skipped.
+ */
 static const char CLAIM_SQL[] =
-    "WITH c AS ("
-    "  SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r"
+    "WITH mine AS ("
+    "  SELECT tenant_id, count(*) AS n FROM runs"
+    "  WHERE lease_owner = $1 AND state = 'running' GROUP BY tenant_id),"
+    " w AS ("
+    "  SELECT t.id AS tenant_id, max(x.value::int) AS weight FROM tenants t"
+    "  JOIN json_each_text($5::json) x ON x.key = t.id::text OR x.key = t.name GROUP BY t.id),"
+    " cand AS ("
+    "  SELECT r.id, r.tenant_id, r.created_at, row_number() OVER ("
+    "    PARTITION BY r.tenant_id, r.batch_id ORDER BY r.created_at, r.id) AS rb FROM runs r"
     "  WHERE r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()"
+    "    AND (r.lease_until IS NULL OR r.lease_until < now())),"
+    " ranked AS ("
+    "  SELECT c.id, c.tenant_id, c.created_at, row_number() OVER ("
+    "    PARTITION BY c.tenant_id ORDER BY c.rb, c.created_at, c.id) AS rt FROM cand c),"
+    " pick AS ("
+    "  SELECT k.id FROM ranked k"
+    "  LEFT JOIN mine m ON m.tenant_id = k.tenant_id LEFT JOIN w ON w.tenant_id = k.tenant_id"
+    "  WHERE k.rt + coalesce(m.n, 0) <= $4::int * coalesce(w.weight, 1)"
+    "  ORDER BY (k.rt + coalesce(m.n, 0))::float8 / coalesce(w.weight, 1), k.created_at"
+    "  LIMIT $2),"
+    " c AS ("
+    "  SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r"
+    "  WHERE r.id IN (SELECT id FROM pick)"
+    "    AND r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()"
     "    AND (r.lease_until IS NULL OR r.lease_until < now())"
-    "  ORDER BY r.next_attempt_at, r.created_at"
-    "  LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "  FOR UPDATE SKIP LOCKED) "
     "UPDATE runs r SET lease_owner = $1, lease_until = now() + make_interval(secs => $3),"
     "  state = 'running', started_at = coalesce(r.started_at, now()) "
     "FROM c WHERE r.id = c.id "
@@ -134,12 +173,14 @@ static void claim(sl_sched_t *s)
         return; /* an actor ending kicks the claimer */
     if (room > s->claim_batch)
         room = s->claim_batch;
-    char limit[16], lease[16];
+    char limit[16], lease[16], per_tenant[16];
     snprintf(limit, sizeof limit, "%d", room);
     snprintf(lease, sizeof lease, "%d", s->lease_s);
-    const char *params[] = {s->instance_id, limit, lease};
+    snprintf(per_tenant, sizeof per_tenant, "%d", s->per_tenant);
+    const char *params[] = {s->instance_id, limit, lease, per_tenant,
+                            s->weights_json ? s->weights_json : "{}"};
     s->claiming = 1;
-    if (send_query(s, CLAIM_SQL, 3, params, claim_cb) != 0) {
+    if (send_query(s, CLAIM_SQL, 5, params, claim_cb) != 0) {
         s->claiming = 0;
         schedule_claim(s, 1000);
     }
@@ -199,6 +240,28 @@ static void gauge_done(const sl_pg_result_t *r, void *arg)
                        PQgetvalue(res, i, 1));
 }
 
+/* sluice_queue_depth{tenant}: queued runs per tenant (all instances). */
+static void queue_done(const sl_pg_result_t *r, void *arg)
+{
+    sl_sched_t *s = arg;
+    if (query_done(s) || r->err)
+        return;
+    for (int i = 0; i < s->nqueue_tenants; i++)
+        sl_metrics_set(s->m_queue, 0, s->queue_tenants[i]);
+    PGresult *res = r->res[0];
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *tenant = PQgetvalue(res, i, 0);
+        int known = 0;
+        for (int k = 0; k < s->nqueue_tenants && !known; k++)
+            known = strcmp(s->queue_tenants[k], tenant) == 0;
+        if (!known && s->nqueue_tenants == 256)
+            continue; /* bounded: the first 256 tenants with a queue get a series */
+        if (!known)
+            snprintf(s->queue_tenants[s->nqueue_tenants++], 37, "%s", tenant);
+        sl_metrics_set(s->m_queue, strtod(PQgetvalue(res, i, 1), NULL), tenant);
+    }
+}
+
 static void gauge_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_sched_t *s = arg;
@@ -206,6 +269,10 @@ static void gauge_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     send_query(s, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2", 0, NULL,
                gauge_done);
+    send_query(s,
+               "SELECT tenant_id::text, count(*) FROM runs WHERE state = 'queued' "
+               "GROUP BY 1 ORDER BY 2 DESC LIMIT 256",
+               0, NULL, queue_done);
     struct timeval tv = {5, 0};
     evtimer_add(s->gauge_timer, &tv);
 }
@@ -228,6 +295,7 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->ctx.pg = o->pg;
     s->ctx.store = o->store;
     s->ctx.vm = o->vm;
+    s->pubsub = o->pubsub;
     s->ctx.instance_id = s->instance_id;
     s->ctx.tmp_root = s->tmp_root;
     s->max_in_flight = o->max_in_flight > 0 ? o->max_in_flight : 10000;
@@ -235,6 +303,11 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->lease_s = o->lease_s > 0 ? o->lease_s : 30;
     s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : 10;
     s->poll_ms = o->poll_ms > 0 ? o->poll_ms : 250;
+    s->per_tenant = o->max_in_flight_per_tenant > 0 ? o->max_in_flight_per_tenant : 16;
+    if (o->weights_json && !(s->weights_json = strdup(o->weights_json))) {
+        free(s);
+        return SL_ENOMEM;
+    }
     s->claim_timer = evtimer_new(o->base, claim_timer_cb, s);
     s->heartbeat_timer = evtimer_new(o->base, heartbeat_cb, s);
     s->gauge_timer = evtimer_new(o->base, gauge_cb, s);
@@ -248,8 +321,15 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
                                       "Runs claimed by this instance", NULL);
     sl_metrics_gauge_fn("sluice_runs_in_flight", "Runs held by actors of this instance",
                         gauge_in_flight, s);
+    s->m_queue = sl_metrics_gauge("sluice_queue_depth", "Queued runs by tenant (all instances)",
+                                  "tenant");
     *out = s;
     return 0;
+}
+
+sl_pubsub_t *sl_sched_pubsub(const sl_sched_t *s)
+{
+    return s ? s->pubsub : NULL;
 }
 
 int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f)
@@ -355,6 +435,7 @@ int sl_sched_in_flight(const sl_sched_t *s)
 
 static void sched_destroy(sl_sched_t *s)
 {
+    free(s->weights_json);
     for (int i = 0; i < s->npipelines; i++)
         sl_flow_unref(s->pipelines[i].flow);
     run_node_t *n = s->runs;

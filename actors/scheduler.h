@@ -13,6 +13,7 @@
 #define SL_SCHEDULER_H
 
 #include "actors/flow.h"
+#include "core/pubsub.h"
 
 typedef struct sl_sched_s sl_sched_t;
 
@@ -21,9 +22,12 @@ typedef struct sl_sched_opts_s {
     sl_pg_t *pg;              /* borrowed */
     sl_store_t *store;        /* borrowed */
     sl_flowvm_t *vm;          /* borrowed */
+    sl_pubsub_t *pubsub;      /* borrowed, may be NULL: committed transitions are published here */
     const char *instance_id;  /* copied: the lease owner */
     const char *tmp_root;     /* copied: parent of per-run scratch dirs */
     int max_in_flight;        /* default 10000 */
+    int max_in_flight_per_tenant; /* of those, per tenant (x its weight); default 16 */
+    const char *weights_json; /* copied; {"tenant name or id": weight, ...}; NULL: all 1 */
     int claim_batch;          /* runs per claim query; default 200 */
     int lease_s;              /* default 30 */
     int heartbeat_s;          /* default 10 */
@@ -50,6 +54,9 @@ void sl_sched_kick(sl_sched_t *s);
 
 /** Cancels this instance's actors of a file (its rows were deleted). */
 void sl_sched_cancel_file(sl_sched_t *s, const char *file_id);
+
+/** The pubsub runs publish their committed transitions on (borrowed; may be NULL). */
+sl_pubsub_t *sl_sched_pubsub(const sl_sched_t *s);
 
 /** Runs held by actors now. */
 int sl_sched_in_flight(const sl_sched_t *s);

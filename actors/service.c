@@ -7,6 +7,15 @@
  * own timer, re-armed at 0), never from inside the release that freed the
  * slot, so a release never re-enters another step's code. The breaker is
  * checked both when a call asks and when a queued call is finally granted.
+ *
+ * Outbound rate limits (services.X.rate_per_s, services.openai.tokens_per_min)
+ * come after the slot: a call that holds a slot then waits for its token from
+ * the process's limiter (core/ratelimit: GCRA in Redis, shared by every
+ * instance, burst 1 so calls are spaced evenly), so at most rate_per_s calls
+ * a second start whatever the number of runs. Taking the token first would
+ * let calls that then queued for a slot start in a bunch. A call that cannot
+ * get its token within its timeout fails with "busy" (transient: the step is
+ * retried, then the run waits with the reason in its timeline).
  */
 #include "actors/service.h"
 
@@ -16,6 +25,24 @@
 
 #include "core/err.h"
 #include "core/metrics.h"
+#include "core/ratelimit.h"
+
+/*
+ * What one OpenAI call is charged against tokens_per_min: the calls do not
+ * tell the registry their prompt size, so this is a typical record request
+ * (a few pages of text in, a small JSON object out).
+ */
+#define TOKENS_PER_CALL 1000
+
+/* A call holding a slot and waiting for its rate token(s). */
+typedef struct tok_s {
+    sl_svc_wait_t *w;
+    sl_svc_t *svc;
+    sl_rl_op_t *op;  /* the check in progress */
+    int stage;       /* next limit to check: 0 rate, 1 tokens, 2 done */
+    double deadline;
+    struct tok_s *prev, *next;
+} tok_t;
 
 struct sl_svc_s {
     sl_svcs_t *reg;
@@ -25,6 +52,9 @@ struct sl_svc_s {
     int state, fails, probe_out;
     double open_until;
     sl_svc_wait_t *head, *tail; /* queued, not yet granted */
+    sl_rl_limit_t rate, tokens;  /* outbound limits (rate <= 0: none) */
+    char rl_name[SL_SVC_NAME_MAX + 8], rl_key[SL_SVC_NAME_MAX + 8], tok_key[SL_SVC_NAME_MAX + 8];
+    tok_t *toks;                 /* calls waiting for a token */
 };
 
 struct sl_svcs_s {
@@ -119,6 +149,19 @@ sl_svc_t *sl_svcs_get(sl_svcs_t *r, const char *name)
     s->timeout_ms =
         s->cfg && s->cfg->timeout_ms > 0 ? s->cfg->timeout_ms : SL_SVC_DEFAULT_TIMEOUT_MS;
     s->cap = s->cfg && s->cfg->concurrency > 0 ? s->cfg->concurrency : SL_SVC_DEFAULT_CONCURRENCY;
+    if (s->cfg && s->cfg->rate_per_s > 0) {
+        s->rate.rate = s->cfg->rate_per_s;
+        s->rate.burst = 1;
+    }
+    if (s->cfg && s->cfg->tokens_per_min > 0) {
+        s->tokens.rate = s->cfg->tokens_per_min / 60.0;
+        s->tokens.burst = s->cfg->tokens_per_min / 6.0; /* ten seconds' worth */
+        if (s->tokens.burst < TOKENS_PER_CALL)
+            s->tokens.burst = TOKENS_PER_CALL;
+    }
+    snprintf(s->rl_name, sizeof s->rl_name, "service_%s", name);
+    snprintf(s->rl_key, sizeof s->rl_key, "svc:%s", name);
+    snprintf(s->tok_key, sizeof s->tok_key, "tok:%s", name);
     r->svcs[r->n++] = s;
     set_state(s, SL_SVC_CLOSED);
     set_inflight(s, 0);
@@ -188,6 +231,126 @@ static void unqueue(sl_svc_wait_t *w)
     w->queued = 0;
 }
 
+/* ---- rate tokens ---- */
+
+static int limited(const sl_svc_t *s)
+{
+    return (s->rate.rate > 0 || s->tokens.rate > 0) && sl_ratelimit_default() != NULL;
+}
+
+static void grant_waiters(sl_svc_t *s);
+static void tok_cb(int err, double retry_after_s, void *arg);
+
+/* Starts the next limit's check: 0 started, 1 nothing left to check, < 0 error. */
+static int tok_next(tok_t *t)
+{
+    sl_svc_t *s = t->svc;
+    while (t->stage < 2) {
+        int st = t->stage++;
+        const sl_rl_limit_t *lim = st == 0 ? &s->rate : &s->tokens;
+        if (lim->rate <= 0)
+            continue;
+        int wait_ms = (int)((t->deadline - now_s()) * 1000.0);
+        if (wait_ms < 1)
+            wait_ms = 1;
+        return sl_ratelimit_check(sl_ratelimit_default(), s->rl_name,
+                                  st == 0 ? s->rl_key : s->tok_key, lim,
+                                  st == 0 ? 1 : TOKENS_PER_CALL, wait_ms, tok_cb, t, &t->op);
+    }
+    return 1;
+}
+
+static void tok_unlink(tok_t *t)
+{
+    sl_svc_t *s = t->svc;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        s->toks = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+}
+
+/* Gives back the slot reserved for a call that will not start. */
+static void unreserve(sl_svc_t *s, sl_svc_wait_t *w)
+{
+    set_inflight(s, -1);
+    if (w->probe) {
+        w->probe = 0;
+        s->probe_out = 0;
+    }
+    grant_waiters(s);
+}
+
+/*
+ * The call `w` has a slot reserved (counted in in_flight): wait for its
+ * token(s), at most wait_ms. Returns 0 (w->cb fires later), 1 (no limit to
+ * wait for: the slot is the caller's now), or an error (slot still reserved).
+ */
+static int tok_start(sl_svc_wait_t *w, int wait_ms)
+{
+    sl_svc_t *s = w->svc;
+    tok_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return SL_ENOMEM;
+    t->w = w;
+    t->svc = s;
+    t->deadline = now_s() + wait_ms / 1000.0;
+    int rc = tok_next(t);
+    if (rc != 0) {
+        free(t);
+        return rc;
+    }
+    t->next = s->toks;
+    if (s->toks)
+        s->toks->prev = t;
+    s->toks = t;
+    return 0;
+}
+
+static void tok_cb(int err, double retry_after_s, void *arg)
+{
+    tok_t *t = arg;
+    sl_svc_t *s = t->svc;
+    sl_svc_wait_t *w = t->w;
+    (void)retry_after_s;
+    t->op = NULL;
+    if (err == 0) {
+        int rc = tok_next(t);
+        if (rc == 0)
+            return; /* the next limit is being checked */
+        if (rc < 0)
+            err = rc;
+    }
+    tok_unlink(t);
+    free(t);
+    if (err == 0) {
+        w->holds = 1;
+        w->cb(w, 0, w->arg);
+        return;
+    }
+    unreserve(s, w);
+    count_call(s, err == SL_EAGAIN ? "busy" : "cancelled");
+    w->cb(w, err == SL_EAGAIN ? SL_EAGAIN : SL_ECANCELED, w->arg);
+}
+
+/* Cancels w's token wait if it has one; returns 1 if it had. */
+static int tok_cancel(sl_svc_wait_t *w)
+{
+    if (!w->svc)
+        return 0;
+    for (tok_t *t = w->svc->toks; t; t = t->next) {
+        if (t->w != w)
+            continue;
+        sl_ratelimit_cancel(t->op);
+        tok_unlink(t);
+        free(t);
+        unreserve(w->svc, w);
+        return 1;
+    }
+    return 0;
+}
+
 static void wait_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_svc_wait_t *w = arg;
@@ -199,6 +362,17 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     if (w->granted) {
         /* The slot was reserved at release time; the breaker may have opened since. */
         err = admit(s, w);
+        if (err == 0 && limited(s)) {
+            w->granted = 0;
+            int rc = tok_start(w, s->timeout_ms);
+            if (rc == 0)
+                return; /* w->cb fires once the token comes */
+            if (rc < 0) {
+                unreserve(s, w);
+                w->cb(w, rc, w->arg);
+                return;
+            }
+        }
         if (err == 0) {
             w->holds = 1;
         } else {
@@ -237,14 +411,20 @@ int sl_svc_acquire(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, sl_svc_ready_cb c
             count_call(s, "circuit_open");
             return SL_EUNAVAIL;
         }
-        if (s->in_flight < s->cap && s->head == NULL) {
+        if ((s->in_flight < s->cap && s->head == NULL) || w->probe) {
+            /* (The probe must not wait behind the cap: it gets a slot over the cap.) */
             set_inflight(s, 1);
-            w->holds = 1;
-            return 1;
-        }
-        if (w->probe) {
-            /* The probe must not wait behind the cap: give it a slot over the cap. */
-            set_inflight(s, 1);
+            if (limited(s)) {
+                w->cb = cb;
+                w->arg = arg;
+                int rc = tok_start(w, wait_ms);
+                if (rc == 0)
+                    return 0; /* queued behind the rate limit */
+                if (rc < 0) {
+                    unreserve(s, w);
+                    return rc;
+                }
+            }
             w->holds = 1;
             return 1;
         }
@@ -267,6 +447,8 @@ int sl_svc_acquire(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, sl_svc_ready_cb c
 
 void sl_svc_cancel_wait(sl_svc_wait_t *w)
 {
+    if (tok_cancel(w))
+        return;
     if (w->ev == NULL)
         return;
     event_free(w->ev);
@@ -335,6 +517,15 @@ void sl_svcs_free(sl_svcs_t *r)
             unqueue(w);
             event_free(w->ev);
             w->ev = NULL;
+            w->cb(w, SL_ECANCELED, w->arg);
+        }
+        while (s->toks) {
+            tok_t *t = s->toks;
+            sl_svc_wait_t *w = t->w;
+            sl_ratelimit_cancel(t->op);
+            tok_unlink(t);
+            free(t);
+            set_inflight(s, -1);
             w->cb(w, SL_ECANCELED, w->arg);
         }
         free(s);

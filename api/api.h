@@ -17,6 +17,8 @@
 #include "core/config.h"
 #include "core/http.h"
 #include "core/metrics.h"
+#include "core/ratelimit.h"
+#include "core/pubsub.h"
 #include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
@@ -42,6 +44,8 @@ typedef struct sl_app_s {
     sl_http_server_t *http;    /* owned by main */
     sl_http_router_t *router;  /* owned by main */
     sl_redis_t *redis;         /* owned by main; NULL when redis_url is not configured */
+    sl_ratelimit_t *ratelimit; /* owned by main: request/byte limits, upload concurrency holds */
+    sl_pubsub_t *pubsub;       /* owned by main; status events (local fan-out + Redis) */
     sl_curl_t *curl;           /* owned by main */
     sl_flowvm_t *vm;           /* owned by main */
     sl_sched_t *sched;         /* owned by main; NULL until flows are loaded */
@@ -132,6 +136,23 @@ void sl_api_read_json_owned(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_
  */
 int sl_api_route_params(sl_app_t *app, sl_http_req_t *req, sl_http_params_t *out);
 
+/* ---- request parameters ---- */
+
+/**
+ * The {id} of the route req matched, into out: 0 if it is a UUID, -1
+ * otherwise (a malformed id is answered like a missing object: 404).
+ */
+int sl_api_route_uuid(sl_app_t *app, sl_http_req_t *req, char out[37]);
+
+/**
+ * A query parameter, percent-decoded into buf: its length, -1 when absent,
+ * -2 when present but longer than buf holds (so "too long" is never "absent").
+ */
+int sl_api_query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen);
+
+/** Parses a decimal of digits only (no sign, no spaces) in [min, max]: 0 or -1. */
+int sl_api_parse_long(const char *s, long min, long max, long *out);
+
 /* ---- pipelines ---- */
 
 /**
@@ -152,6 +173,7 @@ void sl_api_register_files(sl_app_t *app);     /* file get/list/delete/process/e
 void sl_api_register_records(sl_app_t *app);   /* GET /v1/datasets/{id}/records */
 void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs */
 void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
+void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
 
 /* ---- idempotency (shared by upload and process) ---- */
 

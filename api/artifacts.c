@@ -179,62 +179,6 @@ typedef struct art_req_s {
     long ttl;
 } art_req_t;
 
-/* The {id} of the matched route into out: 0 if it is a UUID, else -1. */
-static int route_id(sl_app_t *app, sl_http_req_t *req, char out[37])
-{
-    sl_http_params_t params;
-    out[0] = '\0';
-    if (sl_api_route_params(app, req, &params) != 0)
-        return -1;
-    for (int i = 0; i < params.n && i < 8; i++) {
-        if (params.names[i] && strcmp(params.names[i], "id") == 0) {
-            if (!sl_is_uuid(params.values[i]))
-                return -1;
-            memcpy(out, params.values[i], 36);
-            out[36] = '\0';
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/*
- * A query parameter: its length (value in buf), -1 when absent, -2 when it is
- * present but longer than buf can hold (so "too long" is never "absent").
- */
-static int query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen)
-{
-    int n = sl_http_req_query_param(req, name, buf, buflen);
-    if (n >= 0)
-        return n;
-    size_t nl = strlen(name);
-    for (const char *q = sl_http_req_query(req); q && *q;) {
-        if (strncmp(q, name, nl) == 0 && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
-            return -2;
-        const char *amp = strchr(q, '&');
-        if (!amp)
-            break;
-        q = amp + 1;
-    }
-    return -1;
-}
-
-/* Parses a decimal in [min, max] made of digits only. */
-static int parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s || strlen(s) > 18)
-        return -1;
-    for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
-    errno = 0;
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || !end || *end != '\0' || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static art_req_t *art_req_new(sl_app_t *app, sl_http_req_t *req, const char *id)
 {
@@ -284,7 +228,7 @@ static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
 {
     (void)arg;
     char id[37];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         sl_http_respond_error(req, 404, "not_found", "no such artifact", -1);
         return;
     }
@@ -329,13 +273,13 @@ static void url_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
 {
     (void)arg;
     char id[37], buf[32];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         sl_http_respond_error(req, 404, "not_found", "no such artifact", -1);
         return;
     }
     long ttl = URL_TTL_DEFAULT;
-    int n = query_param(req, "ttl", buf, sizeof buf);
-    if (n != -1 && (n < 0 || parse_long(buf, 1, URL_TTL_MAX, &ttl) != 0)) {
+    int n = sl_api_query_param(req, "ttl", buf, sizeof buf);
+    if (n != -1 && (n < 0 || sl_api_parse_long(buf, 1, URL_TTL_MAX, &ttl) != 0)) {
         sl_http_respond_error(req, 400, "invalid_request", "ttl must be an integer in 1..604800",
                               -1);
         return;
@@ -371,7 +315,7 @@ static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void 
          */
         long exp;
         int expired = ne > 0 && ns == 64 &&
-                      parse_long(expires, 0, 999999999999999999L, &exp) == 0 &&
+                      sl_api_parse_long(expires, 0, 999999999999999999L, &exp) == 0 &&
                       (time_t)exp <= time(NULL);
         if (expired)
             sl_http_respond_error(req, 403, "url_expired", "the signed URL has expired", -1);

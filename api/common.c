@@ -15,6 +15,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -693,5 +694,59 @@ int sl_api_route_params(sl_app_t *app, sl_http_req_t *req, sl_http_params_t *out
     if (sl_http_router_match(app->router, sl_http_req_method(req), sl_http_req_path(req), &cb, &arg,
                              out, &name) != 1)
         return SL_ENOTFOUND;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* request parameters shared by the route files                              */
+
+int sl_api_route_uuid(sl_app_t *app, sl_http_req_t *req, char out[37])
+{
+    sl_http_params_t params;
+    out[0] = '\0';
+    if (sl_api_route_params(app, req, &params) != 0)
+        return -1;
+    for (int i = 0; i < params.n && i < 8; i++) {
+        if (params.names[i] && strcmp(params.names[i], "id") == 0) {
+            if (!sl_is_uuid(params.values[i]))
+                return -1;
+            memcpy(out, params.values[i], 36);
+            out[36] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int sl_api_query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen)
+{
+    int n = sl_http_req_query_param(req, name, buf, buflen);
+    if (n >= 0)
+        return n;
+    size_t nl = strlen(name);
+    for (const char *q = sl_http_req_query(req); q && *q;) {
+        if (strncmp(q, name, nl) == 0 && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
+            return -2;
+        const char *amp = strchr(q, '&');
+        if (!amp)
+            break;
+        q = amp + 1;
+    }
+    return -1;
+}
+
+int sl_api_parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s || strlen(s) > 18)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    errno = 0;
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || !end || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
     return 0;
 }

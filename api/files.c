@@ -37,65 +37,6 @@ typedef struct file_req_s {
 
 /* ---- small helpers ---- */
 
-/*
- * The {id} of the route this request matched, into out. 0 if it is a UUID,
- * -1 otherwise (a malformed id is answered like a missing object).
- */
-static int route_id(sl_app_t *app, sl_http_req_t *req, char out[37])
-{
-    sl_http_params_t params;
-    out[0] = '\0';
-    if (sl_api_route_params(app, req, &params) != 0)
-        return -1;
-    for (int i = 0; i < params.n && i < 8; i++) {
-        if (params.names[i] && strcmp(params.names[i], "id") == 0) {
-            if (!sl_is_uuid(params.values[i]))
-                return -1;
-            memcpy(out, params.values[i], 36);
-            out[36] = '\0';
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/*
- * A query parameter: its length (value in buf), -1 when absent, -2 when it is
- * present but longer than buf can hold (so "too long" is never "absent").
- */
-static int query_param(sl_http_req_t *req, const char *name, char *buf, size_t buflen)
-{
-    int n = sl_http_req_query_param(req, name, buf, buflen);
-    if (n >= 0)
-        return n;
-    size_t nl = strlen(name);
-    for (const char *q = sl_http_req_query(req); q && *q;) {
-        if (strncmp(q, name, nl) == 0 && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
-            return -2;
-        const char *amp = strchr(q, '&');
-        if (!amp)
-            break;
-        q = amp + 1;
-    }
-    return -1;
-}
-
-/* Parses a decimal in [min, max] made of digits only (no sign, no spaces). */
-static int parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s || strlen(s) > 18)
-        return -1;
-    for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
-    errno = 0;
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || !end || *end != '\0' || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static void respond_not_found(sl_http_req_t *req, const char *what)
 {
@@ -181,7 +122,7 @@ static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
 {
     (void)arg;
     char id[37];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such file");
         return;
     }
@@ -238,29 +179,29 @@ static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_i
 {
     (void)arg;
     char id[37], buf[64];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such dataset");
         return;
     }
     long limit = LIST_LIMIT_DEFAULT;
-    int n = query_param(req, "limit", buf, sizeof buf);
-    if (n != -1 && (n < 0 || parse_long(buf, 1, LIST_LIMIT_MAX, &limit) != 0)) {
+    int n = sl_api_query_param(req, "limit", buf, sizeof buf);
+    if (n != -1 && (n < 0 || sl_api_parse_long(buf, 1, LIST_LIMIT_MAX, &limit) != 0)) {
         sl_http_respond_error(req, 400, "invalid_request", "limit must be an integer in 1..1000",
                               -1);
         return;
     }
     char cursor[32] = "";
-    n = query_param(req, "cursor", buf, sizeof buf);
+    n = sl_api_query_param(req, "cursor", buf, sizeof buf);
     if (n != -1) {
         long seq;
-        if (n < 2 || buf[0] != 'c' || parse_long(buf + 1, 1, 999999999999999999L, &seq) != 0) {
+        if (n < 2 || buf[0] != 'c' || sl_api_parse_long(buf + 1, 1, 999999999999999999L, &seq) != 0) {
             sl_http_respond_error(req, 400, "invalid_cursor", "the cursor is not one we made", -1);
             return;
         }
         snprintf(cursor, sizeof cursor, "%ld", seq);
     }
     const char *status = NULL; /* static string */
-    n = query_param(req, "status", buf, sizeof buf);
+    n = sl_api_query_param(req, "status", buf, sizeof buf);
     if (n != -1) {
         static const char *const ok[] = {"queued", "processing", "done", "failed"};
         for (size_t i = 0; n >= 0 && i < sizeof ok / sizeof ok[0]; i++)
@@ -312,14 +253,14 @@ static void events_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant
 {
     (void)arg;
     char id[37], buf[32], after[32] = "";
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such file");
         return;
     }
-    int n = query_param(req, "after", buf, sizeof buf);
+    int n = sl_api_query_param(req, "after", buf, sizeof buf);
     if (n != -1) {
         long seq;
-        if (n < 0 || parse_long(buf, 0, 999999999999999999L, &seq) != 0) {
+        if (n < 0 || sl_api_parse_long(buf, 0, 999999999999999999L, &seq) != 0) {
             sl_http_respond_error(req, 400, "invalid_request",
                                   "after must be a non-negative integer", -1);
             return;
@@ -349,6 +290,19 @@ static void route_events(sl_http_req_t *req, const sl_http_params_t *params, voi
 {
     (void)params;
     sl_api_auth(arg, req, 0, events_auth_cb, NULL);
+}
+
+/* ---- status events (SSE) ---- */
+
+/* Publishes rows of SL_PUBSUB_EVENT_COLUMNS as `event` events. */
+static void publish_rows(sl_app_t *app, const char *event, PGresult *res)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *v[SL_PUBSUB_EVENT_NCOLS];
+        for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+            v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+        sl_pubsub_publish_values(app->pubsub, event, v);
+    }
 }
 
 /* ---- DELETE /v1/files/{id} ---- */
@@ -392,11 +346,21 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
         free(fr);
         return;
     }
-    PGresult *arts = r->res[1], *files = r->res[2];
+    PGresult *arts = r->res[1], *files = r->res[2], *seq = r->res[3];
     if (PQntuples(files) < 1) {
         respond_not_found(fr->req, "no such file");
         free(fr);
         return;
+    }
+    /*
+     * Its timeline went with it (cascade), so the "deleted" event takes a fresh
+     * seq from the timeline's sequence and is live only: a replay cannot show it.
+     */
+    if (PQntuples(seq) == 1) {
+        const char *v[SL_PUBSUB_EVENT_NCOLS] = {
+            PQgetvalue(seq, 0, 0), PQgetvalue(files, 0, 1), fr->id, NULL, NULL, NULL,
+            "deleted",             "deleted",               PQgetvalue(seq, 0, 1)};
+        sl_pubsub_publish_values(fr->app->pubsub, "file", v);
     }
     sl_log(SL_LOG_INFO, "file_deleted", "{s:s, s:s, s:i}", "tenant_id", fr->tenant_id, "file_id",
            fr->id, "artifacts", PQntuples(arts));
@@ -414,7 +378,7 @@ static void delete_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant
 {
     (void)arg;
     char id[37];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such file");
         return;
     }
@@ -430,10 +394,12 @@ static void delete_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant
     static const char *const sql[] = {
         "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2",
-        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 RETURNING storage_key",
+        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 RETURNING storage_key, dataset_id",
+        "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')),"
+        " sluice_ts(clock_timestamp()) WHERE $1::uuid IS NOT NULL AND $2::uuid IS NOT NULL",
     };
     const char *params[] = {fr->tenant_id, fr->id};
-    exec_or_fail(batch_of(app->pg, sql, 3, 2, params), delete_done_cb, fr);
+    exec_or_fail(batch_of(app->pg, sql, 4, 2, params), delete_done_cb, fr);
 }
 
 static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
@@ -463,7 +429,7 @@ static void content_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenan
 {
     (void)arg;
     char id[37];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such file");
         return;
     }
@@ -536,6 +502,8 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
         process_fail(pr, 404, "not_found", "no such file");
         return;
     }
+    for (int i = 0; i < r->n - 1; i++)
+        publish_rows(pr->app, "run", r->res[i]);
     sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
     sl_sched_kick(pr->app->sched);
     free(pr);
@@ -556,7 +524,10 @@ static const char RUN_SQL[] =
     "  ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING"
     "  RETURNING id, tenant_id, dataset_id, file_id, pipeline)"
     " INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
-    " SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM ins";
+    " SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM ins"
+    " CROSS JOIN LATERAL"
+    "  (SELECT pg_advisory_xact_lock(hashtextextended(ins.dataset_id::text, 0))) lk"
+    " RETURNING " SL_PUBSUB_EVENT_COLUMNS;
 
 static const char PROCESS_RESPONSE_SQL[] =
     "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"
@@ -735,7 +706,7 @@ static void process_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenan
 {
     (void)arg;
     char id[37];
-    if (route_id(app, req, id) != 0) {
+    if (sl_api_route_uuid(app, req, id) != 0) {
         respond_not_found(req, "no such file");
         return;
     }

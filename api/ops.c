@@ -50,7 +50,9 @@ typedef struct ready_ctx_s {
 
 static void ready_answer(sl_app_t *app, sl_http_req_t *req, int pg_ok)
 {
-    int redis_ok = app->redis_up || (app->redis != NULL && sl_redis_up(app->redis));
+    /* With the pubsub: both of its connections (publisher up, subscriber subscribed). */
+    int redis_ok = app->pubsub ? sl_pubsub_redis_up(app->pubsub)
+                               : app->redis_up || (app->redis != NULL && sl_redis_up(app->redis));
     json_t *v = json_pack("{s:s, s:s}", "postgres", pg_ok ? "ok" : "down", "redis",
                           redis_ok ? "ok" : "down");
     if (!pg_ok)

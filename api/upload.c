@@ -60,6 +60,9 @@ typedef struct upload_s {
     const char *fail_code;
     const char *fail_msg;
     uint64_t bytes;
+    int tenant_held;          /* holds one of the tenant's limits.max_uploads_per_tenant */
+    double byte_credit;       /* upload bytes charged to the tenant's rate and not yet read */
+    sl_rl_op_t *rl_op;        /* a bytes charge in progress (the request is paused; holds a ref) */
 } upload_t;
 
 static void upload_release(upload_t *up);
@@ -142,7 +145,7 @@ static void writer_drain_cb(sl_store_writer_t *w, void *arg)
 {
     upload_t *up = arg;
     (void)w;
-    if (up->req && !up->failed)
+    if (up->req && !up->failed && !up->rl_op) /* else the bytes charge resumes it */
         sl_http_req_resume(up->req);
 }
 
@@ -263,6 +266,8 @@ static int part_end_cb(void *arg)
 
 static void upload_free(upload_t *up)
 {
+    if (up->tenant_held)
+        sl_ratelimit_unhold(up->app->ratelimit, up->tenant_id);
     sl_multipart_free(up->mp);
     free(up->parts);
     free(up);
@@ -325,11 +330,35 @@ static void upload_fail(upload_t *up, int status, const char *code, const char *
     up->fail_code = code;
     up->fail_msg = msg;
     discard_blobs(up);
+    if (up->rl_op) {
+        /* the request's reference keeps up alive past the charge's */
+        sl_ratelimit_cancel(up->rl_op);
+        up->rl_op = NULL;
+        up->refs--;
+    }
     static const struct timeval now = {0, 0};
     up->refs++;
     if (event_base_once(up->app->base, -1, EV_TIMEOUT, deferred_failure_cb, up, &now) != 0) {
         up->refs--;
         respond_failure(up);
+    }
+}
+
+/*
+ * Publishes what the batch committed, in seq order: one "file" event per file
+ * (statement 1), then the runs' 'queued' events (statement 2); columns are
+ * SL_PUBSUB_EVENT_COLUMNS.
+ */
+static void publish_batch(sl_app_t *app, const sl_pg_result_t *r)
+{
+    for (int s = 1; s <= 2 && s < r->n; s++) {
+        PGresult *res = r->res[s];
+        for (int i = 0; i < PQntuples(res); i++) {
+            const char *v[SL_PUBSUB_EVENT_NCOLS];
+            for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+                v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+            sl_pubsub_publish_values(app->pubsub, s == 1 ? "file" : "run", v);
+        }
     }
 }
 
@@ -354,6 +383,7 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
     }
     PGresult *last = r->res[r->n - 1];
     const char *body = PQgetvalue(last, 0, 0);
+    publish_batch(app, r);
     sl_metrics_add(app->m_upload_files, (double)up->nparts);
     sl_log(SL_LOG_INFO, "upload_stored", "{s:s, s:s, s:s, s:i, s:I}", "tenant_id", up->tenant_id,
            "dataset_id", up->dataset_id, "batch_id", up->batch_id, "files", up->nparts, "bytes",
@@ -425,7 +455,24 @@ static const char INSERT_RUNS_SQL[] =
     "SELECT x.id, $1, $2, x.file_id, $3, x.pipeline FROM json_to_recordset($4::json) "
     "AS x(id uuid, file_id uuid, pipeline text) RETURNING *) "
     "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state) "
-    "SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r";
+    "SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r "
+    "RETURNING " SL_PUBSUB_EVENT_COLUMNS;
+
+/*
+ * The batch's "file" events (SSE): not timeline rows (a file's timeline is its
+ * runs'), but they take their seq from the timeline's sequence so SSE ids stay
+ * one ordered series. The dataset's advisory lock, held to the commit, orders
+ * them and the 'queued' events after them before any later commit of the
+ * dataset (docs/internals/sse.md). A file no pipeline matched is "done".
+ */
+static const char FILE_EVENTS_SQL[] =
+    "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')), f.dataset_id, f.id, NULL,"
+    " NULL, NULL, 'uploaded',"
+    " CASE WHEN EXISTS (SELECT 1 FROM json_to_recordset($4::json) AS x(file_id uuid)"
+    "                   WHERE x.file_id = f.id) THEN 'queued' ELSE 'done' END,"
+    " sluice_ts(clock_timestamp())"
+    " FROM (SELECT pg_advisory_xact_lock(hashtextextended($2::text, 0))) lk, files f"
+    " WHERE f.tenant_id = $1 AND f.batch_id = $3 ORDER BY f.seq";
 
 /* Every part is durable: record the whole batch in one transaction. */
 static void store_rows(upload_t *up)
@@ -440,6 +487,7 @@ static void store_rows(upload_t *up)
     const char *fp[] = {up->tenant_id, up->dataset_id, up->batch_id, files_txt};
     const char *rp[] = {up->tenant_id, up->dataset_id, up->batch_id, runs_txt};
     if (sl_pg_batch_add(b, INSERT_FILES_SQL, 4, fp) < 0 ||
+        sl_pg_batch_add(b, FILE_EVENTS_SQL, 4, rp) < 0 ||
         sl_pg_batch_add(b, INSERT_RUNS_SQL, 4, rp) < 0)
         goto fail;
     const char *params[] = {up->tenant_id, up->batch_id, up->idem_key};
@@ -494,6 +542,67 @@ static void upload_maybe_finish(upload_t *up)
 
 /* ---- http body callbacks ---- */
 
+/*
+ * rate_limits.upload_bytes_per_s: the body is charged to the tenant as it
+ * streams, in quanta (1/20 s of the rate, 16 KiB..1 MiB, at most the burst),
+ * after the bytes were read. While a charge waits for the limiter the socket
+ * is not read, so an upload over its tenant's rate slows down instead of
+ * failing; only a wait past BYTES_MAX_WAIT_MS answers 429.
+ */
+#define BYTES_MAX_WAIT_MS 30000
+
+static double bytes_quantum(const sl_config_t *cfg, double burst)
+{
+    double q = cfg->rl_upload_bytes_per_s / 20;
+    q = q < 16384 ? 16384 : q > 1048576 ? 1048576 : q;
+    return q > burst ? burst : q;
+}
+
+static void charge_bytes(upload_t *up);
+
+static void bytes_charged_cb(int err, double retry_after_s, void *arg)
+{
+    upload_t *up = arg;
+    const sl_config_t *cfg = up->app->cfg;
+    double burst = cfg->rl_upload_bytes_burst > 0 ? cfg->rl_upload_bytes_burst
+                                                   : cfg->rl_upload_bytes_per_s;
+    up->rl_op = NULL;
+    if (err == 0 && !up->failed && up->req) {
+        up->byte_credit += bytes_quantum(cfg, burst < 1 ? 1 : burst);
+        if (up->byte_credit < 0)
+            charge_bytes(up); /* a chunk bigger than a quantum: charge on */
+        else if (!up->writer || sl_store_pending(up->writer) < SL_STORE_HIGH_WATER)
+            sl_http_req_resume(up->req); /* else the writer's drain resumes it */
+    } else if (err != 0 && !up->failed) {
+        (void)retry_after_s;
+        upload_fail(up, err == SL_EAGAIN ? 429 : 503, err == SL_EAGAIN ? "rate_limited" : "unavailable",
+                    err == SL_EAGAIN ? "the tenant's upload bytes per second are used up"
+                                     : "shutting down");
+    }
+    upload_release(up);
+}
+
+/* Pauses the body and charges one quantum of bytes to the tenant. */
+static void charge_bytes(upload_t *up)
+{
+    const sl_config_t *cfg = up->app->cfg;
+    double burst = cfg->rl_upload_bytes_burst > 0 ? cfg->rl_upload_bytes_burst
+                                                   : cfg->rl_upload_bytes_per_s;
+    sl_rl_limit_t lim = {cfg->rl_upload_bytes_per_s, burst < 1 ? 1 : burst};
+    char key[64];
+    snprintf(key, sizeof key, "bytes:%s", up->tenant_id);
+    sl_http_req_pause(up->req);
+    up->refs++;
+    if (sl_ratelimit_check(up->app->ratelimit, "upload_bytes", key, &lim,
+                           bytes_quantum(cfg, lim.burst), BYTES_MAX_WAIT_MS, bytes_charged_cb, up,
+                           &up->rl_op) != 0) {
+        up->refs--;
+        up->rl_op = NULL;
+        up->byte_credit = 0; /* the limiter cannot answer: let the body through */
+        sl_http_req_resume(up->req);
+    }
+}
+
 static int body_data_cb(sl_http_req_t *req, const char *data, size_t len, void *arg)
 {
     upload_t *up = arg;
@@ -508,6 +617,11 @@ static int body_data_cb(sl_http_req_t *req, const char *data, size_t len, void *
         /* The body is abandoned (no end_cb will come); upload_fail answers. */
         up->body_done = 1;
         return 1;
+    }
+    if (up->app->ratelimit && up->app->cfg->rl_upload_bytes_per_s > 0 && !up->failed) {
+        up->byte_credit -= (double)len;
+        if (up->byte_credit < 0 && !up->rl_op)
+            charge_bytes(up);
     }
     return 0;
 }
@@ -615,6 +729,24 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
         free(up);
         sl_http_respond_error(req, 415, "unsupported_media_type", "not multipart", -1);
         return;
+    }
+    /* Overload: past the caps an upload is refused before a byte of it is read. */
+    if (app->cfg->max_uploads_in_flight > 0 &&
+        app->active_uploads >= app->cfg->max_uploads_in_flight) {
+        free(up);
+        sl_http_respond_error(req, 503, "overloaded", "too many uploads in progress; retry later",
+                              1);
+        return;
+    }
+    if (app->ratelimit && app->cfg->max_uploads_per_tenant > 0) {
+        if (sl_ratelimit_hold(app->ratelimit, up->tenant_id, app->cfg->max_uploads_per_tenant) !=
+            0) {
+            free(up);
+            sl_http_respond_error(req, 429, "rate_limited",
+                                  "too many uploads in progress for this tenant", 1);
+            return;
+        }
+        up->tenant_held = 1;
     }
     app->active_uploads++;
     const char *params[] = {up->tenant_id, up->dataset_id};

@@ -491,10 +491,164 @@ static int parse_limits(ctx_t *c, struct fy_node *map, int line)
             rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->idle_timeout_ms);
         else if (strcmp(key, "body_timeout_ms") == 0)
             rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->body_timeout_ms);
+        else if (strcmp(key, "max_uploads_in_flight") == 0)
+            rc = get_int(c, v, kl, path, 0, INT_MAX, &cfg->max_uploads_in_flight);
+        else if (strcmp(key, "max_uploads_per_tenant") == 0)
+            rc = get_int(c, v, kl, path, 0, INT_MAX, &cfg->max_uploads_per_tenant);
+        else if (strcmp(key, "max_runs_in_flight") == 0)
+            rc = get_int(c, v, kl, path, 1, 1000000, &cfg->max_runs_in_flight);
+        else if (strcmp(key, "max_runs_per_tenant") == 0)
+            rc = get_int(c, v, kl, path, 1, 1000000, &cfg->max_runs_per_tenant);
         else
             rc = unknown_key(c, kl, path);
         if (rc < 0)
             return rc;
+    }
+    return 0;
+}
+
+static int parse_sse(ctx_t *c, struct fy_node *map, int line)
+{
+    sl_config_t *cfg = c->cfg;
+    struct fy_node_pair *p;
+    void *it = NULL;
+    char path[SL_CONFIG_MAX_PATH];
+    int rc;
+
+    if ((rc = want_mapping(c, map, line, "sse")) < 0 || node_is_null(map))
+        return rc;
+    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
+        struct fy_node *v = fy_node_pair_value(p);
+        const char *key;
+        int kl;
+
+        if ((rc = get_key(c, fy_node_pair_key(p), "sse", line, &key, &kl)) < 0)
+            return rc;
+        join_path(path, "sse", key);
+        if (strcmp(key, "keepalive_s") == 0)
+            rc = get_int(c, v, kl, path, 1, 3600, &cfg->sse_keepalive_s);
+        else if (strcmp(key, "client_buffer_bytes") == 0)
+            rc = get_size(c, v, kl, path, &cfg->sse_client_buffer_bytes);
+        else
+            rc = unknown_key(c, kl, path);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/*
+ * rate_limits: {requests_per_s: {uploads, reads, burst},
+ *               upload_bytes_per_s: {per_tenant, burst}}
+ */
+static int parse_rate_group(ctx_t *c, struct fy_node *map, int line, const char *prefix)
+{
+    sl_config_t *cfg = c->cfg;
+    struct fy_node_pair *p;
+    void *it = NULL;
+    char path[SL_CONFIG_MAX_PATH];
+    int bytes = strcmp(prefix, "rate_limits.upload_bytes_per_s") == 0;
+    int rc;
+
+    if ((rc = want_mapping(c, map, line, prefix)) < 0 || node_is_null(map))
+        return rc;
+    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
+        struct fy_node *v = fy_node_pair_value(p);
+        const char *key;
+        int kl;
+        double *dst = NULL;
+
+        if ((rc = get_key(c, fy_node_pair_key(p), prefix, line, &key, &kl)) < 0)
+            return rc;
+        join_path(path, prefix, key);
+        if (!bytes && strcmp(key, "uploads") == 0)
+            dst = &cfg->rl_uploads_per_s;
+        else if (!bytes && strcmp(key, "reads") == 0)
+            dst = &cfg->rl_reads_per_s;
+        else if (!bytes && strcmp(key, "burst") == 0)
+            dst = &cfg->rl_requests_burst;
+        else if (bytes && strcmp(key, "per_tenant") == 0)
+            dst = &cfg->rl_upload_bytes_per_s;
+        else if (bytes && strcmp(key, "burst") == 0)
+            dst = &cfg->rl_upload_bytes_burst;
+        else
+            return unknown_key(c, kl, path);
+        if ((rc = get_rate(c, v, kl, path, dst)) < 0)
+            return rc;
+        if (dst == (bytes ? &cfg->rl_upload_bytes_burst : &cfg->rl_requests_burst) && *dst != 0 &&
+            *dst < 1)
+            return fail(c, node_line(v, kl, 0), path, "must be 0 (the default) or at least 1");
+    }
+    return 0;
+}
+
+static int parse_rate_limits(ctx_t *c, struct fy_node *map, int line)
+{
+    struct fy_node_pair *p;
+    void *it = NULL;
+    char path[SL_CONFIG_MAX_PATH];
+    int rc;
+
+    if ((rc = want_mapping(c, map, line, "rate_limits")) < 0 || node_is_null(map))
+        return rc;
+    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
+        const char *key;
+        int kl;
+
+        if ((rc = get_key(c, fy_node_pair_key(p), "rate_limits", line, &key, &kl)) < 0)
+            return rc;
+        join_path(path, "rate_limits", key);
+        if (strcmp(key, "requests_per_s") == 0 || strcmp(key, "upload_bytes_per_s") == 0)
+            rc = parse_rate_group(c, fy_node_pair_value(p), kl, path);
+        else
+            rc = unknown_key(c, kl, path);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* fairness: {weights: {tenant_name_or_id: N}} */
+static int parse_fairness(ctx_t *c, struct fy_node *map, int line)
+{
+    sl_config_t *cfg = c->cfg;
+    struct fy_node_pair *p, *q;
+    void *it = NULL, *it2;
+    char path[SL_CONFIG_MAX_PATH], wpath[SL_CONFIG_MAX_PATH];
+    int rc;
+
+    if ((rc = want_mapping(c, map, line, "fairness")) < 0 || node_is_null(map))
+        return rc;
+    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
+        struct fy_node *v = fy_node_pair_value(p);
+        const char *key;
+        int kl;
+
+        if ((rc = get_key(c, fy_node_pair_key(p), "fairness", line, &key, &kl)) < 0)
+            return rc;
+        join_path(path, "fairness", key);
+        if (strcmp(key, "weights") != 0)
+            return unknown_key(c, kl, path);
+        if ((rc = want_mapping(c, v, kl, path)) < 0 || node_is_null(v))
+            return rc;
+        it2 = NULL;
+        while ((q = fy_node_mapping_iterate(v, &it2)) != NULL) {
+            const char *tenant;
+            int tl;
+
+            if ((rc = get_key(c, fy_node_pair_key(q), path, kl, &tenant, &tl)) < 0)
+                return rc;
+            join_path(wpath, path, tenant);
+            if (cfg->nweights >= SL_CONFIG_MAX_WEIGHTS)
+                return fail(c, tl, wpath, "more than %d weights", SL_CONFIG_MAX_WEIGHTS);
+            sl_config_weight_t *w = &cfg->weights[cfg->nweights];
+            w->weight = 1;
+            if ((rc = get_int(c, fy_node_pair_value(q), tl, wpath, 1, 1000, &w->weight)) < 0)
+                return rc;
+            if ((w->tenant = strdup(tenant)) == NULL)
+                return oom(c);
+            cfg->nweights++;
+        }
     }
     return 0;
 }
@@ -650,6 +804,8 @@ static int parse_service(ctx_t *c, const char *name, struct fy_node *map, int li
             rc = get_int(c, v, kl, path, 1, 100000, &svc->concurrency);
         else if (strcmp(key, "rate_per_s") == 0)
             rc = get_rate(c, v, kl, path, &svc->rate_per_s);
+        else if (strcmp(key, "tokens_per_min") == 0)
+            rc = get_rate(c, v, kl, path, &svc->tokens_per_min);
         else
             rc = unknown_key(c, kl, path);
         if (rc < 0)
@@ -863,6 +1019,12 @@ static int parse_root(ctx_t *c, struct fy_node *root)
             rc = parse_storage(c, v, kl);
         else if (strcmp(key, "limits") == 0)
             rc = parse_limits(c, v, kl);
+        else if (strcmp(key, "rate_limits") == 0)
+            rc = parse_rate_limits(c, v, kl);
+        else if (strcmp(key, "fairness") == 0)
+            rc = parse_fairness(c, v, kl);
+        else if (strcmp(key, "sse") == 0)
+            rc = parse_sse(c, v, kl);
         else if (strcmp(key, "services") == 0)
             rc = parse_services(c, v, kl);
         else if (strcmp(key, "pipelines") == 0)
@@ -904,6 +1066,8 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_json_bytes = 1024 * 1024;
     cfg->max_header_bytes = 65536;
     cfg->max_connections = 10000;
+    cfg->max_runs_in_flight = 10000;
+    cfg->max_runs_per_tenant = 16;
     cfg->header_timeout_ms = 30000;
     cfg->idle_timeout_ms = 60000;
     cfg->body_timeout_ms = 60000;
@@ -1149,5 +1313,7 @@ void sl_config_free(sl_config_t *cfg)
         free(cfg->tenants[i].name);
         free(cfg->tenants[i].api_key);
     }
+    for (int i = 0; i < cfg->nweights; i++)
+        free(cfg->weights[i].tenant);
     free(cfg);
 }

@@ -19,6 +19,13 @@
 #define SL_CONFIG_MAX_MATCH 16
 #define SL_CONFIG_MAX_ARGV 32
 #define SL_CONFIG_MAX_TENANTS 16
+#define SL_CONFIG_MAX_WEIGHTS 64
+
+/** fairness.weights: a tenant (name or id) and its share of the scheduler. */
+typedef struct sl_config_weight_s {
+    char *tenant;
+    int weight;               /* 1..1000 */
+} sl_config_weight_t;
 
 /**
  * A service section (tika, ocr, textract, openai, or any other name). Every
@@ -38,6 +45,7 @@ typedef struct sl_config_service_s {
     int timeout_ms;           /* per call (default 30000) */
     int concurrency;          /* calls in flight at once (default 8) */
     double rate_per_s;        /* outbound request rate, 0 = unlimited */
+    double tokens_per_min;    /* openai: model tokens per minute, 0 = unlimited */
     int retry_max_attempts;   /* default 3 */
     int retry_base_ms;        /* default 500 */
     int retry_max_ms;         /* default 30000 */
@@ -77,6 +85,24 @@ typedef struct sl_config_s {
     size_t max_header_bytes;       /* default 64 KiB */
     int max_connections;           /* default 10000 */
     int header_timeout_ms, idle_timeout_ms, body_timeout_ms;
+    int max_uploads_in_flight;     /* uploads being received by a process; 0 = unlimited (503 past it) */
+    int max_uploads_per_tenant;    /* same, per tenant; 0 = unlimited (429 past it) */
+    int max_runs_in_flight;        /* runs held by a process's actors; default 10000 */
+    int max_runs_per_tenant;       /* of those, per tenant (fair scheduling); default 16 */
+
+    /* rate_limits: per API key (requests) and per tenant (bytes); 0 = unlimited */
+    double rl_uploads_per_s;       /* rate_limits.requests_per_s.uploads */
+    double rl_reads_per_s;         /* rate_limits.requests_per_s.reads */
+    double rl_requests_burst;      /* rate_limits.requests_per_s.burst; 0 = one second's worth */
+    double rl_upload_bytes_per_s;  /* rate_limits.upload_bytes_per_s.per_tenant */
+    double rl_upload_bytes_burst;  /* rate_limits.upload_bytes_per_s.burst; 0 = one second's worth */
+
+    int nweights;                  /* fairness.weights */
+    sl_config_weight_t weights[SL_CONFIG_MAX_WEIGHTS];
+
+    /* sse: live status streams (GET /v1/datasets/{id}/events) */
+    int sse_keepalive_s;             /* comment interval; 0 = default 15 */
+    size_t sse_client_buffer_bytes;  /* unsent bytes per client before it is dropped; 0 = 1 MiB */
 
     char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
     char *web_root;           /* static UI folder; default "web" */

@@ -6,6 +6,12 @@
  *                 +---------------------+-----------------------------+
  * hiredis frees its async context itself after the connect/disconnect
  * callbacks, so this module only forgets the pointer there and never frees it.
+ *
+ * A subscriber connection (sl_redis_new_subscriber) runs the same machine but
+ * sends PSUBSCRIBE instead of pings once connected, and is UP when Redis
+ * confirms the subscription. hiredis 0.14 routes every "pmessage" of the
+ * pattern to the PSUBSCRIBE callback, and calls it with a NULL reply when the
+ * context goes away (then the disconnect callback follows).
  */
 #include "redis.h"
 #include "err.h"
@@ -31,7 +37,15 @@ struct sl_redis_s {
     int up;
     int backoff_ms;
     struct event *timer;   /* reconnect or ping */
+    char *pattern;         /* subscriber: the PSUBSCRIBE pattern; NULL for a command connection */
+    sl_redis_message_cb msg_cb;
+    void *msg_arg;
 };
+
+static const char *role(const sl_redis_t *r)
+{
+    return r->pattern ? "subscriber" : "commands";
+}
 
 static void schedule(sl_redis_t *r, int ms)
 {
@@ -42,7 +56,7 @@ static void schedule(sl_redis_t *r, int ms)
 static void go_down(sl_redis_t *r, const char *why)
 {
     if (r->up)
-        sl_log(SL_LOG_WARN, "redis_down", "{s:s}", "error", why ? why : "");
+        sl_log(SL_LOG_WARN, "redis_down", "{s:s, s:s}", "error", why ? why : "", "role", role(r));
     r->up = 0;
     r->ac = NULL;
     schedule(r, r->backoff_ms);
@@ -62,10 +76,37 @@ static void ping_cb(redisAsyncContext *ac, void *reply, void *arg)
         redisAsyncDisconnect(ac);
         return;
     }
-    if (!r->up) {
+    if (!r->up && !r->pattern) {
         r->up = 1;
         r->backoff_ms = BACKOFF_MIN_MS;
-        sl_log(SL_LOG_INFO, "redis_up", "{s:s, s:i}", "host", r->host, "port", r->port);
+        sl_log(SL_LOG_INFO, "redis_up", "{s:s, s:i, s:s}", "host", r->host, "port", r->port,
+               "role", role(r));
+    }
+}
+
+/* Subscriber: the PSUBSCRIBE confirmation, then every pmessage of the pattern. */
+static void sub_cb(redisAsyncContext *ac, void *reply, void *arg)
+{
+    sl_redis_t *r = arg;
+    redisReply *rep = reply;
+    if (!r || ac != r->ac || !rep)
+        return; /* a stale context, or the connection is going away */
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = rep->element[0]->str;
+    if (strcmp(kind, "psubscribe") == 0) {
+        if (!r->up) {
+            r->up = 1;
+            r->backoff_ms = BACKOFF_MIN_MS;
+            sl_log(SL_LOG_INFO, "redis_up", "{s:s, s:i, s:s, s:s}", "host", r->host, "port",
+                   r->port, "role", role(r), "pattern", r->pattern);
+        }
+    } else if (strcmp(kind, "pmessage") == 0 && rep->elements == 4 &&
+               rep->element[2]->type == REDIS_REPLY_STRING &&
+               rep->element[3]->type == REDIS_REPLY_STRING && r->msg_cb) {
+        r->msg_cb(rep->element[2]->str, rep->element[3]->str, (size_t)rep->element[3]->len,
+                  r->msg_arg);
     }
 }
 
@@ -78,6 +119,12 @@ static void connect_cb(const redisAsyncContext *ac, int status)
     }
     if (r->password[0])
         redisAsyncCommand(r->ac, ping_cb, r, "AUTH %s", r->password);
+    if (r->pattern) {
+        /* Pub/sub ignores the database number; no pings once subscribed. */
+        redisEnableKeepAlive(&r->ac->c);
+        redisAsyncCommand(r->ac, sub_cb, r, "PSUBSCRIBE %s", r->pattern);
+        return;
+    }
     if (r->db)
         redisAsyncCommand(r->ac, ping_cb, r, "SELECT %d", r->db);
     redisAsyncCommand(r->ac, ping_cb, r, "PING");
@@ -97,6 +144,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (r->ac) { /* connected or connecting: ping */
+        if (r->pattern)
+            return; /* subscribers do not ping */
         redisAsyncCommand(r->ac, ping_cb, r, "PING");
         schedule(r, PING_INTERVAL_MS);
         return;
@@ -179,6 +228,79 @@ int sl_redis_new(struct event_base *base, const char *url, sl_redis_t **out)
     return 0;
 }
 
+/* ---- commands of the modules built on the connection ---- */
+
+typedef struct cmd_s {
+    sl_redis_reply_cb cb;
+    void *arg;
+} cmd_t;
+
+/*
+ * hiredis calls this once per command: with the reply, or with NULL when the
+ * context goes away (disconnect, or redisAsyncFree in sl_redis_free).
+ */
+static void cmd_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    cmd_t *c = priv;
+    (void)ac;
+    sl_redis_reply_cb cb = c->cb;
+    void *arg = c->arg;
+    free(c);
+    cb(reply, arg);
+}
+
+int sl_redis_request(sl_redis_t *r, sl_redis_reply_cb cb, void *arg, int argc,
+                     const char *const *argv, const size_t *lens)
+{
+    if (!r || r->pattern || !cb || argc <= 0 || !argv || !lens)
+        return SL_EINVAL;
+    if (!r->up || !r->ac)
+        return SL_EUNAVAIL;
+    cmd_t *c = malloc(sizeof *c);
+    if (!c)
+        return SL_ENOMEM;
+    c->cb = cb;
+    c->arg = arg;
+    if (redisAsyncCommandArgv(r->ac, cmd_cb, c, argc, (const char **)argv, lens) != REDIS_OK) {
+        free(c);
+        return SL_EUNAVAIL;
+    }
+    return 0;
+}
+
+int sl_redis_new_subscriber(struct event_base *base, const char *url, const char *pattern,
+                            sl_redis_message_cb cb, void *arg, sl_redis_t **out)
+{
+    if (!pattern || !*pattern || !cb)
+        return SL_EINVAL;
+    char *p = strdup(pattern);
+    if (!p)
+        return SL_ENOMEM;
+    sl_redis_t *r = NULL;
+    int err = sl_redis_new(base, url, &r);
+    if (err) {
+        free(p);
+        return err;
+    }
+    /* Still before the first loop turn: the connect timer has not fired yet. */
+    r->pattern = p;
+    r->msg_cb = cb;
+    r->msg_arg = arg;
+    *out = r;
+    return 0;
+}
+
+int sl_redis_command(sl_redis_t *r, int argc, const char *const *argv, const size_t *lens)
+{
+    if (!r || r->pattern || argc <= 0 || !argv || !lens)
+        return SL_EINVAL;
+    if (!r->up || !r->ac)
+        return SL_EUNAVAIL;
+    if (redisAsyncCommandArgv(r->ac, NULL, NULL, argc, (const char **)argv, lens) != REDIS_OK)
+        return SL_EUNAVAIL;
+    return 0;
+}
+
 int sl_redis_up(const sl_redis_t *r)
 {
     return r && r->up;
@@ -195,5 +317,6 @@ void sl_redis_free(sl_redis_t *r)
         ac->data = NULL; /* disconnect_cb during the free must not touch r */
         redisAsyncFree(ac);
     }
+    free(r->pattern);
     free(r);
 }

@@ -1,4 +1,5 @@
 # scripts/lib.sh — shell helpers shared by scripts/run and scripts/test.
+# shellcheck shell=bash
 #
 # Source it (". scripts/lib.sh"); it defines functions only, sets no options.
 # Provides: repo root, free TCP ports, the unprivileged Postgres user, and
@@ -151,7 +152,7 @@ sl_pg_url() { printf 'postgresql:///%s?host=%s&port=%s\n' "$3" "$1" "$2"; }
 # background (not daemonized; its pid goes to PIDFILE) and wait for PONG.
 # "detach" puts it in its own session so it outlives the calling shell.
 sl_redis_start() {
-    local port="$1" dir="$2" logf="$3" pidf="$4" mode="${5:-}" i pid
+    local port="$1" dir="$2" logf="$3" pidf="$4" mode="${5:-}" pid
     mkdir -p "$dir"
     if [ "$mode" = detach ]; then
         setsid redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -162,7 +163,7 @@ sl_redis_start() {
     fi
     pid=$!
     printf '%s\n' "$pid" >"$pidf"
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
             return 0
         fi
@@ -176,14 +177,14 @@ sl_redis_start() {
 # sl_pid_stop PIDFILE [timeout_s] — SIGTERM the pid in PIDFILE, wait, then
 # SIGKILL; removes PIDFILE. No-op when absent or dead.
 sl_pid_stop() {
-    local pidf="$1" t="${2:-15}" pid i
+    local pidf="$1" t="${2:-15}" pid
     [ -f "$pidf" ] || return 0
     pid="$(cat "$pidf" 2>/dev/null)"
     rm -f "$pidf"
     case "$pid" in ''|*[!0-9]*) return 0 ;; esac
     kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 $((t * 10))); do
+    for _ in $(seq 1 $((t * 10))); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
     done
@@ -202,8 +203,8 @@ sl_pid_alive() {
 # sl_wait_http URL TIMEOUT_S [PID] — wait until URL answers 200; fails early
 # if PID dies.
 sl_wait_http() {
-    local url="$1" t="$2" pid="${3:-}" i
-    for i in $(seq 1 $((t * 10))); do
+    local url="$1" t="$2" pid="${3:-}"
+    for _ in $(seq 1 $((t * 10))); do
         if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" 2>/dev/null)" = 200 ]; then
             return 0
         fi

@@ -9,7 +9,7 @@ Environment:
   SLUICE_START_TIMEOUT  seconds to wait for /readyz (default 20)
   SLUICE_STOP_TIMEOUT   seconds a server gets to exit on SIGTERM at teardown
                         before SIGKILL (default 15)
-  SLUICE_TEST_TIMEOUT   per-test alarm in seconds (default 600; 0 = off);
+  SLUICE_TEST_TIMEOUT   per-test alarm in seconds (default 300; 0 = off);
                         a test can set its own with @pytest.mark.timeout(N)
   SLUICE_IGNORE_SANITIZER=1  don't fail a test whose server logged an
                         ASan/LSan/UBSan report
@@ -78,7 +78,7 @@ class SluiceTestTimeout(Exception):
 @pytest.fixture(autouse=True)
 def _per_test_timeout(request):
     m = request.node.get_closest_marker("timeout")
-    secs = int(m.args[0]) if m and m.args else int(os.environ.get("SLUICE_TEST_TIMEOUT", "600"))
+    secs = int(m.args[0]) if m and m.args else int(os.environ.get("SLUICE_TEST_TIMEOUT", "300"))
     if secs <= 0 or not hasattr(signal, "SIGALRM"):
         yield
         return

@@ -100,14 +100,14 @@ def upload_ok(client, dataset_id, items, headers=None):
 
 
 def assert_file_shape(f):
-    assert set(f) == FILE_KEYS, sorted(f)
+    assert FILE_KEYS <= set(f), sorted(f)  # API.md allows added fields
     assert f["status"] in STATUSES
     assert TS_RE.match(f["created_at"]), f["created_at"]
     assert isinstance(f["size"], int)
     assert f["text_source"] in (None, "tika", "text_layer", "ocr", "textract")
     assert isinstance(f["runs"], list)
     for run in f["runs"]:
-        assert set(run) == RUN_KEYS, sorted(run)
+        assert RUN_KEYS <= set(run), sorted(run)
         assert run["state"] in {"queued", "running", "waiting", "succeeded", "failed", "cancelled"}
         assert isinstance(run["artifacts"], list)
 

@@ -161,7 +161,11 @@ def test_ui_index(server):
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"] == "text/html; charset=utf-8"
         assert "<title>Sluice</title>" in r.text
-        assert "/v1/datasets" in r.text
+        assert 'src="/ui/app.js"' in r.text
+    js = requests.get(server.url + "/ui/app.js", timeout=10)
+    assert js.status_code == 200
+    assert "javascript" in js.headers["Content-Type"]
+    assert "/v1/datasets" in js.text and "EventSource" in js.text
 
 
 @pytest.mark.parametrize("target", [

@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Fair scheduling: tenant B's single-file latency while tenant A's big batch
+is queued, next to B's latency on an idle server. The ratio is the figure.
+
+Starts its own Postgres, Redis and sluice (the test harness's classes) with
+the OCR stand-in of tests/blackbox/test_fairness.py (50 ms per call, the real
+ai_record flow on tiny PNGs). Latency is B's timeline: `queued` -> `succeeded`.
+A's throughput while it runs alone is printed too (the cost of capping runs
+per tenant), as is the same with the per-tenant cap lifted (what FIFO-like
+claiming does to B).
+
+    /usr/bin/python3 bench/fairness_bench.py [--binary build/sluice] [--files 2000] [--samples 5]
+"""
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "blackbox"))
+import sluice_harness as h  # noqa: E402
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+
+
+def config(per_tenant):
+    return (
+        'services:\n'
+        '  ocr: {command: ["/bin/sh", "-c", "sleep 0.05; echo text {input}"], concurrency: 8, '
+        'timeout_ms: 60000}\n'
+        'pipelines:\n'
+        '  - {name: ai_record, flow: lua-flows/ai_record.lua, match: ["image/png"]}\n'
+        'limits: {max_files_per_request: 10000, max_runs_per_tenant: %d}\n' % per_tenant)
+
+
+def ts(s):
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def b_latency(b, ds):
+    """Uploads one file as B; returns its queued -> succeeded seconds."""
+    r = b.upload(ds, ("b.png", PNG, "image/png"))
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    doc = b.wait_file(fid, timeout=300, interval=0.02)
+    assert doc["status"] == "done", doc
+    ev = b.get("/v1/files/%s/events" % fid).json()["events"]
+    q = [e["at"] for e in ev if e["kind"] == "queued"][0]
+    s = [e["at"] for e in ev if e["kind"] == "succeeded"][0]
+    return ts(s) - ts(q)
+
+
+def a_done(pg, srv, tenant_id):
+    db = urllib.parse.unquote(urllib.parse.urlparse(srv.database_url).path.lstrip("/"))
+    return int(pg.psql("SELECT count(*) FROM runs WHERE tenant_id = '%s' AND state = 'succeeded'"
+                       % tenant_id, dbname=db).strip())
+
+
+def scenario(factory, pg, nfiles, samples, per_tenant):
+    srv = factory(extra_yaml=config(per_tenant))
+    a = srv.create_tenant("a")
+    b = srv.create_tenant("b")
+    ds_a = a.create_dataset("a")["id"]
+    ds_b = b.create_dataset("b")["id"]
+    idle = [b_latency(b, ds_b) for _ in range(samples)]
+    t0 = time.monotonic()
+    r = a.upload(ds_a, [("a%05d.png" % i, PNG, "image/png") for i in range(nfiles)], timeout=600)
+    assert r.status_code == 202, r.text[:300]
+    busy = []
+    for _ in range(samples):
+        busy.append(b_latency(b, ds_b))
+        time.sleep(0.2)
+    left = nfiles - a_done(pg, srv, a.tenant_id)
+    while a_done(pg, srv, a.tenant_id) < nfiles and time.monotonic() - t0 < 900:
+        time.sleep(0.5)
+    a_secs = time.monotonic() - t0
+    srv.stop()
+    return idle, busy, left, a_secs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=None)
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=5)
+    args = ap.parse_args()
+    if args.binary:
+        import os
+        os.environ["SLUICE_BIN"] = args.binary
+    tmp = tempfile.mkdtemp(prefix="sluice-fair-")
+    pg = h.PgCluster()
+    redis = h.RedisServer()
+    pg.start()
+    redis.start()
+    factory = h.ServerFactory(pg, redis, tmp)
+    try:
+        idle, busy, left, a_secs = scenario(factory, pg, args.files, args.samples, 8)
+        mi, mb = statistics.median(idle), statistics.median(busy)
+        print("fairness: B single-file latency, idle server: %.0f ms (median of %d)"
+              % (mi * 1000, len(idle)))
+        print("fairness: B single-file latency, A's %d files queued: %.0f ms (median of %d; "
+              "max %.0f ms; A had %d left after B's samples)"
+              % (args.files, mb * 1000, len(busy), max(busy) * 1000, left))
+        print("fairness: ratio busy/idle: %.2f" % (mb / mi))
+        print("fairness: A's %d files took %.1f s (%.0f files/s with max_runs_per_tenant 8, "
+              "OCR concurrency 8 x 50 ms)" % (args.files, a_secs, args.files / a_secs))
+        _, busy2, _, a2 = scenario(factory, pg, args.files, 1, 100000)
+        print("fairness: without the per-tenant cap (max_runs_per_tenant 100000): B %.0f ms, "
+              "ratio %.1f; A's files took %.1f s" % (busy2[0] * 1000, busy2[0] / mi, a2))
+    finally:
+        factory.teardown()
+        pg.destroy()
+        redis.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+/*
+ * ratelimit.h — rate limits shared by every instance through Redis, with a
+ * local fallback, and small per-process concurrency counters.
+ *
+ * The algorithm is GCRA (the generic cell rate algorithm, a token bucket
+ * written as one timestamp per key: the "theoretical arrival time" TAT). A
+ * limit is a rate (units per second) and a burst (units allowed at once); a
+ * check charges `cost` units. In Redis the check is one server-side Lua script
+ * (EVALSHA; SCRIPT LOAD and again on NOSCRIPT) reading the clock with TIME,
+ * so it is atomic and every instance shares the same state and clock. While
+ * Redis is down (or a check's command fails) the same algorithm runs on an
+ * in-process table: each instance then limits on its own, and one log line
+ * ("ratelimit_backend") says when the limiter switches either way.
+ *
+ * See docs/internals/ratelimit.md.
+ */
+#ifndef SL_RATELIMIT_H
+#define SL_RATELIMIT_H
+
+#include <event2/event.h>
+
+#include "core/redis.h"
+
+#define SL_RL_KEY_MAX 200     /* longest key (the prefix and the caller's key) */
+#define SL_RL_LOCAL_MAX 65536 /* keys in the local table before it fails open */
+
+typedef struct sl_ratelimit_s sl_ratelimit_t;
+typedef struct sl_rl_op_s sl_rl_op_t;
+
+/** A limit: `rate` units per second (<= 0: unlimited), `burst` units at once (< 1 means 1). */
+typedef struct sl_rl_limit_s {
+    double rate;
+    double burst;
+} sl_rl_limit_t;
+
+/**
+ * A check's result, called exactly once on a later loop turn: err 0 = allowed
+ * (the cost is charged); SL_EAGAIN = over the limit, nothing charged, and
+ * `retry_after_s` says when the same cost would pass; SL_ECANCELED = the
+ * limiter is being freed. The op is gone when this runs.
+ */
+typedef void (*sl_rl_cb)(int err, double retry_after_s, void *arg);
+
+/**
+ * Creates a limiter. `base` is borrowed; `redis` is borrowed and may be NULL
+ * (local limits only); both must outlive the limiter. Returns owned in *out.
+ * Registers sluice_ratelimit_decisions_total{limit,decision}.
+ */
+int sl_ratelimit_new(struct event_base *base, sl_redis_t *redis, sl_ratelimit_t **out);
+
+/**
+ * Frees. Ops waiting on a timer get SL_ECANCELED inside this call; ops waiting
+ * for Redis get it when their reply (or the disconnect) comes, and the memory
+ * goes with the last of them. NULL is a no-op.
+ */
+void sl_ratelimit_free(sl_ratelimit_t *rl);
+
+/**
+ * Charges `cost` units of limit `lim` to `key` (borrowed, copied; at most
+ * SL_RL_KEY_MAX bytes). A cost above the burst is charged as the burst (it
+ * could never pass otherwise). `max_wait_ms` > 0 makes the op wait, rechecking
+ * when the limit says, until it is allowed or waiting longer would pass
+ * max_wait_ms (then SL_EAGAIN); 0 answers at once. `name` labels the metrics
+ * ("uploads", "service_ocr"; borrowed until the callback). An unlimited `lim`
+ * is allowed at once (still on a later turn). Returns 0 and, if op_out is not
+ * NULL, the op in *op_out (borrowed until the callback, for sl_ratelimit_cancel);
+ * SL_EINVAL (key too long), SL_ENOMEM: no callback.
+ */
+int sl_ratelimit_check(sl_ratelimit_t *rl, const char *name, const char *key,
+                       const sl_rl_limit_t *lim, double cost, int max_wait_ms, sl_rl_cb cb,
+                       void *arg, sl_rl_op_t **op_out);
+
+/** Withdraws an op whose callback has not run: no callback afterwards. */
+void sl_ratelimit_cancel(sl_rl_op_t *op);
+
+/** 1 while checks go to Redis, 0 while they run locally. */
+int sl_ratelimit_shared(const sl_ratelimit_t *rl);
+
+/**
+ * GCRA on one TAT (seconds on any clock `now` also uses): returns 1 and moves
+ * *tat if `cost` fits the limit at `now`, else 0 with the wait in
+ * *retry_after_s. The same arithmetic as the Redis script; exposed for tests.
+ */
+int sl_ratelimit_gcra(double *tat, double now, double rate, double burst, double cost,
+                      double *retry_after_s);
+
+/**
+ * A per-process concurrency counter on `key` (borrowed, copied): takes one
+ * unit if fewer than `max` are held (max <= 0: no limit) and returns 0, else
+ * SL_EAGAIN. SL_ENOMEM when the table cannot grow (nothing taken).
+ */
+int sl_ratelimit_hold(sl_ratelimit_t *rl, const char *key, int max);
+
+/** Gives back a unit taken by sl_ratelimit_hold. */
+void sl_ratelimit_unhold(sl_ratelimit_t *rl, const char *key);
+
+/**
+ * The process's limiter for modules that have no handle to one (actors/service.c
+ * finds it here). Borrowed; main sets it after creating it and clears it
+ * (NULL) before freeing it.
+ */
+void sl_ratelimit_set_default(sl_ratelimit_t *rl);
+sl_ratelimit_t *sl_ratelimit_default(void);
+
+#endif

@@ -1,0 +1,277 @@
+"""Fair use: request and byte rate limits (shared through Redis, local while
+Redis is down), outbound service rates, upload concurrency caps, and the
+queue's visibility (queue_position, /metrics).
+
+Limits are set low and slow (a fraction of a request per second) so that
+nothing refills while a burst is being sent: counts are exact.
+"""
+import json
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from sluice_harness import REPO
+
+STANDINS = REPO / "tests" / "standins" / "standins.py"
+
+# A 1x1 PNG (libmagic: image/png).
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+
+READS_LIMIT = "rate_limits: {requests_per_s: {reads: 0.2, uploads: 0.2, burst: 5}}\n"
+
+
+def metric(server, name, **labels):
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "{}")[1:-1].split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return None
+
+
+def check_429(r):
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "rate_limited"
+    ra = r.headers.get("Retry-After")
+    assert ra is not None and ra.isdigit() and 1 <= int(ra) <= 5, ra
+
+
+def test_read_burst_gets_429_with_retry_after(start_server):
+    srv = start_server(extra_yaml=READS_LIMIT)
+    t = srv.create_tenant("burst")
+    codes = []
+    for _ in range(8):
+        r = t.get("/v1/datasets")
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            check_429(r)
+    assert codes == [200] * 5 + [429] * 3, codes
+    # uploads have their own budget per key: not touched by the reads
+    ds_r = t.post("/v1/datasets", json={"name": "d"})
+    assert ds_r.status_code == 429  # a POST that is not an upload is a "read"
+    # another key is another budget
+    t2 = srv.create_tenant("other")
+    assert t2.get("/v1/datasets").status_code == 200
+    assert metric(srv, "sluice_ratelimit_decisions_total", limit="reads",
+                  decision="limited") == 4
+    # 5 + t2's + the admin key's two tenant creations
+    assert metric(srv, "sluice_ratelimit_decisions_total", limit="reads",
+                  decision="allowed") == 8
+
+
+def test_uploads_and_reads_are_counted_apart(start_server):
+    srv = start_server(extra_yaml="rate_limits: {requests_per_s: {reads: 0.2, uploads: 0.2, "
+                                  "burst: 2}}\n")
+    t = srv.create_tenant("apart")
+    ds = t.create_dataset("d")["id"]          # read 1
+    codes = [t.upload(ds, ("a.txt", b"hello\n", "text/plain")).status_code for _ in range(4)]
+    assert codes == [202, 202, 429, 429], codes
+    assert t.get("/v1/datasets").status_code == 200  # read 2
+    check_429(t.get("/v1/datasets"))                  # read 3
+
+
+def test_burst_split_over_two_instances_is_limited_as_one(start_server):
+    a = start_server(extra_yaml=READS_LIMIT)
+    b = start_server(extra_yaml=READS_LIMIT, database_url=a.database_url,
+                     storage_path=a.storage_path)
+    t = a.create_tenant("split")
+    tb = type(t)(b.url, t.key, t.tenant_id)
+    codes = []
+    for i in range(10):
+        r = (t if i % 2 == 0 else tb).get("/v1/datasets")
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            check_429(r)
+    assert codes.count(200) == 5, codes
+    assert codes.count(429) == 5, codes
+    # both instances refused some: the budget really is shared
+    assert 429 in codes[0::2] or 429 in codes[1::2]
+
+
+def backend_lines(srv):
+    out = []
+    for line in srv.log().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "ratelimit_backend":
+            out.append(ev)
+    return out
+
+
+def test_redis_down_uploads_and_processing_go_on(start_server, redis):
+    srv = start_server(extra_yaml="rate_limits: {requests_per_s: {uploads: 0.2, burst: 5}}\n")
+    t = srv.create_tenant("noredis")
+    ds = t.create_dataset("d")["id"]
+    assert t.upload(ds, ("first.txt", b"x\n", "text/plain")).status_code == 202  # via Redis
+    redis.stop()
+    try:
+        ids = []
+        for i in range(5):
+            r = t.upload(ds, ("n%d.txt" % i, b"total 12 EUR\n", "text/plain"))
+            assert r.status_code == 202, (i, r.text)
+            ids += [f["id"] for f in r.json()["files"]]
+        check_429(t.upload(ds, ("over.txt", b"x\n", "text/plain")))  # the local burst is used up
+        for fid in ids:
+            doc = t.wait_file(fid, timeout=60)
+            assert doc["status"] == "done", doc
+        assert [ev["backend"] for ev in backend_lines(srv)][-1:] == ["local"]
+    finally:
+        redis.start()
+
+
+def test_redis_down_local_limit_still_applies(start_server, redis):
+    srv = start_server(extra_yaml=READS_LIMIT)
+    t = srv.create_tenant("local")
+    redis.stop()
+    try:
+        codes = [t.get("/v1/datasets").status_code for _ in range(8)]
+        assert codes == [200] * 5 + [429] * 3, codes
+    finally:
+        redis.start()
+    local = [ev for ev in backend_lines(srv) if ev["backend"] == "local"]
+    assert len(local) == 1, local  # one line when switching, not one per request
+
+
+def test_upload_bytes_are_paced_per_tenant(start_server):
+    # 200 KB/s with a 64 KiB burst: a 600 KB body cannot be read faster than
+    # (600 - 64) / 200 s; it is slowed down, not refused.
+    srv = start_server(extra_yaml="rate_limits: {upload_bytes_per_s: {per_tenant: 200000, "
+                                  "burst: 65536}}\n")
+    t = srv.create_tenant("bytes")
+    ds = t.create_dataset("d")["id"]
+    t0 = time.monotonic()
+    r = t.upload(ds, ("big.bin", b"\0" * 600000))
+    took = time.monotonic() - t0
+    assert r.status_code == 202, r.text
+    assert took >= (600000 - 65536) / 200000 - 0.2, took
+    assert metric(srv, "sluice_ratelimit_decisions_total", limit="upload_bytes",
+                  decision="waited") >= 1
+
+
+def _open_upload(port, key, ds):
+    """Starts a multipart upload and keeps it open (returns the socket)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = ("POST /v1/datasets/%s/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            "Content-Type: multipart/form-data; boundary=BB\r\nContent-Length: 100000\r\n\r\n"
+            "--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nxx"
+            % (ds, key))
+    s.sendall(head.encode())
+    return s
+
+
+def _wait_uploads(srv, n):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if metric(srv, "sluice_uploads_in_progress") == n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("uploads in progress never reached %d" % n)
+
+
+def test_concurrent_upload_caps(start_server):
+    srv = start_server(extra_yaml="limits: {max_uploads_per_tenant: 1, max_uploads_in_flight: 2}\n")
+    a = srv.create_tenant("a")
+    b = srv.create_tenant("b")
+    c = srv.create_tenant("c")
+    ds_a = a.create_dataset("d")["id"]
+    ds_b = b.create_dataset("d")["id"]
+    ds_c = c.create_dataset("d")["id"]
+    held = [_open_upload(srv.port, a.key, ds_a)]
+    _wait_uploads(srv, 1)
+    r = a.upload(ds_a, ("x.txt", b"x"))          # the tenant's second: 429
+    check_429(r)
+    held.append(_open_upload(srv.port, b.key, ds_b))
+    _wait_uploads(srv, 2)
+    r = c.upload(ds_c, ("x.txt", b"x"))          # the process's third: 503
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "overloaded"
+    assert r.headers.get("Retry-After") == "1"
+    for s in held:
+        s.close()
+    _wait_uploads(srv, 0)
+    assert a.upload(ds_a, ("x.txt", b"x")).status_code == 202  # released: accepted again
+    assert c.upload(ds_c, ("x.txt", b"x")).status_code == 202
+
+
+def test_queue_position_and_depth(start_server):
+    srv = start_server(extra_yaml=(
+        'services:\n  ocr: {command: ["/bin/sh", "-c", "sleep 3; echo text {input}"]}\n'
+        'pipelines:\n  - {name: ai_record, flow: lua-flows/ai_record.lua, match: ["image/png"]}\n'
+        "limits: {max_runs_per_tenant: 1}\n"))
+    t = srv.create_tenant("queue")
+    ds = t.create_dataset("d")["id"]
+    r = t.upload(ds, [("p%d.png" % i, PNG, "image/png") for i in range(5)])
+    assert r.status_code == 202, r.text
+    ids = [f["id"] for f in r.json()["files"]]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the first run is claimed (one per tenant)
+        runs = [t.get("/v1/files/%s" % i).json()["runs"][0] for i in ids]
+        if any(x["state"] != "queued" for x in runs):
+            break
+        time.sleep(0.1)
+    queued = [x for x in runs if x["state"] == "queued"]
+    assert len(queued) == 4, runs
+    assert [x["queue_position"] for x in queued] == [1, 2, 3, 4]
+    for x in runs:
+        if x["state"] != "queued":
+            assert x["queue_position"] is None
+    deadline = time.monotonic() + 12
+    depth = None
+    while time.monotonic() < deadline:
+        depth = metric(srv, "sluice_queue_depth", tenant=t.tenant_id)
+        if depth is not None and depth > 0:
+            break
+        time.sleep(0.5)
+    assert depth is not None and 1 <= depth <= 4, depth
+
+
+@pytest.mark.slow
+def test_outbound_rate_limit_spaces_calls(start_server, tmp_path):
+    port_sock = socket.socket()
+    port_sock.bind(("127.0.0.1", 0))
+    port = port_sock.getsockname()[1]
+    port_sock.close()
+    tika = subprocess.Popen(["/usr/bin/python3", str(STANDINS), "tika", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "ready" in tika.stdout.readline()
+        url = "http://127.0.0.1:%d" % port
+        srv = start_server(extra_yaml=(
+            "services:\n  tika: {url: \"%s\", rate_per_s: 5, concurrency: 8}\n"
+            "pipelines:\n  - {name: ai_record, flow: lua-flows/ai_record.lua, "
+            "match: [\"text/plain\"]}\n" % url))
+        t = srv.create_tenant("outbound")
+        ds = t.create_dataset("d")["id"]
+        n = 20
+        r = t.upload(ds, [("f%d.txt" % i, b"Invoice %d total 1%d EUR\n" % (i, i), "text/plain")
+                          for i in range(n)])
+        assert r.status_code == 202, r.text
+        for f in r.json()["files"]:
+            doc = t.wait_file(f["id"], timeout=60)
+            assert doc["status"] == "done", doc
+            assert doc["text_source"] == "tika", doc
+        stats = requests.get(url + "/_stats", timeout=5).json()
+        ts = sorted(stats["timestamps"])
+        assert len(ts) == n, stats
+        # at most 5 calls in any window of a second (50 ms of slack for the
+        # path from the limiter to the stand-in's clock): call i+5 comes at
+        # least ~1 s after call i
+        gaps = [ts[i + 5] - ts[i] for i in range(len(ts) - 5)]
+        assert min(gaps) >= 0.95, gaps
+        assert metric(srv, "sluice_ratelimit_decisions_total", limit="service_tika",
+                      decision="waited") >= 10
+    finally:
+        tika.terminate()
+        tika.wait(5)

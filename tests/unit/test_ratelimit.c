@@ -1,0 +1,423 @@
+/*
+ * test_ratelimit.c — unit tests for core/ratelimit.c: the GCRA arithmetic,
+ * the local limiter (callbacks on a later turn, exactly once, waits,
+ * cancellation), concurrency counters, and the Redis path against a real
+ * redis-server this test starts on a free port: shared state between two
+ * limiters, recovery from a flushed script cache (NOSCRIPT), and the switch
+ * to local limits when Redis goes away.
+ */
+#include "core/err.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/ratelimit.h"
+#include "core/redis.h"
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int passed, failed;
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        if (expr) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
+        }                                                                                          \
+    } while (0)
+
+static struct event_base *base;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+/* Runs the loop until *counter reaches target or `secs` pass. */
+static void run_until(const int *counter, int target, double secs)
+{
+    double deadline = now_s() + secs;
+    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+    struct timeval tv = {0, 10000};
+    event_add(tick, &tv);
+    while (*counter < target && now_s() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    event_free(tick);
+}
+
+/* ---- results ---- */
+
+#define MAX_RES 64
+typedef struct {
+    int n, allowed, denied, cancelled;
+    int err[MAX_RES];
+    double retry[MAX_RES];
+    double at[MAX_RES];
+} results_t;
+
+static void res_cb(int err, double retry_after_s, void *arg)
+{
+    results_t *r = arg;
+    if (r->n < MAX_RES) {
+        r->err[r->n] = err;
+        r->retry[r->n] = retry_after_s;
+        r->at[r->n] = now_s();
+    }
+    r->n++;
+    if (err == 0)
+        r->allowed++;
+    else if (err == SL_EAGAIN)
+        r->denied++;
+    else
+        r->cancelled++;
+}
+
+/* ---- GCRA arithmetic ---- */
+
+static void test_gcra_math(void)
+{
+    double tat = 0, retry = -1;
+    int ok = 0;
+    /* 10/s with a burst of 5: five at once, then one every 100 ms */
+    for (int i = 0; i < 5; i++)
+        ok += sl_ratelimit_gcra(&tat, 100.0, 10, 5, 1, &retry);
+    CHECK(ok == 5);
+    CHECK(sl_ratelimit_gcra(&tat, 100.0, 10, 5, 1, &retry) == 0);
+    CHECK(fabs(retry - 0.1) < 1e-9);
+    CHECK(sl_ratelimit_gcra(&tat, 100.05, 10, 5, 1, &retry) == 0);
+    CHECK(fabs(retry - 0.05) < 1e-9);
+    CHECK(sl_ratelimit_gcra(&tat, 100.1, 10, 5, 1, &retry) == 1);
+    CHECK(sl_ratelimit_gcra(&tat, 100.1, 10, 5, 1, &retry) == 0);
+
+    /* over 10 simulated seconds at 1 ms steps: exactly burst + rate * t pass */
+    tat = 0;
+    ok = 0;
+    for (int ms = 0; ms < 10000; ms++)
+        while (sl_ratelimit_gcra(&tat, 500.0 + ms / 1000.0, 10, 5, 1, &retry))
+            ok++;
+    CHECK(ok == 5 + 99); /* 5 at t=0, then one at each 100 ms step from 0.1 s to 9.9 s */
+
+    /* a cost: 1000 bytes/s, burst 500: 500 at once, then 250 after 250 ms */
+    tat = 0;
+    CHECK(sl_ratelimit_gcra(&tat, 10.0, 1000, 500, 500, &retry) == 1);
+    CHECK(sl_ratelimit_gcra(&tat, 10.0, 1000, 500, 250, &retry) == 0);
+    CHECK(fabs(retry - 0.25) < 1e-9);
+    CHECK(sl_ratelimit_gcra(&tat, 10.25, 1000, 500, 250, &retry) == 1);
+
+    /* a cost above the burst is charged as the burst (else it could never pass) */
+    tat = 0;
+    CHECK(sl_ratelimit_gcra(&tat, 10.0, 1, 3, 100, &retry) == 1);
+    CHECK(sl_ratelimit_gcra(&tat, 10.0, 1, 3, 1, &retry) == 0);
+    CHECK(fabs(retry - 1.0) < 1e-9);
+
+    /* an idle key forgets: after a long pause the full burst is back */
+    tat = 0;
+    for (int i = 0; i < 5; i++)
+        sl_ratelimit_gcra(&tat, 1.0, 10, 5, 1, &retry);
+    ok = 0;
+    for (int i = 0; i < 7; i++)
+        ok += sl_ratelimit_gcra(&tat, 60.0, 10, 5, 1, &retry);
+    CHECK(ok == 5);
+}
+
+/* ---- one limiter: a burst of `n` checks on `key` ---- */
+
+static void burst(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim, int n,
+                  results_t *r)
+{
+    for (int i = 0; i < n; i++)
+        CHECK(sl_ratelimit_check(rl, "test", key, lim, 1, 0, res_cb, r, NULL) == 0);
+}
+
+static void test_local(void)
+{
+    sl_ratelimit_t *rl;
+    CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
+    CHECK(sl_ratelimit_shared(rl) == 0);
+    sl_rl_limit_t lim = {10, 3};
+    results_t r = {0};
+    burst(rl, "k1", &lim, 5, &r);
+    CHECK(r.n == 0); /* never synchronous */
+    run_until(&r.n, 5, 5);
+    CHECK(r.n == 5);
+    CHECK(r.allowed == 3);
+    CHECK(r.denied == 2);
+    for (int i = 0; i < 5; i++)
+        if (r.err[i] == SL_EAGAIN)
+            CHECK(r.retry[i] > 0.05 && r.retry[i] <= 0.1 + 1e-6);
+
+    /* another key has its own budget */
+    results_t r2 = {0};
+    burst(rl, "k2", &lim, 3, &r2);
+    run_until(&r2.n, 3, 5);
+    CHECK(r2.allowed == 3);
+
+    /* waiting: 4 checks on a fresh 20/s burst-1 key with max_wait pass over ~150 ms */
+    sl_rl_limit_t slow = {20, 1};
+    results_t w = {0};
+    double t0 = now_s();
+    for (int i = 0; i < 4; i++)
+        CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 2000, res_cb, &w, NULL) == 0);
+    run_until(&w.n, 4, 5);
+    CHECK(w.allowed == 4);
+    CHECK(w.at[3] - t0 >= 0.14);
+    /* a wait that cannot fit in max_wait is refused at once */
+    results_t w2 = {0};
+    CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 10, res_cb, &w2, NULL) == 0);
+    run_until(&w2.n, 1, 5);
+    CHECK(w2.denied == 1);
+
+    /* cancel: no callback, before or while waiting */
+    results_t c = {0};
+    sl_rl_op_t *op1, *op2;
+    CHECK(sl_ratelimit_check(rl, "test", "k4", &slow, 1, 0, res_cb, &c, &op1) == 0);
+    sl_ratelimit_cancel(op1);
+    CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 5000, res_cb, &c, &op2) == 0);
+    int spin = 0;
+    struct event *t = evtimer_new(base, tick_cb, NULL);
+    struct timeval tv = {0, 50000};
+    evtimer_add(t, &tv);
+    event_base_loop(base, EVLOOP_ONCE);
+    event_free(t);
+    sl_ratelimit_cancel(op2);
+    run_until(&spin, 1, 0.2);
+    CHECK(c.n == 0);
+
+    /* unlimited: allowed, still on a later turn */
+    sl_rl_limit_t none = {0, 0};
+    results_t u = {0};
+    for (int i = 0; i < 10; i++)
+        CHECK(sl_ratelimit_check(rl, "test", "k5", &none, 1, 0, res_cb, &u, NULL) == 0);
+    CHECK(u.n == 0);
+    run_until(&u.n, 10, 5);
+    CHECK(u.allowed == 10);
+
+    /* too long a key */
+    char longkey[SL_RL_KEY_MAX + 10];
+    memset(longkey, 'x', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = '\0';
+    CHECK(sl_ratelimit_check(rl, "test", longkey, &lim, 1, 0, res_cb, &u, NULL) == SL_EINVAL);
+
+    /* free with an op waiting: it gets SL_ECANCELED inside the free */
+    results_t f = {0};
+    CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 5000, res_cb, &f, NULL) == 0);
+    sl_ratelimit_free(rl);
+    CHECK(f.n == 1 && f.cancelled == 1);
+}
+
+static void test_holds(void)
+{
+    sl_ratelimit_t *rl;
+    CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
+    CHECK(sl_ratelimit_hold(rl, "t1", 2) == 0);
+    CHECK(sl_ratelimit_hold(rl, "t1", 2) == 0);
+    CHECK(sl_ratelimit_hold(rl, "t1", 2) == SL_EAGAIN);
+    CHECK(sl_ratelimit_hold(rl, "t2", 2) == 0);
+    sl_ratelimit_unhold(rl, "t1");
+    CHECK(sl_ratelimit_hold(rl, "t1", 2) == 0);
+    CHECK(sl_ratelimit_hold(rl, "t1", 2) == SL_EAGAIN);
+    CHECK(sl_ratelimit_hold(rl, "t3", 0) == 0); /* 0: no limit */
+    sl_ratelimit_unhold(rl, "nobody");          /* harmless */
+    sl_ratelimit_free(rl);
+}
+
+/* ---- Redis ---- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static pid_t start_redis(int port)
+{
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void stop_redis(pid_t pid)
+{
+    int st;
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+}
+
+static void wait_up(sl_redis_t *r, int want, double secs)
+{
+    double deadline = now_s() + secs;
+    struct event *t = evtimer_new(base, tick_cb, NULL);
+    while (sl_redis_up(r) != want && now_s() < deadline) {
+        struct timeval tv = {0, 20000};
+        evtimer_add(t, &tv);
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    event_free(t);
+}
+
+static void flush_cb(void *reply, void *arg)
+{
+    (void)reply;
+    (*(int *)arg)++;
+}
+
+static void test_redis(void)
+{
+    if (system("command -v redis-server >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_ratelimit: redis-server not installed; Redis tests skipped\n");
+        return;
+    }
+    int port = free_port();
+    CHECK(port > 0);
+    pid_t pid = start_redis(port);
+    CHECK(pid > 0);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
+    sl_redis_t *redis;
+    CHECK(sl_redis_new(base, url, &redis) == 0);
+    wait_up(redis, 1, 20);
+    CHECK(sl_redis_up(redis) == 1);
+
+    /* two limiters (two instances) on one Redis share the budget */
+    sl_ratelimit_t *a, *b;
+    CHECK(sl_ratelimit_new(base, redis, &a) == 0);
+    CHECK(sl_ratelimit_new(base, redis, &b) == 0);
+    char key[64];
+    snprintf(key, sizeof key, "shared-%d", (int)getpid());
+    sl_rl_limit_t lim = {1, 4}; /* 4 at once, then 1/s: nothing refills during the test */
+    results_t ra = {0}, rb = {0};
+    burst(a, key, &lim, 3, &ra);
+    burst(b, key, &lim, 3, &rb);
+    run_until(&ra.n, 3, 5);
+    run_until(&rb.n, 3, 5);
+    CHECK(ra.allowed + rb.allowed == 4);
+    CHECK(ra.denied + rb.denied == 2);
+    CHECK(sl_ratelimit_shared(a) == 1);
+    for (int i = 0; i < ra.n && i < MAX_RES; i++)
+        if (ra.err[i] == SL_EAGAIN)
+            CHECK(ra.retry[i] > 0.5 && ra.retry[i] <= 1.0 + 1e-6);
+
+    /* the script cache flushed: NOSCRIPT -> SCRIPT LOAD -> the check still answers */
+    int flushed = 0;
+    const char *flush[] = {"SCRIPT", "FLUSH"};
+    const size_t flush_lens[] = {6, 5};
+    CHECK(sl_redis_request(redis, flush_cb, &flushed, 2, flush, flush_lens) == 0);
+    run_until(&flushed, 1, 5);
+    results_t rc = {0};
+    snprintf(key, sizeof key, "flushed-%d", (int)getpid());
+    burst(a, key, &lim, 5, &rc);
+    run_until(&rc.n, 5, 5);
+    CHECK(rc.allowed == 4 && rc.denied == 1);
+    CHECK(sl_ratelimit_shared(a) == 1);
+
+    /* waiting through Redis: 3 checks at 10/s burst 1 pass over ~200 ms */
+    sl_rl_limit_t slow = {10, 1};
+    results_t w = {0};
+    snprintf(key, sizeof key, "wait-%d", (int)getpid());
+    double t0 = now_s();
+    for (int i = 0; i < 3; i++)
+        CHECK(sl_ratelimit_check(a, "test", key, &slow, 1, 3000, res_cb, &w, NULL) == 0);
+    run_until(&w.n, 3, 5);
+    CHECK(w.allowed == 3);
+    CHECK(w.at[2] - t0 >= 0.18);
+
+    /* an op cancelled while its command is out never calls back */
+    results_t c = {0};
+    sl_rl_op_t *op;
+    CHECK(sl_ratelimit_check(a, "test", "cancelled", &lim, 1, 0, res_cb, &c, &op) == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK | EVLOOP_ONCE); /* the command goes out */
+    sl_ratelimit_cancel(op);
+    int spin = 0;
+    run_until(&spin, 1, 0.2);
+    CHECK(c.n == 0);
+
+    /* Redis stops: checks go on with local limits */
+    stop_redis(pid);
+    wait_up(redis, 0, 10);
+    results_t rl = {0};
+    burst(a, "after-stop", &lim, 6, &rl);
+    run_until(&rl.n, 6, 5);
+    CHECK(rl.n == 6);
+    CHECK(rl.allowed == 4 && rl.denied == 2);
+    CHECK(sl_ratelimit_shared(a) == 0);
+
+    /* and back to Redis once it is up again */
+    pid = start_redis(port);
+    wait_up(redis, 1, 20);
+    results_t back = {0};
+    burst(a, "after-start", &lim, 1, &back);
+    run_until(&back.n, 1, 5);
+    CHECK(back.allowed == 1);
+    CHECK(sl_ratelimit_shared(a) == 1);
+
+    /* freed with a command out: the callback comes once, with SL_ECANCELED */
+    results_t f = {0};
+    CHECK(sl_ratelimit_check(b, "test", "freeing", &lim, 1, 0, res_cb, &f, NULL) == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
+    sl_ratelimit_free(b);
+    run_until(&f.n, 1, 5);
+    CHECK(f.n == 1);
+
+    sl_ratelimit_free(a);
+    sl_redis_free(redis);
+    stop_redis(pid);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    sl_log_set_level("error");
+    base = event_base_new();
+    test_gcra_math();
+    test_local();
+    test_holds();
+    test_redis();
+    for (int i = 0; i < 3; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    event_base_free(base);
+    sl_metrics_reset();
+    printf("test_ratelimit: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

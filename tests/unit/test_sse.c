@@ -1,0 +1,201 @@
+/*
+ * test_sse.c — unit tests for core/sse.c (event formatting: ids, event names,
+ * multi-line data, truncation) and for the local half of core/pubsub.c
+ * (fan-out by channel, never synchronous, order, unsubscribing during a
+ * delivery, the shutdown notice), which the SSE endpoint is built on. The
+ * Redis half is covered by tests/blackbox/test_sse.py against real servers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "core/err.h"
+#include "core/pubsub.h"
+#include "core/sse.h"
+
+static int passed, failed;
+
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        if (expr) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stdout, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
+        }                                                                                          \
+    } while (0)
+
+/* Formats and compares with the exact expected text. */
+static int fmt_is(const char *id, const char *event, const char *data, const char *want)
+{
+    char buf[512];
+    int n = sl_sse_format(buf, sizeof buf, id, event, data, data ? strlen(data) : 0);
+    if (n < 0 || (size_t)n != strlen(want) || strcmp(buf, want) != 0) {
+        fprintf(stdout, "  got %d: [%s]\n  want:  [%s]\n", n, n >= 0 ? buf : "", want);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_format(void)
+{
+    CHECK(fmt_is("42", "run", "{\"seq\":42}", "id: 42\nevent: run\ndata: {\"seq\":42}\n\n"));
+    CHECK(fmt_is(NULL, "file", "x", "event: file\ndata: x\n\n"));
+    CHECK(fmt_is("7", NULL, "x", "id: 7\ndata: x\n\n"));
+    CHECK(fmt_is(NULL, NULL, "", "data: \n\n"));
+    /* every line break style starts a new data line */
+    CHECK(fmt_is("1", "run", "a\nb\nc", "id: 1\nevent: run\ndata: a\ndata: b\ndata: c\n\n"));
+    CHECK(fmt_is(NULL, NULL, "a\r\nb", "data: a\ndata: b\n\n"));
+    CHECK(fmt_is(NULL, NULL, "a\rb", "data: a\ndata: b\n\n"));
+    CHECK(fmt_is(NULL, NULL, "a\n\nb", "data: a\ndata: \ndata: b\n\n"));
+    /* a trailing break is an empty last line, so the payload round-trips */
+    CHECK(fmt_is(NULL, NULL, "a\n", "data: a\ndata: \n\n"));
+    CHECK(fmt_is(NULL, NULL, "a\r\n", "data: a\ndata: \n\n"));
+    /* data is length-delimited: an embedded NUL ends nothing */
+    char out[64];
+    int n = sl_sse_format(out, sizeof out, NULL, NULL, "a\0b", 3);
+    CHECK(n == 11 && memcmp(out, "data: a\0b\n\n", 11) == 0);
+
+    /* id and event lines cannot carry line breaks */
+    CHECK(sl_sse_format(out, sizeof out, "1\n2", "run", "x", 1) == SL_EINVAL);
+    CHECK(sl_sse_format(out, sizeof out, "1", "r\run", "x", 1) == SL_EINVAL);
+    CHECK(sl_sse_format(out, sizeof out, "1", "run", NULL, 3) == SL_EINVAL);
+
+    /* snprintf semantics: the needed length, the prefix that fits, always NUL-terminated */
+    char small[8];
+    memset(small, 'Z', sizeof small);
+    n = sl_sse_format(small, sizeof small, "123", "run", "data", 4);
+    CHECK(n == (int)strlen("id: 123\nevent: run\ndata: data\n\n"));
+    CHECK(strcmp(small, "id: 123") == 0);
+    CHECK(sl_sse_format(NULL, 0, "1", NULL, "x", 1) == (int)strlen("id: 1\ndata: x\n\n"));
+
+    /* comments */
+    CHECK(sl_sse_format_comment(out, sizeof out, "keepalive") == 13);
+    CHECK(strcmp(out, ": keepalive\n\n") == 0);
+    CHECK(sl_sse_format_comment(out, sizeof out, "a\nb") == SL_EINVAL);
+}
+
+/* ---- pubsub, local only ---- */
+
+typedef struct rec_s {
+    int calls;
+    int closed;
+    char last[128];
+    uint64_t ids[16];
+    sl_pubsub_t *ps;
+    sl_pubsub_sub_t *sub;
+    sl_pubsub_sub_t *victim; /* unsubscribed from inside the callback */
+} rec_t;
+
+static void rec_cb(const char *channel, const char *msg, size_t len, uint64_t msg_id, void *arg)
+{
+    rec_t *r = arg;
+    (void)channel;
+    if (!msg) {
+        r->closed++;
+        sl_pubsub_unsubscribe(r->ps, r->sub);
+        r->sub = NULL;
+        return;
+    }
+    if (r->calls < 16)
+        r->ids[r->calls] = msg_id;
+    r->calls++;
+    snprintf(r->last, sizeof r->last, "%.*s", (int)len, msg);
+    if (r->victim) {
+        sl_pubsub_unsubscribe(r->ps, r->victim);
+        r->victim = NULL;
+    }
+}
+
+static void test_pubsub_local(void)
+{
+    struct event_base *base = event_base_new();
+    sl_pubsub_t *ps = NULL;
+    CHECK(sl_pubsub_new(base, NULL, NULL, "inst-a", &ps) == 0);
+    rec_t a = {0}, b = {0}, other = {0};
+    a.ps = b.ps = other.ps = ps;
+    CHECK(sl_pubsub_subscribe(ps, "sluice:ds:1", rec_cb, &a, &a.sub) == 0);
+    CHECK(sl_pubsub_subscribe(ps, "sluice:ds:1", rec_cb, &b, &b.sub) == 0);
+    CHECK(sl_pubsub_subscribe(ps, "sluice:ds:2", rec_cb, &other, &other.sub) == 0);
+    CHECK(sl_pubsub_subscribers(ps) == 3);
+    CHECK(sl_pubsub_redis_up(ps) == 0);
+
+    /* never delivered inside the call */
+    CHECK(sl_pubsub_publish(ps, "sluice:ds:1", "one", 3) == 0);
+    CHECK(sl_pubsub_publish(ps, "sluice:ds:1", "two", 3) == 0);
+    CHECK(sl_pubsub_publish(ps, "sluice:ds:9", "nobody", 6) == 0);
+    CHECK(a.calls == 0 && b.calls == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(a.calls == 2 && b.calls == 2 && other.calls == 0);
+    CHECK(strcmp(a.last, "two") == 0);
+    /* one id per message, shared by its subscribers */
+    CHECK(a.ids[0] == b.ids[0] && a.ids[1] == b.ids[1] && a.ids[0] != a.ids[1]);
+
+    /* a subscriber unsubscribes the next one in the middle of a delivery */
+    b.victim = a.sub; /* newest first: b is called before a */
+    a.sub = NULL;
+    CHECK(sl_pubsub_publish(ps, "sluice:ds:1", "three", 5) == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(b.calls == 3);
+    CHECK(a.calls == 2); /* unsubscribed before its turn: not called */
+    CHECK(sl_pubsub_subscribers(ps) == 2);
+    CHECK(sl_pubsub_publish(ps, "sluice:ds:1", "four", 4) == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(b.calls == 4 && a.calls == 2);
+    CHECK(strcmp(b.last, "four") == 0);
+
+    /* bad channels */
+    CHECK(sl_pubsub_publish(ps, "", "x", 1) == SL_EINVAL);
+    char longch[300];
+    memset(longch, 'c', sizeof longch - 1);
+    longch[sizeof longch - 1] = '\0';
+    CHECK(sl_pubsub_publish(ps, longch, "x", 1) == SL_EINVAL);
+
+    /* shutdown: every subscriber is told once, new ones are refused */
+    sl_pubsub_shutdown(ps);
+    sl_pubsub_shutdown(ps);
+    CHECK(a.closed == 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(b.closed == 1 && other.closed == 1 && a.closed == 0);
+    CHECK(sl_pubsub_subscribers(ps) == 0);
+    sl_pubsub_sub_t *late = NULL;
+    CHECK(sl_pubsub_subscribe(ps, "sluice:ds:1", rec_cb, &a, &late) == SL_ECLOSED);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(b.closed == 1 && other.closed == 1);
+    sl_pubsub_free(ps);
+    event_base_free(base);
+}
+
+static void test_event_json(void)
+{
+    sl_pubsub_event_t ev = {"run",     12,
+                            "d",       "f",
+                            "r",       "ai_record",
+                            "tika",    "step_started",
+                            "running", "2024-01-01T00:00:00.000Z"};
+    char *s = sl_pubsub_event_json(&ev);
+    CHECK(s && strcmp(s, "{\"event\":\"run\",\"seq\":12,\"dataset_id\":\"d\",\"file_id\":\"f\","
+                         "\"run_id\":\"r\",\"pipeline\":\"ai_record\",\"step\":\"tika\","
+                         "\"kind\":\"step_started\",\"state\":\"running\","
+                         "\"at\":\"2024-01-01T00:00:00.000Z\"}") == 0);
+    free(s);
+    sl_pubsub_event_t f = {"file", 13, "d", "f", NULL, NULL, NULL, "deleted", "deleted", NULL};
+    s = sl_pubsub_event_json(&f);
+    CHECK(s && strstr(s, "\"run_id\":null") && strstr(s, "\"seq\":13"));
+    free(s);
+    char ch[SL_PUBSUB_MAX_CHANNEL];
+    CHECK(sl_pubsub_dataset_channel("abc", ch, sizeof ch) == 13 &&
+          strcmp(ch, "sluice:ds:abc") == 0);
+    CHECK(sl_pubsub_dataset_channel("abc", ch, 5) == SL_ETOOBIG);
+}
+
+int main(void)
+{
+    test_format();
+    test_pubsub_local();
+    test_event_json();
+    printf("test_sse: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

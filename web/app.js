@@ -1,0 +1,1081 @@
+// Sluice web UI — one ES module, no dependencies, no build step.
+//
+// Everything comes from the public API (../shared/API.md):
+//   - the API key is asked once and kept in localStorage; every fetch sends it
+//     as a Bearer header;
+//   - a dataset's files are listed newest first and kept in `state.files`;
+//   - live updates: an EventSource on /v1/datasets/{id}/events?access_token=KEY.
+//     Each event names a file; that file is refetched (GET /v1/files/{id}),
+//     debounced, and its row re-rendered. While the stream is unavailable
+//     (not deployed, dropped, a proxy in the way) the list is polled every 2 s
+//     and the stream is retried with backoff, resuming from the last seq;
+//   - uploads go one file per request (XMLHttpRequest, for upload progress),
+//     a few at a time, so each file gets its own progress bar and a failure
+//     costs only that file;
+//   - thumbnails, previews and text are fetched with the key (fetch -> blob
+//     URL), since <img> cannot send an Authorization header.
+// Names and values from the API are data: they only ever go through
+// textContent / attributes, never innerHTML.
+
+const KEY_STORAGE = "sluice.key";
+const DATASET_STORAGE = "sluice.dataset";
+const PAGE_SIZE = 200;
+const POLL_MS = 2000;
+const UPLOAD_CONCURRENCY = 3;
+const REFETCH_DEBOUNCE_MS = 120;
+const THUMB_CONCURRENCY = 4;
+const FINAL = new Set(["done", "failed"]);
+const RUN_ENDED = new Set(["succeeded", "failed", "cancelled"]);
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: localStorage.getItem(KEY_STORAGE) || "",
+  datasets: [],
+  dataset: null,
+  schemaProps: [],
+  pipelines: [],            // [{name, match, steps}]
+  files: new Map(),         // id -> file
+  order: [],                // ids, newest first
+  rows: new Map(),          // id -> <tr>
+  nextCursor: null,
+  waitReasons: new Map(),   // run id -> "waiting for textract"
+  blobs: new Map(),         // artifact id -> Promise<object URL>
+  selected: null,           // file id in the drawer
+  tab: "overview",
+  live: null,               // the Live connection of the current dataset
+  uploads: [],
+};
+
+// ---------------------------------------------------------------- tiny DOM helper
+
+// Icons: constant SVG markup of our own (never data), so no icon font or emoji
+// font is needed.
+const ICONS = {
+  trash: '<path d="M3 4h10M6.5 4V2.5h3V4M4.5 4l.6 9.5h5.8l.6-9.5M6.8 6.5v5M9.2 6.5v5"/>',
+  redo: '<path d="M13 3.5v3.2H9.8"/><path d="M12.7 6.6A5 5 0 1 0 13 9.5"/>',
+  upload: '<path d="M8 11V2.5M4.5 6 8 2.5 11.5 6"/><path d="M2.5 10.5v3h11v-3"/>',
+  folder: '<path d="M1.5 4.5v8h13v-6.5h-6.5L6.5 4.5z"/>',
+  download: '<path d="M8 2.5V11M4.5 7.5 8 11l3.5-3.5"/><path d="M2.5 13.5h11"/>',
+};
+function icon(name, size = 16) {
+  const t = document.createElement("template");
+  t.innerHTML = '<svg class="icon" viewBox="0 0 16 16" width="' + size + '" height="' + size +
+                '" fill="none" stroke="currentColor" stroke-width="1.4" stroke-linecap="round"' +
+                ' stroke-linejoin="round" aria-hidden="true">' + ICONS[name] + "</svg>";
+  return t.content.firstChild;
+}
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "";
+  const u = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  let v = n;
+  while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
+  return (i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)) + " " + u[i];
+}
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit",
+                                       minute: "2-digit", second: "2-digit" });
+}
+
+function fmtDuration(ms) {
+  if (!(ms >= 0)) return "";
+  if (ms < 1000) return ms.toFixed(0) + " ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+  return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
+}
+
+// ---------------------------------------------------------------- toasts
+
+function toast(message, kind = "error", title = null) {
+  const el = h("div", { class: "toast " + kind, role: kind === "error" ? "alert" : "status" },
+               title ? h("strong", {}, title) : null, h("span", {}, message));
+  el.addEventListener("click", () => el.remove());
+  $("toasts").append(el);
+  setTimeout(() => el.classList.add("leaving"), kind === "error" ? 7000 : 3500);
+  setTimeout(() => el.remove(), kind === "error" ? 7400 : 3900);
+}
+
+// ---------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function errorFrom(res) {
+  let code = "http_" + res.status;
+  let message = res.statusText || ("HTTP " + res.status);
+  try {
+    const body = await res.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch (_) { /* not JSON */ }
+  return new ApiError(res.status, code, message);
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + state.key };
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "network_error", "The server could not be reached.");
+  }
+  if (res.status === 401 && path !== "/v1/datasets") {
+    signOut("That API key is no longer accepted.");
+  }
+  if (!res.ok) throw await errorFrom(res);
+  if (res.status === 204) return null;
+  return res.json();
+}
+
+function report(e, title) {
+  if (e instanceof ApiError) toast(e.message + (e.code ? " (" + e.code + ")" : ""), "error", title);
+  else toast(String(e && e.message ? e.message : e), "error", title);
+}
+
+// A blob URL for an artifact (cached). The key goes in a header, so this works
+// where a plain <img src> could not.
+function artifactBlobUrl(artifact) {
+  if (!state.blobs.has(artifact.id)) {
+    const p = fetch(artifact.url, { headers: { Authorization: "Bearer " + state.key } })
+      .then(async (res) => {
+        if (!res.ok) throw await errorFrom(res);
+        return URL.createObjectURL(await res.blob());
+      });
+    p.catch(() => state.blobs.delete(artifact.id));
+    state.blobs.set(artifact.id, p);
+  }
+  return state.blobs.get(artifact.id);
+}
+
+// A small queue so a table of hundreds of thumbnails doesn't fire them all at once.
+const thumbQueue = [];
+let thumbActive = 0;
+function loadThumb(img, artifact) {
+  thumbQueue.push([img, artifact]);
+  pumpThumbs();
+}
+function pumpThumbs() {
+  while (thumbActive < THUMB_CONCURRENCY && thumbQueue.length) {
+    const [img, artifact] = thumbQueue.shift();
+    if (!img.isConnected) continue;
+    thumbActive++;
+    artifactBlobUrl(artifact)
+      .then((url) => { img.src = url; })
+      .catch(() => img.replaceWith(thumbPlaceholder("?")))
+      .finally(() => { thumbActive--; pumpThumbs(); });
+  }
+}
+
+// ---------------------------------------------------------------- views
+
+function show(view) {
+  for (const id of ["auth-view", "create-view", "dataset-view"]) $(id).hidden = id !== view;
+  const signedIn = view !== "auth-view";
+  $("signout-btn").hidden = !signedIn;
+  $("dsnav").hidden = !signedIn || state.datasets.length === 0;
+  $("live").hidden = view !== "dataset-view";
+}
+
+function signOut(message) {
+  stopLive();
+  closeDrawer();
+  state.key = "";
+  localStorage.removeItem(KEY_STORAGE);
+  $("key-input").value = "";
+  $("auth-error").textContent = message || "";
+  show("auth-view");
+  $("key-input").focus();
+}
+
+async function signIn(key) {
+  state.key = key;
+  let body;
+  try {
+    body = await api("GET", "/v1/datasets");
+  } catch (e) {
+    if (e.status === 401) {
+      $("auth-error").textContent = "That key was not accepted.";
+      state.key = "";
+      show("auth-view");
+      return;
+    }
+    $("auth-error").textContent = e.message;
+    show("auth-view");
+    return;
+  }
+  localStorage.setItem(KEY_STORAGE, key);
+  $("auth-error").textContent = "";
+  state.datasets = body.datasets || [];
+  try {
+    state.pipelines = (await api("GET", "/v1/pipelines")).pipelines || [];
+  } catch (e) {
+    state.pipelines = [];
+  }
+  renderDatasetSelect();
+  const remembered = localStorage.getItem(DATASET_STORAGE);
+  const pick = state.datasets.find((d) => d.id === remembered) || state.datasets[0];
+  if (pick) openDataset(pick.id);
+  else showCreate(true);
+}
+
+function renderDatasetSelect() {
+  const sel = $("dataset-select");
+  sel.replaceChildren(...state.datasets.map((d) =>
+    h("option", { value: d.id, selected: state.dataset && d.id === state.dataset.id }, d.name)));
+  $("dsnav").hidden = state.datasets.length === 0 || $("auth-view").hidden === false;
+}
+
+function showCreate(first) {
+  $("create-title").textContent = first ? "Create your first dataset" : "New dataset";
+  $("create-cancel").hidden = !!first || !state.dataset;
+  $("ds-name").value = "";
+  $("ds-schema").value = "";
+  show("create-view");
+  $("ds-name").focus();
+}
+
+async function createDataset(ev) {
+  ev.preventDefault();
+  const name = $("ds-name").value.trim();
+  const body = { name };
+  const schemaText = $("ds-schema").value.trim();
+  if (schemaText) {
+    try {
+      body.record_schema = JSON.parse(schemaText);
+    } catch (e) {
+      toast("The record schema is not valid JSON: " + e.message, "error");
+      return;
+    }
+  }
+  try {
+    const ds = await api("POST", "/v1/datasets", body);
+    state.datasets.unshift(ds);
+    renderDatasetSelect();
+    toast("Dataset “" + ds.name + "” created.", "ok");
+    openDataset(ds.id);
+  } catch (e) {
+    report(e, "Could not create the dataset");
+  }
+}
+
+// ---------------------------------------------------------------- one dataset
+
+async function openDataset(id) {
+  stopLive();
+  closeDrawer();
+  state.files.clear();
+  state.order = [];
+  state.rows.clear();
+  state.nextCursor = null;
+  state.waitReasons.clear();
+  let ds;
+  try {
+    ds = await api("GET", "/v1/datasets/" + encodeURIComponent(id));
+  } catch (e) {
+    report(e, "Could not open the dataset");
+    if (e.status === 404) localStorage.removeItem(DATASET_STORAGE);
+    return;
+  }
+  state.dataset = ds;
+  localStorage.setItem(DATASET_STORAGE, ds.id);
+  const props = ds.record_schema && ds.record_schema.properties;
+  state.schemaProps = props && typeof props === "object" ? Object.keys(props) : [];
+  renderDatasetSelect();
+  $("ds-title").textContent = ds.name;
+  $("ds-meta").replaceChildren("Created " + fmtTime(ds.created_at) + " · ", h("code", {}, ds.id));
+  renderHead();
+  $("files-body").replaceChildren();
+  show("dataset-view");
+  await loadFiles(null);
+  startLive(ds.id);
+}
+
+function renderHead() {
+  const cols = [h("th", { class: "c-thumb" }, ""), h("th", {}, "File"), h("th", {}, "Status")];
+  for (const p of pipelineNames()) cols.push(h("th", {}, p));
+  for (const p of state.schemaProps) cols.push(h("th", { class: "c-field" }, p));
+  cols.push(h("th", { class: "c-actions" }, ""));
+  $("files-head").replaceChildren(...cols);
+}
+
+function pipelineNames() {
+  const names = state.pipelines.map((p) => p.name);
+  return names.length ? names : ["ai_record", "file_view"];
+}
+
+function pipelineSteps(name) {
+  const p = state.pipelines.find((x) => x.name === name);
+  return p ? p.steps : [];
+}
+
+async function loadFiles(cursor) {
+  const ds = state.dataset;
+  let q = "?limit=" + PAGE_SIZE;
+  if (cursor) q += "&cursor=" + encodeURIComponent(cursor);
+  let body;
+  try {
+    body = await api("GET", "/v1/datasets/" + encodeURIComponent(ds.id) + "/files" + q);
+  } catch (e) {
+    report(e, "Could not list the files");
+    return;
+  }
+  if (state.dataset !== ds) return;
+  for (const f of body.files) upsertFile(f, "append");
+  state.nextCursor = body.next_cursor;
+  $("more").hidden = !state.nextCursor;
+  renderCounts();
+}
+
+// Inserts or updates a file; `where` says where a new one goes.
+function upsertFile(f, where) {
+  if (!state.dataset || f.dataset_id !== state.dataset.id) return;
+  const known = state.files.has(f.id);
+  state.files.set(f.id, f);
+  if (!known) {
+    if (where === "append") state.order.push(f.id);
+    else state.order.unshift(f.id);
+  }
+  renderRow(f, known ? null : where);
+  if (state.selected === f.id) renderDrawer();
+  noteWaiting(f);
+}
+
+function removeFile(id) {
+  state.files.delete(id);
+  state.order = state.order.filter((x) => x !== id);
+  const tr = state.rows.get(id);
+  if (tr) tr.remove();
+  state.rows.delete(id);
+  if (state.selected === id) closeDrawer();
+  renderCounts();
+}
+
+function renderCounts() {
+  const c = { queued: 0, processing: 0, done: 0, failed: 0 };
+  let waiting = 0;
+  for (const f of state.files.values()) {
+    c[f.status] = (c[f.status] || 0) + 1;
+    if ((f.runs || []).some((r) => r.state === "waiting")) waiting++;
+  }
+  const total = state.files.size;
+  const chip = (label, n, cls) => h("span", { class: "count " + cls, title: label },
+                                    h("b", {}, n), " ", label);
+  $("counts").replaceChildren(...[
+    chip(total === 1 ? "file" : "files", total + (state.nextCursor ? "+" : ""), "total"),
+    c.queued ? chip("queued", c.queued, "queued") : null,
+    c.processing ? chip("processing", c.processing, "running") : null,
+    waiting ? chip("waiting", waiting, "waiting") : null,
+    total ? chip("done", c.done, "done") : null,
+    c.failed ? chip("failed", c.failed, "failed") : null].filter(Boolean));
+  $("files-empty").hidden = total !== 0;
+  $("files-table").hidden = total === 0;
+}
+
+// ---------------------------------------------------------------- rows
+
+const STATE_LABEL = {
+  queued: "queued", running: "running", waiting: "waiting", succeeded: "succeeded",
+  failed: "failed", cancelled: "cancelled", processing: "processing", done: "done",
+};
+
+function badge(st, text) {
+  return h("span", { class: "badge " + st }, h("i", { class: "dot" }), text || STATE_LABEL[st] || st);
+}
+
+function runFor(f, pipeline) {
+  // Newest run of that pipeline (re-processing adds runs).
+  let best = null;
+  for (const r of f.runs || []) {
+    if (r.pipeline !== pipeline) continue;
+    if (!best || (r.started_at || "") >= (best.started_at || "") ) best = r;
+  }
+  return best;
+}
+
+function thumbnailOf(f) {
+  for (const r of f.runs || []) {
+    for (const a of r.artifacts || []) if (a.kind === "thumbnail") return a;
+  }
+  return null;
+}
+
+function artifactOf(f, kind) {
+  let found = null;
+  for (const r of f.runs || []) {
+    for (const a of r.artifacts || []) if (a.kind === kind) found = a;
+  }
+  return found;
+}
+
+function thumbPlaceholder(label) {
+  return h("div", { class: "thumb placeholder" }, label);
+}
+
+function extLabel(f) {
+  const m = /\.([A-Za-z0-9]{1,5})$/.exec(f.name || "");
+  return m ? m[1].toUpperCase() : (f.mime || "file").split("/")[0].slice(0, 4).toUpperCase();
+}
+
+function stageCell(f, pipeline) {
+  const r = runFor(f, pipeline);
+  if (!r) return h("td", { class: "stage none" }, h("span", { class: "muted" }, "—"));
+  const steps = pipelineSteps(pipeline);
+  const idx = steps.indexOf(r.step);
+  // One segment per step: those before the active one were visited (a
+  // fallback chain skips none of them), the active one carries the state.
+  const track = h("div", { class: "steps", title: steps.join(" → ") },
+                  ...steps.map((s, i) => {
+                    let cls = "step";
+                    if (r.state === "succeeded") cls += " succeeded";
+                    else if (i === idx) cls += " current " + r.state;
+                    else if (i < idx) cls += " visited";
+                    return h("span", { class: cls, title: s });
+                  }));
+  let label;
+  if (r.state === "waiting") {
+    label = state.waitReasons.get(r.id) || "waiting" + (r.error ? " (" + r.error + ")" : "");
+  } else if (r.state === "running" || r.state === "queued") {
+    label = r.state === "queued" ? "queued" : r.step || "running";
+  } else if (r.state === "failed") {
+    label = (r.step ? r.step + ": " : "") + (r.error || "failed");
+  } else {
+    label = STATE_LABEL[r.state] || r.state;
+  }
+  return h("td", { class: "stage", dataset: { pipeline, state: r.state, step: r.step || "" } },
+           h("div", { class: "stage-line" }, badge(r.state, label)), track);
+}
+
+function fieldText(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") return v.toLocaleString(undefined, { maximumFractionDigits: 4 });
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function renderRow(f, where) {
+  const tr = h("tr", { dataset: { id: f.id, status: f.status, name: f.name } });
+  tr.addEventListener("click", (ev) => {
+    if (ev.target.closest("button")) return;
+    openDrawer(f.id);
+  });
+  const thumb = thumbnailOf(f);
+  let thumbEl;
+  let thumbToLoad = null;
+  if (thumb) {
+    const old = state.rows.get(f.id);
+    const oldImg = old && old.querySelector("img.thumb");
+    if (oldImg && oldImg.dataset.artifact === thumb.id) {
+      thumbEl = oldImg; // loaded or on its way: moved over, no flicker on updates
+    } else {
+      thumbEl = h("img", { class: "thumb", alt: "", dataset: { artifact: thumb.id } });
+      thumbToLoad = thumbEl;
+    }
+  } else {
+    thumbEl = thumbPlaceholder(extLabel(f));
+  }
+  const cells = [
+    h("td", { class: "c-thumb" }, thumbEl),
+    h("td", { class: "c-name" },
+      h("div", { class: "fname", title: f.name }, f.name),
+      h("div", { class: "muted small" }, fmtBytes(f.size) + (f.mime ? " · " + f.mime : ""))),
+    h("td", { class: "c-status" }, badge(f.status)),
+  ];
+  for (const p of pipelineNames()) cells.push(stageCell(f, p));
+  for (const p of state.schemaProps) {
+    const v = f.record ? f.record[p] : undefined;
+    cells.push(h("td", { class: "c-field" + (typeof v === "number" ? " num" : ""), title: fieldText(v) },
+                 fieldText(v)));
+  }
+  cells.push(h("td", { class: "c-actions" },
+    h("button", { type: "button", class: "icon-btn", title: "Re-process",
+                  "aria-label": "Re-process " + f.name, onclick: () => reprocess(f.id) }, icon("redo")),
+    h("button", { type: "button", class: "icon-btn danger", title: "Delete",
+                  "aria-label": "Delete " + f.name, onclick: () => deleteFile(f.id) }, icon("trash"))));
+  tr.append(...cells);
+  if (state.selected === f.id) tr.classList.add("selected");
+
+  const body = $("files-body");
+  const old = state.rows.get(f.id);
+  if (old) {
+    old.replaceWith(tr);
+    if (old.dataset.status !== f.status) flash(tr);
+  } else if (where === "append") {
+    body.append(tr);
+  } else {
+    body.prepend(tr);
+    flash(tr);
+  }
+  state.rows.set(f.id, tr);
+  if (thumbToLoad) loadThumb(thumbToLoad, thumb); // now in the document
+}
+
+function flash(tr) {
+  tr.classList.add("flash");
+  setTimeout(() => tr.classList.remove("flash"), 900);
+}
+
+// A waiting run's reason ("waiting for textract") is in the timeline.
+const waitFetches = new Set();
+function noteWaiting(f) {
+  const waiting = (f.runs || []).filter((r) => r.state === "waiting");
+  if (!waiting.length || waitFetches.has(f.id)) return;
+  waitFetches.add(f.id);
+  api("GET", "/v1/files/" + f.id + "/events").then((body) => {
+    for (const r of waiting) {
+      const evs = body.events.filter((e) => e.run_id === r.id && e.kind === "waiting");
+      const last = evs[evs.length - 1];
+      if (last && last.detail && last.detail.reason) state.waitReasons.set(r.id, last.detail.reason);
+    }
+    const cur = state.files.get(f.id);
+    if (cur) renderRow(cur, null);
+  }).catch(() => {}).finally(() => waitFetches.delete(f.id));
+}
+
+// ---------------------------------------------------------------- actions
+
+async function reprocess(id) {
+  try {
+    const f = await api("POST", "/v1/files/" + id + "/process", {});
+    upsertFile(f, "prepend");
+    renderCounts();
+    toast("Re-processing “" + f.name + "”.", "ok");
+  } catch (e) {
+    report(e, "Could not re-process");
+  }
+}
+
+async function deleteFile(id) {
+  const f = state.files.get(id);
+  if (!f) return;
+  if (!window.confirm("Delete “" + f.name + "”, its artifacts and its record?")) return;
+  try {
+    await api("DELETE", "/v1/files/" + id);
+    removeFile(id);
+    toast("Deleted “" + f.name + "”.", "ok");
+  } catch (e) {
+    if (e.status === 404) removeFile(id);
+    else report(e, "Could not delete");
+  }
+}
+
+// ---------------------------------------------------------------- live updates
+
+// One per open dataset: an EventSource when the server has the stream, polling
+// while it has not (and while the stream is down), both feeding refetch().
+class Live {
+  constructor(datasetId) {
+    this.datasetId = datasetId;
+    this.lastSeq = null;
+    this.es = null;
+    this.pollTimer = null;
+    this.retryTimer = null;
+    this.retryMs = 1000;
+    this.pending = new Set();
+    this.flushTimer = null;
+    this.closed = false;
+    this.connect();
+  }
+
+  setMode(mode, text) {
+    const el = $("live");
+    el.className = "live " + mode;
+    $("live-text").textContent = text;
+    el.dataset.mode = mode;
+  }
+
+  connect() {
+    if (this.closed) return;
+    let url = "/v1/datasets/" + encodeURIComponent(this.datasetId) + "/events?access_token=" +
+              encodeURIComponent(state.key);
+    if (this.lastSeq !== null) url += "&last_event_id=" + encodeURIComponent(this.lastSeq);
+    const es = new EventSource(url);
+    this.es = es;
+    const onEvent = (ev) => this.onEvent(ev);
+    es.addEventListener("run", onEvent);
+    es.addEventListener("file", onEvent);
+    es.addEventListener("message", onEvent);
+    es.onopen = () => {
+      if (this.es !== es) return;
+      this.retryMs = 1000;
+      this.setMode("on", "live");
+      // Anything that changed before the stream opened (or while it was down,
+      // if the server could not replay it) comes in with one poll.
+      if (this.pollTimer) { clearInterval(this.pollTimer); this.pollTimer = null; }
+      this.poll();
+    };
+    es.onerror = () => {
+      if (this.es !== es || this.closed) return;
+      if (es.readyState === EventSource.CONNECTING) {
+        // The browser reconnects by itself (sending Last-Event-ID); poll meanwhile.
+        this.setMode("retry", "reconnecting");
+        this.startPolling();
+        return;
+      }
+      // CLOSED: an HTTP error (e.g. the endpoint is not there). Poll, retry later.
+      es.close();
+      this.es = null;
+      this.setMode("poll", "polling");
+      this.startPolling();
+      this.retryTimer = setTimeout(() => this.connect(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 30000);
+    };
+  }
+
+  onEvent(ev) {
+    if (ev.lastEventId) {
+      const n = Number(ev.lastEventId);
+      if (Number.isFinite(n) && (this.lastSeq === null || n > this.lastSeq)) this.lastSeq = n;
+    }
+    let data;
+    try { data = JSON.parse(ev.data); } catch (_) { return; }
+    if (data && data.file_id) this.refetch(data.file_id);
+  }
+
+  refetch(fileId) {
+    this.pending.add(fileId);
+    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), REFETCH_DEBOUNCE_MS);
+  }
+
+  async flush() {
+    this.flushTimer = null;
+    const ids = [...this.pending];
+    this.pending.clear();
+    await Promise.all(ids.map(async (id) => {
+      try {
+        const f = await api("GET", "/v1/files/" + id);
+        if (!this.closed) upsertFile(f, "prepend");
+      } catch (e) {
+        if (e.status === 404 && !this.closed) removeFile(id);
+      }
+    }));
+    if (!this.closed) renderCounts();
+  }
+
+  startPolling() {
+    if (this.pollTimer || this.closed) return;
+    this.poll();
+    this.pollTimer = setInterval(() => this.poll(), POLL_MS);
+  }
+
+  // One page covering what is loaded (newest first): new files appear, changed
+  // ones update; files older than the page that are still moving are
+  // refetched one by one.
+  async poll() {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      const limit = Math.min(1000, Math.max(PAGE_SIZE, state.order.length));
+      const body = await api("GET", "/v1/datasets/" + encodeURIComponent(this.datasetId) +
+                                    "/files?limit=" + limit);
+      if (this.closed) return;
+      const seen = new Set();
+      const fresh = body.files.filter((f) => !state.files.has(f.id));
+      for (const f of body.files) {
+        seen.add(f.id);
+        const old = state.files.get(f.id);
+        if (old && JSON.stringify(old) === JSON.stringify(f)) continue;
+        if (old) upsertFile(f, null);
+      }
+      for (const f of fresh.reverse()) upsertFile(f, "prepend");
+      for (const f of state.files.values()) {
+        if (!seen.has(f.id) && !FINAL.has(f.status)) this.refetch(f.id);
+      }
+      // With the whole dataset on one page, a file missing from two polls in a
+      // row was deleted elsewhere (one miss may be an upload racing the poll).
+      if (!body.next_cursor) {
+        const missing = new Set([...state.files.keys()].filter((id) => !seen.has(id)));
+        for (const id of missing) if (this.missing && this.missing.has(id)) removeFile(id);
+        this.missing = missing;
+      }
+      renderCounts();
+    } catch (e) {
+      if (e.status !== 401) this.setMode("down", "offline");
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  close() {
+    this.closed = true;
+    if (this.es) this.es.close();
+    clearInterval(this.pollTimer);
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.flushTimer);
+  }
+}
+
+function startLive(datasetId) {
+  state.live = new Live(datasetId);
+}
+
+function stopLive() {
+  if (state.live) state.live.close();
+  state.live = null;
+}
+
+// ---------------------------------------------------------------- uploads
+
+function addFiles(fileList) {
+  if (!state.dataset) return;
+  const files = [...fileList].filter((f) => f && f.size >= 0);
+  if (!files.length) return;
+  for (const file of files) {
+    const bar = h("div", { class: "bar" }, h("i"));
+    const status = h("span", { class: "up-status muted small" }, "waiting");
+    const li = h("li", { class: "up-item queued" },
+                 h("div", { class: "up-line" }, h("span", { class: "up-name", title: file.name }, file.name),
+                   h("span", { class: "muted small" }, fmtBytes(file.size)), status),
+                 bar);
+    $("upload-list").prepend(li);
+    state.uploads.push({ file, li, bar, status, dataset: state.dataset.id, done: false });
+  }
+  $("uploads").hidden = false;
+  renderUploadSummary();
+  pumpUploads();
+}
+
+let uploadsActive = 0;
+function pumpUploads() {
+  while (uploadsActive < UPLOAD_CONCURRENCY) {
+    const u = state.uploads.find((x) => !x.started);
+    if (!u) break;
+    u.started = true;
+    uploadsActive++;
+    uploadOne(u).finally(() => {
+      uploadsActive--;
+      renderUploadSummary();
+      pumpUploads();
+    });
+  }
+}
+
+// One file, one request. A 429/503 (rate limited, overloaded) is retried
+// after Retry-After, a few times; any other error fails just this file.
+async function uploadOne(u) {
+  for (let attempt = 1; ; attempt++) {
+    const xhr = await sendOnce(u);
+    if (xhr.status === 202 && xhr.response && xhr.response.files) {
+      u.done = true;
+      u.li.className = "up-item done";
+      u.bar.firstChild.style.width = "100%";
+      u.status.textContent = "uploaded";
+      if (state.dataset && state.dataset.id === u.dataset) {
+        for (const f of xhr.response.files) upsertFile(f, "prepend");
+        renderCounts();
+      }
+      return;
+    }
+    if ((xhr.status === 429 || xhr.status === 503) && attempt < 6) {
+      const ra = Number(xhr.getResponseHeader("Retry-After"));
+      const wait = (ra > 0 ? ra : Math.min(2 ** attempt, 30)) * 1000;
+      u.li.className = "up-item queued";
+      u.status.textContent = "busy, retrying in " + Math.round(wait / 1000) + " s";
+      await new Promise((r) => setTimeout(r, wait));
+      continue;
+    }
+    u.done = true;
+    u.failed = true;
+    u.li.className = "up-item failed";
+    let msg;
+    if (xhr.status === 0) {
+      msg = "network error";
+    } else {
+      const err = xhr.response && xhr.response.error;
+      msg = err ? err.message + " (" + err.code + ")" : "HTTP " + xhr.status;
+    }
+    u.status.textContent = msg;
+    toast(msg, "error", "Upload of “" + u.file.name + "” failed");
+    if (xhr.status === 401) signOut("That API key is no longer accepted.");
+    return;
+  }
+}
+
+// Resolves with the finished XMLHttpRequest (status 0: the connection failed).
+function sendOnce(u) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/v1/datasets/" + encodeURIComponent(u.dataset) + "/files");
+    xhr.setRequestHeader("Authorization", "Bearer " + state.key);
+    xhr.responseType = "json";
+    u.li.className = "up-item running";
+    u.status.textContent = "0%";
+    u.bar.firstChild.style.width = "0%";
+    xhr.upload.onprogress = (ev) => {
+      if (!ev.lengthComputable) return;
+      const pct = Math.min(100, Math.floor((ev.loaded / ev.total) * 100));
+      u.bar.firstChild.style.width = pct + "%";
+      u.status.textContent = pct < 100 ? pct + "%" : "storing…";
+    };
+    xhr.onload = () => resolve(xhr);
+    xhr.onerror = xhr.onabort = xhr.ontimeout = () => resolve(xhr);
+    const form = new FormData();
+    form.append("file", u.file, u.file.name);
+    xhr.send(form);
+  });
+}
+
+function renderUploadSummary() {
+  const total = state.uploads.length;
+  const done = state.uploads.filter((u) => u.done && !u.failed).length;
+  const failed = state.uploads.filter((u) => u.failed).length;
+  const active = total - done - failed;
+  let text = done + " of " + total + " uploaded";
+  if (failed) text += " · " + failed + " failed";
+  if (active) text += " · " + active + " in progress";
+  $("uploads-summary").textContent = text;
+  $("uploads-clear").disabled = active > 0;
+}
+
+// ---------------------------------------------------------------- drawer
+
+function openDrawer(id) {
+  state.selected = id;
+  for (const tr of state.rows.values()) tr.classList.toggle("selected", tr.dataset.id === id);
+  $("drawer").hidden = false;
+  $("scrim").hidden = false;
+  requestAnimationFrame(() => $("drawer").classList.add("open"));
+  renderDrawer(true);
+}
+
+function closeDrawer() {
+  state.selected = null;
+  for (const tr of state.rows.values()) tr.classList.remove("selected");
+  $("drawer").classList.remove("open");
+  $("drawer").hidden = true;
+  $("scrim").hidden = true;
+}
+
+function setTab(tab) {
+  state.tab = tab;
+  for (const b of $("tabs").querySelectorAll("button")) {
+    b.classList.toggle("active", b.dataset.tab === tab);
+    b.setAttribute("aria-selected", b.dataset.tab === tab ? "true" : "false");
+  }
+  renderDrawer(true);
+}
+
+let drawerToken = 0;
+function renderDrawer(force) {
+  const f = state.files.get(state.selected);
+  if (!f) return;
+  $("drawer-title").textContent = f.name;
+  $("drawer-meta").replaceChildren(badge(f.status), " ", fmtBytes(f.size), " · ", f.mime || "",
+                                   " · uploaded ", fmtTime(f.created_at));
+  // Live tabs re-render on every update; the heavy ones only when asked.
+  if (!force && (state.tab === "preview" || state.tab === "text")) return;
+  const token = ++drawerToken;
+  const body = $("drawer-body");
+  body.dataset.tab = state.tab;
+  if (state.tab === "overview") body.replaceChildren(overview(f));
+  else if (state.tab === "preview") body.replaceChildren(previewPane(f, token));
+  else if (state.tab === "text") body.replaceChildren(textPane(f, token));
+  else timelinePane(f, token, force);
+}
+
+function overview(f) {
+  const box = h("div", { class: "overview" });
+  box.append(h("h3", {}, "Record"));
+  if (f.record && Object.keys(f.record).length) {
+    const keys = state.schemaProps.length ? state.schemaProps.filter((k) => k in f.record) : [];
+    for (const k of Object.keys(f.record)) if (!keys.includes(k)) keys.push(k);
+    box.append(h("dl", { class: "record" },
+                 ...keys.map((k) => [h("dt", {}, k), h("dd", {}, fieldText(f.record[k]))])));
+  } else {
+    box.append(h("p", { class: "muted" }, FINAL.has(f.status) ? "No record for this file."
+                                                               : "The record appears when ai_record finishes."));
+  }
+  box.append(h("h3", {}, "Runs"));
+  if (!(f.runs || []).length) box.append(h("p", { class: "muted" }, "No pipeline matches this file type."));
+  for (const r of f.runs || []) {
+    const dur = r.started_at && r.finished_at ? fmtDuration(new Date(r.finished_at) - new Date(r.started_at)) : "";
+    box.append(h("div", { class: "run" },
+      h("div", { class: "run-head" }, h("strong", {}, r.pipeline), badge(r.state,
+        r.state === "waiting" ? state.waitReasons.get(r.id) || "waiting" : null)),
+      h("div", { class: "muted small" },
+        "step " + (r.step || "—") + " · attempt " + r.attempt + (dur ? " · " + dur : "")),
+      r.error ? h("div", { class: "run-error" }, r.error) : null,
+      (r.artifacts || []).length ? h("div", { class: "arts" },
+        ...(r.artifacts || []).map((a) => h("span", { class: "chip" }, a.kind + " · " + fmtBytes(a.size)))) : null));
+  }
+  if (f.text_source) box.append(h("p", { class: "muted small" }, "Text from " + f.text_source + "."));
+  box.append(h("p", { class: "muted small mono" }, "sha256 " + f.sha256));
+  return box;
+}
+
+function previewPane(f, token) {
+  const a = artifactOf(f, "preview") || artifactOf(f, "thumbnail");
+  if (!a) {
+    return h("div", { class: "empty small-empty" }, h("strong", {}, "No preview"),
+             h("span", { class: "muted" }, FINAL.has(f.status) ? "This file has no preview."
+                                                                : "It appears when file_view is done."));
+  }
+  const wrap = h("div", { class: "preview" }, h("div", { class: "spinner" }));
+  artifactBlobUrl(a).then((url) => {
+    if (token !== drawerToken) return;
+    wrap.replaceChildren(h("img", { src: url, alt: "Preview of " + f.name, class: "preview-img" }));
+  }).catch((e) => { if (token === drawerToken) wrap.replaceChildren(h("p", { class: "muted" }, e.message)); });
+  return wrap;
+}
+
+function textPane(f, token) {
+  const a = artifactOf(f, "text");
+  if (!a) {
+    return h("div", { class: "empty small-empty" }, h("strong", {}, "No text"),
+             h("span", { class: "muted" }, FINAL.has(f.status) ? "No text was extracted from this file."
+                                                                : "It appears when a text step succeeds."));
+  }
+  const pre = h("pre", { class: "text" }, "Loading…");
+  fetch(a.url, { headers: { Authorization: "Bearer " + state.key } })
+    .then(async (res) => { if (!res.ok) throw await errorFrom(res); return res.text(); })
+    .then((t) => { if (token === drawerToken) pre.textContent = t || "(empty)"; })
+    .catch((e) => { if (token === drawerToken) pre.textContent = e.message; });
+  return h("div", {}, f.text_source ? h("p", { class: "muted small" }, "Source: " + f.text_source) : null, pre);
+}
+
+const KIND_CLASS = {
+  queued: "queued", started: "running", step_started: "running", step_succeeded: "succeeded",
+  succeeded: "succeeded", step_failed: "failed", failed: "failed", retry: "waiting",
+  fallback: "waiting", always: "running", waiting: "waiting", cancelled: "cancelled",
+};
+
+function describe(e) {
+  const d = e.detail || {};
+  const bits = [];
+  if (d.reason) bits.push(d.reason);
+  if (d.error) bits.push(d.error);
+  if (d.from && d.to) bits.push(d.from + " → " + d.to);
+  if (d.attempt && e.kind !== "step_started") bits.push("attempt " + d.attempt);
+  if (d.delay_ms) bits.push("in " + fmtDuration(d.delay_ms));
+  if (d.retry_in_s) bits.push("retry in " + fmtDuration(d.retry_in_s * 1000));
+  if (d.duration_s !== undefined) bits.push(fmtDuration(d.duration_s * 1000));
+  return bits.join(" · ");
+}
+
+function timelinePane(f, token, force) {
+  const body = $("drawer-body");
+  if (force) body.replaceChildren(h("div", { class: "spinner" }));
+  api("GET", "/v1/files/" + f.id + "/events").then((res) => {
+    if (token !== drawerToken) return;
+    const evs = res.events || [];
+    if (!evs.length) {
+      body.replaceChildren(h("div", { class: "empty small-empty" }, h("strong", {}, "Nothing yet"),
+                             h("span", { class: "muted" }, "No pipeline has touched this file.")));
+      return;
+    }
+    body.replaceChildren(h("ol", { class: "timeline" }, ...evs.map((e) =>
+      h("li", { class: "tl " + (KIND_CLASS[e.kind] || "") },
+        h("i", { class: "tl-dot" }),
+        h("div", { class: "tl-main" },
+          h("div", {}, h("strong", {}, e.kind.replace(/_/g, " ")),
+            e.step ? h("span", { class: "chip" }, e.step) : null,
+            h("span", { class: "muted small tl-pipe" }, e.pipeline || "")),
+          describe(e) ? h("div", { class: "small tl-detail" }, describe(e)) : null),
+        h("time", { class: "muted small", datetime: e.at, title: e.at }, fmtTime(e.at))))));
+  }).catch((e) => { if (token === drawerToken) body.replaceChildren(h("p", { class: "muted" }, e.message)); });
+}
+
+async function download(id) {
+  const f = state.files.get(id);
+  try {
+    const res = await fetch("/v1/files/" + id + "/content",
+                            { headers: { Authorization: "Bearer " + state.key } });
+    if (!res.ok) throw await errorFrom(res);
+    const url = URL.createObjectURL(await res.blob());
+    const a = h("a", { href: url, download: f ? f.name : "file" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    report(e, "Could not download");
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function wire() {
+  // Static icons of the page shell.
+  for (const el of document.querySelectorAll("[data-icon]")) el.prepend(icon(el.dataset.icon, Number(el.dataset.iconSize) || 16));
+  $("auth-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = $("key-input").value.trim();
+    if (key) signIn(key);
+  });
+  $("signout-btn").addEventListener("click", () => signOut(""));
+  $("dataset-select").addEventListener("change", (ev) => openDataset(ev.target.value));
+  $("new-dataset-btn").addEventListener("click", () => { stopLive(); showCreate(false); });
+  $("create-form").addEventListener("submit", createDataset);
+  $("create-cancel").addEventListener("click", () => state.dataset && openDataset(state.dataset.id));
+  $("more-btn").addEventListener("click", () => loadFiles(state.nextCursor));
+
+  const input = $("file-input");
+  const dz = $("dropzone");
+  $("pick-btn").addEventListener("click", (ev) => { ev.stopPropagation(); input.click(); });
+  dz.addEventListener("click", () => input.click());
+  dz.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); input.click(); } });
+  input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
+  for (const t of ["dragenter", "dragover"]) {
+    dz.addEventListener(t, (ev) => { ev.preventDefault(); dz.classList.add("over"); });
+  }
+  for (const t of ["dragleave", "drop"]) {
+    dz.addEventListener(t, (ev) => { ev.preventDefault(); dz.classList.remove("over"); });
+  }
+  dz.addEventListener("drop", (ev) => addFiles(ev.dataTransfer.files));
+  // A file dropped outside the zone must not navigate away from the page.
+  window.addEventListener("dragover", (ev) => ev.preventDefault());
+  window.addEventListener("drop", (ev) => ev.preventDefault());
+
+  $("uploads-clear").addEventListener("click", () => {
+    state.uploads = state.uploads.filter((u) => !u.done);
+    $("upload-list").replaceChildren(...state.uploads.map((u) => u.li));
+    $("uploads").hidden = state.uploads.length === 0;
+  });
+
+  $("drawer-close").addEventListener("click", closeDrawer);
+  $("scrim").addEventListener("click", closeDrawer);
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && state.selected) closeDrawer(); });
+  $("tabs").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-tab]");
+    if (b) setTab(b.dataset.tab);
+  });
+  $("drawer-reprocess").addEventListener("click", () => state.selected && reprocess(state.selected));
+  $("drawer-delete").addEventListener("click", () => state.selected && deleteFile(state.selected));
+  $("drawer-download").addEventListener("click", () => state.selected && download(state.selected));
+}
+
+wire();
+if (state.key) signIn(state.key);
+else show("auth-view");

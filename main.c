@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -686,6 +687,15 @@ int main(int argc, char **argv)
     }
     sl_log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
+    /*
+     * Every connection (SSE clients stay open) and pending upload holds a
+     * descriptor: use the hard limit, as nginx's worker_rlimit_nofile does.
+     */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
 
     int rc;
     if (strcmp(cmd, "migrate") == 0) {

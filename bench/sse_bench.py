@@ -1,0 +1,171 @@
+#!/usr/bin/python3
+"""Live status: event latency and concurrent SSE clients.
+
+Starts its own Postgres, Redis and sluice, then:
+  1. one SSE client on a dataset while --files text files run through a small
+     three-step flow (no I/O in the steps, so transitions come fast): for each
+     of the first --events events, latency = arrival time at the client minus
+     the event's `at` (the commit-time timestamp Postgres gave its timeline
+     row; same machine, same clock). Prints median and p99.
+  2. opens --clients SSE connections to one process and reads its RSS, then
+     publishes one event and counts how many clients received it.
+
+    /usr/bin/python3 bench/sse_bench.py [--binary build/sluice] [--events 10000] [--clients 5000]
+"""
+import argparse
+import datetime
+import json
+import os
+import resource
+import select
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "blackbox"))
+import sluice_harness as h  # noqa: E402
+
+TICK_FLOW = '''
+return flow {
+  start = "one",
+  steps = {
+    one = { run = function(ctx, file) ctx.n = 1 return true end, next = "two" },
+    two = { run = function(ctx, file) ctx.n = 2 return true end, next = "three" },
+    three = { run = function(ctx, file) return true end },
+  },
+}
+'''
+
+
+def open_stream(port, key, ds):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall((f"GET /v1/datasets/{ds}/events?access_token={key} HTTP/1.1\r\n"
+               f"Host: x\r\nAccept: text/event-stream\r\n\r\n").encode())
+    return s
+
+
+def parse_at(at):
+    return datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def latency_reader(sock, want, out, done):
+    buf = b""
+    sock.settimeout(120)
+    while len(out) < want:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        now = time.time()
+        buf += chunk
+        while b"\n\n" in buf:
+            block, buf = buf.split(b"\n\n", 1)
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    try:
+                        ev = json.loads(line[6:])
+                    except ValueError:
+                        continue  # a chunk-size line of the chunked encoding
+                    if "at" in ev:
+                        out.append(now - parse_at(ev["at"]))
+    done.set()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=str(HERE.parent / "build" / "sluice"))
+    ap.add_argument("--events", type=int, default=10000)
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=5000)
+    args = ap.parse_args()
+    os.environ["SLUICE_BIN"] = args.binary
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-ssebench-"))
+    (tmp / "tick.lua").write_text(TICK_FLOW)
+    pg, redis = h.PgCluster(), h.RedisServer()
+    pg.start()
+    redis.start()
+    factory = h.ServerFactory(pg, redis, tmp)
+    try:
+        srv = factory(extra_yaml=(
+            f"pipelines:\n  - {{name: tick, flow: \"{tmp / 'tick.lua'}\", match: [\"text/*\"]}}\n"
+            f"limits: {{max_connections: {args.clients + 1000}}}\n"))
+        client = srv.create_tenant("bench")
+        ds = client.create_dataset("bench")["id"]
+
+        # 1. latency
+        lat, done = [], threading.Event()
+        sock = open_stream(srv.port, client.key, ds)
+        t = threading.Thread(target=latency_reader, args=(sock, args.events, lat, done))
+        t.start()
+        time.sleep(0.5)
+        sent = 0
+        while sent < args.files:
+            n = min(500, args.files - sent)
+            r = client.upload(ds, [(f"f{sent + i}.txt", b"x\n") for i in range(n)])
+            assert r.status_code == 202, r.text[:200]
+            sent += n
+        done.wait(300)
+        sock.close()
+        lat = sorted(lat[:args.events])
+        if lat:
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(f"sse_events_measured: {len(lat)}")
+            print(f"sse_latency_median: {statistics.median(lat) * 1000:.1f} ms "
+                  f"(timeline row timestamp -> arrival at the client, one process, Redis up)")
+            print(f"sse_latency_p99: {p99 * 1000:.1f} ms")
+
+        # 2. concurrent clients
+        rss0 = srv.rss_kib()
+        socks = []
+        for _ in range(args.clients):
+            socks.append(open_stream(srv.port, client.key, ds))
+        time.sleep(2)
+        rss1 = srv.rss_kib()
+        metrics = h.requests.get(srv.url + "/metrics", timeout=30).text
+        held = [l for l in metrics.splitlines() if l.startswith("sluice_sse_clients ")]
+        print(f"sse_clients_open: {held[0].split()[1] if held else '?'} (of {args.clients} opened)")
+        print(f"rss_with_clients: {rss1 / 1024:.1f} MiB (before: {rss0 / 1024:.1f} MiB; "
+              f"{(rss1 - rss0) / max(args.clients, 1):.2f} KiB per client)")
+        for s in socks:
+            s.setblocking(False)
+            try:
+                while s.recv(65536):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        r = client.upload(ds, [("one-more.txt", b"x\n")])
+        assert r.status_code == 202
+        got, deadline = set(), time.time() + 30
+        while len(got) < len(socks) and time.time() < deadline:
+            ready, _, _ = select.select([s for s in socks if s not in got][:1000], [], [], 1)
+            for s in ready:
+                try:
+                    if b"event: " in s.recv(65536):  # an event, not a keepalive
+                        got.add(s)
+                except OSError:
+                    pass
+        print(f"sse_clients_reached_by_one_upload: {len(got)} of {len(socks)}")
+        for s in socks:
+            s.close()
+    finally:
+        factory.teardown()
+        redis.stop()
+        pg.stop()
+        pg.destroy()
+        redis.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

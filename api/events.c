@@ -39,7 +39,7 @@
 
 #define REPLAY_PAGE 10000
 #define KEEPALIVE_DEFAULT_S 15
-#define CLIENT_BUFFER_DEFAULT (1024 * 1024)
+#define CLIENT_BUFFER_DEFAULT (256 * 1024) /* ~1,000 events of backlog; bounds RSS with many clients */
 #define RETRY_MS 2000
 
 typedef struct held_s {

@@ -12,10 +12,8 @@ claiming does to B).
     /usr/bin/python3 bench/fairness_bench.py [--binary build/sluice] [--files 2000] [--samples 5]
 """
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import urllib.parse
 from datetime import datetime
@@ -94,13 +92,8 @@ def main():
     if args.binary:
         import os
         os.environ["SLUICE_BIN"] = args.binary
-    tmp = tempfile.mkdtemp(prefix="sluice-fair-")
-    pg = h.PgCluster()
-    redis = h.RedisServer()
-    pg.start()
-    redis.start()
-    factory = h.ServerFactory(pg, redis, tmp)
-    try:
+    with h.local_stack("sluice-fair-") as (factory, tmp):
+        pg = factory.pg
         idle, busy, left, a_secs = scenario(factory, pg, args.files, args.samples, 8)
         mi, mb = statistics.median(idle), statistics.median(busy)
         print("fairness: B single-file latency, idle server: %.0f ms (median of %d)"
@@ -114,11 +107,6 @@ def main():
         _, busy2, _, a2 = scenario(factory, pg, args.files, 1, 100000)
         print("fairness: without the per-tenant cap (max_runs_per_tenant 100000): B %.0f ms, "
               "ratio %.1f; A's files took %.1f s" % (busy2[0] * 1000, busy2[0] / mi, a2))
-    finally:
-        factory.teardown()
-        pg.destroy()
-        redis.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

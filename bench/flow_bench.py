@@ -14,9 +14,7 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,62 +50,52 @@ def main():
     ap.add_argument("--files", type=int, default=2000)
     args = ap.parse_args()
     os.environ["SLUICE_BIN"] = args.binary
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-flowbench-"))
-    pg, redis = h.PgCluster(), h.RedisServer()
-    pg.start()
-    redis.start()
-    factory = h.ServerFactory(pg, redis, tmp)
-    tika = Standin("tika")
-    try:
-        # 1. parked runs
-        tika.control(mode="stall")
-        yaml = services_yaml(tika=tika).replace("timeout_ms: 5000", "timeout_ms: 3600000")
-        srv = factory(extra_yaml=yaml)
-        client = srv.create_tenant("bench")
-        ds = client.create_dataset("bench")["id"]
-        time.sleep(1)
-        rss0 = srv.rss_kib()
-        t0 = time.time()
-        upload_many(client, ds, args.runs, "park")
-        while metric(srv, "sluice_runs_in_flight") < args.runs and time.time() - t0 < 600:
-            time.sleep(0.5)
-        parked = metric(srv, "sluice_runs_in_flight")
-        time.sleep(1)
-        rss1 = srv.rss_kib()
-        print(f"runs_parked: {parked:.0f} (on a stalled Tika stand-in, {time.time() - t0:.1f} s "
-              f"to upload and claim)")
-        print(f"rss_before: {rss0 / 1024:.1f} MiB, rss_parked: {rss1 / 1024:.1f} MiB")
-        print(f"memory_per_parked_run: {(rss1 - rss0) * 1024 / max(parked, 1) / 1024:.2f} KiB "
-              f"(RSS delta / runs; includes the upload's own residue)")
-        srv.kill()
+    with h.local_stack("sluice-flowbench-") as (factory, tmp):
+        tika = Standin("tika")
+        try:
+            # 1. parked runs
+            tika.control(mode="stall")
+            yaml = services_yaml(tika=tika).replace("timeout_ms: 5000", "timeout_ms: 3600000")
+            srv = factory(extra_yaml=yaml)
+            client = srv.create_tenant("bench")
+            ds = client.create_dataset("bench")["id"]
+            time.sleep(1)
+            rss0 = srv.rss_kib()
+            t0 = time.time()
+            upload_many(client, ds, args.runs, "park")
+            while metric(srv, "sluice_runs_in_flight") < args.runs and time.time() - t0 < 600:
+                time.sleep(0.5)
+            parked = metric(srv, "sluice_runs_in_flight")
+            time.sleep(1)
+            rss1 = srv.rss_kib()
+            print(f"runs_parked: {parked:.0f} (on a stalled Tika stand-in, {time.time() - t0:.1f} s "
+                  f"to upload and claim)")
+            print(f"rss_before: {rss0 / 1024:.1f} MiB, rss_parked: {rss1 / 1024:.1f} MiB")
+            print(f"memory_per_parked_run: {(rss1 - rss0) * 1024 / max(parked, 1) / 1024:.2f} KiB "
+                  f"(RSS delta / runs; includes the upload's own residue)")
+            srv.kill()
 
-        # 2. transitions per second with an instant stand-in
-        tika.control(mode="ok")
-        srv = factory(extra_yaml=services_yaml(tika=tika))
-        client = srv.create_tenant("bench2")
-        ds = client.create_dataset("bench2")["id"]
-        before = metric(srv, "sluice_run_transitions_total")
-        t0 = time.time()
-        upload_many(client, ds, args.files, "fast")
-        while True:
-            done = metric(srv, 'sluice_runs{pipeline="ai_record",state="succeeded"}')
-            if done >= args.files or time.time() - t0 > 900:
-                break
-            time.sleep(0.2)
-        dt = time.time() - t0
-        n = metric(srv, "sluice_run_transitions_total") - before
-        print(f"runs_completed: {done:.0f} of {args.files} in {dt:.1f} s "
-              f"({done / dt:.0f} runs/s, ai_record via the Tika stand-in + local extractor)")
-        print(f"transitions_per_s: {n / dt:.0f} (timeline events committed by actors; "
-              f"{n / max(done, 1):.1f} per run)")
-    finally:
-        tika.stop()
-        factory.teardown()
-        redis.stop()
-        pg.stop()
-        pg.destroy()
-        redis.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
+            # 2. transitions per second with an instant stand-in
+            tika.control(mode="ok")
+            srv = factory(extra_yaml=services_yaml(tika=tika))
+            client = srv.create_tenant("bench2")
+            ds = client.create_dataset("bench2")["id"]
+            before = metric(srv, "sluice_run_transitions_total")
+            t0 = time.time()
+            upload_many(client, ds, args.files, "fast")
+            while True:
+                done = metric(srv, 'sluice_runs{pipeline="ai_record",state="succeeded"}')
+                if done >= args.files or time.time() - t0 > 900:
+                    break
+                time.sleep(0.2)
+            dt = time.time() - t0
+            n = metric(srv, "sluice_run_transitions_total") - before
+            print(f"runs_completed: {done:.0f} of {args.files} in {dt:.1f} s "
+                  f"({done / dt:.0f} runs/s, ai_record via the Tika stand-in + local extractor)")
+            print(f"transitions_per_s: {n / dt:.0f} (timeline events committed by actors; "
+                  f"{n / max(done, 1):.1f} per run)")
+        finally:
+            tika.stop()
 
 
 if __name__ == "__main__":

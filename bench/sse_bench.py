@@ -17,12 +17,10 @@ import datetime
 import json
 import os
 import resource
-import select
-import shutil
+import selectors
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,13 +88,8 @@ def main():
     os.environ["SLUICE_BIN"] = args.binary
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-ssebench-"))
-    (tmp / "tick.lua").write_text(TICK_FLOW)
-    pg, redis = h.PgCluster(), h.RedisServer()
-    pg.start()
-    redis.start()
-    factory = h.ServerFactory(pg, redis, tmp)
-    try:
+    with h.local_stack("sluice-ssebench-") as (factory, tmp):
+        (tmp / "tick.lua").write_text(TICK_FLOW)
         srv = factory(extra_yaml=(
             f"pipelines:\n  - {{name: tick, flow: \"{tmp / 'tick.lua'}\", match: [\"text/*\"]}}\n"
             f"limits: {{max_connections: {args.clients + 1000}}}\n"))
@@ -125,46 +118,54 @@ def main():
                   f"(timeline row timestamp -> arrival at the client, one process, Redis up)")
             print(f"sse_latency_p99: {p99 * 1000:.1f} ms")
 
-        # 2. concurrent clients
+        # 2. concurrent clients: wait until the first phase's runs are all done,
+        # so the figure is the cost of idle connected clients, not of backlog
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            m = h.requests.get(srv.url + "/metrics", timeout=30).text
+            busy = sum(float(l.split()[-1]) for l in m.splitlines()
+                       if l.startswith("sluice_runs{") and ('state="queued"' in l or
+                                                             'state="running"' in l))
+            if busy == 0:
+                break
+            time.sleep(1)
+        time.sleep(1)
         rss0 = srv.rss_kib()
+        sel = selectors.DefaultSelector()
         socks = []
         for _ in range(args.clients):
-            socks.append(open_stream(srv.port, client.key, ds))
-        time.sleep(2)
+            s = open_stream(srv.port, client.key, ds)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            socks.append(s)
+
+        def drain(timeout, want_event):
+            got = set()
+            end = time.time() + timeout
+            while time.time() < end and len(got) < len(socks):
+                for key, _ in sel.select(0.5):
+                    try:
+                        data = key.fileobj.recv(65536)
+                    except (BlockingIOError, OSError):
+                        continue
+                    if data and (not want_event or b"event: " in data):
+                        got.add(key.fileobj)
+            return got
+
+        drain(5, False)               # read the response headers like a client would
+        time.sleep(1)
         rss1 = srv.rss_kib()
         metrics = h.requests.get(srv.url + "/metrics", timeout=30).text
         held = [l for l in metrics.splitlines() if l.startswith("sluice_sse_clients ")]
         print(f"sse_clients_open: {held[0].split()[1] if held else '?'} (of {args.clients} opened)")
         print(f"rss_with_clients: {rss1 / 1024:.1f} MiB (before: {rss0 / 1024:.1f} MiB; "
               f"{(rss1 - rss0) / max(args.clients, 1):.2f} KiB per client)")
-        for s in socks:
-            s.setblocking(False)
-            try:
-                while s.recv(65536):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
         r = client.upload(ds, [("one-more.txt", b"x\n")])
         assert r.status_code == 202
-        got, deadline = set(), time.time() + 30
-        while len(got) < len(socks) and time.time() < deadline:
-            ready, _, _ = select.select([s for s in socks if s not in got][:1000], [], [], 1)
-            for s in ready:
-                try:
-                    if b"event: " in s.recv(65536):  # an event, not a keepalive
-                        got.add(s)
-                except OSError:
-                    pass
+        got = drain(30, True)
         print(f"sse_clients_reached_by_one_upload: {len(got)} of {len(socks)}")
         for s in socks:
             s.close()
-    finally:
-        factory.teardown()
-        redis.stop()
-        pg.stop()
-        pg.destroy()
-        redis.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

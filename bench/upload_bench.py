@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -97,13 +96,7 @@ def main():
     os.environ["SLUICE_BIN"] = args.binary
     scale = 8 if args.quick else 1
     total = 1024 * MiB // scale
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
-    pg = h.PgCluster()
-    redis = h.RedisServer()
-    pg.start()
-    redis.start()
-    factory = h.ServerFactory(pg, redis, tmp)
-    try:
+    with h.local_stack("sluice-bench-") as (factory, tmp):
         srv = factory(extra_yaml="limits: {max_file_bytes: 2147483648, max_files_per_request: 10}\n")
         client = srv.create_tenant("bench")
         ds = client.create_dataset("bench")["id"]
@@ -131,13 +124,6 @@ def main():
         print(f"rss_idle: {rss0 / 1024:.1f} MiB")
         print(f"rss_peak_200_uploads: {max(peak, hwm) / 1024:.1f} MiB (VmHWM; limit 150 MiB; "
               f"{max(peak, hwm) / 1024 / 150:.2f} of the limit)")
-    finally:
-        factory.teardown()
-        redis.stop()
-        pg.stop()
-        pg.destroy()
-        redis.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

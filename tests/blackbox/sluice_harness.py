@@ -7,6 +7,7 @@ nothing outlives the test run even if pytest is killed; the fixtures in
 conftest.py stop them cleanly at teardown.
 """
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -685,3 +686,26 @@ class ServerFactory:
         """Delete the blob dirs the factory made (big uploads add up)."""
         for d in self.own_storage:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_stack(prefix="sluice-bench-"):
+    """For scripts outside pytest (bench/): a private Postgres and Redis and a
+    ServerFactory over them, all stopped and removed on exit. Yields
+    (factory, tmpdir)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    pg, redis = PgCluster(), RedisServer()
+    factory = None
+    try:
+        pg.start()
+        redis.start()
+        factory = ServerFactory(pg, redis, tmp)
+        yield factory, tmp
+    finally:
+        if factory is not None:
+            factory.teardown()
+        redis.stop()
+        pg.stop()
+        pg.destroy()
+        redis.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)

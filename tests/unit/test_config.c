@@ -10,17 +10,7 @@
 #include "core/config.h"
 #include "core/err.h"
 
-static int passed, failed;
-
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);              \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define STREQ(a, b) ((a) != NULL && (b) != NULL && strcmp((a), (b)) == 0)
 #define CONTAINS(hay, needle) (strstr((hay), (needle)) != NULL)
@@ -504,6 +494,5 @@ int main(void)
     test_errors();
     test_load_file();
     sl_config_free(NULL);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

@@ -22,16 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static struct event_base *base;
 static struct evhttp *srv;
@@ -848,6 +839,5 @@ int main(void)
     free(srv_body);
     event_base_free(base);
     libevent_global_shutdown();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

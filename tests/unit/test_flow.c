@@ -36,16 +36,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(e)                                                                                   \
-    do {                                                                                           \
-        if (e) {                                                                                   \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
+#include "pgtmp.h"
 
 #define FLOWS "tests/unit/flows"
 
@@ -593,115 +585,15 @@ static void test_concurrency(void)
 
 /* ---- the database primitives ---- */
 
+#define TEST_DIR "/tmp/sl_flow_pg_XXXXXX"
 #define TEST_PORT "55437"
-static char srv_dir[64], srv_data[128], bindir[256], conninfo[512];
-static int own_server;
+static char conninfo[512];
+static pgtmp_t pgt;
 
-static int run_cmd(const char *const *argv)
-{
-    const char *full[32];
-    int k = 0, status;
-    pid_t pid;
-    if (geteuid() == 0) {
-        full[k++] = "runuser";
-        full[k++] = "-u";
-        full[k++] = "nobody";
-        full[k++] = "--";
-    }
-    for (int i = 0; argv[i] && k < 31; i++)
-        full[k++] = argv[i];
-    full[k] = NULL;
-    if ((pid = fork()) < 0)
-        return -1;
-    if (pid == 0) {
-        char logp[160];
-        snprintf(logp, sizeof logp, "%s/cmd.log", srv_dir);
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0666);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        if (chdir(srv_dir) != 0)
-            _exit(126);
-        execvp(full[0], (char *const *)full);
-        _exit(127);
-    }
-    if (waitpid(pid, &status, 0) < 0)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static int server_setup(void)
-{
-    glob_t g;
-    char tool[300], opts[256];
-    if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0 || g.gl_pathc == 0)
-        return -1;
-    snprintf(bindir, sizeof bindir, "%s", g.gl_pathv[g.gl_pathc - 1]);
-    globfree(&g);
-    *strrchr(bindir, '/') = '\0';
-    snprintf(srv_dir, sizeof srv_dir, "/tmp/sl_flow_pg_XXXXXX");
-    if (!mkdtemp(srv_dir))
-        return -1;
-    if (geteuid() == 0) {
-        struct passwd *pw = getpwnam("nobody");
-        if (!pw || chown(srv_dir, pw->pw_uid, pw->pw_gid) != 0)
-            return -1;
-    }
-    snprintf(srv_data, sizeof srv_data, "%s/data", srv_dir);
-    snprintf(tool, sizeof tool, "%s/initdb", bindir);
-    const char *init[] = {tool,     "-D", srv_data, "-A",   "trust",      "-U",
-                          "sluice", "-N", "-E",     "UTF8", "--locale=C", NULL};
-    if (run_cmd(init) != 0)
-        return -1;
-    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
-    snprintf(opts, sizeof opts, "-c listen_addresses='' -k %s -p %s -c fsync=off", srv_dir,
-             TEST_PORT);
-    const char *start[] = {tool, "-D", srv_data, "-l", "server.log", "-w",
-                           "-t", "60", "-o",     opts, "start",      NULL};
-    if (run_cmd(start) != 0)
-        return -1;
-    own_server = 1;
-    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=sluice dbname=postgres", srv_dir,
-             TEST_PORT);
-    return 0;
-}
-
-static void server_teardown(void)
-{
-    char tool[300];
-    if (!own_server)
-        return;
-    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
-    const char *stop[] = {tool, "-D", srv_data, "-w", "-m", "immediate", "stop", NULL};
-    run_cmd(stop);
-    pid_t pid = fork();
-    if (pid == 0) {
-        execlp("rm", "rm", "-rf", srv_dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-}
-
-static void quiet_notice(void *arg, const char *message)
-{
-}
-
+/* Blocking helper: the first value of the first row, "<null>", "<ok>" or "<error: ...>". */
 static void sql_scalar(const char *sql, char *out, size_t cap)
 {
-    PGconn *pc = PQconnectdb(conninfo);
-    PQsetNoticeProcessor(pc, quiet_notice, NULL);
-    PGresult *r = PQstatus(pc) == CONNECTION_OK ? PQexec(pc, sql) : NULL;
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(out, cap, "%s", PQgetisnull(r, 0, 0) ? "<null>" : PQgetvalue(r, 0, 0));
-    else if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
-        snprintf(out, cap, "<ok>");
-    else
-        snprintf(out, cap, "<error: %s>", pc ? PQerrorMessage(pc) : "");
-    PQclear(r);
-    PQfinish(pc);
+    pgtmp_sql_scalar(conninfo, sql, out, cap);
 }
 
 static void test_db(sl_flow_host_t *host)
@@ -712,7 +604,7 @@ static void test_db(sl_flow_host_t *host)
 
     if (url && *url) {
         snprintf(conninfo, sizeof conninfo, "%s", url);
-    } else if (server_setup() != 0) {
+    } else if (pgtmp_setup(&pgt, TEST_DIR, TEST_PORT, conninfo, sizeof conninfo) != 0) {
         fprintf(stderr, "could not start a throwaway Postgres\n");
         CHECK(!"postgres");
         return;
@@ -843,7 +735,7 @@ out:
     sql_scalar(sql, v, sizeof v);
     snprintf(sql, sizeof sql, "DELETE FROM files WHERE id = '%s'", f_id);
     sql_scalar(sql, v, sizeof v);
-    server_teardown();
+    pgtmp_teardown(&pgt);
 }
 
 /* freeing the VM with steps in flight: each reports "cancelled" before it returns */
@@ -943,6 +835,5 @@ int main(void)
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", tmpdir);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

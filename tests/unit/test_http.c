@@ -18,16 +18,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-static int g_pass, g_fail;
-#define CHECK(e)                                                                                   \
-    do {                                                                                           \
-        if (e) {                                                                                   \
-            g_pass++;                                                                              \
-        } else {                                                                                   \
-            g_fail++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static struct event_base *g_base;
 
@@ -1174,6 +1165,5 @@ int main(void)
 
     sl_http_router_free(g_router);
     event_base_free(g_base);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary();
 }

@@ -14,17 +14,8 @@
 #include "core/err.h"
 #include "core/log.h"
 
-static int passed, failed;
-
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stdout, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);              \
-        }                                                                                          \
-    } while (0)
+#define CHECK_STREAM stdout /* failure lines must not land in the captured stderr */
+#include "check.h"
 
 static int cap_fd = -1;   /* the temp file stderr points at */
 static int saved_fd = -1; /* the real stderr */
@@ -262,6 +253,5 @@ int main(void)
     test_levels();
     test_many_lines();
     capture_end();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

@@ -9,17 +9,7 @@
 
 #include "core/metrics.h"
 
-static int passed, failed;
-
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);              \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* Renders and compares the whole page; prints both on a mismatch. */
 static void expect_render(const char *want, int line)
@@ -208,6 +198,5 @@ int main(void)
     test_registry_rules();
     test_values_and_reset();
     sl_metrics_reset();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

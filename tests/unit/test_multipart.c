@@ -15,17 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define BOUNDARY "----SluiceFormBoundary7MA4YWxkTrZu0gW"
 
@@ -772,6 +762,5 @@ int main(void)
     test_cancel();
     test_new();
     test_boundary();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

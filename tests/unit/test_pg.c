@@ -21,164 +21,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(e)                                                                                   \
-    do {                                                                                           \
-        if (e) {                                                                                   \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
+#include "pgtmp.h"
 
 /* ---- the throwaway server ---- */
 
+#define TEST_DIR "/tmp/sl_pg_test_XXXXXX"
 #define TEST_PORT "55432"
 
-static char srv_dir[64];
-static char srv_data[128];
-static char bindir[256];
 static char conninfo[512];
-static int own_server;
+static pgtmp_t pgt; /* the throwaway server, when SL_TEST_DATABASE_URL is unset */
 
-static int run_cmd(const char *const *argv)
-{
-    const char *full[32];
-    int k = 0;
-    pid_t pid;
-    int status;
-
-    if (geteuid() == 0) {
-        full[k++] = "runuser";
-        full[k++] = "-u";
-        full[k++] = "nobody";
-        full[k++] = "--";
-    }
-    for (int i = 0; argv[i] && k < 31; i++)
-        full[k++] = argv[i];
-    full[k] = NULL;
-    pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        char logp[160];
-        snprintf(logp, sizeof logp, "%s/cmd.log", srv_dir);
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0666);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        if (chdir(srv_dir) != 0)
-            _exit(126);
-        execvp(full[0], (char *const *)full);
-        _exit(127);
-    }
-    if (waitpid(pid, &status, 0) < 0)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static void dump_cmd_log(void)
-{
-    char p[160], line[512];
-    snprintf(p, sizeof p, "%s/cmd.log", srv_dir);
-    FILE *f = fopen(p, "r");
-    if (!f)
-        return;
-    while (fgets(line, sizeof line, f))
-        fputs(line, stderr);
-    fclose(f);
-}
-
-static int server_start(void)
-{
-    char tool[300], opts[256];
-    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
-    snprintf(opts, sizeof opts, "-c listen_addresses='' -k %s -p %s -c fsync=off", srv_dir,
-             TEST_PORT);
-    const char *argv[] = {tool, "-D", srv_data, "-l", "server.log", "-w",
-                          "-t", "60", "-o",     opts, "start",      NULL};
-    return run_cmd(argv);
-}
-
-static int server_stop(const char *mode)
-{
-    char tool[300];
-    snprintf(tool, sizeof tool, "%s/pg_ctl", bindir);
-    const char *argv[] = {tool, "-D", srv_data, "-w", "-m", mode, "stop", NULL};
-    return run_cmd(argv);
-}
-
-static int server_setup(void)
-{
-    glob_t g;
-    char tool[300];
-
-    if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0 || g.gl_pathc == 0) {
-        fprintf(stderr, "no initdb under /usr/lib/postgresql/*/bin\n");
-        return -1;
-    }
-    snprintf(bindir, sizeof bindir, "%s", g.gl_pathv[g.gl_pathc - 1]);
-    globfree(&g);
-    *strrchr(bindir, '/') = '\0';
-
-    snprintf(srv_dir, sizeof srv_dir, "/tmp/sl_pg_test_XXXXXX");
-    if (!mkdtemp(srv_dir))
-        return -1;
-    if (geteuid() == 0) {
-        struct passwd *pw = getpwnam("nobody");
-        if (!pw || chown(srv_dir, pw->pw_uid, pw->pw_gid) != 0)
-            return -1;
-    }
-    snprintf(srv_data, sizeof srv_data, "%s/data", srv_dir);
-    snprintf(tool, sizeof tool, "%s/initdb", bindir);
-    const char *argv[] = {tool,     "-D", srv_data, "-A",   "trust",      "-U",
-                          "sluice", "-N", "-E",     "UTF8", "--locale=C", NULL};
-    if (run_cmd(argv) != 0 || server_start() != 0) {
-        dump_cmd_log();
-        return -1;
-    }
-    own_server = 1;
-    snprintf(conninfo, sizeof conninfo, "host=%s port=%s user=sluice dbname=postgres", srv_dir,
-             TEST_PORT);
-    return 0;
-}
-
-static void server_teardown(void)
-{
-    if (!own_server)
-        return;
-    server_stop("immediate");
-    /* runs as root again: rm does not need the server's user */
-    pid_t pid = fork();
-    if (pid == 0) {
-        execlp("rm", "rm", "-rf", srv_dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-}
-
-static void quiet_notice(void *arg, const char *message)
-{
-}
-
-/* Blocking helper: the first value of the first row, or "<null>"/"<error>". */
+/* Blocking helper: the first value of the first row, "<null>", "<ok>" or "<error: ...>". */
 static void sql_scalar(const char *sql, char *out, size_t cap)
 {
-    PGconn *pc = PQconnectdb(conninfo);
-    PQsetNoticeProcessor(pc, quiet_notice, NULL);
-    PGresult *r = PQstatus(pc) == CONNECTION_OK ? PQexec(pc, sql) : NULL;
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
-        snprintf(out, cap, "%s", PQgetisnull(r, 0, 0) ? "<null>" : PQgetvalue(r, 0, 0));
-    else if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
-        snprintf(out, cap, "<ok>");
-    else
-        snprintf(out, cap, "<error>");
-    PQclear(r);
-    PQfinish(pc);
+    pgtmp_sql_scalar(conninfo, sql, out, cap);
 }
 
 /* ---- the loop ---- */
@@ -643,7 +500,7 @@ static void test_outage(sl_pg_t *pg)
     CHECK(wait_ready(pg, 4, 5000));
     CHECK(query(pg, &inflight, "SELECT pg_sleep(30)", 0, NULL) == 0);
     event_base_loop(base, EVLOOP_NONBLOCK);
-    CHECK(server_stop("fast") == 0);
+    CHECK(pgtmp_stop(&pgt, "fast") == 0);
 
     /* the batch on the broken connection fails, the pool notices it is down */
     CHECK(wait_int(&inflight.called, 1, 5000));
@@ -665,7 +522,7 @@ static void test_outage(sl_pg_t *pg)
     while (now_ms() < until)
         event_base_loop(base, EVLOOP_ONCE);
     CHECK(sl_pg_ready(pg) == 0);
-    CHECK(server_start() == 0);
+    CHECK(pgtmp_start(&pgt) == 0);
     t0 = now_ms();
     CHECK(wait_ready(pg, 1, 10000));
     CHECK(now_ms() - t0 < 7000);
@@ -685,12 +542,11 @@ int main(void)
 
     if (url && *url) {
         snprintf(conninfo, sizeof conninfo, "%s", url);
-    } else if (server_setup() != 0) {
+    } else if (pgtmp_setup(&pgt, TEST_DIR, TEST_PORT, conninfo, sizeof conninfo) != 0) {
         fprintf(stderr, "could not start a throwaway Postgres\n");
         CHECK(!"postgres");
-        server_teardown();
-        printf("%d passed, %d failed\n", passed, failed);
-        return 1;
+        pgtmp_teardown(&pgt);
+        return check_summary();
     }
     base = event_base_new();
     tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
@@ -723,7 +579,7 @@ int main(void)
     test_queue_cap();
     test_free_cancels();
     test_unreachable();
-    if (own_server)
+    if (pgt.own)
         test_outage(pg);
     else
         fprintf(stderr, "SL_TEST_DATABASE_URL set: skipping the stop/restart test\n");
@@ -733,7 +589,6 @@ int main(void)
     sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
     event_free(tick);
     event_base_free(base);
-    server_teardown();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    pgtmp_teardown(&pgt);
+    return check_summary();
 }

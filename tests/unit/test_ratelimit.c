@@ -26,16 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static struct event_base *base;
 
@@ -418,6 +409,5 @@ int main(void)
         event_base_loop(base, EVLOOP_NONBLOCK);
     event_base_free(base);
     sl_metrics_reset();
-    printf("test_ratelimit: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_summary_prefixed("test_ratelimit: ");
 }

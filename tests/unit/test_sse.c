@@ -15,17 +15,8 @@
 #include "core/pubsub.h"
 #include "core/sse.h"
 
-static int passed, failed;
-
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stdout, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#define CHECK_STREAM stdout
+#include "check.h"
 
 /* Formats and compares with the exact expected text. */
 static int fmt_is(const char *id, const char *event, const char *data, const char *want)
@@ -196,6 +187,5 @@ int main(void)
     test_format();
     test_pubsub_local();
     test_event_json();
-    printf("test_sse: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_summary_prefixed("test_sse: ");
 }

@@ -24,16 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define MIB (1024 * 1024)
 
@@ -678,6 +669,5 @@ int main(void)
     event_base_free(base);
     nftw(top, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

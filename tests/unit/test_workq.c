@@ -14,16 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        if (expr) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static struct event_base *base;
 static pthread_t loop_thread;
@@ -262,6 +253,5 @@ int main(void)
 
     event_free(tick);
     event_base_free(base);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return check_summary();
 }

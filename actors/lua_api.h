@@ -164,6 +164,75 @@ json_t *sl_flow__to_json(lua_State *L, int idx, char *err, size_t errlen);
 /** Maps an SL_E* code to the word flows see ("timeout", "unavailable", ...). */
 const char *sl_flow__errword(int err);
 
+/* ---- lua_op.c: the shared path of a primitive run under a service's policy ----
+ *
+ * Such a primitive's op struct has an sl_flow_svcop_t as its first member.
+ * It gets the op from sl_flow__svcop_box (the box frees it if parsing raises),
+ * fills it (svc may stay NULL: no service policy), takes it out of the box
+ * (*box = NULL) and ends with return sl_flow__svcop_begin(...). Its completion
+ * callback calls sl_flow__svcop_done, which consumes the op. */
+
+typedef struct sl_flow_svcop_s sl_flow_svcop_t;
+
+/** What the primitive supplies (static; borrowed by every op). */
+typedef struct {
+    /** Starts the operation: 0, or an SL_E* code (nothing left running). */
+    int (*start)(sl_flow_svcop_t *op);
+    /** Cancels the running operation; its completion still fires (later) and ends the op. */
+    void (*abort)(sl_flow_svcop_t *op);
+    /** Frees the op and everything it owns. */
+    void (*free)(sl_flow_svcop_t *op);
+} sl_flow_svcop_ops_t;
+
+struct sl_flow_svcop_s {
+    sl_flow_op_t hdr; /* first */
+    const sl_flow_svcop_ops_t *ops; /* borrowed */
+    sl_flowvm_t *vm;  /* borrowed */
+    sl_svc_t *svc;    /* borrowed; NULL: no service policy */
+    sl_svc_wait_t wait;
+    int running;      /* started, completion not yet seen */
+    double t0;        /* when it started (sl_flow__now_s) */
+};
+
+/** Monotonic seconds. */
+double sl_flow__now_s(void);
+
+/**
+ * Pushes a box (userdata with a __gc) holding a new zeroed op of `size` bytes
+ * with ops and vm set, and returns the box (owned by L; the op is owned by the
+ * box while *box points at it). Raises "<what>: out of memory".
+ */
+sl_flow_svcop_t **sl_flow__svcop_box(lua_State *L, size_t size, const sl_flow_svcop_ops_t *ops,
+                                     sl_flowvm_t *vm, const char *what);
+
+/**
+ * Takes ownership of op (already out of its box): acquires op->svc's slot
+ * (waiting at most wait_ms) when there is a service, starts the operation,
+ * records the pending op on s and yields. Returns what the primitive returns:
+ * lua_yield(L, 0), or 2 after pushing nil and an error word (op freed).
+ */
+int sl_flow__svcop_begin(lua_State *L, sl_step_t *s, sl_flow_svcop_t *op, int wait_ms);
+
+/**
+ * Completion side; consumes op: releases the slot with outcome (borrowed),
+ * resumes the step (if not detached) through sl_flow__resume_with(s, push, ud)
+ * and frees the op.
+ */
+void sl_flow__svcop_done(sl_flow_svcop_t *op, const char *outcome, lua_CFunction push, void *ud);
+
+/**
+ * Raises "<what>: unknown field '<k>'" when the table at t has a key not in
+ * known (borrowed, NULL-terminated).
+ */
+void sl_flow__check_fields(lua_State *L, int t, const char *const *known, const char *what);
+
+/**
+ * Field k of the table at t: a new copy (owned by the caller) when a string,
+ * NULL when nil; raises "<what>: <k> must be a string" otherwise, and
+ * "<what>: out of memory".
+ */
+char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what);
+
 /* ---- one entry point per file: each adds its functions to the table on top of L,
  *      with the VM as their one upvalue (light userdata) ---- */
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);

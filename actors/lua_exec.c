@@ -10,7 +10,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/err.h"
 #include "core/exec.h"
@@ -18,28 +17,18 @@
 #define MAX_ARGS 256
 
 typedef struct exec_op_s {
-    sl_flow_op_t hdr;
-    sl_flowvm_t *vm;
-    sl_svc_t *svc;
-    sl_svc_wait_t wait;
-    sl_exec_t *x; /* running */
+    sl_flow_svcop_t so; /* first */
+    sl_exec_t *x;       /* running */
     char *argv[MAX_ARGS + 1];
     int argc;
     char *stdin_path, *stdout_path, *cwd;
     unsigned timeout_ms;
     uint64_t cpu_s, memory;
-    double t0;
 } exec_op_t;
 
-static double now_s(void)
+static void op_free(sl_flow_svcop_t *so)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void op_free(exec_op_t *op)
-{
+    exec_op_t *op = (exec_op_t *)so;
     for (int i = 0; i < op->argc; i++)
         free(op->argv[i]);
     free(op->stdin_path);
@@ -73,18 +62,16 @@ static int push_result(lua_State *L)
 static void exec_done(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
 {
     exec_op_t *op = arg;
-    sl_step_t *s;
 
+    (void)x;
     op->x = NULL;
-    sl_svc_release(&op->wait, res->err ? sl_flow__errword(res->err) : "ok", now_s() - op->t0);
-    s = sl_flow__op_take(&op->hdr);
-    if (s != NULL)
-        sl_flow__resume_with(s, push_result, (void *)res);
-    op_free(op);
+    sl_flow__svcop_done(&op->so, res->err ? sl_flow__errword(res->err) : "ok", push_result,
+                        (void *)res);
 }
 
-static int start(exec_op_t *op)
+static int start(sl_flow_svcop_t *so)
 {
+    exec_op_t *op = (exec_op_t *)so;
     sl_exec_opts_t o;
     int rc;
 
@@ -96,65 +83,18 @@ static int start(exec_op_t *op)
     o.timeout_ms = op->timeout_ms;
     o.rlimit_cpu_s = op->cpu_s;
     o.rlimit_as_bytes = op->memory;
-    op->t0 = now_s();
-    rc = sl_exec_start(op->vm->host.base, &o, exec_done, op, &op->x);
-    if (rc != 0) {
+    rc = sl_exec_start(op->so.vm->host.base, &o, exec_done, op, &op->x);
+    if (rc != 0)
         op->x = NULL;
-        sl_svc_release(&op->wait, "cancelled", 0);
-    }
     return rc;
 }
 
-static const char *start_word(int rc)
+static void abort_exec(sl_flow_svcop_t *so)
 {
-    return rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc);
+    sl_exec_cancel(((exec_op_t *)so)->x); /* the callback (ECANCELED) frees the op */
 }
 
-static void exec_cancel(sl_flow_op_t *hdr)
-{
-    exec_op_t *op = (exec_op_t *)hdr;
-    if (op->x != NULL) {
-        sl_svc_release(&op->wait, "cancelled", now_s() - op->t0);
-        sl_exec_cancel(op->x); /* the callback (ECANCELED) frees the op */
-        return;
-    }
-    if (op->svc != NULL)
-        sl_svc_cancel_wait(&op->wait);
-    op_free(op);
-}
-
-static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
-{
-    exec_op_t *op = arg;
-    const char *word;
-    int rc;
-
-    if (err == 0) {
-        if ((rc = start(op)) == 0)
-            return;
-        word = start_word(rc);
-    } else {
-        word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
-    }
-    sl_step_t *s = sl_flow__op_take(&op->hdr);
-    op_free(op);
-    if (s != NULL)
-        sl_flow__resume_err(s, word);
-}
-
-static char *opt_str(lua_State *L, int t, const char *k)
-{
-    char *v = NULL;
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TSTRING) {
-        if ((v = strdup(lua_tostring(L, -1))) == NULL)
-            luaL_error(L, "sl.exec: out of memory");
-    } else if (ty != LUA_TNIL) {
-        luaL_error(L, "sl.exec: %s must be a string", k);
-    }
-    lua_pop(L, 1);
-    return v;
-}
+static const sl_flow_svcop_ops_t exec_ops = {start, abort_exec, op_free};
 
 static uint64_t opt_num(lua_State *L, int t, const char *k, double scale, double max)
 {
@@ -174,16 +114,7 @@ static void parse(lua_State *L, exec_op_t *op)
                                         "cpu",  "memory", "service", NULL};
     int t = 1;
 
-    lua_pushnil(L);
-    while (lua_next(L, t) != 0) {
-        int ok = 0;
-        for (int i = 0; lua_type(L, -2) == LUA_TSTRING && known[i]; i++)
-            ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
-        if (!ok)
-            luaL_error(L, "sl.exec: unknown field '%s'",
-                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
-        lua_pop(L, 1);
-    }
+    sl_flow__check_fields(L, t, known, "sl.exec");
     if (lua_getfield(L, t, "argv") != LUA_TTABLE)
         luaL_error(L, "sl.exec: argv must be an array of strings");
     lua_Unsigned n = lua_rawlen(L, -1);
@@ -198,79 +129,43 @@ static void parse(lua_State *L, exec_op_t *op)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    op->stdin_path = opt_str(L, t, "stdin");
-    op->stdout_path = opt_str(L, t, "stdout");
+    op->stdin_path = sl_flow__opt_str(L, t, "stdin", "sl.exec");
+    op->stdout_path = sl_flow__opt_str(L, t, "stdout", "sl.exec");
     op->timeout_ms = (unsigned)opt_num(L, t, "timeout", 1000, 86400);
     op->cpu_s = opt_num(L, t, "cpu", 1, 86400);
     op->memory = opt_num(L, t, "memory", 1, 1e15);
     if (lua_getfield(L, t, "service") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TSTRING ||
-            (op->svc = sl_svcs_get(op->vm->svcs, lua_tostring(L, -1))) == NULL)
+            (op->so.svc = sl_svcs_get(op->so.vm->svcs, lua_tostring(L, -1))) == NULL)
             luaL_error(L, "sl.exec: bad service name");
     }
     lua_pop(L, 1);
 }
 
-static int box_gc(lua_State *L)
-{
-    exec_op_t **box = lua_touserdata(L, 1);
-    if (*box != NULL)
-        op_free(*box);
-    *box = NULL;
-    return 0;
-}
-
 static int l_exec(lua_State *L)
 {
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    exec_op_t *op, **box;
+    sl_flow_svcop_t **box;
+    exec_op_t *op;
     sl_step_t *s;
-    int rc;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     s = sl_flow__check_step(L, "sl.exec");
-    box = lua_newuserdatauv(L, sizeof(*box), 0);
-    *box = NULL;
-    lua_newtable(L);
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    if ((op = calloc(1, sizeof(*op))) == NULL)
-        return luaL_error(L, "sl.exec: out of memory");
-    *box = op;
-    op->vm = vm;
+    box = sl_flow__svcop_box(L, sizeof(*op), &exec_ops, vm, "sl.exec");
+    op = (exec_op_t *)*box;
     parse(L, op);
     if (s->tmpdir != NULL && (op->cwd = strdup(s->tmpdir)) == NULL)
         return luaL_error(L, "sl.exec: out of memory");
     *box = NULL;
     lua_settop(L, 1);
 
-    if (op->timeout_ms == 0 && op->svc != NULL)
-        op->timeout_ms = (unsigned)sl_svc_timeout_ms(op->svc);
-    if (op->svc != NULL) {
-        /* waiting for a slot is bounded by the call's timeout (else the service's) */
-        int wait_ms = op->timeout_ms ? (int)op->timeout_ms : sl_svc_timeout_ms(op->svc);
-        rc = sl_svc_acquire(op->svc, &op->wait, wait_ms, slot_cb, op);
-        if (rc == 0) {
-            sl_flow__set_op(s, &op->hdr, exec_cancel);
-            return lua_yield(L, 0);
-        }
-        if (rc < 0) {
-            op_free(op);
-            lua_pushnil(L);
-            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_flow__errword(rc));
-            return 2;
-        }
-    }
-    if ((rc = start(op)) != 0) {
-        op_free(op);
-        lua_pushnil(L);
-        lua_pushstring(L, start_word(rc));
-        return 2;
-    }
-    sl_flow__set_op(s, &op->hdr, exec_cancel);
-    return lua_yield(L, 0);
+    if (op->timeout_ms == 0 && op->so.svc != NULL)
+        op->timeout_ms = (unsigned)sl_svc_timeout_ms(op->so.svc);
+    /* waiting for a slot is bounded by the call's timeout (else the service's) */
+    int wait_ms = op->timeout_ms || op->so.svc == NULL ? (int)op->timeout_ms
+                                                       : sl_svc_timeout_ms(op->so.svc);
+    return sl_flow__svcop_begin(L, s, &op->so, wait_ms);
 }
 
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm)

@@ -11,17 +11,13 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/err.h"
 
 #define HDR_NAME_MAX 256
 
 typedef struct http_op_s {
-    sl_flow_op_t hdr;
-    sl_flowvm_t *vm;
-    sl_svc_t *svc; /* NULL: no service policy */
-    sl_svc_wait_t wait;
+    sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
     sl_curl_xfer_t *xfer; /* in flight */
     char *method, *url, *body_file, *aws_sigv4, *aws_key, *aws_secret;
     char **headers;
@@ -30,18 +26,11 @@ typedef struct http_op_s {
     size_t body_len;
     long timeout_ms;
     size_t max_bytes;
-    double t0;
 } http_op_t;
 
-static double now_s(void)
+static void op_free(sl_flow_svcop_t *so)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void op_free(http_op_t *op)
-{
+    http_op_t *op = (http_op_t *)so;
     for (size_t i = 0; i < op->n_headers; i++)
         free(op->headers[i]);
     free(op->headers);
@@ -111,19 +100,15 @@ static const char *outcome_of(const sl_curl_result_t *res)
 static void http_done(const sl_curl_result_t *res, void *arg)
 {
     http_op_t *op = arg;
-    sl_step_t *s;
 
     op->xfer = NULL;
-    sl_svc_release(&op->wait, outcome_of(res), now_s() - op->t0);
-    s = sl_flow__op_take(&op->hdr);
-    if (s != NULL)
-        sl_flow__resume_with(s, push_response, (void *)res);
-    op_free(op);
+    sl_flow__svcop_done(&op->so, outcome_of(res), push_response, (void *)res);
 }
 
-/* Starts the transfer; 0 or an SL_E* code (then the slot is given back). */
-static int start(http_op_t *op)
+/* Starts the transfer; 0 or an SL_E* code. */
+static int start(sl_flow_svcop_t *so)
 {
+    http_op_t *op = (http_op_t *)so;
     sl_curl_req_opts_t o;
     int rc;
 
@@ -140,63 +125,20 @@ static int start(http_op_t *op)
     o.aws_sigv4 = op->aws_sigv4;
     o.user = op->aws_key;
     o.password = op->aws_secret;
-    op->t0 = now_s();
-    rc = sl_curl_request(op->vm->host.curl, &o, http_done, op, &op->xfer);
-    if (rc != 0) {
+    rc = sl_curl_request(op->so.vm->host.curl, &o, http_done, op, &op->xfer);
+    if (rc != 0)
         op->xfer = NULL;
-        sl_svc_release(&op->wait, "cancelled", 0);
-    }
     return rc;
 }
 
-static void http_cancel(sl_flow_op_t *hdr)
+static void abort_http(sl_flow_svcop_t *so)
 {
-    http_op_t *op = (http_op_t *)hdr;
-    if (op->xfer != NULL) {
-        /* the callback still fires (ECANCELED) and frees the op */
-        sl_svc_release(&op->wait, "cancelled", now_s() - op->t0);
-        sl_curl_cancel(op->xfer);
-        return;
-    }
-    if (op->svc != NULL)
-        sl_svc_cancel_wait(&op->wait);
-    op_free(op);
+    sl_curl_cancel(((http_op_t *)so)->xfer); /* the callback (ECANCELED) frees the op */
 }
 
-static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
-{
-    http_op_t *op = arg;
-    const char *word;
-    int rc;
-
-    if (err == 0) {
-        if ((rc = start(op)) == 0)
-            return;
-        word = rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc);
-    } else {
-        word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
-    }
-    sl_step_t *s = sl_flow__op_take(&op->hdr);
-    op_free(op);
-    if (s != NULL)
-        sl_flow__resume_err(s, word);
-}
+static const sl_flow_svcop_ops_t http_ops = {start, abort_http, op_free};
 
 /* ---- argument parsing ---- */
-
-static char *opt_str(lua_State *L, int t, const char *k)
-{
-    char *v = NULL;
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TSTRING) {
-        if ((v = strdup(lua_tostring(L, -1))) == NULL)
-            luaL_error(L, "sl.http.request: out of memory");
-    } else if (ty != LUA_TNIL) {
-        luaL_error(L, "sl.http.request: %s must be a string", k);
-    }
-    lua_pop(L, 1);
-    return v;
-}
 
 /* Parses the request table into op; raises on bad arguments (the op is in a box). */
 static void parse(lua_State *L, http_op_t *op)
@@ -206,24 +148,15 @@ static void parse(lua_State *L, http_op_t *op)
                                         "aws_sigv4", "aws_key", "aws_secret", NULL};
     int t = 1;
 
-    lua_pushnil(L);
-    while (lua_next(L, t) != 0) {
-        int ok = 0;
-        for (int i = 0; lua_type(L, -2) == LUA_TSTRING && known[i]; i++)
-            ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
-        if (!ok)
-            luaL_error(L, "sl.http.request: unknown field '%s'",
-                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
-        lua_pop(L, 1);
-    }
-    op->method = opt_str(L, t, "method");
-    op->url = opt_str(L, t, "url");
+    sl_flow__check_fields(L, t, known, "sl.http.request");
+    op->method = sl_flow__opt_str(L, t, "method", "sl.http.request");
+    op->url = sl_flow__opt_str(L, t, "url", "sl.http.request");
     if (op->url == NULL)
         luaL_error(L, "sl.http.request: url is required");
-    op->body_file = opt_str(L, t, "body_file");
-    op->aws_sigv4 = opt_str(L, t, "aws_sigv4");
-    op->aws_key = opt_str(L, t, "aws_key");
-    op->aws_secret = opt_str(L, t, "aws_secret");
+    op->body_file = sl_flow__opt_str(L, t, "body_file", "sl.http.request");
+    op->aws_sigv4 = sl_flow__opt_str(L, t, "aws_sigv4", "sl.http.request");
+    op->aws_key = sl_flow__opt_str(L, t, "aws_key", "sl.http.request");
+    op->aws_secret = sl_flow__opt_str(L, t, "aws_secret", "sl.http.request");
 
     int ty = lua_getfield(L, t, "body");
     if (ty == LUA_TSTRING) {
@@ -290,75 +223,38 @@ static void parse(lua_State *L, http_op_t *op)
     lua_pop(L, 1);
     if (lua_getfield(L, t, "service") != LUA_TNIL) {
         const char *name = lua_tostring(L, -1);
-        if (lua_type(L, -1) != LUA_TSTRING || (op->svc = sl_svcs_get(op->vm->svcs, name)) == NULL)
+        if (lua_type(L, -1) != LUA_TSTRING ||
+            (op->so.svc = sl_svcs_get(op->so.vm->svcs, name)) == NULL)
             luaL_error(L, "sl.http.request: bad service name");
     }
     lua_pop(L, 1);
 }
 
-/* The op lives in a box until it is handed to the step, so a raise frees it. */
-static int box_gc(lua_State *L)
-{
-    http_op_t **box = lua_touserdata(L, 1);
-    if (*box != NULL)
-        op_free(*box);
-    *box = NULL;
-    return 0;
-}
-
 static int l_request(lua_State *L)
 {
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    http_op_t *op, **box;
+    sl_flow_svcop_t **box;
+    http_op_t *op;
     sl_step_t *s;
-    int rc;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     s = sl_flow__check_step(L, "sl.http.request");
-    box = lua_newuserdatauv(L, sizeof(*box), 0);
-    *box = NULL;
-    lua_newtable(L);
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    if ((op = calloc(1, sizeof(*op))) == NULL)
-        return luaL_error(L, "sl.http.request: out of memory");
-    *box = op;
-    op->vm = vm;
+    box = sl_flow__svcop_box(L, sizeof(*op), &http_ops, vm, "sl.http.request");
+    op = (http_op_t *)*box;
     parse(L, op);
     *box = NULL; /* ours from here on */
     lua_settop(L, 1);
 
     if (vm->host.curl == NULL) {
-        op_free(op);
+        op_free(&op->so);
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");
         return 2;
     }
     if (op->timeout_ms == 0)
-        op->timeout_ms = op->svc ? sl_svc_timeout_ms(op->svc) : SL_SVC_DEFAULT_TIMEOUT_MS;
-    if (op->svc != NULL) {
-        rc = sl_svc_acquire(op->svc, &op->wait, (int)op->timeout_ms, slot_cb, op);
-        if (rc == 0) {
-            sl_flow__set_op(s, &op->hdr, http_cancel);
-            return lua_yield(L, 0);
-        }
-        if (rc < 0) {
-            op_free(op);
-            lua_pushnil(L);
-            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_flow__errword(rc));
-            return 2;
-        }
-    }
-    if ((rc = start(op)) != 0) {
-        op_free(op);
-        lua_pushnil(L);
-        lua_pushstring(L, rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc));
-        return 2;
-    }
-    sl_flow__set_op(s, &op->hdr, http_cancel);
-    return lua_yield(L, 0);
+        op->timeout_ms = op->so.svc ? sl_svc_timeout_ms(op->so.svc) : SL_SVC_DEFAULT_TIMEOUT_MS;
+    return sl_flow__svcop_begin(L, s, &op->so, (int)op->timeout_ms);
 }
 
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm)

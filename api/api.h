@@ -153,6 +153,9 @@ int sl_api_query_param(sl_http_req_t *req, const char *name, char *buf, size_t b
 /** Parses a decimal of digits only (no sign, no spaces) in [min, max]: 0 or -1. */
 int sl_api_parse_long(const char *s, long min, long max, long *out);
 
+/** Counts the UTF-8 code points of s (borrowed; NUL-terminated, already validated UTF-8). */
+size_t sl_api_utf8_chars(const char *s);
+
 /* ---- pipelines ---- */
 
 /**

@@ -73,12 +73,21 @@ static int bearer_token(sl_http_req_t *req, char *out, size_t outlen)
 /* ------------------------------------------------------------------------ */
 /* authentication                                                            */
 
-typedef struct auth_ctx_s {
+/*
+ * The head (first member) of every context of the async helpers here: the
+ * caller's app and request (borrowed) and its argument with the function that
+ * gives it back (release may be NULL).
+ */
+typedef struct ctx_head_s {
     sl_app_t *app;
     sl_http_req_t *req;
-    sl_api_auth_cb cb;
     void *arg;
     sl_api_release_fn release;
+} ctx_head_t;
+
+typedef struct auth_ctx_s {
+    ctx_head_t h;
+    sl_api_auth_cb cb;
 } auth_ctx_t;
 
 static void release_arg(sl_api_release_fn release, void *arg)
@@ -87,10 +96,31 @@ static void release_arg(sl_api_release_fn release, void *arg)
         release(arg);
 }
 
+/*
+ * A new zeroed context of size bytes (a struct whose first member is a
+ * ctx_head_t) with its head filled in, owned by the caller (free()); on
+ * failure answers 500 "out of memory", gives arg back and returns NULL.
+ */
+static void *ctx_new(size_t size, sl_app_t *app, sl_http_req_t *req, void *arg,
+                     sl_api_release_fn release)
+{
+    ctx_head_t *h = calloc(1, size);
+    if (h == NULL) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        release_arg(release, arg);
+        return NULL;
+    }
+    h->app = app;
+    h->req = req;
+    h->arg = arg;
+    h->release = release;
+    return h;
+}
+
 static void auth_done_cb(const sl_pg_result_t *r, void *arg)
 {
     auth_ctx_t *ctx = arg;
-    sl_http_req_t *req = ctx->req;
+    sl_http_req_t *req = ctx->h.req;
     char tenant_id[64];
 
     if (r->err != 0) {
@@ -107,11 +137,11 @@ static void auth_done_cb(const sl_pg_result_t *r, void *arg)
     }
     /* Copied: the PGresult is freed once this callback returns. */
     snprintf(tenant_id, sizeof tenant_id, "%s", PQgetvalue(r->res[0], 0, 0));
-    ctx->cb(ctx->app, req, tenant_id, ctx->arg);
+    ctx->cb(ctx->h.app, req, tenant_id, ctx->h.arg);
     free(ctx);
     return;
 fail:
-    release_arg(ctx->release, ctx->arg);
+    release_arg(ctx->h.release, ctx->h.arg);
     free(ctx);
 }
 
@@ -138,17 +168,10 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
     sl_sha256_hex(key, (size_t)n, hash);
     explicit_bzero(key, sizeof key);
 
-    auth_ctx_t *ctx = calloc(1, sizeof *ctx);
-    if (ctx == NULL) {
-        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
-        release_arg(release, arg);
+    auth_ctx_t *ctx = ctx_new(sizeof *ctx, app, req, arg, release);
+    if (ctx == NULL)
         return;
-    }
-    ctx->app = app;
-    ctx->req = req;
     ctx->cb = cb;
-    ctx->arg = arg;
-    ctx->release = release;
     const char *params[1] = {hash};
     int err = sl_pg_query(app->pg,
                           "SELECT tenant_id FROM api_keys "
@@ -219,10 +242,8 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r)
 /* JSON bodies                                                               */
 
 typedef struct body_ctx_s {
-    sl_app_t *app;
+    ctx_head_t h;
     sl_api_json_body_cb cb;
-    void *arg;
-    sl_api_release_fn release;
 } body_ctx_t;
 
 static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
@@ -248,12 +269,12 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
         sl_http_respond_error(req, 400, "invalid_json", "body must be a JSON object", -1);
         goto out;
     }
-    ctx->cb(ctx->app, req, v, ctx->arg);
+    ctx->cb(ctx->h.app, req, v, ctx->h.arg);
     json_decref(v);
     free(ctx);
     return;
 out:
-    release_arg(ctx->release, ctx->arg);
+    release_arg(ctx->h.release, ctx->h.arg);
     json_decref(v);
     free(ctx);
 }
@@ -268,16 +289,10 @@ void sl_api_read_json_owned(sl_app_t *app, sl_http_req_t *req, sl_api_json_body_
 {
     size_t max = app->cfg != NULL && app->cfg->max_json_bytes > 0 ? app->cfg->max_json_bytes
                                                                   : SL_DEFAULT_JSON_MAX;
-    body_ctx_t *ctx = calloc(1, sizeof *ctx);
-    if (ctx == NULL) {
-        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
-        release_arg(release, arg);
+    body_ctx_t *ctx = ctx_new(sizeof *ctx, app, req, arg, release);
+    if (ctx == NULL)
         return;
-    }
-    ctx->app = app;
     ctx->cb = cb;
-    ctx->arg = arg;
-    ctx->release = release;
     if (sl_http_req_read_body(req, max, json_body_cb, ctx) != 0) {
         free(ctx);
         sl_http_respond_error(req, 500, "internal_error", "could not read the body", -1);
@@ -386,11 +401,8 @@ int sl_api_load_pipelines(sl_app_t *app)
 enum { IDEM_RESERVE, IDEM_REPLACE, IDEM_TAKEOVER };
 
 typedef struct idem_ctx_s {
-    sl_app_t *app;
-    sl_http_req_t *req;
+    ctx_head_t h;
     sl_api_idem_cb cb;
-    void *arg;
-    sl_api_release_fn release;
     int step;
     int attempts;
     char tenant_id[64];
@@ -403,7 +415,7 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg);
 static int idem_send(idem_ctx_t *ctx, int step)
 {
     const char *p3[3] = {ctx->tenant_id, ctx->key, ctx->endpoint};
-    sl_pg_batch_t *b = sl_pg_batch_new(ctx->app->pg);
+    sl_pg_batch_t *b = sl_pg_batch_new(ctx->h.app->pg);
     int err = SL_ENOMEM;
 
     if (b == NULL)
@@ -450,13 +462,13 @@ static int idem_next(idem_ctx_t *ctx, int step)
 {
     int err;
     if (ctx->attempts >= SL_IDEM_MAX_ATTEMPTS) {
-        sl_http_respond_error(ctx->req, 409, "idempotency_in_progress",
+        sl_http_respond_error(ctx->h.req, 409, "idempotency_in_progress",
                               "a request with this Idempotency-Key is in progress", -1);
         return 0;
     }
     if ((err = idem_send(ctx, step)) != 0) {
         sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
-        sl_api_db_error(ctx->req, &r);
+        sl_api_db_error(ctx->h.req, &r);
         return 0;
     }
     return 1;
@@ -465,7 +477,7 @@ static int idem_next(idem_ctx_t *ctx, int step)
 static void idem_db_cb(const sl_pg_result_t *r, void *arg)
 {
     idem_ctx_t *ctx = arg;
-    sl_http_req_t *req = ctx->req;
+    sl_http_req_t *req = ctx->h.req;
 
     if (r->err != 0) {
         sl_api_db_error(req, r);
@@ -477,11 +489,11 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
     if (PQntuples(claim) == 1) {
         if (sl_http_req_closed(req)) {
             /* Nobody will get the answer: give the key back at once. */
-            sl_api_idem_release(ctx->app, ctx->tenant_id, ctx->key);
+            sl_api_idem_release(ctx->h.app, ctx->tenant_id, ctx->key);
             finish_closed(req);
             goto done;
         }
-        ctx->cb(ctx->app, req, SL_IDEM_NEW, ctx->arg);
+        ctx->cb(ctx->h.app, req, SL_IDEM_NEW, ctx->h.arg);
         free(ctx);
         return;
     }
@@ -521,7 +533,7 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
      * still valid (it must only drop its own state); the stored response
      * finishes the request right after.
      */
-    ctx->cb(ctx->app, req, SL_IDEM_REPLAYED, ctx->arg);
+    ctx->cb(ctx->h.app, req, SL_IDEM_REPLAYED, ctx->h.arg);
     sl_http_resp_header(req, "Idempotent-Replayed", "true");
     if (PQgetisnull(row, 0, 1))
         sl_api_json_text(req, (int)status, "{}", 2);
@@ -530,7 +542,7 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
     free(ctx);
     return;
 done:
-    release_arg(ctx->release, ctx->arg);
+    release_arg(ctx->h.release, ctx->h.arg);
     free(ctx);
 }
 
@@ -539,7 +551,7 @@ static void idem_none_cb(evutil_socket_t fd, short what, void *arg)
     idem_ctx_t *ctx = arg;
     (void)fd;
     (void)what;
-    ctx->cb(ctx->app, ctx->req, SL_IDEM_NONE, ctx->arg);
+    ctx->cb(ctx->h.app, ctx->h.req, SL_IDEM_NONE, ctx->h.arg);
     free(ctx);
 }
 
@@ -567,17 +579,9 @@ void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tena
         release_arg(release, arg);
         return;
     }
-    ctx = calloc(1, sizeof *ctx);
-    if (ctx == NULL) {
-        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
-        release_arg(release, arg);
+    if ((ctx = ctx_new(sizeof *ctx, app, req, arg, release)) == NULL)
         return;
-    }
-    ctx->app = app;
-    ctx->req = req;
     ctx->cb = cb;
-    ctx->arg = arg;
-    ctx->release = release;
     snprintf(ctx->tenant_id, sizeof ctx->tenant_id, "%s", tenant_id);
     snprintf(ctx->endpoint, sizeof ctx->endpoint, "%s", endpoint);
     if (key == NULL) {
@@ -749,4 +753,13 @@ int sl_api_parse_long(const char *s, long min, long max, long *out)
         return -1;
     *out = v;
     return 0;
+}
+
+size_t sl_api_utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s != '\0'; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            n++;
+    return n;
 }

@@ -50,15 +50,6 @@ static ds_ctx_t *ds_ctx_new(sl_app_t *app, sl_http_req_t *req, const char *id)
     return ctx;
 }
 
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s != '\0'; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
 /* Answers a query whose single row, single column is a JSON document; 404 without a row. */
 static void json_row_cb(const sl_pg_result_t *r, void *arg)
 {
@@ -116,7 +107,7 @@ static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
 
     (void)app;
     if (!json_is_string(name) || json_string_length(name) == 0 ||
-        utf8_chars(json_string_value(name)) > SL_DATASET_NAME_MAX) {
+        sl_api_utf8_chars(json_string_value(name)) > SL_DATASET_NAME_MAX) {
         sl_http_respond_error(req, 400, "invalid_request",
                               "name must be a non-empty string of at most 200 characters", -1);
         goto fail;

@@ -96,6 +96,36 @@ static sl_pg_batch_t *batch_of(sl_pg_t *pg, const char *const *sqls, int nsql, i
     return b;
 }
 
+/* A single-file handler: its statements (all with params tenant_id, id) and their callback. */
+typedef struct file_query_s {
+    const char *const *sql;
+    int nsql;
+    sl_pg_cb cb;
+} file_query_t;
+
+/*
+ * The sl_api_auth callback of the single-file handlers (arg: a static
+ * file_query_t, borrowed): reads the route's {id} (404 "no such file" when
+ * malformed), allocates the request state and sends the handler's statements
+ * with its callback and the state as argument. Answers every failure itself
+ * (then no callback).
+ */
+static void file_query_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                               void *arg)
+{
+    const file_query_t *q = arg;
+    char id[37];
+    if (sl_api_route_uuid(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    const char *params[] = {fr->tenant_id, fr->id};
+    exec_or_fail(batch_of(app->pg, q->sql, q->nsql, 2, params), q->cb, fr);
+}
+
 /* Answers with column 0 of row 0 of res as JSON text, or 404 when there is no row. */
 static void respond_first_json(sl_http_req_t *req, int status, PGresult *res, const char *what)
 {
@@ -118,27 +148,13 @@ static void get_done_cb(const sl_pg_result_t *r, void *arg)
     free(fr);
 }
 
-static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
-{
-    (void)arg;
-    char id[37];
-    if (sl_api_route_uuid(app, req, id) != 0) {
-        respond_not_found(req, "no such file");
-        return;
-    }
-    file_req_t *fr = file_req_new(app, req, tenant_id, id);
-    if (!fr)
-        return;
-    static const char *const sql[] = {
-        "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2"};
-    const char *params[] = {fr->tenant_id, fr->id};
-    exec_or_fail(batch_of(app->pg, sql, 1, 2, params), get_done_cb, fr);
-}
-
 static void route_get(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
 {
     (void)params;
-    sl_api_auth(arg, req, 0, get_auth_cb, NULL);
+    static const char *const sql[] = {
+        "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2"};
+    static file_query_t q = {sql, 1, get_done_cb};
+    sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
 }
 
 /* ---- GET /v1/datasets/{id}/files?limit=&cursor=&status= ---- */
@@ -163,16 +179,25 @@ static const char LIST_SQL[] =
     "                 THEN 'c' || min(seq) FILTER (WHERE rn <= $5::int) END)::text"
     " FROM numbered";
 
-static void list_done_cb(const sl_pg_result_t *r, void *arg)
+/*
+ * Answers a two-statement batch whose first statement checks that the parent
+ * row exists (404 `what` without a row) and whose second returns the JSON
+ * document; frees fr.
+ */
+static void respond_checked_json(const sl_pg_result_t *r, file_req_t *fr, const char *what)
 {
-    file_req_t *fr = arg;
     if (r->err)
         sl_api_db_error(fr->req, r);
     else if (PQntuples(r->res[0]) < 1)
-        respond_not_found(fr->req, "no such dataset");
+        respond_not_found(fr->req, what);
     else
-        respond_first_json(fr->req, 200, r->res[1], "no such dataset");
+        respond_first_json(fr->req, 200, r->res[1], what);
     free(fr);
+}
+
+static void list_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    respond_checked_json(r, arg, "no such dataset");
 }
 
 static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
@@ -239,14 +264,7 @@ static void route_list(sl_http_req_t *req, const sl_http_params_t *params, void 
 
 static void events_done_cb(const sl_pg_result_t *r, void *arg)
 {
-    file_req_t *fr = arg;
-    if (r->err)
-        sl_api_db_error(fr->req, r);
-    else if (PQntuples(r->res[0]) < 1)
-        respond_not_found(fr->req, "no such file");
-    else
-        respond_first_json(fr->req, 200, r->res[1], "no such file");
-    free(fr);
+    respond_checked_json(r, arg, "no such file");
 }
 
 static void events_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
@@ -374,17 +392,9 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
     free(fr);
 }
 
-static void delete_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
 {
-    (void)arg;
-    char id[37];
-    if (sl_api_route_uuid(app, req, id) != 0) {
-        respond_not_found(req, "no such file");
-        return;
-    }
-    file_req_t *fr = file_req_new(app, req, tenant_id, id);
-    if (!fr)
-        return;
+    (void)params;
     /*
      * One transaction. Locking the file row first keeps a run from adding an
      * artifact (its foreign key needs a share lock on the row) between reading
@@ -398,14 +408,8 @@ static void delete_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant
         "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')),"
         " sluice_ts(clock_timestamp()) WHERE $1::uuid IS NOT NULL AND $2::uuid IS NOT NULL",
     };
-    const char *params[] = {fr->tenant_id, fr->id};
-    exec_or_fail(batch_of(app->pg, sql, 4, 2, params), delete_done_cb, fr);
-}
-
-static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
-{
-    (void)params;
-    sl_api_auth(arg, req, 0, delete_auth_cb, NULL);
+    static file_query_t q = {sql, 4, delete_done_cb};
+    sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
 }
 
 /* ---- GET /v1/files/{id}/content ---- */
@@ -425,27 +429,13 @@ static void content_done_cb(const sl_pg_result_t *r, void *arg)
     free(fr);
 }
 
-static void content_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
-{
-    (void)arg;
-    char id[37];
-    if (sl_api_route_uuid(app, req, id) != 0) {
-        respond_not_found(req, "no such file");
-        return;
-    }
-    file_req_t *fr = file_req_new(app, req, tenant_id, id);
-    if (!fr)
-        return;
-    static const char *const sql[] = {
-        "SELECT storage_key, mime, size FROM files WHERE tenant_id = $1 AND id = $2"};
-    const char *params[] = {fr->tenant_id, fr->id};
-    exec_or_fail(batch_of(app->pg, sql, 1, 2, params), content_done_cb, fr);
-}
-
 static void route_content(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
 {
     (void)params;
-    sl_api_auth(arg, req, 0, content_auth_cb, NULL);
+    static const char *const sql[] = {
+        "SELECT storage_key, mime, size FROM files WHERE tenant_id = $1 AND id = $2"};
+    static file_query_t q = {sql, 1, content_done_cb};
+    sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
 }
 
 /* ---- POST /v1/files/{id}/process ---- */

@@ -29,6 +29,17 @@ typedef struct tenant_ctx_s {
     char api_key[SL_API_KEY_LEN + 1];
 } tenant_ctx_t;
 
+/* A new zeroed context (owned by the caller; tenant_ctx_free), or NULL. */
+static tenant_ctx_t *tenant_ctx_new(sl_app_t *app, sl_http_req_t *req)
+{
+    tenant_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx != NULL) {
+        ctx->app = app;
+        ctx->req = req;
+    }
+    return ctx;
+}
+
 static void tenant_ctx_free(tenant_ctx_t *ctx)
 {
     explicit_bzero(ctx->api_key, sizeof ctx->api_key);
@@ -46,16 +57,6 @@ static int make_api_key(char key[SL_API_KEY_LEN + 1], char hash[65])
     explicit_bzero(rnd, sizeof rnd);
     sl_sha256_hex(key, SL_API_KEY_LEN, hash);
     return 0;
-}
-
-/* Counts UTF-8 code points (jansson has validated the encoding). */
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s != '\0'; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
 }
 
 /* ---- POST /v1/admin/tenants ---- */
@@ -85,17 +86,15 @@ static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
     int err;
 
     if (!json_is_string(name) || json_string_length(name) == 0 ||
-        utf8_chars(json_string_value(name)) > SL_TENANT_NAME_MAX) {
+        sl_api_utf8_chars(json_string_value(name)) > SL_TENANT_NAME_MAX) {
         sl_http_respond_error(req, 400, "invalid_request",
                               "name must be a non-empty string of at most 200 characters", -1);
         return;
     }
-    if ((ctx = calloc(1, sizeof *ctx)) == NULL) {
+    if ((ctx = tenant_ctx_new(app, req)) == NULL) {
         err = SL_ENOMEM;
         goto fail;
     }
-    ctx->app = app;
-    ctx->req = req;
     if ((err = sl_uuid_v4(ctx->id)) != 0 || (err = sl_uuid_v4(key_id)) != 0 ||
         (err = make_api_key(ctx->api_key, hash)) != 0)
         goto fail;
@@ -173,12 +172,10 @@ static void tenant_keys_create(sl_http_req_t *req, const sl_http_params_t *param
         sl_http_respond_error(req, 404, "not_found", "no such tenant", -1);
         return;
     }
-    if ((ctx = calloc(1, sizeof *ctx)) == NULL) {
+    if ((ctx = tenant_ctx_new(app, req)) == NULL) {
         err = SL_ENOMEM;
         goto fail;
     }
-    ctx->app = app;
-    ctx->req = req;
     memcpy(ctx->id, tid, sizeof ctx->id); /* a UUID: 36 chars + NUL */
     if ((err = sl_uuid_v4(key_id)) != 0 || (err = make_api_key(ctx->api_key, hash)) != 0)
         goto fail;

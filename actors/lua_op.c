@@ -1,0 +1,171 @@
+/*
+ * lua_op.c — the shared path of a yielding primitive that runs under a
+ * service's policy (sl.exec, sl.http.request): the op's box while arguments
+ * are parsed, acquiring the service slot, recording the pending op, yielding,
+ * and releasing the slot with the call's outcome (see lua_api.h).
+ */
+#include "actors/lua_api.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+
+double sl_flow__now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static const char *start_word(int rc)
+{
+    return rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc);
+}
+
+/* Starts the operation; 0 or an SL_E* code (then the slot is given back). */
+static int svcop_start(sl_flow_svcop_t *op)
+{
+    int rc;
+
+    op->t0 = sl_flow__now_s();
+    rc = op->ops->start(op);
+    if (rc != 0) {
+        op->running = 0;
+        sl_svc_release(&op->wait, "cancelled", 0);
+        return rc;
+    }
+    op->running = 1;
+    return 0;
+}
+
+static void svcop_cancel(sl_flow_op_t *hdr)
+{
+    sl_flow_svcop_t *op = (sl_flow_svcop_t *)hdr;
+    if (op->running) {
+        /* the completion still fires (ECANCELED) and frees the op */
+        sl_svc_release(&op->wait, "cancelled", sl_flow__now_s() - op->t0);
+        op->ops->abort(op);
+        return;
+    }
+    if (op->svc != NULL)
+        sl_svc_cancel_wait(&op->wait);
+    op->ops->free(op);
+}
+
+static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
+{
+    sl_flow_svcop_t *op = arg;
+    const char *word;
+    int rc;
+
+    (void)w;
+    if (err == 0) {
+        if ((rc = svcop_start(op)) == 0)
+            return;
+        word = start_word(rc);
+    } else {
+        word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
+    }
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    op->ops->free(op);
+    if (s != NULL)
+        sl_flow__resume_err(s, word);
+}
+
+/* The op lives in a box until it is handed to the step, so a raise frees it. */
+static int box_gc(lua_State *L)
+{
+    sl_flow_svcop_t **box = lua_touserdata(L, 1);
+    if (*box != NULL)
+        (*box)->ops->free(*box);
+    *box = NULL;
+    return 0;
+}
+
+sl_flow_svcop_t **sl_flow__svcop_box(lua_State *L, size_t size, const sl_flow_svcop_ops_t *ops,
+                                     sl_flowvm_t *vm, const char *what)
+{
+    sl_flow_svcop_t *op, **box;
+
+    box = lua_newuserdatauv(L, sizeof(*box), 0);
+    *box = NULL;
+    lua_newtable(L);
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if ((op = calloc(1, size)) == NULL)
+        luaL_error(L, "%s: out of memory", what);
+    op->ops = ops;
+    op->vm = vm;
+    *box = op;
+    return box;
+}
+
+int sl_flow__svcop_begin(lua_State *L, sl_step_t *s, sl_flow_svcop_t *op, int wait_ms)
+{
+    int rc;
+
+    if (op->svc != NULL) {
+        rc = sl_svc_acquire(op->svc, &op->wait, wait_ms, slot_cb, op);
+        if (rc == 0) {
+            sl_flow__set_op(s, &op->hdr, svcop_cancel);
+            return lua_yield(L, 0);
+        }
+        if (rc < 0) {
+            op->ops->free(op);
+            lua_pushnil(L);
+            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_flow__errword(rc));
+            return 2;
+        }
+    }
+    if ((rc = svcop_start(op)) != 0) {
+        op->ops->free(op);
+        lua_pushnil(L);
+        lua_pushstring(L, start_word(rc));
+        return 2;
+    }
+    sl_flow__set_op(s, &op->hdr, svcop_cancel);
+    return lua_yield(L, 0);
+}
+
+void sl_flow__svcop_done(sl_flow_svcop_t *op, const char *outcome, lua_CFunction push, void *ud)
+{
+    sl_step_t *s;
+
+    op->running = 0;
+    sl_svc_release(&op->wait, outcome, sl_flow__now_s() - op->t0);
+    s = sl_flow__op_take(&op->hdr);
+    if (s != NULL)
+        sl_flow__resume_with(s, push, ud);
+    op->ops->free(op);
+}
+
+void sl_flow__check_fields(lua_State *L, int t, const char *const *known, const char *what)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        int ok = 0;
+        for (int i = 0; lua_type(L, -2) == LUA_TSTRING && known[i]; i++)
+            ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
+        if (!ok)
+            luaL_error(L, "%s: unknown field '%s'", what,
+                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+        lua_pop(L, 1);
+    }
+}
+
+char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what)
+{
+    char *v = NULL;
+    int ty = lua_getfield(L, t, k);
+    if (ty == LUA_TSTRING) {
+        if ((v = strdup(lua_tostring(L, -1))) == NULL)
+            luaL_error(L, "%s: out of memory", what);
+    } else if (ty != LUA_TNIL) {
+        luaL_error(L, "%s: %s must be a string", what, k);
+    }
+    lua_pop(L, 1);
+    return v;
+}

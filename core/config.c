@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,250 +409,51 @@ static int unknown_key(ctx_t *c, int line, const char *path)
     return fail(c, line, path, "unknown key");
 }
 
-/* ---- sections ---- */
+/* ---- the table-driven walker ---- */
 
-static int parse_storage(ctx_t *c, struct fy_node *map, int line)
-{
-    sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int rc;
+typedef enum {
+    F_STR,   /* char *: get_string */
+    F_INT,   /* int in [min, max]: get_int */
+    F_INT64, /* int64_t in [min, max]: get_int64 */
+    F_SIZE,  /* size_t >= 1: get_size */
+    F_RATE,  /* double >= 0: get_rate */
+    F_MAP,   /* a sub-mapping of sub[nsub], walked on the same base */
+    F_HOOK,  /* parsed by hook alone */
+} field_kind_t;
 
-    c->storage_line = line;
-    if ((rc = want_mapping(c, map, line, "storage")) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-        char **dst = NULL;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), "storage", line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, "storage", key);
-        if (strcmp(key, "backend") == 0)
-            dst = &cfg->storage_backend;
-        else if (strcmp(key, "path") == 0)
-            dst = &cfg->storage_path;
-        else if (strcmp(key, "endpoint") == 0)
-            dst = &cfg->s3_endpoint;
-        else if (strcmp(key, "bucket") == 0)
-            dst = &cfg->s3_bucket;
-        else if (strcmp(key, "region") == 0)
-            dst = &cfg->s3_region;
-        else if (strcmp(key, "access_key_id") == 0)
-            dst = &cfg->s3_access_key_id;
-        else if (strcmp(key, "secret_access_key") == 0)
-            dst = &cfg->s3_secret_access_key;
-        else
-            return unknown_key(c, kl, path);
-        if ((rc = get_string(c, v, kl, path, dst)) < 0)
-            return rc;
-        if (dst == &cfg->storage_backend && strcmp(cfg->storage_backend, "fs") != 0 &&
-            strcmp(cfg->storage_backend, "s3") != 0)
-            return fail(c, node_line(v, kl, 0), path, "must be fs or s3");
-    }
-    return 0;
-}
-
-static int parse_limits(ctx_t *c, struct fy_node *map, int line)
-{
-    sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int rc;
-
-    if ((rc = want_mapping(c, map, line, "limits")) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), "limits", line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, "limits", key);
-        if (strcmp(key, "max_file_bytes") == 0)
-            rc = get_int64(c, v, kl, path, 1, INT64_MAX, &cfg->max_file_bytes);
-        else if (strcmp(key, "max_files_per_request") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->max_files_per_request);
-        else if (strcmp(key, "max_request_bytes") == 0)
-            rc = get_int64(c, v, kl, path, 0, INT64_MAX, &cfg->max_request_bytes);
-        else if (strcmp(key, "max_json_bytes") == 0)
-            rc = get_size(c, v, kl, path, &cfg->max_json_bytes);
-        else if (strcmp(key, "max_header_bytes") == 0)
-            rc = get_size(c, v, kl, path, &cfg->max_header_bytes);
-        else if (strcmp(key, "max_connections") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->max_connections);
-        else if (strcmp(key, "header_timeout_ms") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->header_timeout_ms);
-        else if (strcmp(key, "idle_timeout_ms") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->idle_timeout_ms);
-        else if (strcmp(key, "body_timeout_ms") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &cfg->body_timeout_ms);
-        else if (strcmp(key, "max_uploads_in_flight") == 0)
-            rc = get_int(c, v, kl, path, 0, INT_MAX, &cfg->max_uploads_in_flight);
-        else if (strcmp(key, "max_uploads_per_tenant") == 0)
-            rc = get_int(c, v, kl, path, 0, INT_MAX, &cfg->max_uploads_per_tenant);
-        else if (strcmp(key, "max_runs_in_flight") == 0)
-            rc = get_int(c, v, kl, path, 1, 1000000, &cfg->max_runs_in_flight);
-        else if (strcmp(key, "max_runs_per_tenant") == 0)
-            rc = get_int(c, v, kl, path, 1, 1000000, &cfg->max_runs_per_tenant);
-        else
-            rc = unknown_key(c, kl, path);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-static int parse_sse(ctx_t *c, struct fy_node *map, int line)
-{
-    sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int rc;
-
-    if ((rc = want_mapping(c, map, line, "sse")) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), "sse", line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, "sse", key);
-        if (strcmp(key, "keepalive_s") == 0)
-            rc = get_int(c, v, kl, path, 1, 3600, &cfg->sse_keepalive_s);
-        else if (strcmp(key, "client_buffer_bytes") == 0)
-            rc = get_size(c, v, kl, path, &cfg->sse_client_buffer_bytes);
-        else
-            rc = unknown_key(c, kl, path);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
+typedef struct field_s field_t;
 
 /*
- * rate_limits: {requests_per_s: {uploads, reads, burst},
- *               upload_bytes_per_s: {per_tenant, burst}}
+ * For F_HOOK, parses the whole value; for the other kinds, checks the value
+ * just stored. base is the struct being filled, arg the walker caller's state
+ * (borrowed). Returns 0, an error, or 1 to end the walk of the enclosing
+ * mapping there (its later keys are not looked at).
  */
-static int parse_rate_group(ctx_t *c, struct fy_node *map, int line, const char *prefix)
-{
-    sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int bytes = strcmp(prefix, "rate_limits.upload_bytes_per_s") == 0;
-    int rc;
+typedef int (*field_hook_fn)(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                             const char *path, void *arg);
 
-    if ((rc = want_mapping(c, map, line, prefix)) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-        double *dst = NULL;
+struct field_s {
+    const char *key;
+    field_kind_t kind;
+    int64_t min, max;   /* F_INT, F_INT64 */
+    size_t off;         /* into base: F_STR .. F_RATE */
+    field_hook_fn hook; /* may be NULL */
+    const field_t *sub; /* F_MAP */
+    size_t nsub;
+};
 
-        if ((rc = get_key(c, fy_node_pair_key(p), prefix, line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, prefix, key);
-        if (!bytes && strcmp(key, "uploads") == 0)
-            dst = &cfg->rl_uploads_per_s;
-        else if (!bytes && strcmp(key, "reads") == 0)
-            dst = &cfg->rl_reads_per_s;
-        else if (!bytes && strcmp(key, "burst") == 0)
-            dst = &cfg->rl_requests_burst;
-        else if (bytes && strcmp(key, "per_tenant") == 0)
-            dst = &cfg->rl_upload_bytes_per_s;
-        else if (bytes && strcmp(key, "burst") == 0)
-            dst = &cfg->rl_upload_bytes_burst;
-        else
-            return unknown_key(c, kl, path);
-        if ((rc = get_rate(c, v, kl, path, dst)) < 0)
-            return rc;
-        if (dst == (bytes ? &cfg->rl_upload_bytes_burst : &cfg->rl_requests_burst) && *dst != 0 &&
-            *dst < 1)
-            return fail(c, node_line(v, kl, 0), path, "must be 0 (the default) or at least 1");
-    }
-    return 0;
-}
-
-static int parse_rate_limits(ctx_t *c, struct fy_node *map, int line)
-{
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int rc;
-
-    if ((rc = want_mapping(c, map, line, "rate_limits")) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        const char *key;
-        int kl;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), "rate_limits", line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, "rate_limits", key);
-        if (strcmp(key, "requests_per_s") == 0 || strcmp(key, "upload_bytes_per_s") == 0)
-            rc = parse_rate_group(c, fy_node_pair_value(p), kl, path);
-        else
-            rc = unknown_key(c, kl, path);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-/* fairness: {weights: {tenant_name_or_id: N}} */
-static int parse_fairness(ctx_t *c, struct fy_node *map, int line)
-{
-    sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p, *q;
-    void *it = NULL, *it2;
-    char path[SL_CONFIG_MAX_PATH], wpath[SL_CONFIG_MAX_PATH];
-    int rc;
-
-    if ((rc = want_mapping(c, map, line, "fairness")) < 0 || node_is_null(map))
-        return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), "fairness", line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, "fairness", key);
-        if (strcmp(key, "weights") != 0)
-            return unknown_key(c, kl, path);
-        if ((rc = want_mapping(c, v, kl, path)) < 0 || node_is_null(v))
-            return rc;
-        it2 = NULL;
-        while ((q = fy_node_mapping_iterate(v, &it2)) != NULL) {
-            const char *tenant;
-            int tl;
-
-            if ((rc = get_key(c, fy_node_pair_key(q), path, kl, &tenant, &tl)) < 0)
-                return rc;
-            join_path(wpath, path, tenant);
-            if (cfg->nweights >= SL_CONFIG_MAX_WEIGHTS)
-                return fail(c, tl, wpath, "more than %d weights", SL_CONFIG_MAX_WEIGHTS);
-            sl_config_weight_t *w = &cfg->weights[cfg->nweights];
-            w->weight = 1;
-            if ((rc = get_int(c, fy_node_pair_value(q), tl, wpath, 1, 1000, &w->weight)) < 0)
-                return rc;
-            if ((w->tenant = strdup(tenant)) == NULL)
-                return oom(c);
-            cfg->nweights++;
-        }
-    }
-    return 0;
-}
+/* offsetof(T, m), refusing to compile unless T.m has type `type`. */
+#define FIELD_OFF(T, m, type) _Generic(((T *)0)->m, type: offsetof(T, m))
+#define FSTR(T, k, m, h) {.key = k, .kind = F_STR, .off = FIELD_OFF(T, m, char *), .hook = h}
+#define FINT(T, k, m, lo, hi) \
+    {.key = k, .kind = F_INT, .min = lo, .max = hi, .off = FIELD_OFF(T, m, int)}
+#define FINT64(T, k, m, lo, hi) \
+    {.key = k, .kind = F_INT64, .min = lo, .max = hi, .off = FIELD_OFF(T, m, int64_t)}
+#define FSIZE(T, k, m) {.key = k, .kind = F_SIZE, .off = FIELD_OFF(T, m, size_t)}
+#define FRATE(T, k, m, h) {.key = k, .kind = F_RATE, .off = FIELD_OFF(T, m, double), .hook = h}
+#define FMAP(k, s) {.key = k, .kind = F_MAP, .sub = s, .nsub = sizeof(s) / sizeof((s)[0])}
+#define FHOOK(k, h) {.key = k, .kind = F_HOOK, .hook = h}
+#define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Does this value hold anything? Used for a service's `configured`. */
 static int value_present(ctx_t *c, struct fy_node *v, int line, const char *path, bool *present)
@@ -672,82 +474,317 @@ static int value_present(ctx_t *c, struct fy_node *v, int line, const char *path
     return 0;
 }
 
-static int parse_retry(ctx_t *c, sl_config_service_t *svc, struct fy_node *map, int line,
-                       const char *prefix, bool *present)
+/*
+ * Walks a mapping (null: keep the defaults) whose keys are all in fields[n],
+ * storing each value into base. prefix is the mapping's key path, NULL at the
+ * top level. When present is not NULL, it is set once a scalar value holds
+ * anything.
+ */
+static int parse_fields(ctx_t *c, struct fy_node *map, int line, const char *prefix, void *base,
+                        const field_t *fields, size_t n, bool *present, void *arg)
 {
     struct fy_node_pair *p;
     void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
+    char buf[SL_CONFIG_MAX_PATH];
     int rc;
 
     if ((rc = want_mapping(c, map, line, prefix)) < 0 || node_is_null(map))
         return rc;
     while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
         struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
+        const field_t *f = NULL;
+        const char *key, *path = buf;
+        void *dst;
         int kl;
         bool here;
 
         if ((rc = get_key(c, fy_node_pair_key(p), prefix, line, &key, &kl)) < 0)
             return rc;
-        join_path(path, prefix, key);
-        if (strcmp(key, "max_attempts") == 0)
-            rc = get_int(c, v, kl, path, 1, 1000, &svc->retry_max_attempts);
-        else if (strcmp(key, "base_ms") == 0)
-            rc = get_int(c, v, kl, path, 0, INT_MAX, &svc->retry_base_ms);
-        else if (strcmp(key, "max_ms") == 0)
-            rc = get_int(c, v, kl, path, 0, INT_MAX, &svc->retry_max_ms);
+        if (prefix == NULL)
+            path = key; /* a top-level key is its own path, never cut short */
         else
-            rc = unknown_key(c, kl, path);
-        if (rc < 0 || (rc = value_present(c, v, kl, path, &here)) < 0)
+            join_path(buf, prefix, key);
+        for (size_t i = 0; i < n && f == NULL; i++)
+            if (strcmp(key, fields[i].key) == 0)
+                f = &fields[i];
+        if (f == NULL)
+            return unknown_key(c, kl, path);
+        dst = (char *)base + f->off;
+        switch (f->kind) {
+        case F_STR:
+            rc = get_string(c, v, kl, path, dst);
+            break;
+        case F_INT:
+            rc = get_int(c, v, kl, path, (int)f->min, (int)f->max, dst);
+            break;
+        case F_INT64:
+            rc = get_int64(c, v, kl, path, f->min, f->max, dst);
+            break;
+        case F_SIZE:
+            rc = get_size(c, v, kl, path, dst);
+            break;
+        case F_RATE:
+            rc = get_rate(c, v, kl, path, dst);
+            break;
+        case F_MAP:
+            rc = parse_fields(c, v, kl, path, base, f->sub, f->nsub, NULL, NULL);
+            break;
+        case F_HOOK:
+            rc = f->hook(c, f, base, v, kl, path, arg);
+            break;
+        }
+        if (rc == 0 && f->kind != F_HOOK && f->hook != NULL)
+            rc = f->hook(c, f, base, v, kl, path, arg);
+        if (rc < 0)
             return rc;
-        *present = *present || here;
+        if (rc > 0)
+            return 0;
+        if (present != NULL && fy_node_is_scalar(v)) {
+            if ((rc = value_present(c, v, kl, path, &here)) < 0)
+                return rc;
+            *present = *present || here;
+        }
     }
-    if (svc->retry_max_ms < svc->retry_base_ms)
-        return fail(c, line, prefix, "max_ms must be >= base_ms");
     return 0;
 }
 
-static int parse_command(ctx_t *c, sl_config_service_t *svc, struct fy_node *seq, int line,
-                         const char *prefix, bool *present)
+/* ---- sections ---- */
+
+static int check_backend(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                         const char *path, void *arg)
+{
+    const char *s = *(char **)((char *)base + f->off);
+
+    if (strcmp(s, "fs") != 0 && strcmp(s, "s3") != 0)
+        return fail(c, node_line(v, line, 0), path, "must be fs or s3");
+    return 0;
+}
+
+static const field_t storage_fields[] = {
+    FSTR(sl_config_t, "backend", storage_backend, check_backend),
+    FSTR(sl_config_t, "path", storage_path, NULL),
+    FSTR(sl_config_t, "endpoint", s3_endpoint, NULL),
+    FSTR(sl_config_t, "bucket", s3_bucket, NULL),
+    FSTR(sl_config_t, "region", s3_region, NULL),
+    FSTR(sl_config_t, "access_key_id", s3_access_key_id, NULL),
+    FSTR(sl_config_t, "secret_access_key", s3_secret_access_key, NULL),
+};
+
+static int parse_storage(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
+                         const char *path, void *arg)
+{
+    c->storage_line = line;
+    return parse_fields(c, map, line, path, base, storage_fields, NFIELDS(storage_fields), NULL,
+                        NULL);
+}
+
+static const field_t limits_fields[] = {
+    FINT64(sl_config_t, "max_file_bytes", max_file_bytes, 1, INT64_MAX),
+    FINT(sl_config_t, "max_files_per_request", max_files_per_request, 1, INT_MAX),
+    FINT64(sl_config_t, "max_request_bytes", max_request_bytes, 0, INT64_MAX),
+    FSIZE(sl_config_t, "max_json_bytes", max_json_bytes),
+    FSIZE(sl_config_t, "max_header_bytes", max_header_bytes),
+    FINT(sl_config_t, "max_connections", max_connections, 1, INT_MAX),
+    FINT(sl_config_t, "header_timeout_ms", header_timeout_ms, 1, INT_MAX),
+    FINT(sl_config_t, "idle_timeout_ms", idle_timeout_ms, 1, INT_MAX),
+    FINT(sl_config_t, "body_timeout_ms", body_timeout_ms, 1, INT_MAX),
+    FINT(sl_config_t, "max_uploads_in_flight", max_uploads_in_flight, 0, INT_MAX),
+    FINT(sl_config_t, "max_uploads_per_tenant", max_uploads_per_tenant, 0, INT_MAX),
+    FINT(sl_config_t, "max_runs_in_flight", max_runs_in_flight, 1, 1000000),
+    FINT(sl_config_t, "max_runs_per_tenant", max_runs_per_tenant, 1, 1000000),
+};
+
+static const field_t sse_fields[] = {
+    FINT(sl_config_t, "keepalive_s", sse_keepalive_s, 1, 3600),
+    FSIZE(sl_config_t, "client_buffer_bytes", sse_client_buffer_bytes),
+};
+
+/*
+ * rate_limits: {requests_per_s: {uploads, reads, burst},
+ *               upload_bytes_per_s: {per_tenant, burst}}
+ */
+static int check_burst(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                       const char *path, void *arg)
+{
+    double d = *(double *)((char *)base + f->off);
+
+    if (d != 0 && d < 1)
+        return fail(c, node_line(v, line, 0), path, "must be 0 (the default) or at least 1");
+    return 0;
+}
+
+static const field_t rate_requests_fields[] = {
+    FRATE(sl_config_t, "uploads", rl_uploads_per_s, NULL),
+    FRATE(sl_config_t, "reads", rl_reads_per_s, NULL),
+    FRATE(sl_config_t, "burst", rl_requests_burst, check_burst),
+};
+
+static const field_t rate_bytes_fields[] = {
+    FRATE(sl_config_t, "per_tenant", rl_upload_bytes_per_s, NULL),
+    FRATE(sl_config_t, "burst", rl_upload_bytes_burst, check_burst),
+};
+
+static const field_t rate_limits_fields[] = {
+    FMAP("requests_per_s", rate_requests_fields),
+    FMAP("upload_bytes_per_s", rate_bytes_fields),
+};
+
+/*
+ * fairness: {weights: {tenant_name_or_id: N}}. A null weights ends the walk of
+ * fairness, so keys after it are not checked (kept as it always was).
+ */
+static int parse_weights(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                         const char *path, void *arg)
+{
+    sl_config_t *cfg = base;
+    struct fy_node_pair *q;
+    void *it = NULL;
+    char wpath[SL_CONFIG_MAX_PATH];
+    int rc;
+
+    if ((rc = want_mapping(c, v, line, path)) < 0)
+        return rc;
+    if (node_is_null(v))
+        return 1;
+    while ((q = fy_node_mapping_iterate(v, &it)) != NULL) {
+        const char *tenant;
+        int tl;
+
+        if ((rc = get_key(c, fy_node_pair_key(q), path, line, &tenant, &tl)) < 0)
+            return rc;
+        join_path(wpath, path, tenant);
+        if (cfg->nweights >= SL_CONFIG_MAX_WEIGHTS)
+            return fail(c, tl, wpath, "more than %d weights", SL_CONFIG_MAX_WEIGHTS);
+        sl_config_weight_t *w = &cfg->weights[cfg->nweights];
+        w->weight = 1;
+        if ((rc = get_int(c, fy_node_pair_value(q), tl, wpath, 1, 1000, &w->weight)) < 0)
+            return rc;
+        if ((w->tenant = strdup(tenant)) == NULL)
+            return oom(c);
+        cfg->nweights++;
+    }
+    return 0;
+}
+
+static const field_t fairness_fields[] = {
+    FHOOK("weights", parse_weights),
+};
+
+/* The state of one service's walk. */
+typedef struct svc_walk_s {
+    const char *prefix;  /* "services.NAME" (borrowed) */
+    const char *url_key; /* which spelling of url was seen (borrowed from the document) */
+    bool present;        /* anything configured at all */
+} svc_walk_t;
+
+static const field_t retry_fields[] = {
+    FINT(sl_config_service_t, "max_attempts", retry_max_attempts, 1, 1000),
+    FINT(sl_config_service_t, "base_ms", retry_base_ms, 0, INT_MAX),
+    FINT(sl_config_service_t, "max_ms", retry_max_ms, 0, INT_MAX),
+};
+
+static int parse_retry(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
+                       const char *path, void *arg)
+{
+    sl_config_service_t *svc = base;
+    svc_walk_t *w = arg;
+    int rc;
+
+    if ((rc = parse_fields(c, map, line, path, svc, retry_fields, NFIELDS(retry_fields),
+                           &w->present, NULL)) < 0 ||
+        node_is_null(map))
+        return rc;
+    if (svc->retry_max_ms < svc->retry_base_ms)
+        return fail(c, line, path, "max_ms must be >= base_ms");
+    return 0;
+}
+
+/*
+ * A sequence of string scalars (null: none) into dst[0..max), copies owned by
+ * dst; *n is how many. noun names them in the "more than" message. An empty
+ * string is kept when keep_empty, else it is an error like null.
+ */
+static int parse_strings(ctx_t *c, struct fy_node *seq, int line, const char *prefix, char **dst,
+                         int max, const char *noun, bool keep_empty, int *n)
 {
     struct fy_node *item;
     void *it = NULL;
     char path[SL_CONFIG_MAX_PATH];
-    int n = 0, rc;
+    int rc;
 
+    *n = 0;
     if ((rc = want_sequence(c, seq, line, prefix)) < 0 || node_is_null(seq))
         return rc;
     while ((item = fy_node_sequence_iterate(seq, &it)) != NULL) {
         const char *s;
 
-        path_fmt(path, sizeof(path), "%s[%d]", prefix, n);
-        if (n >= SL_CONFIG_MAX_ARGV)
-            return fail(c, node_line(item, line, 0), path, "more than %d arguments",
-                        SL_CONFIG_MAX_ARGV);
-        /* An argument may be "" on purpose: keep it, but it alone does not configure. */
-        if ((rc = get_scalar(c, item, line, path, "a string", true, &s)) < 0)
+        path_fmt(path, sizeof(path), "%s[%d]", prefix, *n);
+        if (*n >= max)
+            return fail(c, node_line(item, line, 0), path, "more than %d %s", max, noun);
+        if ((rc = get_scalar(c, item, line, path, "a string", keep_empty, &s)) < 0)
             return rc;
         if (s == NULL)
-            return fail(c, node_line(item, line, 0), path, "must be a string");
-        if ((svc->command[n] = strdup(s)) == NULL)
+            return fail(c, node_line(item, line, 0), path, "must be %s",
+                        keep_empty ? "a string" : "a non-empty string");
+        if ((dst[*n] = strdup(s)) == NULL)
             return oom(c);
-        if (s[0] != '\0')
-            *present = true;
-        n++;
+        (*n)++;
     }
     return 0;
 }
+
+static int parse_command(ctx_t *c, const field_t *f, void *base, struct fy_node *seq, int line,
+                         const char *path, void *arg)
+{
+    sl_config_service_t *svc = base;
+    svc_walk_t *w = arg;
+    int n, rc;
+
+    /* An argument may be "" on purpose: keep it, but it alone does not configure. */
+    rc = parse_strings(c, seq, line, path, svc->command, SL_CONFIG_MAX_ARGV, "arguments", true, &n);
+    for (int i = 0; i < n; i++)
+        if (svc->command[i][0] != '\0')
+            w->present = true;
+    return rc;
+}
+
+/* url, base_url, endpoint: three spellings of one field (tika/openai/textract). */
+static int parse_url(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                     const char *path, void *arg)
+{
+    sl_config_service_t *svc = base;
+    svc_walk_t *w = arg;
+
+    /* Two spellings would be ambiguous. */
+    if (w->url_key != NULL)
+        return fail(c, line, path, "conflicts with %s.%s", w->prefix, w->url_key);
+    w->url_key = f->key;
+    return get_string(c, v, line, path, &svc->url);
+}
+
+static const field_t service_fields[] = {
+    FHOOK("url", parse_url),
+    FHOOK("base_url", parse_url),
+    FHOOK("endpoint", parse_url),
+    FSTR(sl_config_service_t, "region", region, NULL),
+    FSTR(sl_config_service_t, "access_key_id", access_key_id, NULL),
+    FSTR(sl_config_service_t, "secret_access_key", secret_access_key, NULL),
+    FSTR(sl_config_service_t, "api_key", api_key, NULL),
+    FSTR(sl_config_service_t, "model", model, NULL),
+    FHOOK("command", parse_command),
+    FHOOK("retry", parse_retry),
+    FINT(sl_config_service_t, "timeout_ms", timeout_ms, 1, INT_MAX),
+    FINT(sl_config_service_t, "concurrency", concurrency, 1, 100000),
+    FRATE(sl_config_service_t, "rate_per_s", rate_per_s, NULL),
+    FRATE(sl_config_service_t, "tokens_per_min", tokens_per_min, NULL),
+};
 
 static int parse_service(ctx_t *c, const char *name, struct fy_node *map, int line)
 {
     sl_config_t *cfg = c->cfg;
     sl_config_service_t *svc;
-    struct fy_node_pair *p;
-    void *it = NULL;
-    char prefix[SL_CONFIG_MAX_PATH], path[SL_CONFIG_MAX_PATH];
-    const char *url_key = NULL;
-    bool present = false;
+    char prefix[SL_CONFIG_MAX_PATH];
+    svc_walk_t w = {.prefix = prefix};
     int rc;
 
     snprintf(prefix, sizeof(prefix), "services.%s", name);
@@ -762,63 +799,15 @@ static int parse_service(ctx_t *c, const char *name, struct fy_node *map, int li
     svc->retry_max_ms = 30000;
     if ((svc->name = strdup(name)) == NULL)
         return oom(c);
-    if ((rc = want_mapping(c, map, line, prefix)) < 0 || node_is_null(map))
+    if ((rc = parse_fields(c, map, line, prefix, svc, service_fields, NFIELDS(service_fields),
+                           &w.present, &w)) < 0)
         return rc;
-    while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        char **dst = NULL;
-        int kl;
-        bool here = false;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), prefix, line, &key, &kl)) < 0)
-            return rc;
-        join_path(path, prefix, key);
-        if (strcmp(key, "url") == 0 || strcmp(key, "base_url") == 0 ||
-            strcmp(key, "endpoint") == 0) {
-            /* Three spellings of one field (tika/openai/textract); two would be ambiguous. */
-            if (url_key != NULL)
-                return fail(c, kl, path, "conflicts with %s.%s", prefix, url_key);
-            url_key = key;
-            dst = &svc->url;
-        } else if (strcmp(key, "region") == 0) {
-            dst = &svc->region;
-        } else if (strcmp(key, "access_key_id") == 0) {
-            dst = &svc->access_key_id;
-        } else if (strcmp(key, "secret_access_key") == 0) {
-            dst = &svc->secret_access_key;
-        } else if (strcmp(key, "api_key") == 0) {
-            dst = &svc->api_key;
-        } else if (strcmp(key, "model") == 0) {
-            dst = &svc->model;
-        }
-        if (dst != NULL)
-            rc = get_string(c, v, kl, path, dst);
-        else if (strcmp(key, "command") == 0)
-            rc = parse_command(c, svc, v, kl, path, &here);
-        else if (strcmp(key, "retry") == 0)
-            rc = parse_retry(c, svc, v, kl, path, &here);
-        else if (strcmp(key, "timeout_ms") == 0)
-            rc = get_int(c, v, kl, path, 1, INT_MAX, &svc->timeout_ms);
-        else if (strcmp(key, "concurrency") == 0)
-            rc = get_int(c, v, kl, path, 1, 100000, &svc->concurrency);
-        else if (strcmp(key, "rate_per_s") == 0)
-            rc = get_rate(c, v, kl, path, &svc->rate_per_s);
-        else if (strcmp(key, "tokens_per_min") == 0)
-            rc = get_rate(c, v, kl, path, &svc->tokens_per_min);
-        else
-            rc = unknown_key(c, kl, path);
-        if (rc < 0)
-            return rc;
-        if (fy_node_is_scalar(v) && (rc = value_present(c, v, kl, path, &here)) < 0)
-            return rc;
-        present = present || here;
-    }
-    svc->configured = present ? 1 : 0;
+    svc->configured = w.present ? 1 : 0;
     return 0;
 }
 
-static int parse_services(ctx_t *c, struct fy_node *map, int line)
+static int parse_services(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
+                          const char *path, void *arg)
 {
     struct fy_node_pair *p;
     void *it = NULL;
@@ -837,205 +826,167 @@ static int parse_services(ctx_t *c, struct fy_node *map, int line)
     return 0;
 }
 
-static int parse_match(ctx_t *c, sl_config_pipeline_t *pl, struct fy_node *seq, int line,
-                       const char *prefix)
+/* arg: the pipeline's have_match flag. */
+static int parse_match(ctx_t *c, const field_t *f, void *base, struct fy_node *seq, int line,
+                       const char *path, void *arg)
 {
-    struct fy_node *item;
-    void *it = NULL;
-    char path[SL_CONFIG_MAX_PATH];
-    int n = 0, rc;
+    sl_config_pipeline_t *pl = base;
+    int n, rc;
 
-    if ((rc = want_sequence(c, seq, line, prefix)) < 0)
+    *(bool *)arg = true;
+    if ((rc = parse_strings(c, seq, line, path, pl->match, SL_CONFIG_MAX_MATCH, "patterns", false,
+                            &n)) < 0)
         return rc;
-    while (!node_is_null(seq) && (item = fy_node_sequence_iterate(seq, &it)) != NULL) {
-        const char *s;
-
-        path_fmt(path, sizeof(path), "%s[%d]", prefix, n);
-        if (n >= SL_CONFIG_MAX_MATCH)
-            return fail(c, node_line(item, line, 0), path, "more than %d patterns",
-                        SL_CONFIG_MAX_MATCH);
-        if ((rc = get_scalar(c, item, line, path, "a string", false, &s)) < 0)
-            return rc;
-        if (s == NULL)
-            return fail(c, node_line(item, line, 0), path, "must be a non-empty string");
-        if ((pl->match[n] = strdup(s)) == NULL)
-            return oom(c);
-        n++;
-    }
     if (n == 0)
-        return fail(c, line, prefix, "must list at least one MIME pattern");
+        return fail(c, line, path, "must list at least one MIME pattern");
     return 0;
 }
 
-static int parse_pipelines(ctx_t *c, struct fy_node *seq, int line)
+/* Fills the newest of a section's items from its mapping; prefix is "section[i]". */
+typedef int (*item_fn)(ctx_t *c, struct fy_node *item, int line, const char *prefix);
+
+/*
+ * A sequence (null: none) of at most max mappings (keys listed in `shape` for
+ * the message), each counted in *count before fn fills it, so that
+ * sl_config_free frees what a failed item holds.
+ */
+static int parse_items(ctx_t *c, struct fy_node *seq, int line, const char *section, int *count,
+                       int max, const char *shape, item_fn fn)
 {
-    sl_config_t *cfg = c->cfg;
     struct fy_node *item;
     void *it = NULL;
-    char prefix[SL_CONFIG_MAX_PATH], path[SL_CONFIG_MAX_PATH];
+    char prefix[SL_CONFIG_MAX_PATH];
     int rc;
+
+    if ((rc = want_sequence(c, seq, line, section)) < 0 || node_is_null(seq))
+        return rc;
+    while ((item = fy_node_sequence_iterate(seq, &it)) != NULL) {
+        int il = node_line(item, line, 0);
+
+        snprintf(prefix, sizeof(prefix), "%s[%d]", section, *count);
+        if (*count >= max)
+            return fail(c, il, prefix, "more than %d %s", max, section);
+        if (node_is_null(item) || !fy_node_is_mapping(item))
+            return fail(c, il, prefix, "must be a mapping {%s}", shape);
+        (*count)++;
+        if ((rc = fn(c, item, il, prefix)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static const field_t pipeline_fields[] = {
+    FSTR(sl_config_pipeline_t, "name", name, NULL),
+    FSTR(sl_config_pipeline_t, "flow", flow, NULL),
+    FHOOK("match", parse_match),
+};
+
+static int parse_pipeline(ctx_t *c, struct fy_node *item, int il, const char *prefix)
+{
+    sl_config_t *cfg = c->cfg;
+    sl_config_pipeline_t *pl = &cfg->pipelines[cfg->npipelines - 1];
+    bool have_match = false;
+    int rc;
+
+    pl->line = il;
+    if ((rc = parse_fields(c, item, il, prefix, pl, pipeline_fields, NFIELDS(pipeline_fields),
+                           NULL, &have_match)) < 0)
+        return rc;
+    if (pl->name == NULL)
+        return fail(c, il, prefix, "name is required");
+    for (int i = 0; i < cfg->npipelines - 1; i++)
+        if (strcmp(cfg->pipelines[i].name, pl->name) == 0)
+            return fail(c, il, prefix, "duplicate pipeline name \"%s\" (first on line %d)",
+                        pl->name, cfg->pipelines[i].line);
+    if (pl->flow == NULL)
+        return fail(c, il, prefix, "flow is required");
+    if (!have_match)
+        return fail(c, il, prefix, "match is required");
+    return 0;
+}
+
+static int parse_pipelines(ctx_t *c, const field_t *f, void *base, struct fy_node *seq, int line,
+                           const char *path, void *arg)
+{
+    sl_config_t *cfg = c->cfg;
 
     cfg->has_pipelines = 1;
-    if ((rc = want_sequence(c, seq, line, "pipelines")) < 0 || node_is_null(seq))
-        return rc;
-    while ((item = fy_node_sequence_iterate(seq, &it)) != NULL) {
-        sl_config_pipeline_t *pl;
-        struct fy_node_pair *p;
-        void *it2 = NULL;
-        int il = node_line(item, line, 0);
-        bool have_match = false;
-
-        snprintf(prefix, sizeof(prefix), "pipelines[%d]", cfg->npipelines);
-        if (cfg->npipelines >= SL_CONFIG_MAX_PIPELINES)
-            return fail(c, il, prefix, "more than %d pipelines", SL_CONFIG_MAX_PIPELINES);
-        if (node_is_null(item) || !fy_node_is_mapping(item))
-            return fail(c, il, prefix, "must be a mapping {name, flow, match}");
-        pl = &cfg->pipelines[cfg->npipelines++];
-        pl->line = il;
-        while ((p = fy_node_mapping_iterate(item, &it2)) != NULL) {
-            struct fy_node *v = fy_node_pair_value(p);
-            const char *key;
-            int kl;
-
-            if ((rc = get_key(c, fy_node_pair_key(p), prefix, il, &key, &kl)) < 0)
-                return rc;
-            join_path(path, prefix, key);
-            if (strcmp(key, "name") == 0) {
-                rc = get_string(c, v, kl, path, &pl->name);
-            } else if (strcmp(key, "flow") == 0) {
-                rc = get_string(c, v, kl, path, &pl->flow);
-            } else if (strcmp(key, "match") == 0) {
-                rc = parse_match(c, pl, v, kl, path);
-                have_match = true;
-            } else {
-                rc = unknown_key(c, kl, path);
-            }
-            if (rc < 0)
-                return rc;
-        }
-        if (pl->name == NULL)
-            return fail(c, il, prefix, "name is required");
-        for (int i = 0; i < cfg->npipelines - 1; i++)
-            if (strcmp(cfg->pipelines[i].name, pl->name) == 0)
-                return fail(c, il, prefix, "duplicate pipeline name \"%s\" (first on line %d)",
-                            pl->name, cfg->pipelines[i].line);
-        if (pl->flow == NULL)
-            return fail(c, il, prefix, "flow is required");
-        if (!have_match)
-            return fail(c, il, prefix, "match is required");
-    }
-    return 0;
+    return parse_items(c, seq, line, "pipelines", &cfg->npipelines, SL_CONFIG_MAX_PIPELINES,
+                       "name, flow, match", parse_pipeline);
 }
 
-static int parse_tenants(ctx_t *c, struct fy_node *seq, int line)
+static const field_t tenant_fields[] = {
+    FSTR(sl_config_tenant_t, "name", name, NULL),
+    FSTR(sl_config_tenant_t, "api_key", api_key, NULL),
+};
+
+static int parse_tenant(ctx_t *c, struct fy_node *item, int il, const char *prefix)
 {
     sl_config_t *cfg = c->cfg;
-    struct fy_node *item;
-    void *it = NULL;
-    char prefix[SL_CONFIG_MAX_PATH], path[SL_CONFIG_MAX_PATH];
+    sl_config_tenant_t *t = &cfg->tenants[cfg->ntenants - 1];
     int rc;
 
-    if ((rc = want_sequence(c, seq, line, "tenants")) < 0 || node_is_null(seq))
+    if ((rc = parse_fields(c, item, il, prefix, t, tenant_fields, NFIELDS(tenant_fields), NULL,
+                           NULL)) < 0)
         return rc;
-    while ((item = fy_node_sequence_iterate(seq, &it)) != NULL) {
-        sl_config_tenant_t *t;
-        struct fy_node_pair *p;
-        void *it2 = NULL;
-        int il = node_line(item, line, 0);
-
-        snprintf(prefix, sizeof(prefix), "tenants[%d]", cfg->ntenants);
-        if (cfg->ntenants >= SL_CONFIG_MAX_TENANTS)
-            return fail(c, il, prefix, "more than %d tenants", SL_CONFIG_MAX_TENANTS);
-        if (node_is_null(item) || !fy_node_is_mapping(item))
-            return fail(c, il, prefix, "must be a mapping {name, api_key}");
-        t = &cfg->tenants[cfg->ntenants++];
-        while ((p = fy_node_mapping_iterate(item, &it2)) != NULL) {
-            struct fy_node *v = fy_node_pair_value(p);
-            const char *key;
-            int kl;
-
-            if ((rc = get_key(c, fy_node_pair_key(p), prefix, il, &key, &kl)) < 0)
-                return rc;
-            join_path(path, prefix, key);
-            if (strcmp(key, "name") == 0)
-                rc = get_string(c, v, kl, path, &t->name);
-            else if (strcmp(key, "api_key") == 0)
-                rc = get_string(c, v, kl, path, &t->api_key);
-            else
-                rc = unknown_key(c, kl, path);
-            if (rc < 0)
-                return rc;
-        }
-        if (t->name == NULL)
-            return fail(c, il, prefix, "name is required");
-        if (t->api_key == NULL)
-            return fail(c, il, prefix, "api_key is required");
-        for (int i = 0; i < cfg->ntenants - 1; i++)
-            if (strcmp(cfg->tenants[i].name, t->name) == 0)
-                return fail(c, il, prefix, "duplicate tenant name \"%s\"", t->name);
-    }
+    if (t->name == NULL)
+        return fail(c, il, prefix, "name is required");
+    if (t->api_key == NULL)
+        return fail(c, il, prefix, "api_key is required");
+    for (int i = 0; i < cfg->ntenants - 1; i++)
+        if (strcmp(cfg->tenants[i].name, t->name) == 0)
+            return fail(c, il, prefix, "duplicate tenant name \"%s\"", t->name);
     return 0;
 }
+
+static int parse_tenants(ctx_t *c, const field_t *f, void *base, struct fy_node *seq, int line,
+                         const char *path, void *arg)
+{
+    return parse_items(c, seq, line, "tenants", &c->cfg->ntenants, SL_CONFIG_MAX_TENANTS,
+                       "name, api_key", parse_tenant);
+}
+
+static int check_log_level(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                           const char *path, void *arg)
+{
+    const char *s = ((sl_config_t *)base)->log_level;
+
+    if (strcmp(s, "debug") != 0 && strcmp(s, "info") != 0 && strcmp(s, "warn") != 0 &&
+        strcmp(s, "error") != 0)
+        return fail(c, node_line(v, line, 0), path, "must be debug, info, warn or error");
+    return 0;
+}
+
+static const field_t root_fields[] = {
+    FSTR(sl_config_t, "listen", listen, NULL),
+    FINT(sl_config_t, "workers", workers, 1, 1024),
+    FSTR(sl_config_t, "database_url", database_url, NULL),
+    FINT(sl_config_t, "database_pool", database_pool, 1, 64),
+    FSTR(sl_config_t, "redis_url", redis_url, NULL),
+    FSTR(sl_config_t, "admin_key", admin_key, NULL),
+    FSTR(sl_config_t, "public_url", public_url, NULL),
+    FSTR(sl_config_t, "web_root", web_root, NULL),
+    FSTR(sl_config_t, "log_level", log_level, check_log_level),
+    FHOOK("storage", parse_storage),
+    FMAP("limits", limits_fields),
+    FMAP("rate_limits", rate_limits_fields),
+    FMAP("fairness", fairness_fields),
+    FMAP("sse", sse_fields),
+    FHOOK("services", parse_services),
+    FHOOK("pipelines", parse_pipelines),
+    FHOOK("tenants", parse_tenants),
+};
 
 static int parse_root(ctx_t *c, struct fy_node *root)
 {
     sl_config_t *cfg = c->cfg;
-    struct fy_node_pair *p;
-    void *it = NULL;
     int rc;
 
     if (!node_is_null(root) && !fy_node_is_mapping(root))
         return fail(c, node_line(root, 1, 0), NULL, "the top level must be a mapping");
-    while (!node_is_null(root) && (p = fy_node_mapping_iterate(root, &it)) != NULL) {
-        struct fy_node *v = fy_node_pair_value(p);
-        const char *key;
-        int kl;
-
-        if ((rc = get_key(c, fy_node_pair_key(p), NULL, 1, &key, &kl)) < 0)
-            return rc;
-        if (strcmp(key, "listen") == 0)
-            rc = get_string(c, v, kl, key, &cfg->listen);
-        else if (strcmp(key, "workers") == 0)
-            rc = get_int(c, v, kl, key, 1, 1024, &cfg->workers);
-        else if (strcmp(key, "database_url") == 0)
-            rc = get_string(c, v, kl, key, &cfg->database_url);
-        else if (strcmp(key, "database_pool") == 0)
-            rc = get_int(c, v, kl, key, 1, 64, &cfg->database_pool);
-        else if (strcmp(key, "redis_url") == 0)
-            rc = get_string(c, v, kl, key, &cfg->redis_url);
-        else if (strcmp(key, "admin_key") == 0)
-            rc = get_string(c, v, kl, key, &cfg->admin_key);
-        else if (strcmp(key, "public_url") == 0)
-            rc = get_string(c, v, kl, key, &cfg->public_url);
-        else if (strcmp(key, "web_root") == 0)
-            rc = get_string(c, v, kl, key, &cfg->web_root);
-        else if (strcmp(key, "log_level") == 0) {
-            rc = get_string(c, v, kl, key, &cfg->log_level);
-            if (rc == 0 && strcmp(cfg->log_level, "debug") != 0 &&
-                strcmp(cfg->log_level, "info") != 0 && strcmp(cfg->log_level, "warn") != 0 &&
-                strcmp(cfg->log_level, "error") != 0)
-                rc = fail(c, node_line(v, kl, 0), key, "must be debug, info, warn or error");
-        } else if (strcmp(key, "storage") == 0)
-            rc = parse_storage(c, v, kl);
-        else if (strcmp(key, "limits") == 0)
-            rc = parse_limits(c, v, kl);
-        else if (strcmp(key, "rate_limits") == 0)
-            rc = parse_rate_limits(c, v, kl);
-        else if (strcmp(key, "fairness") == 0)
-            rc = parse_fairness(c, v, kl);
-        else if (strcmp(key, "sse") == 0)
-            rc = parse_sse(c, v, kl);
-        else if (strcmp(key, "services") == 0)
-            rc = parse_services(c, v, kl);
-        else if (strcmp(key, "pipelines") == 0)
-            rc = parse_pipelines(c, v, kl);
-        else if (strcmp(key, "tenants") == 0)
-            rc = parse_tenants(c, v, kl);
-        else
-            rc = unknown_key(c, kl, key);
-        if (rc < 0)
-            return rc;
-    }
+    if ((rc = parse_fields(c, root, 1, NULL, cfg, root_fields, NFIELDS(root_fields), NULL, NULL)) <
+        0)
+        return rc;
 
     /* Cross-key checks, once everything is read. */
     if (cfg->database_url == NULL)

@@ -39,6 +39,7 @@
 
 #define REPLAY_PAGE 10000
 #define KEEPALIVE_DEFAULT_S 15
+#define REORDER_MS 25 /* the reorder window for live messages */
 #define CLIENT_BUFFER_DEFAULT (256 * 1024) /* ~1,000 events of backlog; bounds RSS with many clients */
 #define RETRY_MS 2000
 
@@ -55,6 +56,7 @@ typedef struct client_s {
     sl_http_req_t *req;
     sl_pubsub_sub_t *sub;
     struct event *keepalive;
+    struct event *reorder;  /* flushes held live messages in seq order */
     char tenant_id[37];
     char dataset_id[37];
     long long last_sent;    /* highest seq sent with an id line */
@@ -89,6 +91,8 @@ static void client_free(client_t *c)
 {
     if (c->keepalive)
         event_free(c->keepalive);
+    if (c->reorder)
+        event_free(c->reorder);
     for (held_t *h = c->held; h;) {
         held_t *n = h->next;
         free(h);
@@ -171,22 +175,63 @@ static int send_event(client_t *c, long long seq, int is_file, const char *data,
     return 0;
 }
 
-/* The replay is complete: send what was held (skipping what the replay sent), go live. */
-static void go_live(client_t *c)
+/*
+ * Commits of one dataset are serialised (an advisory lock), but their result
+ * callbacks come back over different pool connections, so messages can reach
+ * us out of seq order (10, 11, 8, 9). Held messages are kept sorted by seq and
+ * live ones are sent after a short window: a reorder buffer. A message later
+ * than the window still goes out, without an id line (see send_event).
+ */
+static void held_insert_sorted(client_t *c, held_t *h)
+{
+    held_t **pp = &c->held;
+    if (c->held_tail && c->held_tail->seq <= h->seq)
+        pp = &c->held_tail->next; /* the common case: in order, append */
+    else
+        while (*pp && (*pp)->seq <= h->seq)
+            pp = &(*pp)->next;
+    h->next = *pp;
+    *pp = h;
+    if (!h->next)
+        c->held_tail = h;
+}
+
+/*
+ * Sends every held message in seq order; skip_replayed drops run events the
+ * replay sent. Returns 0, or -1 when a send finished the client: then c may be
+ * freed already and the caller must not touch it.
+ */
+static int flush_held(client_t *c, int skip_replayed)
 {
     held_t *h = c->held;
     c->held = c->held_tail = NULL;
     c->held_bytes = 0;
-    c->holding = 0;
     int alive = 1;
     while (h) {
         held_t *n = h->next;
-        /* Run events up to last_sent were in the replay; file events never are. */
-        if (alive && (h->is_file || h->seq > c->last_sent))
+        if (alive && (!skip_replayed || h->is_file || h->seq > c->last_sent))
             alive = send_event(c, h->seq, h->is_file, h->data, h->len, 1) == 0;
         free(h);
         h = n;
     }
+    return alive ? 0 : -1;
+}
+
+static void reorder_cb(evutil_socket_t fd, short what, void *arg)
+{
+    client_t *c = arg;
+    (void)fd;
+    (void)what;
+    if (!c->finished && !c->holding)
+        flush_held(c, 0);
+}
+
+/* The replay is complete: send what was held (skipping what the replay sent), go live. */
+static void go_live(client_t *c)
+{
+    c->holding = 0;
+    /* Run events up to last_sent were in the replay; file events never are. */
+    flush_held(c, 1);
 }
 
 /* Parses a message's seq and event (cached per delivered message: one parse for all clients). */
@@ -224,9 +269,11 @@ static void message_cb(const char *channel, const char *msg, size_t len, uint64_
     int is_file;
     if (parse_msg(msg, len, msg_id, &seq, &is_file) != 0)
         return; /* not a status event */
-    if (!c->holding) {
-        send_event(c, seq, is_file, msg, len, 1);
-        return;
+    if (!c->holding && c->held_bytes + len > c->limit / 4) {
+        /* A burst: send what the window holds now (in order); the output limit judges the client. */
+        evtimer_del(c->reorder);
+        if (flush_held(c, 0) != 0)
+            return; /* the client was finished (and may be freed) */
     }
     if (c->held_bytes + len > c->limit) {
         client_drop(c, "held_messages_over_limit");
@@ -242,12 +289,12 @@ static void message_cb(const char *channel, const char *msg, size_t len, uint64_
     h->is_file = is_file;
     h->len = len;
     memcpy(h->data, msg, len);
-    if (c->held_tail)
-        c->held_tail->next = h;
-    else
-        c->held = h;
-    c->held_tail = h;
+    held_insert_sorted(c, h);
     c->held_bytes += len;
+    if (!c->holding && !evtimer_pending(c->reorder, NULL)) {
+        static const struct timeval window = {0, REORDER_MS * 1000};
+        evtimer_add(c->reorder, &window);
+    }
 }
 
 static void keepalive_cb(evutil_socket_t fd, short what, void *arg)
@@ -437,7 +484,10 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
         return;
     }
     client_t *c = calloc(1, sizeof *c);
-    if (!c || !(c->keepalive = event_new(app->base, -1, EV_PERSIST, keepalive_cb, c))) {
+    if (!c || !(c->keepalive = event_new(app->base, -1, EV_PERSIST, keepalive_cb, c)) ||
+        !(c->reorder = evtimer_new(app->base, reorder_cb, c))) {
+        if (c && c->keepalive)
+            event_free(c->keepalive);
         free(c);
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
         return;

@@ -359,6 +359,19 @@ async function loadFiles(cursor) {
   renderCounts();
 }
 
+// Where a new file goes so the table keeps the API's newest-first order: uploads
+// finish out of order (three run at once), so "at the top" is not enough.
+// RFC 3339 strings of one format compare in time order; ties go first (newer).
+function newestFirstIndex(f) {
+  let i = 0;
+  while (i < state.order.length) {
+    const o = state.files.get(state.order[i]);
+    if (!o || o.created_at <= f.created_at) break;
+    i++;
+  }
+  return i;
+}
+
 // Inserts or updates a file; `where` says where a new one goes.
 function upsertFile(f, where) {
   if (!state.dataset || f.dataset_id !== state.dataset.id) return;
@@ -366,7 +379,7 @@ function upsertFile(f, where) {
   state.files.set(f.id, f);
   if (!known) {
     if (where === "append") state.order.push(f.id);
-    else state.order.unshift(f.id);
+    else state.order.splice(newestFirstIndex(f), 0, f.id);
   }
   renderRow(f, known ? null : where);
   if (state.selected === f.id) renderDrawer();
@@ -535,7 +548,10 @@ function renderRow(f, where) {
   } else if (where === "append") {
     body.append(tr);
   } else {
-    body.prepend(tr);
+    const at = state.order.indexOf(f.id);
+    const next = at >= 0 && at + 1 < state.order.length ? state.rows.get(state.order[at + 1]) : null;
+    if (next) body.insertBefore(tr, next);
+    else body.append(tr);
     flash(tr);
   }
   state.rows.set(f.id, tr);

@@ -129,7 +129,7 @@ def main():
             if busy == 0:
                 break
             time.sleep(1)
-        time.sleep(1)
+        time.sleep(6)  # past one refresh of the runs gauge (5 s): nothing is in flight
         rss0 = srv.rss_kib()
         sel = selectors.DefaultSelector()
         socks = []

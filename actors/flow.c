@@ -1171,19 +1171,13 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     evtimer_add(s->ev, &zero);
 }
 
-static void step_free(sl_step_t *s)
+/* Frees what a step owns besides its list links and flow reference (both paths of its life). */
+static void step_free_fields(sl_step_t *s)
 {
-    sl_flowvm_t *vm = s->vm;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        vm->steps = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    vm->nsteps--;
-    event_free(s->ev);
-    event_free(s->timer);
-    sl_flow_unref(s->flow);
+    if (s->ev)
+        event_free(s->ev);
+    if (s->timer)
+        event_free(s->timer);
     free(s->run_id);
     free(s->tenant_id);
     free(s->dataset_id);
@@ -1198,6 +1192,20 @@ static void step_free(sl_step_t *s)
     free(s->detail);
     free(s->ctx_out);
     free(s);
+}
+
+static void step_free(sl_step_t *s)
+{
+    sl_flowvm_t *vm = s->vm;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        vm->steps = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    vm->nsteps--;
+    sl_flow_unref(s->flow);
+    step_free_fields(s);
 }
 
 static void deliver(sl_step_t *s)
@@ -1422,22 +1430,7 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->timer = evtimer_new(vm->host.base, step_timeout_cb, s);
     if (!s->run_id || !s->tenant_id || !s->dataset_id || !s->file_id || !s->pipeline || !s->step ||
         (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev || !s->timer) {
-        if (s->ev)
-            event_free(s->ev);
-        if (s->timer)
-            event_free(s->timer);
-        free(s->run_id);
-        free(s->tenant_id);
-        free(s->dataset_id);
-        free(s->file_id);
-        free(s->pipeline);
-        free(s->step);
-        free(s->tmpdir);
-        free(s->ctx_in);
-        free(s->file_in);
-        json_decref(s->ctx_j);
-        json_decref(s->file_j);
-        free(s);
+        step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }
     sl_flow_ref(f);

@@ -153,68 +153,48 @@ local function iso(y, m, d)
   return string.format("%04d-%02d-%02d", y, m, d)
 end
 
--- Each finder returns the position and ISO date of the first valid date of
--- its format at or after `init`, or nil.
+-- A finder returns the position and ISO date of the first valid date of its
+-- format at or after `init`, or nil. `to_iso` turns the pattern's captures
+-- into an ISO date, or nil when they are no valid date (then the scan goes on).
+local function finder(pattern, to_iso)
+  return function(s, init)
+    while true do
+      local found = { s:find(pattern, init) }
+      if not found[1] then
+        return nil
+      end
+      local v = to_iso(table.unpack(found, 3))
+      if v then
+        return found[1], v
+      end
+      init = found[2] + 1
+    end
+  end
+end
+
+local function month_iso(mon, d, y)
+  local m = MONTHS[mon:lower()]
+  return m and iso(y, m, d)
+end
+
 local DATE_FINDERS = {
   -- 2026-03-14
-  function(s, init)
-    while true do
-      local a, b, y, m, d = s:find("%f[%d](%d%d%d%d)%-(%d%d?)%-(%d%d?)%f[%D]", init)
-      if not a then
-        return nil
-      end
-      local v = iso(y, m, d)
-      if v then
-        return a, v
-      end
-      init = b + 1
-    end
-  end,
+  finder("%f[%d](%d%d%d%d)%-(%d%d?)%-(%d%d?)%f[%D]", function(y, m, d)
+    return iso(y, m, d)
+  end),
   -- 14.03.2026 and 14/03/2026 (day first, as in Europe; 03/14/2026 is read
   -- month first because 14 cannot be a month)
-  function(s, init)
-    while true do
-      local a, b, x, sep, y2, y = s:find("%f[%d](%d%d?)([./])(%d%d?)%2(%d%d%d%d)%f[%D]", init)
-      if not a then
-        return nil
-      end
-      local v = iso(y, y2, x) or (sep == "/" and iso(y, x, y2)) or nil
-      if v then
-        return a, v
-      end
-      init = b + 1
-    end
-  end,
+  finder("%f[%d](%d%d?)([./])(%d%d?)%2(%d%d%d%d)%f[%D]", function(x, sep, y2, y)
+    return iso(y, y2, x) or (sep == "/" and iso(y, x, y2)) or nil
+  end),
   -- March 5, 2026 / Mar. 5 2026
-  function(s, init)
-    while true do
-      local a, b, mon, d, y = s:find("%f[%a](%a+)%.?%s+(%d%d?),?%s+(%d%d%d%d)%f[%D]", init)
-      if not a then
-        return nil
-      end
-      local m = MONTHS[mon:lower()]
-      local v = m and iso(y, m, d)
-      if v then
-        return a, v
-      end
-      init = b + 1
-    end
-  end,
+  finder("%f[%a](%a+)%.?%s+(%d%d?),?%s+(%d%d%d%d)%f[%D]", function(mon, d, y)
+    return month_iso(mon, d, y)
+  end),
   -- 5 March 2026 / 5. March 2026
-  function(s, init)
-    while true do
-      local a, b, d, mon, y = s:find("%f[%d](%d%d?)%.?%s+(%a+)%.?,?%s+(%d%d%d%d)%f[%D]", init)
-      if not a then
-        return nil
-      end
-      local m = MONTHS[mon:lower()]
-      local v = m and iso(y, m, d)
-      if v then
-        return a, v
-      end
-      init = b + 1
-    end
-  end,
+  finder("%f[%d](%d%d?)%.?%s+(%a+)%.?,?%s+(%d%d%d%d)%f[%D]", function(d, mon, y)
+    return month_iso(mon, d, y)
+  end),
 }
 
 --- The first date in s (any supported format) as "YYYY-MM-DD", or nil.

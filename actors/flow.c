@@ -379,7 +379,11 @@ static void push_env(lua_State *L, sl_flowvm_t *vm)
 
     /* sl: built per flow, so a flow that scribbles on it hurts only itself */
     lua_newtable(L);
-    sl_lua_inject_util(L, vm);
+    sl_lua_inject_json(L, vm);
+    sl_lua_inject_crypto(L, vm);
+    sl_lua_inject_log(L, vm);
+    sl_lua_inject_sleep(L, vm);
+    sl_lua_inject_service(L, vm);
     sl_lua_inject_http(L, vm);
     sl_lua_inject_exec(L, vm);
     sl_lua_inject_run(L, vm);
@@ -1149,7 +1153,8 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     cancel_op(s);
     evtimer_del(s->timer);
     s->ok = ok;
-    snprintf(s->err, sizeof(s->err), "%s", ok ? "" : (err && *err ? err : "failed"));
+    /* on success err is the step's note (or NULL) */
+    snprintf(s->err, sizeof(s->err), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
     free(s->detail);
     s->detail = detail ? strdup(detail) : NULL;
     cerr[0] = '\0';
@@ -1214,6 +1219,7 @@ static void deliver(sl_step_t *s)
     memset(&res, 0, sizeof(res));
     res.ok = s->ok;
     res.err = s->ok ? NULL : s->err;
+    res.note = s->ok && s->err[0] ? s->err : NULL;
     res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
     res.detail = s->detail;
     res.ctx_json = s->ctx_out ? s->ctx_out : "{}";
@@ -1276,6 +1282,19 @@ static void begin(sl_step_t *s)
     sl_flow__resume(s, 0);
 }
 
+/* Copies src into dst (size n > 0), cut at a UTF-8 character boundary when too long. */
+static void utf8_prefix(char *dst, size_t n, const char *src)
+{
+    size_t len = strlen(src);
+    if (len >= n) {
+        len = n - 1;
+        while (len > 0 && ((unsigned char)src[len] & 0xC0) == 0x80)
+            len--; /* src[len] would be a continuation byte: back to its lead byte */
+    }
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
 void sl_flow__resume(sl_step_t *s, int nargs)
 {
     sl_flowvm_t *vm = s->vm;
@@ -1293,17 +1312,18 @@ void sl_flow__resume(sl_step_t *s, int nargs)
     }
     if (st == LUA_OK) {
         int first = lua_gettop(co) - nres + 1;
-        if (nres >= 1 && lua_toboolean(co, first)) {
-            lua_settop(co, 0);
-            finish(s, 1, NULL, NULL);
-            return;
-        }
-        char err[SL_FLOW_ERR_MAX];
-        snprintf(err, sizeof(err), "%s",
+        /* ok, word, detail: `true[, note[, detail]]` or `nil, err[, detail]` */
+        int ok = nres >= 1 && lua_toboolean(co, first);
+        char word[SL_FLOW_ERR_MAX], detail[SL_FLOW_DETAIL_MAX];
+        snprintf(word, sizeof(word), "%s",
                  nres >= 2 && lua_type(co, first + 1) == LUA_TSTRING ? lua_tostring(co, first + 1)
+                 : ok                                                ? ""
                                                                      : "failed");
+        detail[0] = '\0';
+        if (nres >= 3 && lua_type(co, first + 2) == LUA_TSTRING)
+            utf8_prefix(detail, sizeof(detail), lua_tostring(co, first + 2));
         lua_settop(co, 0);
-        finish(s, 0, err, NULL);
+        finish(s, ok, word[0] ? word : NULL, detail[0] ? detail : NULL);
         return;
     }
     /* An error: message plus the coroutine's traceback (its stack is still there). */

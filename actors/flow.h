@@ -120,11 +120,15 @@ typedef struct sl_step_input_s {
 } sl_step_input_t;
 
 /** The outcome of one attempt. Strings are borrowed until the callback returns. */
+#define SL_FLOW_DETAIL_MAX 1024 /* bytes of a step's returned detail that are kept */
+
 typedef struct sl_step_result_s {
     int ok;                  /* 1: run() returned a true value */
     const char *err;         /* on failure: "timeout", "no_text", "lua_error", ... */
+    const char *note;        /* on success: the step's note (`return true, "no_text"`), or NULL */
     int transient;           /* err is in the transient set of docs/flows.md */
-    const char *detail;      /* on lua_error: message + traceback; else a short detail or NULL */
+    const char *detail;      /* on lua_error: message + traceback; else the step's third
+                                return value (a short detail, at most SL_FLOW_DETAIL_MAX) or NULL */
     const char *ctx_json;    /* ctx after the attempt (even on failure), a JSON object */
     double duration_s;
 } sl_step_result_t;

@@ -150,7 +150,7 @@ void sl_flow__resume_err(sl_step_t *s, const char *err);
 /** The registry key (light userdata address) of the metatable of decoded JSON arrays. */
 const void *sl_flow__array_mt_key(void);
 
-/* ---- lua_util.c: JSON both ways ---- */
+/* ---- lua_json.c: JSON both ways ---- */
 
 /** Pushes v as a Lua value (arrays get the array metatable). May raise (memory). */
 void sl_flow__push_json(lua_State *L, json_t *v);
@@ -161,8 +161,8 @@ void sl_flow__push_json(lua_State *L, json_t *v);
  */
 json_t *sl_flow__to_json(lua_State *L, int idx, char *err, size_t errlen);
 
-/** Maps an SL_E* code to the word flows see ("timeout", "unavailable", ...). */
-const char *sl_flow__errword(int err);
+/* Error words: sl_strerror (core/err.h) is the one map from SL_E* codes to
+ * the words flows see ("timeout", "unavailable", "bad_input", ...). */
 
 /* ---- lua_op.c: the shared path of a primitive run under a service's policy ----
  *
@@ -178,8 +178,11 @@ typedef struct sl_flow_svcop_s sl_flow_svcop_t;
 typedef struct {
     /** Starts the operation: 0, or an SL_E* code (nothing left running). */
     int (*start)(sl_flow_svcop_t *op);
-    /** Cancels the running operation; its completion still fires (later) and ends the op. */
-    void (*abort)(sl_flow_svcop_t *op);
+    /**
+     * Cancels the running operation. Returns 0 when its completion still fires
+     * (later) and ends the op, 1 when nothing is outstanding (the caller frees it).
+     */
+    int (*abort)(sl_flow_svcop_t *op);
     /** Frees the op and everything it owns. */
     void (*free)(sl_flow_svcop_t *op);
 } sl_flow_svcop_ops_t;
@@ -233,11 +236,23 @@ void sl_flow__check_fields(lua_State *L, int t, const char *const *known, const 
  */
 char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what);
 
-/* ---- one entry point per file: each adds its functions to the table on top of L,
- *      with the VM as their one upvalue (light userdata) ---- */
-void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);
-void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);
-void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);
-void sl_lua_inject_util(lua_State *L, sl_flowvm_t *vm);
+/** A push function for sl_flow__resume_with: pushes true. */
+int sl_flow__push_true(lua_State *L);
+
+/** How a service's calls are authenticated, from its config section (NULL: none). */
+typedef enum { SL_FLOW_AUTH_NONE, SL_FLOW_AUTH_BEARER, SL_FLOW_AUTH_SIGV4 } sl_flow_auth_t;
+sl_flow_auth_t sl_flow__svc_auth(const sl_config_service_t *c);
+
+/* ---- one entry point per file (one file per feature, as lua-nginx-module):
+ *      each adds its functions to the table on top of L, with the VM as their
+ *      upvalue (light userdata) where they need it ---- */
+void sl_lua_inject_json(lua_State *L, sl_flowvm_t *vm);    /* sl.json */
+void sl_lua_inject_crypto(lua_State *L, sl_flowvm_t *vm);  /* sl.sha256, sl.hmac_sha256 */
+void sl_lua_inject_log(lua_State *L, sl_flowvm_t *vm);     /* sl.log */
+void sl_lua_inject_sleep(lua_State *L, sl_flowvm_t *vm);   /* sl.sleep */
+void sl_lua_inject_service(lua_State *L, sl_flowvm_t *vm); /* sl.service */
+void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);    /* sl.http */
+void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
+void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 
 #endif

@@ -42,7 +42,7 @@ static int push_result(lua_State *L)
     const sl_exec_result_t *r = lua_touserdata(L, 1);
     if (r->err != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, sl_flow__errword(r->err));
+        lua_pushstring(L, sl_strerror(r->err));
         return 2;
     }
     lua_createtable(L, 0, 4);
@@ -65,7 +65,7 @@ static void exec_done(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
 
     (void)x;
     op->x = NULL;
-    sl_flow__svcop_done(&op->so, res->err ? sl_flow__errword(res->err) : "ok", push_result,
+    sl_flow__svcop_done(&op->so, res->err ? sl_strerror(res->err) : "ok", push_result,
                         (void *)res);
 }
 
@@ -89,9 +89,10 @@ static int start(sl_flow_svcop_t *so)
     return rc;
 }
 
-static void abort_exec(sl_flow_svcop_t *so)
+static int abort_exec(sl_flow_svcop_t *so)
 {
     sl_exec_cancel(((exec_op_t *)so)->x); /* the callback (ECANCELED) frees the op */
+    return 0;
 }
 
 static const sl_flow_svcop_ops_t exec_ops = {start, abort_exec, op_free};

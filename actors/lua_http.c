@@ -3,6 +3,12 @@
  * core/curl (non-blocking, on the loop), under the named service's policy
  * (timeout, concurrency slot, circuit breaker; actors/service.h).
  *
+ * Credentials come from the service's config section, never from Lua: a call
+ * with `service = name` whose section has an api_key gets "Authorization:
+ * Bearer <key>"; one whose section has AWS keys is signed with SigV4 for
+ * service <name> in the section's region. They are only sent to the
+ * section's `url` when it has one (a flow cannot send them elsewhere).
+ *
  * The request is copied into the op, because a call may wait for a slot and
  * start later. The response reaches the coroutine through
  * sl_flow__resume_with, so the body counts against the step's memory budget.
@@ -11,6 +17,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/err.h"
 
@@ -19,7 +26,9 @@
 typedef struct http_op_s {
     sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
     sl_curl_xfer_t *xfer; /* in flight */
-    char *method, *url, *body_file, *aws_sigv4, *aws_key, *aws_secret;
+    char *method, *url, *body_file;
+    const sl_config_service_t *auth_cfg; /* borrowed (the config outlives the VM); NULL: unsigned */
+    char sigv4_scope[128];               /* "aws:amz:<region>:<service>" */
     char **headers;
     size_t n_headers;
     char *body;
@@ -37,9 +46,6 @@ static void op_free(sl_flow_svcop_t *so)
     free(op->method);
     free(op->url);
     free(op->body_file);
-    free(op->aws_sigv4);
-    free(op->aws_key);
-    free(op->aws_secret);
     free(op->body);
     free(op);
 }
@@ -53,7 +59,7 @@ static int push_response(lua_State *L)
 
     if (res->err != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, sl_flow__errword(res->err));
+        lua_pushstring(L, sl_strerror(res->err));
         return 2;
     }
     lua_createtable(L, 0, 3);
@@ -89,7 +95,7 @@ static int push_response(lua_State *L)
 static const char *outcome_of(const sl_curl_result_t *res)
 {
     if (res->err != 0)
-        return sl_flow__errword(res->err);
+        return sl_strerror(res->err);
     if (res->status == 429)
         return "rate_limited";
     if (res->status >= 500)
@@ -122,30 +128,90 @@ static int start(sl_flow_svcop_t *so)
     o.body_path = op->body_file;
     o.timeout_ms = op->timeout_ms;
     o.max_response_bytes = op->max_bytes;
-    o.aws_sigv4 = op->aws_sigv4;
-    o.user = op->aws_key;
-    o.password = op->aws_secret;
+    if (op->auth_cfg != NULL && sl_flow__svc_auth(op->auth_cfg) == SL_FLOW_AUTH_SIGV4) {
+        o.aws_sigv4 = op->sigv4_scope;
+        o.user = op->auth_cfg->access_key_id;
+        o.password = op->auth_cfg->secret_access_key;
+    }
     rc = sl_curl_request(op->so.vm->host.curl, &o, http_done, op, &op->xfer);
     if (rc != 0)
         op->xfer = NULL;
     return rc;
 }
 
-static void abort_http(sl_flow_svcop_t *so)
+static int abort_http(sl_flow_svcop_t *so)
 {
     sl_curl_cancel(((http_op_t *)so)->xfer); /* the callback (ECANCELED) frees the op */
+    return 0;
 }
 
 static const sl_flow_svcop_ops_t http_ops = {start, abort_http, op_free};
 
 /* ---- argument parsing ---- */
 
+/* The length of url's origin ("scheme://host[:port]"), or 0 when it has none. */
+static size_t origin_len(const char *url)
+{
+    const char *p = strstr(url, "://");
+    if (p == NULL)
+        return 0;
+    p += 3;
+    return (size_t)(p - url) + strcspn(p, "/?#");
+}
+
+/* Whether url goes to the origin of the section's configured url (any url when it has none). */
+static int url_allowed(const char *url, const sl_config_service_t *c)
+{
+    if (c->url == NULL || c->url[0] == '\0')
+        return 1;
+    size_t n = origin_len(c->url);
+    return n > 0 && origin_len(url) == n && strncasecmp(url, c->url, n) == 0;
+}
+
+static int has_header(const http_op_t *op, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < op->n_headers; i++)
+        if (strncasecmp(op->headers[i], name, n) == 0 && op->headers[i][n] == ':')
+            return 1;
+    return 0;
+}
+
+/*
+ * The service's credentials for this call (see the file comment); raises when
+ * the flow set its own Authorization header or the url leaves the service.
+ * op->headers has room for one more line.
+ */
+static void add_credentials(lua_State *L, http_op_t *op, const sl_config_service_t *c)
+{
+    sl_flow_auth_t auth = sl_flow__svc_auth(c);
+    if (auth == SL_FLOW_AUTH_NONE)
+        return;
+    if (!url_allowed(op->url, c))
+        luaL_error(L, "sl.http.request: %s's credentials are only sent to its url", c->name);
+    if (has_header(op, "Authorization"))
+        luaL_error(L, "sl.http.request: %s's Authorization comes from its config", c->name);
+    if (auth == SL_FLOW_AUTH_BEARER) {
+        size_t len = strlen(c->api_key) + sizeof("Authorization: Bearer ");
+        char *line = malloc(len);
+        if (line == NULL)
+            luaL_error(L, "sl.http.request: out of memory");
+        snprintf(line, len, "Authorization: Bearer %s", c->api_key);
+        op->headers[op->n_headers++] = line;
+        return;
+    }
+    op->auth_cfg = c;
+    int n = snprintf(op->sigv4_scope, sizeof op->sigv4_scope, "aws:amz:%s:%s",
+                     c->region && c->region[0] ? c->region : "us-east-1", c->name);
+    if (n < 0 || (size_t)n >= sizeof op->sigv4_scope)
+        luaL_error(L, "sl.http.request: %s: region too long", c->name);
+}
+
 /* Parses the request table into op; raises on bad arguments (the op is in a box). */
 static void parse(lua_State *L, http_op_t *op)
 {
-    static const char *const known[] = {"method",    "url",     "headers",    "body",
-                                        "body_file", "timeout", "max_bytes",  "service",
-                                        "aws_sigv4", "aws_key", "aws_secret", NULL};
+    static const char *const known[] = {"method",  "url",       "headers", "body", "body_file",
+                                        "timeout", "max_bytes", "service", NULL};
     int t = 1;
 
     sl_flow__check_fields(L, t, known, "sl.http.request");
@@ -154,9 +220,6 @@ static void parse(lua_State *L, http_op_t *op)
     if (op->url == NULL)
         luaL_error(L, "sl.http.request: url is required");
     op->body_file = sl_flow__opt_str(L, t, "body_file", "sl.http.request");
-    op->aws_sigv4 = sl_flow__opt_str(L, t, "aws_sigv4", "sl.http.request");
-    op->aws_key = sl_flow__opt_str(L, t, "aws_key", "sl.http.request");
-    op->aws_secret = sl_flow__opt_str(L, t, "aws_secret", "sl.http.request");
 
     int ty = lua_getfield(L, t, "body");
     if (ty == LUA_TSTRING) {
@@ -180,9 +243,10 @@ static void parse(lua_State *L, http_op_t *op)
             n++;
             lua_pop(L, 1);
         }
-        if (n > SL_CURL_MAX_REQ_HEADERS)
-            luaL_error(L, "sl.http.request: more than %d headers", SL_CURL_MAX_REQ_HEADERS);
-        if (n > 0 && (op->headers = calloc(n, sizeof(char *))) == NULL)
+        if (n > SL_CURL_MAX_REQ_HEADERS - 1)
+            luaL_error(L, "sl.http.request: more than %d headers", SL_CURL_MAX_REQ_HEADERS - 1);
+        /* one more for the service's Authorization header */
+        if ((op->headers = calloc(n + 1, sizeof(char *))) == NULL)
             luaL_error(L, "sl.http.request: out of memory");
         lua_pushnil(L);
         while (lua_next(L, h) != 0) {
@@ -201,6 +265,8 @@ static void parse(lua_State *L, http_op_t *op)
         }
     } else if (ty != LUA_TNIL) {
         luaL_error(L, "sl.http.request: headers must be a table");
+    } else if ((op->headers = calloc(1, sizeof(char *))) == NULL) {
+        luaL_error(L, "sl.http.request: out of memory");
     }
     lua_pop(L, 1);
 
@@ -228,6 +294,8 @@ static void parse(lua_State *L, http_op_t *op)
             luaL_error(L, "sl.http.request: bad service name");
     }
     lua_pop(L, 1);
+    if (op->so.svc != NULL)
+        add_credentials(L, op, sl_svc_config(op->so.svc));
 }
 
 static int l_request(lua_State *L)

@@ -1,6 +1,6 @@
 /*
  * lua_op.c — the shared path of a yielding primitive that runs under a
- * service's policy (sl.exec, sl.http.request): the op's box while arguments
+ * service's policy (sl.exec, sl.http.request; sl.artifact with none): the op's box while arguments
  * are parsed, acquiring the service slot, recording the pending op, yielding,
  * and releasing the slot with the call's outcome (see lua_api.h).
  */
@@ -17,11 +17,6 @@ double sl_flow__now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static const char *start_word(int rc)
-{
-    return rc == SL_EINVAL ? "bad_input" : sl_flow__errword(rc);
 }
 
 /* Starts the operation; 0 or an SL_E* code (then the slot is given back). */
@@ -46,7 +41,8 @@ static void svcop_cancel(sl_flow_op_t *hdr)
     if (op->running) {
         /* the completion still fires (ECANCELED) and frees the op */
         sl_svc_release(&op->wait, "cancelled", sl_flow__now_s() - op->t0);
-        op->ops->abort(op);
+        if (op->ops->abort(op))
+            op->ops->free(op); /* nothing was outstanding */
         return;
     }
     if (op->svc != NULL)
@@ -64,7 +60,7 @@ static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
     if (err == 0) {
         if ((rc = svcop_start(op)) == 0)
             return;
-        word = start_word(rc);
+        word = sl_strerror(rc);
     } else {
         word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
     }
@@ -116,14 +112,14 @@ int sl_flow__svcop_begin(lua_State *L, sl_step_t *s, sl_flow_svcop_t *op, int wa
         if (rc < 0) {
             op->ops->free(op);
             lua_pushnil(L);
-            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_flow__errword(rc));
+            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_strerror(rc));
             return 2;
         }
     }
     if ((rc = svcop_start(op)) != 0) {
         op->ops->free(op);
         lua_pushnil(L);
-        lua_pushstring(L, start_word(rc));
+        lua_pushstring(L, sl_strerror(rc));
         return 2;
     }
     sl_flow__set_op(s, &op->hdr, svcop_cancel);
@@ -168,4 +164,21 @@ char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what)
     }
     lua_pop(L, 1);
     return v;
+}
+
+int sl_flow__push_true(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+sl_flow_auth_t sl_flow__svc_auth(const sl_config_service_t *c)
+{
+    if (c == NULL || !c->configured)
+        return SL_FLOW_AUTH_NONE;
+    if (c->access_key_id && c->access_key_id[0] && c->secret_access_key && c->secret_access_key[0])
+        return SL_FLOW_AUTH_SIGV4;
+    if (c->api_key && c->api_key[0])
+        return SL_FLOW_AUTH_BEARER;
+    return SL_FLOW_AUTH_NONE;
 }

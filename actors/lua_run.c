@@ -1,6 +1,7 @@
 /*
  * lua_run.c — what a step records about its run: sl.artifact{kind, mime,
- * data | path}, sl.read_artifact(kind), sl.record(tbl), sl.set_text_source(name).
+ * data | path}, sl.read_artifact(kind), sl.record(tbl), sl.set_text_source(name),
+ * sl.tmpdir().
  *
  * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>"
  * (a retried step overwrites the same key atomically), then one statement
@@ -39,34 +40,6 @@ static int kind_ok(const char *k)
     return 1;
 }
 
-static const char *pg_word(int err)
-{
-    switch (err) {
-    case SL_EUNAVAIL:
-        return "unavailable";
-    case SL_EAGAIN:
-        return "busy";
-    case SL_ECANCELED:
-        return "cancelled";
-    case SL_EDB:
-        return "db_error";
-    default:
-        return sl_flow__errword(err);
-    }
-}
-
-static int push_true(lua_State *L)
-{
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int push_str(lua_State *L)
-{
-    lua_pushstring(L, lua_touserdata(L, 1));
-    return 1;
-}
-
 typedef struct bytes_s {
     const char *p;
     size_t n;
@@ -85,13 +58,21 @@ static int push_bytes(lua_State *L)
 
 enum { A_READ, A_DRAIN, A_COMMIT, A_DB };
 
+/*
+ * One sl.artifact call, on the shared primitive path (lua_op.c; no service
+ * policy): start() opens the store writer and feeds it, the phases below run
+ * on the loop, and every end goes through art_end -> sl_flow__svcop_done.
+ */
 typedef struct art_op_s {
-    sl_flow_op_t hdr;
+    sl_flow_svcop_t so; /* first; so.svc stays NULL */
     sl_store_t *store;
     sl_pg_t *pg;
     sl_workq_t *wq;
     int phase;
     sl_store_writer_t *w;
+    /* data source: borrowed from the Lua stack, valid only during start() */
+    const char *data;
+    size_t dlen;
     /* path source (worker side) */
     char *path;
     int fd;
@@ -105,10 +86,12 @@ typedef struct art_op_s {
     char kind[KIND_MAX];
     char *mime;
     char *tenant_id, *file_id, *run_id;
+    const char *word; /* the error word of a failed end */
 } art_op_t;
 
-static void art_free(art_op_t *op)
+static void art_free(sl_flow_svcop_t *so)
 {
+    art_op_t *op = (art_op_t *)so;
     if (op->w != NULL)
         sl_store_put_abort(op->w);
     if (op->fd >= 0)
@@ -122,40 +105,51 @@ static void art_free(art_op_t *op)
     free(op);
 }
 
-/* Ends the op: resumes the step (if still attached) with an error word, frees. */
-static void art_fail(art_op_t *op, const char *word)
+static int push_art_result(lua_State *L)
 {
-    sl_step_t *s = sl_flow__op_take(&op->hdr);
-    art_free(op);
-    if (s != NULL)
-        sl_flow__resume_err(s, word);
+    const art_op_t *op = lua_touserdata(L, 1);
+    if (op->word != NULL) {
+        lua_pushnil(L);
+        lua_pushstring(L, op->word);
+        return 2;
+    }
+    lua_pushstring(L, op->id);
+    return 1;
 }
 
-static void art_cancel(sl_flow_op_t *hdr)
+/* The one end of every sl.artifact: word NULL = stored (op->id), else the error word. */
+static void art_end(art_op_t *op, const char *word)
 {
-    art_op_t *op = (art_op_t *)hdr;
+    op->word = word;
+    sl_flow__svcop_done(&op->so, word ? word : "ok", push_art_result, op);
+}
+
+/* Detached (step timed out or cancelled): ends at the next completion. */
+static int art_detached(art_op_t *op)
+{
+    if (op->so.hdr.step != NULL)
+        return 0;
+    art_end(op, "cancelled");
+    return 1;
+}
+
+static int art_abort(sl_flow_svcop_t *so)
+{
+    art_op_t *op = (art_op_t *)so;
     /* Waiting for a drain has nothing in flight once the writer is aborted; the
      * other phases have a callback pending, which sees the op detached. */
-    if (op->phase == A_DRAIN)
-        art_free(op);
+    return op->phase == A_DRAIN;
 }
 
 static void art_db_cb(const sl_pg_result_t *r, void *arg)
 {
     art_op_t *op = arg;
-    sl_step_t *s = sl_flow__op_take(&op->hdr);
-    char id[37];
-
     if (r->err != 0 || r->n < 1 || PQntuples(r->res[0]) < 1) {
-        art_free(op);
-        if (s != NULL)
-            sl_flow__resume_err(s, r->err ? pg_word(r->err) : "db_error");
+        art_end(op, r->err ? sl_strerror(r->err) : "db_error");
         return;
     }
-    snprintf(id, sizeof(id), "%s", PQgetvalue(r->res[0], 0, 0));
-    art_free(op);
-    if (s != NULL)
-        sl_flow__resume_with(s, push_str, id);
+    snprintf(op->id, sizeof(op->id), "%s", PQgetvalue(r->res[0], 0, 0));
+    art_end(op, NULL);
 }
 
 static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
@@ -171,12 +165,10 @@ static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
     int rc;
 
     op->w = NULL; /* the store frees the writer after this returns */
-    if (op->hdr.step == NULL) {
-        art_free(op);
+    if (art_detached(op))
         return;
-    }
     if (err != 0) {
-        art_fail(op, sl_flow__errword(err));
+        art_end(op, sl_strerror(err));
         return;
     }
     snprintf(size, sizeof(size), "%llu", (unsigned long long)info->size);
@@ -186,40 +178,35 @@ static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
         size,       info->sha256_hex, op->key};
     op->phase = A_DB;
     if ((rc = sl_pg_query(op->pg, sql, 9, params, art_db_cb, op)) != 0)
-        art_fail(op, pg_word(rc));
+        art_end(op, sl_strerror(rc));
 }
 
-static void art_commit(art_op_t *op)
+static int art_commit(art_op_t *op)
 {
-    int rc;
     op->phase = A_COMMIT;
-    if ((rc = sl_store_put_commit(op->w, art_commit_cb, op)) != 0) {
-        art_fail(op, sl_flow__errword(rc));
-        return;
-    }
+    return sl_store_put_commit(op->w, art_commit_cb, op);
 }
 
 static void art_read_work(void *arg);
 static void art_read_done(void *arg);
 
-static void art_read_next(art_op_t *op)
+static int art_read_next(art_op_t *op)
 {
-    int rc;
     op->phase = A_READ;
-    if ((rc = sl_workq_submit(op->wq, NULL, art_read_work, art_read_done, op)) != 0)
-        art_fail(op, sl_flow__errword(rc));
+    return sl_workq_submit(op->wq, NULL, art_read_work, art_read_done, op);
 }
 
 static void art_drain_cb(sl_store_writer_t *w, void *arg)
 {
     art_op_t *op = arg;
+    int rc;
+    (void)w;
     if (op->phase != A_DRAIN)
         return;
-    if (op->hdr.step == NULL) {
-        art_free(op);
+    if (art_detached(op))
         return;
-    }
-    art_read_next(op);
+    if ((rc = art_read_next(op)) != 0)
+        art_end(op, sl_strerror(rc));
 }
 
 /* Worker thread: open once, then one chunk per job. Touches only op's source fields. */
@@ -248,30 +235,50 @@ static void art_read_work(void *arg)
 static void art_read_done(void *arg)
 {
     art_op_t *op = arg;
+    int rc = op->rerr;
+
+    if (art_detached(op))
+        return;
+    if (rc == 0 && op->n > 0)
+        rc = sl_store_write(op->w, op->buf, op->n);
+    if (rc == 0 && op->eof)
+        rc = art_commit(op);
+    else if (rc == 0 && sl_store_pending(op->w) >= SL_STORE_HIGH_WATER)
+        op->phase = A_DRAIN; /* art_drain_cb goes on */
+    else if (rc == 0)
+        rc = art_read_next(op);
+    if (rc != 0)
+        art_end(op, sl_strerror(rc));
+}
+
+/* Opens the writer and feeds it the first bytes; 0 or an SL_E* code (nothing left running). */
+static int art_start(sl_flow_svcop_t *so)
+{
+    art_op_t *op = (art_op_t *)so;
     int rc;
 
-    if (op->hdr.step == NULL) {
-        art_free(op);
-        return;
+    if ((rc = sl_store_put_begin(op->store, op->key, &op->w)) != 0) {
+        op->w = NULL;
+        return rc;
     }
-    if (op->rerr != 0) {
-        art_fail(op, sl_flow__errword(op->rerr));
-        return;
+    sl_store_on_drain(op->w, art_drain_cb, op);
+    if (op->path == NULL) {
+        /* the writer copies; its queue is bounded by the step's own data */
+        rc = sl_store_write(op->w, op->data, op->dlen);
+        op->data = NULL;
+        if (rc == 0)
+            rc = art_commit(op);
+    } else {
+        rc = art_read_next(op);
     }
-    if (op->n > 0 && (rc = sl_store_write(op->w, op->buf, op->n)) != 0) {
-        art_fail(op, sl_flow__errword(rc));
-        return;
+    if (rc != 0) {
+        sl_store_put_abort(op->w);
+        op->w = NULL;
     }
-    if (op->eof) {
-        art_commit(op);
-        return;
-    }
-    if (sl_store_pending(op->w) >= SL_STORE_HIGH_WATER) {
-        op->phase = A_DRAIN; /* art_drain_cb goes on */
-        return;
-    }
-    art_read_next(op);
+    return rc;
 }
+
+static const sl_flow_svcop_ops_t art_ops = {art_start, art_abort, art_free};
 
 static char *field_str(lua_State *L, int t, const char *k, int required)
 {
@@ -287,49 +294,26 @@ static char *field_str(lua_State *L, int t, const char *k, int required)
     return v;
 }
 
-static int art_box_gc(lua_State *L)
-{
-    art_op_t **box = lua_touserdata(L, 1);
-    if (*box != NULL)
-        art_free(*box);
-    *box = NULL;
-    return 0;
-}
-
 static int l_artifact(lua_State *L)
 {
+    static const char *const known[] = {"kind", "mime", "data", "path", NULL};
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    art_op_t *op, **box;
+    sl_flow_svcop_t **box;
+    art_op_t *op;
     sl_step_t *s;
-    size_t dlen = 0;
-    const char *data = NULL;
-    int rc;
+    const char *word = NULL;
 
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     s = sl_flow__check_step(L, "sl.artifact");
-    lua_pushnil(L);
-    while (lua_next(L, 1) != 0) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-        if (strcmp(k, "kind") && strcmp(k, "mime") && strcmp(k, "data") && strcmp(k, "path"))
-            return luaL_error(L, "sl.artifact: unknown field '%s'", k);
-        lua_pop(L, 1);
-    }
-    if (lua_getfield(L, 1, "data") == LUA_TSTRING)
-        data = lua_tolstring(L, -1, &dlen); /* stays on the stack (index 2) */
+    sl_flow__check_fields(L, 1, known, "sl.artifact");
+    box = sl_flow__svcop_box(L, sizeof(*op), &art_ops, vm, "sl.artifact"); /* index 2 */
+    op = (art_op_t *)*box;
+    op->fd = -1;
+    if (lua_getfield(L, 1, "data") == LUA_TSTRING) /* stays on the stack (index 3) */
+        op->data = lua_tolstring(L, -1, &op->dlen);
     else if (!lua_isnil(L, -1))
         return luaL_error(L, "sl.artifact: data must be a string");
-
-    box = lua_newuserdatauv(L, sizeof(*box), 0);
-    *box = NULL;
-    lua_newtable(L);
-    lua_pushcfunction(L, art_box_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    if ((op = calloc(1, sizeof(*op))) == NULL)
-        return luaL_error(L, "sl.artifact: out of memory");
-    op->fd = -1;
-    *box = op;
     op->mime = field_str(L, 1, "mime", 0);
     op->path = field_str(L, 1, "path", 0);
     char *kind = field_str(L, 1, "kind", 1);
@@ -338,7 +322,7 @@ static int l_artifact(lua_State *L)
     free(kind);
     if (!kok)
         return luaL_error(L, "sl.artifact: kind must be 1..63 characters of [a-z0-9_]");
-    if ((data == NULL) == (op->path == NULL))
+    if ((op->data == NULL) == (op->path == NULL))
         return luaL_error(L, "sl.artifact: give exactly one of data and path");
     if ((op->tenant_id = strdup(s->tenant_id)) == NULL ||
         (op->file_id = strdup(s->file_id)) == NULL || (op->run_id = strdup(s->run_id)) == NULL)
@@ -350,56 +334,18 @@ static int l_artifact(lua_State *L)
     op->store = vm->host.store;
     op->pg = vm->host.pg;
     op->wq = vm->host.wq;
-    if (op->store == NULL || op->pg == NULL || (op->path != NULL && op->wq == NULL)) {
-        art_free(op);
-        lua_pushnil(L);
-        lua_pushliteral(L, "not_configured");
-        return 2;
-    }
     snprintf(op->key, sizeof(op->key), "artifacts/%s/%s/%s", s->tenant_id, s->run_id, op->kind);
-    if (!sl_store_key_valid(op->key) || sl_uuid_v4(op->id) != 0) {
-        art_free(op);
+    if (op->store == NULL || op->pg == NULL || (op->path != NULL && op->wq == NULL))
+        word = "not_configured";
+    else if (!sl_store_key_valid(op->key) || sl_uuid_v4(op->id) != 0)
+        word = "bad_input";
+    if (word != NULL) {
+        art_free(&op->so);
         lua_pushnil(L);
-        lua_pushliteral(L, "bad_input");
+        lua_pushstring(L, word);
         return 2;
     }
-    if ((rc = sl_store_put_begin(op->store, op->key, &op->w)) != 0) {
-        op->w = NULL;
-        art_free(op);
-        lua_pushnil(L);
-        lua_pushstring(L, sl_flow__errword(rc));
-        return 2;
-    }
-    sl_store_on_drain(op->w, art_drain_cb, op);
-    sl_flow__set_op(s, &op->hdr, art_cancel);
-    if (data != NULL) {
-        /* the writer copies; its queue is bounded by the step's own data */
-        if ((rc = sl_store_write(op->w, data, dlen)) != 0) {
-            s->op = NULL;
-            art_free(op);
-            lua_pushnil(L);
-            lua_pushstring(L, sl_flow__errword(rc));
-            return 2;
-        }
-        op->phase = A_COMMIT;
-        if ((rc = sl_store_put_commit(op->w, art_commit_cb, op)) != 0) {
-            s->op = NULL;
-            art_free(op);
-            lua_pushnil(L);
-            lua_pushstring(L, sl_flow__errword(rc));
-            return 2;
-        }
-    } else {
-        op->phase = A_READ;
-        if ((rc = sl_workq_submit(op->wq, NULL, art_read_work, art_read_done, op)) != 0) {
-            s->op = NULL;
-            art_free(op);
-            lua_pushnil(L);
-            lua_pushstring(L, sl_flow__errword(rc));
-            return 2;
-        }
-    }
-    return lua_yield(L, 0);
+    return sl_flow__svcop_begin(L, s, &op->so, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -450,7 +396,7 @@ static void rd_next(rd_op_t *op)
         return;
     }
     if ((rc = sl_store_read(op->store, op->key, op->len, want, rd_read_cb, op)) != 0)
-        rd_fail(op, sl_flow__errword(rc));
+        rd_fail(op, sl_strerror(rc));
 }
 
 static void rd_read_cb(int err, const char *data, size_t n, void *arg)
@@ -461,7 +407,7 @@ static void rd_read_cb(int err, const char *data, size_t n, void *arg)
         return;
     }
     if (err != 0) {
-        rd_fail(op, sl_flow__errword(err));
+        rd_fail(op, sl_strerror(err));
         return;
     }
     if (n > op->size - op->len)
@@ -484,7 +430,7 @@ static void rd_db_cb(const sl_pg_result_t *r, void *arg)
         return;
     }
     if (r->err != 0) {
-        rd_fail(op, pg_word(r->err));
+        rd_fail(op, sl_strerror(r->err));
         return;
     }
     if (r->n < 1 || PQntuples(r->res[0]) < 1) {
@@ -533,7 +479,7 @@ static int l_read_artifact(lua_State *L)
     if ((rc = sl_pg_query(vm->host.pg, sql, 3, params, rd_db_cb, op)) != 0) {
         rd_free(op);
         lua_pushnil(L);
-        lua_pushstring(L, pg_word(rc));
+        lua_pushstring(L, sl_strerror(rc));
         return 2;
     }
     sl_flow__set_op(s, &op->hdr, rd_cancel);
@@ -563,11 +509,11 @@ static void db_cb(const sl_pg_result_t *r, void *arg)
     if (s == NULL)
         return;
     if (r->err != 0)
-        sl_flow__resume_err(s, pg_word(r->err));
+        sl_flow__resume_err(s, sl_strerror(r->err));
     else if (need_row && (r->n < 1 || strcmp(PQcmdTuples(r->res[0]), "0") == 0))
         sl_flow__resume_err(s, "not_found");
     else
-        sl_flow__resume_with(s, push_true, NULL);
+        sl_flow__resume_with(s, sl_flow__push_true, NULL);
 }
 
 static int db_start(lua_State *L, sl_step_t *s, sl_pg_t *pg, const char *sql, int n,
@@ -581,7 +527,7 @@ static int db_start(lua_State *L, sl_step_t *s, sl_pg_t *pg, const char *sql, in
     if ((rc = sl_pg_query(pg, sql, n, params, db_cb, op)) != 0) {
         free(op);
         lua_pushnil(L);
-        lua_pushstring(L, pg_word(rc));
+        lua_pushstring(L, sl_strerror(rc));
         return 2;
     }
     sl_flow__set_op(s, &op->hdr, db_cancel);
@@ -626,7 +572,7 @@ static int l_record(lua_State *L)
     if (rc != 0) {
         free(op);
         lua_pushnil(L);
-        lua_pushstring(L, pg_word(rc));
+        lua_pushstring(L, sl_strerror(rc));
         return 2;
     }
     sl_flow__set_op(s, &op->hdr, db_cancel);
@@ -652,12 +598,26 @@ static int l_set_text_source(lua_State *L)
     return db_start(L, s, vm->host.pg, sql, 3, params, 1);
 }
 
+/* ---- sl.tmpdir(): the run's scratch directory ---- */
+
+static int l_tmpdir(lua_State *L)
+{
+    sl_step_t *s = sl_flow__step(L);
+    if (s == NULL)
+        return luaL_error(L, "sl.tmpdir can only be called inside a step");
+    if (s->tmpdir == NULL)
+        return luaL_error(L, "sl.tmpdir: this run has no scratch directory");
+    lua_pushstring(L, s->tmpdir);
+    return 1;
+}
+
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm)
 {
     static const luaL_Reg fns[] = {{"artifact", l_artifact},
                                    {"read_artifact", l_read_artifact},
                                    {"record", l_record},
                                    {"set_text_source", l_set_text_source},
+                                   {"tmpdir", l_tmpdir},
                                    {NULL, NULL}};
     lua_pushlightuserdata(L, vm);
     luaL_setfuncs(L, fns, 1);

@@ -170,13 +170,18 @@ static void publish_rows(sl_pubsub_t *ps, PGresult *res)
 }
 
 /*
+ * $10 is the run's word: its error, or once it succeeded the note of its last
+ * step (`return true, "no_text"`: done, and why there is no output).
+ *
  * The per-dataset advisory lock taken before the events get their seqs makes
  * a dataset's seqs commit in order, so an SSE replay of "seq > last id" never
  * skips one that commits later (docs/internals/sse.md).
  */
 static const char COMMIT_SQL[] =
     "WITH u AS (UPDATE runs SET step = $3, attempt = $4, ctx = $5::jsonb, state = $6,"
-    "  chain_start = $7, chain_transient = $8::boolean, wait_count = $9::int, error = $10,"
+    "  chain_start = $7, chain_transient = $8::boolean, wait_count = $9::int,"
+    "  error = CASE WHEN $6 = 'succeeded' THEN NULL ELSE $10 END,"
+    "  note = CASE WHEN $6 = 'succeeded' THEN $10 ELSE note END,"
     "  flow_version = $12,"
     "  finished_at = CASE WHEN $6 IN ('succeeded','failed','cancelled') THEN now()"
     "                ELSE finished_at END,"
@@ -342,8 +347,13 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
     snprintf(from, sizeof from, "%s", r->step);
 
     if (res->ok) {
-        add_event(r, events, from, "step_succeeded",
-                  json_pack("{s:f, s:i}", "duration_s", res->duration_s, "attempt", r->attempt));
+        json_t *d = json_pack("{s:f, s:i}", "duration_s", res->duration_s, "attempt", r->attempt);
+        if (d && res->note) {
+            json_object_set_new(d, "note", json_string(res->note));
+            if (res->detail)
+                json_object_set_new(d, "detail", json_string(res->detail));
+        }
+        add_event(r, events, from, "step_succeeded", d);
         const char *target = st->always ? st->always : st->next;
         r->chain_start[0] = '\0';
         r->chain_transient = 0;
@@ -353,8 +363,11 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
             commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
         } else {
-            add_event(r, events, from, "succeeded", NULL);
-            commit(r, "succeeded", NULL, 0, events, NEXT_END, 0);
+            add_event(r, events, from, "succeeded",
+                      res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail",
+                                            res->detail)
+                                : NULL);
+            commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
         }
         return;
     }

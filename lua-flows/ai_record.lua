@@ -13,9 +13,13 @@
 -- How failures travel (docs/flows.md): a step returns nil, "word". Transient
 -- words (timeout, unavailable, server_error, rate_limited, ...) are retried by
 -- the runtime first; then the step's `fallback` runs. When `textract` fails
--- too, the run fails if every failure in the chain was permanent (a photo
--- with no text), or waits and tries again later if one was transient (every
--- service down).
+-- too, the run fails if every failure in the chain was permanent (a damaged
+-- PDF), or waits and tries again later if one was transient (every service
+-- down).
+--
+-- A file with no text at all (a photo) is not a failure: the run ends
+-- succeeded with the note "no_text" and no record (`return true, "no_text",
+-- detail` — the note shows on the run and in its timeline).
 --
 -- To write a flow like this one: keep each step small, put service calls in
 -- lua-flows/lib/ modules, keep big data out of `ctx` (it is saved at every
@@ -89,6 +93,12 @@ return flow {
       run = function(ctx, file)
         local txt, err, detail = textract.extract(file)
         if not txt then
+          if err == "no_text" or (err == "not_configured" and ctx.text_error == "no_text") then
+            -- Nothing went wrong: the file has no text. Done, without a record.
+            ctx.no_text = true
+            return true, "no_text", err == "no_text" and "no text found by any extractor"
+              or "no text found (textract not configured)"
+          end
           if err == "not_configured" and ctx.text_error then
             -- No Textract to ask: the run's error is why the other steps
             -- found nothing ("no_text" for a photo, "bad_input" for a
@@ -107,9 +117,12 @@ return flow {
     -- 4. The dataset record, from the text stored by the step before.
     record = {
       run = function(ctx, file)
+        if ctx.no_text then
+          return true, "no_text", "the file has no text, so no record"
+        end
         local txt = sl.read_artifact("text")
         if text.is_blank(txt) then
-          return nil, "no_text"
+          return true, "no_text", "the text is blank, so no record"
         end
         -- The dataset's record_schema says which fields the record has.
         local record_schema = type(file.schema) == "table" and file.schema or schema.DEFAULT

@@ -484,6 +484,9 @@ function stageCell(f, pipeline) {
     label = r.state === "queued" ? "queued" : r.step || "running";
   } else if (r.state === "failed") {
     label = (r.step ? r.step + ": " : "") + (r.error || "failed");
+  } else if (r.state === "succeeded" && r.note) {
+    // done, with a reason for having no output ("no_text": a photo)
+    label = r.note === "no_text" ? "done: no text" : "done: " + r.note;
   } else {
     label = STATE_LABEL[r.state] || r.state;
   }

@@ -5,7 +5,7 @@
 -- One request (OpenAI API reference, "Create chat completion", and the
 -- "Structured Outputs" guide):
 --   POST {base_url}/chat/completions
---   Authorization: Bearer <api_key>
+--   Authorization: Bearer <api_key>   (added by the runtime from the config)
 --   {"model": ..., "messages": [system prompt, the text],
 --    "response_format": {"type": "json_schema",
 --                         "json_schema": {"name": "record", "strict": true,
@@ -49,7 +49,7 @@ function M.extract(txt, schema)
   if not (svc and svc.configured) then
     return nil, "not_configured"
   end
-  if not svc.api_key then
+  if not svc.credentials then
     return text.fail("openai", "not_configured", "openai needs api_key")
   end
   schema = schema or schema_lib.DEFAULT
@@ -69,10 +69,7 @@ function M.extract(txt, schema)
   local res, err = sl.http.request {
     method = "POST",
     url = text.strip_slash(svc.url or DEFAULT_BASE_URL) .. "/chat/completions",
-    headers = {
-      ["Authorization"] = "Bearer " .. svc.api_key,
-      ["Content-Type"] = "application/json",
-    },
+    headers = { ["Content-Type"] = "application/json" },
     body = sl.json.encode(request),
     max_bytes = MAX_ANSWER_BYTES,
     service = "openai",

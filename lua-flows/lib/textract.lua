@@ -7,9 +7,9 @@
 --   Content-Type: application/x-amz-json-1.1
 --   X-Amz-Target: Textract.DetectDocumentText
 --   {"Document": {"Bytes": "<base64 of the file>"}}
--- signed with AWS Signature V4 by the runtime (libcurl's CURLOPT_AWS_SIGV4:
--- "aws:amz:<region>:textract"). The answer's Blocks of type LINE, in order,
--- are the text.
+-- signed with AWS Signature V4 by the runtime from the textract section's
+-- keys and region (the keys never reach Lua). The answer's Blocks of type
+-- LINE, in order, are the text.
 --
 -- The synchronous API takes JPEG, PNG, TIFF and single-page PDF documents of
 -- at most 10 MB; anything else is refused here, before paying for a call.
@@ -69,7 +69,7 @@ function M.extract(file)
   if not (svc and svc.configured) then
     return nil, "not_configured"
   end
-  if not (svc.access_key_id and svc.secret_access_key) then
+  if not svc.credentials then
     return text.fail("textract", "not_configured", "textract needs access_key_id and secret_access_key")
   end
   local region = svc.region or "us-east-1"
@@ -109,9 +109,6 @@ function M.extract(file)
     body = body,
     max_bytes = MAX_ANSWER_BYTES,
     service = "textract",
-    aws_sigv4 = "aws:amz:" .. region .. ":textract",
-    aws_key = svc.access_key_id,
-    aws_secret = svc.secret_access_key,
   }
   if not res then
     return text.fail("textract", err or "unavailable")

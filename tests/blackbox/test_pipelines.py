@@ -157,10 +157,17 @@ def test_local_defaults_every_sample(server, tenant, samples):
     _, thumb = artifact(tenant, run_of(jpg, "file_view"), "thumbnail")
     assert is_jpeg(thumb)
 
+    # A photo with no text: nothing failed. ai_record succeeds with the note
+    # "no_text" and no record; the file is done; the timeline says why.
     photo = docs[ids["photo.jpg"]]
-    assert run_of(photo, "ai_record")["state"] == "failed"
-    assert run_of(photo, "ai_record")["error"] == "no_text"
+    assert run_of(photo, "ai_record")["state"] == "succeeded", photo
+    assert run_of(photo, "ai_record")["note"] == "no_text"
+    assert run_of(photo, "ai_record")["error"] is None
     assert photo["record"] is None
+    assert photo["status"] == "done"
+    done = [e for e in events(tenant, photo["id"])
+            if e["pipeline"] == "ai_record" and e["kind"] == "succeeded"]
+    assert done and done[-1]["detail"]["note"] == "no_text" and done[-1]["detail"]["detail"]
     assert run_of(photo, "file_view")["state"] == "succeeded"
     _, thumb = artifact(tenant, run_of(photo, "file_view"), "thumbnail")
     assert is_jpeg(thumb)

@@ -1,7 +1,6 @@
 /*
- * lua_util.c — the small `sl` functions: sl.json.encode/decode/null,
- * sl.sha256, sl.hmac_sha256, sl.log, sl.sleep, sl.service, sl.tmpdir; and the
- * JSON <-> Lua conversion the runtime uses for ctx and file.
+ * lua_json.c — sl.json.encode, sl.json.decode and sl.json.null; and the
+ * JSON <-> Lua conversion the runtime uses for ctx, file and results.
  *
  * JSON mapping: objects <-> tables with string keys; arrays <-> sequences
  * (decoded arrays carry a metatable so an empty one encodes back as []);
@@ -14,37 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/crypto.h"
-#include "core/err.h"
-#include "core/log.h"
-
 static const char null_sentinel = 'n';
 #define JSON_NULL ((void *)&null_sentinel)
 #define JSONBOX_MT "sl.jsonbox"
-
-const char *sl_flow__errword(int err)
-{
-    switch (err) {
-    case SL_ETIMEDOUT:
-        return "timeout";
-    case SL_EUNAVAIL:
-        return "unavailable";
-    case SL_ETOOBIG:
-        return "too_large";
-    case SL_ECANCELED:
-        return "cancelled";
-    case SL_ENOTFOUND:
-        return "not_found";
-    case SL_EAGAIN:
-        return "busy";
-    case SL_EINVAL:
-        return "bad_input";
-    case SL_ENOMEM:
-        return "out_of_memory";
-    default:
-        return "io_error";
-    }
-}
 
 /* ---- JSON -> Lua ---- */
 
@@ -301,183 +272,12 @@ static int l_json_decode(lua_State *L)
     return 1;
 }
 
-/* ---- hashes ---- */
-
-static int l_sha256(lua_State *L)
+void sl_lua_inject_json(lua_State *L, sl_flowvm_t *vm)
 {
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    char hex[65];
-    sl_sha256_hex(s, len, hex);
-    lua_pushstring(L, hex);
-    return 1;
-}
-
-static int l_hmac_sha256(lua_State *L)
-{
-    size_t kl, ml;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    const char *m = luaL_checklstring(L, 2, &ml);
-    char hex[65];
-    sl_hmac_sha256_hex(k, kl, m, ml, hex);
-    lua_pushstring(L, hex);
-    return 1;
-}
-
-/* ---- sl.log(level, msg, fields) ---- */
-
-static int l_log(lua_State *L)
-{
-    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
-    int level = luaL_checkoption(L, 1, NULL, levels);
-    const char *msg = luaL_checkstring(L, 2);
-    sl_step_t *s = sl_flow__step(L);
-    char err[160];
-    json_t *obj;
-
-    if (!sl_log_enabled(level))
-        return 0;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        if ((obj = sl_flow__to_json(L, 3, err, sizeof(err))) == NULL)
-            return luaL_error(L, "sl.log: fields: %s", err);
-        if (!json_is_object(obj)) {
-            json_decref(obj);
-            obj = json_object();
-        }
-    } else {
-        obj = json_object();
-    }
-    if (obj == NULL)
-        return luaL_error(L, "sl.log: out of memory");
-    json_t *msgj = json_string(msg);
-    json_object_set_new(obj, "msg", msgj ? msgj : json_string("(not UTF-8)"));
-    if (s != NULL) {
-        json_object_set_new(obj, "run_id", json_string(s->run_id));
-        json_object_set_new(obj, "tenant_id", json_string(s->tenant_id));
-        json_object_set_new(obj, "file_id", json_string(s->file_id));
-        json_object_set_new(obj, "pipeline", json_string(s->pipeline));
-        json_object_set_new(obj, "step", json_string(s->step));
-        json_object_set_new(obj, "attempt", json_integer(s->attempt));
-    }
-    sl_log(level, "flow_log", "o", obj); /* "o" steals obj */
-    return 0;
-}
-
-/* ---- sl.sleep(seconds) ---- */
-
-typedef struct sleep_op_s {
-    sl_flow_op_t hdr;
-    struct event *ev;
-} sleep_op_t;
-
-static void sleep_cancel(sl_flow_op_t *op)
-{
-    sleep_op_t *so = (sleep_op_t *)op;
-    event_free(so->ev);
-    free(so);
-}
-
-static int push_true(lua_State *L)
-{
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static void sleep_cb(evutil_socket_t fd, short what, void *arg)
-{
-    sleep_op_t *so = arg;
-    sl_step_t *s = sl_flow__op_take(&so->hdr);
-    event_free(so->ev);
-    free(so);
-    if (s != NULL)
-        sl_flow__resume_with(s, push_true, NULL);
-}
-
-static int l_sleep(lua_State *L)
-{
-    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    lua_Number secs = luaL_checknumber(L, 1);
-    sl_step_t *s;
-    sleep_op_t *so;
-
-    luaL_argcheck(L, secs >= 0 && secs <= 86400, 1, "seconds must be 0..86400");
-    s = sl_flow__check_step(L, "sl.sleep");
-    if ((so = calloc(1, sizeof(*so))) == NULL ||
-        (so->ev = evtimer_new(vm->host.base, sleep_cb, so)) == NULL) {
-        free(so);
-        return luaL_error(L, "sl.sleep: out of memory");
-    }
-    struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (lua_Number)(time_t)secs) * 1e6)};
-    evtimer_add(so->ev, &tv);
-    sl_flow__set_op(s, &so->hdr, sleep_cancel);
-    return lua_yield(L, 0);
-}
-
-/* ---- sl.service(name) ---- */
-
-static void set_str(lua_State *L, const char *k, const char *v)
-{
-    if (v != NULL) {
-        lua_pushstring(L, v);
-        lua_setfield(L, -2, k);
-    }
-}
-
-static int l_service(lua_State *L)
-{
-    sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    const char *name = luaL_checkstring(L, 1);
-    const sl_config_service_t *c = sl_config_service(vm->host.cfg, name);
-
-    lua_createtable(L, 0, 10);
-    lua_pushboolean(L, c != NULL && c->configured);
-    lua_setfield(L, -2, "configured");
-    lua_pushstring(L, name);
-    lua_setfield(L, -2, "name");
-    lua_pushnumber(L,
-                   (c && c->timeout_ms > 0 ? c->timeout_ms : SL_SVC_DEFAULT_TIMEOUT_MS) / 1000.0);
-    lua_setfield(L, -2, "timeout");
-    if (c != NULL) {
-        set_str(L, "url", c->url);
-        set_str(L, "region", c->region);
-        set_str(L, "access_key_id", c->access_key_id);
-        set_str(L, "secret_access_key", c->secret_access_key);
-        set_str(L, "api_key", c->api_key);
-        set_str(L, "model", c->model);
-        if (c->command[0] != NULL) {
-            lua_newtable(L);
-            for (int i = 0; i < SL_CONFIG_MAX_ARGV && c->command[i]; i++) {
-                lua_pushstring(L, c->command[i]);
-                lua_rawseti(L, -2, i + 1);
-            }
-            lua_setfield(L, -2, "command");
-        }
-    }
-    return 1;
-}
-
-/* ---- sl.tmpdir() ---- */
-
-static int l_tmpdir(lua_State *L)
-{
-    sl_step_t *s = sl_flow__step(L);
-    if (s == NULL)
-        return luaL_error(L, "sl.tmpdir can only be called inside a step");
-    if (s->tmpdir == NULL)
-        return luaL_error(L, "sl.tmpdir: this run has no scratch directory");
-    lua_pushstring(L, s->tmpdir);
-    return 1;
-}
-
-void sl_lua_inject_util(lua_State *L, sl_flowvm_t *vm)
-{
-    static const luaL_Reg fns[] = {
-        {"sha256", l_sha256},   {"hmac_sha256", l_hmac_sha256}, {"log", l_log}, {"sleep", l_sleep},
-        {"service", l_service}, {"tmpdir", l_tmpdir},           {NULL, NULL}};
     static const luaL_Reg json_fns[] = {
         {"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
 
+    (void)vm;
     if (luaL_newmetatable(L, JSONBOX_MT)) {
         lua_pushcfunction(L, jsonbox_gc);
         lua_setfield(L, -2, "__gc");
@@ -485,8 +285,6 @@ void sl_lua_inject_util(lua_State *L, sl_flowvm_t *vm)
         lua_setfield(L, -2, "__metatable");
     }
     lua_pop(L, 1);
-    lua_pushlightuserdata(L, vm);
-    luaL_setfuncs(L, fns, 1);
     lua_newtable(L);
     luaL_setfuncs(L, json_fns, 0);
     lua_pushlightuserdata(L, JSON_NULL);

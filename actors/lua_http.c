@@ -111,6 +111,11 @@ static int start(sl_flow_svcop_t *so)
     http_op_t *op = (http_op_t *)so;
     sl_curl_req_opts_t o;
     int rc;
+    /* TEMPORARY (wip/sigv4), until the lead's rewrite passes the service's
+     * credentials from config: the old aws_sigv4 = "aws:amz:REGION:SERVICE" +
+     * aws_key/aws_secret fields mapped onto core/sigv4's creds. */
+    char scope[2][SL_SIGV4_SCOPE_PART_MAX + 1];
+    sl_sigv4_creds_t creds = {0};
 
     memset(&o, 0, sizeof(o));
     o.method = op->method;
@@ -122,9 +127,21 @@ static int start(sl_flow_svcop_t *so)
     o.body_path = op->body_file;
     o.timeout_ms = op->timeout_ms;
     o.max_response_bytes = op->max_bytes;
-    o.aws_sigv4 = op->aws_sigv4;
-    o.user = op->aws_key;
-    o.password = op->aws_secret;
+    if (op->aws_sigv4) {
+        const char *r = strncmp(op->aws_sigv4, "aws:amz:", 8) == 0 ? op->aws_sigv4 + 8 : "";
+        size_t rn = strcspn(r, ":");
+        if (rn == 0 || rn > SL_SIGV4_SCOPE_PART_MAX || r[rn] != ':' ||
+            strlen(r + rn + 1) > SL_SIGV4_SCOPE_PART_MAX)
+            return SL_EINVAL;
+        memcpy(scope[0], r, rn);
+        scope[0][rn] = '\0';
+        memcpy(scope[1], r + rn + 1, strlen(r + rn + 1) + 1);
+        creds.access_key_id = op->aws_key;
+        creds.secret_access_key = op->aws_secret;
+        creds.region = scope[0];
+        creds.service = scope[1];
+        o.sigv4 = &creds;
+    }
     rc = sl_curl_request(op->so.vm->host.curl, &o, http_done, op, &op->xfer);
     if (rc != 0)
         op->xfer = NULL;

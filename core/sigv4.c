@@ -502,7 +502,7 @@ static void make_scope(const sl_sigv4_creds_t *c, const char *date, char *out, s
 static void finish_signature(const sl_sigv4_creds_t *c, const char *date, const char *scope,
                              const strbuf_t *creq, char sig[65])
 {
-    char creq_hash[65], sts[256];
+    char creq_hash[65], sts[512]; /* at most 17 + 16 + 1 + scope (151) + 1 + 64 */
     unsigned char k[32];
     unsigned char secret[4 + SL_SIGV4_SECRET_MAX];
     size_t slen = strlen(c->secret_access_key);
@@ -668,9 +668,14 @@ int sl_sigv4_sign(const sl_sigv4_creds_t *c, const char *method, const char *url
 
     char scope[3 * SL_SIGV4_SCOPE_PART_MAX];
     make_scope(c, date, scope, sizeof scope);
-    snprintf(out->authorization, sizeof out->authorization,
-             "Authorization: " ALGORITHM " Credential=%s/%s, SignedHeaders=%s, Signature=%s",
-             c->access_key_id, scope, signed_hdrs, out->signature);
+    int n =
+        snprintf(out->authorization, sizeof out->authorization,
+                 "Authorization: " ALGORITHM " Credential=%s/%s, SignedHeaders=%s, Signature=%s",
+                 c->access_key_id, scope, signed_hdrs, out->signature);
+    if (n < 0 || (size_t)n >= sizeof out->authorization) { /* sized to fit: a bug if hit */
+        memset(out, 0, sizeof *out);
+        return SL_ETOOBIG;
+    }
     snprintf(out->amz_date, sizeof out->amz_date, "X-Amz-Date: %s", date);
     out->headers[out->n_headers++] = out->authorization;
     out->headers[out->n_headers++] = out->amz_date;

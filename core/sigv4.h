@@ -36,7 +36,7 @@
 
 /* Header lines in sl_sigv4_out_t ("Name: value" + NUL). */
 #define SL_SIGV4_AUTH_LINE_MAX                                                                     \
-    (128 + SL_SIGV4_KEY_ID_MAX + 2 * SL_SIGV4_SCOPE_PART_MAX + SL_SIGV4_SIGNED_HEADERS_MAX)
+    (256 + SL_SIGV4_KEY_ID_MAX + 2 * SL_SIGV4_SCOPE_PART_MAX + SL_SIGV4_SIGNED_HEADERS_MAX)
 #define SL_SIGV4_TOKEN_LINE_MAX (32 + SL_SIGV4_TOKEN_MAX)
 #define SL_SIGV4_HOST_LINE_MAX (8 + SL_SIGV4_HOST_MAX)
 #define SL_SIGV4_SHORT_LINE_MAX 96 /* X-Amz-Date, X-Amz-Content-Sha256 */

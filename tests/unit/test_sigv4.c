@@ -357,6 +357,34 @@ static void test_refusals(void)
     CHECK(SIGN(&suite, "GET", u, longnames, NULL, 0) == SL_ETOOBIG);
     CHECK(o.n_headers == 0);
 
+    /* every field at its limit at once: the Authorization line still holds all
+     * of it (a snprintf truncation here would send a broken header) */
+    static char akid[SL_SIGV4_KEY_ID_MAX + 1], region[SL_SIGV4_SCOPE_PART_MAX + 1],
+        service[SL_SIGV4_SCOPE_PART_MAX + 1];
+    memset(akid, 'K', SL_SIGV4_KEY_ID_MAX);
+    memset(region, 'r', SL_SIGV4_SCOPE_PART_MAX);
+    memset(service, 's', SL_SIGV4_SCOPE_PART_MAX);
+    sl_sigv4_creds_t full = {akid, "secret", NULL, region, service};
+    /* host;x-amz-date (20 with its ';') plus names filling the list to exactly its limit */
+    static char fill[30][64];
+    const char *fillh[31];
+    size_t room = SL_SIGV4_SIGNED_HEADERS_MAX - strlen("host;x-amz-date"), nf = 0;
+    while (room > 0) {
+        size_t len = room - 1 > 40 ? 40 : room - 1; /* ";" + name */
+        if (room - 1 - len > 0 && room - 1 - len < 3)
+            len -= 3; /* leave no remainder too short for a name */
+        snprintf(fill[nf], sizeof fill[nf], "a%0*zu: v", (int)len - 1, nf);
+        fillh[nf] = fill[nf];
+        room -= len + 1;
+        nf++;
+    }
+    fillh[nf] = NULL;
+    CHECK(SIGN(&full, "GET", u, fillh, NULL, 0) == 0);
+    const char *sh = strstr(o.authorization, "SignedHeaders=");
+    CHECK(sh && strcspn(sh + 14, ",") == SL_SIGV4_SIGNED_HEADERS_MAX);
+    CHECK(strlen(o.authorization) > 64 &&
+          strcmp(o.authorization + strlen(o.authorization) - 64, o.signature) == 0);
+
     /* the canonical request limit: headers whose values add up past it */
     static char huge[SL_SIGV4_MAX_HEADERS][2048];
     const char *hugeh[SL_SIGV4_MAX_HEADERS + 1];

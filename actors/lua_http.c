@@ -22,13 +22,13 @@
 #include "core/err.h"
 
 #define HDR_NAME_MAX 256
+#define SL_FLOW_AWS_REGION "us-east-1" /* a SigV4 section without a region */
 
 typedef struct http_op_s {
     sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
     sl_curl_xfer_t *xfer; /* in flight */
     char *method, *url, *body_file;
-    const sl_config_service_t *auth_cfg; /* borrowed (the config outlives the VM); NULL: unsigned */
-    char sigv4_scope[128];               /* "aws:amz:<region>:<service>" */
+    const sl_config_service_t *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
     char **headers;
     size_t n_headers;
     char *body;
@@ -117,6 +117,7 @@ static int start(sl_flow_svcop_t *so)
     http_op_t *op = (http_op_t *)so;
     sl_curl_req_opts_t o;
     int rc;
+    sl_sigv4_creds_t creds = {0}; /* borrows the config's strings; curl signs in the call */
 
     memset(&o, 0, sizeof(o));
     o.method = op->method;
@@ -128,10 +129,13 @@ static int start(sl_flow_svcop_t *so)
     o.body_path = op->body_file;
     o.timeout_ms = op->timeout_ms;
     o.max_response_bytes = op->max_bytes;
-    if (op->auth_cfg != NULL && sl_flow__svc_auth(op->auth_cfg) == SL_FLOW_AUTH_SIGV4) {
-        o.aws_sigv4 = op->sigv4_scope;
-        o.user = op->auth_cfg->access_key_id;
-        o.password = op->auth_cfg->secret_access_key;
+    if (op->auth_cfg != NULL) {
+        creds.access_key_id = op->auth_cfg->access_key_id;
+        creds.secret_access_key = op->auth_cfg->secret_access_key;
+        creds.region = op->auth_cfg->region && op->auth_cfg->region[0] ? op->auth_cfg->region
+                                                                         : SL_FLOW_AWS_REGION;
+        creds.service = op->auth_cfg->name;
+        o.sigv4 = &creds;
     }
     rc = sl_curl_request(op->so.vm->host.curl, &o, http_done, op, &op->xfer);
     if (rc != 0)
@@ -201,10 +205,6 @@ static void add_credentials(lua_State *L, http_op_t *op, const sl_config_service
         return;
     }
     op->auth_cfg = c;
-    int n = snprintf(op->sigv4_scope, sizeof op->sigv4_scope, "aws:amz:%s:%s",
-                     c->region && c->region[0] ? c->region : "us-east-1", c->name);
-    if (n < 0 || (size_t)n >= sizeof op->sigv4_scope)
-        luaL_error(L, "sl.http.request: %s: region too long", c->name);
 }
 
 /* Parses the request table into op; raises on bad arguments (the op is in a box). */

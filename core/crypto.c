@@ -63,6 +63,18 @@ void sl_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t 
     sl_hex(md, 32, out);
 }
 
+void sl_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                    unsigned char out[32])
+{
+    unsigned int mdlen = 0;
+    HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, out, &mdlen);
+}
+
+void sl_secure_zero(void *p, size_t len)
+{
+    OPENSSL_cleanse(p, len);
+}
+
 int sl_consttime_eq(const void *a, const void *b, size_t len)
 {
     return CRYPTO_memcmp(a, b, len) == 0;

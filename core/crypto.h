@@ -23,6 +23,13 @@ void sl_sha256_hex(const void *data, size_t len, char out[65]);
 void sl_hmac_sha256_hex(const void *key, size_t keylen, const void *msg, size_t msglen,
                         char out[65]);
 
+/** HMAC-SHA256(key, msg) as 32 raw bytes into out (SigV4's key derivation chains these). */
+void sl_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                    unsigned char out[32]);
+
+/** Overwrites len bytes at p with zeros in a way the compiler cannot drop (secrets). */
+void sl_secure_zero(void *p, size_t len);
+
 /** Constant-time comparison of two equal-length buffers: 1 if equal. */
 int sl_consttime_eq(const void *a, const void *b, size_t len);
 

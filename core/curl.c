@@ -17,7 +17,9 @@
  * sl_curl_cancel(), and is free to start, cancel or free anything.
  */
 #include "curl.h"
+#include "crypto.h"
 #include "err.h"
+#include "sigv4.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -27,10 +29,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define METHOD_MAX 16
-#define SIGV4_PARAM_MAX 256
 #define RESP_INITIAL_CAP (16 * 1024)
 #define HDR_INITIAL_CAP 1024
 
@@ -571,13 +573,17 @@ static int header_is(const char *h, const char *name)
     return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ';');
 }
 
-/* "x-<provider>-content-sha256", which libcurl 7.88 uses as the signed payload hash. */
-static int header_is_content_sha(const char *h)
+/* A curl directive rather than a header that is sent: "Name:" with no value
+ * removes a header curl would add, "Name;" sends an empty one. */
+static int header_is_directive(const char *h)
 {
     const char *colon = strchr(h, ':');
-    static const char suffix[] = "-content-sha256";
-    size_t n = colon ? (size_t)(colon - h) : 0, sl = sizeof suffix - 1;
-    return n > 2 + sl && strncasecmp(h, "x-", 2) == 0 && strncasecmp(h + n - sl, suffix, sl) == 0;
+    if (!colon)
+        return 1; /* "Name;" */
+    for (const char *v = colon + 1; *v; v++)
+        if (*v != ' ' && *v != '\t')
+            return 0;
+    return 1;
 }
 
 static int check_opts(const sl_curl_req_opts_t *o, const char *method)
@@ -586,13 +592,14 @@ static int check_opts(const sl_curl_req_opts_t *o, const char *method)
         return SL_EINVAL;
     if (o->n_headers > SL_CURL_MAX_REQ_HEADERS || (o->n_headers && !o->headers))
         return SL_EINVAL;
-    int have_sha = 0;
     for (size_t i = 0; i < o->n_headers; i++) {
         const char *h = o->headers[i];
         /* a name, a colon, and no CR/LF that could smuggle a header in */
         if (!h || h[0] == ':' || (!strchr(h, ':') && !strchr(h, ';')) || strpbrk(h, "\r\n"))
             return SL_EINVAL;
-        have_sha |= header_is_content_sha(h);
+        /* signed requests carry only headers that are sent: no directives */
+        if (o->sigv4 && header_is_directive(h))
+            return SL_EINVAL;
     }
     if (o->body && o->body_path)
         return SL_EINVAL;
@@ -603,11 +610,18 @@ static int check_opts(const sl_curl_req_opts_t *o, const char *method)
     if (o->timeout_ms < 0 || o->connect_timeout_ms < 0 || o->max_redirects < 0 ||
         o->max_response_bytes > SL_CURL_MAX_RESPONSE_LIMIT)
         return SL_EINVAL;
-    if (o->aws_sigv4) {
-        size_t n = strlen(o->aws_sigv4);
-        if (n == 0 || n > SIGV4_PARAM_MAX || !o->user || !o->password)
+    if (!o->sigv4 && (o->sigv4_flags || o->sigv4_payload_sha256))
+        return SL_EINVAL;
+    if (o->sigv4) {
+        /* a signature covers one host and path: a redirect would resend it elsewhere */
+        if (o->max_redirects > 0)
             return SL_EINVAL;
-        if (o->body_path && !have_sha)
+        /* a file body is never hashed here (that would read it on the loop): its hash
+         * comes from the caller, or S3 takes UNSIGNED-PAYLOAD */
+        if (o->sigv4_payload_sha256 && !o->body_path)
+            return SL_EINVAL;
+        if (o->body_path && !o->sigv4_payload_sha256 &&
+            (o->sigv4_flags & SL_SIGV4_S3) != SL_SIGV4_S3)
             return SL_EINVAL;
     }
     return 0;
@@ -618,31 +632,70 @@ static int cc_err(CURLcode cc)
     return cc == CURLE_OUT_OF_MEMORY ? SL_ENOMEM : SL_EINVAL;
 }
 
-/* Builds the request header list: the caller's headers plus our defaults. */
-static int build_headers(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, int has_body)
+static int slist_add(sl_curl_xfer_t *x, const char *h)
 {
-    int have_expect = 0, have_ctype = 0;
+    struct curl_slist *l = curl_slist_append(x->req_headers, h);
+    if (!l)
+        return SL_ENOMEM;
+    x->req_headers = l;
+    return 0;
+}
+
+/*
+ * Signs `sent` (exactly the headers that go on the wire, NULL-terminated) and
+ * adds the headers sl_sigv4 returns (Authorization, X-Amz-Date, Host, ...).
+ * The payload hash is the in-memory body's, the caller's for a file, or
+ * UNSIGNED-PAYLOAD (S3 file bodies, checked in check_opts).
+ */
+static int sign_headers(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char *method,
+                        const char *const *sent)
+{
+    char hash[65];
+    const char *payload = NULL; /* NULL: the empty body's hash */
+    if (o->body_path) {
+        payload = o->sigv4_payload_sha256 ? o->sigv4_payload_sha256 : SL_SIGV4_UNSIGNED_PAYLOAD;
+    } else if (o->body) {
+        sl_sha256_hex(o->body, o->body_len, hash);
+        payload = hash;
+    }
+    sl_sigv4_out_t *s = malloc(sizeof *s); /* ~7 KiB: not on the loop's stack */
+    if (!s)
+        return SL_ENOMEM;
+    int err = sl_sigv4_sign(o->sigv4, method, o->url, sent, payload, time(NULL), o->sigv4_flags, s);
+    for (size_t i = 0; err == 0 && i < s->n_headers; i++)
+        err = slist_add(x, s->headers[i]);
+    free(s);
+    return err;
+}
+
+/* Builds the request header list: the caller's headers plus our defaults, signed if asked. */
+static int build_headers(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char *method,
+                         int has_body)
+{
+    static const char default_ctype[] = "Content-Type: application/octet-stream";
+    const char *sent[SL_CURL_MAX_REQ_HEADERS + 2];
+    size_t ns = 0;
+    int have_expect = 0, have_ctype = 0, err;
     for (size_t i = 0; i < o->n_headers; i++) {
         have_expect |= header_is(o->headers[i], "Expect");
         have_ctype |= header_is(o->headers[i], "Content-Type");
-        struct curl_slist *l = curl_slist_append(x->req_headers, o->headers[i]);
-        if (!l)
-            return SL_ENOMEM;
-        x->req_headers = l;
+        if ((err = slist_add(x, o->headers[i])) != 0)
+            return err;
+        sent[ns++] = o->headers[i];
     }
-    /* No "Expect: 100-continue" round trip (and its 1 s stall on servers that ignore it). */
-    const char *defaults[2] = {have_expect ? NULL : "Expect:",
-                               has_body && !have_ctype ? "Content-Type: application/octet-stream"
-                                                       : NULL};
-    for (size_t i = 0; i < 2; i++) {
-        if (!defaults[i])
-            continue;
-        struct curl_slist *l = curl_slist_append(x->req_headers, defaults[i]);
-        if (!l)
-            return SL_ENOMEM;
-        x->req_headers = l;
+    /* instead of curl's form-urlencoded default */
+    if (has_body && !have_ctype) {
+        if ((err = slist_add(x, default_ctype)) != 0)
+            return err;
+        sent[ns++] = default_ctype;
     }
-    return 0;
+    /* No "Expect: 100-continue" round trip (and its 1 s stall on servers that
+     * ignore it). "Expect:" is a directive to curl, never sent: so never signed
+     * (libcurl 7.88's own SigV4 signed it, and AWS refused the request). */
+    if (!have_expect && (err = slist_add(x, "Expect:")) != 0)
+        return err;
+    sent[ns] = NULL;
+    return o->sigv4 ? sign_headers(x, o, method, sent) : 0;
 }
 
 #define SETOPT(opt, val)                                                                           \
@@ -692,7 +745,7 @@ static int setup_easy(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char
     } else if (mem_body) {
         /* An absent body on POST/PUT/... is sent as "Content-Length: 0". The
          * size is set first so COPYPOSTFIELDS copies exactly body_len bytes,
-         * which is also what libcurl's SigV4 hashes. */
+         * which is also what sign_headers() hashes. */
         SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
         SETOPT(CURLOPT_COPYPOSTFIELDS, o->body ? (const char *)o->body : "");
     }
@@ -701,16 +754,13 @@ static int setup_easy(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char
     if (strcmp(method, natural) != 0)
         SETOPT(CURLOPT_CUSTOMREQUEST, method);
 
-    int err = build_headers(x, o, mem_body || o->body_path);
+    int err = build_headers(x, o, method, mem_body || o->body_path);
     if (err)
         return err;
     SETOPT(CURLOPT_HTTPHEADER, x->req_headers);
-
-    if (o->aws_sigv4) {
-        SETOPT(CURLOPT_AWS_SIGV4, o->aws_sigv4);
-        SETOPT(CURLOPT_USERNAME, o->user);
-        SETOPT(CURLOPT_PASSWORD, o->password);
-    }
+    /* the path is signed as given: curl must not squash "/./" or "/../" in it */
+    if (o->sigv4)
+        SETOPT(CURLOPT_PATH_AS_IS, 1L);
     return 0;
 }
 

@@ -11,11 +11,14 @@
  *
  * Requests can carry a body from memory (copied) or from a local file (read in
  * 64 KiB pread()s from the upload callback, on the loop thread; see
- * docs/internals/curl.md for that tradeoff). An `aws_sigv4` parameter makes
- * libcurl sign the request with AWS Signature V4 (CURLOPT_AWS_SIGV4).
+ * docs/internals/curl.md for that tradeoff). With `sigv4` credentials the
+ * request is signed with AWS Signature V4 by core/sigv4.c: exactly the headers
+ * that are sent are signed (never curl directives such as "Expect:").
  */
 #ifndef SL_CURL_H
 #define SL_CURL_H
+
+#include "sigv4.h"
 
 #include <event2/event.h>
 #include <stddef.h>
@@ -42,16 +45,18 @@ typedef struct sl_curl_req_opts_s {
     size_t n_headers;           /* at most SL_CURL_MAX_REQ_HEADERS */
     const void *body;           /* body bytes (copied); NULL for none */
     size_t body_len;
-    const char *body_path;     /* or: a local file sent as the body (opened at once,
-                                  the path is not kept); not both body and body_path */
-    long timeout_ms;           /* whole transfer; 0 = SL_CURL_DEFAULT_TIMEOUT_MS */
-    long connect_timeout_ms;   /* 0 = SL_CURL_DEFAULT_CONNECT_TIMEOUT_MS */
-    size_t max_response_bytes; /* body limit; 0 = SL_CURL_DEFAULT_MAX_RESPONSE;
-                                  at most SL_CURL_MAX_RESPONSE_LIMIT */
-    int max_redirects;         /* 0 = never follow redirects (the 3xx is the result) */
-    const char *aws_sigv4;     /* e.g. "aws:amz:us-east-1:textract", or NULL */
-    const char *user;          /* aws_sigv4 only: the access key id (copied) */
-    const char *password;      /* aws_sigv4 only: the secret key (copied) */
+    const char *body_path;            /* or: a local file sent as the body (opened at once,
+                                         the path is not kept); not both body and body_path */
+    long timeout_ms;                  /* whole transfer; 0 = SL_CURL_DEFAULT_TIMEOUT_MS */
+    long connect_timeout_ms;          /* 0 = SL_CURL_DEFAULT_CONNECT_TIMEOUT_MS */
+    size_t max_response_bytes;        /* body limit; 0 = SL_CURL_DEFAULT_MAX_RESPONSE;
+                                         at most SL_CURL_MAX_RESPONSE_LIMIT */
+    int max_redirects;                /* 0 = never follow redirects (the 3xx is the result) */
+    const sl_sigv4_creds_t *sigv4;    /* NULL: unsigned; else signed with these (borrowed for
+                                         the call only: the secret is not kept) */
+    unsigned sigv4_flags;             /* SL_SIGV4_* (SL_SIGV4_S3 for S3) */
+    const char *sigv4_payload_sha256; /* body_path only: the file's hex SHA-256, or NULL
+                                         (then UNSIGNED-PAYLOAD, S3 only) */
 } sl_curl_req_opts_t;
 
 /** One response header; both strings NUL-terminated, value trimmed. */
@@ -105,10 +110,14 @@ int sl_curl_new(struct event_base *base, sl_curl_t **out);
  * On error nothing started and cb never fires: SL_EINVAL (no url, not
  * http/https, bad method, too many headers, header without ':' or with CR/LF,
  * max_response_bytes above its limit, HEAD with a body, both body and
- * body_path, aws_sigv4 without user/password, or aws_sigv4 with body_path but
- * no "x-amz-content-sha256" header — libcurl 7.88 can only hash in-memory
- * bodies), SL_ENOTFOUND / SL_EIO (body_path cannot be opened), SL_ECLOSED
- * (the sl_curl_t is being freed), SL_ENOMEM. `arg` is borrowed.
+ * body_path; and with sigv4: anything sl_sigv4_sign() refuses (see sigv4.h:
+ * uppercase method, printable-ASCII url, no Authorization/X-Amz-Date/... of
+ * the caller's), a header that is a curl directive ("Name:" with no value, or
+ * "Name;"), max_redirects > 0, sigv4_payload_sha256 with a memory body, a
+ * body_path with neither sigv4_payload_sha256 nor SL_SIGV4_S3),
+ * SL_ETOOBIG (a sigv4 limit), SL_ENOTFOUND / SL_EIO (body_path cannot be
+ * opened), SL_ECLOSED (the sl_curl_t is being freed), SL_ENOMEM. `arg` is
+ * borrowed.
  */
 int sl_curl_request(sl_curl_t *c, const sl_curl_req_opts_t *o, sl_curl_cb cb, void *arg,
                     sl_curl_xfer_t **out);

@@ -81,6 +81,7 @@ struct sl_svcs_s {
     const sl_config_t *cfg;
     int open_ms;
     int aimd_cooldown_ms, aimd_every;
+    sl_ratelimit_t *rl; /* borrowed; NULL: the process's default limiter */
     int n;
     sl_svc_t *svcs[SL_SVC_MAX];
     sl_metric_t *m_calls, *m_seconds, *m_state, *m_inflight, *m_cap, *m_hold, *m_holds;
@@ -284,11 +285,21 @@ static void unqueue(sl_svc_wait_t *w)
 
 /* ---- holds ---- */
 
+static sl_ratelimit_t *limiter(const sl_svc_t *s)
+{
+    return s->reg->rl ? s->reg->rl : sl_ratelimit_default();
+}
+
+void sl_svcs_set_limiter(sl_svcs_t *r, sl_ratelimit_t *rl)
+{
+    r->rl = rl;
+}
+
 /* Seconds the service is held as far as this process knows (0: not), and why. */
 static double hold_left(const sl_svc_t *s, char *why, size_t whylen)
 {
     double left = 0;
-    sl_ratelimit_t *rl = sl_ratelimit_default();
+    sl_ratelimit_t *rl = limiter(s);
     if (whylen > 0)
         why[0] = '\0';
     if (rl && sl_ratelimit_pause_state(rl, s->hold_key, &left, why, whylen) == SL_RL_PAUSED)
@@ -323,7 +334,7 @@ static void show_hold(sl_svc_t *s, double left)
  */
 static void hold(sl_svc_t *s, double secs, const char *why, const char *source, int loud)
 {
-    sl_ratelimit_t *rl = sl_ratelimit_default();
+    sl_ratelimit_t *rl = limiter(s);
     if (!rl || !(secs > 0))
         return;
     if (secs > SL_SVC_HOLD_MAX_S)
@@ -348,7 +359,7 @@ static void hold(sl_svc_t *s, double secs, const char *why, const char *source, 
  */
 static int limited(const sl_svc_t *s)
 {
-    sl_ratelimit_t *rl = sl_ratelimit_default();
+    sl_ratelimit_t *rl = limiter(s);
     if (!rl)
         return 0;
     if (s->rate.rate > 0 || s->tokens.rate > 0)
@@ -387,7 +398,8 @@ static int tok_next(tok_t *t)
         if (wait_ms < 1)
             wait_ms = 1;
         t->checked = 1;
-        return sl_ratelimit_check_ex(sl_ratelimit_default(), &c, tok_cb, t, &t->op);
+        c.max_wait_ms = wait_ms;
+        return sl_ratelimit_check_ex(limiter(s), &c, tok_cb, t, &t->op);
     }
     return 1;
 }
@@ -1031,14 +1043,11 @@ void sl_svc_observe_headers(sl_svc_t *s, int status, const sl_curl_header_t *h, 
 
 void sl_svc_charge_tokens(sl_svc_t *s, double actual, double estimated)
 {
-    sl_ratelimit_t *rl = sl_ratelimit_default();
+    sl_ratelimit_t *rl = limiter(s);
     if (!s || !rl || s->tokens.rate <= 0 || !(actual >= 0))
         return;
     s->tok_avg = s->tok_avg > 0 ? 0.8 * s->tok_avg + 0.2 * actual : actual;
-    double est = estimated > 0 ? estimated : 0;
-    if (est > s->tokens.burst)
-        est = s->tokens.burst; /* what the check charged */
-    double d = actual - est;
+    double d = actual - (estimated > 0 ? estimated : 0);
     if (fabs(d) >= 1)
         sl_ratelimit_charge(rl, s->tok_key, &s->tokens, d);
 }

@@ -31,6 +31,7 @@
 
 #include "core/config.h"
 #include "core/curl.h"
+#include "core/ratelimit.h"
 
 #define SL_SVC_TRIP 5        /* consecutive transient failures that open the circuit */
 #define SL_SVC_OPEN_MS 30000 /* how long the circuit stays open */
@@ -190,6 +191,13 @@ int sl_svc_parse_retry_after(const char *v, double now, double *out_s);
  * and 1 day. Returns 0 with seconds in *out_s, or SL_EINVAL.
  */
 int sl_svc_parse_duration(const char *v, double *out_s);
+
+/**
+ * The limiter this registry's services use (borrowed, must outlive it; NULL:
+ * sl_ratelimit_default(), what the server uses). For tests with two
+ * "instances" in one process.
+ */
+void sl_svcs_set_limiter(sl_svcs_t *r, sl_ratelimit_t *rl);
 
 /** Tuning for tests: AIMD cooldown (ms, >= 0) and successes per increase (>= 1). */
 void sl_svcs_set_aimd(sl_svcs_t *r, int cooldown_ms, int increase_every);

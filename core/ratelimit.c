@@ -679,6 +679,11 @@ int sl_ratelimit_listen(sl_ratelimit_t *rl, const char *redis_url)
                                    &rl->sub);
 }
 
+int sl_ratelimit_listening(const sl_ratelimit_t *rl)
+{
+    return rl && rl->sub && sl_redis_up(rl->sub);
+}
+
 /* ---- concurrency counters ---- */
 
 int sl_ratelimit_hold(sl_ratelimit_t *rl, const char *key, int max)

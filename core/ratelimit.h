@@ -146,6 +146,9 @@ int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t
  */
 int sl_ratelimit_listen(sl_ratelimit_t *rl, const char *redis_url);
 
+/** 1 while subscribed to pause messages (sl_ratelimit_listen and Redis up). */
+int sl_ratelimit_listening(const sl_ratelimit_t *rl);
+
 /** Withdraws an op whose callback has not run: no callback afterwards. */
 void sl_ratelimit_cancel(sl_rl_op_t *op);
 

@@ -51,9 +51,9 @@
 typedef struct tok_s {
     sl_svc_wait_t *w;
     sl_svc_t *svc;
-    sl_rl_op_t *op;  /* the check in progress */
-    int stage;       /* next check: 0 rate, 1 tokens, 2 the hold alone, 3 done */
-    int checked;     /* a check ran (it looked at the hold too) */
+    sl_rl_op_t *op; /* the check in progress */
+    int stage;      /* next check: 0 rate, 1 tokens, 2 the hold alone, 3 done */
+    int checked;    /* a check ran (it looked at the hold too) */
     double deadline;
     struct tok_s *prev, *next;
 } tok_t;
@@ -63,17 +63,17 @@ struct sl_svc_s {
     char name[SL_SVC_NAME_MAX];
     const sl_config_service_t *cfg; /* NULL: implicit */
     int timeout_ms, cap, in_flight;
-    int cap_cfg;                 /* configured cap; cap is the AIMD one (1..cap_cfg) */
-    int aimd_ok;                 /* successes since the last change */
-    double aimd_cut_at;          /* when cap was last halved (0: never) */
-    double tok_avg;              /* running mean of a call's tokens (the remaining-tokens floor) */
+    int cap_cfg;        /* configured cap; cap is the AIMD one (1..cap_cfg) */
+    int aimd_ok;        /* successes since the last change */
+    double aimd_cut_at; /* when cap was last halved (0: never) */
+    double tok_avg;     /* running mean of a call's tokens (the remaining-tokens floor) */
     int state, fails, probe_out;
     double open_until;
     sl_svc_wait_t *head, *tail; /* queued, not yet granted */
-    sl_rl_limit_t rate, tokens;  /* outbound limits (rate <= 0: none) */
+    sl_rl_limit_t rate, tokens; /* outbound limits (rate <= 0: none) */
     char rl_name[SL_SVC_NAME_MAX + 8], rl_key[SL_SVC_NAME_MAX + 8], tok_key[SL_SVC_NAME_MAX + 8];
     char hold_key[SL_SVC_NAME_MAX + 8];
-    tok_t *toks;                 /* calls waiting for a token */
+    tok_t *toks; /* calls waiting for a token */
 };
 
 struct sl_svcs_s {
@@ -340,14 +340,14 @@ static void hold(sl_svc_t *s, double secs, const char *why, const char *source, 
     if (secs > SL_SVC_HOLD_MAX_S)
         secs = SL_SVC_HOLD_MAX_S;
     double before = hold_left(s, NULL, 0);
-    if (sl_ratelimit_pause(rl, s->hold_key, secs, why) != 0 || secs <= before)
-        return; /* an equal or longer hold is in place */
+    if (secs <= before || sl_ratelimit_pause(rl, s->hold_key, secs, why) != 0)
+        return; /* an equal or longer hold is in place (and was shared when it was set) */
     show_hold(s, secs);
     if (s->reg->m_holds)
         sl_metrics_add(s->reg->m_holds, 1, s->name, source);
     sl_log(loud && secs - before >= 1.0 ? SL_LOG_WARN : SL_LOG_DEBUG, "service_hold",
-           "{s:s, s:f, s:s, s:s}", "service", s->name, "seconds", secs, "source", source,
-           "reason", why);
+           "{s:s, s:f, s:s, s:s}", "service", s->name, "seconds", secs, "source", source, "reason",
+           why);
 }
 
 /* ---- rate tokens ---- */
@@ -864,7 +864,7 @@ int sl_svc_parse_duration(const char *v, double *out_s)
     static const struct {
         const char *unit;
         double secs;
-    } units[] = {{"h", 3600}, {"ms", 1e-3}, {"m", 60},     {"s", 1},
+    } units[] = {{"h", 3600},  {"ms", 1e-3},        {"m", 60},   {"s", 1},
                  {"us", 1e-6}, {"\xc2\xb5s", 1e-6}, {"ns", 1e-9}};
     static const int rank[] = {0, 3, 1, 2, 4, 4, 5}; /* the order units must come in */
     const char *p, *e;
@@ -945,8 +945,8 @@ static int parse_count(const char *v, double *out)
  * or, without the limit header, only what remains; a call may start every
  * reset * unit / that seconds. Paces under SL_SVC_PACE_MIN_S are not set.
  */
-static void observe_limit(sl_svc_t *s, const char *limit, const char *remaining,
-                          const char *reset, double unit)
+static void observe_limit(sl_svc_t *s, const char *limit, const char *remaining, const char *reset,
+                          double unit)
 {
     double rem, rst, lim = 0;
     if (!remaining || !reset || parse_count(remaining, &rem) != 0 ||
@@ -980,8 +980,8 @@ static void aimd(sl_svc_t *s, int status)
         int cap = s->cap / 2 > 1 ? s->cap / 2 : 1;
         if (cap != s->cap) {
             set_cap(s, cap);
-            sl_log(SL_LOG_INFO, "service_concurrency", "{s:s, s:i, s:i, s:s}", "service",
-                   s->name, "limit", cap, "configured", s->cap_cfg, "why", "429");
+            sl_log(SL_LOG_INFO, "service_concurrency", "{s:s, s:i, s:i, s:s}", "service", s->name,
+                   "limit", cap, "configured", s->cap_cfg, "why", "429");
         }
         return;
     }
@@ -994,8 +994,7 @@ static void aimd(sl_svc_t *s, int status)
     }
 }
 
-void sl_svc_observe(sl_svc_t *s, int status, const char *retry_after,
-                    const sl_svc_rl_headers_t *rl)
+void sl_svc_observe(sl_svc_t *s, int status, const char *retry_after, const sl_svc_rl_headers_t *rl)
 {
     double secs;
     if (!s)

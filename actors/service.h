@@ -39,12 +39,12 @@
 #define SL_SVC_DEFAULT_CONCURRENCY 8
 #define SL_SVC_MAX 64 /* services in one registry (configured + implicit) */
 #define SL_SVC_NAME_MAX 64
-#define SL_SVC_HOLD_MAX_S 3600.0        /* longest hold a downstream can ask for */
-#define SL_SVC_PACE_MIN_S 0.05          /* shorter pacing holds are not worth setting */
-#define SL_SVC_AIMD_COOLDOWN_MS 1000    /* 429s within this of a decrease count once */
-#define SL_SVC_AIMD_INCREASE_EVERY 10   /* successes per +1 of the concurrency cap */
+#define SL_SVC_HOLD_MAX_S 3600.0           /* longest hold a downstream can ask for */
+#define SL_SVC_PACE_MIN_S 0.05             /* shorter pacing holds are not worth setting */
+#define SL_SVC_AIMD_COOLDOWN_MS 1000       /* 429s within this of a decrease count once */
+#define SL_SVC_AIMD_INCREASE_EVERY 10      /* successes per +1 of the concurrency cap */
 #define SL_SVC_DEFAULT_TOKEN_ESTIMATE 1000 /* tokens charged when the caller gives none */
-#define SL_SVC_REASON_MAX 128           /* "openai: rate limited" */
+#define SL_SVC_REASON_MAX 128              /* "openai: rate limited" */
 
 enum { SL_SVC_CLOSED = 0, SL_SVC_OPEN = 1, SL_SVC_HALF_OPEN = 2 };
 

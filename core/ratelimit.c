@@ -474,8 +474,8 @@ static int send_eval(sl_rl_op_t *op)
         snprintf(a3, sizeof a3, "0");
         snprintf(a4, sizeof a4, "0");
     }
-    const char *const argv[] = {"EVALSHA", op->rl->sha, "2", has_rate(op) ? op->key : "",
-                                op->pause, mode, a2, a3, a4};
+    const char *const argv[] = {
+        "EVALSHA", op->rl->sha, "2", has_rate(op) ? op->key : "", op->pause, mode, a2, a3, a4};
     size_t lens[9];
     for (int i = 0; i < 9; i++)
         lens[i] = strlen(argv[i]);
@@ -515,7 +515,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     step(arg);
 }
 
-/* Copies KEY_PREFIX + key into dst (size SL_RL_KEY_MAX + sizeof KEY_PREFIX); SL_EINVAL if too long. */
+/* Copies KEY_PREFIX + key into dst (size SL_RL_KEY_MAX + sizeof KEY_PREFIX); SL_EINVAL if too long.
+ */
 static int full_key(char *dst, size_t size, const char *key)
 {
     if (!key || strlen(key) > SL_RL_KEY_MAX)
@@ -623,8 +624,7 @@ int sl_ratelimit_pause_state(sl_ratelimit_t *rl, const char *key, double *remain
     return pause_state(rl, full, remaining_s, why, whylen);
 }
 
-int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim,
-                        double cost)
+int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim, double cost)
 {
     if (!rl || !lim || !(lim->rate > 0) || !key || strlen(key) > SL_RL_KEY_MAX)
         return SL_EINVAL;

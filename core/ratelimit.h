@@ -30,8 +30,8 @@
 
 #include "core/redis.h"
 
-#define SL_RL_KEY_MAX 200     /* longest key (the prefix and the caller's key) */
-#define SL_RL_LOCAL_MAX 65536 /* keys in the local table before it fails open */
+#define SL_RL_KEY_MAX 200              /* longest key (the prefix and the caller's key) */
+#define SL_RL_LOCAL_MAX 65536          /* keys in the local table before it fails open */
 #define SL_RL_PAUSE_MAX_S 86400.0      /* longest pause the limiter stores */
 #define SL_RL_PAUSE_WHY_MAX 32         /* a pause's reason, bytes with the NUL */
 #define SL_RL_PAUSE_SYNC_S 1.0         /* a "not paused" answer from Redis is trusted this long */
@@ -135,8 +135,7 @@ int sl_ratelimit_pause_state(sl_ratelimit_t *rl, const char *key, double *remain
  * |cost| is bounded to an hour of the rate. Fire and forget (Redis if up,
  * else the local table): 0, SL_EINVAL (key too long, unlimited lim), SL_ENOMEM.
  */
-int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim,
-                        double cost);
+int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim, double cost);
 
 /**
  * Subscribes (a second Redis connection, `redis_url` copied) to pause

@@ -143,16 +143,13 @@ static void test_retry_after(void)
     CHECK(s == -1); /* untouched on error */
 
     /* the three HTTP-date forms, 30 s after `now` */
-    CHECK(sl_svc_parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", t94 - 30, &s) == 0 &&
-          s == 30);
-    CHECK(sl_svc_parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", t94 - 30, &s) == 0 &&
-          s == 30);
+    CHECK(sl_svc_parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", t94 - 30, &s) == 0 && s == 30);
+    CHECK(sl_svc_parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", t94 - 30, &s) == 0 && s == 30);
     CHECK(sl_svc_parse_retry_after("Sun Nov  6 08:49:37 1994", t94 - 30, &s) == 0 && s == 30);
     CHECK(sl_svc_parse_retry_after("Thu, 29 Feb 2024 00:00:00 GMT", 1709164800.0 - 7, &s) == 0 &&
           s == 7);
     /* a date in the past is no wait; one far ahead is bounded */
-    CHECK(sl_svc_parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", t94 + 100, &s) == 0 &&
-          s == 0);
+    CHECK(sl_svc_parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", t94 + 100, &s) == 0 && s == 0);
     CHECK(sl_svc_parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", t94, &s) == 0 &&
           s == SL_SVC_HOLD_MAX_S);
     /* rfc850's two-digit year: from 2026, "94" is 1994 (2094 is > 50 years ahead) */
@@ -207,7 +204,7 @@ static void test_duration(void)
     CHECK(sl_svc_parse_duration(".s", &s) == SL_EINVAL);
     CHECK(sl_svc_parse_duration("1 s", &s) == SL_EINVAL);
     CHECK(sl_svc_parse_duration("1s ms", &s) == SL_EINVAL);
-    CHECK(sl_svc_parse_duration("25h", &s) == SL_EINVAL);  /* over a day */
+    CHECK(sl_svc_parse_duration("25h", &s) == SL_EINVAL); /* over a day */
     CHECK(sl_svc_parse_duration("9999999999999999h", &s) == SL_EINVAL);
     CHECK(sl_svc_parse_duration("1h1m1s1ms1us1ns1h1m1s1ms1us1ns1s", &s) == SL_EINVAL); /* long */
     CHECK(s == -1);
@@ -245,8 +242,8 @@ static void test_hold_local(void)
     CHECK(c.at - t0 >= 1.0);
     sl_svc_release(&c.w, "ok", 0.01);
     CHECK(sl_svc_hold_remaining_s(s, NULL, 0) == 0);
-    snprintf(want, sizeof want, "sluice_service_holds_total{service=\"%s\",source=\"retry_after\"} 1",
-             name);
+    snprintf(want, sizeof want,
+             "sluice_service_holds_total{service=\"%s\",source=\"retry_after\"} 1", name);
     CHECK(metric_has(want));
 
     /* 503 + HTTP-date: held as "unavailable" */
@@ -418,9 +415,10 @@ static void test_tokens(sl_ratelimit_t *rl, const char *tag)
     call_t c;
     name_of(name, sizeof name, tag);
     /* 1000 tokens/s, burst 10,000 (ten seconds' worth) */
-    snprintf(yaml, sizeof yaml,
-             "database_url: x\nservices:\n  %s: {url: \"http://127.0.0.1\", tokens_per_min: 60000}\n",
-             name);
+    snprintf(
+        yaml, sizeof yaml,
+        "database_url: x\nservices:\n  %s: {url: \"http://127.0.0.1\", tokens_per_min: 60000}\n",
+        name);
     CHECK(sl_config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof err) == 0);
     CHECK(sl_svcs_new(base, cfg, 0, &r) == 0);
     sl_svcs_set_limiter(r, rl);

@@ -473,6 +473,9 @@ static int serve(sl_config_t *cfg)
     if ((err = sl_ratelimit_new(app->base, app->redis, &app->ratelimit)) != 0)
         goto out;
     sl_ratelimit_set_default(app->ratelimit);
+    /* Service holds set by other instances arrive at once (docs/internals/ratelimit.md). */
+    if (cfg->redis_url && (err = sl_ratelimit_listen(app->ratelimit, cfg->redis_url)) != 0)
+        goto out;
     /* Status events: local fan-out, bridged through Redis when it is configured. */
     if ((err = sl_pubsub_new(app->base, app->redis, cfg->redis_url, g_instance, &app->pubsub)) != 0)
         goto out;

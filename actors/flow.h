@@ -131,6 +131,8 @@ typedef struct sl_step_result_s {
                                 return value (a short detail, at most SL_FLOW_DETAIL_MAX) or NULL */
     const char *ctx_json;    /* ctx after the attempt (even on failure), a JSON object */
     double duration_s;
+    double wait_s;           /* > 0: the step failed because a service held it back this long */
+    char wait_reason[128];   /* with wait_s: "<service>: <why>" (sl_svc_hold_remaining_s) */
 } sl_step_result_t;
 
 typedef void (*sl_step_cb)(sl_step_t *s, const sl_step_result_t *res, void *arg);

@@ -29,6 +29,7 @@
 #include <time.h>
 
 #define WAIT_MAX_S 300
+#define HOLD_WAIT_MAX_S 3600 /* the longest hold a service can ask for (SL_SVC_HOLD_MAX_S) */
 
 struct sl_run_s {
     sl_sched_t *sched;        /* NULL once detached */
@@ -373,6 +374,24 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
     }
 
     const char *err = res->err ? res->err : "failed";
+    if (res->wait_s > 0) {
+        /*
+         * Held back by a service (Retry-After, its rate-limit headers): the
+         * call never reached it, so this is not a failure of the step. The run
+         * waits until the hold ends and resumes at the same step and attempt;
+         * retries, fallbacks, the chain and the wait backoff are untouched.
+         */
+        double wait_s = res->wait_s > HOLD_WAIT_MAX_S ? HOLD_WAIT_MAX_S : res->wait_s;
+        char reason[192];
+        snprintf(reason, sizeof reason, "waiting for %s, %.0f s",
+                 res->wait_reason[0] ? res->wait_reason : from, ceil(wait_s));
+        add_event(r, events, from, "waiting",
+                  json_pack("{s:s, s:s, s:f, s:s, s:i, s:b}", "reason", reason, "error", err,
+                            "retry_in_s", wait_s, "resume_step", r->step, "attempt", r->attempt,
+                            "held", 1));
+        commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
+        return;
+    }
     if (res->detail && strcmp(err, "lua_error") == 0)
         sl_log(SL_LOG_WARN, "step_lua_error", "{s:s, s:s, s:s, s:s}", "run_id", r->id, "file_id",
                r->file_id, "step", r->step, "detail", res->detail);

@@ -12,6 +12,15 @@
  * in-process table: each instance then limits on its own, and one log line
  * ("ratelimit_backend") says when the limiter switches either way.
  *
+ * Pauses: a key can be paused for a while (a downstream said Retry-After),
+ * and a check that names the key as its `pause_key` is denied until the pause
+ * ends, with the pause's remaining time as its retry-after. The pause lives in
+ * Redis (the until-time in ms on Redis's clock, with a PX expiry) and in the
+ * local table; the check reads it in the same script as the GCRA step, so it
+ * costs no extra round trip. A check on a pause key alone (no rate) asks Redis
+ * only when the local copy is stale (SL_RL_PAUSE_SYNC_S; longer while
+ * subscribed to pause messages, sl_ratelimit_listen), else answers locally.
+ *
  * See docs/internals/ratelimit.md.
  */
 #ifndef SL_RATELIMIT_H
@@ -21,8 +30,16 @@
 
 #include "core/redis.h"
 
-#define SL_RL_KEY_MAX 200     /* longest key (the prefix and the caller's key) */
-#define SL_RL_LOCAL_MAX 65536 /* keys in the local table before it fails open */
+#define SL_RL_KEY_MAX 200              /* longest key (the prefix and the caller's key) */
+#define SL_RL_LOCAL_MAX 65536          /* keys in the local table before it fails open */
+#define SL_RL_PAUSE_MAX_S 86400.0      /* longest pause the limiter stores */
+#define SL_RL_PAUSE_WHY_MAX 32         /* a pause's reason, bytes with the NUL */
+#define SL_RL_PAUSE_SYNC_S 1.0         /* a "not paused" answer from Redis is trusted this long */
+#define SL_RL_PAUSE_SYNC_LISTEN_S 10.0 /* ... and this long while pause messages come in */
+#define SL_RL_PAUSE_CHANNEL "sluice:rl:pause" /* where a pause is published */
+
+/** sl_ratelimit_pause_state answers. */
+enum { SL_RL_CLEAR = 0, SL_RL_PAUSED = 1, SL_RL_ASK = 2 };
 
 typedef struct sl_ratelimit_s sl_ratelimit_t;
 typedef struct sl_rl_op_s sl_rl_op_t;
@@ -69,6 +86,67 @@ void sl_ratelimit_free(sl_ratelimit_t *rl);
 int sl_ratelimit_check(sl_ratelimit_t *rl, const char *name, const char *key,
                        const sl_rl_limit_t *lim, double cost, int max_wait_ms, sl_rl_cb cb,
                        void *arg, sl_rl_op_t **op_out);
+
+/** A check with every option (sl_ratelimit_check is this without a pause key). */
+typedef struct sl_rl_check_s {
+    const char *name;      /* metrics label; borrowed until the callback; NULL: "other" */
+    const char *key;       /* the GCRA key (borrowed, copied), or NULL: no rate, only the pause */
+    sl_rl_limit_t lim;     /* the key's limit (rate <= 0: unlimited) */
+    double cost;           /* units charged to key */
+    const char *pause_key; /* NULL, or a key of sl_ratelimit_pause (borrowed, copied): the
+                              check is denied while it is paused, nothing charged */
+    int max_wait_ms;       /* as sl_ratelimit_check; a pause is waited out too if it fits */
+} sl_rl_check_t;
+
+/**
+ * sl_ratelimit_check with a pause key. A denial by the pause has the pause's
+ * remaining time as retry_after_s; sl_ratelimit_pause_state then says PAUSED
+ * (the reply refreshed the local copy). Returns as sl_ratelimit_check.
+ */
+int sl_ratelimit_check_ex(sl_ratelimit_t *rl, const sl_rl_check_t *c, sl_rl_cb cb, void *arg,
+                          sl_rl_op_t **op_out);
+
+/**
+ * Pauses `key` (borrowed, copied) for `seconds` (bounded to SL_RL_PAUSE_MAX_S)
+ * on every instance: at once in the local table, and in Redis (a script: the
+ * until-time in ms on Redis's clock, PX expiry, then PUBLISH on
+ * SL_RL_PAUSE_CHANNEL). A pause only extends: a shorter one than the pause in
+ * place changes nothing. `why` (borrowed, copied, cut to SL_RL_PAUSE_WHY_MAX-1
+ * bytes, no spaces needed) is kept with it for sl_ratelimit_pause_state.
+ * Fire and forget: 0, or SL_EINVAL (key too long, seconds <= 0), SL_ENOMEM.
+ */
+int sl_ratelimit_pause(sl_ratelimit_t *rl, const char *key, double seconds, const char *why);
+
+/**
+ * What this process knows of `key`'s pause, without I/O: SL_RL_PAUSED with
+ * the remaining seconds in *remaining_s (may be NULL) and the reason in `why`
+ * (whylen bytes, may be 0); SL_RL_CLEAR (no pause known, and the local copy
+ * is fresh or Redis is not there to ask); SL_RL_ASK (no local pause, but
+ * another instance may have set one: a check with this pause key asks Redis).
+ */
+int sl_ratelimit_pause_state(sl_ratelimit_t *rl, const char *key, double *remaining_s, char *why,
+                             size_t whylen);
+
+/**
+ * Charges `cost` units of `lim` to `key` without waiting and without a
+ * denial: a debt pushes the TAT forward (later checks wait for it); a
+ * negative cost is a refund, which moves the TAT back but never before now.
+ * For corrections after the fact (a call used more tokens than estimated).
+ * |cost| is bounded to an hour of the rate. Fire and forget (Redis if up,
+ * else the local table): 0, SL_EINVAL (key too long, unlimited lim), SL_ENOMEM.
+ */
+int sl_ratelimit_charge(sl_ratelimit_t *rl, const char *key, const sl_rl_limit_t *lim, double cost);
+
+/**
+ * Subscribes (a second Redis connection, `redis_url` copied) to pause
+ * messages, so a pause set by any instance is copied here at once and a
+ * "not paused" answer is trusted for SL_RL_PAUSE_SYNC_LISTEN_S instead of
+ * SL_RL_PAUSE_SYNC_S. Optional. Returns 0, SL_EINVAL (bad URL), SL_ENOMEM.
+ */
+int sl_ratelimit_listen(sl_ratelimit_t *rl, const char *redis_url);
+
+/** 1 while subscribed to pause messages (sl_ratelimit_listen and Redis up). */
+int sl_ratelimit_listening(const sl_ratelimit_t *rl);
 
 /** Withdraws an op whose callback has not run: no callback afterwards. */
 void sl_ratelimit_cancel(sl_rl_op_t *op);

@@ -4,7 +4,8 @@
  * cancellation), concurrency counters, and the Redis path against a real
  * redis-server this test starts on a free port: shared state between two
  * limiters, recovery from a flushed script cache (NOSCRIPT), and the switch
- * to local limits when Redis goes away.
+ * to local limits when Redis goes away. Pauses (local, and set by one limiter
+ * and honoured by another) and debt/refund charges.
  */
 #include "core/err.h"
 #include "core/log.h"
@@ -232,6 +233,81 @@ static void test_holds(void)
     sl_ratelimit_free(rl);
 }
 
+/* ---- pauses and charges, local ---- */
+
+static void check_paused(sl_ratelimit_t *rl, const char *key, const char *pause,
+                         const sl_rl_limit_t *lim, int max_wait_ms, results_t *r)
+{
+    sl_rl_check_t c = {0};
+    c.name = "test";
+    c.key = key;
+    if (lim)
+        c.lim = *lim;
+    c.cost = 1;
+    c.pause_key = pause;
+    c.max_wait_ms = max_wait_ms;
+    CHECK(sl_ratelimit_check_ex(rl, &c, res_cb, r, NULL) == 0);
+}
+
+static void test_pause_local(void)
+{
+    sl_ratelimit_t *rl;
+    char why[SL_RL_PAUSE_WHY_MAX];
+    double left = -1;
+    CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
+    CHECK(sl_ratelimit_pause_state(rl, "p1", &left, why, sizeof why) == SL_RL_CLEAR);
+    CHECK(left == 0 && why[0] == '\0');
+    double t0 = now_s();
+    CHECK(sl_ratelimit_pause(rl, "p1", 0.3, "rate limited") == 0);
+    CHECK(sl_ratelimit_pause_state(rl, "p1", &left, why, sizeof why) == SL_RL_PAUSED);
+    CHECK(left > 0.2 && left <= 0.3 && strcmp(why, "rate limited") == 0);
+    /* a shorter pause does not shorten it, nor change its reason */
+    CHECK(sl_ratelimit_pause(rl, "p1", 0.1, "other") == 0);
+    CHECK(sl_ratelimit_pause_state(rl, "p1", &left, why, sizeof why) == SL_RL_PAUSED);
+    CHECK(left > 0.2 && strcmp(why, "rate limited") == 0);
+    CHECK(sl_ratelimit_pause(rl, "p1", 0, "x") == SL_EINVAL);
+    CHECK(sl_ratelimit_pause(rl, "p1", -1, "x") == SL_EINVAL);
+
+    /* denied while paused (with and without a rate), nothing charged; retry = the pause */
+    sl_rl_limit_t lim = {1, 1};
+    results_t r = {0};
+    check_paused(rl, "k-p1", "p1", &lim, 0, &r);
+    check_paused(rl, NULL, "p1", NULL, 0, &r);
+    run_until(&r.n, 2, 5);
+    CHECK(r.denied == 2);
+    CHECK(r.retry[0] > 0.1 && r.retry[0] <= 0.3);
+    /* another pause key is not held */
+    results_t o = {0};
+    check_paused(rl, NULL, "p2", NULL, 0, &o);
+    run_until(&o.n, 1, 5);
+    CHECK(o.allowed == 1);
+    /* waited out when it fits max_wait; the key's one unit was not spent above */
+    results_t w = {0};
+    check_paused(rl, "k-p1", "p1", &lim, 2000, &w);
+    run_until(&w.n, 1, 5);
+    CHECK(w.allowed == 1);
+    CHECK(w.at[0] - t0 >= 0.3);
+    CHECK(sl_ratelimit_pause_state(rl, "p1", NULL, NULL, 0) == SL_RL_CLEAR);
+
+    /* debt: 10/s burst 1; a charge of 5 pushes the next unit out ~0.5 s */
+    sl_rl_limit_t ten = {10, 1};
+    results_t d = {0};
+    CHECK(sl_ratelimit_charge(rl, "debt", &ten, 5) == 0);
+    CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &d, NULL) == 0);
+    run_until(&d.n, 1, 5);
+    CHECK(d.denied == 1 && d.retry[0] > 0.4);
+    /* a refund brings it back, never before now */
+    CHECK(sl_ratelimit_charge(rl, "debt", &ten, -1000) == 0);
+    results_t f = {0};
+    CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &f, NULL) == 0);
+    CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &f, NULL) == 0);
+    run_until(&f.n, 2, 5);
+    CHECK(f.allowed == 1 && f.denied == 1); /* the burst of 1, not 1000 banked units */
+    sl_rl_limit_t none = {0, 0};
+    CHECK(sl_ratelimit_charge(rl, "debt", &none, 5) == SL_EINVAL);
+    sl_ratelimit_free(rl);
+}
+
 /* ---- Redis ---- */
 
 static int free_port(void)
@@ -354,6 +430,48 @@ static void test_redis(void)
     CHECK(w.allowed == 3);
     CHECK(w.at[2] - t0 >= 0.18);
 
+    /* a pause set through one limiter holds checks of the other */
+    char pkey[64];
+    snprintf(pkey, sizeof pkey, "pause-%d", (int)getpid());
+    CHECK(sl_ratelimit_pause_state(b, pkey, NULL, NULL, 0) == SL_RL_ASK);
+    t0 = now_s();
+    CHECK(sl_ratelimit_pause(a, pkey, 0.5, "rate limited") == 0);
+    int pinged = 0;
+    const char *ping[] = {"PING"};
+    const size_t ping_lens[] = {4};
+    CHECK(sl_redis_request(redis, flush_cb, &pinged, 1, ping, ping_lens) == 0);
+    run_until(&pinged, 1, 5); /* the pause went before it on the same connection */
+    results_t pb = {0};
+    check_paused(b, NULL, pkey, NULL, 0, &pb);
+    run_until(&pb.n, 1, 5);
+    CHECK(pb.denied == 1 && pb.retry[0] > 0.2 && pb.retry[0] <= 0.5);
+    char why[SL_RL_PAUSE_WHY_MAX];
+    CHECK(sl_ratelimit_pause_state(b, pkey, NULL, why, sizeof why) == SL_RL_PAUSED);
+    CHECK(strcmp(why, "rate limited") == 0);
+    results_t pw = {0};
+    snprintf(key, sizeof key, "paused-rate-%d", (int)getpid());
+    check_paused(b, key, pkey, &lim, 3000, &pw);
+    run_until(&pw.n, 1, 5);
+    CHECK(pw.allowed == 1 && pw.at[0] - t0 >= 0.49);
+    /* Redis said "not paused": trusted for a while, no round trip */
+    results_t pc = {0};
+    check_paused(b, NULL, pkey, NULL, 0, &pc);
+    run_until(&pc.n, 1, 5);
+    CHECK(pc.allowed == 1);
+    CHECK(sl_ratelimit_pause_state(b, pkey, NULL, NULL, 0) == SL_RL_CLEAR);
+
+    /* a debt charged through one limiter delays the other */
+    sl_rl_limit_t tenr = {10, 1};
+    snprintf(key, sizeof key, "debt-%d", (int)getpid());
+    CHECK(sl_ratelimit_charge(a, key, &tenr, 5) == 0);
+    pinged = 0;
+    CHECK(sl_redis_request(redis, flush_cb, &pinged, 1, ping, ping_lens) == 0);
+    run_until(&pinged, 1, 5);
+    results_t db = {0};
+    CHECK(sl_ratelimit_check(b, "test", key, &tenr, 1, 0, res_cb, &db, NULL) == 0);
+    run_until(&db.n, 1, 5);
+    CHECK(db.denied == 1 && db.retry[0] > 0.4);
+
     /* an op cancelled while its command is out never calls back */
     results_t c = {0};
     sl_rl_op_t *op;
@@ -404,6 +522,7 @@ int main(void)
     test_gcra_math();
     test_local();
     test_holds();
+    test_pause_local();
     test_redis();
     for (int i = 0; i < 3; i++)
         event_base_loop(base, EVLOOP_NONBLOCK);

@@ -1220,6 +1220,10 @@ static void deliver(sl_step_t *s)
     res.ok = s->ok;
     res.err = s->ok ? NULL : s->err;
     res.note = s->ok && s->err[0] ? s->err : NULL;
+    if (!s->ok && s->held_s > 0) {
+        res.wait_s = s->held_s;
+        snprintf(res.wait_reason, sizeof res.wait_reason, "%s", s->held_reason);
+    }
     res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
     res.detail = s->detail;
     res.ctx_json = s->ctx_out ? s->ctx_out : "{}";

@@ -93,6 +93,8 @@ struct sl_step_s {
     long instr;          /* instructions used by this attempt */
     long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
     const char *killed;  /* budget exceeded: every pcall re-raises */
+    double held_s;       /* > 0: a service held this step's last call back this long */
+    char held_reason[SL_SVC_REASON_MAX];
     double t0;
     /* copied inputs */
     char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
@@ -193,6 +195,7 @@ struct sl_flow_svcop_s {
     sl_flowvm_t *vm;  /* borrowed */
     sl_svc_t *svc;    /* borrowed; NULL: no service policy */
     sl_svc_wait_t wait;
+    double est_tokens; /* the call's estimated model tokens (0: the service's default) */
     int running;      /* started, completion not yet seen */
     double t0;        /* when it started (sl_flow__now_s) */
 };
@@ -235,6 +238,14 @@ void sl_flow__check_fields(lua_State *L, int t, const char *const *known, const 
  * "<what>: out of memory".
  */
 char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what);
+
+/**
+ * Notes on the step whether `svc` holds its calls back (Retry-After,
+ * rate-limit headers): a step that then fails makes its run wait that long,
+ * with the reason (sl_step_result_t.wait_s); 0 clears the note. Returns the
+ * word for Lua: "rate_limited" when held, else `otherwise` (borrowed).
+ */
+const char *sl_flow__note_hold(sl_step_t *s, const sl_svc_t *svc, const char *otherwise);
 
 /** A push function for sl_flow__resume_with: pushes true. */
 int sl_flow__push_true(lua_State *L);

@@ -9,6 +9,11 @@
  * service <name> in the section's region. They are only sent to the
  * section's `url` when it has one (a flow cannot send them elsewhere).
  *
+ * Every answer is shown to the service's policy (sl_svc_observe_headers:
+ * Retry-After and rate-limit headers hold the service, 429s shrink its
+ * concurrency), and a token-limited service's charge is corrected from the
+ * answer's usage.total_tokens.
+ *
  * The request is copied into the op, because a call may wait for a slot and
  * start later. The response reaches the coroutine through
  * sl_flow__resume_with, so the body counts against the step's memory budget.
@@ -103,11 +108,35 @@ static const char *outcome_of(const sl_curl_result_t *res)
     return "ok";
 }
 
+/*
+ * usage.total_tokens of a JSON answer (OpenAI's chat completions), or -1.
+ * Only parsed for a call that was charged tokens, so other services' answers
+ * cost nothing here.
+ */
+static double usage_tokens(const sl_curl_result_t *res)
+{
+    json_t *doc = json_loadb(res->body, res->body_len, 0, NULL);
+    json_t *t = json_object_get(json_object_get(doc, "usage"), "total_tokens");
+    double n = json_is_number(t) ? json_number_value(t) : -1;
+    json_decref(doc);
+    return n;
+}
+
 static void http_done(const sl_curl_result_t *res, void *arg)
 {
     http_op_t *op = arg;
+    sl_svc_t *svc = op->so.svc;
 
     op->xfer = NULL;
+    if (svc != NULL && res->err == 0) {
+        /* backpressure: Retry-After, x-ratelimit-*, AIMD (actors/service.h) */
+        sl_svc_observe_headers(svc, (int)res->status, res->headers, res->n_headers);
+        double charged = sl_svc_wait_tokens(&op->so.wait);
+        if (charged > 0 && res->status >= 200 && res->status < 300)
+            sl_svc_charge_tokens(svc, usage_tokens(res), charged);
+        if ((res->status == 429 || res->status == 503) && op->so.hdr.step != NULL)
+            sl_flow__note_hold(op->so.hdr.step, svc, NULL); /* the run waits if the step fails */
+    }
     sl_flow__svcop_done(&op->so, outcome_of(res), push_response, (void *)res);
 }
 
@@ -294,6 +323,8 @@ static void parse(lua_State *L, http_op_t *op)
             luaL_error(L, "sl.http.request: bad service name");
     }
     lua_pop(L, 1);
+    /* model tokens, for a token-limited service: about 4 bytes each */
+    op->so.est_tokens = (double)op->body_len / 4.0;
     if (op->so.svc != NULL)
         add_credentials(L, op, sl_svc_config(op->so.svc));
 }

@@ -50,6 +50,12 @@ static void svcop_cancel(sl_flow_op_t *hdr)
     op->ops->free(op);
 }
 
+const char *sl_flow__note_hold(sl_step_t *s, const sl_svc_t *svc, const char *otherwise)
+{
+    s->held_s = sl_svc_hold_remaining_s(svc, s->held_reason, sizeof s->held_reason);
+    return s->held_s > 0 ? "rate_limited" : otherwise;
+}
+
 static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
 {
     sl_flow_svcop_t *op = arg;
@@ -58,9 +64,13 @@ static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
 
     (void)w;
     if (err == 0) {
+        if (op->hdr.step != NULL)
+            op->hdr.step->held_s = 0;
         if ((rc = svcop_start(op)) == 0)
             return;
         word = sl_strerror(rc);
+    } else if (err == SL_EAGAIN && op->hdr.step != NULL) {
+        word = sl_flow__note_hold(op->hdr.step, op->svc, "busy");
     } else {
         word = err == SL_EAGAIN ? "busy" : err == SL_EUNAVAIL ? "circuit_open" : "cancelled";
     }
@@ -104,17 +114,21 @@ int sl_flow__svcop_begin(lua_State *L, sl_step_t *s, sl_flow_svcop_t *op, int wa
     int rc;
 
     if (op->svc != NULL) {
-        rc = sl_svc_acquire(op->svc, &op->wait, wait_ms, slot_cb, op);
+        rc = sl_svc_acquire_est(op->svc, &op->wait, wait_ms, op->est_tokens, slot_cb, op);
         if (rc == 0) {
             sl_flow__set_op(s, &op->hdr, svcop_cancel);
             return lua_yield(L, 0);
         }
         if (rc < 0) {
+            const char *word = rc == SL_EUNAVAIL ? "circuit_open"
+                               : rc == SL_EAGAIN ? sl_flow__note_hold(s, op->svc, "busy")
+                                                 : sl_strerror(rc);
             op->ops->free(op);
             lua_pushnil(L);
-            lua_pushstring(L, rc == SL_EUNAVAIL ? "circuit_open" : sl_strerror(rc));
+            lua_pushstring(L, word);
             return 2;
         }
+        s->held_s = 0;
     }
     if ((rc = svcop_start(op)) != 0) {
         op->ops->free(op);

@@ -17,8 +17,8 @@
 -- The answer (choices[1].message.content, a JSON string) is shaped to the
 -- dataset's own schema again, which drops the nulls.
 --
--- Errors: "not_configured", "rate_limited" (429: the runtime retries with
--- backoff; the Retry-After hint is logged), "server_error" (5xx), "timeout",
+-- Errors: "not_configured", "rate_limited" (429: the runtime holds every call
+-- to openai back until Retry-After has passed, and the run waits), "server_error" (5xx), "timeout",
 -- "unavailable", "unauthorized" (bad key), "bad_input" (400: e.g. a schema
 -- OpenAI refuses), "refused" (the model declined), "bad_response".
 
@@ -79,8 +79,8 @@ function M.extract(txt, schema)
   end
   if res.status ~= 200 then
     -- 429 -> rate_limited and 5xx -> server_error are transient: the step is
-    -- retried with backoff, then the run waits. text.http_fail logs the
-    -- Retry-After header with the failure.
+    -- retried with backoff, then the run waits; a Retry-After or rate-limit
+    -- headers hold every openai call back (actors/service.h).
     return text.http_fail("openai", res)
   end
 

@@ -216,8 +216,8 @@ function M.http_fail(what, res)
   local fields = { status = res.status }
   local ra = res.headers and res.headers["retry-after"]
   if ra then
-    -- The runtime does its own backoff; the server's hint goes in the log so
-    -- an operator can see how hard the quota is pushing back.
+    -- The runtime honours it (the service is held back on every instance
+    -- until it has passed, and the run waits); logged for the operator too.
     fields.retry_after = ra
   end
   return M.fail(what, word, "HTTP " .. tostring(res.status) .. (M.short(res.body, 200) and

@@ -239,5 +239,6 @@ void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);
 void sl_lua_inject_util(lua_State *L, sl_flowvm_t *vm);
+void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);
 
 #endif

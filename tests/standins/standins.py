@@ -544,6 +544,9 @@ def strict_problem(node, where):
     ctx = "In context=%r, " % (where,)
     if not isinstance(node, dict):
         return ctx + "schema must be an object"
+    if where == () and node.get("type") != "object":      # OpenAI: a plain object root
+        return ("schema must be a JSON Schema of 'type: \"object\"', got 'type: %s'"
+                % json.dumps(node.get("type")))
     if "anyOf" not in node and "enum" not in node and "const" not in node and not types_of(node):
         return ctx + "schema must have a 'type' key"
     if "object" in types_of(node):

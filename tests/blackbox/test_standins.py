@@ -209,7 +209,7 @@ def test_textract_verifies_a_real_sigv4_signature(standin, samples, tmp_path):
 # ------------------------------------------------------------------ openai
 
 STRICT_SCHEMA = {
-    "type": ["object", "null"],
+    "type": "object",
     "properties": {
         "invoice_number": {"type": ["string", "null"]},
         "amount": {"type": ["number", "null"]},
@@ -269,6 +269,10 @@ def test_openai_refuses_bad_requests_like_openai(standin):
 
     r = _chat(o, "x", {"type": "object"})                     # no properties
     assert r.status_code == 400 and "properties" in r.json()["error"]["message"]
+
+    nullable_root = dict(STRICT_SCHEMA, type=["object", "null"])  # OpenAI: root a plain object
+    r = _chat(o, "x", nullable_root)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json_schema"
 
     not_strict = {"type": "object", "properties": {"a": {"type": "string"}}}
     r = _chat(o, "x", not_strict, strict=True)                 # strict rules broken

@@ -589,11 +589,13 @@ static int tr_ref(jctx_t *c, const json_t *in, int nullable, json_t *o)
         return fail(c, "$ref", "must be a string");
     r = json_string_value(ref);
     if (strcmp(r, "#") != 0) {
-        /* Definition names are compared as written: a name with '~' or '/'
-         * (escaped in a JSON Pointer) cannot be referenced. */
+        /* Definition names are compared as written, so a name that would be
+         * escaped in a JSON Pointer (with '~' or '/') cannot be referenced:
+         * "#/$defs/a/b" points into a definition, not at one named "a/b". */
         size_t kwlen = c->defs_kw != NULL ? strlen(c->defs_kw) : 0;
         if (c->defs == NULL || strncmp(r, "#/", 2) != 0 || strncmp(r + 2, c->defs_kw, kwlen) != 0 ||
-            r[2 + kwlen] != '/' || json_object_get(c->defs, r + 3 + kwlen) == NULL)
+            r[2 + kwlen] != '/' || strpbrk(r + 3 + kwlen, "/~") != NULL ||
+            json_object_get(c->defs, r + 3 + kwlen) == NULL)
             return fail(c, "$ref",
                         "only \"#\" and \"#/$defs/<name>\" of this schema can be referenced");
     }

@@ -236,6 +236,9 @@ static void test_refused(void)
     CHECK_REFUSED(OBJ("\"a\":{\"anyOf\":[{\"type\":\"string\"},{\"allOf\":[]}]}"),
                   "\"allOf\" at /properties/a/anyOf/1:");
     CHECK_REFUSED(OBJ("\"a\":{\"$ref\":\"#/$defs/missing\"}"), "\"$ref\" at /properties/a: only");
+    CHECK_REFUSED("{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/$defs/d/x\"}},"
+                  "\"$defs\":{\"d/x\":{\"type\":\"string\"}}}",
+                  "\"$ref\" at /properties/a: only");
     CHECK_REFUSED(OBJ("\"a\":{\"$ref\":\"https://example.com/s.json\"}"),
                   "\"$ref\" at /properties/a:");
     CHECK_REFUSED(OBJ("\"a\":{\"$ref\":\"#\",\"type\":\"object\"}"),

@@ -24,8 +24,8 @@
 -- backoff; the Retry-After hint is logged), "server_error" (5xx), "timeout",
 -- "unavailable", "unauthorized" (bad key), "bad_input" (a schema that cannot
 -- be translated, or a 400 from OpenAI: its error.message is logged at error
--- level and is the detail, so it shows in the timeline), "refused" (the
--- model declined), "bad_response".
+-- level and returned as the detail, for the step's timeline event),
+-- "refused" (the model declined), "bad_response".
 
 local text = require "text"
 local schema_lib = require "schema"

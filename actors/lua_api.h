@@ -265,5 +265,6 @@ void sl_lua_inject_service(lua_State *L, sl_flowvm_t *vm); /* sl.service */
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);    /* sl.http */
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
+void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
 
 #endif

@@ -7,7 +7,9 @@
  *
  * The dataset document is built by sluice_dataset_json() in Postgres. The
  * record schema is stored as json (not jsonb) text so its property order — the
- * CSV column order of records.c — is the order the client wrote.
+ * CSV column order of records.c — is the order the client wrote. A schema
+ * OpenAI's structured outputs cannot express (core/jschema.h) is refused here,
+ * so no dataset holds one the ai_record flow would be answered 400 for.
  */
 #include "api/api.h"
 
@@ -17,6 +19,7 @@
 
 #include "core/crypto.h"
 #include "core/err.h"
+#include "core/jschema.h"
 
 #define SL_DATASET_NAME_MAX 200 /* characters (code points) */
 
@@ -104,6 +107,8 @@ static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
     json_t *name = json_object_get(body, "name");
     json_t *schema = json_object_get(body, "record_schema");
     char *schema_text = NULL;
+    char jerr[320];
+    int rc;
 
     (void)app;
     if (!json_is_string(name) || json_string_length(name) == 0 ||
@@ -118,6 +123,15 @@ static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
                                   "record_schema must be a JSON object with \"type\": \"object\" "
                                   "and an object \"properties\"",
                                   -1);
+            goto fail;
+        }
+        if ((rc = sl_jschema_check(schema, jerr, sizeof jerr)) == SL_ENOMEM) {
+            sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+            goto fail;
+        } else if (rc != 0) {
+            char msg[sizeof jerr + 32];
+            snprintf(msg, sizeof msg, "record_schema: %s", jerr);
+            sl_http_respond_error(req, 400, "invalid_schema", msg, -1);
             goto fail;
         }
         schema_text = json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -11,16 +11,21 @@
 --                         "json_schema": {"name": "record", "strict": true,
 --                                         "schema": <strict schema>}}}
 -- With strict structured outputs the model's answer is guaranteed to parse
--- against the schema, but strict mode wants every property required and
--- additionalProperties false; schema.strict() makes that form and makes every
--- type nullable, so "the text does not say" comes back as null, not a guess.
+-- against the schema, but strict mode accepts only a subset of JSON Schema
+-- (a plain object root, every property required, additionalProperties false,
+-- ...). sl.schema.openai() makes that form (core/jschema.c, the translator
+-- that also checks a schema when its dataset is created) and makes every
+-- property below the root nullable, so "the text does not say" comes back
+-- as null, not a guess.
 -- The answer (choices[1].message.content, a JSON string) is shaped to the
 -- dataset's own schema again, which drops the nulls.
 --
 -- Errors: "not_configured", "rate_limited" (429: the runtime holds every call
--- to openai back until Retry-After has passed, and the run waits), "server_error" (5xx), "timeout",
--- "unavailable", "unauthorized" (bad key), "bad_input" (400: e.g. a schema
--- OpenAI refuses), "refused" (the model declined), "bad_response".
+-- to openai back until Retry-After has passed, and the run waits),
+-- "server_error" (5xx), "timeout", "unavailable", "unauthorized" (bad key),
+-- "bad_input" (a schema that cannot be translated, or a 400 from OpenAI: its
+-- error.message is logged at error level and returned as the detail, for the
+-- step's timeline event), "refused" (the model declined), "bad_response".
 
 local text = require "text"
 local schema_lib = require "schema"
@@ -53,6 +58,10 @@ function M.extract(txt, schema)
     return text.fail("openai", "not_configured", "openai needs api_key")
   end
   schema = schema or schema_lib.DEFAULT
+  local strict, strict_json = sl.schema.openai(schema)
+  if not strict then
+    return text.fail("openai", "bad_input", "record_schema: " .. tostring(strict_json))
+  end
 
   local request = {
     model = svc.model or DEFAULT_MODEL,
@@ -60,22 +69,38 @@ function M.extract(txt, schema)
       { role = "system", content = SYSTEM_PROMPT },
       { role = "user", content = text.truncate_utf8(txt, MAX_TEXT_BYTES) },
     },
-    response_format = {
-      type = "json_schema",
-      json_schema = { name = "record", strict = true, schema = schema_lib.strict(schema) },
-    },
   }
+  -- response_format goes in as JSON text: encoded from a Lua table, the
+  -- schema would lose its property order, which is the order the model
+  -- writes the fields in. strict_json is `strict` in order.
+  local body = sl.json.encode(request):sub(1, -2)
+    .. ',"response_format":{"type":"json_schema","json_schema":'
+    .. '{"name":"record","strict":true,"schema":' .. strict_json .. '}}}'
 
   local res, err = sl.http.request {
     method = "POST",
     url = text.strip_slash(svc.url or DEFAULT_BASE_URL) .. "/chat/completions",
     headers = { ["Content-Type"] = "application/json" },
-    body = sl.json.encode(request),
+    body = body,
     max_bytes = MAX_ANSWER_BYTES,
     service = "openai",
   }
   if not res then
     return text.fail("openai", err or "unavailable")
+  end
+  if res.status == 400 then
+    -- A request OpenAI will not take (a schema it refuses, a model that does
+    -- not do structured outputs): retrying cannot help, and the operator
+    -- needs OpenAI's own words.
+    local edoc = text.decode_json(res.body)
+    local emsg = type(edoc) == "table" and type(edoc.error) == "table"
+      and type(edoc.error.message) == "string" and edoc.error.message
+      or text.short(res.body, 300) or "no error message"
+    local detail = "HTTP 400: " .. text.truncate_utf8(emsg, 500)
+    sl.log("error", "openai: request refused: " .. detail, {
+      module = "openai", error = "bad_input", status = 400, detail = detail,
+    })
+    return nil, "bad_input", detail
   end
   if res.status ~= 200 then
     -- 429 -> rate_limited and 5xx -> server_error are transient: the step is

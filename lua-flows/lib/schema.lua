@@ -4,14 +4,13 @@
 --                                dropped, scalars coerced to the declared type
 --                                where that is safe ("185.52" -> 185.52), values
 --                                that cannot fit (and JSON nulls) left out.
---   schema.strict(schema)        the schema in the form OpenAI's strict
---                                structured outputs require: every property
---                                required, additionalProperties false, every
---                                type nullable (so "not in the text" is null,
---                                not an invented value).
 --   schema.names(schema)         the property names, sorted (a stable order).
 --   schema.DEFAULT               the schema a dataset gets when it has none
 --                                (the same as api/datasets.c).
+--
+-- The form OpenAI's strict structured outputs need is made in C, by the same
+-- translator that checks a schema when its dataset is created:
+-- sl.schema.openai(schema) (actors/lua_schema.c, core/jschema.c).
 --
 -- Pure Lua: the only runtime thing it touches is sl.json.null (the decoded
 -- JSON null), looked up when called.
@@ -187,71 +186,5 @@ function shape(value, schema)
 end
 
 M.shape = shape
-
--- JSON Schema keywords OpenAI's strict mode accepts; others (minLength,
--- format, pattern, ...) would make it answer 400, so they are dropped.
-local KEEP = { description = true, title = true }
-
---- A copy of schema in OpenAI strict form (see the header). Does not modify schema.
-function M.strict(schema)
-  if type(schema) ~= "table" then
-    return { type = { "string", "null" } }
-  end
-  local out = {}
-  for k, v in pairs(schema) do
-    if KEEP[k] and type(v) == "string" then
-      out[k] = v
-    end
-  end
-  local types = types_of(schema)
-  if #types == 0 then
-    types = { "string" } -- strict mode needs a type; text is the safe guess
-  end
-  local nullable = {}
-  local has_null = false
-  for _, ty in ipairs(types) do
-    nullable[#nullable + 1] = ty
-    has_null = has_null or ty == "null"
-  end
-  if not has_null then
-    nullable[#nullable + 1] = "null"
-  end
-  out.type = nullable
-
-  local is_object, is_arr = false, false
-  for _, ty in ipairs(types) do
-    is_object = is_object or ty == "object"
-    is_arr = is_arr or ty == "array"
-  end
-  if is_object then
-    local props, required = {}, {}
-    for _, name in ipairs(M.names(schema)) do
-      props[name] = M.strict(schema.properties[name])
-      required[#required + 1] = name
-    end
-    out.properties = props
-    -- An empty Lua table would be encoded as {} (not []): leave "required"
-    -- out when there is nothing to require.
-    if #required > 0 then
-      out.required = required
-    end
-    out.additionalProperties = false
-  end
-  if is_arr then
-    out.items = M.strict(schema.items)
-    -- items of a nullable array are themselves nullable; fine for extraction.
-  end
-  if type(schema.enum) == "table" then
-    local e = {}
-    for _, v in ipairs(schema.enum) do
-      e[#e + 1] = v
-    end
-    if sl ~= nil and sl.json ~= nil and sl.json.null ~= nil then
-      e[#e + 1] = sl.json.null -- null must be one of the allowed values too
-    end
-    out.enum = e
-  end
-  return out
-end
 
 return M

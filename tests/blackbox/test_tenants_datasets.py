@@ -2,10 +2,12 @@
 (API.md "Errors", "Auth and tenants", "Datasets")."""
 
 import hashlib
+import http.server
 import json
 import re
 import socket
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -199,6 +201,242 @@ def test_create_dataset_invalid_schema(tenant, schema):
     r = tenant.post("/v1/datasets", json={"name": "bad", "record_schema": schema})
     assert_error(r, 400, "invalid_schema")
     assert tenant.get("/v1/datasets").json() == {"datasets": []}
+
+
+def _nested_objects(n):
+    node = {"type": "string"}
+    for _ in range(n):
+        node = {"type": "object", "properties": {"p": node}}
+    return node
+
+
+# What OpenAI's structured outputs cannot express is refused at creation
+# (core/jschema.c), with the keyword and its JSON Pointer path.
+@pytest.mark.parametrize("schema,where", [
+    ({"type": "object", "properties": {"items": {"type": "array", "items": {
+        "type": "array", "items": {"allOf": [{"type": "string"}]}}}}},
+     '"allOf" at /properties/items/items/items: not supported by OpenAI structured outputs'),
+    ({"type": "object", "properties": {"meta": {"type": "object",
+                                                "patternProperties": {"^x-": {}}}}},
+     '"patternProperties" at /properties/meta:'),
+    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, '"not" at /properties/a:'),
+    ({"type": "object", "properties": {"a": {"type": "string", "if": {}, "then": {}}}},
+     'at /properties/a:'),
+    ({"type": "object", "properties": {"pair": {"type": "array", "items": [{"type": "string"}]}}},
+     '"items" at /properties/pair: a list of item schemas (a tuple)'),
+    ({"type": "object", "properties": {"pair": {"type": "array", "prefixItems": [{}]}}},
+     '"prefixItems" at /properties/pair:'),
+    ({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+     '"additionalProperties" at /:'),
+    ({"type": "object", "properties": {"a": {"type": ["string", "number"]}}},
+     '"type" at /properties/a: more than one type besides "null"'),
+    ({"type": "object", "properties": {"a": {"type": "date"}}}, '"type" at /properties/a: unknown type'),
+    ({"type": "object", "properties": {"a": 5}}, 'at /properties/a: a schema must be a JSON object'),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}}, '"$ref" at /properties/a:'),
+    ({"type": "object", "anyOf": [{"type": "object", "properties": {}}], "properties": {}},
+     '"anyOf" at /: the root must be a plain object schema'),
+    (_nested_objects(11), "objects nested more than 10 levels deep"),
+    ({"type": "object", "properties": {"e": {"type": "string",
+                                             "enum": ["v%04d" % i for i in range(1001)]}}},
+     '"enum" at /properties/e: more than 1000 enum values'),
+    ({"type": "object", "properties": {"p%d" % i: {"type": "string"} for i in range(5001)}},
+     '"properties" at /: more than 5000 object properties'),
+])
+def test_create_dataset_refuses_schema_openai_cannot_express(tenant, schema, where):
+    r = tenant.post("/v1/datasets", json={"name": "bad", "record_schema": schema})
+    body = assert_error(r, 400, "invalid_schema")
+    assert body["error"]["message"].startswith("record_schema: "), body
+    assert where in body["error"]["message"], body
+    assert tenant.get("/v1/datasets").json() == {"datasets": []}
+
+
+RICH_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "description": "An invoice",
+    "properties": {
+        "number": {"type": "string", "pattern": "^[A-Z]{2,5}-[0-9]+$", "minLength": 3},
+        "issued": {"type": "string", "format": "date"},
+        "total": {"type": "number", "minimum": 0, "multipleOf": 0.01},
+        "kind": {"type": "string", "enum": ["invoice", "credit_note"]},
+        "paid": {"type": ["boolean", "null"], "default": False},
+        "vendor": {"$ref": "#/$defs/party"},
+        "lines": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {
+            "type": "object", "properties": {
+                "desc": {"type": "string"}, "qty": {"type": "integer", "maximum": 10000}}}},
+        "tax": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+        "notes": {"description": "anything else"},
+        "extra": {"type": "object", "additionalProperties": True, "properties": {}},
+    },
+    "required": ["number"],
+    "$defs": {"party": {"type": "object", "properties": {
+        "name": {"type": "string"}, "vat": {"type": "string", "maxLength": 20}}}},
+}
+
+
+def test_create_dataset_accepts_a_rich_schema_as_written(tenant):
+    r = tenant.post("/v1/datasets", json={"name": "rich", "record_schema": RICH_SCHEMA})
+    assert r.status_code == 201, r.text
+    # stored as the client wrote it (the translation is made when OpenAI is called)
+    assert r.json()["record_schema"] == RICH_SCHEMA
+    props = dict(dict(ordered(r.text))["record_schema"])["properties"]
+    assert [k for k, _ in props] == list(RICH_SCHEMA["properties"])
+
+
+PROBE_FLOW = r"""
+return flow { start = "probe", steps = { probe = { run = function(ctx, file)
+  local strict, text = sl.schema.openai(file.schema)
+  local bad, msg = sl.schema.openai({ type = "object", properties = { a = { allOf = { {} } } } })
+  local empty = sl.schema.openai({ type = "object" })
+  sl.artifact { kind = "schema", mime = "application/json", data = text }
+  sl.artifact { kind = "probe", mime = "application/json", data = sl.json.encode({
+    table_root_type = strict.type, table_required = strict.required,
+    bad = bad == nil, msg = msg, empty = sl.json.encode(empty),
+    string_arg = select(2, sl.schema.openai('{"properties":{"b":{},"a":{}}}')),
+  }) }
+  return true
+end } } }
+"""
+
+
+def test_flow_gets_the_openai_form_of_the_dataset_schema(start_server, tmp_path):
+    """sl.schema.openai in a flow: the same translator, the dataset's property
+    order kept, arrays that encode as arrays, refusals as nil, message."""
+    flow = tmp_path / "probe.lua"
+    flow.write_text(PROBE_FLOW)
+    srv = start_server(extra_yaml='pipelines:\n  - {name: probe, flow: "%s", match: ["text/*"]}\n'
+                       % flow)
+    t = srv.create_tenant("probe")
+    ds = t.create_dataset("rich", RICH_SCHEMA)["id"]
+    r = t.upload(ds, [("a.txt", b"some text\n")])
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    doc = t.wait_file(fid, timeout=60)
+    runs = {x["pipeline"]: x for x in doc["runs"]}
+    assert runs["probe"]["state"] == "succeeded", doc
+
+    def art(kind):
+        a = [x for x in runs["probe"]["artifacts"] if x["kind"] == kind][0]
+        got = t.get(a["url"])
+        assert got.status_code == 200
+        return got.text
+
+    text = art("schema")
+    strict = json.loads(text)
+    names = list(RICH_SCHEMA["properties"])
+    # the root is a plain object; every property required, in the dataset's order
+    assert strict["type"] == "object" and strict["additionalProperties"] is False
+    assert strict["required"] == names
+    assert [k for k, _ in dict(ordered(text))["properties"]] == names
+    p = strict["properties"]
+    assert p["number"] == {"type": ["string", "null"], "pattern": "^[A-Z]{2,5}-[0-9]+$"}
+    assert p["issued"] == {"type": ["string", "null"], "format": "date"}
+    assert p["total"] == {"type": ["number", "null"], "minimum": 0, "multipleOf": 0.01}
+    assert p["kind"] == {"type": ["string", "null"], "enum": ["invoice", "credit_note", None]}
+    assert p["paid"] == {"type": ["boolean", "null"]}
+    assert p["vendor"] == {"anyOf": [{"$ref": "#/$defs/party"}, {"type": "null"}]}
+    assert p["lines"]["type"] == ["array", "null"] and p["lines"]["minItems"] == 1
+    assert "uniqueItems" not in p["lines"]
+    assert p["lines"]["items"] == {
+        "type": "object", "properties": {"desc": {"type": ["string", "null"]},
+                                         "qty": {"type": ["integer", "null"], "maximum": 10000}},
+        "required": ["desc", "qty"], "additionalProperties": False}
+    assert p["tax"] == {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
+    assert p["notes"] == {"type": ["string", "null"], "description": "anything else"}
+    assert p["extra"] == {"type": ["object", "null"], "properties": {}, "required": [],
+                          "additionalProperties": False}
+    assert strict["$defs"]["party"]["required"] == ["name", "vat"]
+    assert "$schema" not in strict
+
+    probe = json.loads(art("probe"))
+    assert probe["table_root_type"] == "object"
+    assert probe["table_required"] == names
+    assert probe["bad"] is True
+    assert probe["msg"] == '"allOf" at /properties/a: not supported by OpenAI structured outputs'
+    assert json.loads(probe["empty"]) == {"type": "object", "properties": {}, "required": [],
+                                          "additionalProperties": False}
+    assert '"required":[]' in probe["empty"]
+    assert [k for k, _ in dict(ordered(probe["string_arg"]))["properties"]] == ["b", "a"]
+
+
+class _Refusing400(http.server.BaseHTTPRequestHandler):
+    """An OpenAI that refuses every request as it refuses a bad schema."""
+    bodies = []
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        _Refusing400.bodies.append(self.rfile.read(n))
+        body = json.dumps({"error": {
+            "message": "Invalid schema for response_format 'record': In context=(), "
+                       "'additionalProperties' is required to be supplied and to be false.",
+            "type": "invalid_request_error", "param": "response_format",
+            "code": "invalid_json_schema"}}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _openai_answers_400(start_server):
+    """A dataset's file through ai_record with an OpenAI that answers 400:
+    (server, record step_failed event, request body sent)."""
+    fake = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing400)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    try:
+        srv = start_server(extra_yaml=(
+            'services:\n  openai: {base_url: "http://127.0.0.1:%d/v1", api_key: sk-test, '
+            'model: gpt-4o-mini, timeout_ms: 5000}\n' % fake.server_address[1]))
+        t = srv.create_tenant("o400")
+        ds = t.create_dataset("ai", {"type": "object", "properties": {
+            "zeta": {"type": "string"}, "alpha": {"type": "number"}}})["id"]
+        r = t.upload(ds, [("a.txt", b"Invoice INV-1\nTotal: 12.50 EUR\n")])
+        assert r.status_code == 202, r.text
+        fid = r.json()["files"][0]["id"]
+        doc = t.wait_file(fid, timeout=60)
+        runs = {x["pipeline"]: x for x in doc["runs"]}
+        assert runs["ai_record"]["state"] == "failed", doc
+        evs = t.get("/v1/files/%s/events" % fid).json()["events"]
+        failed = [e for e in evs if e["kind"] == "step_failed" and e["step"] == "record"]
+        assert failed, evs
+        return srv, failed[0], _Refusing400.bodies[-1]
+    finally:
+        fake.shutdown()
+
+
+def test_openai_400_fails_the_step_and_logs_openais_message(start_server):
+    srv, failed, sent = _openai_answers_400(start_server)
+    assert failed["detail"]["error"] == "bad_input"
+    assert failed["detail"]["transient"] is False
+    # logged at error level with OpenAI's own message
+    lines = []
+    for l in srv.log().splitlines():
+        try:
+            lines.append(json.loads(l))
+        except ValueError:
+            pass
+    refused = [l for l in lines if l.get("level") == "error" and l.get("module") == "openai"]
+    assert refused, srv.log()[-3000:]
+    assert "HTTP 400: Invalid schema for response_format 'record'" in refused[0]["msg"]
+    assert "'additionalProperties' is required to be supplied" in refused[0]["detail"]
+    # what was sent: the translated schema, a plain object root, in the dataset's order
+    req = json.loads(sent, object_pairs_hook=lambda p: p)
+    js = dict(dict(dict(req)["response_format"])["json_schema"])
+    schema = dict(js["schema"])
+    assert js["strict"] is True and schema["type"] == "object"
+    assert [k for k, _ in schema["properties"]] == ["zeta", "alpha"]
+    assert schema["required"] == ["zeta", "alpha"]
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.xfail(strict=True, reason="the runtime keeps only a failed step's error word: "
+                   "actors/flow.c drops the third value (detail) a step returns")
+def test_openai_400_message_shows_in_the_timeline(start_server):
+    _, failed, _ = _openai_answers_400(start_server)
+    assert "'additionalProperties' is required to be supplied" in failed["detail"].get("detail", "")
 
 
 @pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": 1}, {"name": "n" * 201}])

@@ -1,4 +1,6 @@
--- test_schema.lua — schema.shape, schema.strict, schema.names.
+-- test_schema.lua — schema.shape, schema.names.
+-- (The OpenAI strict form is made in C by sl.schema.openai: tests/unit/test_jschema.c
+-- tests the translator; tests/unit/test_flow.c's lua_schema check the binding.)
 local schema = require "schema"
 
 return function(t)
@@ -41,43 +43,6 @@ return function(t)
   t.eq(schema.names(s), { "addr", "count", "maybe", "paid", "tags", "title", "total" }, "names sorted")
   t.eq(schema.names({}), {}, "no properties")
 
-  -- strict: everything required, nullable, no additional properties
-  local st = schema.strict({
-    type = "object",
-    properties = {
-      a = { type = "string", minLength = 3, description = "A" },
-      b = { type = "number" },
-      c = { type = { "integer", "null" } },
-      d = { type = "object", properties = { e = { type = "boolean" } } },
-      f = { type = "array", items = { type = "string" } },
-      g = { enum = { "x", "y" }, type = "string" },
-      h = {},
-    },
-  })
-  t.eq(st.type, { "object", "null" }, "root type nullable")
-  t.eq(st.additionalProperties, false, "root additionalProperties false")
-  t.eq(st.required, { "a", "b", "c", "d", "f", "g", "h" }, "all required, sorted")
-  t.eq(st.properties.a, { type = { "string", "null" }, description = "A" }, "unsupported keywords dropped")
-  t.eq(st.properties.b.type, { "number", "null" }, "number nullable")
-  t.eq(st.properties.c.type, { "integer", "null" }, "already nullable not doubled")
-  t.eq(st.properties.d.required, { "e" }, "nested object required")
-  t.eq(st.properties.d.additionalProperties, false, "nested object closed")
-  t.eq(st.properties.d.properties.e.type, { "boolean", "null" }, "nested nullable")
-  t.eq(st.properties.f.items.type, { "string", "null" }, "array items strict")
-  t.eq(st.properties.g.enum, { "x", "y", sl.json.null }, "enum allows null")
-  t.eq(st.properties.h.type, { "string", "null" }, "untyped becomes nullable string")
-
-  -- the strict schema encodes as JSON with arrays where JSON Schema wants them
-  local enc = sl.json.decode(sl.json.encode(schema.strict(schema.DEFAULT)))
-  t.eq(enc.required, { "currency", "date", "email", "reference", "title", "total" }, "encoded required")
-  t.eq(enc.properties.total.type, { "number", "null" }, "encoded type list")
-
-  -- strict of an object without properties has no empty "required"
-  local empty = schema.strict({ type = "object" })
-  t.eq(empty.required, nil, "no required on an empty object")
-
-  -- input not modified
-  local orig = { type = "object", properties = { a = { type = "string" } } }
-  schema.strict(orig)
-  t.eq(orig, { type = "object", properties = { a = { type = "string" } } }, "strict does not modify")
+  -- the Lua translator is gone: one translator, in C
+  t.eq(schema.strict, nil, "no schema.strict")
 end

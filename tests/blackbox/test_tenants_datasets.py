@@ -432,8 +432,6 @@ def test_openai_400_fails_the_step_and_logs_openais_message(start_server):
     assert schema["additionalProperties"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="the runtime keeps only a failed step's error word: "
-                   "actors/flow.c drops the third value (detail) a step returns")
 def test_openai_400_message_shows_in_the_timeline(start_server):
     _, failed, _ = _openai_answers_400(start_server)
     assert "'additionalProperties' is required to be supplied" in failed["detail"].get("detail", "")

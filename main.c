@@ -80,14 +80,13 @@ static int limit_request(sl_app_t *app, sl_http_req_t *req, const char *route,
     if (!app->ratelimit || lim.rate <= 0)
         return 0;
     lim.burst = cfg->rl_requests_burst > 0 ? cfg->rl_requests_burst : lim.rate;
-    char token[512];
-    const char *auth = sl_http_req_header(req, "Authorization");
-    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
-        snprintf(token, sizeof token, "%s", auth + 7);
-    else if (sl_http_req_query_param(req, "access_token", token, sizeof token) <= 0)
-        return 0; /* no key: authentication answers 401 */
+    char token[SL_API_KEY_MAX];
+    int tlen = sl_api_credentials(req, 1, token, sizeof token);
+    if (tlen <= 0)
+        return 0; /* no (well-formed) key: authentication answers 401 */
     char hash[65], key[96];
-    sl_sha256_hex(token, strlen(token), hash);
+    sl_sha256_hex(token, (size_t)tlen, hash);
+    explicit_bzero(token, sizeof token);
     snprintf(key, sizeof key, "req:%s:%s", upload ? "uploads" : "reads", hash);
     limited_req_t *lr = malloc(sizeof *lr);
     if (!lr)

@@ -74,6 +74,20 @@ typedef struct sl_app_s {
 typedef void (*sl_api_auth_cb)(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
                                void *arg);
 
+/** Longer API keys (bearer tokens, ?access_token=) are refused unread. */
+#define SL_API_KEY_MAX 512
+
+/**
+ * The API key a request carries, into out (NUL-terminated): the Bearer token
+ * of its Authorization header (parsed by sl_http_bearer_token, whose doc says
+ * what is accepted), or — only when the request has no Authorization header
+ * and allow_query_token — its ?access_token= query parameter. A malformed
+ * header never falls back to the query. Its length, or -1 when there is none.
+ * Authentication and the request rate limiter both read the key through this,
+ * so they always agree on it (the limiter passes allow_query_token = 1).
+ */
+int sl_api_credentials(sl_http_req_t *req, int allow_query_token, char *out, size_t outlen);
+
 /**
  * Authenticates `Authorization: Bearer <key>` (or, when allow_query_token,
  * `?access_token=`). Looks the sha256 of the key up in api_keys. The callback

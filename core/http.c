@@ -1303,6 +1303,33 @@ const char *sl_http_req_header(const sl_http_req_t *req, const char *name)
     return NULL;
 }
 
+int sl_http_bearer_token(const char *value, char *out, size_t outlen)
+{
+    if (outlen > 0)
+        out[0] = '\0';
+    if (value == NULL || outlen == 0)
+        return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (strncasecmp(value, "Bearer", 6) != 0 || value[6] != ' ')
+        return -1;
+    const char *t = value + 6;
+    while (*t == ' ')
+        t++;
+    size_t n = 0;
+    while (t[n] > 0x20 && t[n] < 0x7f)
+        n++;
+    /* Only trailing blanks may follow the token. */
+    for (const char *rest = t + n; *rest != '\0'; rest++)
+        if (*rest != ' ' && *rest != '\t')
+            return -1;
+    if (n == 0 || n >= outlen)
+        return -1;
+    memcpy(out, t, n);
+    out[n] = '\0';
+    return (int)n;
+}
+
 int64_t sl_http_req_content_length(const sl_http_req_t *req)
 {
     return req->content_length;

@@ -111,6 +111,24 @@ const char *sl_http_req_query(const sl_http_req_t *req);
 int sl_http_req_query_param(const sl_http_req_t *req, const char *name, char *buf, size_t buflen);
 /** The first header named `name` (case-insensitive), or NULL. */
 const char *sl_http_req_header(const sl_http_req_t *req, const char *name);
+/**
+ * The token of an `Authorization: Bearer <token>` header value (`value`
+ * borrowed, may be NULL), copied NUL-terminated into out. The one parser of
+ * that header: authentication and the rate limiter both use it, so a key that
+ * authenticates is always the key that is counted. What is accepted:
+ *   - blanks (SP, HTAB) around the whole value are ignored (they are OWS, not
+ *     part of a field value: RFC 9110 §5.5);
+ *   - the scheme "Bearer", case-insensitive (RFC 7235 §2.1);
+ *   - then one or more SP — and only SP: `credentials = auth-scheme
+ *     [ 1*SP token68 ]` (RFC 7235 §2.1, RFC 6750 §2.1), so "Bearer<TAB>key" is
+ *     refused;
+ *   - then the token: one or more visible ASCII characters (0x21-0x7E), no
+ *     blank inside. That is a superset of RFC 6750's b64token, so configured
+ *     admin keys with other punctuation still work.
+ * Returns the token's length, or -1 when value is NULL, another scheme,
+ * malformed, or the token does not fit in outlen - 1 bytes (out is then "").
+ */
+int sl_http_bearer_token(const char *value, char *out, size_t outlen);
 /** Content-Length if given, else -1 (chunked or no body). */
 int64_t sl_http_req_content_length(const sl_http_req_t *req);
 /** True if the request carries a body (content-length > 0 or chunked). */

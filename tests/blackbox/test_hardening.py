@@ -82,3 +82,31 @@ def test_refused_idempotency_key_releases_the_upload(start_server):
     wait_metric(srv, "sluice_uploads_in_progress", 0)
     # and the tenant's one upload hold is free again
     assert t.upload(ds, ("b.txt", b"y")).status_code == 202
+
+
+# ---- 2. the limiter and the authenticator read Authorization alike ---------
+
+TIGHT_READS = "rate_limits: {requests_per_s: {reads: 0.1, uploads: 0.1, burst: 2}}\n"
+
+
+def test_bearer_variants_are_limited_or_refused(start_server):
+    srv = start_server(extra_yaml=TIGHT_READS)
+    t = srv.create_tenant("auth")
+    url = srv.url + "/v1/datasets"
+
+    def get(auth):
+        return requests.get(url, headers={"Authorization": auth}, timeout=10)
+
+    # "Bearer<TAB>key" is not an RFC 7235 credential: refused by both
+    r = get("Bearer\t" + t.key)
+    assert r.status_code == 401, (r.status_code, r.text)
+    # the budget of 2, spent with the canonical form ...
+    assert [get("Bearer " + t.key).status_code for _ in range(2)] == [200, 200]
+    # ... is the budget of every accepted spelling: never authenticated but unlimited
+    for auth in ("Bearer " + t.key, "Bearer  " + t.key, "bearer " + t.key,
+                 "BEARER   " + t.key + " "):
+        r = get(auth)
+        assert r.status_code == 429, (auth, r.status_code, r.text)
+    for auth in ("Bearer\t" + t.key, "Bearer \t" + t.key, "Bearer" + t.key):
+        r = get(auth)
+        assert r.status_code in (401, 429), (auth, r.status_code, r.text)

@@ -10,6 +10,7 @@
 #define SL_TESTS_UNIT_CHECK_H
 
 #include <stdio.h>
+#include <string.h>
 
 #ifndef CHECK_STREAM
 #define CHECK_STREAM stderr
@@ -28,6 +29,40 @@ static int passed, failed;
             fprintf(CHECK_STREAM, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr);         \
         }                                                                                          \
     } while (0)
+
+/* Counts a == b (both converted to long long) as a pass or a failure; a
+ * failure prints both expressions and both values. Each argument is
+ * evaluated once. */
+#define CHECK_EQ(a, b)                                                                             \
+    do {                                                                                           \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);                            \
+        if (check_a_ == check_b_) {                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(CHECK_STREAM, "%s:%d: CHECK_EQ failed: %s == %s (%lld != %lld)\n", __FILE__,   \
+                    __LINE__, #a, #b, check_a_, check_b_);                                         \
+        }                                                                                          \
+    } while (0)
+
+/* Counts strcmp(a, b) == 0 as a pass or a failure (a NULL equals only NULL);
+ * a failure prints both strings. Each argument is evaluated once. */
+#define CHECK_STREQ(a, b)                                                                          \
+    do {                                                                                           \
+        const char *check_sa_ = (a), *check_sb_ = (b);                                             \
+        if (check_sa_ == check_sb_ ||                                                              \
+            (check_sa_ && check_sb_ && strcmp(check_sa_, check_sb_) == 0)) {                       \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(CHECK_STREAM, "%s:%d: CHECK_STREQ failed: %s == %s (\"%s\" != \"%s\")\n",     \
+                    __FILE__, __LINE__, #a, #b, check_sa_ ? check_sa_ : "(null)",                 \
+                    check_sb_ ? check_sb_ : "(null)");                                             \
+        }                                                                                          \
+    } while (0)
+
+/* The exit code that tells ctest a test was skipped (SKIP_RETURN_CODE). */
+#define CHECK_SKIP 77
 
 /* Prints "<prefix>N passed, M failed" on stdout; returns the exit code (0 when
  * nothing failed, else 1). `prefix` is borrowed. */

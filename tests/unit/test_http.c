@@ -1106,8 +1106,40 @@ static void test_free_inflight(sl_http_server_t *srv, int port)
     client_free(idle);
 }
 
+/* The one Authorization parser (RFC 7235 §2.1, RFC 6750 §2.1). */
+static void test_bearer_token(void)
+{
+    char out[16];
+    CHECK_EQ(sl_http_bearer_token("Bearer abc", out, sizeof out), 3);
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("bEARER abc", out, sizeof out), 3); /* scheme case-insensitive */
+    CHECK_EQ(sl_http_bearer_token("Bearer   abc", out, sizeof out), 3); /* 1*SP */
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("  Bearer abc \t", out, sizeof out), 3); /* OWS around */
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("Bearer sk_a-b.c~+/=", out, sizeof out), 12);
+    /* refused: HTAB as the separator, no separator, inner blanks, other schemes */
+    CHECK_EQ(sl_http_bearer_token("Bearer\tabc", out, sizeof out), -1);
+    CHECK_STREQ(out, "");
+    CHECK_EQ(sl_http_bearer_token("Bearer \tabc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearerabc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab c", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab\x01", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab\xc3\xa9", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Basic abc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearers abc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token(NULL, out, sizeof out), -1);
+    /* too long for out: refused, not truncated */
+    CHECK_EQ(sl_http_bearer_token("Bearer 0123456789abcde", out, sizeof out), 15);
+    CHECK_EQ(sl_http_bearer_token("Bearer 0123456789abcdef", out, sizeof out), -1);
+    CHECK_STREQ(out, "");
+}
+
 int main(void)
 {
+    test_bearer_token();
     sl_http_server_t *s1 = NULL, *s2 = NULL, *s3 = NULL, *bad = NULL;
     sl_http_limits_t l;
 

@@ -233,8 +233,8 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
     json_error_t jerr;
     json_t *v = NULL;
 
-    if (err == SL_ETOOBIG)
-        goto out; /* the http layer answered 413 itself */
+    if (err == SL_ETOOBIG || err == SL_EPROTO)
+        goto out; /* the http layer answered 413 / 400 itself */
     if (err != 0) {
         finish_closed(req); /* client gone or stalled: nobody reads this */
         goto out;

@@ -675,7 +675,7 @@ static void process_after_body(process_t *pr)
 static void process_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
 {
     process_t *pr = arg;
-    if (err == SL_ETOOBIG) { /* the server answered 413 itself */
+    if (err == SL_ETOOBIG || err == SL_EPROTO) { /* the server answered 413 / 400 itself */
         free(pr);
         return;
     }

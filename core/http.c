@@ -687,10 +687,17 @@ static void conn_parse_error(conn_t *c, enum http_errno e)
     c->parse_dead = 1;
     conn_schedule(c);
     if (r && r->dispatched) {
-        /* Malformed body framing: the handler hears of it and responds. */
+        /* Malformed body framing. A streamed body's handler hears of it and
+         * responds; a buffered body is the server's to judge, as its size
+         * is: it answers 400 itself and tells the handler afterwards. */
         if (!r->finished && r->body_mode != BODY_NONE && !r->abandoned && !r->body_due) {
             r->body_due = 1;
             r->body_err = SL_EPROTO;
+            if (r->body_mode == BODY_BUFFER) {
+                r->deliver_after_finish = 1;
+                snprintf(msg, sizeof msg, "malformed request body: %s", http_errno_description(e));
+                req_server_error(r, 400, "bad_request", msg, -1);
+            }
         }
         return;
     }
@@ -1492,6 +1499,26 @@ static int status_has_no_body(int status)
 }
 
 /* Writes the status line and headers. cl: >= 0 Content-Length, -1 chunked. */
+/*
+ * The reason phrase of the status line. http-parser's table knows the IANA
+ * registry only; the statuses this server uses outside it are named here,
+ * and any other gets a neutral word (never "<unknown>" on the wire).
+ */
+static const char *status_reason(int status)
+{
+    static const struct {
+        int status;
+        const char *reason;
+    } extra[] = {
+        {499, "Client Closed Request"}, /* nginx's; logged for a client that went away */
+    };
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+        if (extra[i].status == status)
+            return extra[i].reason;
+    const char *s = http_status_str((enum http_status)status);
+    return s == NULL || s[0] == '<' ? "Unknown" : s;
+}
+
 static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t cl)
 {
     conn_t *c = r->conn;
@@ -1508,7 +1535,7 @@ static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t c
         return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status,
-                        http_status_str((enum http_status)status), srv_date(c->srv), r->id);
+                        status_reason(status), srv_date(c->srv), r->id);
     if (ctype && *ctype && hdr_text_ok(ctype))
         evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
     if (!status_has_no_body(status)) {

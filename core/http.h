@@ -164,9 +164,11 @@ void sl_http_req_on_close(sl_http_req_t *req, sl_http_close_cb cb, void *arg);
 
 /**
  * Buffers the whole body, then calls cb with it. `body` is borrowed until cb
- * returns; it is NUL-terminated (the NUL is not counted in len). If the body
- * exceeds max_bytes, the server answers 413 "payload_too_large" itself and
- * cb is called with err = SL_ETOOBIG (the handler must then NOT respond).
+ * returns; it is NUL-terminated (the NUL is not counted in len). The server
+ * answers two errors itself, and cb then gets them after the request is
+ * finished (the handler must NOT respond; `req` is valid only during cb):
+ *   - SL_ETOOBIG: the body exceeds max_bytes: 413 "payload_too_large";
+ *   - SL_EPROTO: malformed body framing (a bad chunk): 400 "bad_request".
  * On client abort or body timeout cb gets SL_ECLOSED / SL_ETIMEDOUT and the
  * handler finishes the request (its response is discarded).
  */

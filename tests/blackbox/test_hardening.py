@@ -110,3 +110,25 @@ def test_bearer_variants_are_limited_or_refused(start_server):
     for auth in ("Bearer\t" + t.key, "Bearer \t" + t.key, "Bearer" + t.key):
         r = get(auth)
         assert r.status_code in (401, 429), (auth, r.status_code, r.text)
+
+
+# ---- 5. a malformed chunked JSON body is a 400, not a 499 ------------------
+
+def test_malformed_chunked_json_body_is_400(start_server):
+    srv = start_server()
+    t = srv.create_tenant("chunk")
+    req = ("POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+           "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "zz-not-hex\r\n{}\r\n0\r\n\r\n" % t.key).encode()
+    status, head, body = raw_request(srv.port, req)
+    assert status == 400, (head, body)
+    assert head.startswith("HTTP/1.1 400 Bad Request"), head
+    import json
+    assert json.loads(body)["error"]["code"] == "bad_request", body
+    # a well-formed chunked body on the same endpoint works
+    good = b'{"name": "ok"}'
+    req = ("POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+           "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+           "Connection: close\r\n\r\n" % t.key).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good)
+    status, head, body = raw_request(srv.port, req)
+    assert status == 201, (head, body)

@@ -557,6 +557,9 @@ static int serve(sl_config_t *cfg)
     limits.header_timeout_ms = cfg->header_timeout_ms;
     limits.idle_timeout_ms = cfg->idle_timeout_ms;
     limits.body_timeout_ms = cfg->body_timeout_ms;
+    /* Enforced on the bytes as they arrive, chunked bodies included; the
+     * upload route also refuses a declared Content-Length over it at once. */
+    limits.max_body_bytes = cfg->max_request_bytes > 0 ? (uint64_t)cfg->max_request_bytes : 0;
     if ((err = sl_http_server_new(app->base, cfg->listen, &limits, dispatch_cb, app,
                                   &app->http)) != 0) {
         sl_log(SL_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", cfg->listen, "error",

@@ -638,6 +638,9 @@ static void body_end_cb(sl_http_req_t *req, int err, void *arg)
             upload_fail(up, 408, "request_timeout", "the upload stalled");
         else if (err == SL_EPROTO)
             upload_fail(up, 400, "bad_request", "malformed request body framing");
+        else if (err == SL_ETOOBIG) /* counted as received: chunked bodies too */
+            upload_fail(up, 413, "request_too_large",
+                        "the body is larger than limits.max_request_bytes");
         else if (err)
             upload_fail(up, 400, "truncated_body", "the body ended early or the client went away");
         else if (!sl_multipart_done(up->mp))

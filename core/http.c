@@ -510,6 +510,19 @@ static int on_body(http_parser *p, const char *at, size_t len)
         memcpy(r->body + r->body_len, at, len);
         r->body_len += len;
     } else if (r->body_mode == BODY_STREAM && !r->abandoned) {
+        uint64_t max = c->srv->limits.max_body_bytes;
+        if (max > 0 && r->body_bytes > max) {
+            /* Counted as received, so a chunked body is held to the limit as
+             * a declared one is: nothing past it reaches the handler, which
+             * hears SL_ETOOBIG and answers 413; the connection then closes. */
+            r->abandoned = 1;
+            c->parse_dead = 1;
+            r->body_due = 1;
+            r->body_err = SL_ETOOBIG;
+            http_parser_pause(p, 1);
+            conn_schedule(c);
+            return 0;
+        }
         if (r->data_cb(r, at, len, r->body_arg) != 0) {
             r->abandoned = 1;
             c->parse_dead = 1;
@@ -1043,6 +1056,7 @@ void sl_http_limits_default(sl_http_limits_t *l)
     l->idle_timeout_ms = 60 * 1000;
     l->body_timeout_ms = 60 * 1000;
     l->read_high_watermark = 256 * 1024;
+    l->max_body_bytes = 0;
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -1410,6 +1424,8 @@ int sl_http_req_read_body(sl_http_req_t *req, size_t max_bytes, sl_http_body_cb 
     req->body_mode = BODY_BUFFER;
     req->body_cb = cb;
     req->body_arg = arg;
+    if (c->srv->limits.max_body_bytes > 0 && c->srv->limits.max_body_bytes < max_bytes)
+        max_bytes = (size_t)c->srv->limits.max_body_bytes;
     req->body_max = max_bytes;
     if (req->content_length > 0 && (uint64_t)req->content_length > max_bytes) {
         /* Known too big: answer before the client sends it (no 100 Continue). */

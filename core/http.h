@@ -47,6 +47,8 @@ typedef struct sl_http_limits_s {
     int idle_timeout_ms;         /* keep-alive idle time between requests (default 60 s) */
     int body_timeout_ms;         /* max gap between two body reads (default 60 s) */
     size_t read_high_watermark;  /* bytes buffered from the socket before reads stop (default 256 KiB) */
+    uint64_t max_body_bytes;     /* body bytes of any one request, counted as they arrive (after
+                                    de-chunking, so chunked bodies too); 0 = no limit (default) */
 } sl_http_limits_t;
 
 /** Fills *l with the defaults listed above. */
@@ -167,7 +169,8 @@ void sl_http_req_on_close(sl_http_req_t *req, sl_http_close_cb cb, void *arg);
  * returns; it is NUL-terminated (the NUL is not counted in len). The server
  * answers two errors itself, and cb then gets them after the request is
  * finished (the handler must NOT respond; `req` is valid only during cb):
- *   - SL_ETOOBIG: the body exceeds max_bytes: 413 "payload_too_large";
+ *   - SL_ETOOBIG: the body exceeds max_bytes (or limits.max_body_bytes):
+ *     413 "payload_too_large";
  *   - SL_EPROTO: malformed body framing (a bad chunk): 400 "bad_request".
  * On client abort or body timeout cb gets SL_ECLOSED / SL_ETIMEDOUT and the
  * handler finishes the request (its response is discarded).
@@ -180,8 +183,10 @@ int sl_http_req_read_body(sl_http_req_t *req, size_t max_bytes, sl_http_body_cb 
  * Streams the body. data_cb gets each decoded chunk (borrowed until it
  * returns); end_cb fires once: err = 0 when the body is complete, SL_ECLOSED if
  * the client went away or the body was truncated, SL_ETIMEDOUT on a stalled
- * body, SL_EPROTO on malformed framing. After end_cb the handler finishes the
- * request. If data_cb returns non-zero the body is abandoned: end_cb is not
+ * body, SL_EPROTO on malformed framing, SL_ETOOBIG when the body passed
+ * limits.max_body_bytes (nothing past the limit reaches data_cb; the handler
+ * answers 413). After end_cb the handler finishes the request; after an error
+ * the connection closes once it has answered. If data_cb returns non-zero the body is abandoned: end_cb is not
  * called and the handler is expected to respond (the connection will close).
  */
 typedef int (*sl_http_data_cb)(sl_http_req_t *req, const char *data, size_t len, void *arg);

@@ -112,6 +112,73 @@ def test_bearer_variants_are_limited_or_refused(start_server):
         assert r.status_code in (401, 429), (auth, r.status_code, r.text)
 
 
+# ---- 3. max_request_bytes holds for chunked bodies too ---------------------
+
+def send_chunked(port, head, body, chunk=4096, timeout=10):
+    """Sends head + body in chunked encoding, tolerating a server that
+    answers and closes early; returns (status, head, body) of the answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        try:
+            s.sendall(head)
+            for i in range(0, len(body), chunk):
+                piece = body[i:i + chunk]
+                s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        buf = b""
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+        except (ConnectionResetError, socket.timeout):
+            pass
+    finally:
+        s.close()
+    rhead, _, rbody = buf.partition(b"\r\n\r\n")
+    parts = rhead.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    return status, rhead.decode("latin-1"), rbody
+
+
+def stored_blobs(srv):
+    import os
+    return [os.path.join(d, f) for d, _, fs in os.walk(srv.storage_path) for f in fs]
+
+
+def test_chunked_upload_over_max_request_bytes_is_413(start_server):
+    srv = start_server(extra_yaml="limits: {max_request_bytes: 20000}\n")
+    t = srv.create_tenant("big")
+    ds = t.create_dataset("d")["id"]
+    parts = b""
+    for i in range(3):  # three files of 15 KB: each is fine, together too many bytes
+        parts += (b"--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f%d.bin\"\r\n"
+                  b"Content-Type: application/octet-stream\r\n\r\n" % i) + b"x" * 15000 + b"\r\n"
+    parts += b"--BB--\r\n"
+    head = ("POST /v1/datasets/%s/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            "Content-Type: multipart/form-data; boundary=BB\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % (ds, t.key)).encode()
+    status, rhead, rbody = send_chunked(srv.port, head, parts)
+    assert status == 413, (status, rhead, rbody[:200])
+    import json
+    assert json.loads(rbody)["error"]["code"] == "request_too_large"
+    wait_metric(srv, "sluice_uploads_in_progress", 0)
+    r = t.get("/v1/datasets/%s/files" % ds)
+    assert r.status_code == 200 and r.json()["files"] == [], r.text
+    deadline = time.monotonic() + 5
+    while stored_blobs(srv) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored_blobs(srv) == []
+    # under the limit, the same chunked framing is accepted
+    small = (b"--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ok.bin\"\r\n\r\n"
+             + b"y" * 1000 + b"\r\n--BB--\r\n")
+    status, rhead, rbody = send_chunked(srv.port, head, small)
+    assert status == 202, (status, rhead, rbody[:200])
+
+
 # ---- 5. a malformed chunked JSON body is a 400, not a 499 ------------------
 
 def test_malformed_chunked_json_body_is_400(start_server):

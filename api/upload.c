@@ -22,6 +22,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/multipart.h"
+#include "core/utf8.h"
 
 #include <event2/event.h>
 #include <stdlib.h>
@@ -73,9 +74,12 @@ static void upload_maybe_finish(upload_t *up);
 
 /*
  * A display name from the client's filename: the last path component (some
- * browsers send "C:\dir\name"), control characters and invalid UTF-8 replaced
- * by '_', at most UPLOAD_NAME_MAX bytes. Postgres rejects invalid UTF-8, and
- * the name ends up in HTML and CSV, so it is cleaned here once.
+ * browsers send "C:\dir\name"), at most UPLOAD_NAME_MAX bytes. Every byte
+ * that does not start a well-formed UTF-8 sequence (sl_utf8_seq_len: RFC 3629,
+ * so overlongs, surrogates and code points past U+10FFFF too) becomes '_', as
+ * control characters do: a bad name is cleaned, never refused, and the rest
+ * of it is kept. Postgres rejects invalid UTF-8, and the name ends up in HTML
+ * and CSV, so it is cleaned here once.
  */
 static void sanitize_name(const char *in, char *out, size_t outlen)
 {
@@ -85,22 +89,19 @@ static void sanitize_name(const char *in, char *out, size_t outlen)
             base = p + 1;
     size_t o = 0;
     const unsigned char *s = (const unsigned char *)base;
-    while (*s && o + 5 < outlen && o < UPLOAD_NAME_MAX) {
-        unsigned char c = *s;
-        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0;
-        for (int i = 1; ok && i < n; i++)
-            ok = (s[i] & 0xc0) == 0x80;
-        if (ok && n == 2 && c < 0xc2)
-            ok = 0; /* overlong */
-        if (!ok || (n == 1 && (c < 0x20 || c == 0x7f))) {
+    size_t left = strlen(base);
+    while (left > 0 && o + 5 < outlen && o < UPLOAD_NAME_MAX) {
+        size_t n = sl_utf8_seq_len(s, left);
+        if (n == 0 || (n == 1 && (*s < 0x20 || *s == 0x7f))) {
             out[o++] = '_';
             s++;
+            left--;
             continue;
         }
-        memcpy(out + o, s, (size_t)n);
-        o += (size_t)n;
+        memcpy(out + o, s, n);
+        o += n;
         s += n;
+        left -= n;
     }
     out[o] = '\0';
     if (o == 0 || strcmp(out, ".") == 0 || strcmp(out, "..") == 0)

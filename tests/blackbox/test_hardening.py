@@ -199,3 +199,48 @@ def test_malformed_chunked_json_body_is_400(start_server):
            "Connection: close\r\n\r\n" % t.key).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good)
     status, head, body = raw_request(srv.port, req)
     assert status == 201, (head, body)
+
+
+# ---- 4. invalid UTF-8 filenames are cleaned, never a 500 -------------------
+
+BAD_NAMES = [
+    b"surrogate-\xed\xa0\x80.txt",
+    b"overlong-\xc0\xaf.txt",
+    b"overlong-\xc1\xbf.txt",
+    b"overlong-\xe0\x80\xaf.txt",
+    b"overlong-\xf0\x80\x80\xaf.txt",
+    b"lead-\xf5\x80\x80\x80.txt",
+    b"lead-\xff.txt",
+    b"past-max-\xf4\x90\x80\x80.txt",
+]
+
+
+def test_invalid_utf8_filenames_are_replaced_not_500(start_server):
+    srv = start_server()
+    t = srv.create_tenant("utf8")
+    ds = t.create_dataset("d")["id"]
+    body = b""
+    for i, name in enumerate(BAD_NAMES):
+        body += (b"--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name +
+                 b"\"\r\nContent-Type: text/plain\r\n\r\nhello %d\r\n" % i)
+    body += b"--BB--\r\n"
+    head = ("POST /v1/datasets/%s/files?process=false HTTP/1.1\r\nHost: x\r\n"
+            "Authorization: Bearer %s\r\nContent-Type: multipart/form-data; boundary=BB\r\n"
+            "Content-Length: %d\r\nConnection: close\r\n\r\n" % (ds, t.key, len(body))).encode()
+    status, rhead, rbody = raw_request(srv.port, head + body)
+    assert status == 202, (status, rhead, rbody[:300])
+    import json
+    names = [f["name"] for f in json.loads(rbody)["files"]]
+    assert len(names) == len(BAD_NAMES)
+    # each invalid byte became "_" (as control characters do); the rest is kept
+    assert names[0] == "surrogate-___.txt", names
+    assert names[1] == "overlong-__.txt", names
+    assert names[6] == "lead-_.txt", names
+    assert names[7] == "past-max-____.txt", names
+    for n in names:
+        n.encode("utf-8")  # round-trips: valid
+        assert "\ufffd" not in n
+    # a valid non-ASCII name is kept as sent
+    r = t.upload(ds, ("gr\u00fc\u00df-\U0001F600.txt", b"x", "text/plain"))
+    assert r.status_code == 202, r.text
+    assert r.json()["files"][0]["name"] == "gr\u00fc\u00df-\U0001F600.txt"

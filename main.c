@@ -163,6 +163,48 @@ typedef struct migrate_job_s {
     int delay_ms;
 } migrate_job_t;
 
+/* Bytes of the URL-signing key (HMAC-SHA256: 256 bits, its block-size-safe length). */
+#define SL_SIGNING_KEY_BYTES 32
+
+/*
+ * The URL-signing key, shared by every instance through the settings table,
+ * into out (hex, NUL-terminated). When there is none yet (a fresh database,
+ * or migration 006 dropped the weak one 001 made with random()), this
+ * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
+ * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
+ * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
+ */
+static int load_signing_key(PGconn *c, char *out, size_t outlen)
+{
+    unsigned char rnd[SL_SIGNING_KEY_BYTES];
+    char hex[2 * SL_SIGNING_KEY_BYTES + 1];
+    PGresult *r = NULL;
+    int rc = -1;
+
+    if (sl_random_bytes(rnd, sizeof rnd) != 0)
+        goto out;
+    sl_hex(rnd, sizeof rnd, hex);
+    const char *params[1] = {hex};
+    r = PQexecParams(c,
+                     "INSERT INTO settings (key, value) VALUES ('url_signing_key', $1) "
+                     "ON CONFLICT (key) DO NOTHING",
+                     1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        goto out;
+    PQclear(r);
+    r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        (size_t)PQgetlength(r, 0, 0) >= outlen)
+        goto out;
+    snprintf(out, outlen, "%s", PQgetvalue(r, 0, 0));
+    rc = 0;
+out:
+    PQclear(r);
+    explicit_bzero(rnd, sizeof rnd);
+    explicit_bzero(hex, sizeof hex);
+    return rc;
+}
+
 static void migrate_work(void *arg)
 {
     migrate_job_t *job = arg;
@@ -170,19 +212,13 @@ static void migrate_work(void *arg)
                              job->errbuf, sizeof job->errbuf);
     if (job->err)
         return;
-    /* The URL-signing key is shared by every instance through the database. */
     PGconn *c = PQconnectdb(job->app->cfg->database_url);
     PGresult *r = NULL;
-    if (PQstatus(c) == CONNECTION_OK)
-        r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-        snprintf(job->key, sizeof job->key, "%s", PQgetvalue(r, 0, 0));
-    } else {
+    if (PQstatus(c) != CONNECTION_OK || load_signing_key(c, job->key, sizeof job->key) != 0) {
         job->err = SL_EUNAVAIL;
         snprintf(job->errbuf, sizeof job->errbuf, "cannot read settings: %s",
                  PQerrorMessage(c));
     }
-    PQclear(r);
     /* Bootstrap tenants from the config: created once by name, keys stored hashed. */
     for (int i = 0; !job->err && i < job->app->cfg->ntenants; i++) {
         const sl_config_tenant_t *t = &job->app->cfg->tenants[i];

@@ -244,3 +244,35 @@ def test_invalid_utf8_filenames_are_replaced_not_500(start_server):
     r = t.upload(ds, ("gr\u00fc\u00df-\U0001F600.txt", b"x", "text/plain"))
     assert r.status_code == 202, r.text
     assert r.json()["files"][0]["name"] == "gr\u00fc\u00df-\U0001F600.txt"
+
+
+# ---- 6. the URL-signing key comes from a CSPRNG ---------------------------
+
+def signing_key(pg, srv):
+    from urllib.parse import urlparse, unquote
+    db = unquote(urlparse(srv.database_url).path.lstrip("/"))
+    return pg.psql("SELECT value FROM settings WHERE key = 'url_signing_key'", dbname=db).strip(), db
+
+
+def test_signing_key_is_256_random_bits_per_database(start_server, pg):
+    a = start_server()
+    b = start_server()
+    ka, db = signing_key(pg, a)
+    kb, _ = signing_key(pg, b)
+    for k in (ka, kb):
+        assert re.fullmatch(r"[0-9a-f]{64}", k), k  # 32 bytes, hex
+        assert len(set(bytes.fromhex(k))) > 8       # not a constant or a pattern
+    assert ka != kb
+    # an install that already has a (weak, random()-made) key: migration 006
+    # throws it away and a fresh one is made from the CSPRNG at start
+    a.stop()
+    pg.psql("UPDATE settings SET value = md5('weak') WHERE key = 'url_signing_key'", dbname=db)
+    pg.psql("DELETE FROM schema_migrations WHERE version = 6", dbname=db)
+    a.start()
+    kc, _ = signing_key(pg, a)
+    assert re.fullmatch(r"[0-9a-f]{64}", kc), kc
+    assert kc not in (ka, kb)
+    # a restart keeps the key (signed URLs stay valid across restarts)
+    a.stop()
+    a.start()
+    assert signing_key(pg, a)[0] == kc

@@ -16,7 +16,7 @@
 #define CHECK_STREAM stderr
 #endif
 
-static int passed, failed;
+static int passed, failed, skipped;
 
 /* Counts `expr` as a pass or a failure; a failure prints file:line and the
  * expression. Never returns early. */
@@ -61,15 +61,29 @@ static int passed, failed;
         }                                                                                          \
     } while (0)
 
-/* The exit code that tells ctest a test was skipped (SKIP_RETURN_CODE). */
+/* The exit code that tells ctest a test was skipped (the tests are
+ * registered with SKIP_RETURN_CODE 77). */
 #define CHECK_SKIP 77
 
-/* Prints "<prefix>N passed, M failed" on stdout; returns the exit code (0 when
- * nothing failed, else 1). `prefix` is borrowed. */
+/* Records that a part of the test could not run here (a missing tool);
+ * `why` is printed. check_summary then exits CHECK_SKIP instead of 0, so
+ * ctest shows the test as skipped, never as a full pass. */
+#define CHECK_SKIPPED(why)                                                                         \
+    do {                                                                                           \
+        skipped++;                                                                                 \
+        fprintf(CHECK_STREAM, "%s:%d: SKIPPED: %s\n", __FILE__, __LINE__, (why));                  \
+    } while (0)
+
+/* Prints "<prefix>N passed, M failed[, K skipped]" on stdout; returns the exit
+ * code: 1 when a check failed, else CHECK_SKIP when a part was skipped, else
+ * 0. `prefix` is borrowed. */
 static inline int check_summary_prefixed(const char *prefix)
 {
-    printf("%s%d passed, %d failed\n", prefix, passed, failed);
-    return failed ? 1 : 0;
+    if (skipped)
+        printf("%s%d passed, %d failed, %d skipped\n", prefix, passed, failed, skipped);
+    else
+        printf("%s%d passed, %d failed\n", prefix, passed, failed);
+    return failed ? 1 : skipped ? CHECK_SKIP : 0;
 }
 
 /* Prints "N passed, M failed"; returns the exit code. */

@@ -186,8 +186,9 @@ int sl_http_req_read_body(sl_http_req_t *req, size_t max_bytes, sl_http_body_cb 
  * body, SL_EPROTO on malformed framing, SL_ETOOBIG when the body passed
  * limits.max_body_bytes (nothing past the limit reaches data_cb; the handler
  * answers 413). After end_cb the handler finishes the request; after an error
- * the connection closes once it has answered. If data_cb returns non-zero the body is abandoned: end_cb is not
- * called and the handler is expected to respond (the connection will close).
+ * the connection closes once it has answered. If data_cb returns non-zero the
+ * body is abandoned: end_cb is not called and the handler is expected to
+ * respond (the connection will close).
  */
 typedef int (*sl_http_data_cb)(sl_http_req_t *req, const char *data, size_t len, void *arg);
 typedef void (*sl_http_end_cb)(sl_http_req_t *req, int err, void *arg);

@@ -6,8 +6,8 @@
  */
 #include <string.h>
 
-#include "core/crypto.h"
 #include "check.h"
+#include "core/crypto.h"
 
 static void test_sha256(void)
 {
@@ -70,8 +70,8 @@ static void test_uuid(void)
     CHECK_EQ(strlen(a), 36);
     CHECK_EQ(sl_is_uuid(a), 1);
     CHECK(strcmp(a, b) != 0);
-    CHECK_EQ(a[14], '4');                    /* version 4 */
-    CHECK(strchr("89ab", a[19]) != NULL);    /* variant 10xx */
+    CHECK_EQ(a[14], '4');                 /* version 4 */
+    CHECK(strchr("89ab", a[19]) != NULL); /* variant 10xx */
     CHECK(a[8] == '-' && a[13] == '-' && a[18] == '-' && a[23] == '-');
 
     CHECK_EQ(sl_is_uuid("123e4567-e89b-12d3-a456-426614174000"), 1);

@@ -5,8 +5,8 @@
  */
 #include <string.h>
 
-#include "core/utf8.h"
 #include "check.h"
+#include "core/utf8.h"
 
 #define SEQ(s) (const unsigned char *)(s), sizeof(s) - 1
 #define VALID(s) sl_utf8_valid((s), sizeof(s) - 1)
@@ -16,14 +16,14 @@ static void test_well_formed(void)
     CHECK_EQ(sl_utf8_seq_len(SEQ("a")), 1);
     CHECK_EQ(sl_utf8_seq_len(SEQ("\x7f")), 1);
     CHECK_EQ(sl_utf8_seq_len((const unsigned char *)"", 1), 1); /* NUL */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xc2\x80")), 2);             /* U+0080 */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xdf\xbf")), 2);             /* U+07FF */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xe0\xa0\x80")), 3);         /* U+0800 */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xed\x9f\xbf")), 3);         /* U+D7FF */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xee\x80\x80")), 3);         /* U+E000 */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xef\xbf\xbd")), 3);         /* U+FFFD */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xf0\x90\x80\x80")), 4);     /* U+10000 */
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xf4\x8f\xbf\xbf")), 4);     /* U+10FFFF */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xc2\x80")), 2);              /* U+0080 */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xdf\xbf")), 2);              /* U+07FF */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xe0\xa0\x80")), 3);          /* U+0800 */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xed\x9f\xbf")), 3);          /* U+D7FF */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xee\x80\x80")), 3);          /* U+E000 */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xef\xbf\xbd")), 3);          /* U+FFFD */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xf0\x90\x80\x80")), 4);      /* U+10000 */
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xf4\x8f\xbf\xbf")), 4);      /* U+10FFFF */
     CHECK_EQ(VALID("gr\xc3\xbc\xc3\x9f dich \xe2\x82\xac \xf0\x9f\x98\x80"), 1);
     CHECK_EQ(sl_utf8_valid("", 0), 1);
 }
@@ -60,8 +60,12 @@ static void test_ill_formed(void)
     CHECK_EQ(sl_utf8_seq_len(SEQ("\xc3")), 0);
     CHECK_EQ(sl_utf8_seq_len(SEQ("\xe2\x82")), 0);
     CHECK_EQ(sl_utf8_seq_len(SEQ("\xf0\x9f\x98")), 0);
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xc3" "a")), 0);
-    CHECK_EQ(sl_utf8_seq_len(SEQ("\xe2\x82" "a")), 0);
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xc3"
+                                 "a")),
+             0);
+    CHECK_EQ(sl_utf8_seq_len(SEQ("\xe2\x82"
+                                 "a")),
+             0);
     CHECK_EQ(sl_utf8_seq_len((const unsigned char *)"\xe2\x82\xac", 2), 0); /* len bounds it */
     CHECK_EQ(sl_utf8_seq_len((const unsigned char *)"a", 0), 0);
     /* one bad byte anywhere spoils the whole string */

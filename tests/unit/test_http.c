@@ -858,6 +858,26 @@ static void test_malformed(int port)
     client_free(c);
 }
 
+/* A bad chunk in a buffered body: the server answers 400 itself (as it does
+ * 413), and the body callback hears SL_EPROTO after that. */
+static void test_malformed_chunk(int port)
+{
+    client_t *c = client_new(port);
+    int cbs = g_body_cbs, errs = g_body_errs;
+    client_send(c, "POST /echo-body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "5\r\nhello\r\nzz-not-hex\r\nworld\r\n0\r\n\r\n");
+    CHECK(wait_resp(c, 1));
+    CHECK_EQ(c->resp[0].status, 400);
+    CHECK_STREQ(c->resp[0].ctype, "application/json");
+    CHECK(strstr(c->resp[0].body, "\"code\": \"bad_request\"") != NULL);
+    CHECK(strstr(c->resp[0].body, "malformed request body") != NULL);
+    CHECK(!strcasecmp(c->resp[0].conn, "close"));
+    CHECK(wait_eof(c));
+    CHECK(wait_int(&g_body_errs, errs + 1));
+    CHECK_EQ(g_body_cbs, cbs + 1);
+    client_free(c);
+}
+
 static void test_too_big(int port)
 {
     char buf[256];
@@ -1178,6 +1198,7 @@ int main(void)
     test_header_too_large(p1);
     test_malformed(p1);
     test_too_big(p1);
+    test_malformed_chunk(p1);
     test_disconnect_mid_body(p1, s1);
     test_router_server(p1);
     test_query(p1);

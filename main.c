@@ -80,14 +80,13 @@ static int limit_request(sl_app_t *app, sl_http_req_t *req, const char *route,
     if (!app->ratelimit || lim.rate <= 0)
         return 0;
     lim.burst = cfg->rl_requests_burst > 0 ? cfg->rl_requests_burst : lim.rate;
-    char token[512];
-    const char *auth = sl_http_req_header(req, "Authorization");
-    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
-        snprintf(token, sizeof token, "%s", auth + 7);
-    else if (sl_http_req_query_param(req, "access_token", token, sizeof token) <= 0)
-        return 0; /* no key: authentication answers 401 */
+    char token[SL_API_KEY_MAX];
+    int tlen = sl_api_credentials(req, 1, token, sizeof token);
+    if (tlen <= 0)
+        return 0; /* no (well-formed) key: authentication answers 401 */
     char hash[65], key[96];
-    sl_sha256_hex(token, strlen(token), hash);
+    sl_sha256_hex(token, (size_t)tlen, hash);
+    explicit_bzero(token, sizeof token);
     snprintf(key, sizeof key, "req:%s:%s", upload ? "uploads" : "reads", hash);
     limited_req_t *lr = malloc(sizeof *lr);
     if (!lr)
@@ -164,6 +163,48 @@ typedef struct migrate_job_s {
     int delay_ms;
 } migrate_job_t;
 
+/* Bytes of the URL-signing key (HMAC-SHA256: 256 bits, its block-size-safe length). */
+#define SL_SIGNING_KEY_BYTES 32
+
+/*
+ * The URL-signing key, shared by every instance through the settings table,
+ * into out (hex, NUL-terminated). When there is none yet (a fresh database,
+ * or migration 006 dropped the weak one 001 made with random()), this
+ * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
+ * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
+ * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
+ */
+static int load_signing_key(PGconn *c, char *out, size_t outlen)
+{
+    unsigned char rnd[SL_SIGNING_KEY_BYTES];
+    char hex[2 * SL_SIGNING_KEY_BYTES + 1];
+    PGresult *r = NULL;
+    int rc = -1;
+
+    if (sl_random_bytes(rnd, sizeof rnd) != 0)
+        goto out;
+    sl_hex(rnd, sizeof rnd, hex);
+    const char *params[1] = {hex};
+    r = PQexecParams(c,
+                     "INSERT INTO settings (key, value) VALUES ('url_signing_key', $1) "
+                     "ON CONFLICT (key) DO NOTHING",
+                     1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        goto out;
+    PQclear(r);
+    r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        (size_t)PQgetlength(r, 0, 0) >= outlen)
+        goto out;
+    snprintf(out, outlen, "%s", PQgetvalue(r, 0, 0));
+    rc = 0;
+out:
+    PQclear(r);
+    explicit_bzero(rnd, sizeof rnd);
+    explicit_bzero(hex, sizeof hex);
+    return rc;
+}
+
 static void migrate_work(void *arg)
 {
     migrate_job_t *job = arg;
@@ -171,19 +212,13 @@ static void migrate_work(void *arg)
                              job->errbuf, sizeof job->errbuf);
     if (job->err)
         return;
-    /* The URL-signing key is shared by every instance through the database. */
     PGconn *c = PQconnectdb(job->app->cfg->database_url);
     PGresult *r = NULL;
-    if (PQstatus(c) == CONNECTION_OK)
-        r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-        snprintf(job->key, sizeof job->key, "%s", PQgetvalue(r, 0, 0));
-    } else {
+    if (PQstatus(c) != CONNECTION_OK || load_signing_key(c, job->key, sizeof job->key) != 0) {
         job->err = SL_EUNAVAIL;
         snprintf(job->errbuf, sizeof job->errbuf, "cannot read settings: %s",
                  PQerrorMessage(c));
     }
-    PQclear(r);
     /* Bootstrap tenants from the config: created once by name, keys stored hashed. */
     for (int i = 0; !job->err && i < job->app->cfg->ntenants; i++) {
         const sl_config_tenant_t *t = &job->app->cfg->tenants[i];
@@ -561,6 +596,9 @@ static int serve(sl_config_t *cfg)
     limits.header_timeout_ms = cfg->header_timeout_ms;
     limits.idle_timeout_ms = cfg->idle_timeout_ms;
     limits.body_timeout_ms = cfg->body_timeout_ms;
+    /* Enforced on the bytes as they arrive, chunked bodies included; the
+     * upload route also refuses a declared Content-Length over it at once. */
+    limits.max_body_bytes = cfg->max_request_bytes > 0 ? (uint64_t)cfg->max_request_bytes : 0;
     if ((err = sl_http_server_new(app->base, cfg->listen, &limits, dispatch_cb, app,
                                   &app->http)) != 0) {
         sl_log(SL_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", cfg->listen, "error",

@@ -74,6 +74,20 @@ typedef struct sl_app_s {
 typedef void (*sl_api_auth_cb)(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
                                void *arg);
 
+/** Longer API keys (bearer tokens, ?access_token=) are refused unread. */
+#define SL_API_KEY_MAX 512
+
+/**
+ * The API key a request carries, into out (NUL-terminated): the Bearer token
+ * of its Authorization header (parsed by sl_http_bearer_token, whose doc says
+ * what is accepted), or — only when the request has no Authorization header
+ * and allow_query_token — its ?access_token= query parameter. A malformed
+ * header never falls back to the query. Its length, or -1 when there is none.
+ * Authentication and the request rate limiter both read the key through this,
+ * so they always agree on it (the limiter passes allow_query_token = 1).
+ */
+int sl_api_credentials(sl_http_req_t *req, int allow_query_token, char *out, size_t outlen);
+
 /**
  * Authenticates `Authorization: Bearer <key>` (or, when allow_query_token,
  * `?access_token=`). Looks the sha256 of the key up in api_keys. The callback
@@ -184,19 +198,20 @@ void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (
  * Idempotency-Key handling. sl_api_idem_begin() reserves (tenant, key): the
  * callback gets SL_IDEM_NEW (go on; finish with sl_api_idem_store_stmt in the
  * same batch as the work), SL_IDEM_REPLAYED (the stored first response was sent
- * already; do nothing more), or the request was answered with 409
- * "idempotency_in_progress" / 503 and the callback is not called.
- * Keys longer than 255 bytes get 400. A request without the header gets
- * SL_IDEM_NONE at once (on a later turn).
+ * already; do nothing more), or the request was answered with 400
+ * "invalid_idempotency_key" (empty or longer than 255 bytes), 409
+ * "idempotency_key_reused" / "idempotency_in_progress", 500 or 503 and the
+ * callback is not called: then release(arg) is, exactly once (maybe inside the
+ * call). There is no variant without `release`: a caller whose arg owns
+ * nothing passes NULL explicitly, so no caller can forget that a refusal is an
+ * end of the request (an upload that forgot it kept its slot forever). A
+ * request without the header gets SL_IDEM_NONE at once (on a later turn).
  */
 enum { SL_IDEM_NONE = 0, SL_IDEM_NEW = 1, SL_IDEM_REPLAYED = 2 };
 typedef void (*sl_api_idem_cb)(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg);
 void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                       const char *endpoint, sl_api_idem_cb cb, void *arg);
-/** sl_api_idem_begin; when cb is not called, release(arg) is (release may be NULL). */
-void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                             const char *endpoint, sl_api_idem_cb cb, void *arg,
-                             sl_api_release_fn release);
+                       const char *endpoint, sl_api_idem_cb cb, void *arg,
+                       sl_api_release_fn release);
 /** Adds to batch b the statement recording the response (status, body) for the key. */
 int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *key, int status,
                            const char *body);

@@ -24,7 +24,6 @@
 #include "core/err.h"
 #include "core/log.h"
 
-#define SL_API_KEY_MAX 512  /* longer bearer tokens are rejected unread */
 #define SL_IDEM_KEY_MAX 255 /* Idempotency-Key length limit */
 #define SL_IDEM_ENDPOINT_MAX 256
 #define SL_IDEM_MAX_ATTEMPTS 4 /* reservation races retried at most this often */
@@ -43,31 +42,15 @@ static void finish_closed(sl_http_req_t *req)
     sl_http_respond_error(req, SL_STATUS_CLIENT_CLOSED, "client_closed", "client went away", -1);
 }
 
-/*
- * Copies the token of "Authorization: Bearer <token>" into out. The scheme is
- * case-insensitive (RFC 7235 §2.1). Returns the token length, or -1 when the
- * header is absent, another scheme, empty or too long.
- */
-static int bearer_token(sl_http_req_t *req, char *out, size_t outlen)
+int sl_api_credentials(sl_http_req_t *req, int allow_query_token, char *out, size_t outlen)
 {
     const char *h = sl_http_req_header(req, "Authorization");
-    if (h == NULL)
+    if (h != NULL)
+        return sl_http_bearer_token(h, out, outlen);
+    if (!allow_query_token)
         return -1;
-    while (*h == ' ' || *h == '\t')
-        h++;
-    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return -1;
-    h += 6;
-    while (*h == ' ' || *h == '\t')
-        h++;
-    size_t n = strlen(h);
-    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    if (n == 0 || n >= outlen)
-        return -1;
-    memcpy(out, h, n);
-    out[n] = '\0';
-    return (int)n;
+    int n = sl_http_req_query_param(req, "access_token", out, outlen);
+    return n > 0 ? n : -1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -156,10 +139,8 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
 {
     char key[SL_API_KEY_MAX];
     char hash[65];
-    int n = bearer_token(req, key, sizeof key);
+    int n = sl_api_credentials(req, allow_query_token, key, sizeof key);
 
-    if (n < 0 && allow_query_token && sl_http_req_header(req, "Authorization") == NULL)
-        n = sl_http_req_query_param(req, "access_token", key, sizeof key);
     if (n <= 0) {
         sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
         release_arg(release, arg);
@@ -193,7 +174,7 @@ int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req)
 
     if (admin == NULL || admin[0] == '\0')
         return 0;
-    int n = bearer_token(req, key, sizeof key);
+    int n = sl_http_bearer_token(sl_http_req_header(req, "Authorization"), key, sizeof key);
     if (n <= 0)
         return 0;
     /* Comparing the digests keeps the comparison constant-time whatever the
@@ -252,8 +233,8 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
     json_error_t jerr;
     json_t *v = NULL;
 
-    if (err == SL_ETOOBIG)
-        goto out; /* the http layer answered 413 itself */
+    if (err == SL_ETOOBIG || err == SL_EPROTO)
+        goto out; /* the http layer answered 413 / 400 itself */
     if (err != 0) {
         finish_closed(req); /* client gone or stalled: nobody reads this */
         goto out;
@@ -556,14 +537,8 @@ static void idem_none_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                       const char *endpoint, sl_api_idem_cb cb, void *arg)
-{
-    sl_api_idem_begin_owned(app, req, tenant_id, endpoint, cb, arg, NULL);
-}
-
-void sl_api_idem_begin_owned(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
-                             const char *endpoint, sl_api_idem_cb cb, void *arg,
-                             sl_api_release_fn release)
+                       const char *endpoint, sl_api_idem_cb cb, void *arg,
+                       sl_api_release_fn release)
 {
     const char *key = sl_http_req_header(req, "Idempotency-Key");
     idem_ctx_t *ctx;

@@ -667,16 +667,15 @@ static void process_after_body(process_t *pr)
         process_start(pr);
         return;
     }
-    /* An over-long key is answered 400 by sl_api_idem_begin_owned (pr released). */
+    /* An over-long key is answered 400 by sl_api_idem_begin (pr released). */
     snprintf(pr->idem_key, sizeof pr->idem_key, "%.*s", IDEM_KEY_MAX, key);
-    sl_api_idem_begin_owned(pr->app, pr->req, pr->tenant_id, PROCESS_ENDPOINT, process_idem_cb, pr,
-                            free);
+    sl_api_idem_begin(pr->app, pr->req, pr->tenant_id, PROCESS_ENDPOINT, process_idem_cb, pr, free);
 }
 
 static void process_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
 {
     process_t *pr = arg;
-    if (err == SL_ETOOBIG) { /* the server answered 413 itself */
+    if (err == SL_ETOOBIG || err == SL_EPROTO) { /* the server answered 413 / 400 itself */
         free(pr);
         return;
     }

@@ -22,6 +22,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/multipart.h"
+#include "core/utf8.h"
 
 #include <event2/event.h>
 #include <stdlib.h>
@@ -73,9 +74,12 @@ static void upload_maybe_finish(upload_t *up);
 
 /*
  * A display name from the client's filename: the last path component (some
- * browsers send "C:\dir\name"), control characters and invalid UTF-8 replaced
- * by '_', at most UPLOAD_NAME_MAX bytes. Postgres rejects invalid UTF-8, and
- * the name ends up in HTML and CSV, so it is cleaned here once.
+ * browsers send "C:\dir\name"), at most UPLOAD_NAME_MAX bytes. Every byte
+ * that does not start a well-formed UTF-8 sequence (sl_utf8_seq_len: RFC 3629,
+ * so overlongs, surrogates and code points past U+10FFFF too) becomes '_', as
+ * control characters do: a bad name is cleaned, never refused, and the rest
+ * of it is kept. Postgres rejects invalid UTF-8, and the name ends up in HTML
+ * and CSV, so it is cleaned here once.
  */
 static void sanitize_name(const char *in, char *out, size_t outlen)
 {
@@ -85,22 +89,19 @@ static void sanitize_name(const char *in, char *out, size_t outlen)
             base = p + 1;
     size_t o = 0;
     const unsigned char *s = (const unsigned char *)base;
-    while (*s && o + 5 < outlen && o < UPLOAD_NAME_MAX) {
-        unsigned char c = *s;
-        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0;
-        for (int i = 1; ok && i < n; i++)
-            ok = (s[i] & 0xc0) == 0x80;
-        if (ok && n == 2 && c < 0xc2)
-            ok = 0; /* overlong */
-        if (!ok || (n == 1 && (c < 0x20 || c == 0x7f))) {
+    size_t left = strlen(base);
+    while (left > 0 && o + 5 < outlen && o < UPLOAD_NAME_MAX) {
+        size_t n = sl_utf8_seq_len(s, left);
+        if (n == 0 || (n == 1 && (*s < 0x20 || *s == 0x7f))) {
             out[o++] = '_';
             s++;
+            left--;
             continue;
         }
-        memcpy(out + o, s, (size_t)n);
-        o += (size_t)n;
+        memcpy(out + o, s, n);
+        o += n;
         s += n;
+        left -= n;
     }
     out[o] = '\0';
     if (o == 0 || strcmp(out, ".") == 0 || strcmp(out, "..") == 0)
@@ -638,6 +639,9 @@ static void body_end_cb(sl_http_req_t *req, int err, void *arg)
             upload_fail(up, 408, "request_timeout", "the upload stalled");
         else if (err == SL_EPROTO)
             upload_fail(up, 400, "bad_request", "malformed request body framing");
+        else if (err == SL_ETOOBIG) /* counted as received: chunked bodies too */
+            upload_fail(up, 413, "request_too_large",
+                        "the body is larger than limits.max_request_bytes");
         else if (err)
             upload_fail(up, 400, "truncated_body", "the body ended early or the client went away");
         else if (!sl_multipart_done(up->mp))
@@ -658,16 +662,32 @@ static void start_streaming(upload_t *up)
     sl_http_req_resume(up->req);
 }
 
+/*
+ * The request was answered by someone else (a replay, or a refusal of the
+ * Idempotency-Key) before a byte of the body was read: give back the upload
+ * slot and drop the request's reference (the tenant's hold goes with the
+ * last reference).
+ */
+static void answered_elsewhere(upload_t *up)
+{
+    up->req = NULL;
+    up->app->active_uploads--;
+    upload_release(up);
+}
+
+/* sl_api_idem_begin's release: it refused the key (400/409/503) and answered. */
+static void idem_refused(void *arg)
+{
+    answered_elsewhere(arg);
+}
+
 static void idem_cb(sl_app_t *app, sl_http_req_t *req, int outcome, void *arg)
 {
     upload_t *up = arg;
     (void)app;
     (void)req;
     if (outcome == SL_IDEM_REPLAYED) {
-        /* answered already with the first response */
-        up->req = NULL;
-        up->app->active_uploads--;
-        upload_release(up);
+        answered_elsewhere(up); /* with the first response */
         return;
     }
     up->idem_reserved = outcome == SL_IDEM_NEW;
@@ -693,7 +713,7 @@ static void dataset_cb(const sl_pg_result_t *r, void *arg)
     if (key) {
         snprintf(up->idem_key, sizeof up->idem_key, "%s", key);
         sl_api_idem_begin(up->app, up->req, up->tenant_id, "POST /v1/datasets/{id}/files", idem_cb,
-                          up);
+                          up, idem_refused);
         return;
     }
     start_streaming(up);

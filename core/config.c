@@ -25,6 +25,7 @@
 #include <libfyaml.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 
 /* A config file larger than this is surely a mistake. */
 #define SL_CONFIG_MAX_FILE_BYTES (4 * 1024 * 1024)
@@ -1034,11 +1035,11 @@ static int set_defaults(sl_config_t *cfg)
 }
 
 /*
- * Checks that text is UTF-8 (no overlong forms, surrogates or code points past
- * U+10FFFF). A config file has no business being anything else, and libfyaml
- * 0.7.12 loops forever on a directive line ("%...") holding an invalid byte
- * (found by tests/fuzz/fuzz_config.c), so bad bytes must never reach it.
- * Returns 0, or the 1-based line of the first bad byte.
+ * Checks that text is UTF-8 (sl_utf8_seq_len: no overlong forms, surrogates or
+ * code points past U+10FFFF). A config file has no business being anything
+ * else, and libfyaml 0.7.12 loops forever on a directive line ("%...") holding
+ * an invalid byte (found by tests/fuzz/fuzz_config.c), so bad bytes must never
+ * reach it. Returns 0, or the 1-based line of the first bad byte.
  */
 static int utf8_bad_line(const unsigned char *s, size_t len)
 {
@@ -1046,38 +1047,11 @@ static int utf8_bad_line(const unsigned char *s, size_t len)
     int line = 1;
 
     while (i < len) {
-        unsigned char ch = s[i];
-        size_t n;
-        uint32_t cp;
-
-        if (ch < 0x80) {
-            line += ch == '\n';
-            i++;
-            continue;
-        }
-        if (ch >= 0xc2 && ch <= 0xdf) {
-            n = 1;
-            cp = ch & 0x1f;
-        } else if (ch >= 0xe0 && ch <= 0xef) {
-            n = 2;
-            cp = ch & 0x0f;
-        } else if (ch >= 0xf0 && ch <= 0xf4) {
-            n = 3;
-            cp = ch & 0x07;
-        } else {
+        size_t n = sl_utf8_seq_len(s + i, len - i);
+        if (n == 0)
             return line;
-        }
-        if (len - i - 1 < n)
-            return line;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return line;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return line;
-        i += n + 1;
+        line += s[i] == '\n';
+        i += n;
     }
     return 0;
 }

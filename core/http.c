@@ -510,6 +510,19 @@ static int on_body(http_parser *p, const char *at, size_t len)
         memcpy(r->body + r->body_len, at, len);
         r->body_len += len;
     } else if (r->body_mode == BODY_STREAM && !r->abandoned) {
+        uint64_t max = c->srv->limits.max_body_bytes;
+        if (max > 0 && r->body_bytes > max) {
+            /* Counted as received, so a chunked body is held to the limit as
+             * a declared one is: nothing past it reaches the handler, which
+             * hears SL_ETOOBIG and answers 413; the connection then closes. */
+            r->abandoned = 1;
+            c->parse_dead = 1;
+            r->body_due = 1;
+            r->body_err = SL_ETOOBIG;
+            http_parser_pause(p, 1);
+            conn_schedule(c);
+            return 0;
+        }
         if (r->data_cb(r, at, len, r->body_arg) != 0) {
             r->abandoned = 1;
             c->parse_dead = 1;
@@ -687,10 +700,17 @@ static void conn_parse_error(conn_t *c, enum http_errno e)
     c->parse_dead = 1;
     conn_schedule(c);
     if (r && r->dispatched) {
-        /* Malformed body framing: the handler hears of it and responds. */
+        /* Malformed body framing. A streamed body's handler hears of it and
+         * responds; a buffered body is the server's to judge, as its size
+         * is: it answers 400 itself and tells the handler afterwards. */
         if (!r->finished && r->body_mode != BODY_NONE && !r->abandoned && !r->body_due) {
             r->body_due = 1;
             r->body_err = SL_EPROTO;
+            if (r->body_mode == BODY_BUFFER) {
+                r->deliver_after_finish = 1;
+                snprintf(msg, sizeof msg, "malformed request body: %s", http_errno_description(e));
+                req_server_error(r, 400, "bad_request", msg, -1);
+            }
         }
         return;
     }
@@ -1036,6 +1056,7 @@ void sl_http_limits_default(sl_http_limits_t *l)
     l->idle_timeout_ms = 60 * 1000;
     l->body_timeout_ms = 60 * 1000;
     l->read_high_watermark = 256 * 1024;
+    l->max_body_bytes = 0;
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -1303,6 +1324,33 @@ const char *sl_http_req_header(const sl_http_req_t *req, const char *name)
     return NULL;
 }
 
+int sl_http_bearer_token(const char *value, char *out, size_t outlen)
+{
+    if (outlen > 0)
+        out[0] = '\0';
+    if (value == NULL || outlen == 0)
+        return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (strncasecmp(value, "Bearer", 6) != 0 || value[6] != ' ')
+        return -1;
+    const char *t = value + 6;
+    while (*t == ' ')
+        t++;
+    size_t n = 0;
+    while (t[n] > 0x20 && t[n] < 0x7f)
+        n++;
+    /* Only trailing blanks may follow the token. */
+    for (const char *rest = t + n; *rest != '\0'; rest++)
+        if (*rest != ' ' && *rest != '\t')
+            return -1;
+    if (n == 0 || n >= outlen)
+        return -1;
+    memcpy(out, t, n);
+    out[n] = '\0';
+    return (int)n;
+}
+
 int64_t sl_http_req_content_length(const sl_http_req_t *req)
 {
     return req->content_length;
@@ -1376,6 +1424,8 @@ int sl_http_req_read_body(sl_http_req_t *req, size_t max_bytes, sl_http_body_cb 
     req->body_mode = BODY_BUFFER;
     req->body_cb = cb;
     req->body_arg = arg;
+    if (c->srv->limits.max_body_bytes > 0 && c->srv->limits.max_body_bytes < max_bytes)
+        max_bytes = (size_t)c->srv->limits.max_body_bytes;
     req->body_max = max_bytes;
     if (req->content_length > 0 && (uint64_t)req->content_length > max_bytes) {
         /* Known too big: answer before the client sends it (no 100 Continue). */
@@ -1465,6 +1515,26 @@ static int status_has_no_body(int status)
 }
 
 /* Writes the status line and headers. cl: >= 0 Content-Length, -1 chunked. */
+/*
+ * The reason phrase of the status line. http-parser's table knows the IANA
+ * registry only; the statuses this server uses outside it are named here,
+ * and any other gets a neutral word (never "<unknown>" on the wire).
+ */
+static const char *status_reason(int status)
+{
+    static const struct {
+        int status;
+        const char *reason;
+    } extra[] = {
+        {499, "Client Closed Request"}, /* nginx's; logged for a client that went away */
+    };
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+        if (extra[i].status == status)
+            return extra[i].reason;
+    const char *s = http_status_str((enum http_status)status);
+    return s == NULL || s[0] == '<' ? "Unknown" : s;
+}
+
 static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t cl)
 {
     conn_t *c = r->conn;
@@ -1481,7 +1551,7 @@ static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t c
         return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status,
-                        http_status_str((enum http_status)status), srv_date(c->srv), r->id);
+                        status_reason(status), srv_date(c->srv), r->id);
     if (ctype && *ctype && hdr_text_ok(ctype))
         evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
     if (!status_has_no_body(status)) {

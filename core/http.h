@@ -47,6 +47,8 @@ typedef struct sl_http_limits_s {
     int idle_timeout_ms;         /* keep-alive idle time between requests (default 60 s) */
     int body_timeout_ms;         /* max gap between two body reads (default 60 s) */
     size_t read_high_watermark;  /* bytes buffered from the socket before reads stop (default 256 KiB) */
+    uint64_t max_body_bytes;     /* body bytes of any one request, counted as they arrive (after
+                                    de-chunking, so chunked bodies too); 0 = no limit (default) */
 } sl_http_limits_t;
 
 /** Fills *l with the defaults listed above. */
@@ -111,6 +113,24 @@ const char *sl_http_req_query(const sl_http_req_t *req);
 int sl_http_req_query_param(const sl_http_req_t *req, const char *name, char *buf, size_t buflen);
 /** The first header named `name` (case-insensitive), or NULL. */
 const char *sl_http_req_header(const sl_http_req_t *req, const char *name);
+/**
+ * The token of an `Authorization: Bearer <token>` header value (`value`
+ * borrowed, may be NULL), copied NUL-terminated into out. The one parser of
+ * that header: authentication and the rate limiter both use it, so a key that
+ * authenticates is always the key that is counted. What is accepted:
+ *   - blanks (SP, HTAB) around the whole value are ignored (they are OWS, not
+ *     part of a field value: RFC 9110 §5.5);
+ *   - the scheme "Bearer", case-insensitive (RFC 7235 §2.1);
+ *   - then one or more SP — and only SP: `credentials = auth-scheme
+ *     [ 1*SP token68 ]` (RFC 7235 §2.1, RFC 6750 §2.1), so "Bearer<TAB>key" is
+ *     refused;
+ *   - then the token: one or more visible ASCII characters (0x21-0x7E), no
+ *     blank inside. That is a superset of RFC 6750's b64token, so configured
+ *     admin keys with other punctuation still work.
+ * Returns the token's length, or -1 when value is NULL, another scheme,
+ * malformed, or the token does not fit in outlen - 1 bytes (out is then "").
+ */
+int sl_http_bearer_token(const char *value, char *out, size_t outlen);
 /** Content-Length if given, else -1 (chunked or no body). */
 int64_t sl_http_req_content_length(const sl_http_req_t *req);
 /** True if the request carries a body (content-length > 0 or chunked). */
@@ -146,9 +166,12 @@ void sl_http_req_on_close(sl_http_req_t *req, sl_http_close_cb cb, void *arg);
 
 /**
  * Buffers the whole body, then calls cb with it. `body` is borrowed until cb
- * returns; it is NUL-terminated (the NUL is not counted in len). If the body
- * exceeds max_bytes, the server answers 413 "payload_too_large" itself and
- * cb is called with err = SL_ETOOBIG (the handler must then NOT respond).
+ * returns; it is NUL-terminated (the NUL is not counted in len). The server
+ * answers two errors itself, and cb then gets them after the request is
+ * finished (the handler must NOT respond; `req` is valid only during cb):
+ *   - SL_ETOOBIG: the body exceeds max_bytes (or limits.max_body_bytes):
+ *     413 "payload_too_large";
+ *   - SL_EPROTO: malformed body framing (a bad chunk): 400 "bad_request".
  * On client abort or body timeout cb gets SL_ECLOSED / SL_ETIMEDOUT and the
  * handler finishes the request (its response is discarded).
  */
@@ -160,9 +183,12 @@ int sl_http_req_read_body(sl_http_req_t *req, size_t max_bytes, sl_http_body_cb 
  * Streams the body. data_cb gets each decoded chunk (borrowed until it
  * returns); end_cb fires once: err = 0 when the body is complete, SL_ECLOSED if
  * the client went away or the body was truncated, SL_ETIMEDOUT on a stalled
- * body, SL_EPROTO on malformed framing. After end_cb the handler finishes the
- * request. If data_cb returns non-zero the body is abandoned: end_cb is not
- * called and the handler is expected to respond (the connection will close).
+ * body, SL_EPROTO on malformed framing, SL_ETOOBIG when the body passed
+ * limits.max_body_bytes (nothing past the limit reaches data_cb; the handler
+ * answers 413). After end_cb the handler finishes the request; after an error
+ * the connection closes once it has answered. If data_cb returns non-zero the
+ * body is abandoned: end_cb is not called and the handler is expected to
+ * respond (the connection will close).
  */
 typedef int (*sl_http_data_cb)(sl_http_req_t *req, const char *data, size_t len, void *arg);
 typedef void (*sl_http_end_cb)(sl_http_req_t *req, int err, void *arg);

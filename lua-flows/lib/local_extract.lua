@@ -18,6 +18,15 @@
 --
 -- Same text, same schema -> same record: no randomness, no I/O. Everything
 -- here is pure Lua, unit-tested by tests/lua/test_local_extract.lua.
+--
+-- Linear time, always: a string.find/match with an unanchored pattern is one
+-- C call that retries from every start position, so a pattern whose attempt
+-- can run on (like "[%w.]+@" over 200 KB of letters) costs quadratic time
+-- where no Lua instruction budget fires. So every scan of the whole text is
+-- either a plain find, or a pattern that starts with a frontier (%f[...]:
+-- attempts begin only at word or number boundaries, each attempt confined to
+-- its own run), and the expensive patterns run anchored (^) on a bounded
+-- window around a candidate found that way (an "@", a digit, a ":").
 
 local text = require "text"
 local schema_lib = require "schema"
@@ -94,14 +103,18 @@ end
 --- The first number in s as a Lua number. Both "1,234.56" and "1.234,56"
 --- read as 1234.56: when both separators appear, the last one is the decimal
 --- point; a lone comma followed by exactly three digits groups thousands.
+local NUMBER_MAX = 64 -- bytes of a number with its separators; longer is not an amount
+
 function M.parse_number(s)
   if s == nil then
     return nil
   end
-  local neg, raw = s:match("(%-?)(%d[%d.,]*)")
-  if raw == nil then
+  local d = s:find("%d")
+  if d == nil then
     return nil
   end
+  local neg = d > 1 and s:sub(d - 1, d - 1) == "-" and "-" or ""
+  local raw = s:sub(d, d + NUMBER_MAX - 1):match("^%d[%d.,]*")
   raw = raw:gsub("[.,]+$", "")
   local last_dot = raw:match(".*()%.")
   local last_comma = raw:match(".*(),")
@@ -230,8 +243,11 @@ function M.find_currency(s)
   return best
 end
 
+local REFERENCE_MAX = 64 -- bytes; a longer run is not an identifier
+
 --- The first identifier like INV-2026-0042 / DLV-77813 in s: 2 to 5 capital
---- letters, a dash, then capitals, digits and dashes with at least one digit.
+--- letters, a dash, then capitals, digits and dashes with at least one digit,
+--- at most 64 bytes in all.
 function M.find_reference(s)
   local init = 1
   while true do
@@ -239,30 +255,61 @@ function M.find_reference(s)
     if not a then
       return nil
     end
-    rest = rest:gsub("%-+$", "")
-    if #pre >= 2 and #pre <= 5 and rest:find("%d") then
+    -- trailing dashes dropped; one greedy pass (rest starts with [%d%u])
+    rest = rest:sub(1, rest:match("^.*[%d%u]()") - 1)
+    if #pre >= 2 and #pre <= 5 and #rest < REFERENCE_MAX - #pre and rest:find("%d") then
       return pre .. "-" .. rest
     end
     init = b + 1
   end
 end
 
---- The first e-mail address in s, or nil.
+-- RFC 5321 §4.5.3.1: a local part has at most 64 bytes, a domain 255.
+local EMAIL_LOCAL_MAX = 64
+local EMAIL_DOMAIN_MAX = 255
+
+--- The first e-mail address in s, or nil: local@domain.tld, where the local
+--- part is the run of [%w._%+-] before the "@" (its last 64 bytes at most)
+--- and the domain has a dot and ends in a letter. Each "@" is a candidate,
+--- expanded on both sides within those bounds only.
 function M.find_email(s)
-  local e = s:match("[%w%._%%%+%-]+@[%w%-]+%.[%w%.%-]*%a")
-  return e
+  local init = 1
+  while true do
+    local at = s:find("@", init, true)
+    if at == nil then
+      return nil
+    end
+    if at > 1 and s:sub(at - 1, at - 1):find("[%w%._%%%+%-]") then
+      local lo = at - EMAIL_LOCAL_MAX
+      local loc = s:sub(lo < 1 and 1 or lo, at - 1):reverse():match("^[%w%._%%%+%-]+")
+      local dom = s:sub(at + 1, at + EMAIL_DOMAIN_MAX):match("^[%w%-]+%.[%w%.%-]*%a")
+      if loc and dom then
+        return loc:reverse() .. "@" .. dom
+      end
+    end
+    init = at + 1
+  end
 end
 
 -- ---------------------------------------------------------------- lines
 
 -- "Key: value" lines as {key = normalised key, value = squeezed value}, in
 -- order. Keys are short (a sentence with a colon in it is not a field).
+-- (Found by a plain search for the ":" and trimmed with %S searches: the one
+-- pattern "^%s*([^:]+):%s*(.-)%s*$" backtracks quadratically on a long blank
+-- line.)
 local function key_values(lines)
   local out = {}
   for _, line in ipairs(lines) do
-    local k, v = line:match("^%s*([^:]+):%s*(.-)%s*$")
-    if k and #k <= 40 and v ~= "" and k:find("%a") then
-      out[#out + 1] = { key = norm(k), value = text.squeeze(v) }
+    local colon = line:find(":", 1, true)
+    local ks = colon and line:find("%S")
+    if ks and ks < colon and colon - ks <= 40 then
+      local k = line:sub(ks, colon - 1)
+      local vs = line:find("%S", colon + 1)
+      if vs and k:find("%a") then
+        local ve = line:match(".*%S()", vs) -- one greedy pass: a non-blank exists
+        out[#out + 1] = { key = norm(k), value = text.squeeze(line:sub(vs, ve - 1)) }
+      end
     end
   end
   return out

@@ -68,7 +68,134 @@ local function check_letter(t, txt, label)
   t.eq(r.email, "logistics@parcelco.example", label .. ": email")
 end
 
+-- Runs f() with the string library's pattern functions counted: calls, and
+-- the bytes each call was handed from its start position on (for a plain find,
+-- the bytes up to what it found). A scan that restarts from every candidate
+-- (every "@", every digit) over the rest of the text shows as bytes offered
+-- growing with the square of the length. Returns f's result, calls, bytes.
+local function counted(f)
+  local orig = { find = string.find, match = string.match, gmatch = string.gmatch,
+    gsub = string.gsub }
+  local calls, bytes = 0, 0
+  local function offered(s, init)
+    init = init or 1
+    if init < 0 then
+      init = #s + init + 1
+    end
+    return math.max(#s - init + 1, 0)
+  end
+  string.find = function(s, p, init, plain)
+    calls = calls + 1
+    local r = table.pack(orig.find(s, p, init, plain))
+    if plain and r[1] then
+      bytes = bytes + (r[2] - (init or 1) + 1)
+    else
+      bytes = bytes + offered(s, init)
+    end
+    return table.unpack(r, 1, r.n)
+  end
+  string.match = function(s, p, init)
+    calls = calls + 1
+    bytes = bytes + offered(s, init)
+    return orig.match(s, p, init)
+  end
+  string.gmatch = function(s, p, init)
+    calls = calls + 1
+    bytes = bytes + offered(s, init)
+    return orig.gmatch(s, p, init)
+  end
+  string.gsub = function(s, p, r, n)
+    calls = calls + 1
+    bytes = bytes + #s
+    return orig.gsub(s, p, r, n)
+  end
+  local ok, res = pcall(f)
+  for k, v in pairs(orig) do
+    string[k] = v
+  end
+  if not ok then
+    error(res, 0)
+  end
+  return res, calls, bytes
+end
+
+-- 200 KB texts built to make an unanchored pattern rescan from every start
+-- position (quadratic: minutes inside one C call, where no instruction budget
+-- fires). Each must complete with a sane record, the string library handed
+-- a linear number of bytes, and the time is printed (not asserted: machines
+-- differ). The budget: the whole text is scanned a bounded number of times
+-- (currencies, total keywords and date formats each scan once).
+local function hostile(t)
+  local N = 200000
+  local seed = 7
+  local function rnd(n)
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return seed % n + 1
+  end
+  local alpha = { "a", "1", "@", ".", " ", "-", ":", "\n", "A", ",", "/" }
+  local mix = {}
+  for i = 1, N do
+    mix[i] = alpha[rnd(#alpha)]
+  end
+  local cases = {
+    { "a", string.rep("a", N) },
+    { "digits", string.rep("1", N) },
+    { "at signs", string.rep("@", N) },
+    { "dots", string.rep(".", N) },
+    { "spaces", string.rep(" ", N) },
+    { "dashes", string.rep("-", N) },
+    { "a@", string.rep("a@", N // 2) },
+    { "a.", string.rep("a.", N // 2) },
+    { "1.", string.rep("1.", N // 2) },
+    { "AB-1", string.rep("AB-1", N // 4) },
+    { "dash runs", "INV-1" .. string.rep(string.rep("-", 1000) .. "1", N // 1001) },
+    { "key: blanks", "Key:" .. string.rep(" ", N) .. "x" },
+    { "blank line", string.rep(" ", N) .. ":" },
+    { "long local part", string.rep("a", N - 12) .. "@b.example" },
+    { "mixed", table.concat(mix) },
+  }
+  for _, c in ipairs(cases) do
+    local name, txt = c[1], c[2]
+    local t0 = os.clock()
+    local ok, r, calls, bytes = pcall(counted, function()
+      return lx.extract(txt, schema.DEFAULT)
+    end)
+    local secs = os.clock() - t0
+    print(string.format("hostile %-16s %6d bytes: %.3f s, %d string calls, %d bytes offered",
+      name, #txt, secs, calls or 0, bytes or 0))
+    t.check(ok and type(r) == "table", name .. ": extract returns a record: " .. tostring(r))
+    if ok then
+      -- a few calls per candidate byte; each call handed at most a window of
+      -- 255 bytes (an e-mail domain) per candidate, or the whole text a
+      -- bounded number of times. A rescan per candidate would offer ~#txt^2/2
+      -- (2e10 here), far above this.
+      t.check(calls <= 3 * #txt + 1000, name .. ": string calls linear in the text: " .. calls)
+      t.check(bytes <= 512 * #txt, name .. ": bytes offered linear in the text: " .. bytes)
+      for k, v in pairs(r) do
+        t.check(type(v) ~= "string" or #v <= 500, name .. ": " .. k .. " is bounded")
+      end
+      t.check(r.reference == nil or #r.reference <= 64, name .. ": a reference is short")
+    end
+  end
+  -- the same answers on the texts that hold something
+  local r = lx.extract(string.rep("a", N - 12) .. "@b.example", schema.DEFAULT)
+  t.eq(r.email, string.rep("a", 64) .. "@b.example", "a local part is its last 64 bytes")
+  t.eq(lx.find_email(string.rep("a@", 1000) .. " x.y@mail.example.org."), "x.y@mail.example.org",
+    "the first @ with a domain")
+  t.eq(lx.find_email("@@ a@b @c.de me@x-y.example"), "me@x-y.example", "candidates without a domain skipped")
+  t.eq(lx.parse_number(string.rep("-", 1000) .. "-42,5"), -42.5, "a number after a run of dashes")
+  t.eq(lx.find_reference(string.rep("AB-1", 100) .. " INV-7"), "INV-7", "an over-long identifier is none")
+  t.eq(lx.parse_number(string.rep("9", 100)), tonumber(string.rep("9", 64)), "numbers read from 64 bytes")
+  t.eq(lx.extract("Key:" .. string.rep(" ", 1000) .. "x  ", { properties = { key = { type = "string" } } }),
+    { key = "x" }, "a value after many blanks")
+  -- the work grows linearly: 10x the text, at most ~10x the bytes offered
+  local _, _, b20 = counted(function() return lx.extract(string.rep("a@a.", 5000), schema.DEFAULT) end)
+  local _, _, b200 = counted(function() return lx.extract(string.rep("a@a.", 50000), schema.DEFAULT) end)
+  t.check(b200 <= 12 * b20, string.format("bytes offered 20 KB -> 200 KB: %d -> %d", b20, b200))
+end
+
 return function(t)
+  hostile(t)
   check_invoice(t, INVOICE, "invoice fixture")
   check_letter(t, LETTER, "letter fixture")
 

@@ -423,7 +423,7 @@ static void test_rlimits(void)
         CHECK(reaped(r.pid));
         res_free(&r);
     } else {
-        fprintf(stderr, "skip: no /usr/bin/python3\n");
+        CHECK_SKIPPED("no /usr/bin/python3: the address-space limit is not tested");
     }
 
     /* CPU: SIGXCPU at the soft limit */

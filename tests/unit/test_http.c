@@ -858,6 +858,26 @@ static void test_malformed(int port)
     client_free(c);
 }
 
+/* A bad chunk in a buffered body: the server answers 400 itself (as it does
+ * 413), and the body callback hears SL_EPROTO after that. */
+static void test_malformed_chunk(int port)
+{
+    client_t *c = client_new(port);
+    int cbs = g_body_cbs, errs = g_body_errs;
+    client_send(c, "POST /echo-body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "5\r\nhello\r\nzz-not-hex\r\nworld\r\n0\r\n\r\n");
+    CHECK(wait_resp(c, 1));
+    CHECK_EQ(c->resp[0].status, 400);
+    CHECK_STREQ(c->resp[0].ctype, "application/json");
+    CHECK(strstr(c->resp[0].body, "\"code\": \"bad_request\"") != NULL);
+    CHECK(strstr(c->resp[0].body, "malformed request body") != NULL);
+    CHECK(!strcasecmp(c->resp[0].conn, "close"));
+    CHECK(wait_eof(c));
+    CHECK(wait_int(&g_body_errs, errs + 1));
+    CHECK_EQ(g_body_cbs, cbs + 1);
+    client_free(c);
+}
+
 static void test_too_big(int port)
 {
     char buf[256];
@@ -1106,8 +1126,40 @@ static void test_free_inflight(sl_http_server_t *srv, int port)
     client_free(idle);
 }
 
+/* The one Authorization parser (RFC 7235 §2.1, RFC 6750 §2.1). */
+static void test_bearer_token(void)
+{
+    char out[16];
+    CHECK_EQ(sl_http_bearer_token("Bearer abc", out, sizeof out), 3);
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("bEARER abc", out, sizeof out), 3); /* scheme case-insensitive */
+    CHECK_EQ(sl_http_bearer_token("Bearer   abc", out, sizeof out), 3); /* 1*SP */
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("  Bearer abc \t", out, sizeof out), 3); /* OWS around */
+    CHECK_STREQ(out, "abc");
+    CHECK_EQ(sl_http_bearer_token("Bearer sk_a-b.c~+/=", out, sizeof out), 12);
+    /* refused: HTAB as the separator, no separator, inner blanks, other schemes */
+    CHECK_EQ(sl_http_bearer_token("Bearer\tabc", out, sizeof out), -1);
+    CHECK_STREQ(out, "");
+    CHECK_EQ(sl_http_bearer_token("Bearer \tabc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearerabc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab c", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab\x01", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ab\xc3\xa9", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer ", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearer", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Basic abc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token("Bearers abc", out, sizeof out), -1);
+    CHECK_EQ(sl_http_bearer_token(NULL, out, sizeof out), -1);
+    /* too long for out: refused, not truncated */
+    CHECK_EQ(sl_http_bearer_token("Bearer 0123456789abcde", out, sizeof out), 15);
+    CHECK_EQ(sl_http_bearer_token("Bearer 0123456789abcdef", out, sizeof out), -1);
+    CHECK_STREQ(out, "");
+}
+
 int main(void)
 {
+    test_bearer_token();
     sl_http_server_t *s1 = NULL, *s2 = NULL, *s3 = NULL, *bad = NULL;
     sl_http_limits_t l;
 
@@ -1146,6 +1198,7 @@ int main(void)
     test_header_too_large(p1);
     test_malformed(p1);
     test_too_big(p1);
+    test_malformed_chunk(p1);
     test_disconnect_mid_body(p1, s1);
     test_router_server(p1);
     test_query(p1);

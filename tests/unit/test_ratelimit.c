@@ -373,7 +373,7 @@ static void flush_cb(void *reply, void *arg)
 static void test_redis(void)
 {
     if (system("command -v redis-server >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "test_ratelimit: redis-server not installed; Redis tests skipped\n");
+        CHECK_SKIPPED("redis-server not installed: the Redis tests did not run");
         return;
     }
     int port = free_port();

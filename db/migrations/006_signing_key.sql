@@ -1,0 +1,17 @@
+-- 006_signing_key: the URL-signing key is made by the server from a CSPRNG.
+--
+-- 001_init made it in SQL from random() (a PRNG, not a cryptographic source:
+-- its output can be predicted from a few observed values), so a client could
+-- forge signed blob URLs. The server now makes the key itself at start, from
+-- OpenSSL's RAND_bytes (32 bytes, stored as 64 hex characters), when the
+-- settings row is missing, with INSERT ... ON CONFLICT DO NOTHING so that every
+-- instance on the database ends up with the same key (main.c, load_signing_key).
+--
+-- This migration removes the key 001 made, on fresh and existing installs
+-- alike; the next start makes a strong one. Rotating it invalidates the signed
+-- URLs handed out before the upgrade: acceptable, they are short-lived
+-- (GET /v1/artifacts/{id}/url?ttl=: 1 h by default, 7 days at most) and a
+-- client gets a fresh one from the API at any time. During a rolling
+-- upgrade, instances still on the old binary keep signing with the old key
+-- until they restart.
+DELETE FROM settings WHERE key = 'url_signing_key';

@@ -1,5 +1,5 @@
 /*
- * lua_json.c — sl.json.encode, sl.json.decode and sl.json.null; and the
+ * lua_json.c — sl.json.encode, sl.json.decode, sl.json.array and sl.json.null; and the
  * JSON <-> Lua conversion the runtime uses for ctx, file and results.
  *
  * JSON mapping: objects <-> tables with string keys; arrays <-> sequences
@@ -272,10 +272,28 @@ static int l_json_decode(lua_State *L)
     return 1;
 }
 
+/* sl.json.array([t]): t (or a new table) marked as a JSON array, so it encodes
+ * as [] even when empty. */
+static int l_json_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, sl_flow__array_mt_key());
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
 void sl_lua_inject_json(lua_State *L, sl_flowvm_t *vm)
 {
-    static const luaL_Reg json_fns[] = {
-        {"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
+    static const luaL_Reg json_fns[] = {{"encode", l_json_encode},
+                                        {"decode", l_json_decode},
+                                        {"array", l_json_array},
+                                        {NULL, NULL}};
 
     (void)vm;
     if (luaL_newmetatable(L, JSONBOX_MT)) {

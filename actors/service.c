@@ -84,7 +84,7 @@ struct sl_svcs_s {
     sl_ratelimit_t *rl; /* borrowed; NULL: the process's default limiter */
     int n;
     sl_svc_t *svcs[SL_SVC_MAX];
-    sl_metric_t *m_calls, *m_seconds, *m_state, *m_inflight, *m_cap, *m_hold, *m_holds;
+    sl_metric_t *m_calls, *m_seconds, *m_state, *m_inflight, *m_cap, *m_hold, *m_holds, *m_tokens;
 };
 
 static double now_s(void)
@@ -138,6 +138,9 @@ int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, int open_ms, sl
                                  "service");
     r->m_holds = sl_metrics_counter("sluice_service_holds_total",
                                     "Holds set on a service by source", "service,source");
+    r->m_tokens = sl_metrics_counter("sluice_service_tokens_total",
+                                     "Model tokens the service's answers reported using (usage)",
+                                     "service");
     *out = r;
     return 0;
 }
@@ -1045,6 +1048,8 @@ void sl_svc_charge_tokens(sl_svc_t *s, double actual, double estimated)
     sl_ratelimit_t *rl = limiter(s);
     if (!s || !rl || s->tokens.rate <= 0 || !(actual >= 0))
         return;
+    if (s->reg->m_tokens)
+        sl_metrics_add(s->reg->m_tokens, actual, s->name);
     s->tok_avg = s->tok_avg > 0 ? 0.8 * s->tok_avg + 0.2 * actual : actual;
     double d = actual - (estimated > 0 ? estimated : 0);
     if (fabs(d) >= 1)

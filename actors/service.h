@@ -12,7 +12,8 @@
  * sluice_service_calls_total{service,outcome}, sluice_service_call_seconds
  * {service}, sluice_circuit_state{service} (0 closed, 1 open, 2 half-open),
  * sluice_service_in_flight{service}, sluice_service_concurrency_limit{service},
- * sluice_service_hold_seconds{service}, sluice_service_holds_total{service,source}.
+ * sluice_service_hold_seconds{service}, sluice_service_holds_total{service,source},
+ * sluice_service_tokens_total{service} (usage reported by token-limited services).
  *
  * Backpressure from downstream (docs/internals/ratelimit.md): the HTTP
  * primitive shows every answer to sl_svc_observe. A 429/503 with Retry-After,

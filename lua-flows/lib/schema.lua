@@ -124,7 +124,8 @@ local function coerce(v, ty, node)
     end
   elseif ty == "array" then
     if type(v) == "table" and is_array(v) then
-      local out = {}
+      -- marked as an array, so an empty one is [] in the record, not {}
+      local out = (sl ~= nil and sl.json ~= nil and sl.json.array) and sl.json.array() or {}
       local items = type(node) == "table" and node.items or nil
       for _, item in ipairs(v) do
         local s = shape(item, items)

@@ -15,7 +15,7 @@
 -- at most 10 MB; anything else is refused here, before paying for a call.
 --
 -- Errors: "not_configured", "bad_input" (a document Textract cannot read),
--- "too_large", "unauthorized" (bad keys), "no_text", and the transient
+-- "too_large", "unauthorized" (bad keys or a signature AWS refuses), "no_text", and the transient
 -- "rate_limited" (HTTP 429 or a throttling exception), "server_error",
 -- "timeout", "unavailable".
 
@@ -31,6 +31,20 @@ local ACCEPTED = {
   ["image/jpeg"] = true,
   ["image/png"] = true,
   ["image/tiff"] = true,
+}
+
+-- AWS's authentication errors (common to every AWS service; most come with
+-- HTTP 400, some with 403): the keys or the signature are wrong, which no
+-- retry and no other file will fix.
+local AUTH = {
+  IncompleteSignatureException = true,
+  InvalidSignatureException = true,
+  MissingAuthenticationTokenException = true,
+  UnrecognizedClientException = true,
+  InvalidClientTokenId = true,
+  ExpiredTokenException = true,
+  AccessDeniedException = true,
+  SignatureDoesNotMatch = true,
 }
 
 -- Textract's error types (the "__type" of a 400 answer) that mean "slow
@@ -117,6 +131,15 @@ function M.extract(file)
     local ty, msg = error_type(res.body)
     if ty and THROTTLING[ty] then
       return text.fail("textract", "rate_limited", ty, { status = res.status })
+    end
+    if ty and AUTH[ty] then
+      -- Sluice's signing or the configured keys are wrong: an operator's
+      -- problem, so it is logged at error level with AWS's own words.
+      local detail = ty .. (msg and (": " .. msg) or "")
+      sl.log("error", "textract: request refused: " .. detail, {
+        module = "textract", error = "unauthorized", status = res.status,
+      })
+      return nil, "unauthorized", detail
     end
     if res.status == 400 and ty then
       -- InvalidParameterException, UnsupportedDocumentException,

@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sluice_harness import (  # noqa: E402
-    REPO, Client, PgCluster, RedisServer, Server, ServerFactory, free_port,
+    REPO, Client, PgCluster, RedisServer, Server, ServerFactory, Standin, free_port,
 )
 
 __all__ = ["Client", "Server", "free_port"]
@@ -174,3 +174,18 @@ def samples():
     if not p.is_dir():
         pytest.fail("samples dir not found: %s (set SLUICE_SAMPLES)" % p, pytrace=False)
     return p
+
+
+@pytest.fixture
+def standins():
+    """Factory: standins(kind, *options) -> a new Standin; all stopped at teardown."""
+    made = []
+
+    def start(kind, *extra):
+        s = Standin(kind, *extra)
+        made.append(s)
+        return s
+
+    yield start
+    for s in made:
+        s.stop()

@@ -709,3 +709,54 @@ def local_stack(prefix="sluice-bench-"):
         pg.destroy()
         redis.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- stand-ins
+
+STANDINS = REPO / "tests" / "standins" / "standins.py"
+
+
+class Standin:
+    """One stand-in of tests/standins/standins.py (tika, textract, openai) on a
+    free loopback port; `extra` are more command-line options."""
+
+    def __init__(self, kind, *extra):
+        self.kind = kind
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", str(STANDINS), kind, "--port", str(self.port), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), "%s stand-in did not start: %r" % (kind, line)
+        assert ("port=%d" % self.port) in line
+
+    def control(self, **kw):
+        r = requests.post(self.url + "/_control", json=kw, timeout=5)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def stats(self):
+        return requests.get(self.url + "/_stats", timeout=5).json()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def metric(server, name, **labels):
+    """The value of one Prometheus sample of `server` (labels exactly), or None."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "{}")[1:-1].split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return None

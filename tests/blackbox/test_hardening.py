@@ -11,18 +11,7 @@ import time
 
 import requests
 
-
-def metric(server, name, **labels):
-    text = requests.get(server.url + "/metrics", timeout=10).text
-    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted((m.group(2) or "{}")[1:-1].split(","))) if m.group(2) else ""
-        if got == want:
-            return float(m.group(3))
-    return None
+from sluice_harness import metric
 
 
 def raw_request(port, data, timeout=10):

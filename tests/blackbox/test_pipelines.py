@@ -7,61 +7,17 @@ The stand-ins (tests/standins/standins.py) are switched per test with their
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from sluice_harness import REPO, free_port
 
-STANDINS = REPO / "tests" / "standins" / "standins.py"
 FINAL = ("done", "failed")
 
 
-class Standin:
-    def __init__(self, kind):
-        self.kind = kind
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            ["/usr/bin/python3", str(STANDINS), kind, "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        assert "ready" in line, f"{kind} stand-in did not start: {line}"
-
-    def control(self, **kw):
-        r = requests.post(self.url + "/_control", json=kw, timeout=5)
-        assert r.status_code == 200, r.text
-
-    def stats(self):
-        return requests.get(self.url + "/_stats", timeout=5).json()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-@pytest.fixture
-def standins():
-    made = {}
-
-    def get(kind):
-        if kind not in made:
-            made[kind] = Standin(kind)
-        return made[kind]
-
-    yield get
-    for s in made.values():
-        s.stop()
-
-
-def services_yaml(tika=None, textract=None, openai=None, ocr_cmd=None):
+def services_yaml(tika=None, textract=None, openai=None, ocr_cmd=None,
+                  textract_secret="secretTEST", openai_key="sk-test"):
     ocr = ocr_cmd or ["tesseract", "{input}", "stdout"]
     out = "services:\n"
     out += f"  ocr: {{command: {json.dumps(ocr)}, timeout_ms: 60000}}\n"
@@ -69,10 +25,11 @@ def services_yaml(tika=None, textract=None, openai=None, ocr_cmd=None):
         out += f"  tika: {{url: \"{tika.url}\", timeout_ms: 5000, retry: {{max_attempts: 2, base_ms: 100, max_ms: 200}}}}\n"
     if textract:
         out += (f"  textract: {{endpoint: \"{textract.url}\", region: us-east-1, "
-                f"access_key_id: AKIDTEST, secret_access_key: secretTEST, timeout_ms: 5000, "
+                f"access_key_id: AKIDTEST, secret_access_key: {textract_secret}, timeout_ms: 5000, "
                 f"retry: {{max_attempts: 2, base_ms: 100, max_ms: 200}}}}\n")
     if openai:
-        out += (f"  openai: {{base_url: \"{openai.url}/v1\", api_key: sk-test, "
+        key = f"api_key: {openai_key}, " if openai_key else ""
+        out += (f"  openai: {{base_url: \"{openai.url}/v1\", {key}"
                 f"model: gpt-4o-mini, timeout_ms: 5000}}\n")
     return out
 
@@ -215,7 +172,86 @@ def test_ocr_down_falls_back_to_textract(start_server, standins, samples):
     assert doc["status"] == "done", doc
     assert doc["text_source"] == "textract"
     assert doc["record"]["reference"] == "DLV-77813"
-    assert textract.stats()["requests"] >= 1
+    st = textract.stats()
+    assert st["requests"] >= 1 and not st["last_refused"], st
+    # signed in C: every signed header was sent, and no `expect` among them
+    auth = {k.lower(): v for k, v in st["last"]["headers"].items()}["authorization"]
+    signed = auth.split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "expect" not in signed and {"host", "x-amz-date", "x-amz-target"} <= set(signed)
+
+
+def test_textract_refused_signature_is_unauthorized_not_the_files_fault(
+        start_server, standins, samples):
+    """Wrong keys: the stand-in (botocore-verified) refuses the signature; the
+    run fails with the permanent `unauthorized` (not bad_input, not waiting),
+    and AWS's own words are in the timeline."""
+    textract = standins("textract")
+    srv = start_server(extra_yaml=services_yaml(
+        textract=textract, textract_secret="wrongSECRET",
+        ocr_cmd=["/nonexistent/tesseract", "{input}", "stdout"]))
+    t = srv.create_tenant("keys")
+    ds = t.create_dataset()["id"]
+    fid = upload(t, ds, samples, ["scanned-letter.jpg"])["scanned-letter.jpg"]
+    doc = wait_files(t, [fid])[fid]
+    run = run_of(doc, "ai_record")
+    assert run["state"] == "failed" and run["error"] == "unauthorized", run
+    failed = [e for e in events(t, fid) if e["kind"] == "step_failed" and e["step"] == "textract"]
+    assert failed and "InvalidSignatureException" in failed[-1]["detail"]["detail"]
+    assert textract.stats()["last_refused"]["refused"]["error"] == "InvalidSignatureException"
+
+
+def test_tika_errors_retry_then_fall_back(start_server, standins, samples):
+    """Tika 5xx is transient (retried, then OCR); a PDF Tika cannot read (422)
+    is the file's fault (bad_input), and the chain goes on."""
+    tika = standins("tika")
+    tika.control(mode="fail", count=2)
+    srv = start_server(extra_yaml=services_yaml(tika=tika))
+    t = srv.create_tenant("tika5xx")
+    ds = t.create_dataset()["id"]
+    fid = upload(t, ds, samples, ["notes.txt"])["notes.txt"]
+    doc = wait_files(t, [fid])[fid]
+    assert doc["status"] == "done", doc
+    evs = [e for e in events(t, fid) if e["pipeline"] == "ai_record"]
+    tika_fails = [e["detail"]["error"] for e in evs if e["kind"] == "step_failed"
+                  and e["step"] == "tika"]
+    assert tika_fails == ["server_error", "server_error"], evs
+    assert any(e["kind"] == "retry" for e in evs) and any(e["kind"] == "fallback" for e in evs)
+
+    fid = upload(t, ds, samples, ["truncated.pdf"])["truncated.pdf"]
+    doc = wait_files(t, [fid])[fid]
+    evs = [e for e in events(t, fid) if e["pipeline"] == "ai_record"]
+    first = [e for e in evs if e["kind"] == "step_failed"][0]
+    assert first["step"] == "tika" and first["detail"]["error"] == "bad_input", evs
+    assert first["detail"]["transient"] is False
+
+
+def test_photo_with_every_service_is_done_without_a_record(start_server, standins, samples):
+    """tika, tesseract and Textract (429 once, then no text) all find nothing
+    in a photo: the run succeeds with the note no_text."""
+    tika, textract = standins("tika"), standins("textract")
+    textract.control(mode="rate_limit", retry_after=1, count=1)
+    srv = start_server(extra_yaml=services_yaml(tika=tika, textract=textract))
+    t = srv.create_tenant("photo")
+    ds = t.create_dataset()["id"]
+    fid = upload(t, ds, samples, ["photo.jpg"])["photo.jpg"]
+    doc = wait_files(t, [fid])[fid]
+    run = run_of(doc, "ai_record")
+    assert doc["status"] == "done" and doc["record"] is None, doc
+    assert run["state"] == "succeeded" and run["note"] == "no_text", run
+    steps = [(e["step"], e["kind"]) for e in events(t, fid) if e["pipeline"] == "ai_record"]
+    assert ("textract", "step_succeeded") in steps and ("record", "step_succeeded") in steps
+    assert textract.stats()["requests"] >= 2
+
+
+def test_openai_without_a_key_is_not_configured(start_server, standins, samples):
+    openai = standins("openai")
+    srv = start_server(extra_yaml=services_yaml(openai=openai, openai_key=None))
+    t = srv.create_tenant("nokey")
+    ds = t.create_dataset()["id"]
+    fid = upload(t, ds, samples, ["notes.txt"])["notes.txt"]
+    run = run_of(wait_files(t, [fid])[fid], "ai_record")
+    assert run["state"] == "failed" and run["error"] == "not_configured", run
+    assert openai.stats()["requests"] == 0
 
 
 def test_all_text_services_down_waits_then_finishes(start_server, standins, samples):

@@ -6,7 +6,6 @@ Limits are set low and slow (a fraction of a request per second) so that
 nothing refills while a burst is being sent: counts are exact.
 """
 import json
-import re
 import socket
 import subprocess
 import time
@@ -14,7 +13,7 @@ import time
 import pytest
 import requests
 
-from sluice_harness import REPO
+from sluice_harness import REPO, metric
 
 STANDINS = REPO / "tests" / "standins" / "standins.py"
 
@@ -24,19 +23,6 @@ PNG = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
 
 READS_LIMIT = "rate_limits: {requests_per_s: {reads: 0.2, uploads: 0.2, burst: 5}}\n"
-
-
-def metric(server, name, **labels):
-    text = requests.get(server.url + "/metrics", timeout=10).text
-    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted((m.group(2) or "{}")[1:-1].split(","))) if m.group(2) else ""
-        if got == want:
-            return float(m.group(3))
-    return None
 
 
 def check_429(r):

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,58 +22,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
-REPO = Path(__file__).resolve().parents[2]
-STANDINS = REPO / "tests" / "standins" / "standins.py"
+from sluice_harness import REPO, Standin
+
 SAMPLES = Path(os.environ.get("SLUICE_SAMPLES") or (REPO.parent / "shared" / "samples"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Standin:
-    def __init__(self, kind, *extra):
-        self.kind = kind
-        self.port = _free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.proc = subprocess.Popen(
-            ["/usr/bin/python3", str(STANDINS), kind, "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), "%s stand-in did not start: %r" % (kind, line)
-        assert ("port=%d" % self.port) in line
-
-    def control(self, **kw):
-        r = requests.post(self.url + "/_control", json=kw, timeout=5)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def stats(self):
-        return requests.get(self.url + "/_stats", timeout=5).json()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
-def standin():
-    made = []
-
-    def start(kind, *extra):
-        s = Standin(kind, *extra)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.stop()
+def standin(standins):
+    return standins
 
 
 @pytest.fixture(scope="module")

@@ -153,13 +153,15 @@ Control API (every stand-in; never subject to the mode, never counted):
                     "count": n,         the mode applies to the next n requests,
                                         then it is back to ok (default: forever)
                     "hard": true, "duration_ms": n,   (refuse only, see below)
-                    "rpm": n, "tpm": n} (openai: per-minute request and token
-                                        budgets; setting one refills both. A body
-                                        with rpm/tpm and no "mode" leaves the mode
-                                        as it is.)
+                    "rpm": n, "tpm": n, (openai: per-minute request and token
+                    "window_s": s}      budgets; setting one refills both; window_s
+                                        (0.1..60, default 60) shortens the minute
+                                        for tests. A body with only budgets leaves
+                                        the mode as it is.)
     GET  /_stats  -> {"requests", "by_path", "by_status", "in_flight",
                       "max_in_flight", "timestamps", "mode", "count", "delay_ms",
-                      "last", "last_refused", "rate_limits"}
+                      "last", "last_refused", "usage_tokens", "rate_limits"}
+                     usage_tokens (openai): the sum of usage.total_tokens answered;
                      last: the last protocol request {"path", "headers"}, plus
                      "refused": {"status", "error", "message"} when it was
                      answered 4xx/5xx; last_refused: the last such request
@@ -218,15 +220,18 @@ DEFAULT_TPM = 10000000
 
 class Budget:
     """One per-minute budget as OpenAI meters it: a bucket of `limit` units
-    refilled continuously at limit/60 a second."""
+    refilled continuously at limit/60 a second. `window` (seconds, default
+    60) compresses the minute for tests that cannot wait one."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, window=60.0):
         self.limit = limit
+        self.window = float(window)
         self.level = float(limit)
         self.t = time.monotonic()
 
     def refill(self, now):
-        self.level = min(float(self.limit), self.level + (now - self.t) * self.limit / 60.0)
+        self.level = min(float(self.limit),
+                         self.level + (now - self.t) * self.limit / self.window)
         self.t = now
 
     def remaining(self):
@@ -234,10 +239,10 @@ class Budget:
 
     def reset_s(self):
         """Seconds until the bucket is full again (OpenAI's x-ratelimit-reset-*)."""
-        return max(0.0, (self.limit - self.level) * 60.0 / self.limit)
+        return max(0.0, (self.limit - self.level) * self.window / self.limit)
 
     def wait_s(self, need):
-        return max(0.0, (need - self.level) * 60.0 / self.limit)
+        return max(0.0, (need - self.level) * self.window / self.limit)
 
 
 def go_duration(seconds):
@@ -281,6 +286,7 @@ class State:
             self.timestamps = []
             self.last = None
             self.last_refused = None
+            self.usage_tokens = 0      # openai: the total_tokens of every answer's usage
             self.rpm = Budget(DEFAULT_RPM)
             self.tpm = Budget(DEFAULT_TPM)
             self.lock.notify_all()
@@ -296,11 +302,12 @@ class State:
             self.generation += 1
             self.lock.notify_all()
 
-    def set_budgets(self, rpm=None, tpm=None):
+    def set_budgets(self, rpm=None, tpm=None, window_s=None):
         """New per-minute limits; both buckets start full."""
         with self.lock:
-            self.rpm = Budget(rpm if rpm is not None else self.rpm.limit)
-            self.tpm = Budget(tpm if tpm is not None else self.tpm.limit)
+            w = window_s if window_s is not None else self.rpm.window
+            self.rpm = Budget(rpm if rpm is not None else self.rpm.limit, w)
+            self.tpm = Budget(tpm if tpm is not None else self.tpm.limit, w)
 
     def take_mode(self):
         """The mode for one incoming protocol request (consumes one of count)."""
@@ -385,6 +392,7 @@ class State:
                     "max_in_flight": self.max_in_flight, "timestamps": list(self.timestamps),
                     "mode": self.mode, "count": self.count, "delay_ms": self.delay_ms,
                     "last": self.last, "last_refused": self.last_refused,
+                    "usage_tokens": self.usage_tokens,
                     "rate_limits": {"rpm": self.rpm.limit, "tpm": self.tpm.limit,
                                     "remaining_requests": self.rpm.remaining(),
                                     "remaining_tokens": self.tpm.remaining()}}
@@ -581,11 +589,14 @@ class Handler(BaseHTTPRequestHandler):
                     v = req.get(k)
                     if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                         raise ValueError(k + " must be a positive integer")
+                w = req.get("window_s")
+                if w is not None and (not isinstance(w, (int, float)) or not 0.1 <= w <= 60):
+                    raise ValueError("window_s must be a number in [0.1, 60]")
             except (ValueError, AttributeError) as e:
                 return self.send(400, {"error": str(e)})
-            budgets = req.get("rpm") is not None or req.get("tpm") is not None
+            budgets = any(req.get(k) is not None for k in ("rpm", "tpm", "window_s"))
             if budgets:
-                self.state.set_budgets(req.get("rpm"), req.get("tpm"))
+                self.state.set_budgets(req.get("rpm"), req.get("tpm"), req.get("window_s"))
                 if "mode" not in req:   # budgets alone leave the mode as it is
                     return self.send(200, {"ok": True, "mode": self.state.mode,
                                            "rate_limits": self.state.snapshot()["rate_limits"]})
@@ -894,6 +905,8 @@ class Handler(BaseHTTPRequestHandler):
             (sum(len(content_text(m.get("content"))) for m in msgs)
              + len(json.dumps(rf))) / 4.0))
         completion_tokens = max(1, math.ceil(len(content) / 4.0))
+        with self.state.lock:
+            self.state.usage_tokens += prompt_tokens + completion_tokens
         self.send(200, {
             "id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
             "created": int(time.time()), "model": req["model"],

@@ -66,10 +66,15 @@ def test_retry_after_holds_the_service_on_every_instance(start_server, standins,
 def test_rate_limit_headers_at_zero_wait_for_the_reset(start_server, standins, samples):
     """Two requests per (2-second) window: after the second, the answer says 0
     remaining and when the window resets. Sluice holds openai until then, so
-    the stand-in never has to answer 429."""
+    the stand-in never has to answer 429 (the stand-in answers 429 to a
+    request over the budget)."""
     openai = standins("openai")
     openai.control(rpm=2, window_s=2)
-    srv = start_server(extra_yaml=services_yaml(openai=openai))
+    # one call at a time: the headers of one answer can only slow down the
+    # calls that start after it
+    yaml = services_yaml(openai=openai).replace(
+        "model: gpt-4o-mini,", "model: gpt-4o-mini, concurrency: 1,")
+    srv = start_server(extra_yaml=yaml)
     t = srv.create_tenant("rl0")
     ds = t.create_dataset()["id"]
     fids = [upload(t, ds, samples, [NOTES])[NOTES] for _ in range(4)]

@@ -186,12 +186,11 @@ def test_textract_refused_signature_is_unauthorized_not_the_files_fault(
     run fails with the permanent `unauthorized` (not bad_input, not waiting),
     and AWS's own words are in the timeline."""
     textract = standins("textract")
-    srv = start_server(extra_yaml=services_yaml(
-        textract=textract, textract_secret="wrongSECRET",
-        ocr_cmd=["/nonexistent/tesseract", "{input}", "stdout"]))
+    srv = start_server(extra_yaml=services_yaml(textract=textract, textract_secret="wrongSECRET"))
     t = srv.create_tenant("keys")
     ds = t.create_dataset()["id"]
-    fid = upload(t, ds, samples, ["scanned-letter.jpg"])["scanned-letter.jpg"]
+    # a photo: the text layer and tesseract find nothing, so Textract is asked
+    fid = upload(t, ds, samples, ["photo.jpg"])["photo.jpg"]
     doc = wait_files(t, [fid])[fid]
     run = run_of(doc, "ai_record")
     assert run["state"] == "failed" and run["error"] == "unauthorized", run
@@ -204,18 +203,19 @@ def test_tika_errors_retry_then_fall_back(start_server, standins, samples):
     """Tika 5xx is transient (retried, then OCR); a PDF Tika cannot read (422)
     is the file's fault (bad_input), and the chain goes on."""
     tika = standins("tika")
-    tika.control(mode="fail", count=2)
+    tika.control(mode="fail", count=3)     # every attempt of the step (3 by default)
     srv = start_server(extra_yaml=services_yaml(tika=tika))
     t = srv.create_tenant("tika5xx")
     ds = t.create_dataset()["id"]
-    fid = upload(t, ds, samples, ["notes.txt"])["notes.txt"]
+    fid = upload(t, ds, samples, ["invoice-acme.pdf"])["invoice-acme.pdf"]
     doc = wait_files(t, [fid])[fid]
-    assert doc["status"] == "done", doc
+    assert doc["status"] == "done" and doc["text_source"] == "ocr", doc
     evs = [e for e in events(t, fid) if e["pipeline"] == "ai_record"]
     tika_fails = [e["detail"]["error"] for e in evs if e["kind"] == "step_failed"
                   and e["step"] == "tika"]
-    assert tika_fails == ["server_error", "server_error"], evs
-    assert any(e["kind"] == "retry" for e in evs) and any(e["kind"] == "fallback" for e in evs)
+    assert tika_fails == ["server_error"] * 3, evs
+    assert [e["kind"] for e in evs].count("retry") == 2
+    assert any(e["kind"] == "fallback" and e["detail"]["to"] == "ocr" for e in evs), evs
 
     fid = upload(t, ds, samples, ["truncated.pdf"])["truncated.pdf"]
     doc = wait_files(t, [fid])[fid]

@@ -148,6 +148,42 @@ def test_local_defaults_every_sample(server, tenant, samples):
     assert "INV-2026-0042" in csv
 
 
+def test_every_sample_with_every_strict_standin(start_server, standins, samples):
+    """Issue 8's acceptance: Tika, Textract (SigV4 verified with botocore) and
+    OpenAI (Structured Outputs enforced) as strict as the real services: every
+    sample with text ends with its record from OpenAI, a photo goes through all
+    three extractors and is done without one, a damaged PDF fails, and no
+    stand-in refused a request for Sluice's fault (the OCR-down path to
+    Textract is test_ocr_down_falls_back_to_textract)."""
+    tika, textract, openai = standins("tika"), standins("textract"), standins("openai")
+    srv = start_server(extra_yaml=services_yaml(tika=tika, textract=textract, openai=openai))
+    t = srv.create_tenant("strict")
+    ds = t.create_dataset("strict")["id"]
+    names = ["invoice-acme.pdf", "scanned-letter.pdf", "scanned-letter.jpg", "photo.jpg",
+             "notes.txt", "truncated.pdf", "empty.txt"]
+    ids = upload(t, ds, samples, names)
+    docs = wait_files(t, ids.values(), timeout=240)
+    sources = {"invoice-acme.pdf": "tika", "scanned-letter.pdf": "ocr",
+               "scanned-letter.jpg": "ocr", "notes.txt": "tika"}
+    for name, source in sources.items():
+        d = docs[ids[name]]
+        assert d["status"] == "done" and d["text_source"] == source, (name, d)
+        assert d["record"], (name, d)
+    assert docs[ids["scanned-letter.jpg"]]["record"]["reference"] == "DLV-77813"
+    photo = docs[ids["photo.jpg"]]
+    assert photo["status"] == "done" and photo["record"] is None, photo
+    assert run_of(photo, "ai_record")["note"] == "no_text"
+    assert ("textract", "step_succeeded") in [(e["step"], e["kind"]) for e in
+                                              events(t, photo["id"])]
+    assert docs[ids["truncated.pdf"]]["status"] == "failed"
+    assert docs[ids["empty.txt"]]["status"] == "done"
+    for s in (tika, textract, openai):
+        bad = s.stats()["last_refused"]
+        assert not bad or "Signature" not in bad["refused"].get("error", ""), (s.kind, bad)
+    st = openai.stats()
+    assert st["requests"] >= 4 and set(st["by_status"]) == {"200"}, st["by_status"]
+
+
 def test_tika_then_ocr_fallback(start_server, standins, samples):
     tika = standins("tika")
     srv = start_server(extra_yaml=services_yaml(tika=tika))

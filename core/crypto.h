@@ -16,6 +16,9 @@ int sl_uuid_v4(char out[37]);
 /** Lowercase hex of len bytes into out (2*len+1 bytes). */
 void sl_hex(const void *data, size_t len, char *out);
 
+/** The value of one hex digit (either case), or -1. */
+int sl_hex_digit(int ch);
+
 /** SHA-256 of data as 64 hex chars + NUL. */
 void sl_sha256_hex(const void *data, size_t len, char out[65]);
 

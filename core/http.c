@@ -171,17 +171,6 @@ static int hdr_text_ok(const char *s)
     return s && strpbrk(s, "\r\n") == NULL;
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes src[0..n) ('+' is a space) into dst; -1 if it does not fit. */
 static int pct_decode(const char *src, size_t n, char *dst, size_t dstlen)
 {
@@ -192,9 +181,9 @@ static int pct_decode(const char *src, size_t n, char *dst, size_t dstlen)
         int ch = (unsigned char)src[i];
         if (ch == '+') {
             ch = ' ';
-        } else if (ch == '%' && i + 2 < n && hexval((unsigned char)src[i + 1]) >= 0 &&
-                   hexval((unsigned char)src[i + 2]) >= 0) {
-            ch = hexval((unsigned char)src[i + 1]) * 16 + hexval((unsigned char)src[i + 2]);
+        } else if (ch == '%' && i + 2 < n && sl_hex_digit((unsigned char)src[i + 1]) >= 0 &&
+                   sl_hex_digit((unsigned char)src[i + 2]) >= 0) {
+            ch = sl_hex_digit((unsigned char)src[i + 1]) * 16 + sl_hex_digit((unsigned char)src[i + 2]);
             i += 2;
         }
         if (o + 1 >= dstlen)

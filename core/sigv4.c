@@ -67,17 +67,6 @@ static int is_tchar(unsigned char ch) /* RFC 9110 token */
            (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
 }
 
-static int hexval(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Printable ASCII without space: what a request target may carry unencoded. */
 static int is_urlchar(unsigned char ch)
 {
@@ -117,8 +106,8 @@ static int enc_normalize(strbuf_t *b, const char *s, size_t n, int keep_slash)
         unsigned char ch = (unsigned char)s[i];
         int slash_ok = keep_slash;
         if (ch == '%') {
-            ch = (unsigned char)(hexval((unsigned char)s[i + 1]) * 16 +
-                                 hexval((unsigned char)s[i + 2])); /* checked by parse_url */
+            ch = (unsigned char)(sl_hex_digit((unsigned char)s[i + 1]) * 16 +
+                                 sl_hex_digit((unsigned char)s[i + 2])); /* checked by parse_url */
             i += 2;
             slash_ok = 0; /* an escaped '/' is data, not a separator */
         }
@@ -140,8 +129,8 @@ typedef struct url_s {
 static int check_escapes(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (s[i] == '%' && (i + 2 >= n || hexval((unsigned char)s[i + 1]) < 0 ||
-                            hexval((unsigned char)s[i + 2]) < 0))
+        if (s[i] == '%' && (i + 2 >= n || sl_hex_digit((unsigned char)s[i + 1]) < 0 ||
+                            sl_hex_digit((unsigned char)s[i + 2]) < 0))
             return SL_EINVAL;
     return 0;
 }

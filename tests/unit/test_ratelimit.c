@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "redistmp.h"
 
 static struct event_base *base;
 
@@ -310,48 +311,6 @@ static void test_pause_local(void)
 
 /* ---- Redis ---- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static pid_t start_redis(int port)
-{
-    char p[16];
-    snprintf(p, sizeof p, "%d", port);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-static void stop_redis(pid_t pid)
-{
-    int st;
-    kill(pid, SIGTERM);
-    waitpid(pid, &st, 0);
-}
-
 static void wait_up(sl_redis_t *r, int want, double secs)
 {
     double deadline = now_s() + secs;
@@ -376,9 +335,9 @@ static void test_redis(void)
         CHECK_SKIPPED("redis-server not installed: the Redis tests did not run");
         return;
     }
-    int port = free_port();
+    int port = redistmp_free_port();
     CHECK(port > 0);
-    pid_t pid = start_redis(port);
+    pid_t pid = redistmp_start(port);
     CHECK(pid > 0);
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
@@ -483,7 +442,7 @@ static void test_redis(void)
     CHECK(c.n == 0);
 
     /* Redis stops: checks go on with local limits */
-    stop_redis(pid);
+    redistmp_stop(pid);
     wait_up(redis, 0, 10);
     results_t rl = {0};
     burst(a, "after-stop", &lim, 6, &rl);
@@ -493,7 +452,7 @@ static void test_redis(void)
     CHECK(sl_ratelimit_shared(a) == 0);
 
     /* and back to Redis once it is up again */
-    pid = start_redis(port);
+    pid = redistmp_start(port);
     wait_up(redis, 1, 20);
     results_t back = {0};
     burst(a, "after-start", &lim, 1, &back);
@@ -511,7 +470,7 @@ static void test_redis(void)
 
     sl_ratelimit_free(a);
     sl_redis_free(redis);
-    stop_redis(pid);
+    redistmp_stop(pid);
 }
 
 int main(void)

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "redistmp.h"
 
 static struct event_base *base;
 static char uniq[32]; /* keeps service names (and so Redis keys) apart between runs */
@@ -457,41 +458,6 @@ static void test_tokens(sl_ratelimit_t *rl, const char *tag)
 
 /* ---- Redis: two instances ---- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static pid_t start_redis(int port)
-{
-    char p[16];
-    snprintf(p, sizeof p, "%d", port);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 static void wait_up(sl_redis_t *r, double secs)
 {
     double deadline = now_s() + secs;
@@ -627,19 +593,15 @@ static void test_redis(void)
                             "Redis tests skipped\n");
             return;
         }
-        int port = free_port();
+        int port = redistmp_free_port();
         CHECK(port > 0);
-        pid = start_redis(port);
+        pid = redistmp_start(port);
         CHECK(pid > 0);
         snprintf(own, sizeof own, "redis://127.0.0.1:%d/0", port);
         url = own;
     }
     test_two_instances(url);
-    if (pid > 0) {
-        int st;
-        kill(pid, SIGTERM);
-        waitpid(pid, &st, 0);
-    }
+    redistmp_stop(pid);
 }
 
 int main(void)

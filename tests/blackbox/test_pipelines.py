@@ -17,7 +17,7 @@ FINAL = ("done", "failed")
 
 
 def services_yaml(tika=None, textract=None, openai=None, ocr_cmd=None,
-                  textract_secret="secretTEST", openai_key="sk-test"):
+                  textract_secret="secretTEST", openai_key="sk-test", textract_timeout_ms=5000):
     ocr = ocr_cmd or ["tesseract", "{input}", "stdout"]
     out = "services:\n"
     out += f"  ocr: {{command: {json.dumps(ocr)}, timeout_ms: 60000}}\n"
@@ -25,7 +25,8 @@ def services_yaml(tika=None, textract=None, openai=None, ocr_cmd=None,
         out += f"  tika: {{url: \"{tika.url}\", timeout_ms: 5000, retry: {{max_attempts: 2, base_ms: 100, max_ms: 200}}}}\n"
     if textract:
         out += (f"  textract: {{endpoint: \"{textract.url}\", region: us-east-1, "
-                f"access_key_id: AKIDTEST, secret_access_key: {textract_secret}, timeout_ms: 5000, "
+                f"access_key_id: AKIDTEST, secret_access_key: {textract_secret}, "
+                f"timeout_ms: {textract_timeout_ms}, "
                 f"retry: {{max_attempts: 2, base_ms: 100, max_ms: 200}}}}\n")
     if openai:
         key = f"api_key: {openai_key}, " if openai_key else ""
@@ -156,7 +157,9 @@ def test_every_sample_with_every_strict_standin(start_server, standins, samples)
     stand-in refused a request for Sluice's fault (the OCR-down path to
     Textract is test_ocr_down_falls_back_to_textract)."""
     tika, textract, openai = standins("tika"), standins("textract"), standins("openai")
-    srv = start_server(extra_yaml=services_yaml(tika=tika, textract=textract, openai=openai))
+    # the Textract stand-in runs tesseract on the photo: give it time on a busy machine
+    srv = start_server(extra_yaml=services_yaml(tika=tika, textract=textract, openai=openai,
+                                                textract_timeout_ms=60000))
     t = srv.create_tenant("strict")
     ds = t.create_dataset("strict")["id"]
     names = ["invoice-acme.pdf", "scanned-letter.pdf", "scanned-letter.jpg", "photo.jpg",

@@ -12,6 +12,7 @@
  * actor that finds no row (lease lost, file deleted) ends without effects.
  */
 #include "actors/run.h"
+#include "actors/service.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/exec.h"
@@ -29,7 +30,6 @@
 #include <time.h>
 
 #define WAIT_MAX_S 300
-#define HOLD_WAIT_MAX_S 3600 /* the longest hold a service can ask for (SL_SVC_HOLD_MAX_S) */
 
 struct sl_run_s {
     sl_sched_t *sched;        /* NULL once detached */
@@ -377,11 +377,12 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
     if (res->wait_s > 0) {
         /*
          * Held back by a service (Retry-After, its rate-limit headers): the
-         * call never reached it, so this is not a failure of the step. The run
+         * call was refused for rate or never reached it, so this is not a
+         * failure of the step. The run
          * waits until the hold ends and resumes at the same step and attempt;
          * retries, fallbacks, the chain and the wait backoff are untouched.
          */
-        double wait_s = res->wait_s > HOLD_WAIT_MAX_S ? HOLD_WAIT_MAX_S : res->wait_s;
+        double wait_s = res->wait_s > SL_SVC_HOLD_MAX_S ? SL_SVC_HOLD_MAX_S : res->wait_s;
         char reason[192];
         snprintf(reason, sizeof reason, "waiting for %s, %.0f s",
                  res->wait_reason[0] ? res->wait_reason : from, ceil(wait_s));

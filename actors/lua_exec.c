@@ -14,8 +14,9 @@
  *   - when Sluice runs as root, the tool runs as exec.user (default nobody):
  *     the scratch dir is handed to that user before the call, the scratch
  *     root is made traversable (mode o+x, not readable), and files named in
- *     `input` are opened before the drop and passed as /proc/self/fd/N, so the
- *     tool needs no right on the storage directory. A user that cannot be
+ *     `input` (and the run's own file, whenever argv names it) are opened
+ *     before the drop and passed as /proc/self/fd/N, so the tool needs no
+ *     right on the storage directory. A user that cannot be
  *     resolved, or is root, refuses every call ("unavailable").
  * The child's working directory is the run's scratch dir when there is one,
  * so tools that write relative paths write there.
@@ -199,6 +200,25 @@ static void add_input(lua_State *L, exec_op_t *op)
     lua_pop(L, 1);
 }
 
+/* The run's own file is always an input when argv names it: it is the one
+ * stored file a tool has business reading, and flows (tika's pdftotext,
+ * textract's base64) name it without saying so. */
+static void add_run_file(lua_State *L, exec_op_t *op, const sl_step_t *s)
+{
+    const char *path = json_string_value(json_object_get(s->file_j, "path"));
+    if (path == NULL || path[0] == '\0')
+        return;
+    for (int i = 0; i < op->ninputs; i++)
+        if (strcmp(op->inputs[i], path) == 0)
+            return;
+    for (int a = 0; a < op->argc; a++)
+        if (strstr(op->argv[a], path) != NULL) {
+            lua_pushstring(L, path);
+            add_input(L, op);
+            return;
+        }
+}
+
 /* Every argv occurrence of input i (a whole argument or inside one, as in
  * "--in=PATH") becomes /proc/self/fd/(3 + i): core/exec opens the file
  * before the privilege drop and hands the descriptor down. */
@@ -259,7 +279,6 @@ static void parse(lua_State *L, exec_op_t *op)
     } else {
         lua_pop(L, 1);
     }
-    rewrite_inputs(L, op);
     op->stdin_path = sl_flow__opt_str(L, t, "stdin", "sl.exec");
     op->stdout_path = sl_flow__opt_str(L, t, "stdout", "sl.exec");
     op->timeout_ms = (unsigned)opt_num(L, t, "timeout", 1000, 86400);
@@ -315,6 +334,8 @@ static int l_exec(lua_State *L)
     op = (exec_op_t *)*box;
     op->pol = pol;
     parse(L, op);
+    add_run_file(L, op, s);
+    rewrite_inputs(L, op);
     if (s->tmpdir != NULL && (op->cwd = strdup(s->tmpdir)) == NULL)
         return luaL_error(L, "sl.exec: out of memory");
     build_env(L, op, s->tmpdir);

@@ -1,7 +1,8 @@
 /*
  * lua_image.c — sl.image_info(path): an image's format and size from its
  * header (core/imageinfo), so a flow can refuse a decompression bomb before
- * tesseract or vips decode it.
+ * tesseract or vips decode it. sl.max_image_pixels is the cap
+ * (limits.max_image_pixels; 0: none).
  *
  *   local info, err = sl.image_info(path)
  *   -- info: {format = "png", width = W, height = H, pixels = W * H,
@@ -48,6 +49,9 @@ static int l_image_info(lua_State *L)
 
 void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm)
 {
+    const sl_config_t *cfg = vm->host.cfg;
+    lua_pushinteger(L, (lua_Integer)(cfg ? cfg->max_image_pixels : SL_CONFIG_MAX_IMAGE_PIXELS));
+    lua_setfield(L, -2, "max_image_pixels");
     lua_pushlightuserdata(L, vm);
     lua_pushcclosure(L, l_image_info, 1);
     lua_setfield(L, -2, "image_info");

@@ -1042,7 +1042,6 @@ static int set_defaults(sl_config_t *cfg)
     cfg->exec_open_files = SL_CONFIG_EXEC_OPEN_FILES;
     cfg->rl_uploads_per_s = SL_CONFIG_RL_UPLOADS_PER_S;
     cfg->rl_reads_per_s = SL_CONFIG_RL_READS_PER_S;
-    cfg->rl_requests_burst = SL_CONFIG_RL_REQUESTS_BURST;
     cfg->exec_user = strdup(SL_CONFIG_EXEC_USER);
     cfg->header_timeout_ms = 30000;
     cfg->idle_timeout_ms = 60000;

@@ -37,9 +37,8 @@
 #define SL_CONFIG_MAX_CONNECTIONS_PER_IP 256
 #define SL_CONFIG_SSE_MAX_STREAMS_PER_IP 32
 /* rate_limits, per API key */
-#define SL_CONFIG_RL_UPLOADS_PER_S 20.0
-#define SL_CONFIG_RL_READS_PER_S 200.0
-#define SL_CONFIG_RL_REQUESTS_BURST 100.0
+#define SL_CONFIG_RL_UPLOADS_PER_S 50.0  /* burst: one second's worth */
+#define SL_CONFIG_RL_READS_PER_S 1000.0
 
 /** fairness.weights: a tenant (name or id) and its share of the scheduler. */
 typedef struct sl_config_weight_s {

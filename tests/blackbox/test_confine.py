@@ -180,3 +180,159 @@ def test_unknown_exec_user_refuses_to_run_tools(start_server, tmp_path):
     s = probe(srv, srv.create_tenant("nouser"))
     for name in ("env", "id", "limits", "input"):
         assert "ERROR unavailable" in s[name][0], s[name]
+
+
+# ---------------------------------------------------------------- default limits
+# A fresh server with no rate_limits or per-address settings ships with limits
+# on (core/config.h SL_CONFIG_*; README "Configuration reference").
+
+DEFAULT_CONN_PER_IP = 256
+DEFAULT_SSE_PER_IP = 32
+
+
+def recv_head(s, timeout=10):
+    """The status line and headers of one response, as (status, {name: value})."""
+    s.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head = data.partition(b"\r\n\r\n")[0].decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split(" ")[1]) if lines and lines[0].startswith("HTTP/") else 0
+    hdrs = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs
+
+
+def test_default_upload_rate_limits_a_tight_loop(server, tenant):
+    """No rate_limits section: one key uploading in a tight loop (4 at a time)
+    meets 429 with Retry-After, within a few hundred requests."""
+    import concurrent.futures as cf
+    ds = tenant.create_dataset("loop")["id"]
+    blob = os.urandom(64)  # application/octet-stream: no pipeline runs for it
+
+    def one(i):
+        r = tenant.upload(ds, [("b%d.bin" % i, blob)])
+        return r.status_code, r.headers.get("Retry-After"), r.text
+
+    got = []
+    with cf.ThreadPoolExecutor(4) as pool:
+        for res in pool.map(one, range(400)):
+            got.append(res)
+    codes = [c for c, _, _ in got]
+    assert set(codes) <= {202, 429}, [g for g in got if g[0] not in (202, 429)][:3]
+    assert 429 in codes, "400 uploads in a tight loop were never limited"
+    assert codes.count(202) >= 50  # the burst (one second's worth) went through
+    for c, ra, text in got:
+        if c == 429:
+            assert ra is not None and ra.isdigit() and int(ra) >= 1, ra
+            assert json.loads(text)["error"]["code"] == "rate_limited"
+    # reads have their own (larger) budget: the key can still look
+    assert tenant.get("/v1/datasets/%s/files" % ds).status_code == 200
+
+
+def test_default_per_ip_connection_cap(server):
+    """The 257th connection from one address is answered 429 and closed; the
+    others are untouched, and a freed slot is usable again."""
+    import socket
+    socks = []
+    try:
+        for _ in range(DEFAULT_CONN_PER_IP):
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        # all accepted and counted: one of them still answers normally
+        socks[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert recv_head(socks[0])[0] == 200
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        status, hdrs = recv_head(extra)
+        assert status == 429, status
+        assert hdrs.get("retry-after", "").isdigit()
+        extra.settimeout(10)
+        rest = b""
+        while True:  # then closed by the server
+            chunk = extra.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        extra.close()
+        # closing one frees its slot
+        socks.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            again = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status = recv_head(again)[0]
+            again.close()
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        for s in socks:
+            s.close()
+    assert server.proc.poll() is None
+
+
+def test_per_ip_connection_cap_is_configurable(start_server):
+    import socket
+    srv = start_server(extra_yaml="limits: {max_connections_per_ip: 3}\n")
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(3)]
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        assert recv_head(s)[0] == 429
+        s.close()
+    finally:
+        for s in socks:
+            s.close()
+    srv2 = start_server(extra_yaml="limits: {max_connections_per_ip: 0}\n")  # 0: off
+    socks = [socket.create_connection(("127.0.0.1", srv2.port), timeout=10) for _ in range(300)]
+    try:
+        socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert recv_head(socks[-1])[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_default_per_ip_sse_stream_cap(server, tenant):
+    import socket
+    ds = tenant.create_dataset("sse")["id"]
+    req = ("GET /v1/datasets/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+           "Accept: text/event-stream\r\n\r\n" % (ds, tenant.key)).encode()
+    streams = []
+    try:
+        for _ in range(DEFAULT_SSE_PER_IP):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(req)
+            assert recv_head(s)[0] == 200
+            streams.append(s)
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(req)
+        status, hdrs = recv_head(s)
+        s.close()
+        assert status == 429, status
+        assert hdrs.get("retry-after", "").isdigit()
+        # one stream ends: another may start. The client resets (SO_LINGER 0)
+        # so the server sees it at once; a plain FIN is a half-close to HTTP,
+        # noticed when a keepalive write fails.
+        gone = streams.pop()
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        deadline = time.monotonic() + 10
+        while True:
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(req)
+            status = recv_head(s)[0]
+            if status == 200:
+                streams.append(s)
+                break
+            s.close()
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+    finally:
+        for s in streams:
+            s.close()

@@ -4,7 +4,7 @@
  * Every read is bounds-checked by the reader (a short read is a damaged
  * file), every loop has a fixed bound, and nothing is allocated: the parser
  * is meant to meet hostile input. Sources: PNG (RFC 2083 section 11.2.2,
- * IHDR), GIF89a (logical screen descriptor), JPEG (ITU T.81 annex B: walk the
+ * IHDR), GIF89a (logical screen and first image descriptor), JPEG (ITU T.81 annex B: walk the
  * marker segments to the first SOFn), WebP (RIFF container; VP8 key frame
  * header, RFC 6386 section 9.1; VP8L header; VP8X canvas), TIFF 6.0 (first
  * IFD, tags 256 ImageWidth and 257 ImageLength), BMP (BITMAPINFOHEADER or
@@ -20,6 +20,7 @@
 
 #define JPEG_MAX_SEGMENTS 4096 /* markers walked before giving up */
 #define TIFF_MAX_ENTRIES 4096  /* entries of the first IFD looked at */
+#define GIF_MAX_BLOCKS 65536   /* extension sub-blocks before the first frame */
 
 typedef struct rd_s {
     sl_imageinfo_read_fn fn;
@@ -120,11 +121,45 @@ static int jpeg(const rd_t *r, sl_imageinfo_t *out)
     return SL_EINVAL;
 }
 
+/*
+ * The logical screen, grown to hold the first frame: a decoder that renders a
+ * frame larger than the screen (or placed off it) allocates for the frame, so
+ * a 1 x 1 screen must not hide a 50000 x 50000 frame. Extensions before the
+ * frame are skipped block by block (a bounded walk).
+ */
 static int gif(const rd_t *r, sl_imageinfo_t *out)
 {
-    uint8_t b[4];
-    int rc = get(r, 6, b, sizeof b);
-    return rc ? rc : done(out, "gif", le16(b), le16(b + 2));
+    uint8_t b[9];
+    int rc = get(r, 6, b, 7); /* width, height, flags, background, aspect */
+    if (rc)
+        return rc;
+    uint32_t w = le16(b), h = le16(b + 2);
+    uint64_t off = 13;
+    if (b[4] & 0x80) /* global color table: 3 * 2^(n + 1) bytes */
+        off += 3u << ((b[4] & 7) + 1);
+    for (int i = 0; i < GIF_MAX_BLOCKS; i++) {
+        if ((rc = get(r, off, b, 1)) != 0)
+            return rc;
+        if (b[0] == 0x2C) { /* image descriptor: left, top, width, height */
+            if ((rc = get(r, off + 1, b, 8)) != 0)
+                return rc;
+            uint32_t fw = le16(b) + le16(b + 4), fh = le16(b + 2) + le16(b + 6);
+            return done(out, "gif", fw > w ? fw : w, fh > h ? fh : h);
+        }
+        if (b[0] != 0x21) /* the trailer (0x3B) or garbage: no frame */
+            return SL_EINVAL;
+        off += 2; /* introducer and label, then sub-blocks up to a 0 length */
+        for (;;) {
+            if (++i >= GIF_MAX_BLOCKS)
+                return SL_EINVAL;
+            if ((rc = get(r, off, b, 1)) != 0)
+                return rc;
+            off += 1u + b[0];
+            if (b[0] == 0)
+                break;
+        }
+    }
+    return SL_EINVAL;
 }
 
 static int webp(const rd_t *r, sl_imageinfo_t *out)

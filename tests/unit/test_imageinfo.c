@@ -69,11 +69,26 @@ static void test_jpeg(void)
 static void test_gif_webp_bmp_tiff(void)
 {
     sl_imageinfo_t i;
-    static const uint8_t gif[] = {'G', 'I', 'F', '8', '9', 'a', 0x2c, 0x01, 0xc8, 0x00, 0, 0, 0};
+    /* screen 300 x 200, no color table, a graphic control extension, then a
+     * 10 x 10 frame inside the screen */
+    static const uint8_t gif[] = {'G', 'I', 'F', '8', '9', 'a', 0x2c, 0x01, 0xc8, 0x00, 0, 0, 0,
+                                  0x21, 0xF9, 4, 0, 0, 0, 0, 0,
+                                  0x2C, 0, 0, 0, 0, 10, 0, 10, 0, 0};
     CHECK_EQ(parse(gif, sizeof gif, &i), 0);
     CHECK_STREQ(i.format, "gif");
     CHECK_EQ(i.width, 300);
     CHECK_EQ(i.height, 200);
+    /* a 1 x 1 screen with a global color table (2 entries) and a 50000 x 40000
+     * frame at (10, 0): the frame's extent counts */
+    static const uint8_t gbomb[] = {'G', 'I', 'F', '8', '9', 'a', 1, 0, 1, 0, 0x80, 0, 0,
+                                    0, 0, 0, 0xff, 0xff, 0xff,
+                                    0x2C, 10, 0, 0, 0, 0x50, 0xC3, 0x40, 0x9C, 0};
+    CHECK_EQ(parse(gbomb, sizeof gbomb, &i), 0);
+    CHECK_EQ(i.width, 50010);
+    CHECK_EQ(i.height, 40000);
+    CHECK_EQ(parse(gbomb, 19, &i), SL_EINVAL); /* no frame yet */
+    static const uint8_t gtrail[] = {'G', 'I', 'F', '8', '9', 'a', 1, 0, 1, 0, 0, 0, 0, 0x3B};
+    CHECK_EQ(parse(gtrail, sizeof gtrail, &i), SL_EINVAL);
 
     /* WebP lossy: VP8 key frame 100 x 50 */
     static const uint8_t vp8[] = {'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P', 'V', 'P',

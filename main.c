@@ -593,6 +593,7 @@ static int serve(sl_config_t *cfg)
     sl_http_limits_default(&limits);
     limits.max_header_bytes = cfg->max_header_bytes;
     limits.max_connections = (size_t)cfg->max_connections;
+    limits.max_connections_per_ip = (size_t)cfg->max_connections_per_ip;
     limits.header_timeout_ms = cfg->header_timeout_ms;
     limits.idle_timeout_ms = cfg->idle_timeout_ms;
     limits.body_timeout_ms = cfg->body_timeout_ms;

@@ -386,6 +386,7 @@ static void push_env(lua_State *L, sl_flowvm_t *vm)
     sl_lua_inject_service(L, vm);
     sl_lua_inject_http(L, vm);
     sl_lua_inject_exec(L, vm);
+    sl_lua_inject_image(L, vm);
     sl_lua_inject_run(L, vm);
     sl_lua_inject_schema(L, vm);
     lua_setfield(L, base_t, "sl");

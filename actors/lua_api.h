@@ -264,6 +264,7 @@ void sl_lua_inject_sleep(lua_State *L, sl_flowvm_t *vm);   /* sl.sleep */
 void sl_lua_inject_service(lua_State *L, sl_flowvm_t *vm); /* sl.service */
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);    /* sl.http */
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
+void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm);   /* sl.image_info */
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
 

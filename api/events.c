@@ -42,6 +42,8 @@
 #define REORDER_MS 25 /* the reorder window for live messages */
 #define CLIENT_BUFFER_DEFAULT (256 * 1024) /* ~1,000 events of backlog; bounds RSS with many clients */
 #define RETRY_MS 2000
+#define PEER_BUCKETS 256
+#define PEER_HOST_MAX 48 /* "[v6 address]" */
 
 typedef struct held_s {
     struct held_s *next;
@@ -68,10 +70,82 @@ typedef struct client_s {
     int finished;           /* the request is finished; free when !pg_busy */
     held_t *held, *held_tail;
     size_t held_bytes;
+    struct peer_s *peer; /* its address's stream count, while subscribed; NULL if none */
 } client_t;
 
+/*
+ * Open streams per client address (sse.max_streams_per_ip): each costs a
+ * subscription, a replay query and a buffer, so one address must not hold
+ * them all. Entries exist only for addresses with an open stream.
+ */
+typedef struct peer_s {
+    struct peer_s *next;
+    char host[PEER_HOST_MAX];
+    int n;
+} peer_t;
+
+static peer_t *g_peers[PEER_BUCKETS];
 static int g_clients;
 static sl_metric_t *m_sent, *m_dropped;
+
+/* The address part of "1.2.3.4:5555" or "[::1]:5555". */
+static void peer_host(const char *peer, char *out, size_t outlen)
+{
+    const char *colon = strrchr(peer, ':');
+    size_t n = colon && peer[0] != ':' ? (size_t)(colon - peer) : strlen(peer);
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, peer, n);
+    out[n] = '\0';
+}
+
+static unsigned peer_bucket(const char *host)
+{
+    unsigned h = 2166136261u;
+    for (const char *p = host; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % PEER_BUCKETS;
+}
+
+/* Counts one more stream from req's address: the entry, or NULL when the
+ * address is at max (*over set) or out of memory (not counted). */
+static peer_t *peer_acquire(sl_http_req_t *req, int max, int *over)
+{
+    char host[PEER_HOST_MAX];
+    *over = 0;
+    if (max <= 0)
+        return NULL;
+    peer_host(sl_http_req_peer(req), host, sizeof host);
+    peer_t **b = &g_peers[peer_bucket(host)], *e;
+    for (e = *b; e; e = e->next)
+        if (strcmp(e->host, host) == 0)
+            break;
+    if (e && e->n >= max) {
+        *over = 1;
+        return NULL;
+    }
+    if (!e) {
+        if (!(e = calloc(1, sizeof *e)))
+            return NULL;
+        snprintf(e->host, sizeof e->host, "%s", host);
+        e->next = *b;
+        *b = e;
+    }
+    e->n++;
+    return e;
+}
+
+static void peer_release(peer_t *e)
+{
+    if (!e || --e->n > 0)
+        return;
+    for (peer_t **p = &g_peers[peer_bucket(e->host)]; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    free(e);
+}
 
 static double gauge_clients(void *arg)
 {
@@ -115,6 +189,8 @@ static void client_finish(client_t *c, int status, const char *code, const char 
         sl_pubsub_unsubscribe(c->app->pubsub, c->sub);
         c->sub = NULL;
         g_clients--;
+        peer_release(c->peer);
+        c->peer = NULL;
     }
     if (c->keepalive)
         evtimer_del(c->keepalive);
@@ -483,12 +559,20 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
                               "Last-Event-ID must be a non-negative integer", -1);
         return;
     }
+    int over;
+    peer_t *peer = peer_acquire(req, app->cfg->sse_max_streams_per_ip, &over);
+    if (over) {
+        sl_http_respond_error(req, 429, "rate_limited",
+                              "too many event streams from this address", 5);
+        return;
+    }
     client_t *c = calloc(1, sizeof *c);
     if (!c || !(c->keepalive = event_new(app->base, -1, EV_PERSIST, keepalive_cb, c)) ||
         !(c->reorder = evtimer_new(app->base, reorder_cb, c))) {
         if (c && c->keepalive)
             event_free(c->keepalive);
         free(c);
+        peer_release(peer);
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
         return;
     }
@@ -511,10 +595,12 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     if (err < 0) {
         c->finished = 1;
         client_free(c);
+        peer_release(peer);
         sl_http_respond_error(req, 503, "shutting_down", "the server is shutting down", 2);
         return;
     }
     g_clients++;
+    c->peer = peer; /* released with the subscription */
     sl_http_req_on_close(req, close_cb, c);
 
     char after_s[24];

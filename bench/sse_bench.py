@@ -92,7 +92,9 @@ def main():
         (tmp / "tick.lua").write_text(TICK_FLOW)
         srv = factory(extra_yaml=(
             f"pipelines:\n  - {{name: tick, flow: \"{tmp / 'tick.lua'}\", match: [\"text/*\"]}}\n"
-            f"limits: {{max_connections: {args.clients + 1000}}}\n"))
+            f"limits: {{max_connections: {args.clients + 1000}, max_connections_per_ip: 0}}\n"
+            "sse: {max_streams_per_ip: 0}\n"
+            "rate_limits: {requests_per_s: {uploads: 0, reads: 0}}\n"))
         client = srv.create_tenant("bench")
         ds = client.create_dataset("bench")["id"]
 

@@ -97,7 +97,8 @@ def main():
     scale = 8 if args.quick else 1
     total = 1024 * MiB // scale
     with h.local_stack("sluice-bench-") as (factory, tmp):
-        srv = factory(extra_yaml="limits: {max_file_bytes: 2147483648, max_files_per_request: 10}\n")
+        srv = factory(extra_yaml="limits: {max_file_bytes: 2147483648, max_files_per_request: 10}\n"
+                              "rate_limits: {requests_per_s: {uploads: 0, reads: 0}}\n")
         client = srv.create_tenant("bench")
         ds = client.create_dataset("bench")["id"]
         base_dt = disk_baseline(Path(srv.storage_path), total)

@@ -593,11 +593,23 @@ static const field_t limits_fields[] = {
     FINT(sl_config_t, "max_uploads_per_tenant", max_uploads_per_tenant, 0, INT_MAX),
     FINT(sl_config_t, "max_runs_in_flight", max_runs_in_flight, 1, 1000000),
     FINT(sl_config_t, "max_runs_per_tenant", max_runs_per_tenant, 1, 1000000),
+    FINT64(sl_config_t, "max_image_pixels", max_image_pixels, 0, INT64_MAX),
+    FINT(sl_config_t, "max_connections_per_ip", max_connections_per_ip, 0, INT_MAX),
+};
+
+/* exec: the rlimits and the user of every tool a flow runs (actors/lua_exec.c). */
+static const field_t exec_fields[] = {
+    FINT64(sl_config_t, "memory_bytes", exec_memory_bytes, 16 << 20, INT64_MAX),
+    FINT(sl_config_t, "cpu_s", exec_cpu_s, 1, 86400),
+    FINT64(sl_config_t, "file_bytes", exec_file_bytes, 1 << 20, INT64_MAX),
+    FINT(sl_config_t, "open_files", exec_open_files, 16, 1 << 20),
+    FSTR(sl_config_t, "user", exec_user, NULL),
 };
 
 static const field_t sse_fields[] = {
     FINT(sl_config_t, "keepalive_s", sse_keepalive_s, 1, 3600),
     FSIZE(sl_config_t, "client_buffer_bytes", sse_client_buffer_bytes),
+    FINT(sl_config_t, "max_streams_per_ip", sse_max_streams_per_ip, 0, INT_MAX),
 };
 
 /*
@@ -971,6 +983,7 @@ static const field_t root_fields[] = {
     FHOOK("storage", parse_storage),
     FMAP("limits", limits_fields),
     FMAP("rate_limits", rate_limits_fields),
+    FMAP("exec", exec_fields),
     FMAP("fairness", fairness_fields),
     FMAP("sse", sse_fields),
     FHOOK("services", parse_services),
@@ -1020,6 +1033,16 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_connections = 10000;
     cfg->max_runs_in_flight = 10000;
     cfg->max_runs_per_tenant = 16;
+    cfg->max_image_pixels = SL_CONFIG_MAX_IMAGE_PIXELS;
+    cfg->max_connections_per_ip = SL_CONFIG_MAX_CONNECTIONS_PER_IP;
+    cfg->sse_max_streams_per_ip = SL_CONFIG_SSE_MAX_STREAMS_PER_IP;
+    cfg->exec_memory_bytes = SL_CONFIG_EXEC_MEMORY_BYTES;
+    cfg->exec_cpu_s = SL_CONFIG_EXEC_CPU_S;
+    cfg->exec_file_bytes = SL_CONFIG_EXEC_FILE_BYTES;
+    cfg->exec_open_files = SL_CONFIG_EXEC_OPEN_FILES;
+    cfg->rl_uploads_per_s = SL_CONFIG_RL_UPLOADS_PER_S;
+    cfg->rl_reads_per_s = SL_CONFIG_RL_READS_PER_S;
+    cfg->exec_user = strdup(SL_CONFIG_EXEC_USER);
     cfg->header_timeout_ms = 30000;
     cfg->idle_timeout_ms = 60000;
     cfg->body_timeout_ms = 60000;
@@ -1029,7 +1052,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->log_level = strdup("info");
     cfg->web_root = strdup("web");
     if (cfg->listen == NULL || cfg->storage_backend == NULL || cfg->storage_path == NULL ||
-        cfg->log_level == NULL || cfg->web_root == NULL)
+        cfg->log_level == NULL || cfg->web_root == NULL || cfg->exec_user == NULL)
         return SL_ENOMEM;
     return 0;
 }
@@ -1216,6 +1239,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->s3_secret_access_key);
     free(cfg->log_level);
     free(cfg->web_root);
+    free(cfg->exec_user);
     for (int i = 0; i < cfg->nservices; i++) {
         sl_config_service_t *s = &cfg->services[i];
         free(s->name);

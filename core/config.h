@@ -21,6 +21,25 @@
 #define SL_CONFIG_MAX_TENANTS 16
 #define SL_CONFIG_MAX_WEIGHTS 64
 
+/*
+ * Defaults of the limits a public server ships with (README "Configuration
+ * reference" gives the reason for each value).
+ */
+/* exec: every tool a flow runs (sl.exec) gets these rlimits; a flow may lower
+ * memory and cpu per call, never raise them. */
+#define SL_CONFIG_EXEC_MEMORY_BYTES ((int64_t)1 << 30)  /* RLIMIT_AS: 1 GiB */
+#define SL_CONFIG_EXEC_CPU_S 60                          /* RLIMIT_CPU */
+#define SL_CONFIG_EXEC_FILE_BYTES ((int64_t)256 << 20)  /* RLIMIT_FSIZE: 256 MiB */
+#define SL_CONFIG_EXEC_OPEN_FILES 256                    /* RLIMIT_NOFILE */
+#define SL_CONFIG_EXEC_USER "nobody"                     /* when Sluice runs as root */
+/* limits: images with more pixels are refused before a decoder sees them */
+#define SL_CONFIG_MAX_IMAGE_PIXELS ((int64_t)100000000)  /* 100 megapixels */
+#define SL_CONFIG_MAX_CONNECTIONS_PER_IP 256
+#define SL_CONFIG_SSE_MAX_STREAMS_PER_IP 32
+/* rate_limits, per API key */
+#define SL_CONFIG_RL_UPLOADS_PER_S 50.0  /* burst: one second's worth */
+#define SL_CONFIG_RL_READS_PER_S 1000.0
+
 /** fairness.weights: a tenant (name or id) and its share of the scheduler. */
 typedef struct sl_config_weight_s {
     char *tenant;
@@ -89,6 +108,15 @@ typedef struct sl_config_s {
     int max_uploads_per_tenant;    /* same, per tenant; 0 = unlimited (429 past it) */
     int max_runs_in_flight;        /* runs held by a process's actors; default 10000 */
     int max_runs_per_tenant;       /* of those, per tenant (fair scheduling); default 16 */
+    int64_t max_image_pixels;      /* images over it fail too_large; 0 = unlimited */
+    int max_connections_per_ip;    /* open connections from one address; 0 = unlimited */
+
+    /* exec: confinement of the tools flows run (sl.exec) */
+    int64_t exec_memory_bytes;     /* RLIMIT_AS */
+    int exec_cpu_s;                /* RLIMIT_CPU */
+    int64_t exec_file_bytes;       /* RLIMIT_FSIZE */
+    int exec_open_files;           /* RLIMIT_NOFILE */
+    char *exec_user;               /* the user tools run as when Sluice runs as root */
 
     /* rate_limits: per API key (requests) and per tenant (bytes); 0 = unlimited */
     double rl_uploads_per_s;       /* rate_limits.requests_per_s.uploads */
@@ -103,6 +131,7 @@ typedef struct sl_config_s {
     /* sse: live status streams (GET /v1/datasets/{id}/events) */
     int sse_keepalive_s;             /* comment interval; 0 = default 15 */
     size_t sse_client_buffer_bytes;  /* unsent bytes per client before it is dropped; 0 = 1 MiB */
+    int sse_max_streams_per_ip;      /* open streams from one address; 0 = unlimited */
 
     char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
     char *web_root;           /* static UI folder; default "web" */

@@ -49,11 +49,26 @@ extern char **environ;
 #define STDOUT_FIRST_CAP 65536
 #define DEFAULT_PATH "/bin:/usr/bin" /* execvp's default when PATH is unset */
 #define MAX_FD_LOOP 65536            /* close() loop bound when close_range is missing */
+/* Our pipes live at or above this fd in the child, clear of the input targets
+ * 3 .. 3 + SL_EXEC_MAX_INPUTS - 1 that its dup2 calls fill. */
+#define FD_FLOOR (3 + SL_EXEC_MAX_INPUTS)
+#define NLIMITS 6
 
 /* Setup steps of the child; the names are what the result reports. */
-enum { STEP_NONE, STEP_STDIN, STEP_STDOUT, STEP_DUP, STEP_RLIMIT, STEP_CHDIR, STEP_EXEC, STEP_N };
-static const char *const step_names[STEP_N] = {NULL,     "stdin", "stdout", "dup2",
-                                               "rlimit", "chdir", "exec"};
+enum {
+    STEP_NONE,
+    STEP_STDIN,
+    STEP_STDOUT,
+    STEP_DUP,
+    STEP_INPUT,
+    STEP_RLIMIT,
+    STEP_USER,
+    STEP_CHDIR,
+    STEP_EXEC,
+    STEP_N
+};
+static const char *const step_names[STEP_N] = {NULL,     "stdin", "stdout", "dup2",  "input",
+                                               "rlimit", "user",  "chdir",  "exec"};
 
 typedef struct stream_s {
     sl_exec_t *x;
@@ -167,11 +182,16 @@ typedef struct spawn_s {
     char *const *argv;
     char *const *envp;
     char *const *paths; /* exec candidates, NULL-terminated */
+    const char *const *inputs; /* NULL or NULL-terminated, at most SL_EXEC_MAX_INPUTS */
+    int ninputs;
     struct {
         int resource;
         rlim_t value;
-    } limits[4];
+    } limits[NLIMITS];
     int nlimits;
+    int drop;
+    uid_t uid;
+    gid_t gid;
 } spawn_t;
 
 __attribute__((noreturn)) static void child_fail(const spawn_t *s, int step, int e)
@@ -182,11 +202,11 @@ __attribute__((noreturn)) static void child_fail(const spawn_t *s, int step, int
     _exit(127);
 }
 
-static void child_close_fds(int keep)
+static void child_close_fds(int lo, int keep)
 {
-    /* Everything but 0, 1, 2 and the status pipe. */
+    /* Everything but 0 .. lo - 1 and the status pipe (keep > lo). */
     int ok = 1;
-    if (keep > 3 && syscall(SYS_close_range, 3u, (unsigned)keep - 1, 0u) < 0)
+    if (keep > lo && syscall(SYS_close_range, (unsigned)lo, (unsigned)keep - 1, 0u) < 0)
         ok = 0;
     if (ok && syscall(SYS_close_range, (unsigned)keep + 1, ~0u, 0u) < 0)
         ok = 0;
@@ -197,9 +217,34 @@ static void child_close_fds(int keep)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         rl.rlim_cur < (rlim_t)MAX_FD_LOOP)
         maxfd = (long)rl.rlim_cur;
-    for (long fd = 3; fd < maxfd; fd++)
+    for (long fd = lo; fd < maxfd; fd++)
         if (fd != keep)
             close((int)fd);
+}
+
+/*
+ * Raw system calls, not glibc's setgroups/setgid/setuid: in a multithreaded
+ * process those broadcast the change to every thread (nptl's setxid signal),
+ * and a vfork child shares the parent's memory and thread list, so glibc would
+ * signal the PARENT's threads and change their credentials (glibc's own
+ * posix_spawn uses raw calls here for the same reason). Order: groups and gid
+ * while still root, uid last. Then verify: all three ids changed, no
+ * supplementary group is left, and root cannot be regained.
+ */
+static void child_drop_privileges(const spawn_t *s)
+{
+    uid_t ru, eu, su;
+    gid_t rg, eg, sg;
+    if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0 ||
+        syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0)
+        child_fail(s, STEP_USER, errno);
+    if (syscall(SYS_getresuid, &ru, &eu, &su) < 0 || syscall(SYS_getresgid, &rg, &eg, &sg) < 0)
+        child_fail(s, STEP_USER, errno);
+    if (ru != s->uid || eu != s->uid || su != s->uid || rg != s->gid || eg != s->gid ||
+        sg != s->gid || syscall(SYS_getgroups, 0, NULL) != 0)
+        child_fail(s, STEP_USER, EPERM);
+    if (s->uid != 0 && syscall(SYS_setresuid, 0, 0, 0) == 0)
+        child_fail(s, STEP_USER, EPERM);
 }
 
 __attribute__((noinline, noreturn)) static void child_run(const spawn_t *s)
@@ -235,6 +280,17 @@ __attribute__((noinline, noreturn)) static void child_run(const spawn_t *s)
     if (dup2(s->err_w, 2) < 0)
         child_fail(s, STEP_DUP, errno);
 
+    /* Inputs onto 3, 4, ...: open returns the lowest free fd, so it never
+     * lands on a target already filled; a temporary it lands on is redundant.
+     * dup2 onto itself would keep O_CLOEXEC: clear it then. */
+    for (int i = 0; i < s->ninputs; i++) {
+        fd = open(s->inputs[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            child_fail(s, STEP_INPUT, errno);
+        if (fd == 3 + i ? fcntl(fd, F_SETFD, 0) < 0 : dup2(fd, 3 + i) < 0)
+            child_fail(s, STEP_DUP, errno);
+    }
+
     for (int i = 0; i < s->nlimits; i++) {
         struct rlimit old, nl;
         if (getrlimit(s->limits[i].resource, &old) < 0)
@@ -249,7 +305,9 @@ __attribute__((noinline, noreturn)) static void child_run(const spawn_t *s)
             child_fail(s, STEP_RLIMIT, errno);
     }
 
-    child_close_fds(s->status_w);
+    if (s->drop)
+        child_drop_privileges(s);
+    child_close_fds(3 + s->ninputs, s->status_w);
     if (s->cwd && chdir(s->cwd) < 0)
         child_fail(s, STEP_CHDIR, errno);
 
@@ -299,16 +357,17 @@ static int errno_to_sl(int e)
     }
 }
 
-/* A CLOEXEC pipe whose both ends are >= 3, so the child's dup2 onto 0..2 can
- * never clobber one of them even when the server runs with stdio closed. */
+/* A CLOEXEC pipe whose both ends are >= FD_FLOOR, so the child's dup2 onto
+ * 0..2 and onto the input fds can never clobber one of them, even when the
+ * server runs with stdio closed. */
 static int make_pipe(int fds[2])
 {
     if (pipe2(fds, O_CLOEXEC) < 0)
         return errno_to_sl(errno);
     for (int i = 0; i < 2; i++) {
-        if (fds[i] >= 3)
+        if (fds[i] >= FD_FLOOR)
             continue;
-        int n = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+        int n = fcntl(fds[i], F_DUPFD_CLOEXEC, FD_FLOOR);
         if (n < 0) {
             int err = errno_to_sl(errno);
             close(fds[0]);
@@ -673,6 +732,11 @@ int sl_exec_start(struct event_base *base, const sl_exec_opts_t *opts, sl_exec_c
 {
     if (!base || !opts || !cb || !out || !opts->argv || !opts->argv[0] || !opts->argv[0][0])
         return SL_EINVAL;
+    int ninputs = 0;
+    if (opts->inputs)
+        for (; opts->inputs[ninputs]; ninputs++)
+            if (ninputs == SL_EXEC_MAX_INPUTS)
+                return SL_EINVAL;
     int err = 0;
     int out_p[2] = {-1, -1}, err_p[2] = {-1, -1}, st_p[2] = {-1, -1};
     char **envp = NULL, **paths = NULL;
@@ -722,15 +786,22 @@ int sl_exec_start(struct event_base *base, const sl_exec_opts_t *opts, sl_exec_c
     s.argv = (char *const *)opts->argv;
     s.envp = envp;
     s.paths = paths;
+    s.inputs = opts->inputs;
+    s.ninputs = ninputs;
+    s.drop = opts->drop_privileges != 0;
+    s.uid = opts->uid;
+    s.gid = opts->gid;
     const struct {
         int resource;
         uint64_t value;
-    } lim[4] = {{RLIMIT_CPU, opts->rlimit_cpu_s},
-                {RLIMIT_AS, opts->rlimit_as_bytes},
-                {RLIMIT_FSIZE, opts->rlimit_fsize_bytes},
-                {RLIMIT_NPROC, opts->rlimit_nproc}};
-    for (int i = 0; i < 4; i++)
-        if (lim[i].value) {
+    } lim[NLIMITS] = {{RLIMIT_CPU, opts->rlimit_cpu_s},
+                      {RLIMIT_AS, opts->rlimit_as_bytes},
+                      {RLIMIT_FSIZE, opts->rlimit_fsize_bytes},
+                      {RLIMIT_NPROC, opts->rlimit_nproc},
+                      {RLIMIT_NOFILE, opts->rlimit_nofile},
+                      {RLIMIT_CORE, 0}};
+    for (int i = 0; i < NLIMITS; i++)
+        if (lim[i].value || (lim[i].resource == RLIMIT_CORE && opts->no_core)) {
             s.limits[s.nlimits].resource = lim[i].resource;
             s.limits[s.nlimits].value = (rlim_t)lim[i].value;
             s.nlimits++;

@@ -73,7 +73,29 @@ typedef struct sl_exec_opts_s {
     uint64_t rlimit_as_bytes;    /* RLIMIT_AS */
     uint64_t rlimit_fsize_bytes; /* RLIMIT_FSIZE: larger writes raise SIGXFSZ */
     uint64_t rlimit_nproc;       /* RLIMIT_NPROC (per real uid, not per child!) */
+    uint64_t rlimit_nofile;      /* RLIMIT_NOFILE: open files */
+    /** Non-zero: RLIMIT_CORE 0, no core dumps (a tool's memory may hold the file). */
+    int no_core;
+    /** Files the child opens read-only before it drops privileges and keeps
+     *  as fds 3, 4, ... in order, so argv can name them "/proc/self/fd/3": the
+     *  tool reads its input without any right on the file's directories (only
+     *  the file's own mode is checked when the link is reopened). At most
+     *  SL_EXEC_MAX_INPUTS; NULL-terminated, or NULL. One that cannot be opened
+     *  is the callback's SL_EIO with failed_step "input". */
+    const char *const *inputs;
+    /** Non-zero: after opening its files and setting the rlimits, the child
+     *  drops every group (setgroups 0), then sets its real, effective and
+     *  saved gid to `gid` and uid to `uid`, and checks that the change took
+     *  and cannot be undone (setuid(0) fails) before chdir and exec; any
+     *  failure is SL_EIO with failed_step "user" and the tool never runs.
+     *  Needs the privilege to switch (root or CAP_SETUID/CAP_SETGID). */
+    int drop_privileges;
+    uid_t uid;
+    gid_t gid;
 } sl_exec_opts_t;
+
+/** Most files `inputs` may pass. */
+#define SL_EXEC_MAX_INPUTS 8
 
 /** The outcome, borrowed by the callback (valid until it returns). */
 typedef struct sl_exec_result_s {
@@ -88,7 +110,8 @@ typedef struct sl_exec_result_s {
     /** The signal that terminated it, else 0. */
     int term_signal;
     /** With SL_ENOTFOUND/SL_EIO from a setup step: its errno and its name
-     *  ("stdin", "stdout", "chdir", "rlimit", "exec", ...; static string). */
+     *  ("stdin", "stdout", "input", "chdir", "rlimit", "user", "exec", ...;
+     *  static string). */
     int sys_errno;
     const char *failed_step;
     /** Captured stdout (first bytes up to max_stdout), NUL-terminated for

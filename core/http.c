@@ -49,12 +49,25 @@
 /* A query parameter name longer than this never matches. */
 #define SL_HTTP_QNAME_MAX 256
 #define SL_HTTP_ACCEPT_RETRY_MS 100
+/* Buckets of the per-address connection counts (chained; entries only for
+ * addresses with an open connection). */
+#define SL_HTTP_IP_BUCKETS 1024
+#define SL_HTTP_IP_KEY 16
 
 enum { BODY_NONE, BODY_BUFFER, BODY_STREAM };
 enum { TK_NONE, TK_HEADER, TK_IDLE, TK_BODY, TK_LINGER };
 enum { HCB_NONE, HCB_URL, HCB_FIELD, HCB_VALUE };
 
 typedef struct conn_s conn_t;
+
+/* Open connections from one client address: IPv4, or the /64 of an IPv6
+ * address (one host usually owns a whole /64, so counting single IPv6
+ * addresses would not limit anyone). */
+typedef struct ipcount_s {
+    struct ipcount_s *next;
+    unsigned char key[SL_HTTP_IP_KEY];
+    size_t n;
+} ipcount_t;
 
 struct sl_http_req_s {
     conn_t *conn;
@@ -110,6 +123,7 @@ struct conn_s {
     http_parser parser;
     sl_http_req_t *req;
     char peer[64];
+    ipcount_t *ip; /* counted against its address; NULL when not */
     int timer_kind;
     size_t idle_out; /* output pending when the idle timer was armed */
     unsigned long nreq;
@@ -128,6 +142,7 @@ struct sl_http_server_s {
     void *finish_arg;
     int port;
     size_t nconns, noverload;
+    ipcount_t *ips[SL_HTTP_IP_BUCKETS];
     conn_t *conns;
     int freeing;
     time_t date_sec;
@@ -136,6 +151,67 @@ struct sl_http_server_s {
 
 static void conn_schedule(conn_t *c);
 static void conn_close(conn_t *c, int why);
+
+/* ---- per-address connection counts ---- */
+
+/* The key of a client address; 0 if it has none (a unix socket, adopted fds
+ * without an address), which is never counted. */
+static int ip_key(const struct sockaddr *sa, unsigned char key[SL_HTTP_IP_KEY])
+{
+    memset(key, 0, SL_HTTP_IP_KEY);
+    if (sa && sa->sa_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 1;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, v4mapped, 12) == 0)
+            memcpy(key, a + 12, 4); /* the same client as over IPv4 */
+        else
+            memcpy(key + 4, a, 8); /* the /64 */
+        key[15] = 6;
+        return 1;
+    }
+    return 0;
+}
+
+static size_t ip_bucket(const unsigned char *key)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (int i = 0; i < SL_HTTP_IP_KEY; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h % SL_HTTP_IP_BUCKETS;
+}
+
+/* The count entry of key, created at 0 when missing (NULL: out of memory). */
+static ipcount_t *ip_lookup(sl_http_server_t *srv, const unsigned char *key)
+{
+    ipcount_t **b = &srv->ips[ip_bucket(key)];
+    for (ipcount_t *e = *b; e; e = e->next)
+        if (memcmp(e->key, key, SL_HTTP_IP_KEY) == 0)
+            return e;
+    ipcount_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    memcpy(e->key, key, SL_HTTP_IP_KEY);
+    e->next = *b;
+    *b = e;
+    return e;
+}
+
+/* One connection fewer from e's address; the entry goes with the last. */
+static void ip_release(sl_http_server_t *srv, ipcount_t *e)
+{
+    if (!e || --e->n > 0)
+        return;
+    for (ipcount_t **p = &srv->ips[ip_bucket(e->key)]; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    free(e);
+}
 static void resp_error(sl_http_req_t *r, int status, const char *code, const char *message,
                        int retry_after_s);
 static void req_finish(sl_http_req_t *r);
@@ -637,6 +713,8 @@ static void conn_close(conn_t *c, int why)
         c->srv->noverload--;
     else
         c->srv->nconns--;
+    ip_release(c->srv, c->ip);
+    c->ip = NULL;
     if (r && !r->dispatched && !r->server_answered) {
         c->req = NULL; /* a request the handler never saw */
         req_free(c->srv, r, 0);
@@ -977,7 +1055,11 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t outlen)
 }
 
 /* Takes fd (closed on failure). */
-static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *peer, int overload)
+/* overload: 0, or the status (503 server full, 429 address over its cap) the
+ * connection is answered with before it closes. ip: the count entry this
+ * connection is counted against (its count already includes it), or NULL. */
+static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *peer, int overload,
+                        ipcount_t *ip)
 {
     static const int one = 1;
     conn_t *c = calloc(1, sizeof *c);
@@ -1006,10 +1088,15 @@ static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *p
         srv->conns->prev = c;
     srv->conns = c;
     c->overload = overload != 0;
+    c->ip = ip;
+    ip = NULL; /* the connection's now: released by conn_close */
     if (overload) {
         srv->noverload++;
         c->req = req_new(c);
-        if (c->req)
+        if (c->req && overload == 429)
+            req_server_error(c->req, 429, "rate_limited", "too many connections from this address",
+                             1);
+        else if (c->req)
             req_server_error(c->req, 503, "overloaded", "too many connections", 1);
         else
             conn_close(c, 0);
@@ -1020,6 +1107,7 @@ static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *p
     return c;
 
 fail:
+    ip_release(srv, ip);
     if (c) {
         if (c->bev)
             bufferevent_free(c->bev);
@@ -1055,13 +1143,24 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     char peer[64];
     (void)l;
     (void)salen;
-    int overload = srv->nconns >= srv->limits.max_connections;
+    int overload = srv->nconns >= srv->limits.max_connections ? 503 : 0;
+    unsigned char key[SL_HTTP_IP_KEY];
+    ipcount_t *ip = NULL;
+    if (!overload && srv->limits.max_connections_per_ip && ip_key(sa, key)) {
+        ip = ip_lookup(srv, key);
+        if (ip && ip->n >= srv->limits.max_connections_per_ip) {
+            overload = 429; /* this address has its share: refuse it, not the others */
+            ip = NULL;
+        } else if (ip) {
+            ip->n++;
+        }
+    }
     if (overload && srv->noverload >= SL_HTTP_OVERLOAD_MAX) {
         evutil_closesocket(fd);
         return;
     }
     format_peer(sa, peer, sizeof peer);
-    conn_new(srv, fd, peer, overload);
+    conn_new(srv, fd, peer, overload, ip);
 }
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -1210,7 +1309,9 @@ int sl_http_server_adopt(sl_http_server_t *srv, evutil_socket_t fd, const char *
             evutil_closesocket(fd);
         return SL_EINVAL;
     }
-    return conn_new(srv, fd, peer, srv->nconns >= srv->limits.max_connections) ? 0 : SL_ENOMEM;
+    return conn_new(srv, fd, peer, srv->nconns >= srv->limits.max_connections ? 503 : 0, NULL)
+               ? 0
+               : SL_ENOMEM;
 }
 
 void sl_http_server_on_finish(sl_http_server_t *srv, sl_http_finish_cb cb, void *arg)

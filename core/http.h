@@ -43,6 +43,8 @@ typedef struct sl_http_limits_s {
     size_t max_header_bytes;     /* request line + headers; 431 past it (default 64 KiB) */
     size_t max_headers;          /* header count (default 100) */
     size_t max_connections;      /* accepted connections at once; past it new ones get 503 */
+    size_t max_connections_per_ip; /* of those, from one address (IPv4, or IPv6 /64); past it
+                                      new ones get 429 and are closed; 0 = no limit (default) */
     int header_timeout_ms;       /* time to receive a full header block (default 30 s) */
     int idle_timeout_ms;         /* keep-alive idle time between requests (default 60 s) */
     int body_timeout_ms;         /* max gap between two body reads (default 60 s) */

@@ -9,18 +9,24 @@
 -- MAX_PAGES pages at 200 dpi, tesseract's sweet spot for body text) and the
 -- pages' texts joined with form feeds, as pdftotext separates pages.
 --
+-- Untrusted input: an image is checked against limits.max_image_pixels by its
+-- header before tesseract decodes it, and a PDF page is rasterised at a lower
+-- resolution when 200 dpi would exceed that cap (image.lua); both fail with
+-- the permanent "too_large" when they cannot fit.
+--
 -- Errors: "not_configured" (no ocr section), "unavailable" (the OCR command is
 -- not installed: OCR is down, transient — the run falls back to Textract or
 -- waits), "timeout", "bad_input" (a damaged file; the tool's message is the
 -- detail), "no_text" (OCR read nothing), "unsupported".
 
 local text = require "text"
+local image = require "image"
 
 local M = {}
 
 local DEFAULT_COMMAND = { "tesseract", "{input}", "stdout" }
 local MAX_PAGES = 5 -- OCR of a page costs seconds: a record needs the first pages
-local DPI = "200"
+local DPI = 200
 local PDF_TOOL_TIMEOUT = 60
 
 -- The configured argv with "{input}" replaced by `path` (in any argument, so
@@ -43,8 +49,13 @@ end
 
 -- OCR of one image file: its text (possibly blank), or nil, err, detail.
 local function ocr_image(svc, path)
+  local ok, cerr, cdetail = image.check("ocr", path)
+  if not ok then
+    return nil, cerr, cdetail
+  end
   local res, err, detail = text.exec("ocr", {
     argv = command_for(svc, path),
+    input = path,
     service = "ocr", -- the service's timeout, concurrency cap and circuit breaker
   })
   if not res then
@@ -53,10 +64,12 @@ local function ocr_image(svc, path)
   return res.stdout or ""
 end
 
--- The number of pages of a PDF, from pdfinfo's "Pages: N" line.
+-- The number of pages of a PDF, from pdfinfo's "Pages: N" line, and the
+-- sizes in points of the first MAX_PAGES ("Page    1 size:  612 x 792 pts").
 local function pdf_pages(path)
   local res, err, detail = text.exec("ocr", {
-    argv = { "pdfinfo", path },
+    argv = { "pdfinfo", "-f", "1", "-l", tostring(MAX_PAGES), path },
+    input = path,
     timeout = PDF_TOOL_TIMEOUT,
   })
   if not res then
@@ -67,14 +80,18 @@ local function pdf_pages(path)
   if not n or n < 1 then
     return text.fail("ocr", "bad_input", "pdfinfo found no pages")
   end
-  return n
+  local sizes = {}
+  for p, w, h in (res.stdout or ""):gmatch("Page%s+(%d+) size:%s*([%d.]+) x ([%d.]+)") do
+    sizes[tonumber(p)] = { tonumber(w), tonumber(h) }
+  end
+  return n, sizes
 end
 
 -- OCR of the first pages of a PDF.
 local function ocr_pdf(svc, file)
-  local pages, err, detail = pdf_pages(file.path)
+  local pages, sizes, detail = pdf_pages(file.path)
   if not pages then
-    return nil, err, detail
+    return nil, sizes, detail
   end
   local dir = sl.tmpdir()
   local texts = {}
@@ -84,9 +101,15 @@ local function ocr_pdf(svc, file)
     -- width of the page count (page-1.png, page-01.png, page-001.png), a
     -- name we would have to guess.
     local prefix = text.join(dir, "ocr-page-" .. page)
+    local size = sizes[page] or {}
+    local dpi, derr, ddetail = image.pdf_dpi("ocr", size[1], size[2], DPI)
+    if not dpi then
+      return nil, derr, ddetail
+    end
     local res, perr, pdetail = text.exec("ocr", {
-      argv = { "pdftoppm", "-r", DPI, "-png", "-f", tostring(page), "-l", tostring(page),
-        "-singlefile", file.path, prefix },
+      argv = { "pdftoppm", "-r", tostring(dpi), "-png", "-f", tostring(page), "-l",
+        tostring(page), "-singlefile", file.path, prefix },
+      input = file.path,
       timeout = PDF_TOOL_TIMEOUT,
     })
     if not res then

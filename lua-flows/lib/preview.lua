@@ -7,12 +7,14 @@
 -- turn into a gigapixel image). Images: libvips' `vips thumbnail`, which
 -- shrinks while decoding (fast and small in memory even for huge photos),
 -- to 1024 pixels on the long side, never enlarging a smaller image.
--- Other types have no preview ("unsupported").
+-- Other types have no preview ("unsupported"). An image over
+-- limits.max_image_pixels is refused by its header ("too_large", image.lua).
 --
 -- The PNG is stored as this run's "preview" artifact; a retried step
 -- replaces it (sl.artifact keeps one per run and kind).
 
 local text = require "text"
+local image = require "image"
 
 local M = {}
 
@@ -28,12 +30,18 @@ function M.make(file)
     argv = { "pdftoppm", "-png", "-f", "1", "-l", "1", "-scale-to", SIZE, "-singlefile",
       file.path, out:sub(1, -5) }
   elseif text.is_image(file.mime) then
+    -- the declared size first: a decompression bomb is too_large here
+    local ok, cerr, cdetail = image.check("preview", file.path)
+    if not ok then
+      return nil, cerr, cdetail
+    end
     argv = { "vips", "thumbnail", file.path, out, SIZE, "--size", "down" }
   else
     return text.fail("preview", "unsupported", "no preview for " .. tostring(file.mime))
   end
   -- A damaged file makes the tool exit non-zero: bad_input, with its message.
-  local res, err, detail = text.exec("preview", { argv = argv, timeout = TIMEOUT })
+  local res, err, detail = text.exec("preview", { argv = argv, input = file.path,
+    timeout = TIMEOUT })
   if not res then
     return nil, err, detail
   end

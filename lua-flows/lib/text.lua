@@ -165,17 +165,24 @@ end
 ---   command not installed       -> "unavailable" (transient: the tool may be
 ---                                  installed, the path fixed, the run waits)
 ---   timeout / circuit_open      -> passed through (transient)
----   killed by a signal          -> "bad_input" (a CPU or memory limit hit by
----                                  this file: retrying will not help)
+---   a confinement limit hit     -> "too_large" (CPU seconds or file size of
+---                                  exec.*: this file needs more than a tool
+---                                  may take; retrying will not help)
+---   killed by another signal    -> "bad_input" (e.g. out of address space:
+---                                  this file, not the service)
 ---   exit status != 0            -> "bad_input", with stderr as the detail
 --- Returns the result table {status, signal, stdout, stderr} on exit 0.
 function M.exec(what, spec)
-  local res, err = sl.exec(spec)
+  local res, err, why = sl.exec(spec)
   if not res then
     if err == "not_found" then
       return M.fail(what, "unavailable", spec.argv[1] .. " not found")
     end
-    return M.fail(what, err or "unavailable", spec.argv[1])
+    return M.fail(what, err or "unavailable", spec.argv[1] .. (why and (": " .. why) or ""))
+  end
+  if res.limit then
+    return M.fail(what, "too_large", spec.argv[1] .. " exceeded its " .. res.limit .. " limit",
+      { stderr = M.short(res.stderr) })
   end
   if res.signal ~= nil and res.signal ~= 0 and res.signal ~= false then
     return M.fail(what, "bad_input", spec.argv[1] .. " killed by signal " .. tostring(res.signal),
@@ -183,9 +190,9 @@ function M.exec(what, spec)
   end
   if res.status ~= 0 then
     local detail = spec.argv[1] .. " exited " .. tostring(res.status)
-    local why = M.short(res.stderr, 200)
-    if why then
-      detail = detail .. ": " .. why
+    local why2 = M.short(res.stderr, 200)
+    if why2 then
+      detail = detail .. ": " .. why2
     end
     return M.fail(what, "bad_input", detail)
   end

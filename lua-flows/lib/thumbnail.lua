@@ -7,9 +7,11 @@
 -- PDFs: vips cannot be relied on to render PDFs (that depends on how libvips
 -- was built), so poppler's pdftoppm first renders page 1 at 512 pixels — twice
 -- the final size, for a sharp downscale — and vips makes the JPEG from that.
--- The JPEG is stored as this run's "thumbnail" artifact.
+-- The JPEG is stored as this run's "thumbnail" artifact. An image over
+-- limits.max_image_pixels is refused by its header ("too_large", image.lua).
 
 local text = require "text"
+local image = require "image"
 
 local M = {}
 
@@ -27,6 +29,7 @@ function M.make(file)
     local res, err, detail = text.exec("thumbnail", {
       argv = { "pdftoppm", "-png", "-f", "1", "-l", "1", "-scale-to", RENDER_SIZE,
         "-singlefile", file.path, prefix },
+      input = file.path,
       timeout = TIMEOUT,
     })
     if not res then
@@ -35,9 +38,16 @@ function M.make(file)
     src = prefix .. ".png"
   elseif not text.is_image(file.mime) then
     return text.fail("thumbnail", "unsupported", "no thumbnail for " .. tostring(file.mime))
+  else
+    -- the declared size first: a decompression bomb is too_large here
+    local ok, cerr, cdetail = image.check("thumbnail", src)
+    if not ok then
+      return nil, cerr, cdetail
+    end
   end
   local res, err, detail = text.exec("thumbnail", {
     argv = { "vips", "thumbnail", src, out, SIZE, "--size", "down" },
+    input = src,
     timeout = TIMEOUT,
   })
   if not res then

@@ -4,6 +4,10 @@
  * command not found, cancel, many concurrent children, a responsive loop, the
  * child's clean state (fds, signals, session), the SIGCHLD fallback, and no
  * zombies or leaked fds afterwards. Callbacks are counted.
+ * Confinement (test_confined): a clean environment, the rlimits as the child
+ * sees them (/proc/self/limits), inputs passed by descriptor from a directory
+ * the tool cannot enter, and, as root, the drop to nobody (the server's own
+ * threads keep their credentials: the drop uses raw syscalls).
  */
 #include "core/err.h"
 #include "core/exec.h"
@@ -15,7 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -449,6 +456,203 @@ static void test_rlimits(void)
     res_free(&r);
 }
 
+/* ---- confinement ---- */
+
+/* The value of /proc/self/limits row `name` (soft limit column), -2 if absent,
+ * -1 for "unlimited". */
+static long long limit_of(const char *text, const char *name)
+{
+    const char *p = strstr(text, name);
+    if (!p)
+        return -2;
+    p += strlen(name);
+    while (*p == ' ')
+        p++;
+    if (strncmp(p, "unlimited", 9) == 0)
+        return -1;
+    return strtoll(p, NULL, 10);
+}
+
+/* A thread that only waits: its credentials must survive the child's drop. */
+static void *idle_thread(void *arg)
+{
+    volatile int *stop = arg;
+    while (!*stop)
+        usleep(1000);
+    return NULL;
+}
+
+static long task_uid(pid_t tid)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *u = strstr(buf, "\nUid:");
+    return u ? strtol(u + 5, NULL, 10) : -1;
+}
+
+static pid_t idle_tid;
+static void *idle_thread_tid(void *arg)
+{
+    idle_tid = (pid_t)syscall(SYS_gettid);
+    return idle_thread(arg);
+}
+
+static void test_confined(void)
+{
+    res_t r;
+
+    /* 1. the environment is exactly what was given: nothing of the server's */
+    setenv("SLUICE_ADMIN_KEY", "test-secret", 1);
+    setenv("DATABASE_URL", "postgres://secret", 1);
+    const char *env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LC_ALL=C.UTF-8", NULL};
+    const char *argv_env[] = {"env", NULL};
+    sl_exec_opts_t o = {.clear_env = 1, .env = env};
+    CHECK(run(argv_env, &o, &r) == 0);
+    CHECK(r.err == 0 && r.exit_status == 0);
+    CHECK_STREQ(r.out, "PATH=/usr/local/bin:/usr/bin:/bin\nHOME=/tmp\nLC_ALL=C.UTF-8\n");
+    CHECK(r.out && strstr(r.out, "secret") == NULL);
+    res_free(&r);
+    /* the control: without clear_env the secret is inherited */
+    sl_exec_opts_t inherit = {0};
+    CHECK(run(argv_env, &inherit, &r) == 0);
+    CHECK(r.out && strstr(r.out, "SLUICE_ADMIN_KEY=test-secret") != NULL);
+    res_free(&r);
+    unsetenv("SLUICE_ADMIN_KEY");
+    unsetenv("DATABASE_URL");
+
+    /* 2. the rlimits as the child sees them */
+    const char *argv_lim[] = {"cat", "/proc/self/limits", NULL};
+    sl_exec_opts_t ol = {.rlimit_as_bytes = 1ull << 30,
+                         .rlimit_cpu_s = 60,
+                         .rlimit_fsize_bytes = 256ull << 20,
+                         .rlimit_nofile = 256,
+                         .no_core = 1};
+    CHECK(run(argv_lim, &ol, &r) == 0);
+    CHECK(r.err == 0 && r.exit_status == 0 && r.out != NULL);
+    if (r.out) {
+        CHECK_EQ(limit_of(r.out, "Max address space"), 1ll << 30);
+        CHECK_EQ(limit_of(r.out, "Max cpu time"), 60);
+        CHECK_EQ(limit_of(r.out, "Max file size"), 256ll << 20);
+        CHECK_EQ(limit_of(r.out, "Max open files"), 256);
+        CHECK_EQ(limit_of(r.out, "Max core file size"), 0);
+    }
+    res_free(&r);
+    /* the same through a shell's ulimit (dash and bash: KiB for -v) */
+    const char *argv_ul[] = {"sh", "-c", "ulimit -v; ulimit -t; ulimit -n; ulimit -c", NULL};
+    CHECK(run(argv_ul, &ol, &r) == 0);
+    CHECK_STREQ(r.out, "1048576\n60\n256\n0\n");
+    res_free(&r);
+    /* over the file size limit: SIGXFSZ, a clean result, nothing left running */
+    const char *argv_big[] = {"sh", "-c", "head -c 300000 /dev/zero > big", NULL};
+    char dir[] = "/tmp/test_exec_conf_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    sl_exec_opts_t of = {.cwd = dir, .rlimit_fsize_bytes = 65536};
+    CHECK(run(argv_big, &of, &r) == 0);
+    CHECK(r.err == 0 && r.exit_status != 0); /* the shell reports head's SIGXFSZ */
+    char big[64];
+    snprintf(big, sizeof big, "%s/big", dir);
+    struct stat st;
+    CHECK(stat(big, &st) == 0 && st.st_size <= 65536);
+    unlink(big);
+    res_free(&r);
+
+    /* 3. inputs: the file sits in a 0700 dir; the child gets it as fd 3 */
+    char in[80];
+    snprintf(in, sizeof in, "%s/input.txt", dir);
+    FILE *f = fopen(in, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("hello input\n", f);
+        fclose(f);
+    }
+    chmod(in, 0644);
+    const char *inputs[] = {in, NULL};
+    const char *argv_in[] = {"cat", "/proc/self/fd/3", NULL};
+    sl_exec_opts_t oi = {.inputs = inputs};
+    CHECK(run(argv_in, &oi, &r) == 0);
+    CHECK(r.err == 0 && r.exit_status == 0);
+    CHECK_STREQ(r.out, "hello input\n");
+    res_free(&r);
+    const char *missing[] = {"/nonexistent/input", NULL};
+    sl_exec_opts_t om = {.inputs = missing};
+    CHECK(run(argv_in, &om, &r) == 0);
+    CHECK(r.err == SL_EIO);
+    CHECK_STREQ(r.step, "input");
+    CHECK_EQ(r.sys_errno, ENOENT);
+    res_free(&r);
+    const char *nine[SL_EXEC_MAX_INPUTS + 2];
+    for (int i = 0; i <= SL_EXEC_MAX_INPUTS; i++)
+        nine[i] = in;
+    nine[SL_EXEC_MAX_INPUTS + 1] = NULL;
+    sl_exec_opts_t o9 = {.argv = argv_in, .inputs = nine};
+    sl_exec_t *x = NULL;
+    CHECK(sl_exec_start(base, &o9, record_cb, &r, &x) == SL_EINVAL);
+
+    /* 4. the privilege drop */
+    const char *argv_id[] = {"sh", "-c", "id -u; id -g; id -G; cat /proc/self/fd/3", NULL};
+    if (geteuid() != 0) {
+        /* without the privilege: refused in the child, the tool never runs */
+        char mark[96];
+        snprintf(mark, sizeof mark, "%s/ran", dir);
+        const char *argv_mark[] = {"touch", mark, NULL};
+        sl_exec_opts_t od = {.drop_privileges = 1, .uid = 0, .gid = 0};
+        CHECK(run(argv_mark, &od, &r) == 0);
+        CHECK(r.err == SL_EIO);
+        CHECK_STREQ(r.step, "user");
+        CHECK(access(mark, F_OK) != 0);
+        res_free(&r);
+        CHECK_SKIPPED("not root: the drop to an unprivileged user is not tested");
+    } else {
+        const struct passwd *pw = getpwnam("nobody");
+        CHECK(pw != NULL);
+        if (pw) {
+            volatile int stop = 0;
+            pthread_t th;
+            CHECK(pthread_create(&th, NULL, idle_thread_tid, (void *)&stop) == 0);
+            while (!idle_tid)
+                usleep(1000);
+            sl_exec_opts_t od = {.drop_privileges = 1, .uid = pw->pw_uid, .gid = pw->pw_gid,
+                                 .inputs = inputs, .cwd = "/"};
+            chmod(dir, 0700); /* only root may enter: the input still reaches the tool */
+            CHECK(run(argv_id, &od, &r) == 0);
+            CHECK(r.err == 0);
+            CHECK_EQ(r.exit_status, 0);
+            char want[128];
+            snprintf(want, sizeof want, "%u\n%u\n%u\nhello input\n", (unsigned)pw->pw_uid,
+                     (unsigned)pw->pw_gid, (unsigned)pw->pw_gid);
+            CHECK_STREQ(r.out, want);
+            res_free(&r);
+            /* the chdir happens after the drop: a dir the user cannot enter is refused */
+            od.cwd = dir;
+            CHECK(run(argv_id, &od, &r) == 0);
+            CHECK(r.err == SL_EIO);
+            CHECK_STREQ(r.step, "chdir");
+            CHECK_EQ(r.sys_errno, EACCES);
+            res_free(&r);
+            /* the control: as nobody, the path itself is out of reach */
+            const char *argv_direct[] = {"cat", in, NULL};
+            sl_exec_opts_t oc = {.drop_privileges = 1, .uid = pw->pw_uid, .gid = pw->pw_gid};
+            CHECK(run(argv_direct, &oc, &r) == 0);
+            CHECK(r.err == 0 && r.exit_status != 0);
+            res_free(&r);
+            /* the server's threads keep root */
+            CHECK_EQ(geteuid(), 0);
+            CHECK_EQ(getuid(), 0);
+            CHECK_EQ(task_uid(idle_tid), 0);
+            stop = 1;
+            pthread_join(th, NULL);
+        }
+    }
+    unlink(in);
+    rmdir(dir);
+}
+
 /* cancel from a timer callback, twice */
 static void cancel_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -674,6 +878,7 @@ int main(void)
     test_timeout();
     test_linger();
     test_rlimits();
+    test_confined();
     test_invalid();
 
     /* the same core paths with the SIGCHLD fallback instead of pidfds */

@@ -177,6 +177,8 @@ static int class_test(int cl, int c)
         return isalnum(c);
     case 'x':
         return isxdigit(c);
+    case 'z': /* deprecated in the manual, still in Lua 5.4's library */
+        return c == 0;
     default:
         return -1;
     }

@@ -24,7 +24,8 @@
  * have failed to match before reaching the bad part.
  *
  * string.rep refuses (budget exceeded) a result larger than what is left of
- * the step's memory budget before allocating it. gsub's output grows through
+ * the step's memory budget before allocating it, and builds by doubling (Lua's
+ * loops once per repetition: rep("", 1e18) never ends). gsub's output grows through
  * the capped allocator like every other string. string.format needs nothing:
  * Lua caps its widths and precisions at two digits.
  *
@@ -35,6 +36,7 @@
 #include "actors/lua_api.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -864,37 +866,54 @@ static int l_gsub(lua_State *L)
 
 /*
  * Refuses a result larger than what is left of the step's memory budget
- * before anything is allocated, then lets Lua's own rep (upvalue 2) build it;
- * the copying is charged at one step per 64 bytes.
+ * before anything is allocated. Lua's own rep copies the string once per
+ * repetition, so ("").rep("", 1e18) loops for hours with nothing to
+ * allocate; this one fills the result by doubling (O(log n) copies) and
+ * charges one step per 64 bytes.
  */
 static int l_rep(lua_State *L)
 {
-    size_t l, lsep = 0;
-    luaL_checklstring(L, 1, &l);
+    size_t l, lsep = 0, unit, body, total;
+    const char *s = luaL_checklstring(L, 1, &l);
     lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_optlstring(L, 3, "", &lsep);
+    const char *sep = luaL_optlstring(L, 3, "", &lsep);
+    long long room;
+    luaL_Buffer buf;
+    budget_t b;
+    char *p;
 
-    if (n > 0 && l + lsep > 0) {
-        size_t total;
-        long long room;
-        budget_t b;
-        if (l + lsep < l || l + lsep > (size_t)LUA_MAXINTEGER / (size_t)n)
-            return luaL_error(L, "resulting string too large");
-        total = l * (size_t)n + lsep * (size_t)(n - 1);
-        budget_begin(&b, L, "instruction budget exceeded (string.rep)");
-        room = (long long)b.vm->host.step_memory - (b.s != NULL ? b.s->mem : 0);
-        if ((long long)total > room) {
-            if (b.s != NULL)
-                b.s->killed = "memory budget exceeded (string.rep)";
-            return luaL_error(L, "memory budget exceeded (string.rep of %I bytes)",
-                              (lua_Integer)total);
-        }
-        CHARGE(&b, total / 64);
-        budget_settle(&b);
+    if (n <= 0 || l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
     }
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
+    unit = l + lsep;
+    if (unit < l || unit > (size_t)INT_MAX / (size_t)n) /* Lua's own limit */
+        return luaL_error(L, "resulting string too large");
+    body = unit * (size_t)(n - 1); /* n-1 times s..sep, then s */
+    total = body + l;
+    budget_begin(&b, L, "instruction budget exceeded (string.rep)");
+    room = (long long)b.vm->host.step_memory - (b.s != NULL ? b.s->mem : 0);
+    if ((long long)total > room) {
+        if (b.s != NULL)
+            b.s->killed = "memory budget exceeded (string.rep)";
+        return luaL_error(L, "memory budget exceeded (string.rep of %I bytes)",
+                          (lua_Integer)total);
+    }
+    CHARGE(&b, 1 + total / 64);
+    budget_settle(&b);
+    p = luaL_buffinitsize(L, &buf, total);
+    if (body > 0) {
+        size_t filled = unit;
+        memcpy(p, s, l);
+        memcpy(p + l, sep, lsep);
+        while (filled < body) {
+            size_t k = filled < body - filled ? filled : body - filled;
+            memcpy(p + filled, p, k);
+            filled += k;
+        }
+    }
+    memcpy(p + body, s, l);
+    luaL_pushresultsize(&buf, total);
     return 1;
 }
 
@@ -913,7 +932,6 @@ void sl_lua_inject_string(lua_State *L, sl_flowvm_t *vm)
         lua_setfield(L, -2, fns[i].name);
     }
     lua_pushlightuserdata(L, vm);
-    lua_getfield(L, -2, "rep"); /* Lua's own, to build what passed the check */
-    lua_pushcclosure(L, l_rep, 2);
+    lua_pushcclosure(L, l_rep, 1);
     lua_setfield(L, -2, "rep");
 }

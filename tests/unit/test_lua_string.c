@@ -130,6 +130,11 @@ static const char diff_chunk[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "for _, a in ipairs({{'ab', 3}, {'ab', 3, ','}, {'', 5, ''}, {'', 5, '-'}, {'x', 0},\n"
+    "    {'x', -1}, {'x', 1, ','}, {'x', 2, ''}, {'abc', 7, '<>'}, {12, 2}, {'x', 2.0},\n"
+    "    {'abc', 1e12}, {'x', 1.5}, {'ab', 1 << 40, 'c'}, {'a\\0b', 3, '\\0'}}) do\n"
+    "  case('rep', table.unpack(a, 1, 3))\n"
+    "end\n"
     "case('gsub', 'abc', 'b', true)\n"
     "case('gsub', 'abc', 'b')\n"
     "case('gsub', 'abc', 'b', 'x', 'y')\n"
@@ -390,8 +395,8 @@ static const char flow_src[] =
     "    },\n"
     "    rep = {\n"
     "      run = function(ctx)\n"
-    "        ctx.caught = pcall(string.rep, 'x', ctx.n, ctx.sep)\n"
-    "        ctx.len = #string.rep('x', ctx.n, ctx.sep)\n"
+    "        ctx.caught = pcall(string.rep, ctx.s or 'x', ctx.n, ctx.sep)\n"
+    "        ctx.len = #string.rep(ctx.s or 'x', ctx.n, ctx.sep)\n"
     "        return true\n"
     "      end,\n"
     "      next = 'fine',\n"
@@ -509,6 +514,10 @@ static void test_kill_and_after(sl_flow_t *f)
     CHECK(strstr(r.detail, "string.rep") != NULL);
     run_step(f, "rep", "{\"n\":100000000, \"sep\":\",\"}", &r);
     CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
+    /* Lua's own rep would loop 1e18 times over nothing */
+    run_step(f, "rep", "{\"n\":1e18, \"s\":\"\", \"sep\":\"\"}", &r);
+    CHECK(r.ok == 1 && strstr(r.ctx, "\"len\":0") != NULL);
+    CHECK(r.instr < 100000);
     run_step(f, "rep", "{\"n\":1000, \"sep\":\",\"}", &r);
     CHECK(r.ok == 1 && strstr(r.ctx, "\"len\":1999") != NULL);
 

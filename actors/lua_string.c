@@ -135,7 +135,7 @@ enum { Q_ONE, Q_OPT, Q_STAR, Q_PLUS, Q_MIN };
 
 typedef struct item_s {
     uint8_t kind, quant;
-    uint8_t a, b;   /* capture index; %b's open and close characters */
+    uint8_t a, b;    /* capture index; %b's open and close characters */
     uint8_t set[32]; /* IT_SET, IT_FRONTIER: bit c is set when c belongs */
 } item_t;
 
@@ -145,7 +145,7 @@ typedef struct pattern_s {
     int ncap; /* captures the pattern opens */
 } pattern_t;
 
-#define IN_SET(set, c) (((set)[(unsigned char)(c) >> 3] >> ((unsigned char)(c) & 7)) & 1)
+#define IN_SET(set, c) (((set)[(unsigned char)(c) >> 3] >> ((unsigned char)(c)&7)) & 1)
 
 static void set_add(uint8_t *set, int c)
 {
@@ -822,9 +822,9 @@ static int l_gsub(lua_State *L)
     budget_t b;
     match_t m;
 
-    luaL_argexpected(L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION ||
-                            tr == LUA_TTABLE,
-                     3, "string/function/table");
+    luaL_argexpected(
+        L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION || tr == LUA_TTABLE, 3,
+        "string/function/table");
     lua_settop(L, 3);
     budget_begin(&b, L, "instruction budget exceeded (string.gsub)");
     compile_into(&b, p + anchor, lp - (size_t)anchor, &pat, local, SL_STR_STACK_ITEMS);
@@ -896,8 +896,7 @@ static int l_rep(lua_State *L)
     if ((long long)total > room) {
         if (b.s != NULL)
             b.s->killed = "memory budget exceeded (string.rep)";
-        return luaL_error(L, "memory budget exceeded (string.rep of %I bytes)",
-                          (lua_Integer)total);
+        return luaL_error(L, "memory budget exceeded (string.rep of %I bytes)", (lua_Integer)total);
     }
     CHARGE(&b, 1 + total / 64);
     budget_settle(&b);

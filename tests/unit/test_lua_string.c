@@ -155,7 +155,8 @@ static const char diff_chunk[] =
     "case('gsub', 'abc', '(b)', {b = true})\n"
     "-- generated: patterns from pieces, subjects from a small alphabet\n"
     "local seed = 12345\n"
-    "local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end\n"
+    "local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 "
+    "end\n"
     "local atoms = {'a', 'b', '.', '%a', '%d', '%s', '%w', '%p', '%A', '[ab]', '[^a]', '[a-c]',\n"
     "  '[%d_]', '[]a]', '%.', '%%', ' ', '1', '%(', 'x'}\n"
     "local quants = {'', '', '', '*', '+', '-', '?'}\n"
@@ -166,7 +167,8 @@ static const char diff_chunk[] =
     "  for _ = 1, rnd(6) do\n"
     "    local k = rnd(12)\n"
     "    if k == 1 and open + closed < 9 then parts[#parts + 1] = '('; open = open + 1\n"
-    "    elseif k == 2 and open > 0 then parts[#parts + 1] = ')'; open = open - 1; closed = closed + 1\n"
+    "    elseif k == 2 and open > 0 then parts[#parts + 1] = ')'; open = open - 1; closed = closed "
+    "+ 1\n"
     "    elseif k == 3 and closed > 0 then parts[#parts + 1] = '%' .. rnd(closed)\n"
     "    elseif k == 4 then parts[#parts + 1] = '%b()'\n"
     "    elseif k == 5 then parts[#parts + 1] = '%f[%w]'\n"
@@ -446,10 +448,18 @@ static void test_hostile(sl_flow_t *f)
     static const struct {
         const char *fn, *pattern;
     } cases[] = {
-        {"match", "(%w+)@(%w+)%.(%w+)"}, {"find", "%w+@%w+%.%w+"}, {"match", ".-b"},
-        {"find", "a*a*a*b"},            {"match", "%s*$"},         {"gmatch", "%s*$"},
-        {"gsub", "%s+$"},               {"gmatch", "(%w+)@"},      {"method", "a-b"},
-        {"find", "%d+%.%d+%.%d+x"},     {"match", "%b()"},         {"gsub", "[%w.]+@"},
+        {"match", "(%w+)@(%w+)%.(%w+)"},
+        {"find", "%w+@%w+%.%w+"},
+        {"match", ".-b"},
+        {"find", "a*a*a*b"},
+        {"match", "%s*$"},
+        {"gmatch", "%s*$"},
+        {"gsub", "%s+$"},
+        {"gmatch", "(%w+)@"},
+        {"method", "a-b"},
+        {"find", "%d+%.%d+%.%d+x"},
+        {"match", "%b()"},
+        {"gsub", "[%w.]+@"},
     };
     res_t r;
     char ctx[256], what[128];
@@ -457,8 +467,9 @@ static void test_hostile(sl_flow_t *f)
 
     for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
         for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-            snprintf(ctx, sizeof(ctx), "{\"kind\":\"%s\",\"n\":200000,\"fn\":\"%s\",\"pattern\":\"%s\"}",
-                     kinds[k], cases[c].fn, cases[c].pattern);
+            snprintf(ctx, sizeof(ctx),
+                     "{\"kind\":\"%s\",\"n\":200000,\"fn\":\"%s\",\"pattern\":\"%s\"}", kinds[k],
+                     cases[c].fn, cases[c].pattern);
             snprintf(what, sizeof(what), "%s %s %s", kinds[k], cases[c].fn, cases[c].pattern);
             run_step(f, "hostile", ctx, &r);
             check_bounded(&r, what);
@@ -470,26 +481,27 @@ static void test_hostile(sl_flow_t *f)
     fprintf(stderr, "info: hostile: %d finished, %d budget_exceeded\n", finished, exceeded);
 
     /* the known quadratic ones are refused; the linear ones finish with the right answer */
-    run_step(f, "hostile", "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"match\",\"pattern\":\".-b\"}",
-             &r);
+    run_step(f, "hostile",
+             "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"match\",\"pattern\":\".-b\"}", &r);
     CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
     CHECK(strstr(r.detail, "string.match") != NULL);
     run_step(f, "hostile",
-             "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"find\",\"pattern\":\"%w+@%w+%.%w+\"}", &r);
-    CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
-    run_step(f, "hostile", "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"method\",\"pattern\":\"a-b\"}",
+             "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"find\",\"pattern\":\"%w+@%w+%.%w+\"}",
              &r);
+    CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
+    run_step(f, "hostile",
+             "{\"kind\":\"letters\",\"n\":200000,\"fn\":\"method\",\"pattern\":\"a-b\"}", &r);
     CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0); /* s:find() is ours too */
     CHECK(strstr(r.detail, "string.find") != NULL);
-    run_step(f, "hostile", "{\"kind\":\"spaces\",\"n\":200000,\"fn\":\"match\",\"pattern\":\"%s*$\"}",
-             &r);
+    run_step(f, "hostile",
+             "{\"kind\":\"spaces\",\"n\":200000,\"fn\":\"match\",\"pattern\":\"%s*$\"}", &r);
     CHECK(r.ok == 1 && strstr(r.ctx, "\"result\":200000") != NULL);
     CHECK(r.instr < 2000000); /* linear: a few steps per character */
-    run_step(f, "hostile", "{\"kind\":\"dots\",\"n\":200000,\"fn\":\"gsub\",\"pattern\":\"[%w.]+@\"}",
-             &r);
+    run_step(f, "hostile",
+             "{\"kind\":\"dots\",\"n\":200000,\"fn\":\"gsub\",\"pattern\":\"[%w.]+@\"}", &r);
     CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
-    run_step(f, "hostile", "{\"kind\":\"ats\",\"n\":200000,\"fn\":\"gmatch\",\"pattern\":\"(%w+)@\"}",
-             &r);
+    run_step(f, "hostile",
+             "{\"kind\":\"ats\",\"n\":200000,\"fn\":\"gmatch\",\"pattern\":\"(%w+)@\"}", &r);
     CHECK(r.ok == 1 && strstr(r.ctx, "\"result\":0") != NULL);
 
     /* a small budget-bound input still finishes: the budget is not a size limit */

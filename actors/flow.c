@@ -460,6 +460,8 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
     /* string.dump turns functions into bytecode; strings index this table directly */
     lua_pushnil(vm->L);
     lua_setfield(vm->L, -2, "dump");
+    /* pattern functions and rep that count against the step's budget (s:match() too) */
+    sl_lua_inject_string(vm->L, vm);
     luaL_requiref(vm->L, LUA_TABLIBNAME, luaopen_table, 0);
     luaL_requiref(vm->L, LUA_MATHLIBNAME, luaopen_math, 0);
     luaL_requiref(vm->L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
@@ -1342,7 +1344,9 @@ void sl_flow__resume(sl_step_t *s, int nargs)
         msg = other;
     }
     luaL_traceback(vm->L, co, msg, 0);
-    finish(s, 0, "lua_error", lua_tostring(vm->L, -1));
+    /* over a budget (instructions, string steps, memory): budget_exceeded */
+    finish(s, 0, s->killed != NULL || st == LUA_ERRMEM ? "budget_exceeded" : "lua_error",
+           lua_tostring(vm->L, -1));
     lua_pop(vm->L, 1);
 }
 
@@ -1378,7 +1382,7 @@ void sl_flow__resume_with(sl_step_t *s, lua_CFunction push, void *ud)
     if (rc != LUA_OK || !lua_checkstack(s->co, n + LUA_MINSTACK)) {
         lua_settop(L, base);
         s->killed = "memory budget exceeded";
-        finish(s, 0, "lua_error",
+        finish(s, 0, rc == LUA_ERRMEM || rc == LUA_OK ? "budget_exceeded" : "lua_error",
                rc == LUA_ERRMEM || rc == LUA_OK
                    ? "memory budget exceeded (the result of an sl call did not fit)"
                    : "could not hand a result to the step");

@@ -267,5 +267,8 @@ void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
 void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm);   /* sl.image_info */
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
+/* string.find/match/gmatch/gsub/rep with a step budget; on the string library table
+ * itself (the string metatable's __index and what sandboxes copy) */
+void sl_lua_inject_string(lua_State *L, sl_flowvm_t *vm);
 
 #endif

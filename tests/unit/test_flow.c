@@ -333,7 +333,7 @@ static void test_outcomes(void)
 
     double t0 = now_ms();
     run_step(basic, "loop", "{}", &r, 20000);
-    CHECK(r.ok == 0 && strcmp(r.err, "lua_error") == 0);
+    CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
     CHECK(strstr(r.detail, "instruction budget exceeded") != NULL);
     CHECK(now_ms() - t0 < 10000);
 
@@ -341,7 +341,7 @@ static void test_outcomes(void)
     CHECK(r.ok == 0 && strstr(r.detail, "instruction budget exceeded") != NULL);
 
     run_step(basic, "hog", "{}", &r, 20000);
-    CHECK(r.ok == 0 && strcmp(r.err, "lua_error") == 0);
+    CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
     CHECK(strstr(r.detail, "memory") != NULL);
     fprintf(stderr, "info: after the hog the VM holds %zu KiB\n", sl_flowvm_memory(vm) / 1024);
 

@@ -131,6 +131,24 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+void sl_flow__charge(lua_State *L, double steps, const char *what)
+{
+    sl_step_t *s = sl_flow__step(L);
+    sl_flowvm_t *vm = vm_of(L);
+    long *used = s != NULL ? &s->instr : &vm->load_instr;
+    const char **killed = killed_slot(L, &load_killed);
+
+    if (*killed != NULL)
+        luaL_error(L, "%s", *killed);
+    if (steps <= (double)vm->host.step_instructions - (double)*used) {
+        *used += (long)steps;
+        return;
+    }
+    *used = vm->host.step_instructions + 1; /* the count hook refuses from now on too */
+    *killed = "instruction budget exceeded";
+    luaL_error(L, "instruction budget exceeded (%s)", what);
+}
+
 static int pcall_k(lua_State *L, int status, lua_KContext extra)
 {
     const char **killed = killed_slot(L, &load_killed);
@@ -467,6 +485,8 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
     luaL_requiref(vm->L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
     luaL_requiref(vm->L, LUA_OSLIBNAME, luaopen_os, 0);
     lua_settop(vm->L, 0);
+    /* the other C functions whose work grows with their input: charged too */
+    sl_lua_inject_costs(vm->L, vm);
     /* getmetatable("") must not hand out the shared string metatable */
     lua_pushliteral(vm->L, "");
     lua_getmetatable(vm->L, -1);

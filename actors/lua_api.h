@@ -247,6 +247,13 @@ char *sl_flow__opt_str(lua_State *L, int t, const char *k, const char *what);
  */
 const char *sl_flow__note_hold(sl_step_t *s, const sl_svc_t *svc, const char *otherwise);
 
+/**
+ * Charges `steps` of work done in C to the running step's instruction budget
+ * (or the flow file being loaded); past it the step is killed (budget_exceeded,
+ * pcall re-raises) and this raises "instruction budget exceeded (<what>)".
+ */
+void sl_flow__charge(lua_State *L, double steps, const char *what);
+
 /** A push function for sl_flow__resume_with: pushes true. */
 int sl_flow__push_true(lua_State *L);
 
@@ -267,6 +274,8 @@ void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
 void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm);   /* sl.image_info */
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
+/* on the VM's own libraries (package.loaded), before any sandbox copies them: */
+void sl_lua_inject_costs(lua_State *L, sl_flowvm_t *vm);   /* the rest of string/table/utf8 */
 /* string.find/match/gmatch/gsub/rep with a step budget; on the string library table
  * itself (the string metatable's __index and what sandboxes copy) */
 void sl_lua_inject_string(lua_State *L, sl_flowvm_t *vm);

@@ -540,6 +540,59 @@ static void test_kill_and_after(sl_flow_t *f)
     CHECK(strstr(r.ctx, "\"words\":3") != NULL);
 }
 
+/* The other C functions whose work grows with their input (actors/lua_cost.c). */
+static const char cost_src[] =
+    "local ops = {\n"
+    "  upper = function() local s = ('a'):rep(1000000)\n"
+    "    for _ = 1, 1000 do s:upper() end end,\n"
+    "  move = function() table.move({}, 1, 1e12, 1) end,\n"
+    "  insert = function() local t = {}\n"
+    "    for i = 1, 200000 do table.insert(t, 1, i) end end,\n"
+    "  concat = function() local t = {} for i = 1, 100000 do t[i] = 'x' end\n"
+    "    for _ = 1, 10000 do table.concat(t) end end,\n"
+    "  sort = function() local t = {} for i = 1, 100000 do t[i] = -i end\n"
+    "    for _ = 1, 1000 do table.sort(t) end end,\n"
+    "  dodge = function() local s = ('a'):rep(1000000)\n"
+    "    for _ = 1, 1000 do pcall(string.reverse, s) end end,\n"
+    "  honest = function() local s = ('a'):rep(1000000)\n"
+    "    local n = 0\n"
+    "    for i = 1, 1000 do n = n + #s:sub(i, i + 9) + s:byte(i, i) - 96 end\n"
+    "    local t = {} for i = 1, 1000 do table.insert(t, i) end\n"
+    "    table.sort(t, function(a, b) return a > b end)\n"
+    "    return n == 10000 + 1000 * 1 and t[1] == 1000 and ('%s-%d'):format('x', 1) == 'x-1'\n"
+    "      and ('Abc'):upper() == 'ABC' and utf8.len('h\\u{e9}') == 2 end,\n"
+    "}\n"
+    "return flow { start = 'op', steps = { op = { run = function(ctx)\n"
+    "  local r = ops[ctx.op]() ctx.r = r == nil or r return true end } } }\n";
+
+static void test_costs(void)
+{
+    static const char *const refused[] = {"upper", "move", "insert", "concat", "sort", "dodge"};
+    char err[512], ctx[64];
+    res_t r;
+    sl_flow_t *f = load_src("costs", cost_src, err, sizeof(err));
+    CHECK(f != NULL);
+    if (f == NULL) {
+        fprintf(stderr, "load: %s\n", err);
+        return;
+    }
+    for (size_t k = 0; k < sizeof refused / sizeof refused[0]; k++) {
+        snprintf(ctx, sizeof ctx, "{\"op\":\"%s\"}", refused[k]);
+        run_step(f, "op", ctx, &r);
+        CHECK(r.ok == 0 && strcmp(r.err, "budget_exceeded") == 0);
+        CHECK(r.instr <= BUDGET + SL_FLOW_HOOK_EVERY + 1);
+        if (r.ok || strcmp(r.err, "budget_exceeded") != 0)
+            fprintf(stderr, "costs: %s: %s %s\n", refused[k], r.err, r.detail);
+    }
+    /* a step that uses them as flows do stays well within it, with Lua's results */
+    run_step(f, "op", "{\"op\":\"honest\"}", &r);
+    CHECK(r.ok == 1 && strstr(r.ctx, "\"r\":true") != NULL);
+    if (!r.ok || strstr(r.ctx, "\"r\":true") == NULL)
+        fprintf(stderr, "costs: honest: %s %s %s\n", r.err, r.detail, r.ctx);
+    CHECK(r.instr < BUDGET / 10);
+    sl_flow_unref(f);
+}
+
 static void test_load_time(void)
 {
     char err[1024];
@@ -598,6 +651,7 @@ int main(void)
         test_hostile(f);
         test_kill_and_after(f);
         sl_flow_unref(f);
+        test_costs();
     }
     test_load_time();
 

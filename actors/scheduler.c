@@ -428,6 +428,22 @@ void sl_sched_cancel_file(sl_sched_t *s, const char *file_id)
             sl_run__cancel(n->run);
 }
 
+int sl_sched_message(sl_sched_t *s, const char *msg)
+{
+    if (strcmp(msg, "kick") == 0) {
+        sl_sched_kick(s);
+        return 0;
+    }
+    /* A file id is a UUID: 36 characters of hex digits and dashes. */
+    if (strncmp(msg, "cancel ", 7) == 0 && strlen(msg + 7) == 36 &&
+        strspn(msg + 7, "0123456789abcdefABCDEF-") == 36) {
+        sl_sched_cancel_file(s, msg + 7);
+        return 0;
+    }
+    sl_log(SL_LOG_WARN, "engine_message_unknown", "{s:s}", "message", msg);
+    return SL_EINVAL;
+}
+
 int sl_sched_in_flight(const sl_sched_t *s)
 {
     return s ? s->in_flight : 0;

@@ -259,3 +259,17 @@ def test_inline_keeps_one_process(start_server, tmp_path):
     assert wait_final(t, upload_text(t, ds))["status"] == "done"
     assert requests.get(srv.url + "/readyz", timeout=10).json()["engine"] == "ok"
     assert '"role":"inline"' in srv.log()
+
+
+def test_workers_share_one_engine(start_server, tmp_path):
+    srv = start_server(extra_yaml=flows_yaml(tmp_path, {"mini": QUICK_FLOW}, "workers: 2\n"))
+    names = sorted(srv.children().values())
+    assert names == ["sluice-engine", "sluice-http", "sluice-http"], names
+    t = srv.create_tenant("w2")
+    ds = t.create_dataset()["id"]
+    ids = [upload_text(t, ds, "f%d.txt" % i) for i in range(6)]   # both HTTP processes send kicks
+    for fid in ids:
+        assert wait_final(t, fid)["status"] == "done"
+    # one scheduler claimed them all (the engine's counter, seen through either process)
+    text = requests.get(srv.url + "/metrics", timeout=10).text
+    assert float(re.search(r"^sluice_runs_claimed_total (\S+)$", text, re.M).group(1)) == 6

@@ -359,6 +359,19 @@ static void engine_message_cb(const char *msg, void *arg)
     }
 }
 
+/* Engine: a status event its pubsub could not send to Redis goes to the HTTP processes. */
+static void forward_event_cb(const char *channel, const char *msg, size_t len, void *arg)
+{
+    sl_elink_forward_event(arg, channel, msg, len);
+}
+
+/* HTTP: such an event, for this process's SSE clients only. */
+static void deliver_event_cb(const char *channel, const char *msg, size_t len, void *arg)
+{
+    sl_app_t *app = arg;
+    sl_pubsub_deliver_local(app->pubsub, channel, msg, len);
+}
+
 /* Listens for messages and publishes the first snapshot (which makes the engine "ready"). */
 static int start_engine_link(sl_app_t *app)
 {
@@ -515,7 +528,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     sl_pg_stats(app->pg, &total, &up, &busy, &queued);
-    if ((app->active_uploads == 0 && busy == 0 && queued == 0 && sl_workq_pending(app->wq) == 0) ||
+    if ((app->active_uploads == 0 && app->metrics_waits == 0 && busy == 0 && queued == 0 &&
+         sl_workq_pending(app->wq) == 0) ||
         ++g_drain_ticks >= DRAIN_TIMEOUT_S * 20)
         event_base_loopbreak(app->base);
 }
@@ -725,6 +739,12 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
                              role == SL_ROLE_ENGINE ? NULL : cfg->redis_url, g_instance,
                              &app->pubsub)) != 0)
         goto out;
+    /* Run events that could not go through Redis reach this instance's SSE clients anyway. */
+    if (role == SL_ROLE_ENGINE)
+        sl_pubsub_set_forward(app->pubsub, forward_event_cb, link);
+    if (role == SL_ROLE_HTTP &&
+        (err = sl_elink_listen_events(link, app->base, deliver_event_cb, app)) != 0)
+        goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
     if (role != SL_ROLE_HTTP && (err = start_engine(app)) != 0)
@@ -765,6 +785,8 @@ out:
         event_free(g_sighup);
     if (g_snapshot)
         event_free(g_snapshot);
+    if (app->link)
+        sl_elink_unlisten(app->link); /* its event is on app->base */
     if (app->sched)
         sl_sched_free(app->sched);
     if (app->vm)
@@ -824,7 +846,7 @@ static int run_separate(sl_config_t *cfg)
 {
     sl_elink_t *link = NULL;
     int role, status = 0, rc;
-    if (sl_elink_new(&link) != 0) {
+    if (sl_elink_new(cfg->workers, &link) != 0) {
         fprintf(stderr, "sluice: cannot create the engine link\n");
         return 1;
     }

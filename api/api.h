@@ -57,6 +57,7 @@ typedef struct sl_app_s {
     int npipelines;
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
     int active_uploads;        /* uploads in progress in this process */
+    int metrics_waits;         /* GET /metrics waiting for the engine's snapshot (<= 200 ms) */
     int redis_up;              /* 1 while the Redis connection is up (for /readyz) */
     int schema_ready;          /* migrations applied and settings loaded; /v1 answers 503 before */
     const char *instance_id;   /* this process's id (lease owner, logs) */

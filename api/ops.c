@@ -151,6 +151,7 @@ static void metrics_tick_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     metrics_answer(w->app, w->req);
+    w->app->metrics_waits--;
     event_free(w->ev);
     free(w);
 }
@@ -178,7 +179,9 @@ static void metrics(sl_http_req_t *req, const sl_http_params_t *params, void *ar
             event_free(w->ev);
         free(w);
         metrics_answer(app, req);
+        return;
     }
+    app->metrics_waits++; /* the drain at shutdown waits for it */
 }
 
 /* ---- GET /v1/pipelines ---- */

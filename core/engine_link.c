@@ -50,6 +50,13 @@ struct sl_elink_s {
     sl_elink_msg_cb cb;
     void *cb_arg;
     int too_big_logged;
+    int nhttp;
+    int (*ev_fds)[2];    /* per HTTP process: [0] the engine sends, [1] it receives; -1 closed */
+    int my_ev_fd;        /* HTTP: its receiving end, -1 otherwise */
+    struct event *evs_ev; /* HTTP: readable my_ev_fd */
+    sl_elink_event_cb evs_cb;
+    void *evs_arg;
+    char *evs_buf;       /* HTTP: SL_ELINK_EVENT_MAX + 1 bytes */
 };
 
 static int64_t now_ms(void)
@@ -59,25 +66,49 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int sl_elink_new(sl_elink_t **out)
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+int sl_elink_new(int nhttp, sl_elink_t **out)
 {
     int fds[2];
+    if (nhttp < 1 || nhttp > 1024)
+        return SL_EINVAL;
     sl_elink_t *l = calloc(1, sizeof *l);
     if (!l)
         return SL_ENOMEM;
+    l->send_fd = l->recv_fd = l->my_ev_fd = -1;
+    l->nhttp = nhttp;
     l->page = mmap(NULL, PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (l->page == MAP_FAILED) {
-        free(l);
+        l->page = NULL;
+        sl_elink_free(l);
         return SL_ENOMEM;
     }
+    if (!(l->ev_fds = malloc((size_t)nhttp * sizeof *l->ev_fds))) {
+        sl_elink_free(l);
+        return SL_ENOMEM;
+    }
+    for (int i = 0; i < nhttp; i++)
+        l->ev_fds[i][0] = l->ev_fds[i][1] = -1;
     /* Datagrams: each message arrives whole, from any number of senders. */
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) {
-        munmap(l->page, PAGE_BYTES);
-        free(l);
+        sl_elink_free(l);
         return SL_EIO;
     }
     l->send_fd = fds[0];
     l->recv_fd = fds[1];
+    for (int i = 0; i < nhttp; i++) {
+        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, l->ev_fds[i]) != 0) {
+            l->ev_fds[i][0] = l->ev_fds[i][1] = -1;
+            sl_elink_free(l);
+            return SL_EIO;
+        }
+    }
     *out = l;
     return 0;
 }
@@ -86,22 +117,88 @@ void sl_elink_free(sl_elink_t *l)
 {
     if (!l)
         return;
-    if (l->ev)
-        event_free(l->ev);
-    if (l->send_fd >= 0)
-        close(l->send_fd);
-    if (l->recv_fd >= 0)
-        close(l->recv_fd);
-    munmap(l->page, PAGE_BYTES);
+    sl_elink_unlisten(l);
+    close_fd(&l->send_fd);
+    close_fd(&l->recv_fd);
+    for (int i = 0; l->ev_fds && i < l->nhttp; i++) {
+        close_fd(&l->ev_fds[i][0]);
+        close_fd(&l->ev_fds[i][1]);
+    }
+    free(l->ev_fds);
+    free(l->evs_buf);
+    if (l->page)
+        munmap(l->page, PAGE_BYTES);
     free(l);
 }
 
-void sl_elink_close_unused(sl_elink_t *l, int engine)
+void sl_elink_become(sl_elink_t *l, int engine, int http_index)
 {
-    int *fd = engine ? &l->send_fd : &l->recv_fd;
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
+    if (engine) {
+        close_fd(&l->send_fd);
+        for (int i = 0; i < l->nhttp; i++)
+            close_fd(&l->ev_fds[i][1]);
+        return;
+    }
+    close_fd(&l->recv_fd);
+    for (int i = 0; i < l->nhttp; i++) {
+        close_fd(&l->ev_fds[i][0]);
+        if (i == http_index)
+            l->my_ev_fd = l->ev_fds[i][1];
+        else
+            close_fd(&l->ev_fds[i][1]);
+    }
+}
+
+/* ---- events the engine could not publish through Redis ---- */
+
+void sl_elink_forward_event(sl_elink_t *l, const char *channel, const char *msg, size_t len)
+{
+    char buf[SL_ELINK_EVENT_MAX];
+    size_t cl = strlen(channel);
+    if (cl + 1 + len > sizeof buf)
+        return; /* an event is a few hundred bytes; a giant one is not forwarded */
+    memcpy(buf, channel, cl);
+    buf[cl] = '\n';
+    memcpy(buf + cl + 1, msg, len);
+    for (int i = 0; i < l->nhttp; i++) {
+        /* EAGAIN (full) or ECONNREFUSED (that HTTP process is gone): dropped */
+        if (l->ev_fds[i][0] >= 0)
+            (void)!send(l->ev_fds[i][0], buf, cl + 1 + len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+}
+
+static void events_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_elink_t *l = arg;
+    (void)what;
+    for (int i = 0; i < 256; i++) {
+        ssize_t n = recv(fd, l->evs_buf, SL_ELINK_EVENT_MAX, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return;
+        char *nl = memchr(l->evs_buf, '\n', (size_t)n);
+        if (!nl)
+            continue;
+        *nl = '\0';
+        l->evs_buf[n] = '\0';
+        l->evs_cb(l->evs_buf, nl + 1, (size_t)(l->evs_buf + n - (nl + 1)), l->evs_arg);
+    }
+}
+
+int sl_elink_listen_events(sl_elink_t *l, struct event_base *base, sl_elink_event_cb cb,
+                           void *arg)
+{
+    if (l->evs_ev || l->my_ev_fd < 0)
+        return SL_EINVAL;
+    if (!l->evs_buf && !(l->evs_buf = malloc(SL_ELINK_EVENT_MAX + 1)))
+        return SL_ENOMEM;
+    l->evs_cb = cb;
+    l->evs_arg = arg;
+    l->evs_ev = event_new(base, l->my_ev_fd, EV_READ | EV_PERSIST, events_cb, l);
+    if (!l->evs_ev || event_add(l->evs_ev, NULL) != 0)
+        return SL_ENOMEM;
+    return 0;
 }
 
 /* ---- supervisor ---- */
@@ -371,6 +468,18 @@ int sl_elink_listen(sl_elink_t *l, struct event_base *base, sl_elink_msg_cb cb, 
     if (!l->ev || event_add(l->ev, NULL) != 0)
         return SL_ENOMEM;
     return 0;
+}
+
+void sl_elink_unlisten(sl_elink_t *l)
+{
+    if (l && l->ev) {
+        event_free(l->ev);
+        l->ev = NULL;
+    }
+    if (l && l->evs_ev) {
+        event_free(l->evs_ev);
+        l->evs_ev = NULL;
+    }
 }
 
 int sl_elink_publish(sl_elink_t *l, const char *steps, const char *metrics, size_t metrics_len)

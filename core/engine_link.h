@@ -9,6 +9,9 @@
  *    "cancel <file id>", "metrics") on one end, the engine receives them on
  *    the other. Sending never blocks: a full queue drops the message, and the
  *    engine's poll and lease paths cover what a lost message would have done.
+ *  - one datagram socketpair per HTTP process the other way: the engine's
+ *    status events that could not go through Redis (it is down), so SSE
+ *    clients of this instance still see its runs live.
  *  - a shared memory page the engine writes and HTTP processes read: the
  *    engine's pid (written by the supervisor), its heartbeat, its pipelines'
  *    steps (JSON) and a snapshot of its Prometheus metrics, under a seqlock.
@@ -28,12 +31,15 @@ typedef struct sl_elink_s sl_elink_t;
 /** Longest message (a verb, a space and an argument). */
 #define SL_ELINK_MSG_MAX 128
 
+/** Longest forwarded event (channel, newline, message). */
+#define SL_ELINK_EVENT_MAX 65536
+
 /**
- * Creates the link: the socketpair and the shared page (anonymous, shared
- * with every process forked afterwards). Returns owned in *out. 0, SL_EIO or
- * SL_ENOMEM.
+ * Creates the link for an engine and `nhttp` HTTP processes: the socketpairs
+ * and the shared page (anonymous, shared with every process forked
+ * afterwards). Returns owned in *out. 0, SL_EINVAL, SL_EIO or SL_ENOMEM.
  */
-int sl_elink_new(sl_elink_t **out);
+int sl_elink_new(int nhttp, sl_elink_t **out);
 
 /** Unmaps and closes what this process holds. NULL is a no-op. */
 void sl_elink_free(sl_elink_t *l);
@@ -93,6 +99,9 @@ typedef void (*sl_elink_msg_cb)(const char *msg, void *arg);
  */
 int sl_elink_listen(sl_elink_t *l, struct event_base *base, sl_elink_msg_cb cb, void *arg);
 
+/** Stops receiving messages and events (before the event base is freed). */
+void sl_elink_unlisten(sl_elink_t *l);
+
 /**
  * Publishes a snapshot: steps (JSON, borrowed) and metrics text (borrowed),
  * and the heartbeat. Text larger than the page is dropped whole (logged
@@ -100,7 +109,22 @@ int sl_elink_listen(sl_elink_t *l, struct event_base *base, sl_elink_msg_cb cb, 
  */
 int sl_elink_publish(sl_elink_t *l, const char *steps, const char *metrics, size_t metrics_len);
 
-/** Closes the end this role does not use (the engine: the sending one; HTTP: the receiving one). */
-void sl_elink_close_unused(sl_elink_t *l, int engine);
+/**
+ * In a forked child: closes every descriptor the role does not use. engine
+ * 1: the engine; 0: HTTP process number http_index (0-based).
+ */
+void sl_elink_become(sl_elink_t *l, int engine, int http_index);
+
+/* ---- events the engine could not publish through Redis ---- */
+
+/** Engine: sends (channel, msg) to every HTTP process; never blocks (drops when full). */
+void sl_elink_forward_event(sl_elink_t *l, const char *channel, const char *msg, size_t len);
+
+/** HTTP: called for each forwarded event (borrowed: channel NUL-terminated, msg len bytes). */
+typedef void (*sl_elink_event_cb)(const char *channel, const char *msg, size_t len, void *arg);
+
+/** HTTP: receives forwarded events on base (borrowed). 0, SL_EINVAL or SL_ENOMEM. */
+int sl_elink_listen_events(sl_elink_t *l, struct event_base *base, sl_elink_event_cb cb,
+                           void *arg);
 
 #endif

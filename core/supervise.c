@@ -48,7 +48,7 @@ static int64_t now_ms(void)
 }
 
 /* In the child: defaults back, parent-death signal, a name for ps and the tests. */
-static void child_setup(sup_t *s, int role)
+static void child_setup(sup_t *s, int role, int index)
 {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
@@ -59,15 +59,18 @@ static void child_setup(sup_t *s, int role)
         raise(SIGTERM);
     prctl(PR_SET_NAME, role == SL_ROLE_ENGINE ? "sluice-engine" : "sluice-http");
     sl_log_set_role(role == SL_ROLE_ENGINE ? "engine" : "http");
-    sl_elink_close_unused(s->o->link, role == SL_ROLE_ENGINE);
+    sl_elink_become(s->o->link, role == SL_ROLE_ENGINE, index);
 }
 
-/* Forks one child; 1 in the child, 0 in the supervisor (pid in *pid, 0 on failure). */
-static int spawn(sup_t *s, int role, pid_t *pid)
+/*
+ * Forks one child (HTTP: number `index`); 1 in the child, 0 in the
+ * supervisor (pid in *pid, 0 on failure).
+ */
+static int spawn(sup_t *s, int role, int index, pid_t *pid)
 {
     pid_t p = fork();
     if (p == 0) {
-        child_setup(s, role);
+        child_setup(s, role, index);
         return 1;
     }
     if (p < 0) {
@@ -81,7 +84,7 @@ static int spawn(sup_t *s, int role, pid_t *pid)
 static int start_engine(sup_t *s)
 {
     pid_t p;
-    if (spawn(s, SL_ROLE_ENGINE, &p))
+    if (spawn(s, SL_ROLE_ENGINE, 0, &p))
         return 1;
     s->restart_at_ms = 0;
     s->engine = p;
@@ -220,7 +223,7 @@ int sl_supervise(const sl_sup_opts_t *o, int *role, int *status)
     int n = o->nhttp < 1 ? 1 : o->nhttp > MAX_HTTP ? MAX_HTTP : o->nhttp;
     for (int i = 0; i < n && !s->stopping; i++) {
         pid_t p;
-        if (spawn(s, SL_ROLE_HTTP, &p)) {
+        if (spawn(s, SL_ROLE_HTTP, i, &p)) {
             *role = SL_ROLE_HTTP;
             return 1;
         }

@@ -48,7 +48,7 @@ static void test_page_across_fork(void)
     size_t mlen = 0;
     int pid = -1, ready = -1;
     double age = 0;
-    CHECK_EQ(sl_elink_new(&l), 0);
+    CHECK_EQ(sl_elink_new(2, &l), 0);
     CHECK_EQ(sl_elink_read(l, &steps, &metrics, &mlen), SL_ENOTFOUND); /* nothing yet */
     sl_elink_engine_state(l, &pid, &age, &ready);
     CHECK_EQ(pid, 0);
@@ -95,10 +95,10 @@ static void test_messages(void)
 {
     sl_elink_t *l = NULL;
     struct event_base *base = event_base_new();
-    CHECK_EQ(sl_elink_new(&l), 0);
+    CHECK_EQ(sl_elink_new(2, &l), 0);
     for (int i = 0; i < 2; i++) { /* two "HTTP processes" */
         if (fork() == 0) {
-            sl_elink_close_unused(l, 0);
+            sl_elink_become(l, 0, i);
             sl_elink_send(l, i ? "cancel 00000000-0000-0000-0000-000000000001" : "kick");
             _exit(0);
         }
@@ -125,8 +125,48 @@ static void test_messages(void)
     event_base_free(base);
 }
 
+static int nev;
+
+static void event_cb(const char *channel, const char *msg, size_t len, void *arg)
+{
+    CHECK_STREQ(channel, "sluice:ds:x");
+    CHECK(len == 5 && memcmp(msg, "{\"a\"}", 5) == 0);
+    nev++;
+    event_base_loopbreak(arg);
+}
+
+/* Events forwarded by the engine reach every HTTP process. */
+static void test_forwarded_events(void)
+{
+    sl_elink_t *l = NULL;
+    CHECK_EQ(sl_elink_new(2, &l), 0);
+    CHECK_EQ(sl_elink_listen_events(l, NULL, event_cb, NULL), SL_EINVAL); /* not an HTTP process */
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        if ((kids[i] = fork()) == 0) {
+            struct event_base *base = event_base_new();
+            sl_elink_become(l, 0, i);
+            nev = 0;
+            int ok = sl_elink_listen_events(l, base, event_cb, base) == 0;
+            event_base_dispatch(base);
+            sl_elink_free(l);
+            event_base_free(base);
+            _exit(ok && nev == 1 && failed == 0 ? 0 : 1);
+        }
+    }
+    sl_elink_become(l, 1, 0);
+    sl_elink_forward_event(l, "sluice:ds:x", "{\"a\"}", 5);
+    for (int i = 0; i < 2; i++) {
+        int st = -1;
+        waitpid(kids[i], &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    sl_elink_free(l);
+}
+
 int main(void)
 {
+    test_forwarded_events();
     test_merge();
     test_page_across_fork();
     test_messages();

@@ -305,6 +305,7 @@ static int start_migrations(sl_app_t *app)
 
 static struct event *g_snapshot;
 static pid_t g_supervisor;
+static int g_stopping; /* a stop signal came: the scheduler (whose gauges render) is gone */
 
 /* {"pipeline": ["step", ...]} of the loaded flows: what /v1/pipelines shows. Owned. */
 static char *steps_json(const sl_app_t *app)
@@ -337,6 +338,8 @@ static void snapshot_cb(evutil_socket_t fd, short what, void *arg)
     sl_app_t *app = arg;
     (void)fd;
     (void)what;
+    if (g_stopping)
+        return; /* the page keeps the last snapshot; the heartbeat ages: "stalled" while draining */
     /* PR_SET_PDEATHSIG is the first line; this is the second. */
     if (getppid() != g_supervisor) {
         sl_log(SL_LOG_ERROR, "supervisor_gone", NULL);
@@ -353,6 +356,8 @@ static void engine_message_cb(const char *msg, void *arg)
     sl_app_t *app = arg;
     if (strcmp(msg, "metrics") == 0) {
         struct timeval now = {0, 0};
+        if (g_stopping)
+            return;
         evtimer_add(g_snapshot, &now); /* coalesces: one render for a burst */
     } else if (app->sched) {
         sl_sched_message(app->sched, msg);
@@ -544,13 +549,12 @@ static void release_done_cb(const sl_pg_result_t *r, void *arg)
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     sl_app_t *app = arg;
-    static int stopping;
     (void)what;
     /*
      * The events stay registered, so a second signal (the supervisor forwards
      * what the process group may get too) lands here, not in SIG_DFL.
      */
-    if (stopping++)
+    if (g_stopping++)
         return;
     sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
     if (app->http) {

@@ -928,12 +928,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice: migrate: %s\n", errbuf);
         else
             printf("sluice: schema up to date (%d migrations)\n", sl_pg_nmigrations);
-    } else if (strcmp(cfg->engine_process, "separate") == 0 && cfg->redis_url) {
+    } else if (strcmp(cfg->engine_process, "separate") == 0) {
         rc = run_separate(cfg);
     } else {
-        if (strcmp(cfg->engine_process, "separate") == 0)
-            sl_log(SL_LOG_WARN, "engine_inline_without_redis", "{s:s}", "reason",
-                   "engine.process: separate needs redis_url (run events reach SSE through it)");
         sl_log_set_role("inline");
         int status = 0;
         if (cfg->workers > 1 && !fork_workers(cfg->workers, &status))

@@ -273,3 +273,26 @@ def test_workers_share_one_engine(start_server, tmp_path):
     # one scheduler claimed them all (the engine's counter, seen through either process)
     text = requests.get(srv.url + "/metrics", timeout=10).text
     assert float(re.search(r"^sluice_runs_claimed_total (\S+)$", text, re.M).group(1)) == 6
+
+
+NO_REDIS_CONFIG = ('listen: "{listen}"\ndatabase_url: "{database_url}"\nadmin_key: "{admin_key}"\n'
+                   'storage:\n  backend: fs\n  path: "{storage_path}"\n')
+
+
+def test_run_events_reach_sse_without_redis(start_server, tmp_path):
+    """No Redis: the engine's run events come to the HTTP process over the link."""
+    from test_sse import SSE
+    srv = start_server(config=NO_REDIS_CONFIG, extra_yaml=flows_yaml(tmp_path, {"mini": QUICK_FLOW}))
+    assert sorted(srv.children().values()) == ["sluice-engine", "sluice-http"]
+    t = srv.create_tenant("nr")
+    ds = t.create_dataset()["id"]
+    s = SSE("%s/v1/datasets/%s/events" % (srv.url, ds), headers={"Authorization": "Bearer " + t.key})
+    assert s.resp.status_code == 200
+    try:
+        fid = upload_text(t, ds)
+        got = s.take(until=lambda evs: any(e["data"].get("kind") == "succeeded" for e in evs),
+                     timeout=30)
+    finally:
+        s.resp.close()
+    kinds = [(e["event"], e["data"]["kind"]) for e in got if e["data"].get("file_id") == fid]
+    assert ("run", "step_started") in kinds and ("run", "succeeded") in kinds, kinds

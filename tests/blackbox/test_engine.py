@@ -288,11 +288,18 @@ def test_run_events_reach_sse_without_redis(start_server, tmp_path):
     ds = t.create_dataset()["id"]
     s = SSE("%s/v1/datasets/%s/events" % (srv.url, ds), headers={"Authorization": "Bearer " + t.key})
     assert s.resp.status_code == 200
-    try:
-        fid = upload_text(t, ds)
-        got = s.take(until=lambda evs: any(e["data"].get("kind") == "succeeded" for e in evs),
-                     timeout=30)
-    finally:
-        s.resp.close()
+    # (the stream ends with the server at teardown: closing it here waits for a keepalive)
+    t0 = time.monotonic()
+    fid = upload_text(t, ds)
+    got = s.take(until=lambda evs: any(e["data"].get("kind") == "succeeded" for e in evs),
+                 timeout=30)
+    print("\nrun events over the link: succeeded after %.3f s" % (time.monotonic() - t0))
     kinds = [(e["event"], e["data"]["kind"]) for e in got if e["data"].get("file_id") == fid]
     assert ("run", "step_started") in kinds and ("run", "succeeded") in kinds, kinds
+
+
+def test_engine_process_must_be_separate_or_inline(start_server):
+    from sluice_harness import ServerStartError
+    with pytest.raises(ServerStartError) as e:
+        start_server(extra_yaml="engine: {process: sideways}\n")
+    assert "engine.process: must be separate or inline" in str(e.value)

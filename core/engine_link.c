@@ -369,17 +369,39 @@ static void put(obuf_t *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-/* The sample lines [p, end) with role="engine" added to each. */
-static void put_labelled(obuf_t *b, const char *p, const char *end)
+/* 1 if a sample line of [p, end) names the same series (name and labels) as key. */
+static int has_series(const char *p, const char *end, const char *key, size_t klen)
+{
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *next = eol ? eol + 1 : end;
+        if ((size_t)(next - p) > klen && memcmp(p, key, klen) == 0 && p[klen] == ' ')
+            return 1;
+        p = next;
+    }
+    return 0;
+}
+
+/*
+ * The engine's sample lines [p, end) of a family this process has too
+ * ([own, own_end) its samples): a series this process also has gets
+ * role="engine" added; the others are kept as they are.
+ */
+static void put_labelled(obuf_t *b, const char *p, const char *end, const char *own,
+                         const char *own_end)
 {
     static const char lab[] = "role=\"engine\"";
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         const char *next = eol ? eol + 1 : end;
-        const char *q = p;
+        const char *q = p, *sp = next;
         while (q < next && *q != '{' && *q != ' ')
             q++;
-        if (p[0] == '#' || q == next) {
+        while (sp > p && sp[-1] != ' ')
+            sp--; /* the value follows the last space */
+        int shared = p[0] != '#' && q < next && sp > p &&
+                     has_series(own, own_end, p, (size_t)(sp - 1 - p));
+        if (!shared) {
             put(b, p, (size_t)(next - p));
         } else if (*q == '{') {
             put(b, p, (size_t)(q + 1 - p));
@@ -417,7 +439,7 @@ char *sl_elink_merge_metrics(const char *own, size_t own_len, const char *engine
         put(&b, mine[i].start, (size_t)(mine[i].end - mine[i].start));
         for (int k = 0; k < ntheirs; k++) {
             if (!used[k] && strcmp(theirs[k].name, mine[i].name) == 0) {
-                put_labelled(&b, theirs[k].samples, theirs[k].end);
+                put_labelled(&b, theirs[k].samples, theirs[k].end, mine[i].samples, mine[i].end);
                 used[k] = 1;
             }
         }

@@ -81,9 +81,11 @@ int sl_elink_read(const sl_elink_t *l, char **steps, char **metrics, size_t *met
 /**
  * Merges the engine's Prometheus text into this process's: families only the
  * engine has are appended as they are; the engine's samples of a family both
- * have are put inside this process's family with the label role="engine", so
- * no family is declared twice and no series is duplicated. own and engine
- * are borrowed; returns owned (free()), length in *len, or NULL on no memory.
+ * have go inside this process's family, and those of a series both have
+ * (same name and labels: the Postgres pool gauges, say) get the label
+ * role="engine", so no family is declared twice and no series repeats, while
+ * a series only the engine has keeps its labels. own and engine are
+ * borrowed; returns owned (free()), length in *len, or NULL on no memory.
  */
 char *sl_elink_merge_metrics(const char *own, size_t own_len, const char *engine,
                              size_t engine_len, size_t *len);

@@ -28,12 +28,20 @@ static void test_merge(void)
     CHECK_STREQ(got, want);
     CHECK_EQ(len, strlen(want));
     free(got);
-    /* a shared histogram: every engine line labelled, before its other labels */
-    const char *own2 = "# HELP h Hist\n# TYPE h histogram\nh_bucket{le=\"1\"} 0\n";
+    /* a shared histogram: colliding lines labelled, before their other labels */
+    const char *own2 = "# HELP h Hist\n# TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_count 0\n";
     const char *eng2 = "# HELP h Hist\n# TYPE h histogram\nh_bucket{le=\"1\"} 5\nh_count 5\n";
     got = sl_elink_merge_metrics(own2, strlen(own2), eng2, strlen(eng2), &len);
-    CHECK_STREQ(got, "# HELP h Hist\n# TYPE h histogram\nh_bucket{le=\"1\"} 0\n"
+    CHECK_STREQ(got, "# HELP h Hist\n# TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_count 0\n"
                      "h_bucket{role=\"engine\",le=\"1\"} 5\nh_count{role=\"engine\"} 5\n");
+    free(got);
+    /* a shared family, series only the engine has: kept as they are */
+    const char *own3 = "# HELP d D\n# TYPE d counter\nd{limit=\"reads\"} 7\n";
+    const char *eng3 = "# HELP d D\n# TYPE d counter\nd{limit=\"service_tika\"} 3\n"
+                       "d{limit=\"reads\"} 1\n";
+    got = sl_elink_merge_metrics(own3, strlen(own3), eng3, strlen(eng3), &len);
+    CHECK_STREQ(got, "# HELP d D\n# TYPE d counter\nd{limit=\"reads\"} 7\n"
+                     "d{limit=\"service_tika\"} 3\nd{role=\"engine\",limit=\"reads\"} 1\n");
     free(got);
     /* nothing from the engine: our text unchanged */
     got = sl_elink_merge_metrics(own, strlen(own), "", 0, &len);

@@ -227,12 +227,15 @@ def test_delete_cancels_the_run_in_the_engine(start_server, tmp_path):
     t = srv.create_tenant("del")
     ds = t.create_dataset()["id"]
     fid = upload_text(t, ds)
+    # Wait until the step sleeps (its step_started committed): a DELETE racing
+    # the run's own commit can deadlock in Postgres (a 500; reported apart).
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        runs = t.get("/v1/files/%s" % fid).json()["runs"]
-        if runs and runs[0]["state"] == "running":
+        evs = t.get("/v1/files/%s/events" % fid).json()["events"]
+        if any(e["kind"] == "step_started" for e in evs):
             break
         time.sleep(0.1)
+    time.sleep(0.3)
     assert t.delete("/v1/files/%s" % fid).status_code == 204
     # The message reaches the engine, whose actor of that file stops at once
     # (not after its 30 s sleep, not at a lease's end).

@@ -6,17 +6,25 @@
  *   sluice upload --dataset ID ... upload files and follow them (cli/upload.h)
  *   sluice --version | --help
  *
- * One event loop per process. With `workers: N` the parent forks N serving
- * children that share the listening port through SO_REUSEPORT (the same way N
- * machines scale) and restarts none of them: a supervisor is the operator's.
+ * One event loop per process, and each process has a role (core/supervise.h,
+ * docs/internals/engine.md). With `engine: {process: separate}` (the default)
+ * the first process is a small supervisor: it forks one engine process (the
+ * scheduler, run actors, flow VM: no listener) and `workers` HTTP processes
+ * (the API, SSE, /metrics: no Lua), restarts the engine when it dies and
+ * stops everything on SIGTERM. The HTTP processes talk to the engine by
+ * messages (core/engine_link.h). With `process: inline` each process is both,
+ * as before: `workers: N` forks N of them and restarts none.
+ * Both roles call serve() with their role; it builds what the role needs.
  * Start-up never waits for Postgres: migrations run on the worker pool and are
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
 #include "api/api.h"
 #include "cli/upload.h"
 #include "core/crypto.h"
+#include "core/engine_link.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/supervise.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -34,6 +42,7 @@
 
 #define SLUICE_VERSION "0.1.0"
 #define DRAIN_TIMEOUT_S 10
+#define SNAPSHOT_MS 250 /* the engine's heartbeat and metrics snapshot */
 
 static sl_app_t g_app;
 static char g_instance[128];
@@ -292,6 +301,95 @@ static int start_migrations(sl_app_t *app)
     return 0;
 }
 
+/* ---- the engine process: messages in, snapshots out (docs/internals/engine.md) ---- */
+
+static struct event *g_snapshot;
+static pid_t g_supervisor;
+static int g_stopping; /* a stop signal came: the scheduler (whose gauges render) is gone */
+
+/* {"pipeline": ["step", ...]} of the loaded flows: what /v1/pipelines shows. Owned. */
+static char *steps_json(const sl_app_t *app)
+{
+    json_t *all = json_object();
+    for (int i = 0; all && i < app->npipelines; i++) {
+        json_t *steps = json_array();
+        for (int k = 0; steps && k < app->pipelines[i].nsteps; k++)
+            json_array_append_new(steps, json_string(app->pipelines[i].steps[k]));
+        json_object_set_new(all, app->pipelines[i].name, steps ? steps : json_null());
+    }
+    char *text = all ? json_dumps(all, JSON_COMPACT) : NULL;
+    json_decref(all);
+    return text;
+}
+
+/* Heartbeat, steps and metrics into the shared page the HTTP processes read. */
+static void publish_snapshot(sl_app_t *app)
+{
+    size_t len = 0;
+    char *metrics = sl_metrics_render(&len);
+    char *steps = steps_json(app);
+    sl_elink_publish(app->link, steps ? steps : "{}", metrics ? metrics : "", metrics ? len : 0);
+    free(metrics);
+    free(steps);
+}
+
+static void snapshot_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_app_t *app = arg;
+    (void)fd;
+    (void)what;
+    if (g_stopping)
+        return; /* the page keeps the last snapshot; the heartbeat ages: "stalled" while draining */
+    /* PR_SET_PDEATHSIG is the first line; this is the second. */
+    if (getppid() != g_supervisor) {
+        sl_log(SL_LOG_ERROR, "supervisor_gone", NULL);
+        raise(SIGTERM);
+    }
+    publish_snapshot(app);
+    struct timeval tv = {0, SNAPSHOT_MS * 1000};
+    evtimer_add(g_snapshot, &tv);
+}
+
+/* A message from an HTTP process: "metrics" is ours, the rest the scheduler's. */
+static void engine_message_cb(const char *msg, void *arg)
+{
+    sl_app_t *app = arg;
+    if (strcmp(msg, "metrics") == 0) {
+        struct timeval now = {0, 0};
+        if (g_stopping)
+            return;
+        evtimer_add(g_snapshot, &now); /* coalesces: one render for a burst */
+    } else if (app->sched) {
+        sl_sched_message(app->sched, msg);
+    }
+}
+
+/* Engine: a status event its pubsub could not send to Redis goes to the HTTP processes. */
+static void forward_event_cb(const char *channel, const char *msg, size_t len, void *arg)
+{
+    sl_elink_forward_event(arg, channel, msg, len);
+}
+
+/* HTTP: such an event, for this process's SSE clients only. */
+static void deliver_event_cb(const char *channel, const char *msg, size_t len, void *arg)
+{
+    sl_app_t *app = arg;
+    sl_pubsub_deliver_local(app->pubsub, channel, msg, len);
+}
+
+/* Listens for messages and publishes the first snapshot (which makes the engine "ready"). */
+static int start_engine_link(sl_app_t *app)
+{
+    int err;
+    g_supervisor = getppid();
+    if ((err = sl_elink_listen(app->link, app->base, engine_message_cb, app)) != 0)
+        return err;
+    if (!(g_snapshot = evtimer_new(app->base, snapshot_cb, app)))
+        return SL_ENOMEM;
+    snapshot_cb(-1, 0, app);
+    return 0;
+}
+
 /* ---- flows: load at start, reload on SIGHUP ---- */
 
 /*
@@ -333,6 +431,8 @@ static int load_flows(sl_app_t *app, int reload)
         sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}",
                "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps", p->nsteps);
     }
+    if (app->link)
+        publish_snapshot(app); /* the HTTP processes show the new steps */
 out:
     for (int i = 0; i < app->npipelines; i++)
         if (flows[i])
@@ -381,23 +481,35 @@ static double gauge_workq(void *arg)
     return (double)sl_workq_pending(((sl_app_t *)arg)->wq);
 }
 
+static double gauge_engine_up(void *arg)
+{
+    return strcmp(sl_api_engine_state(arg), "down") != 0;
+}
+
 static void register_metrics(sl_app_t *app)
 {
     static const double latency[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25,  0.5,   1,    2.5,   5,    10};
-    app->m_requests = sl_metrics_counter("sluice_http_requests_total",
-                                         "HTTP requests by route and status", "route,status");
-    app->m_latency = sl_metrics_histogram("sluice_http_request_duration_seconds",
-                                          "HTTP request latency by route", "route", latency,
-                                          (int)(sizeof latency / sizeof latency[0]));
-    app->m_upload_bytes =
-        sl_metrics_counter("sluice_upload_bytes_total", "Request body bytes of uploads", NULL);
-    app->m_upload_files =
-        sl_metrics_counter("sluice_upload_files_total", "Files stored by uploads", NULL);
-    sl_metrics_gauge_fn("sluice_http_open_connections", "Open HTTP connections",
-                        gauge_connections, app);
-    sl_metrics_gauge_fn("sluice_uploads_in_progress", "Uploads being received", gauge_uploads,
-                        app);
+    if (app->role != SL_ROLE_ENGINE) {
+        app->m_requests = sl_metrics_counter("sluice_http_requests_total",
+                                             "HTTP requests by route and status", "route,status");
+        app->m_latency = sl_metrics_histogram("sluice_http_request_duration_seconds",
+                                              "HTTP request latency by route", "route", latency,
+                                              (int)(sizeof latency / sizeof latency[0]));
+        app->m_upload_bytes =
+            sl_metrics_counter("sluice_upload_bytes_total", "Request body bytes of uploads", NULL);
+        app->m_upload_files =
+            sl_metrics_counter("sluice_upload_files_total", "Files stored by uploads", NULL);
+        sl_metrics_gauge_fn("sluice_http_open_connections", "Open HTTP connections",
+                            gauge_connections, app);
+        sl_metrics_gauge_fn("sluice_uploads_in_progress", "Uploads being received",
+                            gauge_uploads, app);
+    }
+    if (app->role == SL_ROLE_HTTP)
+        sl_metrics_gauge_fn("sluice_engine_up",
+                            "1 while this instance's engine process runs (0: down or restarting)",
+                            gauge_engine_up, app);
+    /* Both roles: the engine's samples get role="engine" (docs/internals/engine.md). */
     sl_metrics_gauge_fn("sluice_pg_connections_up", "Postgres pool connections up", gauge_pg_up,
                         app);
     sl_metrics_gauge_fn("sluice_pg_connections_busy", "Postgres pool connections running a batch",
@@ -421,7 +533,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     sl_pg_stats(app->pg, &total, &up, &busy, &queued);
-    if ((app->active_uploads == 0 && busy == 0 && queued == 0 && sl_workq_pending(app->wq) == 0) ||
+    if ((app->active_uploads == 0 && app->metrics_waits == 0 && busy == 0 && queued == 0 &&
+         sl_workq_pending(app->wq) == 0) ||
         ++g_drain_ticks >= DRAIN_TIMEOUT_S * 20)
         event_base_loopbreak(app->base);
 }
@@ -437,13 +550,17 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     sl_app_t *app = arg;
     (void)what;
+    /*
+     * The events stay registered, so a second signal (the supervisor forwards
+     * what the process group may get too) lands here, not in SIG_DFL.
+     */
+    if (g_stopping++)
+        return;
     sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
     if (app->http) {
         sl_http_server_free(app->http); /* stop accepting; in-flight requests finish */
         app->http = NULL;
     }
-    event_del(g_sigterm);
-    event_del(g_sigint);
     if (app->pubsub)
         sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams, which never end by themselves */
     if (app->sched) {
@@ -462,9 +579,115 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
         event_base_loopbreak(app->base);
 }
 
-/* ---- serving ---- */
+/* ---- serving: what each role builds ---- */
 
-static int serve(sl_config_t *cfg)
+/* The engine: curl, the flow VM, the scheduler, the flows (and, apart, its link). */
+static int start_engine(sl_app_t *app)
+{
+    const sl_config_t *cfg = app->cfg;
+    int err;
+    /*
+     * Scratch space for runs, absolute: steps run their tools with the run's
+     * scratch dir as working directory, so relative paths would break.
+     */
+    static char tmp_root[600];
+    char cwd[512];
+    if ((err = sl_curl_new(app->base, &app->curl)) != 0)
+        return err;
+    if (!getcwd(cwd, sizeof cwd))
+        return SL_EIO;
+    snprintf(tmp_root, sizeof tmp_root, "%s/var", cwd);
+    mkdir(tmp_root, 0755);
+    snprintf(tmp_root, sizeof tmp_root, "%s/var/tmp", cwd);
+    if (mkdir(tmp_root, 0700) != 0 && errno != EEXIST) {
+        sl_log(SL_LOG_ERROR, "tmp_dir_failed", "{s:s}", "path", tmp_root);
+        return SL_EIO;
+    }
+    sl_flow_host_t host = {0};
+    host.base = app->base;
+    host.curl = app->curl;
+    host.store = app->store;
+    host.pg = app->pg;
+    host.wq = app->wq;
+    host.cfg = cfg;
+    host.lib_dir = "lua-flows/lib";
+    host.tmp_root = tmp_root;
+    char msg[512];
+    if ((err = sl_flowvm_new(&host, &app->vm, msg, sizeof msg)) != 0) {
+        sl_log(SL_LOG_ERROR, "flowvm_failed", "{s:s}", "error", msg);
+        return err;
+    }
+    sl_sched_opts_t so = {0};
+    so.base = app->base;
+    so.pg = app->pg;
+    so.store = app->store;
+    so.vm = app->vm;
+    so.pubsub = app->pubsub;
+    so.instance_id = app->instance_id;
+    so.tmp_root = tmp_root;
+    so.max_in_flight = cfg->max_runs_in_flight;
+    so.max_in_flight_per_tenant = cfg->max_runs_per_tenant;
+    json_t *weights = json_object();
+    for (int i = 0; weights && i < cfg->nweights; i++)
+        json_object_set_new(weights, cfg->weights[i].tenant, json_integer(cfg->weights[i].weight));
+    char *weights_txt = weights ? json_dumps(weights, JSON_COMPACT) : NULL;
+    json_decref(weights);
+    so.weights_json = weights_txt; /* copied by the scheduler */
+    err = sl_sched_new(&so, &app->sched);
+    free(weights_txt);
+    if (err)
+        return err;
+    if ((err = load_flows(app, 0)) != 0)
+        return err;
+    return app->role == SL_ROLE_ENGINE ? start_engine_link(app) : 0;
+}
+
+/* HTTP: the router with every route, and the listener. */
+static int start_http(sl_app_t *app)
+{
+    const sl_config_t *cfg = app->cfg;
+    int err;
+    app->router = sl_http_router_new();
+    if (!app->router)
+        return SL_ENOMEM;
+    sl_api_register_ops(app);
+    sl_api_register_tenants(app);
+    sl_api_register_datasets(app);
+    sl_api_register_upload(app);
+    sl_api_register_files(app);
+    sl_api_register_records(app);
+    sl_api_register_artifacts(app);
+    sl_api_register_events(app);
+
+    sl_http_limits_t limits;
+    sl_http_limits_default(&limits);
+    limits.max_header_bytes = cfg->max_header_bytes;
+    limits.max_connections = (size_t)cfg->max_connections;
+    limits.max_connections_per_ip = (size_t)cfg->max_connections_per_ip;
+    limits.header_timeout_ms = cfg->header_timeout_ms;
+    limits.idle_timeout_ms = cfg->idle_timeout_ms;
+    limits.body_timeout_ms = cfg->body_timeout_ms;
+    /* Enforced on the bytes as they arrive, chunked bodies included; the
+     * upload route also refuses a declared Content-Length over it at once. */
+    limits.max_body_bytes = cfg->max_request_bytes > 0 ? (uint64_t)cfg->max_request_bytes : 0;
+    if ((err = sl_http_server_new(app->base, cfg->listen, &limits, dispatch_cb, app,
+                                  &app->http)) != 0) {
+        sl_log(SL_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", cfg->listen, "error",
+               sl_strerror(err));
+        return err;
+    }
+    sl_http_server_on_finish(app->http, finish_cb, app);
+    return 0;
+}
+
+/*
+ * Runs one process of the given role until it is stopped (SIGTERM/SIGINT).
+ * What every role needs comes first (worker pool, storage, Postgres, Redis,
+ * limiter, pubsub, pipelines, migrations); then the engine's pieces unless
+ * the role is HTTP, and the listener unless it is the engine. `link` is
+ * borrowed (NULL inline).
+ */
+static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
 {
     sl_app_t *app = &g_app;
     int err;
@@ -480,6 +703,8 @@ static int serve(sl_config_t *cfg)
 
     memset(app, 0, sizeof *app);
     app->cfg = cfg;
+    app->role = role;
+    app->link = role == SL_ROLE_INLINE ? NULL : link;
     app->instance_id = g_instance;
     app->base = event_base_new();
     if (!app->base)
@@ -511,112 +736,44 @@ static int serve(sl_config_t *cfg)
     /* Service holds set by other instances arrive at once (docs/internals/ratelimit.md). */
     if (cfg->redis_url && (err = sl_ratelimit_listen(app->ratelimit, cfg->redis_url)) != 0)
         goto out;
-    /* Status events: local fan-out, bridged through Redis when it is configured. */
-    if ((err = sl_pubsub_new(app->base, app->redis, cfg->redis_url, g_instance, &app->pubsub)) != 0)
+    /*
+     * Status events: local fan-out, bridged through Redis when it is configured.
+     * The engine only publishes (its SSE readers are in the HTTP processes).
+     */
+    if ((err = sl_pubsub_new(app->base, app->redis,
+                             role == SL_ROLE_ENGINE ? NULL : cfg->redis_url, g_instance,
+                             &app->pubsub)) != 0)
+        goto out;
+    /* Run events that could not go through Redis reach this instance's SSE clients anyway. */
+    if (role == SL_ROLE_ENGINE)
+        sl_pubsub_set_forward(app->pubsub, forward_event_cb, link);
+    if (role == SL_ROLE_HTTP &&
+        (err = sl_elink_listen_events(link, app->base, deliver_event_cb, app)) != 0)
         goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
-    if ((err = sl_curl_new(app->base, &app->curl)) != 0)
-        goto out;
-    /*
-     * Scratch space for runs, absolute: steps run their tools with the run's
-     * scratch dir as working directory, so relative paths would break.
-     */
-    static char tmp_root[600];
-    char cwd[512];
-    if (!getcwd(cwd, sizeof cwd)) {
-        err = SL_EIO;
-        goto out;
-    }
-    snprintf(tmp_root, sizeof tmp_root, "%s/var", cwd);
-    mkdir(tmp_root, 0755);
-    snprintf(tmp_root, sizeof tmp_root, "%s/var/tmp", cwd);
-    if (mkdir(tmp_root, 0700) != 0 && errno != EEXIST) {
-        sl_log(SL_LOG_ERROR, "tmp_dir_failed", "{s:s}", "path", tmp_root);
-        err = SL_EIO;
-        goto out;
-    }
-    sl_flow_host_t host = {0};
-    host.base = app->base;
-    host.curl = app->curl;
-    host.store = app->store;
-    host.pg = app->pg;
-    host.wq = app->wq;
-    host.cfg = cfg;
-    host.lib_dir = "lua-flows/lib";
-    host.tmp_root = tmp_root;
-    char msg[512];
-    if ((err = sl_flowvm_new(&host, &app->vm, msg, sizeof msg)) != 0) {
-        sl_log(SL_LOG_ERROR, "flowvm_failed", "{s:s}", "error", msg);
-        goto out;
-    }
-    sl_sched_opts_t so = {0};
-    so.base = app->base;
-    so.pg = app->pg;
-    so.store = app->store;
-    so.vm = app->vm;
-    so.pubsub = app->pubsub;
-    so.instance_id = g_instance;
-    so.tmp_root = tmp_root;
-    so.max_in_flight = cfg->max_runs_in_flight;
-    so.max_in_flight_per_tenant = cfg->max_runs_per_tenant;
-    json_t *weights = json_object();
-    for (int i = 0; weights && i < cfg->nweights; i++)
-        json_object_set_new(weights, cfg->weights[i].tenant, json_integer(cfg->weights[i].weight));
-    char *weights_txt = weights ? json_dumps(weights, JSON_COMPACT) : NULL;
-    json_decref(weights);
-    so.weights_json = weights_txt; /* copied by the scheduler */
-    err = sl_sched_new(&so, &app->sched);
-    free(weights_txt);
-    if (err)
-        goto out;
-    if ((err = load_flows(app, 0)) != 0)
+    if (role != SL_ROLE_HTTP && (err = start_engine(app)) != 0)
         goto out;
     if ((err = start_migrations(app)) != 0)
         goto out;
-
-    app->router = sl_http_router_new();
-    if (!app->router) {
-        err = SL_ENOMEM;
+    if (role != SL_ROLE_ENGINE && (err = start_http(app)) != 0)
         goto out;
-    }
-    sl_api_register_ops(app);
-    sl_api_register_tenants(app);
-    sl_api_register_datasets(app);
-    sl_api_register_upload(app);
-    sl_api_register_files(app);
-    sl_api_register_records(app);
-    sl_api_register_artifacts(app);
-    sl_api_register_events(app);
-
-    sl_http_limits_t limits;
-    sl_http_limits_default(&limits);
-    limits.max_header_bytes = cfg->max_header_bytes;
-    limits.max_connections = (size_t)cfg->max_connections;
-    limits.max_connections_per_ip = (size_t)cfg->max_connections_per_ip;
-    limits.header_timeout_ms = cfg->header_timeout_ms;
-    limits.idle_timeout_ms = cfg->idle_timeout_ms;
-    limits.body_timeout_ms = cfg->body_timeout_ms;
-    /* Enforced on the bytes as they arrive, chunked bodies included; the
-     * upload route also refuses a declared Content-Length over it at once. */
-    limits.max_body_bytes = cfg->max_request_bytes > 0 ? (uint64_t)cfg->max_request_bytes : 0;
-    if ((err = sl_http_server_new(app->base, cfg->listen, &limits, dispatch_cb, app,
-                                  &app->http)) != 0) {
-        sl_log(SL_LOG_ERROR, "listen_failed", "{s:s, s:s}", "listen", cfg->listen, "error",
-               sl_strerror(err));
-        goto out;
-    }
-    sl_http_server_on_finish(app->http, finish_cb, app);
 
     g_sigterm = evsignal_new(app->base, SIGTERM, stop_cb, app);
     g_sigint = evsignal_new(app->base, SIGINT, stop_cb, app);
-    g_sighup = evsignal_new(app->base, SIGHUP, sighup_cb, app);
     event_add(g_sigterm, NULL);
     event_add(g_sigint, NULL);
-    event_add(g_sighup, NULL);
+    if (role != SL_ROLE_HTTP) { /* an HTTP process ignores SIGHUP: reload is the engine's */
+        g_sighup = evsignal_new(app->base, SIGHUP, sighup_cb, app);
+        event_add(g_sighup, NULL);
+    }
 
-    sl_log(SL_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s}", "listen", cfg->listen, "port",
-           sl_http_server_port(app->http), "instance", g_instance, "version", SLUICE_VERSION);
+    if (app->http)
+        sl_log(SL_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s}", "listen", cfg->listen, "port",
+               sl_http_server_port(app->http), "instance", g_instance, "version", SLUICE_VERSION);
+    else
+        sl_log(SL_LOG_INFO, "engine_running", "{s:s, s:s}", "instance", g_instance, "version",
+               SLUICE_VERSION);
     event_base_dispatch(app->base);
     err = 0;
 
@@ -631,6 +788,10 @@ out:
         event_free(g_drain);
     if (g_sighup)
         event_free(g_sighup);
+    if (g_snapshot)
+        event_free(g_snapshot);
+    if (app->link)
+        sl_elink_unlisten(app->link); /* its event is on app->base */
     if (app->sched)
         sl_sched_free(app->sched);
     if (app->vm)
@@ -680,6 +841,27 @@ static int fork_workers(int n, int *status)
             worst = 1;
     *status = worst;
     return 0;
+}
+
+/*
+ * engine.process: separate. The supervisor returns here in each child it
+ * forks (engine or HTTP), which serves its role; in itself once all are gone.
+ */
+static int run_separate(sl_config_t *cfg)
+{
+    sl_elink_t *link = NULL;
+    int role, status = 0, rc;
+    if (sl_elink_new(cfg->workers, &link) != 0) {
+        fprintf(stderr, "sluice: cannot create the engine link\n");
+        return 1;
+    }
+    sl_sup_opts_t so = {.nhttp = cfg->workers, .link = link};
+    if (sl_supervise(&so, &role, &status))
+        rc = serve(cfg, role, link) ? 1 : 0;
+    else
+        rc = status;
+    sl_elink_free(link);
+    return rc;
 }
 
 static void usage(FILE *f)
@@ -747,16 +929,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice: migrate: %s\n", errbuf);
         else
             printf("sluice: schema up to date (%d migrations)\n", sl_pg_nmigrations);
-    } else if (cfg->workers > 1) {
-        int status = 0;
-        if (fork_workers(cfg->workers, &status)) {
-            rc = serve(cfg);
-            sl_config_free(cfg);
-            return rc ? 1 : 0;
-        }
-        rc = status;
+    } else if (strcmp(cfg->engine_process, "separate") == 0) {
+        rc = run_separate(cfg);
     } else {
-        rc = serve(cfg);
+        sl_log_set_role("inline");
+        int status = 0;
+        if (cfg->workers > 1 && !fork_workers(cfg->workers, &status))
+            rc = status;
+        else
+            rc = serve(cfg, SL_ROLE_INLINE, NULL);
     }
     sl_config_free(cfg);
     return rc ? 1 : 0;

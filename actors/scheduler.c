@@ -418,14 +418,37 @@ void sl_sched__remove(sl_sched_t *s, sl_run_t *r)
         sl_sched_kick(s);
 }
 
-void sl_sched_cancel_file(sl_sched_t *s, const char *file_id)
+int sl_sched_cancel_file(sl_sched_t *s, const char *file_id)
 {
+    int n_cancelled = 0;
     if (!s)
-        return;
+        return 0;
     /* collect first: cancelling does not remove synchronously, but be safe */
-    for (run_node_t *n = s->runs; n; n = n->next)
-        if (strcmp(sl_run__file_id(n->run), file_id) == 0)
+    for (run_node_t *n = s->runs; n; n = n->next) {
+        if (strcmp(sl_run__file_id(n->run), file_id) == 0) {
             sl_run__cancel(n->run);
+            n_cancelled++;
+        }
+    }
+    return n_cancelled;
+}
+
+int sl_sched_message(sl_sched_t *s, const char *msg)
+{
+    if (strcmp(msg, "kick") == 0) {
+        sl_sched_kick(s);
+        return 0;
+    }
+    /* A file id is a UUID: 36 characters of hex digits and dashes. */
+    if (strncmp(msg, "cancel ", 7) == 0 && strlen(msg + 7) == 36 &&
+        strspn(msg + 7, "0123456789abcdefABCDEF-") == 36) {
+        int n = sl_sched_cancel_file(s, msg + 7);
+        sl_log(SL_LOG_INFO, "file_actors_cancelled", "{s:s, s:i}", "file_id", msg + 7, "actors",
+               n);
+        return 0;
+    }
+    sl_log(SL_LOG_WARN, "engine_message_unknown", "{s:s}", "message", msg);
+    return SL_EINVAL;
 }
 
 int sl_sched_in_flight(const sl_sched_t *s)

@@ -52,8 +52,15 @@ void sl_sched_start(sl_sched_t *s);
 /** Wakes the claimer now (after an upload queued runs). */
 void sl_sched_kick(sl_sched_t *s);
 
-/** Cancels this instance's actors of a file (its rows were deleted). */
-void sl_sched_cancel_file(sl_sched_t *s, const char *file_id);
+/** Cancels this instance's actors of a file (its rows were deleted). Returns how many. */
+int sl_sched_cancel_file(sl_sched_t *s, const char *file_id);
+
+/**
+ * Handles one message from the HTTP processes (docs/internals/engine.md):
+ * "kick" is sl_sched_kick, "cancel <file id>" is sl_sched_cancel_file.
+ * msg is borrowed. 0, or SL_EINVAL for anything else (logged, ignored).
+ */
+int sl_sched_message(sl_sched_t *s, const char *msg);
 
 /** The pubsub runs publish their committed transitions on (borrowed; may be NULL). */
 sl_pubsub_t *sl_sched_pubsub(const sl_sched_t *s);

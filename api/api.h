@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "core/config.h"
+#include "core/engine_link.h"
 #include "core/http.h"
 #include "core/metrics.h"
 #include "core/ratelimit.h"
@@ -48,11 +49,15 @@ typedef struct sl_app_s {
     sl_pubsub_t *pubsub;       /* owned by main; status events (local fan-out + Redis) */
     sl_curl_t *curl;           /* owned by main */
     sl_flowvm_t *vm;           /* owned by main */
-    sl_sched_t *sched;         /* owned by main; NULL until flows are loaded */
+    sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
+                                  NULL in an HTTP process (the engine runs apart) */
+    sl_elink_t *link;          /* owned by main; the engine process's link, NULL inline */
+    int role;                  /* SL_ROLE_* of core/supervise.h */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;
     sl_pipeline_def_t pipelines[SL_CONFIG_MAX_PIPELINES];
     int active_uploads;        /* uploads in progress in this process */
+    int metrics_waits;         /* GET /metrics waiting for the engine's snapshot (<= 200 ms) */
     int redis_up;              /* 1 while the Redis connection is up (for /readyz) */
     int schema_ready;          /* migrations applied and settings loaded; /v1 answers 503 before */
     const char *instance_id;   /* this process's id (lease owner, logs) */
@@ -181,6 +186,31 @@ int sl_api_mime_match(const char *pattern, const char *mime);
 
 /** Fills app->pipelines from config (or the shipped defaults). */
 int sl_api_load_pipelines(sl_app_t *app);
+
+/* ---- the engine (docs/internals/engine.md) ---- */
+
+/**
+ * Asks the engine to claim now (after runs were queued): sl_sched_kick in an
+ * inline process, a "kick" message to the engine process otherwise. Never
+ * blocks; a lost message costs at most the engine's poll interval.
+ */
+void sl_api_engine_kick(sl_app_t *app);
+
+/** Stops this instance's actors of a file (borrowed; its rows were deleted). */
+void sl_api_engine_cancel_file(sl_app_t *app, const char *file_id);
+
+/**
+ * Copies the steps of each pipeline from the engine's last snapshot into
+ * app->pipelines (an HTTP process loads no flows). No-op inline.
+ */
+void sl_api_engine_refresh_steps(sl_app_t *app);
+
+/**
+ * The engine's state for /readyz: "ok", "down" (no engine process, or it has
+ * not loaded its flows yet) or "stalled" (no heartbeat for 2 s: a step is
+ * holding its loop). Returns a static string.
+ */
+const char *sl_api_engine_state(const sl_app_t *app);
 
 /* ---- route registration: one per route file ---- */
 void sl_api_register_tenants(sl_app_t *app);   /* POST /v1/admin/tenants */

@@ -738,3 +738,64 @@ size_t sl_api_utf8_chars(const char *s)
             n++;
     return n;
 }
+
+/* ---- the engine: direct calls inline, messages to the engine process otherwise ---- */
+
+void sl_api_engine_kick(sl_app_t *app)
+{
+    if (app->sched)
+        sl_sched_kick(app->sched);
+    else if (app->link && sl_elink_send(app->link, "kick") != 0)
+        sl_log(SL_LOG_DEBUG, "engine_message_dropped", "{s:s}", "message", "kick");
+}
+
+void sl_api_engine_cancel_file(sl_app_t *app, const char *file_id)
+{
+    char msg[SL_ELINK_MSG_MAX];
+    if (app->sched) {
+        sl_sched_cancel_file(app->sched, file_id);
+        return;
+    }
+    if (!app->link)
+        return;
+    snprintf(msg, sizeof msg, "cancel %s", file_id);
+    /* Dropped: the actors notice at their next commit that the file is gone. */
+    if (sl_elink_send(app->link, msg) != 0)
+        sl_log(SL_LOG_WARN, "engine_message_dropped", "{s:s, s:s}", "message", "cancel",
+               "file_id", file_id);
+}
+
+void sl_api_engine_refresh_steps(sl_app_t *app)
+{
+    char *text = NULL;
+    if (app->sched || !app->link || sl_elink_read(app->link, &text, NULL, NULL) != 0)
+        return;
+    json_t *all = json_loads(text, 0, NULL);
+    free(text);
+    for (int i = 0; json_is_object(all) && i < app->npipelines; i++) {
+        sl_pipeline_def_t *p = &app->pipelines[i];
+        json_t *steps = json_object_get(all, p->name), *v;
+        size_t k;
+        if (!json_is_array(steps))
+            continue;
+        p->nsteps = 0;
+        json_array_foreach(steps, k, v)
+        {
+            if (json_is_string(v) && p->nsteps < SL_MAX_STEPS)
+                snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s", json_string_value(v));
+        }
+    }
+    json_decref(all);
+}
+
+const char *sl_api_engine_state(const sl_app_t *app)
+{
+    int pid, ready;
+    double age;
+    if (!app->link)
+        return app->sched ? "ok" : "down";
+    sl_elink_engine_state(app->link, &pid, &age, &ready);
+    if (pid == 0 || !ready)
+        return "down";
+    return age > 2.0 ? "stalled" : "ok";
+}

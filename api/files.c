@@ -387,7 +387,7 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
     for (int i = 0; i < PQntuples(arts); i++)
         delete_blob(fr->app, PQgetvalue(arts, i, 0));
     /* Actors of this file on this instance stop now; elsewhere at their next commit. */
-    sl_sched_cancel_file(fr->app->sched, fr->id);
+    sl_api_engine_cancel_file(fr->app, fr->id);
     sl_http_respond(fr->req, 204, NULL, NULL, 0);
     free(fr);
 }
@@ -495,7 +495,7 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
     for (int i = 0; i < r->n - 1; i++)
         publish_rows(pr->app, "run", r->res[i]);
     sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
-    sl_sched_kick(pr->app->sched);
+    sl_api_engine_kick(pr->app);
     free(pr);
 }
 

@@ -2,10 +2,16 @@
  * ops.c — operational endpoints and the static web UI.
  *
  *   GET /healthz       -> 200 {"status":"ok"} while the process lives
- *   GET /readyz        -> {"postgres":"ok"|"down","redis":"ok"|"down"};
+ *   GET /readyz        -> {"postgres":"ok"|"down","redis":"ok"|"down",
+ *                          "engine":"ok"|"down"|"stalled"};
  *                         200, or 503 with Retry-After when Postgres is down
- *                         (or the schema is not migrated yet: "postgres":"down")
- *   GET /metrics       -> Prometheus text format 0.0.4
+ *                         (or the schema is not migrated yet: "postgres":"down").
+ *                         The engine's state is a field only: an HTTP process
+ *                         takes uploads while its engine restarts (runs wait
+ *                         in Postgres, and other instances claim them).
+ *   GET /metrics       -> Prometheus text format 0.0.4; in an HTTP process
+ *                         this process's families merged with the engine
+ *                         process's snapshot (docs/internals/engine.md)
  *   GET /v1/pipelines  -> {"pipelines":[{"name","match","steps"}]} (auth)
  *   GET /, /index.html, /ui/<file>, /ui/<dir>/<file> -> files under cfg->web_root
  *
@@ -53,8 +59,8 @@ static void ready_answer(sl_app_t *app, sl_http_req_t *req, int pg_ok)
     /* With the pubsub: both of its connections (publisher up, subscriber subscribed). */
     int redis_ok = app->pubsub ? sl_pubsub_redis_up(app->pubsub)
                                : app->redis_up || (app->redis != NULL && sl_redis_up(app->redis));
-    json_t *v = json_pack("{s:s, s:s}", "postgres", pg_ok ? "ok" : "down", "redis",
-                          redis_ok ? "ok" : "down");
+    json_t *v = json_pack("{s:s, s:s, s:s}", "postgres", pg_ok ? "ok" : "down", "redis",
+                          redis_ok ? "ok" : "down", "engine", sl_api_engine_state(app));
     if (!pg_ok)
         sl_http_resp_header(req, "Retry-After", "2");
     sl_api_json(req, pg_ok ? 200 : 503, v);
@@ -93,18 +99,89 @@ static void readyz(sl_http_req_t *req, const sl_http_params_t *params, void *arg
 
 /* ---- GET /metrics ---- */
 
-static void metrics(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+static void metrics_answer(sl_app_t *app, sl_http_req_t *req)
 {
     size_t len = 0;
     char *text = sl_metrics_render(&len);
-    (void)params;
-    (void)arg;
+    char *engine = NULL;
+    size_t elen = 0;
+    if (text != NULL && app->link != NULL &&
+        sl_elink_read(app->link, NULL, &engine, &elen) == 0) {
+        size_t mlen = 0;
+        char *merged = sl_elink_merge_metrics(text, len, engine, elen, &mlen);
+        free(text);
+        text = merged;
+        len = mlen;
+    }
+    free(engine);
     if (text == NULL) {
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
         return;
     }
     sl_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
     free(text);
+}
+
+/*
+ * In an HTTP process: ask the engine for a fresh snapshot and wait for it a
+ * little (METRICS_WAIT_MS at most, checking every METRICS_TICK_MS), so a
+ * counter read right after a run ended includes it. A stuck or absent engine
+ * only delays the answer by that much: its last snapshot is used.
+ */
+#define METRICS_TICK_MS 5
+#define METRICS_WAIT_MS 200
+
+typedef struct metrics_wait_s {
+    sl_app_t *app;
+    sl_http_req_t *req;
+    struct event *ev;
+    uint64_t gen;
+    int ticks;
+} metrics_wait_t;
+
+static void metrics_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    metrics_wait_t *w = arg;
+    (void)fd;
+    (void)what;
+    if (sl_elink_generation(w->app->link) == w->gen &&
+        ++w->ticks < METRICS_WAIT_MS / METRICS_TICK_MS) {
+        struct timeval tv = {0, METRICS_TICK_MS * 1000};
+        evtimer_add(w->ev, &tv);
+        return;
+    }
+    metrics_answer(w->app, w->req);
+    w->app->metrics_waits--;
+    event_free(w->ev);
+    free(w);
+}
+
+static void metrics(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    sl_app_t *app = arg;
+    metrics_wait_t *w;
+    int pid = 0;
+    (void)params;
+    if (app->link != NULL)
+        sl_elink_engine_state(app->link, &pid, NULL, NULL);
+    if (pid == 0 || (w = calloc(1, sizeof *w)) == NULL) {
+        metrics_answer(app, req);
+        return;
+    }
+    w->app = app;
+    w->req = req;
+    w->gen = sl_elink_generation(app->link);
+    struct timeval tv = {0, METRICS_TICK_MS * 1000};
+    if (sl_elink_send(app->link, "metrics") != 0 ||
+        (w->ev = evtimer_new(app->base, metrics_tick_cb, w)) == NULL ||
+        evtimer_add(w->ev, &tv) != 0) {
+        if (w->ev)
+            event_free(w->ev);
+        free(w);
+        metrics_answer(app, req);
+        return;
+    }
+    app->metrics_waits++; /* the drain at shutdown waits for it */
 }
 
 /* ---- GET /v1/pipelines ---- */
@@ -114,6 +191,7 @@ static void pipelines_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *ten
     json_t *list = json_array();
     (void)tenant_id;
     (void)arg;
+    sl_api_engine_refresh_steps(app); /* an HTTP process knows steps from the engine */
     for (int i = 0; list != NULL && i < app->npipelines; i++) {
         const sl_pipeline_def_t *p = &app->pipelines[i];
         json_t *match = json_array();

@@ -394,7 +394,7 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
         up->req = NULL;
         app->active_uploads--;
         sl_api_json_text(req, 202, body, strlen(body));
-        sl_sched_kick(app->sched); /* its runs are queued: claim them now */
+        sl_api_engine_kick(app); /* its runs are queued: claim them now */
         up->refs--; /* the request's reference; the batch's is released below */
     }
     upload_release(up);

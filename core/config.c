@@ -679,6 +679,21 @@ static int parse_weights(ctx_t *c, const field_t *f, void *base, struct fy_node 
     return 0;
 }
 
+static int check_engine_process(ctx_t *c, const field_t *f, void *base, struct fy_node *v,
+                                int line, const char *path, void *arg)
+{
+    const char *s = ((sl_config_t *)base)->engine_process;
+
+    if (strcmp(s, "separate") != 0 && strcmp(s, "inline") != 0)
+        return fail(c, node_line(v, line, 0), path, "must be separate or inline");
+    return 0;
+}
+
+/* engine: {process: separate | inline} (docs/internals/engine.md) */
+static const field_t engine_fields[] = {
+    FSTR(sl_config_t, "process", engine_process, check_engine_process),
+};
+
 static const field_t fairness_fields[] = {
     FHOOK("weights", parse_weights),
 };
@@ -986,6 +1001,7 @@ static const field_t root_fields[] = {
     FMAP("exec", exec_fields),
     FMAP("fairness", fairness_fields),
     FMAP("sse", sse_fields),
+    FMAP("engine", engine_fields),
     FHOOK("services", parse_services),
     FHOOK("pipelines", parse_pipelines),
     FHOOK("tenants", parse_tenants),
@@ -1051,8 +1067,10 @@ static int set_defaults(sl_config_t *cfg)
     cfg->storage_path = strdup("./var/blobs");
     cfg->log_level = strdup("info");
     cfg->web_root = strdup("web");
+    cfg->engine_process = strdup("separate");
     if (cfg->listen == NULL || cfg->storage_backend == NULL || cfg->storage_path == NULL ||
-        cfg->log_level == NULL || cfg->web_root == NULL || cfg->exec_user == NULL)
+        cfg->log_level == NULL || cfg->web_root == NULL || cfg->exec_user == NULL ||
+        cfg->engine_process == NULL)
         return SL_ENOMEM;
     return 0;
 }
@@ -1240,6 +1258,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->log_level);
     free(cfg->web_root);
     free(cfg->exec_user);
+    free(cfg->engine_process);
     for (int i = 0; i < cfg->nservices; i++) {
         sl_config_service_t *s = &cfg->services[i];
         free(s->name);

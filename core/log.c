@@ -26,6 +26,13 @@ static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 /* Written from the loop thread at start; read from any thread (an int load). */
 static int min_level = SL_LOG_INFO;
+/* Set once per process at start (after fork), before any thread logs. */
+static const char *log_role;
+
+void sl_log_set_role(const char *role)
+{
+    log_role = role;
+}
 
 int sl_log_set_level(const char *name)
 {
@@ -94,6 +101,8 @@ void sl_log(int level, const char *event, const char *fmt, ...)
     if (json_object_set_new(obj, "ts", json_string(ts)) < 0 ||
         json_object_set_new(obj, "level", json_string(level_names[level])) < 0 ||
         json_object_set_new(obj, "event", ev) < 0)
+        goto fail;
+    if (log_role != NULL && json_object_set_new(obj, "role", json_string(log_role)) < 0)
         goto fail;
 
     if (fmt != NULL) {

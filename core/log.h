@@ -14,6 +14,13 @@ enum { SL_LOG_DEBUG = 0, SL_LOG_INFO = 1, SL_LOG_WARN = 2, SL_LOG_ERROR = 3 };
 /** Sets the minimum level; "debug", "info", "warn" or "error". Returns SL_EINVAL otherwise. */
 int sl_log_set_level(const char *name);
 
+/**
+ * Adds "role": role to every later line ("http", "engine", "supervisor" or
+ * "inline"; docs/internals/engine.md). `role` is borrowed: a string literal.
+ * NULL: no role field. Call before any thread logs.
+ */
+void sl_log_set_role(const char *role);
+
 /** Returns 1 if level would be written. */
 int sl_log_enabled(int level);
 

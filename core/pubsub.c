@@ -84,6 +84,8 @@ struct sl_pubsub_s {
     int nsubs;
     uint64_t next_msg_id;
     sl_metric_t *m_messages; /* sluice_pubsub_messages_total{direction} */
+    sl_pubsub_forward_fn forward; /* messages that did not go to Redis */
+    void *forward_arg;
 };
 
 static unsigned hash_str(const char *s)
@@ -388,6 +390,8 @@ int sl_pubsub_publish(sl_pubsub_t *ps, const char *channel, const char *msg, siz
             free(env);
     }
     sl_metrics_add(ps->m_messages, 1, sent ? "out" : "local");
+    if (!sent && ps->forward)
+        ps->forward(channel, msg, len, ps->forward_arg);
     if (!local)
         return 0;
     if (sent && both_up(ps) && ps->npending < SL_PUBSUB_MAX_QUEUED) {
@@ -477,6 +481,24 @@ void sl_pubsub_set_publisher(sl_pubsub_t *ps, sl_redis_t *publisher)
 {
     if (ps)
         ps->pub = publisher;
+}
+
+void sl_pubsub_set_forward(sl_pubsub_t *ps, sl_pubsub_forward_fn fn, void *arg)
+{
+    ps->forward = fn;
+    ps->forward_arg = arg;
+}
+
+int sl_pubsub_deliver_local(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len)
+{
+    size_t cl = channel ? strlen(channel) : 0;
+    if (!ps || cl == 0 || cl >= SL_PUBSUB_MAX_CHANNEL || !msg)
+        return SL_EINVAL;
+    if (!chan_find(ps, channel))
+        return 0; /* nobody here listens */
+    if (ps->nqueued >= SL_PUBSUB_MAX_QUEUED)
+        return SL_EAGAIN;
+    return enqueue(ps, channel, msg, len);
 }
 
 int sl_pubsub_redis_up(const sl_pubsub_t *ps)

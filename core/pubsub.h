@@ -81,6 +81,22 @@ void sl_pubsub_unsubscribe(sl_pubsub_t *ps, sl_pubsub_sub_t *sub);
  */
 void sl_pubsub_set_publisher(sl_pubsub_t *ps, sl_redis_t *publisher);
 
+/**
+ * Called with every message this pubsub published that did not go to Redis
+ * (channel, msg: borrowed for the call). The engine process hands its run
+ * events to its instance's HTTP processes this way while Redis is down
+ * (docs/internals/engine.md). fn NULL removes it; `arg` borrowed.
+ */
+typedef void (*sl_pubsub_forward_fn)(const char *channel, const char *msg, size_t len, void *arg);
+void sl_pubsub_set_forward(sl_pubsub_t *ps, sl_pubsub_forward_fn fn, void *arg);
+
+/**
+ * Delivers msg (copied) to this process's subscribers of channel only, on a
+ * later loop turn, never to Redis: for messages forwarded by the engine.
+ * 0, SL_EINVAL, SL_EAGAIN (queue full: dropped) or SL_ENOMEM.
+ */
+int sl_pubsub_deliver_local(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len);
+
 /** 1 while Redis is up both ways (publisher up and the subscriber subscribed). */
 int sl_pubsub_redis_up(const sl_pubsub_t *ps);
 

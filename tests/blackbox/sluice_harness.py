@@ -85,8 +85,19 @@ def _log_tail(path, lines=60):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _stop_proc(proc, sig=signal.SIGTERM, timeout=15.0):
-    """Signal proc and reap it; SIGKILL after timeout. Returns the exit code."""
+def _killpg(pgid, sig=signal.SIGKILL):
+    """Signal a whole process group; quiet when it is gone already."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_proc(proc, sig=signal.SIGTERM, timeout=15.0, group=False):
+    """Signal proc and reap it; SIGKILL after timeout. Returns the exit code.
+    group: proc leads its own session (start_new_session): the SIGKILL goes
+    to its whole process group, and whatever of the group is left after proc
+    exited (children a killed sluice supervisor left behind) is killed too."""
     if proc is None:
         return None
     if proc.poll() is None:
@@ -97,8 +108,12 @@ def _stop_proc(proc, sig=signal.SIGTERM, timeout=15.0):
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            if group:
+                _killpg(proc.pid)
             proc.kill()
             proc.wait(timeout=10)
+    if group:
+        _killpg(proc.pid)
     return proc.returncode
 
 
@@ -532,13 +547,18 @@ class Server:
                                % (self.wait_path, self.start_timeout, code, _log_tail(self.log_path)))
 
     def stop(self, timeout=15.0):
-        """SIGTERM and wait (SIGKILL after timeout). Returns the exit code."""
-        rc = _stop_proc(self.proc, signal.SIGTERM, timeout=timeout)
+        """SIGTERM and wait (SIGKILL to the process group after timeout).
+        Returns the exit code. With the engine apart (the default) the
+        process is a supervisor: it forwards the signal to the engine and
+        HTTP processes and exits once they have."""
+        rc = _stop_proc(self.proc, signal.SIGTERM, timeout=timeout, group=True)
         return rc
 
     def kill(self):
-        """SIGKILL and reap."""
-        return _stop_proc(self.proc, signal.SIGKILL, timeout=10)
+        """SIGKILL to the whole process group (supervisor, engine, HTTP) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid)
+        return _stop_proc(self.proc, signal.SIGKILL, timeout=10, group=True)
 
     def restart(self, wait_path=None):
         """Stop (gracefully) and start again with the same config/db/port;
@@ -559,12 +579,58 @@ class Server:
 
     # -- introspection
 
+    def children(self):
+        """{pid: name} of the sluice process's children: "sluice-engine" and
+        "sluice-http" with the engine apart; {} inline with one worker."""
+        out = {}
+        if not self.alive:
+            return out
+        try:
+            kids = Path("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)).read_text()
+        except OSError:
+            return out
+        for k in kids.split():
+            try:
+                out[int(k)] = Path("/proc/%s/comm" % k).read_text().strip()
+            except OSError:
+                pass
+        return out
+
+    def engine_pid(self):
+        """The pid of the engine process now, or None (inline, or restarting)."""
+        for pid, name in self.children().items():
+            if name == "sluice-engine":
+                return pid
+        return None
+
+    def http_pids(self):
+        """The pids of the HTTP processes ([] inline with one worker)."""
+        return sorted(p for p, n in self.children().items() if n == "sluice-http")
+
+    def wait_engine(self, old_pid=None, timeout=30.0):
+        """Waits until an engine process other than old_pid runs and /readyz
+        says "engine": "ok"; returns its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.engine_pid()
+            if pid is not None and pid != old_pid:
+                try:
+                    r = requests.get(self.url + "/readyz", timeout=2)
+                    if r.json().get("engine") == "ok":
+                        return pid
+                except (requests.RequestException, ValueError):
+                    pass
+            time.sleep(0.05)
+        raise AssertionError("no engine process (other than %s) after %.0fs" % (old_pid, timeout))
+
     def _status_kib(self, field):
-        with open("/proc/%d/status" % self.proc.pid) as f:
+        # The HTTP process when there is one apart: it is what serves (and buffers).
+        pids = self.http_pids()
+        with open("/proc/%d/status" % (pids[0] if pids else self.proc.pid)) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise RuntimeError("%s not in /proc/%d/status" % (field, self.proc.pid))
+        raise RuntimeError("%s not in /proc/.../status" % field)
 
     def rss_kib(self):
         """Current resident set size (VmRSS) in KiB."""

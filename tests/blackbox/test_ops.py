@@ -45,7 +45,7 @@ def test_readyz_ok(server):
     r = requests.get(server.url + "/readyz", timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("application/json")
-    assert r.json() == {"postgres": "ok", "redis": "ok"}
+    assert r.json() == {"postgres": "ok", "redis": "ok", "engine": "ok"}
 
 
 @pytest.mark.timeout(120)

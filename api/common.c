@@ -11,6 +11,7 @@
  * heap context first: route params and header values are borrowed.
  */
 #include "api/api.h"
+#include "api/validate.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -230,7 +231,7 @@ typedef struct body_ctx_s {
 static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
 {
     body_ctx_t *ctx = arg;
-    json_error_t jerr;
+    sl_api_verr_t e;
     json_t *v = NULL;
 
     if (err == SL_ETOOBIG || err == SL_EPROTO)
@@ -239,15 +240,8 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
         finish_closed(req); /* client gone or stalled: nobody reads this */
         goto out;
     }
-    v = json_loadb(body, len, 0, &jerr);
-    if (v == NULL) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "invalid JSON: %s", jerr.text);
-        sl_http_respond_error(req, 400, "invalid_json", msg, -1);
-        goto out;
-    }
-    if (!json_is_object(v)) {
-        sl_http_respond_error(req, 400, "invalid_json", "body must be a JSON object", -1);
+    if (sl_api_json_object(body, len, &v, &e) != 0) {
+        sl_http_respond_error(req, e.status, e.code, e.msg, -1);
         goto out;
     }
     ctx->cb(ctx->h.app, req, v, ctx->h.arg);
@@ -609,18 +603,17 @@ void sl_api_idem_release(sl_app_t *app, const char *tenant_id, const char *key)
 /* ------------------------------------------------------------------------ */
 /* signed blob URLs                                                          */
 
-/* The signature is HMAC-SHA256(signing_key, "<artifact_id>\n<expires>"). */
+/* The signature is HMAC-SHA256(signing_key, "<artifact_id>\n<expires>")
+ * (api/validate.c). A key that fills its buffer is refused, never truncated. */
+static size_t signing_key_len(const sl_app_t *app)
+{
+    size_t klen = strnlen(app->signing_key, sizeof app->signing_key);
+    return klen >= sizeof app->signing_key ? 0 : klen;
+}
+
 static int blob_sig(const sl_app_t *app, const char *artifact_id, long long expires, char out[65])
 {
-    char msg[256];
-    size_t klen = strnlen(app->signing_key, sizeof app->signing_key);
-    if (klen == 0 || klen >= sizeof app->signing_key)
-        return SL_EINVAL;
-    int n = snprintf(msg, sizeof msg, "%s\n%lld", artifact_id, expires);
-    if (n < 0 || (size_t)n >= sizeof msg)
-        return SL_ETOOBIG;
-    sl_hmac_sha256_hex(app->signing_key, klen, msg, (size_t)n, out);
-    return 0;
+    return sl_api_blob_sig(app->signing_key, signing_key_len(app), artifact_id, expires, out);
 }
 
 int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_s, char *out,
@@ -647,18 +640,8 @@ int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_
 int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
                           const char *sig)
 {
-    char want[65];
-    char *end = NULL;
-
-    if (artifact_id == NULL || expires == NULL || sig == NULL ||
-        !isdigit((unsigned char)expires[0]))
-        return 0;
-    long long e = strtoll(expires, &end, 10);
-    if (end == NULL || *end != '\0' || e <= (long long)time(NULL))
-        return 0;
-    if (strlen(sig) != 64 || blob_sig(app, artifact_id, e, want) != 0)
-        return 0;
-    return sl_consttime_eq(want, sig, 64);
+    return sl_api_blob_sig_verify(app->signing_key, signing_key_len(app), artifact_id, expires,
+                                  sig, time(NULL));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -14,6 +14,7 @@
  */
 #include "api/api.h"
 #include "cli/upload.h"
+#include "core/fault.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -485,6 +486,7 @@ static int serve(sl_config_t *cfg)
     if (!app->base)
         return SL_ENOMEM;
     register_metrics(app);
+    sl_fault_init(); /* SL_FAULTS builds: logs the seed; otherwise nothing */
 
     if ((err = sl_workq_new(app->base, 4, &app->wq)) != 0)
         goto out;

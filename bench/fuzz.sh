@@ -11,7 +11,9 @@
 #   (replay: build-fuzz/fuzz_<name> build-fuzz/crashes/<name>/crash-...).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev;
 # scripts/install-deps installs them). Env: SL_FUZZ_JOBS (build -j, default 2),
-# SL_FUZZ_MAX_LEN (libFuzzer -max_len, default 4096).
+# SL_FUZZ_MAX_LEN (libFuzzer -max_len for every target; default per target,
+# below), ASAN_OPTIONS (default malloc_context_size=0: allocation stacks are
+# half the cost of an input; replay a crash without it for full reports).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -21,7 +23,20 @@ case "$SECS" in
     '' | *[!0-9]*) echo "usage: bench/fuzz.sh SECONDS [TARGET...]" >&2; exit 2 ;;
 esac
 shift
-MAX_LEN="${SL_FUZZ_MAX_LEN:-4096}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-malloc_context_size=0}"
+
+# The largest input worth trying per target: enough for every limit the
+# target's fuzz main sets (fuzz_http lowers the header limit to 512 bytes);
+# longer inputs only make each run slower.
+max_len_of() {
+    case "$1" in
+        auth) echo 256 ;;
+        blobsig) echo 512 ;;
+        http | multipart | sigv4) echo 1024 ;;
+        config | bodies) echo 2048 ;;
+        *) echo 4096 ;;
+    esac
+}
 
 CC_FUZZ="$(command -v clang || true)"
 [ -n "$CC_FUZZ" ] || { echo "fuzz: clang not found (scripts/install-deps)" >&2; exit 1; }
@@ -55,7 +70,7 @@ for t in "${targets[@]}"; do
     log="$RUN/$name.log"
     touch "$log.start"
     echo "fuzz: $t for ${SECS}s" >&2
-    "$BUILD/$t" -max_total_time="$SECS" -print_final_stats=1 -max_len="$MAX_LEN" -timeout=10 \
+    "$BUILD/$t" -max_total_time="$SECS" -print_final_stats=1 -max_len="${SL_FUZZ_MAX_LEN:-$(max_len_of "$name")}" -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="$crashes/" "$corpus" >"$log" 2>&1
     rc=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"

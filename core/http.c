@@ -229,7 +229,10 @@ static sl_http_req_t *req_new(conn_t *c)
     r->content_length = -1;
     r->resp_cl = -1;
     r->t_start = mono_now();
-    if (sl_random_bytes(rnd, sizeof rnd) == 0) {
+    if (c->in_mem) { /* sl_http__parse: no entropy (a syscall) per request */
+        fallback++;
+        snprintf(r->id, sizeof r->id, "%016lx", fallback);
+    } else if (sl_random_bytes(rnd, sizeof rnd) == 0) {
         sl_hex(rnd, sizeof rnd, r->id);
     } else {
         fallback++;

@@ -55,7 +55,7 @@ static void handler(sl_http_req_t *req, void *arg)
     (void)sl_http_req_query_param(req, "a", buf, sizeof buf);
     (void)sl_http_req_header(req, "Host");
     if (strncmp(path, "/b", 2) == 0) {
-        if (sl_http_req_read_body(req, 2048, body_cb, NULL) != 0)
+        if (sl_http_req_read_body(req, 128, body_cb, NULL) != 0)
             sl_http_respond_error(req, 500, "internal_error", "read_body", -1);
     } else if (strncmp(path, "/s", 2) == 0) {
         if (sl_http_req_stream_body(req, data_cb, end_cb, NULL) != 0)
@@ -73,8 +73,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static sl_http_limits_t l;
     if (l.max_header_bytes == 0) {
         sl_http_limits_default(&l);
-        l.max_header_bytes = 4096;
+        l.max_header_bytes = 512; /* small, so inputs of -max_len reach 431 */
         l.max_headers = 16;
+        l.max_body_bytes = 256; /* and the streamed body's 413 */
     }
     int n = sl_http__parse(&l, (const char *)data, size, handler, NULL);
     if (n < 0)

@@ -8,7 +8,8 @@
  * sl_sigv4_sign and sl_sigv4_presign must never crash or overflow, return
  * only documented codes, and on success produce well-formed output
  * (a 64-hex signature that appears in the Authorization line); on error no
- * header. Signing twice gives the same signature (no hidden state).
+ * header. Signing twice gives the same signature (no hidden state; checked
+ * on a quarter of the inputs).
  */
 #include "core/err.h"
 #include "core/sigv4.h"
@@ -73,8 +74,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < out.n_headers; i++)
             if (out.headers[i] == NULL || strpbrk(out.headers[i], "\r\n") != NULL)
                 __builtin_trap();
-        if (sl_sigv4_sign(c, method, url, headers, payload, now, flags, &out2) != 0 ||
-            strcmp(out.signature, out2.signature) != 0)
+        /* Determinism (no hidden state), on a quarter of the inputs: it doubles the cost. */
+        if ((size & 3) == 0 &&
+            (sl_sigv4_sign(c, method, url, headers, payload, now, flags, &out2) != 0 ||
+             strcmp(out.signature, out2.signature) != 0))
             __builtin_trap();
     } else if (out.n_headers != 0) {
         __builtin_trap();

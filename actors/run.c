@@ -89,6 +89,11 @@ const char *sl_run__file_id(const sl_run_t *r)
     return r->file_id;
 }
 
+const char *sl_run__id(const sl_run_t *r)
+{
+    return r->id;
+}
+
 /* ---- ending ---- */
 
 static void rm_done_cb(sl_exec_t *x, const sl_exec_result_t *res, void *arg)

@@ -718,8 +718,8 @@ int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_
 int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
                           const char *sig)
 {
-    return sl_api_blob_sig_verify(app->signing_key, signing_key_len(app), artifact_id, expires,
-                                  sig, time(NULL));
+    return sl_api_blob_sig_verify(app->signing_key, signing_key_len(app), artifact_id, expires, sig,
+                                  time(NULL));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -22,7 +22,6 @@
 #include "core/err.h"
 #include "core/jschema.h"
 
-
 /* Used when a dataset is created without a record_schema. */
 static const char default_schema[] = "{\"type\":\"object\",\"properties\":{"
                                      "\"title\":{\"type\":\"string\"},"

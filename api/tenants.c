@@ -19,7 +19,7 @@
 #include "core/crypto.h"
 #include "core/err.h"
 
-#define SL_API_KEY_RANDOM 24   /* bytes -> 48 hex characters */
+#define SL_API_KEY_RANDOM 24 /* bytes -> 48 hex characters */
 #define SL_API_KEY_LEN (3 + 2 * SL_API_KEY_RANDOM)
 
 typedef struct tenant_ctx_s {

@@ -64,8 +64,7 @@ static int schema_shape_ok(const json_t *s)
            json_is_object(json_object_get(s, "properties"));
 }
 
-int sl_api_dataset_body(const json_t *body, const char **name, char **schema_text,
-                        sl_api_verr_t *e)
+int sl_api_dataset_body(const json_t *body, const char **name, char **schema_text, sl_api_verr_t *e)
 {
     const json_t *jname = json_object_get(body, "name");
     json_t *schema = json_object_get(body, "record_schema");

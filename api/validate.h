@@ -12,8 +12,8 @@
 #include <stddef.h>
 #include <time.h>
 
-#define SL_API_NAME_MAX 200     /* characters in a dataset or tenant name */
-#include "core/config.h" /* SL_CONFIG_MAX_PIPELINES: names kept from a process body */
+#define SL_API_NAME_MAX 200 /* characters in a dataset or tenant name */
+#include "core/config.h"    /* SL_CONFIG_MAX_PIPELINES: names kept from a process body */
 #define SL_API_PIPELINE_NAME_MAX 64
 
 /* Why a body was refused: HTTP status (400, or 500 for SL_ENOMEM), a stable

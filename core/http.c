@@ -311,7 +311,8 @@ static int hdr_close_piece(sl_http_req_t *r)
 static int req_will_close(const sl_http_req_t *r)
 {
     const conn_t *c = r->conn;
-    if (!conn_open(c) || c->srv->freeing || !r->keepalive || r->upgrade || c->parse_dead || r->closed)
+    if (!conn_open(c) || c->srv->freeing || !r->keepalive || r->upgrade || c->parse_dead ||
+        r->closed)
         return 1;
     if (!r->msg_complete && r->has_body) {
         if (r->abandoned || r->content_length < 0)
@@ -589,7 +590,6 @@ static void conn_schedule(conn_t *c)
     if (c->defer) /* a memory-backed connection (sl_http__parse) is driven by its caller */
         evtimer_add(c->defer, &zero);
 }
-
 
 static void conn_set_timer(conn_t *c, int kind, int force)
 {

@@ -4,9 +4,9 @@
  * Input layout: byte 0 picks the boundary, byte 1 (mod 8) is how many chunk
  * sizes follow, then those sizes (one byte each), then the body. The body is
  * parsed three ways — whole, in the chunk sizes given (cycled), and, when at
- * most BYTEWISE_MAX bytes long, one byte at a time — and the callback streams, results and done() must agree: a
- * push parser's output may not depend on where the feeds were cut. The body
- * is also given to sl_multipart_boundary() as a Content-Type value.
+ * most BYTEWISE_MAX bytes long, one byte at a time — and the callback streams, results and done()
+ * must agree: a push parser's output may not depend on where the feeds were cut. The body is also
+ * given to sl_multipart_boundary() as a Content-Type value.
  */
 #include "core/err.h"
 #include "core/multipart.h"

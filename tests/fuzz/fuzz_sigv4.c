@@ -58,8 +58,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     unsigned flags = sel & 3u;
     const sl_sigv4_creds_t *c = &creds[(sel >> 2) & 1u];
-    const char *payload = (sel & 8u) ? SL_SIGV4_EMPTY_SHA256
-                          : (sel & 16u) ? SL_SIGV4_UNSIGNED_PAYLOAD : NULL;
+    const char *payload = (sel & 8u)    ? SL_SIGV4_EMPTY_SHA256
+                          : (sel & 16u) ? SL_SIGV4_UNSIGNED_PAYLOAD
+                                        : NULL;
     const char *method = (sel & 32u) ? "PUT" : "GET";
     time_t now = 1700000000 + (time_t)(sel >> 6) * 86399;
 

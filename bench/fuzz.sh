@@ -5,7 +5,8 @@
 #   Builds tests/fuzz/*.c with clang (-DSL_FUZZ=ON: ASan+UBSan+libFuzzer) into
 #   build-fuzz/, then runs every target (or the ones named, e.g. "http" or
 #   "fuzz_http") for SECONDS on a fresh copy of tests/fuzz/corpus/<name>/
-#   (the seed corpus in the repo is never modified). Prints a table: target,
+#   (the seed corpus in the repo is never modified), SL_FUZZ_PARALLEL at a
+#   time (default: the cores, at most 2). Prints a table: target,
 #   execs, exec/s, crashes. Exits 1 if any target crashed, leaked, timed out
 #   or could not run; the reproducer is kept under build-fuzz/crashes/<name>/
 #   (replay: build-fuzz/fuzz_<name> build-fuzz/crashes/<name>/crash-...).
@@ -48,31 +49,58 @@ else
     for f in "$REPO"/tests/fuzz/fuzz_*.c; do targets+=("$(basename "$f" .c)"); done
 fi
 
+mkdir -p "$BUILD"
 echo "fuzz: building ${#targets[@]} targets into build-fuzz/" >&2
 cmake -S "$REPO" -B "$BUILD" -DCMAKE_C_COMPILER="$CC_FUZZ" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSL_FUZZ=ON >"$BUILD.cmake.log" 2>&1 || { cat "$BUILD.cmake.log" >&2; exit 1; }
-cmake --build "$BUILD" -j"${SL_FUZZ_JOBS:-2}" --target "${targets[@]}" >"$BUILD.build.log" 2>&1 ||
-    { tail -n 40 "$BUILD.build.log" >&2; exit 1; }
+    -DSL_FUZZ=ON >"$BUILD/cmake.log" 2>&1 || { cat "$BUILD/cmake.log" >&2; exit 1; }
+cmake --build "$BUILD" -j"${SL_FUZZ_JOBS:-2}" --target "${targets[@]}" >"$BUILD/build.log" 2>&1 ||
+    { tail -n 40 "$BUILD/build.log" >&2; exit 1; }
 
 RUN="$BUILD/run"
 rm -rf "$RUN"
 mkdir -p "$RUN" "$BUILD/crashes"
-status=0
-rows=()
-for t in "${targets[@]}"; do
+# run_one TARGET: fuzzes it; writes "$RUN/<name>.rc".
+run_one() {
+    local t="$1" name corpus crashes log
     name="${t#fuzz_}"
     corpus="$RUN/corpus-$name"
     crashes="$BUILD/crashes/$name"
+    log="$RUN/$name.log"
     mkdir -p "$corpus" "$crashes"
     if [ -d "$REPO/tests/fuzz/corpus/$name" ]; then
         cp -r "$REPO/tests/fuzz/corpus/$name/." "$corpus/"
     fi
-    log="$RUN/$name.log"
     touch "$log.start"
     echo "fuzz: $t for ${SECS}s" >&2
-    "$BUILD/$t" -max_total_time="$SECS" -print_final_stats=1 -max_len="${SL_FUZZ_MAX_LEN:-$(max_len_of "$name")}" -timeout=10 \
-        -rss_limit_mb=2048 -artifact_prefix="$crashes/" "$corpus" >"$log" 2>&1
-    rc=$?
+    "$BUILD/$t" -max_total_time="$SECS" -print_final_stats=1 \
+        -max_len="${SL_FUZZ_MAX_LEN:-$(max_len_of "$name")}" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$crashes/" "$corpus" >"$log" 2>&1
+    echo $? >"$RUN/$name.rc"
+}
+
+# SL_FUZZ_PARALLEL targets at a time (default: one per core, at most 2), so
+# the CI phase takes SECONDS x targets / parallel.
+PAR="${SL_FUZZ_PARALLEL:-$(nproc 2>/dev/null || echo 1)}"
+[ "$PAR" -ge 1 ] 2>/dev/null || PAR=1
+[ -n "${SL_FUZZ_PARALLEL:-}" ] || [ "$PAR" -le 2 ] || PAR=2
+pids=()
+for t in "${targets[@]}"; do
+    run_one "$t" &
+    pids+=($!)
+    if [ "${#pids[@]}" -ge "$PAR" ]; then
+        wait "${pids[0]}"
+        pids=("${pids[@]:1}")
+    fi
+done
+wait
+
+status=0
+rows=()
+for t in "${targets[@]}"; do
+    name="${t#fuzz_}"
+    log="$RUN/$name.log"
+    crashes="$BUILD/crashes/$name"
+    rc="$(cat "$RUN/$name.rc" 2>/dev/null || echo 1)"
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
     ncrash="$(find "$crashes" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' \

@@ -13,6 +13,10 @@ Environment:
                         a test can set its own with @pytest.mark.timeout(N)
   SLUICE_IGNORE_SANITIZER=1  don't fail a test whose server logged an
                         ASan/LSan/UBSan report
+  SL_FAULT_RATE, SL_FAULT_SEED  for a build-faults/ binary (-DSL_FAULTS=ON):
+                        passed to the server; with a rate > 0 the Client
+                        retries 503s and teardown checks that no accepted
+                        file was lost (sluice_harness.FAULTS)
 """
 
 import atexit

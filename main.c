@@ -20,6 +20,7 @@
  */
 #include "api/api.h"
 #include "cli/upload.h"
+#include "core/fault.h"
 #include "core/crypto.h"
 #include "core/engine_link.h"
 #include "core/err.h"
@@ -710,6 +711,7 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
     if (!app->base)
         return SL_ENOMEM;
     register_metrics(app);
+    sl_fault_init(); /* SL_FAULTS builds: logs the seed; otherwise nothing */
 
     if ((err = sl_workq_new(app->base, 4, &app->wq)) != 0)
         goto out;

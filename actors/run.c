@@ -89,6 +89,11 @@ const char *sl_run__file_id(const sl_run_t *r)
     return r->file_id;
 }
 
+const char *sl_run__id(const sl_run_t *r)
+{
+    return r->id;
+}
+
 /* ---- ending ---- */
 
 static void rm_done_cb(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
@@ -203,6 +208,12 @@ static const char COMMIT_SQL[] =
     "  WITH ORDINALITY AS e(step, kind, detail, n) ORDER BY e.n"
     " RETURNING " SL_PUBSUB_EVENT_COLUMNS;
 
+static void lease_given_back_cb(const sl_pg_result_t *res, void *arg)
+{
+    (void)res; /* if this is lost too, the lease lapses by itself (not renewed) */
+    (void)arg;
+}
+
 static void commit_cb(const sl_pg_result_t *res, void *arg)
 {
     commit_t *c = arg;
@@ -225,6 +236,15 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
          */
         sl_log(SL_LOG_WARN, "run_commit_lost", "{s:s, s:s, s:s}", "run_id", r->id, "step",
                r->step, "error", res->err ? res->errmsg : "lease lost or run deleted");
+        if (res->err) {
+            /* Give the lease back now rather than in lease_s: the run is
+             * claimed again at once and resumes from its last committed step. */
+            const char *params[] = {r->id, r->instance_id};
+            sl_pg_query(r->ctx.pg,
+                        "UPDATE runs SET lease_until = now() "
+                        "WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                        2, params, lease_given_back_cb, NULL);
+        }
         run_end(r);
         return;
     }

@@ -44,6 +44,9 @@ void sl_run__detach(sl_run_t *r);
 /** The actor's file id (borrowed). */
 const char *sl_run__file_id(const sl_run_t *r);
 
+/** The actor's run id (borrowed). */
+const char *sl_run__id(const sl_run_t *r);
+
 /* ---- what run.c needs from scheduler.c ---- */
 typedef struct sl_sched_ctx_s {
     struct event_base *base;

@@ -14,7 +14,9 @@
  * max_in_flight_per_tenant x weight held by this instance. So a 10,000-file
  * batch is claimed a few runs at a time, and another tenant's single file is
  * next in line as soon as a run ends; the queue itself stays in Postgres.
- * A heartbeat renews every lease this instance holds in one statement, and
+ * A heartbeat renews the leases of this instance's live actors in one
+ * statement (only theirs: a run whose actor ended without committing — the
+ * database went away — must see its lease lapse, to be claimed again), and
  * a slower tick refreshes the run gauges of /metrics from the database.
  */
 #include "actors/scheduler.h"
@@ -193,7 +195,7 @@ static void claim_timer_cb(evutil_socket_t fd, short what, void *arg)
     claim(arg);
 }
 
-/* ---- heartbeat: renew every lease of this instance at once ---- */
+/* ---- heartbeat: renew the leases of this instance's live actors at once ---- */
 
 static void heartbeat_done(const sl_pg_result_t *r, void *arg)
 {
@@ -208,14 +210,28 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
     sl_sched_t *s = arg;
     (void)fd;
     (void)what;
-    if (s->in_flight > 0) {
+    size_t n = 0;
+    for (run_node_t *rn = s->runs; rn; rn = rn->next)
+        n++;
+    /* "{id,id,...}": a uuid[] literal of the live actors' runs */
+    char *ids = n > 0 ? malloc(n * 37 + 3) : NULL;
+    if (ids) {
+        size_t off = 0;
+        ids[off++] = '{';
+        for (run_node_t *rn = s->runs; rn; rn = rn->next) {
+            memcpy(ids + off, sl_run__id(rn->run), 36);
+            off += 36;
+            ids[off++] = rn->next ? ',' : '}';
+        }
+        ids[off] = '\0';
         char lease[16];
         snprintf(lease, sizeof lease, "%d", s->lease_s);
-        const char *params[] = {s->instance_id, lease};
+        const char *params[] = {s->instance_id, lease, ids};
         send_query(s,
                    "UPDATE runs SET lease_until = now() + make_interval(secs => $2) "
-                   "WHERE lease_owner = $1 AND state = 'running'",
-                   2, params, heartbeat_done);
+                   "WHERE lease_owner = $1 AND state = 'running' AND id = ANY ($3::uuid[])",
+                   3, params, heartbeat_done);
+        free(ids);
     }
     struct timeval tv = {s->heartbeat_s, 0};
     evtimer_add(s->heartbeat_timer, &tv);

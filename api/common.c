@@ -11,6 +11,7 @@
  * heap context first: route params and header values are borrowed.
  */
 #include "api/api.h"
+#include "api/validate.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -230,7 +231,7 @@ typedef struct body_ctx_s {
 static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t len, void *arg)
 {
     body_ctx_t *ctx = arg;
-    json_error_t jerr;
+    sl_api_verr_t e;
     json_t *v = NULL;
 
     if (err == SL_ETOOBIG || err == SL_EPROTO)
@@ -239,15 +240,8 @@ static void json_body_cb(sl_http_req_t *req, int err, const char *body, size_t l
         finish_closed(req); /* client gone or stalled: nobody reads this */
         goto out;
     }
-    v = json_loadb(body, len, 0, &jerr);
-    if (v == NULL) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "invalid JSON: %s", jerr.text);
-        sl_http_respond_error(req, 400, "invalid_json", msg, -1);
-        goto out;
-    }
-    if (!json_is_object(v)) {
-        sl_http_respond_error(req, 400, "invalid_json", "body must be a JSON object", -1);
+    if (sl_api_json_object(body, len, &v, &e) != 0) {
+        sl_http_respond_error(req, e.status, e.code, e.msg, -1);
         goto out;
     }
     ctx->cb(ctx->h.app, req, v, ctx->h.arg);
@@ -389,13 +383,19 @@ typedef struct idem_ctx_s {
     char tenant_id[64];
     char key[SL_IDEM_KEY_MAX + 1];
     char endpoint[SL_IDEM_ENDPOINT_MAX];
+    /* This request's mark on its reservation: kept in `body` while status is
+     * NULL (the response overwrites it), so a reservation whose outcome is
+     * unknown can be given back without touching another request's. */
+    char owner[33];
 } idem_ctx_t;
 
 static void idem_db_cb(const sl_pg_result_t *r, void *arg);
+static void idem_release_owned(sl_app_t *app, const char *tenant_id, const char *key,
+                               const char *owner);
 
 static int idem_send(idem_ctx_t *ctx, int step)
 {
-    const char *p3[3] = {ctx->tenant_id, ctx->key, ctx->endpoint};
+    const char *p3[4] = {ctx->tenant_id, ctx->key, ctx->endpoint, ctx->owner};
     sl_pg_batch_t *b = sl_pg_batch_new(ctx->h.app->pg);
     int err = SL_ENOMEM;
 
@@ -412,17 +412,18 @@ static int idem_send(idem_ctx_t *ctx, int step)
     }
     if (step == IDEM_TAKEOVER) {
         if ((err = sl_pg_batch_add(b,
-                                   "UPDATE idempotency_keys SET created_at = clock_timestamp() "
+                                   "UPDATE idempotency_keys SET created_at = clock_timestamp(), "
+                                   "body = $4 "
                                    "WHERE tenant_id = $1 AND key = $2 AND endpoint = $3 "
                                    "AND status IS NULL "
                                    "AND created_at < now() - interval '10 minutes' RETURNING key",
-                                   3, p3)) < 0)
+                                   4, p3)) < 0)
             goto fail;
     } else {
         if ((err = sl_pg_batch_add(b,
-                                   "INSERT INTO idempotency_keys (tenant_id, key, endpoint) "
-                                   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING key",
-                                   3, p3)) < 0)
+                                   "INSERT INTO idempotency_keys (tenant_id, key, endpoint, body) "
+                                   "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING key",
+                                   4, p3)) < 0)
             goto fail;
     }
     if ((err = sl_pg_batch_add(b,
@@ -461,6 +462,11 @@ static void idem_db_cb(const sl_pg_result_t *r, void *arg)
     sl_http_req_t *req = ctx->h.req;
 
     if (r->err != 0) {
+        /* SL_EUNAVAIL: the connection went away, maybe after the claim
+         * committed. Give back a claim of ours, or every retry of this
+         * request would hear "in progress" until the 10-minute takeover. */
+        if (r->err == SL_EUNAVAIL)
+            idem_release_owned(ctx->h.app, ctx->tenant_id, ctx->key, ctx->owner);
         sl_api_db_error(req, r);
         goto done;
     }
@@ -570,6 +576,14 @@ void sl_api_idem_begin(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
         return;
     }
     snprintf(ctx->key, sizeof ctx->key, "%s", key);
+    unsigned char rnd[16];
+    if (sl_random_bytes(rnd, sizeof rnd) != 0) {
+        free(ctx);
+        sl_http_respond_error(req, 500, "internal_error", "no randomness", -1);
+        release_arg(release, arg);
+        return;
+    }
+    sl_hex(rnd, sizeof rnd, ctx->owner);
     if (!idem_next(ctx, IDEM_RESERVE)) {
         free(ctx);
         release_arg(release, arg);
@@ -589,38 +603,95 @@ int sl_api_idem_store_stmt(sl_pg_batch_t *b, const char *tenant_id, const char *
     return idx < 0 ? idx : 0;
 }
 
+/*
+ * Giving a reservation back is retried: a release lost to a dropped
+ * connection would leave the key "in progress" for 10 minutes (until the
+ * takeover), answering 409 to every retry of the request meanwhile. The
+ * retry is sent from the callback itself (no timer that could outlive the
+ * pool at shutdown: a freed pool answers SL_ECANCELED, which ends it).
+ */
+#define SL_IDEM_RELEASE_ATTEMPTS 5
+
+typedef struct idem_rel_s {
+    sl_app_t *app;
+    int attempts;
+    char tenant_id[64];
+    char key[SL_IDEM_KEY_MAX + 1];
+    char owner[33]; /* "" = whatever reservation is in flight */
+} idem_rel_t;
+
+static void idem_rel_send(idem_rel_t *rel);
+
 static void idem_release_cb(const sl_pg_result_t *r, void *arg)
 {
-    (void)arg;
-    if (r->err != 0 && r->err != SL_ECANCELED)
-        sl_log(SL_LOG_WARN, "idempotency_release_failed", "{s:s}", "errmsg",
-               r->errmsg ? r->errmsg : "");
+    idem_rel_t *rel = arg;
+    if (r->err == 0 || r->err == SL_ECANCELED) {
+        free(rel);
+        return;
+    }
+    if (rel->attempts < SL_IDEM_RELEASE_ATTEMPTS && r->err != SL_EDB) {
+        idem_rel_send(rel); /* frees rel when it cannot send */
+        return;
+    }
+    sl_log(SL_LOG_WARN, "idempotency_release_failed", "{s:s, s:i}", "errmsg",
+           r->errmsg ? r->errmsg : "", "attempts", rel->attempts);
+    free(rel);
+}
+
+static void idem_rel_send(idem_rel_t *rel)
+{
+    const char *params[3] = {rel->tenant_id, rel->key, rel->owner};
+    int err;
+    rel->attempts++;
+    if (rel->owner[0] != '\0')
+        err = sl_pg_query(rel->app->pg,
+                          "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 "
+                          "AND status IS NULL AND body = $3",
+                          3, params, idem_release_cb, rel);
+    else
+        err = sl_pg_query(rel->app->pg,
+                          "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 "
+                          "AND status IS NULL",
+                          2, params, idem_release_cb, rel);
+    if (err != 0) {
+        sl_log(SL_LOG_WARN, "idempotency_release_failed", "{s:s}", "errmsg", sl_strerror(err));
+        free(rel);
+    }
+}
+
+static void idem_release_owned(sl_app_t *app, const char *tenant_id, const char *key,
+                               const char *owner)
+{
+    idem_rel_t *rel = calloc(1, sizeof *rel);
+    if (rel == NULL)
+        return; /* the 10-minute takeover still frees the key */
+    rel->app = app;
+    snprintf(rel->tenant_id, sizeof rel->tenant_id, "%s", tenant_id);
+    snprintf(rel->key, sizeof rel->key, "%s", key);
+    snprintf(rel->owner, sizeof rel->owner, "%s", owner ? owner : "");
+    idem_rel_send(rel);
 }
 
 void sl_api_idem_release(sl_app_t *app, const char *tenant_id, const char *key)
 {
-    const char *params[2] = {tenant_id, key};
-    /* If this fails the reservation is taken over after 10 minutes anyway. */
-    sl_pg_query(app->pg,
-                "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND status IS NULL",
-                2, params, idem_release_cb, NULL);
+    /* If this fails every time the reservation is taken over after 10 minutes. */
+    idem_release_owned(app, tenant_id, key, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
 /* signed blob URLs                                                          */
 
-/* The signature is HMAC-SHA256(signing_key, "<artifact_id>\n<expires>"). */
+/* The signature is HMAC-SHA256(signing_key, "<artifact_id>\n<expires>")
+ * (api/validate.c). A key that fills its buffer is refused, never truncated. */
+static size_t signing_key_len(const sl_app_t *app)
+{
+    size_t klen = strnlen(app->signing_key, sizeof app->signing_key);
+    return klen >= sizeof app->signing_key ? 0 : klen;
+}
+
 static int blob_sig(const sl_app_t *app, const char *artifact_id, long long expires, char out[65])
 {
-    char msg[256];
-    size_t klen = strnlen(app->signing_key, sizeof app->signing_key);
-    if (klen == 0 || klen >= sizeof app->signing_key)
-        return SL_EINVAL;
-    int n = snprintf(msg, sizeof msg, "%s\n%lld", artifact_id, expires);
-    if (n < 0 || (size_t)n >= sizeof msg)
-        return SL_ETOOBIG;
-    sl_hmac_sha256_hex(app->signing_key, klen, msg, (size_t)n, out);
-    return 0;
+    return sl_api_blob_sig(app->signing_key, signing_key_len(app), artifact_id, expires, out);
 }
 
 int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_s, char *out,
@@ -647,18 +718,8 @@ int sl_api_sign_blob_url(const sl_app_t *app, const char *artifact_id, long ttl_
 int sl_api_check_blob_sig(const sl_app_t *app, const char *artifact_id, const char *expires,
                           const char *sig)
 {
-    char want[65];
-    char *end = NULL;
-
-    if (artifact_id == NULL || expires == NULL || sig == NULL ||
-        !isdigit((unsigned char)expires[0]))
-        return 0;
-    long long e = strtoll(expires, &end, 10);
-    if (end == NULL || *end != '\0' || e <= (long long)time(NULL))
-        return 0;
-    if (strlen(sig) != 64 || blob_sig(app, artifact_id, e, want) != 0)
-        return 0;
-    return sl_consttime_eq(want, sig, 64);
+    return sl_api_blob_sig_verify(app->signing_key, signing_key_len(app), artifact_id, expires, sig,
+                                  time(NULL));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -12,6 +12,7 @@
  * so no dataset holds one the ai_record flow would be answered 400 for.
  */
 #include "api/api.h"
+#include "api/validate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,6 @@
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/jschema.h"
-
-#define SL_DATASET_NAME_MAX 200 /* characters (code points) */
 
 /* Used when a dataset is created without a record_schema. */
 static const char default_schema[] = "{\"type\":\"object\",\"properties\":{"
@@ -92,59 +91,23 @@ static void run_query(ds_ctx_t *ctx, const char *sql, int n, const char *const *
 
 /* ---- POST /v1/datasets ---- */
 
-/* 1 if s is a JSON object with "type": "object" and an object "properties". */
-static int schema_valid(const json_t *s)
-{
-    const json_t *type = json_object_get(s, "type");
-    return json_is_object(s) && json_is_string(type) &&
-           strcmp(json_string_value(type), "object") == 0 &&
-           json_is_object(json_object_get(s, "properties"));
-}
-
 static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg)
 {
     ds_ctx_t *ctx = arg;
-    json_t *name = json_object_get(body, "name");
-    json_t *schema = json_object_get(body, "record_schema");
+    const char *name = NULL;
     char *schema_text = NULL;
-    char jerr[320];
-    int rc;
+    sl_api_verr_t e;
 
     (void)app;
-    if (!json_is_string(name) || json_string_length(name) == 0 ||
-        sl_api_utf8_chars(json_string_value(name)) > SL_DATASET_NAME_MAX) {
-        sl_http_respond_error(req, 400, "invalid_request",
-                              "name must be a non-empty string of at most 200 characters", -1);
+    if (sl_api_dataset_body(body, &name, &schema_text, &e) != 0) {
+        sl_http_respond_error(req, e.status, e.code, e.msg, -1);
         goto fail;
-    }
-    if (schema != NULL && !json_is_null(schema)) {
-        if (!schema_valid(schema)) {
-            sl_http_respond_error(req, 400, "invalid_schema",
-                                  "record_schema must be a JSON object with \"type\": \"object\" "
-                                  "and an object \"properties\"",
-                                  -1);
-            goto fail;
-        }
-        if ((rc = sl_jschema_check(schema, jerr, sizeof jerr)) == SL_ENOMEM) {
-            sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
-            goto fail;
-        } else if (rc != 0) {
-            char msg[sizeof jerr + 32];
-            snprintf(msg, sizeof msg, "record_schema: %s", jerr);
-            sl_http_respond_error(req, 400, "invalid_schema", msg, -1);
-            goto fail;
-        }
-        schema_text = json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        if (schema_text == NULL) {
-            sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
-            goto fail;
-        }
     }
     if (sl_uuid_v4(ctx->id) != 0) {
         sl_http_respond_error(req, 500, "internal_error", "no randomness", -1);
         goto fail;
     }
-    const char *p[4] = {ctx->id, ctx->tenant_id, json_string_value(name),
+    const char *p[4] = {ctx->id, ctx->tenant_id, name,
                         schema_text != NULL ? schema_text : default_schema};
     run_query(ctx,
               "INSERT INTO datasets (id, tenant_id, name, record_schema) "

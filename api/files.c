@@ -14,6 +14,7 @@
  * only).
  */
 #include "api/api.h"
+#include "api/validate.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -449,7 +450,7 @@ typedef struct process_s {
     int idem_reserved; /* we hold a reservation: store the response or release it */
     int explicit_list; /* the body named the pipelines */
     int npipelines;
-    char pipelines[SL_CONFIG_MAX_PIPELINES][64];
+    char pipelines[SL_CONFIG_MAX_PIPELINES][SL_API_PIPELINE_NAME_MAX];
 } process_t;
 
 /* Finishes with an error, releasing an idempotency reservation first. */
@@ -459,14 +460,6 @@ static void process_fail(process_t *pr, int status, const char *code, const char
         sl_api_idem_release(pr->app, pr->tenant_id, pr->idem_key);
     sl_http_respond_error(pr->req, status, code, msg, status == 503 ? 2 : -1);
     free(pr);
-}
-
-static int pipeline_known(const sl_app_t *app, const char *name)
-{
-    for (int i = 0; i < app->npipelines; i++)
-        if (strcmp(app->pipelines[i].name, name) == 0)
-            return 1;
-    return 0;
 }
 
 static int pipeline_listed(const process_t *pr, const char *name)
@@ -612,51 +605,17 @@ static void process_idem_cb(sl_app_t *app, sl_http_req_t *req, int outcome, void
  */
 static int process_parse_body(process_t *pr, const char *body, size_t len)
 {
-    size_t i = 0;
-    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
-        i++;
-    if (i == len)
-        return 0; /* empty: every matching pipeline */
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    const char *code = "invalid_json", *msg = "the body is not a JSON object";
-    int rc = -1;
-    if (!root || !json_is_object(root))
-        goto out;
-    json_t *list = json_object_get(root, "pipelines");
-    if (!list || json_is_null(list)) {
-        rc = 0;
-        goto out;
+    const char *known[SL_CONFIG_MAX_PIPELINES];
+    int nknown = 0;
+    sl_api_verr_t e;
+    for (int i = 0; i < pr->app->npipelines && i < SL_CONFIG_MAX_PIPELINES; i++)
+        known[nknown++] = pr->app->pipelines[i].name;
+    if (sl_api_process_body(body, len, known, nknown, pr->pipelines, &pr->npipelines,
+                            &pr->explicit_list, &e) != 0) {
+        sl_http_respond_error(pr->req, e.status, e.code, e.msg, -1);
+        return -1;
     }
-    code = "invalid_request";
-    msg = "pipelines must be a non-empty array of pipeline names";
-    if (!json_is_array(list) || json_array_size(list) == 0)
-        goto out;
-    size_t idx;
-    json_t *v;
-    json_array_foreach(list, idx, v)
-    {
-        const char *name = json_string_value(v);
-        if (!name) {
-            code = "invalid_request";
-            msg = "pipelines must be a non-empty array of pipeline names";
-            goto out;
-        }
-        if (!pipeline_known(pr->app, name)) {
-            code = "unknown_pipeline";
-            msg = "no pipeline of that name";
-            goto out;
-        }
-        if (!pipeline_listed(pr, name) && pr->npipelines < SL_CONFIG_MAX_PIPELINES)
-            snprintf(pr->pipelines[pr->npipelines++], sizeof pr->pipelines[0], "%s", name);
-    }
-    pr->explicit_list = 1;
-    rc = 0;
-out:
-    json_decref(root);
-    if (rc != 0)
-        sl_http_respond_error(pr->req, 400, code, msg, -1);
-    return rc;
+    return 0;
 }
 
 /* Body parsed: take the idempotency reservation (if any), then do the work. */

@@ -10,6 +10,7 @@
  * the 201 answer; only its SHA-256 is stored.
  */
 #include "api/api.h"
+#include "api/validate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,7 @@
 #include "core/crypto.h"
 #include "core/err.h"
 
-#define SL_TENANT_NAME_MAX 200 /* characters (code points) */
-#define SL_API_KEY_RANDOM 24   /* bytes -> 48 hex characters */
+#define SL_API_KEY_RANDOM 24 /* bytes -> 48 hex characters */
 #define SL_API_KEY_LEN (3 + 2 * SL_API_KEY_RANDOM)
 
 typedef struct tenant_ctx_s {
@@ -79,16 +79,15 @@ out:
 static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg)
 {
     (void)arg;
-    json_t *name = json_object_get(body, "name");
+    const char *name = NULL;
+    sl_api_verr_t e;
     char key_id[37], hash[65];
     tenant_ctx_t *ctx = NULL;
     sl_pg_batch_t *b = NULL;
     int err;
 
-    if (!json_is_string(name) || json_string_length(name) == 0 ||
-        sl_api_utf8_chars(json_string_value(name)) > SL_TENANT_NAME_MAX) {
-        sl_http_respond_error(req, 400, "invalid_request",
-                              "name must be a non-empty string of at most 200 characters", -1);
+    if (sl_api_tenant_body(body, &name, &e) != 0) {
+        sl_http_respond_error(req, e.status, e.code, e.msg, -1);
         return;
     }
     if ((ctx = tenant_ctx_new(app, req)) == NULL) {
@@ -102,7 +101,7 @@ static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
         err = SL_ENOMEM;
         goto fail;
     }
-    const char *pt[2] = {ctx->id, json_string_value(name)};
+    const char *pt[2] = {ctx->id, name};
     const char *pk[3] = {key_id, ctx->id, hash};
     if ((err = sl_pg_batch_add(b,
                                "INSERT INTO tenants (id, name) VALUES ($1, $2) "

@@ -368,7 +368,14 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
     upload_t *up = arg;
     sl_app_t *app = up->app;
     if (r->err) {
-        discard_blobs(up);
+        /*
+         * SL_EUNAVAIL: the connection went away, maybe after the batch
+         * committed (pg.h: "unknown"). Its files may then exist and a retry
+         * with the Idempotency-Key replays them: their blobs must stay (an
+         * orphan blob costs space; a file without its blob is lost data).
+         */
+        if (r->err != SL_EUNAVAIL)
+            discard_blobs(up);
         if (up->req) {
             if (up->idem_reserved)
                 sl_api_idem_release(app, up->tenant_id, up->idem_key);

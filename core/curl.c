@@ -19,6 +19,7 @@
 #include "curl.h"
 #include "crypto.h"
 #include "err.h"
+#include "fault.h"
 #include "sigv4.h"
 
 #include <curl/curl.h>
@@ -818,6 +819,12 @@ int sl_curl_request(sl_curl_t *c, const sl_curl_req_opts_t *o, sl_curl_cb cb, vo
     c->pending++;
     if (out)
         *out = x;
+    if (sl_fault_hit("curl")) {
+        /* SL_FAULTS: a transient failure (delivered on a later turn, as any). */
+        x->own_err = SL_EUNAVAIL;
+        set_msg(x, "fault injected: connection refused");
+        finish(x, CURLE_COULDNT_CONNECT, 0);
+    }
     return 0;
 fail:
     xfer_free(x);

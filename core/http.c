@@ -127,6 +127,10 @@ struct conn_s {
     int timer_kind;
     size_t idle_out; /* output pending when the idle timer was armed */
     unsigned long nreq;
+    /* sl_http__parse: the input is this memory, not a socket (no bev, no events). */
+    const char *mem;
+    size_t mem_len, mem_off;
+    unsigned in_mem : 1;
     unsigned running : 1, msg_begun : 1, discard : 1, parse_dead : 1, close_after_flush : 1,
         lingering : 1, read_eof : 1, hdr_overflow : 1, overload : 1, yield : 1;
 };
@@ -212,6 +216,14 @@ static void ip_release(sl_http_server_t *srv, ipcount_t *e)
         }
     free(e);
 }
+
+static void limits_fill(sl_http_limits_t *l);
+
+/* The connection's input is still open: a socket, or memory (sl_http__parse). */
+static int conn_open(const conn_t *c)
+{
+    return c->bev != NULL || c->in_mem;
+}
 static void resp_error(sl_http_req_t *r, int status, const char *code, const char *message,
                        int retry_after_s);
 static void req_finish(sl_http_req_t *r);
@@ -284,7 +296,10 @@ static sl_http_req_t *req_new(conn_t *c)
     r->content_length = -1;
     r->resp_cl = -1;
     r->t_start = mono_now();
-    if (sl_random_bytes(rnd, sizeof rnd) == 0) {
+    if (c->in_mem) { /* sl_http__parse: no entropy (a syscall) per request */
+        fallback++;
+        snprintf(r->id, sizeof r->id, "%016lx", fallback);
+    } else if (sl_random_bytes(rnd, sizeof rnd) == 0) {
         sl_hex(rnd, sizeof rnd, r->id);
     } else {
         fallback++;
@@ -363,7 +378,8 @@ static int hdr_close_piece(sl_http_req_t *r)
 static int req_will_close(const sl_http_req_t *r)
 {
     const conn_t *c = r->conn;
-    if (!c->bev || c->srv->freeing || !r->keepalive || r->upgrade || c->parse_dead || r->closed)
+    if (!conn_open(c) || c->srv->freeing || !r->keepalive || r->upgrade || c->parse_dead ||
+        r->closed)
         return 1;
     if (!r->msg_complete && r->has_body) {
         if (r->abandoned || r->content_length < 0)
@@ -638,7 +654,8 @@ static const http_parser_settings parser_settings = {
 static void conn_schedule(conn_t *c)
 {
     static const struct timeval zero = {0, 0};
-    evtimer_add(c->defer, &zero);
+    if (c->defer) /* a memory-backed connection (sl_http__parse) is driven by its caller */
+        evtimer_add(c->defer, &zero);
 }
 
 static void conn_set_timer(conn_t *c, int kind, int force)
@@ -703,18 +720,21 @@ static void conn_update_timer(conn_t *c, int body_progress)
 static void conn_close(conn_t *c, int why)
 {
     sl_http_req_t *r = c->req;
-    if (!c->bev)
+    if (!conn_open(c))
         return;
-    bufferevent_free(c->bev);
-    c->bev = NULL;
-    evtimer_del(c->timer);
-    c->timer_kind = TK_NONE;
-    if (c->overload)
-        c->srv->noverload--;
-    else
-        c->srv->nconns--;
-    ip_release(c->srv, c->ip);
-    c->ip = NULL;
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+        evtimer_del(c->timer);
+        c->timer_kind = TK_NONE;
+        if (c->overload)
+            c->srv->noverload--;
+        else
+            c->srv->nconns--;
+        ip_release(c->srv, c->ip);
+        c->ip = NULL;
+    }
+    c->in_mem = 0;
     if (r && !r->dispatched && !r->server_answered) {
         c->req = NULL; /* a request the handler never saw */
         req_free(c->srv, r, 0);
@@ -747,7 +767,7 @@ static void conn_start_close(conn_t *c)
 static int conn_can_parse(const conn_t *c)
 {
     const sl_http_req_t *r = c->req;
-    if (!c->bev || c->parse_dead || c->close_after_flush || c->lingering || c->yield)
+    if (!conn_open(c) || c->parse_dead || c->close_after_flush || c->lingering || c->yield)
         return 0;
     if (!r)
         return 1;
@@ -814,15 +834,25 @@ static int conn_parse(conn_t *c)
         }
         if (!conn_can_parse(c))
             break;
-        struct evbuffer *in = bufferevent_get_input(c->bev);
         struct evbuffer_iovec v;
-        if (evbuffer_get_length(in) == 0 || evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
+        if (c->in_mem) {
+            v.iov_base = (void *)(c->mem + c->mem_off);
+            v.iov_len = c->mem_len - c->mem_off;
+            if (v.iov_len == 0)
+                break;
+        } else {
+            struct evbuffer *in = bufferevent_get_input(c->bev);
+            if (evbuffer_get_length(in) == 0 || evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                break;
+        }
         http_parser_pause(&c->parser, 0);
         size_t n = http_parser_execute(&c->parser, &parser_settings, v.iov_base, v.iov_len);
-        if (!c->bev)
+        if (!conn_open(c))
             break;
-        evbuffer_drain(in, n);
+        if (c->in_mem)
+            c->mem_off += n;
+        else
+            evbuffer_drain(bufferevent_get_input(c->bev), n);
         if (n > 0)
             progressed = 1;
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
@@ -896,12 +926,12 @@ static void conn_req_done(conn_t *c)
     int report = r->dispatched || r->server_answered;
     c->req = NULL;
     c->nreq++;
-    if (c->bev) {
+    if (conn_open(c)) {
         if (r->will_close || srv->freeing)
             c->close_after_flush = 1;
         else if (c->msg_begun)
             c->discard = 1; /* the small rest of an unread body */
-        if (!c->lingering)
+        if (c->bev && !c->lingering)
             bufferevent_enable(c->bev, EV_READ); /* a handler's pause ends here */
     }
     req_free(srv, r, report);
@@ -1122,7 +1152,90 @@ fail:
     return NULL;
 }
 
+/*
+ * The parser without the socket (for the fuzz targets): the same callbacks,
+ * conn_parse, deliver_due and conn_req_done as a real connection, driven
+ * synchronously over `data` until it is consumed or nothing moves; then the
+ * end of input is a client that went away (as conn_check_eof + conn_close).
+ */
+int sl_http__parse(const sl_http_limits_t *limits, const char *data, size_t len,
+                   sl_http_handler_cb handler, void *arg)
+{
+    sl_http_server_t srv;
+    conn_t c;
+    memset(&srv, 0, sizeof srv);
+    memset(&c, 0, sizeof c);
+    if (limits)
+        srv.limits = *limits;
+    else
+        sl_http_limits_default(&srv.limits);
+    limits_fill(&srv.limits);
+    srv.handler = handler;
+    srv.arg = arg;
+    c.srv = &srv;
+    snprintf(c.peer, sizeof c.peer, "memory");
+    c.mem = data;
+    c.mem_len = len;
+    c.in_mem = 1;
+    http_parser_init(&c.parser, HTTP_REQUEST);
+    c.parser.data = &c;
+    /* Each turn either finishes a request or consumes input, or the loop ends. */
+    for (;;) {
+        sl_http_req_t *r = c.req;
+        c.yield = 0;
+        if (r && (r->dispatched || r->server_answered)) {
+            deliver_due(r);
+            if (r->finished && !req_due_pending(r)) {
+                conn_req_done(&c);
+                if (c.close_after_flush)
+                    break;
+                continue;
+            }
+        }
+        size_t off = c.mem_off;
+        int was_dispatched = r && r->dispatched;
+        conn_parse(&c);
+        if (c.mem_off == off && c.req == r && !(r && r->dispatched && !was_dispatched) &&
+            !(c.req && req_due_pending(c.req)))
+            break;
+    }
+    /* The end of the input. */
+    if (c.req && !c.req->finished && !c.req->dispatched && !c.req->server_answered) {
+        conn_close(&c, SL_ECLOSED); /* a request the handler never saw */
+    } else if (c.req) {
+        conn_close(&c, SL_ECLOSED);
+        deliver_due(c.req);
+        if (!c.req->finished)
+            sl_http_resp_end(c.req); /* the handler keeps it past the end: the test's bug */
+        deliver_due(c.req);
+        req_free(&srv, c.req, 0);
+        c.req = NULL;
+    }
+    return (int)c.nreq;
+}
+
 /* ---- server ---- */
+
+/* Zero means "the default". */
+static void limits_fill(sl_http_limits_t *l)
+{
+    sl_http_limits_t def;
+    sl_http_limits_default(&def);
+    if (!l->max_header_bytes)
+        l->max_header_bytes = def.max_header_bytes;
+    if (!l->max_headers)
+        l->max_headers = def.max_headers;
+    if (!l->max_connections)
+        l->max_connections = def.max_connections;
+    if (!l->header_timeout_ms)
+        l->header_timeout_ms = def.header_timeout_ms;
+    if (!l->idle_timeout_ms)
+        l->idle_timeout_ms = def.idle_timeout_ms;
+    if (!l->body_timeout_ms)
+        l->body_timeout_ms = def.body_timeout_ms;
+    if (l->read_high_watermark < 4096)
+        l->read_high_watermark = l->read_high_watermark ? 4096 : def.read_high_watermark;
+}
 
 void sl_http_limits_default(sl_http_limits_t *l)
 {
@@ -1247,22 +1360,7 @@ int sl_http_server_new(struct event_base *base, const char *listen_addr,
         return SL_ENOMEM;
     sl_http_limits_default(&def);
     srv->limits = limits ? *limits : def;
-    /* Zero means "the default". */
-    if (!srv->limits.max_header_bytes)
-        srv->limits.max_header_bytes = def.max_header_bytes;
-    if (!srv->limits.max_headers)
-        srv->limits.max_headers = def.max_headers;
-    if (!srv->limits.max_connections)
-        srv->limits.max_connections = def.max_connections;
-    if (!srv->limits.header_timeout_ms)
-        srv->limits.header_timeout_ms = def.header_timeout_ms;
-    if (!srv->limits.idle_timeout_ms)
-        srv->limits.idle_timeout_ms = def.idle_timeout_ms;
-    if (!srv->limits.body_timeout_ms)
-        srv->limits.body_timeout_ms = def.body_timeout_ms;
-    if (srv->limits.read_high_watermark < 4096)
-        srv->limits.read_high_watermark =
-            srv->limits.read_high_watermark ? 4096 : def.read_high_watermark;
+    limits_fill(&srv->limits);
     srv->base = base;
     srv->handler = handler;
     srv->arg = arg;
@@ -1766,7 +1864,7 @@ void sl_http_resp_end(sl_http_req_t *req)
     if (req->finished)
         return;
     if (!req->resp_started) {
-        if (req->closed || !c->bev) {
+        if (req->closed || !conn_open(c)) {
             req_finish(req); /* the client is gone: nothing to say */
         } else {
             resp_error(req, 500, "internal_error", "the response was never started", -1);

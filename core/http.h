@@ -275,4 +275,18 @@ int sl_http_router_match(const sl_http_router_t *r, const char *method, const ch
                          sl_http_route_cb *cb, void **arg, sl_http_params_t *params,
                          const char **name);
 
+/**
+ * Internal, for the fuzz targets and unit tests: runs the request parser over
+ * `data` (borrowed) as if one client had sent it on one connection and then
+ * half-closed, with no socket, no event loop and no server: the same parser
+ * callbacks, body delivery and request bookkeeping as sl_http_server_adopt,
+ * driven synchronously. `handler` is called as a server's would be; it must
+ * finish each request synchronously or from the body callbacks (a request
+ * still unfinished at the end of the input is ended for it). Responses are
+ * discarded. `limits` may be NULL (defaults; zero fields mean the default).
+ * Returns the number of requests finished.
+ */
+int sl_http__parse(const sl_http_limits_t *limits, const char *data, size_t len,
+                   sl_http_handler_cb handler, void *arg);
+
 #endif

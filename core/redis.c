@@ -15,6 +15,7 @@
  */
 #include "redis.h"
 #include "err.h"
+#include "fault.h"
 #include "log.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -233,6 +234,7 @@ int sl_redis_new(struct event_base *base, const char *url, sl_redis_t **out)
 typedef struct cmd_s {
     sl_redis_reply_cb cb;
     void *arg;
+    int fault; /* SL_FAULTS: deliver NULL, not the reply */
 } cmd_t;
 
 /*
@@ -245,8 +247,9 @@ static void cmd_cb(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     sl_redis_reply_cb cb = c->cb;
     void *arg = c->arg;
+    int fault = c->fault;
     free(c);
-    cb(reply, arg);
+    cb(fault ? NULL : reply, arg); /* a fault: as if the connection went away */
 }
 
 int sl_redis_request(sl_redis_t *r, sl_redis_reply_cb cb, void *arg, int argc,
@@ -261,6 +264,8 @@ int sl_redis_request(sl_redis_t *r, sl_redis_reply_cb cb, void *arg, int argc,
         return SL_ENOMEM;
     c->cb = cb;
     c->arg = arg;
+    /* SL_FAULTS: the command is sent and runs; its answer is lost. */
+    c->fault = sl_fault_hit("redis");
     if (redisAsyncCommandArgv(r->ac, cmd_cb, c, argc, (const char **)argv, lens) != REDIS_OK) {
         free(c);
         return SL_EUNAVAIL;
@@ -294,7 +299,7 @@ int sl_redis_command(sl_redis_t *r, int argc, const char *const *argv, const siz
 {
     if (!r || r->pattern || argc <= 0 || !argv || !lens)
         return SL_EINVAL;
-    if (!r->up || !r->ac)
+    if (!r->up || !r->ac || sl_fault_hit("redis"))
         return SL_EUNAVAIL;
     if (redisAsyncCommandArgv(r->ac, NULL, NULL, argc, (const char **)argv, lens) != REDIS_OK)
         return SL_EUNAVAIL;

@@ -16,6 +16,7 @@
  */
 #include "db/pg.h"
 #include "core/err.h"
+#include "core/fault.h"
 #include "core/log.h"
 
 #include <event2/event_struct.h>
@@ -56,6 +57,7 @@ struct sl_pg_batch_s {
     int cur;        /* statement whose results are arriving */
     int first_err;  /* index of the first failing statement, or -1 */
     int err;
+    int fault; /* SL_FAULTS: the batch runs, then its answer is lost */
     struct event ev_done;
     char errmsg[SL_PG_ERRMSG_MAX];
 };
@@ -89,6 +91,7 @@ struct sl_pg_s {
     struct sl_pg_queue_s queue;
     int nqueued;
     uint32_t rng;
+    unsigned faults; /* SL_FAULTS: faults injected so far */
 };
 
 static void conn_start(sl_pg_conn_t *c);
@@ -303,7 +306,10 @@ static void conn_batch_done(sl_pg_conn_t *c)
     c->batch = NULL;
     c->state = CONN_IDLE;
     c->pg->busy--;
-    if (b->first_err >= 0) {
+    if (b->fault) {
+        /* As a connection that drops after the server committed: "unknown". */
+        batch_finish(b, SL_EUNAVAIL, "fault injected: connection lost after the batch ran");
+    } else if (b->first_err >= 0) {
         copy_msg(b->errmsg, sizeof b->errmsg, PQresultErrorMessage(b->res[b->first_err]));
         batch_finish(b, SL_EDB, NULL);
     } else if (b->cur < b->n - 1 || !b->res[b->n - 1]) {
@@ -742,6 +748,15 @@ int sl_pg_batch_exec(sl_pg_batch_t *b, sl_pg_cb cb, void *arg)
     }
     b->cb = cb;
     b->arg = arg;
+    if (sl_fault_hit("pg")) {
+        /* Alternately before sending (nothing ran) and after running (the
+         * answer is lost): the two ways a dropped connection looks. */
+        b->fault = (++pg->faults & 1) == 0;
+        if (!b->fault || pg->up == 0) {
+            batch_finish(b, SL_EUNAVAIL, "fault injected: connection lost");
+            return 0;
+        }
+    }
     if (pg->up == 0 && pg->starting == 0) {
         batch_finish(b, SL_EUNAVAIL, "database unavailable");
         return 0;

@@ -35,13 +35,21 @@ local text = require "text"
 
 -- Stores the text a step found and says where it came from. Both calls are
 -- idempotent (one artifact per run and kind, one text_source per file), so a
--- step that runs twice after a crash does no harm.
+-- step that runs twice after a crash does no harm. Either can fail (the
+-- database went away): the step fails with that error ("unavailable" is
+-- transient, so the step is retried) rather than go on without its text.
 local function keep_text(ctx, txt, source)
   if text.is_blank(txt) then
     return nil, "no_text"
   end
-  sl.artifact { kind = "text", mime = "text/plain; charset=utf-8", data = txt }
-  sl.set_text_source(source)
+  local ok, err = sl.artifact { kind = "text", mime = "text/plain; charset=utf-8", data = txt }
+  if not ok then
+    return nil, err, "could not store the text"
+  end
+  ok, err = sl.set_text_source(source)
+  if not ok then
+    return nil, err, "could not record the text source"
+  end
   -- Only small facts go in ctx: later steps read the text back from the artifact.
   ctx.text_source = source
   ctx.text_bytes = #txt
@@ -120,7 +128,10 @@ return flow {
         if ctx.no_text then
           return true, "no_text", "the file has no text, so no record"
         end
-        local txt = sl.read_artifact("text")
+        local txt, rerr = sl.read_artifact("text")
+        if txt == nil and rerr ~= "not_found" then
+          return nil, rerr, "could not read the text" -- e.g. "unavailable": retried
+        end
         if text.is_blank(txt) then
           return true, "no_text", "the text is blank, so no record"
         end
@@ -137,7 +148,11 @@ return flow {
         if not rec then
           return nil, err, detail
         end
-        sl.record(rec) -- one record per file: a second run replaces it
+        -- one record per file: a second run replaces it
+        local ok, werr = sl.record(rec)
+        if not ok then
+          return nil, werr, "could not store the record"
+        end
         return true
       end,
       timeout = 120,

@@ -13,6 +13,10 @@ Environment:
                         a test can set its own with @pytest.mark.timeout(N)
   SLUICE_IGNORE_SANITIZER=1  don't fail a test whose server logged an
                         ASan/LSan/UBSan report
+  SL_FAULT_RATE, SL_FAULT_SEED  for a build-faults/ binary (-DSL_FAULTS=ON):
+                        passed to the server; with a rate > 0 the Client
+                        retries 503s and teardown checks that no accepted
+                        file was lost (sluice_harness.FAULTS)
 """
 
 import atexit
@@ -27,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sluice_harness import (  # noqa: E402
-    REPO, Client, PgCluster, RedisServer, Server, ServerFactory, Standin, free_port,
+    FAULTS, REPO, Client, PgCluster, RedisServer, Server, ServerFactory, Standin, free_port,
 )
 
 __all__ = ["Client", "Server", "free_port"]
@@ -141,14 +145,23 @@ def start_server(pg, redis, tmp_path, request):
     All are stopped at teardown."""
     factory = ServerFactory(pg, redis, tmp_path)
     yield factory
-    reports = factory.teardown()
     call = getattr(request.node, "rep_call", None)
+    lost = []
+    if FAULTS and call is not None and call.passed:
+        # "Nothing lost": every file accepted with 202 ends done, or failed
+        # for a reason of its own, with its record (sluice_harness.FAULTS).
+        lost = factory.lost_files()
+    reports = factory.teardown()
     if call is not None and call.passed:
         factory.remove_storage()
     if call is not None and call.failed:
         for i, s in enumerate(factory.servers, 1):
             tail = "\n".join(s.log().splitlines()[-40:])
             print("\n---- sluice server %d log tail (%s) ----\n%s" % (i, s.log_path, tail))
+    if lost:
+        pytest.fail("files lost under fault injection (SL_FAULT_SEED=%s):\n%s"
+                    % (os.environ.get("SL_FAULT_SEED", "?"), "\n".join(lost[:20])),
+                    pytrace=False)
     if reports and os.environ.get("SLUICE_IGNORE_SANITIZER") != "1":
         pytest.fail("sanitizer reports in server logs:\n" +
                     "\n".join("server %d: %s" % (i, l) for i, l in reports[:20]),

@@ -28,6 +28,20 @@ REPO = Path(__file__).resolve().parents[2]
 PG_USER = os.environ.get("SL_PG_USER", "sluice")
 DEFAULT_TIMEOUT = 30
 
+# Fault injection (a build-faults/ binary, scripts/test's faults phase): the
+# server sees SL_FAULT_RATE / SL_FAULT_SEED through its environment (the
+# factory passes os.environ on). With faults on, Client behaves as a careful
+# API client does: it retries a 503 (the dependency "went away"), sending an
+# Idempotency-Key of its own on uploads and process requests so a retry after
+# a lost answer replays instead of doubling; and it remembers every file
+# accepted with 202, which conftest checks at teardown ("nothing lost").
+try:
+    FAULTS = float(os.environ.get("SL_FAULT_RATE") or 0) > 0
+except ValueError:
+    FAULTS = False
+FAULT_RETRIES = 30
+_IDEMPOTENT_POSTS = re.compile(r"^/v1/(datasets/[^/]+/files|files/[^/]+/process)$")
+
 _PR_SET_PDEATHSIG = 1
 try:
     _libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork
@@ -351,6 +365,9 @@ class Client:
     """Thin wrapper over requests for one API key: adds the Bearer header and
     a 30 s timeout; returns requests.Response objects unchanged."""
 
+    # (base url, file id) of every file accepted with 202 while FAULTS
+    accepted = []
+
     def __init__(self, base, key, tenant_id=None):
         self.base = base.rstrip("/")
         self.key = key
@@ -365,7 +382,38 @@ class Client:
         headers.update(kw.pop("headers", None) or {})
         headers = {k: v for k, v in headers.items() if v is not None}  # None removes
         kw.setdefault("timeout", DEFAULT_TIMEOUT)
-        return self.session.request(method, url, headers=headers, **kw)
+        if not FAULTS:
+            return self.session.request(method, url, headers=headers, **kw)
+        return self._request_retrying(method, url, headers, kw)
+
+    def _request_retrying(self, method, url, headers, kw):
+        """FAULTS: retry 503s (replaying file bodies), then note accepted files."""
+        rel = urllib.parse.urlsplit(url).path
+        if (method == "POST" and _IDEMPOTENT_POSTS.match(rel)
+                and not any(k.lower() == "idempotency-key" for k in headers)):
+            headers["Idempotency-Key"] = "harness-" + secrets.token_hex(12)
+        replayable = not hasattr(kw.get("data"), "__next__")
+        for attempt in range(FAULT_RETRIES):
+            for f in kw.get("files") or []:
+                body = f[1][1] if isinstance(f, tuple) and isinstance(f[1], tuple) else None
+                if hasattr(body, "seek"):
+                    body.seek(0)
+            r = self.session.request(method, url, headers=headers, **kw)
+            if r.status_code != 503 or not replayable or attempt == FAULT_RETRIES - 1:
+                break
+            time.sleep(0.1)
+        if r.status_code == 202 and method == "POST" and _IDEMPOTENT_POSTS.match(rel):
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            files = body.get("files") if isinstance(body, dict) else None
+            if isinstance(body, dict) and files is None and "id" in body:
+                files = [body]
+            for f in files or []:
+                if isinstance(f, dict) and "id" in f:
+                    Client.accepted.append((self.base, f["id"]))
+        return r
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
@@ -747,6 +795,46 @@ class ServerFactory:
                 s.kill()
             reports += [(i, l) for l in s.sanitizer_reports()]
         return reports
+
+    def lost_files(self, timeout=60.0):
+        """FAULTS: the files these servers accepted with 202 that were lost:
+        not done or failed within `timeout`, failed only because of an
+        injected fault, or done by a record-making pipeline (ai_record, with
+        no "no_text" note) without exactly one record. Returns a list of strings (empty: none
+        lost). Files the test deleted are not looked for."""
+        problems = []
+        for srv in self.servers:
+            ids = [fid for base, fid in Client.accepted if base == srv.url.rstrip("/")]
+            ids = [fid for fid in ids if re.fullmatch(r"[0-9a-f-]{36}", fid)]
+            if not ids:
+                continue
+            dbname = urllib.parse.unquote(urllib.parse.urlsplit(srv.database_url).path.lstrip("/"))
+            sql = (
+                "SELECT f.id, sluice_file_status(f.id),"
+                " (SELECT count(*) FROM records x WHERE x.file_id = f.id),"
+                " EXISTS (SELECT 1 FROM runs r WHERE r.file_id = f.id AND r.state = 'succeeded'"
+                "         AND r.pipeline = 'ai_record' AND r.note IS NULL),"
+                " coalesce((SELECT string_agg(r.pipeline || '=' || r.state || ' ' ||"
+                "   coalesce(r.error, ''), '; ' ORDER BY r.created_at) FROM runs r"
+                "   WHERE r.file_id = f.id), '')"
+                " FROM files f WHERE f.id IN (%s)" % ",".join("'%s'" % i for i in ids))
+            deadline = time.monotonic() + timeout
+            while True:
+                rows = [l.split("|", 4) for l in self.pg.psql(sql, dbname=dbname).splitlines() if l]
+                pending = [r for r in rows if r[1] not in ("done", "failed")]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            for fid, status, nrec, record_run, runs in rows:
+                if status not in ("done", "failed"):
+                    problems.append("%s: still %s after %.0fs (%s)" % (fid, status, timeout, runs))
+                elif status == "failed" and re.search(
+                        r"fault injected|unavailable|connection lost", runs, re.I):
+                    problems.append("%s: failed for an injected fault (%s)" % (fid, runs))
+                elif record_run == "t" and nrec != "1":
+                    problems.append("%s: ai_record succeeded with %s records (%s)"
+                                    % (fid, nrec, runs))
+        return problems
 
     def remove_storage(self):
         """Delete the blob dirs the factory made (big uploads add up)."""

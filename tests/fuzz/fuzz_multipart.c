@@ -3,10 +3,10 @@
  *
  * Input layout: byte 0 picks the boundary, byte 1 (mod 8) is how many chunk
  * sizes follow, then those sizes (one byte each), then the body. The body is
- * parsed three ways — whole, in the chunk sizes given (cycled), and one byte
- * at a time — and the callback streams, results and done() must agree: a
- * push parser's output may not depend on where the feeds were cut. The body
- * is also given to sl_multipart_boundary() as a Content-Type value.
+ * parsed three ways — whole, in the chunk sizes given (cycled), and, when at
+ * most BYTEWISE_MAX bytes long, one byte at a time — and the callback streams, results and done()
+ * must agree: a push parser's output may not depend on where the feeds were cut. The body is also
+ * given to sl_multipart_boundary() as a Content-Type value.
  */
 #include "core/err.h"
 #include "core/multipart.h"
@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define BYTEWISE_MAX 128
 
 static const char *const boundaries[] = {
     "B", "a b", "--", "----SluiceFormBoundary7MA4YWxkTrZu0gW", "AaB03x",
@@ -151,11 +153,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const uint8_t one = 1;
     run(boundary, body, len, NULL, 0, &whole);
     run(boundary, body, len, sizes, nsizes, &split);
-    run(boundary, body, len, &one, 1, &bytes);
     if (whole.len != split.len || memcmp(whole.p, split.p, whole.len) != 0)
         __builtin_trap();
-    if (whole.len != bytes.len || memcmp(whole.p, bytes.p, whole.len) != 0)
-        __builtin_trap();
+    /* Byte at a time costs a feed per byte: only for short bodies. Longer
+     * ones get it when the fuzzer picks the chunk sizes {1}. */
+    if (len <= BYTEWISE_MAX) {
+        run(boundary, body, len, &one, 1, &bytes);
+        if (whole.len != bytes.len || memcmp(whole.p, bytes.p, whole.len) != 0)
+            __builtin_trap();
+    }
     free(whole.p);
     free(split.p);
     free(bytes.p);

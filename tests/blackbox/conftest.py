@@ -20,6 +20,7 @@ Environment:
 """
 
 import atexit
+import json
 import os
 import secrets
 import signal
@@ -137,6 +138,18 @@ def _restore_services(request):
 
 # ---------------------------------------------------------------- server
 
+# FAULTS: the faults the servers of this session logged, by kind
+FAULTS_SEEN = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULTS:
+        terminalreporter.write_line(
+            "faults injected (SL_FAULT_SEED=%s, SL_FAULT_RATE=%s): %s" % (
+                os.environ.get("SL_FAULT_SEED", "?"), os.environ.get("SL_FAULT_RATE", "?"),
+                ", ".join("%s %d" % kv for kv in sorted(FAULTS_SEEN.items())) or "none"))
+
+
 @pytest.fixture
 def start_server(pg, redis, tmp_path, request):
     """Factory: start_server(config=None, env=None, database_url=None,
@@ -152,6 +165,16 @@ def start_server(pg, redis, tmp_path, request):
         # for a reason of its own, with its record (sluice_harness.FAULTS).
         lost = factory.lost_files()
     reports = factory.teardown()
+    if FAULTS:
+        for srv in factory.servers:
+            for line in srv.log().splitlines():
+                if "fault_injected" not in line:
+                    continue
+                try:
+                    kind = json.loads(line).get("kind", "?")
+                except ValueError:
+                    continue
+                FAULTS_SEEN[kind] = FAULTS_SEEN.get(kind, 0) + 1
     if call is not None and call.passed:
         factory.remove_storage()
     if call is not None and call.failed:

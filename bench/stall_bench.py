@@ -16,6 +16,7 @@ The string budget bounds each step (a step that runs out fails with
 budget_exceeded); while one runs, the loop is still busy with it.
 
     /usr/bin/python3 bench/stall_bench.py [--binary build/sluice] [--size 204800]
+        [--shipped] [--engine separate|inline]
 """
 import argparse
 import http.client
@@ -124,12 +125,21 @@ def main():
     ap.add_argument("--binary", default=str(HERE.parent / "build" / "sluice"))
     ap.add_argument("--size", type=int, default=200 * 1024)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--shipped", action="store_true",
+                    help="the shipped pipelines (ai_record with the local extractor, "
+                         "file_view) instead of the backtracking-pattern pipeline")
+    ap.add_argument("--engine", choices=("separate", "inline"), default="separate",
+                    help="engine.process: inline runs the flows on the HTTP loop (the old way)")
     args = ap.parse_args()
     os.environ["SLUICE_BIN"] = args.binary
     with h.local_stack("sluice-stallbench-") as (factory, tmp):
-        flow = tmp / "stall.lua"
-        flow.write_text(flow_source())
-        yaml = f'pipelines:\n  - {{name: stall, flow: "{flow}", match: ["*/*"]}}\n'
+        yaml = f"engine: {{process: {args.engine}}}\n"
+        if not args.shipped:
+            flow = tmp / "stall.lua"
+            flow.write_text(flow_source())
+            yaml += f'pipelines:\n  - {{name: stall, flow: "{flow}", match: ["*/*"]}}\n'
+        print(f"pipelines: {'shipped' if args.shipped else 'stall (backtracking patterns)'}, "
+              f"engine: {args.engine}")
         srv = factory(extra_yaml=yaml)
         client = srv.create_tenant("stall")
         ds = client.create_dataset("stall")["id"]

@@ -28,35 +28,11 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "looptest.h"
 #include "redistmp.h"
 
 static struct event_base *base;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-}
-
-/* Runs the loop until *counter reaches target or `secs` pass. */
-static void run_until(const int *counter, int target, double secs)
-{
-    double deadline = now_s() + secs;
-    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    struct timeval tv = {0, 10000};
-    event_add(tick, &tv);
-    while (*counter < target && now_s() < deadline)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(tick);
-}
 
 /* ---- results ---- */
 
@@ -74,7 +50,7 @@ static void res_cb(int err, double retry_after_s, void *arg)
     if (r->n < MAX_RES) {
         r->err[r->n] = err;
         r->retry[r->n] = retry_after_s;
-        r->at[r->n] = now_s();
+        r->at[r->n] = looptest_now_s();
     }
     r->n++;
     if (err == 0)
@@ -151,7 +127,7 @@ static void test_local(void)
     results_t r = {0};
     burst(rl, "k1", &lim, 5, &r);
     CHECK(r.n == 0); /* never synchronous */
-    run_until(&r.n, 5, 5);
+    looptest_run_until(base, &r.n, 5, 5);
     CHECK(r.n == 5);
     CHECK(r.allowed == 3);
     CHECK(r.denied == 2);
@@ -162,22 +138,22 @@ static void test_local(void)
     /* another key has its own budget */
     results_t r2 = {0};
     burst(rl, "k2", &lim, 3, &r2);
-    run_until(&r2.n, 3, 5);
+    looptest_run_until(base, &r2.n, 3, 5);
     CHECK(r2.allowed == 3);
 
     /* waiting: 4 checks on a fresh 20/s burst-1 key with max_wait pass over ~150 ms */
     sl_rl_limit_t slow = {20, 1};
     results_t w = {0};
-    double t0 = now_s();
+    double t0 = looptest_now_s();
     for (int i = 0; i < 4; i++)
         CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 2000, res_cb, &w, NULL) == 0);
-    run_until(&w.n, 4, 5);
+    looptest_run_until(base, &w.n, 4, 5);
     CHECK(w.allowed == 4);
     CHECK(w.at[3] - t0 >= 0.14);
     /* a wait that cannot fit in max_wait is refused at once */
     results_t w2 = {0};
     CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 10, res_cb, &w2, NULL) == 0);
-    run_until(&w2.n, 1, 5);
+    looptest_run_until(base, &w2.n, 1, 5);
     CHECK(w2.denied == 1);
 
     /* cancel: no callback, before or while waiting */
@@ -187,13 +163,13 @@ static void test_local(void)
     sl_ratelimit_cancel(op1);
     CHECK(sl_ratelimit_check(rl, "test", "k3", &slow, 1, 5000, res_cb, &c, &op2) == 0);
     int spin = 0;
-    struct event *t = evtimer_new(base, tick_cb, NULL);
+    struct event *t = evtimer_new(base, looptest_tick_cb, NULL);
     struct timeval tv = {0, 50000};
     evtimer_add(t, &tv);
     event_base_loop(base, EVLOOP_ONCE);
     event_free(t);
     sl_ratelimit_cancel(op2);
-    run_until(&spin, 1, 0.2);
+    looptest_run_until(base, &spin, 1, 0.2);
     CHECK(c.n == 0);
 
     /* unlimited: allowed, still on a later turn */
@@ -202,7 +178,7 @@ static void test_local(void)
     for (int i = 0; i < 10; i++)
         CHECK(sl_ratelimit_check(rl, "test", "k5", &none, 1, 0, res_cb, &u, NULL) == 0);
     CHECK(u.n == 0);
-    run_until(&u.n, 10, 5);
+    looptest_run_until(base, &u.n, 10, 5);
     CHECK(u.allowed == 10);
 
     /* too long a key */
@@ -258,7 +234,7 @@ static void test_pause_local(void)
     CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
     CHECK(sl_ratelimit_pause_state(rl, "p1", &left, why, sizeof why) == SL_RL_CLEAR);
     CHECK(left == 0 && why[0] == '\0');
-    double t0 = now_s();
+    double t0 = looptest_now_s();
     CHECK(sl_ratelimit_pause(rl, "p1", 0.3, "rate limited") == 0);
     CHECK(sl_ratelimit_pause_state(rl, "p1", &left, why, sizeof why) == SL_RL_PAUSED);
     CHECK(left > 0.2 && left <= 0.3 && strcmp(why, "rate limited") == 0);
@@ -274,18 +250,18 @@ static void test_pause_local(void)
     results_t r = {0};
     check_paused(rl, "k-p1", "p1", &lim, 0, &r);
     check_paused(rl, NULL, "p1", NULL, 0, &r);
-    run_until(&r.n, 2, 5);
+    looptest_run_until(base, &r.n, 2, 5);
     CHECK(r.denied == 2);
     CHECK(r.retry[0] > 0.1 && r.retry[0] <= 0.3);
     /* another pause key is not held */
     results_t o = {0};
     check_paused(rl, NULL, "p2", NULL, 0, &o);
-    run_until(&o.n, 1, 5);
+    looptest_run_until(base, &o.n, 1, 5);
     CHECK(o.allowed == 1);
     /* waited out when it fits max_wait; the key's one unit was not spent above */
     results_t w = {0};
     check_paused(rl, "k-p1", "p1", &lim, 2000, &w);
-    run_until(&w.n, 1, 5);
+    looptest_run_until(base, &w.n, 1, 5);
     CHECK(w.allowed == 1);
     CHECK(w.at[0] - t0 >= 0.3);
     CHECK(sl_ratelimit_pause_state(rl, "p1", NULL, NULL, 0) == SL_RL_CLEAR);
@@ -295,14 +271,14 @@ static void test_pause_local(void)
     results_t d = {0};
     CHECK(sl_ratelimit_charge(rl, "debt", &ten, 5) == 0);
     CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &d, NULL) == 0);
-    run_until(&d.n, 1, 5);
+    looptest_run_until(base, &d.n, 1, 5);
     CHECK(d.denied == 1 && d.retry[0] > 0.4);
     /* a refund brings it back, never before now */
     CHECK(sl_ratelimit_charge(rl, "debt", &ten, -1000) == 0);
     results_t f = {0};
     CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &f, NULL) == 0);
     CHECK(sl_ratelimit_check(rl, "test", "debt", &ten, 1, 0, res_cb, &f, NULL) == 0);
-    run_until(&f.n, 2, 5);
+    looptest_run_until(base, &f.n, 2, 5);
     CHECK(f.allowed == 1 && f.denied == 1); /* the burst of 1, not 1000 banked units */
     sl_rl_limit_t none = {0, 0};
     CHECK(sl_ratelimit_charge(rl, "debt", &none, 5) == SL_EINVAL);
@@ -313,9 +289,9 @@ static void test_pause_local(void)
 
 static void wait_up(sl_redis_t *r, int want, double secs)
 {
-    double deadline = now_s() + secs;
-    struct event *t = evtimer_new(base, tick_cb, NULL);
-    while (sl_redis_up(r) != want && now_s() < deadline) {
+    double deadline = looptest_now_s() + secs;
+    struct event *t = evtimer_new(base, looptest_tick_cb, NULL);
+    while (sl_redis_up(r) != want && looptest_now_s() < deadline) {
         struct timeval tv = {0, 20000};
         evtimer_add(t, &tv);
         event_base_loop(base, EVLOOP_ONCE);
@@ -356,8 +332,8 @@ static void test_redis(void)
     results_t ra = {0}, rb = {0};
     burst(a, key, &lim, 3, &ra);
     burst(b, key, &lim, 3, &rb);
-    run_until(&ra.n, 3, 5);
-    run_until(&rb.n, 3, 5);
+    looptest_run_until(base, &ra.n, 3, 5);
+    looptest_run_until(base, &rb.n, 3, 5);
     CHECK(ra.allowed + rb.allowed == 4);
     CHECK(ra.denied + rb.denied == 2);
     CHECK(sl_ratelimit_shared(a) == 1);
@@ -370,11 +346,11 @@ static void test_redis(void)
     const char *flush[] = {"SCRIPT", "FLUSH"};
     const size_t flush_lens[] = {6, 5};
     CHECK(sl_redis_request(redis, flush_cb, &flushed, 2, flush, flush_lens) == 0);
-    run_until(&flushed, 1, 5);
+    looptest_run_until(base, &flushed, 1, 5);
     results_t rc = {0};
     snprintf(key, sizeof key, "flushed-%d", (int)getpid());
     burst(a, key, &lim, 5, &rc);
-    run_until(&rc.n, 5, 5);
+    looptest_run_until(base, &rc.n, 5, 5);
     CHECK(rc.allowed == 4 && rc.denied == 1);
     CHECK(sl_ratelimit_shared(a) == 1);
 
@@ -382,10 +358,10 @@ static void test_redis(void)
     sl_rl_limit_t slow = {10, 1};
     results_t w = {0};
     snprintf(key, sizeof key, "wait-%d", (int)getpid());
-    double t0 = now_s();
+    double t0 = looptest_now_s();
     for (int i = 0; i < 3; i++)
         CHECK(sl_ratelimit_check(a, "test", key, &slow, 1, 3000, res_cb, &w, NULL) == 0);
-    run_until(&w.n, 3, 5);
+    looptest_run_until(base, &w.n, 3, 5);
     CHECK(w.allowed == 3);
     CHECK(w.at[2] - t0 >= 0.18);
 
@@ -393,16 +369,16 @@ static void test_redis(void)
     char pkey[64];
     snprintf(pkey, sizeof pkey, "pause-%d", (int)getpid());
     CHECK(sl_ratelimit_pause_state(b, pkey, NULL, NULL, 0) == SL_RL_ASK);
-    t0 = now_s();
+    t0 = looptest_now_s();
     CHECK(sl_ratelimit_pause(a, pkey, 0.5, "rate limited") == 0);
     int pinged = 0;
     const char *ping[] = {"PING"};
     const size_t ping_lens[] = {4};
     CHECK(sl_redis_request(redis, flush_cb, &pinged, 1, ping, ping_lens) == 0);
-    run_until(&pinged, 1, 5); /* the pause went before it on the same connection */
+    looptest_run_until(base, &pinged, 1, 5); /* the pause went before it on the same connection */
     results_t pb = {0};
     check_paused(b, NULL, pkey, NULL, 0, &pb);
-    run_until(&pb.n, 1, 5);
+    looptest_run_until(base, &pb.n, 1, 5);
     CHECK(pb.denied == 1 && pb.retry[0] > 0.2 && pb.retry[0] <= 0.5);
     char why[SL_RL_PAUSE_WHY_MAX];
     CHECK(sl_ratelimit_pause_state(b, pkey, NULL, why, sizeof why) == SL_RL_PAUSED);
@@ -410,12 +386,12 @@ static void test_redis(void)
     results_t pw = {0};
     snprintf(key, sizeof key, "paused-rate-%d", (int)getpid());
     check_paused(b, key, pkey, &lim, 3000, &pw);
-    run_until(&pw.n, 1, 5);
+    looptest_run_until(base, &pw.n, 1, 5);
     CHECK(pw.allowed == 1 && pw.at[0] - t0 >= 0.49);
     /* Redis said "not paused": trusted for a while, no round trip */
     results_t pc = {0};
     check_paused(b, NULL, pkey, NULL, 0, &pc);
-    run_until(&pc.n, 1, 5);
+    looptest_run_until(base, &pc.n, 1, 5);
     CHECK(pc.allowed == 1);
     CHECK(sl_ratelimit_pause_state(b, pkey, NULL, NULL, 0) == SL_RL_CLEAR);
 
@@ -425,10 +401,10 @@ static void test_redis(void)
     CHECK(sl_ratelimit_charge(a, key, &tenr, 5) == 0);
     pinged = 0;
     CHECK(sl_redis_request(redis, flush_cb, &pinged, 1, ping, ping_lens) == 0);
-    run_until(&pinged, 1, 5);
+    looptest_run_until(base, &pinged, 1, 5);
     results_t db = {0};
     CHECK(sl_ratelimit_check(b, "test", key, &tenr, 1, 0, res_cb, &db, NULL) == 0);
-    run_until(&db.n, 1, 5);
+    looptest_run_until(base, &db.n, 1, 5);
     CHECK(db.denied == 1 && db.retry[0] > 0.4);
 
     /* an op cancelled while its command is out never calls back */
@@ -438,7 +414,7 @@ static void test_redis(void)
     event_base_loop(base, EVLOOP_NONBLOCK | EVLOOP_ONCE); /* the command goes out */
     sl_ratelimit_cancel(op);
     int spin = 0;
-    run_until(&spin, 1, 0.2);
+    looptest_run_until(base, &spin, 1, 0.2);
     CHECK(c.n == 0);
 
     /* Redis stops: checks go on with local limits */
@@ -446,7 +422,7 @@ static void test_redis(void)
     wait_up(redis, 0, 10);
     results_t rl = {0};
     burst(a, "after-stop", &lim, 6, &rl);
-    run_until(&rl.n, 6, 5);
+    looptest_run_until(base, &rl.n, 6, 5);
     CHECK(rl.n == 6);
     CHECK(rl.allowed == 4 && rl.denied == 2);
     CHECK(sl_ratelimit_shared(a) == 0);
@@ -456,7 +432,7 @@ static void test_redis(void)
     wait_up(redis, 1, 20);
     results_t back = {0};
     burst(a, "after-start", &lim, 1, &back);
-    run_until(&back.n, 1, 5);
+    looptest_run_until(base, &back.n, 1, 5);
     CHECK(back.allowed == 1);
     CHECK(sl_ratelimit_shared(a) == 1);
 
@@ -465,7 +441,7 @@ static void test_redis(void)
     CHECK(sl_ratelimit_check(b, "test", "freeing", &lim, 1, 0, res_cb, &f, NULL) == 0);
     event_base_loop(base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
     sl_ratelimit_free(b);
-    run_until(&f.n, 1, 5);
+    looptest_run_until(base, &f.n, 1, 5);
     CHECK(f.n == 1);
 
     sl_ratelimit_free(a);

@@ -31,41 +31,17 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "looptest.h"
 #include "redistmp.h"
 
 static struct event_base *base;
 static char uniq[32]; /* keeps service names (and so Redis keys) apart between runs */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-}
-
-/* Runs the loop until *counter reaches target or `secs` pass. */
-static void run_until(const int *counter, int target, double secs)
-{
-    double deadline = now_s() + secs;
-    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
-    struct timeval tv = {0, 10000};
-    event_add(tick, &tv);
-    while (*counter < target && now_s() < deadline)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(tick);
-}
 
 static void spin(double secs)
 {
     int never = 0;
-    run_until(&never, 1, secs);
+    looptest_run_until(base, &never, 1, secs);
 }
 
 static const char *name_of(char *buf, size_t n, const char *what)
@@ -88,7 +64,7 @@ static void ready_cb(sl_svc_wait_t *w, int err, void *arg)
     (void)w;
     c->done++;
     c->err = err;
-    c->at = now_s();
+    c->at = looptest_now_s();
 }
 
 /* Acquires and waits for the answer: 0 granted (the slot is held), or the error. */
@@ -97,12 +73,12 @@ static int acquire(sl_svc_t *s, call_t *c, int wait_ms, double est)
     memset(c, 0, sizeof *c);
     int rc = sl_svc_acquire_est(s, &c->w, wait_ms, est, ready_cb, c);
     if (rc == 1) {
-        c->at = now_s();
+        c->at = looptest_now_s();
         return 0;
     }
     if (rc < 0)
         return rc;
-    run_until(&c->done, 1, wait_ms / 1000.0 + 10);
+    looptest_run_until(base, &c->done, 1, wait_ms / 1000.0 + 10);
     CHECK(c->done == 1);
     return c->done == 1 ? c->err : SL_ETIMEDOUT;
 }
@@ -227,7 +203,7 @@ static void test_hold_local(void)
     sl_svc_t *s = sl_svcs_get(r, name_of(name, sizeof name, "ra"));
     CHECK(s != NULL);
     CHECK(sl_svc_hold_remaining_s(s, reason, sizeof reason) == 0 && reason[0] == '\0');
-    double t0 = now_s();
+    double t0 = looptest_now_s();
     sl_svc_observe(s, 429, "1", NULL);
     double left = sl_svc_hold_remaining_s(s, reason, sizeof reason);
     CHECK(left > 0.5 && left <= 1.0);
@@ -276,7 +252,7 @@ static void test_hold_local(void)
                             {"X-RateLimit-Limit-Requests", "500"},
                             {"x-ratelimit-remaining-requests", "0"},
                             {"x-ratelimit-reset-requests", "1s"}};
-    t0 = now_s();
+    t0 = looptest_now_s();
     sl_svc_observe_headers(s, 200, h, 4);
     left = sl_svc_hold_remaining_s(s, reason, sizeof reason);
     CHECK(left > 0.5 && left <= 1.0);
@@ -370,7 +346,7 @@ static void test_aimd(void)
     spin(0.05);
     CHECK(b.done == 0);
     sl_svc_release(&a.w, "ok", 0.01);
-    run_until(&b.done, 1, 5);
+    looptest_run_until(base, &b.done, 1, 5);
     CHECK(b.done == 1 && b.err == 0);
     sl_svc_release(&b.w, "ok", 0.01);
 
@@ -460,8 +436,8 @@ static void test_tokens(sl_ratelimit_t *rl, const char *tag)
 
 static void wait_up(sl_redis_t *r, double secs)
 {
-    double deadline = now_s() + secs;
-    while (!sl_redis_up(r) && now_s() < deadline)
+    double deadline = looptest_now_s() + secs;
+    while (!sl_redis_up(r) && looptest_now_s() < deadline)
         spin(0.02);
 }
 
@@ -479,7 +455,7 @@ static void barrier(sl_redis_t *r)
     const size_t lens[] = {4};
     spin(0); /* let queued ops send */
     CHECK(sl_redis_request(r, ping_cb, &n, 1, argv, lens) == 0);
-    run_until(&n, 1, 10);
+    looptest_run_until(base, &n, 1, 10);
     CHECK(n == 1);
 }
 
@@ -524,7 +500,7 @@ static void test_two_instances(const char *url)
         sl_svc_t *s = sl_svcs_get(ra, i ? lim : unl);
         sl_svc_observe(s, 429, "2", NULL);
     }
-    double t0 = now_s();
+    double t0 = looptest_now_s();
     barrier(redis_a);
     for (int i = 0; i < 2; i++) {
         const char *n = i ? lim : unl;
@@ -552,8 +528,8 @@ static void test_two_instances(const char *url)
      * for a while), and still learns of A's hold at once */
     CHECK(sl_ratelimit_listen(lb, url) == 0);
     CHECK(sl_ratelimit_listen(lb, url) == 0); /* once is enough */
-    double deadline = now_s() + 20;
-    while (!sl_ratelimit_listening(lb) && now_s() < deadline)
+    double deadline = looptest_now_s() + 20;
+    while (!sl_ratelimit_listening(lb) && looptest_now_s() < deadline)
         spin(0.02);
     CHECK(sl_ratelimit_listening(lb) == 1);
     sl_svc_t *sb = sl_svcs_get(rb, lis);
@@ -563,8 +539,8 @@ static void test_two_instances(const char *url)
     CHECK(sl_svc_acquire(sb, &c.w, 1000, ready_cb, &c) == 1); /* fresh: no round trip */
     sl_svc_release(&c.w, "ok", 0.01);
     sl_svc_observe(sl_svcs_get(ra, lis), 429, "30", NULL);
-    deadline = now_s() + 5;
-    while (sl_svc_hold_remaining_s(sb, NULL, 0) == 0 && now_s() < deadline)
+    deadline = looptest_now_s() + 5;
+    while (sl_svc_hold_remaining_s(sb, NULL, 0) == 0 && looptest_now_s() < deadline)
         spin(0.01);
     CHECK(sl_svc_hold_remaining_s(sb, NULL, 0) > 25);
     memset(&c, 0, sizeof c);

@@ -33,7 +33,8 @@ typedef struct http_op_s {
     sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
     sl_curl_xfer_t *xfer; /* in flight */
     char *method, *url, *body_file;
-    const sl_config_service_t *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
+    const sl_config_service_t
+        *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
     char **headers;
     size_t n_headers;
     char *body;
@@ -162,7 +163,7 @@ static int start(sl_flow_svcop_t *so)
         creds.access_key_id = op->auth_cfg->access_key_id;
         creds.secret_access_key = op->auth_cfg->secret_access_key;
         creds.region = op->auth_cfg->region && op->auth_cfg->region[0] ? op->auth_cfg->region
-                                                                         : SL_FLOW_AWS_REGION;
+                                                                       : SL_FLOW_AWS_REGION;
         creds.service = op->auth_cfg->name;
         o.sigv4 = &creds;
     }

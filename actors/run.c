@@ -32,25 +32,25 @@
 #define WAIT_MAX_S 300
 
 struct sl_run_s {
-    sl_sched_t *sched;        /* NULL once detached */
-    sl_sched_ctx_t ctx;       /* a copy: valid after the scheduler is gone */
+    sl_sched_t *sched;  /* NULL once detached */
+    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone */
     char instance_id[128];
     int cancelled;
-    int busy;                 /* an operation is in progress */
+    int busy; /* an operation is in progress */
     char id[37], tenant_id[37], dataset_id[37], file_id[37];
     char pipeline[64];
     char step[64];
     int attempt;
-    char *ctx_json;           /* owned */
-    char *file_json;          /* owned; includes the local path */
+    char *ctx_json;  /* owned */
+    char *file_json; /* owned; includes the local path */
     char chain_start[64];
     int chain_transient;
     int wait_count;
-    sl_flow_t *flow;          /* a reference, for the life of the actor */
-    sl_step_t *cur;           /* the running attempt, or NULL */
-    struct event *timer;      /* retry delay */
+    sl_flow_t *flow;     /* a reference, for the life of the actor */
+    sl_step_t *cur;      /* the running attempt, or NULL */
+    struct event *timer; /* retry delay */
     char tmpdir[640];
-    sl_pubsub_t *pubsub;      /* borrowed from the scheduler's opts (outlives every actor) */
+    sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
 };
 
 /* What a commit does once it holds. */
@@ -69,14 +69,13 @@ static void metrics_init(void)
     static const double buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
     if (m_step_seconds)
         return;
-    m_step_seconds = sl_metrics_histogram("sluice_step_duration_seconds",
-                                          "Step attempt duration by pipeline, step and outcome",
-                                          "pipeline,step,outcome", buckets,
-                                          (int)(sizeof buckets / sizeof buckets[0]));
+    m_step_seconds = sl_metrics_histogram(
+        "sluice_step_duration_seconds", "Step attempt duration by pipeline, step and outcome",
+        "pipeline,step,outcome", buckets, (int)(sizeof buckets / sizeof buckets[0]));
     m_transitions = sl_metrics_counter("sluice_run_transitions_total",
                                        "Timeline events written by run actors", "pipeline,kind");
-    m_retries = sl_metrics_counter("sluice_step_retries_total", "Step attempts retried",
-                                   "pipeline,step");
+    m_retries =
+        sl_metrics_counter("sluice_step_retries_total", "Step attempts retried", "pipeline,step");
     m_fallbacks = sl_metrics_counter("sluice_fallbacks_total", "Fallback transitions taken",
                                      "pipeline,from,to");
 }
@@ -234,8 +233,8 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
          * deleted): stop here. If the run still exists its lease lapses and
          * it resumes from its last committed step.
          */
-        sl_log(SL_LOG_WARN, "run_commit_lost", "{s:s, s:s, s:s}", "run_id", r->id, "step",
-               r->step, "error", res->err ? res->errmsg : "lease lost or run deleted");
+        sl_log(SL_LOG_WARN, "run_commit_lost", "{s:s, s:s, s:s}", "run_id", r->id, "step", r->step,
+               "error", res->err ? res->errmsg : "lease lost or run deleted");
         if (res->err) {
             /* Give the lease back now rather than in lease_s: the run is
              * claimed again at once and resumes from its last committed step. */
@@ -268,8 +267,8 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
 static void add_event(sl_run_t *r, json_t *events, const char *step, const char *kind,
                       json_t *detail)
 {
-    json_array_append_new(events, json_pack("{s:s, s:s, s:o}", "step", step, "kind", kind,
-                                            "detail", detail ? detail : json_object()));
+    json_array_append_new(events, json_pack("{s:s, s:s, s:o}", "step", step, "kind", kind, "detail",
+                                            detail ? detail : json_object()));
     sl_metrics_add(m_transitions, 1, r->pipeline, kind);
 }
 
@@ -277,8 +276,8 @@ static void add_event(sl_run_t *r, json_t *events, const char *step, const char 
  * Commits the actor's current fields with `state` and the events (taken),
  * then continues with `next`.
  */
-static void commit(sl_run_t *r, const char *state, const char *error, double wait_s,
-                   json_t *events, next_t next, int delay_ms)
+static void commit(sl_run_t *r, const char *state, const char *error, double wait_s, json_t *events,
+                   next_t next, int delay_ms)
 {
     char attempt[16], wait_count[16], wait[32];
     snprintf(attempt, sizeof attempt, "%d", r->attempt);
@@ -335,9 +334,9 @@ static int backoff_ms(const sl_flow_step_t *st, int attempt)
 
 static json_t *fail_detail(const sl_step_result_t *res, int attempt)
 {
-    json_t *d = json_pack("{s:s, s:b, s:i, s:f}", "error", res->err ? res->err : "failed",
-                          "transient", res->transient, "attempt", attempt, "duration_s",
-                          res->duration_s);
+    json_t *d =
+        json_pack("{s:s, s:b, s:i, s:f}", "error", res->err ? res->err : "failed", "transient",
+                  res->transient, "attempt", attempt, "duration_s", res->duration_s);
     if (d && res->detail)
         json_object_set_new(d, "detail", json_string(res->detail));
     return d;
@@ -385,8 +384,7 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
         } else {
             add_event(r, events, from, "succeeded",
-                      res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail",
-                                            res->detail)
+                      res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail", res->detail)
                                 : NULL);
             commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
         }
@@ -422,9 +420,9 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
         int delay = backoff_ms(st, r->attempt);
         r->attempt++;
         sl_metrics_add(m_retries, 1, r->pipeline, r->step);
-        add_event(r, events, from, "retry",
-                  json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", delay, "error",
-                            err));
+        add_event(
+            r, events, from, "retry",
+            json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", delay, "error", err));
         commit(r, "running", NULL, 0, events, NEXT_TIMER, delay);
         return;
     }
@@ -598,8 +596,7 @@ int sl_run__start(sl_sched_t *s, PGresult *res, int i)
         if (strcmp(old_state, "queued") == 0)
             add_event(r, events, r->step, "started", NULL);
         else
-            add_event(r, events, r->step, "resumed",
-                      json_pack("{s:s}", "from", old_state));
+            add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", old_state));
     } else {
         snprintf(r->step, sizeof r->step, "%s", step);
         if (r->attempt < 1)

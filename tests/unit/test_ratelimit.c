@@ -33,7 +33,6 @@
 
 static struct event_base *base;
 
-
 /* ---- results ---- */
 
 #define MAX_RES 64

@@ -37,7 +37,6 @@
 static struct event_base *base;
 static char uniq[32]; /* keeps service names (and so Redis keys) apart between runs */
 
-
 static void spin(double secs)
 {
     int never = 0;

@@ -477,23 +477,29 @@ static const char *const type_names[] = {"string", "number", "integer", "boolean
  * The node's declared type: *ty the one besides "null" (NULL: none, e.g. an
  * untyped enum or {"type": "null"}), *has_null whether "null" was declared.
  */
+/* The type an enum's or const's values imply (NULL: none, or they differ). */
+static const char *values_implied(const json_t *in)
+{
+    json_t *e = json_object_get(in, "enum");
+    json_t *k = json_object_get(in, "const");
+    if (json_is_array(e))
+        return values_type(e, 0);
+    return k != NULL ? values_type(k, 1) : NULL;
+}
+
 static int node_type(jctx_t *c, const json_t *in, const char **ty, int *has_null)
 {
     json_t *t = json_object_get(in, "type");
     *ty = NULL;
     *has_null = 0;
     if (t == NULL) {
-        json_t *e = json_object_get(in, "enum");
-        json_t *k = json_object_get(in, "const");
         if (json_object_get(in, "properties") != NULL)
             *ty = "object";
         else if (json_object_get(in, "items") != NULL)
             *ty = "array";
-        else if (json_is_array(e))
-            *ty = values_type(e, 0);
-        else if (k != NULL)
-            *ty = values_type(k, 1);
-        else if (e == NULL)
+        else if (json_object_get(in, "enum") != NULL || json_object_get(in, "const") != NULL)
+            *ty = values_implied(in);
+        else
             *ty = "string"; /* untyped: text is the safe guess */
         return 0;
     }
@@ -504,6 +510,8 @@ static int node_type(jctx_t *c, const json_t *in, const char **ty, int *has_null
             *has_null = 1;
         else
             *ty = json_string_value(t);
+        if (*ty == NULL) /* {"type": "null", "enum": ["x", null]}: the values say */
+            *ty = values_implied(in);
         return 0;
     }
     if (!json_is_array(t) || json_array_size(t) == 0)
@@ -524,6 +532,8 @@ static int node_type(jctx_t *c, const json_t *in, const char **ty, int *has_null
                         "anyOf)");
         }
     }
+    if (*ty == NULL) /* ["null"] with an enum or const: the values say */
+        *ty = values_implied(in);
     return 0;
 }
 

@@ -325,6 +325,19 @@ static int refused_with(char *in, const char *want)
     return ok;
 }
 
+/* A translation is a fixed point: translating it again gives it back (found
+ * by fuzz_jschema: a "null"-only type with an enum lost its type, which the
+ * second pass then inferred from the values). */
+static void test_fixed_point(void)
+{
+    static const char want[] =
+        "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":[\"string\",\"null\"],"
+        "\"enum\":[\"x\",null]}},\"required\":[\"n\"],\"additionalProperties\":false}";
+    CHECK_TR("{\"properties\":{\"n\":{\"type\":[\"null\"],\"enum\":[\"x\",null]}}}", want);
+    CHECK_TR("{\"properties\":{\"n\":{\"type\":\"null\",\"enum\":[\"x\",null]}}}", want);
+    CHECK_TR(want, want);
+}
+
 static void test_limits(void)
 {
     /* 10 levels of objects (the root is 1), not 11 */
@@ -487,6 +500,7 @@ int main(void)
     test_nested();
     test_dropped_and_kept_keywords();
     test_refused();
+    test_fixed_point();
     test_limits();
     test_hostile();
     test_api();

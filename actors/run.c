@@ -6,10 +6,12 @@
  * moves the actor on. Cancelling marks the actor and cancels that operation;
  * the actor ends when the operation reports back, never inside the cancel.
  *
- * Commits are one statement: an UPDATE of the runs row guarded by
- * lease_owner, with the timeline events inserted from its RETURNING row in the
- * same statement — so events are written only if the guard held, and an
- * actor that finds no row (lease lost, file deleted) ends without effects.
+ * Commits are one statement, sluice_run_transition() (db/functions/
+ * run_transition.sql): an UPDATE of the runs row guarded by lease_owner, with
+ * the timeline events inserted from its RETURNING row in the same statement —
+ * so events are written only if the guard held, and an actor that finds no
+ * row (lease lost, file deleted) ends without effects. Every transition goes
+ * through it, the failure of a run whose pipeline is gone included.
  */
 #include "actors/run.h"
 #include "actors/service.h"
@@ -175,37 +177,14 @@ static void publish_rows(sl_pubsub_t *ps, PGresult *res)
 }
 
 /*
- * $10 is the run's word: its error, or once it succeeded the note of its last
- * step (`return true, "no_text"`: done, and why there is no output).
- *
- * The per-dataset advisory lock taken before the events get their seqs makes
- * a dataset's seqs commit in order, so an SSE replay of "seq > last id" never
- * skips one that commits later (docs/internals/sse.md).
+ * A transition is sluice_run_transition() (db/functions/run_transition.sql):
+ * the runs row guarded by the lease and the timeline events, in one
+ * statement; it returns the events it wrote, selected here in the columns
+ * publish_rows expects.
  */
 static const char COMMIT_SQL[] =
-    "WITH u AS (UPDATE runs SET step = $3, attempt = $4, ctx = $5::jsonb, state = $6,"
-    "  chain_start = $7, chain_transient = $8::boolean, wait_count = $9::int,"
-    "  error = CASE WHEN $6 = 'succeeded' THEN NULL ELSE $10 END,"
-    "  note = CASE WHEN $6 = 'succeeded' THEN $10 ELSE note END,"
-    "  flow_version = $12,"
-    "  finished_at = CASE WHEN $6 IN ('succeeded','failed','cancelled') THEN now()"
-    "                ELSE finished_at END,"
-    "  next_attempt_at = CASE WHEN $6 = 'waiting'"
-    "                    THEN now() + make_interval(secs => $11::double precision)"
-    "                    ELSE next_attempt_at END,"
-    "  lease_owner = CASE WHEN $6 = 'running' THEN lease_owner END,"
-    "  lease_until = CASE WHEN $6 = 'running' THEN lease_until END"
-    "  WHERE id = $1 AND lease_owner = $2"
-    "  RETURNING id, tenant_id, dataset_id, file_id, pipeline, state) "
-    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, step, kind,"
-    "  state, detail) "
-    "SELECT u.tenant_id, u.dataset_id, u.file_id, u.id, u.pipeline, e.step, e.kind, u.state,"
-    "  coalesce(e.detail, '{}'::json)::jsonb "
-    "FROM u CROSS JOIN LATERAL"
-    "  (SELECT pg_advisory_xact_lock(hashtextextended(u.dataset_id::text, 0))) lk,"
-    "  ROWS FROM (json_to_recordset($13::json) AS (step text, kind text, detail json))"
-    "  WITH ORDINALITY AS e(step, kind, detail, n) ORDER BY e.n"
-    " RETURNING " SL_PUBSUB_EVENT_COLUMNS;
+    "SELECT " SL_PUBSUB_EVENT_COLUMNS " FROM sluice_run_transition($1, $2, $3, $4, $5, $6, $7,"
+    " $8, $9, $10, $11, $12, $13) ORDER BY seq";
 
 static void lease_given_back_cb(const sl_pg_result_t *res, void *arg)
 {
@@ -263,18 +242,19 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
     }
 }
 
-/* Adds a timeline event {step, kind, detail} to events (detail taken). */
+/* Adds a timeline event {step, kind, detail} to events (detail taken; step may be NULL). */
 static void add_event(sl_run_t *r, json_t *events, const char *step, const char *kind,
                       json_t *detail)
 {
-    json_array_append_new(events, json_pack("{s:s, s:s, s:o}", "step", step, "kind", kind, "detail",
-                                            detail ? detail : json_object()));
+    json_array_append_new(events, json_pack("{s:s?, s:s, s:o}", "step", step, "kind", kind,
+                                            "detail", detail ? detail : json_object()));
     sl_metrics_add(m_transitions, 1, r->pipeline, kind);
 }
 
 /*
  * Commits the actor's current fields with `state` and the events (taken),
- * then continues with `next`.
+ * then continues with `next`. `error` is the run's word (its error, or the
+ * note of a run that succeeded); an empty step or no flow keeps the row's.
  */
 static void commit(sl_run_t *r, const char *state, const char *error, double wait_s, json_t *events,
                    next_t next, int delay_ms)
@@ -297,7 +277,7 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
     c->delay_ms = delay_ms;
     const char *params[] = {r->id,
                             r->instance_id,
-                            r->step,
+                            r->step[0] ? r->step : NULL,
                             attempt,
                             r->ctx_json,
                             state,
@@ -306,7 +286,7 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
                             wait_count,
                             error,
                             wait,
-                            sl_flow_version(r->flow),
+                            r->flow ? sl_flow_version(r->flow) : NULL,
                             ev};
     r->busy = 1;
     if (sl_pg_query(r->ctx.pg, COMMIT_SQL, 13, params, commit_cb, c) != 0) {
@@ -505,13 +485,6 @@ static void retry_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start ---- */
 
-/* arg: the pubsub (outlives the pool's callbacks). */
-static void failed_start_cb(const sl_pg_result_t *res, void *arg)
-{
-    if (!res->err)
-        publish_rows(arg, res->res[0]);
-}
-
 /* The file document of the claim plus `path`, the blob's local file. */
 static char *file_doc(sl_run_t *r, const char *json_text)
 {
@@ -528,11 +501,14 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     return out;
 }
 
-int sl_run__start(sl_sched_t *s, PGresult *res, int i)
+int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
 {
     metrics_init();
-    if (PQgetisnull(res, i, 13))
+    if (!c->file)
         return SL_ENOTFOUND; /* its file went away meanwhile */
+    if (!c->id || !c->tenant_id || !c->dataset_id || !c->file_id || !c->pipeline || !c->ctx ||
+        !c->old_state)
+        return SL_EINVAL;
     sl_run_t *r = calloc(1, sizeof *r);
     if (!r)
         return SL_ENOMEM;
@@ -541,19 +517,19 @@ int sl_run__start(sl_sched_t *s, PGresult *res, int i)
     r->pubsub = sl_sched_pubsub(s);
     snprintf(r->instance_id, sizeof r->instance_id, "%s", r->ctx.instance_id);
     r->ctx.instance_id = r->instance_id;
-    snprintf(r->id, sizeof r->id, "%s", PQgetvalue(res, i, 0));
-    snprintf(r->tenant_id, sizeof r->tenant_id, "%s", PQgetvalue(res, i, 1));
-    snprintf(r->dataset_id, sizeof r->dataset_id, "%s", PQgetvalue(res, i, 2));
-    snprintf(r->file_id, sizeof r->file_id, "%s", PQgetvalue(res, i, 3));
-    snprintf(r->pipeline, sizeof r->pipeline, "%s", PQgetvalue(res, i, 4));
-    r->attempt = (int)strtol(PQgetvalue(res, i, 6), NULL, 10);
-    r->ctx_json = strdup(PQgetvalue(res, i, 7));
-    snprintf(r->chain_start, sizeof r->chain_start, "%s", PQgetvalue(res, i, 8));
-    r->chain_transient = PQgetvalue(res, i, 9)[0] == 't';
-    r->wait_count = (int)strtol(PQgetvalue(res, i, 10), NULL, 10);
-    const char *old_state = PQgetvalue(res, i, 11);
-    const char *old_owner = PQgetvalue(res, i, 12);
-    r->file_json = file_doc(r, PQgetvalue(res, i, 13));
+    snprintf(r->id, sizeof r->id, "%s", c->id);
+    snprintf(r->tenant_id, sizeof r->tenant_id, "%s", c->tenant_id);
+    snprintf(r->dataset_id, sizeof r->dataset_id, "%s", c->dataset_id);
+    snprintf(r->file_id, sizeof r->file_id, "%s", c->file_id);
+    snprintf(r->pipeline, sizeof r->pipeline, "%s", c->pipeline);
+    r->attempt = c->attempt;
+    r->ctx_json = strdup(c->ctx);
+    snprintf(r->chain_start, sizeof r->chain_start, "%s", c->chain_start ? c->chain_start : "");
+    r->chain_transient = c->chain_transient;
+    r->wait_count = c->wait_count;
+    const char *old_state = c->old_state;
+    const char *old_owner = c->old_owner ? c->old_owner : "";
+    r->file_json = file_doc(r, c->file);
     r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
     snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s", r->ctx.tmp_root, r->id);
     if (!r->ctx_json || !r->file_json || !r->timer) {
@@ -569,25 +545,17 @@ int sl_run__start(sl_sched_t *s, PGresult *res, int i)
     json_t *events = json_array();
     r->flow = sl_sched__flow_for(s, r->pipeline);
     if (!r->flow) {
-        /* No flow for this pipeline (config changed): the run cannot go on. */
-        json_decref(events);
-        const char *params[] = {r->id, r->instance_id};
-        sl_pg_query(r->ctx.pg,
-                    "WITH u AS (UPDATE runs SET state = 'failed', error = 'unknown_pipeline', "
-                    "finished_at = now(), lease_owner = NULL, lease_until = NULL "
-                    "WHERE id = $1 AND lease_owner = $2 RETURNING *) "
-                    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, "
-                    "step, kind, state, detail) SELECT tenant_id, dataset_id, file_id, id, "
-                    "pipeline, step, 'failed', 'failed', '{\"error\": \"unknown_pipeline\"}' "
-                    "FROM u CROSS JOIN LATERAL"
-                    " (SELECT pg_advisory_xact_lock(hashtextextended(u.dataset_id::text, 0))) lk"
-                    " RETURNING " SL_PUBSUB_EVENT_COLUMNS,
-                    2, params, failed_start_cb, r->pubsub);
-        event_base_once(r->ctx.base, -1, EV_TIMEOUT, end_later_cb, r, &(struct timeval){0, 0});
+        /*
+         * No flow for this pipeline (config changed): the run cannot go on. It
+         * fails where it stands (its step, attempt and ctx as claimed).
+         */
+        snprintf(r->step, sizeof r->step, "%s", c->step ? c->step : "");
+        add_event(r, events, c->step, "failed", json_pack("{s:s}", "error", "unknown_pipeline"));
+        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
         return 0;
     }
     sl_flow_ref(r->flow);
-    const char *step = PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5);
+    const char *step = c->step;
     if (step && !sl_flow_step(r->flow, step))
         step = NULL; /* the flow changed under a waiting run: start over */
     if (!step) {

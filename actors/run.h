@@ -26,11 +26,29 @@
 typedef struct sl_run_s sl_run_t;
 
 /**
- * Starts an actor for row `i` of a claim result (columns as the claim query in
- * scheduler.c returns them; borrowed for the call). Returns 0 or an error
- * (the run is then left to its lease).
+ * One claimed run: a row of sluice_claim_runs() (db/functions/claim.sql), read
+ * by column name (scheduler.c). Every string is borrowed from the claim result
+ * and NULL where the column is SQL null.
  */
-int sl_run__start(sl_sched_t *s, PGresult *res, int i);
+typedef struct sl_run_claim_s {
+    const char *id, *tenant_id, *dataset_id, *file_id, *pipeline;
+    const char *step; /* NULL: the run never started a step */
+    int attempt;
+    const char *ctx; /* the run's ctx, JSON text */
+    const char *chain_start;
+    int chain_transient;
+    int wait_count;
+    const char *flow_version; /* sha256 of the flow it last committed with; NULL: none */
+    const char *old_state;    /* queued, running (a lapsed lease) or waiting */
+    const char *old_owner;    /* the instance whose lease lapsed, or NULL */
+    const char *file;         /* the file document, JSON text; NULL: the file went away */
+} sl_run_claim_t;
+
+/**
+ * Starts an actor for a claimed run (c and its strings are borrowed for the
+ * call). Returns 0 or an error (the run is then left to its lease).
+ */
+int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c);
 
 /**
  * Cancels the actor without committing (deleted file, lost lease). Its end

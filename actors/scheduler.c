@@ -6,6 +6,9 @@
  * or running under an expired lease — a dead instance's) with FOR UPDATE SKIP
  * LOCKED, so instances sharing the database never claim the same run. A full
  * batch claims again at once; an empty one sleeps poll_ms (uploads kick it).
+ * The claim itself is the SQL function sluice_claim_runs()
+ * (db/functions/claim.sql); its rows are read by column name into an
+ * sl_run_claim_t. docs/internals/scheduler.md walks through it all.
  *
  * Fairness: the claim ranks runnable runs round-robin — first across the upload
  * batches of a tenant (a run's rank in its batch), then across tenants (a
@@ -25,6 +28,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,15 +51,15 @@ struct sl_sched_s {
     char tmp_root[512];
     int max_in_flight, claim_batch, lease_s, heartbeat_s, poll_ms;
     int started, stopping;
-    int claiming;         /* a claim query is in flight */
-    int queries;          /* claim/heartbeat/gauge queries in flight (they point at s) */
-    int free_pending;     /* sl_sched_free ran: the last query callback frees s */
+    int claiming;     /* a claim query is in flight */
+    int queries;      /* claim/heartbeat/gauge queries in flight (they point at s) */
+    int free_pending; /* sl_sched_free ran: the last query callback frees s */
     int in_flight;
-    run_node_t *runs;     /* live actors (unordered list) */
+    run_node_t *runs; /* live actors (unordered list) */
     struct event *claim_timer, *heartbeat_timer, *gauge_timer;
     int npipelines;
     pipeline_flow_t pipelines[MAX_PIPELINES];
-    sl_metric_t *m_runs;  /* sluice_runs{pipeline,state} from the database */
+    sl_metric_t *m_runs; /* sluice_runs{pipeline,state} from the database */
     sl_metric_t *m_claimed;
     sl_pubsub_t *pubsub;  /* borrowed */
     int per_tenant;       /* runs held per tenant (x its weight) */
@@ -66,46 +70,85 @@ struct sl_sched_s {
 };
 
 /*
- * $1 instance, $2 batch size, $3 lease seconds, $4 runs per tenant, $5 weights.
- * Window functions cannot share a SELECT with FOR UPDATE, so `pick` ranks and
- * `c` locks; a run another instance locked meanwhile is skipped.
+ * The claim is sluice_claim_runs() in db/functions/claim.sql (ranking,
+ * fairness cap, SKIP LOCKED, lease). $1 instance, $2 batch size, $3 lease
+ * seconds, $4 runs per tenant, $5 weights.
  */
-static const char CLAIM_SQL[] =
-    "WITH mine AS ("
-    "  SELECT tenant_id, count(*) AS n FROM runs"
-    "  WHERE lease_owner = $1 AND state = 'running' GROUP BY tenant_id),"
-    " w AS ("
-    "  SELECT t.id AS tenant_id, max(x.value::int) AS weight FROM tenants t"
-    "  JOIN json_each_text($5::json) x ON x.key = t.id::text OR x.key = t.name GROUP BY t.id),"
-    " cand AS ("
-    "  SELECT r.id, r.tenant_id, r.created_at, row_number() OVER ("
-    "    PARTITION BY r.tenant_id, r.batch_id ORDER BY r.created_at, r.id) AS rb FROM runs r"
-    "  WHERE r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()"
-    "    AND (r.lease_until IS NULL OR r.lease_until < now())),"
-    " ranked AS ("
-    "  SELECT c.id, c.tenant_id, c.created_at, row_number() OVER ("
-    "    PARTITION BY c.tenant_id ORDER BY c.rb, c.created_at, c.id) AS rt FROM cand c),"
-    " pick AS ("
-    "  SELECT k.id FROM ranked k"
-    "  LEFT JOIN mine m ON m.tenant_id = k.tenant_id LEFT JOIN w ON w.tenant_id = k.tenant_id"
-    "  WHERE k.rt + coalesce(m.n, 0) <= $4::int * coalesce(w.weight, 1)"
-    "  ORDER BY (k.rt + coalesce(m.n, 0))::float8 / coalesce(w.weight, 1), k.created_at"
-    "  LIMIT $2),"
-    " c AS ("
-    "  SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r"
-    "  WHERE r.id IN (SELECT id FROM pick)"
-    "    AND r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()"
-    "    AND (r.lease_until IS NULL OR r.lease_until < now())"
-    "  FOR UPDATE SKIP LOCKED) "
-    "UPDATE runs r SET lease_owner = $1, lease_until = now() + make_interval(secs => $3),"
-    "  state = 'running', started_at = coalesce(r.started_at, now()) "
-    "FROM c WHERE r.id = c.id "
-    "RETURNING r.id, r.tenant_id, r.dataset_id, r.file_id, r.pipeline, r.step, r.attempt,"
-    "  r.ctx::text, r.chain_start, r.chain_transient, r.wait_count, c.old_state, c.old_owner,"
-    "  (SELECT json_build_object('id', f.id, 'name', f.name, 'mime', f.mime, 'size', f.size,"
-    "     'sha256', f.sha256, 'storage_key', f.storage_key, 'dataset_id', f.dataset_id,"
-    "     'schema', d.record_schema)::text"
-    "   FROM files f JOIN datasets d ON d.id = f.dataset_id WHERE f.id = r.file_id)";
+static const char CLAIM_SQL[] = "SELECT * FROM sluice_claim_runs($1, $2, $3, $4, $5)";
+
+/* Where each column of a claim result is (PQfnumber, once per result). */
+typedef struct claim_cols_s {
+    int id, tenant_id, dataset_id, file_id, pipeline, step, attempt, ctx, chain_start,
+        chain_transient, wait_count, flow_version, old_state, old_owner, file;
+} claim_cols_t;
+
+/* 0, or -1 if the result lacks a column (a database whose claim function is not ours). */
+static int claim_cols(const PGresult *res, claim_cols_t *k)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } cols[] = {
+        {"id", offsetof(claim_cols_t, id)},
+        {"tenant_id", offsetof(claim_cols_t, tenant_id)},
+        {"dataset_id", offsetof(claim_cols_t, dataset_id)},
+        {"file_id", offsetof(claim_cols_t, file_id)},
+        {"pipeline", offsetof(claim_cols_t, pipeline)},
+        {"step", offsetof(claim_cols_t, step)},
+        {"attempt", offsetof(claim_cols_t, attempt)},
+        {"ctx", offsetof(claim_cols_t, ctx)},
+        {"chain_start", offsetof(claim_cols_t, chain_start)},
+        {"chain_transient", offsetof(claim_cols_t, chain_transient)},
+        {"wait_count", offsetof(claim_cols_t, wait_count)},
+        {"flow_version", offsetof(claim_cols_t, flow_version)},
+        {"old_state", offsetof(claim_cols_t, old_state)},
+        {"old_owner", offsetof(claim_cols_t, old_owner)},
+        {"file", offsetof(claim_cols_t, file)},
+    };
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) {
+        int n = PQfnumber(res, cols[i].name);
+        if (n < 0) {
+            sl_log(SL_LOG_ERROR, "claim_column_missing", "{s:s}", "column", cols[i].name);
+            return -1;
+        }
+        *(int *)((char *)k + cols[i].off) = n;
+    }
+    return 0;
+}
+
+/* A value of row i, NULL for SQL null (borrowed from res). */
+static const char *claim_val(const PGresult *res, int i, int col)
+{
+    return PQgetisnull(res, i, col) ? NULL : PQgetvalue(res, i, col);
+}
+
+static int claim_int(const PGresult *res, int i, int col)
+{
+    const char *v = claim_val(res, i, col);
+    return v ? (int)strtol(v, NULL, 10) : 0;
+}
+
+/* Row i of a claim result into c (strings borrowed from res). */
+static void claim_row(const PGresult *res, const claim_cols_t *k, int i, sl_run_claim_t *c)
+{
+    const char *ct = claim_val(res, i, k->chain_transient);
+
+    c->id = claim_val(res, i, k->id);
+    c->tenant_id = claim_val(res, i, k->tenant_id);
+    c->dataset_id = claim_val(res, i, k->dataset_id);
+    c->file_id = claim_val(res, i, k->file_id);
+    c->pipeline = claim_val(res, i, k->pipeline);
+    c->step = claim_val(res, i, k->step);
+    c->attempt = claim_int(res, i, k->attempt);
+    c->ctx = claim_val(res, i, k->ctx);
+    c->chain_start = claim_val(res, i, k->chain_start);
+    c->chain_transient = ct && ct[0] == 't';
+    c->wait_count = claim_int(res, i, k->wait_count);
+    c->flow_version = claim_val(res, i, k->flow_version);
+    c->old_state = claim_val(res, i, k->old_state);
+    c->old_owner = claim_val(res, i, k->old_owner);
+    c->file = claim_val(res, i, k->file);
+}
 
 static void sched_destroy(sl_sched_t *s);
 
@@ -125,8 +168,7 @@ static int query_done(sl_sched_t *s)
     return 0;
 }
 
-static int send_query(sl_sched_t *s, const char *sql, int n, const char *const *params,
-                      sl_pg_cb cb)
+static int send_query(sl_sched_t *s, const char *sql, int n, const char *const *params, sl_pg_cb cb)
 {
     s->queries++;
     if (sl_pg_query(s->ctx.pg, sql, n, params, cb, s) != 0) {
@@ -157,9 +199,17 @@ static void claim_cb(const sl_pg_result_t *r, void *arg)
     }
     PGresult *res = r->res[0];
     int n = PQntuples(res);
+    claim_cols_t cols;
+    if (n > 0 && claim_cols(res, &cols) != 0) {
+        /* Claimed, but unreadable: the leases lapse and the runs are claimed again. */
+        schedule_claim(s, 1000);
+        return;
+    }
     for (int i = 0; i < n; i++) {
-        if (sl_run__start(s, res, i) != 0)
-            sl_log(SL_LOG_WARN, "run_start_failed", "{s:s}", "run_id", PQgetvalue(res, i, 0));
+        sl_run_claim_t c;
+        claim_row(res, &cols, i, &c);
+        if (sl_run__start(s, &c) != 0)
+            sl_log(SL_LOG_WARN, "run_start_failed", "{s:s}", "run_id", c.id ? c.id : "");
     }
     if (n)
         sl_metrics_add(s->m_claimed, n);
@@ -244,16 +294,19 @@ static void gauge_done(const sl_pg_result_t *r, void *arg)
     sl_sched_t *s = arg;
     if (query_done(s) || r->err)
         return;
-    static const char *states[] = {"queued", "running", "waiting", "succeeded", "failed",
-                                   "cancelled"};
+    static const char *states[] = {"queued",    "running", "waiting",
+                                   "succeeded", "failed",  "cancelled"};
     /* zero the known series first, so a state that emptied reads 0 */
     for (int p = 0; p < s->npipelines; p++)
         for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
             sl_metrics_set(s->m_runs, 0, s->pipelines[p].name, states[k]);
     PGresult *res = r->res[0];
+    int cp = PQfnumber(res, "pipeline"), cs = PQfnumber(res, "state"), cn = PQfnumber(res, "n");
+    if (cp < 0 || cs < 0 || cn < 0)
+        return;
     for (int i = 0; i < PQntuples(res); i++)
-        sl_metrics_set(s->m_runs, strtod(PQgetvalue(res, i, 2), NULL), PQgetvalue(res, i, 0),
-                       PQgetvalue(res, i, 1));
+        sl_metrics_set(s->m_runs, strtod(PQgetvalue(res, i, cn), NULL), PQgetvalue(res, i, cp),
+                       PQgetvalue(res, i, cs));
 }
 
 /* sluice_queue_depth{tenant}: queued runs per tenant (all instances). */
@@ -265,8 +318,11 @@ static void queue_done(const sl_pg_result_t *r, void *arg)
     for (int i = 0; i < s->nqueue_tenants; i++)
         sl_metrics_set(s->m_queue, 0, s->queue_tenants[i]);
     PGresult *res = r->res[0];
+    int ct = PQfnumber(res, "tenant_id"), cn = PQfnumber(res, "n");
+    if (ct < 0 || cn < 0)
+        return;
     for (int i = 0; i < PQntuples(res); i++) {
-        const char *tenant = PQgetvalue(res, i, 0);
+        const char *tenant = PQgetvalue(res, i, ct);
         int known = 0;
         for (int k = 0; k < s->nqueue_tenants && !known; k++)
             known = strcmp(s->queue_tenants[k], tenant) == 0;
@@ -274,7 +330,7 @@ static void queue_done(const sl_pg_result_t *r, void *arg)
             continue; /* bounded: the first 256 tenants with a queue get a series */
         if (!known)
             snprintf(s->queue_tenants[s->nqueue_tenants++], 37, "%s", tenant);
-        sl_metrics_set(s->m_queue, strtod(PQgetvalue(res, i, 1), NULL), tenant);
+        sl_metrics_set(s->m_queue, strtod(PQgetvalue(res, i, cn), NULL), tenant);
     }
 }
 
@@ -283,11 +339,11 @@ static void gauge_cb(evutil_socket_t fd, short what, void *arg)
     sl_sched_t *s = arg;
     (void)fd;
     (void)what;
-    send_query(s, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2", 0, NULL,
+    send_query(s, "SELECT pipeline, state, count(*) AS n FROM runs GROUP BY 1, 2", 0, NULL,
                gauge_done);
     send_query(s,
-               "SELECT tenant_id::text, count(*) FROM runs WHERE state = 'queued' "
-               "GROUP BY 1 ORDER BY 2 DESC LIMIT 256",
+               "SELECT tenant_id::text AS tenant_id, count(*) AS n FROM runs "
+               "WHERE state = 'queued' GROUP BY 1 ORDER BY 2 DESC LIMIT 256",
                0, NULL, queue_done);
     struct timeval tv = {5, 0};
     evtimer_add(s->gauge_timer, &tv);
@@ -333,12 +389,12 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     }
     s->m_runs = sl_metrics_gauge("sluice_runs", "Runs by pipeline and state (all instances)",
                                  "pipeline,state");
-    s->m_claimed = sl_metrics_counter("sluice_runs_claimed_total",
-                                      "Runs claimed by this instance", NULL);
+    s->m_claimed =
+        sl_metrics_counter("sluice_runs_claimed_total", "Runs claimed by this instance", NULL);
     sl_metrics_gauge_fn("sluice_runs_in_flight", "Runs held by actors of this instance",
                         gauge_in_flight, s);
-    s->m_queue = sl_metrics_gauge("sluice_queue_depth", "Queued runs by tenant (all instances)",
-                                  "tenant");
+    s->m_queue =
+        sl_metrics_gauge("sluice_queue_depth", "Queued runs by tenant (all instances)", "tenant");
     *out = s;
     return 0;
 }
@@ -459,8 +515,7 @@ int sl_sched_message(sl_sched_t *s, const char *msg)
     if (strncmp(msg, "cancel ", 7) == 0 && strlen(msg + 7) == 36 &&
         strspn(msg + 7, "0123456789abcdefABCDEF-") == 36) {
         int n = sl_sched_cancel_file(s, msg + 7);
-        sl_log(SL_LOG_INFO, "file_actors_cancelled", "{s:s, s:i}", "file_id", msg + 7, "actors",
-               n);
+        sl_log(SL_LOG_INFO, "file_actors_cancelled", "{s:s, s:i}", "file_id", msg + 7, "actors", n);
         return 0;
     }
     sl_log(SL_LOG_WARN, "engine_message_unknown", "{s:s}", "message", msg);

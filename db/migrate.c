@@ -6,12 +6,23 @@
  * instances that start together; each migration runs in its own transaction
  * together with its row in schema_migrations, so a migration is either fully
  * applied and recorded or not at all.
+ *
+ * Then the SQL functions of db/functions/ (the claim, the run transition, the
+ * JSON documents, ...) are applied, every time, all in one transaction: each
+ * file is `CREATE OR REPLACE FUNCTION`, so a fresh database and an upgraded
+ * one end with the same bodies, and a changed body needs no migration. They
+ * run after every migration, so a function may use any column a migration
+ * added; a migration must not call a function of db/functions/ (on a fresh
+ * database it does not exist yet). CREATE OR REPLACE cannot change a
+ * function's result type or drop an argument: that takes a migration which
+ * drops the old function, and the file then creates the new one.
  */
 #include "core/err.h"
 #include "core/log.h"
 #include "db/pg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SL_PG_MIGRATE_LOCK "727272"
@@ -104,16 +115,62 @@ static int apply_one(PGconn *pc, const sl_pg_migration_t *m, char *errbuf, size_
     return SL_EDB;
 }
 
+/* The newest migration version recorded in the database (0 if none), or -1 on error. */
+static int db_version(PGconn *pc, char *errbuf, size_t errlen)
+{
+    PGresult *r = PQexec(pc, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+    int v = -1;
+
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        v = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    else
+        set_err(errbuf, errlen, "schema_migrations",
+                r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
+    PQclear(r);
+    return v;
+}
+
+/* Applies every function file in one transaction. 0 or SL_EDB (errbuf names the file). */
+static int apply_functions(PGconn *pc, const sl_pg_sqlfile_t *fns, int nfns, char *errbuf,
+                           size_t errlen)
+{
+    int ok = 1;
+
+    if (nfns == 0)
+        return 0;
+    if (!exec_ok(pc, "BEGIN", PGRES_COMMAND_OK, "functions", errbuf, errlen))
+        return SL_EDB;
+    for (int i = 0; ok && i < nfns; i++) {
+        PGresult *r = PQexec(pc, fns[i].sql);
+        ok = r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK ||
+                   PQresultStatus(r) == PGRES_EMPTY_QUERY);
+        if (!ok)
+            set_err(errbuf, errlen, fns[i].name, r ? PQresultErrorMessage(r) : PQerrorMessage(pc));
+        PQclear(r);
+    }
+    if (ok && exec_ok(pc, "COMMIT", PGRES_COMMAND_OK, "functions", errbuf, errlen))
+        return 0;
+    PQclear(PQexec(pc, "ROLLBACK"));
+    return SL_EDB;
+}
+
 int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, char *errbuf,
                   size_t errlen)
 {
+    return sl_pg_migrate_with(conninfo, migs, n, sl_pg_functions, sl_pg_nfunctions, errbuf, errlen);
+}
+
+int sl_pg_migrate_with(const char *conninfo, const sl_pg_migration_t *migs, int n,
+                       const sl_pg_sqlfile_t *fns, int nfns, char *errbuf, size_t errlen)
+{
+    int newest = 0; /* the newest migration this binary knows */
     PGconn *pc = NULL;
     int rc = SL_EDB;
     int locked = 0;
 
     if (errbuf && errlen)
         errbuf[0] = '\0';
-    if (!conninfo || n < 0 || (n > 0 && !migs)) {
+    if (!conninfo || n < 0 || (n > 0 && !migs) || nfns < 0 || (nfns > 0 && !fns)) {
         set_err(errbuf, errlen, "migrate", "invalid arguments");
         return SL_EINVAL;
     }
@@ -137,6 +194,8 @@ int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, ch
     for (int i = 0; i < n; i++) {
         const sl_pg_migration_t *m = &migs[i];
         int applied = is_applied(pc, m->version, errbuf, errlen);
+        if (m->version > newest)
+            newest = m->version;
         if (applied < 0)
             goto out;
         if (applied)
@@ -145,6 +204,18 @@ int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, ch
             goto out;
         sl_log(SL_LOG_INFO, "pg_migration_applied", "{s:i, s:s}", "version", m->version, "name",
                m->name);
+    }
+    if (nfns > 0) {
+        int dbv = db_version(pc, errbuf, errlen);
+        if (dbv < 0)
+            goto out;
+        if (dbv > newest) {
+            /* A newer binary migrated this database: its functions stay (pg.h). */
+            sl_log(SL_LOG_WARN, "pg_functions_skipped", "{s:i, s:i}", "database_version", dbv,
+                   "binary_version", newest);
+        } else if (apply_functions(pc, fns, nfns, errbuf, errlen) != 0) {
+            goto out;
+        }
     }
     rc = 0;
 

@@ -129,14 +129,38 @@ extern const sl_pg_migration_t sl_pg_migrations[];
 extern const int sl_pg_nmigrations;
 
 /**
+ * One file of db/functions/: SQL functions (`CREATE OR REPLACE FUNCTION`,
+ * idempotent), embedded at build time like the migrations.
+ */
+typedef struct sl_pg_sqlfile_s {
+    const char *name; /* "claim" for db/functions/claim.sql */
+    const char *sql;  /* the whole file */
+} sl_pg_sqlfile_t;
+
+/** The function files built into this binary, in name order (generated: db/migrations.c). */
+extern const sl_pg_sqlfile_t sl_pg_functions[];
+extern const int sl_pg_nfunctions;
+
+/**
  * Applies migrations not yet applied, in order, each in its own transaction,
+ * then the function files `fns` (all of them, every time, in one transaction),
  * blocking (only at start-up or by `sluice migrate`, before the loop runs).
  * Takes a session advisory lock so instances starting together migrate once.
- * Records applied versions in schema_migrations. `conninfo`, `migs` and
- * `errbuf` are borrowed. Returns 0 (errbuf ""), or SL_EUNAVAIL (cannot
- * connect), SL_EDB (a statement failed; the failing migration is rolled back,
- * earlier ones stay applied) or SL_EINVAL, with "<migration name or step>:
- * <server message>" in errbuf (truncated to errlen).
+ * Records applied versions in schema_migrations. The functions are skipped
+ * (logged) when the database has a migration newer than every one in `migs`:
+ * a newer binary migrated it, and this older one must not put its older
+ * function bodies back. `conninfo`, `migs`, `fns` and `errbuf` are borrowed.
+ * Returns 0 (errbuf ""), or SL_EUNAVAIL (cannot connect), SL_EDB (a statement
+ * failed; the failing migration, or every function file, is rolled back,
+ * earlier migrations stay applied) or SL_EINVAL, with "<migration or function
+ * file name, or step>: <server message>" in errbuf (truncated to errlen).
+ */
+int sl_pg_migrate_with(const char *conninfo, const sl_pg_migration_t *migs, int n,
+                       const sl_pg_sqlfile_t *fns, int nfns, char *errbuf, size_t errlen);
+
+/**
+ * sl_pg_migrate_with(conninfo, migs, n, sl_pg_functions, sl_pg_nfunctions, ...):
+ * the migrations, then this binary's SQL functions.
  */
 int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, char *errbuf,
                   size_t errlen);

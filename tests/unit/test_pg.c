@@ -193,6 +193,292 @@ static void test_migrate(void)
     CHECK(strncmp(err, "connect: ", 9) == 0);
 }
 
+/* ---- db/functions/: applied after the migrations, at every migrate ---- */
+
+/* The engine's functions with their signatures (db/functions/): the C code calls these. */
+static const char *const engine_functions[] = {
+    "sluice_claim_runs(text,integer,integer,integer,json)",
+    "sluice_run_transition(uuid,text,text,integer,jsonb,text,text,boolean,integer,text,"
+    "double precision,text,json)",
+    "sluice_bootstrap_tenant(text,text)",
+    "sluice_file_json(files)",
+    "sluice_dataset_json(datasets)",
+    "sluice_event_json(run_events)",
+    "sluice_file_status(uuid)",
+    "sluice_ts(timestamp with time zone)",
+};
+#define N_ENGINE_FUNCTIONS ((int)(sizeof engine_functions / sizeof engine_functions[0]))
+
+/* Runs the tests below in schema `schema` (made empty): every connection
+ * libpq opens from here on uses it first (PGOPTIONS), until use_schema(NULL). */
+static void use_schema(const char *schema)
+{
+    char opt[128], sql[256], v[512];
+
+    if (!schema) {
+        unsetenv("PGOPTIONS");
+        return;
+    }
+    snprintf(opt, sizeof opt, "-c search_path=%s", schema);
+    setenv("PGOPTIONS", opt, 1);
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema, schema);
+    sql_scalar(sql, v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+}
+
+static void drop_schema(const char *schema)
+{
+    char sql[128], v[512];
+
+    use_schema(NULL);
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    sql_scalar(sql, v, sizeof v);
+}
+
+/* 1 if every engine function exists in the current schema with its signature. */
+static int engine_functions_exist(void)
+{
+    char sql[256], v[512];
+    int all = 1;
+
+    for (int i = 0; i < N_ENGINE_FUNCTIONS; i++) {
+        snprintf(sql, sizeof sql, "SELECT to_regprocedure('%s') IS NOT NULL", engine_functions[i]);
+        sql_scalar(sql, v, sizeof v);
+        if (strcmp(v, "t") != 0) {
+            fprintf(stderr, "missing: %s (%s)\n", engine_functions[i], v);
+            all = 0;
+        }
+    }
+    return all;
+}
+
+/* The definition of function `sig` in the current schema, its schema name taken out, in out. */
+static void function_def(const char *sig, char *out, size_t cap)
+{
+    char sql[512];
+
+    snprintf(sql, sizeof sql,
+             "SELECT replace(pg_get_functiondef(to_regprocedure('%s')), current_schema() || '.', "
+             "'')",
+             sig);
+    sql_scalar(sql, out, cap);
+}
+
+/* One file with two runs (one succeeded with a note, one queued), an artifact
+ * and a record, at fixed ids and times: the same row in any schema. */
+static const char FIXTURE_SQL[] =
+    "INSERT INTO tenants (id, name, created_at) VALUES "
+    "('00000000-0000-4000-8000-000000000001', 'acme', '2026-01-01 00:00:00+00');"
+    "INSERT INTO datasets (id, tenant_id, name, record_schema, created_at) VALUES "
+    "('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'docs',"
+    " '{\"type\": \"object\"}', '2026-01-01 00:00:01+00');"
+    "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime,"
+    " storage_key, text_source, created_at) VALUES "
+    "('00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000001',"
+    " '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000004', 'a.pdf',"
+    " 3, 'abc', 'application/pdf', 'files/x', 'tika', '2026-01-01 00:00:02+00');"
+    "INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline, state, step,"
+    " attempt, note, created_at, started_at, finished_at) VALUES "
+    "('00000000-0000-4000-8000-000000000005', '00000000-0000-4000-8000-000000000001',"
+    " '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000003',"
+    " '00000000-0000-4000-8000-000000000004', 'text', 'succeeded', 'ocr', 2, 'no_text',"
+    " '2026-01-01 00:00:03+00', '2026-01-01 00:00:04+00', '2026-01-01 00:00:05+00'),"
+    "('00000000-0000-4000-8000-000000000006', '00000000-0000-4000-8000-000000000001',"
+    " '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000003',"
+    " '00000000-0000-4000-8000-000000000004', 'thumbs', 'queued', NULL, 0, NULL,"
+    " '2026-01-01 00:00:03+00', NULL, NULL);"
+    "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256,"
+    " storage_key, created_at) VALUES "
+    "('00000000-0000-4000-8000-000000000007', '00000000-0000-4000-8000-000000000001',"
+    " '00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000005', 'text',"
+    " 'text/plain', 5, 'def', 'artifacts/x', '2026-01-01 00:00:06+00');"
+    "INSERT INTO records (id, tenant_id, dataset_id, file_id, run_id, data, created_at) VALUES "
+    "('00000000-0000-4000-8000-000000000008', '00000000-0000-4000-8000-000000000001',"
+    " '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000003',"
+    " '00000000-0000-4000-8000-000000000005', '{\"title\": \"A\"}', "
+    " '2026-01-01 00:00:07+00')";
+
+static const char FILE_JSON_SQL[] = "SELECT sluice_file_json(f)::text FROM files f "
+                                    "WHERE f.id = '00000000-0000-4000-8000-000000000003'";
+
+/*
+ * Migrations and functions twice: the second pass changes nothing; every
+ * function is there with its signature; a failing function file is named
+ * and rolled back with the other files; an older binary leaves a newer
+ * database's functions alone.
+ */
+static void test_functions(void)
+{
+    char err[512], v[512], count1[64];
+
+    CHECK(sl_pg_nfunctions >= 4);
+    for (int i = 0; i < sl_pg_nfunctions; i++)
+        CHECK(sl_pg_functions[i].name && sl_pg_functions[i].sql);
+    use_schema("sl_t_fns");
+    CHECK(!engine_functions_exist()); /* the check can fail: an empty schema */
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    CHECK_STREQ(err, "");
+    CHECK(engine_functions_exist());
+    sql_scalar("SELECT pg_get_function_result('sluice_file_json(files)'::regprocedure)", v,
+               sizeof v);
+    CHECK_STREQ(v, "json");
+    sql_scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = current_schema()::regnamespace",
+               count1, sizeof count1);
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    CHECK_STREQ(err, "");
+    CHECK(engine_functions_exist());
+    sql_scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = current_schema()::regnamespace",
+               v, sizeof v);
+    CHECK_STREQ(v, count1);
+
+    /* a failing file: named, and the files before it are rolled back too */
+    static const sl_pg_sqlfile_t bad[] = {
+        {"probe", "CREATE OR REPLACE FUNCTION sl_probe() RETURNS int LANGUAGE sql AS 'SELECT 1';"},
+        {"broken", "CREATE OR REPLACE FUNCTION sl_broken() RETURNS int LANGUAGE sql AS "
+                   "'SELECT no_such_column FROM runs';"},
+    };
+    CHECK(sl_pg_migrate_with(conninfo, sl_pg_migrations, sl_pg_nmigrations, bad, 2, err,
+                             sizeof err) == SL_EDB);
+    CHECK(strncmp(err, "broken: ", 8) == 0);
+    sql_scalar("SELECT to_regprocedure('sl_probe()') IS NULL", v, sizeof v);
+    CHECK_STREQ(v, "t");
+
+    /* a database a newer binary migrated (version 9999): the functions stay as they are */
+    sql_scalar("INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_newer')", v,
+               sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    CHECK(sl_pg_migrate_with(conninfo, sl_pg_migrations, sl_pg_nmigrations, bad, 1, err,
+                             sizeof err) == 0);
+    sql_scalar("SELECT to_regprocedure('sl_probe()') IS NULL", v, sizeof v);
+    CHECK_STREQ(v, "t");
+    sql_scalar("DELETE FROM schema_migrations WHERE version = 9999", v, sizeof v);
+    CHECK(sl_pg_migrate_with(conninfo, sl_pg_migrations, sl_pg_nmigrations, bad, 1, err,
+                             sizeof err) == 0);
+    sql_scalar("SELECT sl_probe()", v, sizeof v);
+    CHECK_STREQ(v, "1");
+    drop_schema("sl_t_fns");
+}
+
+/* The engine's functions do what the C code relies on (the black-box tests drive them too). */
+static void test_engine_sql(void)
+{
+    char err[512], v[1024], id1[64];
+
+    use_schema("sl_t_engine");
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+
+    /* bootstrap: a tenant once by name, a key once by hash */
+    sql_scalar("SELECT sluice_bootstrap_tenant('boot', 'h1')", id1, sizeof id1);
+    CHECK(strlen(id1) == 36);
+    sql_scalar("SELECT sluice_bootstrap_tenant('boot', 'h1')", v, sizeof v);
+    CHECK_STREQ(v, id1);
+    sql_scalar("SELECT sluice_bootstrap_tenant('boot', 'h2')", v, sizeof v);
+    CHECK_STREQ(v, id1);
+    sql_scalar("SELECT count(*) || ' ' || (SELECT count(*) FROM api_keys k JOIN tenants t "
+               "ON t.id = k.tenant_id WHERE t.name = 'boot') FROM tenants WHERE name = 'boot'",
+               v, sizeof v);
+    CHECK_STREQ(v, "1 2");
+    sql_scalar("SELECT sluice_bootstrap_tenant('other', 'h1') IS NOT NULL", v, sizeof v);
+    CHECK_STREQ(v, "t");
+    sql_scalar("SELECT count(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+               "WHERE t.name = 'other'",
+               v, sizeof v);
+    CHECK_STREQ(v, "0"); /* h1 is boot's already */
+
+    /* claim: the queued run, once; its file document comes with it */
+    sql_scalar(FIXTURE_SQL, v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    sql_scalar("SELECT string_agg(id || ' ' || old_state || ' ' || (file->>'storage_key'), ',') "
+               "FROM sluice_claim_runs('inst-a', 10, 30, 16, '{}')",
+               v, sizeof v);
+    CHECK_STREQ(v, "00000000-0000-4000-8000-000000000006 queued files/x");
+    sql_scalar("SELECT count(*) FROM sluice_claim_runs('inst-b', 10, 30, 16, '{}')", v, sizeof v);
+    CHECK_STREQ(v, "0"); /* leased to inst-a */
+
+    /* transition: guarded by the lease; the events in order; leaving running ends the lease */
+    static const char T[] =
+        "SELECT coalesce(string_agg(kind || '/' || coalesce(step, '-'), ',' ORDER BY seq), '') "
+        "FROM sluice_run_transition('00000000-0000-4000-8000-000000000006', '%s', 'thumb', 1,"
+        " '{\"k\": 1}', '%s', NULL, false, 0, %s, 2.5, 'v1',"
+        " '[{\"step\": \"thumb\", \"kind\": \"started\"},"
+        "   {\"step\": \"thumb\", \"kind\": \"step_started\", \"detail\": {\"attempt\": 1}},"
+        "   {\"step\": null, \"kind\": \"waiting\"}]')";
+    char sql[1024];
+    snprintf(sql, sizeof sql, T, "inst-b", "running", "NULL");
+    sql_scalar(sql, v, sizeof v);
+    CHECK_STREQ(v, "");
+    sql_scalar("SELECT count(*) FROM run_events", v, sizeof v);
+    CHECK_STREQ(v, "0");
+    snprintf(sql, sizeof sql, T, "inst-a", "waiting", "'busy'");
+    sql_scalar(sql, v, sizeof v);
+    CHECK_STREQ(v, "started/thumb,step_started/thumb,waiting/-");
+    sql_scalar("SELECT state || ' ' || step || ' ' || error || ' ' || coalesce(lease_owner, '-') "
+               "|| ' ' || flow_version || ' ' || (ctx->>'k') || ' ' || "
+               "(next_attempt_at > now() + interval '2 s') FROM runs "
+               "WHERE id = '00000000-0000-4000-8000-000000000006'",
+               v, sizeof v);
+    CHECK_STREQ(v, "waiting thumb busy - v1 1 true");
+    snprintf(sql, sizeof sql, T, "inst-a", "running", "NULL");
+    sql_scalar(sql, v, sizeof v);
+    CHECK_STREQ(v, ""); /* the lease ended with 'waiting' */
+    drop_schema("sl_t_engine");
+}
+
+/*
+ * A database upgraded from the state after migration 007 ends with the same
+ * functions as a fresh one, and sluice_file_json gives the same document for
+ * the same row — even when the upgraded database's body had drifted.
+ */
+static void test_functions_upgrade(void)
+{
+    char err[512], fresh_doc[4096], up_doc[4096], v[512];
+    static char fresh_defs[N_ENGINE_FUNCTIONS][8192];
+    char def[8192];
+    int n007 = 0;
+
+    while (n007 < sl_pg_nmigrations && sl_pg_migrations[n007].version <= 7)
+        n007++;
+    CHECK_EQ(n007, 7);
+
+    use_schema("sl_t_fresh");
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    sql_scalar(FIXTURE_SQL, v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    sql_scalar(FILE_JSON_SQL, fresh_doc, sizeof fresh_doc);
+    CHECK(strstr(fresh_doc, "\"note\" : \"no_text\"") != NULL);
+    CHECK(strstr(fresh_doc, "\"queue_position\" : 1") != NULL);
+    for (int i = 0; i < N_ENGINE_FUNCTIONS; i++)
+        function_def(engine_functions[i], fresh_defs[i], sizeof fresh_defs[i]);
+
+    /* the state after 007, as a server of that time left it: no db/functions */
+    use_schema("sl_t_up");
+    CHECK(sl_pg_migrate_with(conninfo, sl_pg_migrations, n007, NULL, 0, err, sizeof err) == 0);
+    sql_scalar("SELECT to_regprocedure('sluice_claim_runs(text,integer,integer,integer,json)') "
+               "IS NULL",
+               v, sizeof v);
+    CHECK_STREQ(v, "t");
+    sql_scalar(FIXTURE_SQL, v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    /* a body that drifted (a hand edit, an older release): the upgrade puts the current one back */
+    sql_scalar("CREATE OR REPLACE FUNCTION sluice_file_json(f files) RETURNS json "
+               "LANGUAGE sql STABLE AS $$ SELECT '{}'::json $$",
+               v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    sql_scalar(FILE_JSON_SQL, up_doc, sizeof up_doc);
+    CHECK_STREQ(up_doc, "{}");
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    CHECK_STREQ(err, "");
+    sql_scalar(FILE_JSON_SQL, up_doc, sizeof up_doc);
+    CHECK_STREQ(up_doc, fresh_doc);
+    for (int i = 0; i < N_ENGINE_FUNCTIONS; i++) {
+        function_def(engine_functions[i], def, sizeof def);
+        CHECK(strncmp(def, "CREATE OR REPLACE FUNCTION", 26) == 0);
+        CHECK_STREQ(def, fresh_defs[i]);
+    }
+    drop_schema("sl_t_up");
+    drop_schema("sl_t_fresh");
+}
+
 static void test_args(sl_pg_t *pg)
 {
     sl_pg_t *bad = NULL;
@@ -584,6 +870,9 @@ int main(void)
     event_add(tick, &tv); /* EVLOOP_ONCE always returns within 20 ms */
 
     test_migrate();
+    test_functions();
+    test_functions_upgrade();
+    test_engine_sql();
     sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
     sql_scalar("CREATE TABLE sl_pg_test (k text PRIMARY KEY, v text)", v, sizeof v);
     CHECK(strcmp(v, "<ok>") == 0);

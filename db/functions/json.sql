@@ -1,0 +1,75 @@
+-- json: the API's JSON documents, built by Postgres in one place.
+-- Every endpoint that returns a file (upload, get, list, process) calls
+-- sluice_file_json(), so the shape in API.md lives here once. Migrations 002,
+-- 005 and 007 each defined these functions in their day; this file holds
+-- their current bodies, which a fresh and an upgraded database both end with
+-- (db/functions/ is applied after the migrations, at every migrate).
+-- Names, signatures and output are a contract: API.md, and
+-- ../shared/bench/fastapi_peer.py calls sluice_file_json(files) directly.
+
+CREATE OR REPLACE FUNCTION sluice_ts(t timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+-- status: done when every run succeeded (or there is none), failed when every
+-- run ended and one failed or was cancelled, processing when any run has
+-- started or some ended while others wait, queued when all are queued.
+CREATE OR REPLACE FUNCTION sluice_file_status(fid uuid) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN count(*) = 0 OR bool_and(state = 'succeeded') THEN 'done'
+        WHEN bool_and(state IN ('succeeded','failed','cancelled')) THEN 'failed'
+        WHEN bool_and(state = 'queued') THEN 'queued'
+        ELSE 'processing'
+    END
+    FROM runs WHERE file_id = fid
+$$;
+
+CREATE OR REPLACE FUNCTION sluice_dataset_json(d datasets) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'id', d.id, 'name', d.name, 'record_schema', d.record_schema,
+        'created_at', sluice_ts(d.created_at))
+$$;
+
+-- A file with its runs (each with its artifacts and, while queued, its place
+-- in the tenant's queue: see migration 005) and its record. A run's note
+-- (migration 007) says why a run that succeeded has no output.
+CREATE OR REPLACE FUNCTION sluice_file_json(f files) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'id', f.id,
+        'dataset_id', f.dataset_id,
+        'name', f.name,
+        'size', f.size,
+        'sha256', f.sha256,
+        'mime', f.mime,
+        'status', sluice_file_status(f.id),
+        'created_at', sluice_ts(f.created_at),
+        'runs', coalesce((
+            SELECT json_agg(json_build_object(
+                'id', r.id, 'pipeline', r.pipeline, 'state', r.state, 'step', r.step,
+                'attempt', r.attempt, 'error', r.error, 'note', r.note,
+                'started_at', sluice_ts(r.started_at), 'finished_at', sluice_ts(r.finished_at),
+                'artifacts', coalesce((
+                    SELECT json_agg(json_build_object(
+                        'id', a.id, 'kind', a.kind, 'mime', a.mime, 'size', a.size,
+                        'url', '/v1/artifacts/' || a.id) ORDER BY a.created_at, a.id)
+                    FROM artifacts a WHERE a.run_id = r.id), '[]'::json),
+                'queue_position', CASE WHEN r.state = 'queued' THEN (
+                    SELECT count(*) + 1 FROM runs q
+                    WHERE q.tenant_id = r.tenant_id AND q.state = 'queued'
+                      AND (q.created_at, q.id) < (r.created_at, r.id)) END
+            ) ORDER BY r.created_at, r.pipeline)
+            FROM runs r WHERE r.file_id = f.id), '[]'::json),
+        'text_source', f.text_source,
+        'record', (SELECT rec.data FROM records rec WHERE rec.file_id = f.id))
+$$;
+
+CREATE OR REPLACE FUNCTION sluice_event_json(e run_events) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'seq', e.seq, 'at', sluice_ts(e.at), 'run_id', e.run_id, 'pipeline', e.pipeline,
+        'step', e.step, 'kind', e.kind, 'state', e.state, 'detail', e.detail)
+$$;

@@ -501,6 +501,86 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     return out;
 }
 
+/* What the start needs from the claim once the flow is known (copies: a fetch outlives it). */
+typedef struct resume_s {
+    sl_run_t *run;
+    int has_step;
+    char step[64];
+    char old_state[16];
+    char old_owner[128];
+    char version[65]; /* the version being fetched */
+} resume_t;
+
+/*
+ * The actor has its flow (or none): writes the first transition (started,
+ * resumed, or failed for a pipeline that is gone) and goes on. rs is borrowed.
+ */
+static void run_begin(sl_run_t *r, const resume_t *rs)
+{
+    json_t *events = json_array();
+    if (!r->flow) {
+        /*
+         * No flow for this pipeline (config changed): the run cannot go on. It
+         * fails where it stands (its step, attempt and ctx as claimed).
+         */
+        snprintf(r->step, sizeof r->step, "%s", rs->has_step ? rs->step : "");
+        add_event(r, events, rs->has_step ? rs->step : NULL, "failed",
+                  json_pack("{s:s}", "error", "unknown_pipeline"));
+        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
+        return;
+    }
+    const char *step = rs->has_step ? rs->step : NULL;
+    if (step && !sl_flow_step(r->flow, step))
+        step = NULL; /* the flow changed under a waiting run: start over */
+    if (!step) {
+        snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
+        r->attempt = 1;
+        if (strcmp(rs->old_state, "queued") == 0)
+            add_event(r, events, r->step, "started", NULL);
+        else
+            add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", rs->old_state));
+    } else {
+        snprintf(r->step, sizeof r->step, "%s", step);
+        if (r->attempt < 1)
+            r->attempt = 1;
+        add_event(r, events, r->step, "resumed",
+                  json_pack("{s:s, s:s}", "from", rs->old_state, "previous_owner", rs->old_owner));
+    }
+    add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
+    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+}
+
+/* The pinned version's source came back (or not): load it, or fall back to the current flow. */
+static void flow_fetched_cb(const sl_pg_result_t *res, void *arg)
+{
+    resume_t *rs = arg;
+    sl_run_t *r = rs->run;
+    sl_flow_t *f = NULL;
+
+    r->busy = 0;
+    if (r->cancelled || !r->sched) {
+        free(rs);
+        run_end(r);
+        return;
+    }
+    int col = res->err ? -1 : PQfnumber(res->res[0], "source");
+    if (col >= 0 && PQntuples(res->res[0]) == 1)
+        sl_sched__load_flow_version(r->sched, r->pipeline, rs->version,
+                                    PQgetvalue(res->res[0], 0, col),
+                                    (size_t)PQgetlength(res->res[0], 0, col), &f);
+    if (!f) {
+        sl_log(SL_LOG_WARN, "flow_version_unavailable", "{s:s, s:s, s:s, s:s}", "run_id", r->id,
+               "pipeline", r->pipeline, "version", rs->version, "error",
+               res->err ? res->errmsg : "not in flow_versions or does not load");
+        f = sl_sched__flow_for(r->sched, r->pipeline);
+    }
+    r->flow = f;
+    if (r->flow)
+        sl_flow_ref(r->flow);
+    run_begin(r, rs);
+    free(rs);
+}
+
 int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
 {
     metrics_init();
@@ -510,8 +590,12 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
         !c->old_state)
         return SL_EINVAL;
     sl_run_t *r = calloc(1, sizeof *r);
-    if (!r)
+    resume_t *rs = calloc(1, sizeof *rs);
+    if (!r || !rs) {
+        free(r);
+        free(rs);
         return SL_ENOMEM;
+    }
     r->sched = s;
     r->ctx = *sl_sched__ctx(s);
     r->pubsub = sl_sched_pubsub(s);
@@ -527,52 +611,45 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     snprintf(r->chain_start, sizeof r->chain_start, "%s", c->chain_start ? c->chain_start : "");
     r->chain_transient = c->chain_transient;
     r->wait_count = c->wait_count;
-    const char *old_state = c->old_state;
-    const char *old_owner = c->old_owner ? c->old_owner : "";
     r->file_json = file_doc(r, c->file);
     r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
     snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s", r->ctx.tmp_root, r->id);
     if (!r->ctx_json || !r->file_json || !r->timer) {
+        free(rs);
         run_free(r);
         return SL_ENOMEM;
     }
+    rs->run = r;
+    rs->has_step = c->step != NULL;
+    snprintf(rs->step, sizeof rs->step, "%s", c->step ? c->step : "");
+    snprintf(rs->old_state, sizeof rs->old_state, "%s", c->old_state);
+    snprintf(rs->old_owner, sizeof rs->old_owner, "%s", c->old_owner ? c->old_owner : "");
     /* a metadata syscall, like opening a socket: not worth a thread hop */
     mkdir(r->ctx.tmp_root, 0700);
     if (mkdir(r->tmpdir, 0700) != 0 && errno != EEXIST)
         r->tmpdir[0] = '\0';
     sl_sched__add(s, r);
 
-    json_t *events = json_array();
-    r->flow = sl_sched__flow_for(s, r->pipeline);
-    if (!r->flow) {
-        /*
-         * No flow for this pipeline (config changed): the run cannot go on. It
-         * fails where it stands (its step, attempt and ctx as claimed).
-         */
-        snprintf(r->step, sizeof r->step, "%s", c->step ? c->step : "");
-        add_event(r, events, c->step, "failed", json_pack("{s:s}", "error", "unknown_pipeline"));
-        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
-        return 0;
+    sl_flow_t *cur = sl_sched__flow_for(s, r->pipeline);
+    r->flow = cur;
+    if (cur && c->flow_version && strcmp(c->old_state, "running") == 0 &&
+        strcmp(c->flow_version, sl_flow_version(cur)) != 0) {
+        /* Taken over: the run goes on with the version it started with. */
+        r->flow = sl_sched__flow_version(s, r->pipeline, c->flow_version);
+        if (!r->flow) {
+            const char *params[] = {c->flow_version};
+            snprintf(rs->version, sizeof rs->version, "%s", c->flow_version);
+            r->busy = 1;
+            if (sl_pg_query(r->ctx.pg, "SELECT source FROM flow_versions WHERE version = $1", 1,
+                            params, flow_fetched_cb, rs) == 0)
+                return 0; /* flow_fetched_cb goes on */
+            r->busy = 0;
+            r->flow = cur;
+        }
     }
-    sl_flow_ref(r->flow);
-    const char *step = c->step;
-    if (step && !sl_flow_step(r->flow, step))
-        step = NULL; /* the flow changed under a waiting run: start over */
-    if (!step) {
-        snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
-        r->attempt = 1;
-        if (strcmp(old_state, "queued") == 0)
-            add_event(r, events, r->step, "started", NULL);
-        else
-            add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", old_state));
-    } else {
-        snprintf(r->step, sizeof r->step, "%s", step);
-        if (r->attempt < 1)
-            r->attempt = 1;
-        add_event(r, events, r->step, "resumed",
-                  json_pack("{s:s, s:s}", "from", old_state, "previous_owner", old_owner));
-    }
-    add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
-    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+    if (r->flow)
+        sl_flow_ref(r->flow);
+    run_begin(r, rs);
+    free(rs);
     return 0;
 }

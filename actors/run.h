@@ -16,6 +16,11 @@
  * Every arrow is one batch: the runs row (guarded by lease_owner) and the
  * timeline event(s) commit together. If the guard finds no row (the lease was
  * lost or the file deleted) the actor stops without further effects.
+ *
+ * A run taken over after a crash (claimed while `running` under a lapsed
+ * lease) continues with the flow version it last committed with
+ * (runs.flow_version), loaded from flow_versions when the engine does not
+ * hold it; when that version is unknown there, with the current flow.
  */
 #ifndef SL_RUN_H
 #define SL_RUN_H
@@ -80,7 +85,22 @@ const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s);
 /** Registers / unregisters a live actor (for cancel, counts and shutdown). */
 void sl_sched__add(sl_sched_t *s, sl_run_t *r);
 void sl_sched__remove(sl_sched_t *s, sl_run_t *r);
-/** A flow for a run: the version it started with if still held, else the current one. */
+/** The current flow of a pipeline, or NULL (borrowed). */
 sl_flow_t *sl_sched__flow_for(sl_sched_t *s, const char *pipeline);
+/**
+ * The flow of `pipeline` at `version` (sha256 hex of its file) if the
+ * scheduler holds it (the current one, or an older one loaded for a
+ * taken-over run), else NULL. Borrowed: take a reference to keep it.
+ */
+sl_flow_t *sl_sched__flow_version(sl_sched_t *s, const char *pipeline, const char *version);
+/**
+ * Loads `source` (len bytes, borrowed; a row of flow_versions) as the flow of
+ * `pipeline` at `version`, and holds it (up to 32 older versions, the oldest
+ * dropped first). Blocking: writes the source under tmp_root/flows and
+ * compiles it, as a reload does. *out is borrowed. 0, or SL_EINVAL (the bytes
+ * are not that version, or the flow does not load), SL_EIO, SL_ENOMEM.
+ */
+int sl_sched__load_flow_version(sl_sched_t *s, const char *pipeline, const char *version,
+                                const char *source, size_t len, sl_flow_t **out);
 
 #endif

@@ -24,20 +24,28 @@
  */
 #include "actors/scheduler.h"
 #include "actors/run.h"
+#include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "core/metrics.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_PIPELINES 32
+#define MAX_PINNED 32                 /* older flow versions held for taken-over runs */
+#define FLOW_SOURCE_MAX (1024 * 1024) /* SL_FLOW_MAX_FILE: what sl_flow_load accepts */
 
 typedef struct pipeline_flow_s {
     char name[64];
     sl_flow_t *flow; /* a reference */
+    int stored;      /* its source is in flow_versions (or was sent there) */
 } pipeline_flow_t;
 
 typedef struct run_node_s {
@@ -67,6 +75,8 @@ struct sl_sched_s {
     sl_metric_t *m_queue; /* sluice_queue_depth{tenant} */
     int nqueue_tenants;   /* tenants with a queue_depth series, to zero when they empty */
     char queue_tenants[256][37];
+    sl_flow_t *pinned[MAX_PINNED]; /* references: versions loaded from flow_versions */
+    int npinned_next;              /* the slot the next one takes (oldest evicted) */
 };
 
 /*
@@ -404,22 +414,150 @@ sl_pubsub_t *sl_sched_pubsub(const sl_sched_t *s)
     return s ? s->pubsub : NULL;
 }
 
+/* ---- flow versions: every loaded flow's source, for taken-over runs ---- */
+
+/* Reads a whole file of at most FLOW_SOURCE_MAX bytes. Returns owned (NUL-terminated) or NULL. */
+static char *read_source(const char *path, size_t *len)
+{
+    struct stat st;
+    char *buf = NULL;
+    size_t n = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > FLOW_SOURCE_MAX ||
+        (buf = malloc((size_t)st.st_size + 1)) == NULL)
+        goto out;
+    while (n < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    *len = n;
+out:
+    close(fd);
+    return buf;
+}
+
+static void flow_stored_cb(const sl_pg_result_t *r, void *arg)
+{
+    if (query_done(arg))
+        return;
+    if (r->err)
+        sl_log(SL_LOG_WARN, "flow_version_store_failed", "{s:s}", "error", r->errmsg);
+}
+
+/*
+ * Stores the source of p's flow in flow_versions (once per version: ON
+ * CONFLICT DO NOTHING). The file is read again here (a small, rare, blocking
+ * read, as sl_flow_load's); if it changed since it was loaded, its hash is
+ * not the version and nothing is stored: that version cannot be pinned.
+ */
+static void store_flow(sl_sched_t *s, pipeline_flow_t *p)
+{
+    size_t len = 0;
+    char hash[65];
+    char *src;
+
+    if (p->stored || !s->started || s->stopping)
+        return;
+    p->stored = 1;
+    src = read_source(sl_flow_path(p->flow), &len);
+    if (!src)
+        return;
+    sl_sha256_hex(src, len, hash);
+    if (strcmp(hash, sl_flow_version(p->flow)) == 0 && strlen(src) == len) {
+        const char *params[] = {hash, p->name, src};
+        send_query(s,
+                   "INSERT INTO flow_versions (version, pipeline, source) VALUES ($1, $2, $3) "
+                   "ON CONFLICT (version) DO NOTHING",
+                   3, params, flow_stored_cb);
+    }
+    free(src);
+}
+
+sl_flow_t *sl_sched__flow_version(sl_sched_t *s, const char *pipeline, const char *version)
+{
+    sl_flow_t *cur = sl_sched_flow(s, pipeline);
+
+    if (cur && strcmp(sl_flow_version(cur), version) == 0)
+        return cur;
+    for (int i = 0; i < MAX_PINNED; i++)
+        if (s->pinned[i] && strcmp(sl_flow_name(s->pinned[i]), pipeline) == 0 &&
+            strcmp(sl_flow_version(s->pinned[i]), version) == 0)
+            return s->pinned[i];
+    return NULL;
+}
+
+int sl_sched__load_flow_version(sl_sched_t *s, const char *pipeline, const char *version,
+                                const char *source, size_t len, sl_flow_t **out)
+{
+    char hash[65], dir[600], path[700], err[512];
+    sl_flow_t *f = NULL;
+    int fd, rc;
+
+    *out = sl_sched__flow_version(s, pipeline, version);
+    if (*out)
+        return 0;
+    sl_sha256_hex(source, len, hash);
+    if (strcmp(hash, version) != 0)
+        return SL_EINVAL; /* not that version's bytes */
+    /* sl_flow_load reads a file: the version's own, under tmp_root (its name in tracebacks) */
+    snprintf(dir, sizeof dir, "%s/flows", s->tmp_root);
+    mkdir(s->tmp_root, 0700);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return SL_EIO;
+    snprintf(path, sizeof path, "%s/%s-%s.lua", dir, pipeline, version);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return SL_EIO;
+    rc = write(fd, source, len) == (ssize_t)len ? 0 : SL_EIO;
+    close(fd);
+    if (rc == 0)
+        rc = sl_flow_load(s->ctx.vm, pipeline, path, &f, err, sizeof err);
+    if (rc != 0) {
+        sl_log(SL_LOG_WARN, "flow_version_load_failed", "{s:s, s:s, s:s}", "pipeline", pipeline,
+               "version", version, "error", rc == SL_EIO ? "cannot write the flow file" : err);
+        return rc;
+    }
+    if (strcmp(sl_flow_version(f), version) != 0) { /* the file changed under us */
+        sl_flow_unref(f);
+        return SL_EINVAL;
+    }
+    sl_flow_unref(s->pinned[s->npinned_next]); /* the oldest; its runs hold their own refs */
+    s->pinned[s->npinned_next] = f;            /* takes the reference */
+    s->npinned_next = (s->npinned_next + 1) % MAX_PINNED;
+    sl_log(SL_LOG_INFO, "flow_version_loaded", "{s:s, s:s}", "pipeline", pipeline, "version",
+           version);
+    *out = f;
+    return 0;
+}
+
 int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f)
 {
-    for (int i = 0; i < s->npipelines; i++) {
-        if (strcmp(s->pipelines[i].name, pipeline) == 0) {
-            sl_flow_ref(f);
-            sl_flow_unref(s->pipelines[i].flow);
-            s->pipelines[i].flow = f;
-            return 0;
-        }
+    pipeline_flow_t *p = NULL;
+
+    for (int i = 0; i < s->npipelines && !p; i++)
+        if (strcmp(s->pipelines[i].name, pipeline) == 0)
+            p = &s->pipelines[i];
+    if (p) {
+        sl_flow_ref(f);
+        sl_flow_unref(p->flow);
+    } else {
+        if (s->npipelines == MAX_PIPELINES)
+            return SL_ETOOBIG;
+        p = &s->pipelines[s->npipelines++];
+        snprintf(p->name, sizeof p->name, "%s", pipeline);
+        sl_flow_ref(f);
     }
-    if (s->npipelines == MAX_PIPELINES)
-        return SL_ETOOBIG;
-    pipeline_flow_t *p = &s->pipelines[s->npipelines++];
-    snprintf(p->name, sizeof p->name, "%s", pipeline);
-    sl_flow_ref(f);
     p->flow = f;
+    p->stored = 0;
+    store_flow(s, p); /* not before start: the schema may not be there yet */
     return 0;
 }
 
@@ -441,6 +579,8 @@ void sl_sched_start(sl_sched_t *s)
     if (s->started)
         return;
     s->started = 1;
+    for (int i = 0; i < s->npipelines; i++)
+        store_flow(s, &s->pipelines[i]);
     schedule_claim(s, 0);
     struct timeval hb = {s->heartbeat_s, 0}, g = {0, 0};
     evtimer_add(s->heartbeat_timer, &hb);
@@ -532,6 +672,9 @@ static void sched_destroy(sl_sched_t *s)
     free(s->weights_json);
     for (int i = 0; i < s->npipelines; i++)
         sl_flow_unref(s->pipelines[i].flow);
+    for (int i = 0; i < MAX_PINNED; i++)
+        if (s->pinned[i])
+            sl_flow_unref(s->pinned[i]);
     run_node_t *n = s->runs;
     while (n) {
         run_node_t *next = n->next;

@@ -69,3 +69,47 @@ def test_run_of_a_pipeline_no_longer_configured_fails(server, tenant):
     doc = tenant.get("/v1/files/%s" % fid).json()
     assert [(r["pipeline"], r["state"], r["error"]) for r in doc["runs"]] == \
         [("no_such_pipeline", "failed", "unknown_pipeline")]
+
+
+PIN_FLOW = ('return flow { start = "a", steps = {\n'
+            '  a = { run = function(ctx, file) sl.sleep(%d) return true end, next = "b" },\n'
+            '  b = { run = function(ctx, file) ctx.v = "%s" return true end },\n'
+            '} }\n')
+
+
+def test_a_run_taken_over_continues_with_its_flow_version(start_server, tmp_path):
+    import hashlib
+    from test_pipelines import pipelines_yaml
+    v1 = PIN_FLOW % (5, "v1")
+    v2 = PIN_FLOW % (0, "v2")
+    srv = start_server(extra_yaml=pipelines_yaml(tmp_path, {"pin": (v1, ["text/*"])}))
+    t = srv.create_tenant("pin")
+    ds = t.create_dataset()["id"]
+    fid = t.upload(ds, [("a.txt", b"hello\n")]).json()["files"][0]["id"]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if psql(srv, "SELECT state || '/' || coalesce(step, '-') FROM runs WHERE file_id = %s"
+                % q(fid)) == "running/a":
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # step_started of a committed, with flow_version v1; a sleeps
+    srv.kill()
+    rid = psql(srv, "SELECT id FROM runs WHERE file_id = %s" % q(fid))
+    assert psql(srv, "SELECT state || ' ' || flow_version FROM runs WHERE id = %s" % q(rid)) == \
+        "running " + hashlib.sha256(v1.encode()).hexdigest()
+    # A crash, then a deploy of v2: the lease lapses (here at once) and v2 is what is loaded.
+    psql(srv, "UPDATE runs SET lease_until = now() WHERE id = %s" % q(rid))
+    (tmp_path / "pin.lua").write_text(v2)
+    srv.start()
+    doc = t.wait_file(fid, timeout=60)
+    assert doc["status"] == "done", doc
+    assert psql(srv, "SELECT (ctx->>'v') || ' ' || flow_version FROM runs WHERE id = %s"
+                % q(rid)) == "v1 " + hashlib.sha256(v1.encode()).hexdigest()
+    kinds = psql(srv, "SELECT string_agg(kind, ',' ORDER BY seq) FROM run_events "
+                      "WHERE run_id = %s" % q(rid))
+    assert "resumed" in kinds, kinds
+    # a new run takes the flow loaded now
+    fid2 = t.upload(ds, [("b.txt", b"hello again\n")]).json()["files"][0]["id"]
+    assert t.wait_file(fid2, timeout=60)["status"] == "done"
+    assert psql(srv, "SELECT ctx->>'v' FROM runs WHERE file_id = %s" % q(fid2)) == "v2"
+    assert psql(srv, "SELECT count(*) FROM flow_versions WHERE pipeline = 'pin'") == "2"

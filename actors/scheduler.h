@@ -39,7 +39,9 @@ int sl_sched_new(const sl_sched_opts_t *opts, sl_sched_t **out);
 
 /**
  * Sets the flow of a pipeline (takes a reference to f; drops the one it had).
- * Runs already in flight keep the flow they started with.
+ * Runs already in flight keep the flow they started with. Its source goes
+ * into flow_versions (now, or at sl_sched_start), so a run taken over after
+ * a crash can continue with this version even once the file has changed.
  */
 int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f);
 

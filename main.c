@@ -235,15 +235,9 @@ static void migrate_work(void *arg)
         char hash[65];
         sl_sha256_hex(t->api_key, strlen(t->api_key), hash);
         const char *params[] = {t->name, hash};
-        r = PQexecParams(c,
-                         "WITH t AS (INSERT INTO tenants (id, name) SELECT gen_random_uuid(), $1 "
-                         "  WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE name = $1) RETURNING id) "
-                         "INSERT INTO api_keys (id, tenant_id, key_hash) "
-                         "SELECT gen_random_uuid(), coalesce((SELECT id FROM t), (SELECT id FROM "
-                         "tenants WHERE name = $1 ORDER BY created_at LIMIT 1)), $2 "
-                         "ON CONFLICT (key_hash) DO NOTHING",
-                         2, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        r = PQexecParams(c, "SELECT sluice_bootstrap_tenant($1, $2)", 2, NULL, params, NULL, NULL,
+                         0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             job->err = SL_EDB;
             snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
                      PQerrorMessage(c));

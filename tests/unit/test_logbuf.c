@@ -47,14 +47,26 @@ static void capture_end(void)
     unlink(cap_path);
 }
 
-/* What the file holds now (no flush). */
+/* What the file holds now (no flush): its lines that are log lines. A
+ * sanitizer build's forked child may add its own notes at exit (LSan: "Running
+ * thread ... was not suspended"); those are left out. */
 static size_t peek(void)
 {
     ssize_t n = pread(cap_fd, buf, sizeof(buf) - 1, 0);
+    size_t in = 0, out = 0;
     if (n < 0)
         n = 0;
-    buf[n] = '\0';
-    return (size_t)n;
+    while (in < (size_t)n) {
+        char *nl = memchr(buf + in, '\n', (size_t)n - in);
+        size_t len = nl ? (size_t)(nl - (buf + in)) + 1 : (size_t)n - in;
+        if (buf[in] == '{' || !nl) {
+            memmove(buf + out, buf + in, len);
+            out += len;
+        }
+        in += len;
+    }
+    buf[out] = '\0';
+    return out;
 }
 
 /* Empties the file (after a flush, so nothing of the last test is left). */

@@ -126,12 +126,12 @@ static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;  /* a batch being wr
 static pthread_cond_t buf_cond; /* the log thread waits on it; CLOCK_MONOTONIC */
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static char bufs[2][SL_LOG_BUF_MAX];
-static int cur;          /* the buffer being filled */
-static size_t buf_len;   /* bytes waiting in bufs[cur] */
+static int cur;        /* the buffer being filled */
+static size_t buf_len; /* bytes waiting in bufs[cur] */
 static size_t buf_max = SL_LOG_BUF_MAX;
 static int flush_ms = SL_LOG_FLUSH_MS;
-static int64_t first_ns; /* when the oldest waiting line was logged */
-static int thread_up;    /* this process's log thread runs */
+static int64_t first_ns;  /* when the oldest waiting line was logged */
+static int thread_up;     /* this process's log thread runs */
 static int thread_failed; /* could not start it: every line is written at once */
 static int exiting;       /* past exit(): later lines (other atexit handlers) go at once */
 

@@ -755,7 +755,8 @@ static void test_large_respond(int port)
     CHECK(c->resp[1].status == 200 && !strcmp(c->resp[1].body, "hello"));
     CHECK(strcmp(c->resp[0].reqid, c->resp[1].reqid) != 0);
     CHECK(!strcmp(c->resp[0].date, c->resp[1].date) || strlen(c->resp[1].date) == 29);
-    CHECK(c->resp[2].status == 200 && c->resp[2].total == 0 && !strcmp(c->resp[2].clen, "16777216"));
+    CHECK(c->resp[2].status == 200 && c->resp[2].total == 0 &&
+          !strcmp(c->resp[2].clen, "16777216"));
     CHECK(!c->eof && !c->err);
     client_free(c);
     free(g_bigresp);

@@ -147,7 +147,7 @@ static void test_threshold(void)
         sl_log(SL_LOG_INFO, "tick", "{s:i}", "i", i);
     CHECK(n > 0 && n <= 4096);
     CHECK(i > 10 && i < 1000);
-    CHECK(buf[n - 1] == '\n'); /* whole lines only */
+    CHECK(buf[n - 1] == '\n');      /* whole lines only */
     CHECK(count_lines(buf, n) < i); /* the line that did not fit still waits */
     sl_log_flush();
     n = peek();
@@ -368,7 +368,12 @@ static void fill_values(sl_log_line_t *l)
     sl_log_line_str(l, "quote\"key", "a\"b\\c/d");
     sl_log_line_str(l, "ctl", "\n\r\t\b\f\x01\x1f\x7f");
     sl_log_line_str(l, "utf8", "caf\xc3\xa9 \xf0\x9f\x98\x80");
-    sl_log_line_str(l, "bad", "a\xff" "b\xe2\x82" "c\xc0\xaf" "d\xed\xa0\x80" "e");
+    sl_log_line_str(l, "bad",
+                    "a\xff"
+                    "b\xe2\x82"
+                    "c\xc0\xaf"
+                    "d\xed\xa0\x80"
+                    "e");
     sl_log_line_str(l, "null", NULL);
     sl_log_line_int(l, "max", LLONG_MAX);
     sl_log_line_int(l, "min", LLONG_MIN);
@@ -413,9 +418,11 @@ static void test_writer(void)
         CHECK_STREQ(s_of(j, "ctl"), "\n\r\t\b\f\x01\x1f\x7f");
         CHECK_STREQ(s_of(j, "utf8"), "caf\xc3\xa9 \xf0\x9f\x98\x80");
         /* each ill-formed byte is one U+FFFD (EF BF BD) */
-        CHECK_STREQ(s_of(j, "bad"), "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd"
+        CHECK_STREQ(s_of(j, "bad"), "a\xef\xbf\xbd"
+                                    "b\xef\xbf\xbd\xef\xbf\xbd"
                                     "c\xef\xbf\xbd\xef\xbf\xbd"
-                                    "d\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "e");
+                                    "d\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                                    "e");
         CHECK(json_is_null(json_object_get(j, "null")));
         CHECK(json_integer_value(json_object_get(j, "max")) == LLONG_MAX);
         CHECK(json_integer_value(json_object_get(j, "min")) == LLONG_MIN);

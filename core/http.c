@@ -33,6 +33,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,6 +54,26 @@
  * addresses with an open connection). */
 #define SL_HTTP_IP_BUCKETS 1024
 #define SL_HTTP_IP_KEY 16
+/* Random bytes drawn at once for request ids (8 each): one RAND_bytes call
+ * per 64 requests instead of one per request. */
+#define SL_HTTP_IDPOOL 512
+/* A finished request's struct and header store are kept by its connection for
+ * the next request when the store is at most this big (no malloc per
+ * request on keep-alive). Not in sanitizer builds: ASan should see a handler
+ * that uses a request after it finished. */
+#define SL_HTTP_REUSE_HBUF 4096
+#if defined(__SANITIZE_ADDRESS__)
+#define SL_HTTP_REUSE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SL_HTTP_REUSE 0
+#endif
+#endif
+#ifndef SL_HTTP_REUSE
+#define SL_HTTP_REUSE 1
+#endif
+/* A response head up to this size is built on the stack. */
+#define SL_HTTP_HEAD_STACK 2048
 
 enum { BODY_NONE, BODY_BUFFER, BODY_STREAM };
 enum { TK_NONE, TK_HEADER, TK_IDLE, TK_BODY, TK_LINGER };
@@ -122,6 +143,7 @@ struct conn_s {
     struct event *defer;
     http_parser parser;
     sl_http_req_t *req;
+    sl_http_req_t *spare; /* the last finished request, kept for reuse (SL_HTTP_REUSE) */
     char peer[64];
     ipcount_t *ip; /* counted against its address; NULL when not */
     int timer_kind;
@@ -149,8 +171,9 @@ struct sl_http_server_s {
     ipcount_t *ips[SL_HTTP_IP_BUCKETS];
     conn_t *conns;
     int freeing;
-    time_t date_sec;
-    char date[64];
+    sl_http_date_t date;
+    unsigned char idpool[SL_HTTP_IDPOOL];
+    size_t idpool_left; /* unused bytes at the end of idpool; 0: draw again */
 };
 
 static void conn_schedule(conn_t *c);
@@ -237,20 +260,33 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const char *srv_date(sl_http_server_t *s)
+const char *sl_http__date(sl_http_date_t *d, time_t now)
 {
     static const char wd[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char mon[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    time_t now = time(NULL);
     struct tm tm;
-    if (now != s->date_sec && gmtime_r(&now, &tm)) {
-        snprintf(s->date, sizeof s->date, "%s, %02d %s %04d %02d:%02d:%02d GMT", wd[tm.tm_wday % 7],
-                 tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                 tm.tm_sec);
-        s->date_sec = now;
-    }
-    return s->date;
+    if (d->len > 0 && now == d->sec)
+        return d->text;
+    if (!gmtime_r(&now, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0)
+        return d->len > 0 ? d->text : "Thu, 01 Jan 1970 00:00:00 GMT";
+    /* RFC 7231 7.1.1.1 IMF-fixdate: always 29 bytes. */
+    int n = snprintf(d->text, sizeof d->text, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                     wd[tm.tm_wday % 7], tm.tm_mday, mon[tm.tm_mon % 12], tm.tm_year + 1900,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+    d->len = n > 0 && (size_t)n < sizeof d->text ? (size_t)n : 0;
+    d->sec = now;
+    return d->text;
+}
+
+/* The Date header's value, formatted once a second (nginx's ngx_cached_http_time,
+ * h2o's per-loop cached time): the clock read is libevent's, cached per loop turn. */
+static const char *srv_date(sl_http_server_t *s)
+{
+    struct timeval tv;
+    if (!s->base || event_base_gettimeofday_cached(s->base, &tv) != 0)
+        tv.tv_sec = time(NULL);
+    return sl_http__date(&s->date, tv.tv_sec);
 }
 
 /* A header name or value that cannot break the response framing. */
@@ -284,40 +320,79 @@ static int pct_decode(const char *src, size_t n, char *dst, size_t dstlen)
 
 /* ---- requests ---- */
 
+/* A request id: 8 random bytes in hex, from the server's pool. */
+static void req_make_id(conn_t *c, sl_http_req_t *r)
+{
+    static unsigned long fallback;
+    sl_http_server_t *srv = c->srv;
+    if (c->in_mem || !c->defer) { /* sl_http__parse: no entropy (a syscall) per request */
+        fallback++;
+        snprintf(r->id, sizeof r->id, "%016lx", fallback);
+        return;
+    }
+    if (srv->idpool_left < 8) {
+        if (sl_random_bytes(srv->idpool, SL_HTTP_IDPOOL) != 0) {
+            fallback++;
+            snprintf(r->id, sizeof r->id, "%016lx", fallback);
+            return;
+        }
+        srv->idpool_left = SL_HTTP_IDPOOL;
+    }
+    unsigned char *b = srv->idpool + SL_HTTP_IDPOOL - srv->idpool_left;
+    sl_hex(b, 8, r->id);
+    memset(b, 0, 8); /* used bytes do not linger */
+    srv->idpool_left -= 8;
+}
+
 static sl_http_req_t *req_new(conn_t *c)
 {
-    unsigned char rnd[8];
-    static unsigned long fallback;
-    sl_http_req_t *r = calloc(1, sizeof *r);
-    if (!r)
+    sl_http_req_t *r = c->spare;
+    if (r) { /* keep the header store, clear the rest */
+        char *hbuf = r->hbuf;
+        size_t hcap = r->hcap, *hoff = r->hoff, hoffcap = r->hoffcap;
+        c->spare = NULL;
+        memset(r, 0, sizeof *r);
+        r->hbuf = hbuf;
+        r->hcap = hcap;
+        r->hoff = hoff;
+        r->hoffcap = hoffcap;
+    } else if (!(r = calloc(1, sizeof *r))) {
         return NULL;
+    }
     r->conn = c;
     r->method = "";
     r->content_length = -1;
     r->resp_cl = -1;
     r->t_start = mono_now();
-    if (c->in_mem) { /* sl_http__parse: no entropy (a syscall) per request */
-        fallback++;
-        snprintf(r->id, sizeof r->id, "%016lx", fallback);
-    } else if (sl_random_bytes(rnd, sizeof rnd) == 0) {
-        sl_hex(rnd, sizeof rnd, r->id);
-    } else {
-        fallback++;
-        snprintf(r->id, sizeof r->id, "%016lx", fallback);
-    }
+    req_make_id(c, r);
     return r;
+}
+
+static void req_destroy(sl_http_req_t *r)
+{
+    free(r->hbuf);
+    free(r->hoff);
+    free(r);
 }
 
 static void req_free(sl_http_server_t *srv, sl_http_req_t *r, int report)
 {
+    conn_t *c = r->conn;
     if (report && srv->finish_cb)
         srv->finish_cb(r, r->status, mono_now() - r->t_start, srv->finish_arg);
     if (r->resp_hdrs)
         evbuffer_free(r->resp_hdrs);
-    free(r->hbuf);
-    free(r->hoff);
     free(r->body);
-    free(r);
+    /* Kept for the connection's next request: only a socket connection that
+     * still reads (its struct outlives this request; conn_free frees it). */
+    if (SL_HTTP_REUSE && c->defer && c->bev && !c->spare && !srv->freeing &&
+        r->hcap <= SL_HTTP_REUSE_HBUF) {
+        r->resp_hdrs = NULL;
+        r->body = NULL;
+        c->spare = r;
+        return;
+    }
+    req_destroy(r);
 }
 
 /* Appends to the header store; past max_header_bytes the request gets 431. */
@@ -961,6 +1036,26 @@ static void conn_step(conn_t *c)
     int progressed = conn_parse(c);
     if (!c->bev)
         return;
+    r = c->req;
+    if (r && r->dispatched && r->finished && !c->lingering) {
+        /*
+         * The handler answered at once (/healthz, errors, cached reads): the
+         * request is done in this same turn, not two turns later through the
+         * defer event, which saves an epoll_wait and two timer operations
+         * per request. Only if more is due (pipelined bytes, a body to
+         * discard, a close) does the connection take a later turn as before.
+         */
+        deliver_due(r);
+        if (r->finished && !req_due_pending(r)) {
+            conn_req_done(c);
+            if (!c->bev || c->close_after_flush || c->discard || c->yield ||
+                evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+                conn_schedule(c);
+                return;
+            }
+            evtimer_del(c->defer); /* req_finish's: nothing is left for it */
+        }
+    }
     conn_check_eof(c);
     conn_update_timer(c, progressed);
 }
@@ -976,6 +1071,8 @@ static void conn_free(conn_t *c)
         c->next->prev = c->prev;
     event_free(c->timer);
     event_free(c->defer);
+    if (c->spare)
+        req_destroy(c->spare);
     free(c);
     if (srv->freeing && !srv->conns)
         free(srv);
@@ -1723,9 +1820,45 @@ static const char *status_reason(int status)
     return s == NULL || s[0] == '<' ? "Unknown" : s;
 }
 
-static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t cl)
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_uint(char *p, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    return put(p, tmp + sizeof tmp - n, n);
+}
+
+/* The bytes of a head besides the Content-Type value and the extra headers. */
+#define HEAD_FIXED 256
+
+/* Room enough for head_build's output. */
+static size_t head_size(const sl_http_req_t *r, const char *ctype)
+{
+    return HEAD_FIXED + (ctype ? strlen(ctype) : 0) +
+           (r->resp_hdrs ? evbuffer_get_length(r->resp_hdrs) : 0);
+}
+
+/*
+ * Decides the framing of the response (status, will_close, chunked) and
+ * builds its status line and headers into out, which has head_size() bytes.
+ * Returns the length. The head is built whole, by hand, so that it leaves in
+ * one write with the body (h2o flattens its headers into one buffer the same
+ * way; nginx's ngx_http_header_filter sizes, then fills, one buffer).
+ */
+static size_t head_build(sl_http_req_t *r, int status, const char *ctype, int64_t cl, char *out)
 {
     conn_t *c = r->conn;
+    const char *reason, *date;
+    char *p = out;
     if (status < 200 || status > 599)
         status = 500;
     r->status = status;
@@ -1735,26 +1868,109 @@ static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t c
     r->will_close = req_will_close(r);
     if (cl < 0 && r->http10)
         r->will_close = 1; /* no chunked for HTTP/1.0: the close ends the body */
-    if (!c->bev)
-        return;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status,
-                        status_reason(status), srv_date(c->srv), r->id);
-    if (ctype && *ctype && hdr_text_ok(ctype))
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+    reason = status_reason(status);
+    date = srv_date(c->srv);
+    p = put(p, "HTTP/1.1 ", 9);
+    p = put_uint(p, (uint64_t)status);
+    *p++ = ' ';
+    p = put(p, reason, strnlen(reason, 64));
+    p = put(p, "\r\nDate: ", 8);
+    p = put(p, date, strnlen(date, 40));
+    p = put(p, "\r\nX-Request-Id: ", 16);
+    p = put(p, r->id, strlen(r->id));
+    p = put(p, "\r\n", 2);
+    if (ctype && *ctype && hdr_text_ok(ctype)) {
+        p = put(p, "Content-Type: ", 14);
+        p = put(p, ctype, strlen(ctype));
+        p = put(p, "\r\n", 2);
+    }
     if (!status_has_no_body(status)) {
-        if (cl >= 0)
-            evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)cl);
-        else if (r->resp_chunked)
-            evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+        if (cl >= 0) {
+            p = put(p, "Content-Length: ", 16);
+            p = put_uint(p, (uint64_t)cl);
+            p = put(p, "\r\n", 2);
+        } else if (r->resp_chunked) {
+            p = put(p, "Transfer-Encoding: chunked\r\n", 28);
+        }
     }
     if (r->will_close)
-        evbuffer_add_printf(out, "Connection: close\r\n");
+        p = put(p, "Connection: close\r\n", 19);
     else if (r->http10)
-        evbuffer_add_printf(out, "Connection: keep-alive\r\n");
-    if (r->resp_hdrs)
-        evbuffer_add_buffer(out, r->resp_hdrs);
-    evbuffer_add(out, "\r\n", 2);
+        p = put(p, "Connection: keep-alive\r\n", 24);
+    if (r->resp_hdrs) {
+        size_t n = evbuffer_get_length(r->resp_hdrs);
+        if (evbuffer_remove(r->resp_hdrs, p, n) == (int)n)
+            p += n;
+    }
+    p = put(p, "\r\n", 2);
+    return (size_t)(p - out);
+}
+
+/*
+ * Sends head and body (the body may be empty). When nothing is queued before
+ * them they go out at once in one writev(2), as nginx and h2o write a
+ * response as soon as it is ready; only what the socket does not take now is
+ * queued on the bufferevent, which writes it when the socket is writable. A
+ * small response thus costs one syscall and never arms EV_WRITE (no
+ * epoll_ctl). A socket error is left for the bufferevent to meet on its own
+ * write, which reports it to conn_eventcb as before.
+ */
+static void resp_send(conn_t *c, const char *head, size_t hlen, const char *body, size_t blen)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) == 0) {
+        struct iovec iov[2] = {{(void *)head, hlen}, {(void *)body, blen}};
+        ssize_t w;
+        do
+            w = writev(bufferevent_getfd(c->bev), iov, blen ? 2 : 1);
+        while (w < 0 && errno == EINTR);
+        size_t done = w > 0 ? (size_t)w : 0;
+        size_t dh = done < hlen ? done : hlen;
+        head += dh;
+        hlen -= dh;
+        done -= dh;
+        body += done;
+        blen -= done;
+    }
+    if (hlen)
+        evbuffer_add(out, head, hlen);
+    if (blen)
+        evbuffer_add(out, body, blen);
+}
+
+/* Builds the head on the stack when it fits; NULL when out of memory. */
+static char *head_buf(const sl_http_req_t *r, const char *ctype, char *stackbuf, size_t stacklen)
+{
+    size_t need = head_size(r, ctype);
+    return need <= stacklen ? stackbuf : malloc(need);
+}
+
+/* No head can be built (out of memory): the client learns nothing but the close. */
+static void resp_head_failed(sl_http_req_t *r, int status)
+{
+    r->status = status;
+    r->resp_started = 1;
+    r->will_close = 1;
+    if (r->conn->bev)
+        conn_close(r->conn, SL_ENOMEM);
+}
+
+/* Queues the status line and headers (a body follows through resp_write).
+ * cl: >= 0 Content-Length, -1 chunked. */
+static void resp_head(sl_http_req_t *r, int status, const char *ctype, int64_t cl)
+{
+    conn_t *c = r->conn;
+    char stackbuf[SL_HTTP_HEAD_STACK];
+    char *head = head_buf(r, ctype, stackbuf, sizeof stackbuf);
+    if (!head) {
+        resp_head_failed(r, status);
+        return;
+    }
+    size_t n = head_build(r, status, ctype, cl, head);
+    if (c->bev)
+        evbuffer_add(bufferevent_get_output(c->bev), head, n);
+    if (head != stackbuf)
+        free(head);
 }
 
 static void req_finish(sl_http_req_t *r)
@@ -1767,6 +1983,7 @@ void sl_http_respond(sl_http_req_t *req, int status, const char *content_type, c
                      size_t len)
 {
     conn_t *c = req->conn;
+    char stackbuf[SL_HTTP_HEAD_STACK];
     if (req->finished)
         return;
     if (req->resp_started) {
@@ -1775,9 +1992,17 @@ void sl_http_respond(sl_http_req_t *req, int status, const char *content_type, c
     }
     if (status_has_no_body(status))
         len = 0;
-    resp_head(req, status, content_type, (int64_t)len);
-    if (c->bev && len && body && !req->is_head)
-        evbuffer_add(bufferevent_get_output(c->bev), body, len);
+    char *head = head_buf(req, content_type, stackbuf, sizeof stackbuf);
+    if (!head) {
+        resp_head_failed(req, status);
+        req_finish(req);
+        return;
+    }
+    size_t n = head_build(req, status, content_type, (int64_t)len, head);
+    if (c->bev)
+        resp_send(c, head, n, req->is_head || !body ? NULL : body, req->is_head || !body ? 0 : len);
+    if (head != stackbuf)
+        free(head);
     req_finish(req);
 }
 

@@ -34,6 +34,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <event2/event.h>
 
 typedef struct sl_http_server_s sl_http_server_t;
@@ -288,5 +289,20 @@ int sl_http_router_match(const sl_http_router_t *r, const char *method, const ch
  */
 int sl_http__parse(const sl_http_limits_t *limits, const char *data, size_t len,
                    sl_http_handler_cb handler, void *arg);
+
+/* Internal, for the unit tests: the Date header's per-second cache. */
+typedef struct sl_http_date_s {
+    time_t sec;     /* the second `text` shows */
+    size_t len;     /* 0: nothing cached yet */
+    char text[40];  /* an IMF-fixdate (RFC 7231 7.1.1.1) */
+} sl_http_date_t;
+
+/**
+ * Internal, for the unit tests: the Date value for `now` (seconds since the
+ * epoch), formatted only when `now` is not the second `d` (zeroed before
+ * first use) already holds. Returns d->text, or a constant date if `now`
+ * cannot be shown and nothing is cached.
+ */
+const char *sl_http__date(sl_http_date_t *d, time_t now);
 
 #endif

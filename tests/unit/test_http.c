@@ -600,6 +600,18 @@ static void out_drain_cb(sl_http_req_t *req, void *arg)
     out_write_next(req);
 }
 
+/* A whole response larger than a socket takes at once: the direct writev
+ * sends a part, the bufferevent the rest (core/http.c resp_send). */
+#define BIGRESP_LEN (16 * 1024 * 1024)
+static char *g_bigresp;
+
+static void h_bigrespond(sl_http_req_t *req, const sl_http_params_t *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    sl_http_respond(req, 200, "application/octet-stream", g_bigresp, BIGRESP_LEN);
+}
+
 static void h_bigout(sl_http_req_t *req, const sl_http_params_t *p, void *arg)
 {
     (void)p;
@@ -613,6 +625,7 @@ static void setup_router(void)
 {
     g_router = sl_http_router_new();
     sl_http_router_add(g_router, "GET", "/bigout", "bigout", h_bigout, NULL);
+    sl_http_router_add(g_router, "GET", "/bigrespond", "bigrespond", h_bigrespond, NULL);
     sl_http_router_add(g_router, "GET", "/hello", "hello", h_hello, NULL);
     sl_http_router_add(g_router, "GET", "/echo", "echo", h_echo, NULL);
     sl_http_router_add(g_router, "*", "/echo-body", "echo_body", h_echo_body, NULL);
@@ -721,6 +734,33 @@ static void test_simple_keepalive(int port)
     CHECK(c->resp[3].status == 200 && !strcmp(c->resp[3].body, "hello"));
     CHECK(!c->err);
     client_free(c);
+}
+
+static void test_large_respond(int port)
+{
+    client_t *c = client_new(port);
+    g_bigresp = malloc(BIGRESP_LEN);
+    for (size_t i = 0; g_bigresp && i < BIGRESP_LEN; i++)
+        g_bigresp[i] = (char)('a' + i % 26);
+    /* The second response must wait for the whole first one, not cut in. */
+    client_send(c, "GET /bigrespond HTTP/1.1\r\nHost: x\r\n\r\n"
+                   "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                   "HEAD /bigrespond HTTP/1.1\r\nHost: x\r\n\r\n");
+    c->head_mask = 1u << 2;
+    CHECK(wait_resp(c, 3));
+    CHECK(c->resp[0].status == 200);
+    CHECK_EQ(c->resp[0].total, BIGRESP_LEN);
+    CHECK(!strcmp(c->resp[0].clen, "16777216"));
+    CHECK(c->resp[0].blen > 26 && !memcmp(c->resp[0].body, "abcdefghijklmnopqrstuvwxyza", 27));
+    CHECK(c->resp[1].status == 200 && !strcmp(c->resp[1].body, "hello"));
+    CHECK(strcmp(c->resp[0].reqid, c->resp[1].reqid) != 0);
+    CHECK(!strcmp(c->resp[0].date, c->resp[1].date) || strlen(c->resp[1].date) == 29);
+    CHECK(c->resp[2].status == 200 && c->resp[2].total == 0 &&
+          !strcmp(c->resp[2].clen, "16777216"));
+    CHECK(!c->eof && !c->err);
+    client_free(c);
+    free(g_bigresp);
+    g_bigresp = NULL;
 }
 
 static void test_pipelined(int port)
@@ -1263,6 +1303,7 @@ int main(void)
 
     test_simple_keepalive(p1);
     test_pipelined(p1);
+    test_large_respond(p1);
     test_byte_by_byte(p1);
     test_chunked_body(p1);
     test_stream_pause(p1);

@@ -1,7 +1,8 @@
 /*
  * test_log.c — unit tests for core/log.c: stderr is pointed at a temporary
- * file with dup2, each sl_log call must add exactly one line, and each line is
- * parsed back with jansson.
+ * file with dup2, each sl_log call must add exactly one line (once flushed:
+ * the buffering itself is test_logbuf.c's), and each line is parsed back with
+ * jansson.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -41,6 +42,7 @@ static void capture_end(void)
 static char buf[65536];
 static size_t take(void)
 {
+    sl_log_flush(); /* info lines wait in the buffer (test_logbuf.c tests that) */
     ssize_t n = pread(cap_fd, buf, sizeof(buf) - 1, 0);
     if (n < 0)
         n = 0;

@@ -294,15 +294,19 @@ void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_i
         strlen(tenant_id) >= TENANT_MAX || !sl_cache_active(c) || ticket != c->auth_gen)
         return;
     auth_ent_t *set = c->auth[hash_str(key_hash, HASH_HEX) % SL_CACHE_AUTH_SETS];
-    auth_ent_t *victim = &set[0];
-    for (int w = 0; w < SL_CACHE_WAYS; w++) {
-        if (memcmp(set[w].hash, key_hash, HASH_HEX) == 0 || set[w].hash[0] == '\0') {
+    /* The key's own entry, else a free one, else the least recently used. */
+    auth_ent_t *victim = NULL, *lru = &set[0];
+    for (int w = 0; w < SL_CACHE_WAYS && !victim; w++)
+        if (memcmp(set[w].hash, key_hash, HASH_HEX) == 0)
             victim = &set[w];
-            break;
-        }
-        if (set[w].used < victim->used)
+    for (int w = 0; w < SL_CACHE_WAYS && !victim; w++) {
+        if (set[w].hash[0] == '\0')
             victim = &set[w];
+        else if (set[w].used < lru->used)
+            lru = &set[w];
     }
+    if (!victim)
+        victim = lru;
     memcpy(victim->hash, key_hash, HASH_HEX + 1);
     memcpy(victim->tenant, tenant_id, strlen(tenant_id) + 1);
     victim->expires = now_s() + SL_CACHE_AUTH_TTL_S;
@@ -356,15 +360,19 @@ void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id
         len > SL_CACHE_FILE_MAX_BODY || !sl_cache_active(c) || ticket != c->file_gen)
         return;
     file_ent_t *set = c->files[hash_str(file_id, UUID_LEN) % SL_CACHE_FILE_SETS];
-    file_ent_t *victim = &set[0];
-    for (int w = 0; w < SL_CACHE_WAYS; w++) {
-        if (memcmp(set[w].id, file_id, UUID_LEN) == 0 || set[w].id[0] == '\0') {
+    /* The file's own entry, else a free one, else the least recently used. */
+    file_ent_t *victim = NULL, *lru = &set[0];
+    for (int w = 0; w < SL_CACHE_WAYS && !victim; w++)
+        if (memcmp(set[w].id, file_id, UUID_LEN) == 0)
             victim = &set[w];
-            break;
-        }
-        if (set[w].used < victim->used)
+    for (int w = 0; w < SL_CACHE_WAYS && !victim; w++) {
+        if (set[w].id[0] == '\0')
             victim = &set[w];
+        else if (set[w].used < lru->used)
+            lru = &set[w];
     }
+    if (!victim)
+        victim = lru;
     file_ent_clear(c, victim);
     if (c->bytes + len > SL_CACHE_FILE_MAX_BYTES)
         return;

@@ -159,6 +159,20 @@ static void test_files(struct event_base *base)
     sl_cache_etag(DONE_DOC, strlen(DONE_DOC), e);
     sl_cache_file_put(c, TENANT, FILE1, DONE_DOC, strlen(DONE_DOC), e, ticket);
     CHECK(!sl_cache_file_get(c, TENANT, FILE1, &body, &len, &etag));
+    /* a put finds the file's own entry even behind a free way: never two entries */
+    file_ent_t *set = c->files[hash_str(FILE1, UUID_LEN) % SL_CACHE_FILE_SETS];
+    for (int w = 0; w < SL_CACHE_WAYS; w++)
+        file_ent_clear(c, &set[w]);
+    put_doc(c, FILE1, QUEUED_DOC);
+    CHECK(set[0].body != NULL);
+    set[1] = set[0]; /* the entry moves to way 1; way 0 is free */
+    memset(&set[0], 0, sizeof set[0]);
+    put_doc(c, FILE1, DONE_DOC);
+    CHECK(set[0].id[0] == '\0');
+    CHECK(sl_cache_file_get(c, TENANT, FILE1, &body, &len, &etag));
+    CHECK_EQ(len, strlen(DONE_DOC));
+    sl_cache_on_message(c, SL_CACHE_FILE_CHANNEL, FILE1, 36);
+    CHECK(!sl_cache_file_get(c, TENANT, FILE1, &body, &len, &etag));
     /* too big a body is not kept */
     size_t big = SL_CACHE_FILE_MAX_BODY + 1;
     char *p = malloc(big);

@@ -220,8 +220,8 @@ int sl_cache_new(struct event_base *base, sl_redis_t *publisher, const char *red
     c->base = base;
     c->pub = publisher;
     if (redis_url) {
-        int err = sl_redis_new_subscriber(base, redis_url, SL_CACHE_PATTERN, sub_message_cb, c,
-                                          &c->sub);
+        int err =
+            sl_redis_new_subscriber(base, redis_url, SL_CACHE_PATTERN, sub_message_cb, c, &c->sub);
         if (err) {
             free(c);
             return err;
@@ -287,8 +287,7 @@ int sl_cache_auth_get(sl_cache_t *c, const char *key_hash, char *tenant_id, size
     return 0;
 }
 
-void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id,
-                       uint64_t ticket)
+void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id, uint64_t ticket)
 {
     if (!key_hash || !tenant_id || strlen(key_hash) != HASH_HEX ||
         strlen(tenant_id) >= TENANT_MAX || !sl_cache_active(c) || ticket != c->auth_gen)
@@ -352,8 +351,8 @@ int sl_cache_file_get(sl_cache_t *c, const char *tenant_id, const char *file_id,
     return 0;
 }
 
-void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id,
-                       const char *body, size_t len, const char *etag, uint64_t ticket)
+void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id, const char *body,
+                       size_t len, const char *etag, uint64_t ticket)
 {
     if (!tenant_id || !file_id || !body || !etag || strlen(file_id) != UUID_LEN ||
         strlen(tenant_id) >= TENANT_MAX || strlen(etag) >= SL_CACHE_ETAG_LEN ||
@@ -451,8 +450,7 @@ int sl_cache_publish_file(sl_cache_t *c, const char *file_id, sl_cache_done_cb d
     return publish(c, c->base, SL_CACHE_FILE_CHANNEL, file_id, done, arg);
 }
 
-int sl_cache_publish_revoke(sl_cache_t *c, const char *key_hash, sl_cache_done_cb done,
-                            void *arg)
+int sl_cache_publish_revoke(sl_cache_t *c, const char *key_hash, sl_cache_done_cb done, void *arg)
 {
     if (!c || !key_hash || strlen(key_hash) != HASH_HEX)
         return SL_EINVAL;

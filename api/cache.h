@@ -90,8 +90,7 @@ uint64_t sl_cache_auth_ticket(sl_cache_t *c);
 int sl_cache_auth_get(sl_cache_t *c, const char *key_hash, char *tenant_id, size_t tenant_len);
 
 /** Remembers key_hash -> tenant_id (both borrowed, copied) unless `ticket` is stale. */
-void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id,
-                       uint64_t ticket);
+void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id, uint64_t ticket);
 
 /* ---- file documents ---- */
 
@@ -111,8 +110,8 @@ int sl_cache_file_get(sl_cache_t *c, const char *tenant_id, const char *file_id,
  * body is too big, or it shows a queued run: its queue_position depends on
  * other files' runs, so it is kept only until the next event of any file.
  */
-void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id,
-                       const char *body, size_t len, const char *etag, uint64_t ticket);
+void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id, const char *body,
+                       size_t len, const char *etag, uint64_t ticket);
 
 /* ---- invalidation ---- */
 
@@ -132,8 +131,7 @@ typedef void (*sl_cache_done_cb)(void *arg);
 int sl_cache_publish_file(sl_cache_t *c, const char *file_id, sl_cache_done_cb done, void *arg);
 
 /** The same for a revoked API key: key_hash (borrowed) on SL_CACHE_AUTH_CHANNEL. */
-int sl_cache_publish_revoke(sl_cache_t *c, const char *key_hash, sl_cache_done_cb done,
-                            void *arg);
+int sl_cache_publish_revoke(sl_cache_t *c, const char *key_hash, sl_cache_done_cb done, void *arg);
 
 /**
  * Applies one message of the subscriber (channel and data borrowed): what the

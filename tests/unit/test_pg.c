@@ -264,9 +264,9 @@ static void test_prepared(sl_pg_t *pg)
         CHECK(sl_pg_batch_add(b, "SELECT 'before'", 0, NULL) == 0);
         CHECK(sl_pg_batch_add_prepared(b, "sl_test_p", "SELECT v FROM sl_pg_test WHERE k = $1", 1,
                                        pk) == 1);
-        CHECK(sl_pg_batch_add(b,
-                              "SELECT count(*) FROM pg_prepared_statements WHERE name = 'sl_test_p'",
-                              0, NULL) == 2);
+        CHECK(sl_pg_batch_add(
+                  b, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'sl_test_p'", 0,
+                  NULL) == 2);
         CHECK(sl_pg_batch_exec(b, rec_cb, &q) == 0);
         q.returned = 1;
         CHECK(wait_int(&q.called, 1, 5000));

@@ -174,6 +174,12 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
     char buf[HASH_HEX + 1];
     if (!c || !channel || !data)
         return;
+    /* Sent through sl_pubsub_publish: "<instance> <n>\n" comes first. */
+    const char *nl = strncmp(channel, "sluice:ds:", 10) != 0 ? memchr(data, '\n', len) : NULL;
+    if (nl) {
+        len -= (size_t)(nl + 1 - data);
+        data = nl + 1;
+    }
     if (strcmp(channel, SL_CACHE_AUTH_CHANNEL) == 0) {
         if (len == 1 && data[0] == '*') {
             flush_auth(c);

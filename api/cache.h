@@ -48,7 +48,11 @@
 /** All cached bodies together stay under this. */
 #define SL_CACHE_FILE_MAX_BYTES (32 * 1024 * 1024)
 
-/** Revocations: the message is the key's SHA-256 (64 hex), or "*" for every key. */
+/*
+ * Revocations: the message is the key's SHA-256 (64 hex), or "*" for every key.
+ * On both channels the message may also come inside core/pubsub.h's envelope
+ * (sent with sl_pubsub_publish).
+ */
 #define SL_CACHE_AUTH_CHANNEL "sluice:auth"
 /** File documents: the message is the file id, or "*" for every file. */
 #define SL_CACHE_FILE_CHANNEL "sluice:cache"

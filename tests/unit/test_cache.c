@@ -68,6 +68,11 @@ static void test_auth(struct event_base *base)
     sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_A, 64);
     sl_cache_auth_put(c, HASH_A, TENANT, ticket);
     CHECK(!sl_cache_auth_get(c, HASH_A, t, sizeof t));
+    /* with a pubsub envelope in front, the same */
+    sl_cache_auth_put(c, HASH_A, TENANT, sl_cache_auth_ticket(c));
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, "inst 9\n" HASH_A, 7 + 64);
+    CHECK(!sl_cache_auth_get(c, HASH_A, t, sizeof t));
+    CHECK(sl_cache_auth_get(c, HASH_B, t, sizeof t));
     /* "*" forgets every key */
     sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, "*", 1);
     CHECK(!sl_cache_auth_get(c, HASH_B, t, sizeof t));

@@ -14,7 +14,7 @@ import time
 import requests
 
 from sluice_harness import Client
-from test_sse import stream
+from test_sse import stream, wait_redis
 
 NOTES = "notes.txt"
 # how far a run has come: a reader may see a later state than the event, never an earlier one
@@ -112,6 +112,36 @@ def test_read_after_write_across_instances(start_server, samples):
             assert ended == new
     finally:
         s.close()
+
+
+def test_redis_down_means_no_cache(start_server, redis, samples):
+    """Without Redis no invalidation can cross: B must read Postgres, and
+    whatever it kept before must not come back when Redis does."""
+    a, b, t_a, t_b = two(start_server)
+    ds = t_a.create_dataset("nocache")["id"]
+    fids = [f["id"] for f in t_a.upload(ds, [samples / NOTES] * 2).json()["files"]]
+    for fid in fids:
+        wait_settled(t_b, fid)
+        wait_cached(t_b, fid)
+    wait_redis(b, "ok")
+    try:
+        redis.stop()
+        wait_redis(b, "down")
+        assert t_a.delete("/v1/files/%s" % fids[0]).status_code == 204
+        assert t_b.get("/v1/files/%s" % fids[0]).status_code == 404
+        r = t_a.post("/v1/files/%s/process" % fids[1])
+        assert r.status_code == 202, r.text
+        new = {x["id"] for x in r.json()["runs"] if x["state"] == "queued"}
+        doc = t_b.get("/v1/files/%s" % fids[1]).json()
+        assert new <= {x["id"] for x in doc["runs"]}
+    finally:
+        if not redis.running:
+            redis.start()
+    wait_redis(b, "ok", timeout=30)
+    # back: the documents B held before the outage are not served again
+    doc = t_b.get("/v1/files/%s" % fids[1]).json()
+    assert new <= {x["id"] for x in doc["runs"]}
+    assert t_b.get("/v1/files/%s" % fids[0]).status_code == 404
 
 
 def test_etag_and_304(server, tenant, samples):

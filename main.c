@@ -378,6 +378,7 @@ static void forward_event_cb(const char *channel, const char *msg, size_t len, v
 static void deliver_event_cb(const char *channel, const char *msg, size_t len, void *arg)
 {
     sl_app_t *app = arg;
+    sl_cache_on_message(app->cache, channel, msg, len); /* the file caches too */
     sl_pubsub_deliver_local(app->pubsub, channel, msg, len);
 }
 
@@ -755,6 +756,10 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
     if (role == SL_ROLE_HTTP &&
         (err = sl_elink_listen_events(link, app->base, deliver_event_cb, app)) != 0)
         goto out;
+    /* The read caches of api/cache.h (docs/internals/caching.md); none in the engine. */
+    if (role != SL_ROLE_ENGINE &&
+        (err = sl_cache_new(app->base, app->redis, cfg->redis_url, &app->cache)) != 0)
+        goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
     if (role != SL_ROLE_HTTP && (err = start_engine(app)) != 0)
@@ -806,6 +811,7 @@ out:
     if (app->router)
         sl_http_router_free(app->router);
     sl_ratelimit_free(app->ratelimit); /* before Redis: its pending checks end with it */
+    sl_cache_free(app->cache);         /* its publishes in flight end with app->redis */
     if (app->pubsub)
         sl_pubsub_set_publisher(app->pubsub, NULL); /* it borrows app->redis */
     if (app->redis)

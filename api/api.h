@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <event2/event.h>
 
+#include "api/cache.h"
 #include "core/config.h"
 #include "core/engine_link.h"
 #include "core/http.h"
@@ -47,6 +48,8 @@ typedef struct sl_app_s {
     sl_redis_t *redis;         /* owned by main; NULL when redis_url is not configured */
     sl_ratelimit_t *ratelimit; /* owned by main: request/byte limits, upload concurrency holds */
     sl_pubsub_t *pubsub;       /* owned by main; status events (local fan-out + Redis) */
+    sl_cache_t *cache;         /* owned by main; API key and file document caches (api/cache.h);
+                                  NULL in the engine process */
     sl_curl_t *curl;           /* owned by main */
     sl_flowvm_t *vm;           /* owned by main */
     sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
@@ -116,6 +119,18 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
 int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req);
 
 /* ---- responses ---- */
+
+/**
+ * Answers 200 with JSON text (borrowed; copied) and its ETag (borrowed; NULL:
+ * computed from the text by sl_cache_etag), or 304 with the ETag and no body
+ * when the request's If-None-Match matches it. For the reads a client polls
+ * (a file, a dataset's files, its records).
+ */
+void sl_api_json_etag(sl_http_req_t *req, const char *text, size_t len, const char *etag);
+
+/** sl_api_json_etag for any content type (borrowed; copied). */
+void sl_api_respond_etag(sl_http_req_t *req, const char *content_type, const char *text,
+                         size_t len, const char *etag);
 
 /** Answers with a JSON value (takes `v`, encodes compactly). */
 void sl_api_json(sl_http_req_t *req, int status, json_t *v);

@@ -72,6 +72,9 @@ typedef struct ctx_head_s {
 typedef struct auth_ctx_s {
     ctx_head_t h;
     sl_api_auth_cb cb;
+    uint64_t ticket;   /* api/cache.h fill ticket, taken before the query */
+    char hash[65];     /* the key's SHA-256 hex */
+    char tenant[64];   /* a cache hit's tenant */
 } auth_ctx_t;
 
 static void release_arg(sl_api_release_fn release, void *arg)
@@ -121,11 +124,28 @@ static void auth_done_cb(const sl_pg_result_t *r, void *arg)
     }
     /* Copied: the PGresult is freed once this callback returns. */
     snprintf(tenant_id, sizeof tenant_id, "%s", PQgetvalue(r->res[0], 0, 0));
+    sl_cache_auth_put(ctx->h.app->cache, ctx->hash, tenant_id, ctx->ticket);
     ctx->cb(ctx->h.app, req, tenant_id, ctx->h.arg);
     free(ctx);
     return;
 fail:
     release_arg(ctx->h.release, ctx->h.arg);
+    free(ctx);
+}
+
+/* A cache hit, on the loop turn after sl_api_auth_owned. */
+static void auth_hit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    auth_ctx_t *ctx = arg;
+    sl_http_req_t *req = ctx->h.req;
+    (void)fd;
+    (void)what;
+    if (sl_http_req_closed(req)) {
+        finish_closed(req);
+        release_arg(ctx->h.release, ctx->h.arg);
+    } else {
+        ctx->cb(ctx->h.app, req, ctx->tenant, ctx->h.arg);
+    }
     free(ctx);
 }
 
@@ -154,11 +174,19 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
     if (ctx == NULL)
         return;
     ctx->cb = cb;
+    memcpy(ctx->hash, hash, sizeof ctx->hash);
+    /* A cached key (api/cache.h: revocations reach every instance at once). */
+    if (sl_cache_auth_get(app->cache, hash, ctx->tenant, sizeof ctx->tenant)) {
+        static const struct timeval zero = {0, 0};
+        if (event_base_once(app->base, -1, EV_TIMEOUT, auth_hit_cb, ctx, &zero) == 0)
+            return;
+    }
+    ctx->ticket = sl_cache_auth_ticket(app->cache);
     const char *params[1] = {hash};
-    int err = sl_pg_query(app->pg,
-                          "SELECT tenant_id FROM api_keys "
-                          "WHERE key_hash = $1 AND revoked_at IS NULL",
-                          1, params, auth_done_cb, ctx);
+    int err = sl_pg_query_prepared(app->pg, "sl_auth",
+                                   "SELECT tenant_id FROM api_keys "
+                                   "WHERE key_hash = $1 AND revoked_at IS NULL",
+                                   1, params, auth_done_cb, ctx);
     if (err != 0) {
         free(ctx);
         sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
@@ -192,6 +220,29 @@ int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req)
 void sl_api_json_text(sl_http_req_t *req, int status, const char *text, size_t len)
 {
     sl_http_respond(req, status, "application/json", text, len);
+}
+
+void sl_api_json_etag(sl_http_req_t *req, const char *text, size_t len, const char *etag)
+{
+    sl_api_respond_etag(req, "application/json", text, len, etag);
+}
+
+void sl_api_respond_etag(sl_http_req_t *req, const char *content_type, const char *text,
+                         size_t len, const char *etag)
+{
+    char buf[SL_CACHE_ETAG_LEN];
+    if (etag == NULL) {
+        sl_cache_etag(text, len, buf);
+        etag = buf;
+    }
+    sl_http_resp_header(req, "ETag", etag);
+    /* Stored, but asked again each time: If-None-Match makes that cheap. */
+    sl_http_resp_header(req, "Cache-Control", "private, no-cache");
+    if (sl_cache_etag_match(sl_http_req_header(req, "If-None-Match"), etag)) {
+        sl_http_respond(req, 304, NULL, NULL, 0);
+        return;
+    }
+    sl_http_respond(req, 200, content_type, text, len);
 }
 
 void sl_api_json(sl_http_req_t *req, int status, json_t *v)

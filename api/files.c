@@ -34,6 +34,7 @@ typedef struct file_req_s {
     sl_http_req_t *req;
     char tenant_id[37];
     char id[37];
+    uint64_t ticket; /* GET: the file cache's fill ticket (api/cache.h) */
 } file_req_t;
 
 /* ---- small helpers ---- */
@@ -139,23 +140,62 @@ static void respond_first_json(sl_http_req_t *req, int status, PGresult *res, co
 
 /* ---- GET /v1/files/{id} ---- */
 
+/*
+ * Served from the file cache when it holds the document (api/cache.h: every
+ * instance forgets it on every event of the file and on every write), else
+ * from Postgres, then kept. Both answer with the document's ETag, or 304.
+ */
+static const char GET_SQL[] =
+    "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2";
+
 static void get_done_cb(const sl_pg_result_t *r, void *arg)
 {
     file_req_t *fr = arg;
-    if (r->err)
+    PGresult *res = r->err ? NULL : r->res[0];
+    if (r->err) {
         sl_api_db_error(fr->req, r);
-    else
-        respond_first_json(fr->req, 200, r->res[0], "no such file");
+    } else if (PQntuples(res) < 1 || PQgetisnull(res, 0, 0)) {
+        respond_not_found(fr->req, "no such file"); /* never cached */
+    } else {
+        const char *body = PQgetvalue(res, 0, 0);
+        size_t len = (size_t)PQgetlength(res, 0, 0);
+        char etag[SL_CACHE_ETAG_LEN];
+        sl_cache_etag(body, len, etag);
+        sl_cache_file_put(fr->app->cache, fr->tenant_id, fr->id, body, len, etag, fr->ticket);
+        sl_api_json_etag(fr->req, body, len, etag);
+    }
     free(fr);
+}
+
+static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
+{
+    (void)arg;
+    char id[37];
+    const char *body, *etag;
+    size_t len;
+    if (sl_api_route_uuid(app, req, id) != 0) {
+        respond_not_found(req, "no such file");
+        return;
+    }
+    if (sl_cache_file_get(app->cache, tenant_id, id, &body, &len, &etag)) {
+        sl_api_json_etag(req, body, len, etag);
+        return;
+    }
+    file_req_t *fr = file_req_new(app, req, tenant_id, id);
+    if (!fr)
+        return;
+    fr->ticket = sl_cache_file_ticket(app->cache); /* before the query is sent */
+    const char *params[] = {fr->tenant_id, fr->id};
+    if (sl_pg_query_prepared(app->pg, "sl_file_get", GET_SQL, 2, params, get_done_cb, fr) != 0) {
+        respond_unavailable(req);
+        free(fr);
+    }
 }
 
 static void route_get(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
 {
     (void)params;
-    static const char *const sql[] = {
-        "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2"};
-    static file_query_t q = {sql, 1, get_done_cb};
-    sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
+    sl_api_auth(arg, req, 0, get_auth_cb, NULL);
 }
 
 /* ---- GET /v1/datasets/{id}/files?limit=&cursor=&status= ---- */
@@ -198,7 +238,14 @@ static void respond_checked_json(const sl_pg_result_t *r, file_req_t *fr, const 
 
 static void list_done_cb(const sl_pg_result_t *r, void *arg)
 {
-    respond_checked_json(r, arg, "no such dataset");
+    file_req_t *fr = arg;
+    PGresult *res = r->err ? NULL : r->res[1];
+    if (r->err || PQntuples(r->res[0]) < 1 || PQntuples(res) < 1 || PQgetisnull(res, 0, 0)) {
+        respond_checked_json(r, fr, "no such dataset");
+        return;
+    }
+    sl_api_json_etag(fr->req, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), NULL);
+    free(fr);
 }
 
 static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
@@ -352,6 +399,13 @@ static void delete_blob(sl_app_t *app, const char *key)
     }
 }
 
+static void delete_published_cb(void *arg)
+{
+    file_req_t *fr = arg;
+    sl_http_respond(fr->req, 204, NULL, NULL, 0);
+    free(fr);
+}
+
 /*
  * Rows first, blobs after: once the rows are gone nothing points at the blobs,
  * so a blob left behind by a failed delete is harmless, while a row pointing at
@@ -389,8 +443,10 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
         delete_blob(fr->app, PQgetvalue(arts, i, 0));
     /* Actors of this file on this instance stop now; elsewhere at their next commit. */
     sl_api_engine_cancel_file(fr->app, fr->id);
-    sl_http_respond(fr->req, 204, NULL, NULL, 0);
-    free(fr);
+    /* Answered once every instance's file cache has been told (api/cache.h). */
+    if (sl_cache_publish_file(fr->app->cache, fr->id, delete_published_cb, fr) == 0)
+        return;
+    delete_published_cb(fr);
 }
 
 static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
@@ -451,6 +507,8 @@ typedef struct process_s {
     int explicit_list; /* the body named the pipelines */
     int npipelines;
     char pipelines[SL_CONFIG_MAX_PIPELINES][SL_API_PIPELINE_NAME_MAX];
+    char *body; /* owned: the 202's document, while the cache invalidation is published */
+    size_t body_len;
 } process_t;
 
 /* Finishes with an error, releasing an idempotency reservation first. */
@@ -470,6 +528,19 @@ static int pipeline_listed(const process_t *pr, const char *name)
     return 0;
 }
 
+static void nothing_cb(void *arg)
+{
+    (void)arg;
+}
+
+static void process_published_cb(void *arg)
+{
+    process_t *pr = arg;
+    sl_api_json_text(pr->req, 202, pr->body, pr->body_len);
+    free(pr->body);
+    free(pr);
+}
+
 static void process_done_cb(const sl_pg_result_t *r, void *arg)
 {
     process_t *pr = arg;
@@ -487,8 +558,18 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
     }
     for (int i = 0; i < r->n - 1; i++)
         publish_rows(pr->app, "run", r->res[i]);
-    sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
     sl_api_engine_kick(pr->app);
+    /* Answered once every instance's file cache has been told (api/cache.h). */
+    pr->body_len = (size_t)PQgetlength(last, 0, 0);
+    if ((pr->body = malloc(pr->body_len + 1)) != NULL) {
+        memcpy(pr->body, PQgetvalue(last, 0, 0), pr->body_len);
+        if (sl_cache_publish_file(pr->app->cache, pr->id, process_published_cb, pr) == 0)
+            return;
+        process_published_cb(pr);
+        return;
+    }
+    sl_cache_publish_file(pr->app->cache, pr->id, nothing_cb, NULL); /* out of memory: no wait */
+    sl_api_json_text(pr->req, 202, PQgetvalue(last, 0, 0), (size_t)PQgetlength(last, 0, 0));
     free(pr);
 }
 

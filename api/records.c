@@ -188,7 +188,7 @@ static void records_cb(const sl_pg_result_t *r, void *arg)
     }
     PGresult *rows = r->res[1];
     if (!ctx->csv) {
-        sl_api_json_text(req, 200, PQgetvalue(rows, 0, 0), (size_t)PQgetlength(rows, 0, 0));
+        sl_api_json_etag(req, PQgetvalue(rows, 0, 0), (size_t)PQgetlength(rows, 0, 0), NULL);
         goto out;
     }
     int err = build_csv(&b, PQgetvalue(r->res[0], 0, 0), rows);
@@ -198,7 +198,7 @@ static void records_cb(const sl_pg_result_t *r, void *arg)
     else if (err != 0)
         sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
     else
-        sl_http_respond(req, 200, "text/csv; charset=utf-8", b.p, b.len);
+        sl_api_respond_etag(req, "text/csv; charset=utf-8", b.p, b.len, NULL);
 out:
     free(b.p);
     free(ctx);

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +56,8 @@
 
 enum { ST_PENDING = 0, ST_DONE, ST_FAILED };
 
+#define ETAG_MAX 80 /* longer ETags are not kept (then no If-None-Match) */
+
 typedef struct up_file_s {
     char *path;       /* owned */
     const char *name; /* borrows path: the last component */
@@ -63,6 +66,7 @@ typedef struct up_file_s {
     int status;   /* ST_* */
     int dirty;    /* 1 while queued for a check */
     char *error;  /* owned: why it failed, or NULL */
+    char etag[ETAG_MAX]; /* the ETag of the last document read, "" before (sent as If-None-Match) */
 } up_file_t;
 
 typedef struct buf_s {
@@ -311,27 +315,56 @@ static void set_common(cli_t *c, CURL *e, const char *path, struct curl_slist *h
     curl_easy_setopt(e, CURLOPT_USERAGENT, "sluice-upload/1");
 }
 
+/* Keeps the ETag response header (arg: a char[ETAG_MAX], "" when absent or too long). */
+static size_t etag_header_cb(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    char *etag = arg;
+    size_t n = size * nmemb;
+    if (n > 5 && strncasecmp(ptr, "ETag:", 5) == 0) {
+        const char *v = ptr + 5;
+        size_t vl = n - 5;
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        if (vl < ETAG_MAX) {
+            memcpy(etag, v, vl);
+            etag[vl] = '\0';
+        }
+    }
+    return n;
+}
+
 /*
  * GET path; *out receives the parsed JSON body (or NULL), *status the HTTP
- * status. Returns 0 when the server answered, -1 when it could not be
- * reached (err says why).
+ * status. With `etag` (a char[ETAG_MAX], may be NULL) holding a tag, sends it
+ * as If-None-Match (then 304 means "unchanged", with no body), and stores the
+ * answer's ETag there. Returns 0 when the server answered, -1 when it could
+ * not be reached (err says why).
  */
 static int get_json(cli_t *c, const char *path, json_t **out, long *status, char *err,
-                    size_t errlen)
+                    size_t errlen, char *etag)
 {
     buf_t body = {.max = JSON_BODY_MAX};
     struct curl_slist *hdrs = NULL;
+    char inm[ETAG_MAX + 32], got[ETAG_MAX] = "";
     int rc = -1;
     *out = NULL;
     *status = 0;
 
     hdrs = curl_slist_append(hdrs, c->auth);
     hdrs = curl_slist_append(hdrs, "Accept: application/json");
+    if (etag && etag[0]) {
+        snprintf(inm, sizeof inm, "If-None-Match: %s", etag);
+        hdrs = curl_slist_append(hdrs, inm);
+    }
     curl_easy_reset(c->easy);
     set_common(c, c->easy, path, hdrs);
     curl_easy_setopt(c->easy, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, buf_write_cb);
     curl_easy_setopt(c->easy, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(c->easy, CURLOPT_HEADERFUNCTION, etag_header_cb);
+    curl_easy_setopt(c->easy, CURLOPT_HEADERDATA, got);
     CURLcode cc = curl_easy_perform(c->easy);
     if (cc != CURLE_OK) {
         snprintf(err, errlen, "%s", curl_easy_strerror(cc));
@@ -340,6 +373,8 @@ static int get_json(cli_t *c, const char *path, json_t **out, long *status, char
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, status);
     if (body.len)
         *out = json_loadb(body.p, body.len, 0, NULL);
+    if (etag && *status == 200)
+        snprintf(etag, ETAG_MAX, "%s", got);
     rc = 0;
 out:
     curl_slist_free_all(hdrs);
@@ -638,13 +673,15 @@ static int check_file(cli_t *c, up_file_t *f)
     json_t *body;
     long status;
     snprintf(path, sizeof path, "/v1/files/%s", f->id);
-    if (get_json(c, path, &body, &status, err, sizeof err) != 0) {
+    if (get_json(c, path, &body, &status, err, sizeof err, f->etag) != 0) {
         c->server_down = 1;
         return -1;
     }
     c->server_down = 0;
     f->dirty = 0;
-    if (status == 404) {
+    if (status == 304) {
+        /* unchanged since the last read: what that read decided stands */
+    } else if (status == 404) {
         if (f->status == ST_PENDING) {
             f->status = ST_FAILED;
             c->nfailed++;
@@ -700,7 +737,7 @@ static int sweep(cli_t *c)
             long status;
             snprintf(path, sizeof path, "/v1/datasets/%s/files?status=%s&limit=%d%s%s",
                      c->dataset, lists[l], LIST_LIMIT, cursor[0] ? "&cursor=" : "", cursor);
-            if (get_json(c, path, &body, &status, err, sizeof err) != 0) {
+            if (get_json(c, path, &body, &status, err, sizeof err, NULL) != 0) {
                 c->server_down = 1;
                 goto out;
             }
@@ -1182,7 +1219,7 @@ int sl_cli_upload_main(int argc, char **argv)
         json_t *body;
         long status;
         snprintf(path, sizeof path, "/v1/datasets/%s", c.dataset);
-        if (get_json(&c, path, &body, &status, err, sizeof err) != 0) {
+        if (get_json(&c, path, &body, &status, err, sizeof err, NULL) != 0) {
             fprintf(stderr, "sluice upload: cannot reach %s: %s\n", c.url, err);
             goto out;
         }

@@ -36,6 +36,7 @@ struct sl_redis_s {
     char password[256];
     redisAsyncContext *ac; /* owned by hiredis; NULL when not connected */
     int up;
+    unsigned long epoch;   /* ups so far (sl_redis_epoch) */
     int backoff_ms;
     struct event *timer;   /* reconnect or ping */
     char *pattern;         /* subscriber: the PSUBSCRIBE pattern; NULL for a command connection */
@@ -79,6 +80,7 @@ static void ping_cb(redisAsyncContext *ac, void *reply, void *arg)
     }
     if (!r->up && !r->pattern) {
         r->up = 1;
+        r->epoch++;
         r->backoff_ms = BACKOFF_MIN_MS;
         sl_log(SL_LOG_INFO, "redis_up", "{s:s, s:i, s:s}", "host", r->host, "port", r->port,
                "role", role(r));
@@ -99,6 +101,7 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *arg)
     if (strcmp(kind, "psubscribe") == 0) {
         if (!r->up) {
             r->up = 1;
+            r->epoch++;
             r->backoff_ms = BACKOFF_MIN_MS;
             sl_log(SL_LOG_INFO, "redis_up", "{s:s, s:i, s:s, s:s}", "host", r->host, "port",
                    r->port, "role", role(r), "pattern", r->pattern);
@@ -309,6 +312,18 @@ int sl_redis_command(sl_redis_t *r, int argc, const char *const *argv, const siz
 int sl_redis_up(const sl_redis_t *r)
 {
     return r && r->up;
+}
+
+void sl_redis_poll(sl_redis_t *r)
+{
+    /* redisAsyncHandleRead: one read(); EAGAIN is not an error in async mode. */
+    if (r && r->up && r->ac)
+        redisAsyncHandleRead(r->ac);
+}
+
+unsigned long sl_redis_epoch(const sl_redis_t *r)
+{
+    return r ? r->epoch : 0;
 }
 
 void sl_redis_free(sl_redis_t *r)

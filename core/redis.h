@@ -67,6 +67,23 @@ typedef void (*sl_redis_reply_cb)(void *reply, void *arg);
 int sl_redis_request(sl_redis_t *r, sl_redis_reply_cb cb, void *arg, int argc,
                      const char *const *argv, const size_t *lens);
 
+/**
+ * Reads whatever the server has already sent on this connection, without
+ * waiting (one non-blocking read), and runs the callbacks of what it holds:
+ * for a subscriber, the messages already delivered to the socket reach msg_cb
+ * before this returns. No-op while down. For readers that must not answer
+ * from state a message already on the wire has made stale (api/cache.c).
+ * Must not be called from inside a callback of this connection.
+ */
+void sl_redis_poll(sl_redis_t *r);
+
+/**
+ * Counts the connection's ups: it changes whenever the connection comes up
+ * (a subscriber: when Redis confirms the subscription), so a reader can tell
+ * that a drop happened since it last looked, even if it is up again.
+ */
+unsigned long sl_redis_epoch(const sl_redis_t *r);
+
 /** Disconnects and frees; pending requests' callbacks get reply NULL inside this call. */
 void sl_redis_free(sl_redis_t *r);
 

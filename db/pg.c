@@ -36,13 +36,16 @@
 #define SL_PG_POOL_MAX 256
 #define SL_PG_ERRMSG_MAX 1024
 #define SL_PG_OPTIONS_MAX 1024
+#define SL_PG_PREPARED_MAX 32 /* named statements prepared per connection; more run unnamed */
 
 typedef enum { CONN_DOWN, CONN_CONNECTING, CONN_IDLE, CONN_BUSY } conn_state_t;
 
 typedef struct sl_pg_stmt_s {
     char *sql;
     int nparams;
-    char **params; /* nparams entries; NULL entry = SQL NULL */
+    char **params;    /* nparams entries; NULL entry = SQL NULL */
+    const char *name; /* a prepared statement's name (borrowed for the pool's life), or NULL */
+    int prep;         /* 1: a Parse was sent first, whose result comes before the statement's */
 } sl_pg_stmt_t;
 
 struct sl_pg_batch_s {
@@ -75,6 +78,8 @@ typedef struct sl_pg_conn_s {
     int tried;            /* first connection attempt concluded */
     int failures;         /* consecutive failed attempts, to log only transitions */
     sl_pg_batch_t *batch; /* in flight while BUSY */
+    const char *prepared[SL_PG_PREPARED_MAX]; /* names prepared on this session (borrowed) */
+    int nprepared;
 } sl_pg_conn_t;
 
 TAILQ_HEAD(sl_pg_queue_s, sl_pg_batch_s);
@@ -220,6 +225,7 @@ static void conn_close(sl_pg_conn_t *c)
         c->ev_write = NULL;
     }
     c->want_write = 0;
+    c->nprepared = 0; /* a new session prepares again */
     if (c->ev_timer)
         evtimer_del(c->ev_timer);
     if (c->pc) {
@@ -298,6 +304,14 @@ static int conn_flush(sl_pg_conn_t *c)
     return 0;
 }
 
+static int conn_prepared(const sl_pg_conn_t *c, const char *name)
+{
+    for (int i = 0; i < c->nprepared; i++)
+        if (strcmp(c->prepared[i], name) == 0)
+            return 1;
+    return 0;
+}
+
 /* The batch is complete (its Sync arrived): post it, take the next one. */
 static void conn_batch_done(sl_pg_conn_t *c)
 {
@@ -356,6 +370,17 @@ static void conn_collect(sl_pg_conn_t *c)
         }
         if (b->res[b->cur] && b->cur < b->n - 1)
             b->cur++;
+        if (b->stmts[b->cur].prep == 1) {
+            /* The Parse of a statement prepared in this batch: remembered if it
+             * worked; a failure is the statement's (the rest is aborted). */
+            b->stmts[b->cur].prep = 2;
+            if (st == PGRES_COMMAND_OK) {
+                if (c->nprepared < SL_PG_PREPARED_MAX && !conn_prepared(c, b->stmts[b->cur].name))
+                    c->prepared[c->nprepared++] = b->stmts[b->cur].name;
+                PQclear(r);
+                continue;
+            }
+        }
         if (b->res[b->cur]) {
             PQclear(r); /* a surplus result: never expected with one statement per send */
             continue;
@@ -398,8 +423,18 @@ static void conn_send(sl_pg_conn_t *c, sl_pg_batch_t *b)
     c->pg->busy++;
     for (int i = 0; i < b->n; i++) {
         sl_pg_stmt_t *s = &b->stmts[i];
-        if (!PQsendQueryParams(c->pc, s->sql, s->nparams, NULL, (const char *const *)s->params,
-                               NULL, NULL, 0)) {
+        const char *const *params = (const char *const *)s->params;
+        int ok;
+        if (s->name && conn_prepared(c, s->name)) {
+            ok = PQsendQueryPrepared(c->pc, s->name, s->nparams, params, NULL, NULL, 0);
+        } else if (s->name && c->nprepared < SL_PG_PREPARED_MAX) {
+            s->prep = 1; /* its result is consumed by conn_collect */
+            ok = PQsendPrepare(c->pc, s->name, s->sql, s->nparams, NULL) &&
+                 PQsendQueryPrepared(c->pc, s->name, s->nparams, params, NULL, NULL, 0);
+        } else {
+            ok = PQsendQueryParams(c->pc, s->sql, s->nparams, NULL, params, NULL, NULL, 0);
+        }
+        if (!ok) {
             conn_lost(c, PQerrorMessage(c->pc));
             return;
         }
@@ -686,7 +721,7 @@ sl_pg_batch_t *sl_pg_batch_new(sl_pg_t *pg)
 
 int sl_pg_batch_add(sl_pg_batch_t *b, const char *sql, int nparams, const char *const *params)
 {
-    sl_pg_stmt_t s = {NULL, 0, NULL};
+    sl_pg_stmt_t s = {NULL, 0, NULL, NULL, 0};
 
     if (!b || !sql || nparams < 0 || nparams > SL_PG_MAX_PARAMS || (nparams > 0 && !params))
         return SL_EINVAL;
@@ -774,6 +809,33 @@ int sl_pg_batch_exec(sl_pg_batch_t *b, sl_pg_cb cb, void *arg)
     TAILQ_INSERT_TAIL(&pg->queue, b, link);
     pg->nqueued++;
     return 0;
+}
+
+int sl_pg_batch_add_prepared(sl_pg_batch_t *b, const char *name, const char *sql, int nparams,
+                             const char *const *params)
+{
+    if (!name || !*name)
+        return SL_EINVAL;
+    int idx = sl_pg_batch_add(b, sql, nparams, params);
+    if (idx >= 0)
+        b->stmts[idx].name = name;
+    return idx;
+}
+
+int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                         const char *const *params, sl_pg_cb cb, void *arg)
+{
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    int rc;
+
+    if (!b)
+        return pg ? SL_ENOMEM : SL_EINVAL;
+    rc = sl_pg_batch_add_prepared(b, name, sql, nparams, params);
+    if (rc < 0) {
+        sl_pg_batch_free(b);
+        return rc;
+    }
+    return sl_pg_batch_exec(b, cb, arg);
 }
 
 int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params, sl_pg_cb cb,

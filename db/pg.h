@@ -117,6 +117,22 @@ void sl_pg_batch_free(sl_pg_batch_t *b);
 int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params, sl_pg_cb cb,
                 void *arg);
 
+/**
+ * Like sl_pg_batch_add, but a prepared statement: each connection sends a
+ * Parse of `sql` under `name` the first time it runs it (in the same
+ * pipeline), then only Bind/Execute, so the server plans it once per
+ * session. `name` is borrowed for the pool's life (a string literal) and must
+ * always come with the same sql. A connection keeps at most 32 names; more
+ * run unnamed. Reconnecting prepares again. Same returns as sl_pg_batch_add
+ * (SL_EINVAL also for an empty name).
+ */
+int sl_pg_batch_add_prepared(sl_pg_batch_t *b, const char *name, const char *sql, int nparams,
+                             const char *const *params);
+
+/** One prepared statement: sl_pg_query with sl_pg_batch_add_prepared's name and sql. */
+int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                         const char *const *params, sl_pg_cb cb, void *arg);
+
 /** One schema migration, embedded in the binary at build time from db/migrations/. */
 typedef struct sl_pg_migration_s {
     int version;      /* NNN of NNN_name.sql */

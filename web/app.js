@@ -13,7 +13,10 @@
 //     a few at a time, so each file gets its own progress bar and a failure
 //     costs only that file;
 //   - thumbnails, previews and text are fetched with the key (fetch -> blob
-//     URL), since <img> cannot send an Authorization header.
+//     URL), since <img> cannot send an Authorization header;
+//   - the reads polled again and again (a file, a dataset's files) are
+//     conditional: the ETag of the last answer goes out as If-None-Match, and
+//     a 304 means "unchanged" (getConditional: the kept body, changed=false).
 // Names and values from the API are data: they only ever go through
 // textContent / attributes, never innerHTML.
 
@@ -26,6 +29,7 @@ const REFETCH_DEBOUNCE_MS = 120;
 const THUMB_CONCURRENCY = 4;
 const FINAL = new Set(["done", "failed"]);
 const RUN_ENDED = new Set(["succeeded", "failed", "cancelled"]);
+const ETAG_KEEP = 500; // conditional reads remembered (path -> {etag, body}), oldest dropped
 
 const $ = (id) => document.getElementById(id);
 
@@ -158,6 +162,40 @@ async function api(method, path, body) {
   if (!res.ok) throw await errorFrom(res);
   if (res.status === 204) return null;
   return res.json();
+}
+
+// GET with If-None-Match: {body, changed}. A 304 gives back the body kept from
+// the last 200 of the same path (changed=false). The browser's own cache is
+// bypassed so the 304 reaches us.
+const etags = new Map();
+async function getConditional(path) {
+  const headers = { Authorization: "Bearer " + state.key };
+  const kept = etags.get(path);
+  if (kept) headers["If-None-Match"] = kept.etag;
+  let res;
+  try {
+    res = await fetch(path, { method: "GET", headers, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, "network_error", "The server could not be reached.");
+  }
+  if (res.status === 304 && kept) {
+    etags.delete(path); // most recently used last
+    etags.set(path, kept);
+    return { body: kept.body, changed: false };
+  }
+  if (res.status === 401) signOut("That API key is no longer accepted.");
+  if (!res.ok) {
+    etags.delete(path);
+    throw await errorFrom(res);
+  }
+  const body = await res.json();
+  const etag = res.headers.get("ETag");
+  etags.delete(path);
+  if (etag) {
+    etags.set(path, { etag, body });
+    if (etags.size > ETAG_KEEP) etags.delete(etags.keys().next().value);
+  }
+  return { body, changed: true };
 }
 
 function report(e, title) {
@@ -694,8 +732,8 @@ class Live {
     this.pending.clear();
     await Promise.all(ids.map(async (id) => {
       try {
-        const f = await api("GET", "/v1/files/" + id);
-        if (!this.closed) upsertFile(f, "prepend");
+        const { body: f, changed } = await getConditional("/v1/files/" + id);
+        if (!this.closed && (changed || !state.files.has(id))) upsertFile(f, "prepend");
       } catch (e) {
         if (e.status === 404 && !this.closed) removeFile(id);
       }
@@ -717,8 +755,9 @@ class Live {
     this.polling = true;
     try {
       const limit = Math.min(1000, Math.max(PAGE_SIZE, state.order.length));
-      const body = await api("GET", "/v1/datasets/" + encodeURIComponent(this.datasetId) +
-                                    "/files?limit=" + limit);
+      const { body } = await getConditional("/v1/datasets/" +
+                                            encodeURIComponent(this.datasetId) +
+                                            "/files?limit=" + limit);
       if (this.closed) return;
       const seen = new Set();
       const fresh = body.files.filter((f) => !state.files.has(f.id));

@@ -155,9 +155,13 @@ def test_v1_needs_api_key(server, tenant):
     assert r.status_code == 200, r.text
 
 
-def test_revoked_key_is_refused(server, tenant):
+def test_revoked_key_is_refused(server, tenant, redis):
     assert tenant.get("/v1/datasets").status_code == 200
     psql(server.database_url, "UPDATE api_keys SET revoked_at = now()")
+    # A revocation by SQL is announced on sluice:auth (README "API keys"), or
+    # the instances' key caches keep the key up to SL_CACHE_AUTH_TTL_S.
+    from test_cache import publish
+    publish(redis, "sluice:auth", "*")
     assert_error(tenant.get("/v1/datasets"), 401, "unauthorized")
 
 

@@ -532,6 +532,49 @@ static void test_three(sl_pg_t *pg)
     CHECK(strcmp(q.sqlstate, "") == 0);
 }
 
+/*
+ * Prepared statements: a connection parses a name once (its Parse result is
+ * not a statement's), then runs it by name; results stay in their slots
+ * whether the Parse went in the same pipeline or not; a failing Parse fails
+ * its batch only.
+ */
+static void test_prepared(sl_pg_t *pg)
+{
+    const char *pk[] = {"prep"};
+    q_t q;
+    sql_scalar("INSERT INTO sl_pg_test VALUES ('prep', 'p1') ON CONFLICT DO NOTHING", q.errmsg,
+               sizeof q.errmsg);
+    for (int i = 0; i < 12; i++) { /* every connection of the pool, first and later runs */
+        memset(&q, 0, sizeof q);
+        sl_pg_batch_t *b = sl_pg_batch_new(pg);
+        CHECK(sl_pg_batch_add(b, "SELECT 'before'", 0, NULL) == 0);
+        CHECK(sl_pg_batch_add_prepared(b, "sl_test_p", "SELECT v FROM sl_pg_test WHERE k = $1", 1,
+                                       pk) == 1);
+        CHECK(sl_pg_batch_add(
+                  b, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'sl_test_p'", 0,
+                  NULL) == 2);
+        CHECK(sl_pg_batch_exec(b, rec_cb, &q) == 0);
+        q.returned = 1;
+        CHECK(wait_int(&q.called, 1, 5000));
+        CHECK(q.err == 0 && q.n == 3);
+        CHECK_STREQ(q.val0[0], "before");
+        CHECK_STREQ(q.val0[1], "p1");
+        CHECK_STREQ(q.val0[2], "1");
+    }
+    memset(&q, 0, sizeof q);
+    CHECK(sl_pg_query_prepared(pg, "sl_test_bad", "SELECT nope FROM nowhere", 0, NULL, rec_cb,
+                               &q) == 0);
+    q.returned = 1;
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == SL_EDB);
+    CHECK_STREQ(q.sqlstate, "42P01");
+    CHECK(sl_pg_query_prepared(pg, "", "SELECT 1", 0, NULL, rec_cb, &q) == SL_EINVAL);
+    CHECK(query(pg, &q, "SELECT 'after'", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK_STREQ(q.val0[0], "after");
+}
+
 static void test_atomic(sl_pg_t *pg)
 {
     q_t q;
@@ -891,6 +934,7 @@ int main(void)
 
     test_args(pg);
     test_three(pg);
+    test_prepared(pg);
     test_atomic(pg);
     test_concurrent(pg);
     test_params(pg);

@@ -34,9 +34,11 @@
 #include <unistd.h>
 
 #define FS_TMP_DIR ".tmp"
-#define FS_CHUNK_MIN (64 * 1024)  /* small writes are packed into chunks this big */
-#define FS_HEAD_MAX (64 * 1024)   /* bytes kept for libmagic */
+#define FS_CHUNK (64 * 1024) /* chunks end at multiples of this in the file: aligned writes */
+#define FS_BATCH_WRITERS 64  /* up to this many open writers, only whole chunks are written */
+#define FS_HEAD_MAX (64 * 1024)   /* bytes libmagic sees: the object's first 64 KiB */
 #define FS_READ_MAX (1024 * 1024) /* one sl_store_read returns at most this */
+#define FS_WRITEBACK_STEP (1024 * 1024) /* start write-back each time this much more is written */
 #define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
 #define FS_PATH_MAX PATH_MAX
 
@@ -225,6 +227,15 @@ typedef struct fs_store_s {
     sl_store_t base;
     char root[FS_PATH_MAX]; /* no trailing '/' */
     size_t root_len;
+    int open_writers; /* loop: writers begun and not yet committed or aborted */
+    /*
+     * One libmagic cookie for the whole store, loaded on first use: a cookie
+     * is not thread-safe, so commit jobs take turns (a sniff is one
+     * magic_buffer over at most FS_HEAD_MAX bytes, ~0.5 ms); one per worker
+     * thread would cost a copy of the database (~7 MiB) each.
+     */
+    pthread_mutex_t magic_mu; /* guards magic */
+    magic_t magic;            /* NULL until loaded; closed by fs_free */
 } fs_store_t;
 
 typedef struct chunk_s {
@@ -242,19 +253,20 @@ typedef struct fs_writer_s {
     pthread_mutex_t mu;   /* guards: */
     chunk_t *head, *tail; /* bytes accepted, not yet taken by a write job */
     int job_queued;       /* a write job is queued that has not taken the list yet */
+    int take_partial;     /* write jobs also take a partly filled tail chunk */
     int err;              /* sticky: the first I/O error */
     int aborted;
 
     /* loop */
+    uint64_t accepted; /* bytes accepted so far: the file offset of the next one */
     int inflight;   /* jobs submitted whose done callback has not run */
     int abort_sync; /* abort could not queue its job: clean up when inflight hits 0 */
 
     /* worker (serial jobs only) */
-    int fd;
+    int fd;          /* the temp file, O_RDWR: the commit reads its head back to sniff */
     EVP_MD_CTX *md;
     uint64_t size;
-    unsigned char *headbuf; /* first FS_HEAD_MAX bytes of the object */
-    size_t head_len;
+    uint64_t wb_started; /* write-back was started for [0, wb_started) */
     int commit_err;
     sl_store_info_t info;
 } fs_writer_t;
@@ -372,7 +384,7 @@ static int writer_open_tmp(fs_writer_t *w)
 {
     if (w->fd >= 0)
         return 0;
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w->fd < 0)
         return SL_EIO; /* even ENOENT (no .tmp dir) is an I/O error here */
     return 0;
@@ -383,31 +395,61 @@ static int writer_write_chunk(fs_writer_t *w, const chunk_t *c)
     int err = writer_open_tmp(w);
     if (err)
         return err;
-    if (w->head_len < FS_HEAD_MAX) {
-        if (!w->headbuf && !(w->headbuf = malloc(FS_HEAD_MAX)))
-            return SL_ENOMEM;
-        size_t take = FS_HEAD_MAX - w->head_len;
-        if (take > c->len)
-            take = c->len;
-        memcpy(w->headbuf + w->head_len, c->data, take);
-        w->head_len += take;
-    }
     if (EVP_DigestUpdate(w->md, c->data, c->len) != 1)
         return SL_EIO;
     err = write_all(w->fd, c->data, c->len);
     if (err)
         return err;
     w->size += c->len;
+    /*
+     * Start writing the new whole steps back now (asynchronous: it queues the
+     * I/O and returns), so the dirty data of a big object is mostly on disk by
+     * the time the commit's fsync waits for it. Advisory: a failure here shows
+     * again at that fsync (the file's writeback error is sampled at open).
+     */
+    uint64_t n = sl_store_fs_writeback_len(w->size, w->wb_started);
+    if (n > 0) {
+        (void)sync_file_range(w->fd, (off_t)w->wb_started, (off_t)n, SYNC_FILE_RANGE_WRITE);
+        w->wb_started += n;
+    }
     return 0;
 }
 
-/* Takes the queued chunks and writes them (or drops them after an error or an
- * abort). Returns the number of queued bytes it took. */
-static size_t writer_flush(fs_writer_t *w)
+uint64_t sl_store_fs_writeback_len(uint64_t written, uint64_t started)
+{
+    if (written <= started)
+        return 0;
+    return (written - started) / FS_WRITEBACK_STEP * FS_WRITEBACK_STEP;
+}
+
+static int chunk_full(const chunk_t *c)
+{
+    return c->len == c->cap;
+}
+
+/*
+ * Takes the queued chunks and writes them (or drops them after an error or an
+ * abort): the full ones, and the partly filled tail too if `all` or the
+ * writer's take_partial is set. Returns the number of queued bytes it took.
+ */
+static size_t writer_flush(fs_writer_t *w, int all)
 {
     pthread_mutex_lock(&w->mu);
     chunk_t *list = w->head;
-    w->head = w->tail = NULL;
+    if (w->tail && !chunk_full(w->tail) && !all && !w->take_partial) {
+        /* Leave the tail where the loop is filling it. */
+        chunk_t *c = w->head;
+        if (c == w->tail) {
+            list = NULL;
+        } else {
+            while (c->next != w->tail)
+                c = c->next;
+            c->next = NULL;
+            w->head = w->tail;
+        }
+    } else {
+        w->head = w->tail = NULL;
+    }
     w->job_queued = 0;
     int err = w->err;
     int aborted = w->aborted;
@@ -434,53 +476,43 @@ static size_t writer_flush(fs_writer_t *w)
 static void write_work(void *arg)
 {
     fs_wjob_t *j = arg;
-    j->bytes = writer_flush(j->w);
+    j->bytes = writer_flush(j->w, 0);
 }
 
-static pthread_key_t magic_key;
-static pthread_once_t magic_once = PTHREAD_ONCE_INIT;
-
-static void magic_destroy(void *m)
-{
-    magic_close(m);
-}
-
-static void magic_key_init(void)
-{
-    (void)pthread_key_create(&magic_key, magic_destroy);
-}
-
-/* libmagic cookies are not thread-safe: one per worker thread, loaded lazily
- * and closed by the key's destructor when the thread exits. */
-static magic_t thread_magic(void)
-{
-    pthread_once(&magic_once, magic_key_init);
-    magic_t m = pthread_getspecific(magic_key);
-    if (m)
-        return m;
-    m = magic_open(MAGIC_MIME_TYPE);
-    if (!m)
-        return NULL;
-    if (magic_load(m, NULL) != 0 || pthread_setspecific(magic_key, m) != 0) {
-        magic_close(m);
-        return NULL;
-    }
-    return m;
-}
-
+/*
+ * Sniffs the object's type from its first FS_HEAD_MAX bytes, read back from
+ * the temp file (they are in the page cache: the writer keeps no copy, so an
+ * upload costs no head buffer while it streams). The read goes to this worker
+ * thread's stack; only the magic_buffer call holds the store's cookie.
+ */
 static void sniff_mime(fs_writer_t *w)
 {
-    const char *mime = NULL;
-    if (w->head_len == 0) {
-        mime = "application/x-empty";
-    } else {
-        magic_t m = thread_magic();
-        if (m)
-            mime = magic_buffer(m, w->headbuf, w->head_len);
+    fs_store_t *fs = (fs_store_t *)w->base.st;
+    unsigned char head[FS_HEAD_MAX];
+    size_t len = 0;
+    if (w->size == 0) {
+        snprintf(w->info.mime, sizeof w->info.mime, "application/x-empty");
+        return;
     }
-    if (!mime || !*mime)
-        mime = "application/octet-stream";
-    snprintf(w->info.mime, sizeof w->info.mime, "%s", mime);
+    while (len < sizeof head && len < w->size) {
+        ssize_t r = pread(w->fd, head + len, sizeof head - len, (off_t)len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    pthread_mutex_lock(&fs->magic_mu);
+    if (!fs->magic && (fs->magic = magic_open(MAGIC_MIME_TYPE)) != NULL &&
+        magic_load(fs->magic, NULL) != 0) {
+        magic_close(fs->magic);
+        fs->magic = NULL; /* tried again by the next commit */
+    }
+    const char *mime = fs->magic && len > 0 ? magic_buffer(fs->magic, head, len) : NULL;
+    /* The string lives in the cookie: copied before letting go of it. */
+    snprintf(w->info.mime, sizeof w->info.mime, "%s",
+             mime && *mime ? mime : "application/octet-stream");
+    pthread_mutex_unlock(&fs->magic_mu);
 }
 
 static void commit_work(void *arg)
@@ -488,7 +520,7 @@ static void commit_work(void *arg)
     fs_writer_t *w = arg;
     int err, renamed = 0;
 
-    (void)writer_flush(w); /* normally empty: the write jobs ran before us */
+    (void)writer_flush(w, 1); /* the partly filled last chunk, if any */
     pthread_mutex_lock(&w->mu);
     err = w->err;
     pthread_mutex_unlock(&w->mu);
@@ -497,6 +529,7 @@ static void commit_work(void *arg)
 
     if ((err = writer_open_tmp(w)) != 0) /* a 0-byte object was never opened */
         goto out;
+    sniff_mime(w); /* before the fsync: the cookie is never held across one */
     if (fsync(w->fd) != 0) {
         err = SL_EIO;
         goto out;
@@ -529,7 +562,6 @@ static void commit_work(void *arg)
     }
     sl_hex(md, 32, w->info.sha256_hex);
     w->info.size = w->size;
-    sniff_mime(w);
 
 out:
     if (err) {
@@ -546,7 +578,7 @@ out:
 static void abort_work(void *arg)
 {
     fs_writer_t *w = arg;
-    (void)writer_flush(w); /* drops anything still queued */
+    (void)writer_flush(w, 1); /* drops anything still queued */
     if (w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
@@ -567,7 +599,6 @@ static void writer_free(fs_writer_t *w)
     if (w->fd >= 0)
         close(w->fd);
     EVP_MD_CTX_free(w->md);
-    free(w->headbuf);
     pthread_mutex_destroy(&w->mu);
     free(w);
 }
@@ -633,6 +664,7 @@ static int fs_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out
     }
     w->base.st = st;
     w->base.state = W_OPEN;
+    fs->open_writers++;
     *out = &w->base;
     return 0;
 
@@ -643,15 +675,21 @@ fail:
     return err;
 }
 
+/*
+ * Queues bytes in chunks that end at multiples of FS_CHUNK in the file, so
+ * every write(2) but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset
+ * (whole large folios in the page cache: no partial-folio zeroing, fewer
+ * syscalls). A write job is queued when a chunk is full. With more than
+ * FS_BATCH_WRITERS writers open (a thousand small uploads at once), waiting for
+ * full chunks would hold up to FS_CHUNK per upload: then a job also takes the
+ * partly filled chunk, which is sized to the data rather than to FS_CHUNK.
+ */
 static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
 {
     fs_writer_t *w = (fs_writer_t *)base;
-    int err = 0;
-
-    fs_wjob_t *j = calloc(1, sizeof *j); /* may go unused: freed below then */
-    if (!j)
-        return SL_ENOMEM;
-    j->w = w;
+    fs_store_t *fs = (fs_store_t *)base->st;
+    const char *p = data;
+    int err = 0, eager = fs->open_writers > FS_BATCH_WRITERS;
 
     /* Everything under the lock, so that either the bytes are queued and a job
      * will take them, or nothing changed. Lock order: w->mu, then the pool's. */
@@ -662,42 +700,75 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
     }
     if (len == 0)
         goto out;
-    chunk_t *c = w->tail;
-    chunk_t *fresh = NULL;
-    if (!c || c->cap - c->len < len) {
-        size_t cap = len > FS_CHUNK_MIN ? len : FS_CHUNK_MIN;
-        fresh = malloc(sizeof *fresh + cap);
-        if (!fresh) {
+    /* Room first, so a failure leaves nothing half-queued. */
+    chunk_t *fresh = NULL, **fresh_tail = &fresh;
+    size_t room = w->tail ? w->tail->cap - w->tail->len : 0;
+    uint64_t off = w->accepted + room;
+    while (room < len) {
+        size_t cap = FS_CHUNK - (size_t)(off % FS_CHUNK);
+        size_t need = (len - room + 4095) / 4096 * 4096;
+        if (eager && need < cap)
+            cap = need;
+        chunk_t *c = malloc(sizeof *c + cap);
+        if (!c) {
+            while (fresh) {
+                chunk_t *next = fresh->next;
+                free(fresh);
+                fresh = next;
+            }
             err = SL_ENOMEM;
             goto out;
         }
-        fresh->next = NULL;
-        fresh->len = 0;
-        fresh->cap = cap;
-        c = fresh;
+        c->next = NULL;
+        c->len = 0;
+        c->cap = cap;
+        *fresh_tail = c;
+        fresh_tail = &c->next;
+        room += cap;
+        off += cap;
     }
-    if (!w->job_queued) {
-        err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
-        if (err) {
-            free(fresh);
+    w->take_partial = eager;
+    int want_job = eager || (w->tail && w->tail->len + len >= w->tail->cap) ||
+                   (fresh && len >= fresh->cap);
+    if (want_job && !w->job_queued) {
+        fs_wjob_t *j = calloc(1, sizeof *j);
+        if (j)
+            j->w = w;
+        if (!j || (err = sl_workq_submit(base->st->wq, w, write_work, write_done, j)) != 0) {
+            free(j);
+            while (fresh) {
+                chunk_t *next = fresh->next;
+                free(fresh);
+                fresh = next;
+            }
+            err = err ? err : SL_ENOMEM;
             goto out;
         }
-        j = NULL;
         w->job_queued = 1;
         w->inflight++;
     }
-    memcpy(c->data + c->len, data, len);
-    c->len += len;
     if (fresh) {
         if (w->tail)
             w->tail->next = fresh;
         else
             w->head = fresh;
-        w->tail = fresh;
     }
+    chunk_t *c = w->tail ? w->tail : fresh;
+    while (len > 0) {
+        if (chunk_full(c))
+            c = c->next;
+        size_t n = c->cap - c->len < len ? c->cap - c->len : len;
+        memcpy(c->data + c->len, p, n);
+        c->len += n;
+        p += n;
+        len -= n;
+        w->accepted += n;
+    }
+    while (c->next)
+        c = c->next;
+    w->tail = c;
 out:
     pthread_mutex_unlock(&w->mu);
-    free(j);
     return err;
 }
 
@@ -705,14 +776,17 @@ static int fs_commit(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
     int err = sl_workq_submit(base->st->wq, w, commit_work, commit_done, w);
-    if (err == 0)
+    if (err == 0) {
         w->inflight++;
+        ((fs_store_t *)base->st)->open_writers--;
+    }
     return err;
 }
 
 static void fs_abort(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
+    ((fs_store_t *)base->st)->open_writers--;
     pthread_mutex_lock(&w->mu);
     w->aborted = 1; /* queued write jobs now drop their bytes */
     pthread_mutex_unlock(&w->mu);
@@ -891,7 +965,11 @@ static int fs_local_path(sl_store_t *st, const char *key, char *buf, size_t bufl
 
 static void fs_free(sl_store_t *st)
 {
-    free(st);
+    fs_store_t *fs = (fs_store_t *)st;
+    if (fs->magic)
+        magic_close(fs->magic);
+    pthread_mutex_destroy(&fs->magic_mu);
+    free(fs);
 }
 
 static const sl_store_ops_t fs_ops = {
@@ -943,6 +1021,10 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     fs_store_t *fs = calloc(1, sizeof *fs);
     if (!fs)
         return SL_ENOMEM;
+    if (pthread_mutex_init(&fs->magic_mu, NULL) != 0) {
+        free(fs);
+        return SL_ENOMEM;
+    }
     fs->base.ops = &fs_ops;
     fs->base.wq = wq;
     memcpy(fs->root, root, n);
@@ -964,6 +1046,7 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     return 0;
 
 fail:
+    pthread_mutex_destroy(&fs->magic_mu);
     free(fs);
     return err;
 }

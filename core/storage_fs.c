@@ -27,6 +27,7 @@
 #include <magic.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,8 @@
 #define FS_TMP_DIR ".tmp"
 #define FS_CHUNK (64 * 1024) /* chunks end at multiples of this in the file: aligned writes */
 #define FS_BATCH_WRITERS 64  /* up to this many open writers, only whole chunks are written */
+/* A writer waiting for its drain must have a full chunk queued, not just a partial one. */
+_Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed FS_CHUNK");
 #define FS_HEAD_MAX (64 * 1024)   /* bytes libmagic sees: the object's first 64 KiB */
 #define FS_READ_MAX (1024 * 1024) /* one sl_store_read returns at most this */
 #define FS_WRITEBACK_STEP (1024 * 1024) /* start write-back each time this much more is written */
@@ -251,13 +254,13 @@ typedef struct fs_writer_s {
     size_t root_len; /* final_path[0..root_len) is the root: mkdir -p stops there */
 
     pthread_mutex_t mu;   /* guards: */
-    chunk_t *head, *tail; /* bytes accepted, not yet taken by a write job */
+    chunk_t *head, *tail; /* complete chunks, not yet taken by a write job */
     int job_queued;       /* a write job is queued that has not taken the list yet */
-    int take_partial;     /* write jobs also take a partly filled tail chunk */
-    int err;              /* sticky: the first I/O error */
+    atomic_int err;       /* sticky: the first I/O error (written under mu, read anywhere) */
     int aborted;
 
     /* loop */
+    chunk_t *fill;     /* owned: the chunk being filled, not yet in the list */
     uint64_t accepted; /* bytes accepted so far: the file offset of the next one */
     int inflight;   /* jobs submitted whose done callback has not run */
     int abort_sync; /* abort could not queue its job: clean up when inflight hits 0 */
@@ -422,34 +425,13 @@ uint64_t sl_store_fs_writeback_len(uint64_t written, uint64_t started)
     return (written - started) / FS_WRITEBACK_STEP * FS_WRITEBACK_STEP;
 }
 
-static int chunk_full(const chunk_t *c)
-{
-    return c->len == c->cap;
-}
-
-/*
- * Takes the queued chunks and writes them (or drops them after an error or an
- * abort): the full ones, and the partly filled tail too if `all` or the
- * writer's take_partial is set. Returns the number of queued bytes it took.
- */
-static size_t writer_flush(fs_writer_t *w, int all)
+/* Takes the queued chunks and writes them (or drops them after an error or an
+ * abort). Returns the number of queued bytes it took. */
+static size_t writer_flush(fs_writer_t *w)
 {
     pthread_mutex_lock(&w->mu);
     chunk_t *list = w->head;
-    if (w->tail && !chunk_full(w->tail) && !all && !w->take_partial) {
-        /* Leave the tail where the loop is filling it. */
-        chunk_t *c = w->head;
-        if (c == w->tail) {
-            list = NULL;
-        } else {
-            while (c->next != w->tail)
-                c = c->next;
-            c->next = NULL;
-            w->head = w->tail;
-        }
-    } else {
-        w->head = w->tail = NULL;
-    }
+    w->head = w->tail = NULL;
     w->job_queued = 0;
     int err = w->err;
     int aborted = w->aborted;
@@ -476,7 +458,7 @@ static size_t writer_flush(fs_writer_t *w, int all)
 static void write_work(void *arg)
 {
     fs_wjob_t *j = arg;
-    j->bytes = writer_flush(j->w, 0);
+    j->bytes = writer_flush(j->w);
 }
 
 /*
@@ -520,7 +502,7 @@ static void commit_work(void *arg)
     fs_writer_t *w = arg;
     int err, renamed = 0;
 
-    (void)writer_flush(w, 1); /* the partly filled last chunk, if any */
+    (void)writer_flush(w); /* the last chunk, partly filled, that fs_commit queued */
     pthread_mutex_lock(&w->mu);
     err = w->err;
     pthread_mutex_unlock(&w->mu);
@@ -578,7 +560,7 @@ out:
 static void abort_work(void *arg)
 {
     fs_writer_t *w = arg;
-    (void)writer_flush(w, 1); /* drops anything still queued */
+    (void)writer_flush(w); /* drops anything still queued */
     if (w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
@@ -590,6 +572,7 @@ static void abort_work(void *arg)
 
 static void writer_free(fs_writer_t *w)
 {
+    free(w->fill);
     chunk_t *c = w->head;
     while (c) {
         chunk_t *next = c->next;
@@ -676,33 +659,66 @@ fail:
 }
 
 /*
- * Queues bytes in chunks that end at multiples of FS_CHUNK in the file, so
+ * Queues c (complete, or the last of the object) for a write job, and queues
+ * one unless one is waiting already. Loop thread. On failure to queue the job
+ * the writer gets a sticky SL_ENOMEM (its bytes are then dropped).
+ */
+static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
+{
+    int err = 0;
+    fs_wjob_t *j = NULL;
+    pthread_mutex_lock(&w->mu);
+    c->next = NULL;
+    if (w->tail)
+        w->tail->next = c;
+    else
+        w->head = c;
+    w->tail = c;
+    if (need_job && !w->job_queued) {
+        if ((j = malloc(sizeof *j)) != NULL) {
+            j->w = w;
+            j->bytes = 0;
+            err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
+        } else {
+            err = SL_ENOMEM;
+        }
+        if (err) {
+            free(j);
+            if (!w->err)
+                w->err = err;
+        } else {
+            w->job_queued = 1;
+            w->inflight++;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return err;
+}
+
+/*
+ * Copies bytes into chunks that end at multiples of FS_CHUNK in the file, so
  * every write(2) but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset
- * (whole large folios in the page cache: no partial-folio zeroing, fewer
- * syscalls). A write job is queued when a chunk is full. With more than
- * FS_BATCH_WRITERS writers open (a thousand small uploads at once), waiting for
- * full chunks would hold up to FS_CHUNK per upload: then a job also takes the
- * partly filled chunk, which is sized to the data rather than to FS_CHUNK.
+ * (whole large folios in the page cache: no partial-folio zeroing, and a copy
+ * several times cheaper than with odd-sized writes; see storage.md). The chunk
+ * being filled belongs to the loop, so the copy takes no lock; the writer's
+ * mutex is taken once per chunk, to queue it and, if none is waiting, a write
+ * job. With more than FS_BATCH_WRITERS writers open (a thousand small uploads
+ * at once), waiting for full chunks would hold up to FS_CHUNK per upload: then
+ * every write is queued at once, in a chunk sized to the data.
  */
 static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
 {
     fs_writer_t *w = (fs_writer_t *)base;
     fs_store_t *fs = (fs_store_t *)base->st;
     const char *p = data;
-    int err = 0, eager = fs->open_writers > FS_BATCH_WRITERS;
+    int eager = fs->open_writers > FS_BATCH_WRITERS;
 
-    /* Everything under the lock, so that either the bytes are queued and a job
-     * will take them, or nothing changed. Lock order: w->mu, then the pool's. */
-    pthread_mutex_lock(&w->mu);
-    if (w->err) {
-        err = w->err;
-        goto out;
-    }
-    if (len == 0)
-        goto out;
-    /* Room first, so a failure leaves nothing half-queued. */
+    int err = atomic_load(&w->err);
+    if (err || len == 0)
+        return err;
+    /* Room first, so that running out of memory leaves nothing half-queued. */
     chunk_t *fresh = NULL, **fresh_tail = &fresh;
-    size_t room = w->tail ? w->tail->cap - w->tail->len : 0;
+    size_t room = w->fill ? w->fill->cap - w->fill->len : 0;
     uint64_t off = w->accepted + room;
     while (room < len) {
         size_t cap = FS_CHUNK - (size_t)(off % FS_CHUNK);
@@ -716,8 +732,7 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
                 free(fresh);
                 fresh = next;
             }
-            err = SL_ENOMEM;
-            goto out;
+            return SL_ENOMEM;
         }
         c->next = NULL;
         c->len = 0;
@@ -727,54 +742,39 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
         room += cap;
         off += cap;
     }
-    w->take_partial = eager;
-    int want_job = eager || (w->tail && w->tail->len + len >= w->tail->cap) ||
-                   (fresh && len >= fresh->cap);
-    if (want_job && !w->job_queued) {
-        fs_wjob_t *j = calloc(1, sizeof *j);
-        if (j)
-            j->w = w;
-        if (!j || (err = sl_workq_submit(base->st->wq, w, write_work, write_done, j)) != 0) {
-            free(j);
-            while (fresh) {
-                chunk_t *next = fresh->next;
-                free(fresh);
-                fresh = next;
-            }
-            err = err ? err : SL_ENOMEM;
-            goto out;
-        }
-        w->job_queued = 1;
-        w->inflight++;
-    }
-    if (fresh) {
-        if (w->tail)
-            w->tail->next = fresh;
-        else
-            w->head = fresh;
-    }
-    chunk_t *c = w->tail ? w->tail : fresh;
     while (len > 0) {
-        if (chunk_full(c))
-            c = c->next;
+        if (!w->fill) {
+            w->fill = fresh;
+            fresh = fresh->next;
+        }
+        chunk_t *c = w->fill;
         size_t n = c->cap - c->len < len ? c->cap - c->len : len;
         memcpy(c->data + c->len, p, n);
         c->len += n;
         p += n;
         len -= n;
         w->accepted += n;
+        if (c->len == c->cap || (eager && len == 0)) {
+            w->fill = NULL;
+            if ((err = writer_push(w, c, 1)) != 0)
+                break;
+        }
     }
-    while (c->next)
-        c = c->next;
-    w->tail = c;
-out:
-    pthread_mutex_unlock(&w->mu);
+    while (fresh) { /* only after a failed push */
+        chunk_t *next = fresh->next;
+        free(fresh);
+        fresh = next;
+    }
     return err;
 }
 
 static int fs_commit(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
+    if (w->fill) { /* the partly filled last chunk: the commit job writes it */
+        (void)writer_push(w, w->fill, 0);
+        w->fill = NULL;
+    }
     int err = sl_workq_submit(base->st->wq, w, commit_work, commit_done, w);
     if (err == 0) {
         w->inflight++;
@@ -787,6 +787,8 @@ static void fs_abort(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
     ((fs_store_t *)base->st)->open_writers--;
+    free(w->fill);
+    w->fill = NULL;
     pthread_mutex_lock(&w->mu);
     w->aborted = 1; /* queued write jobs now drop their bytes */
     pthread_mutex_unlock(&w->mu);

@@ -37,6 +37,7 @@
 #define FS_TMP_DIR ".tmp"
 #define FS_CHUNK (64 * 1024) /* chunks end at multiples of this in the file: aligned writes */
 #define FS_BATCH_WRITERS 64  /* up to this many open writers, only whole chunks are written */
+#define FS_SPARE_MAX 32      /* whole chunks the loop keeps for reuse (2 MiB) */
 /* A writer waiting for its drain must have a full chunk queued, not just a partial one. */
 _Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed FS_CHUNK");
 #define FS_HEAD_MAX (64 * 1024)   /* bytes libmagic sees: the object's first 64 KiB */
@@ -226,11 +227,20 @@ int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t bufle
  * Filesystem backend
  * ====================================================================== */
 
+typedef struct chunk_s chunk_t;
+
 typedef struct fs_store_s {
     sl_store_t base;
     char root[FS_PATH_MAX]; /* no trailing '/' */
     size_t root_len;
     int open_writers; /* loop: writers begun and not yet committed or aborted */
+    /*
+     * Loop: written FS_CHUNK-sized chunks, handed back by write jobs for the
+     * next fs_write. The loop both takes and returns them, so they never go
+     * through malloc's arena lock between the loop and the workers.
+     */
+    chunk_t *spare;
+    int nspare;
     /*
      * One libmagic cookie for the whole store, loaded on first use: a cookie
      * is not thread-safe, so commit jobs take turns (a sniff is one
@@ -241,11 +251,11 @@ typedef struct fs_store_s {
     magic_t magic;            /* NULL until loaded; closed by fs_free */
 } fs_store_t;
 
-typedef struct chunk_s {
+struct chunk_s {
     struct chunk_s *next;
     size_t len, cap;
     char data[];
-} chunk_t;
+};
 
 typedef struct fs_writer_s {
     sl_store_writer_t base;
@@ -277,7 +287,8 @@ typedef struct fs_writer_s {
 /* One write job: takes the whole chunk list when it starts. */
 typedef struct fs_wjob_s {
     fs_writer_t *w;
-    size_t bytes; /* how many queued bytes it took */
+    size_t bytes;  /* how many queued bytes it took */
+    chunk_t *used; /* the chunks it wrote, back to the loop for reuse */
 } fs_wjob_t;
 
 static int errno_to_sl(int e)
@@ -426,8 +437,9 @@ uint64_t sl_store_fs_writeback_len(uint64_t written, uint64_t started)
 }
 
 /* Takes the queued chunks and writes them (or drops them after an error or an
- * abort). Returns the number of queued bytes it took. */
-static size_t writer_flush(fs_writer_t *w)
+ * abort). Returns the number of queued bytes it took. The chunks go to *used
+ * if `used` is set, else they are freed. */
+static size_t writer_flush(fs_writer_t *w, chunk_t **used)
 {
     pthread_mutex_lock(&w->mu);
     chunk_t *list = w->head;
@@ -443,7 +455,12 @@ static size_t writer_flush(fs_writer_t *w)
         if (!err && !aborted)
             err = writer_write_chunk(w, list);
         bytes += list->len;
-        free(list);
+        if (used) {
+            list->next = *used;
+            *used = list;
+        } else {
+            free(list);
+        }
         list = next;
     }
     if (err) {
@@ -458,7 +475,7 @@ static size_t writer_flush(fs_writer_t *w)
 static void write_work(void *arg)
 {
     fs_wjob_t *j = arg;
-    j->bytes = writer_flush(j->w);
+    j->bytes = writer_flush(j->w, &j->used);
 }
 
 /*
@@ -502,7 +519,7 @@ static void commit_work(void *arg)
     fs_writer_t *w = arg;
     int err, renamed = 0;
 
-    (void)writer_flush(w); /* the last chunk, partly filled, that fs_commit queued */
+    (void)writer_flush(w, NULL); /* the last chunk, partly filled, that fs_commit queued */
     pthread_mutex_lock(&w->mu);
     err = w->err;
     pthread_mutex_unlock(&w->mu);
@@ -560,7 +577,7 @@ out:
 static void abort_work(void *arg)
 {
     fs_writer_t *w = arg;
-    (void)writer_flush(w); /* drops anything still queued */
+    (void)writer_flush(w, NULL); /* drops anything still queued */
     if (w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
@@ -586,11 +603,44 @@ static void writer_free(fs_writer_t *w)
     free(w);
 }
 
+/* Loop: keeps a whole chunk for reuse, or frees it. */
+static void chunk_release(fs_store_t *fs, chunk_t *c)
+{
+    if (c->cap == FS_CHUNK && fs->nspare < FS_SPARE_MAX) {
+        c->next = fs->spare;
+        fs->spare = c;
+        fs->nspare++;
+    } else {
+        free(c);
+    }
+}
+
+static chunk_t *chunk_new(fs_store_t *fs, size_t cap)
+{
+    chunk_t *c;
+    if (cap == FS_CHUNK && fs->spare) {
+        c = fs->spare;
+        fs->spare = c->next;
+        fs->nspare--;
+    } else if ((c = malloc(sizeof *c + cap)) == NULL) {
+        return NULL;
+    }
+    c->next = NULL;
+    c->len = 0;
+    c->cap = cap;
+    return c;
+}
+
 static void write_done(void *arg)
 {
     fs_wjob_t *j = arg;
     fs_writer_t *w = j->w;
     size_t bytes = j->bytes;
+    while (j->used) {
+        chunk_t *next = j->used->next;
+        chunk_release((fs_store_t *)w->base.st, j->used);
+        j->used = next;
+    }
     free(j);
     w->inflight--;
     if (w->abort_sync && w->inflight == 0) {
@@ -678,6 +728,7 @@ static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
         if ((j = malloc(sizeof *j)) != NULL) {
             j->w = w;
             j->bytes = 0;
+            j->used = NULL;
             err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
         } else {
             err = SL_ENOMEM;
@@ -725,18 +776,15 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
         size_t need = (len - room + 4095) / 4096 * 4096;
         if (eager && need < cap)
             cap = need;
-        chunk_t *c = malloc(sizeof *c + cap);
+        chunk_t *c = chunk_new(fs, cap);
         if (!c) {
             while (fresh) {
                 chunk_t *next = fresh->next;
-                free(fresh);
+                chunk_release(fs, fresh);
                 fresh = next;
             }
             return SL_ENOMEM;
         }
-        c->next = NULL;
-        c->len = 0;
-        c->cap = cap;
         *fresh_tail = c;
         fresh_tail = &c->next;
         room += cap;
@@ -762,7 +810,7 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
     }
     while (fresh) { /* only after a failed push */
         chunk_t *next = fresh->next;
-        free(fresh);
+        chunk_release(fs, fresh);
         fresh = next;
     }
     return err;
@@ -968,6 +1016,11 @@ static int fs_local_path(sl_store_t *st, const char *key, char *buf, size_t bufl
 static void fs_free(sl_store_t *st)
 {
     fs_store_t *fs = (fs_store_t *)st;
+    while (fs->spare) {
+        chunk_t *next = fs->spare->next;
+        free(fs->spare);
+        fs->spare = next;
+    }
     if (fs->magic)
         magic_close(fs->magic);
     pthread_mutex_destroy(&fs->magic_mu);

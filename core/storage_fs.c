@@ -40,8 +40,8 @@
 #define FS_SPARE_MAX 32      /* whole chunks the loop keeps for reuse (2 MiB) */
 /* A writer waiting for its drain must have a full chunk queued, not just a partial one. */
 _Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed FS_CHUNK");
-#define FS_HEAD_MAX (64 * 1024)   /* bytes libmagic sees: the object's first 64 KiB */
-#define FS_READ_MAX (1024 * 1024) /* one sl_store_read returns at most this */
+#define FS_HEAD_MAX (64 * 1024)         /* bytes libmagic sees: the object's first 64 KiB */
+#define FS_READ_MAX (1024 * 1024)       /* one sl_store_read returns at most this */
 #define FS_WRITEBACK_STEP (1024 * 1024) /* start write-back each time this much more is written */
 #define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
 #define FS_PATH_MAX PATH_MAX
@@ -272,11 +272,11 @@ typedef struct fs_writer_s {
     /* loop */
     chunk_t *fill;     /* owned: the chunk being filled, not yet in the list */
     uint64_t accepted; /* bytes accepted so far: the file offset of the next one */
-    int inflight;   /* jobs submitted whose done callback has not run */
-    int abort_sync; /* abort could not queue its job: clean up when inflight hits 0 */
+    int inflight;      /* jobs submitted whose done callback has not run */
+    int abort_sync;    /* abort could not queue its job: clean up when inflight hits 0 */
 
     /* worker (serial jobs only) */
-    int fd;          /* the temp file, O_RDWR: the commit reads its head back to sniff */
+    int fd; /* the temp file, O_RDWR: the commit reads its head back to sniff */
     EVP_MD_CTX *md;
     uint64_t size;
     uint64_t wb_started; /* write-back was started for [0, wb_started) */
@@ -715,8 +715,7 @@ fail:
  */
 static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
 {
-    int err = 0;
-    fs_wjob_t *j = NULL;
+    int err = 0, submit = 0;
     pthread_mutex_lock(&w->mu);
     c->next = NULL;
     if (w->tail)
@@ -725,25 +724,35 @@ static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
         w->head = c;
     w->tail = c;
     if (need_job && !w->job_queued) {
-        if ((j = malloc(sizeof *j)) != NULL) {
-            j->w = w;
-            j->bytes = 0;
-            j->used = NULL;
-            err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
-        } else {
-            err = SL_ENOMEM;
-        }
-        if (err) {
-            free(j);
-            if (!w->err)
-                w->err = err;
-        } else {
-            w->job_queued = 1;
-            w->inflight++;
-        }
+        /* Claimed here, submitted after the unlock: the worker that picks the
+         * job up takes w->mu first thing, and must not find the loop in it.
+         * Only the loop pushes, so nothing slips in between. */
+        w->job_queued = 1;
+        submit = 1;
     }
     pthread_mutex_unlock(&w->mu);
-    return err;
+    if (!submit)
+        return 0;
+    fs_wjob_t *j = malloc(sizeof *j);
+    if (j) {
+        j->w = w;
+        j->bytes = 0;
+        j->used = NULL;
+        err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
+    } else {
+        err = SL_ENOMEM;
+    }
+    if (err) {
+        free(j);
+        pthread_mutex_lock(&w->mu);
+        w->job_queued = 0;
+        if (!w->err)
+            w->err = err;
+        pthread_mutex_unlock(&w->mu);
+        return err;
+    }
+    w->inflight++;
+    return 0;
 }
 
 /*
@@ -752,10 +761,10 @@ static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
  * (whole large folios in the page cache: no partial-folio zeroing, and a copy
  * several times cheaper than with odd-sized writes; see storage.md). The chunk
  * being filled belongs to the loop, so the copy takes no lock; the writer's
- * mutex is taken once per chunk, to queue it and, if none is waiting, a write
- * job. With more than FS_BATCH_WRITERS writers open (a thousand small uploads
- * at once), waiting for full chunks would hold up to FS_CHUNK per upload: then
- * every write is queued at once, in a chunk sized to the data.
+ * mutex is taken once per chunk, to queue it (and, if none is waiting, a
+ * write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
+ * thousand small uploads at once), waiting for full chunks would hold up to FS_CHUNK per upload:
+ * then every write is queued at once, in a chunk sized to the data.
  */
 static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
 {

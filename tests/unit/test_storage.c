@@ -3,8 +3,8 @@
  * streaming writes with SHA-256 and size, mime sniffing, abort, reads, stat,
  * delete, key validation, backpressure, sticky write errors, the clean-up of
  * stale temp files, whole-chunk batching, the write-back policy and the shared
- * libmagic cookie under concurrent commits. Everything runs through a real event loop and worker pool
- * in a fresh directory under /tmp; callbacks are counted.
+ * libmagic cookie under concurrent commits. Everything runs through a real event loop and worker
+ * pool in a fresh directory under /tmp; callbacks are counted.
  */
 #include "core/crypto.h"
 #include "core/err.h"

@@ -162,7 +162,7 @@ static int part_begin_cb(void *arg, const sl_multipart_part_t *part)
         return 1;
     }
     if (up->nparts == up->cap) {
-        int ncap = up->cap ? up->cap * 2 : 8;
+        int ncap = up->cap ? up->cap * 2 : 1; /* most uploads carry one file */
         upload_part_t *np = realloc(up->parts, (size_t)ncap * sizeof *np);
         if (!np) {
             upload_fail(up, 500, "internal_error", "out of memory");

@@ -37,6 +37,10 @@ SLUICE_CONFIG="$cfg" scripts/run --no-install --no-build --detach >var/edge-run.
 trap 'scripts/run --stop >/dev/null 2>&1 || true' EXIT
 
 URL="$(cat var/url)" KEY="$(cat var/demo_api_key)" PID="$(cat var/sluice.pid)"
+# var/sluice.pid is the supervisor (engine: {process: separate}); the uploads
+# and their memory are in its sluice-http child, whose RSS is the one to watch.
+HTTP_PID="$(ps -o pid=,comm= --ppid "$PID" | awk '$2 == "sluice-http" {print $1; exit}')"
+PID="${HTTP_PID:-$PID}"
 export SLUICE_URL="$URL" SLUICE_KEY="$KEY" SLUICE_PID="$PID"
 PGBASE="$(readlink -f var/pg)"
 export SLUICE_DSN="postgresql:///sluice?host=$PGBASE/run&port=$(sed -n 4p "$PGBASE/data/postmaster.pid")"

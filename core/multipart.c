@@ -19,7 +19,8 @@
 /* Decoded header strings (name, filename, filename*, content type) each come
  * from a disjoint region of the header block and never grow when decoded, so
  * the block size plus one NUL per string bounds them. */
-#define ARENA_MAX (SL_MULTIPART_MAX_HEADERS + 8)
+#define ARENA_SLACK 8
+#define HDR_CAP_MIN 512 /* the header buffer's first size; it doubles as needed */
 
 enum {
     S_PREAMBLE,   /* before the first delimiter: bytes are discarded */
@@ -45,10 +46,41 @@ struct sl_multipart_s {
     size_t hlen;       /* bytes in hdr */
     size_t line_start; /* offset in hdr of the line being collected */
     size_t alen;       /* bytes used in arena */
+    size_t acap;       /* arena's size */
+    /*
+     * Owned; allocated when a header block starts and freed once its
+     * part_begin_cb returned, so a parser in a part's data holds only this
+     * struct. Grows by doubling up to the block's limit; at the blank line it
+     * also takes the arena (decoded strings), right after the block.
+     */
+    char *hdr;
+    size_t hcap;
+    char *arena; /* hdr + hlen while the block is parsed, else NULL */
     char delim[DELIM_MAX + 1];
-    char hdr[SL_MULTIPART_MAX_HEADERS];
-    char arena[ARENA_MAX];
 };
+
+/* Makes room for `need` bytes in hdr (need <= the limit plus the arena). */
+static int hdr_reserve(sl_multipart_t *mp, size_t need)
+{
+    if (need <= mp->hcap)
+        return 0;
+    size_t cap = mp->hcap ? mp->hcap : HDR_CAP_MIN;
+    while (cap < need)
+        cap *= 2;
+    char *h = realloc(mp->hdr, cap);
+    if (h == NULL)
+        return SL_ENOMEM;
+    mp->hdr = h;
+    mp->hcap = cap;
+    return 0;
+}
+
+static void hdr_release(sl_multipart_t *mp)
+{
+    free(mp->hdr);
+    mp->hdr = mp->arena = NULL;
+    mp->hcap = mp->acap = mp->alen = 0;
+}
 
 /* ---- character classes ---- */
 
@@ -294,6 +326,8 @@ sl_multipart_t *sl_multipart_new(const char *boundary, const sl_multipart_cbs_t 
 
 void sl_multipart_free(sl_multipart_t *mp)
 {
+    if (mp)
+        free(mp->hdr);
     free(mp);
 }
 
@@ -398,8 +432,8 @@ typedef struct {
 /* Copies s[0..n) into the arena, NUL-terminated. */
 static const char *arena_put(sl_multipart_t *mp, const char *s, size_t n)
 {
-    if (n + 1 > ARENA_MAX - mp->alen)
-        return NULL; /* cannot happen given ARENA_MAX; checked anyway */
+    if (n + 1 > mp->acap - mp->alen)
+        return NULL; /* cannot happen given the arena's size; checked anyway */
     char *d = mp->arena + mp->alen;
     memcpy(d, s, n);
     d[n] = '\0';
@@ -467,7 +501,7 @@ static int parse_disposition(sl_multipart_t *mp, const char *v, size_t n, sl_mul
     cur_t c = {v, 0, n};
     const char *tok;
     size_t tlen = read_token(&c, &tok);
-    disp_t d = {mp, {mp->arena + mp->alen, ARENA_MAX - mp->alen}, NULL, NULL, NULL};
+    disp_t d = {mp, {mp->arena + mp->alen, mp->acap - mp->alen}, NULL, NULL, NULL};
 
     if (!ieq(tok, tlen, "form-data"))
         return SL_EPROTO;
@@ -490,11 +524,15 @@ static int parse_disposition(sl_multipart_t *mp, const char *v, size_t n, sl_mul
  */
 static int parse_headers(sl_multipart_t *mp, sl_multipart_part_t *part)
 {
-    char *h = mp->hdr;
     size_t n = mp->hlen;
     int have_disp = 0, have_type = 0;
 
     memset(part, 0, sizeof(*part));
+    if (hdr_reserve(mp, n + n + ARENA_SLACK) != 0)
+        return SL_ENOMEM;
+    char *h = mp->hdr;
+    mp->arena = h + n;
+    mp->acap = n + ARENA_SLACK;
     mp->alen = 0;
     if (memchr(h, '\0', n) != NULL)
         return SL_EPROTO;
@@ -558,6 +596,8 @@ static int headers(sl_multipart_t *mp, const char *p, size_t len, size_t *used)
         size_t n = end - i;
         if (n > SL_MULTIPART_MAX_HEADERS - mp->hlen)
             return SL_EPROTO; /* header block too large */
+        if (hdr_reserve(mp, mp->hlen + n) != 0)
+            return SL_ENOMEM;
         memcpy(mp->hdr + mp->hlen, p + i, n);
         mp->hlen += n;
         i = end;
@@ -582,9 +622,9 @@ static int headers(sl_multipart_t *mp, const char *p, size_t len, size_t *used)
         mp->held = 2;
         mp->virt = 2;
         *used = i;
-        if (mp->cbs.part_begin_cb != NULL && mp->cbs.part_begin_cb(mp->arg, &part) != 0)
-            return SL_ECANCELED;
-        return 0;
+        rc = mp->cbs.part_begin_cb != NULL ? mp->cbs.part_begin_cb(mp->arg, &part) : 0;
+        hdr_release(mp); /* the part's strings were borrowed until here */
+        return rc != 0 ? SL_ECANCELED : 0;
     }
     *used = i;
     return 0;

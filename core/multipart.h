@@ -8,6 +8,9 @@
  * does not grow with the body. Data callbacks may be called with any split of
  * the data; a delimiter that straddles two feeds is handled (bytes that may be
  * the start of a delimiter are held back until the next feed decides).
+ * A parser inside a part's data holds ~200 bytes: the header buffer (grown as
+ * needed, at most SL_MULTIPART_MAX_HEADERS plus the decoded strings) exists
+ * only while a part's header block is being read and parsed.
  */
 #ifndef SL_MULTIPART_H
 #define SL_MULTIPART_H
@@ -52,8 +55,9 @@ sl_multipart_t *sl_multipart_new(const char *boundary, const sl_multipart_cbs_t 
 /**
  * Feeds len bytes. Returns 0 when all were consumed, SL_EPROTO on malformed
  * input (bad delimiter line, header block too large, missing
- * Content-Disposition), SL_ECANCELED if a callback asked to stop. After an
- * error every further feed returns the same error.
+ * Content-Disposition), SL_ECANCELED if a callback asked to stop, SL_ENOMEM
+ * if the header buffer could not grow. After an error every further feed
+ * returns the same error.
  */
 int sl_multipart_feed(sl_multipart_t *mp, const char *data, size_t len);
 

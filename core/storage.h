@@ -14,7 +14,8 @@
  * sl_store_put_commit() makes the object durable and visible atomically (the fs
  * backend writes to a temp name, fsyncs, renames, fsyncs the directory);
  * sl_store_put_abort() throws everything away (no object, no temp file).
- * The writer also sniffs the content type of the first bytes with libmagic.
+ * The writer also sniffs the content type of the first 64 KiB with libmagic, at
+ * commit, through one cookie per store (libmagic's are not thread-safe).
  */
 #ifndef SL_STORAGE_H
 #define SL_STORAGE_H
@@ -44,6 +45,16 @@ typedef struct sl_store_info_s {
  * outlive the store and its pending operations. Returns owned in *out.
  */
 int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out);
+
+/**
+ * The fs backend's write-back policy, exposed for its tests: with `written`
+ * bytes in the temp file and write-back already started for the first
+ * `started`, how many bytes from `started` on to hand to
+ * sync_file_range(SYNC_FILE_RANGE_WRITE) now: whole 1 MiB steps, else 0. So a
+ * big object is mostly on disk before its commit's fsync, which then waits
+ * only for the last step or so.
+ */
+uint64_t sl_store_fs_writeback_len(uint64_t written, uint64_t started);
 
 /**
  * Frees the store (writers must be committed or aborted first). Reads, stats

@@ -27,6 +27,7 @@
 #include <magic.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,14 @@
 #include <unistd.h>
 
 #define FS_TMP_DIR ".tmp"
-#define FS_CHUNK_MIN (64 * 1024)  /* small writes are packed into chunks this big */
-#define FS_HEAD_MAX (64 * 1024)   /* bytes kept for libmagic */
-#define FS_READ_MAX (1024 * 1024) /* one sl_store_read returns at most this */
+#define FS_CHUNK (64 * 1024) /* chunks end at multiples of this in the file: aligned writes */
+#define FS_BATCH_WRITERS 64  /* up to this many open writers, only whole chunks are written */
+#define FS_SPARE_MAX 32      /* whole chunks the loop keeps for reuse (2 MiB) */
+/* A writer waiting for its drain must have a full chunk queued, not just a partial one. */
+_Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed FS_CHUNK");
+#define FS_HEAD_MAX (64 * 1024)         /* bytes libmagic sees: the object's first 64 KiB */
+#define FS_READ_MAX (1024 * 1024)       /* one sl_store_read returns at most this */
+#define FS_WRITEBACK_STEP (1024 * 1024) /* start write-back each time this much more is written */
 #define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
 #define FS_PATH_MAX PATH_MAX
 
@@ -221,17 +227,35 @@ int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t bufle
  * Filesystem backend
  * ====================================================================== */
 
+typedef struct chunk_s chunk_t;
+
 typedef struct fs_store_s {
     sl_store_t base;
     char root[FS_PATH_MAX]; /* no trailing '/' */
     size_t root_len;
+    int open_writers; /* loop: writers begun and not yet committed or aborted */
+    /*
+     * Loop: written FS_CHUNK-sized chunks, handed back by write jobs for the
+     * next fs_write. The loop both takes and returns them, so they never go
+     * through malloc's arena lock between the loop and the workers.
+     */
+    chunk_t *spare;
+    int nspare;
+    /*
+     * One libmagic cookie for the whole store, loaded on first use: a cookie
+     * is not thread-safe, so commit jobs take turns (a sniff is one
+     * magic_buffer over at most FS_HEAD_MAX bytes, ~0.5 ms); one per worker
+     * thread would cost a copy of the database (~7 MiB) each.
+     */
+    pthread_mutex_t magic_mu; /* guards magic */
+    magic_t magic;            /* NULL until loaded; closed by fs_free */
 } fs_store_t;
 
-typedef struct chunk_s {
+struct chunk_s {
     struct chunk_s *next;
     size_t len, cap;
     char data[];
-} chunk_t;
+};
 
 typedef struct fs_writer_s {
     sl_store_writer_t base;
@@ -240,21 +264,22 @@ typedef struct fs_writer_s {
     size_t root_len; /* final_path[0..root_len) is the root: mkdir -p stops there */
 
     pthread_mutex_t mu;   /* guards: */
-    chunk_t *head, *tail; /* bytes accepted, not yet taken by a write job */
+    chunk_t *head, *tail; /* complete chunks, not yet taken by a write job */
     int job_queued;       /* a write job is queued that has not taken the list yet */
-    int err;              /* sticky: the first I/O error */
+    atomic_int err;       /* sticky: the first I/O error (written under mu, read anywhere) */
     int aborted;
 
     /* loop */
-    int inflight;   /* jobs submitted whose done callback has not run */
-    int abort_sync; /* abort could not queue its job: clean up when inflight hits 0 */
+    chunk_t *fill;     /* owned: the chunk being filled, not yet in the list */
+    uint64_t accepted; /* bytes accepted so far: the file offset of the next one */
+    int inflight;      /* jobs submitted whose done callback has not run */
+    int abort_sync;    /* abort could not queue its job: clean up when inflight hits 0 */
 
     /* worker (serial jobs only) */
-    int fd;
+    int fd; /* the temp file, O_RDWR: the commit reads its head back to sniff */
     EVP_MD_CTX *md;
     uint64_t size;
-    unsigned char *headbuf; /* first FS_HEAD_MAX bytes of the object */
-    size_t head_len;
+    uint64_t wb_started; /* write-back was started for [0, wb_started) */
     int commit_err;
     sl_store_info_t info;
 } fs_writer_t;
@@ -262,7 +287,8 @@ typedef struct fs_writer_s {
 /* One write job: takes the whole chunk list when it starts. */
 typedef struct fs_wjob_s {
     fs_writer_t *w;
-    size_t bytes; /* how many queued bytes it took */
+    size_t bytes;  /* how many queued bytes it took */
+    chunk_t *used; /* the chunks it wrote, back to the loop for reuse */
 } fs_wjob_t;
 
 static int errno_to_sl(int e)
@@ -372,7 +398,7 @@ static int writer_open_tmp(fs_writer_t *w)
 {
     if (w->fd >= 0)
         return 0;
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w->fd < 0)
         return SL_EIO; /* even ENOENT (no .tmp dir) is an I/O error here */
     return 0;
@@ -383,27 +409,37 @@ static int writer_write_chunk(fs_writer_t *w, const chunk_t *c)
     int err = writer_open_tmp(w);
     if (err)
         return err;
-    if (w->head_len < FS_HEAD_MAX) {
-        if (!w->headbuf && !(w->headbuf = malloc(FS_HEAD_MAX)))
-            return SL_ENOMEM;
-        size_t take = FS_HEAD_MAX - w->head_len;
-        if (take > c->len)
-            take = c->len;
-        memcpy(w->headbuf + w->head_len, c->data, take);
-        w->head_len += take;
-    }
     if (EVP_DigestUpdate(w->md, c->data, c->len) != 1)
         return SL_EIO;
     err = write_all(w->fd, c->data, c->len);
     if (err)
         return err;
     w->size += c->len;
+    /*
+     * Start writing the new whole steps back now (asynchronous: it queues the
+     * I/O and returns), so the dirty data of a big object is mostly on disk by
+     * the time the commit's fsync waits for it. Advisory: a failure here shows
+     * again at that fsync (the file's writeback error is sampled at open).
+     */
+    uint64_t n = sl_store_fs_writeback_len(w->size, w->wb_started);
+    if (n > 0) {
+        (void)sync_file_range(w->fd, (off_t)w->wb_started, (off_t)n, SYNC_FILE_RANGE_WRITE);
+        w->wb_started += n;
+    }
     return 0;
 }
 
+uint64_t sl_store_fs_writeback_len(uint64_t written, uint64_t started)
+{
+    if (written <= started)
+        return 0;
+    return (written - started) / FS_WRITEBACK_STEP * FS_WRITEBACK_STEP;
+}
+
 /* Takes the queued chunks and writes them (or drops them after an error or an
- * abort). Returns the number of queued bytes it took. */
-static size_t writer_flush(fs_writer_t *w)
+ * abort). Returns the number of queued bytes it took. The chunks go to *used
+ * if `used` is set, else they are freed. */
+static size_t writer_flush(fs_writer_t *w, chunk_t **used)
 {
     pthread_mutex_lock(&w->mu);
     chunk_t *list = w->head;
@@ -419,7 +455,12 @@ static size_t writer_flush(fs_writer_t *w)
         if (!err && !aborted)
             err = writer_write_chunk(w, list);
         bytes += list->len;
-        free(list);
+        if (used) {
+            list->next = *used;
+            *used = list;
+        } else {
+            free(list);
+        }
         list = next;
     }
     if (err) {
@@ -434,53 +475,43 @@ static size_t writer_flush(fs_writer_t *w)
 static void write_work(void *arg)
 {
     fs_wjob_t *j = arg;
-    j->bytes = writer_flush(j->w);
+    j->bytes = writer_flush(j->w, &j->used);
 }
 
-static pthread_key_t magic_key;
-static pthread_once_t magic_once = PTHREAD_ONCE_INIT;
-
-static void magic_destroy(void *m)
-{
-    magic_close(m);
-}
-
-static void magic_key_init(void)
-{
-    (void)pthread_key_create(&magic_key, magic_destroy);
-}
-
-/* libmagic cookies are not thread-safe: one per worker thread, loaded lazily
- * and closed by the key's destructor when the thread exits. */
-static magic_t thread_magic(void)
-{
-    pthread_once(&magic_once, magic_key_init);
-    magic_t m = pthread_getspecific(magic_key);
-    if (m)
-        return m;
-    m = magic_open(MAGIC_MIME_TYPE);
-    if (!m)
-        return NULL;
-    if (magic_load(m, NULL) != 0 || pthread_setspecific(magic_key, m) != 0) {
-        magic_close(m);
-        return NULL;
-    }
-    return m;
-}
-
+/*
+ * Sniffs the object's type from its first FS_HEAD_MAX bytes, read back from
+ * the temp file (they are in the page cache: the writer keeps no copy, so an
+ * upload costs no head buffer while it streams). The read goes to this worker
+ * thread's stack; only the magic_buffer call holds the store's cookie.
+ */
 static void sniff_mime(fs_writer_t *w)
 {
-    const char *mime = NULL;
-    if (w->head_len == 0) {
-        mime = "application/x-empty";
-    } else {
-        magic_t m = thread_magic();
-        if (m)
-            mime = magic_buffer(m, w->headbuf, w->head_len);
+    fs_store_t *fs = (fs_store_t *)w->base.st;
+    unsigned char head[FS_HEAD_MAX];
+    size_t len = 0;
+    if (w->size == 0) {
+        snprintf(w->info.mime, sizeof w->info.mime, "application/x-empty");
+        return;
     }
-    if (!mime || !*mime)
-        mime = "application/octet-stream";
-    snprintf(w->info.mime, sizeof w->info.mime, "%s", mime);
+    while (len < sizeof head && len < w->size) {
+        ssize_t r = pread(w->fd, head + len, sizeof head - len, (off_t)len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    pthread_mutex_lock(&fs->magic_mu);
+    if (!fs->magic && (fs->magic = magic_open(MAGIC_MIME_TYPE)) != NULL &&
+        magic_load(fs->magic, NULL) != 0) {
+        magic_close(fs->magic);
+        fs->magic = NULL; /* tried again by the next commit */
+    }
+    const char *mime = fs->magic && len > 0 ? magic_buffer(fs->magic, head, len) : NULL;
+    /* The string lives in the cookie: copied before letting go of it. */
+    snprintf(w->info.mime, sizeof w->info.mime, "%s",
+             mime && *mime ? mime : "application/octet-stream");
+    pthread_mutex_unlock(&fs->magic_mu);
 }
 
 static void commit_work(void *arg)
@@ -488,7 +519,7 @@ static void commit_work(void *arg)
     fs_writer_t *w = arg;
     int err, renamed = 0;
 
-    (void)writer_flush(w); /* normally empty: the write jobs ran before us */
+    (void)writer_flush(w, NULL); /* the last chunk, partly filled, that fs_commit queued */
     pthread_mutex_lock(&w->mu);
     err = w->err;
     pthread_mutex_unlock(&w->mu);
@@ -497,6 +528,7 @@ static void commit_work(void *arg)
 
     if ((err = writer_open_tmp(w)) != 0) /* a 0-byte object was never opened */
         goto out;
+    sniff_mime(w); /* before the fsync: the cookie is never held across one */
     if (fsync(w->fd) != 0) {
         err = SL_EIO;
         goto out;
@@ -529,7 +561,6 @@ static void commit_work(void *arg)
     }
     sl_hex(md, 32, w->info.sha256_hex);
     w->info.size = w->size;
-    sniff_mime(w);
 
 out:
     if (err) {
@@ -546,7 +577,7 @@ out:
 static void abort_work(void *arg)
 {
     fs_writer_t *w = arg;
-    (void)writer_flush(w); /* drops anything still queued */
+    (void)writer_flush(w, NULL); /* drops anything still queued */
     if (w->fd >= 0) {
         close(w->fd);
         w->fd = -1;
@@ -558,6 +589,7 @@ static void abort_work(void *arg)
 
 static void writer_free(fs_writer_t *w)
 {
+    free(w->fill);
     chunk_t *c = w->head;
     while (c) {
         chunk_t *next = c->next;
@@ -567,9 +599,36 @@ static void writer_free(fs_writer_t *w)
     if (w->fd >= 0)
         close(w->fd);
     EVP_MD_CTX_free(w->md);
-    free(w->headbuf);
     pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+/* Loop: keeps a whole chunk for reuse, or frees it. */
+static void chunk_release(fs_store_t *fs, chunk_t *c)
+{
+    if (c->cap == FS_CHUNK && fs->nspare < FS_SPARE_MAX) {
+        c->next = fs->spare;
+        fs->spare = c;
+        fs->nspare++;
+    } else {
+        free(c);
+    }
+}
+
+static chunk_t *chunk_new(fs_store_t *fs, size_t cap)
+{
+    chunk_t *c;
+    if (cap == FS_CHUNK && fs->spare) {
+        c = fs->spare;
+        fs->spare = c->next;
+        fs->nspare--;
+    } else if ((c = malloc(sizeof *c + cap)) == NULL) {
+        return NULL;
+    }
+    c->next = NULL;
+    c->len = 0;
+    c->cap = cap;
+    return c;
 }
 
 static void write_done(void *arg)
@@ -577,6 +636,11 @@ static void write_done(void *arg)
     fs_wjob_t *j = arg;
     fs_writer_t *w = j->w;
     size_t bytes = j->bytes;
+    while (j->used) {
+        chunk_t *next = j->used->next;
+        chunk_release((fs_store_t *)w->base.st, j->used);
+        j->used = next;
+    }
     free(j);
     w->inflight--;
     if (w->abort_sync && w->inflight == 0) {
@@ -633,6 +697,7 @@ static int fs_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out
     }
     w->base.st = st;
     w->base.state = W_OPEN;
+    fs->open_writers++;
     *out = &w->base;
     return 0;
 
@@ -643,76 +708,144 @@ fail:
     return err;
 }
 
+/*
+ * Queues c (complete, or the last of the object) for a write job, and queues
+ * one unless one is waiting already. Loop thread. On failure to queue the job
+ * the writer gets a sticky SL_ENOMEM (its bytes are then dropped).
+ */
+static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
+{
+    int err = 0, submit = 0;
+    pthread_mutex_lock(&w->mu);
+    c->next = NULL;
+    if (w->tail)
+        w->tail->next = c;
+    else
+        w->head = c;
+    w->tail = c;
+    if (need_job && !w->job_queued) {
+        /* Claimed here, submitted after the unlock: the worker that picks the
+         * job up takes w->mu first thing, and must not find the loop in it.
+         * Only the loop pushes, so nothing slips in between. */
+        w->job_queued = 1;
+        submit = 1;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (!submit)
+        return 0;
+    fs_wjob_t *j = malloc(sizeof *j);
+    if (j) {
+        j->w = w;
+        j->bytes = 0;
+        j->used = NULL;
+        err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
+    } else {
+        err = SL_ENOMEM;
+    }
+    if (err) {
+        free(j);
+        pthread_mutex_lock(&w->mu);
+        w->job_queued = 0;
+        if (!w->err)
+            w->err = err;
+        pthread_mutex_unlock(&w->mu);
+        return err;
+    }
+    w->inflight++;
+    return 0;
+}
+
+/*
+ * Copies bytes into chunks that end at multiples of FS_CHUNK in the file, so
+ * every write(2) but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset
+ * (whole large folios in the page cache: no partial-folio zeroing, and a copy
+ * several times cheaper than with odd-sized writes; see storage.md). The chunk
+ * being filled belongs to the loop, so the copy takes no lock; the writer's
+ * mutex is taken once per chunk, to queue it (and, if none is waiting, a
+ * write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
+ * thousand small uploads at once), waiting for full chunks would hold up to FS_CHUNK per upload:
+ * then every write is queued at once, in a chunk sized to the data.
+ */
 static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
 {
     fs_writer_t *w = (fs_writer_t *)base;
-    int err = 0;
+    fs_store_t *fs = (fs_store_t *)base->st;
+    const char *p = data;
+    int eager = fs->open_writers > FS_BATCH_WRITERS;
 
-    fs_wjob_t *j = calloc(1, sizeof *j); /* may go unused: freed below then */
-    if (!j)
-        return SL_ENOMEM;
-    j->w = w;
-
-    /* Everything under the lock, so that either the bytes are queued and a job
-     * will take them, or nothing changed. Lock order: w->mu, then the pool's. */
-    pthread_mutex_lock(&w->mu);
-    if (w->err) {
-        err = w->err;
-        goto out;
-    }
-    if (len == 0)
-        goto out;
-    chunk_t *c = w->tail;
-    chunk_t *fresh = NULL;
-    if (!c || c->cap - c->len < len) {
-        size_t cap = len > FS_CHUNK_MIN ? len : FS_CHUNK_MIN;
-        fresh = malloc(sizeof *fresh + cap);
-        if (!fresh) {
-            err = SL_ENOMEM;
-            goto out;
+    int err = atomic_load(&w->err);
+    if (err || len == 0)
+        return err;
+    /* Room first, so that running out of memory leaves nothing half-queued. */
+    chunk_t *fresh = NULL, **fresh_tail = &fresh;
+    size_t room = w->fill ? w->fill->cap - w->fill->len : 0;
+    uint64_t off = w->accepted + room;
+    while (room < len) {
+        size_t cap = FS_CHUNK - (size_t)(off % FS_CHUNK);
+        size_t need = (len - room + 4095) / 4096 * 4096;
+        if (eager && need < cap)
+            cap = need;
+        chunk_t *c = chunk_new(fs, cap);
+        if (!c) {
+            while (fresh) {
+                chunk_t *next = fresh->next;
+                chunk_release(fs, fresh);
+                fresh = next;
+            }
+            return SL_ENOMEM;
         }
-        fresh->next = NULL;
-        fresh->len = 0;
-        fresh->cap = cap;
-        c = fresh;
+        *fresh_tail = c;
+        fresh_tail = &c->next;
+        room += cap;
+        off += cap;
     }
-    if (!w->job_queued) {
-        err = sl_workq_submit(w->base.st->wq, w, write_work, write_done, j);
-        if (err) {
-            free(fresh);
-            goto out;
+    while (len > 0) {
+        if (!w->fill) {
+            w->fill = fresh;
+            fresh = fresh->next;
         }
-        j = NULL;
-        w->job_queued = 1;
-        w->inflight++;
+        chunk_t *c = w->fill;
+        size_t n = c->cap - c->len < len ? c->cap - c->len : len;
+        memcpy(c->data + c->len, p, n);
+        c->len += n;
+        p += n;
+        len -= n;
+        w->accepted += n;
+        if (c->len == c->cap || (eager && len == 0)) {
+            w->fill = NULL;
+            if ((err = writer_push(w, c, 1)) != 0)
+                break;
+        }
     }
-    memcpy(c->data + c->len, data, len);
-    c->len += len;
-    if (fresh) {
-        if (w->tail)
-            w->tail->next = fresh;
-        else
-            w->head = fresh;
-        w->tail = fresh;
+    while (fresh) { /* only after a failed push */
+        chunk_t *next = fresh->next;
+        chunk_release(fs, fresh);
+        fresh = next;
     }
-out:
-    pthread_mutex_unlock(&w->mu);
-    free(j);
     return err;
 }
 
 static int fs_commit(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
+    if (w->fill) { /* the partly filled last chunk: the commit job writes it */
+        (void)writer_push(w, w->fill, 0);
+        w->fill = NULL;
+    }
     int err = sl_workq_submit(base->st->wq, w, commit_work, commit_done, w);
-    if (err == 0)
+    if (err == 0) {
         w->inflight++;
+        ((fs_store_t *)base->st)->open_writers--;
+    }
     return err;
 }
 
 static void fs_abort(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
+    ((fs_store_t *)base->st)->open_writers--;
+    free(w->fill);
+    w->fill = NULL;
     pthread_mutex_lock(&w->mu);
     w->aborted = 1; /* queued write jobs now drop their bytes */
     pthread_mutex_unlock(&w->mu);
@@ -891,7 +1024,16 @@ static int fs_local_path(sl_store_t *st, const char *key, char *buf, size_t bufl
 
 static void fs_free(sl_store_t *st)
 {
-    free(st);
+    fs_store_t *fs = (fs_store_t *)st;
+    while (fs->spare) {
+        chunk_t *next = fs->spare->next;
+        free(fs->spare);
+        fs->spare = next;
+    }
+    if (fs->magic)
+        magic_close(fs->magic);
+    pthread_mutex_destroy(&fs->magic_mu);
+    free(fs);
 }
 
 static const sl_store_ops_t fs_ops = {
@@ -943,6 +1085,10 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     fs_store_t *fs = calloc(1, sizeof *fs);
     if (!fs)
         return SL_ENOMEM;
+    if (pthread_mutex_init(&fs->magic_mu, NULL) != 0) {
+        free(fs);
+        return SL_ENOMEM;
+    }
     fs->base.ops = &fs_ops;
     fs->base.wq = wq;
     memcpy(fs->root, root, n);
@@ -964,6 +1110,7 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     return 0;
 
 fail:
+    pthread_mutex_destroy(&fs->magic_mu);
     free(fs);
     return err;
 }

@@ -58,6 +58,7 @@ struct sl_workq_s {
     jobq_t done;
     chain_t *chains[SERIAL_BUCKETS];
     size_t nbusy; /* jobs submitted whose work_fn has not returned */
+    int nidle;    /* workers waiting on work_cond */
     int stop;
 
     pthread_t *threads;
@@ -124,8 +125,11 @@ static void *worker_main(void *arg)
 
     pthread_mutex_lock(&q->mu);
     for (;;) {
-        while (!q->ready.head && !q->stop)
+        while (!q->ready.head && !q->stop) {
+            q->nidle++;
             pthread_cond_wait(&q->work_cond, &q->mu);
+            q->nidle--;
+        }
         job_t *j = jobq_pop(&q->ready);
         if (!j)
             break; /* stop and nothing left */
@@ -134,13 +138,14 @@ static void *worker_main(void *arg)
         j->work_fn(j->arg);
 
         chain_t *dead = NULL;
+        int wake = 0;
         pthread_mutex_lock(&q->mu);
         if (j->serial) {
             chain_t *c = chain_find(q, j->serial, 0);
             job_t *next = c ? jobq_pop(&c->waiting) : NULL;
             if (next) {
                 jobq_push(&q->ready, next);
-                pthread_cond_signal(&q->work_cond);
+                wake = q->nidle > 0;
             } else if (c) {
                 dead = chain_find(q, j->serial, 1);
             }
@@ -152,6 +157,10 @@ static void *worker_main(void *arg)
             pthread_cond_broadcast(&q->idle_cond);
         pthread_mutex_unlock(&q->mu);
 
+        /* Signalled after the unlock: a woken worker must not find the mutex
+         * still held and go back to sleep on it (a convoy). */
+        if (wake)
+            pthread_cond_signal(&q->work_cond);
         free(dead);
         /* One wake-up per batch: the loop reads the eventfd before it takes the
          * done list, so a job appended to an empty list always gets its own. */
@@ -299,6 +308,7 @@ int sl_workq_submit(sl_workq_t *q, const void *serial, sl_work_fn work_fn, sl_wo
     j->done_cb = done_cb;
     j->arg = arg;
 
+    int wake = 0;
     pthread_mutex_lock(&q->mu);
     chain_t *c = serial ? chain_find(q, serial, 0) : NULL;
     if (c) {
@@ -312,11 +322,15 @@ int sl_workq_submit(sl_workq_t *q, const void *serial, sl_work_fn work_fn, sl_wo
             spare = NULL;
         }
         jobq_push(&q->ready, j);
-        pthread_cond_signal(&q->work_cond);
+        wake = q->nidle > 0; /* else a busy worker takes it when it is done */
     }
     q->nbusy++;
     atomic_fetch_add(&q->pending, 1);
     pthread_mutex_unlock(&q->mu);
+    /* After the unlock, and only if a worker sleeps: the woken one gets the
+     * mutex at once instead of blocking on it while the loop still holds it. */
+    if (wake)
+        pthread_cond_signal(&q->work_cond);
 
     free(spare);
     return 0;

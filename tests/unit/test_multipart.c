@@ -10,6 +10,7 @@
 #include "core/err.h"
 #include "core/multipart.h"
 
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -752,6 +753,41 @@ static void test_boundary(void)
     CHECK(sl_multipart_boundary("multipart/form-data; boundary=abc", NULL, 8) == SL_EINVAL);
 }
 
+/* ---- memory: a parser inside a part's data holds no header buffer ---- */
+
+static int null_data_cb(void *arg, const char *data, size_t len)
+{
+    (void)arg;
+    (void)data;
+    (void)len;
+    return 0;
+}
+
+static void test_memory_per_parser(void)
+{
+    /* A thousand uploads streaming at once, each past its part's headers:
+     * what they hold together must be small (it was 32 KiB each). */
+    enum { N = 1000 };
+    static sl_multipart_t *mps[N];
+    static const sl_multipart_cbs_t quiet = {NULL, null_data_cb, NULL};
+    const char *head = "--" BOUNDARY "\r\nContent-Disposition: form-data; name=\"file\"; "
+                       "filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                       "some data";
+    struct mallinfo2 before = mallinfo2();
+    for (int i = 0; i < N; i++) {
+        mps[i] = sl_multipart_new(BOUNDARY, &quiet, NULL);
+        CHECK(mps[i] != NULL);
+        CHECK(mps[i] && sl_multipart_feed(mps[i], head, strlen(head)) == 0);
+    }
+    struct mallinfo2 after = mallinfo2();
+    size_t per = (after.uordblks - before.uordblks) / N;
+    if (per > 512)
+        fprintf(stderr, "a parser in a part's data holds %zu bytes\n", per);
+    CHECK(per <= 512);
+    for (int i = 0; i < N; i++)
+        sl_multipart_free(mps[i]);
+}
+
 int main(void)
 {
     test_split_everywhere();
@@ -762,5 +798,6 @@ int main(void)
     test_cancel();
     test_new();
     test_boundary();
+    test_memory_per_parser();
     return check_summary();
 }

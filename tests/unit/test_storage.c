@@ -1,9 +1,10 @@
 /*
  * test_storage.c — unit tests for the fs storage backend (core/storage_fs.c):
  * streaming writes with SHA-256 and size, mime sniffing, abort, reads, stat,
- * delete, key validation, backpressure, sticky write errors and the clean-up of
- * stale temp files. Everything runs through a real event loop and worker pool
- * in a fresh directory under /tmp; callbacks are counted.
+ * delete, key validation, backpressure, sticky write errors, the clean-up of
+ * stale temp files, whole-chunk batching, the write-back policy and the shared
+ * libmagic cookie under concurrent commits. Everything runs through a real event loop and worker
+ * pool in a fresh directory under /tmp; callbacks are counted.
  */
 #include "core/crypto.h"
 #include "core/err.h"
@@ -446,9 +447,9 @@ static void test_abort(void)
     CHECK(sl_store_pending(w2) >= SL_STORE_HIGH_WATER);
     sl_store_put_abort(w2);
 
-    /* Aborted once its temp file is on disk. */
+    /* Aborted once its temp file is on disk (a whole chunk was written). */
     CHECK(sl_store_put_begin(st, "t3/written", &w3) == 0);
-    CHECK(sl_store_write(w3, blob, 1000) == 0);
+    CHECK(sl_store_write(w3, blob, 64 * 1024) == 0);
     run_idle();
     CHECK(sl_store_pending(w3) == 0);
     CHECK(dir_entries(tmpdir) == 1);
@@ -584,8 +585,9 @@ static void test_sticky_error(void)
     sl_store_writer_t *w = NULL;
     /* Without root/.tmp the temp file cannot be created. */
     CHECK(rmdir(tmpdir) == 0);
+    static char chunk[64 * 1024]; /* one whole chunk: a write job runs */
     CHECK(sl_store_put_begin(st, "t6/fails", &w) == 0);
-    CHECK(sl_store_write(w, "data", 4) == 0);
+    CHECK(sl_store_write(w, chunk, sizeof chunk) == 0);
     run_idle();
     CHECK(sl_store_write(w, "more", 4) == SL_EIO);
     commit_res_t r = {0};
@@ -625,6 +627,153 @@ static void test_reopen(void)
     CHECK(stat_called == 1 && stat_err == 0 && stat_size > 0);
 }
 
+/* ---- chunks: whole ones are written, a partial one waits (few writers) ---- */
+
+static void test_batching(void)
+{
+    const size_t len = 3 * MIB + 12345;
+    char *data = malloc(len);
+    CHECK(data != NULL);
+    if (!data)
+        return;
+    for (size_t i = 0; i < len; i++)
+        data[i] = (char)(i * 7 + (i >> 9));
+    char want_sha[65];
+    test_sha256(data, len, want_sha);
+
+    /* Odd-sized writes (a socket's reads, less multipart framing) are cut and
+     * glued into aligned chunks: the content must come out intact. */
+    sl_store_writer_t *w = NULL;
+    CHECK(sl_store_put_begin(st, "t8/odd", &w) == 0);
+    size_t off = 0, step = 16411;
+    while (off < len) {
+        size_t n = len - off < step ? len - off : step;
+        CHECK(sl_store_write(w, data + off, n) == 0);
+        off += n;
+        if (sl_store_pending(w) >= SL_STORE_HIGH_WATER)
+            run_idle();
+    }
+    run_idle();
+    /* Only the partly filled last chunk is still queued. */
+    CHECK(sl_store_pending(w) == len % (64 * 1024));
+    commit_res_t r = {0};
+    CHECK(sl_store_put_commit(w, commit_cb, &r) == 0);
+    run_until(&r.called, 1);
+    CHECK(r.err == 0 && r.info.size == len);
+    CHECK(strcmp(r.info.sha256_hex, want_sha) == 0);
+    char path[512];
+    CHECK(sl_store_local_path(st, "t8/odd", path, sizeof path) == 0);
+    size_t got_len = 0;
+    char *got = slurp(path, &got_len);
+    CHECK(got && got_len == len && memcmp(got, data, len) == 0);
+    free(got);
+
+    /* A small write waits for more (no temp file yet) while few writers are
+     * open; the commit writes it. */
+    CHECK(sl_store_put_begin(st, "t8/small", &w) == 0);
+    CHECK(sl_store_write(w, "hello", 5) == 0);
+    run_idle();
+    CHECK(sl_store_pending(w) == 5);
+    CHECK(dir_entries(tmpdir) == 0);
+    memset(&r, 0, sizeof r);
+    CHECK(sl_store_put_commit(w, commit_cb, &r) == 0);
+    run_until(&r.called, 1);
+    CHECK(r.err == 0 && r.info.size == 5 && strcmp(r.info.mime, "text/plain") == 0);
+
+    /* With more than 64 writers open, every write is written at once, so a
+     * thousand slow uploads do not each hold a chunk. */
+    enum { NW = 66 };
+    sl_store_writer_t *ws[NW];
+    for (int i = 0; i < NW; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "t8/many%d", i);
+        CHECK(sl_store_put_begin(st, key, &ws[i]) == 0);
+    }
+    CHECK(sl_store_write(ws[0], data, 1000) == 0);
+    run_idle();
+    CHECK(sl_store_pending(ws[0]) == 0);
+    CHECK(dir_entries(tmpdir) == 1);
+    for (int i = 0; i < NW; i++)
+        sl_store_put_abort(ws[i]);
+    run_idle();
+    CHECK(dir_entries(tmpdir) == 0);
+    free(data);
+}
+
+/* ---- the write-back policy: whole 1 MiB steps ---- */
+
+static void test_writeback_policy(void)
+{
+    CHECK(sl_store_fs_writeback_len(0, 0) == 0);
+    CHECK(sl_store_fs_writeback_len(MIB - 1, 0) == 0);
+    CHECK(sl_store_fs_writeback_len(MIB, 0) == MIB);
+    CHECK(sl_store_fs_writeback_len(MIB + 5, 0) == MIB);
+    CHECK(sl_store_fs_writeback_len(5 * MIB + 17, 2 * MIB) == 3 * MIB);
+    CHECK(sl_store_fs_writeback_len(3 * MIB, 3 * MIB) == 0);
+    CHECK(sl_store_fs_writeback_len(2 * MIB - 1, MIB) == 0);
+    CHECK(sl_store_fs_writeback_len(MIB, 2 * MIB) == 0); /* never backwards */
+}
+
+/* ---- one libmagic cookie, shared by 4 worker threads committing at once ---- */
+
+static void test_magic_threads(void)
+{
+    static const struct {
+        const char *sample, *mime;
+    } kinds[] = {
+        {"/work/shared/samples/invoice-acme.pdf", "application/pdf"},
+        {"/work/shared/samples/photo.jpg", "image/jpeg"},
+        {"/work/shared/samples/notes.txt", "text/plain"},
+    };
+    enum { NK = 3, N = 48 };
+    char *data[NK];
+    size_t len[NK];
+    for (int k = 0; k < NK; k++) {
+        data[k] = slurp(kinds[k].sample, &len[k]);
+        CHECK(data[k] != NULL);
+        if (!data[k])
+            return;
+    }
+    sl_workq_t *wq4 = NULL;
+    sl_store_t *st4 = NULL;
+    char root4[160];
+    snprintf(root4, sizeof root4, "%s/store4", top);
+    CHECK(sl_workq_new(base, 4, &wq4) == 0);
+    CHECK(wq4 && sl_store_fs_open(wq4, root4, &st4) == 0);
+    if (!st4)
+        return;
+    static commit_res_t res[N];
+    sl_store_writer_t *w[N];
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "m/%d", i);
+        memset(&res[i], 0, sizeof res[i]);
+        CHECK(sl_store_put_begin(st4, key, &w[i]) == 0);
+        CHECK(sl_store_write(w[i], data[i % NK], len[i % NK]) == 0);
+    }
+    for (int i = 0; i < N; i++)
+        CHECK(sl_store_put_commit(w[i], commit_cb, &res[i]) == 0);
+    double deadline = now_s() + 60;
+    while (done < N && now_s() < deadline) {
+        event_base_loop(base, EVLOOP_ONCE);
+        done = 0;
+        for (int i = 0; i < N; i++)
+            done += res[i].called;
+    }
+    CHECK(done == N);
+    for (int i = 0; i < N; i++) {
+        CHECK(res[i].err == 0);
+        if (strcmp(res[i].info.mime, kinds[i % NK].mime) != 0)
+            fprintf(stderr, "m/%d: mime %s, want %s\n", i, res[i].info.mime, kinds[i % NK].mime);
+        CHECK(strcmp(res[i].info.mime, kinds[i % NK].mime) == 0);
+    }
+    sl_store_free(st4);
+    sl_workq_free(wq4);
+    for (int k = 0; k < NK; k++)
+        free(data[k]);
+}
+
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     return remove(path);
@@ -659,6 +808,9 @@ int main(void)
         test_delete();
         test_backpressure();
         test_sticky_error();
+        test_batching();
+        test_writeback_policy();
+        test_magic_threads();
         test_reopen();
     }
     CHECK(off_loop_cbs == 0);

@@ -747,8 +747,8 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
      * The engine only publishes (its SSE readers are in the HTTP processes).
      */
     if ((err = sl_pubsub_new(app->base, app->redis,
-                             role == SL_ROLE_ENGINE ? NULL : cfg->redis_url, g_instance,
-                             &app->pubsub)) != 0)
+                             role == SL_ROLE_ENGINE ? NULL : cfg->redis_url,
+                             SL_RUN_EVENT_PATTERN, g_instance, &app->pubsub)) != 0)
         goto out;
     /* Run events that could not go through Redis reach this instance's SSE clients anyway. */
     if (role == SL_ROLE_ENGINE)

@@ -14,6 +14,7 @@
  * through it, the failure of a run whose pipeline is gone included.
  */
 #include "actors/run.h"
+#include "actors/run_event.h"
 #include "actors/service.h"
 #include "core/crypto.h"
 #include "core/err.h"
@@ -162,17 +163,17 @@ void sl_run__detach(sl_run_t *r)
 /* ---- commits ---- */
 
 /*
- * Publishes committed timeline rows (columns SL_PUBSUB_EVENT_COLUMNS) on their
+ * Publishes committed timeline rows (columns SL_RUN_EVENT_COLUMNS) on their
  * dataset's channel, in seq order, for SSE clients on every instance.
  */
 static void publish_rows(sl_pubsub_t *ps, PGresult *res)
 {
     int n = ps && res ? PQntuples(res) : 0;
     for (int i = 0; i < n; i++) {
-        const char *v[SL_PUBSUB_EVENT_NCOLS];
-        for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+        const char *v[SL_RUN_EVENT_NCOLS];
+        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
             v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        sl_pubsub_publish_values(ps, "run", v);
+        sl_run_event_publish_values(ps, "run", v);
     }
 }
 
@@ -183,7 +184,7 @@ static void publish_rows(sl_pubsub_t *ps, PGresult *res)
  * publish_rows expects.
  */
 static const char COMMIT_SQL[] =
-    "SELECT " SL_PUBSUB_EVENT_COLUMNS " FROM sluice_run_transition($1, $2, $3, $4, $5, $6, $7,"
+    "SELECT " SL_RUN_EVENT_COLUMNS " FROM sluice_run_transition($1, $2, $3, $4, $5, $6, $7,"
     " $8, $9, $10, $11, $12, $13) ORDER BY seq";
 
 static void lease_given_back_cb(const sl_pg_result_t *res, void *arg)

@@ -24,6 +24,7 @@
 #include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
+#include "actors/run_event.h"
 #include "actors/scheduler.h"
 #include "db/pg.h"
 

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "actors/run_event.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -26,6 +27,7 @@
 #define HASH_HEX 64
 #define UUID_LEN 36
 #define TENANT_MAX 64
+#define DS_PREFIX SL_RUN_EVENT_CHANNEL_PREFIX /* the status events' channels */
 
 typedef struct auth_ent_s {
     char hash[HASH_HEX + 1]; /* "" = free */
@@ -154,7 +156,7 @@ static void forget_file(sl_cache_t *c, const char *id)
     c->file_gen++;
 }
 
-/* The value of "file_id" in an event (sl_pubsub_event_json's compact text), into id. */
+/* The value of "file_id" in an event (sl_run_event_json's compact text), into id. */
 static int event_file_id(const char *data, size_t len, char id[UUID_LEN + 1])
 {
     static const char key[] = "\"file_id\":\"";
@@ -175,7 +177,8 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
     if (!c || !channel || !data)
         return;
     /* Sent through sl_pubsub_publish: "<instance> <n>\n" comes first. */
-    const char *nl = strncmp(channel, "sluice:ds:", 10) != 0 ? memchr(data, '\n', len) : NULL;
+    int ds = strncmp(channel, DS_PREFIX, sizeof DS_PREFIX - 1) == 0;
+    const char *nl = !ds ? memchr(data, '\n', len) : NULL;
     if (nl) {
         len -= (size_t)(nl + 1 - data);
         data = nl + 1;
@@ -198,7 +201,7 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
         } else {
             flush_files(c); /* "*", or unreadable */
         }
-    } else if (strncmp(channel, "sluice:ds:", 10) == 0) {
+    } else if (ds) {
         /* Any event: its file changed, and queue positions of every queued run may have. */
         c->qgen++;
         if (event_file_id(data, len, buf) == 0)

@@ -7,7 +7,7 @@
  *
  * In short: the cache owns a subscriber connection (PSUBSCRIBE
  * SL_CACHE_PATTERN) that sees every run/file event every instance publishes
- * (the "sluice:ds:<dataset>" channels of core/pubsub.h) and the cache's own
+ * (the "sluice:ds:<dataset>" channels of actors/run_event.h) and the cache's own
  * channels, and forgets what each message makes stale. A writer forgets
  * locally and publishes, and answers its client only once Redis replied to
  * the PUBLISH (sl_cache_publish_file / sl_cache_publish_revoke). A reader

@@ -154,7 +154,7 @@ static double gauge_clients(void *arg)
 }
 
 static const char REPLAY_SQL[] =
-    "SELECT " SL_PUBSUB_EVENT_COLUMNS " FROM run_events"
+    "SELECT " SL_RUN_EVENT_COLUMNS " FROM run_events"
     " WHERE dataset_id = $1 AND tenant_id = $2 AND seq > $3::bigint ORDER BY seq LIMIT 10000";
 
 static void replay_next(client_t *c);
@@ -394,12 +394,12 @@ static int send_rows(client_t *c, PGresult *res)
 {
     int n = PQntuples(res);
     for (int i = 0; i < n; i++) {
-        const char *v[SL_PUBSUB_EVENT_NCOLS];
-        for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+        const char *v[SL_RUN_EVENT_NCOLS];
+        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
             v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
         long long seq = strtoll(v[0], NULL, 10);
-        sl_pubsub_event_t ev = {"run", seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
-        char *data = sl_pubsub_event_json(&ev);
+        sl_run_event_t ev = {"run", seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+        char *data = sl_run_event_json(&ev);
         if (!data) {
             client_finish(c, 0, NULL, NULL);
             return -1;
@@ -589,7 +589,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
 
     /* Subscribe before the replay's snapshot: nothing falls between the two. */
     char channel[SL_PUBSUB_MAX_CHANNEL];
-    int err = sl_pubsub_dataset_channel(c->dataset_id, channel, sizeof channel);
+    int err = sl_run_event_channel(c->dataset_id, channel, sizeof channel);
     if (err >= 0)
         err = sl_pubsub_subscribe(app->pubsub, channel, message_cb, c, &c->sub);
     if (err < 0) {

@@ -360,14 +360,14 @@ static void route_events(sl_http_req_t *req, const sl_http_params_t *params, voi
 
 /* ---- status events (SSE) ---- */
 
-/* Publishes rows of SL_PUBSUB_EVENT_COLUMNS as `event` events. */
+/* Publishes rows of SL_RUN_EVENT_COLUMNS as `event` events. */
 static void publish_rows(sl_app_t *app, const char *event, PGresult *res)
 {
     for (int i = 0; i < PQntuples(res); i++) {
-        const char *v[SL_PUBSUB_EVENT_NCOLS];
-        for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+        const char *v[SL_RUN_EVENT_NCOLS];
+        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
             v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        sl_pubsub_publish_values(app->pubsub, event, v);
+        sl_run_event_publish_values(app->pubsub, event, v);
     }
 }
 
@@ -430,10 +430,10 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
      * seq from the timeline's sequence and is live only: a replay cannot show it.
      */
     if (PQntuples(seq) == 1) {
-        const char *v[SL_PUBSUB_EVENT_NCOLS] = {
+        const char *v[SL_RUN_EVENT_NCOLS] = {
             PQgetvalue(seq, 0, 0), PQgetvalue(files, 0, 1), fr->id, NULL, NULL, NULL,
             "deleted",             "deleted",               PQgetvalue(seq, 0, 1)};
-        sl_pubsub_publish_values(fr->app->pubsub, "file", v);
+        sl_run_event_publish_values(fr->app->pubsub, "file", v);
     }
     sl_log(SL_LOG_INFO, "file_deleted", "{s:s, s:s, s:i}", "tenant_id", fr->tenant_id, "file_id",
            fr->id, "artifacts", PQntuples(arts));
@@ -591,7 +591,7 @@ static const char RUN_SQL[] =
     " SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM ins"
     " CROSS JOIN LATERAL"
     "  (SELECT pg_advisory_xact_lock(hashtextextended(ins.dataset_id::text, 0))) lk"
-    " RETURNING " SL_PUBSUB_EVENT_COLUMNS;
+    " RETURNING " SL_RUN_EVENT_COLUMNS;
 
 static const char PROCESS_RESPONSE_SQL[] =
     "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"

@@ -348,17 +348,17 @@ static void upload_fail(upload_t *up, int status, const char *code, const char *
 /*
  * Publishes what the batch committed, in seq order: one "file" event per file
  * (statement 1), then the runs' 'queued' events (statement 2); columns are
- * SL_PUBSUB_EVENT_COLUMNS.
+ * SL_RUN_EVENT_COLUMNS.
  */
 static void publish_batch(sl_app_t *app, const sl_pg_result_t *r)
 {
     for (int s = 1; s <= 2 && s < r->n; s++) {
         PGresult *res = r->res[s];
         for (int i = 0; i < PQntuples(res); i++) {
-            const char *v[SL_PUBSUB_EVENT_NCOLS];
-            for (int k = 0; k < SL_PUBSUB_EVENT_NCOLS; k++)
+            const char *v[SL_RUN_EVENT_NCOLS];
+            for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
                 v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-            sl_pubsub_publish_values(app->pubsub, s == 1 ? "file" : "run", v);
+            sl_run_event_publish_values(app->pubsub, s == 1 ? "file" : "run", v);
         }
     }
 }
@@ -464,7 +464,7 @@ static const char INSERT_RUNS_SQL[] =
     "AS x(id uuid, file_id uuid, pipeline text) RETURNING *) "
     "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state) "
     "SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r "
-    "RETURNING " SL_PUBSUB_EVENT_COLUMNS;
+    "RETURNING " SL_RUN_EVENT_COLUMNS;
 
 /*
  * The batch's "file" events (SSE): not timeline rows (a file's timeline is its

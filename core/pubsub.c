@@ -27,7 +27,6 @@
 #include "core/log.h"
 #include "core/metrics.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,10 +325,10 @@ static void redis_message_cb(const char *channel, const char *data, size_t len, 
 }
 
 int sl_pubsub_new(struct event_base *base, sl_redis_t *publisher, const char *redis_url,
-                  const char *instance_id, sl_pubsub_t **out)
+                  const char *pattern, const char *instance_id, sl_pubsub_t **out)
 {
     if (!base || !instance_id || strlen(instance_id) >= sizeof((sl_pubsub_t *)0)->instance_id ||
-        strchr(instance_id, '\n'))
+        strchr(instance_id, '\n') || (redis_url && (!pattern || !*pattern)))
         return SL_EINVAL;
     sl_pubsub_t *ps = calloc(1, sizeof *ps);
     if (!ps)
@@ -343,8 +342,8 @@ int sl_pubsub_new(struct event_base *base, sl_redis_t *publisher, const char *re
     ps->echo_timer = evtimer_new(base, echo_timer_cb, ps);
     if (!ps->drain_ev || !ps->echo_timer)
         goto fail;
-    if (redis_url && (err = sl_redis_new_subscriber(base, redis_url, SL_PUBSUB_PATTERN,
-                                                    redis_message_cb, ps, &ps->sub)) != 0)
+    if (redis_url && (err = sl_redis_new_subscriber(base, redis_url, pattern, redis_message_cb, ps,
+                                                    &ps->sub)) != 0)
         goto fail;
     ps->m_messages = sl_metrics_counter("sluice_pubsub_messages_total",
                                         "Pub/sub messages: out = published to Redis, in = "
@@ -551,73 +550,4 @@ void sl_pubsub_free(sl_pubsub_t *ps)
         }
     }
     free(ps);
-}
-
-/* ---- status events ---- */
-
-static json_t *str_or_null(const char *s)
-{
-    return s ? json_string(s) : json_null();
-}
-
-char *sl_pubsub_event_json(const sl_pubsub_event_t *ev)
-{
-    if (!ev || !ev->event)
-        return NULL;
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    /* Insertion order is kept by jansson: the field order is stable. */
-    json_object_set_new(o, "event", json_string(ev->event));
-    json_object_set_new(o, "seq", json_integer((json_int_t)ev->seq));
-    json_object_set_new(o, "dataset_id", str_or_null(ev->dataset_id));
-    json_object_set_new(o, "file_id", str_or_null(ev->file_id));
-    json_object_set_new(o, "run_id", str_or_null(ev->run_id));
-    json_object_set_new(o, "pipeline", str_or_null(ev->pipeline));
-    json_object_set_new(o, "step", str_or_null(ev->step));
-    json_object_set_new(o, "kind", str_or_null(ev->kind));
-    json_object_set_new(o, "state", str_or_null(ev->state));
-    json_object_set_new(o, "at", str_or_null(ev->at));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
-    return s;
-}
-
-int sl_pubsub_dataset_channel(const char *dataset_id, char *buf, size_t buflen)
-{
-    int n = snprintf(buf, buflen, "sluice:ds:%s", dataset_id ? dataset_id : "");
-    if (n < 0 || (size_t)n >= buflen)
-        return SL_ETOOBIG;
-    return n;
-}
-
-int sl_pubsub_publish_event(sl_pubsub_t *ps, const sl_pubsub_event_t *ev)
-{
-    if (!ps)
-        return 0;
-    char channel[SL_PUBSUB_MAX_CHANNEL];
-    if (!ev || !ev->dataset_id ||
-        sl_pubsub_dataset_channel(ev->dataset_id, channel, sizeof channel) < 0)
-        return SL_EINVAL;
-    char *msg = sl_pubsub_event_json(ev);
-    if (!msg)
-        return SL_ENOMEM;
-    int err = sl_pubsub_publish(ps, channel, msg, strlen(msg));
-    free(msg);
-    return err;
-}
-
-int sl_pubsub_publish_values(sl_pubsub_t *ps, const char *event,
-                             const char *const v[SL_PUBSUB_EVENT_NCOLS])
-{
-    if (!ps)
-        return 0;
-    if (!v[0])
-        return SL_EINVAL;
-    char *end = NULL;
-    long long seq = strtoll(v[0], &end, 10);
-    if (!end || *end || end == v[0])
-        return SL_EINVAL;
-    sl_pubsub_event_t ev = {event, seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
-    return sl_pubsub_publish_event(ps, &ev);
 }

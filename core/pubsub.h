@@ -6,16 +6,18 @@
  * sl_pubsub_publish() queues the message for this process's subscribers (they
  * get it on a later loop turn, never inside the call, in publish order) and,
  * while Redis is up, PUBLISHes it with an envelope naming this instance. One
- * dedicated subscriber connection PSUBSCRIBEs to SL_PUBSUB_PATTERN and hands
- * other instances' messages to the same queue; our own echo is recognised by
- * the envelope and dropped, so a subscriber sees each message exactly once.
+ * dedicated subscriber connection PSUBSCRIBEs to the pattern given to
+ * sl_pubsub_new and hands other instances' messages to the same queue; our
+ * own echo is recognised by the envelope and dropped, so a subscriber sees
+ * each message exactly once.
  * Redis down: messages fan out locally only (other instances miss them; SSE
  * clients recover them from Postgres with Last-Event-ID), the connections
  * reconnect with backoff and the subscriber re-subscribes by itself.
  *
- * Channels are plain strings; Sluice's are "sluice:ds:<dataset_id>" and carry
- * the status events built by sl_pubsub_event_json(). Single-threaded: call
- * from the loop thread only. See docs/internals/sse.md.
+ * Channels are plain strings and messages plain bytes: this module knows
+ * nothing of what they mean (Sluice's status events and their channels are
+ * actors/run_event.h). Single-threaded: call from the loop thread only. See
+ * docs/internals/sse.md.
  */
 #ifndef SL_PUBSUB_H
 #define SL_PUBSUB_H
@@ -26,8 +28,6 @@
 
 #include "core/redis.h"
 
-/** The one pattern every instance subscribes to. */
-#define SL_PUBSUB_PATTERN "sluice:ds:*"
 /** Local messages waiting for delivery at most; past it publish fails with SL_EAGAIN. */
 #define SL_PUBSUB_MAX_QUEUED 100000
 /** Longest channel name. */
@@ -51,11 +51,13 @@ typedef void (*sl_pubsub_msg_cb)(const char *channel, const char *msg, size_t le
 /**
  * Creates the pubsub. `base` borrowed. `publisher` (borrowed, may be NULL) is
  * the command connection used to PUBLISH; `redis_url` (copied; NULL: local
- * only) is where the subscriber connection goes; `instance_id` (copied)
- * marks our envelopes. Returns owned in *out, or SL_EINVAL / SL_ENOMEM.
+ * only) is where the subscriber connection goes, and `pattern` (copied; a
+ * Redis PSUBSCRIBE glob, required with redis_url) which channels it receives
+ * from other instances; `instance_id` (copied) marks our envelopes. Returns
+ * owned in *out, or SL_EINVAL / SL_ENOMEM.
  */
 int sl_pubsub_new(struct event_base *base, sl_redis_t *publisher, const char *redis_url,
-                  const char *instance_id, sl_pubsub_t **out);
+                  const char *pattern, const char *instance_id, sl_pubsub_t **out);
 
 /**
  * Publishes msg (len bytes, copied) on channel (copied). 0, SL_EINVAL (empty
@@ -112,50 +114,5 @@ void sl_pubsub_shutdown(sl_pubsub_t *ps);
 
 /** Frees everything (takes ps; NULL is a no-op); remaining subscriptions become invalid. */
 void sl_pubsub_free(sl_pubsub_t *ps);
-
-/* ---- Sluice's status events ---- */
-
-/**
- * One status event: a run transition (event "run", a row of run_events) or a
- * file appearing/disappearing (event "file"). Strings are borrowed; NULL is
- * JSON null.
- */
-typedef struct sl_pubsub_event_s {
-    const char *event; /* "run" | "file" */
-    long long seq;     /* the timeline sequence: the SSE id */
-    const char *dataset_id;
-    const char *file_id;
-    const char *run_id;
-    const char *pipeline;
-    const char *step;
-    const char *kind;  /* run_events.kind ("step_started", ...), "uploaded", "deleted" */
-    const char *state; /* the run's state after the event; for files "queued"/"done"/"deleted" */
-    const char *at;    /* RFC 3339 */
-} sl_pubsub_event_t;
-
-/**
- * The message text of ev (compact JSON {"event","seq","dataset_id","file_id",
- * "run_id","pipeline","step","kind","state","at"}), returned owned (free()),
- * or NULL. Live messages and Postgres replays use this one encoder, so both
- * produce the same bytes.
- */
-char *sl_pubsub_event_json(const sl_pubsub_event_t *ev);
-
-/** "sluice:ds:<dataset_id>" into buf. Its length, or SL_ETOOBIG. */
-int sl_pubsub_dataset_channel(const char *dataset_id, char *buf, size_t buflen);
-
-/** Encodes ev and publishes it on its dataset's channel. ps NULL is a no-op. */
-int sl_pubsub_publish_event(sl_pubsub_t *ps, const sl_pubsub_event_t *ev);
-
-/**
- * For publishers reading database rows: v[] holds, as text (NULL for SQL
- * NULL; borrowed), seq, dataset_id, file_id, run_id, pipeline, step, kind,
- * state, at — the order of SL_PUBSUB_EVENT_COLUMNS.
- */
-#define SL_PUBSUB_EVENT_NCOLS 9
-#define SL_PUBSUB_EVENT_COLUMNS                                                                    \
-    "seq, dataset_id, file_id, run_id, pipeline, step, kind, state, sluice_ts(at)"
-int sl_pubsub_publish_values(sl_pubsub_t *ps, const char *event,
-                             const char *const v[SL_PUBSUB_EVENT_NCOLS]);
 
 #endif

@@ -1,0 +1,78 @@
+/*
+ * run_event.c — Sluice's status events: encoding and publishing (see
+ * run_event.h). The JSON's field order is part of the wire format: the SSE
+ * tests and clients compare bytes, and api/cache.c scans for "file_id".
+ */
+#include "actors/run_event.h"
+#include "core/err.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static json_t *str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+char *sl_run_event_json(const sl_run_event_t *ev)
+{
+    if (!ev || !ev->event)
+        return NULL;
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    /* Insertion order is kept by jansson: the field order is stable. */
+    json_object_set_new(o, "event", json_string(ev->event));
+    json_object_set_new(o, "seq", json_integer((json_int_t)ev->seq));
+    json_object_set_new(o, "dataset_id", str_or_null(ev->dataset_id));
+    json_object_set_new(o, "file_id", str_or_null(ev->file_id));
+    json_object_set_new(o, "run_id", str_or_null(ev->run_id));
+    json_object_set_new(o, "pipeline", str_or_null(ev->pipeline));
+    json_object_set_new(o, "step", str_or_null(ev->step));
+    json_object_set_new(o, "kind", str_or_null(ev->kind));
+    json_object_set_new(o, "state", str_or_null(ev->state));
+    json_object_set_new(o, "at", str_or_null(ev->at));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+int sl_run_event_channel(const char *dataset_id, char *buf, size_t buflen)
+{
+    int n = snprintf(buf, buflen, SL_RUN_EVENT_CHANNEL_PREFIX "%s", dataset_id ? dataset_id : "");
+    if (n < 0 || (size_t)n >= buflen)
+        return SL_ETOOBIG;
+    return n;
+}
+
+int sl_run_event_publish(sl_pubsub_t *ps, const sl_run_event_t *ev)
+{
+    if (!ps)
+        return 0;
+    char channel[SL_PUBSUB_MAX_CHANNEL];
+    if (!ev || !ev->dataset_id || sl_run_event_channel(ev->dataset_id, channel, sizeof channel) < 0)
+        return SL_EINVAL;
+    char *msg = sl_run_event_json(ev);
+    if (!msg)
+        return SL_ENOMEM;
+    int err = sl_pubsub_publish(ps, channel, msg, strlen(msg));
+    free(msg);
+    return err;
+}
+
+int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
+                                const char *const v[SL_RUN_EVENT_NCOLS])
+{
+    if (!ps)
+        return 0;
+    if (!v[0])
+        return SL_EINVAL;
+    char *end = NULL;
+    long long seq = strtoll(v[0], &end, 10);
+    if (!end || *end || end == v[0])
+        return SL_EINVAL;
+    sl_run_event_t ev = {event, seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    return sl_run_event_publish(ps, &ev);
+}

@@ -617,6 +617,7 @@ static int start_engine(sl_app_t *app)
     host.cfg = cfg;
     host.lib_dir = "lua-flows/lib";
     host.tmp_root = tmp_root;
+    host.ratelimit = app->ratelimit; /* service limits and holds; freed after the VM */
     char msg[512];
     if ((err = sl_flowvm_new(&host, &app->vm, msg, sizeof msg)) != 0) {
         sl_log(SL_LOG_ERROR, "flowvm_failed", "{s:s}", "error", msg);
@@ -735,10 +736,9 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
         sl_log(SL_LOG_ERROR, "redis_url_invalid", "{s:s}", "redis_url", cfg->redis_url);
         goto out;
     }
-    /* Before the flow VM: service calls find the limiter as the process default. */
+    /* Before the flow VM: its service registry borrows the limiter (sl_flow_host_t). */
     if ((err = sl_ratelimit_new(app->base, app->redis, &app->ratelimit)) != 0)
         goto out;
-    sl_ratelimit_set_default(app->ratelimit);
     /* Service holds set by other instances arrive at once (docs/internals/ratelimit.md). */
     if (cfg->redis_url && (err = sl_ratelimit_listen(app->ratelimit, cfg->redis_url)) != 0)
         goto out;

@@ -464,7 +464,8 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
         goto fail;
     vm->host.lib_dir = vm->lib_dir;
     vm->host.tmp_root = vm->tmp_root;
-    if ((rc = sl_svcs_new(host->base, host->cfg, host->circuit_open_ms, &vm->svcs)) != 0)
+    if ((rc = sl_svcs_new(host->base, host->cfg, host->ratelimit, host->circuit_open_ms,
+                          &vm->svcs)) != 0)
         goto fail;
     rc = SL_ENOMEM;
     if ((vm->L = lua_newstate(vm_alloc, vm)) == NULL)

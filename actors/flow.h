@@ -24,6 +24,7 @@
 
 #include "core/config.h"
 #include "core/curl.h"
+#include "core/ratelimit.h"
 #include "core/storage.h"
 #include "core/workq.h"
 #include "db/pg.h"
@@ -47,6 +48,8 @@ typedef struct sl_flow_host_s {
     sl_workq_t *wq;          /* worker pool: sl.artifact{path=} reads the file there;
                                 NULL: such calls fail with "not_configured" */
     int circuit_open_ms;     /* how long a tripped circuit stays open (default 30000; tests) */
+    sl_ratelimit_t *ratelimit; /* service rates, token budgets and holds (actors/service.h);
+                                  NULL: services are not limited */
 } sl_flow_host_t;
 
 /**

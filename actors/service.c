@@ -81,7 +81,7 @@ struct sl_svcs_s {
     const sl_config_t *cfg;
     int open_ms;
     int aimd_cooldown_ms, aimd_every;
-    sl_ratelimit_t *rl; /* borrowed; NULL: the process's default limiter */
+    sl_ratelimit_t *rl; /* borrowed; NULL: no limits and no holds */
     int n;
     sl_svc_t *svcs[SL_SVC_MAX];
     sl_metric_t *m_calls, *m_seconds, *m_state, *m_inflight, *m_cap, *m_hold, *m_holds, *m_tokens;
@@ -108,7 +108,8 @@ static int name_ok(const char *n)
     return 1;
 }
 
-int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, int open_ms, sl_svcs_t **out)
+int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, sl_ratelimit_t *rl, int open_ms,
+                sl_svcs_t **out)
 {
     static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                      1,     2.5,  5,     10,   30,  60,   120};
@@ -117,6 +118,7 @@ int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, int open_ms, sl
         return SL_ENOMEM;
     r->base = base;
     r->cfg = cfg;
+    r->rl = rl;
     r->open_ms = open_ms > 0 ? open_ms : SL_SVC_OPEN_MS;
     r->aimd_cooldown_ms = SL_SVC_AIMD_COOLDOWN_MS;
     r->aimd_every = SL_SVC_AIMD_INCREASE_EVERY;
@@ -290,12 +292,7 @@ static void unqueue(sl_svc_wait_t *w)
 
 static sl_ratelimit_t *limiter(const sl_svc_t *s)
 {
-    return s->reg->rl ? s->reg->rl : sl_ratelimit_default();
-}
-
-void sl_svcs_set_limiter(sl_svcs_t *r, sl_ratelimit_t *rl)
-{
-    r->rl = rl;
+    return s->reg->rl;
 }
 
 /* Seconds the service is held as far as this process knows (0: not), and why. */

@@ -88,10 +88,13 @@ typedef struct sl_svc_rl_headers_s {
 
 /**
  * Creates the registry. `base` and `cfg` (may be NULL) are borrowed and must
- * outlive it. `open_ms` is the open interval (0: SL_SVC_OPEN_MS). Returns owned
- * in *out; SL_ENOMEM.
+ * outlive it. `rl` is the limiter the services' rates, token budgets and holds
+ * go through (borrowed, must outlive the registry; NULL: no outbound limits
+ * and no holds, e.g. a VM that only checks flows). `open_ms` is the open
+ * interval (0: SL_SVC_OPEN_MS). Returns owned in *out; SL_ENOMEM.
  */
-int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, int open_ms, sl_svcs_t **out);
+int sl_svcs_new(struct event_base *base, const sl_config_t *cfg, sl_ratelimit_t *rl, int open_ms,
+                sl_svcs_t **out);
 
 /** Frees; queued waiters get SL_ECANCELED synchronously. NULL is a no-op. */
 void sl_svcs_free(sl_svcs_t *r);
@@ -192,13 +195,6 @@ int sl_svc_parse_retry_after(const char *v, double now, double *out_s);
  * and 1 day. Returns 0 with seconds in *out_s, or SL_EINVAL.
  */
 int sl_svc_parse_duration(const char *v, double *out_s);
-
-/**
- * The limiter this registry's services use (borrowed, must outlive it; NULL:
- * sl_ratelimit_default(), what the server uses). For tests with two
- * "instances" in one process.
- */
-void sl_svcs_set_limiter(sl_svcs_t *r, sl_ratelimit_t *rl);
 
 /** Tuning for tests: AIMD cooldown (ms, >= 0) and successes per increase (>= 1). */
 void sl_svcs_set_aimd(sl_svcs_t *r, int cooldown_ms, int increase_every);

@@ -135,8 +135,6 @@ struct sl_ratelimit_s {
     sl_metric_t *m_decisions, *m_shared;
 };
 
-static sl_ratelimit_t *g_default;
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -741,8 +739,6 @@ void sl_ratelimit_free(sl_ratelimit_t *rl)
 {
     if (!rl)
         return;
-    if (g_default == rl)
-        g_default = NULL;
     rl->closing = 1;
     if (rl->sub) {
         sl_redis_free(rl->sub);
@@ -773,14 +769,4 @@ void sl_ratelimit_free(sl_ratelimit_t *rl)
     }
     if (--rl->nops == 0)
         free(rl);
-}
-
-void sl_ratelimit_set_default(sl_ratelimit_t *rl)
-{
-    g_default = rl;
-}
-
-sl_ratelimit_t *sl_ratelimit_default(void)
-{
-    return g_default;
 }

@@ -61,7 +61,9 @@ typedef void (*sl_rl_cb)(int err, double retry_after_s, void *arg);
 /**
  * Creates a limiter. `base` is borrowed; `redis` is borrowed and may be NULL
  * (local limits only); both must outlive the limiter. Returns owned in *out.
- * Registers sluice_ratelimit_decisions_total{limit,decision}.
+ * Registers sluice_ratelimit_decisions_total{limit,decision}. There is no
+ * process-wide limiter: the owner (main) hands it, borrowed, to whoever
+ * limits (the API's sl_app_t, the flow VM's service registry).
  */
 int sl_ratelimit_new(struct event_base *base, sl_redis_t *redis, sl_ratelimit_t **out);
 
@@ -171,13 +173,5 @@ int sl_ratelimit_hold(sl_ratelimit_t *rl, const char *key, int max);
 
 /** Gives back a unit taken by sl_ratelimit_hold. */
 void sl_ratelimit_unhold(sl_ratelimit_t *rl, const char *key);
-
-/**
- * The process's limiter for modules that have no handle to one (actors/service.c
- * finds it here). Borrowed; main sets it after creating it and clears it
- * (NULL) before freeing it.
- */
-void sl_ratelimit_set_default(sl_ratelimit_t *rl);
-sl_ratelimit_t *sl_ratelimit_default(void);
 
 #endif

@@ -195,8 +195,7 @@ static void test_hold_local(void)
     char name[64], reason[SL_SVC_REASON_MAX];
     call_t c;
     CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
-    CHECK(sl_svcs_new(base, NULL, 0, &r) == 0);
-    sl_svcs_set_limiter(r, rl);
+    CHECK(sl_svcs_new(base, NULL, rl, 0, &r) == 0);
 
     /* Retry-After on a 429 holds an unlimited service */
     sl_svc_t *s = sl_svcs_get(r, name_of(name, sizeof name, "ra"));
@@ -209,6 +208,17 @@ static void test_hold_local(void)
     char want[SL_SVC_REASON_MAX];
     snprintf(want, sizeof want, "%s: rate limited", name);
     CHECK(strcmp(reason, want) == 0);
+    /* the hold is a pause in the limiter the registry was given, and only there */
+    char key[96];
+    snprintf(key, sizeof key, "hold:%s", name);
+    CHECK(sl_ratelimit_pause_state(rl, key, NULL, NULL, 0) == SL_RL_PAUSED);
+    sl_svcs_t *unlimited;
+    CHECK(sl_svcs_new(base, NULL, NULL, 0, &unlimited) == 0);
+    sl_svc_t *u = sl_svcs_get(unlimited, name);
+    CHECK(u != NULL && sl_svc_hold_remaining_s(u, NULL, 0) == 0);
+    sl_svc_observe(u, 429, "5", NULL); /* no limiter: nothing to hold with */
+    CHECK(sl_svc_hold_remaining_s(u, NULL, 0) == 0);
+    sl_svcs_free(unlimited);
     /* a shorter budget than the hold: refused at once, no callback */
     memset(&c, 0, sizeof c);
     CHECK(sl_svc_acquire(s, &c.w, 100, ready_cb, &c) == SL_EAGAIN);
@@ -321,8 +331,7 @@ static void test_aimd(void)
     sl_svcs_t *r;
     char name[64], want[256];
     CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
-    CHECK(sl_svcs_new(base, NULL, 0, &r) == 0);
-    sl_svcs_set_limiter(r, rl);
+    CHECK(sl_svcs_new(base, NULL, rl, 0, &r) == 0);
     sl_svcs_set_aimd(r, 0, 3);
     sl_svc_t *s = sl_svcs_get(r, name_of(name, sizeof name, "aimd"));
     CHECK(sl_svc_concurrency_limit(s) == SL_SVC_DEFAULT_CONCURRENCY); /* 8 */
@@ -396,8 +405,7 @@ static void test_tokens(sl_ratelimit_t *rl, const char *tag)
         "database_url: x\nservices:\n  %s: {url: \"http://127.0.0.1\", tokens_per_min: 60000}\n",
         name);
     CHECK(sl_config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof err) == 0);
-    CHECK(sl_svcs_new(base, cfg, 0, &r) == 0);
-    sl_svcs_set_limiter(r, rl);
+    CHECK(sl_svcs_new(base, cfg, rl, 0, &r) == 0);
     sl_svc_t *s = sl_svcs_get(r, name);
 
     /* without an estimate: the default */
@@ -485,10 +493,8 @@ static void test_two_instances(const char *url)
              "database_url: x\nservices:\n  %s: {url: \"http://127.0.0.1\", rate_per_s: 1000}\n",
              lim);
     CHECK(sl_config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof err) == 0);
-    CHECK(sl_svcs_new(base, cfg, 0, &ra) == 0);
-    CHECK(sl_svcs_new(base, cfg, 0, &rb) == 0);
-    sl_svcs_set_limiter(ra, la);
-    sl_svcs_set_limiter(rb, lb);
+    CHECK(sl_svcs_new(base, cfg, la, 0, &ra) == 0);
+    CHECK(sl_svcs_new(base, cfg, lb, 0, &rb) == 0);
 
     /* one call through A loads the script into Redis, so the barrier below
      * is not overtaken by a NOSCRIPT -> SCRIPT LOAD -> EVALSHA round */

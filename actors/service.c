@@ -1042,8 +1042,8 @@ void sl_svc_observe_headers(sl_svc_t *s, int status, const sl_curl_header_t *h, 
 
 void sl_svc_charge_tokens(sl_svc_t *s, double actual, double estimated)
 {
-    sl_ratelimit_t *rl = limiter(s);
-    if (!s || !rl || s->tokens.rate <= 0 || !(actual >= 0))
+    sl_ratelimit_t *rl = s ? limiter(s) : NULL;
+    if (!rl || s->tokens.rate <= 0 || !(actual >= 0))
         return;
     if (s->reg->m_tokens)
         sl_metrics_add(s->reg->m_tokens, actual, s->name);

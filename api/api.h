@@ -141,8 +141,9 @@ void sl_api_json_text(sl_http_req_t *req, int status, const char *text, size_t l
 
 /**
  * Answers a failed database batch: 503 "database_unavailable" with Retry-After
- * when Postgres is down, 500 "internal_error" otherwise (logged with the
- * request id).
+ * when Postgres is down, 503 "database_busy" with Retry-After 1 for a
+ * serialization failure or deadlock (40001, 40P01) that db/pg.c's re-runs did
+ * not get past, 500 "internal_error" otherwise (logged with the request id).
  */
 void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r);
 

@@ -265,6 +265,20 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r)
         sl_http_respond_error(req, 503, "database_unavailable", "the database is unavailable", 2);
         return;
     }
+    /*
+     * A race the database settled by aborting this transaction (db/pg.c has
+     * already re-run it, up to its bound): nothing was written, the request
+     * can be sent again as it is.
+     */
+    if (r->err == SL_EDB && r->sqlstate &&
+        (strcmp(r->sqlstate, "40001") == 0 || strcmp(r->sqlstate, "40P01") == 0)) {
+        sl_log(SL_LOG_WARN, "db_conflict", "{s:s, s:s, s:s}", "request_id",
+               sl_http_req_id(req) ? sl_http_req_id(req) : "", "errmsg",
+               r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate);
+        sl_http_respond_error(req, 503, "database_busy", "a concurrent change got in the way; retry",
+                              1);
+        return;
+    }
     sl_log(SL_LOG_ERROR, "db_error", "{s:s, s:s, s:s, s:s}", "request_id",
            sl_http_req_id(req) ? sl_http_req_id(req) : "", "error", sl_strerror(r->err), "errmsg",
            r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate ? r->sqlstate : "");

@@ -37,6 +37,7 @@
 #define SL_PG_ERRMSG_MAX 1024
 #define SL_PG_OPTIONS_MAX 1024
 #define SL_PG_PREPARED_MAX 32 /* named statements prepared per connection; more run unnamed */
+#define SL_PG_RETRY_MAX 3     /* re-runs of a batch that lost a deadlock or serialization race */
 
 typedef enum { CONN_DOWN, CONN_CONNECTING, CONN_IDLE, CONN_BUSY } conn_state_t;
 
@@ -61,6 +62,7 @@ struct sl_pg_batch_s {
     int first_err;  /* index of the first failing statement, or -1 */
     int err;
     int fault; /* SL_FAULTS: the batch runs, then its answer is lost */
+    int retries; /* times re-run after a 40001/40P01 (at most SL_PG_RETRY_MAX) */
     struct event ev_done;
     char errmsg[SL_PG_ERRMSG_MAX];
 };
@@ -312,6 +314,35 @@ static int conn_prepared(const sl_pg_conn_t *c, const char *name)
     return 0;
 }
 
+static void conn_send(sl_pg_conn_t *c, sl_pg_batch_t *b);
+
+/*
+ * 1 if the batch failed with a serialization failure (40001) or a deadlock
+ * (40P01) and may run again: the server rolled all of it back (a batch is one
+ * transaction), and the same statements normally succeed once the other
+ * transaction is out of the way.
+ */
+static int batch_retryable(const sl_pg_batch_t *b)
+{
+    if (b->retries >= SL_PG_RETRY_MAX || b->first_err < 0 || !b->res[b->first_err])
+        return 0;
+    const char *st = PQresultErrorField(b->res[b->first_err], PG_DIAG_SQLSTATE);
+    return st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
+}
+
+/* Clears a finished batch's results so that it can be sent again. */
+static void batch_reset(sl_pg_batch_t *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        PQclear(b->res[i]);
+        b->res[i] = NULL;
+        b->stmts[i].prep = 0; /* conn_send decides again: the Parse may not have run */
+    }
+    b->cur = 0;
+    b->first_err = -1;
+    b->errmsg[0] = '\0';
+}
+
 /* The batch is complete (its Sync arrived): post it, take the next one. */
 static void conn_batch_done(sl_pg_conn_t *c)
 {
@@ -320,6 +351,17 @@ static void conn_batch_done(sl_pg_conn_t *c)
     c->batch = NULL;
     c->state = CONN_IDLE;
     c->pg->busy--;
+    if (!b->fault && batch_retryable(b)) {
+        /* Run again at once on this connection: the transaction that won
+         * holds its locks until it ends, so the re-run waits for it and
+         * then goes through. */
+        b->retries++;
+        sl_log(SL_LOG_INFO, "pg_retry", "{s:i, s:i, s:s}", "conn", c->id, "retry", b->retries,
+               "error", PQresultErrorField(b->res[b->first_err], PG_DIAG_SQLSTATE));
+        batch_reset(b);
+        conn_send(c, b);
+        return;
+    }
     if (b->fault) {
         /* As a connection that drops after the server committed: "unknown". */
         batch_finish(b, SL_EUNAVAIL, "fault injected: connection lost after the batch ran");

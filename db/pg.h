@@ -8,6 +8,14 @@
  * server runs them as one implicit transaction — all of them commit, or none.
  * Batches queue FIFO and go to the next idle connection.
  *
+ * A batch that fails with a serialization failure or a deadlock (SQLSTATE
+ * 40001, 40P01) was rolled back whole, so it runs again at once on the same
+ * connection, up to 3 times, before its callback sees the error: the
+ * callback fires once, with the last run's result. Its statements must be
+ * safe to run again after a rollback (they are, unless the batch has a
+ * COMMIT inside, which also ends its atomicity; sequences are not rolled
+ * back, so a re-run takes new values).
+ *
  * Down and back: a connection that breaks fails its batch with SL_EUNAVAIL and
  * reconnects with exponential backoff (100 ms .. 5 s, with jitter). While no
  * connection is up, new batches fail at once with SL_EUNAVAIL (callers answer

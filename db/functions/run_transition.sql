@@ -16,6 +16,19 @@
 -- a dataset's seqs commit in order, so an SSE replay of "seq > last id" never
 -- skips one that commits later (docs/internals/sse.md).
 --
+-- Lock order: the file's row first, then the run's. DELETE /v1/files/{id}
+-- (api/files.c) locks the file row FOR UPDATE, then deletes the runs by
+-- cascade; a transition that took the run's row first (the UPDATE) and the
+-- file's after (the run_events foreign key check, KEY SHARE) closed a cycle
+-- with it, and Postgres aborted one of the two with 40P01. So the first
+-- statement takes the file row's KEY SHARE lock — the one the foreign key
+-- check takes anyway, so it waits only for a delete of the file (or a change
+-- of its id), not for updates of its other columns. When the delete commits
+-- first the row is gone, the lock finds nothing, the UPDATE finds no run (the
+-- cascade took it) and the transition returns no rows, as for a lost lease.
+-- Artifacts and records (actors/lua_run.c) take the file's row before the
+-- run's too: their file_id key comes before run_id.
+--
 -- Returns the inserted run_events rows, in seq order.
 CREATE OR REPLACE FUNCTION sluice_run_transition(
     p_run uuid, p_owner text, p_step text, p_attempt int, p_ctx jsonb, p_state text,
@@ -23,6 +36,8 @@ CREATE OR REPLACE FUNCTION sluice_run_transition(
     p_wait_s double precision, p_flow_version text, p_events json)
 RETURNS SETOF run_events
 LANGUAGE sql VOLATILE AS $$
+    SELECT 1 FROM files f WHERE f.id = (SELECT r.file_id FROM runs r WHERE r.id = p_run)
+    FOR KEY SHARE OF f;
     WITH u AS (
         UPDATE runs SET step = coalesce(p_step, step), attempt = p_attempt, ctx = p_ctx,
             state = p_state, chain_start = p_chain_start, chain_transient = p_chain_transient,

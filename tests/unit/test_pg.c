@@ -479,6 +479,142 @@ static void test_functions_upgrade(void)
     drop_schema("sl_t_fresh");
 }
 
+/* ---- DELETE /v1/files/{id} against a run's commit: one lock order ---- */
+
+/* A blocking connection in the current schema (PGOPTIONS), or NULL. Returns owned. */
+static PGconn *blocking_conn(void)
+{
+    PGconn *pc = PQconnectdb(conninfo);
+    if (PQstatus(pc) != CONNECTION_OK) {
+        fprintf(stderr, "connect: %s\n", PQerrorMessage(pc));
+        PQfinish(pc);
+        return NULL;
+    }
+    PQsetNoticeProcessor(pc, pgtmp_quiet_notice, NULL);
+    return pc;
+}
+
+/* Runs sql on pc; returns its status and copies the SQLSTATE of a failure into st. */
+static ExecStatusType exec_st(PGconn *pc, const char *sql, char *st, size_t cap)
+{
+    PGresult *r = PQexec(pc, sql);
+    ExecStatusType s = PQresultStatus(r);
+    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    snprintf(st, cap, "%s", code ? code : "");
+    if (s == PGRES_FATAL_ERROR)
+        fprintf(stderr, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    return s;
+}
+
+/* 1 once the backend `pid` (0: any) waits for a lock (watched from pc), 0 after timeout_ms. */
+static int wait_lock_wait(PGconn *pc, int pid, int timeout_ms)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) > 0 FROM pg_stat_activity WHERE (pid = %d OR %d = 0)"
+             " AND wait_event_type = 'Lock' AND datname = current_database()",
+             pid, pid);
+    double end = now_ms() + timeout_ms;
+    while (now_ms() < end) {
+        PGresult *r = PQexec(pc, sql);
+        int waiting = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                      strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        PQclear(r);
+        if (waiting)
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+/*
+ * The DELETE of api/files.c and sluice_run_transition, interleaved at the
+ * point that deadlocked: the DELETE holds the file row (FOR UPDATE, its first
+ * statement) while the transition of one of the file's runs is under way,
+ * then deletes the file (cascading to the run). With the transition taking
+ * the run's row first and the file's only for its events' foreign key, each
+ * waited for the other and Postgres aborted one with 40P01. Both must finish:
+ * the delete commits, the transition finds no run (file deleted) and writes
+ * nothing. Fails (40P01, after deadlock_timeout) without the lock order of
+ * db/functions/run_transition.sql.
+ */
+static void test_delete_vs_transition(void)
+{
+    char err[512], v[512], st[8];
+    PGconn *del = NULL, *run = NULL, *watch = NULL;
+
+    use_schema("sl_t_deadlock");
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    sql_scalar(FIXTURE_SQL, v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+    sql_scalar("SELECT count(*) FROM sluice_claim_runs('inst-a', 10, 30, 16, '{}')", v, sizeof v);
+    CHECK_STREQ(v, "1"); /* run ...0006, running under inst-a's lease */
+    del = blocking_conn();
+    run = blocking_conn();
+    watch = blocking_conn();
+    CHECK(del && run && watch);
+    if (!del || !run || !watch)
+        goto out;
+
+    /* the DELETE's transaction, up to its row lock (api/files.c route_delete) */
+    CHECK(exec_st(del, "BEGIN", st, sizeof st) == PGRES_COMMAND_OK);
+    CHECK(exec_st(del,
+                  "SELECT 1 FROM files WHERE tenant_id = '00000000-0000-4000-8000-000000000001'"
+                  " AND id = '00000000-0000-4000-8000-000000000003' FOR UPDATE",
+                  st, sizeof st) == PGRES_TUPLES_OK);
+    /* the run commits a step meanwhile (actors/run.c COMMIT_SQL), and waits */
+    CHECK(PQsendQuery(run, "SELECT count(*) FROM sluice_run_transition("
+                           "'00000000-0000-4000-8000-000000000006', 'inst-a', 'thumb', 1, '{}',"
+                           " 'succeeded', NULL, false, 0, NULL, 0, 'v1',"
+                           " '[{\"step\": \"thumb\", \"kind\": \"step_succeeded\"},"
+                           "   {\"step\": null, \"kind\": \"succeeded\"}]')") == 1);
+    CHECK(wait_lock_wait(watch, PQbackendPID(run), 5000));
+    /* the rest of the DELETE: it must not wait on the transition (a cycle) */
+    CHECK(exec_st(del,
+                  "SELECT storage_key FROM artifacts WHERE tenant_id = "
+                  "'00000000-0000-4000-8000-000000000001' AND file_id = "
+                  "'00000000-0000-4000-8000-000000000003'",
+                  st, sizeof st) == PGRES_TUPLES_OK);
+    CHECK(exec_st(del,
+                  "DELETE FROM files WHERE tenant_id = '00000000-0000-4000-8000-000000000001'"
+                  " AND id = '00000000-0000-4000-8000-000000000003'"
+                  " RETURNING storage_key, dataset_id",
+                  st, sizeof st) == PGRES_TUPLES_OK);
+    CHECK_STREQ(st, "");
+    ExecStatusType cs = exec_st(del, "COMMIT", st, sizeof st);
+    CHECK(cs == PGRES_COMMAND_OK);
+
+    /* the transition: no error, and no row (the run went with its file) */
+    PGresult *r, *got = NULL;
+    while ((r = PQgetResult(run)) != NULL) {
+        if (!got)
+            got = r;
+        else
+            PQclear(r);
+    }
+    CHECK(got != NULL);
+    if (got) {
+        const char *code = PQresultErrorField(got, PG_DIAG_SQLSTATE);
+        if (PQresultStatus(got) != PGRES_TUPLES_OK)
+            fprintf(stderr, "transition: %s", PQresultErrorMessage(got));
+        CHECK(PQresultStatus(got) == PGRES_TUPLES_OK);
+        CHECK_STREQ(code ? code : "", "");
+        if (PQresultStatus(got) == PGRES_TUPLES_OK)
+            CHECK_STREQ(PQgetvalue(got, 0, 0), "0");
+        PQclear(got);
+    }
+    sql_scalar("SELECT (SELECT count(*) FROM files) || ' ' || (SELECT count(*) FROM runs) || ' '"
+               " || (SELECT count(*) FROM run_events)",
+               v, sizeof v);
+    CHECK_STREQ(v, "0 0 0");
+out:
+    PQfinish(del);
+    PQfinish(run);
+    PQfinish(watch);
+    drop_schema("sl_t_deadlock");
+}
+
 static void test_args(sl_pg_t *pg)
 {
     sl_pg_t *bad = NULL;
@@ -610,6 +746,93 @@ static void test_atomic(sl_pg_t *pg)
     CHECK(query(pg, &q, "SELECT v FROM sl_pg_test WHERE k = $1", 1, pk2) == 0);
     CHECK(wait_int(&q.called, 1, 5000));
     CHECK(strcmp(q.val0[0], "first") == 0);
+}
+
+/*
+ * A batch that loses a deadlock (40P01) or a serialization race (40001) is
+ * run again, at most 3 times, before its callback sees the error; other
+ * errors are not retried.
+ */
+static void test_retry(sl_pg_t *pg)
+{
+    q_t q;
+    char v[128], st[8];
+
+    sql_scalar("DROP SEQUENCE IF EXISTS sl_pg_retry_seq", v, sizeof v);
+    sql_scalar("CREATE SEQUENCE sl_pg_retry_seq", v, sizeof v);
+    CHECK_STREQ(v, "<ok>");
+
+    /* always 40001: one run and three re-runs (a sequence is not rolled back), then the error */
+    q_t f = {0};
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    sl_pg_batch_add(b, "SELECT nextval('sl_pg_retry_seq')", 0, NULL);
+    sl_pg_batch_add(b, "DO $$BEGIN RAISE EXCEPTION 'busy' USING ERRCODE = "
+                       "'serialization_failure'; END$$",
+                    0, NULL);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &f) == 0);
+    f.returned = 1;
+    CHECK(wait_int(&f.called, 1, 5000));
+    CHECK_EQ(f.called, 1);
+    CHECK(f.err == SL_EDB);
+    CHECK_STREQ(f.sqlstate, "40001");
+    sql_scalar("SELECT last_value FROM sl_pg_retry_seq", v, sizeof v);
+    CHECK_STREQ(v, "4");
+
+    /* another error: run once */
+    memset(&f, 0, sizeof f);
+    b = sl_pg_batch_new(pg);
+    sl_pg_batch_add(b, "SELECT nextval('sl_pg_retry_seq')", 0, NULL);
+    sl_pg_batch_add(b, "DO $$BEGIN RAISE EXCEPTION 'dup' USING ERRCODE = 'unique_violation'; END$$",
+                    0, NULL);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &f) == 0);
+    f.returned = 1;
+    CHECK(wait_int(&f.called, 1, 5000));
+    CHECK_STREQ(f.sqlstate, "23505");
+    sql_scalar("SELECT last_value FROM sl_pg_retry_seq", v, sizeof v);
+    CHECK_STREQ(v, "5");
+    sql_scalar("DROP SEQUENCE sl_pg_retry_seq", v, sizeof v);
+
+    /*
+     * A real deadlock: the batch takes dl_b then waits for dl_a, which x holds;
+     * x then wants dl_b. The batch waited longer, so its deadlock check runs
+     * first and Postgres aborts it; x goes on and commits; the re-run then
+     * succeeds, and the caller sees only that.
+     */
+    const char *p0[] = {"dl_a", "dl_b"};
+    CHECK(query(pg, &q, "INSERT INTO sl_pg_test (k, v) VALUES ($1, '0'), ($2, '0')", 2, p0) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    PGconn *x = blocking_conn(), *watch = blocking_conn();
+    CHECK(x && watch);
+    if (!x || !watch)
+        goto out;
+    CHECK(exec_st(x, "BEGIN", st, sizeof st) == PGRES_COMMAND_OK);
+    CHECK(exec_st(x, "UPDATE sl_pg_test SET v = 'x' WHERE k = 'dl_a'", st, sizeof st) ==
+          PGRES_COMMAND_OK);
+    memset(&f, 0, sizeof f);
+    b = sl_pg_batch_new(pg);
+    sl_pg_batch_add(b, "UPDATE sl_pg_test SET v = v || 'p' WHERE k = 'dl_b'", 0, NULL);
+    sl_pg_batch_add(b, "UPDATE sl_pg_test SET v = v || 'p' WHERE k = 'dl_a'", 0, NULL);
+    sl_pg_batch_add(b, "SELECT string_agg(v, ',' ORDER BY k) FROM sl_pg_test "
+                       "WHERE k IN ('dl_a', 'dl_b')",
+                    0, NULL);
+    CHECK(sl_pg_batch_exec(b, rec_cb, &f) == 0);
+    f.returned = 1;
+    for (int i = 0; i < 5; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK(wait_lock_wait(watch, 0, 5000));
+    usleep(300000);
+    CHECK(exec_st(x, "UPDATE sl_pg_test SET v = 'x' WHERE k = 'dl_b'", st, sizeof st) ==
+          PGRES_COMMAND_OK); /* the batch was the one aborted */
+    CHECK(exec_st(x, "COMMIT", st, sizeof st) == PGRES_COMMAND_OK);
+    CHECK(wait_int(&f.called, 1, 5000));
+    CHECK_EQ(f.called, 1);
+    CHECK(f.err == 0);
+    CHECK_STREQ(f.sqlstate, "");
+    CHECK_STREQ(f.val0[2], "xp,xp"); /* ran after x's commit, once */
+out:
+    PQfinish(x);
+    PQfinish(watch);
 }
 
 #define NCONC 200
@@ -916,6 +1139,7 @@ int main(void)
     test_functions();
     test_functions_upgrade();
     test_engine_sql();
+    test_delete_vs_transition();
     sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
     sql_scalar("CREATE TABLE sl_pg_test (k text PRIMARY KEY, v text)", v, sizeof v);
     CHECK(strcmp(v, "<ok>") == 0);
@@ -936,6 +1160,7 @@ int main(void)
     test_three(pg);
     test_prepared(pg);
     test_atomic(pg);
+    test_retry(pg);
     test_concurrent(pg);
     test_params(pg);
     test_statement_timeout();

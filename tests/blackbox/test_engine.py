@@ -227,8 +227,8 @@ def test_delete_cancels_the_run_in_the_engine(start_server, tmp_path):
     t = srv.create_tenant("del")
     ds = t.create_dataset()["id"]
     fid = upload_text(t, ds)
-    # Wait until the step sleeps (its step_started committed): a DELETE racing
-    # the run's own commit can deadlock in Postgres (a 500; reported apart).
+    # Wait until the step sleeps (its step_started committed), so the DELETE meets
+    # a run in flight (test_races.py covers a DELETE racing the commits).
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         evs = t.get("/v1/files/%s/events" % fid).json()["events"]

@@ -481,8 +481,11 @@ def test_process_idempotency_key_replays(server, tenant):
     r1 = tenant.post("/v1/files/%s/process" % fid, json={"pipelines": ["ai_record"]}, headers=hdr)
     assert r1.status_code == 202, r1.text
     assert run_count(server, fid, "ai_record") == 1
-    # Let the first run finish if a scheduler runs it: a replay must still start nothing.
-    psql(server, "UPDATE runs SET state = 'succeeded' WHERE file_id = %s" % q(fid))
+    # End the first run as if it had finished: a replay must still start nothing. The
+    # lease goes too, or an engine holding the run would commit its next step over
+    # this state and the run would still be active when r3 asks for new work.
+    psql(server, "UPDATE runs SET state = 'succeeded', lease_owner = NULL, lease_until = NULL"
+         " WHERE file_id = %s" % q(fid))
     r2 = tenant.post("/v1/files/%s/process" % fid, json={"pipelines": ["ai_record"]}, headers=hdr)
     assert r2.status_code == 202, r2.text
     assert r2.content == r1.content

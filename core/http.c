@@ -1004,17 +1004,6 @@ static int req_due_pending(const sl_http_req_t *r)
     return r->body_due && !r->body_delivered && (!r->finished || r->deliver_after_finish);
 }
 
-/* The current request is finished and all its callbacks are delivered. */
-/*
- * The socket's read low-water mark while a streamed body with a known length
- * arrives: the kernel then wakes the loop once SL_HTTP_BODY_LOWAT bytes (or
- * the rest of the body, if less) are queued, instead of for every segment the
- * sender wrote (~4 KiB per read with 50 senders): fewer reads, callbacks and
- * window updates per byte. Never more than the body still owes, so it cannot
- * wait for bytes that will not come; back to 1 for everything else (headers,
- * pipelined requests, chunked bodies). A sender slower than the mark over a
- * whole body timeout loses it (conn_timer_cb), so a trickle is not cut.
- */
 /* Bytes of a streamed, length-delimited body still to come from the socket
  * (0 for anything else). */
 static uint64_t conn_body_rest(conn_t *c)
@@ -1028,6 +1017,16 @@ static uint64_t conn_body_rest(conn_t *c)
     return (uint64_t)r->content_length > have ? (uint64_t)r->content_length - have : 0;
 }
 
+/*
+ * The socket's read low-water mark while a streamed body with a known length
+ * arrives: the kernel then wakes the loop once SL_HTTP_BODY_LOWAT bytes (or
+ * the rest of the body, if less) are queued, instead of for every segment the
+ * sender wrote (~4 KiB per read with 50 senders): fewer reads, callbacks and
+ * window updates per byte. Never more than the body still owes, so it cannot
+ * wait for bytes that will not come; back to 1 for everything else (headers,
+ * pipelined requests, chunked bodies). A sender slower than the mark over a
+ * whole body timeout loses it (conn_timer_cb), so a trickle is not cut.
+ */
 static void conn_update_lowat(conn_t *c)
 {
     int want = 1;
@@ -1059,6 +1058,7 @@ static void conn_update_lowat(conn_t *c)
     c->lowat = want;
 }
 
+/* The current request is finished and all its callbacks are delivered. */
 static void conn_req_done(conn_t *c)
 {
     sl_http_req_t *r = c->req;
@@ -1245,6 +1245,7 @@ static void conn_read_body(conn_t *c)
     }
     ssize_t r;
     do {
+        /* evbuffer_iovec is struct iovec's layout on POSIX systems. */
         r = readv(bufferevent_getfd(c->bev), (struct iovec *)v, n);
     } while (r < 0 && errno == EINTR);
     if (r <= 0) {

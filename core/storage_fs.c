@@ -882,12 +882,12 @@ static void writer_kick(fs_writer_t *w)
 
 /*
  * Copies bytes into chunks that end at multiples of FS_CHUNK in the file, so
- * every write(2) but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset
- * (whole large folios in the page cache: no partial-folio zeroing, and a copy
- * several times cheaper than with odd-sized writes; see storage.md). The chunk
- * being filled belongs to the loop, so the copy takes no lock; the writer's
- * mutex is taken once per chunk, to queue it (and, if none is waiting, a
- * write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
+ * every chunk but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset:
+ * it can go to the device with O_DIRECT (and, buffered, it covers whole large
+ * folios: no partial-folio zeroing; see storage.md). The chunk being filled
+ * belongs to the loop, so the copy takes no lock; the writer's mutex is taken
+ * once per chunk, to queue it (and, once FS_JOB_MIN bytes wait and none is
+ * waiting, a write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
  * thousand small uploads at once), waiting for full chunks would hold up to FS_CHUNK per upload:
  * then every write is queued at once, in a chunk sized to the data.
  */

@@ -32,12 +32,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define FS_TMP_DIR ".tmp"
 #define FS_CHUNK (64 * 1024) /* chunks end at multiples of this in the file: aligned writes */
 #define FS_BATCH_WRITERS 64  /* up to this many open writers, only whole chunks are written */
-#define FS_SPARE_MAX 32      /* whole chunks the loop keeps for reuse (2 MiB) */
+#define FS_SPARE_MAX 128     /* whole chunks the loop keeps for reuse (8 MiB) */
 /* A writer waiting for its drain must have a full chunk queued, not just a partial one. */
 _Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed FS_CHUNK");
 #define FS_HEAD_MAX (64 * 1024)         /* bytes libmagic sees: the object's first 64 KiB */
@@ -45,6 +46,9 @@ _Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed F
 #define FS_WRITEBACK_STEP (1024 * 1024) /* start write-back each time this much more is written */
 #define FS_ROOT_MAX (PATH_MAX - SL_STORE_KEY_MAX - 64) /* room for "/<key>" and ".tmp/<rnd>" */
 #define FS_PATH_MAX PATH_MAX
+#define FS_ALIGN 4096 /* O_DIRECT: buffer address, file offset and length multiples of this */
+#define FS_IOV_MAX 64 /* chunks per pwritev */
+#define FS_JOB_MIN (2 * FS_CHUNK) /* queued bytes that make a write job (fewer wake-ups, larger I/O) */
 
 /* ======================================================================
  * Generic layer
@@ -251,11 +255,32 @@ typedef struct fs_store_s {
     magic_t magic;            /* NULL until loaded; closed by fs_free */
 } fs_store_t;
 
+/*
+ * A chunk's data is FS_ALIGN-aligned (for O_DIRECT); the header sits after
+ * the data in the same allocation, so chunk_free() frees c->data.
+ */
 struct chunk_s {
     struct chunk_s *next;
     size_t len, cap;
-    char data[];
+    char *data; /* the allocation itself */
 };
+
+static chunk_t *chunk_alloc(size_t cap)
+{
+    size_t hdr_off = (cap + _Alignof(chunk_t) - 1) / _Alignof(chunk_t) * _Alignof(chunk_t);
+    void *mem = NULL;
+    if (posix_memalign(&mem, FS_ALIGN, hdr_off + sizeof(chunk_t)) != 0)
+        return NULL;
+    chunk_t *c = (chunk_t *)((char *)mem + hdr_off);
+    c->data = mem;
+    return c;
+}
+
+static void chunk_free(chunk_t *c)
+{
+    if (c)
+        free(c->data);
+}
 
 typedef struct fs_writer_s {
     sl_store_writer_t base;
@@ -265,6 +290,7 @@ typedef struct fs_writer_s {
 
     pthread_mutex_t mu;   /* guards: */
     chunk_t *head, *tail; /* complete chunks, not yet taken by a write job */
+    size_t queued;        /* bytes in that list */
     int job_queued;       /* a write job is queued that has not taken the list yet */
     atomic_int err;       /* sticky: the first I/O error (written under mu, read anywhere) */
     int aborted;
@@ -276,7 +302,8 @@ typedef struct fs_writer_s {
     int abort_sync;    /* abort could not queue its job: clean up when inflight hits 0 */
 
     /* worker (serial jobs only) */
-    int fd; /* the temp file, O_RDWR: the commit reads its head back to sniff */
+    int fd;     /* the temp file, O_RDWR: the commit reads its head back to sniff */
+    int direct; /* fd has O_DIRECT (until the first unaligned write or the sniff) */
     EVP_MD_CTX *md;
     uint64_t size;
     uint64_t wb_started; /* write-back was started for [0, wb_started) */
@@ -379,52 +406,110 @@ static int mkdir_all(const char *path)
 
 /* ---- writer: worker side ---- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t r = write(fd, p, n);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno_to_sl(errno);
-        }
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
+/*
+ * Opens the temp file with O_DIRECT where the filesystem takes it (ext4, xfs;
+ * not every tmpfs): every byte is fsynced before the commit answers anyway,
+ * so staging it in the page cache would only cost a kernel copy per byte and
+ * the write-back later. Falls back to buffered I/O.
+ */
 static int writer_open_tmp(fs_writer_t *w)
 {
     if (w->fd >= 0)
         return 0;
-    w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
+    if (w->fd >= 0) {
+        w->direct = 1;
+        return 0;
+    }
+    if (errno == EINVAL) {
+        unlink(w->tmp_path); /* some filesystems create the file, then refuse the flag */
+        w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    }
     if (w->fd < 0)
         return SL_EIO; /* even ENOENT (no .tmp dir) is an I/O error here */
     return 0;
 }
 
-static int writer_write_chunk(fs_writer_t *w, const chunk_t *c)
+/* Drops O_DIRECT for the rest of the file's life (an unaligned tail, the sniff). */
+static int writer_buffered(fs_writer_t *w)
 {
+    if (!w->direct)
+        return 0;
+    int fl = fcntl(w->fd, F_GETFL);
+    if (fl < 0 || fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) != 0)
+        return SL_EIO;
+    w->direct = 0;
+    w->wb_started = w->size; /* what came before is on the device already */
+    return 0;
+}
+
+/* pwritev until done (EINTR, short writes); advances v in place. */
+static int pwritev_all(int fd, struct iovec *v, int n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t r = pwritev(fd, v, n, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno_to_sl(errno);
+        }
+        if (r == 0)
+            return SL_EIO;
+        off += (uint64_t)r;
+        while (n > 0 && (size_t)r >= v->iov_len) {
+            r -= (ssize_t)v->iov_len;
+            v++;
+            n--;
+        }
+        if (n > 0) {
+            v->iov_base = (char *)v->iov_base + r;
+            v->iov_len -= (size_t)r;
+        }
+    }
+    return 0;
+}
+
+static int chunk_aligned(const chunk_t *c, uint64_t off)
+{
+    return off % FS_ALIGN == 0 && c->len % FS_ALIGN == 0;
+}
+
+/*
+ * Hashes and writes `n` chunks that follow each other in the file, from
+ * w->size on, with one pwritev (O_DIRECT if they are all aligned; the first
+ * unaligned one switches the file to buffered I/O for good).
+ */
+static int writer_write_chunks(fs_writer_t *w, chunk_t *const *cs, int n)
+{
+    struct iovec v[FS_IOV_MAX];
+    size_t total = 0;
     int err = writer_open_tmp(w);
     if (err)
         return err;
-    if (EVP_DigestUpdate(w->md, c->data, c->len) != 1)
-        return SL_EIO;
-    err = write_all(w->fd, c->data, c->len);
-    if (err)
+    for (int i = 0; i < n; i++) {
+        if (EVP_DigestUpdate(w->md, cs[i]->data, cs[i]->len) != 1)
+            return SL_EIO;
+        if (w->direct && !chunk_aligned(cs[i], w->size + total) && (err = writer_buffered(w)) != 0)
+            return err;
+        v[i].iov_base = cs[i]->data;
+        v[i].iov_len = cs[i]->len;
+        total += cs[i]->len;
+    }
+    if ((err = pwritev_all(w->fd, v, n, w->size)) != 0)
         return err;
-    w->size += c->len;
+    w->size += total;
+    if (w->direct) /* on the device already: nothing to start */
+        return 0;
     /*
      * Start writing the new whole steps back now (asynchronous: it queues the
      * I/O and returns), so the dirty data of a big object is mostly on disk by
      * the time the commit's fsync waits for it. Advisory: a failure here shows
      * again at that fsync (the file's writeback error is sampled at open).
      */
-    uint64_t n = sl_store_fs_writeback_len(w->size, w->wb_started);
-    if (n > 0) {
-        (void)sync_file_range(w->fd, (off_t)w->wb_started, (off_t)n, SYNC_FILE_RANGE_WRITE);
-        w->wb_started += n;
+    uint64_t wb = sl_store_fs_writeback_len(w->size, w->wb_started);
+    if (wb > 0) {
+        (void)sync_file_range(w->fd, (off_t)w->wb_started, (off_t)wb, SYNC_FILE_RANGE_WRITE);
+        w->wb_started += wb;
     }
     return 0;
 }
@@ -444,6 +529,7 @@ static size_t writer_flush(fs_writer_t *w, chunk_t **used)
     pthread_mutex_lock(&w->mu);
     chunk_t *list = w->head;
     w->head = w->tail = NULL;
+    w->queued = 0;
     w->job_queued = 0;
     int err = w->err;
     int aborted = w->aborted;
@@ -451,17 +537,23 @@ static size_t writer_flush(fs_writer_t *w, chunk_t **used)
 
     size_t bytes = 0;
     while (list) {
-        chunk_t *next = list->next;
-        if (!err && !aborted)
-            err = writer_write_chunk(w, list);
-        bytes += list->len;
-        if (used) {
-            list->next = *used;
-            *used = list;
-        } else {
-            free(list);
+        chunk_t *batch[FS_IOV_MAX];
+        int n = 0;
+        while (list && n < FS_IOV_MAX) {
+            batch[n++] = list;
+            list = list->next;
         }
-        list = next;
+        if (!err && !aborted)
+            err = writer_write_chunks(w, batch, n);
+        for (int i = 0; i < n; i++) {
+            bytes += batch[i]->len;
+            if (used) {
+                batch[i]->next = *used;
+                *used = batch[i];
+            } else {
+                chunk_free(batch[i]);
+            }
+        }
     }
     if (err) {
         pthread_mutex_lock(&w->mu);
@@ -528,6 +620,8 @@ static void commit_work(void *arg)
 
     if ((err = writer_open_tmp(w)) != 0) /* a 0-byte object was never opened */
         goto out;
+    if ((err = writer_buffered(w)) != 0) /* the sniff's pread is not aligned */
+        goto out;
     sniff_mime(w); /* before the fsync: the cookie is never held across one */
     if (fsync(w->fd) != 0) {
         err = SL_EIO;
@@ -589,11 +683,11 @@ static void abort_work(void *arg)
 
 static void writer_free(fs_writer_t *w)
 {
-    free(w->fill);
+    chunk_free(w->fill);
     chunk_t *c = w->head;
     while (c) {
         chunk_t *next = c->next;
-        free(c);
+        chunk_free(c);
         c = next;
     }
     if (w->fd >= 0)
@@ -611,7 +705,7 @@ static void chunk_release(fs_store_t *fs, chunk_t *c)
         fs->spare = c;
         fs->nspare++;
     } else {
-        free(c);
+        chunk_free(c);
     }
 }
 
@@ -622,7 +716,7 @@ static chunk_t *chunk_new(fs_store_t *fs, size_t cap)
         c = fs->spare;
         fs->spare = c->next;
         fs->nspare--;
-    } else if ((c = malloc(sizeof *c + cap)) == NULL) {
+    } else if ((c = chunk_alloc(cap)) == NULL) {
         return NULL;
     }
     c->next = NULL;
@@ -630,6 +724,8 @@ static chunk_t *chunk_new(fs_store_t *fs, size_t cap)
     c->cap = cap;
     return c;
 }
+
+static void writer_kick(fs_writer_t *w);
 
 static void write_done(void *arg)
 {
@@ -649,6 +745,8 @@ static void write_done(void *arg)
         writer_free(w);
         return;
     }
+    if (w->inflight == 0 && w->base.above_high && w->base.state == W_OPEN)
+        writer_kick(w); /* the producer may be paused on this writer */
     sl_store__written(&w->base, bytes);
 }
 
@@ -708,31 +806,12 @@ fail:
     return err;
 }
 
-/*
- * Queues c (complete, or the last of the object) for a write job, and queues
- * one unless one is waiting already. Loop thread. On failure to queue the job
- * the writer gets a sticky SL_ENOMEM (its bytes are then dropped).
- */
-static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
+/* Submits the write job that the caller claimed (job_queued) under w->mu.
+ * Loop thread. On failure the writer gets a sticky error (its bytes are then
+ * dropped). */
+static int writer_submit(fs_writer_t *w)
 {
-    int err = 0, submit = 0;
-    pthread_mutex_lock(&w->mu);
-    c->next = NULL;
-    if (w->tail)
-        w->tail->next = c;
-    else
-        w->head = c;
-    w->tail = c;
-    if (need_job && !w->job_queued) {
-        /* Claimed here, submitted after the unlock: the worker that picks the
-         * job up takes w->mu first thing, and must not find the loop in it.
-         * Only the loop pushes, so nothing slips in between. */
-        w->job_queued = 1;
-        submit = 1;
-    }
-    pthread_mutex_unlock(&w->mu);
-    if (!submit)
-        return 0;
+    int err;
     fs_wjob_t *j = malloc(sizeof *j);
     if (j) {
         j->w = w;
@@ -755,14 +834,60 @@ static int writer_push(fs_writer_t *w, chunk_t *c, int need_job)
     return 0;
 }
 
+enum { PUSH_HOLD, PUSH_BATCH, PUSH_NOW };
+
+/*
+ * Queues c (complete, or the last of the object) for a write job. PUSH_BATCH
+ * queues a job once FS_JOB_MIN bytes wait and none is queued (fewer wake-ups
+ * and larger writes); PUSH_NOW whenever none is queued (many writers: eager);
+ * PUSH_HOLD never (the commit job writes it). Loop thread.
+ */
+static int writer_push(fs_writer_t *w, chunk_t *c, int mode)
+{
+    int submit = 0;
+    pthread_mutex_lock(&w->mu);
+    c->next = NULL;
+    if (w->tail)
+        w->tail->next = c;
+    else
+        w->head = c;
+    w->tail = c;
+    w->queued += c->len;
+    if (mode != PUSH_HOLD && !w->job_queued && (mode == PUSH_NOW || w->queued >= FS_JOB_MIN)) {
+        /* Claimed here, submitted after the unlock: the worker that picks the
+         * job up takes w->mu first thing, and must not find the loop in it.
+         * Only the loop pushes, so nothing slips in between. */
+        w->job_queued = 1;
+        submit = 1;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return submit ? writer_submit(w) : 0;
+}
+
+/*
+ * Queues a job for whatever waits in the list, if none is queued. Loop. For
+ * write_done: a paused producer waits for the drain, and a list below
+ * FS_JOB_MIN that no job will take could keep pending above the drain mark.
+ */
+static void writer_kick(fs_writer_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int submit = w->head && !w->job_queued && !w->err && !w->aborted;
+    if (submit)
+        w->job_queued = 1;
+    pthread_mutex_unlock(&w->mu);
+    if (submit)
+        (void)writer_submit(w);
+}
+
 /*
  * Copies bytes into chunks that end at multiples of FS_CHUNK in the file, so
- * every write(2) but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset
- * (whole large folios in the page cache: no partial-folio zeroing, and a copy
- * several times cheaper than with odd-sized writes; see storage.md). The chunk
- * being filled belongs to the loop, so the copy takes no lock; the writer's
- * mutex is taken once per chunk, to queue it (and, if none is waiting, a
- * write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
+ * every chunk but the last is FS_CHUNK bytes at an FS_CHUNK-aligned offset:
+ * it can go to the device with O_DIRECT (and, buffered, it covers whole large
+ * folios: no partial-folio zeroing; see storage.md). The chunk being filled
+ * belongs to the loop, so the copy takes no lock; the writer's mutex is taken
+ * once per chunk, to queue it (and, once FS_JOB_MIN bytes wait and none is
+ * waiting, a write job is submitted after the unlock). With more than FS_BATCH_WRITERS writers open (a
  * thousand small uploads at once), waiting for full chunks would hold up to FS_CHUNK per upload:
  * then every write is queued at once, in a chunk sized to the data.
  */
@@ -813,7 +938,7 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
         w->accepted += n;
         if (c->len == c->cap || (eager && len == 0)) {
             w->fill = NULL;
-            if ((err = writer_push(w, c, 1)) != 0)
+            if ((err = writer_push(w, c, eager ? PUSH_NOW : PUSH_BATCH)) != 0)
                 break;
         }
     }
@@ -829,7 +954,7 @@ static int fs_commit(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
     if (w->fill) { /* the partly filled last chunk: the commit job writes it */
-        (void)writer_push(w, w->fill, 0);
+        (void)writer_push(w, w->fill, PUSH_HOLD);
         w->fill = NULL;
     }
     int err = sl_workq_submit(base->st->wq, w, commit_work, commit_done, w);
@@ -844,7 +969,7 @@ static void fs_abort(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
     ((fs_store_t *)base->st)->open_writers--;
-    free(w->fill);
+    chunk_free(w->fill);
     w->fill = NULL;
     pthread_mutex_lock(&w->mu);
     w->aborted = 1; /* queued write jobs now drop their bytes */
@@ -1027,7 +1152,7 @@ static void fs_free(sl_store_t *st)
     fs_store_t *fs = (fs_store_t *)st;
     while (fs->spare) {
         chunk_t *next = fs->spare->next;
-        free(fs->spare);
+        chunk_free(fs->spare);
         fs->spare = next;
     }
     if (fs->magic)

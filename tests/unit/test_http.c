@@ -839,10 +839,13 @@ static void test_stream_pause(int port)
     client_send(c, head);
     bufferevent_write(c->bev, big, total);
     free(big);
-    g_want = 1;
+    /* Pipelined behind the body: the body's reads must stop at its end. */
+    client_send(c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    g_want = 2;
     run_until(pred_nresp, c, 60000);
-    CHECK(c->nresp == 1);
+    CHECK(c->nresp == 2);
     CHECK(c->resp[0].status == 200);
+    CHECK(c->resp[1].status == 200);
     CHECK(strtoull(c->resp[0].body, NULL, 10) == total);
     CHECK(g_st.off == total);
     CHECK(g_st.ended == 1 && g_st.end_err == 0);
@@ -1001,6 +1004,34 @@ static void test_body_timeout(int port)
     CHECK(wait_int(&g_dc.responded, 1));
     CHECK(c->nresp == 0); /* the late response went nowhere */
     CHECK(g_dc.closes == 1);
+    client_free(c);
+    event_free(g_dc.ev);
+}
+
+/*
+ * A streamed body is read with a 64 KiB low-water mark on the socket; a
+ * sender that trickles below it must not be taken for a silent one: each
+ * gap here is shorter than the 100 ms body timeout.
+ */
+static void test_body_trickle(int port)
+{
+    memset(&g_dc, 0, sizeof g_dc);
+    g_dc.ev = evtimer_new(g_base, dc_respond_cb, NULL);
+    client_t *c = client_new(port);
+    client_send(c, "POST /stream-dc HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    spin(30);
+    for (int i = 0; i < 6; i++) {
+        client_send(c, "0123456789");
+        spin(60);
+    }
+    CHECK(g_dc.ends == 0);
+    CHECK(g_dc.bytes == 60);
+    /* Then it stops: that is a timeout. */
+    CHECK(wait_int(&g_dc.ends, 1));
+    CHECK(g_dc.end_err == SL_ETIMEDOUT);
+    CHECK(g_dc.bytes == 60);
+    CHECK(wait_eof(c));
+    CHECK(wait_int(&g_dc.responded, 1));
     client_free(c);
     event_free(g_dc.ev);
 }
@@ -1320,6 +1351,7 @@ int main(void)
     test_streamed_response(p1);
     test_header_timeout(sl_http_server_port(s2));
     test_body_timeout(sl_http_server_port(s2));
+    test_body_trickle(sl_http_server_port(s2));
     test_overload(sl_http_server_port(s3));
 
     test_free_inflight(s1, p1);

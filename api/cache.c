@@ -406,14 +406,34 @@ void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id
 /* ---- publishing ---- */
 
 typedef struct pub_ctx_s {
+    sl_cache_t *c; /* borrowed: outlives its requests (freed after the loop ends) */
     sl_cache_done_cb done;
     void *arg;
+    int pinged; /* the PING after the PUBLISH has been answered, or was not sent */
 } pub_ctx_t;
 
+/*
+ * The PUBLISH is answered: send one PING and call back on its answer. Redis
+ * replies to the publisher in the same write pass (beforeSleep) as it writes
+ * the message to every subscriber, and that pass may write the publisher's
+ * reply first; by the time Redis answers a command sent after that reply, the
+ * pass has ended, so the message is on every subscriber's socket (and, on
+ * loopback, in its receive buffer) before the writer answers its client. A
+ * reader drains its socket before answering from cache (sl_redis_poll), which
+ * closes the loop: test_cache's cross-instance rule failed without the PING
+ * once in a few thousand rounds on a busy machine.
+ */
 static void pub_reply_cb(void *reply, void *arg)
 {
     pub_ctx_t *p = arg;
-    (void)reply; /* an answer or NULL (connection gone): the caller goes on either way */
+    if (reply && !p->pinged) {
+        p->pinged = 1;
+        const char *argv[] = {"PING"};
+        size_t lens[] = {4};
+        if (p->c->pub && sl_redis_request(p->c->pub, pub_reply_cb, p, 1, argv, lens) == 0)
+            return;
+    }
+    /* An answer, or NULL (connection gone): the caller goes on either way. */
     sl_cache_done_cb done = p->done;
     void *darg = p->arg;
     free(p);
@@ -435,8 +455,10 @@ static int publish(sl_cache_t *c, struct event_base *base, const char *channel, 
     pub_ctx_t *p = malloc(sizeof *p);
     if (!p)
         return SL_ENOMEM;
+    p->c = c;
     p->done = done;
     p->arg = arg;
+    p->pinged = 0;
     const char *argv[] = {"PUBLISH", channel, msg};
     size_t lens[] = {7, strlen(channel), strlen(msg)};
     if (c->pub && sl_redis_request(c->pub, pub_reply_cb, p, 3, argv, lens) == 0)

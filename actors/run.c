@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -614,7 +615,12 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);
     r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
-    snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s", r->ctx.tmp_root, r->id);
+    /* One scratch dir per actor, not per run: an actor that lost its commit
+     * removes its dir (rm -rf on a worker) while the run may already run again
+     * here, in a new actor that must not share it (found by the faults pass). */
+    static unsigned actor_seq;
+    snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id, (long)getpid(),
+             ++actor_seq);
     if (!r->ctx_json || !r->file_json || !r->timer) {
         free(rs);
         run_free(r);

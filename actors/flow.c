@@ -988,6 +988,9 @@ int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t 
     f->env_ref = ld->env_ref;
     ld->env_ref = LUA_NOREF;
     sl_sha256_hex(buf, len, f->version);
+    f->source = buf; /* moved */
+    f->source_len = len;
+    buf = NULL;
     f->nsteps = ld->nsteps;
     for (int i = 0; i < ld->nsteps; i++) {
         f->steps[i] = ld->steps[i].st;
@@ -1041,6 +1044,7 @@ void sl_flow_unref(sl_flow_t *f)
     free(f->name);
     free(f->path);
     free(f->start);
+    free(f->source);
     free(f);
 }
 
@@ -1057,6 +1061,12 @@ const char *sl_flow_name(const sl_flow_t *f)
 const char *sl_flow_path(const sl_flow_t *f)
 {
     return f->path;
+}
+
+const char *sl_flow_source(const sl_flow_t *f, size_t *len)
+{
+    *len = f->source_len;
+    return f->source;
 }
 
 const char *sl_flow_start(const sl_flow_t *f)

@@ -100,6 +100,9 @@ void sl_flow_unref(sl_flow_t *f);
 const char *sl_flow_version(const sl_flow_t *f);
 const char *sl_flow_name(const sl_flow_t *f);
 const char *sl_flow_path(const sl_flow_t *f);
+/** The bytes the flow was compiled from (borrowed from f; len set), whose
+ *  sha256 hex is sl_flow_version(f). */
+const char *sl_flow_source(const sl_flow_t *f, size_t *len);
 const char *sl_flow_start(const sl_flow_t *f);
 int sl_flow_nsteps(const sl_flow_t *f);
 /** Steps in definition order (i < nsteps), or by name (NULL if none). Borrowed from f. */

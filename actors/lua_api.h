@@ -71,6 +71,8 @@ struct sl_flow_s {
     int refs;
     char *name, *path, *start;
     char version[65];
+    char *source; /* owned: the bytes compiled (version is their sha256) */
+    size_t source_len;
     int nsteps;
     sl_flow_step_t *steps; /* sorted by line (definition order) */
     int *run_refs;         /* registry refs of each step's run function */

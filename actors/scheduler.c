@@ -40,7 +40,6 @@
 
 #define MAX_PIPELINES 32
 #define MAX_PINNED 32                 /* older flow versions held for taken-over runs */
-#define FLOW_SOURCE_MAX (1024 * 1024) /* SL_FLOW_MAX_FILE: what sl_flow_load accepts */
 
 typedef struct pipeline_flow_s {
     char name[64];
@@ -416,34 +415,6 @@ sl_pubsub_t *sl_sched_pubsub(const sl_sched_t *s)
 
 /* ---- flow versions: every loaded flow's source, for taken-over runs ---- */
 
-/* Reads a whole file of at most FLOW_SOURCE_MAX bytes. Returns owned (NUL-terminated) or NULL. */
-static char *read_source(const char *path, size_t *len)
-{
-    struct stat st;
-    char *buf = NULL;
-    size_t n = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > FLOW_SOURCE_MAX ||
-        (buf = malloc((size_t)st.st_size + 1)) == NULL)
-        goto out;
-    while (n < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    *len = n;
-out:
-    close(fd);
-    return buf;
-}
-
 static void flow_stored_cb(const sl_pg_result_t *r, void *arg)
 {
     if (query_done(arg))
@@ -454,31 +425,26 @@ static void flow_stored_cb(const sl_pg_result_t *r, void *arg)
 
 /*
  * Stores the source of p's flow in flow_versions (once per version: ON
- * CONFLICT DO NOTHING). The file is read again here (a small, rare, blocking
- * read, as sl_flow_load's); if it changed since it was loaded, its hash is
- * not the version and nothing is stored: that version cannot be pinned.
+ * CONFLICT DO NOTHING): the bytes sl_flow_load compiled, whose sha256 is the
+ * version. A source with a NUL byte can't be a text parameter: not stored,
+ * so that version cannot be pinned.
  */
 static void store_flow(sl_sched_t *s, pipeline_flow_t *p)
 {
     size_t len = 0;
-    char hash[65];
-    char *src;
+    const char *src;
 
     if (p->stored || !s->started || s->stopping)
         return;
     p->stored = 1;
-    src = read_source(sl_flow_path(p->flow), &len);
-    if (!src)
-        return;
-    sl_sha256_hex(src, len, hash);
-    if (strcmp(hash, sl_flow_version(p->flow)) == 0 && strlen(src) == len) {
-        const char *params[] = {hash, p->name, src};
+    src = sl_flow_source(p->flow, &len);
+    if (src && strlen(src) == len) {
+        const char *params[] = {sl_flow_version(p->flow), p->name, src};
         send_query(s,
                    "INSERT INTO flow_versions (version, pipeline, source) VALUES ($1, $2, $3) "
                    "ON CONFLICT (version) DO NOTHING",
                    3, params, flow_stored_cb);
     }
-    free(src);
 }
 
 sl_flow_t *sl_sched__flow_version(sl_sched_t *s, const char *pipeline, const char *version)

@@ -205,6 +205,8 @@ static const char *const engine_functions[] = {
     "sluice_dataset_json(datasets)",
     "sluice_event_json(run_events)",
     "sluice_file_status(uuid)",
+    "sluice_record_json(records)",                                   /* provenance (011) */
+    "sluice_record_put(uuid,uuid,uuid,uuid,uuid,jsonb,jsonb)",        /* provenance (011) */
     "sluice_ts(timestamp with time zone)",
 };
 #define N_ENGINE_FUNCTIONS ((int)(sizeof engine_functions / sizeof engine_functions[0]))
@@ -470,6 +472,11 @@ static void test_functions_upgrade(void)
     CHECK_STREQ(err, "");
     sql_scalar(FILE_JSON_SQL, up_doc, sizeof up_doc);
     CHECK_STREQ(up_doc, fresh_doc);
+    /* migration 011 kept the record as version 1, the latest, with what the run knew */
+    sql_scalar("SELECT version || ' ' || latest || ' ' || (provenance->>'pipeline') || ' ' || "
+               "(provenance->>'run_id') || ' ' || (provenance ? 'model') FROM records",
+               v, sizeof v);
+    CHECK_STREQ(v, "1 true text 00000000-0000-4000-8000-000000000005 true");
     for (int i = 0; i < N_ENGINE_FUNCTIONS; i++) {
         function_def(engine_functions[i], def, sizeof def);
         CHECK(strncmp(def, "CREATE OR REPLACE FUNCTION", 26) == 0);

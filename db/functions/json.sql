@@ -35,7 +35,9 @@ $$;
 
 -- A file with its runs (each with its artifacts and, while queued, its place
 -- in the tenant's queue: see migration 005) and its record. A run's note
--- (migration 007) says why a run that succeeded has no output.
+-- (migration 007) says why a run that succeeded has no output. Provenance
+-- (migration 011): runs show flow_version, artifacts sha256, and record is the
+-- file's latest record version (record_version its number).
 CREATE OR REPLACE FUNCTION sluice_file_json(f files) RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
@@ -52,9 +54,11 @@ LANGUAGE sql STABLE AS $$
                 'id', r.id, 'pipeline', r.pipeline, 'state', r.state, 'step', r.step,
                 'attempt', r.attempt, 'error', r.error, 'note', r.note,
                 'started_at', sluice_ts(r.started_at), 'finished_at', sluice_ts(r.finished_at),
+                'flow_version', r.flow_version,                    -- provenance (011)
                 'artifacts', coalesce((
                     SELECT json_agg(json_build_object(
                         'id', a.id, 'kind', a.kind, 'mime', a.mime, 'size', a.size,
+                        'sha256', a.sha256,                         -- provenance (011)
                         'url', '/v1/artifacts/' || a.id) ORDER BY a.created_at, a.id)
                     FROM artifacts a WHERE a.run_id = r.id), '[]'::json),
                 'queue_position', CASE WHEN r.state = 'queued' THEN (
@@ -64,7 +68,10 @@ LANGUAGE sql STABLE AS $$
             ) ORDER BY r.created_at, r.pipeline)
             FROM runs r WHERE r.file_id = f.id), '[]'::json),
         'text_source', f.text_source,
-        'record', (SELECT rec.data FROM records rec WHERE rec.file_id = f.id))
+        -- provenance (011): the latest version; GET /v1/files/{id}/records has them all
+        'record', (SELECT rec.data FROM records rec WHERE rec.file_id = f.id AND rec.latest),
+        'record_version', (SELECT rec.version FROM records rec
+                           WHERE rec.file_id = f.id AND rec.latest))
 $$;
 
 CREATE OR REPLACE FUNCTION sluice_event_json(e run_events) RETURNS json

@@ -219,3 +219,125 @@ def test_validator_refuses_broken_documents(tmp_path):
     old["openapi"] = "3.0.3"
     rc, out = _validate(node, old, tmp_path, "old.json")
     assert rc == 1 and "not an OpenAPI 3.1 document" in out, out
+
+
+# ---------------------------------------------------------------- security and status codes
+
+def _fill(path):
+    values = {"id": "00000000-0000-4000-8000-000000000000", "name": "ai_record",
+              "file": "no-such-file.js", "dir": "nodir"}
+    return re.sub(r"\{([^}]+)\}", lambda m: values.get(m[1], "x"), path)
+
+
+def _effective_security(doc, op):
+    return op["security"] if "security" in op else doc.get("security", [])
+
+
+def test_answers_without_a_key_are_the_documented_ones(server):
+    """Every served route, asked without credentials: a route whose document
+    names a security scheme answers 401 with the error body, a route that
+    names none does not, and the status is one the document lists for it."""
+    doc = load_doc()
+    problems = []
+    for method, path in sorted(served_routes() & documented_routes(doc)):
+        op = doc["paths"][path][method.lower()]
+        secured = any(req for req in _effective_security(doc, op))
+        # a body of the documented type, so the answer is about the credentials
+        kw = {}
+        content = op.get("requestBody", {}).get("content", {})
+        if "multipart/form-data" in content:
+            kw["files"] = {"file": ("a.txt", b"hello\n", "text/plain")}
+        elif "application/json" in content:
+            kw["json"] = {}
+        r = requests.request(method, server.url + _fill(path), timeout=10, **kw)
+        where = "%s %s -> %d" % (method, path, r.status_code)
+        if str(r.status_code) not in op["responses"]:
+            problems.append("%s: not a documented status (%s)"
+                            % (where, ", ".join(sorted(op["responses"]))))
+        if secured and r.status_code != 401:
+            problems.append("%s: documented as needing a key, answered without one" % where)
+        if not secured and r.status_code == 401:
+            problems.append("%s: documented as open (security: []), answered 401" % where)
+        if r.status_code >= 400:
+            body = r.json()
+            if set(body) != {"error"} or set(body["error"]) != {"code", "message"}:
+                problems.append("%s: the body is not the Error schema: %r" % (where, body))
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- answers vs schemas
+
+# Fields the document requires that branches still being built add (API.md
+# "Lifecycle and access", "Pipelines"): not required of today's answers. The
+# lead empties this with PENDING at merge.
+PENDING_FIELDS = {
+    "Dataset": ["auto_process", "pipelines"],
+    "Artifact": ["sha256"],
+    "Record": ["version", "provenance"],
+    "Pipeline": ["version", "source", "graph"],
+}
+
+
+def _check_answers(node, samples, tmp_path, relax=None):
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps({"relax": PENDING_FIELDS if relax is None else relax,
+                                "samples": samples}), encoding="utf-8")
+    r = subprocess.run([node, "check_responses.mjs", str(DOC), str(path)],
+                       cwd=str(VALIDATOR_DIR), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.timeout(180)
+def test_real_answers_match_the_document_schemas(server, tenant, tmp_path):
+    """The document's schemas describe what the server really answers: one of
+    each kind, taken from a real upload that ran its pipelines."""
+    node = _validator()
+    samples = []
+
+    def take(schema, method, path, status, **kw):
+        client = kw.pop("client", tenant)
+        r = client.request(method, path, **kw)
+        assert r.status_code == status, "%s %s: %d %s" % (method, path, r.status_code, r.text)
+        samples.append({"schema": schema, "what": "%s %s" % (method, path), "value": r.json()})
+        return r.json()
+
+    admin = server.admin()
+    t = take("TenantCreated", "POST", "/v1/admin/tenants", 201, client=admin, json={"name": "oa"})
+    take("TenantKey", "POST", "/v1/admin/tenants/%s/keys" % t["id"], 201, client=admin)
+    ds = take("Dataset", "POST", "/v1/datasets", 201, json={
+        "name": "invoices", "record_schema": {"type": "object", "properties": {
+            "title": {"type": "string"}}}})
+    take("DatasetList", "GET", "/v1/datasets", 200)
+    take("Dataset", "GET", "/v1/datasets/%s" % ds["id"], 200)
+    up = take("FileBatch", "POST", "/v1/datasets/%s/files" % ds["id"], 202,
+              files=[("file", ("note.txt", b"Invoice 42\nTotal: 12.50 EUR\n", "text/plain"))])
+    fid = up["files"][0]["id"]
+    tenant.wait_file(fid, timeout=90)
+    f = take("File", "GET", "/v1/files/%s" % fid, 200)
+    take("FileList", "GET", "/v1/datasets/%s/files" % ds["id"], 200)
+    take("EventList", "GET", "/v1/files/%s/events" % fid, 200)
+    take("RecordList", "GET", "/v1/datasets/%s/records" % ds["id"], 200)
+    take("PipelineList", "GET", "/v1/pipelines", 200)
+    take("File", "POST", "/v1/files/%s/process" % fid, 202, json={})
+    arts = [a for run in f["runs"] for a in run["artifacts"]]
+    assert arts, "the upload made no artifact: %r" % f
+    take("SignedUrl", "GET", "/v1/artifacts/%s/url" % arts[0]["id"], 200)
+    take("Error", "GET", "/v1/files/00000000-0000-4000-8000-000000000000", 404)
+    take("Error", "GET", "/v1/datasets/%s/files?limit=0" % ds["id"], 400)
+    for schema, path in (("Health", "/healthz"), ("Ready", "/readyz")):
+        r = requests.get(server.url + path, timeout=10)
+        samples.append({"schema": schema, "what": "GET " + path, "value": r.json()})
+    assert any(s["value"].get("records") for s in samples if s["schema"] == "RecordList"), \
+        "no record was made: the Record schema went unchecked"
+
+    rc, out = _check_answers(node, samples, tmp_path)
+    assert rc == 0, "answers that do not match docs/openapi.json:\n" + out
+
+    # ...and the check can fail: a field of the wrong type, a missing one
+    broken = copy.deepcopy(f)
+    broken["size"] = "12"
+    del broken["runs"][0]["state"]
+    rc, out = _check_answers(node, [{"schema": "File", "what": "broken", "value": broken}],
+                             tmp_path)
+    assert rc == 1 and "/size must be integer" in out and "'state'" in out, out

@@ -296,6 +296,7 @@ def test_real_answers_match_the_document_schemas(server, tenant, tmp_path):
     each kind, taken from a real upload that ran its pipelines."""
     node = _validator()
     samples = []
+    served = served_routes()
 
     def take(schema, method, path, status, **kw):
         client = kw.pop("client", tenant)
@@ -327,6 +328,24 @@ def test_real_answers_match_the_document_schemas(server, tenant, tmp_path):
     take("SignedUrl", "GET", "/v1/artifacts/%s/url" % arts[0]["id"], 200)
     take("Error", "GET", "/v1/files/00000000-0000-4000-8000-000000000000", 404)
     take("Error", "GET", "/v1/datasets/%s/files?limit=0" % ds["id"], 400)
+    # the PENDING routes, once their branch has landed
+    if ("GET", "/v1/files/{id}/records") in served:
+        take("RecordList", "GET", "/v1/files/%s/records" % fid, 200)
+    if ("GET", "/v1/pipelines/{name}") in served:
+        take("Pipeline", "GET", "/v1/pipelines/%s" % f["runs"][0]["pipeline"], 200)
+    if ("POST", "/v1/keys") in served:
+        k = take("KeyCreated", "POST", "/v1/keys", 201, json={})
+        take("KeyList", "GET", "/v1/keys", 200)
+        if ("POST", "/v1/auth/token") in served:
+            pair = take("TokenPair", "POST", "/v1/auth/token", 200)
+            if ("POST", "/v1/auth/refresh") in served:
+                take("TokenPair", "POST", "/v1/auth/refresh", 200,
+                     json={"refresh_token": pair["refresh_token"]})
+        if ("DELETE", "/v1/keys/{id}") in served:
+            assert tenant.delete("/v1/keys/%s" % k["id"]).status_code == 204
+    if ("POST", "/v1/admin/cleanup") in served:
+        take("CleanupResult", "POST", "/v1/admin/cleanup", 200, client=admin,
+             json={"older_than_days": 1, "dry_run": True})
     for schema, path in (("Health", "/healthz"), ("Ready", "/readyz")):
         r = requests.get(server.url + path, timeout=10)
         samples.append({"schema": schema, "what": "GET " + path, "value": r.json()})

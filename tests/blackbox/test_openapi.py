@@ -124,9 +124,13 @@ def test_route_check_refuses_a_document_that_disagrees():
     assert route_problems(served, documented_routes(extra)) == [
         "GET /v1/nowhere is in docs/openapi.json but not served"]
 
-    landed = served | {("POST", "/v1/auth/token")}
-    assert route_problems(landed, documented) == [
-        "POST /v1/auth/token is served now: remove it from PENDING in %s" % Path(__file__).name]
+    new = ("POST", "/v1/widgets")  # documented and PENDING: fine until it is served
+    pending = frozenset(PENDING | {new})
+    assert route_problems(served, documented | {new}, pending) == []
+    assert route_problems(served | {new}, documented | {new}, pending) == [
+        "POST /v1/widgets is served now: remove it from PENDING in %s" % Path(__file__).name]
+    assert route_problems(served, documented, pending) == [
+        "POST /v1/widgets is PENDING but not in docs/openapi.json"]
 
 
 # ---------------------------------------------------------------- the route

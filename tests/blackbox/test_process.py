@@ -260,3 +260,22 @@ def test_file_no_pipeline_takes_says_why(server, tenant, samples):
     r = tenant.post("/v1/files/%s/process" % later["id"], json={"pipelines": ["ai_record"]})
     assert r.status_code == 202, r.text
     assert r.json()["reason"] is None and [x["pipeline"] for x in r.json()["runs"]] == ["ai_record"]
+
+
+def test_live_events_of_a_file_stored_then_processed(server, tenant):
+    from test_sse import stream
+    ds = make_dataset(tenant)
+    s = stream(server, tenant, ds["id"])
+    try:
+        [f] = upload(tenant, ds["id"], [("later.zip", zip_bytes())], process="false")
+        got = s.take(until=lambda g: any(e["event"] == "file" for e in g), timeout=20)
+        [up] = [e["data"] for e in got if e["event"] == "file"]
+        assert (up["file_id"], up["kind"], up["state"]) == (f["id"], "uploaded", "uploaded")
+        # /process starts no run (a zip): a file event says the file changed.
+        assert tenant.post("/v1/files/%s/process" % f["id"]).status_code == 202
+        got = s.take(until=lambda g: any(e["event"] == "file" for e in g), timeout=20)
+        [done] = [e["data"] for e in got if e["event"] == "file"]
+        assert (done["file_id"], done["kind"], done["state"]) == (f["id"], "processed", "done")
+        assert int(done["seq"]) > int(up["seq"])
+    finally:
+        s.close()

@@ -85,20 +85,26 @@ function M.unescape(s)
   return (s:gsub("&(#?[%w]+);", entity))
 end
 
--- Per format: which elements' text counts (TEXT), and what an element's
--- start (or empty-element tag) or end adds to the text.
+-- Per format: which elements' text counts (text), what an element's start
+-- (or empty-element tag) or end adds to the text (open, close), and the table
+-- cell element, inside which a paragraph's end is a space (a cell stays on
+-- its row's line).
+local PARA_END = "\n"
 local RULES = {
   docx = {
+    cell = "w:tc",
     text = { ["w:t"] = true },
     open = { ["w:tab"] = "\t", ["w:br"] = "\n", ["w:cr"] = "\n" },
     close = { ["w:p"] = "\n", ["w:tc"] = "\t", ["w:tr"] = "\n" },
   },
   pptx = {
+    cell = "a:tc",
     text = { ["a:t"] = true },
     open = { ["a:br"] = "\n" },
     close = { ["a:p"] = "\n", ["a:tc"] = "\t", ["a:tr"] = "\n" },
   },
   odf = {
+    cell = "table:table-cell",
     text = { ["text:p"] = true, ["text:h"] = true, ["text:span"] = true, ["text:a"] = true },
     open = { ["text:tab"] = "\t", ["text:line-break"] = "\n", ["text:s"] = " " },
     close = { ["text:p"] = "\n", ["text:h"] = "\n", ["table:table-cell"] = "\t",
@@ -113,6 +119,7 @@ function M.xml_text(xml, kind)
   local rules = RULES[kind]
   local out, n = {}, 0
   local depth = 0 -- inside how many text elements
+  local cells = 0 -- inside how many table cells
   for tag, chars in xml:gmatch("(<[^>]*>)([^<]*)") do
     local slash, name = tag:match("^<(/?)([^%s/>]+)")
     if name then
@@ -120,12 +127,21 @@ function M.xml_text(xml, kind)
         if rules.text[name] and depth > 0 then
           depth = depth - 1
         end
+        if name == rules.cell and cells > 0 then
+          cells = cells - 1
+        end
         local add = rules.close[name]
+        if add == PARA_END and cells > 0 and name ~= rules.cell then
+          add = " "
+        end
         if add then
           n = n + 1
           out[n] = add
         end
       else
+        if name == rules.cell and tag:sub(-2) ~= "/>" then
+          cells = cells + 1
+        end
         local add = rules.open[name]
         if add then
           n = n + 1

@@ -14,6 +14,12 @@ return function(t)
     '</a:p></p:sld>', "pptx"), "Q3\nup\n", "pptx")
   t.eq(office.xml_text('<office:text><text:h>T</text:h><text:p>a<text:s/>' ..
     '<text:span>b</text:span></text:p><text:p/></office:text>', "odf"), "T\na b\n\n", "odt")
+  t.eq(office.xml_text('<w:tbl><w:tr><w:tc><w:p><w:r><w:t>Qty</w:t></w:r></w:p></w:tc>' ..
+    '<w:tc><w:p><w:r><w:t>2</w:t></w:r></w:p></w:tc></w:tr></w:tbl>', "docx"),
+    "Qty \t2 \t\n", "a table row stays on one line")
+  t.eq(office.xml_text('<table:table-row><table:table-cell><text:p>a</text:p>' ..
+    '</table:table-cell><table:table-cell/><table:table-cell><text:p>b</text:p>' ..
+    '</table:table-cell></table:table-row>', "odf"), "a \t\tb \t\n", "ods row")
   -- entities are never expanded: only the five predefined and character references
   t.eq(office.xml_text('<!DOCTYPE x [<!ENTITY a "aaaa">]><w:p><w:t>&a;&a;&#65;</w:t></w:p>',
     "docx"), "&a;&a;A\n", "no entity expansion")

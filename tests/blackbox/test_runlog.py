@@ -164,3 +164,32 @@ def test_invalid_level_is_refused_at_start(start_server, tmp_path):
     with pytest.raises(ServerStartError) as e:
         start(start_server, tmp_path, level="loud")
     assert "log.level: must be debug, info, warn or error" in str(e.value)
+
+
+def test_shipped_flow_with_tika_failing_logs_retries_and_the_fallback(start_server, standins,
+                                                                      samples):
+    """The real ai_record flow, with the Tika stand-in answering 503 to every
+    attempt of its step: two retries, a fallback to ocr after a transient
+    failure (warn), then the run succeeds."""
+    from test_pipelines import services_yaml
+    tika = standins("tika")
+    tika.control(mode="fail", count=3)
+    srv = start_server(extra_yaml=services_yaml(tika=tika))
+    t = srv.create_tenant("tika-fails")
+    ds = t.create_dataset()["id"]
+    r = t.upload(ds, [samples / "invoice-acme.pdf"])
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    t.wait_file(fid, timeout=120)
+    wait_lines(srv, lambda d: d.get("file_id") == fid and d["pipeline"] == "ai_record"
+               and d["event"] in ("run.succeeded", "run.failed"))
+    evs = [d for d in of(run_lines(srv), fid) if d["pipeline"] == "ai_record"]
+    kinds = [d["event"] for d in evs]
+    assert kinds[-1] == "run.succeeded" and "run.fallback" in kinds, kinds
+    retries = [d for d in evs if d["event"] == "run.retry"]
+    # (under the fault-injection pass a call may also fail "unavailable")
+    assert len(retries) >= 2 and {d["error"] for d in retries} <= {"server_error", "unavailable"}
+    assert all(d["step"] == "tika" and d["level"] == "warn" for d in retries), retries
+    assert [d["attempt"] for d in retries][:2] == [2, 3], retries
+    fb = [d for d in evs if d["event"] == "run.fallback"][0]
+    assert fb["step"] == "tika" and fb["to"] == "ocr" and fb["level"] == "warn", fb

@@ -5,7 +5,8 @@
 --    └──ok──────────┴──ok──────────┴──ok──> record
 --
 -- Three ways to get text, cheapest first: the file's own text (Apache Tika,
--- or the local text layer when no Tika is configured), then self-hosted OCR
+-- or the local text layer when no Tika is configured: pdftotext, text files,
+-- Office documents through unzip), then self-hosted OCR
 -- (tesseract), then Amazon Textract. The first that finds text stores it as
 -- this run's "text" artifact and goes to `record`, which turns the text into
 -- the dataset's record (OpenAI when configured, else the local extractor).
@@ -57,13 +58,20 @@ local function keep_text(ctx, txt, source, extractor)
   ctx.extractor = extractor
   ctx.text_bytes = #txt
   ctx.text_error = nil
+  ctx.text_detail = nil
   return true
 end
 
 -- Remembers why a text step failed, for `textract` to report when it cannot
--- even try (see there), and passes the failure on.
+-- even try (see there), and passes the failure on. A later step that cannot
+-- read this type at all ("unsupported": OCR of a DOCX) does not replace the
+-- earlier reason: a damaged DOCX fails with tika's "bad_input", not with
+-- ocr's "unsupported".
 local function failed(ctx, err, detail)
-  ctx.text_error = err
+  if not (err == "unsupported" and ctx.text_error) then
+    ctx.text_error = err
+    ctx.text_detail = detail
+  end
   return nil, err, detail
 end
 
@@ -105,18 +113,24 @@ return flow {
       run = function(ctx, file)
         local txt, err, detail = textract.extract(file)
         if not txt then
-          if err == "no_text" or (err == "not_configured" and ctx.text_error == "no_text") then
+          if err == "no_text" or ((err == "not_configured" or err == "unsupported")
+              and ctx.text_error == "no_text") then
             -- Nothing went wrong: the file has no text. Done, without a record.
             ctx.no_text = true
             return true, "no_text", err == "no_text" and "no text found by any extractor"
-              or "no text found (textract not configured)"
+              or ("no text found (textract " .. (err == "unsupported"
+                and "cannot read this type)" or "not configured)"))
           end
-          if err == "not_configured" and ctx.text_error then
+          if (err == "not_configured" or err == "unsupported") and ctx.text_error then
             -- No Textract to ask: the run's error is why the other steps
             -- found nothing ("no_text" for a photo, "bad_input" for a
             -- damaged PDF), which tells the user more than "not_configured".
-            -- A transient earlier failure stays transient: the run waits.
-            return nil, ctx.text_error, "textract not configured; earlier: " .. ctx.text_error
+            -- A transient earlier failure stays transient: the run waits. The
+            -- same when Textract cannot read this type (a DOCX).
+            return nil, ctx.text_error, "textract " ..
+              (err == "unsupported" and "cannot read this type" or "not configured") ..
+              "; earlier: " .. ctx.text_error ..
+              (ctx.text_detail and (": " .. ctx.text_detail) or "")
           end
           return failed(ctx, err, detail)
         end

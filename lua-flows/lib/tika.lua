@@ -10,14 +10,18 @@
 -- endpoint (PUT {url}/tika, the bytes as the body; Tika answers the text).
 -- Without it (API.md: "without tika, the tika step reads the file's own text
 -- layer"), PDFs go through poppler's pdftotext and text files are read as
--- they are. Neither path does OCR: a scan or a photo has no text here, and the
--- flow falls back to the ocr step.
+-- they are, and Office documents (DOCX, XLSX, PPTX, ODT/ODS/ODP) are read by
+-- office.lua (unzip and a walk over their XML; docs/flows.md "Office
+-- documents"). With Tika, Office documents go to it like any other file (the
+-- Content-Type is the type libmagic sniffed). Neither path does OCR: a scan or
+-- a photo has no text here, and the flow falls back to the ocr step.
 --
 -- Errors: "no_text" (nothing readable), "bad_input" (a damaged file, a 4xx
 -- from Tika), "unsupported" (a type with no text layer we can read), and the
 -- transient "server_error" / "rate_limited" / "timeout" / "unavailable".
 
 local text = require "text"
+local office = require "office"
 
 local M = {}
 
@@ -86,6 +90,15 @@ local function via_text_layer(file)
       return nil, "no_text"
     end
     return text.to_utf8(res.stdout), "text_layer", "plain_text"
+  elseif office.kind(file.mime) then
+    local txt, err, detail = office.extract(file)
+    if not txt then
+      return nil, err, detail
+    end
+    if text.is_blank(txt) then
+      return nil, "no_text" -- an empty document (or only pictures)
+    end
+    return txt, "text_layer", "unzip"
   elseif text.is_image(file.mime) then
     return nil, "no_text" -- pixels only: OCR's job
   end

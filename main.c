@@ -4,6 +4,7 @@
  *   sluice [serve] --config PATH   serve (migrates the database first)
  *   sluice migrate --config PATH   apply schema migrations and exit
  *   sluice upload --dataset ID ... upload files and follow them (cli/upload.h)
+ *   sluice flow check FILE...      check flow files offline (cli/flow.h)
  *   sluice --version | --help
  *
  * One event loop per process, and each process has a role (core/supervise.h,
@@ -19,6 +20,7 @@
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
 #include "api/api.h"
+#include "cli/flow.h" /* sluice flow check (issue 14) */
 #include "cli/upload.h"
 #include "core/fault.h"
 #include "core/crypto.h"
@@ -880,6 +882,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: sluice [serve] --config PATH\n"
                "       sluice migrate --config PATH\n"
                "       sluice upload --dataset ID [--url URL] [--key KEY] FILES_OR_DIRS...\n"
+               "       sluice flow check [--lib DIR] FILE...\n"
                "       sluice --version\n"
                "The config path may also come from SLUICE_CONFIG.\n");
 }
@@ -891,6 +894,8 @@ int main(int argc, char **argv)
     /* A client of the API: no server configuration involved. */
     if (argc >= 2 && strcmp(argv[1], "upload") == 0)
         return sl_cli_upload_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "flow") == 0) /* offline: no configuration either */
+        return sl_cli_flow_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];

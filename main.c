@@ -19,6 +19,7 @@
  * Start-up never waits for Postgres: migrations run on the worker pool and are
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
+#include "actors/flow_check.h"
 #include "api/api.h"
 #include "cli/flow.h" /* sluice flow check (issue 14) */
 #include "cli/upload.h"
@@ -313,16 +314,14 @@ static struct event *g_snapshot;
 static pid_t g_supervisor;
 static int g_stopping; /* a stop signal came: the scheduler (whose gauges render) is gone */
 
-/* {"pipeline": ["step", ...]} of the loaded flows: what /v1/pipelines shows. Owned. */
+/* {"pipeline": {"steps", "version", "start", "graph"}} of the loaded flows (sl_flow_describe):
+ * what /v1/pipelines shows. Owned. */
 static char *steps_json(const sl_app_t *app)
 {
     json_t *all = json_object();
-    for (int i = 0; all && i < app->npipelines; i++) {
-        json_t *steps = json_array();
-        for (int k = 0; steps && k < app->pipelines[i].nsteps; k++)
-            json_array_append_new(steps, json_string(app->pipelines[i].steps[k]));
-        json_object_set_new(all, app->pipelines[i].name, steps ? steps : json_null());
-    }
+    for (int i = 0; all && i < app->npipelines; i++)
+        if (app->pipelines[i].flow)
+            json_object_set(all, app->pipelines[i].name, app->pipelines[i].flow);
     char *text = all ? json_dumps(all, JSON_COMPACT) : NULL;
     json_decref(all);
     return text;
@@ -418,7 +417,7 @@ static int load_flows(sl_app_t *app, int reload)
             snprintf(def, sizeof def, "lua-flows/%s.lua", app->pipelines[i].name);
             path = def;
         }
-        char msg[512];
+        char msg[8192]; /* every error of the flow, one per line (actors/flow_check.h) */
         if ((err = sl_flow_load(app->vm, app->pipelines[i].name, path, &flows[i], msg,
                                 sizeof msg)) != 0) {
             sl_log(SL_LOG_ERROR, reload ? "flow_reload_failed" : "flow_load_failed",
@@ -431,12 +430,14 @@ static int load_flows(sl_app_t *app, int reload)
     for (int i = 0; i < app->npipelines; i++) {
         sl_pipeline_def_t *p = &app->pipelines[i];
         sl_sched_set_flow(app->sched, p->name, flows[i]);
-        p->nsteps = 0;
-        for (int k = 0; k < sl_flow_nsteps(flows[i]) && k < SL_MAX_STEPS; k++)
-            snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s",
-                     sl_flow_step_at(flows[i], k)->name);
+        json_t *flow = sl_flow_describe(flows[i]); /* steps, version, graph (issue 14) */
+        if (flow) {
+            json_decref(p->flow);
+            p->flow = flow;
+        }
         sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}",
-               "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps", p->nsteps);
+               "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps",
+               sl_flow_nsteps(flows[i]));
     }
     if (app->link)
         publish_snapshot(app); /* the HTTP processes show the new steps */
@@ -659,6 +660,7 @@ static int start_http(sl_app_t *app)
     if (!app->router)
         return SL_ENOMEM;
     sl_api_register_ops(app);
+    sl_api_register_pipelines(app);
     sl_api_register_tenants(app);
     sl_api_register_datasets(app);
     sl_api_register_upload(app);

@@ -435,9 +435,8 @@ static int load_flows(sl_app_t *app, int reload)
             json_decref(p->flow);
             p->flow = flow;
         }
-        sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}",
-               "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps",
-               sl_flow_nsteps(flows[i]));
+        sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}", "pipeline",
+               p->name, "version", sl_flow_version(flows[i]), "steps", sl_flow_nsteps(flows[i]));
     }
     if (app->link)
         publish_snapshot(app); /* the HTTP processes show the new steps */

@@ -1,7 +1,8 @@
 /*
  * flow.c — the Lua flow runtime: the VM with its capped allocator and
- * instruction budget, the sandbox, loading and checking flow files, and
- * running steps as coroutines on the loop (the one resume path).
+ * instruction budget, the sandbox, loading flow files (their checks are
+ * actors/flow_check.c), and running steps as coroutines on the loop (the one
+ * resume path).
  *
  * Design notes: docs/internals/flow.md. The flow author's contract:
  * docs/flows.md. The C contract: actors/flow.h.

@@ -79,8 +79,8 @@ static int find_key_line(const sl_flow_check_t *c, const char *name)
             j += (j + 2 < len && (buf[j + 1] == '"' || buf[j + 1] == '\'')) ? 2 : 1;
         if (j + nl <= len && memcmp(buf + j, name, nl) == 0) {
             j += nl;
-            while (j < len && (buf[j] == '"' || buf[j] == '\'' || buf[j] == ']' ||
-                               buf[j] == ' ' || buf[j] == '\t'))
+            while (j < len && (buf[j] == '"' || buf[j] == '\'' || buf[j] == ']' || buf[j] == ' ' ||
+                               buf[j] == '\t'))
                 j++;
             if (j < len && buf[j] == '=')
                 return line;
@@ -106,8 +106,9 @@ static void get_seconds(lua_State *L, sl_flow_check_t *c, int t, const char *k, 
         return;
     }
     if (ty != LUA_TNUMBER || !(v >= 0) || (!allow0 && v == 0) || v > max_s)
-        sl_flow__check_fail(c, line, "step '%s': %s must be a number of seconds, %s 0 and at most %d",
-                            step, what, allow0 ? ">=" : ">", max_s);
+        sl_flow__check_fail(c, line,
+                            "step '%s': %s must be a number of seconds, %s 0 and at most %d", step,
+                            what, allow0 ? ">=" : ">", max_s);
     else
         *out = (int)(v * 1000);
     lua_pop(L, 1);
@@ -118,8 +119,8 @@ static void check_retry(lua_State *L, sl_flow_check_t *c, int r, int line, sl_fl
     lua_pushnil(L);
     while (lua_next(L, r) != 0) {
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (k == NULL || (strcmp(k, "attempts") != 0 && strcmp(k, "base") != 0 &&
-                          strcmp(k, "max") != 0))
+        if (k == NULL ||
+            (strcmp(k, "attempts") != 0 && strcmp(k, "base") != 0 && strcmp(k, "max") != 0))
             sl_flow__check_fail(c, line, "step '%s': retry: unknown key '%s'", st->name,
                                 k ? k : luaL_typename(L, -2));
         lua_pop(L, 1);
@@ -200,7 +201,8 @@ static void check_step(lua_State *L, sl_flow_check_t *c, int t, sl_flow_check_st
     if (ty == LUA_TTABLE)
         check_retry(L, c, lua_gettop(L), line, st);
     else if (ty != LUA_TNIL)
-        sl_flow__check_fail(c, line, "step '%s': retry must be a table {attempts, base, max}", name);
+        sl_flow__check_fail(c, line, "step '%s': retry must be a table {attempts, base, max}",
+                            name);
     lua_pop(L, 1);
 }
 
@@ -276,8 +278,9 @@ static void check_graph(sl_flow_check_t *c)
         }
         for (int i = 0; i < c->nsteps; i++)
             if (!seen[i])
-                sl_flow__check_fail(c, c->steps[i].st.line, "step '%s': unreachable from start '%s'",
-                                    c->steps[i].st.name, c->start);
+                sl_flow__check_fail(c, c->steps[i].st.line,
+                                    "step '%s': unreachable from start '%s'", c->steps[i].st.name,
+                                    c->start);
     }
     /* the run can end from every step: a fixed point over the transitions taken */
     for (int i = 0; i < c->nsteps; i++)
@@ -413,8 +416,8 @@ int sl_flow_check_source(sl_flowvm_t *vm, const char *label, const char *src, si
     if (c->dropped > 0) {
         /* the last error kept makes room for the count of those left out */
         sl_flow_check_err_t *e = &c->errors[c->nerrors - 1];
-        int n = snprintf(NULL, 0, "%s:%d: ... and %d more errors", c->label, e->line,
-                         c->dropped + 1);
+        int n =
+            snprintf(NULL, 0, "%s:%d: ... and %d more errors", c->label, e->line, c->dropped + 1);
         char *text = n > 0 ? malloc((size_t)n + 1) : NULL;
         if (text != NULL) {
             snprintf(text, (size_t)n + 1, "%s:%d: ... and %d more errors", c->label, e->line,
@@ -444,10 +447,10 @@ int sl_flow_check_file(sl_flowvm_t *vm, const char *path, sl_flow_check_t **out)
         c->env_ref = LUA_NOREF;
         c->flow_line = 1;
         /* err reads "path: why"; the error reads "path:1: why" */
-        sl_flow__check_fail(c, 1, "%s", strncmp(err, path, strlen(path)) == 0 &&
-                                                err[strlen(path)] == ':'
-                                            ? err + strlen(path) + 2
-                                            : err);
+        sl_flow__check_fail(c, 1, "%s",
+                            strncmp(err, path, strlen(path)) == 0 && err[strlen(path)] == ':'
+                                ? err + strlen(path) + 2
+                                : err);
         *out = c;
         return rc;
     }
@@ -540,6 +543,6 @@ json_t *sl_flow_describe(const sl_flow_t *f)
         json_decref(graph);
         return NULL;
     }
-    return json_pack("{s:o, s:s, s:s, s:o}", "steps", steps, "version", sl_flow_version(f),
-                     "start", sl_flow_start(f), "graph", graph);
+    return json_pack("{s:o, s:s, s:s, s:o}", "steps", steps, "version", sl_flow_version(f), "start",
+                     sl_flow_start(f), "graph", graph);
 }

@@ -20,8 +20,8 @@
  *
  * sl_flow_load (actors/flow.h) runs this check, so the engine (start, SIGHUP
  * reload, pinned versions) refuses an invalid flow with all its errors;
- * `sluice flow check` (cli/flow.c) runs it offline. The C contract for flow
- * authors is docs/flows.md, "Checking a flow".
+ * `sluice flow check` (cli/flow.c) runs it offline. The rules as flow
+ * authors read them: docs/flows.md, "Checking a flow".
  */
 #ifndef SL_FLOW_CHECK_H
 #define SL_FLOW_CHECK_H
@@ -32,15 +32,15 @@
 #include "actors/flow.h"
 
 /* The ranges a step's options must be in (seconds unless said). */
-#define SL_FLOW_TIMEOUT_MAX_S 86400      /* timeout: > 0 and at most a day */
-#define SL_FLOW_TIMEOUT_DEFAULT_S 300    /* timeout when the step gives none */
-#define SL_FLOW_RETRY_ATTEMPTS_MIN 1     /* retry.attempts: attempts in all */
+#define SL_FLOW_TIMEOUT_MAX_S 86400   /* timeout: > 0 and at most a day */
+#define SL_FLOW_TIMEOUT_DEFAULT_S 300 /* timeout when the step gives none */
+#define SL_FLOW_RETRY_ATTEMPTS_MIN 1  /* retry.attempts: attempts in all */
 #define SL_FLOW_RETRY_ATTEMPTS_MAX 100
-#define SL_FLOW_RETRY_DELAY_MAX_S 86400  /* retry.base and retry.max: >= 0 and at most a day */
-#define SL_FLOW_MAX_STEPS 256            /* steps in one flow */
-#define SL_FLOW_STEP_NAME_MAX 64         /* a step name is 1..63 bytes of [a-z0-9_] */
-#define SL_FLOW_CHECK_MAX_ERRORS 100     /* errors kept; past it, one "... more" error */
-#define SL_FLOW_CHECK_ERROR_MAX 512      /* bytes of one error line */
+#define SL_FLOW_RETRY_DELAY_MAX_S 86400 /* retry.base and retry.max: >= 0 and at most a day */
+#define SL_FLOW_MAX_STEPS 256           /* steps in one flow */
+#define SL_FLOW_STEP_NAME_MAX 64        /* a step name is 1..63 bytes of [a-z0-9_] */
+#define SL_FLOW_CHECK_MAX_ERRORS 100    /* errors kept; past it, one "... more" error */
+#define SL_FLOW_CHECK_ERROR_MAX 512     /* bytes of one error line */
 
 typedef struct sl_flow_check_s sl_flow_check_t;
 

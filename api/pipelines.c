@@ -40,9 +40,9 @@ static json_t *pipeline_json(const sl_pipeline_def_t *p)
         json_incref(graph);
     }
     return json_pack("{s:s, s:o, s:O, s:O, s:s, s:o}", "name", p->name, "match",
-                     match ? match : json_array(), "steps", steps ? steps : json_array(),
-                     "version", json_is_string(version) ? version : json_null(), "source",
-                     "config", "graph", graph ? graph : json_object());
+                     match ? match : json_array(), "steps", steps ? steps : json_array(), "version",
+                     json_is_string(version) ? version : json_null(), "source", "config", "graph",
+                     graph ? graph : json_object());
 }
 
 /* ---- GET /v1/pipelines ---- */

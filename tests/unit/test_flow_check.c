@@ -167,11 +167,13 @@ static void test_rules(void)
            "timeout must be a number of seconds");
     EXPECT("return flow { start = \"a\", steps = { a = { " RUN ", retry = { attempts = 0 } } } }\n",
            1, "step 'a': retry.attempts must be an integer 1..100");
-    EXPECT("return flow { start = \"a\", steps = { a = { " RUN ", retry = { attempts = 101 } } } }\n",
+    EXPECT("return flow { start = \"a\", steps = { a = { " RUN
+           ", retry = { attempts = 101 } } } }\n",
            1, "retry.attempts must be an integer 1..100");
     EXPECT("return flow { start = \"a\", steps = { a = { " RUN ", retry = { base = -1 } } } }\n", 1,
            "retry.base must be a number of seconds, >= 0 and at most 86400");
-    EXPECT("return flow { start = \"a\", steps = { a = { " RUN ", retry = { base = 5, max = 1 } } } }\n",
+    EXPECT("return flow { start = \"a\", steps = { a = { " RUN
+           ", retry = { base = 5, max = 1 } } } }\n",
            1, "retry.max is below retry.base");
     EXPECT("return flow { start = \"a\", steps = { a = { " RUN ", retry = { tries = 2 } } } }\n", 1,
            "retry: unknown key 'tries'");
@@ -210,17 +212,17 @@ static void test_rules(void)
 /* Several errors in one file: all of them, in line order. */
 static void test_all_at_once(void)
 {
-    const char *src = "local m = require \"missing_one\"\n"           /* 1 */
-                      "return flow {\n"                               /* 2 */
-                      "  start = \"a\",\n"                            /* 3 */
-                      "  steps = {\n"                                 /* 4 */
-                      "    a = {\n"                                   /* 5 */
-                      "      " RUN ",\n"                              /* 6 */
-                      "      next = \"b\", fallback = \"ghost\",\n"   /* 7 */
-                      "      timeout = -3,\n"                         /* 8 */
-                      "    },\n"                                      /* 9 */
-                      "    b = { " RUN ", always = \"b\" },\n"        /* 10 */
-                      "    lost = { " RUN " },\n"                     /* 11 */
+    const char *src = "local m = require \"missing_one\"\n"         /* 1 */
+                      "return flow {\n"                             /* 2 */
+                      "  start = \"a\",\n"                          /* 3 */
+                      "  steps = {\n"                               /* 4 */
+                      "    a = {\n"                                 /* 5 */
+                      "      " RUN ",\n"                            /* 6 */
+                      "      next = \"b\", fallback = \"ghost\",\n" /* 7 */
+                      "      timeout = -3,\n"                       /* 8 */
+                      "    },\n"                                    /* 9 */
+                      "    b = { " RUN ", always = \"b\" },\n"      /* 10 */
+                      "    lost = { " RUN " },\n"                   /* 11 */
                       "  },\n"
                       "}\n";
     const char *want[] = {

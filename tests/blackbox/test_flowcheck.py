@@ -7,7 +7,11 @@ binary alone, with an empty environment for the services.
 """
 import glob
 import hashlib
+import json
+import os
+import signal
 import subprocess
+import time
 
 import requests
 
@@ -155,3 +159,31 @@ def test_flowcheck_invalid_flow_refused_at_start_with_every_error(start_server, 
     for w in ["broken.lua:1: require 'no_such_module'", "broken.lua:6: step 'a': fallback",
               "broken.lua:9: step 'b': timeout", "broken.lua:10: step 'orphan': unreachable"]:
         assert w in msg, msg
+
+
+def test_flowcheck_invalid_flow_refused_on_reload_old_version_serves(start_server, tmp_path):
+    f = tmp_path / "mini.lua"
+    f.write_text(GOOD)
+    srv = start_server(extra_yaml="pipelines:\n  - {name: mini, flow: \"%s\", match: [\"text/*\"]}\n"
+                       % f)
+    t = srv.create_tenant("reload")
+    before = t.get("/v1/pipelines/mini").json()
+    assert before["version"] == hashlib.sha256(GOOD.encode()).hexdigest()
+    f.write_text(BAD)
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    errors = None
+    end = time.time() + 10
+    while errors is None and time.time() < end:
+        for line in srv.log().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "flow_reload_failed":
+                errors = ev["error"].splitlines()
+        time.sleep(0.1)
+    assert errors is not None, "no flow_reload_failed in the log"
+    assert len(errors) == 5, errors                    # every error, one per line
+    assert errors[0].startswith("%s:1: require 'no_such_module'" % f), errors
+    after = t.get("/v1/pipelines/mini").json()
+    assert after == before                             # the old version keeps serving

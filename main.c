@@ -4,6 +4,7 @@
  *   sluice [serve] --config PATH   serve (migrates the database first)
  *   sluice migrate --config PATH   apply schema migrations and exit
  *   sluice upload --dataset ID ... upload files and follow them (cli/upload.h)
+ *   sluice flow check FILE...      check flow files offline (cli/flow.h)
  *   sluice --version | --help
  *
  * One event loop per process, and each process has a role (core/supervise.h,
@@ -18,7 +19,9 @@
  * Start-up never waits for Postgres: migrations run on the worker pool and are
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
+#include "actors/flow_check.h"
 #include "api/api.h"
+#include "cli/flow.h" /* sluice flow check (issue 14) */
 #include "cli/upload.h"
 #include "core/fault.h"
 #include "core/crypto.h"
@@ -311,16 +314,14 @@ static struct event *g_snapshot;
 static pid_t g_supervisor;
 static int g_stopping; /* a stop signal came: the scheduler (whose gauges render) is gone */
 
-/* {"pipeline": ["step", ...]} of the loaded flows: what /v1/pipelines shows. Owned. */
+/* {"pipeline": {"steps", "version", "start", "graph"}} of the loaded flows (sl_flow_describe):
+ * what /v1/pipelines shows. Owned. */
 static char *steps_json(const sl_app_t *app)
 {
     json_t *all = json_object();
-    for (int i = 0; all && i < app->npipelines; i++) {
-        json_t *steps = json_array();
-        for (int k = 0; steps && k < app->pipelines[i].nsteps; k++)
-            json_array_append_new(steps, json_string(app->pipelines[i].steps[k]));
-        json_object_set_new(all, app->pipelines[i].name, steps ? steps : json_null());
-    }
+    for (int i = 0; all && i < app->npipelines; i++)
+        if (app->pipelines[i].flow)
+            json_object_set(all, app->pipelines[i].name, app->pipelines[i].flow);
     char *text = all ? json_dumps(all, JSON_COMPACT) : NULL;
     json_decref(all);
     return text;
@@ -416,7 +417,7 @@ static int load_flows(sl_app_t *app, int reload)
             snprintf(def, sizeof def, "lua-flows/%s.lua", app->pipelines[i].name);
             path = def;
         }
-        char msg[512];
+        char msg[8192]; /* every error of the flow, one per line (actors/flow_check.h) */
         if ((err = sl_flow_load(app->vm, app->pipelines[i].name, path, &flows[i], msg,
                                 sizeof msg)) != 0) {
             sl_log(SL_LOG_ERROR, reload ? "flow_reload_failed" : "flow_load_failed",
@@ -429,12 +430,13 @@ static int load_flows(sl_app_t *app, int reload)
     for (int i = 0; i < app->npipelines; i++) {
         sl_pipeline_def_t *p = &app->pipelines[i];
         sl_sched_set_flow(app->sched, p->name, flows[i]);
-        p->nsteps = 0;
-        for (int k = 0; k < sl_flow_nsteps(flows[i]) && k < SL_MAX_STEPS; k++)
-            snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s",
-                     sl_flow_step_at(flows[i], k)->name);
-        sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}",
-               "pipeline", p->name, "version", sl_flow_version(flows[i]), "steps", p->nsteps);
+        json_t *flow = sl_flow_describe(flows[i]); /* steps, version, graph (issue 14) */
+        if (flow) {
+            json_decref(p->flow);
+            p->flow = flow;
+        }
+        sl_log(SL_LOG_INFO, reload ? "flow_reloaded" : "flow_loaded", "{s:s, s:s, s:i}", "pipeline",
+               p->name, "version", sl_flow_version(flows[i]), "steps", sl_flow_nsteps(flows[i]));
     }
     if (app->link)
         publish_snapshot(app); /* the HTTP processes show the new steps */
@@ -656,6 +658,7 @@ static int start_engine(sl_app_t *app)
 static void register_routes(sl_app_t *app)
 {
     sl_api_register_ops(app);
+    sl_api_register_pipelines(app);
     sl_api_register_tenants(app);
     sl_api_register_datasets(app);
     sl_api_register_upload(app);
@@ -921,6 +924,7 @@ static void usage(FILE *f)
                "       sluice migrate --config PATH\n"
                "       sluice routes [--config PATH]   (print METHOD PATTERN per route)\n"
                "       sluice upload --dataset ID [--url URL] [--key KEY] FILES_OR_DIRS...\n"
+               "       sluice flow check [--lib DIR] FILE...\n"
                "       sluice --version\n"
                "The config path may also come from SLUICE_CONFIG.\n");
 }
@@ -932,6 +936,8 @@ int main(int argc, char **argv)
     /* A client of the API: no server configuration involved. */
     if (argc >= 2 && strcmp(argv[1], "upload") == 0)
         return sl_cli_upload_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "flow") == 0) /* offline: no configuration either */
+        return sl_cli_flow_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config_path = argv[++i];

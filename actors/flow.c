@@ -1,7 +1,8 @@
 /*
  * flow.c — the Lua flow runtime: the VM with its capped allocator and
- * instruction budget, the sandbox, loading and checking flow files, and
- * running steps as coroutines on the loop (the one resume path).
+ * instruction budget, the sandbox, loading flow files (their checks are
+ * actors/flow_check.c), and running steps as coroutines on the loop (the one
+ * resume path).
  *
  * Design notes: docs/internals/flow.md. The flow author's contract:
  * docs/flows.md. The C contract: actors/flow.h.
@@ -22,11 +23,6 @@
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
-
-#define DEFAULT_TIMEOUT_MS 300000
-#define MAX_TIMEOUT_MS (24 * 3600 * 1000)
-#define MAX_STEPS 256
-#define STEP_NAME_MAX 64
 
 /* Registry keys (their addresses). */
 static const char key_array_mt = 'a';
@@ -213,7 +209,7 @@ static int sb_refuse_global(lua_State *L)
 /* The sandbox: one environment per loaded flow, shared with its modules     */
 /* ------------------------------------------------------------------------ */
 
-static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+int sl_flow__read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -248,7 +244,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     return 0;
 }
 
-static int name_ok(const char *s, size_t max)
+int sl_flow__name_ok(const char *s, size_t max)
 {
     size_t n = strlen(s);
     if (n == 0 || n >= max)
@@ -256,6 +252,49 @@ static int name_ok(const char *s, size_t max)
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
             return 0;
+    return 1;
+}
+
+static int stub_fn(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+static int stub_index(lua_State *L)
+{
+    lua_pushcfunction(L, stub_fn);
+    return 1;
+}
+
+/*
+ * A require that failed while a flow loads: the check (vm->checking) records
+ * it at the line of the flow's own require that led here, and the flow goes
+ * on with a stub module (any field is a function that returns nothing), so
+ * the rest of the file is checked too. A failed budget, or a require inside
+ * a step, raises as before. Pops the message on top of the stack.
+ */
+static int require_failed(lua_State *L, const char *name, int status)
+{
+    sl_flowvm_t *vm = vm_of(L);
+    sl_flow_check_t *c = vm->checking;
+    const char *msg = lua_tostring(L, -1);
+    lua_Debug ar;
+    int line = 0;
+
+    if (c == NULL || sl_flow__step(L) != NULL || load_killed != NULL || status == LUA_ERRMEM)
+        return lua_error(L);
+    for (int level = 1; line == 0 && lua_getstack(L, level, &ar); level++)
+        if (lua_getinfo(L, "Sl", &ar) && ar.source[0] == '@' &&
+            strcmp(ar.source + 1, c->label) == 0)
+            line = ar.currentline;
+    sl_flow__check_fail(c, line, "require '%s': %s", name, msg ? msg : "cannot load");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushcfunction(L, stub_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
     return 1;
 }
 
@@ -274,9 +313,11 @@ static int sb_require(lua_State *L)
     size_t len = 0;
     int rc;
 
-    if (!name_ok(name, 64))
-        return luaL_error(L, "require: bad module name '%s' ([a-z0-9_]+)", name);
     lua_settop(L, 1);
+    if (!sl_flow__name_ok(name, 64)) {
+        lua_pushfstring(L, "bad module name '%s' ([a-z0-9_]+)", name);
+        return require_failed(L, name, LUA_ERRRUN);
+    }
     if (lua_getfield(L, lua_upvalueindex(1), name) != LUA_TNIL) {
         if (lua_toboolean(L, -1) == 0 && lua_isboolean(L, -1))
             return luaL_error(L, "require: loop while loading '%s'", name);
@@ -291,21 +332,26 @@ static int sb_require(lua_State *L)
                           name);
     if (snprintf(path, sizeof(path), "%s/%s.lua", dir, name) >= (int)sizeof(path))
         return luaL_error(L, "require: path too long");
-    if ((rc = read_file(path, &buf, &len, err, sizeof(err))) != 0)
-        return luaL_error(L, "require '%s': %s", name, rc == SL_ENOMEM ? "out of memory" : err);
+    if ((rc = sl_flow__read_file(path, &buf, &len, err, sizeof(err))) != 0) {
+        if (rc == SL_ENOTFOUND)
+            lua_pushfstring(L, "no module %s", path);
+        else
+            lua_pushstring(L, rc == SL_ENOMEM ? "out of memory" : err);
+        return require_failed(L, name, rc == SL_ENOMEM ? LUA_ERRMEM : LUA_ERRRUN);
+    }
     lua_pushfstring(L, "@%s", path);
     rc = luaL_loadbufferx(L, buf, len, lua_tostring(L, -1), "t");
     free(buf);
     if (rc != LUA_OK)
-        return lua_error(L);
+        return require_failed(L, name, rc);
     lua_pushvalue(L, lua_upvalueindex(2));
     lua_setupvalue(L, -2, 1);
     lua_pushboolean(L, 0); /* "loading": a cycle finds false */
     lua_setfield(L, lua_upvalueindex(1), name);
-    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if ((rc = lua_pcall(L, 0, 1, 0)) != LUA_OK) {
         lua_pushnil(L); /* not "loading" any more: a later require tries again */
         lua_setfield(L, lua_upvalueindex(1), name);
-        return lua_error(L);
+        return require_failed(L, name, rc);
     }
     if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
         lua_pop(L, 1);
@@ -575,221 +621,63 @@ void sl_flowvm_free(sl_flowvm_t *vm)
 /* Loading and checking a flow                                               */
 /* ------------------------------------------------------------------------ */
 
-typedef struct load_step_s {
-    sl_flow_step_t st;
-    int ref;
-} load_step_t;
-
-typedef struct load_s {
-    sl_flowvm_t *vm;
-    const char *path;
-    const char *buf;
-    size_t len;
-    char *err;
-    size_t errlen;
-    int failed;
-    int flow_line;
-    int nsteps;
-    load_step_t steps[MAX_STEPS];
-    char *start;
-    int env_ref;
-} load_t;
-
-static void load_fail(load_t *ld, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void load_fail(load_t *ld, int line, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-    if (ld->failed)
-        return;
-    ld->failed = 1;
-    n = snprintf(ld->err, ld->errlen, "%s:%d: ", ld->path, line > 0 ? line : 1);
-    if (n < 0 || (size_t)n >= ld->errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
-    va_end(ap);
-}
-
 /*
- * The line a step table starts on when its run is not a function: the first
- * line reading `name = {` or `["name"] = {`. Lua keeps no lines for tables.
+ * A message Lua made for an error in the chunk "@label" starts with the
+ * chunk's short name (maybe shortened to "...tail") and ":line:". Returns the
+ * line and sets *rest past "line: ", or returns 0 when the message is not
+ * about this chunk.
  */
-static int find_key_line(const load_t *ld, const char *name)
+static int chunk_line(const char *label, const char *msg, const char **rest)
 {
-    size_t nl = strlen(name);
-    int line = 1;
-    for (size_t i = 0; i < ld->len; line++) {
-        size_t j = i;
-        while (j < ld->len && (ld->buf[j] == ' ' || ld->buf[j] == '\t'))
-            j++;
-        if (j < ld->len && ld->buf[j] == '[')
-            j += (j + 2 < ld->len && (ld->buf[j + 1] == '"' || ld->buf[j + 1] == '\'')) ? 2 : 1;
-        if (j + nl <= ld->len && memcmp(ld->buf + j, name, nl) == 0) {
-            j += nl;
-            while (j < ld->len && (ld->buf[j] == '"' || ld->buf[j] == '\'' || ld->buf[j] == ']' ||
-                                   ld->buf[j] == ' ' || ld->buf[j] == '\t'))
-                j++;
-            if (j < ld->len && ld->buf[j] == '=')
-                return line;
-        }
-        while (i < ld->len && ld->buf[i] != '\n')
-            i++;
-        i++;
+    const char *p = msg, *colon;
+    size_t pre, ll = strlen(label);
+    long line;
+    char *end;
+
+    for (;;) {
+        if ((colon = strchr(p, ':')) == NULL)
+            return 0;
+        line = strtol(colon + 1, &end, 10);
+        if (end != colon + 1 && *end == ':' && line > 0 && line < INT_MAX)
+            break;
+        p = colon + 1;
     }
-    return ld->flow_line;
-}
-
-static int step_cmp(const void *a, const void *b)
-{
-    const load_step_t *x = a, *y = b;
-    if (x->st.line != y->st.line)
-        return x->st.line < y->st.line ? -1 : 1;
-    return strcmp(x->st.name, y->st.name);
-}
-
-static load_step_t *find_loaded(load_t *ld, const char *name)
-{
-    for (int i = 0; i < ld->nsteps; i++)
-        if (strcmp(ld->steps[i].st.name, name) == 0)
-            return &ld->steps[i];
-    return NULL;
-}
-
-/* A number of seconds at table index t, field k, as ms (> 0 unless allow0). */
-static int get_seconds(lua_State *L, load_t *ld, int t, const char *k, int line, const char *step,
-                       int allow0, int *out)
-{
-    int ty = lua_getfield(L, t, k);
-    if (ty == LUA_TNIL) {
-        lua_pop(L, 1);
+    pre = (size_t)(colon - msg);
+    if (!(pre == ll && memcmp(msg, label, ll) == 0) &&
+        !(pre > 3 && memcmp(msg, "...", 3) == 0 && pre - 3 <= ll &&
+          memcmp(msg + 3, label + ll - (pre - 3), pre - 3) == 0))
         return 0;
-    }
-    if (ty != LUA_TNUMBER || lua_tonumber(L, -1) < 0 || (!allow0 && lua_tonumber(L, -1) == 0) ||
-        lua_tonumber(L, -1) * 1000 > MAX_TIMEOUT_MS) {
-        load_fail(ld, line, "step '%s': %s must be a number of seconds (%s 0, at most 86400)", step,
-                  k, allow0 ? ">=" : ">");
-        lua_pop(L, 1);
-        return -1;
-    }
-    *out = (int)(lua_tonumber(L, -1) * 1000);
-    lua_pop(L, 1);
-    return 0;
+    *rest = end[1] == ' ' ? end + 2 : end + 1;
+    return (int)line;
 }
 
-/* Checks the step table at index t, named name; fills ls. */
-static void check_step(lua_State *L, load_t *ld, int t, const char *name, load_step_t *ls)
+/* Records the error message on top of L for c: at its own line when it has one. */
+static void eval_error(lua_State *L, sl_flow_check_t *c, const char *what)
 {
-    static const char *const known[] = {"run",     "next",  "fallback", "always",
-                                        "timeout", "retry", NULL};
-    static const char *const trans[] = {"next", "fallback", "always"};
-    char **dst[] = {(char **)&ls->st.next, (char **)&ls->st.fallback, (char **)&ls->st.always};
-    int line;
+    const char *m = lua_tostring(L, -1), *rest = NULL;
+    int line = m != NULL ? chunk_line(c->label, m, &rest) : 0;
 
-    ls->ref = LUA_NOREF;
-    ls->st.timeout_ms = DEFAULT_TIMEOUT_MS;
-    ls->st.retry_attempts = 3;
-    ls->st.retry_base_ms = 500;
-    ls->st.retry_max_ms = 30000;
-    if (lua_getfield(L, t, "run") == LUA_TFUNCTION) {
-        lua_Debug ar;
-        lua_pushvalue(L, -1);
-        lua_getinfo(L, ">S", &ar);
-        line = ar.linedefined;
-    } else {
-        line = find_key_line(ld, name);
-    }
-    ls->st.line = line;
-    if (lua_type(L, -1) != LUA_TFUNCTION) {
-        load_fail(ld, line, "step '%s': run must be a function", name);
-        lua_pop(L, 1);
-        return;
-    }
-    ls->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
-    lua_pushnil(L);
-    while (lua_next(L, t) != 0) {
-        int ok = 0;
-        if (lua_type(L, -2) == LUA_TSTRING)
-            for (int i = 0; known[i]; i++)
-                ok = ok || strcmp(lua_tostring(L, -2), known[i]) == 0;
-        if (!ok) {
-            if (lua_type(L, -2) == LUA_TSTRING)
-                load_fail(ld, line, "step '%s': unknown key '%s'", name, lua_tostring(L, -2));
-            else
-                load_fail(ld, line, "step '%s': unknown key of type %s", name,
-                          luaL_typename(L, -2));
-            lua_pop(L, 2);
-            return;
-        }
-        lua_pop(L, 1);
-    }
-    for (int i = 0; i < 3; i++) {
-        int ty = lua_getfield(L, t, trans[i]);
-        if (ty == LUA_TSTRING) {
-            if ((*dst[i] = strdup(lua_tostring(L, -1))) == NULL)
-                load_fail(ld, line, "out of memory");
-        } else if (ty != LUA_TNIL) {
-            load_fail(ld, line, "step '%s': %s must be a step name", name, trans[i]);
-        }
-        lua_pop(L, 1);
-    }
-    if (get_seconds(L, ld, t, "timeout", line, name, 0, &ls->st.timeout_ms) < 0)
-        return;
-    int ty = lua_getfield(L, t, "retry");
-    if (ty == LUA_TTABLE) {
-        int r = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, r) != 0) {
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-            if (k == NULL ||
-                (strcmp(k, "attempts") != 0 && strcmp(k, "base") != 0 && strcmp(k, "max") != 0)) {
-                load_fail(ld, line, "step '%s': retry: unknown key '%s'", name, k ? k : "?");
-                lua_pop(L, 3);
-                return;
-            }
-            lua_pop(L, 1);
-        }
-        if (lua_getfield(L, r, "attempts") != LUA_TNIL) {
-            lua_Integer a = lua_tointeger(L, -1);
-            if (!lua_isinteger(L, -1) || a < 1 || a > 100)
-                load_fail(ld, line, "step '%s': retry.attempts must be an integer 1..100", name);
-            else
-                ls->st.retry_attempts = (int)a;
-        }
-        lua_pop(L, 1);
-        if (get_seconds(L, ld, r, "base", line, name, 1, &ls->st.retry_base_ms) < 0 ||
-            get_seconds(L, ld, r, "max", line, name, 1, &ls->st.retry_max_ms) < 0) {
-            lua_pop(L, 1);
-            return;
-        }
-        if (ls->st.retry_max_ms < ls->st.retry_base_ms)
-            load_fail(ld, line, "step '%s': retry.max is below retry.base", name);
-    } else if (ty != LUA_TNIL) {
-        load_fail(ld, line, "step '%s': retry must be a table {attempts, base, max}", name);
-    }
-    lua_pop(L, 1);
+    if (line > 0)
+        sl_flow__check_fail(c, line, "%s", rest);
+    else
+        sl_flow__check_fail(c, 1, "%s%s", what, m != NULL ? m : "error while loading the flow");
 }
 
-/* Runs in protected mode on the main thread: load the chunk, run it, check the result. */
-static int load_protected(lua_State *L)
+/* Runs in protected mode on the main thread: compile, run the top level, check the result. */
+static int eval_protected(lua_State *L)
 {
-    load_t *ld = lua_touserdata(L, 1);
-    sl_flowvm_t *vm = ld->vm;
-    int state, env, def, steps, rc;
+    sl_flow_check_t *c = lua_touserdata(L, 1);
+    sl_flowvm_t *vm = c->vm;
+    int state, env, def, rc;
 
     lua_settop(L, 0);
     push_env(L, vm);
     state = 1;
     env = 2;
-    lua_pushfstring(L, "@%s", ld->path);
-    rc = luaL_loadbufferx(L, ld->buf, ld->len, lua_tostring(L, -1), "t");
+    lua_pushfstring(L, "@%s", c->label);
+    rc = luaL_loadbufferx(L, c->src, c->len, lua_tostring(L, -1), "t");
     if (rc != LUA_OK) {
-        /* syntax errors already read "path:line: message" */
-        snprintf(ld->err, ld->errlen, "%s", lua_tostring(L, -1));
-        ld->failed = 1;
+        eval_error(L, c, ""); /* a syntax error: "label:line: message" */
         return 0;
     }
     lua_pushvalue(L, env);
@@ -800,128 +688,36 @@ static int load_protected(lua_State *L)
     rc = lua_pcall(L, 0, 1, 0);
     lua_sethook(L, NULL, 0, 0);
     if (rc != LUA_OK) {
-        const char *m = lua_tostring(L, -1);
-        snprintf(ld->err, ld->errlen, "%s", m ? m : "error while loading the flow");
-        if (m == NULL || strncmp(m, ld->path, strlen(ld->path)) != 0)
-            snprintf(ld->err, ld->errlen, "%s:1: %s", ld->path, m ? m : "error while loading");
-        ld->failed = 1;
+        eval_error(L, c, "");
         return 0;
     }
     def = lua_gettop(L);
     lua_getfield(L, state, "line");
-    ld->flow_line = (int)lua_tointeger(L, -1);
+    c->flow_line = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, state, "def");
     if (lua_type(L, def) != LUA_TTABLE || !lua_rawequal(L, -1, def)) {
-        load_fail(ld, ld->flow_line, "the file must return flow{...}");
+        sl_flow__check_fail(c, c->flow_line, "the file must return flow{...}");
         return 0;
     }
     lua_pop(L, 1);
-
-    lua_pushnil(L);
-    while (lua_next(L, def) != 0) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (k == NULL || (strcmp(k, "start") != 0 && strcmp(k, "steps") != 0)) {
-            load_fail(ld, ld->flow_line, "flow: unknown key '%s'", k ? k : "?");
-            return 0;
-        }
-        lua_pop(L, 1);
-    }
-    if (lua_getfield(L, def, "steps") != LUA_TTABLE) {
-        load_fail(ld, ld->flow_line, "flow: steps must be a table of steps");
-        return 0;
-    }
-    steps = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, steps) != 0) {
-        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        load_step_t *ls;
-        if (name == NULL) {
-            load_fail(ld, ld->flow_line, "flow: step names must be strings");
-            return 0;
-        }
-        if (ld->nsteps >= MAX_STEPS) {
-            load_fail(ld, ld->flow_line, "flow: more than %d steps", MAX_STEPS);
-            return 0;
-        }
-        ls = &ld->steps[ld->nsteps];
-        if ((ls->st.name = strdup(name)) == NULL) {
-            load_fail(ld, ld->flow_line, "out of memory");
-            return 0;
-        }
-        ld->nsteps++;
-        if (!name_ok(name, STEP_NAME_MAX))
-            load_fail(ld, find_key_line(ld, name),
-                      "step '%s': names are 1..63 characters of [a-z0-9_]", name);
-        else if (lua_type(L, -1) != LUA_TTABLE)
-            load_fail(ld, find_key_line(ld, name), "step '%s': must be a table", name);
-        else
-            check_step(L, ld, lua_gettop(L), name, ls);
-        if (ld->failed)
-            return 0;
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    if (ld->nsteps == 0) {
-        load_fail(ld, ld->flow_line, "flow: no steps");
-        return 0;
-    }
-    qsort(ld->steps, (size_t)ld->nsteps, sizeof(ld->steps[0]), step_cmp);
-
-    if (lua_getfield(L, def, "start") != LUA_TSTRING) {
-        load_fail(ld, ld->flow_line, "flow: start is missing (the name of the first step)");
-        return 0;
-    }
-    if ((ld->start = strdup(lua_tostring(L, -1))) == NULL) {
-        load_fail(ld, ld->flow_line, "out of memory");
-        return 0;
-    }
-    lua_pop(L, 1);
-    if (find_loaded(ld, ld->start) == NULL) {
-        load_fail(ld, ld->flow_line, "flow: start '%s' is not a step", ld->start);
-        return 0;
-    }
-    for (int i = 0; i < ld->nsteps; i++) {
-        const sl_flow_step_t *st = &ld->steps[i].st;
-        const char *tn[] = {"next", "fallback", "always"};
-        const char *tv[] = {st->next, st->fallback, st->always};
-        for (int j = 0; j < 3; j++)
-            if (tv[j] != NULL && find_loaded(ld, tv[j]) == NULL) {
-                load_fail(ld, st->line, "step '%s': %s '%s' is not a step", st->name, tn[j], tv[j]);
-                return 0;
-            }
-    }
-    /* every step reachable from start */
-    {
-        int seen[MAX_STEPS] = {0}, queue[MAX_STEPS], qh = 0, qt = 0;
-        int s0 = (int)(find_loaded(ld, ld->start) - ld->steps);
-        seen[s0] = 1;
-        queue[qt++] = s0;
-        while (qh < qt) {
-            const sl_flow_step_t *st = &ld->steps[queue[qh++]].st;
-            const char *tv[] = {st->next, st->fallback, st->always};
-            for (int j = 0; j < 3; j++) {
-                if (tv[j] == NULL)
-                    continue;
-                int k = (int)(find_loaded(ld, tv[j]) - ld->steps);
-                if (!seen[k]) {
-                    seen[k] = 1;
-                    queue[qt++] = k;
-                }
-            }
-        }
-        for (int i = 0; i < ld->nsteps; i++)
-            if (!seen[i]) {
-                load_fail(ld, ld->steps[i].st.line, "step '%s': unreachable from start '%s'",
-                          ld->steps[i].st.name, ld->start);
-                return 0;
-            }
-    }
+    sl_flow__check_def(L, def, c);
     lua_pushvalue(L, env);
-    ld->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
+void sl_flow__eval(sl_flowvm_t *vm, sl_flow_check_t *c)
+{
+    lua_settop(vm->L, 0);
+    vm->checking = c;
+    lua_pushcfunction(vm->L, eval_protected);
+    lua_pushlightuserdata(vm->L, c);
+    if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK)
+        eval_error(vm->L, c, "");
+    vm->checking = NULL;
+    lua_settop(vm->L, 0);
+}
 static void free_step_strings(sl_flow_step_t *st)
 {
     free((char *)st->name);
@@ -933,7 +729,7 @@ static void free_step_strings(sl_flow_step_t *st)
 int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t **out, char *err,
                  size_t errlen)
 {
-    load_t *ld = NULL;
+    sl_flow_check_t *c = NULL;
     sl_flow_t *f = NULL;
     char *buf = NULL;
     size_t len = 0;
@@ -943,60 +739,42 @@ int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t 
         snprintf(err, errlen, "%s: bad arguments", path ? path : "?");
         return SL_EINVAL;
     }
-    if ((rc = read_file(path, &buf, &len, err, errlen)) != 0)
+    if ((rc = sl_flow__read_file(path, &buf, &len, err, errlen)) != 0)
         return rc;
-    if ((ld = calloc(1, sizeof(*ld))) == NULL) {
-        rc = SL_ENOMEM;
-        snprintf(err, errlen, "%s: out of memory", path);
-        goto out;
-    }
-    ld->vm = vm;
-    ld->path = path;
-    ld->buf = buf;
-    ld->len = len;
-    ld->err = err;
-    ld->errlen = errlen;
-    ld->env_ref = LUA_NOREF;
     err[0] = '\0';
-
-    lua_settop(vm->L, 0);
-    lua_pushcfunction(vm->L, load_protected);
-    lua_pushlightuserdata(vm->L, ld);
-    if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
-        const char *m = lua_tostring(vm->L, -1);
-        snprintf(err, errlen, "%s:1: %s", path, m ? m : "error while loading");
-        ld->failed = 1;
-    }
-    lua_settop(vm->L, 0);
-    if (ld->failed) {
-        rc = SL_EINVAL;
+    /* The whole check (actors/flow_check.h): every error at once, one per line. */
+    if ((rc = sl_flow_check_source(vm, path, buf, len, &c)) != 0) {
+        if (c != NULL)
+            sl_flow_check_errors_text(c, err, errlen);
+        else
+            snprintf(err, errlen, "%s: out of memory", path);
         goto out;
     }
 
     rc = SL_ENOMEM;
     if ((f = calloc(1, sizeof(*f))) == NULL || (f->name = strdup(name)) == NULL ||
         (f->path = strdup(path)) == NULL ||
-        (f->steps = calloc((size_t)ld->nsteps, sizeof(*f->steps))) == NULL ||
-        (f->run_refs = calloc((size_t)ld->nsteps, sizeof(int))) == NULL) {
+        (f->steps = calloc((size_t)c->nsteps, sizeof(*f->steps))) == NULL ||
+        (f->run_refs = calloc((size_t)c->nsteps, sizeof(int))) == NULL) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     f->vm = vm;
     f->refs = 1;
-    f->start = ld->start;
-    ld->start = NULL;
-    f->env_ref = ld->env_ref;
-    ld->env_ref = LUA_NOREF;
+    f->start = c->start; /* moved */
+    c->start = NULL;
+    f->env_ref = c->env_ref;
+    c->env_ref = LUA_NOREF;
     sl_sha256_hex(buf, len, f->version);
     f->source = buf; /* moved */
     f->source_len = len;
     buf = NULL;
-    f->nsteps = ld->nsteps;
-    for (int i = 0; i < ld->nsteps; i++) {
-        f->steps[i] = ld->steps[i].st;
-        f->run_refs[i] = ld->steps[i].ref;
+    f->nsteps = c->nsteps;
+    for (int i = 0; i < c->nsteps; i++) {
+        f->steps[i] = c->steps[i].st;
+        f->run_refs[i] = c->steps[i].ref;
     }
-    ld->nsteps = 0; /* moved */
+    c->nsteps = 0; /* moved */
     f->next = vm->flows;
     if (vm->flows)
         vm->flows->prev = f;
@@ -1013,15 +791,7 @@ out:
         free(f->run_refs);
         free(f);
     }
-    if (ld != NULL) {
-        for (int i = 0; i < ld->nsteps; i++) {
-            free_step_strings(&ld->steps[i].st);
-            luaL_unref(vm->L, LUA_REGISTRYINDEX, ld->steps[i].ref);
-        }
-        luaL_unref(vm->L, LUA_REGISTRYINDEX, ld->env_ref);
-        free(ld->start);
-        free(ld);
-    }
+    sl_flow_check_free(c);
     free(buf);
     return rc;
 }

@@ -10,7 +10,8 @@
  * pending op with its cancel, and yields; the operation's completion resumes
  * the coroutine on a later loop turn (sl_flow__resume, the one resume path).
  *
- * Files: actors/flow.c (VM, sandbox, budgets, loading, checking, resume),
+ * Files: actors/flow.c (VM, sandbox, budgets, loading, resume),
+ * actors/flow_check.c (checking a flow as a whole, its graph),
  * actors/service.c (per-service timeout, concurrency cap, circuit breaker),
  * actors/lua_http.c, lua_exec.c, lua_run.c (artifact, record,
  * text source, read_artifact), lua_util.c (json, sha256, hmac, log, sleep,
@@ -86,8 +87,10 @@ typedef struct sl_flow_step_s {
 
 /**
  * Loads and checks the flow file at `path` (copied) for pipeline `name`
- * (copied). Errors are "path:line: message" in err. Returns an owned
- * reference (refcount 1) in *out.
+ * (copied) with the whole check of actors/flow_check.h. Errors are every
+ * "path:line: message" the check found, one per line, in err (truncated to
+ * errlen); SL_EINVAL for an invalid flow. Returns an owned reference
+ * (refcount 1) in *out.
  */
 int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t **out, char *err,
                  size_t errlen);

@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "actors/flow.h"
+#include "actors/flow_check.h"
 #include "actors/service.h"
 
 #define SL_FLOW_DEFAULT_INSTRUCTIONS 50000000L
@@ -64,6 +65,7 @@ struct sl_flowvm_s {
     int nsteps;
     sl_flow_t *flows; /* every flow still referenced (doubly linked) */
     int freeing;
+    sl_flow_check_t *checking; /* the flow source being loaded and checked, or NULL */
 };
 
 struct sl_flow_s {
@@ -112,6 +114,58 @@ struct sl_step_s {
     void *arg;
     sl_step_t *prev, *next;
 };
+
+/* ---- flow_check.c and flow.c: loading a flow source and checking it ---- */
+
+typedef struct sl_flow_check_step_s {
+    sl_flow_step_t st; /* strings owned by the check until taken */
+    int ref;           /* registry ref of its run function, or LUA_NOREF */
+} sl_flow_check_step_t;
+
+typedef struct sl_flow_check_err_s {
+    int line;
+    int seq;    /* the order found: ties on line keep it */
+    char *text; /* "label:line: message", owned */
+} sl_flow_check_err_t;
+
+/** A flow source being checked. flow.c evaluates it; flow_check.c checks what it returned. */
+struct sl_flow_check_s {
+    sl_flowvm_t *vm;   /* whose registry holds the refs below */
+    char *label;       /* owned: the chunk name and the errors' prefix */
+    const char *src;   /* borrowed while checking: the source text (lines of declarations) */
+    size_t len;
+    int flow_line;     /* the line of `flow{` (0 before it is known) */
+    char *start;       /* owned */
+    int nsteps;
+    sl_flow_check_step_t steps[SL_FLOW_MAX_STEPS]; /* sorted by line once checked */
+    int env_ref;       /* the flow's _ENV, or LUA_NOREF */
+    int nerrors, dropped;
+    sl_flow_check_err_t errors[SL_FLOW_CHECK_MAX_ERRORS];
+};
+
+/** Records an error of c at line (<= 0: the line of flow{, else 1). */
+void sl_flow__check_fail(sl_flow_check_t *c, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/**
+ * flow.c: compiles c->src in a fresh sandbox environment, runs its top level
+ * under the load budget and, if it returned a table, calls sl_flow__check_def
+ * on it. Errors go to c. Synchronous; not from inside a step.
+ */
+void sl_flow__eval(sl_flowvm_t *vm, sl_flow_check_t *c);
+
+/**
+ * flow_check.c: checks the table at index def (what the file returned) and
+ * fills c's steps and start, pinning each run function (c->steps[i].ref).
+ * Called in protected mode; may raise only on memory errors.
+ */
+void sl_flow__check_def(lua_State *L, int def, sl_flow_check_t *c);
+
+/** Reads a flow or lib file of at most SL_FLOW_MAX_FILE bytes: *out owned (NUL-terminated). */
+int sl_flow__read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
+
+/** 1 if s is 1..max-1 bytes of [a-z0-9_] (step and module names). */
+int sl_flow__name_ok(const char *s, size_t max);
 
 /* ---- flow.c: the step side of primitives ---- */
 

@@ -28,14 +28,16 @@
 #include "actors/scheduler.h"
 #include "db/pg.h"
 
-#define SL_MAX_STEPS 16
-
-/** A pipeline as the API knows it: name, the MIME patterns it matches, its steps. */
+/** A pipeline as the API knows it: name, the MIME patterns it matches, its flow. */
 typedef struct sl_pipeline_def_s {
     char name[64];
     char *match[SL_CONFIG_MAX_MATCH + 1]; /* borrowed from config or static defaults */
-    int nsteps;
-    char steps[SL_MAX_STEPS][32];
+    /* issue 14: every step, the version and the graph of its loaded flow, as
+     * sl_flow_describe (actors/flow_check.h) gives them: {"steps", "version",
+     * "start", "graph"}. Owned. The engine sets it when it loads the flow; an
+     * HTTP process copies the engine's (sl_api_engine_refresh_steps). Before
+     * that: {"steps"} of the shipped pipelines' documented steps, or NULL. */
+    json_t *flow;
 } sl_pipeline_def_t;
 
 typedef struct sl_app_s {
@@ -217,8 +219,9 @@ void sl_api_engine_kick(sl_app_t *app);
 void sl_api_engine_cancel_file(sl_app_t *app, const char *file_id);
 
 /**
- * Copies the steps of each pipeline from the engine's last snapshot into
- * app->pipelines (an HTTP process loads no flows). No-op inline.
+ * Copies each pipeline's flow description (steps, version, graph) from the
+ * engine's last snapshot into app->pipelines[i].flow (an HTTP process loads
+ * no flows). No-op inline.
  */
 void sl_api_engine_refresh_steps(sl_app_t *app);
 
@@ -236,7 +239,8 @@ void sl_api_register_upload(sl_app_t *app);    /* POST /v1/datasets/{id}/files *
 void sl_api_register_files(sl_app_t *app);     /* file get/list/delete/process/events */
 void sl_api_register_records(sl_app_t *app);   /* GET /v1/datasets/{id}/records */
 void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs */
-void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
+void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, UI */
+void sl_api_register_pipelines(sl_app_t *app); /* GET /v1/pipelines, /v1/pipelines/{name} */
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
 /* issue 13 (openapi): GET /v1/openapi.json, docs/openapi.json embedded (no auth) */
 void sl_api_register_openapi(sl_app_t *app);

@@ -381,7 +381,7 @@ static char m_odp[] = "application/vnd.oasis.opendocument.presentation";
 static const struct {
     const char *name;
     char *match[12];
-    const char *steps[SL_MAX_STEPS];
+    const char *steps[8];
 } shipped[] = {
     {"ai_record",
      {m_pdf, m_image, m_text, SL_OFFICE_MATCH, NULL},
@@ -390,14 +390,17 @@ static const struct {
 };
 #define NSHIPPED ((int)(sizeof shipped / sizeof shipped[0]))
 
+/* {"steps": [...]}: the documented steps of a shipped pipeline, until its flow is loaded. */
 static void shipped_steps(sl_pipeline_def_t *p)
 {
-    p->nsteps = 0;
+    p->flow = NULL;
     for (int i = 0; i < NSHIPPED; i++) {
-        if (strcmp(shipped[i].name, p->name) != 0)
+        json_t *steps;
+        if (strcmp(shipped[i].name, p->name) != 0 || (steps = json_array()) == NULL)
             continue;
-        for (int s = 0; s < SL_MAX_STEPS && shipped[i].steps[s] != NULL; s++)
-            snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s", shipped[i].steps[s]);
+        for (int s = 0; shipped[i].steps[s] != NULL; s++)
+            json_array_append_new(steps, json_string(shipped[i].steps[s]));
+        p->flow = json_pack("{s:o}", "steps", steps);
     }
 }
 
@@ -414,8 +417,11 @@ int sl_api_load_pipelines(sl_app_t *app)
         for (int i = 0; i < cfg->npipelines; i++) {
             const sl_config_pipeline_t *cp = &cfg->pipelines[i];
             sl_pipeline_def_t *p = &defs[n++];
-            if (cp->name == NULL || strlen(cp->name) >= sizeof p->name)
+            if (cp->name == NULL || strlen(cp->name) >= sizeof p->name) {
+                for (int k = 0; k < n; k++)
+                    json_decref(defs[k].flow);
                 return SL_EINVAL;
+            }
             snprintf(p->name, sizeof p->name, "%s", cp->name);
             for (int m = 0; m < SL_CONFIG_MAX_MATCH && cp->match[m] != NULL; m++)
                 p->match[m] = cp->match[m];
@@ -432,6 +438,8 @@ int sl_api_load_pipelines(sl_app_t *app)
             shipped_steps(p);
         }
     }
+    for (int i = 0; i < app->npipelines; i++)
+        json_decref(app->pipelines[i].flow);
     memcpy(app->pipelines, defs, sizeof defs);
     app->npipelines = n;
     return 0;
@@ -906,20 +914,16 @@ void sl_api_engine_refresh_steps(sl_app_t *app)
     char *text = NULL;
     if (app->sched || !app->link || sl_elink_read(app->link, &text, NULL, NULL) != 0)
         return;
+    /* {"pipeline": {"steps", "version", "start", "graph"}} (main.c steps_json) */
     json_t *all = json_loads(text, 0, NULL);
     free(text);
     for (int i = 0; json_is_object(all) && i < app->npipelines; i++) {
         sl_pipeline_def_t *p = &app->pipelines[i];
-        json_t *steps = json_object_get(all, p->name), *v;
-        size_t k;
-        if (!json_is_array(steps))
+        json_t *flow = json_object_get(all, p->name);
+        if (!json_is_object(flow) || !json_is_array(json_object_get(flow, "steps")))
             continue;
-        p->nsteps = 0;
-        json_array_foreach(steps, k, v)
-        {
-            if (json_is_string(v) && p->nsteps < SL_MAX_STEPS)
-                snprintf(p->steps[p->nsteps++], sizeof p->steps[0], "%s", json_string_value(v));
-        }
+        json_decref(p->flow);
+        p->flow = json_incref(flow);
     }
     json_decref(all);
 }

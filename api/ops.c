@@ -1,5 +1,6 @@
 /*
- * ops.c — operational endpoints and the static web UI.
+ * ops.c — operational endpoints and the static web UI (the pipelines are in
+ * api/pipelines.c).
  *
  *   GET /healthz       -> 200 {"status":"ok"} while the process lives
  *   GET /readyz        -> {"postgres":"ok"|"down","redis":"ok"|"down",
@@ -12,7 +13,6 @@
  *   GET /metrics       -> Prometheus text format 0.0.4; in an HTTP process
  *                         this process's families merged with the engine
  *                         process's snapshot (docs/internals/engine.md)
- *   GET /v1/pipelines  -> {"pipelines":[{"name","match","steps"}]} (auth)
  *   GET /, /index.html, /ui/<file>, /ui/<dir>/<file> -> files under cfg->web_root
  *
  * Static files are small and rarely fetched, so they are simply read whole —
@@ -182,34 +182,6 @@ static void metrics(sl_http_req_t *req, const sl_http_params_t *params, void *ar
         return;
     }
     app->metrics_waits++; /* the drain at shutdown waits for it */
-}
-
-/* ---- GET /v1/pipelines ---- */
-
-static void pipelines_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
-{
-    json_t *list = json_array();
-    (void)tenant_id;
-    (void)arg;
-    sl_api_engine_refresh_steps(app); /* an HTTP process knows steps from the engine */
-    for (int i = 0; list != NULL && i < app->npipelines; i++) {
-        const sl_pipeline_def_t *p = &app->pipelines[i];
-        json_t *match = json_array();
-        json_t *steps = json_array();
-        for (int m = 0; m < SL_CONFIG_MAX_MATCH && p->match[m] != NULL; m++)
-            json_array_append_new(match, json_string(p->match[m]));
-        for (int s = 0; s < p->nsteps && s < SL_MAX_STEPS; s++)
-            json_array_append_new(steps, json_string(p->steps[s]));
-        json_array_append_new(
-            list, json_pack("{s:s, s:o, s:o}", "name", p->name, "match", match, "steps", steps));
-    }
-    sl_api_json(req, 200, json_pack("{s:o}", "pipelines", list));
-}
-
-static void pipelines_list(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
-{
-    (void)params;
-    sl_api_auth(arg, req, 0, pipelines_auth_cb, NULL);
 }
 
 /* ---- static files ---- */
@@ -384,7 +356,6 @@ void sl_api_register_ops(sl_app_t *app)
     sl_http_router_add(app->router, "GET", "/healthz", "healthz", healthz, app);
     sl_http_router_add(app->router, "GET", "/readyz", "readyz", readyz, app);
     sl_http_router_add(app->router, "GET", "/metrics", "metrics", metrics, app);
-    sl_http_router_add(app->router, "GET", "/v1/pipelines", "pipelines_list", pipelines_list, app);
     sl_http_router_add(app->router, "GET", "/", "ui", ui_index, app);
     sl_http_router_add(app->router, "GET", "/index.html", "ui", ui_index, app);
     sl_http_router_add(app->router, "GET", "/ui/{file}", "ui", ui_file, app);

@@ -480,7 +480,10 @@ def test_pipelines_listing_and_reload(start_server, tmp_path):
     srv = start_server(extra_yaml=pipelines_yaml(tmp_path, {"mini": (flow, ["text/*"])}))
     t = srv.create_tenant("pl")
     got = t.get("/v1/pipelines").json()["pipelines"]
-    assert got == [{"name": "mini", "match": ["text/*"], "steps": ["one"]}]
+    assert [{k: p[k] for k in ("name", "match", "steps")} for p in got] == [
+        {"name": "mini", "match": ["text/*"], "steps": ["one"]}]
+    assert got[0]["graph"] == {"nodes": [{"id": "one"}], "edges": []}
+    v1 = got[0]["version"]
     (tmp_path / "mini.lua").write_text(
         'return flow { start = "one", steps = { one = { run = function() return true end,'
         ' next = "two" }, two = { run = function() return true end } } }\n')
@@ -492,6 +495,9 @@ def test_pipelines_listing_and_reload(start_server, tmp_path):
             break
         time.sleep(0.1)
     assert got[0]["steps"] == ["one", "two"]
+    # issue 14: the graph and the version follow the reload
+    assert got[0]["graph"]["edges"] == [{"from": "one", "to": "two", "on": "next"}]
+    assert got[0]["version"] != v1 and len(got[0]["version"]) == 64
 
 
 def test_broken_flow_is_refused_at_start_with_file_and_line(start_server, tmp_path):

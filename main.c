@@ -189,9 +189,11 @@ typedef struct migrate_job_s {
 #define SL_SIGNING_KEY_BYTES 32
 
 /*
- * The URL-signing key, shared by every instance through the settings table,
- * into out (hex, NUL-terminated). When there is none yet (a fresh database,
- * or migration 006 dropped the weak one 001 made with random()), this
+ * A signing key named `name` in the settings table — the URL-signing key, or
+ * (issue 13) the access-token key when the config lists no auth.token_keys —
+ * shared by every instance, into out (hex, NUL-terminated). When there is
+ * none yet (a fresh database, or migration 006 dropped the weak URL key that
+ * 001 made with random()), this
  * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
  * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
  * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).

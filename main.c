@@ -261,6 +261,21 @@ static void migrate_work(void *arg)
                      PQerrorMessage(c));
         }
         PQclear(r);
+        if (job->err)
+            break;
+        /* issue 13: the prefix GET /v1/keys shows (the key's first 11 characters) */
+        char prefix[12];
+        snprintf(prefix, sizeof prefix, "%.11s", t->api_key);
+        const char *pp[] = {hash, prefix};
+        r = PQexecParams(c,
+                         "UPDATE api_keys SET prefix = $2 WHERE key_hash = $1 AND prefix IS NULL",
+                         2, NULL, pp, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            job->err = SL_EDB;
+            snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
+                     PQerrorMessage(c));
+        }
+        PQclear(r);
     }
     PQfinish(c);
 }

@@ -4,7 +4,7 @@ Starts a server with the harness, makes a tenant, and runs the node script
 (Debian's chromium driven by playwright-core, as test_browser.py does): the
 page draws ai_record as an SVG graph with the API's nodes and edges, fallback
 edges dashed; a text file's "show path" highlights tika and record, not ocr or
-textract. Screenshots land in test-artifacts/ (pipelines.png,
+textract; a damaged PDF's failed path matches its timeline. Screenshots land in test-artifacts/ (pipelines.png,
 pipelines-path.png, pipelines-30.png; pipelines-failure.png on failure).
 
 Skipped only when /usr/bin/chromium or node is missing.
@@ -19,11 +19,11 @@ import pytest
 from test_browser import ARTIFACTS, BROWSER_DIR, CHROMIUM, _need_browser
 
 SHOTS = ("pipelines.png", "pipelines-path.png", "pipelines-30.png", "pipelines-files.png",
-         "pipelines-failure.png")
+         "pipelines-failed.png", "pipelines-failure.png")
 
 
 @pytest.mark.timeout(300)
-def test_pipelines_page_draws_graphs_and_a_files_path(start_server):
+def test_pipelines_page_draws_graphs_and_a_files_path(start_server, samples):
     node = _need_browser()
     server = start_server()
     tenant = server.create_tenant("browser-pipelines")
@@ -31,7 +31,7 @@ def test_pipelines_page_draws_graphs_and_a_files_path(start_server):
     for old in SHOTS:
         (ARTIFACTS / old).unlink(missing_ok=True)
     env = {"SLUICE_URL": server.url, "SLUICE_API_KEY": tenant.key,
-           "SLUICE_ARTIFACTS": str(ARTIFACTS), "CHROMIUM": CHROMIUM}
+           "SLUICE_ARTIFACTS": str(ARTIFACTS), "CHROMIUM": CHROMIUM, "SLUICE_SAMPLES": str(samples)}
     r = subprocess.run([node, "pipelines.test.mjs"], cwd=str(BROWSER_DIR), env=dict(os.environ, **env),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=240)
     print(r.stdout)
@@ -48,5 +48,8 @@ def test_pipelines_page_draws_graphs_and_a_files_path(start_server):
     assert result["edges"] == len(graph["edges"])
     assert result["taken"] == ["tika>record:next"]
     assert {k for k, v in result["highlighted"].items() if v["visited"]} == {"tika", "record"}
-    for shot in SHOTS[:4]:
+    # The damaged PDF failed, and the page showed a failed step.
+    assert result["failed_file"]["run"] == "failed"
+    assert "failed" in result["failed_file"]["got"].values()
+    for shot in SHOTS[:5]:
         assert (ARTIFACTS / shot).stat().st_size > 5000, shot

@@ -10,13 +10,15 @@
 // row's "show path" link: tika and record are highlighted as succeeded and the
 // transition tika -> record is taken; ocr and textract are not, nor any
 // fallback edge — all checked against the file's timeline from the API too.
-// The file picker shows the same path. A made-up 30-step flow drawn in the
+// The file picker shows the same path; a damaged PDF's failed path (with
+// SLUICE_SAMPLES) matches its timeline. A made-up 30-step flow drawn in the
 // page has no overlapping boxes. Screenshots: $SLUICE_ARTIFACTS/pipelines.png
-// (the graph), pipelines-path.png (a file's path), pipelines-30.png (30 steps),
+// (the graph), pipelines-files.png (the "show path" link), pipelines-path.png
+// (a file's path), pipelines-failed.png, pipelines-30.png (30 steps),
 // pipelines-failure.png on failure.
 //
 // Environment: SLUICE_URL, SLUICE_API_KEY (a tenant key with no datasets yet),
-// SLUICE_ARTIFACTS (screenshot dir), CHROMIUM (default /usr/bin/chromium).
+// SLUICE_ARTIFACTS (screenshot dir), SLUICE_SAMPLES (optional), CHROMIUM (default /usr/bin/chromium).
 // Prints one JSON line of results; exit 0 on success, 1 on failure.
 
 import { chromium } from "playwright-core";
@@ -32,6 +34,7 @@ const { layout, runPath } = await import("data:text/javascript;base64," + fs.rea
 const BASE = (process.env.SLUICE_URL || "").replace(/\/$/, "");
 const KEY = process.env.SLUICE_API_KEY || "";
 const OUT = process.env.SLUICE_ARTIFACTS || "test-artifacts";
+const SAMPLES = process.env.SLUICE_SAMPLES || ""; // optional: truncated.pdf, a file that fails
 const EXE = process.env.CHROMIUM || "/usr/bin/chromium";
 
 if (!BASE || !KEY) {
@@ -221,6 +224,43 @@ try {
   await page.locator(svgSel + ".has-path").waitFor();
   assert(await page.getAttribute(svgSel + ' g.node[data-id="record"]', "data-outcome") === "succeeded",
          "picking the file shows its path again");
+
+  // ---- a file that failed (a damaged PDF), if the samples are there: what
+  // the graph shows is what its timeline says — each step that started is
+  // highlighted with its last outcome, each fallback taken is, nothing else.
+  if (SAMPLES && fs.existsSync(path.join(SAMPLES, "truncated.pdf"))) {
+    await page.click("#files-btn");
+    await page.setInputFiles("#file-input", [path.join(SAMPLES, "truncated.pdf")]);
+    const bad = '#files-body tr[data-name="truncated.pdf"]';
+    await page.waitForFunction((sel) => ["done", "failed"].includes(document.querySelector(sel)?.dataset.status), bad,
+                               { timeout: 120000, polling: 250 });
+    const badId = await page.getAttribute(bad, "data-id");
+    const f = await apiGet(`/v1/files/${badId}`);
+    const run = f.runs.filter((r) => r.pipeline === "ai_record").sort((a, b) => (a.started_at < b.started_at ? 1 : -1))[0];
+    const evs = (await apiGet(`/v1/files/${badId}/events`)).events.filter((e) => e.run_id === run.id);
+    const want = {};
+    for (const e of evs) {
+      if (e.kind === "step_started") want[e.step] ||= "running";
+      if (e.kind === "step_succeeded") want[e.step] = "succeeded";
+      if (e.kind === "step_failed") want[e.step] = "failed";
+    }
+    const wantFallbacks = evs.filter((e) => e.kind === "fallback").map((e) => e.detail.from + ">" + e.detail.to + ":fallback");
+    await page.click("#pipelines-btn");
+    await page.locator(svgSel).waitFor();
+    await page.selectOption("#pg-file", badId);
+    await page.locator(svgSel + ".has-path").waitFor();
+    const got = await page.$$eval(svgSel + " g.node.visited", (gs) => Object.fromEntries(gs.map((g) => [g.dataset.id, g.dataset.outcome])));
+    const gotTaken = await page.$$eval(svgSel + ' path.edge.taken[data-on="fallback"]',
+                                       (ps) => ps.map((p) => p.dataset.from + ">" + p.dataset.to + ":fallback"));
+    result.failed_file = { run: run.state, want, got, fallbacks: gotTaken };
+    assert(JSON.stringify(got, Object.keys(got).sort()) === JSON.stringify(want, Object.keys(want).sort()),
+           "the failed file's steps: page " + JSON.stringify(got) + ", timeline " + JSON.stringify(want));
+    assert(JSON.stringify(gotTaken.sort()) === JSON.stringify([...new Set(wantFallbacks)].sort()),
+           "fallbacks taken: page " + JSON.stringify(gotTaken) + ", timeline " + JSON.stringify(wantFallbacks));
+    assert(Object.values(got).includes("failed"), "a failed step is shown as failed");
+    await page.mouse.move(0, 0);
+    await page.screenshot({ path: path.join(OUT, "pipelines-failed.png"), fullPage: true });
+  }
 
   // ---- 30 made-up steps, drawn by the page's own module: no boxes overlap.
   const big = await page.evaluate(async () => {

@@ -262,8 +262,8 @@ export function layout(graph) {
 // ---------------------------------------------------------------- a run's path
 
 // The path of run `runId` from a file's timeline: which steps it visited
-// (outcome, attempts, retries, error) and which transitions it took, in order.
-// Returns {steps: Map id -> {outcome, attempts, retries, error, reason}, taken:
+// (outcome, retries, error) and which transitions it took, in order.
+// Returns {steps: Map id -> {outcome, retries, error, note, reason}, taken:
 // [{from, to, on}], visits: [id...], ended: "succeeded" | "failed" | "cancelled" | null}.
 export function runPath(events, runId, graph) {
   const steps = new Map();
@@ -272,7 +272,7 @@ export function runPath(events, runId, graph) {
   let ended = null;
   let justOk = null; // the step that just succeeded: the next step_started is its "next"/"always"
   const step = (id) => {
-    if (!steps.has(id)) steps.set(id, { outcome: null, attempts: 0, retries: 0, error: null, reason: null });
+    if (!steps.has(id)) steps.set(id, { outcome: null, retries: 0, error: null, note: null, reason: null });
     return steps.get(id);
   };
   const kindOf = (from, to) => {
@@ -287,7 +287,6 @@ export function runPath(events, runId, graph) {
         if (!e.step) break;
         const st = step(e.step);
         st.outcome = "running";
-        st.attempts = Math.max(st.attempts + (d.attempt > 1 ? 0 : 1), d.attempt || 1);
         if (justOk && justOk !== e.step) taken.push({ from: justOk, to: e.step, on: kindOf(justOk, e.step) });
         if (visits[visits.length - 1] !== e.step) visits.push(e.step);
         justOk = null;

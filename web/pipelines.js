@@ -596,23 +596,34 @@ function pipelineView(p, file, events, ds) {
   const text = h("details", { class: "pg-text" }, h("summary", {}, "Steps and transitions as text"),
     h("ul", {}, ...(graph.edges || []).map((e) => h("li", {}, e.from + " → " + e.to + " (" + e.on + ")"))));
 
-  // Versions: the list when the server keeps them, else the one loaded.
-  const versions = Array.isArray(p.versions) && p.versions.length ? p.versions
-    : [{ version: p.version, revision: p.revision, created_at: p.created_at }];
-  const vt = h("table", { class: "pg-versions" },
-    h("thead", {}, h("tr", {}, h("th", {}, "Revision"), h("th", {}, "Version"), h("th", {}, "Created"), h("th", {}, ""))),
-    h("tbody", {}, ...versions.map((v) => {
-      const current = (p.revision !== undefined && p.revision !== null && v.revision === p.revision) ||
-                      (v.version && v.version === p.version);
-      return h("tr", { class: current ? "current" : "" },
-        h("td", {}, v.revision !== undefined && v.revision !== null ? String(v.revision) : "—"),
-        h("td", {}, h("code", { title: v.version || "" }, shortVersion(v.version))),
-        h("td", {}, v.created_at ? fmtTime(v.created_at) : (p.source === "config" || !p.source ? "from the config file" : "—")),
-        h("td", {}, current ? h("span", { class: "badge succeeded" }, h("i", { class: "dot" }), "current") : ""));
-    })));
-
   return [head,
     h("div", { class: "card pg-card" }, pathBar, summary, graphCard, legend(), text),
     h("h3", {}, "Versions"),
-    h("div", { class: "card pg-card" }, vt)];
+    h("div", { class: "card pg-card" }, versionsTable(p))];
+}
+
+// The versions of pipeline document p: its "versions" when the server keeps
+// them (newest revision first; the config file's seed, with no revision,
+// last), else the one loaded. The current one is marked.
+export function versionsTable(p) {
+  const h = ctx.h;
+  const hasRev = (v) => v.revision !== undefined && v.revision !== null;
+  const versions = (Array.isArray(p.versions) && p.versions.length ? [...p.versions]
+    : [{ version: p.version, revision: p.revision, created_at: p.created_at, source: p.source }])
+    .sort((x, y) => (hasRev(y) ? y.revision : -1) - (hasRev(x) ? x.revision : -1));
+  const isCurrent = (v) => (hasRev(p) ? hasRev(v) && v.revision === p.revision : !hasRev(v) && v.version === p.version);
+  const vt = h("table", { class: "pg-versions" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Revision"), h("th", {}, "Version"), h("th", {}, "Source"),
+                     h("th", {}, "Created"), h("th", {}, ""))),
+    h("tbody", {}, ...versions.map((v) => {
+      const current = isCurrent(v);
+      const source = v.source || (hasRev(v) ? "api" : "config");
+      return h("tr", { class: current ? "current" : "", dataset: { version: v.version || "" } },
+        h("td", {}, hasRev(v) ? String(v.revision) : "—"),
+        h("td", {}, h("code", { title: v.version || "" }, shortVersion(v.version))),
+        h("td", {}, source),
+        h("td", {}, v.created_at ? fmtTime(v.created_at) : source === "config" ? "from the config file" : "—"),
+        h("td", {}, current ? h("span", { class: "badge succeeded" }, h("i", { class: "dot" }), "current") : ""));
+    })));
+  return vt;
 }

@@ -175,6 +175,21 @@ try {
   assert(!api.version || vtext.includes(api.version.slice(0, 12)), "the version is shown: " + vtext);
   await page.screenshot({ path: path.join(OUT, "pipelines.png"), fullPage: true });
 
+  // Versions kept by the server (GET /v1/pipelines/{name} with "versions"):
+  // newest revision first, the config's seed last, only the current marked.
+  const vers = await page.evaluate(async () => {
+    const m = await import("/ui/pipelines.js");
+    const t = m.versionsTable({ name: "x", version: "c".repeat(64), revision: 2, source: "api", versions: [
+      { version: "a".repeat(64), revision: null, created_at: null, source: "config" },
+      { version: "b".repeat(64), revision: 1, created_at: "2026-12-01T10:00:00Z" },
+      { version: "c".repeat(64), revision: 2, created_at: "2026-12-02T10:00:00Z" },
+      { version: "c".repeat(64), revision: 3, created_at: "2026-12-03T10:00:00Z" }] });
+    return [...t.querySelectorAll("tbody tr")].map((tr) => [tr.cells[0].textContent, tr.cells[2].textContent,
+                                                           tr.classList.contains("current")]);
+  });
+  assert(JSON.stringify(vers) === JSON.stringify([["3", "api", false], ["2", "api", true], ["1", "api", false],
+                                                  ["—", "config", false]]), "versions: " + JSON.stringify(vers));
+
   // ---- a text file's path
   await page.click("#files-btn");
   await page.locator("#dataset-view").waitFor({ state: "visible" });

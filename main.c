@@ -19,6 +19,7 @@
  * retried with backoff, and until they are done /readyz and /v1 answer 503.
  */
 #include "api/api.h"
+#include "api/auth.h"
 #include "cli/upload.h"
 #include "core/fault.h"
 #include "core/crypto.h"
@@ -94,10 +95,11 @@ static int limit_request(sl_app_t *app, sl_http_req_t *req, const char *route,
     int tlen = sl_api_credentials(req, 1, token, sizeof token);
     if (tlen <= 0)
         return 0; /* no (well-formed) key: authentication answers 401 */
-    char hash[65], key[96];
-    sl_sha256_hex(token, (size_t)tlen, hash);
+    /* issue 13: an access token counts as its API key id, not as a new string per token. */
+    char who[80], key[128];
+    sl_auth_rate_id(app->auth, token, (size_t)tlen, who, sizeof who);
     explicit_bzero(token, sizeof token);
-    snprintf(key, sizeof key, "req:%s:%s", upload ? "uploads" : "reads", hash);
+    snprintf(key, sizeof key, "req:%s:%s", upload ? "uploads" : "reads", who);
     limited_req_t *lr = malloc(sizeof *lr);
     if (!lr)
         return 0;
@@ -178,6 +180,7 @@ typedef struct migrate_job_s {
     int err;
     char errbuf[512];
     char key[129];
+    char token_key[129]; /* issue 13: the JWT key of the settings table (api/auth.h) */
     struct event *retry;
     int delay_ms;
 } migrate_job_t;
@@ -193,7 +196,7 @@ typedef struct migrate_job_s {
  * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
  * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
  */
-static int load_signing_key(PGconn *c, char *out, size_t outlen)
+static int load_signing_key(PGconn *c, const char *name, char *out, size_t outlen)
 {
     unsigned char rnd[SL_SIGNING_KEY_BYTES];
     char hex[2 * SL_SIGNING_KEY_BYTES + 1];
@@ -203,15 +206,16 @@ static int load_signing_key(PGconn *c, char *out, size_t outlen)
     if (sl_random_bytes(rnd, sizeof rnd) != 0)
         goto out;
     sl_hex(rnd, sizeof rnd, hex);
-    const char *params[1] = {hex};
+    const char *params[2] = {hex, name};
     r = PQexecParams(c,
-                     "INSERT INTO settings (key, value) VALUES ('url_signing_key', $1) "
+                     "INSERT INTO settings (key, value) VALUES ($2, $1) "
                      "ON CONFLICT (key) DO NOTHING",
-                     1, NULL, params, NULL, NULL, 0);
+                     2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         goto out;
     PQclear(r);
-    r = PQexec(c, "SELECT value FROM settings WHERE key = 'url_signing_key'");
+    r = PQexecParams(c, "SELECT value FROM settings WHERE key = $1", 1, NULL, params + 1, NULL,
+                     NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
         (size_t)PQgetlength(r, 0, 0) >= outlen)
         goto out;
@@ -233,7 +237,10 @@ static void migrate_work(void *arg)
         return;
     PGconn *c = PQconnectdb(job->app->cfg->database_url);
     PGresult *r = NULL;
-    if (PQstatus(c) != CONNECTION_OK || load_signing_key(c, job->key, sizeof job->key) != 0) {
+    if (PQstatus(c) != CONNECTION_OK ||
+        load_signing_key(c, "url_signing_key", job->key, sizeof job->key) != 0 ||
+        (!sl_auth_configured_keys(job->app->auth) &&
+         load_signing_key(c, SL_AUTH_SETTINGS_KEY, job->token_key, sizeof job->token_key) != 0)) {
         job->err = SL_EUNAVAIL;
         snprintf(job->errbuf, sizeof job->errbuf, "cannot read settings: %s",
                  PQerrorMessage(c));
@@ -280,6 +287,11 @@ static void migrate_done(void *arg)
         return;
     }
     snprintf(app->signing_key, sizeof app->signing_key, "%s", job->key);
+    /* Without auth.token_keys, the key every instance shares through settings. */
+    if (!sl_auth_configured_keys(app->auth) && job->token_key[0] &&
+        sl_auth_use_stored_key(app->auth, job->token_key) != 0)
+        sl_log(SL_LOG_ERROR, "token_key_invalid", NULL);
+    explicit_bzero(job->token_key, sizeof job->token_key);
     app->schema_ready = 1;
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
     if (app->sched)
@@ -664,6 +676,8 @@ static int start_http(sl_app_t *app)
     sl_api_register_records(app);
     sl_api_register_artifacts(app);
     sl_api_register_events(app);
+    sl_api_register_auth(app); /* issue 13 */
+    sl_api_register_keys(app);
 
     sl_http_limits_t limits;
     sl_http_limits_default(&limits);
@@ -762,6 +776,8 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
         goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
+    if ((err = sl_auth_new(cfg, &app->auth)) != 0) /* issue 13: token keys, scopes */
+        goto out;
     if (role != SL_ROLE_HTTP && (err = start_engine(app)) != 0)
         goto out;
     if ((err = start_migrations(app)) != 0)
@@ -811,6 +827,7 @@ out:
     if (app->router)
         sl_http_router_free(app->router);
     sl_ratelimit_free(app->ratelimit); /* before Redis: its pending checks end with it */
+    sl_auth_free(app->auth);
     sl_cache_free(app->cache);         /* its publishes in flight end with app->redis */
     if (app->pubsub)
         sl_pubsub_set_publisher(app->pubsub, NULL); /* it borrows app->redis */

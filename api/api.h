@@ -51,6 +51,7 @@ typedef struct sl_app_s {
     sl_pubsub_t *pubsub;       /* owned by main; status events (local fan-out + Redis) */
     sl_cache_t *cache;         /* owned by main; API key and file document caches (api/cache.h);
                                   NULL in the engine process */
+    struct sl_auth_s *auth;    /* owned by main; access tokens, scopes (api/auth.h); issue 13 */
     sl_curl_t *curl;           /* owned by main */
     sl_flowvm_t *vm;           /* owned by main */
     sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
@@ -99,8 +100,12 @@ int sl_api_credentials(sl_http_req_t *req, int allow_query_token, char *out, siz
 
 /**
  * Authenticates `Authorization: Bearer <key>` (or, when allow_query_token,
- * `?access_token=`). Looks the sha256 of the key up in api_keys. The callback
- * runs on a later loop turn.
+ * `?access_token=`). An API key: looks its sha256 up in api_keys (through
+ * the auth cache). An access token (a JWT, api/auth.h): verified locally,
+ * 401 `token_expired` once expired, and refused once its family or key is
+ * revoked. Then the route's scope (sl_auth_route_scope of the route the
+ * router named) must be among the credential's: else 403 `forbidden`. The
+ * callback runs on a later loop turn.
  */
 void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
                  void *arg);
@@ -238,6 +243,8 @@ void sl_api_register_records(sl_app_t *app);   /* GET /v1/datasets/{id}/records 
 void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs */
 void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
+void sl_api_register_auth(sl_app_t *app);      /* POST /v1/auth/token, /v1/auth/refresh */
+void sl_api_register_keys(sl_app_t *app);      /* GET/POST /v1/keys, DELETE /v1/keys/{id} */
 
 /* ---- idempotency (shared by upload and process) ---- */
 

@@ -32,6 +32,8 @@
 typedef struct auth_ent_s {
     char hash[HASH_HEX + 1]; /* "" = free */
     char tenant[TENANT_MAX];
+    char key_id[UUID_LEN + 1]; /* the API key behind the credential ("" if unknown) */
+    unsigned scopes;
     time_t expires;
     unsigned long epoch;
     uint64_t used;
@@ -269,37 +271,51 @@ uint64_t sl_cache_auth_ticket(sl_cache_t *c)
     return c->auth_gen;
 }
 
-int sl_cache_auth_get(sl_cache_t *c, const char *key_hash, char *tenant_id, size_t tenant_len)
+int sl_cache_cred_get(sl_cache_t *c, const char *id, sl_cache_cred_t *out)
 {
-    if (!key_hash || strlen(key_hash) != HASH_HEX)
+    if (!id || strlen(id) != HASH_HEX)
         return 0;
     sl_cache_sync(c);
     if (!sl_cache_active(c))
         return 0;
-    auth_ent_t *set = c->auth[hash_str(key_hash, HASH_HEX) % SL_CACHE_AUTH_SETS];
+    auth_ent_t *set = c->auth[hash_str(id, HASH_HEX) % SL_CACHE_AUTH_SETS];
     time_t now = now_s();
     for (int w = 0; w < SL_CACHE_WAYS; w++) {
         auth_ent_t *e = &set[w];
-        if (e->hash[0] == '\0' || memcmp(e->hash, key_hash, HASH_HEX) != 0)
+        if (e->hash[0] == '\0' || memcmp(e->hash, id, HASH_HEX) != 0)
             continue;
         if (e->epoch != epoch_of(c) || now >= e->expires) {
             memset(e, 0, sizeof *e);
             return 0;
         }
-        size_t tl = strlen(e->tenant);
-        if (tl >= tenant_len)
-            return 0;
-        memcpy(tenant_id, e->tenant, tl + 1);
+        memcpy(out->tenant_id, e->tenant, sizeof out->tenant_id);
+        memcpy(out->key_id, e->key_id, sizeof out->key_id);
+        out->scopes = e->scopes;
         e->used = ++c->clock;
         return 1;
     }
     return 0;
 }
 
-void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id, uint64_t ticket)
+int sl_cache_auth_get(sl_cache_t *c, const char *key_hash, char *tenant_id, size_t tenant_len)
 {
-    if (!key_hash || !tenant_id || strlen(key_hash) != HASH_HEX ||
-        strlen(tenant_id) >= TENANT_MAX || !sl_cache_active(c) || ticket != c->auth_gen)
+    sl_cache_cred_t cred;
+    if (!sl_cache_cred_get(c, key_hash, &cred))
+        return 0;
+    size_t tl = strlen(cred.tenant_id);
+    if (tl >= tenant_len)
+        return 0;
+    memcpy(tenant_id, cred.tenant_id, tl + 1);
+    return 1;
+}
+
+void sl_cache_cred_put(sl_cache_t *c, const char *id, const sl_cache_cred_t *cred, uint64_t ticket)
+{
+    const char *key_hash = id;
+    if (!key_hash || !cred || strlen(key_hash) != HASH_HEX ||
+        strnlen(cred->tenant_id, TENANT_MAX) >= TENANT_MAX ||
+        strnlen(cred->key_id, UUID_LEN + 1) > UUID_LEN || !sl_cache_active(c) ||
+        ticket != c->auth_gen)
         return;
     auth_ent_t *set = c->auth[hash_str(key_hash, HASH_HEX) % SL_CACHE_AUTH_SETS];
     /* The key's own entry, else a free one, else the least recently used. */
@@ -316,10 +332,22 @@ void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_i
     if (!victim)
         victim = lru;
     memcpy(victim->hash, key_hash, HASH_HEX + 1);
-    memcpy(victim->tenant, tenant_id, strlen(tenant_id) + 1);
+    memcpy(victim->tenant, cred->tenant_id, strlen(cred->tenant_id) + 1);
+    memcpy(victim->key_id, cred->key_id, strlen(cred->key_id) + 1);
+    victim->scopes = cred->scopes;
     victim->expires = now_s() + SL_CACHE_AUTH_TTL_S;
     victim->epoch = epoch_of(c);
     victim->used = ++c->clock;
+}
+
+void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id, uint64_t ticket)
+{
+    sl_cache_cred_t cred;
+    memset(&cred, 0, sizeof cred);
+    if (!tenant_id || strlen(tenant_id) >= sizeof cred.tenant_id)
+        return;
+    memcpy(cred.tenant_id, tenant_id, strlen(tenant_id) + 1);
+    sl_cache_cred_put(c, key_hash, &cred, ticket);
 }
 
 /* ---- file documents ---- */

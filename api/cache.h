@@ -84,6 +84,23 @@ void sl_cache_sync(sl_cache_t *c);
 
 /* ---- API keys ---- */
 
+/**
+ * What the auth cache keeps per credential id (an API key's SHA-256 hex, or
+ * an access token's family or key id as api/auth.h's sl_auth_cache_id makes
+ * it): the tenant, the API key's id and its scopes (opaque bits to the cache).
+ */
+typedef struct sl_cache_cred_s {
+    char tenant_id[64];
+    char key_id[37];
+    unsigned scopes;
+} sl_cache_cred_t;
+
+/** Looks a credential id (borrowed, 64 hex) up, after sl_cache_sync: 1 and *out, or 0. */
+int sl_cache_cred_get(sl_cache_t *c, const char *id, sl_cache_cred_t *out);
+
+/** Remembers id -> *cred (both borrowed, copied) unless `ticket` is stale. */
+void sl_cache_cred_put(sl_cache_t *c, const char *id, const sl_cache_cred_t *cred, uint64_t ticket);
+
 /** The fill ticket for an auth query: take it before sending the query. */
 uint64_t sl_cache_auth_ticket(sl_cache_t *c);
 
@@ -93,7 +110,8 @@ uint64_t sl_cache_auth_ticket(sl_cache_t *c);
  */
 int sl_cache_auth_get(sl_cache_t *c, const char *key_hash, char *tenant_id, size_t tenant_len);
 
-/** Remembers key_hash -> tenant_id (both borrowed, copied) unless `ticket` is stale. */
+/** Remembers key_hash -> tenant_id (both borrowed, copied) unless `ticket` is stale
+ *  (sl_cache_cred_put with no key id and no scopes). */
 void sl_cache_auth_put(sl_cache_t *c, const char *key_hash, const char *tenant_id, uint64_t ticket);
 
 /* ---- file documents ---- */

@@ -11,6 +11,7 @@
  * heap context first: route params and header values are borrowed.
  */
 #include "api/api.h"
+#include "api/auth.h"
 #include "api/validate.h"
 
 #include <ctype.h>
@@ -69,12 +70,22 @@ typedef struct ctx_head_s {
     sl_api_release_fn release;
 } ctx_head_t;
 
+/*
+ * Authentication state across the gap to the database (or to the next loop
+ * turn on a cache hit). An API key is looked up by its sha256 (`id`); an
+ * access token (issue 13, api/auth.h) was verified locally and its family
+ * and key are checked for revocation under their cache ids (`id`, `key_cid`).
+ */
 typedef struct auth_ctx_s {
     ctx_head_t h;
     sl_api_auth_cb cb;
-    uint64_t ticket;   /* api/cache.h fill ticket, taken before the query */
-    char hash[65];     /* the key's SHA-256 hex */
-    char tenant[64];   /* a cache hit's tenant */
+    uint64_t ticket;        /* api/cache.h fill ticket, taken before the query */
+    char id[65];            /* the key's SHA-256 hex; a token's family cache id */
+    char key_cid[65];       /* a token's key cache id */
+    int jwt;                /* the credential is an access token (tok) */
+    sl_auth_token_t tok;
+    unsigned need;          /* the scope the route needs (sl_auth_route_scope) */
+    sl_cache_cred_t cred;   /* who it is: tenant, key id, scopes */
 } auth_ctx_t;
 
 static void release_arg(sl_api_release_fn release, void *arg)
@@ -104,11 +115,40 @@ static void *ctx_new(size_t size, sl_app_t *app, sl_http_req_t *req, void *arg,
     return h;
 }
 
+static void touch_done_cb(const sl_pg_result_t *r, void *arg)
+{
+    (void)r;
+    (void)arg; /* best effort: a lost last_used_at write is retried a minute later */
+}
+
+/*
+ * The credential is good: check the route's scope (403), note the key's use
+ * (one UPDATE a minute at most, not waited for), and call back.
+ */
+static void auth_finish(auth_ctx_t *ctx)
+{
+    sl_app_t *app = ctx->h.app;
+    sl_http_req_t *req = ctx->h.req;
+    if (!(ctx->cred.scopes & ctx->need)) {
+        sl_http_respond_error(req, 403, "forbidden",
+                              "this API key or token lacks the scope this request needs", -1);
+        release_arg(ctx->h.release, ctx->h.arg);
+        free(ctx);
+        return;
+    }
+    if (ctx->cred.key_id[0] && sl_auth_touch_due(app->auth, ctx->cred.key_id)) {
+        const char *p[1] = {ctx->cred.key_id};
+        sl_pg_query(app->pg, "SELECT sluice_key_touch($1)", 1, p, touch_done_cb, NULL);
+    }
+    ctx->cb(app, req, ctx->cred.tenant_id, ctx->h.arg);
+    free(ctx);
+}
+
 static void auth_done_cb(const sl_pg_result_t *r, void *arg)
 {
     auth_ctx_t *ctx = arg;
     sl_http_req_t *req = ctx->h.req;
-    char tenant_id[64];
+    sl_app_t *app = ctx->h.app;
 
     if (r->err != 0) {
         sl_api_db_error(req, r);
@@ -118,15 +158,37 @@ static void auth_done_cb(const sl_pg_result_t *r, void *arg)
         finish_closed(req);
         goto fail;
     }
-    if (r->n < 1 || PQntuples(r->res[0]) != 1) {
-        sl_http_respond_error(req, 401, "unauthorized", "missing or invalid API key", -1);
+    PGresult *res = r->res[0];
+    if (r->n < 1 || PQntuples(res) != 1) {
+        sl_http_respond_error(req, 401, "unauthorized",
+                              ctx->jwt ? "this access token is revoked"
+                                       : "missing or invalid API key",
+                              -1);
         goto fail;
     }
     /* Copied: the PGresult is freed once this callback returns. */
-    snprintf(tenant_id, sizeof tenant_id, "%s", PQgetvalue(r->res[0], 0, 0));
-    sl_cache_auth_put(ctx->h.app->cache, ctx->hash, tenant_id, ctx->ticket);
-    ctx->cb(ctx->h.app, req, tenant_id, ctx->h.arg);
-    free(ctx);
+    snprintf(ctx->cred.tenant_id, sizeof ctx->cred.tenant_id, "%s",
+             PQgetvalue(res, 0, PQfnumber(res, "tenant_id")));
+    if (ctx->jwt) {
+        /* The token's scopes are its own (a key's scopes never change). */
+        if (strcmp(ctx->cred.tenant_id, ctx->tok.tenant_id) != 0) {
+            sl_http_respond_error(req, 401, "unauthorized", "invalid access token", -1);
+            goto fail;
+        }
+        memcpy(ctx->cred.key_id, ctx->tok.key_id, sizeof ctx->cred.key_id);
+        ctx->cred.scopes = SL_SCOPE_ALL;
+        sl_cache_cred_put(app->cache, ctx->id, &ctx->cred, ctx->ticket);
+        sl_cache_cred_put(app->cache, ctx->key_cid, &ctx->cred, ctx->ticket);
+        ctx->cred.scopes = ctx->tok.scopes;
+    } else {
+        snprintf(ctx->cred.key_id, sizeof ctx->cred.key_id, "%s",
+                 PQgetvalue(res, 0, PQfnumber(res, "id")));
+        ctx->cred.scopes =
+            (unsigned)strtol(PQgetvalue(res, 0, PQfnumber(res, "scopes")), NULL, 10) &
+            SL_SCOPE_ALL;
+        sl_cache_cred_put(app->cache, ctx->id, &ctx->cred, ctx->ticket);
+    }
+    auth_finish(ctx);
     return;
 fail:
     release_arg(ctx->h.release, ctx->h.arg);
@@ -143,10 +205,10 @@ static void auth_hit_cb(evutil_socket_t fd, short what, void *arg)
     if (sl_http_req_closed(req)) {
         finish_closed(req);
         release_arg(ctx->h.release, ctx->h.arg);
-    } else {
-        ctx->cb(ctx->h.app, req, ctx->tenant, ctx->h.arg);
+        free(ctx);
+        return;
     }
-    free(ctx);
+    auth_finish(ctx);
 }
 
 void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
@@ -155,11 +217,45 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
     sl_api_auth_owned(app, req, allow_query_token, cb, arg, NULL);
 }
 
+/*
+ * An access token: verified here (signature, kid, exp), then its family and
+ * key must be live: from the cache (both entries, same tenant), else one query
+ * whose answer fills both. 1 if the context was handed on, 0 if the request
+ * was answered (401) and ctx freed.
+ */
+static int auth_token(auth_ctx_t *ctx, const char *tok, size_t len)
+{
+    sl_app_t *app = ctx->h.app;
+    sl_cache_cred_t fam, key;
+    int rc = sl_auth_verify(app->auth, tok, len, &ctx->tok);
+    if (rc != 0) {
+        if (rc == SL_ETIMEDOUT)
+            sl_http_respond_error(ctx->h.req, 401, "token_expired", "the access token has expired",
+                                  -1);
+        else
+            sl_http_respond_error(ctx->h.req, 401, "unauthorized", "invalid access token", -1);
+        release_arg(ctx->h.release, ctx->h.arg);
+        free(ctx);
+        return 0;
+    }
+    ctx->jwt = 1;
+    sl_auth_cache_id("family", ctx->tok.family_id, ctx->id);
+    sl_auth_cache_id("key", ctx->tok.key_id, ctx->key_cid);
+    if (sl_cache_cred_get(app->cache, ctx->id, &fam) &&
+        sl_cache_cred_get(app->cache, ctx->key_cid, &key) &&
+        strcmp(fam.tenant_id, ctx->tok.tenant_id) == 0 &&
+        strcmp(key.tenant_id, ctx->tok.tenant_id) == 0) {
+        memcpy(ctx->cred.tenant_id, ctx->tok.tenant_id, sizeof ctx->tok.tenant_id);
+        memcpy(ctx->cred.key_id, ctx->tok.key_id, sizeof ctx->cred.key_id);
+        ctx->cred.scopes = ctx->tok.scopes;
+    }
+    return 1;
+}
+
 void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_api_auth_cb cb,
                        void *arg, sl_api_release_fn release)
 {
     char key[SL_API_KEY_MAX];
-    char hash[65];
     int n = sl_api_credentials(req, allow_query_token, key, sizeof key);
 
     if (n <= 0) {
@@ -167,26 +263,44 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
         release_arg(release, arg);
         return;
     }
-    sl_sha256_hex(key, (size_t)n, hash);
-    explicit_bzero(key, sizeof key);
-
     auth_ctx_t *ctx = ctx_new(sizeof *ctx, app, req, arg, release);
-    if (ctx == NULL)
+    if (ctx == NULL) {
+        explicit_bzero(key, sizeof key);
         return;
+    }
     ctx->cb = cb;
-    memcpy(ctx->hash, hash, sizeof ctx->hash);
-    /* A cached key (api/cache.h: revocations reach every instance at once). */
-    if (sl_cache_auth_get(app->cache, hash, ctx->tenant, sizeof ctx->tenant)) {
+    /* The router named the route before dispatch (main.c): its scope (issue 13). */
+    ctx->need = sl_auth_route_scope(sl_http_req_route(req), sl_http_req_method(req));
+    if (sl_auth_is_jwt(key, (size_t)n)) {
+        int handed = auth_token(ctx, key, (size_t)n);
+        explicit_bzero(key, sizeof key);
+        if (!handed)
+            return;
+    } else {
+        sl_sha256_hex(key, (size_t)n, ctx->id);
+        explicit_bzero(key, sizeof key);
+        /* A cached key (api/cache.h: revocations reach every instance at once). */
+        sl_cache_cred_get(app->cache, ctx->id, &ctx->cred);
+    }
+    if (ctx->cred.tenant_id[0]) {
         static const struct timeval zero = {0, 0};
         if (event_base_once(app->base, -1, EV_TIMEOUT, auth_hit_cb, ctx, &zero) == 0)
             return;
     }
     ctx->ticket = sl_cache_auth_ticket(app->cache);
-    const char *params[1] = {hash};
-    int err = sl_pg_query_prepared(app->pg, "sl_auth",
-                                   "SELECT tenant_id FROM api_keys "
-                                   "WHERE key_hash = $1 AND revoked_at IS NULL",
+    int err;
+    if (ctx->jwt) {
+        const char *params[2] = {ctx->tok.family_id, ctx->tok.key_id};
+        err = sl_pg_query_prepared(app->pg, "sl_auth_token",
+                                   "SELECT tenant_id FROM sluice_auth_token_live($1, $2)", 2,
+                                   params, auth_done_cb, ctx);
+    } else {
+        const char *params[1] = {ctx->id};
+        err = sl_pg_query_prepared(app->pg, "sl_auth_key",
+                                   "SELECT tenant_id, id, sluice_scope_bits(scopes) AS scopes "
+                                   "FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
                                    1, params, auth_done_cb, ctx);
+    }
     if (err != 0) {
         free(ctx);
         sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};

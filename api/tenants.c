@@ -102,13 +102,16 @@ static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
         goto fail;
     }
     const char *pt[2] = {ctx->id, name};
-    const char *pk[3] = {key_id, ctx->id, hash};
+    char prefix[12]; /* issue 13: the key's first 11 characters, shown by GET /v1/keys */
+    snprintf(prefix, sizeof prefix, "%.11s", ctx->api_key);
+    const char *pk[4] = {key_id, ctx->id, hash, prefix};
     if ((err = sl_pg_batch_add(b,
                                "INSERT INTO tenants (id, name) VALUES ($1, $2) "
                                "RETURNING name, sluice_ts(created_at)",
                                2, pt)) < 0 ||
         (err = sl_pg_batch_add(
-             b, "INSERT INTO api_keys (id, tenant_id, key_hash) VALUES ($1, $2, $3)", 3, pk)) < 0)
+             b, "INSERT INTO api_keys (id, tenant_id, key_hash, prefix) VALUES ($1, $2, $3, $4)",
+             4, pk)) < 0)
         goto fail;
     err = sl_pg_batch_exec(b, tenant_created_cb, ctx);
     b = NULL; /* taken, freed on error too */
@@ -178,12 +181,14 @@ static void tenant_keys_create(sl_http_req_t *req, const sl_http_params_t *param
     memcpy(ctx->id, tid, sizeof ctx->id); /* a UUID: 36 chars + NUL */
     if ((err = sl_uuid_v4(key_id)) != 0 || (err = make_api_key(ctx->api_key, hash)) != 0)
         goto fail;
-    const char *p[3] = {key_id, ctx->id, hash};
+    char prefix[12]; /* issue 13: shown by GET /v1/keys */
+    snprintf(prefix, sizeof prefix, "%.11s", ctx->api_key);
+    const char *p[4] = {key_id, ctx->id, hash, prefix};
     err = sl_pg_query(app->pg,
-                      "INSERT INTO api_keys (id, tenant_id, key_hash) "
-                      "SELECT $1::uuid, t.id, $3::text FROM tenants t WHERE t.id = $2 "
+                      "INSERT INTO api_keys (id, tenant_id, key_hash, prefix) "
+                      "SELECT $1::uuid, t.id, $3::text, $4::text FROM tenants t WHERE t.id = $2 "
                       "RETURNING sluice_ts(created_at)",
-                      3, p, key_created_cb, ctx);
+                      4, p, key_created_cb, ctx);
     if (err != 0)
         goto fail;
     return;

@@ -974,6 +974,51 @@ static int parse_tenants(ctx_t *c, const field_t *f, void *base, struct fy_node 
                        "name, api_key", parse_tenant);
 }
 
+/* ---- auth: {access_ttl_s, refresh_ttl_s, token_keys: [{id, secret}]} (docs/auth.md) ---- */
+
+static const field_t token_key_fields[] = {
+    FSTR(sl_config_token_key_t, "id", id, NULL),
+    FSTR(sl_config_token_key_t, "secret", secret, NULL),
+};
+
+static int parse_token_key(ctx_t *c, struct fy_node *item, int il, const char *prefix)
+{
+    sl_config_t *cfg = c->cfg;
+    sl_config_token_key_t *k = &cfg->token_keys[cfg->ntoken_keys - 1];
+    int rc;
+
+    if ((rc = parse_fields(c, item, il, prefix, k, token_key_fields, NFIELDS(token_key_fields),
+                           NULL, NULL)) < 0)
+        return rc;
+    if (k->id == NULL || k->id[0] == '\0' || strlen(k->id) > 64)
+        return fail(c, il, prefix, "id is required (1 to 64 characters)");
+    for (const char *p = k->id; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-')
+            return fail(c, il, prefix, "id may hold only letters, digits, '.', '_' and '-'");
+    if (k->secret == NULL || strlen(k->secret) < SL_CONFIG_TOKEN_SECRET_MIN)
+        return fail(c, il, prefix, "secret is required and must be at least %d bytes",
+                    SL_CONFIG_TOKEN_SECRET_MIN);
+    if (strlen(k->secret) > 512)
+        return fail(c, il, prefix, "secret must be at most 512 bytes");
+    for (int i = 0; i < cfg->ntoken_keys - 1; i++)
+        if (strcmp(cfg->token_keys[i].id, k->id) == 0)
+            return fail(c, il, prefix, "duplicate token key id \"%s\"", k->id);
+    return 0;
+}
+
+static int parse_token_keys(ctx_t *c, const field_t *f, void *base, struct fy_node *seq, int line,
+                            const char *path, void *arg)
+{
+    return parse_items(c, seq, line, "auth.token_keys", &c->cfg->ntoken_keys,
+                       SL_CONFIG_MAX_TOKEN_KEYS, "id, secret", parse_token_key);
+}
+
+static const field_t auth_fields[] = {
+    FINT(sl_config_t, "access_ttl_s", auth_access_ttl_s, 1, 86400),
+    FINT(sl_config_t, "refresh_ttl_s", auth_refresh_ttl_s, 1, 31536000),
+    FHOOK("token_keys", parse_token_keys),
+};
+
 static int check_log_level(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
                            const char *path, void *arg)
 {
@@ -1005,6 +1050,7 @@ static const field_t root_fields[] = {
     FHOOK("services", parse_services),
     FHOOK("pipelines", parse_pipelines),
     FHOOK("tenants", parse_tenants),
+    FMAP("auth", auth_fields),
 };
 
 static int parse_root(ctx_t *c, struct fy_node *root)
@@ -1040,6 +1086,8 @@ static int parse_root(ctx_t *c, struct fy_node *root)
 static int set_defaults(sl_config_t *cfg)
 {
     cfg->workers = 1;
+    cfg->auth_access_ttl_s = SL_CONFIG_ACCESS_TTL_S;
+    cfg->auth_refresh_ttl_s = SL_CONFIG_REFRESH_TTL_S;
     cfg->database_pool = 4;
     cfg->max_file_bytes = 104857600;
     cfg->max_files_per_request = 1000;
@@ -1283,5 +1331,11 @@ void sl_config_free(sl_config_t *cfg)
     }
     for (int i = 0; i < cfg->nweights; i++)
         free(cfg->weights[i].tenant);
+    for (int i = 0; i < cfg->ntoken_keys; i++) {
+        free(cfg->token_keys[i].id);
+        if (cfg->token_keys[i].secret)
+            explicit_bzero(cfg->token_keys[i].secret, strlen(cfg->token_keys[i].secret));
+        free(cfg->token_keys[i].secret);
+    }
     free(cfg);
 }

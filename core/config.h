@@ -20,6 +20,10 @@
 #define SL_CONFIG_MAX_ARGV 32
 #define SL_CONFIG_MAX_TENANTS 16
 #define SL_CONFIG_MAX_WEIGHTS 64
+#define SL_CONFIG_MAX_TOKEN_KEYS 8     /* auth.token_keys (core/jwt.h SL_JWT_MAX_KEYS) */
+#define SL_CONFIG_TOKEN_SECRET_MIN 32  /* bytes; shorter secrets are refused at start */
+#define SL_CONFIG_ACCESS_TTL_S 900     /* auth.access_ttl_s default: 15 min */
+#define SL_CONFIG_REFRESH_TTL_S 2592000 /* auth.refresh_ttl_s default: 30 days */
 
 /*
  * Defaults of the limits a public server ships with (README "Configuration
@@ -81,6 +85,12 @@ typedef struct sl_config_tenant_s {
     char *name;
     char *api_key;            /* bootstrap key (stored hashed at start) */
 } sl_config_tenant_t;
+
+/** auth.token_keys[i]: a JWT signing key (docs/auth.md); the first signs, all verify. */
+typedef struct sl_config_token_key_s {
+    char *id;                 /* the JWT header's kid: 1..64 of [A-Za-z0-9._-] */
+    char *secret;             /* at least SL_CONFIG_TOKEN_SECRET_MIN bytes */
+} sl_config_token_key_t;
 
 typedef struct sl_config_s {
     char *path;               /* the file it was read from */
@@ -144,6 +154,12 @@ typedef struct sl_config_s {
     sl_config_pipeline_t pipelines[SL_CONFIG_MAX_PIPELINES];
     int ntenants;
     sl_config_tenant_t tenants[SL_CONFIG_MAX_TENANTS];
+
+    /* auth: access and refresh tokens (api/auth.c, docs/auth.md) */
+    int auth_access_ttl_s;    /* auth.access_ttl_s; default 900 */
+    int auth_refresh_ttl_s;   /* auth.refresh_ttl_s; default 2592000 */
+    int ntoken_keys;          /* auth.token_keys; 0: one key kept in the settings table */
+    sl_config_token_key_t token_keys[SL_CONFIG_MAX_TOKEN_KEYS];
 } sl_config_t;
 
 /**

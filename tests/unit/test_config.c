@@ -483,8 +483,51 @@ static void test_load_file(void)
     CHECK(strncmp(err, path, strlen(path)) == 0);
 }
 
+/* auth: token TTLs and keys (docs/auth.md); a short secret is refused at start */
+static void test_auth(void)
+{
+    sl_config_t *cfg = NULL;
+    CHECK(load("database_url: x\n", &cfg) == 0);
+    CHECK(cfg && cfg->auth_access_ttl_s == 900 && cfg->auth_refresh_ttl_s == 2592000 &&
+          cfg->ntoken_keys == 0);
+    sl_config_free(cfg);
+    cfg = NULL;
+    CHECK(load("database_url: x\n"
+               "auth:\n"
+               "  access_ttl_s: 60\n"
+               "  token_keys:\n"
+               "    - {id: k2, secret: \"0123456789abcdef0123456789abcdef\"}\n"
+               "    - {id: k1.old, secret: \"fedcba9876543210fedcba9876543210xx\"}\n",
+               &cfg) == 0);
+    CHECK(cfg && cfg->auth_access_ttl_s == 60 && cfg->ntoken_keys == 2 &&
+          strcmp(cfg->token_keys[0].id, "k2") == 0 && strcmp(cfg->token_keys[1].id, "k1.old") == 0);
+    sl_config_free(cfg);
+    EXPECT_ERROR("database_url: x\n"
+                 "auth:\n"
+                 "  token_keys:\n"
+                 "    - {id: k1, secret: \"0123456789abcdef0123456789abcde\"}\n",
+                 "sluice.yaml:4: auth.token_keys[0]: secret is required and must be at least 32 "
+                 "bytes");
+    EXPECT_ERROR("database_url: x\n"
+                 "auth:\n"
+                 "  token_keys:\n"
+                 "    - {id: k1, secret: \"0123456789abcdef0123456789abcdef\"}\n"
+                 "    - {id: k1, secret: \"0123456789abcdef0123456789abcdef\"}\n",
+                 "sluice.yaml:5: auth.token_keys[1]: duplicate token key id \"k1\"");
+    EXPECT_ERROR("database_url: x\n"
+                 "auth:\n"
+                 "  token_keys:\n"
+                 "    - {id: \"k 1\", secret: \"0123456789abcdef0123456789abcdef\"}\n",
+                 "sluice.yaml:4: auth.token_keys[0]: id may hold only letters, digits, '.', '_' "
+                 "and '-'");
+    EXPECT_ERROR("database_url: x\n"
+                 "auth: {access_ttl_s: 0}\n",
+                 "sluice.yaml:2: auth.access_ttl_s: must be an integer between 1 and 86400");
+}
+
 int main(void)
 {
+    test_auth();
     test_full();
     test_defaults();
     test_admin_key_env();

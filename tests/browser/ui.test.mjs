@@ -253,8 +253,9 @@ async function tokensScenario(page, context, result) {
   const firstRefreshAt = goodRefreshes()[0].at;
 
   // 2. Files uploaded after it go live.
-  const pick = files.filter((p) => /invoice-acme\.pdf$|\.txt$|\.md$|\.csv$/.test(p)).slice(0, 3);
-  const some = pick.length ? pick : files.slice(0, 2);
+  // Two with a thumbnail (step 5 needs them), one without.
+  const pick = files.filter((p) => /(invoice-acme\.pdf|photo\.jpg|notes\.txt)$/.test(p));
+  const some = pick.length === 3 ? pick : files.slice(0, 3);
   await page.setInputFiles("#file-input", some);
   await page.waitForFunction((n) => {
     const rows = [...document.querySelectorAll("#files-body tr")];
@@ -323,15 +324,63 @@ async function tokensScenario(page, context, result) {
 
   // 5. A reload stays signed in (the refresh token in sessionStorage), with
   // no key typed, and the stream comes back.
+  // Its thumbnails load two at once: each first answered (here) 401
+  // token_expired, after a pause, so both calls hold the same expired token
+  // together; they must share one refresh (two would send one refresh token
+  // twice, and the server would revoke the family).
+  const faked401 = new Set();
+  await page.route("**/v1/artifacts/**", async (route) => {
+    const u = route.request().url();
+    if (faked401.has(u)) return route.continue();
+    faked401.add(u);
+    await new Promise((r) => setTimeout(r, 400));
+    await route.fulfill({ status: 401, contentType: "application/json",
+                          body: JSON.stringify({ error: { code: "token_expired", message: "expired" } }) });
+  });
   const s0 = streams().length;
   await page.reload({ waitUntil: "load" });
   await page.locator("#dataset-view").waitFor({ state: "visible" });
+  await page.waitForFunction(() => !document.getElementById("auth-view").hidden ||
+    [...document.querySelectorAll("#files-body img.thumb")]
+      .filter((img) => img.complete && img.naturalWidth > 0).length >= 2, null, { timeout: 30000 });
+  await page.unroute("**/v1/artifacts/**");
+  assert(faked401.size >= 2, "fewer than two thumbnails were asked for: " + faked401.size);
+  assert(await page.locator("#auth-view").isHidden(),
+         "signed out by two concurrent 401s: " + await page.locator("#auth-error").innerText());
   await waitUntil(() => streams().length > s0, 15000, "a stream after the reload");
   await page.waitForFunction(() => document.getElementById("live").dataset.mode === "on", null, { timeout: 15000 });
   assert(await page.locator("#files-body tr").count() === some.length, "the reloaded page lost the rows");
   result.reload_signed_in = true;
 
-  // 6. Sign out: the form, nothing kept, and no request after it (no
+  // One refresh at a time, each refresh token sent once (a spent one would
+  // revoke the family).
+  const refs = netLog.filter(isRefresh);
+  for (let i = 1; i < refs.length; i++) {
+    assert(refs[i - 1].answeredAt !== null && refs[i - 1].answeredAt <= refs[i].at,
+           "two refreshes were in flight at once");
+  }
+  const sent = refs.map((e) => JSON.parse(e.body || "{}").refresh_token);
+  assert(sent.every((t) => typeof t === "string" && t) && new Set(sent).size === sent.length,
+         "a refresh token was sent twice (or not at all)");
+  result.refresh_tokens_sent = sent.length;
+
+  // 6. A refresh refused (401, answered here) signs out to the form with a
+  // message; signing in again reopens the same dataset.
+  await page.route("**/v1/auth/refresh", (route) => route.fulfill({
+    status: 401, contentType: "application/json",
+    body: JSON.stringify({ error: { code: "invalid_grant", message: "refresh token revoked" } }) }));
+  await page.locator("#auth-view").waitFor({ state: "visible", timeout: 15000 });
+  await page.unroute("**/v1/auth/refresh");
+  const said = await page.locator("#auth-error").innerText();
+  assert(/session has ended/i.test(said), "no message on a refused refresh: " + said);
+  assert(await page.evaluate(() => sessionStorage.length) === 0, "a refused session kept its refresh token");
+  await page.fill("#key-input", KEY);
+  await page.click("#auth-form button[type=submit]");
+  await page.locator("#dataset-view").waitFor({ state: "visible" });
+  await page.waitForFunction((n) => document.querySelectorAll("#files-body tr").length === n, some.length);
+  result.refused_refresh_signs_out = true;
+
+  // 7. Sign out: the form, nothing kept, and no request after it (no
   // refresh, no stream), over more than one token lifetime.
   await page.click("#signout-btn");
   await page.locator("#auth-view").waitFor({ state: "visible" });
@@ -373,13 +422,14 @@ try {
   const byRequest = new Map();
   context.on("request", (req) => {
     const e = { method: req.method(), url: req.url(), at: Date.now(),
-                authorization: req.headers().authorization || "", status: null };
+                authorization: req.headers().authorization || "", status: null, answeredAt: null,
+                body: req.method() === "POST" && pathOf(req.url()).startsWith("/v1/auth/") ? req.postData() : null };
     netLog.push(e);
     byRequest.set(req, e);
   });
   context.on("response", (res) => {
     const e = byRequest.get(res.request());
-    if (e) e.status = res.status();
+    if (e) { e.status = res.status(); e.answeredAt = Date.now(); }
   });
   // Every EventSource the page opens, with the seqs it delivered.
   await context.addInitScript(() => {

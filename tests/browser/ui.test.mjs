@@ -8,6 +8,12 @@
 // (ui.png: the table; ui-timeline.png: the drawer; ui-failure.png on failure).
 // SLUICE_UI_SCENARIO=waiting instead uploads one PDF to a server whose text
 // services are down and checks its row shows "waiting for ..." (ui-waiting.png).
+// SLUICE_UI_SCENARIO=tokens (a server with auth.access_ttl_s: 3) checks the
+// page runs on tokens: background refreshes, the stream reopened with each new
+// token, 401s, reload, refused refresh, sign-out (see tokensScenario).
+// Every scenario logs every request of the browser and checks the API key is
+// in no URL, sent only to POST /v1/auth/token, and kept nowhere in the page
+// (checkKeyKeptOut).
 //
 // Environment: SLUICE_URL, SLUICE_API_KEY (a tenant key with no datasets yet),
 // SLUICE_SAMPLES (dir of files to upload), SLUICE_ARTIFACTS (screenshot dir),

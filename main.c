@@ -189,9 +189,11 @@ typedef struct migrate_job_s {
 #define SL_SIGNING_KEY_BYTES 32
 
 /*
- * The URL-signing key, shared by every instance through the settings table,
- * into out (hex, NUL-terminated). When there is none yet (a fresh database,
- * or migration 006 dropped the weak one 001 made with random()), this
+ * A signing key named `name` in the settings table — the URL-signing key, or
+ * (issue 13) the access-token key when the config lists no auth.token_keys —
+ * shared by every instance, into out (hex, NUL-terminated). When there is
+ * none yet (a fresh database, or migration 006 dropped the weak URL key that
+ * 001 made with random()), this
  * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
  * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
  * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
@@ -254,6 +256,21 @@ static void migrate_work(void *arg)
         r = PQexecParams(c, "SELECT sluice_bootstrap_tenant($1, $2)", 2, NULL, params, NULL, NULL,
                          0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            job->err = SL_EDB;
+            snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
+                     PQerrorMessage(c));
+        }
+        PQclear(r);
+        if (job->err)
+            break;
+        /* issue 13: the prefix GET /v1/keys shows (the key's first 11 characters) */
+        char prefix[12];
+        snprintf(prefix, sizeof prefix, "%.11s", t->api_key);
+        const char *pp[] = {hash, prefix};
+        r = PQexecParams(c,
+                         "UPDATE api_keys SET prefix = $2 WHERE key_hash = $1 AND prefix IS NULL",
+                         2, NULL, pp, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             job->err = SL_EDB;
             snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
                      PQerrorMessage(c));
@@ -660,14 +677,13 @@ static int start_engine(sl_app_t *app)
     return app->role == SL_ROLE_ENGINE ? start_engine_link(app) : 0;
 }
 
-/* HTTP: the router with every route, and the listener. */
-static int start_http(sl_app_t *app)
+/*
+ * Every route, into app->router. Also run by `sluice routes` (print_routes),
+ * with a config and nothing else: a register function only adds routes (and
+ * metrics families), it never connects to anything.
+ */
+static void register_routes(sl_app_t *app)
 {
-    const sl_config_t *cfg = app->cfg;
-    int err;
-    app->router = sl_http_router_new();
-    if (!app->router)
-        return SL_ENOMEM;
     sl_api_register_ops(app);
     sl_api_register_tenants(app);
     sl_api_register_datasets(app);
@@ -676,8 +692,20 @@ static int start_http(sl_app_t *app)
     sl_api_register_records(app);
     sl_api_register_artifacts(app);
     sl_api_register_events(app);
+    sl_api_register_openapi(app); /* issue 13 (openapi) */
     sl_api_register_auth(app); /* issue 13 */
     sl_api_register_keys(app);
+}
+
+/* HTTP: the router with every route, and the listener. */
+static int start_http(sl_app_t *app)
+{
+    const sl_config_t *cfg = app->cfg;
+    int err;
+    app->router = sl_http_router_new();
+    if (!app->router)
+        return SL_ENOMEM;
+    register_routes(app);
 
     sl_http_limits_t limits;
     sl_http_limits_default(&limits);
@@ -892,10 +920,40 @@ static int run_separate(sl_config_t *cfg)
     return rc;
 }
 
+/* ---- sluice routes: what the router serves (issue 13, openapi) ---- */
+
+static int print_route_cb(const char *method, const char *pattern, const char *name, void *arg)
+{
+    (void)name;
+    return fprintf(arg, "%s %s\n", method, pattern) < 0 ? SL_EIO : 0;
+}
+
+/*
+ * Registers every route as `serve` does, without serving, and prints one
+ * "METHOD PATTERN" line per route in registration order (the OpenAPI check,
+ * tests/blackbox/test_openapi.py, compares them with docs/openapi.json).
+ */
+static int print_routes(sl_config_t *cfg)
+{
+    sl_app_t *app = &g_app;
+    memset(app, 0, sizeof *app);
+    app->cfg = cfg;
+    if (!(app->router = sl_http_router_new()))
+        return SL_ENOMEM;
+    register_routes(app);
+    int err = sl_http_router_each(app->router, print_route_cb, stdout);
+    if (fflush(stdout) != 0 && err == 0)
+        err = SL_EIO;
+    sl_http_router_free(app->router);
+    app->router = NULL;
+    return err;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: sluice [serve] --config PATH\n"
                "       sluice migrate --config PATH\n"
+               "       sluice routes [--config PATH]   (print METHOD PATTERN per route)\n"
                "       sluice upload --dataset ID [--url URL] [--key KEY] FILES_OR_DIRS...\n"
                "       sluice --version\n"
                "The config path may also come from SLUICE_CONFIG.\n");
@@ -919,7 +977,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
-        } else if (strcmp(argv[i], "serve") == 0 || strcmp(argv[i], "migrate") == 0) {
+        } else if (strcmp(argv[i], "serve") == 0 || strcmp(argv[i], "migrate") == 0 ||
+                   strcmp(argv[i], "routes") == 0) {
             cmd = argv[i];
         } else {
             fprintf(stderr, "sluice: unknown argument '%s'\n", argv[i]);
@@ -927,12 +986,24 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    char errbuf[512];
+    sl_config_t *cfg = NULL;
+    if (!config_path && strcmp(cmd, "routes") == 0) {
+        /* Routes do not depend on the configuration: any valid one will do. */
+        static const char min_cfg[] = "database_url: \"postgresql:///unused\"\n";
+        if (sl_config_load_string(min_cfg, sizeof min_cfg - 1, "routes", &cfg, errbuf,
+                                  sizeof errbuf) != 0) {
+            fprintf(stderr, "sluice: %s\n", errbuf);
+            return 2;
+        }
+        int err = print_routes(cfg);
+        sl_config_free(cfg);
+        return err ? 1 : 0;
+    }
     if (!config_path) {
         fprintf(stderr, "sluice: no configuration: pass --config PATH or set SLUICE_CONFIG\n");
         return 2;
     }
-    char errbuf[512];
-    sl_config_t *cfg = NULL;
     if (sl_config_load(config_path, &cfg, errbuf, sizeof errbuf) != 0) {
         fprintf(stderr, "sluice: %s\n", errbuf);
         return 2;
@@ -951,7 +1022,9 @@ int main(int argc, char **argv)
     }
 
     int rc;
-    if (strcmp(cmd, "migrate") == 0) {
+    if (strcmp(cmd, "routes") == 0) {
+        rc = print_routes(cfg);
+    } else if (strcmp(cmd, "migrate") == 0) {
         rc = sl_pg_migrate(cfg->database_url, sl_pg_migrations, sl_pg_nmigrations, errbuf,
                            sizeof errbuf);
         if (rc)

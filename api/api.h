@@ -245,6 +245,8 @@ void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipe
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
 void sl_api_register_auth(sl_app_t *app);      /* POST /v1/auth/token, /v1/auth/refresh */
 void sl_api_register_keys(sl_app_t *app);      /* GET/POST /v1/keys, DELETE /v1/keys/{id} */
+/* issue 13 (openapi): GET /v1/openapi.json, docs/openapi.json embedded (no auth) */
+void sl_api_register_openapi(sl_app_t *app);
 
 /* ---- idempotency (shared by upload and process) ---- */
 

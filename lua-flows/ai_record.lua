@@ -38,7 +38,9 @@ local text = require "text"
 -- step that runs twice after a crash does no harm. Either can fail (the
 -- database went away): the step fails with that error ("unavailable" is
 -- transient, so the step is retried) rather than go on without its text.
-local function keep_text(ctx, txt, source)
+-- `extractor` (what read the text: "tika", "pdftotext", "tesseract", ...)
+-- waits in ctx for the record's provenance.
+local function keep_text(ctx, txt, source, extractor)
   if text.is_blank(txt) then
     return nil, "no_text"
   end
@@ -52,6 +54,7 @@ local function keep_text(ctx, txt, source)
   end
   -- Only small facts go in ctx: later steps read the text back from the artifact.
   ctx.text_source = source
+  ctx.extractor = extractor
   ctx.text_bytes = #txt
   ctx.text_error = nil
   return true
@@ -75,7 +78,8 @@ return flow {
         if not txt then
           return failed(ctx, source_or_err, detail)
         end
-        return keep_text(ctx, txt, source_or_err) -- "tika" or "text_layer"
+        -- "tika" or "text_layer"; on success the third value is the extractor
+        return keep_text(ctx, txt, source_or_err, detail or source_or_err)
       end,
       timeout = 120,
       next = "record",
@@ -85,11 +89,11 @@ return flow {
     -- 2. Self-hosted OCR of images and scanned PDFs.
     ocr = {
       run = function(ctx, file)
-        local txt, err, detail = ocr.extract(file)
+        local txt, err_or_tool, detail = ocr.extract(file)
         if not txt then
-          return failed(ctx, err, detail)
+          return failed(ctx, err_or_tool, detail)
         end
-        return keep_text(ctx, txt, "ocr")
+        return keep_text(ctx, txt, "ocr", err_or_tool or "ocr")
       end,
       timeout = 300, -- up to five pages of tesseract
       next = "record",
@@ -116,7 +120,7 @@ return flow {
           end
           return failed(ctx, err, detail)
         end
-        return keep_text(ctx, txt, "textract")
+        return keep_text(ctx, txt, "textract", "textract")
       end,
       timeout = 120,
       next = "record",
@@ -138,8 +142,10 @@ return flow {
         -- The dataset's record_schema says which fields the record has.
         local record_schema = type(file.schema) == "table" and file.schema or schema.DEFAULT
         local rec, err, detail
+        local model = "local" -- the built-in extractor
         if sl.service("openai").configured then
           rec, err, detail = openai.extract(txt, record_schema)
+          model = err -- on success: the model asked
           ctx.record_by = "openai"
         else
           rec = local_extract.extract(txt, record_schema)
@@ -148,8 +154,10 @@ return flow {
         if not rec then
           return nil, err, detail
         end
-        -- one record per file: a second run replaces it
-        local ok, werr = sl.record(rec)
+        -- A new version of the file's record for this run (a step that runs
+        -- again in the same run replaces its own version). run_id, pipeline,
+        -- flow_version and text_source are filled in by the runtime.
+        local ok, werr = sl.record(rec, { extractor = ctx.extractor, model = model })
         if not ok then
           return nil, werr, "could not store the record"
         end

@@ -18,11 +18,12 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT to_jsonb(coalesce(p_scopes, ARRAY['read', 'upload', 'admin-of-tenant']::text[]))
 $$;
 
--- A key as GET /v1/keys shows it (never its hash).
+-- A key as GET /v1/keys shows it (never its hash). prefix is "" for a key
+-- made before migration 009 (only its hash was kept: its prefix is unknown).
 CREATE OR REPLACE FUNCTION sluice_key_json(k api_keys) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
-        'id', k.id, 'prefix', k.prefix, 'name', k.name,
+        'id', k.id, 'prefix', coalesce(k.prefix, ''), 'name', k.name,
         'created_at', sluice_ts(k.created_at), 'last_used_at', sluice_ts(k.last_used_at),
         'revoked_at', sluice_ts(k.revoked_at), 'scopes', sluice_scope_json(k.scopes))
 $$;

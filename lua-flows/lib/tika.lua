@@ -1,6 +1,9 @@
 -- tika.lua — a file's own text: Apache Tika when configured, else the local text layer.
 --
---   local text, source = tika.extract(file)   -- source "tika" or "text_layer"
+--   local text, source, extractor = tika.extract(file)
+--       -- source "tika" or "text_layer"; extractor: what read it ("tika",
+--       -- "pdftotext", "plain_text": a text file as it is), the record's
+--       -- provenance.extractor
 --   local nil_, err, detail = ...              -- on failure
 --
 -- With `services.tika.url` set, the file is sent to Tika's plain-text
@@ -52,7 +55,7 @@ local function via_tika(file, svc)
     -- 415 (unsupported type) and 422 (damaged file) are the file's fault.
     return text.http_fail("tika", res)
   end
-  return text.to_utf8(res.body), "tika"
+  return text.to_utf8(res.body), "tika", "tika"
 end
 
 -- The local text layer: pdftotext for PDFs, the bytes themselves for text.
@@ -72,7 +75,7 @@ local function via_text_layer(file)
     if text.is_blank(res.stdout) then
       return nil, "no_text" -- a scan wrapped in a PDF: OCR's job
     end
-    return text.to_utf8(res.stdout), "text_layer"
+    return text.to_utf8(res.stdout), "text_layer", "pdftotext"
   elseif text.is_text(file.mime) then
     -- The sandbox has no io library: the runtime's exec reads the file.
     local res, err, detail = text.exec("tika", { argv = { "cat", file.path }, timeout = 30 })
@@ -82,15 +85,16 @@ local function via_text_layer(file)
     if text.is_blank(res.stdout) then
       return nil, "no_text"
     end
-    return text.to_utf8(res.stdout), "text_layer"
+    return text.to_utf8(res.stdout), "text_layer", "plain_text"
   elseif text.is_image(file.mime) then
     return nil, "no_text" -- pixels only: OCR's job
   end
   return text.fail("tika", "unsupported", "no text layer reader for " .. tostring(file.mime))
 end
 
---- The file's text and where it came from ("tika" or "text_layer"), or
---- nil, err, detail. Never returns blank text (that is "no_text").
+--- The file's text, where it came from ("tika" or "text_layer") and what
+--- read it (see the top), or nil, err, detail. Never returns blank text
+--- (that is "no_text").
 function M.extract(file)
   if (file.size or 0) == 0 then
     return nil, "no_text" -- an empty upload: nothing to ask anyone about

@@ -135,3 +135,11 @@ def test_scopes_validated_and_enforced(server, tenant):
     r = requests.get(server.url + "/v1/keys",
                      headers={"Authorization": "Bearer " + server.admin_key}, timeout=30)
     assert r.status_code == 401
+
+
+def test_config_tenant_key_has_its_prefix(start_server):
+    srv = start_server(extra_yaml="tenants:\n  - {name: boot, api_key: sk_boot_0123456789}\n")
+    c = Client(srv.url, "sk_boot_0123456789")
+    (k,) = keys(c).values()
+    assert k["prefix"] == "sk_boot_012"
+    assert k["scopes"] == ALL

@@ -297,11 +297,40 @@ static void test_redis(void)
     event_base_free(bb);
 }
 
+/* issue 13: a credential's key id and scopes ride along; a revocation by id forgets them. */
+static void test_cred(struct event_base *base)
+{
+    sl_cache_t *c;
+    sl_cache_cred_t in, out;
+    CHECK(sl_cache_new(base, NULL, NULL, &c) == 0);
+    sl_cache__set_active(c, 1);
+    memset(&in, 0, sizeof in);
+    memcpy(in.tenant_id, TENANT, sizeof TENANT);
+    memcpy(in.key_id, FILE1, sizeof FILE1);
+    in.scopes = 5;
+    sl_cache_cred_put(c, HASH_A, &in, sl_cache_auth_ticket(c));
+    memset(&out, 0, sizeof out);
+    CHECK(sl_cache_cred_get(c, HASH_A, &out));
+    CHECK_STREQ(out.tenant_id, TENANT);
+    CHECK_STREQ(out.key_id, FILE1);
+    CHECK(out.scopes == 5);
+    CHECK(!sl_cache_cred_get(c, HASH_B, &out));
+    /* a stale ticket is dropped; a message forgets */
+    uint64_t ticket = sl_cache_auth_ticket(c);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_B, 64);
+    sl_cache_cred_put(c, HASH_B, &in, ticket);
+    CHECK(!sl_cache_cred_get(c, HASH_B, &out));
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_A, 64);
+    CHECK(!sl_cache_cred_get(c, HASH_A, &out));
+    sl_cache_free(c);
+}
+
 int main(void)
 {
     struct event_base *base = event_base_new();
     test_etag();
     test_auth(base);
+    test_cred(base);
     test_files(base);
     test_redis();
     event_base_free(base);

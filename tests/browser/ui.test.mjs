@@ -475,7 +475,13 @@ try {
   await checkKeyKeptOut(page, context, result);
   const docs = await page.getAttribute("#api-docs", "href");
   assert(docs === "/v1/openapi.json", "no API docs link to /v1/openapi.json: " + docs);
-  result.api_docs_status = await page.evaluate(async (u) => (await fetch(u)).status, docs);
+  // The link works as a plain link (no key, no token): the OpenAPI document.
+  const openapi = await page.evaluate(async (u) => {
+    const res = await fetch(u, { credentials: "omit" });
+    return [res.status, res.ok ? (await res.json()).openapi : null];
+  }, docs);
+  assert(openapi[0] === 200 && /^3\.1\./.test(openapi[1] || ""),
+         "the API docs link does not give an OpenAPI 3.1 document: " + JSON.stringify(openapi));
   await page.fill("#ds-name", "browser samples");
   await page.click("#create-form button[type=submit]");
   await page.locator("#dataset-view").waitFor({ state: "visible" });

@@ -633,7 +633,7 @@ function removeFile(id) {
 }
 
 function renderCounts() {
-  const c = { queued: 0, processing: 0, done: 0, failed: 0 };
+  const c = { uploaded: 0, queued: 0, processing: 0, done: 0, failed: 0 };
   let waiting = 0;
   for (const f of state.files.values()) {
     c[f.status] = (c[f.status] || 0) + 1;
@@ -644,6 +644,7 @@ function renderCounts() {
                                     h("b", {}, n), " ", label);
   $("counts").replaceChildren(...[
     chip(total === 1 ? "file" : "files", total + (state.nextCursor ? "+" : ""), "total"),
+    c.uploaded ? chip("not processed", c.uploaded, "uploaded") : null,
     c.queued ? chip("queued", c.queued, "queued") : null,
     c.processing ? chip("processing", c.processing, "running") : null,
     waiting ? chip("waiting", waiting, "waiting") : null,
@@ -656,7 +657,7 @@ function renderCounts() {
 // ---------------------------------------------------------------- rows
 
 const STATE_LABEL = {
-  queued: "queued", running: "running", waiting: "waiting", succeeded: "succeeded",
+  uploaded: "uploaded", queued: "queued", running: "running", waiting: "waiting", succeeded: "succeeded",
   failed: "failed", cancelled: "cancelled", processing: "processing", done: "done",
 };
 
@@ -1279,7 +1280,11 @@ function overview(f) {
                                                                : "The record appears when ai_record finishes."));
   }
   box.append(h("h3", {}, "Runs"));
-  if (!(f.runs || []).length) box.append(h("p", { class: "muted" }, "No pipeline matches this file type."));
+  // A file no pipeline takes says why (`reason`); one stored with
+  // ?process=false waits for Re-process (POST /v1/files/{id}/process).
+  if (f.reason) box.append(h("p", { class: "muted" }, f.reason + "."));
+  else if (f.status === "uploaded") box.append(h("p", { class: "muted" }, "Stored, not processed: Re-process starts it."));
+  else if (!(f.runs || []).length) box.append(h("p", { class: "muted" }, "No pipeline matches this file type."));
   for (const r of f.runs || []) {
     const dur = r.started_at && r.finished_at ? fmtDuration(new Date(r.finished_at) - new Date(r.started_at)) : "";
     box.append(h("div", { class: "run" },

@@ -326,3 +326,28 @@ def test_rate_limit_counts_tokens_by_key(start_server):
     # eight different tokens of one key share one budget: some get 429
     statuses = [get(srv, tok).status_code for tok in toks]
     assert 429 in statuses, statuses
+
+
+def test_revocation_without_redis(start_server, redis):
+    """Redis down: no invalidation can cross, so B asks Postgres; a family
+    revoked meanwhile stays refused when Redis is back."""
+    from test_sse import wait_redis
+    a, b = two(start_server)
+    t = a.create_tenant("noredis")
+    p1 = exchange(a, t.key)
+    p2 = refresh(a, p1["refresh_token"]).json()
+    for _ in range(3):
+        assert get(b, p2["access_token"]).status_code == 200
+    wait_redis(b, "ok")
+    try:
+        redis.stop()
+        wait_redis(b, "down")
+        wait_redis(a, "down")
+        assert refresh(a, p1["refresh_token"]).status_code == 401  # reuse: family revoked
+        assert get(b, p2["access_token"]).status_code == 401
+    finally:
+        if not redis.running:
+            redis.start()
+    wait_redis(b, "ok", timeout=30)
+    assert get(b, p2["access_token"]).status_code == 401
+    assert get(b, exchange(b, t.key)["access_token"]).status_code == 200

@@ -284,6 +284,7 @@ static void migrate_done(void *arg)
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
     if (app->sched)
         sl_sched_start(app->sched);
+    sl_retention_start(app->retention); /* retention: resumes purges; the sweep (not HTTP) */
     event_free(job->retry);
     free(job);
 }
@@ -648,6 +649,34 @@ static int start_engine(sl_app_t *app)
     return app->role == SL_ROLE_ENGINE ? start_engine_link(app) : 0;
 }
 
+/* retention: a purged file's actors stop (here, or by a message to the engine). */
+static void retention_cancel_cb(const char *file_id, void *arg)
+{
+    sl_api_engine_cancel_file(arg, file_id);
+}
+
+/* retention: every role purges; the sweep runs where background work does (not HTTP). */
+static int start_retention(sl_app_t *app, int role)
+{
+    const sl_config_t *cfg = app->cfg;
+    sl_retention_opts_t ro = {0};
+    ro.base = app->base;
+    ro.pg = app->pg;
+    ro.store = app->store;
+    ro.pubsub = app->pubsub;
+    ro.instance_id = app->instance_id;
+    ro.sweep = role != SL_ROLE_HTTP;
+    ro.interval_s = cfg->retention_interval_s;
+    ro.idempotency_hours = cfg->retention_idempotency_hours;
+    ro.files_days = cfg->retention_files_days;
+    ro.batch = cfg->retention_batch;
+    ro.pause_ms = cfg->retention_pause_ms;
+    ro.lock_timeout_ms = cfg->retention_lock_timeout_ms;
+    ro.cancel_file = retention_cancel_cb;
+    ro.cancel_arg = app;
+    return sl_retention_new(&ro, &app->retention);
+}
+
 /* HTTP: the router with every route, and the listener. */
 static int start_http(sl_app_t *app)
 {
@@ -664,6 +693,7 @@ static int start_http(sl_app_t *app)
     sl_api_register_records(app);
     sl_api_register_artifacts(app);
     sl_api_register_events(app);
+    sl_api_register_retention(app);
 
     sl_http_limits_t limits;
     sl_http_limits_default(&limits);
@@ -762,6 +792,8 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
         goto out;
     if ((err = sl_api_load_pipelines(app)) != 0)
         goto out;
+    if ((err = start_retention(app, role)) != 0)
+        goto out;
     if (role != SL_ROLE_HTTP && (err = start_engine(app)) != 0)
         goto out;
     if ((err = start_migrations(app)) != 0)
@@ -804,6 +836,7 @@ out:
         sl_elink_unlisten(app->link); /* its event is on app->base */
     if (app->sched)
         sl_sched_free(app->sched);
+    sl_retention_free(app->retention); /* before the pool: its batches end with it */
     if (app->vm)
         sl_flowvm_free(app->vm);
     if (app->curl)

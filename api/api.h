@@ -24,6 +24,7 @@
 #include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
+#include "actors/retention.h"
 #include "actors/run_event.h"
 #include "actors/scheduler.h"
 #include "db/pg.h"
@@ -56,6 +57,7 @@ typedef struct sl_app_s {
     sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
                                   NULL in an HTTP process (the engine runs apart) */
     sl_elink_t *link;          /* owned by main; the engine process's link, NULL inline */
+    sl_retention_t *retention; /* owned by main: purges and (engine/inline) the sweep */
     int role;                  /* SL_ROLE_* of core/supervise.h */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;
@@ -238,6 +240,7 @@ void sl_api_register_records(sl_app_t *app);   /* GET /v1/datasets/{id}/records 
 void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs */
 void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
+void sl_api_register_retention(sl_app_t *app); /* DELETE /v1/datasets/{id}, POST /v1/admin/cleanup */
 
 /* ---- idempotency (shared by upload and process) ---- */
 

@@ -249,7 +249,7 @@ static void records_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenan
     const char *p3[3] = {params.values[0], tenant_id, limit};
     if ((err = sl_pg_batch_add(b,
                                "SELECT record_schema FROM datasets "
-                               "WHERE id = $1 AND tenant_id = $2",
+                               "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
                                2, p2)) < 0)
         goto fail;
     if (csv)

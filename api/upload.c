@@ -777,7 +777,8 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     }
     app->active_uploads++;
     const char *params[] = {up->tenant_id, up->dataset_id};
-    if (sl_pg_query(app->pg, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2, params,
+    if (sl_pg_query(app->pg, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2"
+                    " AND deleted_at IS NULL", 2, params, /* retention */
                     dataset_cb, up) != 0) {
         upload_fail(up, 503, "database_unavailable", "database unavailable");
     }

@@ -563,6 +563,9 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     if (g_stopping++)
         return;
     sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
+    /* retention: no new batches; a purge cut short resumes at the next start */
+    sl_retention_free(app->retention);
+    app->retention = NULL;
     if (app->http) {
         sl_http_server_free(app->http); /* stop accepting; in-flight requests finish */
         app->http = NULL;

@@ -2,8 +2,7 @@
 -- (api/retention.c, actors/retention.c, docs/lifecycle.md "Retention").
 --
 -- Every purge works in batches: each call is one short transaction that
--- locks at most p_limit files (FOR UPDATE SKIP LOCKED: rows another purge or
--- a DELETE holds are left for the next call), queues their blobs and their
+-- locks at most p_limit files, queues their blobs and their
 -- artifacts' blobs in purge_blobs, and deletes the rows; runs, timeline
 -- events, artifacts and records go with them (ON DELETE CASCADE), as with
 -- DELETE /v1/files/{id}. Callers set lock_timeout for the batch so a purge
@@ -47,6 +46,9 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 -- One batch of the purge of deleted datasets: up to p_limit of their files.
+-- SKIP LOCKED: several processes may purge at once, each on other files; a
+-- file skipped now is purged by a later pass (the dataset stays marked, and
+-- its row stays, until its last file is gone).
 CREATE OR REPLACE FUNCTION sluice_purge_datasets_batch(p_limit int)
 RETURNS TABLE (file_id uuid, dataset_id uuid, tenant_id uuid, size bigint, active boolean)
 LANGUAGE sql VOLATILE AS $$
@@ -94,6 +96,12 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- One batch of the cleanup: up to p_limit of those files, oldest first.
+-- A plain FOR UPDATE (the caller's lock_timeout bounds the wait), not SKIP
+-- LOCKED: a batch that comes back short must mean that no such file is left,
+-- not that one was busy (a run adding an artifact holds a share lock on its
+-- file). Rows another cleanup deleted meanwhile are skipped by the lock's
+-- recheck and the LIMIT fills from the next ones, so concurrent cleanups each
+-- count exactly the files they removed.
 CREATE OR REPLACE FUNCTION sluice_cleanup_batch(p_cutoff timestamptz, p_tenant uuid, p_limit int)
 RETURNS TABLE (file_id uuid, dataset_id uuid, tenant_id uuid, size bigint, active boolean)
 LANGUAGE sql VOLATILE AS $$
@@ -102,7 +110,7 @@ LANGUAGE sql VOLATILE AS $$
         WHERE f.created_at < p_cutoff AND (p_tenant IS NULL OR f.tenant_id = p_tenant)
           AND NOT sluice_dataset_gone(f.dataset_id)
         ORDER BY f.created_at
-        LIMIT p_limit FOR UPDATE OF f SKIP LOCKED)) p
+        LIMIT p_limit FOR UPDATE OF f)) p
 $$;
 
 -- Idempotency keys older than p_hours (their replay window is over), up to

@@ -30,8 +30,8 @@
 
 #define RETRY_PAUSE_MS 200 /* after a batch that met the lock timeout */
 #define MAX_RETRIES 20
-#define BLOB_CLAIM_S 300   /* a claimed blob is taken again after this */
-#define SWEEP_LEASE_S 600  /* renewed between the sweep's phases */
+#define BLOB_CLAIM_S 300  /* a claimed blob is taken again after this */
+#define SWEEP_LEASE_S 600 /* renewed between the sweep's phases */
 #define FIRST_SWEEP_MS 1000
 
 struct sl_retention_s {
@@ -84,10 +84,10 @@ struct loop_s {
     loop_kind_t kind;
     const char *reason; /* metrics label and log field: static string */
     char cutoff[64];
-    char tenant[37];    /* "" for every tenant */
+    char tenant[37]; /* "" for every tenant */
     sl_retention_counts_t c;
     int retries;
-    int dropping;       /* L_DATASETS: the last statement (dataset rows) is out */
+    int dropping; /* L_DATASETS: the last statement (dataset rows) is out */
     double t0, tb;
     struct event *timer;
     loop_end_fn end;
@@ -102,10 +102,11 @@ static const char *const LOOP_SQL[] = {
                   " nextval(pg_get_serial_sequence('run_events', 'seq')) AS seq,"
                   " sluice_ts(clock_timestamp()) AS at"
                   " FROM sluice_cleanup_batch($2::timestamptz, $3::uuid, $1::int) p",
-    [L_EXPIRE] = "SELECT p.file_id, p.dataset_id, p.tenant_id, p.size, p.active,"
-                 " nextval(pg_get_serial_sequence('run_events', 'seq')) AS seq,"
-                 " sluice_ts(clock_timestamp()) AS at"
-                 " FROM sluice_cleanup_batch(now() - make_interval(days => $2::int), NULL, $1::int) p",
+    [L_EXPIRE] =
+        "SELECT p.file_id, p.dataset_id, p.tenant_id, p.size, p.active,"
+        " nextval(pg_get_serial_sequence('run_events', 'seq')) AS seq,"
+        " sluice_ts(clock_timestamp()) AS at"
+        " FROM sluice_cleanup_batch(now() - make_interval(days => $2::int), NULL, $1::int) p",
     [L_IDEM] = "SELECT sluice_purge_idempotency($2::int, $1::int) AS n",
 };
 
@@ -210,8 +211,8 @@ static int loop_files(loop_t *l, PGresult *res)
         if (l->kind != L_DATASETS && r->o.pubsub && col(res, i, "seq")) {
             /* As DELETE /v1/files/{id}: a live-only event (the timeline went with the file). */
             const char *v[SL_RUN_EVENT_NCOLS] = {
-                col(res, i, "seq"), col(res, i, "dataset_id"), fid, NULL, NULL, NULL,
-                "deleted", "deleted", col(res, i, "at")};
+                col(res, i, "seq"), col(res, i, "dataset_id"), fid, NULL, NULL, NULL, "deleted",
+                "deleted",          col(res, i, "at")};
             sl_run_event_publish_values(r->o.pubsub, "file", v);
         }
     }
@@ -343,7 +344,7 @@ void sl_retention_kick(sl_retention_t *r)
 typedef struct drain_s {
     sl_retention_t *r;
     int n, pending, claimed;
-    char **keys;    /* owned */
+    char **keys; /* owned */
     char (*ids)[24];
     int *ok;
 } drain_t;
@@ -461,7 +462,8 @@ static void drain_claim_cb(const sl_pg_result_t *res, void *arg)
         return;
     }
     if (!(d = calloc(1, sizeof *d)) || !(d->keys = calloc((size_t)n, sizeof *d->keys)) ||
-        !(d->ids = calloc((size_t)n, sizeof *d->ids)) || !(d->ok = calloc((size_t)n, sizeof *d->ok)))
+        !(d->ids = calloc((size_t)n, sizeof *d->ids)) ||
+        !(d->ok = calloc((size_t)n, sizeof *d->ok)))
         goto oom;
     d->r = r;
     d->claimed = n;
@@ -555,8 +557,8 @@ static void count_done_cb(const sl_pg_result_t *res, void *arg)
     unref(r);
 }
 
-int sl_retention_cleanup(sl_retention_t *r, const char *cutoff, const char *tenant_id,
-                         int dry_run, sl_retention_cleanup_cb cb, void *arg)
+int sl_retention_cleanup(sl_retention_t *r, const char *cutoff, const char *tenant_id, int dry_run,
+                         sl_retention_cleanup_cb cb, void *arg)
 {
     int err;
     if (!r || !cutoff || !cb || strlen(cutoff) >= 64 || (tenant_id && strlen(tenant_id) >= 37))
@@ -641,8 +643,7 @@ static void sweep_idem_end(loop_t *l, int err)
         r->sweeping = 0;
         return;
     }
-    if (r->o.files_days > 0 &&
-        loop_start(r, L_EXPIRE, "expired", sweep_expired_end, NULL) == 0)
+    if (r->o.files_days > 0 && loop_start(r, L_EXPIRE, "expired", sweep_expired_end, NULL) == 0)
         return;
     sweep_end(r);
 }
@@ -680,9 +681,8 @@ static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
     const char *p[] = {r->instance_id, lease, interval};
     r->sweeping = 1;
     ref(r);
-    if (sl_pg_query(r->o.pg,
-                    "SELECT sluice_retention_lease('sweep', $1, $2::int, $3::int) AS ok", 3, p,
-                    sweep_lease_cb, r) != 0) {
+    if (sl_pg_query(r->o.pg, "SELECT sluice_retention_lease('sweep', $1, $2::int, $3::int) AS ok",
+                    3, p, sweep_lease_cb, r) != 0) {
         r->refs--;
         r->sweeping = 0;
         sweep_arm(r, r->o.interval_s * 1000);
@@ -723,12 +723,12 @@ int sl_retention_new(const sl_retention_opts_t *opts, sl_retention_t **out)
         return SL_ENOMEM;
     }
     r->refs = 1;
-    r->m_files = sl_metrics_counter("sluice_retention_files_total",
-                                    "Files purged, by reason (dataset_delete, cleanup, expired)",
-                                    "reason");
-    r->m_bytes = sl_metrics_counter("sluice_retention_bytes_total",
-                                    "Bytes of the files purged (their originals), by reason",
-                                    "reason");
+    r->m_files =
+        sl_metrics_counter("sluice_retention_files_total",
+                           "Files purged, by reason (dataset_delete, cleanup, expired)", "reason");
+    r->m_bytes =
+        sl_metrics_counter("sluice_retention_bytes_total",
+                           "Bytes of the files purged (their originals), by reason", "reason");
     r->m_batches = sl_metrics_counter("sluice_retention_batches_total",
                                       "Retention transactions, by reason", "reason");
     r->m_blobs = sl_metrics_counter("sluice_retention_blobs_deleted_total",

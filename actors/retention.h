@@ -73,11 +73,11 @@ void sl_retention_kick(sl_retention_t *r);
 
 /** What a cleanup did (or, dry run, would do). */
 typedef struct sl_retention_counts_s {
-    long long files;     /* files removed (counted) */
-    long long bytes;     /* the sum of their sizes (the originals; artifacts not counted) */
-    long long batches;   /* transactions */
-    double longest_ms;   /* the longest batch, sent to answered */
-    double duration_ms;  /* the whole cleanup */
+    long long files;    /* files removed (counted) */
+    long long bytes;    /* the sum of their sizes (the originals; artifacts not counted) */
+    long long batches;  /* transactions */
+    double longest_ms;  /* the longest batch, sent to answered */
+    double duration_ms; /* the whole cleanup */
 } sl_retention_counts_t;
 
 /**
@@ -95,8 +95,8 @@ typedef void (*sl_retention_cleanup_cb)(int err, const sl_retention_counts_t *c,
  * blobs are drained right after (the drainer is kicked). Returns 0, or
  * SL_ENOMEM / SL_EUNAVAIL without a callback.
  */
-int sl_retention_cleanup(sl_retention_t *r, const char *cutoff, const char *tenant_id,
-                         int dry_run, sl_retention_cleanup_cb cb, void *arg);
+int sl_retention_cleanup(sl_retention_t *r, const char *cutoff, const char *tenant_id, int dry_run,
+                         sl_retention_cleanup_cb cb, void *arg);
 
 /**
  * Stops the timers and frees the module (takes r; NULL is a no-op). Batches

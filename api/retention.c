@@ -71,8 +71,8 @@ static void ds_deleted_cb(const sl_pg_result_t *r, void *arg)
     PGresult *running = r->res[1];
     for (int i = 0; i < PQntuples(running); i++)
         sl_api_engine_cancel_file(rr->app, PQgetvalue(running, i, 0));
-    sl_log(SL_LOG_INFO, "dataset_deleted", "{s:s, s:s}", "tenant_id", rr->tenant_id,
-           "dataset_id", rr->id);
+    sl_log(SL_LOG_INFO, "dataset_deleted", "{s:s, s:s}", "tenant_id", rr->tenant_id, "dataset_id",
+           rr->id);
     /* Every instance forgets every cached file document before we answer (api/cache.h). */
     if (sl_cache_publish_file(rr->app->cache, "*", ds_published_cb, rr) != 0)
         ds_published_cb(rr);
@@ -139,10 +139,10 @@ static void cleanup_done_cb(int err, const sl_retention_counts_t *c, void *arg)
         free(rr);
         return;
     }
-    json_t *v = json_pack("{s:I, s:I, s:b, s:I, s:f, s:f}", "files", (json_int_t)c->files,
-                          "bytes", (json_int_t)c->bytes, "dry_run", rr->dry_run, "batches",
-                          (json_int_t)c->batches, "longest_batch_ms", c->longest_ms,
-                          "duration_ms", c->duration_ms);
+    json_t *v =
+        json_pack("{s:I, s:I, s:b, s:I, s:f, s:f}", "files", (json_int_t)c->files, "bytes",
+                  (json_int_t)c->bytes, "dry_run", rr->dry_run, "batches", (json_int_t)c->batches,
+                  "longest_batch_ms", c->longest_ms, "duration_ms", c->duration_ms);
     rr->body = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (!rr->body) {
@@ -176,9 +176,9 @@ static void cleanup_cutoff_cb(const sl_pg_result_t *r, void *arg)
         return;
     }
     const char *cutoff = PQgetvalue(res, 0, PQfnumber(res, "cutoff"));
-    int err = sl_retention_cleanup(rr->app->retention, cutoff,
-                                   rr->tenant_id[0] ? rr->tenant_id : NULL, rr->dry_run,
-                                   cleanup_done_cb, rr);
+    int err =
+        sl_retention_cleanup(rr->app->retention, cutoff, rr->tenant_id[0] ? rr->tenant_id : NULL,
+                             rr->dry_run, cleanup_done_cb, rr);
     if (err) {
         sl_http_respond_error(rr->req, 503, "unavailable", sl_strerror(err), 2);
         free(rr);

@@ -48,15 +48,20 @@ $$;
 -- One batch of the purge of deleted datasets: up to p_limit of their files.
 -- SKIP LOCKED: several processes may purge at once, each on other files; a
 -- file skipped now is purged by a later pass (the dataset stays marked, and
--- its row stays, until its last file is gone).
+-- its row stays, until its last file is gone). Per dataset, newest first:
+-- the order of files_dataset_seq, so a batch reads about its own rows and
+-- never sorts what is left (an ORDER BY across datasets made every batch
+-- sort the whole remainder: 40 s for 100,000 files instead of 14).
 CREATE OR REPLACE FUNCTION sluice_purge_datasets_batch(p_limit int)
 RETURNS TABLE (file_id uuid, dataset_id uuid, tenant_id uuid, size bigint, active boolean)
 LANGUAGE sql VOLATILE AS $$
     SELECT p.* FROM sluice_purge_file_ids(ARRAY(
-        SELECT f.id FROM files f
-        WHERE f.dataset_id IN (SELECT d.id FROM datasets d WHERE d.deleted_at IS NOT NULL)
-        ORDER BY f.dataset_id, f.seq
-        LIMIT p_limit FOR UPDATE OF f SKIP LOCKED)) p
+        SELECT x.id FROM datasets d
+        CROSS JOIN LATERAL (
+            SELECT f.id FROM files f WHERE f.dataset_id = d.id
+            ORDER BY f.seq DESC LIMIT p_limit FOR UPDATE OF f SKIP LOCKED) x
+        WHERE d.deleted_at IS NOT NULL
+        LIMIT p_limit)) p
 $$;
 
 -- Removes the rows of deleted datasets that have no file left; the number

@@ -322,3 +322,45 @@ def test_sweep_purges_expired_idempotency_keys_and_files(start_server):
     lines = [l for l in m.splitlines()
              if l.startswith("sluice_retention_files_total{") and 'reason="expired"' in l]
     assert lines and float(lines[0].split()[-1]) >= 1, m[-2000:]
+
+
+def test_runs_of_a_deleted_dataset_are_never_claimed(server, tenant):
+    """The claim skips a marked dataset's runs (in one transaction the engine cannot see)."""
+    def claimable(deleted):
+        ds, fid, rid = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        out = psql(server,
+                   "BEGIN;"
+                   "INSERT INTO datasets (id, tenant_id, name, record_schema, deleted_at)"
+                   " VALUES (%s, %s, 'probe', '{}', %s);"
+                   "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime,"
+                   " storage_key) VALUES (%s, %s, %s, %s, 'p', 1, 'x', 'text/plain', 'probe/x');"
+                   "INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline,"
+                   " next_attempt_at) VALUES (%s, %s, %s, %s, %s, 'ai_record',"
+                   " now() - interval '1 second');"
+                   "SELECT count(*) FROM sluice_claim_runs('probe', 10000, 30, 10000, '{}')"
+                   " WHERE id = %s;"
+                   "ROLLBACK;" % (q(ds), q(tenant.tenant_id), "now()" if deleted else "NULL",
+                                  q(fid), q(tenant.tenant_id), q(ds), q(uuid.uuid4()),
+                                  q(rid), q(tenant.tenant_id), q(ds), q(fid), q(uuid.uuid4()),
+                                  q(rid)))
+        return int(out.split()[-1])
+
+    assert claimable(deleted=False) == 1
+    assert claimable(deleted=True) == 0
+
+
+@pytest.mark.parametrize("section, message", [
+    ("retention: {idempotency_hours: 1}", "retention.idempotency_hours"),
+    ("retention: {batch_size: 0}", "retention.batch_size"),
+    ("retention: {interval_s: -5}", "retention.interval_s"),
+    ("retention: {files_older_than_days: many}", "retention.files_older_than_days"),
+    ("retention: {every: 3}", "retention.every"),
+])
+def test_bad_retention_config_is_refused(tmp_path, section, message):
+    from sluice_harness import sluice_binary
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text('database_url: "postgresql:///nowhere"\n%s\n' % section)
+    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr

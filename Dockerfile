@@ -38,7 +38,7 @@ RUN apt-get update \
       libevent-2.1-7 libevent-pthreads-2.1-7 libhiredis0.14 libpq5 libcurl4 \
       libfyaml0 liblua5.4-0 lua-cjson libhttp-parser2.9 libssl3 libmagic1 \
       libmagic-mgc libjansson4 ca-certificates curl \
-      tesseract-ocr tesseract-ocr-eng poppler-utils libvips-tools \
+      tesseract-ocr tesseract-ocr-eng poppler-utils libvips-tools unzip \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/sluice --shell /usr/sbin/nologin sluice \
  && mkdir -p /var/lib/sluice/blobs /etc/sluice \

@@ -680,14 +680,13 @@ static int start_retention(sl_app_t *app, int role)
     return sl_retention_new(&ro, &app->retention);
 }
 
-/* HTTP: the router with every route, and the listener. */
-static int start_http(sl_app_t *app)
+/*
+ * Every route, into app->router. Also run by `sluice routes` (print_routes),
+ * with a config and nothing else: a register function only adds routes (and
+ * metrics families), it never connects to anything.
+ */
+static void register_routes(sl_app_t *app)
 {
-    const sl_config_t *cfg = app->cfg;
-    int err;
-    app->router = sl_http_router_new();
-    if (!app->router)
-        return SL_ENOMEM;
     sl_api_register_ops(app);
     sl_api_register_tenants(app);
     sl_api_register_datasets(app);
@@ -697,6 +696,18 @@ static int start_http(sl_app_t *app)
     sl_api_register_artifacts(app);
     sl_api_register_events(app);
     sl_api_register_retention(app);
+    sl_api_register_openapi(app); /* issue 13 (openapi) */
+}
+
+/* HTTP: the router with every route, and the listener. */
+static int start_http(sl_app_t *app)
+{
+    const sl_config_t *cfg = app->cfg;
+    int err;
+    app->router = sl_http_router_new();
+    if (!app->router)
+        return SL_ENOMEM;
+    register_routes(app);
 
     sl_http_limits_t limits;
     sl_http_limits_default(&limits);
@@ -911,10 +922,40 @@ static int run_separate(sl_config_t *cfg)
     return rc;
 }
 
+/* ---- sluice routes: what the router serves (issue 13, openapi) ---- */
+
+static int print_route_cb(const char *method, const char *pattern, const char *name, void *arg)
+{
+    (void)name;
+    return fprintf(arg, "%s %s\n", method, pattern) < 0 ? SL_EIO : 0;
+}
+
+/*
+ * Registers every route as `serve` does, without serving, and prints one
+ * "METHOD PATTERN" line per route in registration order (the OpenAPI check,
+ * tests/blackbox/test_openapi.py, compares them with docs/openapi.json).
+ */
+static int print_routes(sl_config_t *cfg)
+{
+    sl_app_t *app = &g_app;
+    memset(app, 0, sizeof *app);
+    app->cfg = cfg;
+    if (!(app->router = sl_http_router_new()))
+        return SL_ENOMEM;
+    register_routes(app);
+    int err = sl_http_router_each(app->router, print_route_cb, stdout);
+    if (fflush(stdout) != 0 && err == 0)
+        err = SL_EIO;
+    sl_http_router_free(app->router);
+    app->router = NULL;
+    return err;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: sluice [serve] --config PATH\n"
                "       sluice migrate --config PATH\n"
+               "       sluice routes [--config PATH]   (print METHOD PATTERN per route)\n"
                "       sluice upload --dataset ID [--url URL] [--key KEY] FILES_OR_DIRS...\n"
                "       sluice --version\n"
                "The config path may also come from SLUICE_CONFIG.\n");
@@ -938,7 +979,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
-        } else if (strcmp(argv[i], "serve") == 0 || strcmp(argv[i], "migrate") == 0) {
+        } else if (strcmp(argv[i], "serve") == 0 || strcmp(argv[i], "migrate") == 0 ||
+                   strcmp(argv[i], "routes") == 0) {
             cmd = argv[i];
         } else {
             fprintf(stderr, "sluice: unknown argument '%s'\n", argv[i]);
@@ -946,12 +988,24 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    char errbuf[512];
+    sl_config_t *cfg = NULL;
+    if (!config_path && strcmp(cmd, "routes") == 0) {
+        /* Routes do not depend on the configuration: any valid one will do. */
+        static const char min_cfg[] = "database_url: \"postgresql:///unused\"\n";
+        if (sl_config_load_string(min_cfg, sizeof min_cfg - 1, "routes", &cfg, errbuf,
+                                  sizeof errbuf) != 0) {
+            fprintf(stderr, "sluice: %s\n", errbuf);
+            return 2;
+        }
+        int err = print_routes(cfg);
+        sl_config_free(cfg);
+        return err ? 1 : 0;
+    }
     if (!config_path) {
         fprintf(stderr, "sluice: no configuration: pass --config PATH or set SLUICE_CONFIG\n");
         return 2;
     }
-    char errbuf[512];
-    sl_config_t *cfg = NULL;
     if (sl_config_load(config_path, &cfg, errbuf, sizeof errbuf) != 0) {
         fprintf(stderr, "sluice: %s\n", errbuf);
         return 2;
@@ -970,7 +1024,9 @@ int main(int argc, char **argv)
     }
 
     int rc;
-    if (strcmp(cmd, "migrate") == 0) {
+    if (strcmp(cmd, "routes") == 0) {
+        rc = print_routes(cfg);
+    } else if (strcmp(cmd, "migrate") == 0) {
         rc = sl_pg_migrate(cfg->database_url, sl_pg_migrations, sl_pg_nmigrations, errbuf,
                            sizeof errbuf);
         if (rc)

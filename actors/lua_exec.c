@@ -65,6 +65,7 @@ typedef struct exec_op_s {
     char *stdin_path, *stdout_path, *cwd;
     unsigned timeout_ms;
     uint64_t cpu_s, memory;
+    size_t max_stdout; /* 0: SL_EXEC_DEFAULT_MAX_STDOUT; a call may only lower it */
 } exec_op_t;
 
 static void op_free(sl_flow_svcop_t *so)
@@ -149,6 +150,7 @@ static int start(sl_flow_svcop_t *so)
     o.stdin_path = op->stdin_path;
     o.stdout_path = op->stdout_path;
     o.timeout_ms = op->timeout_ms;
+    o.max_stdout = op->max_stdout;
     o.clear_env = 1;
     o.env = (const char *const *)op->env;
     o.inputs = op->ninputs ? (const char *const *)op->inputs : NULL;
@@ -247,8 +249,8 @@ static void rewrite_inputs(lua_State *L, exec_op_t *op)
 
 static void parse(lua_State *L, exec_op_t *op)
 {
-    static const char *const known[] = {"argv",   "stdin",   "stdout", "timeout", "cpu",
-                                        "memory", "service", "input",  NULL};
+    static const char *const known[] = {"argv",   "stdin",   "stdout", "timeout",    "cpu",
+                                        "memory", "service", "input",  "max_stdout", NULL};
     int t = 1;
 
     sl_flow__check_fields(L, t, known, "sl.exec");
@@ -284,6 +286,8 @@ static void parse(lua_State *L, exec_op_t *op)
     op->timeout_ms = (unsigned)opt_num(L, t, "timeout", 1000, 86400);
     op->cpu_s = opt_num(L, t, "cpu", 1, 86400);
     op->memory = opt_num(L, t, "memory", 1, 1e15);
+    /* captured stdout past this kills the tool: nil, "too_large" (lowers the default only) */
+    op->max_stdout = (size_t)opt_num(L, t, "max_stdout", 1, SL_EXEC_DEFAULT_MAX_STDOUT);
     if (lua_getfield(L, t, "service") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TSTRING ||
             (op->so.svc = sl_svcs_get(op->so.vm->svcs, lua_tostring(L, -1))) == NULL)

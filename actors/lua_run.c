@@ -1,10 +1,12 @@
 /*
  * lua_run.c — what a step records about its run: sl.artifact{kind, mime,
- * data | path}, sl.read_artifact(kind), sl.record(tbl), sl.set_text_source(name),
- * sl.tmpdir().
+ * data | path}, sl.read_artifact(kind), sl.record(tbl [, {extractor, model}]),
+ * sl.set_text_source(name), sl.tmpdir().
  *
- * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>"
- * (a retried step overwrites the same key atomically), then one statement
+ * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>",
+ * a key made of the run and the kind only (a retried step of the run
+ * overwrites the same key atomically; another run, a re-process included,
+ * never writes an older run's key), then one statement
  * upserts the row (unique on run_id, kind: db/migrations/003_flows.sql). A
  * `path` is read on the worker pool in chunks and fed to the store writer
  * with its backpressure, so neither the loop nor memory sees the whole file.
@@ -534,21 +536,112 @@ static int db_start(lua_State *L, sl_step_t *s, sl_pg_t *pg, const char *sql, in
     return lua_yield(L, 0);
 }
 
+/*
+ * sl.record(data [, {extractor = "...", model = "..."}]): the run's version of
+ * the file's record (migration 011, db/functions/provenance.sql). Provenance:
+ * run_id, pipeline and flow_version come from the step (the run the engine
+ * claimed: Lua cannot forge them), text_source from the file's row; only
+ * extractor (what made the text) and model (what made the record) come from
+ * the flow, checked here: strings of 1..PROV_MAX printable ASCII bytes.
+ * Resumes with the version number (an integer: truthy), or nil, "not_found"
+ * when the file was deleted meanwhile.
+ */
+#define PROV_MAX 128
+
+/* Returns 1 if v is 1..PROV_MAX bytes of printable ASCII (space to '~'). */
+static int prov_ok(const char *v, size_t n)
+{
+    if (n == 0 || n > PROV_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Copies field k of the options table at t into buf (PROV_MAX + 1 bytes), checked; "" when
+ * absent (or no table). Raises on a bad value: a flow bug, like a bad argument. */
+static void prov_field(lua_State *L, int t, const char *k, char *buf)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    if (!lua_istable(L, t))
+        return;
+    int ty = lua_getfield(L, t, k);
+    const char *v = ty == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    if (ty != LUA_TNIL && (v == NULL || !prov_ok(v, n)))
+        luaL_error(L, "sl.record: %s must be a string of 1..%d printable ASCII characters", k,
+                   PROV_MAX);
+    if (v != NULL)
+        memcpy(buf, v, n + 1);
+    lua_pop(L, 1);
+}
+
+/* A JSON string, or null for "" (absent). */
+static json_t *prov_value(const char *v)
+{
+    return v != NULL && v[0] != '\0' ? json_string(v) : json_null();
+}
+
+typedef struct rec_op_s {
+    sl_flow_op_t hdr;
+    lua_Integer version;
+} rec_op_t;
+
+static int push_version(lua_State *L)
+{
+    const rec_op_t *op = lua_touserdata(L, 1);
+    lua_pushinteger(L, op->version);
+    return 1;
+}
+
+static void rec_cb(const sl_pg_result_t *r, void *arg)
+{
+    rec_op_t *op = arg;
+    sl_step_t *s = sl_flow__op_take(&op->hdr);
+    char *end = NULL;
+
+    if (s == NULL)
+        goto out;
+    if (r->err != 0) {
+        sl_flow__resume_err(s, sl_strerror(r->err));
+        goto out;
+    }
+    if (r->n < 1 || PQntuples(r->res[0]) != 1 || PQgetisnull(r->res[0], 0, 0)) {
+        sl_flow__resume_err(s, "not_found"); /* the file is gone */
+        goto out;
+    }
+    op->version = strtoll(PQgetvalue(r->res[0], 0, 0), &end, 10);
+    if (end == NULL || *end != '\0' || op->version < 1)
+        sl_flow__resume_err(s, "db_error");
+    else
+        sl_flow__resume_with(s, push_version, op);
+out:
+    free(op);
+}
+
 static int l_record(lua_State *L)
 {
-    static const char sql[] =
-        "INSERT INTO records (id, tenant_id, dataset_id, file_id, run_id, data) "
-        "VALUES ($1, $2, $3, $4, $5, $6::jsonb) "
-        "ON CONFLICT (file_id) DO UPDATE SET data = EXCLUDED.data, run_id = EXCLUDED.run_id";
+    static const char sql[] = "SELECT sluice_record_put($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)";
+    static const char *const known[] = {"extractor", "model", NULL};
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    char err[160], id[37];
-    json_t *j;
-    char *text;
+    char err[160], id[37], extractor[PROV_MAX + 1], model[PROV_MAX + 1];
+    char *text = NULL, *ptext = NULL;
+    json_t *j, *prov;
     sl_step_t *s;
-    int ret;
+    rec_op_t *op = NULL;
+    int rc;
 
+    /* Everything that raises comes before anything is allocated. */
     luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
     s = sl_flow__check_step(L, "sl.record");
+    if (lua_istable(L, 2))
+        sl_flow__check_fields(L, 2, known, "sl.record");
+    prov_field(L, 2, "extractor", extractor);
+    prov_field(L, 2, "model", model);
     if (vm->host.pg == NULL) {
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");
@@ -560,24 +653,36 @@ static int l_record(lua_State *L)
     json_decref(j);
     if (text == NULL)
         return luaL_error(L, "sl.record: out of memory");
+
+    /* From the run, not from Lua: the step's pipeline and the flow version it runs on. */
+    const char *fv = s->flow != NULL ? sl_flow_version(s->flow) : NULL;
+    prov = json_pack("{s:o, s:o, s:o, s:o}", "extractor", prov_value(extractor), "model",
+                     prov_value(model), "pipeline", prov_value(s->pipeline), "flow_version",
+                     prov_value(fv));
+    ptext = prov != NULL ? json_dumps(prov, JSON_COMPACT) : NULL;
+    json_decref(prov);
+    rc = SL_ENOMEM;
+    if (ptext == NULL || (op = calloc(1, sizeof(*op))) == NULL)
+        goto fail;
     if (sl_uuid_v4(id) != 0) {
-        free(text);
-        return luaL_error(L, "sl.record: no random bytes");
+        rc = SL_EIO;
+        goto fail;
     }
-    const char *params[] = {id, s->tenant_id, s->dataset_id, s->file_id, s->run_id, text};
-    /* sl_pg_query copies the params; nothing below raises before text is freed */
-    db_op_t *op = calloc(1, sizeof(*op));
-    int rc = op ? sl_pg_query(vm->host.pg, sql, 6, params, db_cb, op) : SL_ENOMEM;
+    const char *params[] = {id, s->tenant_id, s->dataset_id, s->file_id, s->run_id, text, ptext};
+    /* sl_pg_query copies the params */
+    if ((rc = sl_pg_query(vm->host.pg, sql, 7, params, rec_cb, op)) != 0)
+        goto fail;
     free(text);
-    if (rc != 0) {
-        free(op);
-        lua_pushnil(L);
-        lua_pushstring(L, sl_strerror(rc));
-        return 2;
-    }
+    free(ptext);
     sl_flow__set_op(s, &op->hdr, db_cancel);
-    ret = lua_yield(L, 0);
-    return ret;
+    return lua_yield(L, 0);
+fail:
+    free(op);
+    free(text);
+    free(ptext);
+    lua_pushnil(L);
+    lua_pushstring(L, sl_strerror(rc));
+    return 2;
 }
 
 static int l_set_text_source(lua_State *L)

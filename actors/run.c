@@ -35,6 +35,42 @@
 
 #define WAIT_MAX_S 300
 
+/*
+ * The lifecycle log (docs/flows.md, "Lifecycle logs"): one JSON line per run
+ * transition that matters, written once its commit held — never for a
+ * transition that was lost. The decision code fills the actor's `ll` before
+ * it commits (fixed-size fields: no allocation), commit_cb writes the line
+ * with sl_log_line_* (on the stack) and clears it.
+ */
+typedef enum {
+    LL_NONE = 0,
+    LL_STARTED,   /* debug */
+    LL_RESUMED,   /* info */
+    LL_RETRY,     /* warn */
+    LL_FALLBACK,  /* warn after a transient failure, else info */
+    LL_WAITING,   /* warn */
+    LL_SUCCEEDED, /* info */
+    LL_FAILED,    /* error */
+} ll_kind_t;
+
+static const char *const ll_events[] = {
+    NULL,          "run.started", "run.resumed",   "run.retry",
+    "run.fallback", "run.waiting", "run.succeeded", "run.failed",
+};
+
+typedef struct lifelog_s {
+    ll_kind_t kind;
+    int level;
+    char step[64];         /* the step the transition comes from (or starts at) */
+    char to[64];           /* fallback: its target; waiting: the step it resumes at */
+    char via[16];          /* fallback: "fallback" or "always"; resumed: the old state */
+    char error[64];        /* the error word; for run.succeeded its note, if any */
+    char detail[256];      /* the step's message, cut */
+    int attempt;           /* the attempt that ended (retry: the next one) */
+    long long duration_ms; /* that attempt's duration; -1: no attempt */
+    long long delay_ms;    /* retry: the delay; waiting: how long it waits; -1: none */
+} lifelog_t;
+
 struct sl_run_s {
     sl_sched_t *sched;  /* NULL once detached */
     sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone */
@@ -55,6 +91,7 @@ struct sl_run_s {
     struct event *timer; /* retry delay */
     char tmpdir[640];
     sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
+    lifelog_t ll;        /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
 
 /* What a commit does once it holds. */
@@ -161,6 +198,60 @@ void sl_run__detach(sl_run_t *r)
     sl_run__cancel(r);
 }
 
+/* ---- the lifecycle log ---- */
+
+/* Fills r->ll for the commit about to be made. Strings are copied (cut to fit). */
+static void ll_set(sl_run_t *r, ll_kind_t kind, int level, const char *step, const char *error,
+                   const char *detail, int attempt, double duration_s)
+{
+    lifelog_t *g = &r->ll;
+    g->kind = kind;
+    g->level = level;
+    snprintf(g->step, sizeof g->step, "%s", step ? step : "");
+    snprintf(g->error, sizeof g->error, "%s", error ? error : "");
+    snprintf(g->detail, sizeof g->detail, "%s", detail ? detail : "");
+    g->to[0] = g->via[0] = '\0';
+    g->attempt = attempt;
+    g->duration_ms = duration_s >= 0 ? (long long)(duration_s * 1000.0 + 0.5) : -1;
+    g->delay_ms = -1;
+}
+
+static void ll_opt_str(sl_log_line_t *l, const char *key, const char *v)
+{
+    if (v[0])
+        sl_log_line_str(l, key, v);
+}
+
+/* Writes r->ll (the commit held) and clears it. */
+static void ll_emit(sl_run_t *r)
+{
+    lifelog_t *g = &r->ll;
+    sl_log_line_t l;
+    if (g->kind == LL_NONE || !sl_log_line_begin(&l, g->level, ll_events[g->kind]))
+        return;
+    sl_log_line_str(&l, "run_id", r->id);
+    sl_log_line_str(&l, "file_id", r->file_id);
+    sl_log_line_str(&l, "tenant_id", r->tenant_id);
+    sl_log_line_str(&l, "dataset_id", r->dataset_id);
+    sl_log_line_str(&l, "pipeline", r->pipeline);
+    sl_log_line_str(&l, "step", g->step[0] ? g->step : NULL);
+    if (g->kind == LL_SUCCEEDED) {
+        sl_log_line_str(&l, "error", NULL);
+        ll_opt_str(&l, "note", g->error);
+    } else {
+        sl_log_line_str(&l, "error", g->error[0] ? g->error : NULL);
+    }
+    ll_opt_str(&l, "detail", g->detail);
+    ll_opt_str(&l, "to", g->to);
+    ll_opt_str(&l, g->kind == LL_RESUMED ? "from" : "via", g->via);
+    sl_log_line_int(&l, "attempt", g->attempt);
+    if (g->duration_ms >= 0)
+        sl_log_line_int(&l, "duration_ms", g->duration_ms);
+    if (g->delay_ms >= 0)
+        sl_log_line_int(&l, g->kind == LL_RETRY ? "delay_ms" : "wait_ms", g->delay_ms);
+    sl_log_line_end(&l);
+}
+
 /* ---- commits ---- */
 
 /*
@@ -204,6 +295,9 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
     r->busy = 0;
     if (!res->err)
         publish_rows(r->pubsub, res->res[0]); /* committed, even if the actor was cancelled */
+    if (!res->err && PQntuples(res->res[0]) > 0)
+        ll_emit(r); /* the transition happened (a lost one logs run_commit_lost below) */
+    r->ll.kind = LL_NONE;
     if (r->cancelled) {
         run_end(r);
         return;
@@ -368,6 +462,8 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             add_event(r, events, from, "succeeded",
                       res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail", res->detail)
                                 : NULL);
+            ll_set(r, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, r->attempt,
+                   res->duration_s);
             commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
         }
         return;
@@ -390,6 +486,9 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
                   json_pack("{s:s, s:s, s:f, s:s, s:i, s:b}", "reason", reason, "error", err,
                             "retry_in_s", wait_s, "resume_step", r->step, "attempt", r->attempt,
                             "held", 1));
+        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
+        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
+        r->ll.delay_ms = (long long)(wait_s * 1000.0);
         commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
         return;
     }
@@ -400,6 +499,8 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 
     if (res->transient && r->attempt < st->retry_attempts) {
         int delay = backoff_ms(st, r->attempt);
+        ll_set(r, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt + 1, res->duration_s);
+        r->ll.delay_ms = delay;
         r->attempt++;
         sl_metrics_add(m_retries, 1, r->pipeline, r->step);
         add_event(
@@ -413,6 +514,10 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
         if (!r->chain_start[0])
             snprintf(r->chain_start, sizeof r->chain_start, "%s", from);
         r->chain_transient |= res->transient;
+        ll_set(r, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
+               r->attempt, res->duration_s);
+        snprintf(r->ll.to, sizeof r->ll.to, "%s", target);
+        snprintf(r->ll.via, sizeof r->ll.via, "%s", st->always ? "always" : "fallback");
         snprintf(r->step, sizeof r->step, "%s", target);
         r->attempt = 1;
         sl_metrics_add(m_fallbacks, 1, r->pipeline, from, target);
@@ -432,6 +537,8 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             wait_s = WAIT_MAX_S;
         char reason[128];
         snprintf(reason, sizeof reason, "waiting for %s", from);
+        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
+        r->ll.delay_ms = (long long)(wait_s * 1000.0);
         if (r->chain_start[0])
             snprintf(r->step, sizeof r->step, "%s", r->chain_start);
         r->chain_start[0] = '\0';
@@ -441,10 +548,12 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
         add_event(r, events, from, "waiting",
                   json_pack("{s:s, s:s, s:f, s:s}", "reason", reason, "error", err, "retry_in_s",
                             wait_s, "resume_step", r->step));
+        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
         commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
         return;
     }
     add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
+    ll_set(r, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, r->attempt, res->duration_s);
     commit(r, "failed", err, 0, events, NEXT_END, 0);
 }
 
@@ -468,6 +577,8 @@ static void run_attempt(sl_run_t *r)
         json_t *events = json_array();
         add_event(r, events, r->step, "failed",
                   json_pack("{s:s}", "error", "the step could not start"));
+        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "internal_error", "the step could not start",
+               r->attempt, -1);
         commit(r, "failed", "internal_error", 0, events, NEXT_END, 0);
     }
 }
@@ -528,6 +639,7 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
         snprintf(r->step, sizeof r->step, "%s", rs->has_step ? rs->step : "");
         add_event(r, events, rs->has_step ? rs->step : NULL, "failed",
                   json_pack("{s:s}", "error", "unknown_pipeline"));
+        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
         commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
         return;
     }
@@ -537,16 +649,22 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
     if (!step) {
         snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
         r->attempt = 1;
-        if (strcmp(rs->old_state, "queued") == 0)
+        if (strcmp(rs->old_state, "queued") == 0) {
             add_event(r, events, r->step, "started", NULL);
-        else
+            ll_set(r, LL_STARTED, SL_LOG_DEBUG, r->step, NULL, NULL, r->attempt, -1);
+        } else {
             add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", rs->old_state));
+            ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+            snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
+        }
     } else {
         snprintf(r->step, sizeof r->step, "%s", step);
         if (r->attempt < 1)
             r->attempt = 1;
         add_event(r, events, r->step, "resumed",
                   json_pack("{s:s, s:s}", "from", rs->old_state, "previous_owner", rs->old_owner));
+        ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+        snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
     }
     add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
     commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);

@@ -241,6 +241,8 @@ void sl_api_register_artifacts(sl_app_t *app); /* artifacts, signed URLs, blobs 
 void sl_api_register_ops(sl_app_t *app);       /* healthz, readyz, metrics, pipelines, UI */
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
 void sl_api_register_retention(sl_app_t *app); /* DELETE /v1/datasets/{id}, POST /v1/admin/cleanup */
+/* issue 13 (openapi): GET /v1/openapi.json, docs/openapi.json embedded (no auth) */
+void sl_api_register_openapi(sl_app_t *app);
 
 /* ---- idempotency (shared by upload and process) ---- */
 

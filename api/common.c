@@ -369,14 +369,24 @@ int sl_api_mime_match(const char *pattern, const char *mime)
 static char m_pdf[] = "application/pdf";
 static char m_image[] = "image/*";
 static char m_text[] = "text/*";
+/* runlife (issue 13): Office documents, as libmagic names them (docs/flows.md) */
+static char m_docx[] = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+static char m_xlsx[] = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+static char m_pptx[] = "application/vnd.openxmlformats-officedocument.presentationml.presentation";
+static char m_odt[] = "application/vnd.oasis.opendocument.text";
+static char m_ods[] = "application/vnd.oasis.opendocument.spreadsheet";
+static char m_odp[] = "application/vnd.oasis.opendocument.presentation";
+#define SL_OFFICE_MATCH m_docx, m_xlsx, m_pptx, m_odt, m_ods, m_odp
 
 static const struct {
     const char *name;
-    char *match[4];
+    char *match[12];
     const char *steps[SL_MAX_STEPS];
 } shipped[] = {
-    {"ai_record", {m_pdf, m_image, m_text, NULL}, {"tika", "ocr", "textract", "record", NULL}},
-    {"file_view", {m_pdf, m_image, NULL}, {"preview", "thumbnail", NULL}},
+    {"ai_record",
+     {m_pdf, m_image, m_text, SL_OFFICE_MATCH, NULL},
+     {"tika", "ocr", "textract", "record", NULL}},
+    {"file_view", {m_pdf, m_image, SL_OFFICE_MATCH, NULL}, {"preview", "thumbnail", NULL}},
 };
 #define NSHIPPED ((int)(sizeof shipped / sizeof shipped[0]))
 

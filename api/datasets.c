@@ -1,7 +1,8 @@
 /*
  * datasets.c — a tenant's datasets.
  *
- *   POST /v1/datasets        {"name", "record_schema"?} -> 201 dataset
+ *   POST /v1/datasets        {"name", "record_schema"?, "auto_process"?, "pipelines"?}
+ *                            -> 201 dataset
  *   GET  /v1/datasets        -> {"datasets": [dataset, ...]}, newest first
  *   GET  /v1/datasets/{id}   -> dataset, or 404 (also another tenant's)
  *
@@ -12,6 +13,7 @@
  * so no dataset holds one the ai_record flow would be answered 400 for.
  */
 #include "api/api.h"
+#include "api/pipesel.h"
 #include "api/validate.h"
 
 #include <stdio.h>
@@ -91,15 +93,20 @@ static void run_query(ds_ctx_t *ctx, const char *sql, int n, const char *const *
 
 /* ---- POST /v1/datasets ---- */
 
+/*
+ * "auto_process" and "pipelines" (migration 010, api/pipesel.h): the names
+ * travel as a JSON array and become the text[] column; NULL is every pipeline.
+ */
 static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void *arg)
 {
     ds_ctx_t *ctx = arg;
     const char *name = NULL;
-    char *schema_text = NULL;
+    char *schema_text = NULL, *pipelines_json = NULL;
+    int auto_process = 1;
     sl_api_verr_t e;
 
-    (void)app;
-    if (sl_api_dataset_body(body, &name, &schema_text, &e) != 0) {
+    if (sl_api_dataset_body(body, &name, &schema_text, &e) != 0 ||
+        sl_pipesel_dataset_body(app, body, &auto_process, &pipelines_json, &e) != 0) {
         sl_http_respond_error(req, e.status, e.code, e.msg, -1);
         goto fail;
     }
@@ -107,16 +114,25 @@ static void create_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
         sl_http_respond_error(req, 500, "internal_error", "no randomness", -1);
         goto fail;
     }
-    const char *p[4] = {ctx->id, ctx->tenant_id, name,
-                        schema_text != NULL ? schema_text : default_schema};
+    const char *p[6] = {ctx->id,
+                        ctx->tenant_id,
+                        name,
+                        schema_text != NULL ? schema_text : default_schema,
+                        auto_process ? "true" : "false",
+                        pipelines_json};
     run_query(ctx,
-              "INSERT INTO datasets (id, tenant_id, name, record_schema) "
-              "VALUES ($1, $2, $3, $4::json) RETURNING sluice_dataset_json(datasets.*)",
-              4, p, created_cb);
+              "INSERT INTO datasets (id, tenant_id, name, record_schema, auto_process, pipelines) "
+              "VALUES ($1, $2, $3, $4::json, $5::boolean, CASE WHEN $6::json IS NOT NULL THEN "
+              "ARRAY(SELECT x FROM json_array_elements_text($6::json) WITH ORDINALITY AS t(x, n) "
+              "ORDER BY n) END) "
+              "RETURNING sluice_dataset_json(datasets.*)",
+              6, p, created_cb);
     free(schema_text);
+    free(pipelines_json);
     return;
 fail:
     free(schema_text);
+    free(pipelines_json);
     free(ctx);
 }
 

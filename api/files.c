@@ -14,6 +14,7 @@
  * only).
  */
 #include "api/api.h"
+#include "api/pipesel.h"
 #include "api/validate.h"
 #include "core/crypto.h"
 #include "core/err.h"
@@ -277,13 +278,14 @@ static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_i
     const char *status = NULL; /* static string */
     n = sl_api_query_param(req, "status", buf, sizeof buf);
     if (n != -1) {
-        static const char *const ok[] = {"queued", "processing", "done", "failed"};
+        static const char *const ok[] = {"uploaded", "queued", "processing", "done", "failed"};
         for (size_t i = 0; n >= 0 && i < sizeof ok / sizeof ok[0]; i++)
             if (strcmp(buf, ok[i]) == 0)
                 status = ok[i];
         if (!status) {
             sl_http_respond_error(req, 400, "invalid_request",
-                                  "status must be queued, processing, done or failed", -1);
+                                  "status must be uploaded, queued, processing, done or failed",
+                                  -1);
             return;
         }
     }
@@ -510,6 +512,7 @@ typedef struct process_s {
     int explicit_list; /* the body named the pipelines */
     int npipelines;
     char pipelines[SL_CONFIG_MAX_PIPELINES][SL_API_PIPELINE_NAME_MAX];
+    char reason[SL_PIPESEL_REASON_MAX]; /* why no pipeline takes the file, or "" */
     char *body; /* owned: the 202's document, while the cache invalidation is published */
     size_t body_len;
 } process_t;
@@ -559,8 +562,12 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
         process_fail(pr, 404, "not_found", "no such file");
         return;
     }
-    for (int i = 0; i < r->n - 1; i++)
+    /* Statement 0 marks the file (PROCESS_FILE_SQL); then one per run; then, when no
+     * run was started, the file's event (PROCESS_FILE_EVENT_SQL); then the response. */
+    for (int i = 1; i <= pr->npipelines && i < r->n - 1; i++)
         publish_rows(pr->app, "run", r->res[i]);
+    if (pr->npipelines == 0 && r->n == 3)
+        publish_rows(pr->app, "file", r->res[1]);
     sl_api_engine_kick(pr->app);
     /* Answered once every instance's file cache has been told (api/cache.h). */
     pr->body_len = (size_t)PQgetlength(last, 0, 0);
@@ -596,6 +603,29 @@ static const char RUN_SQL[] =
     "  (SELECT pg_advisory_xact_lock(hashtextextended(ins.dataset_id::text, 0))) lk"
     " RETURNING " SL_RUN_EVENT_COLUMNS;
 
+/*
+ * The file is processed now (no longer 'uploaded'), and says why when no
+ * pipeline takes it and it has no run at all ($3: the reason, or NULL when
+ * runs start). First in the batch: the file's row, then runs' (the lock order
+ * of DELETE /v1/files/{id} and of sluice_run_transition).
+ */
+static const char PROCESS_FILE_SQL[] =
+    "UPDATE files f SET awaiting_process = false,"
+    " reason = CASE WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.file_id = f.id) THEN $3::text END"
+    " WHERE f.tenant_id = $1 AND f.id = $2";
+
+/*
+ * A process that starts no run changes the file (from 'uploaded' to 'done'
+ * with its reason) without a run event: a "file" event (kind 'processed',
+ * state its status) tells SSE clients, numbered as upload.c's file events are.
+ */
+static const char PROCESS_FILE_EVENT_SQL[] =
+    "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')), f.dataset_id, f.id, NULL,"
+    " NULL, NULL, 'processed', sluice_file_status(f.id), sluice_ts(clock_timestamp())"
+    " FROM files f CROSS JOIN LATERAL"
+    "  (SELECT pg_advisory_xact_lock(hashtextextended(f.dataset_id::text, 0))) lk"
+    " WHERE f.tenant_id = $1 AND f.id = $2";
+
 static const char PROCESS_RESPONSE_SQL[] =
     "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"
     "           WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)),"
@@ -609,6 +639,9 @@ static void process_run(process_t *pr)
     sl_pg_batch_t *b = sl_pg_batch_new(pr->app->pg);
     if (!b || sl_uuid_v4(batch_id) != 0)
         goto fail;
+    const char *fp[] = {pr->tenant_id, pr->id, pr->npipelines == 0 ? pr->reason : NULL};
+    if (sl_pg_batch_add(b, PROCESS_FILE_SQL, 3, fp) < 0)
+        goto fail;
     for (int i = 0; i < pr->npipelines; i++) {
         if (sl_uuid_v4(run_id) != 0)
             goto fail;
@@ -616,6 +649,8 @@ static void process_run(process_t *pr)
         if (sl_pg_batch_add(b, RUN_SQL, 5, rp) < 0)
             goto fail;
     }
+    if (pr->npipelines == 0 && sl_pg_batch_add(b, PROCESS_FILE_EVENT_SQL, 2, fp) < 0)
+        goto fail;
     const char *params[] = {pr->tenant_id, pr->id, pr->idem_reserved ? pr->idem_key : NULL};
     if (sl_pg_batch_add(b, PROCESS_RESPONSE_SQL, 3, params) < 0)
         goto fail;
@@ -629,7 +664,13 @@ fail:
     process_fail(pr, 500, "internal_error", "could not start the runs");
 }
 
-/* Without an explicit list: every pipeline whose match fits the sniffed mime. */
+/*
+ * The file's mime and its dataset's pipelines are known. An explicit list
+ * must name only pipelines the dataset allows (else 400
+ * "pipeline_not_allowed"); without one, every pipeline whose match fits the
+ * sniffed mime and that the dataset allows, and when there is none, the
+ * reason the file will show.
+ */
 static void process_mime_cb(const sl_pg_result_t *r, void *arg)
 {
     process_t *pr = arg;
@@ -646,28 +687,42 @@ static void process_mime_cb(const sl_pg_result_t *r, void *arg)
     }
     const char *mime = PQgetvalue(r->res[0], 0, 0);
     const sl_app_t *app = pr->app;
+    sl_pipeset_t allowed =
+        sl_pipesel_allowed(app, PQgetisnull(r->res[0], 0, 1) ? NULL : PQgetvalue(r->res[0], 0, 1));
+    if (pr->explicit_list) {
+        for (int i = 0; i < pr->npipelines; i++) {
+            int k = sl_pipesel_index(app, pr->pipelines[i]);
+            if (k < 0 || !(allowed & ((sl_pipeset_t)1 << k))) {
+                char msg[SL_API_PIPELINE_NAME_MAX + 64];
+                snprintf(msg, sizeof msg, "the file's dataset does not allow pipeline %s",
+                         pr->pipelines[i]);
+                process_fail(pr, 400, "pipeline_not_allowed", msg);
+                return;
+            }
+        }
+        process_run(pr);
+        return;
+    }
+    sl_pipeset_t set = sl_pipesel_matching(app, mime) & allowed;
     pr->npipelines = 0;
     for (int i = 0; i < app->npipelines && pr->npipelines < SL_CONFIG_MAX_PIPELINES; i++) {
         const sl_pipeline_def_t *pl = &app->pipelines[i];
-        int match = 0;
-        for (int m = 0; m < SL_CONFIG_MAX_MATCH && pl->match[m] && !match; m++)
-            match = sl_api_mime_match(pl->match[m], mime);
-        if (match && !pipeline_listed(pr, pl->name))
+        if ((set & ((sl_pipeset_t)1 << i)) && !pipeline_listed(pr, pl->name))
             snprintf(pr->pipelines[pr->npipelines++], sizeof pr->pipelines[0], "%s", pl->name);
     }
+    if (pr->npipelines == 0)
+        sl_pipesel_reason(app, mime, allowed, pr->reason, sizeof pr->reason);
     process_run(pr);
 }
 
 static void process_start(process_t *pr)
 {
-    if (pr->explicit_list) {
-        process_run(pr);
-        return;
-    }
     const char *params[] = {pr->tenant_id, pr->id};
-    if (sl_pg_query(pr->app->pg, "SELECT mime FROM files WHERE tenant_id = $1 AND id = $2"
-                    " AND NOT sluice_dataset_gone(dataset_id)", 2,
-                    params, process_mime_cb, pr) != 0)
+    if (sl_pg_query(pr->app->pg,
+                    "SELECT f.mime, to_json(d.pipelines)::text FROM files f"
+                    " JOIN datasets d ON d.id = f.dataset_id"
+                    " WHERE f.tenant_id = $1 AND f.id = $2 AND d.deleted_at IS NULL", /* retention */
+                    2, params, process_mime_cb, pr) != 0)
         process_fail(pr, 503, "database_unavailable", "the database is unavailable");
 }
 

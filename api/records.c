@@ -2,10 +2,17 @@
  * records.c — a dataset as a table: the records the `record` step made.
  *
  *   GET /v1/datasets/{id}/records[?format=json|csv][&limit=N]
- *     json (default): {"records": [{"id","file_id","data","created_at"}]}
+ *     json (default): {"records": [{"id","file_id","data","created_at",
+ *                                   "version","provenance"}]}
  *     csv: text/csv; charset=utf-8, header "file_id,file_name,<property>...",
  *          one column per record_schema property in schema order.
- *   Records come oldest first; limit defaults to 1000, at most 10000.
+ *   Each file's latest record version only (records.latest, migration 011),
+ *   oldest first; limit defaults to 1000, at most 10000.
+ *
+ *   GET /v1/files/{id}/records -> {"records": [...]}: every version of the
+ *   file's record, newest first (404 for another tenant's file).
+ *
+ * The record's shape is sluice_record_json (db/functions/provenance.sql).
  *
  * CSV cells follow RFC 4180: a field containing a comma, a double quote, CR or
  * LF is quoted and its quotes doubled; lines end with CRLF. Strings are
@@ -256,16 +263,15 @@ static void records_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenan
         err = sl_pg_batch_add(b,
                               "SELECT r.file_id, coalesce(f.name, ''), r.data::text "
                               "FROM records r LEFT JOIN files f ON f.id = r.file_id "
-                              "WHERE r.dataset_id = $1 AND r.tenant_id = $2 "
+                              "WHERE r.dataset_id = $1 AND r.tenant_id = $2 AND r.latest "
                               "ORDER BY r.created_at, r.id LIMIT $3::int",
                               3, p3);
     else
         err = sl_pg_batch_add(
             b,
-            "SELECT json_build_object('records', coalesce(json_agg(json_build_object("
-            "'id', r.id, 'file_id', r.file_id, 'data', r.data, "
-            "'created_at', sluice_ts(r.created_at)) ORDER BY r.created_at, r.id), '[]'::json)) "
-            "FROM (SELECT * FROM records WHERE dataset_id = $1 AND tenant_id = $2 "
+            "SELECT json_build_object('records', coalesce(json_agg(sluice_record_json(r) "
+            "ORDER BY r.created_at, r.id), '[]'::json)) "
+            "FROM (SELECT * FROM records WHERE dataset_id = $1 AND tenant_id = $2 AND latest "
             "ORDER BY created_at, id LIMIT $3::int) r",
             3, p3);
     if (err < 0)
@@ -289,8 +295,70 @@ static void records_list(sl_http_req_t *req, const sl_http_params_t *params, voi
     sl_api_auth(arg, req, 0, records_auth_cb, NULL);
 }
 
+/* ---- GET /v1/files/{id}/records: every version, newest first ---- */
+
+static void file_records_cb(const sl_pg_result_t *r, void *arg)
+{
+    sl_http_req_t *req = arg;
+
+    if (r->err != 0)
+        sl_api_db_error(req, r);
+    else if (PQntuples(r->res[0]) != 1 || PQntuples(r->res[1]) != 1)
+        sl_http_respond_error(req, 404, "not_found", "no such file", -1);
+    else
+        sl_api_json_etag(req, PQgetvalue(r->res[1], 0, 0), (size_t)PQgetlength(r->res[1], 0, 0),
+                         NULL);
+}
+
+static void file_records_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id,
+                                 void *arg)
+{
+    sl_http_params_t params;
+    sl_pg_batch_t *b = NULL;
+    int err = SL_ENOMEM;
+    (void)arg;
+
+    if (sl_api_route_params(app, req, &params) != 0 || params.n < 1 ||
+        !sl_is_uuid(params.values[0])) {
+        sl_http_respond_error(req, 404, "not_found", "no such file", -1);
+        return;
+    }
+    const char *p2[2] = {params.values[0], tenant_id};
+    if ((b = sl_pg_batch_new(app->pg)) == NULL)
+        goto fail;
+    if ((err = sl_pg_batch_add(b, "SELECT 1 FROM files WHERE id = $1 AND tenant_id = $2"
+                               " AND NOT sluice_dataset_gone(dataset_id)", /* retention */
+                               2, p2)) < 0)
+        goto fail;
+    /* records_file_version (file_id, version) serves the order */
+    if ((err = sl_pg_batch_add(b,
+                               "SELECT json_build_object('records', coalesce(json_agg("
+                               "sluice_record_json(r) ORDER BY r.version DESC), '[]'::json)) "
+                               "FROM records r WHERE r.file_id = $1 AND r.tenant_id = $2",
+                               2, p2)) < 0)
+        goto fail;
+    err = sl_pg_batch_exec(b, file_records_cb, req);
+    b = NULL; /* taken */
+    if (err != 0)
+        goto fail;
+    return;
+fail:
+    if (b != NULL)
+        sl_pg_batch_free(b);
+    sl_pg_result_t r = {.err = err, .errmsg = sl_strerror(err), .sqlstate = ""};
+    sl_api_db_error(req, &r);
+}
+
+static void file_records(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
+{
+    (void)params;
+    sl_api_auth(arg, req, 0, file_records_auth_cb, NULL);
+}
+
 void sl_api_register_records(sl_app_t *app)
 {
     sl_http_router_add(app->router, "GET", "/v1/datasets/{id}/records", "records_list",
                        records_list, app);
+    sl_http_router_add(app->router, "GET", "/v1/files/{id}/records", "files_records",
+                       file_records, app);
 }

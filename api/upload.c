@@ -13,11 +13,18 @@
  * before that (a limit, a truncated body, a client that goes away, the
  * database) deletes the blobs this request wrote; no row ever points at them.
  *
+ * Runs: one per pipeline that matches a file's sniffed MIME type and that its
+ * dataset allows (datasets.pipelines), unless the upload does not process:
+ * ?process=false, or a dataset with auto_process false and no ?process=true.
+ * Such a file is 'uploaded' until POST /v1/files/{id}/process; a file no
+ * pipeline takes records why (api/pipesel.h, docs/lifecycle.md).
+ *
  * Lifetime: the upload state is refcounted: one reference for the request and
  * one per outstanding storage commit or database batch; it is freed by the last
  * release, never inside a callback chain that still uses it.
  */
 #include "api/api.h"
+#include "api/pipesel.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -64,6 +71,9 @@ typedef struct upload_s {
     int tenant_held;          /* holds one of the tenant's limits.max_uploads_per_tenant */
     double byte_credit;       /* upload bytes charged to the tenant's rate and not yet read */
     sl_rl_op_t *rl_op;        /* a bytes charge in progress (the request is paused; holds a ref) */
+    int process_param;        /* ?process=: 1, 0, or -1 when absent (the dataset decides) */
+    int process;              /* start runs now: ?process= if given, else datasets.auto_process */
+    sl_pipeset_t allowed;     /* the pipelines the dataset allows (datasets.pipelines) */
 } upload_t;
 
 static void upload_release(upload_t *up);
@@ -424,23 +434,27 @@ static json_t *rows_json(upload_t *up, json_t **runs_out)
         goto fail;
     for (int i = 0; i < up->nparts; i++) {
         upload_part_t *p = &up->parts[i];
-        if (json_array_append_new(files, json_pack("{s:s, s:i, s:s, s:I, s:s, s:s, s:s}", "id",
-                                                   p->file_id, "ord", i, "name", p->name, "size",
-                                                   (json_int_t)p->info.size, "sha256",
-                                                   p->info.sha256_hex, "mime", p->info.mime,
-                                                   "storage_key", p->key)) != 0)
+        /* A run per pipeline that matches and the dataset allows; none when not processing
+         * (the file awaits /process), and a file no pipeline takes says why (pipesel.h). */
+        sl_pipeset_t set = up->process ? sl_pipesel_matching(app, p->info.mime) & up->allowed : 0;
+        char reason[SL_PIPESEL_REASON_MAX] = "";
+        if (up->process && set == 0)
+            sl_pipesel_reason(app, p->info.mime, up->allowed, reason, sizeof reason);
+        if (json_array_append_new(
+                files, json_pack("{s:s, s:i, s:s, s:I, s:s, s:s, s:s, s:b, s:s?}", "id", p->file_id,
+                                 "ord", i, "name", p->name, "size", (json_int_t)p->info.size,
+                                 "sha256", p->info.sha256_hex, "mime", p->info.mime,
+                                 "storage_key", p->key, "awaiting", !up->process, "reason",
+                                 reason[0] ? reason : NULL)) != 0)
             goto fail;
-        for (int k = 0; k < app->npipelines; k++) {
-            const sl_pipeline_def_t *pl = &app->pipelines[k];
-            int match = 0;
-            for (int m = 0; pl->match[m] && !match; m++)
-                match = sl_api_mime_match(pl->match[m], p->info.mime);
+        for (int k = 0; k < app->npipelines && k < SL_CONFIG_MAX_PIPELINES; k++) {
             char run_id[37];
-            if (!match)
+            if (!(set & ((sl_pipeset_t)1 << k)))
                 continue;
             if (sl_uuid_v4(run_id) != 0 ||
                 json_array_append_new(runs, json_pack("{s:s, s:s, s:s}", "id", run_id, "file_id",
-                                                      p->file_id, "pipeline", pl->name)) != 0)
+                                                      p->file_id, "pipeline",
+                                                      app->pipelines[k].name)) != 0)
                 goto fail;
         }
     }
@@ -454,9 +468,10 @@ fail:
 
 static const char INSERT_FILES_SQL[] =
     "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime, "
-    "storage_key) SELECT x.id, $1, $2, $3, x.name, x.size, x.sha256, x.mime, x.storage_key "
+    "storage_key, awaiting_process, reason) SELECT x.id, $1, $2, $3, x.name, x.size, x.sha256, "
+    "x.mime, x.storage_key, x.awaiting, x.reason "
     "FROM json_to_recordset($4::json) AS x(id uuid, ord int, name text, size bigint, "
-    "sha256 text, mime text, storage_key text) ORDER BY x.ord";
+    "sha256 text, mime text, storage_key text, awaiting boolean, reason text) ORDER BY x.ord";
 
 static const char INSERT_RUNS_SQL[] =
     "WITH r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline) "
@@ -471,13 +486,15 @@ static const char INSERT_RUNS_SQL[] =
  * runs'), but they take their seq from the timeline's sequence so SSE ids stay
  * one ordered series. The dataset's advisory lock, held to the commit, orders
  * them and the 'queued' events after them before any later commit of the
- * dataset (docs/internals/sse.md). A file no pipeline matched is "done".
+ * dataset (docs/internals/sse.md). A file no pipeline took is "done" (its
+ * document says why); one stored without processing is "uploaded".
  */
 static const char FILE_EVENTS_SQL[] =
     "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')), f.dataset_id, f.id, NULL,"
     " NULL, NULL, 'uploaded',"
     " CASE WHEN EXISTS (SELECT 1 FROM json_to_recordset($4::json) AS x(file_id uuid)"
-    "                   WHERE x.file_id = f.id) THEN 'queued' ELSE 'done' END,"
+    "                   WHERE x.file_id = f.id) THEN 'queued'"
+    "      WHEN f.awaiting_process THEN 'uploaded' ELSE 'done' END,"
     " sluice_ts(clock_timestamp())"
     " FROM (SELECT pg_advisory_xact_lock(hashtextextended($2::text, 0))) lk, files f"
     " WHERE f.tenant_id = $1 AND f.batch_id = $3 ORDER BY f.seq";
@@ -716,6 +733,11 @@ static void dataset_cb(const sl_pg_result_t *r, void *arg)
         upload_fail(up, 404, "not_found", "no such dataset");
         return;
     }
+    /* ?process= wins over the dataset's auto_process (docs/lifecycle.md). */
+    up->process = up->process_param >= 0 ? up->process_param
+                                         : strcmp(PQgetvalue(r->res[0], 0, 0), "t") == 0;
+    up->allowed = sl_pipesel_allowed(
+        up->app, PQgetisnull(r->res[0], 0, 1) ? NULL : PQgetvalue(r->res[0], 0, 1));
     const char *key = sl_http_req_header(up->req, "Idempotency-Key");
     if (key) {
         snprintf(up->idem_key, sizeof up->idem_key, "%s", key);
@@ -740,6 +762,12 @@ static void dataset_id_from_path(const char *path, char out[37])
 static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
 {
     (void)arg;
+    int process_param;
+    if (sl_pipesel_process_param(req, &process_param) != 0) {
+        sl_http_respond_error(req, 400, "invalid_request", "process must be true, false, 1 or 0",
+                              -1);
+        return;
+    }
     upload_t *up = calloc(1, sizeof *up);
     if (!up || sl_uuid_v4(up->batch_id) != 0) {
         free(up);
@@ -749,6 +777,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     up->app = app;
     up->req = req;
     up->refs = 1;
+    up->process_param = process_param;
     snprintf(up->tenant_id, sizeof up->tenant_id, "%s", tenant_id);
     dataset_id_from_path(sl_http_req_path(req), up->dataset_id);
     if (sl_multipart_boundary(sl_http_req_header(req, "Content-Type"), up->boundary,
@@ -777,9 +806,10 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     }
     app->active_uploads++;
     const char *params[] = {up->tenant_id, up->dataset_id};
-    if (sl_pg_query(app->pg, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2"
-                    " AND deleted_at IS NULL", 2, params, /* retention */
-                    dataset_cb, up) != 0) {
+    if (sl_pg_query(app->pg,
+                    "SELECT auto_process, to_json(pipelines)::text FROM datasets"
+                    " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL", /* retention */
+                    2, params, dataset_cb, up) != 0) {
         upload_fail(up, 503, "database_unavailable", "database unavailable");
     }
 }

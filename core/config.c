@@ -995,6 +995,11 @@ static int check_log_level(ctx_t *c, const field_t *f, void *base, struct fy_nod
     return 0;
 }
 
+/* runlife (issue 13): `log: {level: info}`; the older top-level `log_level` still works. */
+static const field_t log_fields[] = {
+    FSTR(sl_config_t, "level", log_level, check_log_level),
+};
+
 static const field_t root_fields[] = {
     FSTR(sl_config_t, "listen", listen, NULL),
     FINT(sl_config_t, "workers", workers, 1, 1024),
@@ -1005,6 +1010,7 @@ static const field_t root_fields[] = {
     FSTR(sl_config_t, "public_url", public_url, NULL),
     FSTR(sl_config_t, "web_root", web_root, NULL),
     FSTR(sl_config_t, "log_level", log_level, check_log_level),
+    FMAP("log", log_fields), /* runlife (issue 13) */
     FHOOK("storage", parse_storage),
     FMAP("limits", limits_fields),
     FMAP("rate_limits", rate_limits_fields),

@@ -2337,6 +2337,18 @@ nomem:
     return SL_ENOMEM;
 }
 
+int sl_http_router_each(const sl_http_router_t *r, sl_http_route_each_cb cb, void *arg)
+{
+    if (!r || !cb)
+        return SL_EINVAL;
+    for (size_t i = 0; i < r->n; i++) {
+        int rc = cb(r->routes[i].method, r->routes[i].pattern, r->routes[i].name, arg);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int route_match_path(const route_t *rt, const char *path, sl_http_params_t *pm)
 {
     const char *p = rt->pattern, *s = path;

@@ -268,6 +268,18 @@ void sl_http_router_free(sl_http_router_t *r);
 int sl_http_router_add(sl_http_router_t *r, const char *method, const char *pattern,
                        const char *name, sl_http_route_cb cb, void *arg);
 /**
+ * Called by sl_http_router_each for one route: its method, pattern and name
+ * (borrowed from the router; name may be NULL). Nonzero stops the walk.
+ */
+typedef int (*sl_http_route_each_cb)(const char *method, const char *pattern, const char *name,
+                                     void *arg);
+/**
+ * Calls cb for every route of r in the order they were added (so a caller can
+ * list what the server serves: `sluice routes`, the OpenAPI check). Returns 0,
+ * or the first nonzero value cb returned.
+ */
+int sl_http_router_each(const sl_http_router_t *r, sl_http_route_each_cb cb, void *arg);
+/**
  * Finds the route for req. params->names borrow from the router. Returns 1 and fills cb, arg, params and name if one
  * matches; 0 if no path matches (404); -1 if the path matches but not the
  * method (405).

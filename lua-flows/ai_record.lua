@@ -5,7 +5,8 @@
 --    └──ok──────────┴──ok──────────┴──ok──> record
 --
 -- Three ways to get text, cheapest first: the file's own text (Apache Tika,
--- or the local text layer when no Tika is configured), then self-hosted OCR
+-- or the local text layer when no Tika is configured: pdftotext, text files,
+-- Office documents through unzip), then self-hosted OCR
 -- (tesseract), then Amazon Textract. The first that finds text stores it as
 -- this run's "text" artifact and goes to `record`, which turns the text into
 -- the dataset's record (OpenAI when configured, else the local extractor).
@@ -38,7 +39,9 @@ local text = require "text"
 -- step that runs twice after a crash does no harm. Either can fail (the
 -- database went away): the step fails with that error ("unavailable" is
 -- transient, so the step is retried) rather than go on without its text.
-local function keep_text(ctx, txt, source)
+-- `extractor` (what read the text: "tika", "pdftotext", "tesseract", ...)
+-- waits in ctx for the record's provenance.
+local function keep_text(ctx, txt, source, extractor)
   if text.is_blank(txt) then
     return nil, "no_text"
   end
@@ -52,15 +55,23 @@ local function keep_text(ctx, txt, source)
   end
   -- Only small facts go in ctx: later steps read the text back from the artifact.
   ctx.text_source = source
+  ctx.extractor = extractor
   ctx.text_bytes = #txt
   ctx.text_error = nil
+  ctx.text_detail = nil
   return true
 end
 
 -- Remembers why a text step failed, for `textract` to report when it cannot
--- even try (see there), and passes the failure on.
+-- even try (see there), and passes the failure on. A later step that cannot
+-- read this type at all ("unsupported": OCR of a DOCX) does not replace the
+-- earlier reason: a damaged DOCX fails with tika's "bad_input", not with
+-- ocr's "unsupported".
 local function failed(ctx, err, detail)
-  ctx.text_error = err
+  if not (err == "unsupported" and ctx.text_error) then
+    ctx.text_error = err
+    ctx.text_detail = detail
+  end
   return nil, err, detail
 end
 
@@ -75,7 +86,8 @@ return flow {
         if not txt then
           return failed(ctx, source_or_err, detail)
         end
-        return keep_text(ctx, txt, source_or_err) -- "tika" or "text_layer"
+        -- "tika" or "text_layer"; on success the third value is the extractor
+        return keep_text(ctx, txt, source_or_err, detail or source_or_err)
       end,
       timeout = 120,
       next = "record",
@@ -85,11 +97,11 @@ return flow {
     -- 2. Self-hosted OCR of images and scanned PDFs.
     ocr = {
       run = function(ctx, file)
-        local txt, err, detail = ocr.extract(file)
+        local txt, err_or_tool, detail = ocr.extract(file)
         if not txt then
-          return failed(ctx, err, detail)
+          return failed(ctx, err_or_tool, detail)
         end
-        return keep_text(ctx, txt, "ocr")
+        return keep_text(ctx, txt, "ocr", err_or_tool or "ocr")
       end,
       timeout = 300, -- up to five pages of tesseract
       next = "record",
@@ -101,22 +113,28 @@ return flow {
       run = function(ctx, file)
         local txt, err, detail = textract.extract(file)
         if not txt then
-          if err == "no_text" or (err == "not_configured" and ctx.text_error == "no_text") then
+          if err == "no_text" or ((err == "not_configured" or err == "unsupported")
+              and ctx.text_error == "no_text") then
             -- Nothing went wrong: the file has no text. Done, without a record.
             ctx.no_text = true
             return true, "no_text", err == "no_text" and "no text found by any extractor"
-              or "no text found (textract not configured)"
+              or ("no text found (textract " .. (err == "unsupported"
+                and "cannot read this type)" or "not configured)"))
           end
-          if err == "not_configured" and ctx.text_error then
+          if (err == "not_configured" or err == "unsupported") and ctx.text_error then
             -- No Textract to ask: the run's error is why the other steps
             -- found nothing ("no_text" for a photo, "bad_input" for a
             -- damaged PDF), which tells the user more than "not_configured".
-            -- A transient earlier failure stays transient: the run waits.
-            return nil, ctx.text_error, "textract not configured; earlier: " .. ctx.text_error
+            -- A transient earlier failure stays transient: the run waits. The
+            -- same when Textract cannot read this type (a DOCX).
+            return nil, ctx.text_error, "textract " ..
+              (err == "unsupported" and "cannot read this type" or "not configured") ..
+              "; earlier: " .. ctx.text_error ..
+              (ctx.text_detail and (": " .. ctx.text_detail) or "")
           end
           return failed(ctx, err, detail)
         end
-        return keep_text(ctx, txt, "textract")
+        return keep_text(ctx, txt, "textract", "textract")
       end,
       timeout = 120,
       next = "record",
@@ -138,8 +156,10 @@ return flow {
         -- The dataset's record_schema says which fields the record has.
         local record_schema = type(file.schema) == "table" and file.schema or schema.DEFAULT
         local rec, err, detail
+        local model = "local" -- the built-in extractor
         if sl.service("openai").configured then
           rec, err, detail = openai.extract(txt, record_schema)
+          model = err -- on success: the model asked
           ctx.record_by = "openai"
         else
           rec = local_extract.extract(txt, record_schema)
@@ -148,8 +168,10 @@ return flow {
         if not rec then
           return nil, err, detail
         end
-        -- one record per file: a second run replaces it
-        local ok, werr = sl.record(rec)
+        -- A new version of the file's record for this run (a step that runs
+        -- again in the same run replaces its own version). run_id, pipeline,
+        -- flow_version and text_source are filled in by the runtime.
+        local ok, werr = sl.record(rec, { extractor = ctx.extractor, model = model })
         if not ok then
           return nil, werr, "could not store the record"
         end

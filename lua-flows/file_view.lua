@@ -8,6 +8,10 @@
 -- preview step goes on with `always`, whatever happened. The run's result is
 -- the thumbnail's: a table row needs it most.
 --
+-- Office documents are converted to PDF first by LibreOffice (`soffice`,
+-- optional): without it both steps succeed with the note "no_preview", so
+-- the file is done and its run says why there is no image (lib/office.lua).
+--
 -- Both steps only call lua-flows/lib modules, which run poppler and libvips
 -- as subprocesses (exec without a shell, with a timeout) and store the image
 -- with sl.artifact — idempotent, so a step that runs twice is harmless.
@@ -20,14 +24,14 @@ return flow {
   steps = {
     preview = {
       run = function(ctx, file)
-        return preview.make(file) -- the artifact id (a true value), or nil, err
+        return preview.make(file, ctx) -- the artifact id (a true value), or nil, err
       end,
       timeout = 120,
       always = "thumbnail",
     },
     thumbnail = {
       run = function(ctx, file)
-        return thumbnail.make(file)
+        return thumbnail.make(file, ctx)
       end,
       timeout = 60,
     },

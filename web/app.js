@@ -565,7 +565,7 @@ function renderRow(f, where) {
     h("td", { class: "c-name" },
       h("div", { class: "fname", title: f.name }, f.name),
       h("div", { class: "muted small" }, fmtBytes(f.size) + (f.mime ? " · " + f.mime : ""))),
-    h("td", { class: "c-status" }, badge(f.status)),
+    h("td", { class: "c-status", title: f.reason }, badge(f.status, f.reason && "done: no pipeline")),
   ];
   for (const p of pipelineNames()) cells.push(stageCell(f, p));
   for (const p of state.schemaProps) {

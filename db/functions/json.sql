@@ -15,9 +15,13 @@ $$;
 -- status: done when every run succeeded (or there is none), failed when every
 -- run ended and one failed or was cancelled, processing when any run has
 -- started or some ended while others wait, queued when all are queued.
+-- 010_process: uploaded when the file has no run and waits for
+-- POST /v1/files/{id}/process (files.awaiting_process).
 CREATE OR REPLACE FUNCTION sluice_file_status(fid uuid) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
+        WHEN count(*) = 0 AND coalesce((SELECT f.awaiting_process FROM files f
+                                        WHERE f.id = fid), false) THEN 'uploaded'
         WHEN count(*) = 0 OR bool_and(state = 'succeeded') THEN 'done'
         WHEN bool_and(state IN ('succeeded','failed','cancelled')) THEN 'failed'
         WHEN bool_and(state = 'queued') THEN 'queued'
@@ -26,16 +30,22 @@ LANGUAGE sql STABLE AS $$
     FROM runs WHERE file_id = fid
 $$;
 
+-- 010_process: auto_process (bool) and pipelines (array of names, or null:
+-- every pipeline that matches).
 CREATE OR REPLACE FUNCTION sluice_dataset_json(d datasets) RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
         'id', d.id, 'name', d.name, 'record_schema', d.record_schema,
-        'created_at', sluice_ts(d.created_at))
+        'created_at', sluice_ts(d.created_at),
+        'auto_process', d.auto_process, 'pipelines', to_json(d.pipelines))
 $$;
 
 -- A file with its runs (each with its artifacts and, while queued, its place
 -- in the tenant's queue: see migration 005) and its record. A run's note
--- (migration 007) says why a run that succeeded has no output.
+-- (migration 007) says why a run that succeeded has no output. Provenance
+-- (migration 011): runs show flow_version, artifacts sha256, and record is the
+-- file's latest record version (record_version its number). The file's
+-- reason (migration 010) says why no pipeline took it, or is null.
 CREATE OR REPLACE FUNCTION sluice_file_json(f files) RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
@@ -52,9 +62,11 @@ LANGUAGE sql STABLE AS $$
                 'id', r.id, 'pipeline', r.pipeline, 'state', r.state, 'step', r.step,
                 'attempt', r.attempt, 'error', r.error, 'note', r.note,
                 'started_at', sluice_ts(r.started_at), 'finished_at', sluice_ts(r.finished_at),
+                'flow_version', r.flow_version,                    -- provenance (011)
                 'artifacts', coalesce((
                     SELECT json_agg(json_build_object(
                         'id', a.id, 'kind', a.kind, 'mime', a.mime, 'size', a.size,
+                        'sha256', a.sha256,                         -- provenance (011)
                         'url', '/v1/artifacts/' || a.id) ORDER BY a.created_at, a.id)
                     FROM artifacts a WHERE a.run_id = r.id), '[]'::json),
                 'queue_position', CASE WHEN r.state = 'queued' THEN (
@@ -63,8 +75,12 @@ LANGUAGE sql STABLE AS $$
                       AND (q.created_at, q.id) < (r.created_at, r.id)) END
             ) ORDER BY r.created_at, r.pipeline)
             FROM runs r WHERE r.file_id = f.id), '[]'::json),
+        'reason', f.reason, -- 010_process
         'text_source', f.text_source,
-        'record', (SELECT rec.data FROM records rec WHERE rec.file_id = f.id))
+        -- provenance (011): the latest version; GET /v1/files/{id}/records has them all
+        'record', (SELECT rec.data FROM records rec WHERE rec.file_id = f.id AND rec.latest),
+        'record_version', (SELECT rec.version FROM records rec
+                           WHERE rec.file_id = f.id AND rec.latest))
 $$;
 
 CREATE OR REPLACE FUNCTION sluice_event_json(e run_events) RETURNS json

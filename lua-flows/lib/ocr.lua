@@ -1,6 +1,7 @@
 -- ocr.lua — self-hosted OCR (tesseract by default) of images and scanned PDFs.
 --
---   local text = ocr.extract(file)     -- or nil, err, detail
+--   local text, tool = ocr.extract(file)     -- or nil, err, detail
+--       -- tool: the OCR program's name ("tesseract"), provenance.extractor
 --
 -- The command comes from the config (services.ocr.command, default
 -- {"tesseract", "{input}", "stdout"}): "{input}" is replaced by the image's
@@ -124,7 +125,15 @@ local function ocr_pdf(svc, file)
   return table.concat(texts, "\f")
 end
 
---- The OCR text of an image or a PDF, or nil, err, detail. Never blank.
+-- The OCR program's name: the configured command's first word, without its
+-- directory ("/usr/bin/tesseract" -> "tesseract").
+local function tool_name(svc)
+  local argv0 = command_for(svc, "")[1] or DEFAULT_COMMAND[1]
+  return argv0:match("([^/]+)$") or argv0
+end
+
+--- The OCR text of an image or a PDF and the OCR program's name, or nil,
+--- err, detail. Never blank.
 function M.extract(file)
   local svc = sl.service("ocr")
   if not (svc and svc.configured) then
@@ -149,7 +158,7 @@ function M.extract(file)
   if text.is_blank(t) then
     return nil, "no_text"
   end
-  return text.to_utf8(t)
+  return text.to_utf8(t), tool_name(svc)
 end
 
 return M

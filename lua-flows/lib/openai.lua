@@ -1,6 +1,7 @@
 -- openai.lua — a dataset record from a document's text with OpenAI chat completions.
 --
---   local rec = openai.extract(txt, schema)   -- or nil, err, detail
+--   local rec, model = openai.extract(txt, schema)   -- or nil, err, detail
+--       -- model: the model asked (services.openai.model), provenance.model
 --
 -- One request (OpenAI API reference, "Create chat completion", and the
 -- "Structured Outputs" guide):
@@ -47,8 +48,8 @@ Write dates as YYYY-MM-DD, amounts as plain numbers without currency symbols or
 thousands separators, and currencies as ISO 4217 codes (EUR, USD, ...).
 ]]
 
---- A record for `schema` (schema.DEFAULT when nil) from the text `txt`, or
---- nil, err, detail.
+--- A record for `schema` (schema.DEFAULT when nil) from the text `txt` and
+--- the model that made it, or nil, err, detail.
 function M.extract(txt, schema)
   local svc = sl.service("openai")
   if not (svc and svc.configured) then
@@ -131,7 +132,7 @@ function M.extract(txt, schema)
       completion_tokens = doc.usage.completion_tokens,
     })
   end
-  return schema_lib.shape(content, schema) or {}
+  return schema_lib.shape(content, schema) or {}, request.model
 end
 
 return M

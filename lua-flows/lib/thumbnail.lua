@@ -1,17 +1,20 @@
 -- thumbnail.lua — a small JPEG for lists and tables: 256 pixels on the long side.
 --
---   local id = thumbnail.make(file)  -- the artifact id, or nil, err, detail
+--   local id = thumbnail.make(file, ctx) -- the artifact id, or nil, err, detail
 --
 -- Images: libvips' `vips thumbnail` straight from the file (it shrinks while
 -- decoding, so even a huge photo costs little), never enlarging a small one.
 -- PDFs: vips cannot be relied on to render PDFs (that depends on how libvips
 -- was built), so poppler's pdftoppm first renders page 1 at 512 pixels — twice
 -- the final size, for a sharp downscale — and vips makes the JPEG from that.
+-- Office documents: the PDF LibreOffice made for the preview (office.lua),
+-- then as a PDF; without soffice, true, "no_preview", detail (as preview.lua).
 -- The JPEG is stored as this run's "thumbnail" artifact. An image over
 -- limits.max_image_pixels is refused by its header ("too_large", image.lua).
 
 local text = require "text"
 local image = require "image"
+local office = require "office"
 
 local M = {}
 
@@ -20,16 +23,27 @@ local RENDER_SIZE = "512"
 local TIMEOUT = 60
 
 --- Renders and stores the thumbnail; returns the artifact id or nil, err, detail.
-function M.make(file)
+function M.make(file, ctx)
   local dir = sl.tmpdir()
   local out = text.join(dir, "thumb.jpg")
   local src = file.path
-  if text.is_pdf(file.mime) then
+  local pdf = text.is_pdf(file.mime) and file.path or nil
+  if office.kind(file.mime) then
+    local perr, pdetail
+    pdf, perr, pdetail = office.to_pdf("thumbnail", file, ctx)
+    if not pdf then
+      if perr == "no_converter" then
+        return true, "no_preview", pdetail
+      end
+      return nil, perr, pdetail
+    end
+  end
+  if pdf then
     local prefix = text.join(dir, "thumb-page")
     local res, err, detail = text.exec("thumbnail", {
       argv = { "pdftoppm", "-png", "-f", "1", "-l", "1", "-scale-to", RENDER_SIZE,
-        "-singlefile", file.path, prefix },
-      input = file.path,
+        "-singlefile", pdf, prefix },
+      input = pdf,
       timeout = TIMEOUT,
     })
     if not res then

@@ -1,20 +1,27 @@
 -- tika.lua — a file's own text: Apache Tika when configured, else the local text layer.
 --
---   local text, source = tika.extract(file)   -- source "tika" or "text_layer"
+--   local text, source, extractor = tika.extract(file)
+--       -- source "tika" or "text_layer"; extractor: what read it ("tika",
+--       -- "pdftotext", "plain_text": a text file as it is), the record's
+--       -- provenance.extractor
 --   local nil_, err, detail = ...              -- on failure
 --
 -- With `services.tika.url` set, the file is sent to Tika's plain-text
 -- endpoint (PUT {url}/tika, the bytes as the body; Tika answers the text).
 -- Without it (API.md: "without tika, the tika step reads the file's own text
 -- layer"), PDFs go through poppler's pdftotext and text files are read as
--- they are. Neither path does OCR: a scan or a photo has no text here, and the
--- flow falls back to the ocr step.
+-- they are, and Office documents (DOCX, XLSX, PPTX, ODT/ODS/ODP) are read by
+-- office.lua (unzip and a walk over their XML; docs/flows.md "Office
+-- documents"). With Tika, Office documents go to it like any other file (the
+-- Content-Type is the type libmagic sniffed). Neither path does OCR: a scan or
+-- a photo has no text here, and the flow falls back to the ocr step.
 --
 -- Errors: "no_text" (nothing readable), "bad_input" (a damaged file, a 4xx
 -- from Tika), "unsupported" (a type with no text layer we can read), and the
 -- transient "server_error" / "rate_limited" / "timeout" / "unavailable".
 
 local text = require "text"
+local office = require "office"
 
 local M = {}
 
@@ -52,7 +59,7 @@ local function via_tika(file, svc)
     -- 415 (unsupported type) and 422 (damaged file) are the file's fault.
     return text.http_fail("tika", res)
   end
-  return text.to_utf8(res.body), "tika"
+  return text.to_utf8(res.body), "tika", "tika"
 end
 
 -- The local text layer: pdftotext for PDFs, the bytes themselves for text.
@@ -72,7 +79,7 @@ local function via_text_layer(file)
     if text.is_blank(res.stdout) then
       return nil, "no_text" -- a scan wrapped in a PDF: OCR's job
     end
-    return text.to_utf8(res.stdout), "text_layer"
+    return text.to_utf8(res.stdout), "text_layer", "pdftotext"
   elseif text.is_text(file.mime) then
     -- The sandbox has no io library: the runtime's exec reads the file.
     local res, err, detail = text.exec("tika", { argv = { "cat", file.path }, timeout = 30 })
@@ -82,15 +89,25 @@ local function via_text_layer(file)
     if text.is_blank(res.stdout) then
       return nil, "no_text"
     end
-    return text.to_utf8(res.stdout), "text_layer"
+    return text.to_utf8(res.stdout), "text_layer", "plain_text"
+  elseif office.kind(file.mime) then
+    local txt, err, detail = office.extract(file)
+    if not txt then
+      return nil, err, detail
+    end
+    if text.is_blank(txt) then
+      return nil, "no_text" -- an empty document (or only pictures)
+    end
+    return txt, "text_layer", "unzip"
   elseif text.is_image(file.mime) then
     return nil, "no_text" -- pixels only: OCR's job
   end
   return text.fail("tika", "unsupported", "no text layer reader for " .. tostring(file.mime))
 end
 
---- The file's text and where it came from ("tika" or "text_layer"), or
---- nil, err, detail. Never returns blank text (that is "no_text").
+--- The file's text, where it came from ("tika" or "text_layer") and what
+--- read it (see the top), or nil, err, detail. Never returns blank text
+--- (that is "no_text").
 function M.extract(file)
   if (file.size or 0) == 0 then
     return nil, "no_text" -- an empty upload: nothing to ask anyone about

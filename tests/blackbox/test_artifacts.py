@@ -105,7 +105,9 @@ def test_artifact_listed_in_file_json(server, tenant):
     f = tenant.get("/v1/files/%s" % fid).json()
     [run] = f["runs"]
     [art] = run["artifacts"]
+    # sha256: API.md "Lifecycle and access" (provenance)
     assert art == {"id": aid, "kind": "thumbnail", "mime": "image/png", "size": 7,
+                   "sha256": hashlib.sha256(b"PNGDATA").hexdigest(),
                    "url": "/v1/artifacts/%s" % aid}
     assert tenant.get(art["url"]).content == b"PNGDATA"
 

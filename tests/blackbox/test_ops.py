@@ -134,10 +134,17 @@ def test_pipelines(server, tenant):
     r = tenant.get("/v1/pipelines")
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("application/json")
+    # Office types (runlife, issue 13): docs/flows.md "Office documents"
+    office = ["application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+              "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+              "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+              "application/vnd.oasis.opendocument.text",
+              "application/vnd.oasis.opendocument.spreadsheet",
+              "application/vnd.oasis.opendocument.presentation"]
     assert r.json() == {"pipelines": [
-        {"name": "ai_record", "match": ["application/pdf", "image/*", "text/*"],
+        {"name": "ai_record", "match": ["application/pdf", "image/*", "text/*"] + office,
          "steps": ["tika", "ocr", "textract", "record"]},
-        {"name": "file_view", "match": ["application/pdf", "image/*"],
+        {"name": "file_view", "match": ["application/pdf", "image/*"] + office,
          "steps": ["preview", "thumbnail"]},
     ]}
 

@@ -48,6 +48,13 @@ def wait_files(client, ids, timeout=180):
          for i, d in docs.items()}))
 
 
+def provenance(client, fid):
+    """The latest record version's provenance (GET /v1/files/{id}/records)."""
+    recs = client.get(f"/v1/files/{fid}/records").json()["records"]
+    assert recs, fid
+    return recs[0]["provenance"]
+
+
 def run_of(doc, pipeline):
     runs = [r for r in doc["runs"] if r["pipeline"] == pipeline]
     assert len(runs) == 1, doc["runs"]
@@ -96,6 +103,11 @@ def test_local_defaults_every_sample(server, tenant, samples):
     assert inv["record"]["currency"] == "EUR"
     _, text = artifact(tenant, run_of(inv, "ai_record"), "text")
     assert b"INV-2026-0042" in text
+    # provenance: what read the text and what made the record (docs/lifecycle.md)
+    assert provenance(tenant, inv["id"])["extractor"] == "pdftotext"
+    assert provenance(tenant, inv["id"])["model"] == "local"
+    assert provenance(tenant, ids["scanned-letter.pdf"])["extractor"] == "tesseract"
+    assert provenance(tenant, ids["notes.txt"])["extractor"] == "plain_text"
     _, prev = artifact(tenant, run_of(inv, "file_view"), "preview")
     assert is_png(prev) and len(prev) > 1000
     _, thumb = artifact(tenant, run_of(inv, "file_view"), "thumbnail")
@@ -172,6 +184,9 @@ def test_every_sample_with_every_strict_standin(start_server, standins, samples)
         d = docs[ids[name]]
         assert d["status"] == "done" and d["text_source"] == source, (name, d)
         assert d["record"], (name, d)
+        prov = provenance(t, d["id"])  # provenance (docs/lifecycle.md)
+        assert prov["model"] == "gpt-4o-mini", (name, prov)
+        assert prov["extractor"] == ("tika" if source == "tika" else "tesseract"), (name, prov)
     assert docs[ids["scanned-letter.jpg"]]["record"]["reference"] == "DLV-77813"
     photo = docs[ids["photo.jpg"]]
     assert photo["status"] == "done" and photo["record"] is None, photo
@@ -211,6 +226,7 @@ def test_ocr_down_falls_back_to_textract(start_server, standins, samples):
     assert doc["status"] == "done", doc
     assert doc["text_source"] == "textract"
     assert doc["record"]["reference"] == "DLV-77813"
+    assert provenance(t, doc["id"])["extractor"] == "textract"
     st = textract.stats()
     assert st["requests"] >= 1 and not st["last_refused"], st
     # signed in C: every signed header was sent, and no `expect` among them
@@ -505,6 +521,9 @@ def test_kill_9_mid_flow_every_file_finishes_once(start_server, standins, tmp_pa
     wait_files(t, ids, timeout=300)
     recs = t.get(f"/v1/datasets/{ds}/records").json()["records"]
     assert sorted(r["file_id"] for r in recs) == sorted(ids)   # one record per file
+    # one run each, so one version each: a record step run again after the
+    # crash replaced its run's version instead of adding one (provenance)
+    assert sorted({r["version"] for r in recs}) == [1], recs
     resumed = 0
     for fid in ids:
         kinds = [e["kind"] for e in events(t, fid)]

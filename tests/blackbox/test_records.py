@@ -83,7 +83,12 @@ def test_records_json(server, tenant):
     recs = body["records"]
     assert [x["id"] for x in recs] == [r1, r2]  # oldest first
     for x in recs:
-        assert set(x) == {"id", "file_id", "data", "created_at"}
+        # version and provenance: API.md "Lifecycle and access" (migration 011);
+        # a row inserted by hand is version 1 with every provenance key null
+        assert set(x) == {"id", "file_id", "data", "created_at", "version", "provenance"}
+        assert x["version"] == 1
+        assert x["provenance"] == {k: None for k in ("extractor", "model", "pipeline",
+                                                     "flow_version", "run_id", "text_source")}
         assert RFC3339.match(x["created_at"])
     assert recs[0]["file_id"] == f1 and recs[1]["file_id"] == f2
     assert recs[0]["data"] == {"title": "Invoice 1", "total": 12.5}

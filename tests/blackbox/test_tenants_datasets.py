@@ -172,7 +172,8 @@ def test_create_dataset_default_schema(tenant):
     assert r.status_code == 201, r.text
     assert r.headers["Content-Type"].startswith("application/json")
     d = r.json()
-    assert set(d) == {"id", "name", "record_schema", "created_at"}
+    # API.md's four, plus issue 13's auto_process and pipelines (test_process.py).
+    assert set(d) == {"id", "name", "record_schema", "created_at", "auto_process", "pipelines"}
     uuid.UUID(d["id"])
     assert d["name"] == "invoices"
     assert d["record_schema"] == DEFAULT_SCHEMA

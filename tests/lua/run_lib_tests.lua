@@ -2,7 +2,7 @@
 --
 --   lua5.4 tests/lua/run_lib_tests.lua
 --
--- Runs tests/lua/test_text.lua, test_schema.lua and test_local_extract.lua with a tiny stand-in for the
+-- Runs tests/lua/test_text.lua, test_schema.lua, test_local_extract.lua and test_office.lua with a tiny stand-in for the
 -- runtime's `sl` table (only sl.json, backed by lua-cjson — the modules under
 -- test do no I/O), prints one line per failed check and a last line
 -- "N passed, M failed"; exits non-zero when a check failed.
@@ -95,7 +95,7 @@ end
 
 t.samples = os.getenv("SLUICE_SAMPLES") or (repo .. "/../shared/samples")
 
-local files = { "test_text", "test_schema", "test_local_extract" }
+local files = { "test_text", "test_schema", "test_local_extract", "test_office" }
 for _, name in ipairs(files) do
   local ok, err = pcall(function()
     require(name)(t)

@@ -19,7 +19,10 @@ tika      PUT /tika: the document's text as text/plain, like Apache Tika
           Server's plain-text endpoint: a PDF's text layer (pdftotext -layout),
           a text/* body as it is, and 200 with an empty body when there is no
           text (a scan, a photo). A PDF poppler cannot read -> 422, as Tika
-          answers for a TikaException.
+          answers for a TikaException. Office documents (DOCX, XLSX, PPTX,
+          ODT/ODS/ODP: zip containers, detected by their parts as Tika's
+          detector does, never by the Content-Type) -> their text, read with
+          zipfile and ElementTree; a damaged container -> 422 TikaException.
 
 textract  POST / with X-Amz-Target: Textract.DetectDocumentText (AWS JSON 1.1).
           Every request's SigV4 signature is verified, always (AWS General
@@ -184,6 +187,7 @@ import base64
 import calendar
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -197,6 +201,8 @@ import tempfile
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -420,6 +426,73 @@ def sniff(data):
         return "image/tiff"
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
+    return None
+
+
+# Office text, as Tika's OOXML and ODF parsers give it: which parts, which
+# elements hold text, which end a line.
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+_S = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_T = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
+
+
+def _slide_no(name):
+    m = re.search(r"(\d+)\.xml$", name)
+    return int(m.group(1)) if m else 0
+
+
+def office_text(data):
+    """The text of an OOXML/ODF document, or None when data is no such zip;
+    raises ValueError (zipfile.BadZipFile, ParseError, KeyError) when it is
+    one but damaged, as Tika's parsers throw a TikaException."""
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        names = z.namelist()
+    except zipfile.BadZipFile as e:
+        raise ValueError(str(e))
+
+    def para(xml, text_tag, p_tag):
+        out = []
+        for p in ET.fromstring(xml).iter(p_tag):
+            out.append("".join(t.text or "" for t in p.iter(text_tag)))
+        return "\n".join(out)
+
+    try:
+        if "word/document.xml" in names:
+            return para(z.read("word/document.xml"), _W + "t", _W + "p")
+        if any(n.startswith("ppt/slides/slide") for n in names):
+            slides = sorted((n for n in names if re.match(r"ppt/slides/slide\d+\.xml$", n)),
+                            key=_slide_no)
+            return "\n".join(para(z.read(n), _A + "t", _A + "p") for n in slides)
+        if any(n.startswith("xl/worksheets/") for n in names):
+            shared = []
+            if "xl/sharedStrings.xml" in names:
+                for si in ET.fromstring(z.read("xl/sharedStrings.xml")).iter(_S + "si"):
+                    shared.append("".join(t.text or "" for t in si.iter(_S + "t")))
+            rows = []
+            for n in sorted((n for n in names if re.match(r"xl/worksheets/sheet\d+\.xml$", n)),
+                            key=_slide_no):
+                for row in ET.fromstring(z.read(n)).iter(_S + "row"):
+                    cells = []
+                    for c in row.iter(_S + "c"):
+                        v = c.find(_S + "v")
+                        if c.get("t") == "s" and v is not None:
+                            cells.append(shared[int(v.text)])
+                        elif c.get("t") == "inlineStr":
+                            cells.append("".join(t.text or "" for t in c.iter(_S + "t")))
+                        else:
+                            cells.append(v.text if v is not None and v.text else "")
+                    rows.append("\t".join(cells))
+            return "\n".join(rows)
+        if "content.xml" in names and "mimetype" in names:
+            root = ET.fromstring(z.read("content.xml"))
+            return "\n".join("".join(p.itertext()) for p in root.iter()
+                             if p.tag in (_T + "p", _T + "h"))
+    except Exception as e:  # noqa: BLE001 — BadZipFile, ParseError, zlib.error...: damaged
+        raise ValueError(str(e) or repr(e))
     return None
 
 
@@ -656,6 +729,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, text, "text/plain; charset=UTF-8")
         if kind.startswith("text/") or kind in ("application/json", "application/xml"):
             return self.send(200, body, "text/plain; charset=UTF-8")
+        try:
+            office = office_text(body)
+        except ValueError as e:
+            return self.send(422, "TikaException: Unexpected RuntimeException from "
+                             "org.apache.tika.parser.microsoft.ooxml.OOXMLParser: " + str(e),
+                             "text/plain; charset=UTF-8")
+        if office is not None:
+            return self.send(200, office.encode(), "text/plain; charset=UTF-8")
         return self.send(200, b"", "text/plain; charset=UTF-8")  # images etc.: no text
 
     # ---- textract

@@ -185,6 +185,13 @@ static void test_defaults(void)
     CHECK(cfg->public_url == NULL);
     CHECK(STREQ(cfg->log_level, "info"));
     CHECK(STREQ(cfg->web_root, "web"));
+    sl_config_free(cfg);
+    cfg = NULL;
+    /* runlife (issue 13): log.level, the same value as log_level */
+    CHECK(load("database_url: postgres://x\nlog: {level: warn}\n", &cfg) == 0);
+    if (cfg == NULL)
+        return;
+    CHECK(STREQ(cfg->log_level, "warn"));
     CHECK(STREQ(cfg->storage_backend, "fs"));
     CHECK(STREQ(cfg->storage_path, "./var/blobs"));
     CHECK(cfg->s3_endpoint == NULL && cfg->s3_bucket == NULL);
@@ -382,6 +389,9 @@ static void test_errors(void)
                  "sluice.yaml:2: workers: must be an integer between 1 and 1024");
     EXPECT_ERROR("database_url: x\nlog_level: verbose\n",
                  "sluice.yaml:2: log_level: must be debug, info, warn or error");
+    EXPECT_ERROR("database_url: x\nlog: {level: verbose}\n",
+                 "sluice.yaml:2: log.level: must be debug, info, warn or error");
+    EXPECT_ERROR("database_url: x\nlog: {levle: warn}\n", "sluice.yaml:2: log.levle: unknown key");
     EXPECT_ERROR("database_url: x\nlisten: {a: 1}\n", "sluice.yaml:2: listen: must be a string");
     EXPECT_ERROR("database_url: x\nstorage: {backend: nfs}\n",
                  "sluice.yaml:2: storage.backend: must be fs or s3");

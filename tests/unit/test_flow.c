@@ -724,6 +724,66 @@ static void test_db(sl_flow_host_t *host)
     sql_scalar(sql, v, sizeof v);
     CHECK(strcmp(v, "ocr") == 0);
 
+    /* Provenance (migration 011): the same run again keeps its version 1; run_id,
+     * pipeline and flow_version come from the step, text_source from the file row,
+     * extractor and model from the flow. */
+    run_step(f, "record",
+             "{\"title\":\"third\",\"source\":\"ocr\","
+             "\"prov\":{\"extractor\":\"tesseract\",\"model\":\"local\"}}",
+             &r, 10000);
+    CHECK(r.ok == 1 && strcmp(ctx_get(&r, "version"), "1") == 0);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*)::text || ' ' || min(version) || ' ' || bool_and(latest) || ' ' || "
+             "min(data->>'title') || ' ' || min(provenance::text) FROM records WHERE file_id = '%s'",
+             f_id);
+    sql_scalar(sql, v, sizeof v);
+    char vwant[200]; /* jsonb orders keys by length, then bytes */
+    snprintf(vwant, sizeof vwant, "1 1 true third {\"model\": \"local\", \"run_id\": \"%s\", ",
+             r_id);
+    CHECK(strncmp(v, vwant, strlen(vwant)) == 0);
+    if (strncmp(v, vwant, strlen(vwant)) != 0)
+        fprintf(stderr, "record: %s\n", v);
+    snprintf(sql, sizeof sql,
+             "SELECT (provenance->>'pipeline') || ' ' || (provenance->>'extractor') || ' ' || "
+             "(provenance->>'text_source') || ' ' || (provenance->>'flow_version') "
+             "FROM records WHERE file_id = '%s'",
+             f_id);
+    sql_scalar(sql, v, sizeof v);
+    char pwant[160];
+    snprintf(pwant, sizeof pwant, "test tesseract ocr %s", sl_flow_version(f));
+    CHECK(strcmp(v, pwant) == 0);
+    if (strcmp(v, pwant) != 0)
+        fprintf(stderr, "provenance: %s\n", v);
+
+    /* Lua cannot pass anything else: unknown keys, non-strings, long or control characters */
+    static const char *const bad_prov[] = {
+        "{\"prov\":{\"run_id\":\"x\"}}", "{\"prov\":{\"model\":5}}",
+        "{\"prov\":{\"model\":\"\"}}", "{\"prov\":{\"extractor\":\"a\\nb\"}}",
+        "{\"prov\":{\"model\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}"};
+    for (size_t i = 0; i < sizeof bad_prov / sizeof bad_prov[0]; i++) {
+        run_step(f, "record", bad_prov[i], &r, 10000);
+        CHECK(r.ok == 0 && strcmp(r.err, "lua_error") == 0);
+        if (r.ok || strcmp(r.err, "lua_error") != 0)
+            fprintf(stderr, "bad provenance %zu accepted: %s\n", i, r.err);
+    }
+
+    /* another run of the file: version 2, now the latest; version 1 unchanged */
+    char r_first[37];
+    snprintf(r_first, sizeof r_first, "%s", r_id);
+    sl_uuid_v4(r_id);
+    run_step(f, "record", "{\"title\":\"fourth\",\"source\":\"ocr\"}", &r, 10000);
+    CHECK(r.ok == 1 && strcmp(ctx_get(&r, "version"), "2") == 0);
+    snprintf(sql, sizeof sql,
+             "SELECT string_agg(version || ':' || latest || ':' || (data->>'title') || ':' || "
+             "(run_id = '%s'), ',' ORDER BY version) FROM records WHERE file_id = '%s'",
+             r_first, f_id);
+    sql_scalar(sql, v, sizeof v);
+    CHECK(strcmp(v, "1:false:third:true,2:true:fourth:false") == 0);
+    if (strcmp(v, "1:false:third:true,2:true:fourth:false") != 0)
+        fprintf(stderr, "versions: %s\n", v);
+    snprintf(r_id, sizeof r_id, "%s", r_first);
+
 out:
     sl_flow_unref(f);
     sl_flowvm_free(dbvm);

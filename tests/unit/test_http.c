@@ -1298,9 +1298,48 @@ static void test_parse_memory(void)
     CHECK(g_mem_seen == 1);
 }
 
+/* sl_http_router_each: every route once, in the order added; a nonzero stops the walk. */
+typedef struct each_s {
+    int n, stop_at;
+    char seen[8][64];
+} each_t;
+
+static int each_cb(const char *method, const char *pattern, const char *name, void *arg)
+{
+    each_t *e = arg;
+    if (e->n < 8)
+        snprintf(e->seen[e->n], sizeof e->seen[0], "%s %s %s", method, pattern,
+                 name ? name : "-");
+    e->n++;
+    return e->n == e->stop_at ? 42 : 0;
+}
+
+static void test_router_each(void)
+{
+    sl_http_router_t *r = sl_http_router_new();
+    each_t e = {0};
+    CHECK(sl_http_router_each(r, each_cb, &e) == 0 && e.n == 0);
+    CHECK(sl_http_router_add(r, "GET", "/v1/files/{id}", "files_get", h_files, NULL) == 0);
+    CHECK(sl_http_router_add(r, "DELETE", "/v1/files/{id}", NULL, h_files, NULL) == 0);
+    CHECK(sl_http_router_add(r, "*", "/any/{a}/{b}", "any", h_hello, NULL) == 0);
+    CHECK(sl_http_router_add(r, "GET", "no-slash", "x", h_hello, NULL) == SL_EINVAL);
+    CHECK(sl_http_router_each(r, each_cb, &e) == 0);
+    CHECK(e.n == 3);
+    CHECK(!strcmp(e.seen[0], "GET /v1/files/{id} files_get"));
+    CHECK(!strcmp(e.seen[1], "DELETE /v1/files/{id} -"));
+    CHECK(!strcmp(e.seen[2], "* /any/{a}/{b} any"));
+    memset(&e, 0, sizeof e);
+    e.stop_at = 2;
+    CHECK(sl_http_router_each(r, each_cb, &e) == 42 && e.n == 2);
+    CHECK(sl_http_router_each(r, NULL, &e) == SL_EINVAL);
+    CHECK(sl_http_router_each(NULL, each_cb, &e) == SL_EINVAL);
+    sl_http_router_free(r);
+}
+
 int main(void)
 {
     test_bearer_token();
+    test_router_each();
     test_parse_memory();
     sl_http_server_t *s1 = NULL, *s2 = NULL, *s3 = NULL, *bad = NULL;
     sl_http_limits_t l;

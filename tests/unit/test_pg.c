@@ -205,6 +205,8 @@ static const char *const engine_functions[] = {
     "sluice_dataset_json(datasets)",
     "sluice_event_json(run_events)",
     "sluice_file_status(uuid)",
+    "sluice_record_json(records)",                                   /* provenance (011) */
+    "sluice_record_put(uuid,uuid,uuid,uuid,uuid,jsonb,jsonb)",        /* provenance (011) */
     "sluice_ts(timestamp with time zone)",
 };
 #define N_ENGINE_FUNCTIONS ((int)(sizeof engine_functions / sizeof engine_functions[0]))
@@ -470,6 +472,11 @@ static void test_functions_upgrade(void)
     CHECK_STREQ(err, "");
     sql_scalar(FILE_JSON_SQL, up_doc, sizeof up_doc);
     CHECK_STREQ(up_doc, fresh_doc);
+    /* migration 011 kept the record as version 1, the latest, with what the run knew */
+    sql_scalar("SELECT version || ' ' || latest || ' ' || (provenance->>'pipeline') || ' ' || "
+               "(provenance->>'run_id') || ' ' || (provenance ? 'model') FROM records",
+               v, sizeof v);
+    CHECK_STREQ(v, "1 true text 00000000-0000-4000-8000-000000000005 true");
     for (int i = 0; i < N_ENGINE_FUNCTIONS; i++) {
         function_def(engine_functions[i], def, sizeof def);
         CHECK(strncmp(def, "CREATE OR REPLACE FUNCTION", 26) == 0);
@@ -613,6 +620,95 @@ out:
     PQfinish(run);
     PQfinish(watch);
     drop_schema("sl_t_deadlock");
+}
+
+/* The first value of the next result on pc (after a PQsendQuery): "<null>", or "<error SQLSTATE>". */
+static void next_value(PGconn *pc, char *out, size_t cap)
+{
+    PGresult *r, *got = NULL;
+    while ((r = PQgetResult(pc)) != NULL) {
+        if (!got)
+            got = r;
+        else
+            PQclear(r);
+    }
+    if (got == NULL) {
+        snprintf(out, cap, "<none>");
+    } else if (PQresultStatus(got) != PGRES_TUPLES_OK) {
+        const char *code = PQresultErrorField(got, PG_DIAG_SQLSTATE);
+        snprintf(out, cap, "<error %s>", code ? code : "?");
+        fprintf(stderr, "%s", PQresultErrorMessage(got));
+    } else {
+        snprintf(out, cap, "%s", PQgetisnull(got, 0, 0) ? "<null>" : PQgetvalue(got, 0, 0));
+    }
+    PQclear(got);
+}
+
+#define PUT_SQL(run)                                                                               \
+    "SELECT sluice_record_put(gen_random_uuid(), '00000000-0000-4000-8000-000000000001',"          \
+    " '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000003', '" run "',"  \
+    " '{}', '{}')"
+
+/*
+ * Provenance (migration 011, db/functions/provenance.sql): two runs of one
+ * file recording at once get versions one after the other (the second waits
+ * for the file row, then numbers after the first: no unique violation on
+ * (file_id, version)); a record put while the file is being deleted writes
+ * nothing and returns null (sl.record's "not_found").
+ */
+static void test_record_versions(void)
+{
+    char err[512], v[512], st[8];
+    PGconn *a = NULL, *b = NULL, *watch = NULL;
+
+    use_schema("sl_t_versions");
+    CHECK(sl_pg_migrate(conninfo, sl_pg_migrations, sl_pg_nmigrations, err, sizeof err) == 0);
+    sql_scalar(FIXTURE_SQL, v, sizeof v); /* one record: version 1 of run ...0005 */
+    CHECK_STREQ(v, "<ok>");
+    a = blocking_conn();
+    b = blocking_conn();
+    watch = blocking_conn();
+    CHECK(a && b && watch);
+    if (!a || !b || !watch)
+        goto out;
+
+    CHECK(exec_st(a, "BEGIN", st, sizeof st) == PGRES_COMMAND_OK);
+    CHECK(exec_st(a, PUT_SQL("00000000-0000-4000-8000-0000000000a1"), st, sizeof st) ==
+          PGRES_TUPLES_OK);
+    CHECK(PQsendQuery(b, PUT_SQL("00000000-0000-4000-8000-0000000000b1")) == 1);
+    CHECK(wait_lock_wait(watch, PQbackendPID(b), 5000)); /* b waits for the file row */
+    CHECK(exec_st(a, "COMMIT", st, sizeof st) == PGRES_COMMAND_OK);
+    next_value(b, v, sizeof v);
+    CHECK_STREQ(v, "3");
+    sql_scalar("SELECT string_agg(version || ':' || latest || ':' || coalesce(right(run_id::text,"
+               " 2), '-'), ',' ORDER BY version) FROM records",
+               v, sizeof v);
+    CHECK_STREQ(v, "1:false:05,2:false:a1,3:true:b1");
+    /* the same run again: its own version, replaced; the latest stays */
+    sql_scalar(PUT_SQL("00000000-0000-4000-8000-0000000000a1"), v, sizeof v);
+    CHECK_STREQ(v, "2");
+    sql_scalar("SELECT count(*) || ' ' || max(version) FILTER (WHERE latest) FROM records", v,
+               sizeof v);
+    CHECK_STREQ(v, "3 3");
+
+    /* a put while the file is deleted: waits, then nothing, no error */
+    CHECK(exec_st(a, "BEGIN", st, sizeof st) == PGRES_COMMAND_OK);
+    CHECK(exec_st(a,
+                  "DELETE FROM files WHERE id = '00000000-0000-4000-8000-000000000003'"
+                  " RETURNING storage_key",
+                  st, sizeof st) == PGRES_TUPLES_OK);
+    CHECK(PQsendQuery(b, PUT_SQL("00000000-0000-4000-8000-0000000000c1")) == 1);
+    CHECK(wait_lock_wait(watch, PQbackendPID(b), 5000));
+    CHECK(exec_st(a, "COMMIT", st, sizeof st) == PGRES_COMMAND_OK);
+    next_value(b, v, sizeof v);
+    CHECK_STREQ(v, "<null>");
+    sql_scalar("SELECT count(*) FROM records", v, sizeof v);
+    CHECK_STREQ(v, "0");
+out:
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(watch);
+    drop_schema("sl_t_versions");
 }
 
 static void test_args(sl_pg_t *pg)
@@ -1140,6 +1236,7 @@ int main(void)
     test_functions_upgrade();
     test_engine_sql();
     test_delete_vs_transition();
+    test_record_versions(); /* provenance (011) */
     sql_scalar("DROP TABLE IF EXISTS sl_pg_test", v, sizeof v);
     sql_scalar("CREATE TABLE sl_pg_test (k text PRIMARY KEY, v text)", v, sizeof v);
     CHECK(strcmp(v, "<ok>") == 0);

@@ -153,8 +153,10 @@ return flow {
     },
     record = {
       run = function(ctx)
-        local ok, err = sl.record{title = ctx.title, n = 3, tags = {"a", "b"}}
+        -- ctx.prov: sl.record's provenance options (extractor, model), if any
+        local ok, err = sl.record({title = ctx.title, n = 3, tags = {"a", "b"}}, ctx.prov)
         if not ok then return nil, err end
+        ctx.version = ok
         local ok2, err2 = sl.set_text_source(ctx.source or "tika")
         if not ok2 then return nil, err2 end
         return true

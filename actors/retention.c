@@ -10,6 +10,7 @@
  *   - the blob drainer: claims queued blobs, deletes them through the storage
  *     API (the unlinks run on the worker pool), then removes their queue rows;
  *   - the sweep: takes the lease, purges expired idempotency keys, then
+ *     refresh-token families whose tokens all expired (docs/auth.md), then
  *     expired files (when configured), then kicks a purge pass, and gives the
  *     lease back.
  * Every operation in flight holds a reference on the module, so freeing it
@@ -44,7 +45,7 @@ struct sl_retention_s {
     int purging, purge_again;
     int draining, drain_again;
     int sweeping;
-    sl_metric_t *m_files, *m_bytes, *m_batches, *m_blobs, *m_keys;
+    sl_metric_t *m_files, *m_bytes, *m_batches, *m_blobs, *m_keys, *m_families;
 };
 
 static double now_ms(void)
@@ -74,7 +75,7 @@ static void sweep_arm(sl_retention_t *r, int ms);
 
 /* ---- row loops ---- */
 
-typedef enum { L_DATASETS, L_CLEANUP, L_EXPIRE, L_IDEM } loop_kind_t;
+typedef enum { L_DATASETS, L_CLEANUP, L_EXPIRE, L_IDEM, L_TOKENS } loop_kind_t;
 
 typedef struct loop_s loop_t;
 typedef void (*loop_end_fn)(loop_t *l, int err);
@@ -108,6 +109,7 @@ static const char *const LOOP_SQL[] = {
         " sluice_ts(clock_timestamp()) AS at"
         " FROM sluice_cleanup_batch(now() - make_interval(days => $2::int), NULL, $1::int) p",
     [L_IDEM] = "SELECT sluice_purge_idempotency($2::int, $1::int) AS n",
+    [L_TOKENS] = "SELECT sluice_purge_token_families($1::int) AS n",
 };
 
 static void loop_done_cb(const sl_pg_result_t *res, void *arg);
@@ -256,11 +258,11 @@ static void loop_done_cb(const sl_pg_result_t *res, void *arg)
         return;
     }
     int n;
-    if (l->kind == L_IDEM) {
+    if (l->kind == L_IDEM || l->kind == L_TOKENS) {
         const char *v = col(rows, 0, "n");
         n = v ? (int)strtol(v, NULL, 10) : 0;
         l->c.files += n;
-        sl_metrics_add(r->m_keys, n);
+        sl_metrics_add(l->kind == L_IDEM ? r->m_keys : r->m_families, n);
     } else {
         n = loop_files(l, rows);
         if (n > 0)
@@ -635,7 +637,22 @@ static void sweep_expired_end(loop_t *l, int err)
     sweep_end(l->r);
 }
 
+static void sweep_tokens_end(loop_t *l, int err);
+
 static void sweep_idem_end(loop_t *l, int err)
+{
+    sl_retention_t *r = l->r;
+    (void)err; /* logged by the loop; the next phase goes on */
+    if (r->closing) {
+        r->sweeping = 0;
+        return;
+    }
+    if (loop_start(r, L_TOKENS, "token_families", sweep_tokens_end, NULL) == 0)
+        return;
+    sweep_tokens_end(l, 0);
+}
+
+static void sweep_tokens_end(loop_t *l, int err)
 {
     sl_retention_t *r = l->r;
     (void)err; /* logged by the loop; the next phase goes on */
@@ -735,6 +752,9 @@ int sl_retention_new(const sl_retention_opts_t *opts, sl_retention_t **out)
                                     "Blobs deleted from storage after their rows", NULL);
     r->m_keys = sl_metrics_counter("sluice_retention_idempotency_keys_total",
                                    "Expired idempotency keys purged", NULL);
+    r->m_families = sl_metrics_counter("sluice_retention_token_families_total",
+                                       "Refresh-token families purged once every token of "
+                                       "theirs expired (docs/auth.md)", NULL);
     *out = r;
     return 0;
 }

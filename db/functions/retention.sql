@@ -171,3 +171,25 @@ LANGUAGE sql VOLATILE AS $$
     UPDATE retention_leases SET until = '-infinity', done_at = now(), owner = NULL
     WHERE name = p_name AND owner = p_owner
 $$;
+
+-- Refresh-token families (009_auth.sql) whose every refresh token expired more
+-- than a day ago, up to p_limit per call; the number removed (their tokens go
+-- by ON DELETE CASCADE). A day past the last expiry is past every access
+-- token of the family too (auth.access_ttl_s is at most 86400, and an access
+-- token is issued with a refresh token that outlives it), so no token that
+-- could still be presented loses the family it is checked against.
+CREATE OR REPLACE FUNCTION sluice_purge_token_families(p_limit int)
+RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    WITH d AS (
+        DELETE FROM token_families f USING (
+            SELECT t.id FROM token_families t
+            WHERE t.created_at < now() - interval '1 day'
+              AND NOT EXISTS (SELECT 1 FROM refresh_tokens r
+                              WHERE r.family_id = t.id
+                                AND r.expires_at > now() - interval '1 day')
+            LIMIT p_limit FOR UPDATE SKIP LOCKED) x
+        WHERE f.id = x.id
+        RETURNING 1)
+    SELECT count(*) FROM d
+$$;

@@ -307,7 +307,22 @@ def test_sweep_purges_expired_idempotency_keys_and_files(start_server):
                  "         now() - interval '23 hours')" % (q(tenant.tenant_id), q(tenant.tenant_id)))
     keys = lambda: psql(server, "SELECT string_agg(key, ',' ORDER BY key) FROM idempotency_keys"
                                 " WHERE key IN ('old-key', 'fresh-key')")
+    # Refresh-token families (docs/auth.md): one whose tokens all expired over a
+    # day ago goes; one still within its tokens' life stays.
+    fams = []
+    for _ in range(2):
+        r = tenant.post("/v1/auth/token")
+        assert r.status_code == 200, r.text
+        fams.append(psql(server, "SELECT family_id FROM refresh_tokens ORDER BY created_at DESC"
+                                 " LIMIT 1"))
+    psql(server, "UPDATE refresh_tokens SET created_at = now() - interval '40 days',"
+                 " expires_at = now() - interval '2 days' WHERE family_id = %s;"
+                 "UPDATE token_families SET created_at = now() - interval '40 days'"
+                 " WHERE id IN (%s, %s)" % (q(fams[0]), q(fams[0]), q(fams[1])))
+    families = lambda: psql(server, "SELECT string_agg(id::text, ',') FROM token_families"
+                                    " WHERE id IN (%s, %s)" % (q(fams[0]), q(fams[1])))
     assert wait_until(lambda: keys() == "fresh-key", timeout=20), keys()
+    assert wait_until(lambda: families() == fams[1], timeout=20), families()
     assert wait_until(lambda: tenant.get("/v1/files/%s" % aged["id"]).status_code == 404, 20)
     assert wait_until(lambda: not any(p.exists() for p in aged_blobs))
     assert tenant.get("/v1/files/%s" % young["id"]).status_code == 200
@@ -322,6 +337,8 @@ def test_sweep_purges_expired_idempotency_keys_and_files(start_server):
     lines = [l for l in m.splitlines()
              if l.startswith("sluice_retention_files_total{") and 'reason="expired"' in l]
     assert lines and float(lines[0].split()[-1]) >= 1, m[-2000:]
+    assert 'sluice_retention_token_families_total{role="engine"} 1' in m, \
+        "|".join(l for l in m.splitlines() if "retention" in l and not l.startswith("#"))
 
 
 def test_runs_of_a_deleted_dataset_are_never_claimed(server, tenant):

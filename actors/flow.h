@@ -28,6 +28,7 @@
 #include "core/ratelimit.h"
 #include "core/storage.h"
 #include "core/workq.h"
+#include "actors/flow_effects.h"
 #include "db/pg.h"
 
 typedef struct sl_flowvm_s sl_flowvm_t;
@@ -51,6 +52,9 @@ typedef struct sl_flow_host_s {
     int circuit_open_ms;     /* how long a tripped circuit stays open (default 30000; tests) */
     sl_ratelimit_t *ratelimit; /* service rates, token budgets and holds (actors/service.h);
                                   NULL: services are not limited */
+    const sl_flow_effects_t *fx; /* where a step's rows and calls go (flow_effects.h);
+                                    NULL: the engine's (pg, curl, base above) */
+    void *fx_self;               /* fx's first argument (borrowed); ignored when fx is NULL */
 } sl_flow_host_t;
 
 /**

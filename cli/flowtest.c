@@ -29,6 +29,7 @@
 #include "actors/flow_offline.h"
 #include "core/config.h"
 #include "core/err.h"
+#include "core/log.h"
 
 #define OFFLINE_DB_URL "postgres://offline.invalid/sluice" /* required by the config; never used */
 
@@ -37,8 +38,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sluice flow test FLOW --file SAMPLE [--replay DIR [--replay-exec]]\n"
             "                       [--record DIR] [--config FILE] [--lib DIR] [--mime TYPE] "
-            "[--json]\n"
-            "       sluice flow test --cases DIR [--lib DIR] [--json]\n"
+            "[--json] [-v]\n"
+            "       sluice flow test --cases DIR [--lib DIR] [--json] [-v]\n"
             "Runs a flow offline (no Postgres, Redis or server) and prints its path, artifacts\n"
             "and record; --cases runs every case folder of DIR against its expectations.\n"
             "Exit status: 0 passed, 1 failed, 2 bad arguments.\n");
@@ -99,7 +100,15 @@ static void print_run(const json_t *r, const char *sample)
     json_array_foreach(json_object_get(r, "path"), i, e)
     {
         const char *note = json_string_value(json_object_get(e, "note"));
-        const char *detail = json_string_value(json_object_get(e, "detail"));
+        const char *d0 = json_string_value(json_object_get(e, "detail"));
+        char detail_buf[400], *detail = NULL;
+        if (d0 != NULL) { /* one line: a tool's stderr has newlines */
+            snprintf(detail_buf, sizeof detail_buf, "%s", d0);
+            for (char *p = detail_buf; *p; p++)
+                if (*p == '\n' || *p == '\r')
+                    *p = ' ';
+            detail = detail_buf;
+        }
         printf("  %2zu. %-12s attempt %lld  %-14s %6lld ms%s%s%s%s\n", i + 1,
                json_string_value(json_object_get(e, "step")),
                (long long)json_integer_value(json_object_get(e, "attempt")),
@@ -393,7 +402,7 @@ int sl_cli_flow_test_main(int argc, char **argv)
 {
     const char *flow = NULL, *sample = NULL, *replay = NULL, *record = NULL, *cases = NULL;
     const char *config = NULL, *lib = NULL, *mime = NULL;
-    int as_json = 0, replay_exec = 0, rc;
+    int as_json = 0, replay_exec = 0, verbose = 0, rc;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -409,6 +418,8 @@ int sl_cli_flow_test_main(int argc, char **argv)
             *slot = argv[++i];
         } else if (strcmp(a, "--json") == 0) {
             as_json = 1;
+        } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+            verbose = 1;
         } else if (strcmp(a, "--replay-exec") == 0) {
             replay_exec = 1;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -422,6 +433,9 @@ int sl_cli_flow_test_main(int argc, char **argv)
             return SL_FLOW_CLI_USAGE;
         }
     }
+    /* the flows' own log lines (sl.log, warnings) only with --verbose: the
+     * path shows what happened */
+    sl_log_set_level(verbose ? "debug" : "error");
     if (cases != NULL)
         return cases_main(cases, lib, as_json);
     if (flow == NULL || sample == NULL) {

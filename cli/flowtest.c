@@ -45,10 +45,16 @@ static void usage(FILE *f)
             "Exit status: 0 passed, 1 failed, 2 bad arguments.\n");
 }
 
-/* a/b into out (PATH_MAX); 0, or SL_ETOOBIG (out then empty) */
+/* a/b into out (PATH_MAX; b alone when absolute); 0, or SL_ETOOBIG (out then empty) */
 static int join(char *out, const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
+    if (b[0] == '/') { /* an absolute path stands alone */
+        if (lb >= PATH_MAX)
+            return SL_ETOOBIG;
+        memcpy(out, b, lb + 1);
+        return 0;
+    }
     if (la + 1 + lb >= PATH_MAX) {
         out[0] = '\0';
         return SL_ETOOBIG;

@@ -678,6 +678,7 @@ static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *
     lv->arg = arg;
     snprintf(lv->name, sizeof lv->name, "exec-%s", o->argv[0]);
     lv->req = json_pack("{s:o}", "argv", argv);
+    json_array_append_new(off->calls, json_string(what));
     lv->live = 1;
     if ((rc = sl_exec_start(off->base, o, live_exec_cb, lv, &lv->x)) != 0) {
         json_decref(lv->req);

@@ -155,3 +155,56 @@ def test_flowtest_malformed_cassette_is_refused(tmp_path):
     r = flow_test(FLOW, "--file", NOTES, "--replay", cas)
     assert r.returncode == 1
     assert "01-bad.json: a cassette needs kind (http|exec), request and response" in r.stderr
+
+
+def test_flowtest_records_http_from_a_live_service_then_replays_it(tmp_path):
+    """--record against a live Tika (a stand-in on loopback) writes its answer as a
+    cassette; --replay then answers from it with no service at all."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Tika(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, body))
+            out = b"Text from the stand-in Tika\nReference TK-4242\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Tika)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = tmp_path / "sluice.yaml"
+        cfg.write_text("database_url: postgres://offline.invalid/x\n"
+                       f"services:\n  tika: {{url: 'http://127.0.0.1:{srv.server_port}'}}\n")
+        rec = tmp_path / "rec"
+        # live: no network namespace here (the stand-in is on loopback)
+        r = subprocess.run([str(sluice_binary()), "flow", "test", str(FLOW), "--file", str(NOTES),
+                            "--config", str(cfg), "--record", str(rec), "--json"], cwd=str(REPO),
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        srv.shutdown()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert seen and seen[0][0] == "/tika" and seen[0][1] == NOTES.read_bytes()
+    live = json.loads(r.stdout)
+    assert live["text_source"] == "tika"
+    doc = json.loads((rec / "01-tika.json").read_text())
+    assert doc["request"]["method"] == "PUT" and doc["request"]["service"] == "tika"
+    assert doc["request"]["path"] == "/tika"
+    assert doc["response"]["status"] == 200 and "TK-4242" in doc["response"]["body"]
+
+    # replay: the stand-in is gone, and the network too
+    r = flow_test(FLOW, "--file", NOTES, "--config", cfg, "--replay", rec, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["record"] == live["record"] and rep["record"].get("reference") == "TK-4242"
+    assert rep["calls"] == ["PUT tika /tika <- 01-tika.json"]

@@ -23,12 +23,12 @@
 #include <event2/event.h>
 #include <stddef.h>
 
+#include "actors/flow_effects.h"
 #include "core/config.h"
 #include "core/curl.h"
 #include "core/ratelimit.h"
 #include "core/storage.h"
 #include "core/workq.h"
-#include "actors/flow_effects.h"
 #include "db/pg.h"
 
 typedef struct sl_flowvm_s sl_flowvm_t;

@@ -56,8 +56,8 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
     free(op);
 }
 
-static int row_query(void *self, const char *sql, int n, const char *const *params,
-                     row_want_t want, sl_flow_fx_cb cb, void *arg)
+static int row_query(void *self, const char *sql, int n, const char *const *params, row_want_t want,
+                     sl_flow_fx_cb cb, void *arg)
 {
     const sl_flow_host_t *h = self;
     row_op_t *op;
@@ -96,8 +96,8 @@ static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_f
     return row_query(self, sql, 9, params, ROW_ID, cb, arg);
 }
 
-static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind,
-                        sl_flow_fx_cb cb, void *arg)
+static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
+                        void *arg)
 {
     static const char sql[] = "SELECT storage_key, size FROM artifacts "
                               "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
@@ -117,8 +117,8 @@ static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *recor
     return row_query(self, sql, 7, params, ROW_VERSION, cb, arg);
 }
 
-static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name,
-                       sl_flow_fx_cb cb, void *arg)
+static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
+                       void *arg)
 {
     static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
     const char *params[] = {name, ids->file_id, ids->tenant_id};
@@ -145,8 +145,7 @@ static void http_cancel(void *self, void *handle)
     sl_curl_cancel(handle);
 }
 
-static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg,
-                      void **handle)
+static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg, void **handle)
 {
     const sl_flow_host_t *h = self;
     sl_exec_t *x = NULL;
@@ -162,6 +161,6 @@ static void exec_cancel(void *self, void *handle)
 }
 
 const sl_flow_effects_t sl_flow_effects_engine = {
-    rows_ready, artifact_put, artifact_get, record_put, text_source,
+    rows_ready, artifact_put, artifact_get, record_put,  text_source,
     http,       http_cancel,  exec_start,   exec_cancel,
 };

@@ -56,14 +56,14 @@ typedef struct sl_flow_effects_s {
     int (*artifact_put)(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_fx_artifact_t *a,
                         sl_flow_fx_cb cb, void *arg);
     /** The run's artifact of `kind`: res.key and res.n (size); SL_ENOTFOUND when none. */
-    int (*artifact_get)(void *self, const sl_flow_fx_ids_t *ids, const char *kind,
-                        sl_flow_fx_cb cb, void *arg);
+    int (*artifact_get)(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
+                        void *arg);
     /** A new version of the file's record for this run (record and prov are JSON text); res.n. */
     int (*record_put)(void *self, const sl_flow_fx_ids_t *ids, const char *record_json,
                       const char *prov_json, sl_flow_fx_cb cb, void *arg);
     /** Sets the file's text_source; SL_ENOTFOUND when the file is gone. */
-    int (*text_source)(void *self, const sl_flow_fx_ids_t *ids, const char *name,
-                       sl_flow_fx_cb cb, void *arg);
+    int (*text_source)(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
+                       void *arg);
     /**
      * An outbound HTTP request for `service` (NULL: none named), as
      * sl_curl_request; *handle is what http_cancel takes (the callback then

@@ -46,12 +46,12 @@
 typedef struct off_s {
     struct event_base *base;
     const sl_offline_opts_t *o;
-    json_t *cassettes;   /* [{file, doc}] in name order */
-    sl_curl_t *curl;     /* live calls (no replay), created on first use */
-    int seq;             /* cassettes written */
-    char tmpdir[1024];   /* the run's scratch dir ({tmp} in argv) */
+    json_t *cassettes; /* [{file, doc}] in name order */
+    sl_curl_t *curl;   /* live calls (no replay), created on first use */
+    int seq;           /* cassettes written */
+    char tmpdir[1024]; /* the run's scratch dir ({tmp} in argv) */
     /* rows */
-    json_t *artifacts;   /* kind -> {id, kind, mime, size, sha256, key} */
+    json_t *artifacts; /* kind -> {id, kind, mime, size, sha256, key} */
     json_t *record, *prov;
     long long record_version;
     char text_source[64];
@@ -205,8 +205,8 @@ static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_f
     return row_later(off, 0, idc, NULL, 0, cb, arg);
 }
 
-static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind,
-                        sl_flow_fx_cb cb, void *arg)
+static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
+                        void *arg)
 {
     offhost_t *off = self;
     json_t *row = json_object_get(off->artifacts, kind);
@@ -240,8 +240,8 @@ static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *recor
     return row_later(off, 0, NULL, NULL, off->record_version, cb, arg);
 }
 
-static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name,
-                       sl_flow_fx_cb cb, void *arg)
+static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
+                       void *arg)
 {
     offhost_t *off = self;
     (void)ids;
@@ -339,8 +339,8 @@ static int load_cassettes(offhost_t *off, const char *dir, char *err, size_t err
             rc = SL_EINVAL;
         }
         if (rc == 0)
-            json_array_append_new(off->cassettes, json_pack("{s:s, s:o}", "file", names[i],
-                                                            "doc", doc));
+            json_array_append_new(off->cassettes,
+                                  json_pack("{s:s, s:o}", "file", names[i], "doc", doc));
         else
             json_decref(doc);
         free(names[i]);
@@ -484,11 +484,13 @@ static void live_http_cb(const sl_curl_result_t *res, void *arg)
         if (body != NULL)
             json_object_set_new(resp, "body", body);
         else
-            fprintf(stderr, "sluice flow test: %s: the answer is not UTF-8, recorded without "
-                            "its body\n", lv->name);
-        write_cassette(lv->off, lv->name,
-                       json_pack("{s:s, s:O, s:o}", "kind", "http", "request", lv->req, "response",
-                                 resp));
+            fprintf(stderr,
+                    "sluice flow test: %s: the answer is not UTF-8, recorded without "
+                    "its body\n",
+                    lv->name);
+        write_cassette(
+            lv->off, lv->name,
+            json_pack("{s:s, s:O, s:o}", "kind", "http", "request", lv->req, "response", resp));
     }
     lv->cb(res, lv->arg);
     json_decref(lv->req);
@@ -618,25 +620,24 @@ static void live_exec_cb(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
 {
     live_t *lv = arg;
     if (lv->off->o->record_dir && res->err == 0) {
-        json_t *resp = json_pack("{s:i, s:i}", "status", res->exit_status, "signal",
-                                 res->term_signal);
+        json_t *resp =
+            json_pack("{s:i, s:i}", "status", res->exit_status, "signal", res->term_signal);
         json_t *out = res->stdout_data ? json_stringn(res->stdout_data, res->stdout_len) : NULL;
         json_t *errs = json_stringn(res->stderr_data ? res->stderr_data : "", res->stderr_len);
         if (out)
             json_object_set_new(resp, "stdout", out);
         if (errs)
             json_object_set_new(resp, "stderr", errs);
-        write_cassette(lv->off, lv->name,
-                       json_pack("{s:s, s:O, s:o}", "kind", "exec", "request", lv->req, "response",
-                                 resp));
+        write_cassette(
+            lv->off, lv->name,
+            json_pack("{s:s, s:O, s:o}", "kind", "exec", "request", lv->req, "response", resp));
     }
     lv->xcb(x, res, lv->arg);
     json_decref(lv->req);
     free(lv);
 }
 
-static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg,
-                      void **handle)
+static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg, void **handle)
 {
     offhost_t *off = self;
     json_t *argv = argv_key(off, o);
@@ -699,7 +700,7 @@ static void exec_cancel(void *self, void *handle)
 }
 
 static const sl_flow_effects_t offline_fx = {
-    rows_ready, artifact_put, artifact_get, record_put, text_source,
+    rows_ready, artifact_put, artifact_get, record_put,  text_source,
     http,       http_cancel,  exec_start,   exec_cancel,
 };
 
@@ -780,8 +781,8 @@ static void step_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             d->ctx_json = c;
         }
     }
-    e = json_pack("{s:s, s:i, s:s, s:I}", "step", d->pos.step, "attempt", d->pos.attempt,
-                  "outcome", res->ok ? "ok" : (res->err ? res->err : "failed"), "duration_ms",
+    e = json_pack("{s:s, s:i, s:s, s:I}", "step", d->pos.step, "attempt", d->pos.attempt, "outcome",
+                  res->ok ? "ok" : (res->err ? res->err : "failed"), "duration_ms",
                   (json_int_t)(res->duration_s * 1000.0 + 0.5));
     if (res->ok && res->note)
         json_object_set_new(e, "note", json_string(res->note));
@@ -882,12 +883,12 @@ static json_t *report(drv_t *d)
                                               json_object_get(v, "size"), "sha256",
                                               json_object_get(v, "sha256")));
     }
-    return json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:O, s:o, s:O, s:O, s:s?, s:O, s:O}",
-                     "pipeline", sl_flow_name(d->f), "flow_version", sl_flow_version(d->f),
-                     "outcome", d->outcome ? d->outcome : "failed", "error",
-                     d->error[0] ? d->error : NULL, "note", d->note[0] ? d->note : NULL, "path",
-                     d->path, "artifacts", arts, "record", off->record ? off->record : json_null(),
-                     "provenance", off->prov ? off->prov : json_null(), "text_source",
+    return json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:O, s:o, s:O, s:O, s:s?, s:O, s:O}", "pipeline",
+                     sl_flow_name(d->f), "flow_version", sl_flow_version(d->f), "outcome",
+                     d->outcome ? d->outcome : "failed", "error", d->error[0] ? d->error : NULL,
+                     "note", d->note[0] ? d->note : NULL, "path", d->path, "artifacts", arts,
+                     "record", off->record ? off->record : json_null(), "provenance",
+                     off->prov ? off->prov : json_null(), "text_source",
                      off->text_source[0] ? off->text_source : NULL, "calls", off->calls,
                      "unrecorded", off->unrecorded);
 }

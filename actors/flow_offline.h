@@ -28,8 +28,8 @@
 
 #include "core/config.h"
 
-#define SL_OFFLINE_MAX_ATTEMPTS 100   /* step attempts in one run before it is stopped */
-#define SL_OFFLINE_MAX_DELAY_MS 2000  /* retry delays longer than this are shortened */
+#define SL_OFFLINE_MAX_ATTEMPTS 100  /* step attempts in one run before it is stopped */
+#define SL_OFFLINE_MAX_DELAY_MS 2000 /* retry delays longer than this are shortened */
 #define SL_OFFLINE_MAX_SAMPLE (64u * 1024 * 1024)
 
 /** What to run. Every pointer is borrowed for the call. */

@@ -30,8 +30,8 @@
 #define SL_FLOW_AWS_REGION "us-east-1" /* a SigV4 section without a region */
 
 typedef struct http_op_s {
-    sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
-    void *xfer;           /* in flight: the effects' handle (a transfer in the engine) */
+    sl_flow_svcop_t so; /* first; so.svc NULL: no service policy */
+    void *xfer;         /* in flight: the effects' handle (a transfer in the engine) */
     char *method, *url, *body_file;
     const sl_config_service_t
         *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
@@ -168,8 +168,8 @@ static int start(sl_flow_svcop_t *so)
         o.sigv4 = &creds;
     }
     const sl_flow_host_t *h = &op->so.vm->host;
-    rc = h->fx->http(h->fx_self, op->so.svc ? sl_svc_name(op->so.svc) : NULL, &o,
-                     http_done, op, &op->xfer);
+    rc = h->fx->http(h->fx_self, op->so.svc ? sl_svc_name(op->so.svc) : NULL, &o, http_done, op,
+                     &op->xfer);
     if (rc != 0)
         op->xfer = NULL;
     return rc;

@@ -169,8 +169,12 @@ static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
         return;
     }
     sl_flow_fx_ids_t ids = {op->tenant_id, NULL, op->file_id, op->run_id, NULL};
-    sl_flow_fx_artifact_t a = {op->id, op->kind, op->mime && *op->mime ? op->mime : info->mime,
-                               info->sha256_hex, op->key, info->size};
+    sl_flow_fx_artifact_t a = {.id = op->id,
+                               .kind = op->kind,
+                               .mime = op->mime && *op->mime ? op->mime : info->mime,
+                               .sha256_hex = info->sha256_hex,
+                               .key = op->key,
+                               .size = info->size};
     op->phase = A_DB;
     if ((rc = op->fx->artifact_put(op->fx_self, &ids, &a, art_db_cb, op)) != 0)
         art_end(op, sl_strerror(rc));

@@ -31,18 +31,18 @@
 #include "core/err.h"
 #include "core/log.h"
 
-#define OFFLINE_DB_URL "postgres://offline.invalid/sluice" /* required by the config; never used */
+#define OFFLINE_DB_URL "postgres://offline.invalid/sluice" /* required by the config; never used   \
+                                                            */
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: sluice flow test FLOW --file SAMPLE [--replay DIR [--replay-exec]]\n"
-            "                       [--record DIR] [--config FILE] [--lib DIR] [--mime TYPE] "
-            "[--json] [-v]\n"
-            "       sluice flow test --cases DIR [--lib DIR] [--json] [-v]\n"
-            "Runs a flow offline (no Postgres, Redis or server) and prints its path, artifacts\n"
-            "and record; --cases runs every case folder of DIR against its expectations.\n"
-            "Exit status: 0 passed, 1 failed, 2 bad arguments.\n");
+    fprintf(f, "usage: sluice flow test FLOW --file SAMPLE [--replay DIR [--replay-exec]]\n"
+               "                       [--record DIR] [--config FILE] [--lib DIR] [--mime TYPE] "
+               "[--json] [-v]\n"
+               "       sluice flow test --cases DIR [--lib DIR] [--json] [-v]\n"
+               "Runs a flow offline (no Postgres, Redis or server) and prints its path, artifacts\n"
+               "and record; --cases runs every case folder of DIR against its expectations.\n"
+               "Exit status: 0 passed, 1 failed, 2 bad arguments.\n");
 }
 
 /* a/b into out (PATH_MAX; b alone when absolute); 0, or SL_ETOOBIG (out then empty) */
@@ -99,8 +99,7 @@ static void print_run(const json_t *r, const char *sample)
 {
     size_t i;
     json_t *e;
-    printf("flow %s (version %.12s) on %s\n",
-           json_string_value(json_object_get(r, "pipeline")),
+    printf("flow %s (version %.12s) on %s\n", json_string_value(json_object_get(r, "pipeline")),
            json_string_value(json_object_get(r, "flow_version")), sample);
     printf("path:\n");
     json_array_foreach(json_object_get(r, "path"), i, e)
@@ -143,7 +142,7 @@ static void print_run(const json_t *r, const char *sample)
     printf("record: %s\n", txt ? txt : "none");
     free(txt);
     json_array_foreach(json_object_get(r, "unrecorded"), i, e)
-    printf("error: %s\n", json_string_value(e));
+        printf("error: %s\n", json_string_value(e));
 }
 
 /* ---- one run ---- */
@@ -157,8 +156,8 @@ static sl_config_t *services_config(const json_t *services, char *err, size_t er
         json_object_set(doc, "services", (json_t *)services);
     char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL; /* JSON is YAML */
     json_decref(doc);
-    if (txt == NULL || sl_config_load_string(txt, strlen(txt), "case services", &cfg, err,
-                                             errlen) != 0)
+    if (txt == NULL ||
+        sl_config_load_string(txt, strlen(txt), "case services", &cfg, err, errlen) != 0)
         cfg = NULL;
     free(txt);
     return cfg;
@@ -247,7 +246,7 @@ static int compare(const json_t *expect, const json_t *r)
         json_t *ga = json_array(), *e;
         size_t i;
         json_array_foreach(json_object_get(r, "artifacts"), i, e)
-        json_array_append(ga, json_object_get(e, "kind"));
+            json_array_append(ga, json_object_get(e, "kind"));
         if (!json_equal(wa, ga))
             diff_line(&n, "artifacts (kinds)", wa, ga);
         json_decref(ga);

@@ -14,17 +14,18 @@
 #include "actors/transition.h"
 #include "check.h"
 
-static const char FLOW[] = "return flow {\n"
-                           "  start = 'a',\n"
-                           "  steps = {\n"
-                           "    a = { run = function() return true end, next = 'b', fallback = 'b',\n"
-                           "          retry = {attempts = 2, base = 1, max = 1} },\n"
-                           "    b = { run = function() return true end, fallback = 'c',\n"
-                           "          retry = {attempts = 1} },\n"
-                           "    c = { run = function() return true end, always = 'd' },\n"
-                           "    d = { run = function() return true end },\n"
-                           "  },\n"
-                           "}\n";
+static const char FLOW[] =
+    "return flow {\n"
+    "  start = 'a',\n"
+    "  steps = {\n"
+    "    a = { run = function() return true end, next = 'b', fallback = 'b',\n"
+    "          retry = {attempts = 2, base = 1, max = 1} },\n"
+    "    b = { run = function() return true end, fallback = 'c',\n"
+    "          retry = {attempts = 1} },\n"
+    "    c = { run = function() return true end, always = 'd' },\n"
+    "    d = { run = function() return true end },\n"
+    "  },\n"
+    "}\n";
 
 static sl_step_result_t ok(void)
 {

@@ -31,8 +31,9 @@
 #include "core/err.h"
 #include "core/log.h"
 
-#define OFFLINE_DB_URL "postgres://offline.invalid/sluice" /* required by the config; never used   \
-                                                            */
+#define OFFLINE_DB_URL                                                                             \
+    "postgres://offline.invalid/sluice" /* required by the config; never used                      \
+                                         */
 
 static void usage(FILE *f)
 {
@@ -63,6 +64,25 @@ static int join(char *out, const char *a, const char *b)
     out[la] = '/';
     memcpy(out + la + 1, b, lb + 1);
     return 0;
+}
+
+/* The lib dir for a flow, as `sluice flow check` finds it: --lib, else the lib/
+ * folder next to the flow when there is one, else NULL (lua-flows/lib). */
+static const char *lib_for(const char *flow, const char *given, char *buf)
+{
+    const char *slash = strrchr(flow, '/');
+    struct stat st;
+    char dir[PATH_MAX];
+
+    if (given != NULL)
+        return given;
+    if (slash == NULL || (size_t)(slash - flow) >= sizeof dir)
+        return NULL;
+    memcpy(dir, flow, (size_t)(slash - flow));
+    dir[slash - flow] = '\0';
+    if (join(buf, dir, "lib") == 0 && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+        return buf;
+    return NULL;
 }
 
 /* ---- scratch ---- */
@@ -310,9 +330,10 @@ static int run_case(const char *dir, const char *name, const char *lib, int as_j
         snprintf(err, sizeof err, "cannot create a scratch dir");
         goto out;
     }
+    char libbuf[PATH_MAX];
     o.flow_path = flow;
     o.pipeline = json_string_value(json_object_get(c, "pipeline"));
-    o.lib_dir = lib;
+    o.lib_dir = lib_for(flow, lib, libbuf);
     o.sample_path = sample;
     o.mime = json_string_value(json_object_get(c, "mime"));
     o.schema = json_object_get(c, "schema");
@@ -465,8 +486,9 @@ int sl_cli_flow_test_main(int argc, char **argv)
         sl_config_free(cfg);
         return SL_FLOW_CLI_INVALID;
     }
+    char libbuf[PATH_MAX];
     o.flow_path = flow;
-    o.lib_dir = lib;
+    o.lib_dir = lib_for(flow, lib, libbuf);
     o.sample_path = sample;
     o.mime = mime;
     o.cfg = cfg;

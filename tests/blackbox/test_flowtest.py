@@ -208,3 +208,24 @@ def test_flowtest_records_http_from_a_live_service_then_replays_it(tmp_path):
     rep = json.loads(r.stdout)
     assert rep["record"] == live["record"] and rep["record"].get("reference") == "TK-4242"
     assert rep["calls"] == ["PUT tika /tika <- 01-tika.json"]
+
+
+def test_flowtest_case_in_yaml(tmp_path):
+    d = tmp_path / "cases" / "yaml_case"
+    d.mkdir(parents=True)
+    (d / "case.yaml").write_text(f"""# the same case as ai_record_pdf, in YAML
+flow: {REPO / 'lua-flows' / 'ai_record.lua'}
+file: {REPO / 'lua-flows' / 'tests' / 'ai_record_pdf' / 'invoice-acme.pdf'}
+expect:
+  outcome: succeeded
+  path: ["tika:ok", "record:ok"]
+  record: {{reference: INV-2026-0042, total: 185.52, currency: EUR}}
+""")
+    r = flow_test("--cases", tmp_path / "cases", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS yaml_case" in r.stdout
+    # and a wrong value in YAML is caught like one in JSON
+    (d / "case.yaml").write_text((d / "case.yaml").read_text().replace("185.52", "185.53"))
+    r = flow_test("--cases", tmp_path / "cases", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "record.total:\n      expected 185.53\n      got      185.52" in r.stdout

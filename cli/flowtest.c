@@ -360,8 +360,10 @@ static int run_case(const char *dir, const char *name, const char *lib, int as_j
     }
     printf("%s %s\n", "----", name);
     ndiff = compare(expect, r);
-    ndiff += (int)json_array_size(json_object_get(r, "unrecorded")) > 0 &&
-             !json_equal(json_object_get(expect, "error"), json_string("not_recorded"));
+    /* a call nobody recorded fails a case unless it expects exactly that */
+    const char *werr = json_string_value(json_object_get(expect, "error"));
+    ndiff += json_array_size(json_object_get(r, "unrecorded")) > 0 &&
+             (werr == NULL || strcmp(werr, "not_recorded") != 0);
     if (ndiff == 0) {
         printf("PASS %s (%s, %zu steps)\n", name, json_string_value(json_object_get(r, "outcome")),
                json_array_size(json_object_get(r, "path")));

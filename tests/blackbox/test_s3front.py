@@ -336,6 +336,18 @@ def test_counters_and_upstream_stop_start(s3front):
                                                                      "Key": "kept"}), timeout=10)
     assert r.status_code == 503 and r.headers.get("Retry-After") == "1"
     f.control(mode="ok")
+    f.control(refuse_ms=1500)
+    time.sleep(0.3)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f.url + "/_stats", timeout=5)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f.url + "/_stats", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    assert c.get_object(Bucket="sluice", Key="kept")["Body"].read() == b"still here"
 
 
 # ---------------------------------------------------------------- memory

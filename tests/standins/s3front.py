@@ -58,8 +58,9 @@ What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
 Control (no signature): GET /_stats (counters), POST /_reset, POST /_control
 with {"upstream": "stop"|"start"} (s3rver killed/restarted on the same port and
 storage: the front answers 503 ServiceUnavailable meanwhile, as S3 does when
-it cannot serve) or {"mode": "ok"|"down"} (down: every S3 request gets 503
-ServiceUnavailable with Retry-After: 1).
+it cannot serve), {"mode": "ok"|"down"} (down: every S3 request gets 503
+ServiceUnavailable with Retry-After: 1), or {"refuse_ms": N} (the front stops
+listening for N ms: connections refused, as when S3 is unreachable).
 """
 
 import argparse
@@ -203,6 +204,7 @@ class State:
     def __init__(self):
         self.lock = threading.Lock()
         self.mode = "ok"
+        self.refuse_ms = 0
         self.reset()
 
     def reset(self):
@@ -729,6 +731,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.mode = req["mode"]
             elif "mode" in req:
                 return js(400, {"error": "mode must be ok or down"})
+            refuse = req.get("refuse_ms")
+            if refuse is not None:
+                if not isinstance(refuse, int) or not 0 < refuse <= 60000:
+                    return js(400, {"error": "refuse_ms must be an integer in 1..60000"})
+                # closed by the main thread right after this answer
+                self.close_connection = True
+                self.state.refuse_ms = refuse
             up = req.get("upstream")
             if up == "stop":
                 self.upstream.stop()
@@ -777,9 +786,22 @@ def main(argv=None):
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
-    print("ready port=%d upstream=%d" % (srv.server_address[1], upstream.port), flush=True)
+    port = srv.server_address[1]
+    print("ready port=%d upstream=%d" % (port, upstream.port), flush=True)
     while not done.wait(0.05):
         upstream.service()
+        if handler.state.refuse_ms:            # {"refuse_ms": N}: connections refused
+            ms, handler.state.refuse_ms = handler.state.refuse_ms, 0
+            srv.shutdown()
+            srv.server_close()
+            time.sleep(ms / 1000.0)
+            for _ in range(100):               # the port may linger briefly
+                try:
+                    srv = Server(("127.0.0.1", port), handler)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True).start()
     srv.shutdown()
     srv.server_close()
     upstream.stop()

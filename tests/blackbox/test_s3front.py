@@ -14,7 +14,6 @@ import base64
 import http.client
 import threading
 import time
-import types
 import xml.etree.ElementTree as ET
 from unittest import mock
 from urllib.parse import quote
@@ -22,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from sluice_harness import S3FRONT, S3_KEY_ID, S3_REGION, S3_SECRET, REPO
+from sluice_harness import S3_KEY_ID, S3_REGION, S3_SECRET, REPO
 
 botocore = pytest.importorskip("botocore")
 import botocore.auth  # noqa: E402

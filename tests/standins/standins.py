@@ -206,14 +206,9 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-try:  # Debian's python3-botocore; only the textract stand-in needs it
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.compat import HTTPHeaders
-    from botocore.credentials import Credentials
-except ImportError:  # pragma: no cover - reported when textract starts
-    SigV4Auth = None
-from sigv4check import sigv4_signature  # noqa: E402 (beside this file; botocore inside)
+# Debian's python3-botocore, through sigv4check.py beside this file (shared with
+# the S3 front); only the textract stand-in needs it (SigV4Auth None: absent).
+from sigv4check import SigV4Auth, sigv4_signature  # noqa: E402
 
 MODES = ("ok", "fail", "stall", "rate_limit", "refuse")
 MAX_BODY = 64 * 1024 * 1024

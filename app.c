@@ -26,7 +26,6 @@
 
 #include <errno.h>
 #include <event2/event.h>
-#include <libpq-fe.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -171,106 +170,22 @@ static void finish_cb(sl_http_req_t *req, int status, double duration_s, void *a
 typedef struct migrate_job_s {
     sl_app_t *app;
     int err;
-    char errbuf[512];
-    char key[129];
-    char token_key[129]; /* issue 13: the JWT key of the settings table (api/auth.h) */
+    sl_pg_bootstrap_t b; /* the keys, and errbuf; issue 13: the JWT key too (api/auth.h) */
     struct event *retry;
     int delay_ms;
 } migrate_job_t;
 
-/* Bytes of the URL-signing key (HMAC-SHA256: 256 bits, its block-size-safe length). */
-#define SL_SIGNING_KEY_BYTES 32
-
-/*
- * A signing key named `name` in the settings table — the URL-signing key, or
- * (issue 13) the access-token key when the config lists no auth.token_keys —
- * shared by every instance, into out (hex, NUL-terminated). When there is
- * none yet (a fresh database, or migration 006 dropped the weak URL key that
- * 001 made with random()), this
- * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
- * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
- * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
- */
-static int load_signing_key(PGconn *c, const char *name, char *out, size_t outlen)
-{
-    unsigned char rnd[SL_SIGNING_KEY_BYTES];
-    char hex[2 * SL_SIGNING_KEY_BYTES + 1];
-    PGresult *r = NULL;
-    int rc = -1;
-
-    if (sl_random_bytes(rnd, sizeof rnd) != 0)
-        goto out;
-    sl_hex(rnd, sizeof rnd, hex);
-    const char *params[2] = {hex, name};
-    r = PQexecParams(c,
-                     "INSERT INTO settings (key, value) VALUES ($2, $1) "
-                     "ON CONFLICT (key) DO NOTHING",
-                     2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK)
-        goto out;
-    PQclear(r);
-    r = PQexecParams(c, "SELECT value FROM settings WHERE key = $1", 1, NULL, params + 1, NULL,
-                     NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
-        (size_t)PQgetlength(r, 0, 0) >= outlen)
-        goto out;
-    snprintf(out, outlen, "%s", PQgetvalue(r, 0, 0));
-    rc = 0;
-out:
-    PQclear(r);
-    explicit_bzero(rnd, sizeof rnd);
-    explicit_bzero(hex, sizeof hex);
-    return rc;
-}
-
+/* On the worker pool: migrations, shared keys, tenants (db/pg.h). */
 static void migrate_work(void *arg)
 {
     migrate_job_t *job = arg;
-    job->err = sl_pg_migrate(job->app->cfg->database_url, sl_pg_migrations, sl_pg_nmigrations,
-                             job->errbuf, sizeof job->errbuf);
-    if (job->err)
-        return;
-    PGconn *c = PQconnectdb(job->app->cfg->database_url);
-    PGresult *r = NULL;
-    if (PQstatus(c) != CONNECTION_OK ||
-        load_signing_key(c, "url_signing_key", job->key, sizeof job->key) != 0 ||
-        (!sl_auth_configured_keys(job->app->auth) &&
-         load_signing_key(c, SL_AUTH_SETTINGS_KEY, job->token_key, sizeof job->token_key) != 0)) {
-        job->err = SL_EUNAVAIL;
-        snprintf(job->errbuf, sizeof job->errbuf, "cannot read settings: %s",
-                 PQerrorMessage(c));
-    }
-    /* Bootstrap tenants from the config: created once by name, keys stored hashed. */
-    for (int i = 0; !job->err && i < job->app->cfg->ntenants; i++) {
-        const sl_config_tenant_t *t = &job->app->cfg->tenants[i];
-        char hash[65];
-        sl_sha256_hex(t->api_key, strlen(t->api_key), hash);
-        const char *params[] = {t->name, hash};
-        r = PQexecParams(c, "SELECT sluice_bootstrap_tenant($1, $2)", 2, NULL, params, NULL, NULL,
-                         0);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            job->err = SL_EDB;
-            snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
-                     PQerrorMessage(c));
-        }
-        PQclear(r);
-        if (job->err)
-            break;
-        /* issue 13: the prefix GET /v1/keys shows (the key's first 11 characters) */
-        char prefix[12];
-        snprintf(prefix, sizeof prefix, "%.11s", t->api_key);
-        const char *pp[] = {hash, prefix};
-        r = PQexecParams(c,
-                         "UPDATE api_keys SET prefix = $2 WHERE key_hash = $1 AND prefix IS NULL",
-                         2, NULL, pp, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            job->err = SL_EDB;
-            snprintf(job->errbuf, sizeof job->errbuf, "tenant bootstrap: %s",
-                     PQerrorMessage(c));
-        }
-        PQclear(r);
-    }
-    PQfinish(c);
+    const sl_config_t *cfg = job->app->cfg;
+    job->b.conninfo = cfg->database_url;
+    job->b.tenants = cfg->tenants;
+    job->b.ntenants = cfg->ntenants;
+    /* Without auth.token_keys, the key every instance shares through settings. */
+    job->b.token_key_name = sl_auth_configured_keys(job->app->auth) ? NULL : SL_AUTH_SETTINGS_KEY;
+    job->err = sl_pg_bootstrap(&job->b);
 }
 
 static void migrate_done(void *arg);
@@ -289,19 +204,19 @@ static void migrate_done(void *arg)
     migrate_job_t *job = arg;
     sl_app_t *app = job->app;
     if (job->err) {
-        sl_log(SL_LOG_WARN, "migrate_failed", "{s:s, s:i}", "error", job->errbuf, "retry_ms",
+        sl_log(SL_LOG_WARN, "migrate_failed", "{s:s, s:i}", "error", job->b.errbuf, "retry_ms",
                job->delay_ms);
         struct timeval tv = {job->delay_ms / 1000, (job->delay_ms % 1000) * 1000};
         event_add(job->retry, &tv);
         job->delay_ms = job->delay_ms * 2 > 5000 ? 5000 : job->delay_ms * 2;
         return;
     }
-    snprintf(app->signing_key, sizeof app->signing_key, "%s", job->key);
+    snprintf(app->signing_key, sizeof app->signing_key, "%s", job->b.url_signing_key);
     /* Without auth.token_keys, the key every instance shares through settings. */
-    if (!sl_auth_configured_keys(app->auth) && job->token_key[0] &&
-        sl_auth_use_stored_key(app->auth, job->token_key) != 0)
+    if (!sl_auth_configured_keys(app->auth) && job->b.token_signing_key[0] &&
+        sl_auth_use_stored_key(app->auth, job->b.token_signing_key) != 0)
         sl_log(SL_LOG_ERROR, "token_key_invalid", NULL);
-    explicit_bzero(job->token_key, sizeof job->token_key);
+    explicit_bzero(job->b.token_signing_key, sizeof job->b.token_signing_key);
     app->schema_ready = 1;
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
     if (app->sched)

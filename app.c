@@ -221,6 +221,7 @@ static void migrate_done(void *arg)
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
     if (app->sched)
         sl_sched_start(app->sched);
+    sl_retention_start(app->retention); /* retention: resumes purges; the sweep (not HTTP) */
     event_free(job->retry);
     free(job);
 }
@@ -498,6 +499,9 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     if (g_stopping++)
         return;
     sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
+    /* retention: no new batches; a purge cut short resumes at the next start */
+    sl_retention_free(app->retention);
+    app->retention = NULL;
     if (app->http) {
         sl_http_server_free(app->http); /* stop accepting; in-flight requests finish */
         app->http = NULL;
@@ -522,6 +526,34 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 
 
 /* ---- serving: what each role builds ---- */
+
+/* retention: a purged file's actors stop (here, or by a message to the engine). */
+static void retention_cancel_cb(const char *file_id, void *arg)
+{
+    sl_api_engine_cancel_file(arg, file_id);
+}
+
+/* retention: every role purges; the sweep runs where background work does (not HTTP). */
+static int start_retention(sl_app_t *app, int role)
+{
+    const sl_config_t *cfg = app->cfg;
+    sl_retention_opts_t ro = {0};
+    ro.base = app->base;
+    ro.pg = app->pg;
+    ro.store = app->store;
+    ro.pubsub = app->pubsub;
+    ro.instance_id = app->instance_id;
+    ro.sweep = role != SL_ROLE_HTTP;
+    ro.interval_s = cfg->retention_interval_s;
+    ro.idempotency_hours = cfg->retention_idempotency_hours;
+    ro.files_days = cfg->retention_files_days;
+    ro.batch = cfg->retention_batch;
+    ro.pause_ms = cfg->retention_pause_ms;
+    ro.lock_timeout_ms = cfg->retention_lock_timeout_ms;
+    ro.cancel_file = retention_cancel_cb;
+    ro.cancel_arg = app;
+    return sl_retention_new(&ro, &app->retention);
+}
 
 int sl_app_open_backends(sl_app_t *app)
 {
@@ -573,11 +605,15 @@ int sl_app_open_backends(sl_app_t *app)
         return err;
     if ((err = sl_auth_new(cfg, &app->auth)) != 0) /* issue 13: token keys, scopes */
         return err;
+    if ((err = start_retention(app, role)) != 0)
+        return err;
     return 0;
 }
 
 void sl_app_close_backends(sl_app_t *app)
 {
+    sl_retention_free(app->retention); /* before the pool: its batches end with it */
+    app->retention = NULL;
     sl_ratelimit_free(app->ratelimit); /* before Redis: its pending checks end with it */
     app->ratelimit = NULL;
     sl_auth_free(app->auth);
@@ -702,6 +738,7 @@ void sl_app_register_routes(sl_app_t *app)
     sl_api_register_records(app);
     sl_api_register_artifacts(app);
     sl_api_register_events(app);
+    sl_api_register_retention(app);
     sl_api_register_openapi(app); /* issue 13 (openapi) */
     sl_api_register_auth(app); /* issue 13 */
     sl_api_register_keys(app);

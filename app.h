@@ -9,7 +9,8 @@
  * on the way out:
  *
  *   sl_app_open_backends   every role: worker pool, storage, Postgres, Redis,
- *                          limiter, pubsub, read caches, pipelines, auth
+ *                          limiter, pubsub, read caches, pipelines, auth,
+ *                          retention (purges; the sweep where it is not HTTP)
  *   sl_app_open_flows      not HTTP: curl, flow VM, scheduler, flows, and the
  *                          engine's link to the HTTP processes
  *   (migrations)           every role: on the worker pool, retried with backoff;
@@ -33,17 +34,18 @@
  * The backends every role needs, on app->base (which the caller made):
  * app->wq, app->store, app->pg, app->redis (NULL without redis_url),
  * app->ratelimit, app->pubsub, app->cache (NULL in the engine),
- * app->pipelines, app->auth. app->cfg, app->role and app->link are set
- * (app->link borrowed). 0 or an SL_E* code; on error what was opened stays
- * for sl_app_close_backends.
+ * app->pipelines, app->auth, app->retention. app->cfg, app->role and
+ * app->link are set (app->link borrowed). 0 or an SL_E* code; on error what
+ * was opened stays for sl_app_close_backends.
  */
 int sl_app_open_backends(sl_app_t *app);
 
 /**
  * Frees what sl_app_open_backends opened, in the order that lets pending
- * operations end cleanly (limiter and caches before Redis; pubsub after the
- * callbacks of cancelled operations have run on app->base). Call after
- * sl_app_close_flows and sl_app_close_http; app->base stays (the caller's).
+ * operations end cleanly (retention before the pool; limiter and caches
+ * before Redis; pubsub after the callbacks of cancelled operations have run
+ * on app->base). Call after sl_app_close_flows and sl_app_close_http;
+ * app->base stays (the caller's).
  */
 void sl_app_close_backends(sl_app_t *app);
 

@@ -24,6 +24,7 @@
 #include "core/redis.h"
 #include "core/storage.h"
 #include "core/workq.h"
+#include "actors/retention.h"
 #include "actors/run_event.h"
 #include "actors/scheduler.h"
 #include "db/pg.h"
@@ -59,6 +60,7 @@ typedef struct sl_app_s {
     sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
                                   NULL in an HTTP process (the engine runs apart) */
     sl_elink_t *link;          /* owned by main; the engine process's link, NULL inline */
+    sl_retention_t *retention; /* owned by main: purges and (engine/inline) the sweep */
     int role;                  /* SL_ROLE_* of core/supervise.h */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;
@@ -249,6 +251,7 @@ void sl_api_register_pipelines(sl_app_t *app); /* GET /v1/pipelines, /v1/pipelin
 void sl_api_register_events(sl_app_t *app);    /* GET /v1/datasets/{id}/events (SSE) */
 void sl_api_register_auth(sl_app_t *app);      /* POST /v1/auth/token, /v1/auth/refresh */
 void sl_api_register_keys(sl_app_t *app);      /* GET/POST /v1/keys, DELETE /v1/keys/{id} */
+void sl_api_register_retention(sl_app_t *app); /* DELETE /v1/datasets/{id}, POST /v1/admin/cleanup */
 /* issue 13 (openapi): GET /v1/openapi.json, docs/openapi.json embedded (no auth) */
 void sl_api_register_openapi(sl_app_t *app);
 

@@ -22,6 +22,11 @@
 #include <string.h>
 #include <time.h>
 
+/* retention: an artifact of a file in a deleted dataset is gone (docs/lifecycle.md). */
+#define SL_ARTIFACT_LIVE                                                                           \
+    " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.id = artifacts.file_id"                       \
+    " AND sluice_dataset_gone(f.dataset_id))"
+
 #define STREAM_CHUNK (256 * 1024)
 #define URL_TTL_DEFAULT 3600
 #define URL_TTL_MAX 604800
@@ -236,7 +241,8 @@ static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
     if (!ar)
         return;
     const char *params[] = {tenant_id, ar->id};
-    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE tenant_id = $1 AND id = $2",
+    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE tenant_id = $1 AND id = $2"
+              SL_ARTIFACT_LIVE,
               2, params, stream_row_cb);
 }
 
@@ -289,7 +295,7 @@ static void url_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
         return;
     ar->ttl = ttl;
     const char *params[] = {tenant_id, ar->id};
-    art_query(ar, "SELECT 1 FROM artifacts WHERE tenant_id = $1 AND id = $2", 2, params,
+    art_query(ar, "SELECT 1 FROM artifacts WHERE tenant_id = $1 AND id = $2" SL_ARTIFACT_LIVE, 2, params,
               url_done_cb);
 }
 
@@ -332,7 +338,7 @@ static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void 
     if (!ar)
         return;
     const char *qp[] = {ar->id};
-    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE id = $1", 1, qp,
+    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE id = $1" SL_ARTIFACT_LIVE, 1, qp,
               stream_row_cb);
 }
 

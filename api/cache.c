@@ -503,9 +503,13 @@ static int publish(sl_cache_t *c, struct event_base *base, const char *channel, 
 
 int sl_cache_publish_file(sl_cache_t *c, const char *file_id, sl_cache_done_cb done, void *arg)
 {
-    if (!c || !file_id || strlen(file_id) != UUID_LEN)
+    int all = file_id && strcmp(file_id, "*") == 0; /* retention: a dataset's files at once */
+    if (!c || !file_id || (!all && strlen(file_id) != UUID_LEN))
         return SL_EINVAL;
-    forget_file(c, file_id);
+    if (all)
+        flush_files(c);
+    else
+        forget_file(c, file_id);
     return publish(c, c->base, SL_CACHE_FILE_CHANNEL, file_id, done, arg);
 }
 

@@ -145,7 +145,7 @@ void sl_cache_file_put(sl_cache_t *c, const char *tenant_id, const char *file_id
 typedef void (*sl_cache_done_cb)(void *arg);
 
 /**
- * Forgets file_id (borrowed) here at once and publishes it on
+ * Forgets file_id (borrowed; "*": every file) here at once and publishes it on
  * SL_CACHE_FILE_CHANNEL for every other process; done(arg) as above. Call it
  * after the write committed and answer the client from `done`. 0, or
  * SL_ENOMEM / SL_EINVAL without a callback.

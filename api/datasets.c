@@ -164,7 +164,7 @@ static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_i
     run_query(ctx,
               "SELECT json_build_object('datasets', coalesce(json_agg(sluice_dataset_json(d) "
               "ORDER BY d.created_at DESC, d.id DESC), '[]'::json)) "
-              "FROM datasets d WHERE d.tenant_id = $1",
+              "FROM datasets d WHERE d.tenant_id = $1 AND d.deleted_at IS NULL", /* retention */
               1, p, json_row_cb);
 }
 
@@ -192,7 +192,8 @@ static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
         return;
     const char *p[2] = {ctx->id, tenant_id};
     run_query(ctx,
-              "SELECT sluice_dataset_json(d) FROM datasets d WHERE d.id = $1 AND d.tenant_id = $2",
+              "SELECT sluice_dataset_json(d) FROM datasets d WHERE d.id = $1 AND d.tenant_id = $2"
+              " AND d.deleted_at IS NULL", /* retention: a deleted dataset is gone */
               2, p, json_row_cb);
 }
 

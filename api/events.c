@@ -609,7 +609,8 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     const char *p2[] = {c->dataset_id, c->tenant_id, after_s};
     sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
     if (!b ||
-        sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2, p1) < 0 ||
+        sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2"
+                           " AND deleted_at IS NULL", 2, p1) < 0 || /* retention */
         (after >= 0 && sl_pg_batch_add(b, REPLAY_SQL, 3, p2) < 0)) {
         sl_pg_batch_free(b);
         client_finish(c, 500, "internal_error", "out of memory");

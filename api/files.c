@@ -147,7 +147,8 @@ static void respond_first_json(sl_http_req_t *req, int status, PGresult *res, co
  * from Postgres, then kept. Both answer with the document's ETag, or 304.
  */
 static const char GET_SQL[] =
-    "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2";
+    "SELECT sluice_file_json(f)::text FROM files f WHERE f.tenant_id = $1 AND f.id = $2"
+    " AND NOT sluice_dataset_gone(f.dataset_id)"; /* retention */
 
 static void get_done_cb(const sl_pg_result_t *r, void *arg)
 {
@@ -295,8 +296,8 @@ static void list_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_i
     snprintf(lim, sizeof lim, "%ld", limit);
     const char *params[] = {fr->tenant_id, fr->id, cursor[0] ? cursor : NULL, status, lim};
     sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
-    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2", 2,
-                              params) < 0 ||
+    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2"
+                              " AND deleted_at IS NULL", 2, params) < 0 || /* retention */
               sl_pg_batch_add(b, LIST_SQL, 5, params) < 0)) {
         sl_pg_batch_free(b);
         b = NULL;
@@ -340,8 +341,8 @@ static void events_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant
         return;
     const char *params[] = {fr->tenant_id, fr->id, after[0] ? after : NULL};
     sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
-    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2", 2,
-                              params) < 0 ||
+    if (b && (sl_pg_batch_add(b, "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2"
+                              " AND NOT sluice_dataset_gone(dataset_id)", 2, params) < 0 ||
               sl_pg_batch_add(b,
                               "SELECT json_build_object('events', coalesce("
                               "json_agg(sluice_event_json(e) ORDER BY e.seq), '[]'::json))::text"
@@ -463,7 +464,8 @@ static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, voi
     static const char *const sql[] = {
         "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2",
-        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 RETURNING storage_key, dataset_id",
+        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 AND NOT sluice_dataset_gone(dataset_id)"
+        " RETURNING storage_key, dataset_id",
         "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')),"
         " sluice_ts(clock_timestamp()) WHERE $1::uuid IS NOT NULL AND $2::uuid IS NOT NULL",
     };
@@ -492,7 +494,8 @@ static void route_content(sl_http_req_t *req, const sl_http_params_t *params, vo
 {
     (void)params;
     static const char *const sql[] = {
-        "SELECT storage_key, mime, size FROM files WHERE tenant_id = $1 AND id = $2"};
+        "SELECT storage_key, mime, size FROM files WHERE tenant_id = $1 AND id = $2"
+        " AND NOT sluice_dataset_gone(dataset_id)"};
     static file_query_t q = {sql, 1, content_done_cb};
     sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
 }
@@ -591,7 +594,7 @@ static const char RUN_SQL[] =
     "WITH ins AS ("
     "  INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
     "  SELECT $3::uuid, f.tenant_id, f.dataset_id, f.id, $4::uuid, $5::text FROM files f"
-    "  WHERE f.tenant_id = $1 AND f.id = $2"
+    "  WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)"
     "  ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING"
     "  RETURNING id, tenant_id, dataset_id, file_id, pipeline)"
     " INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
@@ -625,7 +628,7 @@ static const char PROCESS_FILE_EVENT_SQL[] =
 
 static const char PROCESS_RESPONSE_SQL[] =
     "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"
-    "           WHERE f.tenant_id = $1 AND f.id = $2),"
+    "           WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)),"
     " u AS (UPDATE idempotency_keys k SET status = 202, body = j.body FROM j"
     "       WHERE k.tenant_id = $1 AND k.key = $3 RETURNING 1)"
     " SELECT body FROM j";
@@ -718,7 +721,7 @@ static void process_start(process_t *pr)
     if (sl_pg_query(pr->app->pg,
                     "SELECT f.mime, to_json(d.pipelines)::text FROM files f"
                     " JOIN datasets d ON d.id = f.dataset_id"
-                    " WHERE f.tenant_id = $1 AND f.id = $2",
+                    " WHERE f.tenant_id = $1 AND f.id = $2 AND d.deleted_at IS NULL", /* retention */
                     2, params, process_mime_cb, pr) != 0)
         process_fail(pr, 503, "database_unavailable", "the database is unavailable");
 }

@@ -256,7 +256,7 @@ static void records_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenan
     const char *p3[3] = {params.values[0], tenant_id, limit};
     if ((err = sl_pg_batch_add(b,
                                "SELECT record_schema FROM datasets "
-                               "WHERE id = $1 AND tenant_id = $2",
+                               "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
                                2, p2)) < 0)
         goto fail;
     if (csv)
@@ -326,8 +326,9 @@ static void file_records_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *
     const char *p2[2] = {params.values[0], tenant_id};
     if ((b = sl_pg_batch_new(app->pg)) == NULL)
         goto fail;
-    if ((err = sl_pg_batch_add(b, "SELECT 1 FROM files WHERE id = $1 AND tenant_id = $2", 2,
-                               p2)) < 0)
+    if ((err = sl_pg_batch_add(b, "SELECT 1 FROM files WHERE id = $1 AND tenant_id = $2"
+                               " AND NOT sluice_dataset_gone(dataset_id)", /* retention */
+                               2, p2)) < 0)
         goto fail;
     /* records_file_version (file_id, version) serves the order */
     if ((err = sl_pg_batch_add(b,

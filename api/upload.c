@@ -808,7 +808,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     const char *params[] = {up->tenant_id, up->dataset_id};
     if (sl_pg_query(app->pg,
                     "SELECT auto_process, to_json(pipelines)::text FROM datasets"
-                    " WHERE tenant_id = $1 AND id = $2",
+                    " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL", /* retention */
                     2, params, dataset_cb, up) != 0) {
         upload_fail(up, 503, "database_unavailable", "database unavailable");
     }

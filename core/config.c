@@ -606,6 +606,16 @@ static const field_t exec_fields[] = {
     FSTR(sl_config_t, "user", exec_user, NULL),
 };
 
+/* retention: the automatic sweep and the purges' batches (actors/retention.h). */
+static const field_t retention_fields[] = {
+    FINT(sl_config_t, "interval_s", retention_interval_s, 1, 604800),
+    FINT(sl_config_t, "idempotency_hours", retention_idempotency_hours, 24, 87600),
+    FINT(sl_config_t, "files_older_than_days", retention_files_days, 0, 36500),
+    FINT(sl_config_t, "batch_size", retention_batch, 1, 10000),
+    FINT(sl_config_t, "batch_pause_ms", retention_pause_ms, 0, 60000),
+    FINT(sl_config_t, "lock_timeout_ms", retention_lock_timeout_ms, 1, 60000),
+};
+
 static const field_t sse_fields[] = {
     FINT(sl_config_t, "keepalive_s", sse_keepalive_s, 1, 3600),
     FSIZE(sl_config_t, "client_buffer_bytes", sse_client_buffer_bytes),
@@ -1052,6 +1062,7 @@ static const field_t root_fields[] = {
     FMAP("exec", exec_fields),
     FMAP("fairness", fairness_fields),
     FMAP("sse", sse_fields),
+    FMAP("retention", retention_fields),
     FMAP("engine", engine_fields),
     FHOOK("services", parse_services),
     FHOOK("pipelines", parse_pipelines),
@@ -1103,6 +1114,10 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_connections = 10000;
     cfg->max_runs_in_flight = 10000;
     cfg->max_runs_per_tenant = 16;
+    cfg->retention_interval_s = 3600; /* retention (actors/retention.h) */
+    cfg->retention_idempotency_hours = 24;
+    cfg->retention_batch = 500;
+    cfg->retention_lock_timeout_ms = 2000;
     cfg->max_image_pixels = SL_CONFIG_MAX_IMAGE_PIXELS;
     cfg->max_connections_per_ip = SL_CONFIG_MAX_CONNECTIONS_PER_IP;
     cfg->sse_max_streams_per_ip = SL_CONFIG_SSE_MAX_STREAMS_PER_IP;

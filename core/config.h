@@ -144,6 +144,13 @@ typedef struct sl_config_s {
     size_t sse_client_buffer_bytes;  /* unsent bytes per client before it is dropped; 0 = 1 MiB */
     int sse_max_streams_per_ip;      /* open streams from one address; 0 = unlimited */
 
+    /* retention: the automatic sweep and the purges (actors/retention.h, docs/lifecycle.md) */
+    int retention_interval_s;        /* retention.interval_s: between sweeps; default 3600 */
+    int retention_idempotency_hours; /* retention.idempotency_hours: keys kept; default 24 */
+    int retention_files_days;        /* retention.files_older_than_days: 0 = off (default) */
+    int retention_batch;             /* retention.batch_size: rows per transaction; default 500 */
+    int retention_pause_ms;          /* retention.batch_pause_ms: between batches; default 0 */
+    int retention_lock_timeout_ms;   /* retention.lock_timeout_ms: per batch; default 2000 */
     char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
     char *web_root;           /* static UI folder; default "web" */
 

@@ -1,26 +1,37 @@
 // Sluice web UI — one ES module, no dependencies, no build step.
 //
 // Everything comes from the public API (../shared/API.md):
-//   - the API key is asked once and kept in localStorage; every fetch sends it
-//     as a Bearer header;
+//   - sign-in: the API key is typed once, exchanged at once for tokens
+//     (POST /v1/auth/token, the key as Bearer) and dropped. It is never stored
+//     (no localStorage, sessionStorage or cookie) and never put in a URL. The
+//     access token (a JWT) lives in memory only; the refresh token in
+//     sessionStorage, so a reload of the tab stays signed in (docs/ui.md says
+//     why). Tokens are renewed in the background at 80% of expires_in, and
+//     once on a 401 (token_expired), with one refresh in flight shared by
+//     every caller; a refresh refused (401) signs out to the form. Every
+//     fetch sends `Authorization: Bearer <access token>` (authFetch);
 //   - a dataset's files are listed newest first and kept in `state.files`;
-//   - live updates: an EventSource on /v1/datasets/{id}/events?access_token=KEY.
-//     Each event names a file; that file is refetched (GET /v1/files/{id}),
-//     debounced, and its row re-rendered. While the stream is unavailable
-//     (not deployed, dropped, a proxy in the way) the list is polled every 2 s
-//     and the stream is retried with backoff, resuming from the last seq;
+//   - live updates: an EventSource on /v1/datasets/{id}/events?access_token=
+//     <access JWT>. When the token is renewed the stream is reopened with the
+//     new one and last_event_id; the old one is closed once the new one is
+//     open, and an event both deliver is handled once (by seq). Each event
+//     names a file; that file is refetched (GET /v1/files/{id}), debounced,
+//     and its row re-rendered. While the stream is unavailable (not
+//     deployed, dropped, a proxy in the way) the list is polled every 2 s and
+//     the stream is retried with backoff, resuming from the last seq;
 //   - uploads go one file per request (XMLHttpRequest, for upload progress),
 //     a few at a time, so each file gets its own progress bar and a failure
 //     costs only that file;
-//   - thumbnails, previews and text are fetched with the key (fetch -> blob
-//     URL), since <img> cannot send an Authorization header;
+//   - thumbnails, previews and text are fetched with the access token
+//     (fetch -> blob URL), since <img> cannot send an Authorization header;
 //   - the reads polled again and again (a file, a dataset's files) are
 //     conditional: the ETag of the last answer goes out as If-None-Match, and
 //     a 304 means "unchanged" (getConditional: the kept body, changed=false).
 // Names and values from the API are data: they only ever go through
 // textContent / attributes, never innerHTML.
 
-const KEY_STORAGE = "sluice.key";
+const REFRESH_STORAGE = "sluice.refresh"; // sessionStorage: the refresh token
+const LEGACY_KEY_STORAGE = "sluice.key";  // where older versions kept the key: removed at load
 const DATASET_STORAGE = "sluice.dataset";
 const PAGE_SIZE = 200;
 const POLL_MS = 2000;
@@ -30,11 +41,15 @@ const THUMB_CONCURRENCY = 4;
 const FINAL = new Set(["done", "failed"]);
 const RUN_ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const ETAG_KEEP = 500; // conditional reads remembered (path -> {etag, body}), oldest dropped
+const REFRESH_AT = 0.8;          // renew the access token at this share of expires_in
+const REFRESH_MIN_MS = 1000;     // never sooner than this after the last renewal
+const REFRESH_RETRY_MS = 5000;   // a refresh that could not reach the server is retried after this
+const EXPIRY_MARGIN_MS = 1000;   // an access token this close to expiry is renewed before use
+const SEEN_KEEP = 5000;          // event seqs remembered to handle each event once
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  key: localStorage.getItem(KEY_STORAGE) || "",
   datasets: [],
   dataset: null,
   schemaProps: [],
@@ -143,22 +158,156 @@ async function errorFrom(res) {
   return new ApiError(res.status, code, message);
 }
 
-async function api(method, path, body) {
-  const headers = { Authorization: "Bearer " + state.key };
-  const init = { method, headers };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+// ---------------------------------------------------------------- session (tokens)
+
+// The tokens of the signed-in tab. The API key is not here: signIn() hands it
+// to exchangeKey() and forgets it.
+const session = {
+  access: "",          // the access JWT: memory only
+  expiresAt: 0,        // Date.now() at which it expires
+  timer: null,         // the background renewal
+  inflight: null,      // the one refresh in flight (a Promise), shared by every caller
+  epoch: 0,            // bumped by forgetSession(): answers to older requests are dropped
+  renewed: new Set(),  // callbacks run after each new pair (the live stream reopens)
+};
+
+function hasSession() {
+  return session.access !== "" || sessionStorage.getItem(REFRESH_STORAGE) !== null;
+}
+
+function forgetSession() {
+  session.epoch++;
+  clearTimeout(session.timer);
+  session.timer = null;
+  session.access = "";
+  session.expiresAt = 0;
+  session.inflight = null;
+  sessionStorage.removeItem(REFRESH_STORAGE);
+}
+
+// Takes a {access_token, expires_in, refresh_token} answer and schedules the
+// next renewal at REFRESH_AT of the token's life.
+function setTokens(pair) {
+  if (!pair || typeof pair.access_token !== "string" || !pair.access_token ||
+      typeof pair.refresh_token !== "string" || !pair.refresh_token) {
+    throw new ApiError(0, "bad_response", "The server's token answer is malformed.");
   }
+  const ttlMs = (Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900) * 1000;
+  session.access = pair.access_token;
+  session.expiresAt = Date.now() + ttlMs;
+  sessionStorage.setItem(REFRESH_STORAGE, pair.refresh_token);
+  scheduleRefresh(Math.max(REFRESH_MIN_MS, ttlMs * REFRESH_AT));
+  for (const fn of session.renewed) {
+    try { fn(); } catch (e) { console.error(e); }
+  }
+}
+
+function scheduleRefresh(ms) {
+  clearTimeout(session.timer);
+  session.timer = setTimeout(() => { refreshTokens().catch(() => {}); }, ms);
+}
+
+// POST /v1/auth/token with the key as Bearer: the key's only use.
+async function exchangeKey(key) {
+  const epoch = ++session.epoch;
   let res;
   try {
-    res = await fetch(path, init);
+    res = await fetch("/v1/auth/token", { method: "POST", headers: { Authorization: "Bearer " + key },
+                                          cache: "no-store", credentials: "omit" });
   } catch (e) {
     throw new ApiError(0, "network_error", "The server could not be reached.");
   }
-  if (res.status === 401 && path !== "/v1/datasets") {
-    signOut("That API key is no longer accepted.");
+  if (!res.ok) throw await errorFrom(res);
+  const pair = await res.json();
+  if (epoch !== session.epoch) throw new ApiError(0, "cancelled", "Signed out meanwhile.");
+  setTokens(pair);
+}
+
+// POST /v1/auth/refresh: one at a time; concurrent callers share it. The
+// refresh token used is spent by the server, so it is never sent twice. A
+// refusal (401, or 400: not a refresh token) signs out; a server that could
+// not be reached or is busy keeps the session and is asked again later.
+function refreshTokens() {
+  if (session.inflight) return session.inflight;
+  const refresh = sessionStorage.getItem(REFRESH_STORAGE);
+  if (refresh === null) return Promise.reject(new ApiError(401, "signed_out", "Not signed in."));
+  const epoch = session.epoch;
+  const p = (async () => {
+    let res;
+    try {
+      res = await fetch("/v1/auth/refresh", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ refresh_token: refresh }), cache: "no-store", credentials: "omit" });
+    } catch (e) {
+      if (epoch === session.epoch) scheduleRefresh(REFRESH_RETRY_MS);
+      throw new ApiError(0, "network_error", "The server could not be reached.");
+    }
+    if (epoch !== session.epoch) throw new ApiError(401, "signed_out", "Signed out meanwhile.");
+    if (res.ok) {
+      const pair = await res.json();
+      if (epoch !== session.epoch) throw new ApiError(401, "signed_out", "Signed out meanwhile.");
+      setTokens(pair);
+      return;
+    }
+    const err = await errorFrom(res);
+    if (epoch !== session.epoch) throw err;
+    if (res.status === 401 || res.status === 400) {
+      signOut("Your session has ended. Sign in again with your API key.", false);
+      throw new ApiError(401, err.code, err.message);
+    }
+    scheduleRefresh(REFRESH_RETRY_MS);
+    throw err;
+  })();
+  session.inflight = p;
+  p.catch(() => {}).finally(() => { if (session.inflight === p) session.inflight = null; });
+  return p;
+}
+
+// The access token to send now: renewed first when it is (nearly) expired. A
+// renewal that cannot reach the server falls back to the token held.
+async function accessToken() {
+  if (session.access && Date.now() < session.expiresAt - EXPIRY_MARGIN_MS) return session.access;
+  try {
+    await refreshTokens();
+  } catch (e) {
+    if (e.status === 401 || !session.access) throw e;
   }
+  if (!session.access) throw new ApiError(401, "signed_out", "Not signed in.");
+  return session.access;
+}
+
+// fetch() with `Authorization: Bearer <access token>`. A 401 (token_expired,
+// or a token the server no longer takes) renews the tokens once — unless
+// another call already renewed them since this one started — and tries again;
+// a second 401 signs out. Returns the Response; throws ApiError when the
+// server cannot be reached or the session is gone.
+async function authFetch(path, init) {
+  for (let attempt = 0; ; attempt++) {
+    const token = await accessToken();
+    const headers = Object.assign({}, (init && init.headers) || {}, { Authorization: "Bearer " + token });
+    let res;
+    try {
+      res = await fetch(path, Object.assign({ credentials: "omit" }, init, { headers }));
+    } catch (e) {
+      throw new ApiError(0, "network_error", "The server could not be reached.");
+    }
+    if (res.status !== 401) return res;
+    if (attempt > 0) {
+      const err = await errorFrom(res);
+      if (session.access === token) signOut("Your session is no longer accepted. Sign in again.", false);
+      throw err;
+    }
+    if (session.access === token) await refreshTokens(); // signs out and throws if refused
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await authFetch(path, init);
   if (!res.ok) throw await errorFrom(res);
   if (res.status === 204) return null;
   return res.json();
@@ -169,21 +318,15 @@ async function api(method, path, body) {
 // bypassed so the 304 reaches us.
 const etags = new Map();
 async function getConditional(path) {
-  const headers = { Authorization: "Bearer " + state.key };
+  const headers = {};
   const kept = etags.get(path);
   if (kept) headers["If-None-Match"] = kept.etag;
-  let res;
-  try {
-    res = await fetch(path, { method: "GET", headers, cache: "no-store" });
-  } catch (e) {
-    throw new ApiError(0, "network_error", "The server could not be reached.");
-  }
+  const res = await authFetch(path, { method: "GET", headers, cache: "no-store" });
   if (res.status === 304 && kept) {
     etags.delete(path); // most recently used last
     etags.set(path, kept);
     return { body: kept.body, changed: false };
   }
-  if (res.status === 401) signOut("That API key is no longer accepted.");
   if (!res.ok) {
     etags.delete(path);
     throw await errorFrom(res);
@@ -199,15 +342,16 @@ async function getConditional(path) {
 }
 
 function report(e, title) {
+  if (!hasSession()) return; // signed out meanwhile: the form says why
   if (e instanceof ApiError) toast(e.message + (e.code ? " (" + e.code + ")" : ""), "error", title);
   else toast(String(e && e.message ? e.message : e), "error", title);
 }
 
-// A blob URL for an artifact (cached). The key goes in a header, so this works
-// where a plain <img src> could not.
+// A blob URL for an artifact (cached). The token goes in a header, so this
+// works where a plain <img src> could not.
 function artifactBlobUrl(artifact) {
   if (!state.blobs.has(artifact.id)) {
-    const p = fetch(artifact.url, { headers: { Authorization: "Bearer " + state.key } })
+    const p = authFetch(artifact.url)
       .then(async (res) => {
         if (!res.ok) throw await errorFrom(res);
         return URL.createObjectURL(await res.blob());
@@ -247,34 +391,85 @@ function show(view) {
   $("live").hidden = view !== "dataset-view";
 }
 
-function signOut(message) {
+// Back to the sign-in form. `everything` (the Sign out button): also forget
+// which dataset was open. Always forgotten: the tokens, the stream, the
+// uploads in progress, and every answer kept from the API.
+function signOut(message, everything) {
+  forgetSession();
   stopLive();
   closeDrawer();
-  state.key = "";
-  localStorage.removeItem(KEY_STORAGE);
+  for (const u of state.uploads) {
+    u.cancelled = true;
+    if (u.xhr) u.xhr.abort();
+  }
+  state.uploads = [];
+  $("upload-list").replaceChildren();
+  $("uploads").hidden = true;
+  etags.clear();
+  for (const p of state.blobs.values()) p.then((url) => URL.revokeObjectURL(url), () => {});
+  state.blobs.clear();
+  state.datasets = [];
+  state.dataset = null;
+  state.files.clear();
+  state.order = [];
+  state.rows.clear();
+  $("files-body").replaceChildren();
+  if (everything) localStorage.removeItem(DATASET_STORAGE);
   $("key-input").value = "";
   $("auth-error").textContent = message || "";
   show("auth-view");
   $("key-input").focus();
 }
 
+// The key is used once, for the exchange, and not kept anywhere.
 async function signIn(key) {
-  state.key = key;
+  $("auth-error").textContent = "";
+  $("auth-submit").disabled = true;
+  try {
+    await exchangeKey(key);
+  } catch (e) {
+    if (e.code === "cancelled") return;
+    forgetSession();
+    $("auth-error").textContent = e.status === 401 ? "That key was not accepted." : e.message;
+    show("auth-view");
+    return;
+  } finally {
+    $("auth-submit").disabled = false;
+  }
+  await enter();
+}
+
+// A tab reloaded while signed in: the refresh token kept in sessionStorage
+// gets a new pair (a refusal shows the form with a message).
+async function resume() {
+  try {
+    await refreshTokens();
+  } catch (e) {
+    if (e.status !== 401) {
+      // The server could not be reached or is busy: the form, with the
+      // session kept for "Try again".
+      $("auth-error").textContent = e.message;
+      $("resume-btn").hidden = false;
+    }
+    show("auth-view");
+    return;
+  }
+  await enter();
+}
+
+// Signed in: the datasets, the pipelines, then the last dataset opened.
+async function enter() {
+  $("resume-btn").hidden = true;
   let body;
   try {
     body = await api("GET", "/v1/datasets");
   } catch (e) {
-    if (e.status === 401) {
-      $("auth-error").textContent = "That key was not accepted.";
-      state.key = "";
+    if (hasSession()) {
+      $("auth-error").textContent = e.message;
       show("auth-view");
-      return;
     }
-    $("auth-error").textContent = e.message;
-    show("auth-view");
     return;
   }
-  localStorage.setItem(KEY_STORAGE, key);
   $("auth-error").textContent = "";
   state.datasets = body.datasets || [];
   try {
@@ -282,6 +477,7 @@ async function signIn(key) {
   } catch (e) {
     state.pipelines = [];
   }
+  if (!hasSession()) return;
   renderDatasetSelect();
   const remembered = localStorage.getItem(DATASET_STORAGE);
   const pick = state.datasets.find((d) => d.id === remembered) || state.datasets[0];
@@ -347,6 +543,7 @@ async function openDataset(id) {
     if (e.status === 404) localStorage.removeItem(DATASET_STORAGE);
     return;
   }
+  if (!hasSession()) return; // signed out meanwhile
   state.dataset = ds;
   localStorage.setItem(DATASET_STORAGE, ds.id);
   const props = ds.record_schema && ds.record_schema.properties;
@@ -358,6 +555,7 @@ async function openDataset(id) {
   $("files-body").replaceChildren();
   show("dataset-view");
   await loadFiles(null);
+  if (!hasSession() || state.dataset !== ds) return;
   startLive(ds.id);
 }
 
@@ -435,7 +633,7 @@ function removeFile(id) {
 }
 
 function renderCounts() {
-  const c = { queued: 0, processing: 0, done: 0, failed: 0 };
+  const c = { uploaded: 0, queued: 0, processing: 0, done: 0, failed: 0 };
   let waiting = 0;
   for (const f of state.files.values()) {
     c[f.status] = (c[f.status] || 0) + 1;
@@ -446,6 +644,7 @@ function renderCounts() {
                                     h("b", {}, n), " ", label);
   $("counts").replaceChildren(...[
     chip(total === 1 ? "file" : "files", total + (state.nextCursor ? "+" : ""), "total"),
+    c.uploaded ? chip("not processed", c.uploaded, "uploaded") : null,
     c.queued ? chip("queued", c.queued, "queued") : null,
     c.processing ? chip("processing", c.processing, "running") : null,
     waiting ? chip("waiting", waiting, "waiting") : null,
@@ -458,7 +657,7 @@ function renderCounts() {
 // ---------------------------------------------------------------- rows
 
 const STATE_LABEL = {
-  queued: "queued", running: "running", waiting: "waiting", succeeded: "succeeded",
+  uploaded: "uploaded", queued: "queued", running: "running", waiting: "waiting", succeeded: "succeeded",
   failed: "failed", cancelled: "cancelled", processing: "processing", done: "done",
 };
 
@@ -656,14 +855,18 @@ class Live {
   constructor(datasetId) {
     this.datasetId = datasetId;
     this.lastSeq = null;
-    this.es = null;
+    this.seen = new Set();    // seqs handled (the last SEEN_KEEP), so none is handled twice
+    this.es = null;           // the current stream
+    this.old = null;          // the stream `es` takes over from (a token renewal), until `es` opens
     this.pollTimer = null;
     this.retryTimer = null;
     this.retryMs = 1000;
     this.pending = new Set();
     this.flushTimer = null;
     this.closed = false;
-    this.connect();
+    this.onRenewed = () => this.renewed();
+    session.renewed.add(this.onRenewed);
+    this.connect(null);
   }
 
   setMode(mode, text) {
@@ -673,10 +876,52 @@ class Live {
     el.dataset.mode = mode;
   }
 
-  connect() {
+  // A new access token: the stream was opened with the old one (checked only
+  // when it opened, and no longer valid for the browser's own reconnects), so
+  // it is reopened with the new one, resuming after the last seq. An open
+  // stream keeps delivering until its successor is open.
+  renewed() {
+    if (this.closed || !this.es) return; // none open: the next connect() takes the new token
+    if (this.es.readyState === EventSource.OPEN) {
+      if (!this.old) this.connect(this.es);
+      else this.connect(this.old); // a renewal during a renewal: replace the pending one
+      return;
+    }
+    // CONNECTING: the browser is reconnecting with the old token; start over.
+    this.dropStreams();
+    this.connect(null);
+  }
+
+  dropStreams() {
+    if (this.es) this.es.close();
+    if (this.old) this.old.close();
+    this.es = null;
+    this.old = null;
+  }
+
+  // Opens a stream with the current access token. `replacing`: the open
+  // stream this one takes over from (closed once this one opens).
+  async connect(replacing) {
     if (this.closed) return;
+    let token;
+    try {
+      token = await accessToken();
+    } catch (e) {
+      if (this.closed || replacing) return; // signed out, or the old stream goes on
+      this.setMode("poll", "polling");
+      this.startPolling();
+      this.retryTimer = setTimeout(() => this.connect(null), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 30000);
+      return;
+    }
+    if (this.closed) return;
+    if (replacing) {
+      if (this.es !== replacing && this.old !== replacing) return; // superseded meanwhile
+      if (this.es !== replacing) this.es.close(); // the pending successor of `replacing`
+      this.old = replacing;
+    }
     let url = "/v1/datasets/" + encodeURIComponent(this.datasetId) + "/events?access_token=" +
-              encodeURIComponent(state.key);
+              encodeURIComponent(token);
     if (this.lastSeq !== null) url += "&last_event_id=" + encodeURIComponent(this.lastSeq);
     const es = new EventSource(url);
     this.es = es;
@@ -687,6 +932,14 @@ class Live {
     es.onopen = () => {
       if (this.es !== es) return;
       this.retryMs = 1000;
+      if (this.old) {
+        // A token swap: the old stream delivered up to now, this one replays
+        // what came after lastSeq; nothing was missed, so no poll.
+        this.old.close();
+        this.old = null;
+        this.setMode("on", "live");
+        return;
+      }
       this.setMode("on", "live");
       // Anything that changed before the stream opened (or while it was down,
       // if the server could not replay it) comes in with one poll.
@@ -694,30 +947,53 @@ class Live {
       this.poll();
     };
     es.onerror = () => {
-      if (this.es !== es || this.closed) return;
-      if (es.readyState === EventSource.CONNECTING) {
+      if (this.closed) return;
+      if (this.es !== es) {
+        // The old stream of a swap dropping: its successor takes over.
+        if (this.old === es) { es.close(); this.old = null; }
+        return;
+      }
+      if (this.old) {
+        // The successor failed while the old one still runs: keep the old one
+        // (its token may have expired; it is retried at the next renewal or drop).
+        es.close();
+        this.es = this.old;
+        this.old = null;
+        if (this.es.readyState === EventSource.OPEN) return;
+      }
+      const cur = this.es;
+      if (cur.readyState === EventSource.CONNECTING) {
         // The browser reconnects by itself (sending Last-Event-ID); poll meanwhile.
         this.setMode("retry", "reconnecting");
         this.startPolling();
         return;
       }
-      // CLOSED: an HTTP error (e.g. the endpoint is not there). Poll, retry later.
-      es.close();
+      // CLOSED: an HTTP error (the endpoint is not there, or the token was
+      // refused). Poll, retry later with the current token.
+      cur.close();
       this.es = null;
       this.setMode("poll", "polling");
       this.startPolling();
-      this.retryTimer = setTimeout(() => this.connect(), this.retryMs);
+      this.retryTimer = setTimeout(() => this.connect(null), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 30000);
     };
   }
 
   onEvent(ev) {
-    if (ev.lastEventId) {
+    let data;
+    try { data = JSON.parse(ev.data); } catch (_) { return; }
+    // Handled once: a swap's two streams can both deliver an event, and a
+    // late event (no id line) is still new.
+    const seq = data && Number.isFinite(Number(data.seq)) ? Number(data.seq) : null;
+    if (seq !== null) {
+      if (this.seen.has(seq)) return;
+      this.seen.add(seq);
+      if (this.seen.size > SEEN_KEEP) this.seen.delete(this.seen.values().next().value);
+      if (this.lastSeq === null || seq > this.lastSeq) this.lastSeq = seq;
+    } else if (ev.lastEventId) {
       const n = Number(ev.lastEventId);
       if (Number.isFinite(n) && (this.lastSeq === null || n > this.lastSeq)) this.lastSeq = n;
     }
-    let data;
-    try { data = JSON.parse(ev.data); } catch (_) { return; }
     if (data && data.file_id) this.refetch(data.file_id);
   }
 
@@ -788,7 +1064,8 @@ class Live {
 
   close() {
     this.closed = true;
-    if (this.es) this.es.close();
+    session.renewed.delete(this.onRenewed);
+    this.dropStreams();
     clearInterval(this.pollTimer);
     clearTimeout(this.retryTimer);
     clearTimeout(this.flushTimer);
@@ -841,10 +1118,21 @@ function pumpUploads() {
 }
 
 // One file, one request. A 429/503 (rate limited, overloaded) is retried
-// after Retry-After, a few times; any other error fails just this file.
+// after Retry-After, a few times; a 401 renews the tokens once and tries
+// again (as authFetch does); any other error fails just this file.
 async function uploadOne(u) {
+  let renewed = false;
   for (let attempt = 1; ; attempt++) {
-    const xhr = await sendOnce(u);
+    let token;
+    try {
+      token = await accessToken();
+    } catch (e) {
+      if (!u.cancelled) failUpload(u, e.message);
+      return;
+    }
+    if (u.cancelled) return;
+    const xhr = await sendOnce(u, token);
+    if (u.cancelled) return; // signed out meanwhile
     if (xhr.status === 202 && xhr.response && xhr.response.files) {
       u.done = true;
       u.li.className = "up-item done";
@@ -856,6 +1144,14 @@ async function uploadOne(u) {
       }
       return;
     }
+    if (xhr.status === 401 && !renewed) {
+      renewed = true;
+      if (session.access === token) {
+        try { await refreshTokens(); } catch (e) { if (!u.cancelled) failUpload(u, e.message); return; }
+      }
+      attempt--;
+      continue;
+    }
     if ((xhr.status === 429 || xhr.status === 503) && attempt < 6) {
       const ra = Number(xhr.getResponseHeader("Retry-After"));
       const wait = (ra > 0 ? ra : Math.min(2 ** attempt, 30)) * 1000;
@@ -864,9 +1160,6 @@ async function uploadOne(u) {
       await new Promise((r) => setTimeout(r, wait));
       continue;
     }
-    u.done = true;
-    u.failed = true;
-    u.li.className = "up-item failed";
     let msg;
     if (xhr.status === 0) {
       msg = "network error";
@@ -874,19 +1167,30 @@ async function uploadOne(u) {
       const err = xhr.response && xhr.response.error;
       msg = err ? err.message + " (" + err.code + ")" : "HTTP " + xhr.status;
     }
-    u.status.textContent = msg;
-    toast(msg, "error", "Upload of “" + u.file.name + "” failed");
-    if (xhr.status === 401) signOut("That API key is no longer accepted.");
+    failUpload(u, msg);
+    if (xhr.status === 401 && session.access === token) {
+      signOut("Your session is no longer accepted. Sign in again.", false);
+    }
     return;
   }
 }
 
-// Resolves with the finished XMLHttpRequest (status 0: the connection failed).
-function sendOnce(u) {
+function failUpload(u, msg) {
+  u.done = true;
+  u.failed = true;
+  u.li.className = "up-item failed";
+  u.status.textContent = msg;
+  toast(msg, "error", "Upload of “" + u.file.name + "” failed");
+}
+
+// Resolves with the finished XMLHttpRequest (status 0: the connection failed
+// or was aborted).
+function sendOnce(u, token) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
+    u.xhr = xhr;
     xhr.open("POST", "/v1/datasets/" + encodeURIComponent(u.dataset) + "/files");
-    xhr.setRequestHeader("Authorization", "Bearer " + state.key);
+    xhr.setRequestHeader("Authorization", "Bearer " + token);
     xhr.responseType = "json";
     u.li.className = "up-item running";
     u.status.textContent = "0%";
@@ -897,8 +1201,8 @@ function sendOnce(u) {
       u.bar.firstChild.style.width = pct + "%";
       u.status.textContent = pct < 100 ? pct + "%" : "storing…";
     };
-    xhr.onload = () => resolve(xhr);
-    xhr.onerror = xhr.onabort = xhr.ontimeout = () => resolve(xhr);
+    xhr.onload = () => { u.xhr = null; resolve(xhr); };
+    xhr.onerror = xhr.onabort = xhr.ontimeout = () => { u.xhr = null; resolve(xhr); };
     const form = new FormData();
     form.append("file", u.file, u.file.name);
     xhr.send(form);
@@ -976,7 +1280,11 @@ function overview(f) {
                                                                : "The record appears when ai_record finishes."));
   }
   box.append(h("h3", {}, "Runs"));
-  if (!(f.runs || []).length) box.append(h("p", { class: "muted" }, "No pipeline matches this file type."));
+  // A file no pipeline takes says why (`reason`); one stored with
+  // ?process=false waits for Re-process (POST /v1/files/{id}/process).
+  if (f.reason) box.append(h("p", { class: "muted" }, f.reason + "."));
+  else if (f.status === "uploaded") box.append(h("p", { class: "muted" }, "Stored, not processed: Re-process starts it."));
+  else if (!(f.runs || []).length) box.append(h("p", { class: "muted" }, "No pipeline matches this file type."));
   for (const r of f.runs || []) {
     const dur = r.started_at && r.finished_at ? fmtDuration(new Date(r.finished_at) - new Date(r.started_at)) : "";
     box.append(h("div", { class: "run" },
@@ -1016,7 +1324,7 @@ function textPane(f, token) {
                                                                 : "It appears when a text step succeeds."));
   }
   const pre = h("pre", { class: "text" }, "Loading…");
-  fetch(a.url, { headers: { Authorization: "Bearer " + state.key } })
+  authFetch(a.url)
     .then(async (res) => { if (!res.ok) throw await errorFrom(res); return res.text(); })
     .then((t) => { if (token === drawerToken) pre.textContent = t || "(empty)"; })
     .catch((e) => { if (token === drawerToken) pre.textContent = e.message; });
@@ -1068,8 +1376,7 @@ function timelinePane(f, token, force) {
 async function download(id) {
   const f = state.files.get(id);
   try {
-    const res = await fetch("/v1/files/" + id + "/content",
-                            { headers: { Authorization: "Bearer " + state.key } });
+    const res = await authFetch("/v1/files/" + id + "/content");
     if (!res.ok) throw await errorFrom(res);
     const url = URL.createObjectURL(await res.blob());
     const a = h("a", { href: url, download: f ? f.name : "file" });
@@ -1090,9 +1397,18 @@ function wire() {
   $("auth-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const key = $("key-input").value.trim();
+    $("key-input").value = ""; // the key leaves the page with the exchange
     if (key) signIn(key);
   });
-  $("signout-btn").addEventListener("click", () => signOut(""));
+  $("signout-btn").addEventListener("click", () => signOut("", true));
+  $("resume-btn").addEventListener("click", () => resume());
+  // A hidden tab's timers are throttled: back in view, a token past its
+  // renewal time is renewed at once.
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && session.access && Date.now() > session.expiresAt - EXPIRY_MARGIN_MS * 5) {
+      refreshTokens().catch(() => {});
+    }
+  });
   $("dataset-select").addEventListener("change", (ev) => openDataset(ev.target.value));
   $("new-dataset-btn").addEventListener("click", () => { stopLive(); showCreate(false); });
   $("create-form").addEventListener("submit", createDataset);
@@ -1135,5 +1451,6 @@ function wire() {
 }
 
 wire();
-if (state.key) signIn(state.key);
+localStorage.removeItem(LEGACY_KEY_STORAGE); // a key kept by an older version of this page
+if (sessionStorage.getItem(REFRESH_STORAGE) !== null) resume();
 else show("auth-view");

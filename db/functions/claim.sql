@@ -38,7 +38,10 @@ LANGUAGE sql VOLATILE AS $$
             PARTITION BY r.tenant_id, r.batch_id ORDER BY r.created_at, r.id) AS rb
         FROM runs r
         WHERE r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()
-          AND (r.lease_until IS NULL OR r.lease_until < now())),
+          AND (r.lease_until IS NULL OR r.lease_until < now())
+          -- retention: a deleted dataset's runs are never claimed (its files are being purged)
+          AND NOT EXISTS (SELECT 1 FROM datasets d
+                          WHERE d.id = r.dataset_id AND d.deleted_at IS NOT NULL)),
     ranked AS (
         SELECT c.id, c.tenant_id, c.created_at, row_number() OVER (
             PARTITION BY c.tenant_id ORDER BY c.rb, c.created_at, c.id) AS rt

@@ -6,6 +6,9 @@ playwright-core, which this test installs from the npm registry into
 tests/browser/node_modules when it is missing. The script uploads the sample
 files through the page and waits for every row to reach done/failed without a
 reload; screenshots land in test-artifacts/ (ui.png, ui-timeline.png).
+Every scenario checks the browser's network log: the API key is in no URL
+and is sent only to POST /v1/auth/token; the page runs on tokens (the event
+stream's URL carries a JWT), and keeps the key in no storage.
 
 Skipped only when /usr/bin/chromium or node is missing (scripts/install-deps
 installs both).
@@ -48,7 +51,7 @@ def _need_browser():
     return node
 
 
-def _run_ui(node, server, tenant, samples, scenario, shots):
+def _run_ui(node, server, tenant, samples, scenario, shots, navigations=1):
     ARTIFACTS.mkdir(exist_ok=True)
     for old in shots:
         (ARTIFACTS / old).unlink(missing_ok=True)
@@ -63,7 +66,9 @@ def _run_ui(node, server, tenant, samples, scenario, shots):
         scenario, r.returncode, r.stdout[-6000:], r.stderr[-4000:])
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["ok"] is True
-    assert result["navigations"] == 1
+    assert result["navigations"] == navigations
+    assert result["requests_checked"] > 0 and result["stream_urls_checked"] >= 1
+    assert "sessionStorage:sluice.refresh" in result["storage_checked"] or scenario == "tokens"
     return result
 
 
@@ -113,3 +118,21 @@ def test_ui_shows_a_run_waiting_for_a_service(start_server, samples):
     evs = tenant.get("/v1/files/%s/events" % f["id"]).json()["events"]
     reasons = {e["detail"].get("reason") for e in evs if e["kind"] == "waiting"}
     assert any(r and r in result["waiting_badge"] for r in reasons), (reasons, result)
+
+
+@pytest.mark.timeout(300)
+def test_ui_runs_on_tokens_and_never_puts_the_key_in_a_url(start_server, samples):
+    node = _need_browser()
+    # Access tokens live 3 s: the page renews them in the background (at 80%)
+    # several times while the scenario runs.
+    server = start_server(extra_yaml="auth: {access_ttl_s: 3}\n")
+    tenant = server.create_tenant("browser-tokens")
+    result = _run_ui(node, server, tenant, samples, "tokens", ("ui-tokens-failure.png",),
+                     navigations=2)
+    assert result["refreshes"] >= 2, result
+    assert len(result["streams"]) >= 3, result
+    assert any(s["resumed_from"] for s in result["streams"]), result
+    assert result["reload_signed_in"] is True
+    assert result["signed_out"] is True
+    # The key itself still works for the API (`sluice upload` stays on keys).
+    assert tenant.get("/v1/datasets").status_code == 200

@@ -200,11 +200,11 @@ typedef struct sl_pg_bootstrap_s {
     const char *conninfo;              /* borrowed */
     const sl_config_tenant_t *tenants; /* borrowed; the config's bootstrap tenants */
     int ntenants;
-    const char *token_key_name;        /* borrowed; settings key of the access-token key,
-                                          NULL when the config lists its own keys */
-    char url_signing_key[129];         /* out: hex, the "url_signing_key" setting */
-    char token_signing_key[129];       /* out: hex, the token_key_name setting ("" if NULL) */
-    char errbuf[512];                  /* out: what failed */
+    const char *token_key_name;  /* borrowed; settings key of the access-token key,
+                                    NULL when the config lists its own keys */
+    char url_signing_key[129];   /* out: hex, the "url_signing_key" setting */
+    char token_signing_key[129]; /* out: hex, the token_key_name setting ("" if NULL) */
+    char errbuf[512];            /* out: what failed */
 } sl_pg_bootstrap_t;
 
 /**

@@ -503,6 +503,10 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
         vm->host.step_instructions = SL_FLOW_DEFAULT_INSTRUCTIONS;
     if (vm->host.step_memory == 0)
         vm->host.step_memory = SL_FLOW_DEFAULT_STEP_MEMORY;
+    if (vm->host.fx == NULL) { /* the engine's effects, on this VM's copy of the host */
+        vm->host.fx = &sl_flow_effects_engine;
+        vm->host.fx_self = &vm->host;
+    }
     vm->mem_cap = SL_FLOW_VM_MEMORY_CAP;
     vm->lib_dir = xstrdup(host->lib_dir ? host->lib_dir : "lua-flows/lib");
     vm->tmp_root = xstrdup(host->tmp_root ? host->tmp_root : "./var/tmp");

@@ -23,6 +23,7 @@
 #include <event2/event.h>
 #include <stddef.h>
 
+#include "actors/flow_effects.h"
 #include "core/config.h"
 #include "core/curl.h"
 #include "core/ratelimit.h"
@@ -51,6 +52,9 @@ typedef struct sl_flow_host_s {
     int circuit_open_ms;     /* how long a tripped circuit stays open (default 30000; tests) */
     sl_ratelimit_t *ratelimit; /* service rates, token budgets and holds (actors/service.h);
                                   NULL: services are not limited */
+    const sl_flow_effects_t *fx; /* where a step's rows and calls go (flow_effects.h);
+                                    NULL: the engine's (pg, curl, base above) */
+    void *fx_self;               /* fx's first argument (borrowed); ignored when fx is NULL */
 } sl_flow_host_t;
 
 /**

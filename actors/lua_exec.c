@@ -54,7 +54,7 @@ typedef struct exec_policy_s {
 
 typedef struct exec_op_s {
     sl_flow_svcop_t so; /* first */
-    sl_exec_t *x;       /* running */
+    void *x;            /* running: the effects' handle (an sl_exec_t in the engine) */
     const exec_policy_t *pol; /* borrowed: the closure's upvalue outlives the op (VM) */
     char *argv[MAX_ARGS + 1];
     int argc;
@@ -163,7 +163,8 @@ static int start(sl_flow_svcop_t *so)
     o.drop_privileges = pol->drop;
     o.uid = pol->uid;
     o.gid = pol->gid;
-    rc = sl_exec_start(op->so.vm->host.base, &o, exec_done, op, &op->x);
+    const sl_flow_host_t *h = &op->so.vm->host;
+    rc = h->fx->exec(h->fx_self, &o, exec_done, op, &op->x);
     if (rc != 0)
         op->x = NULL;
     return rc;
@@ -171,7 +172,8 @@ static int start(sl_flow_svcop_t *so)
 
 static int abort_exec(sl_flow_svcop_t *so)
 {
-    sl_exec_cancel(((exec_op_t *)so)->x); /* the callback (ECANCELED) frees the op */
+    const sl_flow_host_t *h = &so->vm->host;
+    h->fx->exec_cancel(h->fx_self, ((exec_op_t *)so)->x); /* the callback (ECANCELED) frees it */
     return 0;
 }
 

@@ -30,8 +30,8 @@
 #define SL_FLOW_AWS_REGION "us-east-1" /* a SigV4 section without a region */
 
 typedef struct http_op_s {
-    sl_flow_svcop_t so;   /* first; so.svc NULL: no service policy */
-    sl_curl_xfer_t *xfer; /* in flight */
+    sl_flow_svcop_t so; /* first; so.svc NULL: no service policy */
+    void *xfer;         /* in flight: the effects' handle (a transfer in the engine) */
     char *method, *url, *body_file;
     const sl_config_service_t
         *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
@@ -167,7 +167,9 @@ static int start(sl_flow_svcop_t *so)
         creds.service = op->auth_cfg->name;
         o.sigv4 = &creds;
     }
-    rc = sl_curl_request(op->so.vm->host.curl, &o, http_done, op, &op->xfer);
+    const sl_flow_host_t *h = &op->so.vm->host;
+    rc = h->fx->http(h->fx_self, op->so.svc ? sl_svc_name(op->so.svc) : NULL, &o, http_done, op,
+                     &op->xfer);
     if (rc != 0)
         op->xfer = NULL;
     return rc;
@@ -175,7 +177,8 @@ static int start(sl_flow_svcop_t *so)
 
 static int abort_http(sl_flow_svcop_t *so)
 {
-    sl_curl_cancel(((http_op_t *)so)->xfer); /* the callback (ECANCELED) frees the op */
+    const sl_flow_host_t *h = &so->vm->host;
+    h->fx->http_cancel(h->fx_self, ((http_op_t *)so)->xfer); /* the callback (ECANCELED) frees it */
     return 0;
 }
 
@@ -346,7 +349,7 @@ static int l_request(lua_State *L)
     *box = NULL; /* ours from here on */
     lua_settop(L, 1);
 
-    if (vm->host.curl == NULL) {
+    if (vm->host.fx == &sl_flow_effects_engine && vm->host.curl == NULL) {
         op_free(&op->so);
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");

@@ -6,12 +6,13 @@
  * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>",
  * a key made of the run and the kind only (a retried step of the run
  * overwrites the same key atomically; another run, a re-process included,
- * never writes an older run's key), then one statement
- * upserts the row (unique on run_id, kind: db/migrations/003_flows.sql). A
+ * never writes an older run's key), then the row is
+ * upserted through the effects seam (actors/flow_effects.h: one statement in
+ * the engine, unique on run_id, kind; in memory under `sluice flow test`). A
  * `path` is read on the worker pool in chunks and fed to the store writer
  * with its backpressure, so neither the loop nor memory sees the whole file.
  *
- * Every op copies what it needs from the host (store, pg, workq) and the step
+ * Every op copies what it needs from the host (store, effects, workq) and the step
  * (ids), so once detached (step timed out or cancelled) its pending callback
  * can clean up without touching the VM.
  */
@@ -68,7 +69,8 @@ enum { A_READ, A_DRAIN, A_COMMIT, A_DB };
 typedef struct art_op_s {
     sl_flow_svcop_t so; /* first; so.svc stays NULL */
     sl_store_t *store;
-    sl_pg_t *pg;
+    const sl_flow_effects_t *fx; /* the row goes there (borrowed: outlives the op) */
+    void *fx_self;
     sl_workq_t *wq;
     int phase;
     sl_store_writer_t *w;
@@ -143,27 +145,20 @@ static int art_abort(sl_flow_svcop_t *so)
     return op->phase == A_DRAIN;
 }
 
-static void art_db_cb(const sl_pg_result_t *r, void *arg)
+static void art_db_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     art_op_t *op = arg;
-    if (r->err != 0 || r->n < 1 || PQntuples(r->res[0]) < 1) {
-        art_end(op, r->err ? sl_strerror(r->err) : "db_error");
+    if (r->err != 0) {
+        art_end(op, sl_strerror(r->err));
         return;
     }
-    snprintf(op->id, sizeof(op->id), "%s", PQgetvalue(r->res[0], 0, 0));
+    snprintf(op->id, sizeof(op->id), "%s", r->id);
     art_end(op, NULL);
 }
 
 static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
 {
-    static const char sql[] =
-        "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256, "
-        "storage_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-        "ON CONFLICT (run_id, kind) DO UPDATE SET mime = EXCLUDED.mime, size = EXCLUDED.size, "
-        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, "
-        "created_at = clock_timestamp() RETURNING id";
     art_op_t *op = arg;
-    char size[32];
     int rc;
 
     op->w = NULL; /* the store frees the writer after this returns */
@@ -173,13 +168,15 @@ static void art_commit_cb(int err, const sl_store_info_t *info, void *arg)
         art_end(op, sl_strerror(err));
         return;
     }
-    snprintf(size, sizeof(size), "%llu", (unsigned long long)info->size);
-    const char *params[] = {
-        op->id,     op->tenant_id,    op->file_id,
-        op->run_id, op->kind,         op->mime && *op->mime ? op->mime : info->mime,
-        size,       info->sha256_hex, op->key};
+    sl_flow_fx_ids_t ids = {op->tenant_id, NULL, op->file_id, op->run_id, NULL};
+    sl_flow_fx_artifact_t a = {.id = op->id,
+                               .kind = op->kind,
+                               .mime = op->mime && *op->mime ? op->mime : info->mime,
+                               .sha256_hex = info->sha256_hex,
+                               .key = op->key,
+                               .size = info->size};
     op->phase = A_DB;
-    if ((rc = sl_pg_query(op->pg, sql, 9, params, art_db_cb, op)) != 0)
+    if ((rc = op->fx->artifact_put(op->fx_self, &ids, &a, art_db_cb, op)) != 0)
         art_end(op, sl_strerror(rc));
 }
 
@@ -334,10 +331,12 @@ static int l_artifact(lua_State *L)
     *box = NULL; /* ours from here on */
 
     op->store = vm->host.store;
-    op->pg = vm->host.pg;
+    op->fx = vm->host.fx;
+    op->fx_self = vm->host.fx_self;
     op->wq = vm->host.wq;
     snprintf(op->key, sizeof(op->key), "artifacts/%s/%s/%s", s->tenant_id, s->run_id, op->kind);
-    if (op->store == NULL || op->pg == NULL || (op->path != NULL && op->wq == NULL))
+    if (op->store == NULL || !op->fx->rows_ready(op->fx_self) ||
+        (op->path != NULL && op->wq == NULL))
         word = "not_configured";
     else if (!sl_store_key_valid(op->key) || sl_uuid_v4(op->id) != 0)
         word = "bad_input";
@@ -364,7 +363,7 @@ typedef struct rd_op_s {
 
 static void rd_cancel(sl_flow_op_t *hdr)
 {
-    (void)hdr; /* a pg or store callback is always pending: it frees the op */
+    (void)hdr; /* an effects or store callback is always pending: it frees the op */
 }
 
 static void rd_free(rd_op_t *op)
@@ -421,30 +420,20 @@ static void rd_read_cb(int err, const char *data, size_t n, void *arg)
     rd_next(op);
 }
 
-static void rd_db_cb(const sl_pg_result_t *r, void *arg)
+static void rd_db_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     rd_op_t *op = arg;
-    long long size;
-    char *end;
+    long long size = r->n;
 
     if (op->hdr.step == NULL) {
         rd_free(op);
         return;
     }
     if (r->err != 0) {
-        rd_fail(op, sl_strerror(r->err));
+        rd_fail(op, sl_strerror(r->err)); /* SL_ENOTFOUND: "not_found" */
         return;
     }
-    if (r->n < 1 || PQntuples(r->res[0]) < 1) {
-        rd_fail(op, "not_found");
-        return;
-    }
-    snprintf(op->key, sizeof(op->key), "%s", PQgetvalue(r->res[0], 0, 0));
-    size = strtoll(PQgetvalue(r->res[0], 0, 1), &end, 10);
-    if (*end != '\0' || size < 0) {
-        rd_fail(op, "db_error");
-        return;
-    }
+    snprintf(op->key, sizeof(op->key), "%s", r->key);
     if ((unsigned long long)size > READ_ARTIFACT_MAX) {
         rd_fail(op, "too_large");
         return;
@@ -459,8 +448,6 @@ static void rd_db_cb(const sl_pg_result_t *r, void *arg)
 
 static int l_read_artifact(lua_State *L)
 {
-    static const char sql[] = "SELECT storage_key, size FROM artifacts "
-                              "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *kind = luaL_checkstring(L, 1);
     sl_step_t *s;
@@ -469,7 +456,7 @@ static int l_read_artifact(lua_State *L)
 
     luaL_argcheck(L, kind_ok(kind), 1, "kind must be 1..63 characters of [a-z0-9_]");
     s = sl_flow__check_step(L, "sl.read_artifact");
-    if (vm->host.store == NULL || vm->host.pg == NULL) {
+    if (vm->host.store == NULL || !vm->host.fx->rows_ready(vm->host.fx_self)) {
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");
         return 2;
@@ -477,8 +464,8 @@ static int l_read_artifact(lua_State *L)
     if ((op = calloc(1, sizeof(*op))) == NULL)
         return luaL_error(L, "sl.read_artifact: out of memory");
     op->store = vm->host.store;
-    const char *params[] = {s->run_id, kind, s->tenant_id};
-    if ((rc = sl_pg_query(vm->host.pg, sql, 3, params, rd_db_cb, op)) != 0) {
+    sl_flow_fx_ids_t ids = {s->tenant_id, s->dataset_id, s->file_id, s->run_id, s->pipeline};
+    if ((rc = vm->host.fx->artifact_get(vm->host.fx_self, &ids, kind, rd_db_cb, op)) != 0) {
         rd_free(op);
         lua_pushnil(L);
         lua_pushstring(L, sl_strerror(rc));
@@ -494,39 +481,35 @@ static int l_read_artifact(lua_State *L)
 
 typedef struct db_op_s {
     sl_flow_op_t hdr;
-    int need_row; /* an UPDATE that changed nothing is "not_found" */
 } db_op_t;
 
 static void db_cancel(sl_flow_op_t *hdr)
 {
-    (void)hdr; /* the pg callback is pending: it frees the op */
+    (void)hdr; /* the effects callback is pending: it frees the op */
 }
 
-static void db_cb(const sl_pg_result_t *r, void *arg)
+static void db_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     db_op_t *op = arg;
     sl_step_t *s = sl_flow__op_take(&op->hdr);
-    int need_row = op->need_row;
     free(op);
     if (s == NULL)
         return;
     if (r->err != 0)
-        sl_flow__resume_err(s, sl_strerror(r->err));
-    else if (need_row && (r->n < 1 || strcmp(PQcmdTuples(r->res[0]), "0") == 0))
-        sl_flow__resume_err(s, "not_found");
+        sl_flow__resume_err(s, sl_strerror(r->err)); /* SL_ENOTFOUND: "not_found" */
     else
         sl_flow__resume_with(s, sl_flow__push_true, NULL);
 }
 
-static int db_start(lua_State *L, sl_step_t *s, sl_pg_t *pg, const char *sql, int n,
-                    const char *const *params, int need_row)
+/* sl.set_text_source's row, through the effects seam. */
+static int db_start(lua_State *L, sl_step_t *s, sl_flowvm_t *vm, const char *name)
 {
     db_op_t *op = calloc(1, sizeof(*op));
+    sl_flow_fx_ids_t ids = {s->tenant_id, s->dataset_id, s->file_id, s->run_id, s->pipeline};
     int rc;
     if (op == NULL)
         return luaL_error(L, "out of memory");
-    op->need_row = need_row;
-    if ((rc = sl_pg_query(pg, sql, n, params, db_cb, op)) != 0) {
+    if ((rc = vm->host.fx->text_source(vm->host.fx_self, &ids, name, db_cb, op)) != 0) {
         free(op);
         lua_pushnil(L);
         lua_pushstring(L, sl_strerror(rc));
@@ -595,37 +578,28 @@ static int push_version(lua_State *L)
     return 1;
 }
 
-static void rec_cb(const sl_pg_result_t *r, void *arg)
+static void rec_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     rec_op_t *op = arg;
     sl_step_t *s = sl_flow__op_take(&op->hdr);
-    char *end = NULL;
 
     if (s == NULL)
         goto out;
     if (r->err != 0) {
-        sl_flow__resume_err(s, sl_strerror(r->err));
+        sl_flow__resume_err(s, sl_strerror(r->err)); /* SL_ENOTFOUND: the file is gone */
         goto out;
     }
-    if (r->n < 1 || PQntuples(r->res[0]) != 1 || PQgetisnull(r->res[0], 0, 0)) {
-        sl_flow__resume_err(s, "not_found"); /* the file is gone */
-        goto out;
-    }
-    op->version = strtoll(PQgetvalue(r->res[0], 0, 0), &end, 10);
-    if (end == NULL || *end != '\0' || op->version < 1)
-        sl_flow__resume_err(s, "db_error");
-    else
-        sl_flow__resume_with(s, push_version, op);
+    op->version = r->n;
+    sl_flow__resume_with(s, push_version, op);
 out:
     free(op);
 }
 
 static int l_record(lua_State *L)
 {
-    static const char sql[] = "SELECT sluice_record_put($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)";
     static const char *const known[] = {"extractor", "model", NULL};
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
-    char err[160], id[37], extractor[PROV_MAX + 1], model[PROV_MAX + 1];
+    char err[160], extractor[PROV_MAX + 1], model[PROV_MAX + 1];
     char *text = NULL, *ptext = NULL;
     json_t *j, *prov;
     sl_step_t *s;
@@ -642,7 +616,7 @@ static int l_record(lua_State *L)
         sl_flow__check_fields(L, 2, known, "sl.record");
     prov_field(L, 2, "extractor", extractor);
     prov_field(L, 2, "model", model);
-    if (vm->host.pg == NULL) {
+    if (!vm->host.fx->rows_ready(vm->host.fx_self)) {
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");
         return 2;
@@ -664,13 +638,9 @@ static int l_record(lua_State *L)
     rc = SL_ENOMEM;
     if (ptext == NULL || (op = calloc(1, sizeof(*op))) == NULL)
         goto fail;
-    if (sl_uuid_v4(id) != 0) {
-        rc = SL_EIO;
-        goto fail;
-    }
-    const char *params[] = {id, s->tenant_id, s->dataset_id, s->file_id, s->run_id, text, ptext};
-    /* sl_pg_query copies the params */
-    if ((rc = sl_pg_query(vm->host.pg, sql, 7, params, rec_cb, op)) != 0)
+    sl_flow_fx_ids_t ids = {s->tenant_id, s->dataset_id, s->file_id, s->run_id, s->pipeline};
+    /* the effects copy what they keep */
+    if ((rc = vm->host.fx->record_put(vm->host.fx_self, &ids, text, ptext, rec_cb, op)) != 0)
         goto fail;
     free(text);
     free(ptext);
@@ -687,20 +657,18 @@ fail:
 
 static int l_set_text_source(lua_State *L)
 {
-    static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
     sl_flowvm_t *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *name = luaL_checkstring(L, 1);
     sl_step_t *s;
 
     luaL_argcheck(L, strlen(name) > 0 && strlen(name) < 64, 1, "1..63 characters");
     s = sl_flow__check_step(L, "sl.set_text_source");
-    if (vm->host.pg == NULL) {
+    if (!vm->host.fx->rows_ready(vm->host.fx_self)) {
         lua_pushnil(L);
         lua_pushliteral(L, "not_configured");
         return 2;
     }
-    const char *params[] = {name, s->file_id, s->tenant_id};
-    return db_start(L, s, vm->host.pg, sql, 3, params, 1);
+    return db_start(L, s, vm, name);
 }
 
 /* ---- sl.tmpdir(): the run's scratch directory ---- */

@@ -16,6 +16,7 @@
 #include "actors/run.h"
 #include "actors/run_event.h"
 #include "actors/service.h"
+#include "actors/transition.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/exec.h"
@@ -32,8 +33,6 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
-
-#define WAIT_MAX_S 300
 
 /*
  * The lifecycle log (docs/flows.md, "Lifecycle logs"): one JSON line per run
@@ -397,17 +396,6 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
 
 /* ---- steps ---- */
 
-/* Full jitter (AWS architecture blog "Exponential Backoff And Jitter"). */
-static int backoff_ms(const sl_flow_step_t *st, int attempt)
-{
-    double cap = st->retry_base_ms * pow(2.0, attempt - 1);
-    if (cap > st->retry_max_ms)
-        cap = st->retry_max_ms;
-    unsigned int rnd = 0;
-    sl_random_bytes(&rnd, sizeof rnd);
-    return (int)(cap / 2 + (cap / 2) * ((double)rnd / 4294967295.0));
-}
-
 static json_t *fail_detail(const sl_step_result_t *res, int attempt)
 {
     json_t *d =
@@ -437,124 +425,110 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
             r->ctx_json = c;
         }
     }
-    const sl_flow_step_t *st = sl_flow_step(r->flow, r->step);
-    json_t *events = json_array();
-    char from[64];
-    snprintf(from, sizeof from, "%s", r->step);
+    /* Where to go is transition.c's (shared with `sluice flow test`); what
+     * to write about it is here. */
+    sl_run_pos_t pos;
+    sl_transition_t tr;
+    snprintf(pos.step, sizeof pos.step, "%s", r->step);
+    pos.attempt = r->attempt;
+    snprintf(pos.chain_start, sizeof pos.chain_start, "%s", r->chain_start);
+    pos.chain_transient = r->chain_transient;
+    pos.wait_count = r->wait_count;
+    int attempt = r->attempt; /* the attempt that ended */
+    sl_transition_decide(r->flow, &pos, res, &tr);
+    snprintf(r->step, sizeof r->step, "%s", pos.step);
+    r->attempt = pos.attempt;
+    snprintf(r->chain_start, sizeof r->chain_start, "%s", pos.chain_start);
+    r->chain_transient = pos.chain_transient;
+    r->wait_count = pos.wait_count;
 
-    if (res->ok) {
-        json_t *d = json_pack("{s:f, s:i}", "duration_s", res->duration_s, "attempt", r->attempt);
+    json_t *events = json_array();
+    const char *from = tr.from;
+    const char *err = tr.err;
+
+    switch (tr.kind) {
+    case SL_TR_NEXT:
+    case SL_TR_SUCCEEDED: {
+        json_t *d = json_pack("{s:f, s:i}", "duration_s", res->duration_s, "attempt", attempt);
         if (d && res->note) {
             json_object_set_new(d, "note", json_string(res->note));
             if (res->detail)
                 json_object_set_new(d, "detail", json_string(res->detail));
         }
         add_event(r, events, from, "step_succeeded", d);
-        const char *target = st->always ? st->always : st->next;
-        r->chain_start[0] = '\0';
-        r->chain_transient = 0;
-        if (target) {
-            snprintf(r->step, sizeof r->step, "%s", target);
-            r->attempt = 1;
+        if (tr.kind == SL_TR_NEXT) {
             add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
             commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
         } else {
             add_event(r, events, from, "succeeded",
                       res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail", res->detail)
                                 : NULL);
-            ll_set(r, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, r->attempt,
-                   res->duration_s);
+            ll_set(r, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, attempt, res->duration_s);
             commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
         }
         return;
     }
-
-    const char *err = res->err ? res->err : "failed";
-    if (res->wait_s > 0) {
-        /*
-         * Held back by a service (Retry-After, its rate-limit headers): the
-         * call was refused for rate or never reached it, so this is not a
-         * failure of the step. The run
-         * waits until the hold ends and resumes at the same step and attempt;
-         * retries, fallbacks, the chain and the wait backoff are untouched.
-         */
-        double wait_s = res->wait_s > SL_SVC_HOLD_MAX_S ? SL_SVC_HOLD_MAX_S : res->wait_s;
+    case SL_TR_HELD: {
+        /* Held back by a service: not a failure of the step (transition.c). */
         char reason[192];
         snprintf(reason, sizeof reason, "waiting for %s, %.0f s",
-                 res->wait_reason[0] ? res->wait_reason : from, ceil(wait_s));
+                 res->wait_reason[0] ? res->wait_reason : from, ceil(tr.wait_s));
         add_event(r, events, from, "waiting",
                   json_pack("{s:s, s:s, s:f, s:s, s:i, s:b}", "reason", reason, "error", err,
-                            "retry_in_s", wait_s, "resume_step", r->step, "attempt", r->attempt,
+                            "retry_in_s", tr.wait_s, "resume_step", r->step, "attempt", r->attempt,
                             "held", 1));
         ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
         snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        r->ll.delay_ms = (long long)(wait_s * 1000.0);
-        commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
+        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
         return;
+    }
+    default:
+        break;
     }
     if (res->detail && strcmp(err, "lua_error") == 0)
         sl_log(SL_LOG_WARN, "step_lua_error", "{s:s, s:s, s:s, s:s}", "run_id", r->id, "file_id",
-               r->file_id, "step", r->step, "detail", res->detail);
-    add_event(r, events, from, "step_failed", fail_detail(res, r->attempt));
+               r->file_id, "step", from, "detail", res->detail);
+    add_event(r, events, from, "step_failed", fail_detail(res, attempt));
 
-    if (res->transient && r->attempt < st->retry_attempts) {
-        int delay = backoff_ms(st, r->attempt);
-        ll_set(r, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt + 1, res->duration_s);
-        r->ll.delay_ms = delay;
-        r->attempt++;
+    switch (tr.kind) {
+    case SL_TR_RETRY:
+        ll_set(r, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt, res->duration_s);
+        r->ll.delay_ms = tr.delay_ms;
         sl_metrics_add(m_retries, 1, r->pipeline, r->step);
-        add_event(
-            r, events, from, "retry",
-            json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", delay, "error", err));
-        commit(r, "running", NULL, 0, events, NEXT_TIMER, delay);
+        add_event(r, events, from, "retry",
+                  json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", tr.delay_ms,
+                            "error", err));
+        commit(r, "running", NULL, 0, events, NEXT_TIMER, tr.delay_ms);
         return;
-    }
-    const char *target = st->always ? st->always : st->fallback;
-    if (target) {
-        if (!r->chain_start[0])
-            snprintf(r->chain_start, sizeof r->chain_start, "%s", from);
-        r->chain_transient |= res->transient;
+    case SL_TR_FALLBACK:
         ll_set(r, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
-               r->attempt, res->duration_s);
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", target);
-        snprintf(r->ll.via, sizeof r->ll.via, "%s", st->always ? "always" : "fallback");
-        snprintf(r->step, sizeof r->step, "%s", target);
-        r->attempt = 1;
-        sl_metrics_add(m_fallbacks, 1, r->pipeline, from, target);
-        add_event(r, events, from, st->always ? "always" : "fallback",
-                  json_pack("{s:s, s:s, s:s}", "from", from, "to", target, "error", err));
+               attempt, res->duration_s);
+        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
+        snprintf(r->ll.via, sizeof r->ll.via, "%s", tr.via);
+        sl_metrics_add(m_fallbacks, 1, r->pipeline, from, r->step);
+        add_event(r, events, from, tr.via,
+                  json_pack("{s:s, s:s, s:s}", "from", from, "to", r->step, "error", err));
         add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
         commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
         return;
-    }
-    if (r->chain_transient || res->transient) {
-        /*
-         * Nowhere left to go, but a service on the way may come back: wait and
-         * start the chain again (tika -> ocr -> textract), with backoff.
-         */
-        double wait_s = pow(2.0, r->wait_count < 9 ? r->wait_count : 9);
-        if (wait_s > WAIT_MAX_S)
-            wait_s = WAIT_MAX_S;
+    case SL_TR_WAITING: {
         char reason[128];
         snprintf(reason, sizeof reason, "waiting for %s", from);
-        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
-        r->ll.delay_ms = (long long)(wait_s * 1000.0);
-        if (r->chain_start[0])
-            snprintf(r->step, sizeof r->step, "%s", r->chain_start);
-        r->chain_start[0] = '\0';
-        r->chain_transient = 0;
-        r->attempt = 1;
-        r->wait_count++;
+        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, attempt, res->duration_s);
+        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
         add_event(r, events, from, "waiting",
                   json_pack("{s:s, s:s, s:f, s:s}", "reason", reason, "error", err, "retry_in_s",
-                            wait_s, "resume_step", r->step));
+                            tr.wait_s, "resume_step", r->step));
         snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        commit(r, "waiting", err, wait_s, events, NEXT_END, 0);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
         return;
     }
-    add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
-    ll_set(r, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, r->attempt, res->duration_s);
-    commit(r, "failed", err, 0, events, NEXT_END, 0);
+    default:
+        add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
+        ll_set(r, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, attempt, res->duration_s);
+        commit(r, "failed", err, 0, events, NEXT_END, 0);
+    }
 }
 
 static void run_attempt(sl_run_t *r)

@@ -20,6 +20,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: sluice flow check [--lib DIR] FILE...\n"
+               "       sluice flow test ... (sluice flow test --help)\n"
                "Checks flow files offline; prints FILE:LINE: message for each error.\n"
                "Exit status: 0 all valid, 1 some invalid, 2 bad arguments.\n");
 }
@@ -113,6 +114,8 @@ int sl_cli_flow_main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "check") == 0)
         return check_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "test") == 0)
+        return sl_cli_flow_test_main(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         usage(stdout);
         return SL_FLOW_CLI_OK;

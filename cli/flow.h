@@ -2,6 +2,8 @@
  * flow.h — `sluice flow`: tools for flow authors that need no server.
  *
  *   sluice flow check [--lib DIR] FILE...
+ *   sluice flow test FLOW --file SAMPLE [--replay DIR] [--record DIR] ...
+ *   sluice flow test --cases DIR
  *
  * Checks each flow file the way the engine does before it runs one
  * (actors/flow_check.h: loaded in the same sandbox; start, transitions,
@@ -27,5 +29,12 @@ enum {
  * SL_FLOW_CLI_* exit codes; never calls exit().
  */
 int sl_cli_flow_main(int argc, char **argv);
+
+/**
+ * `sluice flow test` (cli/flowtest.c): a flow run offline, or a folder of
+ * cases (actors/flow_offline.h). argv (borrowed) starts at "test". Returns
+ * SL_FLOW_CLI_OK (passed), SL_FLOW_CLI_INVALID (failed), SL_FLOW_CLI_USAGE.
+ */
+int sl_cli_flow_test_main(int argc, char **argv);
 
 #endif

@@ -384,11 +384,13 @@ function pumpThumbs() {
 // ---------------------------------------------------------------- views
 
 function show(view) {
-  for (const id of ["auth-view", "create-view", "dataset-view"]) $(id).hidden = id !== view;
+  for (const id of ["auth-view", "create-view", "dataset-view", "pipelines-view"]) $(id).hidden = id !== view;
   const signedIn = view !== "auth-view";
   $("signout-btn").hidden = !signedIn;
   $("dsnav").hidden = !signedIn || state.datasets.length === 0;
   $("live").hidden = view !== "dataset-view";
+  $("pagenav").hidden = !signedIn; // Files | Pipelines (web/pipelines.js)
+  $("pagenav").dataset.view = view;
 }
 
 // Back to the sign-in form. `everything` (the Sign out button): also forget
@@ -728,7 +730,8 @@ function stageCell(f, pipeline) {
     label = STATE_LABEL[r.state] || r.state;
   }
   return h("td", { class: "stage", dataset: { pipeline, state: r.state, step: r.step || "" } },
-           h("div", { class: "stage-line" }, badge(r.state, label)), track);
+           h("div", { class: "stage-line" }, badge(r.state, label), " ", pathLink(f.id, pipeline, showPipelines)),
+           track);
 }
 
 function fieldText(v) {
@@ -1449,6 +1452,21 @@ function wire() {
   $("drawer-delete").addEventListener("click", () => state.selected && deleteFile(state.selected));
   $("drawer-download").addEventListener("click", () => state.selected && download(state.selected));
 }
+
+// ---------------------------------------------------------------- Pipelines page (web/pipelines.js)
+
+import { initPipelines, openPipelines, pathLink } from "./pipelines.js";
+
+// The page gets the API through api() (the session's credentials) and never
+// reads them itself. opts: {pipeline, fileId} (a file's "show path" link).
+function showPipelines(opts) {
+  closeDrawer();
+  show("pipelines-view");
+  openPipelines(opts);
+}
+initPipelines({ api, h, report, dataset: () => state.dataset });
+$("pipelines-btn").addEventListener("click", () => showPipelines({}));
+$("files-btn").addEventListener("click", () => (state.dataset ? show("dataset-view") : showCreate(true)));
 
 wire();
 localStorage.removeItem(LEGACY_KEY_STORAGE); // a key kept by an older version of this page

@@ -1,0 +1,166 @@
+/*
+ * flow_effects.c — the engine's side of the effects seam (flow_effects.h):
+ * a step's rows are one Postgres statement each, its calls go to libcurl and
+ * core/exec. The statements were lua_run.c's; the SQL functions they call are
+ * db/functions/provenance.sql (sluice_record_put) and the artifacts table of
+ * db/migrations/003_flows.sql (unique on run_id, kind).
+ */
+#include "actors/flow_effects.h"
+
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/flow.h"
+#include "core/crypto.h"
+#include "core/err.h"
+
+/* What a row statement waits with: the caller's callback and what to read back. */
+typedef enum { ROW_ID, ROW_KEY_SIZE, ROW_VERSION, ROW_UPDATED } row_want_t;
+
+typedef struct row_op_s {
+    sl_flow_fx_cb cb;
+    void *arg;
+    row_want_t want;
+} row_op_t;
+
+static void row_cb(const sl_pg_result_t *r, void *arg)
+{
+    row_op_t *op = arg;
+    sl_flow_fx_res_t res = {0};
+    char *end = NULL;
+    PGresult *pr = r->err == 0 && r->n >= 1 ? r->res[0] : NULL;
+
+    if (r->err != 0) {
+        res.err = r->err;
+    } else if (op->want == ROW_UPDATED) {
+        if (pr == NULL || strcmp(PQcmdTuples(pr), "0") == 0)
+            res.err = SL_ENOTFOUND;
+    } else if (pr == NULL || PQntuples(pr) < 1 || PQgetisnull(pr, 0, 0)) {
+        /* an upsert that returned nothing is a database fault; a lookup or a
+         * record of a file that is gone is "not_found" */
+        res.err = op->want == ROW_ID ? SL_EDB : SL_ENOTFOUND;
+    } else if (op->want == ROW_ID) {
+        res.id = PQgetvalue(pr, 0, 0);
+    } else if (op->want == ROW_KEY_SIZE) {
+        res.key = PQgetvalue(pr, 0, 0);
+        res.n = strtoll(PQgetvalue(pr, 0, 1), &end, 10);
+        if (*end != '\0' || res.n < 0)
+            res.err = SL_EDB;
+    } else {
+        res.n = strtoll(PQgetvalue(pr, 0, 0), &end, 10);
+        if (*end != '\0' || res.n < 1)
+            res.err = SL_EDB;
+    }
+    op->cb(&res, op->arg);
+    free(op);
+}
+
+static int row_query(void *self, const char *sql, int n, const char *const *params, row_want_t want,
+                     sl_flow_fx_cb cb, void *arg)
+{
+    const sl_flow_host_t *h = self;
+    row_op_t *op;
+    int rc;
+
+    if (h->pg == NULL)
+        return SL_ECONFIG;
+    if ((op = malloc(sizeof *op)) == NULL)
+        return SL_ENOMEM;
+    op->cb = cb;
+    op->arg = arg;
+    op->want = want;
+    if ((rc = sl_pg_query(h->pg, sql, n, params, row_cb, op)) != 0)
+        free(op);
+    return rc;
+}
+
+static int rows_ready(void *self)
+{
+    return ((const sl_flow_host_t *)self)->pg != NULL;
+}
+
+static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_fx_artifact_t *a,
+                        sl_flow_fx_cb cb, void *arg)
+{
+    static const char sql[] =
+        "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256, "
+        "storage_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (run_id, kind) DO UPDATE SET mime = EXCLUDED.mime, size = EXCLUDED.size, "
+        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, "
+        "created_at = clock_timestamp() RETURNING id";
+    char size[32];
+    snprintf(size, sizeof size, "%llu", (unsigned long long)a->size);
+    const char *params[] = {a->id,   ids->tenant_id, ids->file_id,  ids->run_id, a->kind,
+                            a->mime, size,           a->sha256_hex, a->key};
+    return row_query(self, sql, 9, params, ROW_ID, cb, arg);
+}
+
+static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
+                        void *arg)
+{
+    static const char sql[] = "SELECT storage_key, size FROM artifacts "
+                              "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
+    const char *params[] = {ids->run_id, kind, ids->tenant_id};
+    return row_query(self, sql, 3, params, ROW_KEY_SIZE, cb, arg);
+}
+
+static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *record_json,
+                      const char *prov_json, sl_flow_fx_cb cb, void *arg)
+{
+    static const char sql[] = "SELECT sluice_record_put($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)";
+    char id[37];
+    if (sl_uuid_v4(id) != 0)
+        return SL_EIO;
+    const char *params[] = {id,          ids->tenant_id, ids->dataset_id, ids->file_id,
+                            ids->run_id, record_json,    prov_json};
+    return row_query(self, sql, 7, params, ROW_VERSION, cb, arg);
+}
+
+static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
+                       void *arg)
+{
+    static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
+    const char *params[] = {name, ids->file_id, ids->tenant_id};
+    return row_query(self, sql, 3, params, ROW_UPDATED, cb, arg);
+}
+
+static int http(void *self, const char *service, const sl_curl_req_opts_t *o, sl_curl_cb cb,
+                void *arg, void **handle)
+{
+    const sl_flow_host_t *h = self;
+    sl_curl_xfer_t *x = NULL;
+    int rc;
+    (void)service;
+    if (h->curl == NULL)
+        return SL_ECONFIG;
+    rc = sl_curl_request(h->curl, o, cb, arg, &x);
+    *handle = rc == 0 ? x : NULL;
+    return rc;
+}
+
+static void http_cancel(void *self, void *handle)
+{
+    (void)self;
+    sl_curl_cancel(handle);
+}
+
+static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg, void **handle)
+{
+    const sl_flow_host_t *h = self;
+    sl_exec_t *x = NULL;
+    int rc = sl_exec_start(h->base, o, cb, arg, &x);
+    *handle = rc == 0 ? x : NULL;
+    return rc;
+}
+
+static void exec_cancel(void *self, void *handle)
+{
+    (void)self;
+    sl_exec_cancel(handle);
+}
+
+const sl_flow_effects_t sl_flow_effects_engine = {
+    rows_ready, artifact_put, artifact_get, record_put,  text_source,
+    http,       http_cancel,  exec_start,   exec_cancel,
+};

@@ -1089,6 +1089,184 @@ static void print_summary(cli_t *c, int followed)
     printf("elapsed: %.1f s (processing %.1f s)\n", t - c->t0, t - c->t_upload_end);
 }
 
+/*
+ * Parse: the options into c (SLUICE_URL and SLUICE_API_KEY as defaults), the
+ * operands into args (which has room for argc), checked enough to go into a
+ * URL and a header. 0 to go on, 1 when --help was answered, -1 on a usage
+ * error (said on stderr).
+ */
+static int parse_args(cli_t *c, int argc, char **argv, char **args, int *nargs)
+{
+    c->url = getenv("SLUICE_URL");
+    c->key = getenv("SLUICE_API_KEY");
+    c->batch = BATCH_DEFAULT;
+    c->follow = 1;
+    c->tty = isatty(STDERR_FILENO);
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double num;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 1;
+        } else if (strcmp(a, "--no-follow") == 0) {
+            c->follow = 0;
+        } else if (strcmp(a, "--url") == 0 && v) {
+            c->url = v;
+            i++;
+        } else if (strcmp(a, "--key") == 0 && v) {
+            c->key = v;
+            i++;
+        } else if (strcmp(a, "--dataset") == 0 && v) {
+            c->dataset = v;
+            i++;
+        } else if (strcmp(a, "--batch") == 0 && v) {
+            if (parse_num(v, 1, BATCH_MAX, &num) != 0 || num != (double)(long)num) {
+                fprintf(stderr, "sluice upload: --batch must be an integer in 1..%d\n", BATCH_MAX);
+                return -1;
+            }
+            c->batch = (long)num;
+            i++;
+        } else if (strcmp(a, "--timeout") == 0 && v) {
+            if (parse_num(v, 0, 1e9, &num) != 0) {
+                fprintf(stderr, "sluice upload: --timeout must be a number of seconds\n");
+                return -1;
+            }
+            c->timeout_s = num;
+            i++;
+        } else if (strcmp(a, "--") == 0) {
+            while (++i < argc)
+                args[(*nargs)++] = argv[i];
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fprintf(stderr, "sluice upload: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return -1;
+        } else {
+            args[(*nargs)++] = argv[i];
+        }
+    }
+    if (!c->url || !c->url[0])
+        c->url = DEFAULT_URL;
+    if (!c->key || !c->key[0] || !c->dataset || !c->dataset[0] || *nargs == 0) {
+        fprintf(stderr, "sluice upload: %s\n",
+                !c->key || !c->key[0] ? "no API key: pass --key or set SLUICE_API_KEY"
+                : !c->dataset || !c->dataset[0] ? "--dataset ID is required"
+                                                : "no files or directories given");
+        usage(stderr);
+        return -1;
+    }
+    /* ids are opaque, but they go into URL paths: only URL-safe ones */
+    if (strlen(c->dataset) > 100 ||
+        strspn(c->dataset, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_") !=
+            strlen(c->dataset)) {
+        fprintf(stderr, "sluice upload: '%s' is not a dataset id\n", c->dataset);
+        return -1;
+    }
+    if (strlen(c->url) > 1000) {
+        fprintf(stderr, "sluice upload: the URL is too long\n");
+        return -1;
+    }
+    size_t ul = strlen(c->url);
+    while (ul > 0 && c->url[ul - 1] == '/')
+        ul--;
+    if (!(c->url_buf = strndup(c->url, ul)))
+        return -1;
+    c->url = c->url_buf;
+    int n = snprintf(c->auth, sizeof c->auth, "Authorization: Bearer %s", c->key);
+    if (n < 0 || (size_t)n >= sizeof c->auth) {
+        fprintf(stderr, "sluice upload: the API key is too long\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Collect: every file named or under a directory named, into c->files. 0 or -1 (said). */
+static int collect_files(cli_t *c, char **args, int nargs)
+{
+    /* Everything named must exist before anything is sent. */
+    for (int i = 0; i < nargs; i++) {
+        struct stat st;
+        if (stat(args[i], &st) != 0) {
+            fprintf(stderr, "sluice upload: %s: %s\n", args[i], strerror(errno));
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            if (walk(c, args[i], 0) != 0)
+                return -1;
+        } else if (S_ISREG(st.st_mode)) {
+            if (add_file(c, args[i], (uint64_t)st.st_size) != 0)
+                return -1;
+        } else {
+            fprintf(stderr, "sluice upload: %s: not a file or directory\n", args[i]);
+            return -1;
+        }
+    }
+    if (c->nfiles == 0) {
+        fprintf(stderr, "sluice upload: no files to upload\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Check: the dataset must exist (and the key work) before a byte is uploaded. 0 or -1 (said). */
+static int check_dataset(cli_t *c)
+{
+    char path[256], err[ERROR_MAX];
+    json_t *body;
+    long status;
+    snprintf(path, sizeof path, "/v1/datasets/%s", c->dataset);
+    if (get_json(c, path, &body, &status, err, sizeof err, NULL) != 0) {
+        fprintf(stderr, "sluice upload: cannot reach %s: %s\n", c->url, err);
+        return -1;
+    }
+    if (status != 200) {
+        api_error(body, status, err, sizeof err);
+        fprintf(stderr, "sluice upload: dataset %s: %s\n", c->dataset, err);
+        json_decref(body);
+        return -1;
+    }
+    json_decref(body);
+    return 0;
+}
+
+/*
+ * Upload: the files in batches of c->batch, with progress on stderr. 0, or
+ * -1 when a batch failed (said; with a summary of what was uploaded before).
+ */
+static int upload_files(cli_t *c)
+{
+    char total[32];
+    fmt_bytes(c->total_bytes, total, sizeof total);
+    note(c, "%zu files (%s) to upload in batches of %ld", c->nfiles, total, c->batch);
+    c->t0 = now_s();
+    for (size_t first = 0; first < c->nfiles; first += (size_t)c->batch) {
+        size_t cnt = c->nfiles - first < (size_t)c->batch ? c->nfiles - first : (size_t)c->batch;
+        if (upload_batch(c, first, cnt) != 0) {
+            c->t_upload_end = now_s();
+            if (c->nuploaded) {
+                note(c, "%zu files were uploaded before the failure", c->nuploaded);
+                print_summary(c, 0);
+            }
+            return -1;
+        }
+        c->nuploaded += cnt;
+        c->done_bytes += c->batch_bytes;
+        c->batch_bytes = 0;
+        if (c->tty) {
+            draw_upload(c, 0, 1);
+        } else {
+            char a[32];
+            fmt_bytes(c->done_bytes, a, sizeof a);
+            fprintf(stderr, "sluice upload: uploaded %zu/%zu files (%s/%s)\n", c->nuploaded,
+                    c->nfiles, a, total);
+        }
+    }
+    c->t_upload_end = now_s();
+    clear_line(c);
+    return 0;
+}
+
 int sl_cli_upload_main(int argc, char **argv)
 {
     cli_t c = {0};
@@ -1097,169 +1275,24 @@ int sl_cli_upload_main(int argc, char **argv)
     char **args = NULL;
     int curl_ok = 0;
 
-    c.url = getenv("SLUICE_URL");
-    c.key = getenv("SLUICE_API_KEY");
-    c.batch = BATCH_DEFAULT;
-    c.follow = 1;
-    c.tty = isatty(STDERR_FILENO);
     if (!(args = calloc((size_t)argc + 1, sizeof *args)))
         return SL_UPLOAD_USAGE;
-
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        double num;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            rc = SL_UPLOAD_OK;
-            goto out;
-        } else if (strcmp(a, "--no-follow") == 0) {
-            c.follow = 0;
-        } else if (strcmp(a, "--url") == 0 && v) {
-            c.url = v;
-            i++;
-        } else if (strcmp(a, "--key") == 0 && v) {
-            c.key = v;
-            i++;
-        } else if (strcmp(a, "--dataset") == 0 && v) {
-            c.dataset = v;
-            i++;
-        } else if (strcmp(a, "--batch") == 0 && v) {
-            if (parse_num(v, 1, BATCH_MAX, &num) != 0 || num != (double)(long)num) {
-                fprintf(stderr, "sluice upload: --batch must be an integer in 1..%d\n", BATCH_MAX);
-                goto out;
-            }
-            c.batch = (long)num;
-            i++;
-        } else if (strcmp(a, "--timeout") == 0 && v) {
-            if (parse_num(v, 0, 1e9, &num) != 0) {
-                fprintf(stderr, "sluice upload: --timeout must be a number of seconds\n");
-                goto out;
-            }
-            c.timeout_s = num;
-            i++;
-        } else if (strcmp(a, "--") == 0) {
-            while (++i < argc)
-                args[nargs++] = argv[i];
-        } else if (a[0] == '-' && a[1] != '\0') {
-            fprintf(stderr, "sluice upload: unknown or incomplete option '%s'\n", a);
-            usage(stderr);
-            goto out;
-        } else {
-            args[nargs++] = argv[i];
-        }
-    }
-    if (!c.url || !c.url[0])
-        c.url = DEFAULT_URL;
-    if (!c.key || !c.key[0] || !c.dataset || !c.dataset[0] || nargs == 0) {
-        fprintf(stderr, "sluice upload: %s\n",
-                !c.key || !c.key[0] ? "no API key: pass --key or set SLUICE_API_KEY"
-                : !c.dataset || !c.dataset[0] ? "--dataset ID is required"
-                                              : "no files or directories given");
-        usage(stderr);
+    int prc = parse_args(&c, argc, argv, args, &nargs);
+    if (prc != 0) {
+        if (prc > 0)
+            rc = SL_UPLOAD_OK; /* --help */
         goto out;
     }
-    /* ids are opaque, but they go into URL paths: only URL-safe ones */
-    if (strlen(c.dataset) > 100 ||
-        strspn(c.dataset, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_") !=
-            strlen(c.dataset)) {
-        fprintf(stderr, "sluice upload: '%s' is not a dataset id\n", c.dataset);
+    if (collect_files(&c, args, nargs) != 0)
         goto out;
-    }
-    if (strlen(c.url) > 1000) {
-        fprintf(stderr, "sluice upload: the URL is too long\n");
-        goto out;
-    }
-    {
-        size_t ul = strlen(c.url);
-        while (ul > 0 && c.url[ul - 1] == '/')
-            ul--;
-        if (!(c.url_buf = strndup(c.url, ul)))
-            goto out;
-        c.url = c.url_buf;
-    }
-    int n = snprintf(c.auth, sizeof c.auth, "Authorization: Bearer %s", c.key);
-    if (n < 0 || (size_t)n >= sizeof c.auth) {
-        fprintf(stderr, "sluice upload: the API key is too long\n");
-        goto out;
-    }
-
-    /* Everything named must exist before anything is sent. */
-    for (int i = 0; i < nargs; i++) {
-        struct stat st;
-        if (stat(args[i], &st) != 0) {
-            fprintf(stderr, "sluice upload: %s: %s\n", args[i], strerror(errno));
-            goto out;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            if (walk(&c, args[i], 0) != 0)
-                goto out;
-        } else if (S_ISREG(st.st_mode)) {
-            if (add_file(&c, args[i], (uint64_t)st.st_size) != 0)
-                goto out;
-        } else {
-            fprintf(stderr, "sluice upload: %s: not a file or directory\n", args[i]);
-            goto out;
-        }
-    }
-    if (c.nfiles == 0) {
-        fprintf(stderr, "sluice upload: no files to upload\n");
-        goto out;
-    }
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(c.easy = curl_easy_init())) {
         fprintf(stderr, "sluice upload: cannot initialize libcurl\n");
         goto out;
     }
     curl_ok = 1;
-
-    /* The dataset must exist (and the key work) before a byte is uploaded. */
-    {
-        char path[256], err[ERROR_MAX];
-        json_t *body;
-        long status;
-        snprintf(path, sizeof path, "/v1/datasets/%s", c.dataset);
-        if (get_json(&c, path, &body, &status, err, sizeof err, NULL) != 0) {
-            fprintf(stderr, "sluice upload: cannot reach %s: %s\n", c.url, err);
-            goto out;
-        }
-        if (status != 200) {
-            api_error(body, status, err, sizeof err);
-            fprintf(stderr, "sluice upload: dataset %s: %s\n", c.dataset, err);
-            json_decref(body);
-            goto out;
-        }
-        json_decref(body);
-    }
-
-    char total[32];
-    fmt_bytes(c.total_bytes, total, sizeof total);
-    note(&c, "%zu files (%s) to upload in batches of %ld", c.nfiles, total, c.batch);
-    c.t0 = now_s();
-    for (size_t first = 0; first < c.nfiles; first += (size_t)c.batch) {
-        size_t cnt = c.nfiles - first < (size_t)c.batch ? c.nfiles - first : (size_t)c.batch;
-        if (upload_batch(&c, first, cnt) != 0) {
-            c.t_upload_end = now_s();
-            if (c.nuploaded) {
-                note(&c, "%zu files were uploaded before the failure", c.nuploaded);
-                print_summary(&c, 0);
-            }
-            goto out;
-        }
-        c.nuploaded += cnt;
-        c.done_bytes += c.batch_bytes;
-        c.batch_bytes = 0;
-        if (c.tty) {
-            draw_upload(&c, 0, 1);
-        } else {
-            char a[32];
-            fmt_bytes(c.done_bytes, a, sizeof a);
-            fprintf(stderr, "sluice upload: uploaded %zu/%zu files (%s/%s)\n", c.nuploaded,
-                    c.nfiles, a, total);
-        }
-    }
-    c.t_upload_end = now_s();
-    clear_line(&c);
+    if (check_dataset(&c) != 0 || upload_files(&c) != 0)
+        goto out;
 
     if (!c.follow) {
         print_summary(&c, 0);

@@ -16,7 +16,12 @@
  * database it does not exist yet). CREATE OR REPLACE cannot change a
  * function's result type or drop an argument: that takes a migration which
  * drops the old function, and the file then creates the new one.
+ *
+ * sl_pg_bootstrap is what a serving process runs on its worker pool (app.c
+ * retries it with backoff): the migrations, then the shared signing keys and
+ * the config's tenants.
  */
+#include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "db/pg.h"
@@ -224,4 +229,99 @@ out:
         PQclear(PQexec(pc, "SELECT pg_advisory_unlock(" SL_PG_MIGRATE_LOCK ")"));
     PQfinish(pc);
     return rc;
+}
+
+/* ---- start-up of a serving process: migrations, shared keys, tenants ---- */
+
+/* Bytes of the URL-signing key (HMAC-SHA256: 256 bits, its block-size-safe length). */
+#define SL_SIGNING_KEY_BYTES 32
+
+/*
+ * A signing key named `name` in the settings table — the URL-signing key, or
+ * (issue 13) the access-token key when the config lists no auth.token_keys —
+ * shared by every instance, into out (hex, NUL-terminated). When there is
+ * none yet (a fresh database, or migration 006 dropped the weak URL key that
+ * 001 made with random()), this
+ * instance makes one from the CSPRNG (sl_random_bytes: OpenSSL RAND_bytes)
+ * and offers it; ON CONFLICT DO NOTHING lets exactly one offer win, and
+ * everyone reads the winner. 0, or -1 (a database error: see PQerrorMessage).
+ */
+static int load_signing_key(PGconn *c, const char *name, char *out, size_t outlen)
+{
+    unsigned char rnd[SL_SIGNING_KEY_BYTES];
+    char hex[2 * SL_SIGNING_KEY_BYTES + 1];
+    PGresult *r = NULL;
+    int rc = -1;
+
+    if (sl_random_bytes(rnd, sizeof rnd) != 0)
+        goto out;
+    sl_hex(rnd, sizeof rnd, hex);
+    const char *params[2] = {hex, name};
+    r = PQexecParams(c,
+                     "INSERT INTO settings (key, value) VALUES ($2, $1) "
+                     "ON CONFLICT (key) DO NOTHING",
+                     2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        goto out;
+    PQclear(r);
+    r = PQexecParams(c, "SELECT value FROM settings WHERE key = $1", 1, NULL, params + 1, NULL,
+                     NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        (size_t)PQgetlength(r, 0, 0) >= outlen)
+        goto out;
+    snprintf(out, outlen, "%s", PQgetvalue(r, 0, 0));
+    rc = 0;
+out:
+    PQclear(r);
+    explicit_bzero(rnd, sizeof rnd);
+    explicit_bzero(hex, sizeof hex);
+    return rc;
+}
+
+int sl_pg_bootstrap(sl_pg_bootstrap_t *b)
+{
+    int err = sl_pg_migrate(b->conninfo, sl_pg_migrations, sl_pg_nmigrations, b->errbuf,
+                            sizeof b->errbuf);
+    if (err)
+        return err;
+    PGconn *c = PQconnectdb(b->conninfo);
+    PGresult *r = NULL;
+    if (PQstatus(c) != CONNECTION_OK ||
+        load_signing_key(c, "url_signing_key", b->url_signing_key, sizeof b->url_signing_key) !=
+            0 ||
+        (b->token_key_name && load_signing_key(c, b->token_key_name, b->token_signing_key,
+                                               sizeof b->token_signing_key) != 0)) {
+        err = SL_EUNAVAIL;
+        snprintf(b->errbuf, sizeof b->errbuf, "cannot read settings: %s", PQerrorMessage(c));
+    }
+    /* Bootstrap tenants from the config: created once by name, keys stored hashed. */
+    for (int i = 0; !err && i < b->ntenants; i++) {
+        const sl_config_tenant_t *t = &b->tenants[i];
+        char hash[65];
+        sl_sha256_hex(t->api_key, strlen(t->api_key), hash);
+        const char *params[] = {t->name, hash};
+        r = PQexecParams(c, "SELECT sluice_bootstrap_tenant($1, $2)", 2, NULL, params, NULL, NULL,
+                         0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            err = SL_EDB;
+            snprintf(b->errbuf, sizeof b->errbuf, "tenant bootstrap: %s", PQerrorMessage(c));
+        }
+        PQclear(r);
+        if (err)
+            break;
+        /* issue 13: the prefix GET /v1/keys shows (the key's first 11 characters) */
+        char prefix[12];
+        snprintf(prefix, sizeof prefix, "%.11s", t->api_key);
+        const char *pp[] = {hash, prefix};
+        r = PQexecParams(c,
+                         "UPDATE api_keys SET prefix = $2 WHERE key_hash = $1 AND prefix IS NULL",
+                         2, NULL, pp, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            err = SL_EDB;
+            snprintf(b->errbuf, sizeof b->errbuf, "tenant bootstrap: %s", PQerrorMessage(c));
+        }
+        PQclear(r);
+    }
+    PQfinish(c);
+    return err;
 }

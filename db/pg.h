@@ -36,6 +36,8 @@
 #include <libpq-fe.h>
 #include <stddef.h>
 
+#include "core/config.h" /* sl_config_tenant_t (sl_pg_bootstrap) */
+
 typedef struct sl_pg_s sl_pg_t;
 typedef struct sl_pg_batch_s sl_pg_batch_t;
 
@@ -188,5 +190,34 @@ int sl_pg_migrate_with(const char *conninfo, const sl_pg_migration_t *migs, int 
  */
 int sl_pg_migrate(const char *conninfo, const sl_pg_migration_t *migs, int n, char *errbuf,
                   size_t errlen);
+
+/**
+ * What a serving process needs from the database before /v1 answers, read
+ * and written by sl_pg_bootstrap. The caller fills the inputs; the outputs
+ * are NUL-terminated. Keys are secrets: bzero them once used.
+ */
+typedef struct sl_pg_bootstrap_s {
+    const char *conninfo;              /* borrowed */
+    const sl_config_tenant_t *tenants; /* borrowed; the config's bootstrap tenants */
+    int ntenants;
+    const char *token_key_name;  /* borrowed; settings key of the access-token key,
+                                    NULL when the config lists its own keys */
+    char url_signing_key[129];   /* out: hex, the "url_signing_key" setting */
+    char token_signing_key[129]; /* out: hex, the token_key_name setting ("" if NULL) */
+    char errbuf[512];            /* out: what failed */
+} sl_pg_bootstrap_t;
+
+/**
+ * Everything a serving process does to the database at start-up, blocking
+ * (on the worker pool): sl_pg_migrate; then the signing keys every instance
+ * shares through the settings table (each made from the CSPRNG by the first
+ * instance that finds none: INSERT ... ON CONFLICT DO NOTHING, so exactly
+ * one offer wins and everyone reads the winner); then the config's tenants,
+ * created once by name with their keys stored hashed (sluice_bootstrap_tenant)
+ * and the key prefix GET /v1/keys shows. The caller retries on error.
+ * Returns 0, or sl_pg_migrate's error, SL_EUNAVAIL (cannot connect or read
+ * the settings) or SL_EDB (a tenant), with the reason in b->errbuf.
+ */
+int sl_pg_bootstrap(sl_pg_bootstrap_t *b);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * api.h — the REST API of ../shared/API.md, on top of core/http and db/pg.
  *
- * main.c builds one sl_app_t, registers every route file's routes into the
+ * app.c builds one sl_app_t, registers every route file's routes into the
  * router, and dispatches each request to its route. Route files (the api/ .c files) are
  * thin: parse and validate input, run one parameterised batch in Postgres
  * (JSON documents are built by SQL functions from db/migrations/002_json.sql),
@@ -43,24 +43,24 @@ typedef struct sl_pipeline_def_s {
 
 typedef struct sl_app_s {
     struct event_base *base;
-    sl_config_t *cfg;          /* owned by main */
-    sl_pg_t *pg;               /* owned by main */
-    sl_workq_t *wq;            /* owned by main */
-    sl_store_t *store;         /* owned by main */
-    sl_http_server_t *http;    /* owned by main */
-    sl_http_router_t *router;  /* owned by main */
-    sl_redis_t *redis;         /* owned by main; NULL when redis_url is not configured */
-    sl_ratelimit_t *ratelimit; /* owned by main: request/byte limits, upload concurrency holds */
-    sl_pubsub_t *pubsub;       /* owned by main; status events (local fan-out + Redis) */
-    sl_cache_t *cache;         /* owned by main; API key and file document caches (api/cache.h);
+    sl_config_t *cfg;          /* owned by app.c */
+    sl_pg_t *pg;               /* owned by app.c */
+    sl_workq_t *wq;            /* owned by app.c */
+    sl_store_t *store;         /* owned by app.c */
+    sl_http_server_t *http;    /* owned by app.c */
+    sl_http_router_t *router;  /* owned by app.c */
+    sl_redis_t *redis;         /* owned by app.c; NULL when redis_url is not configured */
+    sl_ratelimit_t *ratelimit; /* owned by app.c: request/byte limits, upload concurrency holds */
+    sl_pubsub_t *pubsub;       /* owned by app.c; status events (local fan-out + Redis) */
+    sl_cache_t *cache;         /* owned by app.c; API key and file document caches (api/cache.h);
                                   NULL in the engine process */
-    struct sl_auth_s *auth;    /* owned by main; access tokens, scopes (api/auth.h); issue 13 */
-    sl_curl_t *curl;           /* owned by main */
-    sl_flowvm_t *vm;           /* owned by main */
-    sl_sched_t *sched;         /* owned by main; NULL until flows are loaded, and always
+    struct sl_auth_s *auth;    /* owned by app.c; access tokens, scopes (api/auth.h); issue 13 */
+    sl_curl_t *curl;           /* owned by app.c */
+    sl_flowvm_t *vm;           /* owned by app.c */
+    sl_sched_t *sched;         /* owned by app.c; NULL until flows are loaded, and always
                                   NULL in an HTTP process (the engine runs apart) */
-    sl_elink_t *link;          /* owned by main; the engine process's link, NULL inline */
-    sl_retention_t *retention; /* owned by main: purges and (engine/inline) the sweep */
+    sl_elink_t *link;          /* owned by app.c; the engine process's link, NULL inline */
+    sl_retention_t *retention; /* owned by app.c: purges and (engine/inline) the sweep */
     int role;                  /* SL_ROLE_* of core/supervise.h */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;

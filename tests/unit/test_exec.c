@@ -435,7 +435,9 @@ static void test_rlimits(void)
 
     /* CPU: SIGXCPU at the soft limit */
     const char *argv2[] = {"sh", "-c", "while :; do :; done", NULL};
-    sl_exec_opts_t o2 = {.rlimit_cpu_s = 1, .timeout_ms = 10000};
+    /* A wall timeout far past 1 s of CPU: on a loaded machine (load 9 on 2 cores)
+     * the loop gets a fraction of a core, and a 10 s timeout killed it first. */
+    sl_exec_opts_t o2 = {.rlimit_cpu_s = 1, .timeout_ms = 60000};
     CHECK(run(argv2, &o2, &r) == 0);
     CHECK(r.err == 0);
     CHECK(r.term_signal == SIGXCPU || r.term_signal == SIGKILL);

@@ -532,20 +532,14 @@ static sl_flowvm_t *check_vm(struct sl_api_pipes_s *pp)
     return pp->vm;
 }
 
-/* 400 invalid_flow: every error in the message, one per line, and as a list. */
+/* 400 invalid_flow: every error in the message, "name:line: message", one per line. */
 static void respond_invalid_flow(sl_http_req_t *req, const sl_flow_check_t *c)
 {
     size_t cap = (size_t)SL_FLOW_CHECK_MAX_ERRORS * SL_FLOW_CHECK_ERROR_MAX + 64;
     char *text = malloc(cap);
-    json_t *list = json_array();
-    for (int i = 0; list && i < sl_flow_check_nerrors(c); i++)
-        json_array_append_new(list, json_string(sl_flow_check_error(c, i)));
     if (text)
         sl_flow_check_errors_text(c, text, cap);
-    sl_api_json(req, 400,
-                json_pack("{s:{s:s, s:s, s:o}}", "error", "code", "invalid_flow", "message",
-                          text ? text : "the flow is invalid", "errors",
-                          list ? list : json_array()));
+    sl_http_respond_error(req, 400, "invalid_flow", text ? text : "the flow is invalid", -1);
     free(text);
 }
 

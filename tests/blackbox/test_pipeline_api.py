@@ -8,7 +8,10 @@ version they started with while new uploads take the new one (runs'
 flow_version). Export round-trips (JSON and YAML); DELETE stops new runs.
 """
 import hashlib
+import os
+import signal
 import time
+import urllib.parse
 
 import requests
 
@@ -268,3 +271,54 @@ def test_yaml_export_round_trip_delete_and_refusals(start_server, tmp_path):
     big = NOTES + "--" + "x" * (300 * 1024) + "\n"
     assert put(a, "notes", {"match": ["text/plain"], "flow": big}).status_code == 413
     assert t.get("/v1/pipelines/notes").json()["revision"] == 8
+
+
+def test_runs_taken_over_after_a_crash_finish_on_their_version(start_server, pg, tmp_path):
+    srv = start_server(extra_yaml=config(tmp_path))
+    t = srv.create_tenant("crash")
+    assert put(srv, "notes", {"match": ["text/plain"], "flow": NOTES}).status_code == 200
+    ds = t.create_dataset("d")["id"]
+    slow = [upload_one(t, ds, "slow-%d.txt" % i) for i in range(4)]
+    deadline = time.monotonic() + 20
+    while not all(notes_run(t.get("/v1/files/" + f).json())["step"] == "wait" for f in slow):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    v2 = NOTES.replace("ctx.odd = true", "ctx.odd = 2")
+    assert put(srv, "notes", {"match": ["text/plain"], "flow": v2}).status_code == 200
+    # the engine dies mid-step; its leases lapse (made to at once) and the new one takes over
+    old = srv.engine_pid()
+    os.kill(old, signal.SIGKILL)
+    srv.wait_engine(old_pid=old)
+    db = urllib.parse.urlparse(srv.database_url).path.lstrip("/")
+    pg.psql("UPDATE runs SET lease_until = now() - interval '1 second' WHERE state = 'running'",
+            dbname=db)
+    fresh = upload_one(t, ds, "fresh.txt")
+    for fid in slow:
+        run = notes_run(t.wait_file(fid, timeout=60))
+        assert run["state"] == "succeeded" and run["flow_version"] == sha(NOTES), run
+    run = notes_run(t.wait_file(fresh, timeout=30))
+    assert run["state"] == "succeeded" and run["flow_version"] == sha(v2), run
+    assert '"event":"flow_version_loaded"' in srv.log()
+
+
+def test_inline_process_and_sighup_leave_api_pipelines_as_they_are(start_server, tmp_path):
+    srv = start_server(extra_yaml=config(tmp_path) + "engine: {process: inline}\n")
+    t = srv.create_tenant("inline")
+    admin = Client(srv.url, srv.admin_key)
+    ds = t.create_dataset("d")["id"]
+    v2 = NOTES.replace("ctx.odd = true", "ctx.odd = 2")
+    for src, name in ((NOTES, "bad.txt"), (v2, "ok.txt")):
+        assert put(srv, "notes", {"match": ["text/plain"], "flow": src}).status_code == 200
+        run = notes_run(t.wait_file(upload_one(t, ds, name), timeout=30))
+        assert run["state"] == "succeeded" and run["flow_version"] == sha(src), run
+    # SIGHUP reloads the config's files only
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while '"event":"flow_reloaded"' not in srv.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run = notes_run(t.wait_file(upload_one(t, ds, "again.txt"), timeout=30))
+    assert run["flow_version"] == sha(v2), run
+    assert t.get("/v1/pipelines/notes").json()["revision"] == 2
+    assert admin.delete("/v1/admin/pipelines/notes").status_code == 204
+    assert t.get("/v1/files/" + upload_one(t, ds, "late.txt")).json()["runs"] == []

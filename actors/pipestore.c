@@ -216,8 +216,8 @@ static void sources_cb(const sl_pg_result_t *r, void *arg)
             if (sl_flow_load_source(ps->vm, e->name, e->name, PQgetvalue(res, k, 1),
                                     (size_t)PQgetlength(res, k, 1), &f, err, sizeof err) != 0 ||
                 sl_sched_set_flow(ps->sched, e->name, f) != 0) {
-                sl_log(SL_LOG_ERROR, "pipeline_load_failed", "{s:s, s:s, s:s}", "pipeline",
-                       e->name, "version", e->version, "error", f ? "too many pipelines" : err);
+                sl_log(SL_LOG_ERROR, "pipeline_load_failed", "{s:s, s:s, s:s}", "pipeline", e->name,
+                       "version", e->version, "error", f ? "too many pipelines" : err);
                 snprintf(ps->failed[ps->nfailed_next], 65, "%s", e->version);
                 ps->nfailed_next = (ps->nfailed_next + 1) % FAILED_MAX;
             } else {
@@ -261,8 +261,9 @@ static void load_sources(sl_pipestore_t *ps)
     list[off++] = '}';
     list[off] = '\0';
     const char *params[] = {list};
-    int err = send_query(ps, "SELECT version, source FROM flow_versions WHERE version = ANY ($1::text[])",
-                         1, params, sources_cb);
+    int err =
+        send_query(ps, "SELECT version, source FROM flow_versions WHERE version = ANY ($1::text[])",
+                   1, params, sources_cb);
     free(list);
     if (err)
         read_finished(ps, err);

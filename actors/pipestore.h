@@ -44,12 +44,12 @@ typedef struct sl_pipestore_s sl_pipestore_t;
 /** One pipeline with a row in Postgres, as last read. Owned by the store. */
 typedef struct sl_pipestore_entry_s {
     char name[64];
-    int revision;      /* current revision (0: a config seed deleted without any PUT) */
-    int deleted;       /* DELETEd: no new runs (a tombstone; it also hides a config seed) */
-    char version[65];  /* sha256 hex of the current source; "" when there is none */
+    int revision;     /* current revision (0: a config seed deleted without any PUT) */
+    int deleted;      /* DELETEd: no new runs (a tombstone; it also hides a config seed) */
+    char version[65]; /* sha256 hex of the current source; "" when there is none */
     char created_at[40];
     char *match[SL_CONFIG_MAX_MATCH + 1]; /* owned, NULL-terminated */
-    json_t *describe;  /* owned: sl_flow_describe of the version (steps, version, start, graph) */
+    json_t *describe; /* owned: sl_flow_describe of the version (steps, version, start, graph) */
 } sl_pipestore_entry_t;
 
 /** After each read that changed something, and after the first read (arg borrowed). */

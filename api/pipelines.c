@@ -98,7 +98,8 @@ static void apply_cb(sl_pipestore_t *ps, void *arg)
     struct sl_api_pipes_s *pp = arg;
     sl_app_t *app = pp->app;
     want_t want[SL_CONFIG_MAX_PIPELINES + SL_PIPESTORE_MAX];
-    int nw = 0, used[SL_CONFIG_MAX_PIPELINES] = {0}, placed[SL_CONFIG_MAX_PIPELINES + SL_PIPESTORE_MAX] = {0};
+    int nw = 0, used[SL_CONFIG_MAX_PIPELINES] = {0},
+        placed[SL_CONFIG_MAX_PIPELINES + SL_PIPESTORE_MAX] = {0};
 
     for (int i = 0; i < pp->nseeds; i++) {
         const sl_pipestore_entry_t *e = sl_pipestore_find(ps, pp->seeds[i].name);
@@ -260,8 +261,8 @@ typedef struct pipe_req_s {
     sl_app_t *app;
     sl_http_req_t *req;
     char name[64];
-    int yaml;      /* export: as YAML */
-    json_t *doc;   /* owned: PUT's answer, or export's match */
+    int yaml;       /* export: as YAML */
+    json_t *doc;    /* owned: PUT's answer, or export's match */
     char path[512]; /* export of a config pipeline: its flow file */
 } pipe_req_t;
 
@@ -756,7 +757,8 @@ static int literal_ok(const char *s, size_t len)
             return 0;
         if (u[i] == 0xC2 && i + 1 < len && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f)
             return 0; /* C1 controls, NEL among them */
-        if (u[i] == 0xE2 && i + 2 < len && u[i + 1] == 0x80 && (u[i + 2] == 0xA8 || u[i + 2] == 0xA9))
+        if (u[i] == 0xE2 && i + 2 < len && u[i + 1] == 0x80 &&
+            (u[i + 2] == 0xA8 || u[i + 2] == 0xA9))
             return 0; /* U+2028, U+2029: line breaks to YAML 1.1 */
         if (u[i] == 0xEF && i + 2 < len &&
             ((u[i + 1] == 0xBB && u[i + 2] == 0xBF) || (u[i + 1] == 0xBF && u[i + 2] >= 0xBE)))
@@ -810,9 +812,9 @@ static char *yaml_export(const json_t *match, const char *src, size_t len, size_
         return out;
     }
     /* chomping: "-" no final newline, "" exactly one, "+" more */
-    const char *chomp = len == 0 || src[len - 1] != '\n'        ? "-"
+    const char *chomp = len == 0 || src[len - 1] != '\n'   ? "-"
                         : len >= 2 && src[len - 2] == '\n' ? "+"
-                                                            : "";
+                                                           : "";
     size_t body = len > 0 && src[len - 1] == '\n' ? len - 1 : len;
     off += (size_t)snprintf(out + off, cap - off, "flow: |2%s\n", chomp);
     for (size_t start = 0;;) {
@@ -957,6 +959,6 @@ void sl_api_register_pipelines(sl_app_t *app)
                        pipelines_put, app);
     sl_http_router_add(app->router, "DELETE", "/v1/admin/pipelines/{name}", "pipelines_delete",
                        pipelines_delete, app);
-    sl_http_router_add(app->router, "GET", "/v1/admin/pipelines/{name}/export",
-                       "pipelines_export", pipelines_export, app);
+    sl_http_router_add(app->router, "GET", "/v1/admin/pipelines/{name}/export", "pipelines_export",
+                       pipelines_export, app);
 }

@@ -17,6 +17,7 @@
 
 #include "actors/flow_check.h"
 #include "api/auth.h"
+#include "api/pipelines.h" /* issue 14: pipelines through the API */
 #include "core/fault.h"
 #include "core/crypto.h"
 #include "core/engine_link.h"
@@ -219,8 +220,7 @@ static void migrate_done(void *arg)
     explicit_bzero(job->b.token_signing_key, sizeof job->b.token_signing_key);
     app->schema_ready = 1;
     sl_log(SL_LOG_INFO, "schema_ready", "{s:i}", "migrations", sl_pg_nmigrations);
-    if (app->sched)
-        sl_sched_start(app->sched);
+    sl_api_pipelines_start(app); /* issue 14: API pipelines first, then sl_sched_start */
     sl_retention_start(app->retention); /* retention: resumes purges; the sweep (not HTTP) */
     event_free(job->retry);
     free(job);
@@ -345,6 +345,8 @@ static int load_flows(sl_app_t *app, int reload)
     for (int i = 0; i < app->npipelines; i++) {
         const char *path = NULL;
         char def[256];
+        if (app->pipelines[i].origin != SL_PIPE_CONFIG)
+            continue; /* issue 14: API pipelines are the store's (api/pipelines.h) */
         for (int k = 0; k < app->cfg->npipelines; k++)
             if (strcmp(app->cfg->pipelines[k].name, app->pipelines[i].name) == 0)
                 path = app->cfg->pipelines[k].flow;
@@ -364,6 +366,8 @@ static int load_flows(sl_app_t *app, int reload)
     }
     for (int i = 0; i < app->npipelines; i++) {
         sl_pipeline_def_t *p = &app->pipelines[i];
+        if (!flows[i])
+            continue; /* issue 14: not the config's */
         sl_sched_set_flow(app->sched, p->name, flows[i]);
         json_t *flow = sl_flow_describe(flows[i]); /* steps, version, graph (issue 14) */
         if (flow) {
@@ -508,6 +512,7 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     }
     if (app->pubsub)
         sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams, which never end by themselves */
+    sl_api_pipelines_close(app); /* issue 14: before the scheduler it loads flows into */
     if (app->sched) {
         /* Hand this instance's runs back at once instead of letting leases lapse. */
         const char *params[] = {app->instance_id};
@@ -711,6 +716,7 @@ void sl_app_close_flows(sl_app_t *app)
     g_snapshot = NULL;
     if (app->link)
         sl_elink_unlisten(app->link); /* its event is on app->base */
+    sl_api_pipelines_close(app); /* issue 14 */
     if (app->sched)
         sl_sched_free(app->sched);
     app->sched = NULL;
@@ -848,6 +854,8 @@ int sl_app_serve(sl_config_t *cfg, int role, sl_elink_t *link)
     if ((err = sl_app_open_backends(app)) != 0)
         goto out;
     if (role != SL_ROLE_HTTP && (err = sl_app_open_flows(app)) != 0)
+        goto out;
+    if ((err = sl_api_pipelines_open(app)) != 0) /* issue 14 */
         goto out;
     if ((err = start_migrations(app)) != 0)
         goto out;

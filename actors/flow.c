@@ -730,11 +730,13 @@ static void free_step_strings(sl_flow_step_t *st)
     free((char *)st->always);
 }
 
+/* sl_flow_load and sl_flow_load_source: checks and loads buf (len bytes; taken). */
+static int load_buf(sl_flowvm_t *vm, const char *name, const char *path, char *buf, size_t len,
+                    sl_flow_t **out, char *err, size_t errlen);
+
 int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t **out, char *err,
                  size_t errlen)
 {
-    sl_flow_check_t *c = NULL;
-    sl_flow_t *f = NULL;
     char *buf = NULL;
     size_t len = 0;
     int rc;
@@ -745,6 +747,35 @@ int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t 
     }
     if ((rc = sl_flow__read_file(path, &buf, &len, err, errlen)) != 0)
         return rc;
+    return load_buf(vm, name, path, buf, len, out, err, errlen);
+}
+
+/* issue 14 (pipeapi): a flow from Postgres (pipelines put through the API). */
+int sl_flow_load_source(sl_flowvm_t *vm, const char *name, const char *label, const char *src,
+                        size_t len, sl_flow_t **out, char *err, size_t errlen)
+{
+    char *buf;
+
+    if (vm == NULL || name == NULL || label == NULL || src == NULL || out == NULL) {
+        snprintf(err, errlen, "%s: bad arguments", label ? label : "?");
+        return SL_EINVAL;
+    }
+    if ((buf = malloc(len + 1)) == NULL) {
+        snprintf(err, errlen, "%s: out of memory", label);
+        return SL_ENOMEM;
+    }
+    memcpy(buf, src, len);
+    buf[len] = '\0';
+    return load_buf(vm, name, label, buf, len, out, err, errlen);
+}
+
+static int load_buf(sl_flowvm_t *vm, const char *name, const char *path, char *buf, size_t len,
+                    sl_flow_t **out, char *err, size_t errlen)
+{
+    sl_flow_check_t *c = NULL;
+    sl_flow_t *f = NULL;
+    int rc;
+
     err[0] = '\0';
     /* The whole check (actors/flow_check.h): every error at once, one per line. */
     if ((rc = sl_flow_check_source(vm, path, buf, len, &c)) != 0) {

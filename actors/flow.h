@@ -99,6 +99,14 @@ typedef struct sl_flow_step_s {
 int sl_flow_load(sl_flowvm_t *vm, const char *name, const char *path, sl_flow_t **out, char *err,
                  size_t errlen);
 
+/**
+ * sl_flow_load for a source in memory (src: len bytes, borrowed; copied),
+ * checked and compiled under `label` (copied; sl_flow_path returns it): the
+ * pipelines put through the API (actors/pipestore.h). Same returns.
+ */
+int sl_flow_load_source(sl_flowvm_t *vm, const char *name, const char *label, const char *src,
+                        size_t len, sl_flow_t **out, char *err, size_t errlen);
+
 /** References: a run holds one while it uses the flow; reload drops the registry's. */
 void sl_flow_ref(sl_flow_t *f);
 void sl_flow_unref(sl_flow_t *f);

@@ -731,8 +731,9 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
 
     sl_flow_t *cur = sl_sched__flow_for(s, r->pipeline);
     r->flow = cur;
-    if (cur && c->flow_version && strcmp(c->old_state, "running") == 0 &&
-        strcmp(c->flow_version, sl_flow_version(cur)) != 0) {
+    /* issue 14: also when the pipeline was deleted since (cur NULL): in flight, it finishes */
+    if (c->flow_version && strcmp(c->old_state, "running") == 0 &&
+        (!cur || strcmp(c->flow_version, sl_flow_version(cur)) != 0)) {
         /* Taken over: the run goes on with the version it started with. */
         r->flow = sl_sched__flow_version(s, r->pipeline, c->flow_version);
         if (!r->flow) {

@@ -527,6 +527,18 @@ int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f)
     return 0;
 }
 
+int sl_sched_drop_flow(sl_sched_t *s, const char *pipeline)
+{
+    for (int i = 0; i < s->npipelines; i++) {
+        if (strcmp(s->pipelines[i].name, pipeline) != 0)
+            continue;
+        sl_flow_unref(s->pipelines[i].flow); /* actors in flight hold their own references */
+        s->pipelines[i] = s->pipelines[--s->npipelines];
+        return 0;
+    }
+    return SL_ENOTFOUND;
+}
+
 sl_flow_t *sl_sched_flow(const sl_sched_t *s, const char *pipeline)
 {
     for (int i = 0; i < s->npipelines; i++)

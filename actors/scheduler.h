@@ -45,6 +45,14 @@ int sl_sched_new(const sl_sched_opts_t *opts, sl_sched_t **out);
  */
 int sl_sched_set_flow(sl_sched_t *s, const char *pipeline, sl_flow_t *f);
 
+/**
+ * Forgets a pipeline (issue 14: deleted through the API): runs claimed from
+ * now on fail with unknown_pipeline; actors in flight keep their flow, and a
+ * running run taken over after a crash loads its version from flow_versions.
+ * 0, or SL_ENOTFOUND.
+ */
+int sl_sched_drop_flow(sl_sched_t *s, const char *pipeline);
+
 /** The current flow of a pipeline, or NULL (borrowed). */
 sl_flow_t *sl_sched_flow(const sl_sched_t *s, const char *pipeline);
 

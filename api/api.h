@@ -39,7 +39,16 @@ typedef struct sl_pipeline_def_s {
      * HTTP process copies the engine's (sl_api_engine_refresh_steps). Before
      * that: {"steps"} of the shipped pipelines' documented steps, or NULL. */
     json_t *flow;
+    /* issue 14 (pipeapi): where the pipeline comes from (SL_PIPE_*), and its
+     * revision when put through the API (0 for the config's). A slot keeps its
+     * index for the process's life (upload bit sets span loop turns): a
+     * deleted pipeline's slot is SL_PIPE_GONE, matches nothing and is hidden
+     * (api/pipelines.h). */
+    int origin;
+    int revision;
 } sl_pipeline_def_t;
+
+enum { SL_PIPE_CONFIG = 0, SL_PIPE_API = 1, SL_PIPE_GONE = 2 };
 
 typedef struct sl_app_s {
     struct event_base *base;
@@ -61,6 +70,8 @@ typedef struct sl_app_s {
                                   NULL in an HTTP process (the engine runs apart) */
     sl_elink_t *link;          /* owned by app.c; the engine process's link, NULL inline */
     sl_retention_t *retention; /* owned by app.c: purges and (engine/inline) the sweep */
+    struct sl_api_pipes_s *pipes; /* owned by app.c (sl_api_pipelines_open/close, api/pipelines.h);
+                                     issue 14: pipelines put through the API */
     int role;                  /* SL_ROLE_* of core/supervise.h */
     char signing_key[129];     /* HMAC key for signed blob URLs (settings table) */
     int npipelines;

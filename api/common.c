@@ -1033,6 +1033,8 @@ void sl_api_engine_refresh_steps(sl_app_t *app)
     free(text);
     for (int i = 0; json_is_object(all) && i < app->npipelines; i++) {
         sl_pipeline_def_t *p = &app->pipelines[i];
+        if (p->origin != SL_PIPE_CONFIG)
+            continue; /* issue 14: an API pipeline's flow comes from Postgres (api/pipelines.c) */
         json_t *flow = json_object_get(all, p->name);
         if (!json_is_object(flow) || !json_is_array(json_object_get(flow, "steps")))
             continue;

@@ -749,7 +749,8 @@ static int process_parse_body(process_t *pr, const char *body, size_t len)
     int nknown = 0;
     sl_api_verr_t e;
     for (int i = 0; i < pr->app->npipelines && i < SL_CONFIG_MAX_PIPELINES; i++)
-        known[nknown++] = pr->app->pipelines[i].name;
+        if (pr->app->pipelines[i].origin != SL_PIPE_GONE) /* issue 14: deleted ones are unknown */
+            known[nknown++] = pr->app->pipelines[i].name;
     if (sl_api_process_body(body, len, known, nknown, pr->pipelines, &pr->npipelines,
                             &pr->explicit_list, &e) != 0) {
         sl_http_respond_error(pr->req, e.status, e.code, e.msg, -1);

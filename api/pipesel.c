@@ -14,10 +14,19 @@
 
 _Static_assert(SL_CONFIG_MAX_PIPELINES <= 32, "a sl_pipeset_t holds one bit per pipeline");
 
+/* issue 14: a deleted pipeline keeps its slot (SL_PIPE_GONE) but is in no set. */
+static int live(const sl_app_t *app, int i)
+{
+    return app->pipelines[i].origin != SL_PIPE_GONE;
+}
+
 sl_pipeset_t sl_pipesel_all(const sl_app_t *app)
 {
-    int n = app->npipelines < SL_CONFIG_MAX_PIPELINES ? app->npipelines : SL_CONFIG_MAX_PIPELINES;
-    return n >= 32 ? UINT32_MAX : ((sl_pipeset_t)1 << n) - 1;
+    sl_pipeset_t set = 0;
+    for (int i = 0; i < app->npipelines && i < SL_CONFIG_MAX_PIPELINES; i++)
+        if (live(app, i))
+            set |= (sl_pipeset_t)1 << i;
+    return set;
 }
 
 sl_pipeset_t sl_pipesel_matching(const sl_app_t *app, const char *mime)
@@ -38,7 +47,7 @@ sl_pipeset_t sl_pipesel_matching(const sl_app_t *app, const char *mime)
 int sl_pipesel_index(const sl_app_t *app, const char *name)
 {
     for (int i = 0; i < app->npipelines && i < SL_CONFIG_MAX_PIPELINES; i++)
-        if (strcmp(app->pipelines[i].name, name) == 0)
+        if (live(app, i) && strcmp(app->pipelines[i].name, name) == 0)
             return i;
     return -1;
 }
@@ -71,7 +80,7 @@ static void append_names(const sl_app_t *app, sl_pipeset_t set, char *out, size_
 {
     const char *sep = "";
     for (int i = 0; i < app->npipelines && i < SL_CONFIG_MAX_PIPELINES; i++) {
-        if (!(set & ((sl_pipeset_t)1 << i)) || *off >= outlen)
+        if (!(set & ((sl_pipeset_t)1 << i)) || !live(app, i) || *off >= outlen)
             continue;
         int n = snprintf(out + *off, outlen - *off, "%s%s", sep, app->pipelines[i].name);
         *off = n < 0 ? outlen : *off + (size_t)n;

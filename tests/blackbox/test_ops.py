@@ -149,7 +149,7 @@ def test_pipelines(server, tenant):
         {"name": "file_view", "match": ["application/pdf", "image/*"] + office,
          "steps": ["preview", "thumbnail"]},
     ]
-    assert all(set(p) == {"name", "match", "steps", "version", "source", "graph"}
+    assert all(set(p) == {"name", "match", "steps", "version", "source", "revision", "graph"}
                for p in r.json()["pipelines"])
 
 

@@ -29,6 +29,9 @@
 
 # ---- build stage ----------------------------------------------------------
 FROM debian:bookworm-slim AS build
+# (the label marks this build's cached layers; scripts/test-image prunes the
+# stale ones by it)
+LABEL io.sluice.image=build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc libc6-dev make cmake pkg-config libevent-dev libhiredis-dev libpq-dev \
@@ -43,6 +46,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 # ---- runtime stage --------------------------------------------------------
 FROM debian:bookworm-slim
+LABEL io.sluice.image=server
 # Shared libraries of the binary, the tools the shipped flows run, curl for
 # the HEALTHCHECK; nothing to build with.
 RUN apt-get update \

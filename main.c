@@ -559,7 +559,7 @@ static void register_metrics(sl_app_t *app)
 
 /* ---- shutdown ---- */
 
-static struct event *g_sigterm, *g_sigint, *g_sighup, *g_drain;
+static struct event *g_sigterm, *g_sigint, *g_sighup, *g_drain, *g_announce;
 static int g_drain_ticks;
 
 /*
@@ -591,6 +591,26 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(app->base);
 }
 
+/* Closes the listener and drains what is in flight (drain_cb decides when to exit). */
+static void begin_drain(sl_app_t *app)
+{
+    /* stop accepting; idle connections close; in-flight requests finish */
+    sl_http_server_drain(app->http);
+    if (app->pubsub)
+        sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams: clients reconnect elsewhere */
+    g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
+    struct timeval tv = {0, 50000};
+    if (!g_drain || event_add(g_drain, &tv) != 0)
+        event_base_loopbreak(app->base);
+}
+
+static void announced_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    begin_drain(arg);
+}
+
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     sl_app_t *app = arg;
@@ -610,24 +630,24 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
         }
         return;
     }
-    sl_log(SL_LOG_INFO, "shutdown", "{s:i, s:i}", "signal", (int)sig, "drain_timeout_s",
-           app->cfg->shutdown_drain_timeout_s);
+    int announce_s = app->http ? app->cfg->shutdown_announce_s : 0;
+    sl_log(SL_LOG_INFO, "shutdown", "{s:i, s:i, s:i}", "signal", (int)sig, "announce_s",
+           announce_s, "drain_timeout_s", app->cfg->shutdown_drain_timeout_s);
+    app->stopping = 1; /* /readyz: 503 from now on */
     /* retention: no new batches; a purge cut short resumes at the next start */
     sl_retention_free(app->retention);
     app->retention = NULL;
-    /* stop accepting; in-flight requests finish; /readyz answers 503 */
-    sl_http_server_drain(app->http);
-    if (app->pubsub)
-        sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams, which never end by themselves */
     if (app->sched) {
         /* Hand this instance's runs back at once instead of letting leases lapse. */
         sl_sched_stop(app->sched, NULL, NULL);
         app->sched = NULL;
     }
-    g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
-    struct timeval tv = {0, 50000};
-    if (!g_drain || event_add(g_drain, &tv) != 0)
-        event_base_loopbreak(app->base);
+    /* shutdown.announce_s: keep serving while the load balancer sees /readyz 503 */
+    struct timeval tv = {announce_s, 0};
+    if (announce_s > 0 && (g_announce = evtimer_new(app->base, announced_cb, app)) != NULL &&
+        evtimer_add(g_announce, &tv) == 0)
+        return;
+    begin_drain(app);
 }
 
 /* ---- serving: what each role builds ---- */
@@ -889,6 +909,8 @@ out:
         event_free(g_sigint);
     if (g_drain)
         event_free(g_drain);
+    if (g_announce)
+        event_free(g_announce);
     if (g_sighup)
         event_free(g_sighup);
     if (g_snapshot)

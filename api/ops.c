@@ -81,7 +81,7 @@ static void readyz(sl_http_req_t *req, const sl_http_params_t *params, void *arg
     (void)params;
 
     /* Stopping (SIGTERM, issue 12): a load balancer must stop sending here. */
-    if (sl_http_server_draining(app->http)) {
+    if (app->stopping || sl_http_server_draining(app->http)) {
         json_t *v = json_pack("{s:s, s:b}", "status", "draining", "draining", 1);
         sl_http_resp_header(req, "Retry-After", "1");
         sl_api_json(req, 503, v);

@@ -619,6 +619,7 @@ static const field_t retention_fields[] = {
 /* shutdown: how SIGTERM drains (issue 12, instances; docs/deploy.md). */
 static const field_t shutdown_fields[] = {
     FINT(sl_config_t, "drain_timeout_s", shutdown_drain_timeout_s, 0, 3600),
+    FINT(sl_config_t, "announce_s", shutdown_announce_s, 0, 600),
 };
 
 static const field_t sse_fields[] = {

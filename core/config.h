@@ -155,6 +155,9 @@ typedef struct sl_config_s {
     /* shutdown (issue 12, instances): SIGTERM drains (docs/deploy.md) */
     int shutdown_drain_timeout_s;    /* shutdown.drain_timeout_s: uploads in flight get this
                                         long to finish, then are cut; default 30 */
+    int shutdown_announce_s;         /* shutdown.announce_s: before that, keep serving with
+                                        /readyz 503 so a load balancer takes the instance
+                                        out; default 0 (close the listener at once) */
     char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
     char *web_root;           /* static UI folder; default "web" */
 

@@ -19,12 +19,14 @@ server, whatever its backend) behave as one.
    before their 30 s lease would lapse (measured); the restarted one serves.
 """
 import hashlib
+import os
 import secrets
 import signal
 import threading
 import time
 import urllib.parse
 
+import pytest
 import requests
 
 from sluice_harness import Client
@@ -44,11 +46,11 @@ def nap_flow(secs):
             '  end } } }\n' % secs)
 
 
-def instances_yaml(tmp_path, nap, drain_s=30):
+def instances_yaml(tmp_path, nap, drain_s=30, announce_s=0):
     p = tmp_path / ("nap_%s.lua" % str(nap).replace(".", "_"))
     p.write_text(nap_flow(nap))
     return ('pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
-            'shutdown: {drain_timeout_s: %d}\n' % (p, drain_s))
+            'shutdown: {drain_timeout_s: %d, announce_s: %d}\n' % (p, drain_s, announce_s))
 
 
 def three(start_server, extra):
@@ -330,7 +332,10 @@ def test_rolling_restart_loses_no_accepted_upload(start_server, pg, tmp_path):
             assert refused_at_once(srv), "still accepting after SIGTERM"
             # the runs it held are handed back and taken by another instance
             pending = set(held)
+            t_exit = None
             while pending and time.monotonic() - t0 < LEASE_S:
+                if t_exit is None and srv.proc.poll() is not None:
+                    t_exit = time.monotonic()
                 for rid in list(pending):
                     row = sql(pg, srv, "SELECT state, coalesce(lease_owner, '') FROM runs "
                                        "WHERE id = '%s'" % rid).split("|")
@@ -341,7 +346,7 @@ def test_rolling_restart_loses_no_accepted_upload(start_server, pg, tmp_path):
             takeovers.append(took)
             assert not pending, "runs %s were not taken over" % pending
             rc = srv.proc.wait(timeout=drain_s + 20)
-            stopped = time.monotonic() - t0
+            stopped = (t_exit or time.monotonic()) - t0
             assert rc == 0, srv.log()[-3000:]
             t_ok.join(30)
             t_cut.join(30)
@@ -353,7 +358,8 @@ def test_rolling_restart_loses_no_accepted_upload(start_server, pg, tmp_path):
             # still sending at the deadline: never 202, and nothing of it kept
             assert cut_res.get("status") != 202, cut_res
             assert sql(pg, srv, "SELECT count(*) FROM files WHERE name = '%s'" % cut_name) == "0"
-            assert stopped < drain_s + 10
+            # the drain lasted until the deadline (the cut upload), not longer
+            assert drain_s - 0.5 < stopped < drain_s + 3, stopped
             srv.proc = None
             srv.start()  # the restarted instance serves
             r = upload_one(me, ds, "after%d.txt" % k, text_body("after"))
@@ -388,3 +394,82 @@ def test_rolling_restart_loses_no_accepted_upload(start_server, pg, tmp_path):
 def _like(owner, pattern):
     """owner matches a '%-PID-%' LIKE pattern."""
     return pattern.strip("%") in owner
+
+
+# ---- shutdown.announce_s: /readyz 503 while still serving, then refused ----
+
+def test_announce_window_then_refused(start_server, pg, tmp_path):
+    extra = instances_yaml(tmp_path, 0.1, drain_s=5, announce_s=2)
+    a = start_server(extra_yaml=extra)
+    b = start_server(database_url=a.database_url, storage_path=a.storage_path, extra_yaml=extra)
+    t = a.create_tenant("announce")
+    ds = t.create_dataset()["id"]
+    assert requests.get(a.url + "/readyz", timeout=5).status_code == 200
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # within the window: out of rotation for a load balancer, still serving
+    r = requests.get(a.url + "/readyz", timeout=5)
+    assert r.status_code == 503 and r.json()["status"] == "draining", r.text
+    assert r.headers.get("Retry-After") == "1"
+    assert requests.get(a.url + "/healthz", timeout=5).status_code == 200
+    body = text_body("window")
+    r = upload_one(t, ds, "window.txt", body)
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    assert time.monotonic() - t0 < 2.0
+    # then the listener closes
+    assert refused_at_once(a, timeout=3.0)
+    refused_after = time.monotonic() - t0
+    rc = a.proc.wait(timeout=15)
+    print("\nrefused %.2f s after SIGTERM, exit %s" % (refused_after, rc))
+    assert rc == 0 and 1.9 < refused_after < 3.5
+    a.proc = None
+    tb = Client(b.url, t.key, t.tenant_id)
+    check_done_and_stored([tb], ds, {fid: ("window.txt", hashlib.sha256(body).hexdigest())})
+
+
+# ---- a second signal stops at once ----
+
+@pytest.mark.parametrize("mode", ["separate", "inline"])
+def test_second_sigterm_stops_at_once(start_server, pg, tmp_path, mode):
+    """The first SIGTERM drains (here up to 20 s for an upload still sending);
+    a second one ends the instance at once, and the cut upload keeps nothing."""
+    extra = instances_yaml(tmp_path, 0.1, drain_s=20) + "engine: {process: %s}\n" % mode
+    srv = start_server(extra_yaml=extra)
+    t = srv.create_tenant("twice")
+    ds = t.create_dataset()["id"]
+    res = {}
+    th = threading.Thread(target=slow_upload,
+                          args=(t, ds, "twice.txt", text_body("twice") * 50, 15, res))
+    th.start()
+    time.sleep(0.5)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert srv.proc.poll() is None, "the first SIGTERM must drain, not exit"
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    rc = srv.proc.wait(timeout=10)
+    took = time.monotonic() - t0
+    th.join(30)
+    print("\n%s: second SIGTERM -> exit %s in %.2f s; upload %s" % (mode, rc, took, res))
+    assert took < 2.0 and rc != 0
+    assert res.get("status") != 202, res
+    assert sql(pg, srv, "SELECT count(*) FROM files") == "0"
+    assert all(gone(p) for p in pids_of_group(srv.pid))
+    srv.proc = None
+
+
+def pids_of_group(pgid):
+    """Live pids of process group pgid (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out

@@ -429,6 +429,57 @@ def test_announce_window_then_refused(start_server, pg, tmp_path):
     check_done_and_stored([tb], ds, {fid: ("window.txt", hashlib.sha256(body).hexdigest())})
 
 
+# ---- SSE streams end at SIGTERM; the client resumes on another instance ----
+
+def drain_events(sse, got):
+    while not sse.events.empty():
+        got.append(sse.events.get_nowait())
+    return got
+
+
+def test_sse_ends_at_sigterm_and_resumes_elsewhere(start_server, pg, tmp_path):
+    extra = instances_yaml(tmp_path, 0.5, drain_s=5)
+    a = start_server(extra_yaml=extra)
+    b = start_server(database_url=a.database_url, storage_path=a.storage_path, extra_yaml=extra)
+    t = a.create_tenant("ssemove")
+    tb = Client(b.url, t.key, t.tenant_id)
+    ds = t.create_dataset()["id"]
+    sse_a = stream(a, t, ds)
+    fids = []
+    for i in range(2):
+        r = upload_one(tb, ds, "s%d.txt" % i, text_body("s"))
+        assert r.status_code == 202, r.text
+        fids.append(r.json()["files"][0]["id"])
+    first = sse_a.take(until=lambda g: sum(e["event"] == "run" for e in g) >= 2, timeout=20)
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    assert sse_a.ended.wait(5), "the SSE stream did not end at SIGTERM"
+    print("\nSSE ended %.2f s after SIGTERM" % (time.monotonic() - t0))
+    drain_events(sse_a, first)
+    assert a.proc.wait(timeout=20) == 0
+    a.proc = None
+    # more happens while the client is away; it comes back to B with Last-Event-ID
+    r = upload_one(tb, ds, "s2.txt", text_body("s"))
+    assert r.status_code == 202, r.text
+    fids.append(r.json()["files"][0]["id"])
+    for f in fids:
+        assert tb.wait_file(f, timeout=60)["status"] == "done"
+    tl = timeline(tb, fids)
+    last = sse_a.last_id
+    assert last is not None
+    sse_b = stream(b, tb, ds, headers={"Last-Event-ID": last})
+    want = {e["seq"] for e in tl if e["seq"] > int(last)}
+    second = sse_b.take(until=lambda g: want <= {e["data"]["seq"] for e in g
+                                                 if e["event"] == "run"}, timeout=30)
+    time.sleep(0.3)
+    drain_events(sse_b, second)
+    sse_b.resp.close()
+    # together: every run event of the timeline, none twice
+    seqs = sorted(e["data"]["seq"] for e in first + second
+                  if e["event"] == "run" and e["data"]["file_id"] in fids)
+    assert seqs == sorted(e["seq"] for e in tl), (seqs, [e["seq"] for e in tl])
+
+
 # ---- a second signal stops at once ----
 
 @pytest.mark.parametrize("mode", ["separate", "inline"])

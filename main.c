@@ -28,6 +28,7 @@
 #include "core/crypto.h"
 #include "core/engine_link.h"
 #include "core/err.h"
+#include "core/exec.h" /* sl_exec_live: the drain waits for children (issue 12) */
 #include "core/log.h"
 #include "core/supervise.h"
 
@@ -585,7 +586,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
                app->active_uploads);
     }
     if ((app->active_uploads == 0 && app->metrics_waits == 0 && busy == 0 && queued == 0 &&
-         sl_workq_pending(app->wq) == 0 &&
+         sl_workq_pending(app->wq) == 0 && sl_exec_live() == 0 &&
          (!app->http || sl_http_server_connections(app->http) == 0)) ||
         g_drain_ticks > deadline + DRAIN_GRACE_S * 20)
         event_base_loopbreak(app->base);

@@ -22,6 +22,7 @@
 #include "core/crypto.h"
 #include "core/engine_link.h"
 #include "core/err.h"
+#include "core/exec.h" /* sl_exec_live: the drain waits for children (issue 12) */
 #include "core/log.h"
 #include "core/supervise.h"
 
@@ -36,7 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define DRAIN_TIMEOUT_S 10
+#define DRAIN_GRACE_S 10 /* after shutdown.drain_timeout_s: complete requests get this long */
 #define SNAPSHOT_MS 250 /* the engine's heartbeat and metrics snapshot */
 
 static sl_app_t g_app;
@@ -468,28 +469,57 @@ static void register_metrics(sl_app_t *app)
 
 /* ---- shutdown ---- */
 
-static struct event *g_sigterm, *g_sigint, *g_sighup, *g_drain;
+static struct event *g_sigterm, *g_sigint, *g_sighup, *g_drain, *g_announce;
 static int g_drain_ticks;
 
-/* After a stop signal: exit once nothing is in flight, or after DRAIN_TIMEOUT_S. */
+/*
+ * After a stop signal (issue 12, docs/deploy.md), every 50 ms: exit once
+ * nothing is in flight — no connection left (every answer sent), no upload,
+ * no query, no job, no child process. At shutdown.drain_timeout_s the
+ * connections still receiving a body are cut (those uploads keep nothing and
+ * are never answered); complete requests get DRAIN_GRACE_S more to be answered.
+ */
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_app_t *app = arg;
     int total, up, busy, queued;
+    int deadline = app->cfg->shutdown_drain_timeout_s * 20;
     (void)fd;
     (void)what;
     sl_pg_stats(app->pg, &total, &up, &busy, &queued);
+    ++g_drain_ticks;
+    if (g_drain_ticks == deadline + 1 && app->http) {
+        size_t cut = sl_http_server_cut(app->http);
+        sl_log(SL_LOG_WARN, "drain_deadline", "{s:i, s:i, s:i}", "drain_timeout_s",
+               app->cfg->shutdown_drain_timeout_s, "connections_cut", (int)cut, "uploads",
+               app->active_uploads);
+    }
     if ((app->active_uploads == 0 && app->metrics_waits == 0 && busy == 0 && queued == 0 &&
-         sl_workq_pending(app->wq) == 0) ||
-        ++g_drain_ticks >= DRAIN_TIMEOUT_S * 20)
+         sl_workq_pending(app->wq) == 0 && sl_exec_live() == 0 &&
+         (!app->http || sl_http_server_connections(app->http) == 0)) ||
+        g_drain_ticks > deadline + DRAIN_GRACE_S * 20)
         event_base_loopbreak(app->base);
 }
 
-static void release_done_cb(const sl_pg_result_t *r, void *arg)
+/* Closes the listener and drains what is in flight (drain_cb decides when to exit). */
+static void begin_drain(sl_app_t *app)
 {
-    (void)arg;
-    if (r->err)
-        sl_log(SL_LOG_WARN, "lease_release_failed", "{s:s}", "error", r->errmsg);
+    /* stop accepting; idle connections close; in-flight requests finish */
+    if (app->http)
+        sl_http_server_drain(app->http);
+    if (app->pubsub)
+        sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams: clients reconnect elsewhere */
+    g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
+    struct timeval tv = {0, 50000};
+    if (!g_drain || event_add(g_drain, &tv) != 0)
+        event_base_loopbreak(app->base);
+}
+
+static void announced_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    begin_drain(arg);
 }
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
@@ -497,36 +527,39 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     sl_app_t *app = arg;
     (void)what;
     /*
-     * The events stay registered, so a second signal (the supervisor forwards
-     * what the process group may get too) lands here, not in SIG_DFL.
+     * The events stay registered, so a second signal lands here, not in
+     * SIG_DFL. Apart (app->link), the supervisor forwards what the process
+     * group may get too, so a child takes the second one as a duplicate; the
+     * supervisor itself stops at once on a second signal (core/supervise.h).
+     * Inline, a second signal is the operator's: exit now (the leases lapse).
      */
-    if (g_stopping++)
+    if (g_stopping++) {
+        if (!app->link) {
+            sl_log(SL_LOG_WARN, "shutdown_now", "{s:i}", "signal", (int)sig);
+            sl_log_flush();
+            _exit(1);
+        }
         return;
-    sl_log(SL_LOG_INFO, "shutdown", "{s:i}", "signal", (int)sig);
+    }
+    int announce_s = app->http ? app->cfg->shutdown_announce_s : 0;
+    sl_log(SL_LOG_INFO, "shutdown", "{s:i, s:i, s:i}", "signal", (int)sig, "announce_s",
+           announce_s, "drain_timeout_s", app->cfg->shutdown_drain_timeout_s);
+    app->stopping = 1; /* /readyz: 503 from now on */
     /* retention: no new batches; a purge cut short resumes at the next start */
     sl_retention_free(app->retention);
     app->retention = NULL;
-    if (app->http) {
-        sl_http_server_free(app->http); /* stop accepting; in-flight requests finish */
-        app->http = NULL;
-    }
-    if (app->pubsub)
-        sl_pubsub_shutdown(app->pubsub); /* ends the SSE streams, which never end by themselves */
     sl_api_pipelines_close(app); /* issue 14: before the scheduler it loads flows into */
     if (app->sched) {
         /* Hand this instance's runs back at once instead of letting leases lapse. */
-        const char *params[] = {app->instance_id};
-        sl_sched_free(app->sched);
+        sl_sched_stop(app->sched, NULL, NULL);
         app->sched = NULL;
-        sl_pg_query(app->pg,
-                    "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE lease_owner = $1 AND state = 'running'",
-                    1, params, release_done_cb, NULL);
     }
-    g_drain = event_new(app->base, -1, EV_PERSIST, drain_cb, app);
-    struct timeval tv = {0, 50000};
-    if (!g_drain || event_add(g_drain, &tv) != 0)
-        event_base_loopbreak(app->base);
+    /* shutdown.announce_s: keep serving while the load balancer sees /readyz 503 */
+    struct timeval tv = {announce_s, 0};
+    if (announce_s > 0 && (g_announce = evtimer_new(app->base, announced_cb, app)) != NULL &&
+        evtimer_add(g_announce, &tv) == 0)
+        return;
+    begin_drain(app);
 }
 
 
@@ -813,9 +846,11 @@ static void close_signals(void)
         event_free(g_sigint);
     if (g_drain)
         event_free(g_drain);
+    if (g_announce)
+        event_free(g_announce);
     if (g_sighup)
         event_free(g_sighup);
-    g_sigterm = g_sigint = g_drain = g_sighup = NULL;
+    g_sigterm = g_sigint = g_drain = g_announce = g_sighup = NULL;
 }
 
 /*

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -681,4 +682,57 @@ void sl_sched_free(sl_sched_t *s)
         s->free_pending = 1; /* the last query callback frees s */
     else
         sched_destroy(s);
+}
+
+/* ---- the graceful stop: hand the leases back (issue 12) ---- */
+
+typedef struct stop_ctx_s {
+    sl_sched_stopped_cb cb;
+    void *arg;
+} stop_ctx_t;
+
+static void leases_released_cb(const sl_pg_result_t *r, void *arg)
+{
+    stop_ctx_t *st = arg;
+    int n = 0;
+    if (r->err) {
+        sl_log(SL_LOG_WARN, "lease_release_failed", "{s:s}", "error", r->errmsg);
+    } else {
+        PGresult *res = r->res[r->n - 1];
+        const char *v = PQcmdTuples(res);
+        char *end;
+        long k = strtol(v, &end, 10);
+        n = (end != v && k >= 0 && k <= INT32_MAX) ? (int)k : 0;
+        sl_log(SL_LOG_INFO, "leases_released", "{s:i}", "runs", n);
+    }
+    if (st->cb)
+        st->cb(r->err, n, st->arg);
+    free(st);
+}
+
+int sl_sched_stop(sl_sched_t *s, sl_sched_stopped_cb cb, void *arg)
+{
+    char owner[128];
+    sl_pg_t *pg;
+    int err;
+    if (!s)
+        return SL_EINVAL;
+    stop_ctx_t *st = calloc(1, sizeof *st);
+    pg = s->ctx.pg;
+    snprintf(owner, sizeof owner, "%s", s->instance_id);
+    sl_sched_free(s); /* actors first: none claims or commits after the hand-back is sent */
+    if (!st)
+        return SL_ENOMEM;
+    st->cb = cb;
+    st->arg = arg;
+    const char *params[] = {owner};
+    /* Waiting runs keep no lease (leaving 'running' ends it: run_transition.sql). */
+    if ((err = sl_pg_query(pg,
+                           "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
+                           "WHERE lease_owner = $1 AND state = 'running'",
+                           1, params, leases_released_cb, st)) != 0) {
+        free(st);
+        return err;
+    }
+    return 0;
 }

@@ -85,4 +85,23 @@ int sl_sched_in_flight(const sl_sched_t *s);
  */
 void sl_sched_free(sl_sched_t *s);
 
+/**
+ * Called once when sl_sched_stop's hand-back ended: err 0 and how many runs
+ * went back, or a negative SL_E* code (the leases then lapse by themselves).
+ */
+typedef void (*sl_sched_stopped_cb)(int err, int nruns, void *arg);
+
+/**
+ * The graceful stop (SIGTERM; issue 12, docs/deploy.md): sl_sched_free, then
+ * this instance's runs handed back in one UPDATE (lease_owner and
+ * lease_until cleared), so another instance claims them at its next poll
+ * instead of when their leases lapse. A step in flight is cancelled without
+ * committing: its run resumes elsewhere at its last committed step (a
+ * transition already sent either lands before the hand-back, or finds the
+ * lease gone and ends without effects). `pg` is borrowed until the callback;
+ * `cb` (may be NULL) fires once, on a later loop turn. s is freed (do not use
+ * it again). 0, or SL_ENOMEM / the pool's error without calling back.
+ */
+int sl_sched_stop(sl_sched_t *s, sl_sched_stopped_cb cb, void *arg);
+
 #endif

@@ -80,6 +80,7 @@ typedef struct sl_app_s {
     int metrics_waits;         /* GET /metrics waiting for the engine's snapshot (<= 200 ms) */
     int redis_up;              /* 1 while the Redis connection is up (for /readyz) */
     int schema_ready;          /* migrations applied and settings loaded; /v1 answers 503 before */
+    int stopping;              /* SIGTERM came: /readyz answers 503 (issue 12, docs/deploy.md) */
     const char *instance_id;   /* this process's id (lease owner, logs) */
 
     /* metrics families, registered in main */

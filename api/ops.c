@@ -7,6 +7,7 @@
  *                          "engine":"ok"|"down"|"stalled"};
  *                         200, or 503 with Retry-After when Postgres is down
  *                         (or the schema is not migrated yet: "postgres":"down").
+ *                         503 {"status":"draining"} once SIGTERM came (issue 12).
  *                         The engine's state is a field only: an HTTP process
  *                         takes uploads while its engine restarts (runs wait
  *                         in Postgres, and other instances claim them).
@@ -79,6 +80,13 @@ static void readyz(sl_http_req_t *req, const sl_http_params_t *params, void *arg
     ready_ctx_t *ctx;
     (void)params;
 
+    /* Stopping (SIGTERM, issue 12): a load balancer must stop sending here. */
+    if (app->stopping || sl_http_server_draining(app->http)) {
+        json_t *v = json_pack("{s:s, s:b}", "status", "draining", "draining", 1);
+        sl_http_resp_header(req, "Retry-After", "1");
+        sl_api_json(req, 503, v);
+        return;
+    }
     /* Not ready until the schema is migrated: /v1 answers 503 before that. */
     if (app->pg == NULL || !app->schema_ready || !sl_pg_ready(app->pg)) {
         ready_answer(app, req, 0);

@@ -616,6 +616,12 @@ static const field_t retention_fields[] = {
     FINT(sl_config_t, "lock_timeout_ms", retention_lock_timeout_ms, 1, 60000),
 };
 
+/* shutdown: how SIGTERM drains (issue 12, instances; docs/deploy.md). */
+static const field_t shutdown_fields[] = {
+    FINT(sl_config_t, "drain_timeout_s", shutdown_drain_timeout_s, 0, 3600),
+    FINT(sl_config_t, "announce_s", shutdown_announce_s, 0, 600),
+};
+
 static const field_t sse_fields[] = {
     FINT(sl_config_t, "keepalive_s", sse_keepalive_s, 1, 3600),
     FSIZE(sl_config_t, "client_buffer_bytes", sse_client_buffer_bytes),
@@ -1063,6 +1069,7 @@ static const field_t root_fields[] = {
     FMAP("fairness", fairness_fields),
     FMAP("sse", sse_fields),
     FMAP("retention", retention_fields),
+    FMAP("shutdown", shutdown_fields), /* issue 12 (instances) */
     FMAP("engine", engine_fields),
     FHOOK("services", parse_services),
     FHOOK("pipelines", parse_pipelines),
@@ -1118,6 +1125,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->retention_idempotency_hours = 24;
     cfg->retention_batch = 500;
     cfg->retention_lock_timeout_ms = 2000;
+    cfg->shutdown_drain_timeout_s = 30; /* issue 12 (instances) */
     cfg->max_image_pixels = SL_CONFIG_MAX_IMAGE_PIXELS;
     cfg->max_connections_per_ip = SL_CONFIG_MAX_CONNECTIONS_PER_IP;
     cfg->sse_max_streams_per_ip = SL_CONFIG_SSE_MAX_STREAMS_PER_IP;

@@ -151,6 +151,13 @@ typedef struct sl_config_s {
     int retention_batch;             /* retention.batch_size: rows per transaction; default 500 */
     int retention_pause_ms;          /* retention.batch_pause_ms: between batches; default 0 */
     int retention_lock_timeout_ms;   /* retention.lock_timeout_ms: per batch; default 2000 */
+
+    /* shutdown (issue 12, instances): SIGTERM drains (docs/deploy.md) */
+    int shutdown_drain_timeout_s;    /* shutdown.drain_timeout_s: uploads in flight get this
+                                        long to finish, then are cut; default 30 */
+    int shutdown_announce_s;         /* shutdown.announce_s: before that, keep serving with
+                                        /readyz 503 so a load balancer takes the instance
+                                        out; default 0 (close the listener at once) */
     char *log_level;          /* "debug" | "info" | "warn" | "error"; default info */
     char *web_root;           /* static UI folder; default "web" */
 

@@ -518,8 +518,17 @@ static void stream_close(stream_t *s)
     close_fd(&s->fd);
 }
 
+/* Handles alive in this process (sl_exec_live): a graceful stop waits for them. */
+static int live_handles;
+
+int sl_exec_live(void)
+{
+    return live_handles;
+}
+
 static void free_handle(sl_exec_t *x)
 {
+    live_handles--;
     stream_close(&x->out);
     stream_close(&x->err);
     if (x->ev_exit)
@@ -747,6 +756,7 @@ int sl_exec_start(struct event_base *base, const sl_exec_opts_t *opts, sl_exec_c
     sl_exec_t *x = calloc(1, sizeof *x);
     if (!x)
         return SL_ENOMEM;
+    live_handles++; /* free_handle, on every path, counts it down */
     x->base = base;
     x->cb = cb;
     x->arg = arg;

@@ -151,6 +151,13 @@ int sl_exec_start(struct event_base *base, const sl_exec_opts_t *opts, sl_exec_c
  */
 void sl_exec_cancel(sl_exec_t *x);
 
+/**
+ * Handles alive in this process: started and not yet past their callback.
+ * A graceful stop (SIGTERM) waits for 0, so a run's scratch-dir removal or a
+ * cancelled tool's reaping is not cut off by the exit (issue 12).
+ */
+int sl_exec_live(void);
+
 /** The child's pid (also its process group and session id). */
 pid_t sl_exec_pid(const sl_exec_t *x);
 

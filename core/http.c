@@ -182,6 +182,7 @@ struct sl_http_server_s {
     ipcount_t *ips[SL_HTTP_IP_BUCKETS];
     conn_t *conns;
     int freeing;
+    int draining; /* sl_http_server_drain ran: no listener, every connection closes when done */
     sl_http_date_t date;
     unsigned char idpool[SL_HTTP_IDPOOL];
     size_t idpool_left; /* unused bytes at the end of idpool; 0: draw again */
@@ -464,8 +465,8 @@ static int hdr_close_piece(sl_http_req_t *r)
 static int req_will_close(const sl_http_req_t *r)
 {
     const conn_t *c = r->conn;
-    if (!conn_open(c) || c->srv->freeing || !r->keepalive || r->upgrade || c->parse_dead ||
-        r->closed)
+    if (!conn_open(c) || c->srv->freeing || c->srv->draining || !r->keepalive || r->upgrade ||
+        c->parse_dead || r->closed)
         return 1;
     if (!r->msg_complete && r->has_body) {
         if (r->abandoned || r->content_length < 0)
@@ -1067,7 +1068,7 @@ static void conn_req_done(conn_t *c)
     c->req = NULL;
     c->nreq++;
     if (conn_open(c)) {
-        if (r->will_close || srv->freeing)
+        if (r->will_close || srv->freeing || srv->draining)
             c->close_after_flush = 1;
         else if (c->msg_begun)
             c->discard = 1; /* the small rest of an unread body */
@@ -1641,7 +1642,7 @@ fail:
 
 int sl_http_server_adopt(sl_http_server_t *srv, evutil_socket_t fd, const char *peer)
 {
-    if (!srv || srv->freeing || fd < 0) {
+    if (!srv || srv->freeing || srv->draining || fd < 0) {
         if (fd >= 0)
             evutil_closesocket(fd);
         return SL_EINVAL;
@@ -1667,11 +1668,15 @@ size_t sl_http_server_connections(const sl_http_server_t *srv)
     return srv->nconns + srv->noverload;
 }
 
-void sl_http_server_free(sl_http_server_t *srv)
+/*
+ * Stops accepting and closes what is not serving a request: the listening
+ * socket (new connections are refused by the kernel, which a load balancer
+ * sees at once), idle keep-alive connections, and connections whose last
+ * response is still going out (closed once it is sent). A connection whose
+ * request the handler holds closes after its response (req_will_close).
+ */
+static void stop_accepting(sl_http_server_t *srv)
 {
-    if (!srv || srv->freeing)
-        return;
-    srv->freeing = 1;
     if (srv->listener) {
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
@@ -1694,6 +1699,47 @@ void sl_http_server_free(sl_http_server_t *srv)
             conn_close(c, 0);
         }
     }
+}
+
+void sl_http_server_drain(sl_http_server_t *srv)
+{
+    if (!srv || srv->freeing || srv->draining)
+        return;
+    srv->draining = 1;
+    stop_accepting(srv);
+}
+
+int sl_http_server_draining(const sl_http_server_t *srv)
+{
+    return srv && (srv->draining || srv->freeing);
+}
+
+size_t sl_http_server_cut(sl_http_server_t *srv)
+{
+    size_t n = 0;
+    if (!srv)
+        return 0;
+    for (conn_t *c = srv->conns; c; c = c->next) {
+        sl_http_req_t *r = c->req;
+        if (!c->bev || c->lingering || c->close_after_flush)
+            continue;
+        /* A complete request (an upload committing its rows, an SSE stream)
+         * is left to be answered: cutting it could drop an answer whose
+         * effect (a 202) is already committed. */
+        if (r && (r->dispatched || r->server_answered) && (r->msg_complete || !r->has_body))
+            continue;
+        conn_close(c, SL_ECLOSED);
+        n++;
+    }
+    return n;
+}
+
+void sl_http_server_free(sl_http_server_t *srv)
+{
+    if (!srv || srv->freeing)
+        return;
+    srv->freeing = 1;
+    stop_accepting(srv);
     if (!srv->conns)
         free(srv);
 }

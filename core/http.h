@@ -101,6 +101,33 @@ size_t sl_http_server_connections(const sl_http_server_t *srv);
  */
 void sl_http_server_free(sl_http_server_t *srv);
 
+/*
+ * A graceful stop in two steps (issue 12, docs/deploy.md): sl_http_server_drain
+ * at SIGTERM, sl_http_server_cut at the drain deadline; the caller waits for
+ * sl_http_server_connections() to reach 0 (every answer sent, every socket
+ * closed), then calls sl_http_server_free.
+ */
+
+/**
+ * Stops accepting (the listening socket is closed: new connections are
+ * refused), closes idle keep-alive connections, and makes every other
+ * connection close after its current response. Requests in flight (an
+ * upload's body, an SSE stream) go on. Idempotent; the server stays valid.
+ */
+void sl_http_server_drain(sl_http_server_t *srv);
+
+/** True once sl_http_server_drain (or _free) ran. */
+int sl_http_server_draining(const sl_http_server_t *srv);
+
+/**
+ * The drain deadline: closes every connection whose request body is still
+ * arriving (its handler sees the client go away: SL_ECLOSED, so an upload
+ * throws away what it wrote and is never answered) or whose request is not
+ * complete yet. A complete request keeps its connection until it is answered.
+ * Returns how many connections were closed.
+ */
+size_t sl_http_server_cut(sl_http_server_t *srv);
+
 /* ---- request accessors; returned strings are borrowed from req ---- */
 
 /** "GET", "POST", ... */

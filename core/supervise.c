@@ -37,6 +37,7 @@ typedef struct sup_s {
     int nhttp;  /* forked */
     int nalive; /* HTTP processes alive */
     int stopping;
+    int stop_signals; /* SIGTERM/SIGINT received: a second one stops the children at once */
     int worst;
 } sup_t;
 
@@ -183,7 +184,15 @@ static void handle(sup_t *s, int sig)
 {
     if (sig == SIGCHLD)
         reap(s);
-    else if (sig == SIGTERM || sig == SIGINT)
+    else if ((sig == SIGTERM || sig == SIGINT) && s->stop_signals++ > 0) {
+        /* The operator insists (issue 12): no drain. Safe: the engine's
+         * leases lapse, and an upload cut before its 202 kept nothing. */
+        sl_log(SL_LOG_WARN, "supervisor_stop_now", "{s:i}", "signal", sig);
+        s->stopping = 1;
+        s->restart_at_ms = 0;
+        s->worst = 1;
+        signal_children(s, SIGKILL);
+    } else if (sig == SIGTERM || sig == SIGINT)
         begin_stop(s, sig);
     else if (sig == SIGHUP && s->engine > 0)
         kill(s->engine, SIGHUP);

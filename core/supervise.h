@@ -8,7 +8,9 @@
  * as it always did), then forks the HTTP processes. Then it only waits for
  * signals: an engine that dies is restarted with a backoff (100 ms doubling to
  * 5 s, reset after 30 s of life); SIGHUP goes to the engine (flow reload);
- * SIGTERM/SIGINT go to every child, and it exits once they all have. HTTP
+ * SIGTERM/SIGINT go to every child (each drains: docs/deploy.md), and it
+ * exits once they all have; a second SIGTERM/SIGINT SIGKILLs them and it
+ * exits 1 at once (the engine's leases then lapse). HTTP
  * processes are not restarted (a supervisor of those is the operator's, as
  * before): when the last one is gone the engine is stopped too. Every child
  * gets PR_SET_PDEATHSIG(SIGTERM), so none outlives a supervisor killed by -9.

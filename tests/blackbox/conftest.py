@@ -225,3 +225,22 @@ def standins():
     yield start
     for s in made:
         s.stop()
+
+
+@pytest.fixture
+def s3front():
+    """Factory (s3front): s3front(buckets=("sluice",)) -> a new
+    sluice_harness.S3Front, s3rver behind the SigV4-checking front; its
+    .storage(bucket) / .storage_yaml(bucket) configure Sluice's S3 backend.
+    All are stopped (and their dirs removed) at teardown."""
+    from sluice_harness import S3Front
+    made = []
+
+    def start(buckets=("sluice",)):
+        f = S3Front(buckets)
+        made.append(f)
+        return f
+
+    yield start
+    for f in made:
+        f.stop()

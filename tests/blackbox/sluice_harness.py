@@ -515,7 +515,8 @@ def default_config(values, extra_yaml=""):
         "database_url": 'database_url: "%s"\n' % values["database_url"],
         "redis_url": 'redis_url: "%s"\n' % values["redis_url"],
         "admin_key": 'admin_key: "%s"\n' % values["admin_key"],
-        "storage": 'storage: {backend: fs, path: "%s"}\n' % values["storage_path"],
+        "storage": values.get("storage_yaml") or  # s3front: SLUICE_TEST_STORAGE=s3
+                   'storage: {backend: fs, path: "%s"}\n' % values["storage_path"],
         "services": 'services:\n  ocr: {command: ["tesseract", "{input}", "stdout"]}\n',
     }
     overridden = set(_TOP_KEY.findall(extra_yaml or ""))
@@ -763,6 +764,10 @@ class ServerFactory:
             "repo": str(REPO),
             "tmp": str(self.tmpdir),
         }
+        if S3_STORAGE:  # s3front: the default config stores blobs in S3 (one
+            # bucket per storage_path, so servers sharing storage share it)
+            values["storage_yaml"] = shared_s3front().storage_yaml(
+                shared_s3front().bucket_for(storage_path))
         if config is None:
             text = default_config(values, extra_yaml)
         else:
@@ -915,3 +920,118 @@ def metric(server, name, **labels):
         if got == want:
             return float(m.group(3))
     return None
+
+
+# ---------------------------------------------------------------- S3 (s3front)
+# s3rver (npm, tests/s3) behind tests/standins/s3front.py, which checks SigV4
+# as S3 does. SLUICE_TEST_STORAGE=s3 makes every server the factory starts with
+# the default config store its blobs there (one shared front for the session,
+# a bucket per storage_path); tests that read blobs on disk through
+# Server.storage_path still look at the (then empty) fs dir.
+
+S3FRONT = REPO / "tests" / "standins" / "s3front.py"
+S3_STORAGE = os.environ.get("SLUICE_TEST_STORAGE", "fs") == "s3"
+S3_KEY_ID, S3_SECRET, S3_REGION = "AKIDTEST", "secretTEST", "us-east-1"
+
+
+class S3Front:
+    """One s3front (and its s3rver child) on a free loopback port, its own
+    temp dir (data/: s3rver's storage; spool/: bodies being hashed), with
+    `buckets` created at start."""
+
+    def __init__(self, buckets=("sluice",)):
+        self.dir = Path(tempfile.mkdtemp(prefix="sluice-s3-"))
+        self.data = self.dir / "data"
+        (self.dir / "spool").mkdir()
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        argv = ["/usr/bin/python3", str(S3FRONT), "--port", str(self.port),
+                "--data", str(self.data), "--spool", str(self.dir / "spool"),
+                "--key-id", S3_KEY_ID, "--secret", S3_SECRET, "--region", S3_REGION]
+        for b in buckets:
+            argv += ["--bucket", b]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, preexec_fn=_preexec())
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), "s3front did not start: %r %s" % (
+            line, self.proc.stdout.read() if self.proc.poll() is not None else "")
+        self.buckets = set(buckets)
+
+    def storage(self, bucket="sluice"):
+        """The `storage:` mapping Sluice's S3 backend is configured with."""
+        return {"backend": "s3", "endpoint": self.url, "bucket": bucket,
+                "region": S3_REGION, "access_key_id": S3_KEY_ID,
+                "secret_access_key": S3_SECRET, "path_style": True}
+
+    def storage_yaml(self, bucket="sluice"):
+        return ("storage: {backend: s3, endpoint: \"%s\", bucket: %s, region: %s, "
+                "access_key_id: %s, secret_access_key: %s, path_style: true}\n"
+                % (self.url, bucket, S3_REGION, S3_KEY_ID, S3_SECRET))
+
+    def client(self):
+        """A botocore S3 client (SigV4, path-style, no retries) for tests."""
+        import botocore.session
+        from botocore.config import Config
+        return botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.url, region_name=S3_REGION,
+            aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 1}))
+
+    def bucket_for(self, storage_path):
+        """A bucket named after storage_path, created on first use."""
+        import hashlib
+        name = "sl-" + hashlib.sha1(str(storage_path).encode()).hexdigest()[:20]
+        if name not in self.buckets:
+            self.client().create_bucket(Bucket=name)
+            self.buckets.add(name)
+        return name
+
+    def keys(self, bucket="sluice"):
+        """Object keys stored in `bucket` (s3rver's files, read on disk)."""
+        root = self.data / bucket
+        out = []
+        for d, dirs, files in os.walk(root):
+            dirs[:] = [x for x in dirs if "._S3rver_" not in x]
+            for f in files:
+                if f.endswith("._S3rver_object"):
+                    out.append(os.path.relpath(os.path.join(d, f[:-len("._S3rver_object")]),
+                                               root))
+        return sorted(out)
+
+    def pending_uploads(self, bucket="sluice"):
+        """Multipart uploads not completed nor aborted, with their parts on disk."""
+        d = self.data / bucket / "._S3rver_uploads"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+    def control(self, **kw):
+        r = requests.post(self.url + "/_control", json=kw, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def stats(self):
+        return requests.get(self.url + "/_stats", timeout=5).json()
+
+    def rss_kib(self):
+        for line in Path("/proc/%d/status" % self.proc.pid).read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return None
+
+    def stop(self):
+        _stop_proc(self.proc, timeout=15)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_shared_s3front = None
+
+
+def shared_s3front():
+    """The session's S3Front for SLUICE_TEST_STORAGE=s3 (started on first use,
+    stopped when pytest exits)."""
+    global _shared_s3front
+    if _shared_s3front is None:
+        import atexit
+        _shared_s3front = S3Front()
+        atexit.register(_shared_s3front.stop)
+    return _shared_s3front

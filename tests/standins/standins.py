@@ -213,6 +213,7 @@ try:  # Debian's python3-botocore; only the textract stand-in needs it
     from botocore.credentials import Credentials
 except ImportError:  # pragma: no cover - reported when textract starts
     SigV4Auth = None
+from sigv4check import sigv4_signature  # noqa: E402 (beside this file; botocore inside)
 
 MODES = ("ok", "fail", "stall", "rate_limit", "refuse")
 MAX_BODY = 64 * 1024 * 1024
@@ -1001,33 +1002,8 @@ class Handler(BaseHTTPRequestHandler):
 
 # ------------------------------------------------------------------ textract helpers
 
-class _ReceivedSigV4(SigV4Auth or object):
-    """botocore's SigV4 over exactly the headers a request named in its
-    SignedHeaders, with their received values (botocore itself would pick the
-    headers and leave out the ones it never signs, such as Expect)."""
-
-    def __init__(self, credentials, service, region, signed):
-        super().__init__(credentials, service, region)
-        self._signed = signed      # [(lower-case name, [values])]
-
-    def headers_to_sign(self, request):
-        hm = HTTPHeaders()
-        for name, values in self._signed:
-            for v in values:
-                hm[name] = v       # a Message: assignment adds, duplicates kept
-        return hm
-
-
-def sigv4_signature(method, url, signed, body, amz_date, creds):
-    """The hex SigV4 signature botocore computes for the request (X-Amz-Date
-    amz_date) with creds {"key_id", "secret", "region"} for service textract."""
-    req = AWSRequest(method=method, url=url, data=body,
-                     headers={n: ",".join(v) for n, v in signed})
-    req.context["timestamp"] = amz_date
-    signer = _ReceivedSigV4(Credentials(creds["key_id"], creds["secret"]), "textract",
-                            creds["region"], signed)
-    canonical = signer.canonical_request(req)
-    return signer.signature(signer.string_to_sign(req, canonical), req)
+# _ReceivedSigV4 and sigv4_signature live in sigv4check.py, shared with the S3
+# front (s3front.py); imported at the top.
 
 
 # ------------------------------------------------------------------ openai helpers

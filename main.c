@@ -805,7 +805,9 @@ static int serve(sl_config_t *cfg, int role, sl_elink_t *link)
                           .bucket = cfg->s3_bucket,
                           .region = cfg->s3_region,
                           .access_key_id = cfg->s3_access_key_id,
-                          .secret_access_key = cfg->s3_secret_access_key};
+                          .secret_access_key = cfg->s3_secret_access_key,
+                          .path_style = cfg->s3_path_style && strcmp(cfg->s3_path_style, "true") == 0,
+                          .part_size = cfg->s3_part_size};
     if ((err = sl_store_open(&sc, app->wq, app->base, &app->store)) != 0) {
         sl_log(SL_LOG_ERROR, "storage_open_failed", "{s:s, s:s, s:s}", "backend",
                cfg->storage_backend, "path", cfg->storage_path, "error", sl_strerror(err));

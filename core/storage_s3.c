@@ -698,14 +698,9 @@ static int s3_read(sl_store_t *base, const char *key, uint64_t offset, size_t le
     op->len = len > S3_READ_MAX ? S3_READ_MAX : len;
     op->cb.read = cb;
     int err;
-    if (op->len == 0) {
-        /* Nothing to read, but the object must exist: a HEAD would do; a
-         * one-byte range is as cheap and keeps one path. */
-        err = SL_EINVAL;
-        free(op);
-        return err;
-    }
-    if ((err = ranged_get(op, op->len, read_done_cb)) != 0)
+    /* len 0: no bytes, but SL_ENOTFOUND for a missing object, as fs: a
+     * one-byte range answers both (the byte is dropped: want is 0). */
+    if ((err = ranged_get(op, op->len ? op->len : 1, read_done_cb)) != 0)
         free(op);
     return err;
 }
@@ -837,7 +832,8 @@ static int s3_fetch_local(sl_store_t *base, const char *key, const char *dir, sl
     int err = SL_ETOOBIG;
     if (n < 0 || (size_t)n >= sizeof op->path)
         goto fail;
-    op->fd = open(op->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* 0644 as fs objects are: confined tools reopen it through /proc/self/fd */
+    op->fd = open(op->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (op->fd < 0) {
         err = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
         goto fail;

@@ -185,3 +185,25 @@ def test_backend_unit_test_against_the_front(s3front):
     assert front.pending_uploads("sluice") == []
     # every request was signed as S3 checks it: the front refused none
     assert front.stats()["refused"] == {}, front.stats()
+
+
+def test_runs_read_their_blob_from_s3(start_server, s3front, samples):
+    """A run gets a local copy of its blob (sl_store_fetch_local into its
+    scratch dir) so pdftotext and tesseract read a path; its artifacts are
+    written to S3 and served back through Sluice with ranged GETs."""
+    from test_pipelines import artifact, run_of, upload, wait_files
+    front, srv = _s3_server(start_server, s3front)
+    t = srv.create_tenant("s3runs")
+    ds = t.create_dataset("s3runs")["id"]
+    ids = upload(t, ds, samples, ["invoice-acme.pdf", "notes.txt"])
+    docs = wait_files(t, ids.values())
+    inv = docs[ids["invoice-acme.pdf"]]
+    assert inv["status"] == "done", inv
+    assert inv["text_source"] == "text_layer"
+    _, text = artifact(t, run_of(inv, "ai_record"), "text")
+    assert b"INV-2026-0042" in text
+    assert docs[ids["notes.txt"]]["status"] == "done", docs[ids["notes.txt"]]
+    # the blobs and the artifacts live in the bucket, nothing half-written
+    assert len(_keys_of(front)) > 2
+    assert front.pending_uploads("sluice") == []
+    assert front.stats()["refused"] == {}, front.stats()

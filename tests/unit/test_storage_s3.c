@@ -267,6 +267,14 @@ int main(void)
     CHECK(sl_store_read(st, keys[0], 5000, 100, read_cb, NULL) == 0);
     run_until(&rd_called, 1);
     CHECK(rd_err == 0 && rd_n == 0);
+    rd_called = 0; /* len 0: no bytes; a missing object is SL_ENOTFOUND, as fs */
+    CHECK(sl_store_read(st, keys[0], 0, 0, read_cb, NULL) == 0);
+    run_until(&rd_called, 1);
+    CHECK(rd_err == 0 && rd_n == 0);
+    rd_called = 0;
+    CHECK(sl_store_read(st, "t/never-written", 0, 10, read_cb, NULL) == 0);
+    run_until(&rd_called, 1);
+    CHECK(rd_err == SL_ENOTFOUND);
 
     /* A multipart object (5 MiB parts), fed with backpressure: pending stays
      * bounded, drains come, the digest matches, ranged reads cross parts. */

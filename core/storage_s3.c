@@ -52,7 +52,7 @@
 #define S3_READ_MAX (1024 * 1024)       /* one sl_store_read returns at most this, as fs */
 #define S3_FETCH_STEP (8 * 1024 * 1024) /* fetch_local's ranged GETs */
 #define S3_URL_MAX 2048
-#define S3_ID_MAX 1024       /* an UploadId */
+#define S3_ID_MAX 1024 /* an UploadId */
 #define S3_ETAG_MAX 128
 #define S3_PART_TIMEOUT_MS 300000L /* one part or one PutObject */
 #define S3_SMALL_TIMEOUT_MS 30000L /* everything else */
@@ -60,10 +60,10 @@
 
 typedef struct s3_store_s {
     sl_store_t base;
-    sl_curl_t *curl; /* owned: storage's transfers have a multi handle of their own */
+    sl_curl_t *curl;        /* owned: storage's transfers have a multi handle of their own */
     struct event_base *evb; /* borrowed */
-    char scheme_host[512]; /* "http://127.0.0.1:4568" (no trailing '/') */
-    char host_only[300];   /* virtual host: "host[:port]" */
+    char scheme_host[512];  /* "http://127.0.0.1:4568" (no trailing '/') */
+    char host_only[300];    /* virtual host: "host[:port]" */
     char scheme[8];
     char *bucket;
     int path_style;
@@ -314,8 +314,8 @@ static void xfer_done_cb(const sl_curl_result_t *res, void *arg)
     if (err == 0 && kind == X_COMPLETE && strstr(res->body, "<Error>"))
         err = SL_EIO;
     if (err && err != SL_ECANCELED) {
-        static const char *const names[] = {"", "CreateMultipartUpload", "UploadPart",
-                                            "PutObject", "CompleteMultipartUpload"};
+        static const char *const names[] = {"", "CreateMultipartUpload", "UploadPart", "PutObject",
+                                            "CompleteMultipartUpload"};
         log_failure(names[kind], w->key, res);
     }
     if (err && !w->err)
@@ -339,8 +339,8 @@ static int start_create(s3_writer_t *w)
     const char *hdr[] = {"x-amz-checksum-algorithm: SHA256"};
     int err = object_url(w->st, w->key, "uploads", url, sizeof url);
     if (err == 0)
-        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, S3_SMALL_TIMEOUT_MS, 0,
-                         xfer_done_cb, w, &w->xfer);
+        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, xfer_done_cb,
+                         w, &w->xfer);
     if (err == 0)
         w->xkind = X_CREATE;
     return err;
@@ -649,8 +649,8 @@ static int ranged_get(s3_op_t *op, size_t len, sl_curl_cb cb)
 
 /* The bytes of a ranged GET's answer: 206 (the range), 200 (a server that
  * ignored Range: the whole object, sliced here), 416 (past the end: none). */
-static int range_body(const s3_op_t *op, const sl_curl_result_t *res, size_t want, const char **data,
-                      size_t *n)
+static int range_body(const s3_op_t *op, const sl_curl_result_t *res, size_t want,
+                      const char **data, size_t *n)
 {
     *data = "";
     *n = 0;

@@ -238,8 +238,11 @@ int main(void)
     struct timeval tv = {0, 100 * 1000};
     event_add(tick, &tv);
     CHECK(sl_workq_new(base, 2, &wq) == 0);
-    sl_store_conf_t conf = {.backend = "s3", .endpoint = endpoint, .bucket = bucket,
-                            .path_style = 1, .part_size = 5 * MIB};
+    sl_store_conf_t conf = {.backend = "s3",
+                            .endpoint = endpoint,
+                            .bucket = bucket,
+                            .path_style = 1,
+                            .part_size = 5 * MIB};
     CHECK(sl_store_open(&conf, wq, base, &st) == 0);
     if (!st)
         return check_summary();

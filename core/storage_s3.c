@@ -54,7 +54,7 @@
 #define S3_URL_MAX 2048
 #define S3_ID_MAX 1024 /* an UploadId */
 #define S3_ETAG_MAX 128
-#define S3_PART_TIMEOUT_MS 300000L /* one part or one PutObject */
+#define S3_PART_TIMEOUT_MS 120000L /* one part, PutObject or ranged GET: >= 70 KB/s for 8 MiB */
 #define S3_SMALL_TIMEOUT_MS 30000L /* everything else */
 #define S3_MAX_PARTS 10000         /* S3's limit */
 

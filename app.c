@@ -600,13 +600,19 @@ int sl_app_open_backends(sl_app_t *app)
     int err;
     if ((err = sl_workq_new(app->base, 4, &app->wq)) != 0)
         return err;
-    if (strcmp(cfg->storage_backend, "fs") != 0) {
-        sl_log(SL_LOG_ERROR, "storage_unsupported", "{s:s}", "backend", cfg->storage_backend);
-        return SL_ECONFIG;
-    }
-    if ((err = sl_store_fs_open(app->wq, cfg->storage_path, &app->store)) != 0) {
-        sl_log(SL_LOG_ERROR, "storage_open_failed", "{s:s, s:s}", "path", cfg->storage_path,
-               "error", sl_strerror(err));
+    /* s3 (issue 12): the store is opened from the storage section, whichever backend. */
+    sl_store_conf_t sc = {.backend = cfg->storage_backend,
+                          .path = cfg->storage_path,
+                          .endpoint = cfg->s3_endpoint,
+                          .bucket = cfg->s3_bucket,
+                          .region = cfg->s3_region,
+                          .access_key_id = cfg->s3_access_key_id,
+                          .secret_access_key = cfg->s3_secret_access_key,
+                          .path_style = cfg->s3_path_style && strcmp(cfg->s3_path_style, "true") == 0,
+                          .part_size = cfg->s3_part_size};
+    if ((err = sl_store_open(&sc, app->wq, app->base, &app->store)) != 0) {
+        sl_log(SL_LOG_ERROR, "storage_open_failed", "{s:s, s:s, s:s}", "backend",
+               cfg->storage_backend, "path", cfg->storage_path, "error", sl_strerror(err));
         return err;
     }
     if ((err = sl_pg_new(app->base, cfg->database_url, cfg->database_pool, 30000, &app->pg)) != 0)

@@ -89,6 +89,8 @@ struct sl_run_s {
     sl_step_t *cur;      /* the running attempt, or NULL */
     struct event *timer; /* retry delay */
     char tmpdir[640];
+    char blob_key[SL_STORE_KEY_MAX + 1]; /* s3 (issue 12): a blob with no local path, fetched
+                                            into tmpdir before the flow starts; "" otherwise */
     sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
     lifelog_t ll;        /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
@@ -582,6 +584,8 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     char path[1024];
     if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0)
         json_object_set_new(f, "path", json_string(path));
+    else if (key && sl_store_key_valid(key)) /* s3 (issue 12): fetched at the start */
+        snprintf(r->blob_key, sizeof r->blob_key, "%s", key);
     json_object_del(f, "storage_key");
     char *out = json_dumps(f, JSON_COMPACT);
     json_decref(f);
@@ -596,7 +600,11 @@ typedef struct resume_s {
     char old_state[16];
     char old_owner[128];
     char version[65]; /* the version being fetched */
+    int has_version;  /* s3 (issue 12): version holds the claim's flow_version */
 } resume_t;
+
+static void start_flow(sl_sched_t *s, sl_run_t *r, resume_t *rs, const char *flow_version);
+static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg);
 
 /*
  * The actor has its flow (or none): writes the first transition (started,
@@ -729,20 +737,40 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
         r->tmpdir[0] = '\0';
     sl_sched__add(s, r);
 
+    /* s3 (issue 12): the blob has no local file (S3): copy it into the scratch
+     * dir first; blob_fetched_cb goes on. */
+    if (r->blob_key[0] && r->tmpdir[0]) {
+        rs->has_version = c->flow_version != NULL;
+        snprintf(rs->version, sizeof rs->version, "%s", c->flow_version ? c->flow_version : "");
+        r->busy = 1;
+        if (sl_store_fetch_local(r->ctx.store, r->blob_key, r->tmpdir, blob_fetched_cb, rs) == 0)
+            return 0;
+        r->busy = 0; /* the flow runs without a path, as before */
+    }
+    start_flow(s, r, rs, c->flow_version);
+    return 0;
+}
+
+/* The actor's flow: the current one, or the version a taken-over run started
+ * with (fetched from Postgres if this process does not have it), then
+ * run_begin. Takes rs. flow_version may be NULL or rs->version. */
+static void start_flow(sl_sched_t *s, sl_run_t *r, resume_t *rs, const char *flow_version)
+{
     sl_flow_t *cur = sl_sched__flow_for(s, r->pipeline);
     r->flow = cur;
     /* issue 14: also when the pipeline was deleted since (cur NULL): in flight, it finishes */
-    if (c->flow_version && strcmp(c->old_state, "running") == 0 &&
-        (!cur || strcmp(c->flow_version, sl_flow_version(cur)) != 0)) {
+    if (flow_version && strcmp(rs->old_state, "running") == 0 &&
+        (!cur || strcmp(flow_version, sl_flow_version(cur)) != 0)) {
         /* Taken over: the run goes on with the version it started with. */
-        r->flow = sl_sched__flow_version(s, r->pipeline, c->flow_version);
+        r->flow = sl_sched__flow_version(s, r->pipeline, flow_version);
         if (!r->flow) {
-            const char *params[] = {c->flow_version};
-            snprintf(rs->version, sizeof rs->version, "%s", c->flow_version);
+            if (flow_version != rs->version)
+                snprintf(rs->version, sizeof rs->version, "%s", flow_version);
+            const char *params[] = {rs->version};
             r->busy = 1;
             if (sl_pg_query(r->ctx.pg, "SELECT source FROM flow_versions WHERE version = $1", 1,
                             params, flow_fetched_cb, rs) == 0)
-                return 0; /* flow_fetched_cb goes on */
+                return; /* flow_fetched_cb goes on */
             r->busy = 0;
             r->flow = cur;
         }
@@ -751,5 +779,33 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
         sl_flow_ref(r->flow);
     run_begin(r, rs);
     free(rs);
-    return 0;
+}
+
+/* s3 (issue 12): the blob's copy is in the scratch dir (or not): its path goes
+ * into the file document the flow sees, then the flow starts. */
+static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg)
+{
+    resume_t *rs = arg;
+    sl_run_t *r = rs->run;
+
+    (void)is_copy; /* the copy lives in r->tmpdir, removed with it at the end */
+    r->busy = 0;
+    if (r->cancelled || !r->sched) {
+        free(rs);
+        run_end(r);
+        return;
+    }
+    json_t *f = err ? NULL : json_loads(r->file_json, 0, NULL);
+    char *doc = NULL;
+    if (f && json_object_set_new(f, "path", json_string(path)) == 0)
+        doc = json_dumps(f, JSON_COMPACT);
+    json_decref(f);
+    if (doc) {
+        free(r->file_json);
+        r->file_json = doc;
+    } else {
+        sl_log(SL_LOG_WARN, "blob_fetch_failed", "{s:s, s:s, s:s}", "run_id", r->id, "storage_key",
+               r->blob_key, "error", sl_strerror(err ? err : SL_ENOMEM));
+    }
+    start_flow(r->sched, r, rs, rs->has_version ? rs->version : NULL);
 }

@@ -561,6 +561,18 @@ static int check_backend(ctx_t *c, const field_t *f, void *base, struct fy_node 
     return 0;
 }
 
+/* s3 (issue 12): storage.path_style is true or false. */
+static int check_bool_str(ctx_t *c, const field_t *f, void *base, struct fy_node *v, int line,
+                          const char *path, void *arg)
+{
+    const char *s = *(char **)((char *)base + f->off);
+
+    (void)arg;
+    if (strcmp(s, "true") != 0 && strcmp(s, "false") != 0)
+        return fail(c, node_line(v, line, 0), path, "must be true or false");
+    return 0;
+}
+
 static const field_t storage_fields[] = {
     FSTR(sl_config_t, "backend", storage_backend, check_backend),
     FSTR(sl_config_t, "path", storage_path, NULL),
@@ -569,6 +581,8 @@ static const field_t storage_fields[] = {
     FSTR(sl_config_t, "region", s3_region, NULL),
     FSTR(sl_config_t, "access_key_id", s3_access_key_id, NULL),
     FSTR(sl_config_t, "secret_access_key", s3_secret_access_key, NULL),
+    FSTR(sl_config_t, "path_style", s3_path_style, check_bool_str), /* s3 (issue 12) */
+    FSIZE(sl_config_t, "part_size", s3_part_size),                  /* s3 (issue 12) */
 };
 
 static int parse_storage(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
@@ -1096,6 +1110,9 @@ static int parse_root(ctx_t *c, struct fy_node *root)
             return fail(c, c->storage_line, "storage.endpoint", "is required for backend s3");
         if (cfg->s3_bucket == NULL)
             return fail(c, c->storage_line, "storage.bucket", "is required for backend s3");
+        if (cfg->s3_part_size != 0 && (cfg->s3_part_size < 5 * 1024 * 1024 ||
+                                       cfg->s3_part_size > 64 * 1024 * 1024))
+            return fail(c, c->storage_line, "storage.part_size", "must be 5 MiB to 64 MiB");
     }
     if (cfg->admin_key == NULL) {
         const char *env = getenv("SLUICE_ADMIN_KEY");
@@ -1332,6 +1349,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->s3_region);
     free(cfg->s3_access_key_id);
     free(cfg->s3_secret_access_key);
+    free(cfg->s3_path_style);
     free(cfg->log_level);
     free(cfg->web_root);
     free(cfg->exec_user);

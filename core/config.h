@@ -106,6 +106,8 @@ typedef struct sl_config_s {
     char *storage_backend;    /* "fs" or "s3" */
     char *storage_path;       /* fs */
     char *s3_endpoint, *s3_bucket, *s3_region, *s3_access_key_id, *s3_secret_access_key;
+    char *s3_path_style; /* s3: "true" or "false" (NULL: false, virtual-host) */
+    size_t s3_part_size; /* s3: multipart part size; 0: 8 MiB */
 
     /* limits */
     int64_t max_file_bytes;        /* default 100 MiB */

@@ -730,8 +730,10 @@ static int setup_easy(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char
     SETOPT(CURLOPT_WRITEDATA, (void *)x);
     SETOPT(CURLOPT_HEADERFUNCTION, header_cb);
     SETOPT(CURLOPT_HEADERDATA, (void *)x);
-    /* fails early with CURLE_FILESIZE_EXCEEDED when Content-Length is above the limit */
-    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->resp_max);
+    /* fails early with CURLE_FILESIZE_EXCEEDED when Content-Length is above the limit;
+     * not for HEAD: there is no body, and Content-Length is the resource's size (S3's stat) */
+    if (!is_head)
+        SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->resp_max);
 
     if (is_head) {
         SETOPT(CURLOPT_NOBODY, 1L);

@@ -16,6 +16,12 @@
  * sl_store_put_abort() throws everything away (no object, no temp file).
  * The writer also sniffs the content type of the first 64 KiB with libmagic, at
  * commit, through one cookie per store (libmagic's are not thread-safe).
+ *
+ * Backends: sl_store_open() picks one from the configuration: "fs"
+ * (core/storage_fs.c, objects in a local directory) or "s3"
+ * (core/storage_s3.c, objects in an S3 bucket). Each fills the table of
+ * operations of core/storage_int.h (as curl's lib/vtls/ does for TLS); callers
+ * see only this header. docs/internals/storage.md.
  */
 #ifndef SL_STORAGE_H
 #define SL_STORAGE_H
@@ -23,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "workq.h"
+
+struct event_base;
 
 #define SL_STORE_HIGH_WATER (256 * 1024) /* queued bytes at which a writer asks to pause */
 #define SL_STORE_KEY_MAX 200
@@ -37,6 +45,42 @@ typedef struct sl_store_info_s {
     char sha256_hex[65];
     char mime[SL_STORE_MIME_MAX]; /* sniffed, e.g. "application/pdf"; "application/x-empty" for 0 bytes */
 } sl_store_info_t;
+
+/** The storage section of the configuration. Strings borrowed for sl_store_open() only. */
+typedef struct sl_store_conf_s {
+    const char *backend; /* "fs" (also when NULL) or "s3" */
+    const char *path;    /* fs: the root directory */
+    /* s3: endpoint "http(s)://host[:port]" (required), bucket (required),
+     * region ("us-east-1" when NULL), credentials (from AWS_ACCESS_KEY_ID /
+     * AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN when NULL). */
+    const char *endpoint, *bucket, *region, *access_key_id, *secret_access_key;
+    int path_style;   /* s3: 1 = endpoint/bucket/key, 0 = bucket.host/key (virtual host) */
+    size_t part_size; /* s3: multipart part size, >= 5 MiB; 0 = SL_STORE_S3_PART_DEFAULT */
+} sl_store_conf_t;
+
+#define SL_STORE_S3_PART_MIN (5u * 1024 * 1024)
+#define SL_STORE_S3_PART_DEFAULT (8u * 1024 * 1024)
+#define SL_STORE_S3_PART_MAX (64u * 1024 * 1024)
+
+/**
+ * Opens the backend `conf` names. `wq` and `base` are borrowed and must
+ * outlive the store (base: the loop the S3 backend's transfers run on; it
+ * makes its own curl multi handle on it). Returns owned in *out; SL_EINVAL,
+ * SL_ECONFIG (unknown backend, or an s3 setting missing or malformed), or the
+ * backend's open error.
+ */
+int sl_store_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_base *base,
+                  sl_store_t **out);
+
+/** The backend's name: "fs" or "s3". Static string. */
+const char *sl_store_backend(const sl_store_t *st);
+
+/**
+ * Opens the S3 backend (see sl_store_conf_t). Nothing is sent here: a bucket
+ * that is unreachable shows on the first operation, as SL_EUNAVAIL.
+ */
+int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_base *base,
+                     sl_store_t **out);
 
 /**
  * Opens the filesystem backend rooted at `root` (created if missing; copied;
@@ -130,9 +174,23 @@ typedef void (*sl_store_done_cb)(int err, void *arg);
 int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
 
 /**
- * A local filesystem path for key, for tools that need a file (pdftotext,
- * tesseract). Only the fs backend has one: returns SL_EINVAL otherwise.
+ * The object's own local filesystem path, synchronously. Only the fs backend
+ * has one: returns SL_EINVAL otherwise (use sl_store_fetch_local()).
  */
 int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t buflen);
+
+/**
+ * A local file holding key's bytes, for tools that need a path (pdftotext,
+ * tesseract). fs: the object's own file (is_copy 0: read it, never write or
+ * delete it). s3: the object is downloaded (streamed, ranged GETs) into a new
+ * file under `dir` (borrowed, copied; it must exist: the run's scratch
+ * directory), and is_copy is 1: the caller owns that file and deletes it (with
+ * its scratch directory). cb fires once, on a later loop turn, with err 0 and
+ * the path (borrowed until cb returns), or err < 0 (SL_ENOTFOUND, SL_EUNAVAIL,
+ * SL_EIO) and path NULL. `arg` borrowed.
+ */
+typedef void (*sl_store_local_cb)(int err, const char *path, int is_copy, void *arg);
+int sl_store_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_store_local_cb cb,
+                         void *arg);
 
 #endif

@@ -1,12 +1,8 @@
 /*
- * storage_fs.c — the storage interface (core/storage.h) and its local
- * filesystem backend.
- *
- * The file has two parts. The generic part is the dispatch over a small vtable
- * (sl_store_ops_t), key validation and the writer's backpressure accounting;
- * it is what an S3 backend will share (it moves to core/storage.c with the
- * vtable in an internal header when a second backend lands). The fs part keeps
- * objects at <root>/<key>, writes through a temp file in <root>/.tmp, and does
+ * storage_fs.c — the storage interface's local filesystem backend: it fills
+ * the table of operations of core/storage_int.h; the generic layer (argument
+ * checks, dispatch, the writer's backpressure accounting) is core/storage.c.
+ * It keeps objects at <root>/<key>, writes through a temp file in <root>/.tmp, and does
  * every blocking call (open, write, fsync, rename, unlink, pread, libmagic) on
  * the worker pool. docs/internals/storage.md explains the writer's job chain.
  *
@@ -18,7 +14,7 @@
  */
 #include "crypto.h"
 #include "err.h"
-#include "storage.h"
+#include "storage_int.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -49,183 +45,6 @@ _Static_assert(SL_STORE_HIGH_WATER / 2 > FS_CHUNK, "HIGH_WATER / 2 must exceed F
 #define FS_ALIGN 4096 /* O_DIRECT: buffer address, file offset and length multiples of this */
 #define FS_IOV_MAX 64 /* chunks per pwritev */
 #define FS_JOB_MIN (2 * FS_CHUNK) /* queued bytes that make a write job (fewer wake-ups, larger I/O) */
-
-/* ======================================================================
- * Generic layer
- * ====================================================================== */
-
-/* What a backend implements. Writers and stores embed the base structs below
- * as their first member. Every op gets an already valid key. */
-typedef struct sl_store_ops_s {
-    int (*put_begin)(sl_store_t *st, const char *key, sl_store_writer_t **out);
-    /* Queue len > 0 bytes; the generic layer counts them in w->pending. */
-    int (*write)(sl_store_writer_t *w, const void *data, size_t len);
-    /* Start finishing; later call sl_store__commit_done() on the loop. */
-    int (*commit)(sl_store_writer_t *w);
-    void (*abort)(sl_store_writer_t *w);
-    int (*read)(sl_store_t *st, const char *key, uint64_t offset, size_t len, sl_store_read_cb cb,
-                void *arg);
-    int (*stat)(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg);
-    int (*del)(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
-    int (*local_path)(sl_store_t *st, const char *key, char *buf, size_t buflen); /* may be NULL */
-    void (*free)(sl_store_t *st);
-} sl_store_ops_t;
-
-struct sl_store_s {
-    const sl_store_ops_t *ops;
-    sl_workq_t *wq; /* borrowed */
-};
-
-enum { W_OPEN, W_COMMITTING, W_ABORTED };
-
-struct sl_store_writer_s {
-    sl_store_t *st;
-    int state;                  /* loop */
-    size_t pending;             /* loop: bytes accepted and not yet written */
-    int above_high;             /* loop: pending reached HIGH_WATER since the last drain */
-    sl_store_drain_cb drain_cb; /* loop */
-    void *drain_arg;
-    sl_store_commit_cb commit_cb; /* loop */
-    void *commit_arg;
-};
-
-int sl_store_key_valid(const char *key)
-{
-    if (!key)
-        return 0;
-    size_t n = strnlen(key, SL_STORE_KEY_MAX + 1);
-    if (n == 0 || n > SL_STORE_KEY_MAX)
-        return 0;
-    if (key[0] == '/' || key[n - 1] == '/')
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = key[i];
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '/' || c == '_' || c == '.' || c == '-';
-        if (!ok)
-            return 0;
-        if (c == '/' && key[i + 1] == '/')
-            return 0;
-        if (c == '.' && key[i + 1] == '.')
-            return 0;
-        /* No component starts with '.': that rules out ".", the backend's own
-         * ".tmp" and hidden files. */
-        if (c == '.' && (i == 0 || key[i - 1] == '/'))
-            return 0;
-    }
-    return 1;
-}
-
-/* Called by a backend on the loop when `n` queued bytes have been written. */
-static void sl_store__written(sl_store_writer_t *w, size_t n)
-{
-    w->pending -= n <= w->pending ? n : w->pending;
-    if (w->above_high && w->pending < SL_STORE_HIGH_WATER / 2) {
-        w->above_high = 0;
-        if (w->state == W_OPEN && w->drain_cb)
-            w->drain_cb(w, w->drain_arg);
-    }
-}
-
-/* Called by a backend on the loop when its commit finished; the backend frees
- * the writer after this returns. */
-static void sl_store__commit_done(sl_store_writer_t *w, int err, const sl_store_info_t *info)
-{
-    if (w->commit_cb)
-        w->commit_cb(err, err ? NULL : info, w->commit_arg);
-}
-
-void sl_store_free(sl_store_t *st)
-{
-    if (st)
-        st->ops->free(st);
-}
-
-int sl_store_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out)
-{
-    if (!st || !out || !sl_store_key_valid(key))
-        return SL_EINVAL;
-    return st->ops->put_begin(st, key, out);
-}
-
-int sl_store_write(sl_store_writer_t *w, const void *data, size_t len)
-{
-    if (!w || w->state != W_OPEN || (!data && len))
-        return SL_EINVAL;
-    int err = w->st->ops->write(w, data, len);
-    if (err == 0) {
-        w->pending += len;
-        if (w->pending >= SL_STORE_HIGH_WATER)
-            w->above_high = 1;
-    }
-    return err;
-}
-
-size_t sl_store_pending(const sl_store_writer_t *w)
-{
-    return w ? w->pending : 0;
-}
-
-void sl_store_on_drain(sl_store_writer_t *w, sl_store_drain_cb cb, void *arg)
-{
-    if (!w)
-        return;
-    w->drain_cb = cb;
-    w->drain_arg = arg;
-}
-
-int sl_store_put_commit(sl_store_writer_t *w, sl_store_commit_cb cb, void *arg)
-{
-    if (!w || w->state != W_OPEN)
-        return SL_EINVAL;
-    w->commit_cb = cb;
-    w->commit_arg = arg;
-    int err = w->st->ops->commit(w);
-    if (err) {
-        w->commit_cb = NULL;
-        w->commit_arg = NULL;
-        return err; /* the writer stays open: the caller may retry or abort */
-    }
-    w->state = W_COMMITTING;
-    return 0;
-}
-
-void sl_store_put_abort(sl_store_writer_t *w)
-{
-    if (!w || w->state != W_OPEN)
-        return; /* a committing writer belongs to the store already */
-    w->state = W_ABORTED;
-    w->st->ops->abort(w);
-}
-
-int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len, sl_store_read_cb cb,
-                  void *arg)
-{
-    if (!st || !cb || !sl_store_key_valid(key) || offset > (uint64_t)INT64_MAX)
-        return SL_EINVAL;
-    return st->ops->read(st, key, offset, len, cb, arg);
-}
-
-int sl_store_stat(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg)
-{
-    if (!st || !cb || !sl_store_key_valid(key))
-        return SL_EINVAL;
-    return st->ops->stat(st, key, cb, arg);
-}
-
-int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
-{
-    if (!st || !sl_store_key_valid(key))
-        return SL_EINVAL;
-    return st->ops->del(st, key, cb, arg);
-}
-
-int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t buflen)
-{
-    if (!st || !buf || buflen == 0 || !sl_store_key_valid(key) || !st->ops->local_path)
-        return SL_EINVAL;
-    return st->ops->local_path(st, key, buf, buflen);
-}
 
 /* ======================================================================
  * Filesystem backend
@@ -745,7 +564,7 @@ static void write_done(void *arg)
         writer_free(w);
         return;
     }
-    if (w->inflight == 0 && w->base.above_high && w->base.state == W_OPEN)
+    if (w->inflight == 0 && w->base.above_high && w->base.state == SL_STORE__W_OPEN)
         writer_kick(w); /* the producer may be paused on this writer */
     sl_store__written(&w->base, bytes);
 }
@@ -794,7 +613,7 @@ static int fs_put_begin(sl_store_t *st, const char *key, sl_store_writer_t **out
         goto fail;
     }
     w->base.st = st;
-    w->base.state = W_OPEN;
+    w->base.state = SL_STORE__W_OPEN;
     fs->open_writers++;
     *out = &w->base;
     return 0;
@@ -999,6 +818,7 @@ typedef struct fs_op_s {
         sl_store_read_cb read;
         sl_store_stat_cb stat;
         sl_store_done_cb done;
+        sl_store_local_cb local;
     } cb;
     void *arg;
     char path[]; /* root/key */
@@ -1147,6 +967,29 @@ static int fs_local_path(sl_store_t *st, const char *key, char *buf, size_t bufl
     return fs_path((fs_store_t *)st, key, buf, buflen);
 }
 
+/* fetch_local: the object's own file, once a stat on the pool says it is there. */
+static void local_done(void *arg)
+{
+    fs_op_t *op = arg;
+    op->cb.local(op->err, op->err ? NULL : op->path, 0, op->arg);
+    free(op);
+}
+
+static int fs_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_store_local_cb cb,
+                          void *arg)
+{
+    (void)dir; /* no copy: the object's file is the local file */
+    fs_op_t *op = fs_op_new((fs_store_t *)st, key);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.local = cb;
+    op->arg = arg;
+    int err = sl_workq_submit(st->wq, NULL, stat_work, local_done, op);
+    if (err)
+        free(op);
+    return err;
+}
+
 static void fs_free(sl_store_t *st)
 {
     fs_store_t *fs = (fs_store_t *)st;
@@ -1162,6 +1005,7 @@ static void fs_free(sl_store_t *st)
 }
 
 static const sl_store_ops_t fs_ops = {
+    .name = "fs",
     .put_begin = fs_put_begin,
     .write = fs_write,
     .commit = fs_commit,
@@ -1170,6 +1014,7 @@ static const sl_store_ops_t fs_ops = {
     .stat = fs_stat,
     .del = fs_del,
     .local_path = fs_local_path,
+    .fetch_local = fs_fetch_local,
     .free = fs_free,
 };
 

@@ -216,6 +216,15 @@ static void test_defaults(void)
         CHECK(cfg->has_pipelines == 1 && cfg->npipelines == 0);
         sl_config_free(cfg);
     }
+
+    /* s3 (issue 12): path_style and part_size. */
+    CHECK(load("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+               "path_style: true, part_size: 16777216}\n",
+               &cfg) == 0);
+    if (cfg != NULL) {
+        CHECK(STREQ(cfg->s3_path_style, "true") && cfg->s3_part_size == 16777216);
+        sl_config_free(cfg);
+    }
 }
 
 static void test_admin_key_env(void)
@@ -395,6 +404,13 @@ static void test_errors(void)
     EXPECT_ERROR("database_url: x\nlisten: {a: 1}\n", "sluice.yaml:2: listen: must be a string");
     EXPECT_ERROR("database_url: x\nstorage: {backend: nfs}\n",
                  "sluice.yaml:2: storage.backend: must be fs or s3");
+    /* s3 (issue 12): path_style is a boolean, part_size 5..64 MiB */
+    EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+                 "path_style: maybe}\n",
+                 "sluice.yaml:2: storage.path_style: must be true or false");
+    EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+                 "part_size: 1048576}\n",
+                 "sluice.yaml:2: storage.part_size: must be 5 MiB to 64 MiB");
     EXPECT_ERROR("database_url: x\nstorage:\n  backend: s3\n  endpoint: http://s3\n",
                  "sluice.yaml:2: storage.bucket: is required for backend s3");
     EXPECT_ERROR("database_url: x\nservices:\n  openai: {rate_per_s: nan}\n",

@@ -799,6 +799,60 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
+/* ---- the interface: open by config, fetch_local ---- */
+
+static int local_called, local_err, local_copy;
+static char local_path[512];
+
+static void local_cb(int err, const char *path, int is_copy, void *arg)
+{
+    (void)arg;
+    on_loop_check();
+    local_called++;
+    local_err = err;
+    local_copy = is_copy;
+    snprintf(local_path, sizeof local_path, "%s", path ? path : "");
+}
+
+static void test_interface(void)
+{
+    commit_res_t r;
+    char want[512];
+    put_object("t9/local", "here", 4, &r);
+    CHECK(r.err == 0);
+    CHECK(strcmp(sl_store_backend(st), "fs") == 0);
+
+    /* fs: the object's own file, never a copy, and the callback is never synchronous. */
+    local_called = 0;
+    CHECK(sl_store_fetch_local(st, "t9/local", top, local_cb, NULL) == 0);
+    CHECK(local_called == 0);
+    run_until(&local_called, 1);
+    snprintf(want, sizeof want, "%s/t9/local", root);
+    CHECK(local_called == 1 && local_err == 0 && local_copy == 0);
+    CHECK(strcmp(local_path, want) == 0);
+    local_called = 0;
+    CHECK(sl_store_fetch_local(st, "t9/missing", top, local_cb, NULL) == 0);
+    run_until(&local_called, 1);
+    CHECK(local_err == SL_ENOTFOUND && local_path[0] == '\0');
+    CHECK(sl_store_fetch_local(st, "../etc", top, local_cb, NULL) == SL_EINVAL);
+
+    /* sl_store_open: fs by name or by default; an unknown backend is refused. */
+    char other[256];
+    snprintf(other, sizeof other, "%s/other", top);
+    sl_store_t *o = NULL;
+    sl_store_conf_t c = {.backend = "fs", .path = other};
+    CHECK(sl_store_open(&c, wq, base, &o) == 0 && o && strcmp(sl_store_backend(o), "fs") == 0);
+    sl_store_free(o);
+    o = NULL;
+    c.backend = NULL;
+    CHECK(sl_store_open(&c, wq, base, &o) == 0 && o);
+    sl_store_free(o);
+    o = NULL;
+    c.backend = "ftp";
+    CHECK(sl_store_open(&c, wq, base, &o) == SL_ECONFIG && o == NULL);
+    CHECK(sl_store_open(NULL, wq, base, &o) == SL_EINVAL);
+}
+
 int main(void)
 {
     loop_thread = pthread_self();
@@ -822,6 +876,7 @@ int main(void)
     test_open_cleans_tmp();
     if (st) {
         test_keys();
+        test_interface();
         test_big_object();
         test_mime();
         test_abort();

@@ -1,0 +1,968 @@
+/*
+ * storage_s3.c — the storage interface's S3 backend: it fills the table of
+ * operations of core/storage_int.h with S3 REST calls made through the
+ * project's curl-multi wrapper (core/curl.h) on the loop, signed with SigV4
+ * (core/sigv4.h, SL_SIGV4_S3: only the headers that are sent are signed, the
+ * payload's SHA-256 is sent as x-amz-content-sha256).
+ *
+ * Writing: the writer fills one part buffer (part_size, 8 MiB by default). An
+ * object smaller than one part is one PutObject at commit. The first time the
+ * buffer fills, CreateMultipartUpload starts an upload and each full buffer
+ * goes out as UploadPart while the next one fills; commit sends the rest as
+ * the last part and CompleteMultipartUpload. One request at a time per
+ * writer; while a part is in flight and the next buffer is full, the bytes
+ * the writer accepts are not reported written, so sl_store_pending() climbs
+ * past SL_STORE_HIGH_WATER and the producer pauses until the part is done:
+ * the fs backend's backpressure contract, with memory per upload bounded by
+ * about two parts (the buffer and curl's copy of the part in flight), never
+ * by the object's size. SHA-256 (whole object) and the first 64 KiB (for
+ * libmagic, sniffed on the worker pool) are taken as bytes arrive; each part
+ * also carries x-amz-checksum-sha256 (the upload is created with
+ * x-amz-checksum-algorithm SHA256).
+ *
+ * All or nothing: an aborted writer, or a failed commit, ends with
+ * AbortMultipartUpload (a CreateMultipartUpload in flight is waited for, not
+ * cancelled, so its upload id is known and aborted). If that abort cannot be
+ * sent (S3 down), the upload is left for a sweeper (not written yet).
+ *
+ * Reading: ranged GET (<= 1 MiB per sl_store_read), HEAD for stat, DELETE
+ * for delete, and fetch_local streams 8 MiB ranged GETs into a file.
+ *
+ * Errors: no connection, a timeout or a 5xx are SL_EUNAVAIL (uploads answer
+ * 503 with Retry-After); 404 is SL_ENOTFOUND; anything else SL_EIO, logged.
+ */
+#include "crypto.h"
+#include "curl.h"
+#include "err.h"
+#include "log.h"
+#include "storage_int.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <magic.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define S3_HEAD_MAX (64 * 1024)         /* bytes libmagic sees, as fs */
+#define S3_READ_MAX (1024 * 1024)       /* one sl_store_read returns at most this, as fs */
+#define S3_FETCH_STEP (8 * 1024 * 1024) /* fetch_local's ranged GETs */
+#define S3_URL_MAX 2048
+#define S3_ID_MAX 1024 /* an UploadId */
+#define S3_ETAG_MAX 128
+#define S3_PART_TIMEOUT_MS 120000L /* one part, PutObject or ranged GET: >= 70 KB/s for 8 MiB */
+#define S3_SMALL_TIMEOUT_MS 30000L /* everything else */
+#define S3_MAX_PARTS 10000         /* S3's limit */
+
+typedef struct s3_store_s {
+    sl_store_t base;
+    sl_curl_t *curl;        /* owned: storage's transfers have a multi handle of their own */
+    struct event_base *evb; /* borrowed */
+    char scheme_host[512];  /* "http://127.0.0.1:4568" (no trailing '/') */
+    char host_only[300];    /* virtual host: "host[:port]" */
+    char scheme[8];
+    char *bucket;
+    int path_style;
+    size_t part_size;
+    char region[64];
+    char *akid, *secret, *token; /* owned */
+    magic_t magic;               /* one cookie, used under magic_mu on the pool */
+    pthread_mutex_t magic_mu;
+} s3_store_t;
+
+typedef struct s3_part_s {
+    char etag[S3_ETAG_MAX];
+    char cksum[48]; /* base64 SHA-256 */
+} s3_part_t;
+
+enum { X_NONE, X_CREATE, X_PART, X_PUT, X_COMPLETE };
+
+typedef struct s3_writer_s {
+    sl_store_writer_t base;
+    s3_store_t *st;
+    char key[SL_STORE_KEY_MAX + 1];
+    char *buf; /* the part being filled; cap grows past part_size only by what one write brings */
+    size_t len, cap;
+    EVP_MD_CTX *sha; /* whole object */
+    uint64_t size;
+    char *head; /* first S3_HEAD_MAX bytes */
+    size_t head_len;
+    char upload_id[S3_ID_MAX];
+    s3_part_t *parts;
+    int nparts, parts_cap;
+    sl_curl_xfer_t *xfer; /* the request in flight, or NULL */
+    int xkind;            /* X_* of xfer */
+    size_t unreported;    /* bytes accepted and not yet reported written */
+    int blocked;          /* buffer full while a request is in flight: hold the report */
+    struct event *report_ev;
+    int err; /* sticky */
+    int committing, sniffing, aborted;
+    sl_store_info_t info;
+} s3_writer_t;
+
+/* ---- helpers ---- */
+
+static void writer_kick(s3_writer_t *w);
+static void commit_step(s3_writer_t *w);
+static void abort_step(s3_writer_t *w);
+
+static int map_result(const sl_curl_result_t *res)
+{
+    if (res->err == SL_ECANCELED)
+        return SL_ECANCELED;
+    if (res->err)
+        return SL_EUNAVAIL; /* refused, timed out, reset: S3 is down for us */
+    if (res->status >= 200 && res->status < 300)
+        return 0;
+    if (res->status == 404)
+        return SL_ENOTFOUND;
+    if (res->status >= 500 || res->status == 429)
+        return SL_EUNAVAIL;
+    return SL_EIO;
+}
+
+static void log_failure(const char *what, const char *key, const sl_curl_result_t *res)
+{
+    char snippet[200];
+    size_t n = res->body_len < sizeof snippet - 1 ? res->body_len : sizeof snippet - 1;
+    memcpy(snippet, res->body, n);
+    snippet[n] = '\0';
+    sl_log(SL_LOG_WARN, "s3_request_failed", "{s:s, s:s, s:i, s:s, s:s}", "op", what, "key",
+           key ? key : "", "status", (int)res->status, "error", res->errmsg, "body", snippet);
+}
+
+static const char *header_value(const sl_curl_result_t *res, const char *name)
+{
+    for (size_t i = 0; i < res->n_headers; i++)
+        if (strcasecmp(res->headers[i].name, name) == 0)
+            return res->headers[i].value;
+    return NULL;
+}
+
+/* The text of the first <tag>...</tag> in body, copied into out[cap]. */
+static int xml_text(const char *body, const char *tag, char *out, size_t cap)
+{
+    char open[64], close[64];
+    snprintf(open, sizeof open, "<%s>", tag);
+    snprintf(close, sizeof close, "</%s>", tag);
+    const char *a = strstr(body, open);
+    if (!a)
+        return SL_EPROTO;
+    a += strlen(open);
+    const char *b = strstr(a, close);
+    if (!b || (size_t)(b - a) >= cap)
+        return SL_EPROTO;
+    memcpy(out, a, (size_t)(b - a));
+    out[b - a] = '\0';
+    return 0;
+}
+
+/* Percent-encodes s (RFC 3986 unreserved kept) for a query value. */
+static int query_escape(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        int keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_' || c == '.' || c == '~';
+        if (o + 4 > cap)
+            return SL_ETOOBIG;
+        if (keep) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* The object's URL, with an optional query ("uploads", "partNumber=1&..."). Keys
+ * are [A-Za-z0-9/_.-] (sl_store_key_valid), so the path needs no escaping. */
+static int object_url(const s3_store_t *st, const char *key, const char *query, char *out,
+                      size_t cap)
+{
+    int n;
+    if (st->path_style)
+        n = snprintf(out, cap, "%s/%s/%s%s%s", st->scheme_host, st->bucket, key, query ? "?" : "",
+                     query ? query : "");
+    else
+        n = snprintf(out, cap, "%s://%s.%s/%s%s%s", st->scheme, st->bucket, st->host_only, key,
+                     query ? "?" : "", query ? query : "");
+    return (n < 0 || (size_t)n >= cap) ? SL_ETOOBIG : 0;
+}
+
+static int s3_request(s3_store_t *st, const char *method, const char *url,
+                      const char *const *headers, size_t n_headers, const void *body,
+                      size_t body_len, long timeout_ms, size_t max_resp, sl_curl_cb cb, void *arg,
+                      sl_curl_xfer_t **out)
+{
+    sl_sigv4_creds_t creds = {.access_key_id = st->akid,
+                              .secret_access_key = st->secret,
+                              .session_token = st->token,
+                              .region = st->region,
+                              .service = "s3"};
+    sl_curl_req_opts_t o = {.method = method,
+                            .url = url,
+                            .headers = headers,
+                            .n_headers = n_headers,
+                            .body = body,
+                            .body_len = body_len,
+                            .timeout_ms = timeout_ms,
+                            .max_response_bytes = max_resp,
+                            .sigv4 = &creds,
+                            .sigv4_flags = SL_SIGV4_S3};
+    return sl_curl_request(st->curl, &o, cb, arg, out);
+}
+
+/* ---- writer: reporting bytes written (backpressure) ---- */
+
+/* On a later loop turn: bytes accepted while the buffer had room count as
+ * written (they left the producer's hands into bounded memory). */
+static void report_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s3_writer_t *w = arg;
+    if (w->blocked && !w->err)
+        return;
+    size_t n = w->unreported;
+    w->unreported = 0;
+    if (n)
+        sl_store__written(&w->base, n);
+}
+
+static void schedule_report(s3_writer_t *w)
+{
+    if (w->unreported && (!w->blocked || w->err))
+        event_active(w->report_ev, 0, 0);
+}
+
+/* ---- writer: requests ---- */
+
+static void writer_free(s3_writer_t *w)
+{
+    if (w->report_ev)
+        event_free(w->report_ev);
+    if (w->sha)
+        EVP_MD_CTX_free(w->sha);
+    free(w->buf);
+    free(w->head);
+    free(w->parts);
+    free(w);
+}
+
+/* A fire-and-forget AbortMultipartUpload (it outlives the writer). */
+typedef struct abort_op_s {
+    char key[SL_STORE_KEY_MAX + 1];
+} abort_op_t;
+
+static void abort_sent_cb(const sl_curl_result_t *res, void *arg)
+{
+    abort_op_t *op = arg;
+    int err = map_result(res);
+    if (err && err != SL_ENOTFOUND)
+        log_failure("AbortMultipartUpload", op->key, res);
+    free(op);
+}
+
+static void send_abort(s3_store_t *st, const char *key, const char *upload_id)
+{
+    char q[S3_ID_MAX * 3 + 16], id[S3_ID_MAX * 3];
+    char url[S3_URL_MAX];
+    abort_op_t *op = calloc(1, sizeof *op);
+    if (!op || query_escape(upload_id, id, sizeof id) != 0)
+        goto fail;
+    snprintf(op->key, sizeof op->key, "%s", key);
+    snprintf(q, sizeof q, "uploadId=%s", id);
+    if (object_url(st, key, q, url, sizeof url) != 0)
+        goto fail;
+    if (s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, abort_sent_cb, op,
+                   NULL) != 0)
+        goto fail;
+    return;
+fail:
+    sl_log(SL_LOG_WARN, "s3_abort_not_sent", "{s:s, s:s}", "key", key, "upload_id", upload_id);
+    free(op);
+}
+
+static void xfer_done_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_writer_t *w = arg;
+    int kind = w->xkind;
+    w->xfer = NULL;
+    w->xkind = X_NONE;
+    int err = map_result(res);
+    if (err == 0 && kind == X_CREATE &&
+        xml_text(res->body, "UploadId", w->upload_id, sizeof w->upload_id) != 0)
+        err = SL_EPROTO;
+    if (err == 0 && kind == X_PART) {
+        const char *etag = header_value(res, "ETag");
+        if (!etag || strlen(etag) >= S3_ETAG_MAX)
+            err = SL_EPROTO;
+        else
+            snprintf(w->parts[w->nparts - 1].etag, S3_ETAG_MAX, "%s", etag);
+    }
+    /* CompleteMultipartUpload can answer 200 with an <Error> body. */
+    if (err == 0 && kind == X_COMPLETE && strstr(res->body, "<Error>"))
+        err = SL_EIO;
+    if (err && err != SL_ECANCELED) {
+        static const char *const names[] = {"", "CreateMultipartUpload", "UploadPart", "PutObject",
+                                            "CompleteMultipartUpload"};
+        log_failure(names[kind], w->key, res);
+    }
+    if (err && !w->err)
+        w->err = err == SL_ENOTFOUND ? SL_EIO : err; /* a 404 on a write: bucket gone */
+    if (w->aborted) {
+        abort_step(w);
+        return;
+    }
+    if (kind == X_PUT || kind == X_COMPLETE) {
+        commit_step(w); /* finishes */
+        return;
+    }
+    writer_kick(w);
+    if (w->committing && !w->sniffing)
+        commit_step(w);
+}
+
+static int start_create(s3_writer_t *w)
+{
+    char url[S3_URL_MAX];
+    const char *hdr[] = {"x-amz-checksum-algorithm: SHA256"};
+    int err = object_url(w->st, w->key, "uploads", url, sizeof url);
+    if (err == 0)
+        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, xfer_done_cb,
+                         w, &w->xfer);
+    if (err == 0)
+        w->xkind = X_CREATE;
+    return err;
+}
+
+/* Sends the buffer as part nparts+1 (UploadPart) or as the whole object
+ * (PutObject when there is no upload). curl copies the body: the buffer is
+ * free for the next part as soon as this returns. */
+static int start_part(s3_writer_t *w)
+{
+    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 64], id[S3_ID_MAX * 3];
+    char cks[96];
+    unsigned char md[32], b64[48];
+    int err, whole = w->upload_id[0] == '\0';
+
+    if (!whole && w->nparts >= S3_MAX_PARTS)
+        return SL_ETOOBIG;
+    if (!whole && w->nparts == w->parts_cap) {
+        int cap = w->parts_cap ? w->parts_cap * 2 : 16;
+        s3_part_t *p = realloc(w->parts, (size_t)cap * sizeof *p);
+        if (!p)
+            return SL_ENOMEM;
+        w->parts = p;
+        w->parts_cap = cap;
+    }
+    /* x-amz-checksum-sha256: base64 of the part's SHA-256; S3 checks it and
+     * keeps it (the payload hash in the signature is checked as well). */
+    if (EVP_Digest(w->buf, w->len, md, NULL, EVP_sha256(), NULL) != 1)
+        return SL_ENOMEM;
+    EVP_EncodeBlock(b64, md, 32);
+    snprintf(cks, sizeof cks, "x-amz-checksum-sha256: %s", (const char *)b64);
+    const char *hdr[] = {cks};
+    if (whole) {
+        err = object_url(w->st, w->key, NULL, url, sizeof url);
+    } else {
+        if ((err = query_escape(w->upload_id, id, sizeof id)) != 0)
+            return err;
+        snprintf(q, sizeof q, "partNumber=%d&uploadId=%s", w->nparts + 1, id);
+        err = object_url(w->st, w->key, q, url, sizeof url);
+    }
+    if (err)
+        return err;
+    err = s3_request(w->st, "PUT", url, hdr, 1, w->buf ? w->buf : "", w->len, S3_PART_TIMEOUT_MS, 0,
+                     xfer_done_cb, w, &w->xfer);
+    if (err)
+        return err;
+    w->xkind = whole ? X_PUT : X_PART;
+    if (!whole) {
+        s3_part_t *p = &w->parts[w->nparts++];
+        p->etag[0] = '\0';
+        snprintf(p->cksum, sizeof p->cksum, "%s", (const char *)b64);
+    }
+    w->len = 0;
+    return 0;
+}
+
+/* What the writer does next when nothing is in flight: ship a full buffer
+ * (creating the upload first), then let held bytes count as written. */
+static void writer_kick(s3_writer_t *w)
+{
+    if (w->xfer || w->err || w->aborted)
+        goto report;
+    if (w->len >= w->st->part_size) {
+        int err = w->upload_id[0] ? start_part(w) : start_create(w);
+        if (err && !w->err)
+            w->err = err;
+    }
+report:
+    /* Held while a full buffer waits for the request in flight. */
+    w->blocked = !w->err && w->len >= w->st->part_size && w->xfer != NULL;
+    schedule_report(w);
+}
+
+/* ---- writer: ops ---- */
+
+static int s3_put_begin(sl_store_t *base, const char *key, sl_store_writer_t **out)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    s3_writer_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return SL_ENOMEM;
+    w->st = st;
+    snprintf(w->key, sizeof w->key, "%s", key);
+    w->base.st = base;
+    w->base.state = SL_STORE__W_OPEN;
+    if (!(w->sha = EVP_MD_CTX_new()) || EVP_DigestInit_ex(w->sha, EVP_sha256(), NULL) != 1 ||
+        !(w->head = malloc(S3_HEAD_MAX)) ||
+        !(w->report_ev = event_new(st->evb, -1, 0, report_cb, w))) {
+        writer_free(w);
+        return SL_ENOMEM;
+    }
+    *out = &w->base;
+    return 0;
+}
+
+static int s3_write(sl_store_writer_t *base, const void *data, size_t len)
+{
+    s3_writer_t *w = (s3_writer_t *)base;
+    if (w->err)
+        return w->err;
+    if (w->len + len > w->cap) {
+        /* Normally the part size; more only by what one write brings past it. */
+        size_t cap = w->st->part_size;
+        if (cap < w->len + len)
+            cap = w->len + len;
+        char *b = realloc(w->buf, cap);
+        if (!b)
+            return SL_ENOMEM;
+        w->buf = b;
+        w->cap = cap;
+    }
+    if (EVP_DigestUpdate(w->sha, data, len) != 1)
+        return SL_ENOMEM;
+    memcpy(w->buf + w->len, data, len);
+    w->len += len;
+    if (w->head_len < S3_HEAD_MAX) {
+        size_t n = S3_HEAD_MAX - w->head_len < len ? S3_HEAD_MAX - w->head_len : len;
+        memcpy(w->head + w->head_len, data, n);
+        w->head_len += n;
+    }
+    w->size += len;
+    w->unreported += len;
+    writer_kick(w);
+    return 0;
+}
+
+static void sniff_work(void *arg)
+{
+    s3_writer_t *w = arg;
+    s3_store_t *st = w->st;
+    const char *m = NULL;
+    if (w->size == 0) {
+        m = "application/x-empty";
+    } else {
+        pthread_mutex_lock(&st->magic_mu);
+        if (st->magic)
+            m = magic_buffer(st->magic, w->head, w->head_len);
+        snprintf(w->info.mime, sizeof w->info.mime, "%s", m ? m : "application/octet-stream");
+        pthread_mutex_unlock(&st->magic_mu);
+        return;
+    }
+    snprintf(w->info.mime, sizeof w->info.mime, "%s", m);
+}
+
+static void sniff_done(void *arg)
+{
+    s3_writer_t *w = arg;
+    w->sniffing = 0;
+    if (!w->xfer)
+        commit_step(w);
+}
+
+/* Complete's body: one <Part> per part, bounded by S3_MAX_PARTS. */
+static char *complete_xml(const s3_writer_t *w, size_t *len)
+{
+    size_t cap = 128 + (size_t)w->nparts * (S3_ETAG_MAX + 160);
+    char *x = malloc(cap);
+    if (!x)
+        return NULL;
+    size_t o = (size_t)snprintf(x, cap, "<CompleteMultipartUpload>");
+    for (int i = 0; i < w->nparts; i++)
+        o += (size_t)snprintf(x + o, cap - o,
+                              "<Part><PartNumber>%d</PartNumber><ETag>%s</ETag>"
+                              "<ChecksumSHA256>%s</ChecksumSHA256></Part>",
+                              i + 1, w->parts[i].etag, w->parts[i].cksum);
+    o += (size_t)snprintf(x + o, cap - o, "</CompleteMultipartUpload>");
+    *len = o;
+    return x;
+}
+
+static int start_complete(s3_writer_t *w)
+{
+    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 16], id[S3_ID_MAX * 3];
+    size_t len;
+    int err = query_escape(w->upload_id, id, sizeof id);
+    if (err)
+        return err;
+    snprintf(q, sizeof q, "uploadId=%s", id);
+    if ((err = object_url(w->st, w->key, q, url, sizeof url)) != 0)
+        return err;
+    char *x = complete_xml(w, &len);
+    if (!x)
+        return SL_ENOMEM;
+    const char *hdr[] = {"Content-Type: application/xml"};
+    err = s3_request(w->st, "POST", url, hdr, 1, x, len, S3_PART_TIMEOUT_MS, 0, xfer_done_cb, w,
+                     &w->xfer);
+    free(x);
+    if (err == 0)
+        w->xkind = X_COMPLETE;
+    return err;
+}
+
+/* Drives a commit once nothing is in flight: send what is left (PutObject
+ * for a small object, else the last part), then Complete (phase 2); when
+ * that came back, or on the first error, report and free. */
+static void commit_step(s3_writer_t *w)
+{
+    if (!w->committing || w->xfer || w->sniffing)
+        return;
+    if (!w->err && w->committing == 1) {
+        int err;
+        if (!w->upload_id[0]) {
+            err = start_part(w); /* PutObject: the whole object */
+            w->committing = 2;
+        } else if (w->len > 0) {
+            err = start_part(w); /* the last part; back here when it is done */
+        } else {
+            err = start_complete(w);
+            w->committing = 2;
+        }
+        if (err == 0)
+            return;
+        w->err = err;
+    }
+    if (w->err && w->upload_id[0])
+        send_abort(w->st, w->key, w->upload_id); /* nothing left behind */
+    w->info.size = w->size;
+    sl_store__commit_done(&w->base, w->err, &w->info);
+    writer_free(w);
+}
+
+static int s3_commit(sl_store_writer_t *base)
+{
+    s3_writer_t *w = (s3_writer_t *)base;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (w->err)
+        return w->err;
+    if (EVP_DigestFinal_ex(w->sha, md, &mdlen) != 1)
+        return SL_ENOMEM;
+    sl_hex(md, 32, w->info.sha256_hex);
+    /* libmagic on the pool (it reads files of its own, and takes time). */
+    int err = sl_workq_submit(w->st->base.wq, w, sniff_work, sniff_done, w);
+    if (err)
+        return err; /* the digest is final: the caller can only abort now */
+    w->committing = 1;
+    w->sniffing = 1;
+    w->blocked = 0;
+    return 0;
+}
+
+/* Waits for a CreateMultipartUpload in flight (to learn its id), cancels any
+ * other request, then aborts the upload and frees the writer. */
+static void abort_step(s3_writer_t *w)
+{
+    if (w->xfer) {
+        if (w->xkind != X_CREATE)
+            sl_curl_cancel(w->xfer); /* xfer_done_cb comes back here */
+        return;
+    }
+    if (w->upload_id[0])
+        send_abort(w->st, w->key, w->upload_id);
+    writer_free(w);
+}
+
+static void s3_abort(sl_store_writer_t *base)
+{
+    s3_writer_t *w = (s3_writer_t *)base;
+    w->aborted = 1;
+    abort_step(w);
+}
+
+/* ---- read, stat, delete, fetch_local ---- */
+
+typedef struct s3_op_s {
+    s3_store_t *st;
+    char key[SL_STORE_KEY_MAX + 1];
+    uint64_t offset;
+    size_t len;
+    union {
+        sl_store_read_cb read;
+        sl_store_stat_cb stat;
+        sl_store_done_cb done;
+        sl_store_local_cb local;
+    } cb;
+    void *arg;
+    int fd;          /* fetch_local */
+    char path[4096]; /* fetch_local */
+} s3_op_t;
+
+static s3_op_t *op_new(s3_store_t *st, const char *key, void *arg)
+{
+    s3_op_t *op = calloc(1, sizeof *op);
+    if (op) {
+        op->st = st;
+        op->arg = arg;
+        op->fd = -1;
+        snprintf(op->key, sizeof op->key, "%s", key);
+    }
+    return op;
+}
+
+/* A ranged GET of [offset, offset+len). */
+static int ranged_get(s3_op_t *op, size_t len, sl_curl_cb cb)
+{
+    char url[S3_URL_MAX], range[80];
+    int err = object_url(op->st, op->key, NULL, url, sizeof url);
+    if (err)
+        return err;
+    snprintf(range, sizeof range, "Range: bytes=%llu-%llu", (unsigned long long)op->offset,
+             (unsigned long long)(op->offset + len - 1));
+    const char *hdr[] = {range};
+    return s3_request(op->st, "GET", url, hdr, 1, NULL, 0, S3_PART_TIMEOUT_MS, len + 65536, cb, op,
+                      NULL);
+}
+
+/* The bytes of a ranged GET's answer: 206 (the range), 200 (a server that
+ * ignored Range: the whole object, sliced here), 416 (past the end: none). */
+static int range_body(const s3_op_t *op, const sl_curl_result_t *res, size_t want,
+                      const char **data, size_t *n)
+{
+    *data = "";
+    *n = 0;
+    if (res->err == 0 && res->status == 416)
+        return 0;
+    int err = map_result(res);
+    if (err)
+        return err;
+    if (res->status == 200) {
+        if (op->offset >= res->body_len)
+            return 0;
+        *data = res->body + op->offset;
+        *n = res->body_len - (size_t)op->offset;
+    } else {
+        *data = res->body;
+        *n = res->body_len;
+    }
+    if (*n > want)
+        *n = want;
+    return 0;
+}
+
+static void read_done_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_op_t *op = arg;
+    const char *data;
+    size_t n;
+    int err = range_body(op, res, op->len, &data, &n);
+    if (err && err != SL_ENOTFOUND && err != SL_ECANCELED)
+        log_failure("GetObject", op->key, res);
+    if (err)
+        op->cb.read(err, NULL, 0, op->arg);
+    else
+        op->cb.read(0, data, n, op->arg);
+    free(op);
+}
+
+static int s3_read(sl_store_t *base, const char *key, uint64_t offset, size_t len,
+                   sl_store_read_cb cb, void *arg)
+{
+    s3_op_t *op = op_new((s3_store_t *)base, key, arg);
+    if (!op)
+        return SL_ENOMEM;
+    op->offset = offset;
+    op->len = len > S3_READ_MAX ? S3_READ_MAX : len;
+    op->cb.read = cb;
+    int err;
+    /* len 0: no bytes, but SL_ENOTFOUND for a missing object, as fs: a
+     * one-byte range answers both (the byte is dropped: want is 0). */
+    if ((err = ranged_get(op, op->len ? op->len : 1, read_done_cb)) != 0)
+        free(op);
+    return err;
+}
+
+static void stat_done_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_op_t *op = arg;
+    int err = map_result(res);
+    uint64_t size = 0;
+    if (err == 0) {
+        const char *cl = header_value(res, "Content-Length");
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = cl ? strtoull(cl, &end, 10) : 0;
+        if (!cl || errno || end == cl || *end)
+            err = SL_EPROTO;
+        else
+            size = v;
+    } else if (err != SL_ENOTFOUND && err != SL_ECANCELED) {
+        log_failure("HeadObject", op->key, res);
+    }
+    op->cb.stat(err, err ? 0 : size, op->arg);
+    free(op);
+}
+
+static int s3_stat(sl_store_t *base, const char *key, sl_store_stat_cb cb, void *arg)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    char url[S3_URL_MAX];
+    s3_op_t *op = op_new(st, key, arg);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.stat = cb;
+    int err = object_url(st, key, NULL, url, sizeof url);
+    if (err == 0)
+        err = s3_request(st, "HEAD", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, stat_done_cb,
+                         op, NULL);
+    if (err)
+        free(op);
+    return err;
+}
+
+static void del_done_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_op_t *op = arg;
+    int err = map_result(res);
+    if (err == SL_ENOTFOUND)
+        err = 0; /* a missing key is not an error */
+    if (err && err != SL_ECANCELED)
+        log_failure("DeleteObject", op->key, res);
+    if (op->cb.done)
+        op->cb.done(err, op->arg);
+    free(op);
+}
+
+static int s3_del(sl_store_t *base, const char *key, sl_store_done_cb cb, void *arg)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    char url[S3_URL_MAX];
+    s3_op_t *op = op_new(st, key, arg);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.done = cb;
+    int err = object_url(st, key, NULL, url, sizeof url);
+    if (err == 0)
+        err = s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, del_done_cb,
+                         op, NULL);
+    if (err)
+        free(op);
+    return err;
+}
+
+static void fetch_finish(s3_op_t *op, int err)
+{
+    if (op->fd >= 0)
+        close(op->fd);
+    if (err)
+        unlink(op->path); /* nothing left behind */
+    op->cb.local(err, err ? NULL : op->path, 1, op->arg);
+    free(op);
+}
+
+/* One 8 MiB range at a time into the file (the write is to the page cache,
+ * on the loop: 8 MiB of memcpy per step). */
+static void fetch_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_op_t *op = arg;
+    const char *data;
+    size_t n;
+    int err = range_body(op, res, S3_FETCH_STEP, &data, &n);
+    if (err) {
+        if (err != SL_ENOTFOUND && err != SL_ECANCELED)
+            log_failure("GetObject", op->key, res);
+        fetch_finish(op, err);
+        return;
+    }
+    for (size_t o = 0; o < n;) {
+        ssize_t k = write(op->fd, data + o, n - o);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            fetch_finish(op, SL_EIO);
+            return;
+        }
+        o += (size_t)k;
+    }
+    op->offset += n;
+    if (n < S3_FETCH_STEP) {
+        fetch_finish(op, 0);
+        return;
+    }
+    if ((err = ranged_get(op, S3_FETCH_STEP, fetch_cb)) != 0)
+        fetch_finish(op, err); /* called from a callback: not synchronous to the caller */
+}
+
+static int s3_fetch_local(sl_store_t *base, const char *key, const char *dir, sl_store_local_cb cb,
+                          void *arg)
+{
+    if (!dir)
+        return SL_EINVAL;
+    s3_op_t *op = op_new((s3_store_t *)base, key, arg);
+    if (!op)
+        return SL_ENOMEM;
+    op->cb.local = cb;
+    /* The key's last component names the copy (tools look at extensions). */
+    const char *name = strrchr(key, '/');
+    name = name ? name + 1 : key;
+    int n = snprintf(op->path, sizeof op->path, "%s/%s", dir, name);
+    int err = SL_ETOOBIG;
+    if (n < 0 || (size_t)n >= sizeof op->path)
+        goto fail;
+    /* 0644 as fs objects are: confined tools reopen it through /proc/self/fd */
+    op->fd = open(op->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (op->fd < 0) {
+        err = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+        goto fail;
+    }
+    if ((err = ranged_get(op, S3_FETCH_STEP, fetch_cb)) != 0) {
+        close(op->fd);
+        unlink(op->path);
+        goto fail;
+    }
+    return 0;
+fail:
+    free(op);
+    return err;
+}
+
+/* ---- the store ---- */
+
+static void s3_free(sl_store_t *base)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    sl_curl_free(st->curl); /* in-flight reads and aborts end with SL_ECANCELED */
+    if (st->magic)
+        magic_close(st->magic);
+    pthread_mutex_destroy(&st->magic_mu);
+    if (st->secret)
+        sl_secure_zero(st->secret, strlen(st->secret));
+    free(st->secret);
+    free(st->akid);
+    free(st->token);
+    free(st->bucket);
+    free(st);
+}
+
+static const sl_store_ops_t s3_ops = {
+    .name = "s3",
+    .put_begin = s3_put_begin,
+    .write = s3_write,
+    .commit = s3_commit,
+    .abort = s3_abort,
+    .read = s3_read,
+    .stat = s3_stat,
+    .del = s3_del,
+    .local_path = NULL, /* no local file: callers use fetch_local */
+    .fetch_local = s3_fetch_local,
+    .free = s3_free,
+};
+
+static char *dup_or_env(const char *v, const char *env)
+{
+    if (!v || !*v)
+        v = getenv(env);
+    return v && *v ? strdup(v) : NULL;
+}
+
+int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_base *evb,
+                     sl_store_t **out)
+{
+    int err = SL_ECONFIG;
+    if (!conf || !wq || !evb || !out)
+        return SL_EINVAL;
+    if (!conf->endpoint || !conf->bucket || !*conf->bucket)
+        return SL_ECONFIG;
+    s3_store_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return SL_ENOMEM;
+    if (pthread_mutex_init(&st->magic_mu, NULL) != 0) {
+        free(st);
+        return SL_ENOMEM;
+    }
+    st->base.ops = &s3_ops;
+    st->base.wq = wq;
+    st->evb = evb;
+    st->path_style = conf->path_style;
+    st->part_size = conf->part_size ? conf->part_size : SL_STORE_S3_PART_DEFAULT;
+    if (st->part_size < SL_STORE_S3_PART_MIN || st->part_size > SL_STORE_S3_PART_MAX)
+        goto fail;
+
+    /* endpoint: "http(s)://host[:port]" with nothing after but an optional '/'. */
+    const char *e = conf->endpoint, *h;
+    if (strncmp(e, "http://", 7) == 0) {
+        snprintf(st->scheme, sizeof st->scheme, "http");
+        h = e + 7;
+    } else if (strncmp(e, "https://", 8) == 0) {
+        snprintf(st->scheme, sizeof st->scheme, "https");
+        h = e + 8;
+    } else {
+        goto fail;
+    }
+    size_t hl = strcspn(h, "/");
+    if (hl == 0 || hl >= sizeof st->host_only || (h[hl] == '/' && h[hl + 1] != '\0'))
+        goto fail;
+    memcpy(st->host_only, h, hl);
+    st->host_only[hl] = '\0';
+    snprintf(st->scheme_host, sizeof st->scheme_host, "%s://%s", st->scheme, st->host_only);
+    /* Bucket names: [a-z0-9.-], 3..63 (S3's rules, loosely). */
+    for (const char *b = conf->bucket; *b; b++)
+        if (!((*b >= 'a' && *b <= 'z') || (*b >= '0' && *b <= '9') || *b == '.' || *b == '-'))
+            goto fail;
+    snprintf(st->region, sizeof st->region, "%s",
+             conf->region && *conf->region ? conf->region : "us-east-1");
+
+    err = SL_ENOMEM;
+    if (!(st->bucket = strdup(conf->bucket)))
+        goto fail;
+    st->akid = dup_or_env(conf->access_key_id, "AWS_ACCESS_KEY_ID");
+    st->secret = dup_or_env(conf->secret_access_key, "AWS_SECRET_ACCESS_KEY");
+    st->token = dup_or_env(NULL, "AWS_SESSION_TOKEN");
+    if (!st->akid || !st->secret) {
+        sl_log(SL_LOG_ERROR, "s3_no_credentials", "{s:s}", "hint",
+               "storage.access_key_id/secret_access_key or AWS_ACCESS_KEY_ID/"
+               "AWS_SECRET_ACCESS_KEY");
+        err = SL_ECONFIG;
+        goto fail;
+    }
+    if ((err = sl_curl_new(evb, &st->curl)) != 0)
+        goto fail;
+    st->magic = magic_open(MAGIC_MIME_TYPE);
+    if (st->magic && magic_load(st->magic, NULL) != 0) {
+        magic_close(st->magic);
+        st->magic = NULL;
+    }
+    *out = &st->base;
+    return 0;
+fail:
+    free(st->bucket);
+    free(st->akid);
+    free(st->secret);
+    free(st->token);
+    pthread_mutex_destroy(&st->magic_mu);
+    free(st);
+    return err;
+}

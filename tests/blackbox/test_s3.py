@@ -90,6 +90,7 @@ def test_upload_small_and_multipart_objects(start_server, s3front, tmp_path):
     assert front.stats()["refused"] == {}, front.stats()
 
 
+@pytest.mark.slow  # a big upload, and RSS means nothing under ASan (as test_upload's 1 GiB test)
 def test_big_upload_keeps_rss_flat(start_server, s3front, tmp_path):
     size = int(os.environ.get("SLUICE_S3_BIG_MIB", "200")) * MIB
     front, srv = _s3_server(start_server, s3front,

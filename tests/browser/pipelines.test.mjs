@@ -144,6 +144,13 @@ try {
   await page.click('.pg-item[data-name="ai_record"]');
   const svgSel = 'svg.pgraph[data-pipeline="ai_record"]';
   await page.locator(svgSel).waitFor();
+  // The click re-renders the graph: wait until the drawn one is in the document
+  // and styled (under ASan a read in between once saw a detached copy, whose
+  // computed dash is ""). A graph that is never dashed still fails below.
+  await page.waitForFunction((sel) => {
+    const e = document.querySelector(sel + " path.edge.fallback");
+    return e && e.isConnected && getComputedStyle(e).strokeDasharray !== "";
+  }, svgSel, { timeout: 10000 }).catch(() => {});
   const drawn = await page.$$eval(svgSel, ([svg]) => ({
     nodes: [...svg.querySelectorAll("g.node")].map((g) => g.dataset.id),
     edges: [...svg.querySelectorAll("path.edge")].map((p) => ({

@@ -161,6 +161,22 @@ static int later_post(later_t *l)
     return evtimer_add(l->ev, &tv) == 0 ? 0 : SL_ENOMEM;
 }
 
+/* Posts a recorded answer (borrowed; the later holds a reference) for a later
+ * loop turn; *handle is the later. On failure the later is freed. */
+static int post_recorded(later_t *l, json_t *resp, void **handle)
+{
+    int rc;
+    l->resp = json_incref(resp);
+    if ((rc = later_post(l)) != 0) {
+        event_free(l->ev);
+        json_decref(l->resp);
+        free(l);
+        return rc;
+    }
+    *handle = l;
+    return 0;
+}
+
 static int row_later(offhost_t *off, int err, const char *id, const char *key, long long n,
                      sl_flow_fx_cb cb, void *arg)
 {
@@ -535,15 +551,7 @@ static int http(void *self, const char *service, const sl_curl_req_opts_t *o, sl
         if (l == NULL)
             return SL_ENOMEM;
         l->http_cb = cb;
-        l->resp = json_incref(resp);
-        if ((rc = later_post(l)) != 0) {
-            event_free(l->ev);
-            json_decref(l->resp);
-            free(l);
-            return rc;
-        }
-        *handle = l;
-        return 0;
+        return post_recorded(l, resp, handle);
     }
     /* live: the real transfer, recorded when asked */
     if (off->curl == NULL && (rc = sl_curl_new(off->base, &off->curl)) != 0) {
@@ -659,15 +667,7 @@ static int exec_start(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *
         if (l == NULL)
             return SL_ENOMEM;
         l->exec_cb = cb;
-        l->resp = json_incref(resp);
-        if ((rc = later_post(l)) != 0) {
-            event_free(l->ev);
-            json_decref(l->resp);
-            free(l);
-            return rc;
-        }
-        *handle = l;
-        return 0;
+        return post_recorded(l, resp, handle);
     }
     live_t *lv = calloc(1, sizeof *lv);
     if (lv == NULL) {

@@ -140,6 +140,14 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
 /** True if the request carries the admin key (constant-time compare). */
 int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req);
 
+/**
+ * A new secret shown once (API keys "sk_", refresh tokens "rt_"): the
+ * 3-character prefix then 2 * nrandom hex characters of random bytes, into out
+ * (which holds 3 + 2 * nrandom + 1), and its sha256 hex (what is stored) into
+ * hash. 0 or SL_EIO.
+ */
+int sl_api_new_secret(const char prefix[4], size_t nrandom, char *out, char hash[65]);
+
 /* ---- responses ---- */
 
 /**

@@ -327,19 +327,6 @@ static void grant_free(grant_ctx_t *g)
     free(g);
 }
 
-/* A new refresh token into out and its sha256 into hash. 0 or SL_EIO. */
-static int make_refresh(char out[REFRESH_LEN + 1], char hash[65])
-{
-    unsigned char rnd[REFRESH_RANDOM];
-    if (sl_random_bytes(rnd, sizeof rnd) != 0)
-        return SL_EIO;
-    memcpy(out, "rt_", 3);
-    sl_hex(rnd, sizeof rnd, out + 3);
-    explicit_bzero(rnd, sizeof rnd);
-    sl_sha256_hex(out, REFRESH_LEN, hash);
-    return 0;
-}
-
 static void respond_unauthorized(sl_http_req_t *req, const char *code, const char *msg)
 {
     sl_http_respond_error(req, 401, code, msg, -1);
@@ -422,7 +409,7 @@ static void route_token(sl_http_req_t *req, const sl_http_params_t *params, void
     t->g.req = req;
     int err;
     if ((err = sl_uuid_v4(t->family)) != 0 || (err = sl_uuid_v4(token_id)) != 0 ||
-        (err = make_refresh(t->g.refresh, rhash)) != 0)
+        (err = sl_api_new_secret("rt_", REFRESH_RANDOM, t->g.refresh, rhash)) != 0)
         goto fail;
     snprintf(ttl, sizeof ttl, "%d", sl_auth_refresh_ttl(app->auth));
     const char *p[5] = {key_hash, t->family, token_id, rhash, ttl};
@@ -499,7 +486,7 @@ static void refresh_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, voi
     g->app = app;
     g->req = req;
     int err;
-    if ((err = sl_uuid_v4(new_id)) != 0 || (err = make_refresh(g->refresh, new_hash)) != 0)
+    if ((err = sl_uuid_v4(new_id)) != 0 || (err = sl_api_new_secret("rt_", REFRESH_RANDOM, g->refresh, new_hash)) != 0)
         goto fail;
     snprintf(ttl, sizeof ttl, "%d", sl_auth_refresh_ttl(app->auth));
     const char *p[4] = {old_hash, new_id, new_hash, ttl};

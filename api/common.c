@@ -309,6 +309,18 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
     }
 }
 
+int sl_api_new_secret(const char prefix[4], size_t nrandom, char *out, char hash[65])
+{
+    unsigned char rnd[64];
+    if (nrandom > sizeof rnd || sl_random_bytes(rnd, nrandom) != 0)
+        return SL_EIO;
+    memcpy(out, prefix, 3);
+    sl_hex(rnd, nrandom, out + 3);
+    explicit_bzero(rnd, nrandom);
+    sl_sha256_hex(out, 3 + 2 * nrandom, hash);
+    return 0;
+}
+
 int sl_api_is_admin(const sl_app_t *app, sl_http_req_t *req)
 {
     char key[SL_API_KEY_MAX];

@@ -187,7 +187,6 @@ bad_scopes:
 static void create_key(key_ctx_t *k, json_t *body)
 {
     char scopes[64], hash[65], prefix[KEY_PREFIX_LEN + 1];
-    unsigned char rnd[KEY_RANDOM];
     const char *name;
     sl_http_req_t *req = k->req;
     int err;
@@ -195,12 +194,9 @@ static void create_key(key_ctx_t *k, json_t *body)
         key_ctx_free(k);
         return;
     }
-    if ((err = sl_uuid_v4(k->id)) != 0 || (err = sl_random_bytes(rnd, sizeof rnd)) != 0)
+    if ((err = sl_uuid_v4(k->id)) != 0 ||
+        (err = sl_api_new_secret("sk_", KEY_RANDOM, k->api_key, hash)) != 0)
         goto fail;
-    memcpy(k->api_key, "sk_", 3);
-    sl_hex(rnd, sizeof rnd, k->api_key + 3);
-    explicit_bzero(rnd, sizeof rnd);
-    sl_sha256_hex(k->api_key, KEY_LEN, hash);
     memcpy(prefix, k->api_key, KEY_PREFIX_LEN);
     prefix[KEY_PREFIX_LEN] = '\0';
     const char *p[6] = {k->id, k->tenant, hash, prefix, name, scopes[0] ? scopes : NULL};

@@ -46,19 +46,6 @@ static void tenant_ctx_free(tenant_ctx_t *ctx)
     free(ctx);
 }
 
-/* Makes a new key and its hash. 0 or SL_EIO. */
-static int make_api_key(char key[SL_API_KEY_LEN + 1], char hash[65])
-{
-    unsigned char rnd[SL_API_KEY_RANDOM];
-    if (sl_random_bytes(rnd, sizeof rnd) != 0)
-        return SL_EIO;
-    memcpy(key, "sk_", 3);
-    sl_hex(rnd, sizeof rnd, key + 3);
-    explicit_bzero(rnd, sizeof rnd);
-    sl_sha256_hex(key, SL_API_KEY_LEN, hash);
-    return 0;
-}
-
 /* ---- POST /v1/admin/tenants ---- */
 
 static void tenant_created_cb(const sl_pg_result_t *r, void *arg)
@@ -95,7 +82,7 @@ static void tenant_body_cb(sl_app_t *app, sl_http_req_t *req, json_t *body, void
         goto fail;
     }
     if ((err = sl_uuid_v4(ctx->id)) != 0 || (err = sl_uuid_v4(key_id)) != 0 ||
-        (err = make_api_key(ctx->api_key, hash)) != 0)
+        (err = sl_api_new_secret("sk_", SL_API_KEY_RANDOM, ctx->api_key, hash)) != 0)
         goto fail;
     if ((b = sl_pg_batch_new(app->pg)) == NULL) {
         err = SL_ENOMEM;
@@ -179,7 +166,7 @@ static void tenant_keys_create(sl_http_req_t *req, const sl_http_params_t *param
         goto fail;
     }
     memcpy(ctx->id, tid, sizeof ctx->id); /* a UUID: 36 chars + NUL */
-    if ((err = sl_uuid_v4(key_id)) != 0 || (err = make_api_key(ctx->api_key, hash)) != 0)
+    if ((err = sl_uuid_v4(key_id)) != 0 || (err = sl_api_new_secret("sk_", SL_API_KEY_RANDOM, ctx->api_key, hash)) != 0)
         goto fail;
     char prefix[12]; /* issue 13: shown by GET /v1/keys */
     snprintf(prefix, sizeof prefix, "%.11s", ctx->api_key);

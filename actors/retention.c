@@ -45,6 +45,7 @@ struct sl_retention_s {
     int purging, purge_again;
     int draining, drain_again;
     int sweeping;
+    struct loop_s *loops; /* live row loops: closing ends those paused on a timer */
     sl_metric_t *m_files, *m_bytes, *m_batches, *m_blobs, *m_keys, *m_families;
 };
 
@@ -94,6 +95,7 @@ struct loop_s {
     loop_end_fn end;
     sl_retention_cleanup_cb cb; /* L_CLEANUP: the caller's */
     void *cb_arg;
+    struct loop_s *prev, *next; /* in r->loops */
 };
 
 static const char *const LOOP_SQL[] = {
@@ -126,6 +128,12 @@ static void loop_finish(loop_t *l, int err)
                l->c.duration_ms, "error", err ? sl_strerror(err) : "");
     if (l->timer)
         event_free(l->timer);
+    if (l->prev)
+        l->prev->next = l->next;
+    else if (r->loops == l)
+        r->loops = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
     l->end(l, r->closing && !err ? SL_ECANCELED : err);
     free(l);
     unref(r);
@@ -278,6 +286,16 @@ static void loop_done_cb(const sl_pg_result_t *res, void *arg)
     }
 }
 
+/* A started loop joins r->loops (loop_finish takes it out). */
+static void loop_link(loop_t *l)
+{
+    l->prev = NULL;
+    l->next = l->r->loops;
+    if (l->next)
+        l->next->prev = l;
+    l->r->loops = l;
+}
+
 /* Starts a loop; on failure calls nothing and returns the error. */
 static int loop_start(sl_retention_t *r, loop_kind_t kind, const char *reason, loop_end_fn end,
                       loop_t **out)
@@ -295,12 +313,13 @@ static int loop_start(sl_retention_t *r, loop_kind_t kind, const char *reason, l
         *out = l; /* the caller fills cutoff/tenant before the first send: see cleanup */
     ref(r);
     if (kind == L_CLEANUP)
-        return 0; /* sent by sl_retention_cleanup once filled */
+        return 0; /* sent by sl_retention_cleanup once filled (and linked then) */
     if ((err = loop_send(l)) != 0) {
         free(l);
         r->refs--;
         return err;
     }
+    loop_link(l);
     return 0;
 }
 
@@ -594,8 +613,10 @@ int sl_retention_cleanup(sl_retention_t *r, const char *cutoff, const char *tena
     if ((err = loop_send(l)) != 0) {
         free(l);
         r->refs--;
+        return err;
     }
-    return err;
+    loop_link(l);
+    return 0;
 }
 
 /* ---- the sweep ---- */
@@ -777,6 +798,19 @@ void sl_retention_free(sl_retention_t *r)
     if (r->sweep_timer) {
         event_free(r->sweep_timer);
         r->sweep_timer = NULL;
+    }
+    /*
+     * A loop paused between batches (batch_pause_ms, or the retry pause after a
+     * lock timeout) ends now: its timer might not fire before the event base
+     * goes, and the loop and this module would leak. Loops with a query out end
+     * in its callback (the pool delivers one when it closes).
+     */
+    for (loop_t *l = r->loops, *next; l; l = next) { /* the owner's reference holds r */
+        next = l->next;
+        if (l->timer && evtimer_pending(l->timer, NULL)) {
+            evtimer_del(l->timer);
+            loop_finish(l, SL_ECANCELED);
+        }
     }
     unref(r);
 }

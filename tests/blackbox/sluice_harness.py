@@ -697,8 +697,14 @@ class Server:
             return ""
 
     def sanitizer_reports(self):
-        """Lines of the log that are ASan/LSan/UBSan reports."""
-        return [l for l in self.log().splitlines() if SANITIZER_PATTERNS.search(l)]
+        """ASan/LSan/UBSan reports in the log: each matching line with the
+        40 lines after it (the stack), so a CI log alone says where."""
+        lines = self.log().splitlines()
+        out = []
+        for i, l in enumerate(lines):
+            if SANITIZER_PATTERNS.search(l):
+                out.append("\n".join(lines[i:i + 41]))
+        return out
 
     # -- API helpers
 

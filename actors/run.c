@@ -586,6 +586,9 @@ static char *file_doc(sl_run_t *r, const char *json_text)
         json_object_set_new(f, "path", json_string(path));
     else if (key && sl_store_key_valid(key)) /* s3 (issue 12): fetched at the start */
         snprintf(r->blob_key, sizeof r->blob_key, "%s", key);
+    const char *bucket = sl_store_s3_bucket(r->ctx.store);
+    if (key && bucket) /* file.s3: where Textract's asynchronous API reads it */
+        json_object_set_new(f, "s3", json_pack("{s:s, s:s}", "bucket", bucket, "key", key));
     json_object_del(f, "storage_key");
     char *out = json_dumps(f, JSON_COMPACT);
     json_decref(f);

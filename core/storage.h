@@ -76,6 +76,13 @@ int sl_store_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_base
 const char *sl_store_backend(const sl_store_t *st);
 
 /**
+ * The S3 backend's bucket (borrowed, lives as long as st), or NULL for any
+ * other backend. A blob's object is <bucket>/<storage key>: Textract's
+ * asynchronous API is told where the file is with it (lua-flows/lib/textract.lua).
+ */
+const char *sl_store_s3_bucket(const sl_store_t *st);
+
+/**
  * Opens the S3 backend (see sl_store_conf_t). Nothing is sent here: a bucket
  * that is unreachable shows on the first operation, as SL_EUNAVAIL.
  */

@@ -966,3 +966,10 @@ fail:
     free(st);
     return err;
 }
+
+const char *sl_store_s3_bucket(const sl_store_t *st)
+{
+    if (!st || strcmp(sl_store_backend(st), "s3") != 0)
+        return NULL;
+    return ((const s3_store_t *)st)->bucket;
+}

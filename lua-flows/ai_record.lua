@@ -119,7 +119,8 @@ return flow {
             ctx.no_text = true
             return true, "no_text", err == "no_text" and "no text found by any extractor"
               or ("no text found (textract " .. (err == "unsupported"
-                and "cannot read this type)" or "not configured)"))
+                and ("cannot read it: " .. (detail or "this type") .. ")")
+                or "not configured)"))
           end
           if (err == "not_configured" or err == "unsupported") and ctx.text_error then
             -- No Textract to ask: the run's error is why the other steps
@@ -128,7 +129,8 @@ return flow {
             -- A transient earlier failure stays transient: the run waits. The
             -- same when Textract cannot read this type (a DOCX).
             return nil, ctx.text_error, "textract " ..
-              (err == "unsupported" and "cannot read this type" or "not configured") ..
+              (err == "unsupported" and ("cannot read it: " .. (detail or "this type"))
+                or "not configured") ..
               "; earlier: " .. ctx.text_error ..
               (ctx.text_detail and (": " .. ctx.text_detail) or "")
           end
@@ -136,7 +138,7 @@ return flow {
         end
         return keep_text(ctx, txt, "textract", "textract")
       end,
-      timeout = 120,
+      timeout = 720, -- a multi-page document's asynchronous job: up to 10 min of polling
       next = "record",
     },
 

@@ -24,7 +24,23 @@ tika      PUT /tika: the document's text as text/plain, like Apache Tika
           detector does, never by the Content-Type) -> their text, read with
           zipfile and ElementTree; a damaged container -> 422 TikaException.
 
-textract  POST / with X-Amz-Target: Textract.DetectDocumentText (AWS JSON 1.1).
+textract  POST / with X-Amz-Target: Textract.DetectDocumentText (AWS JSON 1.1),
+          and the asynchronous Textract.StartDocumentTextDetection /
+          Textract.GetDocumentTextDetection for multi-page documents in S3:
+          their bodies are checked against botocore's own service model
+          (members, types, lengths, patterns -> 400 ValidationException);
+          Start reads DocumentLocation.S3Object from the S3 front given with
+          --s3-endpoint/--s3-key-id/--s3-secret (a signed GET; missing ->
+          InvalidS3ObjectException), refuses what Textract refuses
+          (UnsupportedDocumentException, DocumentTooLargeException past
+          500 MB / 3000 pages, BadDocumentException), and a ClientRequestToken
+          used again returns the same JobId (other parameters:
+          IdempotentParameterMismatchException). Get: unknown JobId ->
+          InvalidJobIdException; IN_PROGRESS until the pages are read and at
+          least --async-polls polls (default 2); then SUCCEEDED with PAGE,
+          LINE and WORD blocks carrying their Page, MaxResults (at most 1000)
+          a page of results, NextToken the rest (a token not issued ->
+          InvalidParameterException). /_stats lists "textract_jobs".
           Every request's SigV4 signature is verified, always (AWS General
           Reference, "Signature Version 4"; AWS common errors): the signature is
           recomputed with botocore's SigV4Auth over an AWSRequest rebuilt from
@@ -395,6 +411,9 @@ class State:
                     "mode": self.mode, "count": self.count, "delay_ms": self.delay_ms,
                     "last": self.last, "last_refused": self.last_refused,
                     "usage_tokens": self.usage_tokens,
+                    "textract_jobs": [{"id": j["id"], "status": j["status"], "polls": j["polls"],
+                                       "pages": j["pages"], "bucket": j["location"][0],
+                                       "key": j["location"][1]} for j in list(JOBS.values())],
                     "rate_limits": {"rpm": self.rpm.limit, "tpm": self.tpm.limit,
                                     "remaining_requests": self.rpm.remaining(),
                                     "remaining_tokens": self.tpm.remaining()}}
@@ -516,6 +535,103 @@ def ocr_bytes(data, kind):
         if rc != 0:
             return None, err.strip() or "tesseract failed"
         return out.decode("utf-8", "replace"), None
+
+
+# ------------------------------------------------------------------ textract jobs
+
+JOBS = {}            # JobId -> job (textract_start)
+JOBS_BY_TOKEN = {}   # ClientRequestToken -> JobId: the same token, the same job
+JOBS_LOCK = threading.Lock()
+_TEXTRACT_MODEL = None
+
+
+def textract_validate(op, req):
+    """None, or the ValidationException message for `req` against botocore's
+    model of Textract's `op` (required members, types, min/max lengths and
+    values, unknown members) and the model's string patterns."""
+    global _TEXTRACT_MODEL
+    import botocore.session
+    from botocore.validate import ParamValidator
+    if _TEXTRACT_MODEL is None:
+        _TEXTRACT_MODEL = botocore.session.get_session().get_service_model("textract")
+    if not isinstance(req, dict):
+        return "the request must be a JSON object"
+    shape = _TEXTRACT_MODEL.operation_model(op).input_shape
+    report = ParamValidator().validate(req, shape)
+    if report.has_errors():
+        return report.generate_report()
+
+    def patterns(value, shape, where):
+        if shape.type_name == "structure" and isinstance(value, dict):
+            for k, v in value.items():
+                m = shape.members.get(k)
+                if m is not None:
+                    r = patterns(v, m, where + "." + k)
+                    if r:
+                        return r
+        elif shape.type_name == "string" and isinstance(value, str):
+            pat = shape.metadata.get("pattern")
+            if pat and not re.fullmatch(pat.lstrip("^").rstrip("$"), value, re.S):
+                return ("1 validation error detected: Value '%s' at '%s' failed to satisfy "
+                        "constraint: Member must satisfy regular expression pattern: %s"
+                        % (value, where.lstrip("."), pat))
+        return None
+    return patterns(req, shape, "")
+
+
+def s3_get(s3, bucket, key):
+    """The object's bytes, read from the S3 front with a GET signed by
+    botocore (SigV4, path style), or None (no S3 configured, not found,
+    refused)."""
+    if not s3:
+        return None
+    import botocore.session
+    from botocore.config import Config
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=s3["endpoint"], region_name=s3["region"],
+        aws_access_key_id=s3["key_id"], aws_secret_access_key=s3["secret"],
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      retries={"max_attempts": 1}))
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception:  # noqa: BLE001 - any S3 failure is Textract's InvalidS3Object
+        return None
+
+
+def textract_job(job, data, kind):
+    """Reads every page (rasterised, then tesseract) into PAGE/LINE/WORD
+    blocks with their page numbers, as GetDocumentTextDetection returns them."""
+    blocks = []
+    with tempfile.TemporaryDirectory(prefix="standin-job-") as d:
+        src = os.path.join(d, "doc")
+        with open(src, "wb") as f:
+            f.write(data)
+        for page in range(1, job["pages"] + 1):
+            img = src
+            if kind == "application/pdf":
+                rc, _, err = run_tool(["pdftoppm", "-r", "150", "-png", "-f", str(page), "-l",
+                                       str(page), "-singlefile", src, os.path.join(d, "p")])
+                if rc != 0:
+                    with JOBS_LOCK:
+                        job["status"], job["message"] = "FAILED", "Request has invalid document"
+                    return
+                img = os.path.join(d, "p.png")
+            rc, out, _ = run_tool(["tesseract", img, "stdout"])
+            text = out.decode("utf-8", "replace") if rc == 0 else ""
+            blocks.append({"BlockType": "PAGE", "Id": str(uuid.uuid4()), "Page": page,
+                           "Confidence": 99.9})
+            for line in text.splitlines():
+                line = line.strip()
+                if line:
+                    blocks.append({"BlockType": "LINE", "Id": str(uuid.uuid4()), "Text": line,
+                                   "Page": page, "Confidence": 95.0})
+                    for word in line.split():
+                        blocks.append({"BlockType": "WORD", "Id": str(uuid.uuid4()),
+                                       "Text": word, "TextType": "PRINTED", "Page": page,
+                                       "Confidence": 95.0})
+    with JOBS_LOCK:
+        job["blocks"] = blocks
+        job["status"] = "SUCCEEDED"
 
 
 # ------------------------------------------------------------------ handler
@@ -748,12 +864,15 @@ class Handler(BaseHTTPRequestHandler):
         if refusal:
             return self.aws_error(*refusal)
         target = self.headers.get("X-Amz-Target")
-        if target != "Textract.DetectDocumentText":
+        if target not in ("Textract.DetectDocumentText", "Textract.StartDocumentTextDetection",
+                          "Textract.GetDocumentTextDetection"):
             return self.aws_error(400, "UnknownOperationException",
                                   "unknown operation %r" % target)
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/x-amz-json-1.1":
             return self.aws_error(400, "SerializationException",
                                   "Content-Type must be application/x-amz-json-1.1")
+        if target != "Textract.DetectDocumentText":
+            return self.serve_textract_async(target.split(".", 1)[1], body)
         try:
             req = json.loads(body)
             data = base64.b64decode(req["Document"]["Bytes"], validate=True)
@@ -792,6 +911,109 @@ class Handler(BaseHTTPRequestHandler):
                                "TextType": "PRINTED", "Confidence": 95.0})
         self.send(200, {"DocumentMetadata": {"Pages": 1}, "Blocks": blocks,
                         "DetectDocumentTextModelVersion": "1.0"}, "application/x-amz-json-1.1")
+
+    # ---- textract, asynchronous (multi-page documents in S3)
+
+    def serve_textract_async(self, op, body):
+        """StartDocumentTextDetection / GetDocumentTextDetection. The request
+        is checked against botocore's own model of the operation (required
+        members, types, lengths, unknown members: ValidationException) and the
+        model's patterns, then by the operation's rules. Start reads the
+        document from S3 as Textract does, with a GET signed for the S3 front
+        (--s3-endpoint; without one every object is "not found"); the job's
+        pages are rasterised and read by tesseract in a thread. A job is
+        IN_PROGRESS until its pages are read and it was polled --async-polls
+        times (default 2), so a caller must wait and poll."""
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.aws_error(400, "SerializationException", "body is not JSON")
+        problem = textract_validate(op, req)
+        if problem:
+            return self.aws_error(400, "ValidationException", problem)
+        if op == "StartDocumentTextDetection":
+            return self.textract_start(req)
+        return self.textract_get(req)
+
+    def textract_start(self, req):
+        loc = req["DocumentLocation"].get("S3Object") or {}
+        if not loc.get("Bucket") or not loc.get("Name"):
+            return self.aws_error(400, "InvalidParameterException",
+                                  "Request has invalid parameters")
+        token = req.get("ClientRequestToken")
+        with JOBS_LOCK:
+            if token is not None and token in JOBS_BY_TOKEN:
+                job = JOBS[JOBS_BY_TOKEN[token]]
+                if job["location"] != (loc["Bucket"], loc["Name"], loc.get("Version")):
+                    return self.aws_error(400, "IdempotentParameterMismatchException",
+                                          "The ClientRequestToken provided was already used "
+                                          "with different parameters.")
+                return self.send(200, {"JobId": job["id"]}, "application/x-amz-json-1.1")
+        data = s3_get(self.creds.get("s3"), loc["Bucket"], loc["Name"])
+        if data is None:
+            return self.aws_error(400, "InvalidS3ObjectException",
+                                  "Unable to get object metadata from S3. Check object key, "
+                                  "region and/or access permissions.")
+        kind = sniff(data)
+        if kind not in ("application/pdf", "image/jpeg", "image/png", "image/tiff"):
+            return self.aws_error(400, "UnsupportedDocumentException",
+                                  "Request has unsupported document format")
+        limit = 500 * 1024 * 1024 if kind in ("application/pdf", "image/tiff") else 10 * 1024 * 1024
+        if len(data) > limit:
+            return self.aws_error(400, "DocumentTooLargeException",
+                                  "S3 object size %d is more than the maximum limit" % len(data))
+        pages = 1
+        if kind == "application/pdf":
+            with tempfile.NamedTemporaryFile(prefix="standin-", suffix=".pdf") as f:
+                f.write(data)
+                f.flush()
+                pages = pdf_pages(f.name)
+            if pages is None:
+                return self.aws_error(400, "BadDocumentException", "Request has invalid document")
+            if pages > 3000:
+                return self.aws_error(400, "DocumentTooLargeException",
+                                      "the document has more than 3000 pages")
+        job = {"id": uuid.uuid4().hex + uuid.uuid4().hex[:32], "status": "IN_PROGRESS",
+               "location": (loc["Bucket"], loc["Name"], loc.get("Version")), "pages": pages,
+               "blocks": None, "polls": 0, "tokens": {}, "message": None}
+        with JOBS_LOCK:
+            JOBS[job["id"]] = job
+            if token is not None:
+                JOBS_BY_TOKEN[token] = job["id"]
+        threading.Thread(target=textract_job, args=(job, data, kind), daemon=True).start()
+        return self.send(200, {"JobId": job["id"]}, "application/x-amz-json-1.1")
+
+    def textract_get(self, req):
+        with JOBS_LOCK:
+            job = JOBS.get(req["JobId"])
+            if job is None:
+                return self.aws_error(400, "InvalidJobIdException", "An invalid job identifier "
+                                      "was passed.")
+            job["polls"] += 1
+            done = job["blocks"] is not None or job["status"] == "FAILED"
+            if not done or job["polls"] <= self.creds.get("async_polls", 2):
+                return self.send(200, {"JobStatus": "IN_PROGRESS",
+                                       "DocumentMetadata": {"Pages": job["pages"]}},
+                                 "application/x-amz-json-1.1")
+            if job["status"] == "FAILED":
+                return self.send(200, {"JobStatus": "FAILED", "StatusMessage": job["message"],
+                                       "DocumentMetadata": {"Pages": job["pages"]}},
+                                 "application/x-amz-json-1.1")
+            start = 0
+            if "NextToken" in req:
+                if req["NextToken"] not in job["tokens"]:
+                    return self.aws_error(400, "InvalidParameterException",
+                                          "Request has invalid parameters")
+                start = job["tokens"][req["NextToken"]]
+            n = min(req.get("MaxResults", 1000), 1000)
+            blocks = job["blocks"][start:start + n]
+            out = {"JobStatus": "SUCCEEDED", "DocumentMetadata": {"Pages": job["pages"]},
+                   "Blocks": blocks, "DetectDocumentTextModelVersion": "1.0"}
+            if start + n < len(job["blocks"]):
+                tok = uuid.uuid4().hex
+                job["tokens"][tok] = start + n
+                out["NextToken"] = tok
+        return self.send(200, out, "application/x-amz-json-1.1")
 
     def sigv4_refusal(self, body):
         """(status, __type, message) of AWS's answer to this request's SigV4
@@ -1668,6 +1890,14 @@ def main(argv=None):
                          "(default secretTEST)")
     ap.add_argument("--region", default="us-east-1",
                     help="textract: the region a credential scope must name (default us-east-1)")
+    ap.add_argument("--s3-endpoint", default=None,
+                    help="textract: the S3 front the asynchronous operations read documents "
+                         "from (with --s3-key-id, --s3-secret; region: --region)")
+    ap.add_argument("--s3-key-id", default=None)
+    ap.add_argument("--s3-secret", default=None)
+    ap.add_argument("--async-polls", type=int, default=2,
+                    help="textract: GetDocumentTextDetection answers IN_PROGRESS this many "
+                         "times at least (default 2)")
     ap.add_argument("--api-key", default=None,
                     help="openai: the one key accepted (default: any non-empty Bearer key)")
     args = ap.parse_args(argv)
@@ -1678,7 +1908,11 @@ def main(argv=None):
         print("--key-id, --secret and --region must not be empty", file=sys.stderr)
         return 2
 
-    creds = {"key_id": args.key_id, "secret": args.secret, "region": args.region}
+    creds = {"key_id": args.key_id, "secret": args.secret, "region": args.region,
+             "async_polls": args.async_polls,
+             "s3": ({"endpoint": args.s3_endpoint, "key_id": args.s3_key_id,
+                     "secret": args.s3_secret, "region": args.region}
+                    if args.s3_endpoint else None)}
     ctl = Controller(args.kind, args.port, creds, args.api_key)
     ctl.open()
     done = threading.Event()

@@ -16,6 +16,8 @@
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/sigv4.h"   /* SL_SIGV4_EXPIRES_MAX */
+#include "core/storage.h" /* sl_store_presign_get */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -182,6 +184,7 @@ typedef struct art_req_s {
     sl_http_req_t *req;
     char id[37];
     long ttl;
+    long expires; /* /v1/blobs: the signed URL's end (unix seconds) */
 } art_req_t;
 
 
@@ -307,6 +310,37 @@ static void route_url(sl_http_req_t *req, const sl_http_params_t *params, void *
 
 /* ---- GET /v1/blobs/{id}?expires=&sig= (no API key) ---- */
 
+/*
+ * storage.presigned_redirects: a valid signed URL answers 307 to a presigned
+ * S3 URL of the blob that ends when the signed URL does (at most 7 days, SigV4's
+ * limit), so the bytes go from S3 to the client without passing through here.
+ */
+static void redirect_row_cb(const sl_pg_result_t *r, void *arg)
+{
+    art_req_t *ar = arg;
+    char url[4096];
+    long left = ar->expires - (long)time(NULL);
+    if (left > SL_SIGV4_EXPIRES_MAX)
+        left = SL_SIGV4_EXPIRES_MAX;
+    if (r->err) {
+        sl_api_db_error(ar->req, r);
+    } else if (PQntuples(r->res[0]) < 1) {
+        sl_http_respond_error(ar->req, 404, "not_found", "no such artifact", -1);
+    } else if (left < 1) {
+        sl_http_respond_error(ar->req, 403, "url_expired", "the signed URL has expired", -1);
+    } else if (sl_store_presign_get(ar->app->store, PQgetvalue(r->res[0], 0, 0),
+                                    PQgetvalue(r->res[0], 0, 1), left, url, sizeof url) != 0) {
+        sl_log(SL_LOG_ERROR, "presign_failed", "{s:s}", "artifact_id", ar->id);
+        sl_http_respond_error(ar->req, 500, "internal_error", "cannot presign the blob's URL",
+                              -1);
+    } else {
+        sl_http_resp_header(ar->req, "Location", url);
+        sl_http_resp_header(ar->req, "Cache-Control", "private, no-store");
+        sl_http_respond(ar->req, 307, NULL, NULL, 0);
+    }
+    free(ar);
+}
+
 static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void *arg)
 {
     sl_app_t *app = arg;
@@ -338,8 +372,11 @@ static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void 
     if (!ar)
         return;
     const char *qp[] = {ar->id};
+    const char *ps = app->cfg->s3_presigned_redirects;
+    int redirect = ps && strcmp(ps, "true") == 0 &&
+                   sl_api_parse_long(expires, 0, 999999999999999999L, &ar->expires) == 0;
     art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE id = $1" SL_ARTIFACT_LIVE, 1, qp,
-              stream_row_cb);
+              redirect ? redirect_row_cb : stream_row_cb);
 }
 
 void sl_api_register_artifacts(sl_app_t *app)

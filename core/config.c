@@ -583,6 +583,7 @@ static const field_t storage_fields[] = {
     FSTR(sl_config_t, "secret_access_key", s3_secret_access_key, NULL),
     FSTR(sl_config_t, "path_style", s3_path_style, check_bool_str), /* s3 (issue 12) */
     FSIZE(sl_config_t, "part_size", s3_part_size),                  /* s3 (issue 12) */
+    FSTR(sl_config_t, "presigned_redirects", s3_presigned_redirects, check_bool_str),
 };
 
 static int parse_storage(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
@@ -1113,6 +1114,9 @@ static int parse_root(ctx_t *c, struct fy_node *root)
         if (cfg->s3_part_size != 0 && (cfg->s3_part_size < 5 * 1024 * 1024 ||
                                        cfg->s3_part_size > 64 * 1024 * 1024))
             return fail(c, c->storage_line, "storage.part_size", "must be 5 MiB to 64 MiB");
+    } else if (cfg->s3_presigned_redirects && strcmp(cfg->s3_presigned_redirects, "true") == 0) {
+        return fail(c, c->storage_line, "storage.presigned_redirects",
+                    "needs backend s3 (the filesystem has no URL of its own)");
     }
     if (cfg->admin_key == NULL) {
         const char *env = getenv("SLUICE_ADMIN_KEY");
@@ -1350,6 +1354,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->s3_access_key_id);
     free(cfg->s3_secret_access_key);
     free(cfg->s3_path_style);
+    free(cfg->s3_presigned_redirects);
     free(cfg->log_level);
     free(cfg->web_root);
     free(cfg->exec_user);

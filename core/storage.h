@@ -83,6 +83,16 @@ const char *sl_store_backend(const sl_store_t *st);
 const char *sl_store_s3_bucket(const sl_store_t *st);
 
 /**
+ * A presigned GET URL of `key` (SigV4 query-string auth, valid expires_s
+ * seconds: 1..7 days) into out[cap], with response-content-type set to
+ * content_type (borrowed; NULL or "": none) so S3 answers with the blob's
+ * type. storage.presigned_redirects (api/artifacts.c) sends signed blob URLs
+ * there. 0, SL_EINVAL (not the S3 backend, a bad key or lifetime), SL_ETOOBIG.
+ */
+int sl_store_presign_get(const sl_store_t *st, const char *key, const char *content_type,
+                         long expires_s, char *out, size_t cap);
+
+/**
  * Opens the S3 backend (see sl_store_conf_t). Nothing is sent here: a bucket
  * that is unreachable shows on the first operation, as SL_EUNAVAIL.
  */

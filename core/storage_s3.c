@@ -37,6 +37,7 @@
 #include "log.h"
 #include "storage_int.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -46,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S3_HEAD_MAX (64 * 1024)         /* bytes libmagic sees, as fs */
@@ -972,4 +974,41 @@ const char *sl_store_s3_bucket(const sl_store_t *st)
     if (!st || strcmp(sl_store_backend(st), "s3") != 0)
         return NULL;
     return ((const s3_store_t *)st)->bucket;
+}
+
+int sl_store_presign_get(const sl_store_t *base, const char *key, const char *content_type,
+                         long expires_s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (!base || !key || !out || !sl_store_key_valid(key))
+        return SL_EINVAL;
+    if (strcmp(sl_store_backend(base), "s3") != 0)
+        return SL_EINVAL; /* the filesystem has no URL of its own */
+    const s3_store_t *st = (const s3_store_t *)base;
+    /* response-content-type: S3 answers with the artifact's type, not the object's */
+    char query[512], url[2048];
+    size_t n = 0;
+    n += (size_t)snprintf(query, sizeof query, "response-content-type=");
+    for (const unsigned char *p = (const unsigned char *)(content_type ? content_type : "");
+         *p; p++) {
+        if (n + 4 > sizeof query)
+            return SL_ETOOBIG;
+        if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+            query[n++] = (char)*p;
+        } else {
+            query[n++] = '%';
+            query[n++] = hex[*p >> 4];
+            query[n++] = hex[*p & 15];
+        }
+    }
+    query[n] = '\0';
+    int err = object_url(st, key, content_type && *content_type ? query : NULL, url, sizeof url);
+    if (err)
+        return err;
+    sl_sigv4_creds_t creds = {.access_key_id = st->akid,
+                              .secret_access_key = st->secret,
+                              .session_token = st->token,
+                              .region = st->region,
+                              .service = "s3"};
+    return sl_sigv4_presign(&creds, "GET", url, expires_s, time(NULL), 0, out, cap);
 }

@@ -54,6 +54,8 @@ What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
     unknown upload or another key's -> 404 NoSuchUpload; part numbers not
     ascending -> 400 InvalidPartOrder; a part absent or its ETag not its MD5
     -> 400 InvalidPart; a part but the last under 5 MiB -> 400 EntityTooSmall.
+  GET Object's response-* overrides (response-content-type, ...) on a signed
+    request: applied to the answer here (s3rver refuses them as anonymous).
 
 Control (no signature): GET /_stats (counters), POST /_reset, POST /_control
 with {"upstream": "stop"|"start"} (s3rver killed/restarted on the same port and
@@ -97,6 +99,13 @@ MAX_EXPIRES = 7 * 24 * 3600     # S3: X-Amz-Expires at most a week
 MIN_PART = 5 * 1024 * 1024      # S3: every part but the last >= 5 MiB
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# GET Object's response header overrides (S3 API reference, GetObject)
+RESPONSE_OVERRIDES = {"response-content-type": "content-type",
+                      "response-content-language": "content-language",
+                      "response-expires": "expires",
+                      "response-cache-control": "cache-control",
+                      "response-content-disposition": "content-disposition",
+                      "response-content-encoding": "content-encoding"}
 PRESIGN = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
            "X-Amz-SignedHeaders", "X-Amz-Expires")
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -662,9 +671,22 @@ class Handler(BaseHTTPRequestHandler):
     def forward(self, spooled):
         f, n = spooled
         split = urlsplit(self.path)
-        # s3rver takes anonymous requests: the auth has been checked here.
-        qs = "&".join(p for p in split.query.split("&")
-                      if p and p.split("=", 1)[0] not in PRESIGN + ("X-Amz-Security-Token",))
+        # s3rver takes anonymous requests: the auth has been checked here. S3
+        # lets a signed GET override response headers (response-content-type,
+        # ...) but refuses them on anonymous requests, as s3rver does, so the
+        # front applies the overrides of the (verified) request itself.
+        overrides = {}
+        kept = []
+        for p in split.query.split("&"):
+            name = p.split("=", 1)[0]
+            if not p or name in PRESIGN + ("X-Amz-Security-Token",):
+                continue
+            if self.command == "GET" and name in RESPONSE_OVERRIDES:
+                overrides[RESPONSE_OVERRIDES[name]] = unquote(p.split("=", 1)[1] if "=" in p
+                                                              else "")
+                continue
+            kept.append(p)
+        qs = "&".join(kept)
         target = split.path + ("?" + qs if qs else "")
         headers = {}
         for k, v in self.headers.items():
@@ -689,7 +711,12 @@ class Handler(BaseHTTPRequestHandler):
             for k, v in resp.getheaders():
                 if k.lower() in HOP or k.lower() == "content-length":
                     continue
+                if resp.status == 200 and k.lower() in overrides:
+                    v = overrides.pop(k.lower())
                 self.send_header(k, v)
+            if resp.status == 200:
+                for k, v in overrides.items():
+                    self.send_header(k, v)
             if length is not None:
                 self.send_header("Content-Length", length)
             elif chunked:

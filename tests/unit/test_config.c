@@ -411,6 +411,12 @@ static void test_errors(void)
     EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
                  "part_size: 1048576}\n",
                  "sluice.yaml:2: storage.part_size: must be 5 MiB to 64 MiB");
+    EXPECT_ERROR("database_url: x\nstorage: {backend: fs, presigned_redirects: true}\n",
+                 "sluice.yaml:2: storage.presigned_redirects: needs backend s3 (the filesystem "
+                 "has no URL of its own)");
+    EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+                 "presigned_redirects: yes}\n",
+                 "sluice.yaml:2: storage.presigned_redirects: must be true or false");
     EXPECT_ERROR("database_url: x\nstorage:\n  backend: s3\n  endpoint: http://s3\n",
                  "sluice.yaml:2: storage.bucket: is required for backend s3");
     EXPECT_ERROR("database_url: x\nservices:\n  openai: {rate_per_s: nan}\n",

@@ -79,16 +79,19 @@ LANGUAGE sql VOLATILE AS $$
         FROM runs r WHERE r.state = 'running' AND r.lease_until >= now()
         GROUP BY r.tenant_id),
     -- resumable: waiting runs whose time came (runs_waiting_due), running runs
-    -- whose lease ended or was handed back (runs_running_lease)
+    -- handed back (runs_running_unleased) or whose lease ended (runs_running_lease)
     resumable AS (
         (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0 AS pri, 0 AS fair_rank, r.created_at
          FROM runs r WHERE r.state = 'waiting' AND r.next_attempt_at <= now()
          ORDER BY r.next_attempt_at LIMIT p_limit)
         UNION ALL
         (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0, 0, r.created_at
-         FROM runs r WHERE r.state = 'running' AND r.next_attempt_at <= now()
-           AND (r.lease_until IS NULL OR r.lease_until < now())
-         ORDER BY r.lease_until NULLS FIRST LIMIT p_limit)),
+         FROM runs r WHERE r.state = 'running' AND r.lease_until IS NULL
+           AND r.next_attempt_at <= now() LIMIT p_limit)
+        UNION ALL
+        (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0, 0, r.created_at
+         FROM runs r WHERE r.state = 'running' AND r.lease_until < now()
+           AND r.next_attempt_at <= now() ORDER BY r.lease_until LIMIT p_limit)),
     -- queued: the head of each tenant's queue (runs_claim_queued)
     queued AS (
         SELECT q.* FROM tenants t CROSS JOIN LATERAL (

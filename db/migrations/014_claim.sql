@@ -32,6 +32,9 @@ CREATE INDEX runs_queued_batch ON runs (batch_id, fair_rank) WHERE state = 'queu
 CREATE INDEX runs_waiting_due ON runs (next_attempt_at) WHERE state = 'waiting';
 CREATE INDEX runs_running_lease ON runs (lease_until) INCLUDE (tenant_id, cost, lease_owner)
     WHERE state = 'running';
+-- running runs handed back (lease cleared by a graceful stop): almost always empty
+CREATE INDEX runs_running_unleased ON runs (next_attempt_at)
+    WHERE state = 'running' AND lease_until IS NULL;
 
 CREATE OR REPLACE FUNCTION sluice_runs_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;

@@ -73,6 +73,7 @@ struct sl_sched_s {
     sl_metric_t *m_claimed;
     sl_pubsub_t *pubsub;  /* borrowed */
     int per_tenant;       /* ceiling on runs held per tenant (x its weight); 0: none */
+    int no_shares;        /* claim oldest first (fairness.shares: false) */
     char *weights_json;   /* owned; {"tenant name or id": weight} */
     sl_metric_t *m_queue; /* sluice_queue_depth{tenant} */
     int nqueue_tenants;   /* tenants with a queue_depth series, to zero when they empty */
@@ -84,9 +85,9 @@ struct sl_sched_s {
 /*
  * The claim is sluice_claim_runs() in db/functions/claim.sql (shares,
  * SKIP LOCKED, lease). $1 instance, $2 batch size, $3 lease seconds, $4 the
- * per-tenant ceiling (0: none), $5 weights.
+ * per-tenant ceiling (0: none), $5 weights, $6 shares on.
  */
-static const char CLAIM_SQL[] = "SELECT * FROM sluice_claim_runs($1, $2, $3, $4, $5)";
+static const char CLAIM_SQL[] = "SELECT * FROM sluice_claim_runs($1, $2, $3, $4, $5, $6)";
 
 /* Where each column of a claim result is (PQfnumber, once per result). */
 typedef struct claim_cols_s {
@@ -242,9 +243,10 @@ static void claim(sl_sched_t *s)
     snprintf(lease, sizeof lease, "%d", s->lease_s);
     snprintf(per_tenant, sizeof per_tenant, "%d", s->per_tenant);
     const char *params[] = {s->instance_id, limit, lease, per_tenant,
-                            s->weights_json ? s->weights_json : "{}"};
+                            s->weights_json ? s->weights_json : "{}",
+                            s->no_shares ? "false" : "true"};
     s->claiming = 1;
-    if (send_query(s, CLAIM_SQL, 5, params, claim_cb) != 0) {
+    if (send_query(s, CLAIM_SQL, 6, params, claim_cb) != 0) {
         s->claiming = 0;
         schedule_claim(s, 1000);
     }
@@ -388,6 +390,7 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : 10;
     s->poll_ms = o->poll_ms > 0 ? o->poll_ms : 250;
     s->per_tenant = o->max_in_flight_per_tenant > 0 ? o->max_in_flight_per_tenant : 0;
+    s->no_shares = o->no_shares != 0;
     if (o->weights_json && !(s->weights_json = strdup(o->weights_json))) {
         free(s);
         return SL_ENOMEM;

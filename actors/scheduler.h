@@ -28,6 +28,7 @@ typedef struct sl_sched_opts_s {
     int max_in_flight;        /* default 10000 */
     int max_in_flight_per_tenant; /* hard ceiling per tenant (x its weight); <= 0: none */
     const char *weights_json; /* copied; {"tenant name or id": weight, ...}: shares; NULL: all 1 */
+    int no_shares;            /* 1: claim oldest first, no shares (fairness.shares: false) */
     int claim_batch;          /* runs per claim query; default 200 */
     int lease_s;              /* default 30 */
     int heartbeat_s;          /* default 10 */

@@ -724,7 +724,9 @@ static const field_t engine_fields[] = {
     FSTR(sl_config_t, "process", engine_process, check_engine_process),
 };
 
+/* fairness.shares: false claims oldest first (no shares; for benchmarks). */
 static const field_t fairness_fields[] = {
+    FSTR(sl_config_t, "shares", fairness_shares, check_bool_str),
     FHOOK("weights", parse_weights),
 };
 
@@ -1350,6 +1352,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->s3_access_key_id);
     free(cfg->s3_secret_access_key);
     free(cfg->s3_path_style);
+    free(cfg->fairness_shares);
     free(cfg->log_level);
     free(cfg->web_root);
     free(cfg->exec_user);

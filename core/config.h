@@ -139,6 +139,7 @@ typedef struct sl_config_s {
     double rl_upload_bytes_burst;  /* rate_limits.upload_bytes_per_s.burst; 0 = one second's worth */
 
     int nweights;                  /* fairness.weights */
+    char *fairness_shares;         /* fairness.shares: "true" (NULL) or "false": claim oldest first */
     sl_config_weight_t weights[SL_CONFIG_MAX_WEIGHTS];
 
     /* sse: live status streams (GET /v1/datasets/{id}/events) */

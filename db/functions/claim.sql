@@ -14,7 +14,8 @@
 -- ahead of a busy tenant's next one; a tenant above its share keeps what it
 -- holds (no preemption) but gets new slots only once the others caught up.
 -- p_per_tenant > 0 is a hard ceiling on the runs p_owner holds for a tenant
--- (x its weight); 0: none.
+-- (x its weight); 0: none. p_shares false (fairness.shares: false) takes the
+-- oldest first instead: no shares, for comparison (bench/fairness_bench.py).
 --
 -- Within a tenant: resumable runs (waiting whose time came, running whose
 -- lease ended) first, then queued runs by fair_rank (migration 014: upload
@@ -63,7 +64,8 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION sluice_claim_runs(p_owner text, p_limit int, p_lease_s int,
-                                             p_per_tenant int, p_weights json)
+                                             p_per_tenant int, p_weights json,
+                                             p_shares boolean DEFAULT true)
 RETURNS TABLE (id uuid, tenant_id uuid, dataset_id uuid, file_id uuid, pipeline text,
                step text, attempt int, ctx jsonb, chain_start text, chain_transient boolean,
                wait_count int, flow_version text, old_state text, old_owner text, file json)
@@ -119,7 +121,8 @@ LANGUAGE sql VOLATILE AS $$
         LEFT JOIN w ON w.tenant_id = k.tenant_id
         WHERE p_per_tenant <= 0
            OR coalesce(h.mine, 0) + k.n <= p_per_tenant::bigint * coalesce(w.weight, 1)
-        ORDER BY (coalesce(h.cost, 0) + k.ahead)::float8 / coalesce(w.weight, 1),
+        ORDER BY CASE WHEN p_shares
+                      THEN (coalesce(h.cost, 0) + k.ahead)::float8 / coalesce(w.weight, 1) END,
                  k.pri, k.created_at, k.id
         LIMIT p_limit),
     c AS (

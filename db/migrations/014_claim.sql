@@ -36,6 +36,10 @@ CREATE INDEX runs_running_lease ON runs (lease_until) INCLUDE (tenant_id, cost, 
 CREATE INDEX runs_running_unleased ON runs (next_attempt_at)
     WHERE state = 'running' AND lease_until IS NULL;
 
+-- The claim gains p_shares (db/functions/claim.sql creates it again, with
+-- the argument defaulted, so a call with five arguments still works).
+DROP FUNCTION IF EXISTS sluice_claim_runs(text, int, int, int, json);
+
 CREATE OR REPLACE FUNCTION sluice_runs_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 CREATE TRIGGER runs_before_insert BEFORE INSERT ON runs

@@ -50,10 +50,10 @@ def queue(db, t, n, size=100, state="queued", lease="NULL", owner="NULL"):
     return bid
 
 
-def claim(db, limit, per_tenant=0, weights="{}", owner="me"):
+def claim(db, limit, per_tenant=0, weights="{}", owner="me", shares=True):
     """Claims; returns the claimed runs' tenant ids (in no particular order)."""
-    out = db("SELECT tenant_id FROM sluice_claim_runs('%s', %d, 30, %d, '%s')"
-             % (owner, limit, per_tenant, weights))
+    out = db("SELECT tenant_id FROM sluice_claim_runs('%s', %d, 30, %d, '%s', %s)"
+             % (owner, limit, per_tenant, weights, "true" if shares else "false"))
     return out.split()
 
 
@@ -78,6 +78,11 @@ def test_newcomer_goes_ahead_of_a_busy_tenant(db):
     queue(db, a, 500)
     b = tenant(db, "b")
     queue(db, b, 3)
+    # fairness.shares: false is oldest first: A's queue goes before B's newer runs
+    got = claim(db, 5, owner="fifo", shares=False)
+    db("UPDATE runs SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+       "started_at = NULL WHERE lease_owner = 'fifo'")
+    assert got == [a[0]] * 5, got
     # A holds 40 in flight (on another instance: shares count every instance);
     # B's three runs have start tags 0, 1, 2, A's next one 40
     assert sorted(claim(db, 2)) == [b[0]] * 2
@@ -88,6 +93,19 @@ def test_newcomer_goes_ahead_of_a_busy_tenant(db):
     got = claim(db, 40, owner="late")
     assert got == [a[0]] * 40
     assert int(db("SELECT count(*) FROM runs WHERE lease_owner = 'elsewhere'")) == 0
+
+
+def test_shares_config_is_checked(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text('database_url: "postgresql:///nowhere"\nfairness: {shares: maybe}\n')
+    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "fairness.shares" in r.stderr, r.stderr
+    cfg.write_text('database_url: "postgresql:///nowhere"\nlimits: {max_runs_per_tenant: -1}\n')
+    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 2 and "max_runs_per_tenant" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_weights_split_the_slots(db):

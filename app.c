@@ -733,6 +733,7 @@ int sl_app_open_flows(sl_app_t *app)
     so.tmp_root = tmp_root;
     so.max_in_flight = cfg->max_runs_in_flight;
     so.max_in_flight_per_tenant = cfg->max_runs_per_tenant;
+    so.no_shares = cfg->fairness_shares && strcmp(cfg->fairness_shares, "false") == 0;
     json_t *weights = json_object();
     for (int i = 0; weights && i < cfg->nweights; i++)
         json_object_set_new(weights, cfg->weights[i].tenant, json_integer(cfg->weights[i].weight));

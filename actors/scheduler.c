@@ -10,13 +10,15 @@
  * (db/functions/claim.sql); its rows are read by column name into an
  * sl_run_claim_t. docs/internals/scheduler.md walks through it all.
  *
- * Fairness: the claim ranks runnable runs round-robin — first across the upload
- * batches of a tenant (a run's rank in its batch), then across tenants (a
- * run's rank in its tenant, plus the runs this instance already holds for the
- * tenant, divided by the tenant's weight) — and claims none past
- * max_in_flight_per_tenant x weight held by this instance. So a 10,000-file
- * batch is claimed a few runs at a time, and another tenant's single file is
- * next in line as soon as a run ends; the queue itself stays in Postgres.
+ * Fairness: work-conserving weighted shares, decided by the claim. Runs are
+ * taken in order of their tenant's cost in flight (runs.cost under a live
+ * lease, every instance) plus the cost of its runs ahead in the same claim,
+ * divided by its weight (fairness.weights): start-time fair queuing. A tenant
+ * alone fills every slot (max_in_flight); a newcomer's first run goes ahead
+ * of a busy tenant's next; nothing is preempted. Within a tenant, resumable
+ * runs first, then its upload batches round-robin (runs.fair_rank).
+ * max_in_flight_per_tenant > 0 adds a hard ceiling per tenant (x weight) on
+ * the runs this instance holds. The queue itself stays in Postgres.
  * A heartbeat renews the leases of this instance's live actors in one
  * statement (only theirs: a run whose actor ended without committing — the
  * database went away — must see its lease lapse, to be claimed again), and
@@ -70,7 +72,8 @@ struct sl_sched_s {
     sl_metric_t *m_runs; /* sluice_runs{pipeline,state} from the database */
     sl_metric_t *m_claimed;
     sl_pubsub_t *pubsub;  /* borrowed */
-    int per_tenant;       /* runs held per tenant (x its weight) */
+    int per_tenant;       /* ceiling on runs held per tenant (x its weight); 0: none */
+    int no_shares;        /* claim oldest first (fairness.shares: false) */
     char *weights_json;   /* owned; {"tenant name or id": weight} */
     sl_metric_t *m_queue; /* sluice_queue_depth{tenant} */
     int nqueue_tenants;   /* tenants with a queue_depth series, to zero when they empty */
@@ -80,11 +83,11 @@ struct sl_sched_s {
 };
 
 /*
- * The claim is sluice_claim_runs() in db/functions/claim.sql (ranking,
- * fairness cap, SKIP LOCKED, lease). $1 instance, $2 batch size, $3 lease
- * seconds, $4 runs per tenant, $5 weights.
+ * The claim is sluice_claim_runs() in db/functions/claim.sql (shares,
+ * SKIP LOCKED, lease). $1 instance, $2 batch size, $3 lease seconds, $4 the
+ * per-tenant ceiling (0: none), $5 weights, $6 shares on.
  */
-static const char CLAIM_SQL[] = "SELECT * FROM sluice_claim_runs($1, $2, $3, $4, $5)";
+static const char CLAIM_SQL[] = "SELECT * FROM sluice_claim_runs($1, $2, $3, $4, $5, $6)";
 
 /* Where each column of a claim result is (PQfnumber, once per result). */
 typedef struct claim_cols_s {
@@ -240,9 +243,10 @@ static void claim(sl_sched_t *s)
     snprintf(lease, sizeof lease, "%d", s->lease_s);
     snprintf(per_tenant, sizeof per_tenant, "%d", s->per_tenant);
     const char *params[] = {s->instance_id, limit, lease, per_tenant,
-                            s->weights_json ? s->weights_json : "{}"};
+                            s->weights_json ? s->weights_json : "{}",
+                            s->no_shares ? "false" : "true"};
     s->claiming = 1;
-    if (send_query(s, CLAIM_SQL, 5, params, claim_cb) != 0) {
+    if (send_query(s, CLAIM_SQL, 6, params, claim_cb) != 0) {
         s->claiming = 0;
         schedule_claim(s, 1000);
     }
@@ -385,7 +389,8 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->lease_s = o->lease_s > 0 ? o->lease_s : 30;
     s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : 10;
     s->poll_ms = o->poll_ms > 0 ? o->poll_ms : 250;
-    s->per_tenant = o->max_in_flight_per_tenant > 0 ? o->max_in_flight_per_tenant : 16;
+    s->per_tenant = o->max_in_flight_per_tenant > 0 ? o->max_in_flight_per_tenant : 0;
+    s->no_shares = o->no_shares != 0;
     if (o->weights_json && !(s->weights_json = strdup(o->weights_json))) {
         free(s);
         return SL_ENOMEM;

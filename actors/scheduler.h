@@ -26,8 +26,9 @@ typedef struct sl_sched_opts_s {
     const char *instance_id;  /* copied: the lease owner */
     const char *tmp_root;     /* copied: parent of per-run scratch dirs */
     int max_in_flight;        /* default 10000 */
-    int max_in_flight_per_tenant; /* of those, per tenant (x its weight); default 16 */
-    const char *weights_json; /* copied; {"tenant name or id": weight, ...}; NULL: all 1 */
+    int max_in_flight_per_tenant; /* hard ceiling per tenant (x its weight); <= 0: none */
+    const char *weights_json; /* copied; {"tenant name or id": weight, ...}: shares; NULL: all 1 */
+    int no_shares;            /* 1: claim oldest first, no shares (fairness.shares: false) */
     int claim_batch;          /* runs per claim query; default 200 */
     int lease_s;              /* default 30 */
     int heartbeat_s;          /* default 10 */

@@ -5,11 +5,18 @@ is queued, next to B's latency on an idle server. The ratio is the figure.
 Starts its own Postgres, Redis and sluice (the test harness's classes) with
 the OCR stand-in of tests/blackbox/test_fairness.py (50 ms per call, the real
 ai_record flow on tiny PNGs). Latency is B's timeline: `queued` -> `succeeded`.
-A's throughput while it runs alone is printed too (the cost of capping runs
-per tenant), as is the same with the per-tenant cap lifted (what FIFO-like
-claiming does to B).
+A's throughput (its files over the time they took) is printed too, and the
+whole scenario again with fairness switched off (`fairness.shares: false`:
+the claim takes the oldest runs first), for issue 10's acceptance: B's
+busy/idle ratio <= 2 with shares, and A's throughput with shares >= 0.9x
+its throughput with them off.
 
-    /usr/bin/python3 bench/fairness_bench.py [--binary build/sluice] [--files 2000] [--samples 5]
+    /usr/bin/python3 bench/fairness_bench.py [--binary build/sluice] [--files 10000]
+        [--samples 5] [--ceiling N] [--max-in-flight N]
+
+--ceiling sets limits.max_runs_per_tenant for the run with shares (default 0:
+none, the default config); --max-in-flight sets limits.max_runs_in_flight
+for both runs (default: the config's default).
 """
 import argparse
 import statistics
@@ -28,14 +35,18 @@ PNG = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
 
 
-def config(per_tenant):
+def config(ceiling, shares, max_in_flight):
+    limits = "max_files_per_request: 10000, max_runs_per_tenant: %d" % ceiling
+    if max_in_flight:
+        limits += ", max_runs_in_flight: %d" % max_in_flight
     return (
         'services:\n'
         '  ocr: {command: ["/bin/sh", "-c", "sleep 0.05; echo text {input}"], concurrency: 8, '
         'timeout_ms: 60000}\n'
         'pipelines:\n'
         '  - {name: ai_record, flow: lua-flows/ai_record.lua, match: ["image/png"]}\n'
-        'limits: {max_files_per_request: 10000, max_runs_per_tenant: %d}\n' % per_tenant)
+        'limits: {%s}\n'
+        'fairness: {shares: %s}\n' % (limits, "true" if shares else "false"))
 
 
 def ts(s):
@@ -61,8 +72,8 @@ def a_done(pg, srv, tenant_id):
                        % tenant_id, dbname=db).strip())
 
 
-def scenario(factory, pg, nfiles, samples, per_tenant):
-    srv = factory(extra_yaml=config(per_tenant))
+def scenario(factory, pg, nfiles, samples, ceiling, shares, max_in_flight):
+    srv = factory(extra_yaml=config(ceiling, shares, max_in_flight))
     a = srv.create_tenant("a")
     b = srv.create_tenant("b")
     ds_a = a.create_dataset("a")["id"]
@@ -88,25 +99,34 @@ def main():
     ap.add_argument("--binary", default=None)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--ceiling", type=int, default=0,
+                    help="limits.max_runs_per_tenant with shares (0: none)")
+    ap.add_argument("--max-in-flight", type=int, default=0,
+                    help="limits.max_runs_in_flight (0: the default)")
     args = ap.parse_args()
     if args.binary:
         import os
         os.environ["SLUICE_BIN"] = args.binary
     with h.local_stack("sluice-fair-") as (factory, tmp):
         pg = factory.pg
-        idle, busy, left, a_secs = scenario(factory, pg, args.files, args.samples, 8)
+        idle, busy, left, a_secs = scenario(factory, pg, args.files, args.samples, args.ceiling,
+                                            True, args.max_in_flight)
         mi, mb = statistics.median(idle), statistics.median(busy)
         print("fairness: B single-file latency, idle server: %.0f ms (median of %d)"
               % (mi * 1000, len(idle)))
         print("fairness: B single-file latency, A's %d files queued: %.0f ms (median of %d; "
               "max %.0f ms; A had %d left after B's samples)"
               % (args.files, mb * 1000, len(busy), max(busy) * 1000, left))
-        print("fairness: ratio busy/idle: %.2f" % (mb / mi))
-        print("fairness: A's %d files took %.1f s (%.0f files/s with max_runs_per_tenant 8, "
-              "OCR concurrency 8 x 50 ms)" % (args.files, a_secs, args.files / a_secs))
-        _, busy2, _, a2 = scenario(factory, pg, args.files, 1, 100000)
-        print("fairness: without the per-tenant cap (max_runs_per_tenant 100000): B %.0f ms, "
-              "ratio %.1f; A's files took %.1f s" % (busy2[0] * 1000, busy2[0] / mi, a2))
+        print("fairness: ratio busy/idle: %.2f (goal <= 2)" % (mb / mi))
+        print("fairness: A's %d files took %.1f s (%.0f files/s with shares, ceiling %s, "
+              "OCR concurrency 8 x 50 ms)" % (args.files, a_secs, args.files / a_secs,
+                                             args.ceiling or "none"))
+        idle2, busy2, _, a2 = scenario(factory, pg, args.files, 1, 0, False, args.max_in_flight)
+        print("fairness: with fairness off (fairness.shares: false, oldest first): B %.0f ms, "
+              "ratio %.1f; A's files took %.1f s (%.0f files/s)"
+              % (busy2[0] * 1000, busy2[0] / statistics.median(idle2), a2, args.files / a2))
+        print("fairness: A's throughput with shares / with fairness off: %.2f (goal >= 0.9)"
+              % (a2 / a_secs))
 
 
 if __name__ == "__main__":

@@ -607,7 +607,7 @@ static const field_t limits_fields[] = {
     FINT(sl_config_t, "max_uploads_in_flight", max_uploads_in_flight, 0, INT_MAX),
     FINT(sl_config_t, "max_uploads_per_tenant", max_uploads_per_tenant, 0, INT_MAX),
     FINT(sl_config_t, "max_runs_in_flight", max_runs_in_flight, 1, 1000000),
-    FINT(sl_config_t, "max_runs_per_tenant", max_runs_per_tenant, 1, 1000000),
+    FINT(sl_config_t, "max_runs_per_tenant", max_runs_per_tenant, 0, 1000000),
     FINT64(sl_config_t, "max_image_pixels", max_image_pixels, 0, INT64_MAX),
     FINT(sl_config_t, "max_connections_per_ip", max_connections_per_ip, 0, INT_MAX),
 };
@@ -725,7 +725,9 @@ static const field_t engine_fields[] = {
     FSTR(sl_config_t, "process", engine_process, check_engine_process),
 };
 
+/* fairness.shares: false claims oldest first (no shares; for benchmarks). */
 static const field_t fairness_fields[] = {
+    FSTR(sl_config_t, "shares", fairness_shares, check_bool_str),
     FHOOK("weights", parse_weights),
 };
 
@@ -1141,7 +1143,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_header_bytes = 65536;
     cfg->max_connections = 10000;
     cfg->max_runs_in_flight = 10000;
-    cfg->max_runs_per_tenant = 16;
+    cfg->max_runs_per_tenant = 0; /* no ceiling: shares (actors/scheduler.h) */
     cfg->retention_interval_s = 3600; /* retention (actors/retention.h) */
     cfg->retention_idempotency_hours = 24;
     cfg->retention_batch = 500;
@@ -1355,6 +1357,7 @@ void sl_config_free(sl_config_t *cfg)
     free(cfg->s3_secret_access_key);
     free(cfg->s3_path_style);
     free(cfg->s3_presigned_redirects);
+    free(cfg->fairness_shares);
     free(cfg->log_level);
     free(cfg->web_root);
     free(cfg->exec_user);

@@ -121,7 +121,7 @@ typedef struct sl_config_s {
     int max_uploads_in_flight;     /* uploads being received by a process; 0 = unlimited (503 past it) */
     int max_uploads_per_tenant;    /* same, per tenant; 0 = unlimited (429 past it) */
     int max_runs_in_flight;        /* runs held by a process's actors; default 10000 */
-    int max_runs_per_tenant;       /* of those, per tenant (fair scheduling); default 16 */
+    int max_runs_per_tenant;       /* ceiling per tenant (x weight) and process; 0 = none */
     int64_t max_image_pixels;      /* images over it fail too_large; 0 = unlimited */
     int max_connections_per_ip;    /* open connections from one address; 0 = unlimited */
 
@@ -140,6 +140,7 @@ typedef struct sl_config_s {
     double rl_upload_bytes_burst;  /* rate_limits.upload_bytes_per_s.burst; 0 = one second's worth */
 
     int nweights;                  /* fairness.weights */
+    char *fairness_shares;         /* fairness.shares: "true" (NULL) or "false": claim oldest first */
     sl_config_weight_t weights[SL_CONFIG_MAX_WEIGHTS];
 
     /* sse: live status streams (GET /v1/datasets/{id}/events) */

@@ -1,18 +1,33 @@
 -- claim: the scheduler's claim of runnable runs (actors/scheduler.c,
--- docs/internals/scheduler.md).
+-- docs/internals/scheduler.md "The claim" and "Shares").
 --
 -- A run is runnable when it is queued, waiting and its time has come, or
--- running under a lease that ended (its instance died). The claim ranks the
--- runnable runs round-robin, first across the upload batches of a tenant (rb:
--- a run's rank in its batch), then across tenants (rt: its rank in its
--- tenant, plus the runs p_owner already holds for the tenant, divided by the
--- tenant's weight), takes none past p_per_tenant x weight held by p_owner,
--- locks up to p_limit of them (FOR UPDATE SKIP LOCKED: instances sharing the
--- database never claim the same run), and leases them to p_owner for
--- p_lease_s seconds.
+-- running under a lease that ended (its instance died, or handed it back).
+--
+-- Shares, work-conserving: every tenant's share of the engine is its weight
+-- (p_weights, by tenant name or id; default 1) over the weights of the
+-- tenants that have runnable runs. The claim takes runs in order of their
+-- start tag (start-time fair queuing): the cost the tenant has in flight now
+-- (runs.cost of its runs under a live lease, on any instance), plus the cost
+-- of its runs ahead of this one in this claim, divided by its weight. So a
+-- tenant alone takes every slot offered; a newcomer's first run (tag 0) goes
+-- ahead of a busy tenant's next one; a tenant above its share keeps what it
+-- holds (no preemption) but gets new slots only once the others caught up.
+-- p_per_tenant > 0 is a hard ceiling on the runs p_owner holds for a tenant
+-- (x its weight); 0: none. p_shares false (fairness.shares: false) takes the
+-- oldest first instead: no shares, for comparison (bench/fairness_bench.py).
+--
+-- Within a tenant: resumable runs (waiting whose time came, running whose
+-- lease ended) first, then queued runs by fair_rank (migration 014: upload
+-- batches round-robin), then age.
+--
+-- Cost: each tenant's queue is read through runs_claim_queued, at most
+-- p_limit rows per tenant, so the claim costs about (tenants with queued
+-- runs) x p_limit rows plus the runs in flight, not the queue's length.
 --
 -- Window functions cannot share a SELECT with FOR UPDATE, so `pick` ranks and
--- `c` locks; a run another instance locked meanwhile is skipped.
+-- `c` locks (FOR UPDATE SKIP LOCKED: instances sharing the database never
+-- claim the same run); a run another instance locked meanwhile is skipped.
 --
 -- Returns one row per claimed run: what the run actor needs to resume it,
 -- with the state and owner it had before (old_state: queued, running,
@@ -20,38 +35,95 @@
 -- the file's document for the flow (with its storage_key and the dataset's
 -- record schema), null if the file went away meanwhile. Callers read the
 -- columns by name.
+
+-- A run's weight in flight from its file's size: 1 under 1 MiB, then one more
+-- per doubling (1 MiB: 2, 2 MiB: 3, 100 MiB: 8), at most 16.
+CREATE OR REPLACE FUNCTION sluice_run_cost(p_size bigint) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_size IS NULL OR p_size < 1048576 THEN 1
+                ELSE least(16, 2 + floor(log(2, p_size / 1048576.0))::int) END
+$$;
+
+-- The trigger runs_before_insert (014): a new run's cost, and a queued run's
+-- fair_rank: one after its batch's last queued run, never before its
+-- tenant's head.
+CREATE OR REPLACE FUNCTION sluice_runs_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.cost := sluice_run_cost((SELECT f.size FROM files f WHERE f.id = NEW.file_id));
+    IF NEW.state = 'queued' THEN
+        NEW.fair_rank := greatest(
+            coalesce((SELECT max(r.fair_rank) FROM runs r
+                      WHERE r.batch_id = NEW.batch_id AND r.state = 'queued'), 0) + 1,
+            coalesce((SELECT r.fair_rank FROM runs r
+                      WHERE r.tenant_id = NEW.tenant_id AND r.state = 'queued'
+                      ORDER BY r.fair_rank LIMIT 1), 0));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION sluice_claim_runs(p_owner text, p_limit int, p_lease_s int,
-                                             p_per_tenant int, p_weights json)
+                                             p_per_tenant int, p_weights json,
+                                             p_shares boolean DEFAULT true)
 RETURNS TABLE (id uuid, tenant_id uuid, dataset_id uuid, file_id uuid, pipeline text,
                step text, attempt int, ctx jsonb, chain_start text, chain_transient boolean,
                wait_count int, flow_version text, old_state text, old_owner text, file json)
 LANGUAGE sql VOLATILE AS $$
-    WITH mine AS (
-        SELECT r.tenant_id, count(*) AS n FROM runs r
-        WHERE r.lease_owner = p_owner AND r.state = 'running' GROUP BY r.tenant_id),
-    w AS (
+    WITH w AS (
         SELECT t.id AS tenant_id, max(x.value::int) AS weight FROM tenants t
         JOIN json_each_text(p_weights) x ON x.key = t.id::text OR x.key = t.name
         GROUP BY t.id),
+    -- in flight: runs under a live lease, any instance (runs_running_lease)
+    held AS (
+        SELECT r.tenant_id, sum(r.cost) AS cost,
+               count(*) FILTER (WHERE r.lease_owner = p_owner) AS mine
+        FROM runs r WHERE r.state = 'running' AND r.lease_until >= now()
+        GROUP BY r.tenant_id),
+    -- resumable: waiting runs whose time came (runs_waiting_due), running runs
+    -- handed back (runs_running_unleased) or whose lease ended (runs_running_lease)
+    resumable AS (
+        (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0 AS pri, 0 AS fair_rank, r.created_at
+         FROM runs r WHERE r.state = 'waiting' AND r.next_attempt_at <= now()
+         ORDER BY r.next_attempt_at LIMIT p_limit)
+        UNION ALL
+        (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0, 0, r.created_at
+         FROM runs r WHERE r.state = 'running' AND r.lease_until IS NULL
+           AND r.next_attempt_at <= now() LIMIT p_limit)
+        UNION ALL
+        (SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 0, 0, r.created_at
+         FROM runs r WHERE r.state = 'running' AND r.lease_until < now()
+           AND r.next_attempt_at <= now() ORDER BY r.lease_until LIMIT p_limit)),
+    -- queued: the head of each tenant's queue (runs_claim_queued)
+    queued AS (
+        SELECT q.* FROM tenants t CROSS JOIN LATERAL (
+            SELECT r.id, r.tenant_id, r.dataset_id, r.cost, 1 AS pri, r.fair_rank, r.created_at
+            FROM runs r
+            WHERE r.tenant_id = t.id AND r.state = 'queued' AND r.next_attempt_at <= now()
+              AND (r.lease_until IS NULL OR r.lease_until < now())
+              -- retention: a deleted dataset's runs are never claimed (its files are being purged)
+              AND NOT EXISTS (SELECT 1 FROM datasets d
+                              WHERE d.id = r.dataset_id AND d.deleted_at IS NOT NULL)
+            ORDER BY r.fair_rank, r.created_at, r.id LIMIT p_limit) q),
     cand AS (
-        SELECT r.id, r.tenant_id, r.created_at, row_number() OVER (
-            PARTITION BY r.tenant_id, r.batch_id ORDER BY r.created_at, r.id) AS rb
-        FROM runs r
-        WHERE r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()
-          AND (r.lease_until IS NULL OR r.lease_until < now())
-          -- retention: a deleted dataset's runs are never claimed (its files are being purged)
-          AND NOT EXISTS (SELECT 1 FROM datasets d
-                          WHERE d.id = r.dataset_id AND d.deleted_at IS NOT NULL)),
-    ranked AS (
-        SELECT c.id, c.tenant_id, c.created_at, row_number() OVER (
-            PARTITION BY c.tenant_id ORDER BY c.rb, c.created_at, c.id) AS rt
-        FROM cand c),
+        SELECT u.id, u.tenant_id, u.pri, u.created_at,
+               row_number() OVER t AS n,
+               coalesce(sum(u.cost) OVER (t ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS ahead
+        FROM (SELECT * FROM resumable r
+              WHERE NOT EXISTS (SELECT 1 FROM datasets d
+                                WHERE d.id = r.dataset_id AND d.deleted_at IS NOT NULL)
+              UNION ALL SELECT * FROM queued) u
+        WINDOW t AS (PARTITION BY u.tenant_id ORDER BY u.pri, u.fair_rank, u.created_at, u.id)),
     pick AS (
-        SELECT k.id FROM ranked k
-        LEFT JOIN mine m ON m.tenant_id = k.tenant_id
+        SELECT k.id FROM cand k
+        LEFT JOIN held h ON h.tenant_id = k.tenant_id
         LEFT JOIN w ON w.tenant_id = k.tenant_id
-        WHERE k.rt + coalesce(m.n, 0) <= p_per_tenant * coalesce(w.weight, 1)
-        ORDER BY (k.rt + coalesce(m.n, 0))::float8 / coalesce(w.weight, 1), k.created_at
+        WHERE p_per_tenant <= 0
+           OR coalesce(h.mine, 0) + k.n <= p_per_tenant::bigint * coalesce(w.weight, 1)
+        ORDER BY CASE WHEN p_shares
+                      THEN (coalesce(h.cost, 0) + k.ahead)::float8 / coalesce(w.weight, 1) END,
+                 k.pri, k.created_at, k.id
         LIMIT p_limit),
     c AS (
         SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r

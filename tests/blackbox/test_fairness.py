@@ -70,3 +70,60 @@ def test_single_file_is_not_stuck_behind_a_big_batch(start_server, pg):
     assert a_before + a_during < 1500, (a_before, a_during)
     # ... and B's file was not made to wait for it
     assert a_during < 50, (a_before, a_during)
+
+
+NAP = ('return flow { start = "nap", steps = {\n'
+       '  nap = { run = function(ctx, file) sl.sleep(1.5) return true end } } }\n')
+
+
+@pytest.mark.timeout(170)
+def test_lone_tenant_fills_the_engine_and_a_newcomer_starts_first(start_server, pg, tmp_path):
+    """Work-conserving shares (issue 10): with no per-tenant ceiling, tenant A
+    alone holds more than the old cap of 16 runs (up to max_runs_in_flight,
+    40 here); when B's single file arrives while A has over a hundred queued,
+    B's run is claimed before A's next ones: at most the claims already under
+    way go first, never A's queue (FIFO would start 40 or more of A's first)."""
+    flow = tmp_path / "nap.lua"
+    flow.write_text(NAP)
+    srv = start_server(extra_yaml=(
+        'pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
+        'limits: {max_runs_in_flight: 40, max_files_per_request: 1000}\n' % flow))
+    a = srv.create_tenant("busy")
+    b = srv.create_tenant("newcomer")
+    ds_a = a.create_dataset("a")["id"]
+    ds_b = b.create_dataset("b")["id"]
+    db = dbname(srv.database_url)
+
+    def running(tenant_id):
+        return int(pg.psql("SELECT count(*) FROM runs WHERE tenant_id = '%s' AND state = 'running'"
+                           % tenant_id, dbname=db).strip())
+
+    files = [("a%03d.txt" % i, b"file %d of the busy tenant\n" % i, "text/plain")
+             for i in range(200)]
+    r = a.upload(ds_a, files, timeout=120)
+    assert r.status_code == 202, r.text[:500]
+    peak, deadline = 0, time.monotonic() + 60
+    while peak < 30 and time.monotonic() < deadline:
+        peak = max(peak, running(a.tenant_id))
+        time.sleep(0.05)
+    assert peak > 16, peak  # the old fixed cap
+
+    r = b.upload(ds_b, ("b.txt", b"the newcomer's file\n", "text/plain"))
+    assert r.status_code == 202, r.text
+    doc = b.wait_file(r.json()["files"][0]["id"], timeout=60, interval=0.1)
+    assert doc["status"] == "done", doc
+
+    row = pg.psql("SELECT created_at, started_at FROM runs WHERE tenant_id = '%s'"
+                  % b.tenant_id, dbname=db).strip().split("|")
+    assert len(row) == 2, row  # one run
+    queued_at, started_at = row
+    out = pg.psql(
+        "SELECT count(*) FILTER (WHERE started_at > '{q}' AND started_at < '{s}'), "
+        "count(*) FILTER (WHERE started_at IS NULL OR started_at > '{s}') "
+        "FROM runs WHERE tenant_id = '{t}'".format(q=queued_at, s=started_at, t=a.tenant_id),
+        dbname=db).strip().split("|")
+    a_ahead, a_after = int(out[0]), int(out[1])
+    print("peak %d in flight; A's runs started between B's queued and started: %d; after: %d"
+          % (peak, a_ahead, a_after))
+    assert a_after >= 80, (a_ahead, a_after)  # A still had most of its queue to go ...
+    assert a_ahead < 40, (a_ahead, a_after)   # ... and B did not wait behind it

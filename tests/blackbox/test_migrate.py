@@ -10,7 +10,7 @@ from sluice_harness import pg_bindir
 from test_files import q, seed_file
 
 FUNCTIONS = [
-    "sluice_claim_runs(text,integer,integer,integer,json)",
+    "sluice_claim_runs(text,integer,integer,integer,json,boolean)",
     "sluice_run_transition(uuid,text,text,integer,jsonb,text,text,boolean,integer,text,"
     "double precision,text,json)",
     "sluice_bootstrap_tenant(text,text)",

@@ -197,7 +197,9 @@ static void test_migrate(void)
 
 /* The engine's functions with their signatures (db/functions/): the C code calls these. */
 static const char *const engine_functions[] = {
-    "sluice_claim_runs(text,integer,integer,integer,json)",
+    "sluice_claim_runs(text,integer,integer,integer,json,boolean)",
+    "sluice_run_cost(bigint)",                                        /* shares (014) */
+    "sluice_runs_before_insert()",                                    /* shares (014) */
     "sluice_run_transition(uuid,text,text,integer,jsonb,text,text,boolean,integer,text,"
     "double precision,text,json)",
     "sluice_bootstrap_tenant(text,text)",
@@ -455,8 +457,8 @@ static void test_functions_upgrade(void)
     /* the state after 007, as a server of that time left it: no db/functions */
     use_schema("sl_t_up");
     CHECK(sl_pg_migrate_with(conninfo, sl_pg_migrations, n007, NULL, 0, err, sizeof err) == 0);
-    sql_scalar("SELECT to_regprocedure('sluice_claim_runs(text,integer,integer,integer,json)') "
-               "IS NULL",
+    sql_scalar("SELECT to_regprocedure('sluice_claim_runs(text,integer,integer,integer,json,"
+               "boolean)') IS NULL",
                v, sizeof v);
     CHECK_STREQ(v, "t");
     sql_scalar(FIXTURE_SQL, v, sizeof v);

@@ -114,7 +114,8 @@ int sl_flow__svcop_begin(lua_State *L, sl_step_t *s, sl_flow_svcop_t *op, int wa
     int rc;
 
     if (op->svc != NULL) {
-        rc = sl_svc_acquire_est(op->svc, &op->wait, wait_ms, op->est_tokens, slot_cb, op);
+        rc = sl_svc_acquire_for(op->svc, &op->wait, s->tenant_id, wait_ms, op->est_tokens,
+                                slot_cb, op);
         if (rc == 0) {
             sl_flow__set_op(s, &op->hdr, svcop_cancel);
             return lua_yield(L, 0);

@@ -69,7 +69,7 @@ struct sl_svc_s {
     double tok_avg;     /* running mean of a call's tokens (the remaining-tokens floor) */
     int state, fails, probe_out;
     double open_until;
-    sl_svc_wait_t *head, *tail; /* queued, not yet granted */
+    struct sl_svc_tq_s *tqs;    /* tenants with calls queued, in serving order (a ring) */
     sl_rl_limit_t rate, tokens; /* outbound limits (rate <= 0: none) */
     char rl_name[SL_SVC_NAME_MAX + 8], rl_key[SL_SVC_NAME_MAX + 8], tok_key[SL_SVC_NAME_MAX + 8];
     char hold_key[SL_SVC_NAME_MAX + 8];
@@ -271,21 +271,98 @@ static int admit(sl_svc_t *s, sl_svc_wait_t *w)
     return 0;
 }
 
+/*
+ * The calls of one tenant queued for a slot, FIFO. The service's tqs is a
+ * ring of them in serving order: grant_waiters takes the first queue's head
+ * and moves that queue to the back, so tenants take turns (O(1) a grant;
+ * finding a tenant's queue on enqueue scans the tenants that have calls
+ * queued). A queue is freed once empty.
+ */
+typedef struct sl_svc_tq_s {
+    char tenant[37];
+    sl_svc_wait_t *head, *tail;
+    struct sl_svc_tq_s *prev, *next; /* the ring (circular) */
+} tq_t;
+
+static void ring_remove(sl_svc_t *s, tq_t *q)
+{
+    if (q->next == q) {
+        s->tqs = NULL;
+    } else {
+        q->prev->next = q->next;
+        q->next->prev = q->prev;
+        if (s->tqs == q)
+            s->tqs = q->next;
+    }
+    q->prev = q->next = q;
+}
+
+/* Appends q at the back of the ring (just before its first). */
+static void ring_append(sl_svc_t *s, tq_t *q)
+{
+    if (!s->tqs) {
+        q->prev = q->next = q;
+        s->tqs = q;
+        return;
+    }
+    q->next = s->tqs;
+    q->prev = s->tqs->prev;
+    s->tqs->prev->next = q;
+    s->tqs->prev = q;
+}
+
 static void unqueue(sl_svc_wait_t *w)
 {
     sl_svc_t *s = w->svc;
+    tq_t *q = w->tq;
     if (!w->queued)
         return;
     if (w->prev)
         w->prev->next = w->next;
     else
-        s->head = w->next;
+        q->head = w->next;
     if (w->next)
         w->next->prev = w->prev;
     else
-        s->tail = w->prev;
+        q->tail = w->prev;
     w->next = w->prev = NULL;
     w->queued = 0;
+    w->tq = NULL;
+    if (!q->head) {
+        ring_remove(s, q);
+        free(q);
+    }
+}
+
+/* Queues w at the back of its tenant's queue. 0 or SL_ENOMEM. */
+static int enqueue(sl_svc_t *s, sl_svc_wait_t *w)
+{
+    tq_t *q = s->tqs;
+    if (q) {
+        do {
+            if (strcmp(q->tenant, w->tenant) == 0)
+                break;
+            q = q->next;
+        } while (q != s->tqs);
+        if (strcmp(q->tenant, w->tenant) != 0)
+            q = NULL;
+    }
+    if (!q) {
+        if ((q = calloc(1, sizeof *q)) == NULL)
+            return SL_ENOMEM;
+        memcpy(q->tenant, w->tenant, sizeof q->tenant);
+        ring_append(s, q);
+    }
+    w->tq = q;
+    w->queued = 1;
+    w->next = NULL;
+    w->prev = q->tail;
+    if (q->tail)
+        q->tail->next = w;
+    else
+        q->head = w;
+    q->tail = w;
+    return 0;
 }
 
 /* ---- holds ---- */
@@ -542,9 +619,11 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 static void grant_waiters(sl_svc_t *s)
 {
     static const struct timeval zero = {0, 0};
-    while (s->head && s->in_flight < s->cap) {
-        sl_svc_wait_t *w = s->head;
-        unqueue(w);
+    while (s->tqs && s->in_flight < s->cap) {
+        tq_t *q = s->tqs;
+        sl_svc_wait_t *w = q->head;
+        s->tqs = q->next; /* this tenant's turn is taken: the next one is first */
+        unqueue(w);       /* (frees q if that was its last call) */
         w->granted = 1;
         set_inflight(s, 1);
         evtimer_add(w->ev, &zero);
@@ -564,8 +643,16 @@ double sl_svc_wait_tokens(const sl_svc_wait_t *w)
 int sl_svc_acquire_est(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, double est_tokens,
                        sl_svc_ready_cb cb, void *arg)
 {
+    return sl_svc_acquire_for(s, w, NULL, wait_ms, est_tokens, cb, arg);
+}
+
+int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wait_ms,
+                       double est_tokens, sl_svc_ready_cb cb, void *arg)
+{
     memset(w, 0, sizeof(*w));
     w->svc = s;
+    if (tenant)
+        snprintf(w->tenant, sizeof w->tenant, "%s", tenant);
     if (s->tokens.rate > 0) {
         double est = est_tokens > 0 ? est_tokens : SL_SVC_DEFAULT_TOKEN_ESTIMATE;
         /* the limiter charges a cost above the burst as the burst */
@@ -579,13 +666,13 @@ int sl_svc_acquire_est(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, double est_to
         count_call(s, "held");
         return SL_EAGAIN;
     }
-    if (s->state != SL_SVC_CLOSED || s->head == NULL) {
+    if (s->state != SL_SVC_CLOSED || s->tqs == NULL) {
         /* Nobody waiting ahead (or the breaker decides anyway): check it now. */
         if (s->state != SL_SVC_CLOSED && admit(s, w) != 0) {
             count_call(s, "circuit_open");
             return SL_EUNAVAIL;
         }
-        if ((s->in_flight < s->cap && s->head == NULL) || w->probe) {
+        if ((s->in_flight < s->cap && s->tqs == NULL) || w->probe) {
             /* (The probe must not wait behind the cap: it gets a slot over the cap.) */
             set_inflight(s, 1);
             if (limited(s)) {
@@ -605,17 +692,15 @@ int sl_svc_acquire_est(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, double est_to
     }
     if ((w->ev = evtimer_new(s->reg->base, wait_cb, w)) == NULL)
         return SL_ENOMEM;
+    if (enqueue(s, w) != 0) {
+        event_free(w->ev);
+        w->ev = NULL;
+        return SL_ENOMEM;
+    }
     struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
     evtimer_add(w->ev, &tv);
     w->cb = cb;
     w->arg = arg;
-    w->queued = 1;
-    w->prev = s->tail;
-    if (s->tail)
-        s->tail->next = w;
-    else
-        s->head = w;
-    s->tail = w;
     return 0;
 }
 
@@ -1059,8 +1144,8 @@ void sl_svcs_free(sl_svcs_t *r)
         return;
     for (int i = 0; i < r->n; i++) {
         sl_svc_t *s = r->svcs[i];
-        while (s->head) {
-            sl_svc_wait_t *w = s->head;
+        while (s->tqs) {
+            sl_svc_wait_t *w = s->tqs->head;
             unqueue(w);
             event_free(w->ev);
             w->ev = NULL;

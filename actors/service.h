@@ -69,7 +69,9 @@ struct sl_svc_wait_s {
     void *arg;
     int queued, granted, probe, holds;
     double tokens; /* the token estimate charged for this call (0: none) */
-    sl_svc_wait_t *next, *prev;
+    sl_svc_wait_t *next, *prev; /* in its tenant's queue */
+    struct sl_svc_tq_s *tq;     /* that queue (the service's), while queued */
+    char tenant[37];            /* the calling run's tenant ("": none) */
 };
 
 /**
@@ -138,6 +140,17 @@ int sl_svc_acquire(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, sl_svc_ready_cb c
  * starts (<= 0: the default estimate). sl_svc_wait_tokens(w) says what was
  * charged, for sl_svc_charge_tokens after the answer.
  */
+/**
+ * sl_svc_acquire_est for a run of `tenant` (borrowed, copied; NULL or "": no
+ * tenant). Calls that queue for a slot wait in one FIFO per tenant, and a
+ * freed slot goes to the tenants' queues in turn (round-robin), so a tenant
+ * with thousands of calls queued delays another tenant's call by at most one
+ * call per tenant ahead of it, not by its whole queue (issue 10, fairness:
+ * the claim's shares decide which runs start; this decides which of the
+ * started ones get a busy service's slot first).
+ */
+int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wait_ms,
+                       double est_tokens, sl_svc_ready_cb cb, void *arg);
 int sl_svc_acquire_est(sl_svc_t *s, sl_svc_wait_t *w, int wait_ms, double est_tokens,
                        sl_svc_ready_cb cb, void *arg);
 

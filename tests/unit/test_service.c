@@ -585,6 +585,63 @@ static void test_redis(void)
     redistmp_stop(pid);
 }
 
+/* Issue 10: a freed slot goes to the tenants' queues in turn, not FIFO over all. */
+static void test_tenant_turns(void)
+{
+    sl_ratelimit_t *rl;
+    sl_svcs_t *r;
+    char name[64];
+    CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
+    CHECK(sl_svcs_new(base, NULL, rl, 0, &r) == 0);
+    sl_svcs_set_aimd(r, 0, 1000000); /* the cap stays 1: releases are no increase */
+    sl_svc_t *s = sl_svcs_get(r, name_of(name, sizeof name, "turns"));
+    for (int i = 0; i < 4; i++)
+        sl_svc_observe(s, 429, NULL, NULL);
+    CHECK(sl_svc_concurrency_limit(s) == 1);
+
+    call_t first, a[5], b;
+    CHECK(acquire(s, &first, 1000, 0) == 0);
+    memset(a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 5; i++) /* tenant A's five calls queue first */
+        CHECK(sl_svc_acquire_for(s, &a[i].w, "tenant-a", 5000, 0, ready_cb, &a[i]) == 0);
+    CHECK(sl_svc_acquire_for(s, &b.w, "tenant-b", 5000, 0, ready_cb, &b) == 0);
+    spin(0.02);
+    CHECK(a[0].done == 0 && b.done == 0);
+
+    /* the slot passes: A's first call, then B's (its turn), then A's others */
+    sl_svc_release(&first.w, "ok", 0.01);
+    looptest_run_until(base, &a[0].done, 1, 5);
+    CHECK(a[0].done == 1 && b.done == 0);
+    sl_svc_release(&a[0].w, "ok", 0.01);
+    looptest_run_until(base, &b.done, 1, 5);
+    CHECK(b.done == 1 && b.err == 0);
+    CHECK(a[1].done == 0); /* FIFO over every call would have granted A's second */
+    sl_svc_release(&b.w, "ok", 0.01);
+    for (int i = 1; i < 5; i++) {
+        looptest_run_until(base, &a[i].done, 1, 5);
+        CHECK(a[i].done == 1 && a[i].err == 0);
+        for (int j = i + 1; j < 5; j++)
+            CHECK(a[j].done == 0); /* one at a time, in A's order */
+        sl_svc_release(&a[i].w, "ok", 0.01);
+    }
+    /* a cancelled queued call leaves the turns intact */
+    CHECK(acquire(s, &first, 1000, 0) == 0);
+    memset(&a[0], 0, sizeof a[0]);
+    memset(&b, 0, sizeof b);
+    CHECK(sl_svc_acquire_for(s, &a[0].w, "tenant-a", 5000, 0, ready_cb, &a[0]) == 0);
+    CHECK(sl_svc_acquire_for(s, &b.w, "tenant-b", 5000, 0, ready_cb, &b) == 0);
+    sl_svc_cancel_wait(&a[0].w);
+    sl_svc_release(&first.w, "ok", 0.01);
+    looptest_run_until(base, &b.done, 1, 5);
+    CHECK(b.done == 1 && b.err == 0);
+    sl_svc_release(&b.w, "ok", 0.01);
+    spin(0.02);
+    CHECK(a[0].done == 0); /* cancelled: never called back */
+    sl_svcs_free(r);
+    sl_ratelimit_free(rl);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -595,6 +652,7 @@ int main(void)
     test_duration();
     test_hold_local();
     test_aimd();
+    test_tenant_turns();
     sl_ratelimit_t *rl;
     CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
     test_tokens(rl, "tokens-local");

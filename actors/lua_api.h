@@ -51,6 +51,21 @@ struct sl_flow_op_s {
     sl_step_t *step; /* NULL once detached */
 };
 
+/*
+ * A dataset's record schema (file.schema), decoded once and shared read-only
+ * by the steps that run on files of that dataset (docs/internals/flow.md,
+ * "Memory of a parked run"). Keyed by dataset id and the schema's JSON text,
+ * so a changed schema gets an entry of its own; freed with its last step.
+ */
+typedef struct sl_flow_schema_s sl_flow_schema_t;
+struct sl_flow_schema_s {
+    char *key;     /* owned: "<dataset id>\n<compact schema JSON>" */
+    json_t *j;     /* owned: the schema as parsed, in the client's property order */
+    int ref;       /* registry ref of the decoded Lua table, or LUA_NOREF before the first use */
+    int refs;      /* steps holding it */
+    sl_flow_schema_t *prev, *next;
+};
+
 struct sl_flowvm_s {
     lua_State *L;
     sl_flow_host_t host; /* copy; lib_dir and tmp_root point at owned copies below */
@@ -66,6 +81,8 @@ struct sl_flowvm_s {
     sl_flow_t *flows; /* every flow still referenced (doubly linked) */
     int freeing;
     sl_flow_check_t *checking; /* the flow source being loaded and checked, or NULL */
+    sl_flow_schema_t *schemas; /* shared file.schema tables in use (doubly linked) */
+    int nschemas;
 };
 
 struct sl_flow_s {
@@ -83,6 +100,7 @@ struct sl_flow_s {
 };
 
 enum { SL_STEP_NEW, SL_STEP_RUNNING, SL_STEP_DONE };
+
 
 struct sl_step_s {
     sl_flowvm_t *vm;
@@ -102,8 +120,11 @@ struct sl_step_s {
     double t0;
     /* copied inputs */
     char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
-    char *ctx_in, *file_in;
-    json_t *ctx_j, *file_j; /* parsed inputs (NULL if not JSON) */
+    char *ctx_in;     /* the ctx as given: decoded when the step begins; the fallback result */
+    char *file_in;    /* the file document as given: freed once decoded when the step begins */
+    char *file_path;  /* its "path" (sl.exec's run file), or NULL; set when the step begins */
+    json_t *entry_j;  /* a document being decoded as the step begins (freed if that raises) */
+    sl_flow_schema_t *schema; /* file.schema, shared by the dataset's steps; NULL: none */
     int attempt;
     /* result */
     int ok;
@@ -204,6 +225,10 @@ void sl_flow__resume_with(sl_step_t *s, lua_CFunction push, void *ud);
 
 /** Resumes with nil, err (err borrowed). */
 void sl_flow__resume_err(sl_step_t *s, const char *err);
+
+/** The dataset schema the running step's file.schema was decoded from, in the
+ *  client's property order (borrowed from s; valid while the step lives), or NULL. */
+json_t *sl_flow__step_schema(const sl_step_t *s);
 
 /** The registry key (light userdata address) of the metatable of decoded JSON arrays. */
 const void *sl_flow__array_mt_key(void);

@@ -1126,7 +1126,7 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     lua_State *L = s->vm->L;
 
     cancel_op(s);
-    evtimer_del(s->timer);
+    evtimer_del(s->ev); /* the deadline; re-armed below for the delivery */
     s->ok = ok;
     /* on success err is the step's note (or NULL) */
     snprintf(s->err, sizeof(s->err), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
@@ -1156,8 +1156,6 @@ static void step_free_fields(sl_step_t *s)
 {
     if (s->ev)
         event_free(s->ev);
-    if (s->timer)
-        event_free(s->timer);
     free(s->run_id);
     free(s->tenant_id);
     free(s->dataset_id);
@@ -1296,7 +1294,12 @@ static int begin_protected(lua_State *L)
 static void begin(sl_step_t *s)
 {
     lua_State *L = s->vm->L;
+    /* the deadline counts from sl_step_start, on the step's one event */
+    double left_ms = s->def->timeout_ms - (now_s() - s->t0) * 1000.0;
+    long ms = left_ms > 0 ? (long)left_ms : 0;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     s->state = SL_STEP_RUNNING;
+    evtimer_add(s->ev, &tv);
     lua_pushcfunction(L, begin_protected);
     lua_pushlightuserdata(L, s);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -1339,7 +1342,10 @@ void sl_flow__resume(sl_step_t *s, int nargs)
         }
     }
     if (st == LUA_YIELD) {
-        lua_pop(co, nres);
+        /* Also the yielding primitive's arguments and locals (its request
+         * table, ...): its op copied what it needs, and the results of the
+         * resume replace the whole frame anyway. */
+        lua_settop(co, 0);
         if (s->op == NULL)
             finish(s, 0, "lua_error", "the step yielded outside an sl primitive");
         return;
@@ -1430,24 +1436,23 @@ void sl_flow__resume_err(sl_step_t *s, const char *err)
     sl_flow__resume_with(s, push_err, (void *)err);
 }
 
+/*
+ * The step's one event, by state: NEW, zero timer: begin; RUNNING: the
+ * deadline; DONE, zero timer: deliver.
+ */
 static void step_ev_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_step_t *s = arg;
-    if (s->state == SL_STEP_NEW)
-        begin(s);
-    else if (s->state == SL_STEP_DONE)
-        deliver(s);
-}
-
-static void step_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    sl_step_t *s = arg;
     char d[96];
-    if (s->state == SL_STEP_DONE)
-        return;
-    snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
-             s->def->timeout_ms / 1000.0);
-    finish(s, 0, "timeout", d);
+    if (s->state == SL_STEP_NEW) {
+        begin(s);
+    } else if (s->state == SL_STEP_DONE) {
+        deliver(s);
+    } else {
+        snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
+                 s->def->timeout_ms / 1000.0);
+        finish(s, 0, "timeout", d);
+    }
 }
 
 int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_step_cb cb,
@@ -1482,9 +1487,8 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
     /* both decoded when the step begins (step_entry): a bad one fails the step there */
     s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
-    s->timer = evtimer_new(vm->host.base, step_timeout_cb, s);
     if (!s->run_id || !s->tenant_id || !s->dataset_id || !s->file_id || !s->pipeline || !s->step ||
-        (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev || !s->timer) {
+        (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev) {
         step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }
@@ -1494,9 +1498,7 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
         vm->steps->prev = s;
     vm->steps = s;
     vm->nsteps++;
-    struct timeval tv = {def->timeout_ms / 1000, (def->timeout_ms % 1000) * 1000};
-    evtimer_add(s->timer, &tv);
-    evtimer_add(s->ev, &zero);
+    evtimer_add(s->ev, &zero); /* begin() arms the deadline */
     if (out != NULL)
         *out = s;
     return 0;

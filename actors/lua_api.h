@@ -9,7 +9,9 @@
  *   1. checks its arguments and that it runs inside a step (sl_flow__check_step);
  *   2. allocates its op (a struct whose first member is sl_flow_op_t), starts
  *      the operation, and records it with sl_flow__set_op(s, &op->hdr, cancel);
- *   3. returns lua_yield(L, 0).
+ *   3. returns lua_yield(L, 0). The primitive's stack (its arguments) is
+ *      dropped when it yields (a parked step keeps less): the op must own
+ *      what it still needs, never borrow from the Lua stack past the yield.
  * When the operation completes (on the loop, later) its callback calls
  * sl_flow__op_take(&op->hdr): NULL means the op was detached (the step timed
  * out, was cancelled or the VM is gone) and the callback just frees the op;
@@ -110,8 +112,7 @@ struct sl_step_s {
     lua_State *co;
     int co_ref, ctx_ref;
     sl_flow_op_t *op;    /* the pending op, or NULL */
-    struct event *ev;    /* start (NEW) and delivery (DONE) */
-    struct event *timer; /* the step's deadline */
+    struct event *ev;    /* start (NEW), the deadline (RUNNING), delivery (DONE) */
     long instr;          /* instructions used by this attempt */
     long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
     const char *killed;  /* budget exceeded: every pcall re-raises */

@@ -139,13 +139,15 @@ int main(int argc, char **argv)
     CHECK(json_is_true(json_object_get(ctx, "after")));
     CHECK(strcmp(json_string_value(json_object_get(ctx, "name")), "park-00001.txt") == 0);
     json_t *enc = json_loads(json_string_value(json_object_get(ctx, "json")), 0, NULL);
-    json_t *want = json_object_get(json_loads(file_json, 0, NULL), "schema");
+    json_t *doc = json_loads(file_json, 0, NULL);
+    json_t *want = json_object_get(doc, "schema");
     CHECK(enc != NULL && json_equal(enc, want));
     /* sl.schema.openai keeps the schema's own property order */
     const char *oa = json_string_value(json_object_get(ctx, "openai"));
     CHECK(oa != NULL && strstr(oa, "\"title\"") != NULL && strstr(oa, "\"email\"") != NULL &&
           strstr(oa, "\"title\"") < strstr(oa, "\"email\""));
     json_decref(enc);
+    json_decref(doc);
     json_decref(ctx);
 
     /* Changing the shared schema fails the step, and the next step sees it unchanged. */

@@ -986,14 +986,14 @@ static int schema_changed(sl_step_t *s)
     lua_State *L = s->vm->L;
     char err[64];
     json_t *now;
-    int same;
+    int same, top = lua_gettop(L);
 
     if (s->schema == NULL || s->schema->ref == LUA_NOREF)
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->schema->ref);
     now = sl_flow__to_json(L, -1, err, sizeof(err));
     same = now != NULL && json_equal(now, s->schema->j) && !lua_getmetatable(L, -1);
-    lua_settop(L, 0);
+    lua_settop(L, top);
     json_decref(now);
     return !same;
 }
@@ -1033,13 +1033,14 @@ static int schema_restore_protected(lua_State *L)
 static void schema_restore(sl_step_t *s)
 {
     lua_State *L = s->vm->L;
+    int top = lua_gettop(L);
     lua_pushcfunction(L, schema_restore_protected);
     lua_pushlightuserdata(L, s->schema);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->schema->ref);
         s->schema->ref = LUA_NOREF;
     }
-    lua_settop(L, 0);
+    lua_settop(L, top);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -61,10 +61,10 @@ struct sl_flow_op_s {
  */
 typedef struct sl_flow_schema_s sl_flow_schema_t;
 struct sl_flow_schema_s {
-    char *key;     /* owned: "<dataset id>\n<compact schema JSON>" */
-    json_t *j;     /* owned: the schema as parsed, in the client's property order */
-    int ref;       /* registry ref of the decoded Lua table, or LUA_NOREF before the first use */
-    int refs;      /* steps holding it */
+    char *key; /* owned: "<dataset id>\n<compact schema JSON>" */
+    json_t *j; /* owned: the schema as parsed, in the client's property order */
+    int ref;   /* registry ref of the decoded Lua table, or LUA_NOREF before the first use */
+    int refs;  /* steps holding it */
     sl_flow_schema_t *prev, *next;
 };
 
@@ -103,7 +103,6 @@ struct sl_flow_s {
 
 enum { SL_STEP_NEW, SL_STEP_RUNNING, SL_STEP_DONE };
 
-
 struct sl_step_s {
     sl_flowvm_t *vm;
     sl_flow_t *flow;
@@ -121,10 +120,10 @@ struct sl_step_s {
     double t0;
     /* copied inputs */
     char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
-    char *ctx_in;     /* the ctx as given: decoded when the step begins; the fallback result */
-    char *file_in;    /* the file document as given: freed once decoded when the step begins */
-    char *file_path;  /* its "path" (sl.exec's run file), or NULL; set when the step begins */
-    json_t *entry_j;  /* a document being decoded as the step begins (freed if that raises) */
+    char *ctx_in;    /* the ctx as given: decoded when the step begins; the fallback result */
+    char *file_in;   /* the file document as given: freed once decoded when the step begins */
+    char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step begins */
+    json_t *entry_j; /* a document being decoded as the step begins (freed if that raises) */
     sl_flow_schema_t *schema; /* file.schema, shared by the dataset's steps; NULL: none */
     int attempt;
     /* result */

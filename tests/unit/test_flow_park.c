@@ -34,7 +34,8 @@ static const char *file_json =
     "{\"id\":\"6f1c1f0e-0000-4000-8000-000000000001\",\"name\":\"park-00001.txt\","
     "\"mime\":\"text/plain\",\"size\":38,\"sha256\":"
     "\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\","
-    "\"path\":\"/var/lib/sluice/blobs/9f/86/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15"
+    "\"path\":\"/var/lib/sluice/blobs/9f/86/"
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15"
     "b0f00a08\",\"dataset_id\":\"6f1c1f0e-0000-4000-8000-0000000000d5\",\"schema\":"
     "{\"type\":\"object\",\"properties\":{\"title\":{\"type\":\"string\"},"
     "\"reference\":{\"type\":\"string\"},\"date\":{\"type\":\"string\"},"
@@ -73,8 +74,8 @@ static void spin(int ms)
         event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 }
 
-static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *dataset,
-                 res_t *res, sl_step_t **out)
+static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *dataset, res_t *res,
+                 sl_step_t **out)
 {
     sl_step_input_t in;
     memset(&in, 0, sizeof in);
@@ -168,8 +169,7 @@ int main(int argc, char **argv)
     size_t l0 = sl_flowvm_memory(vm);
     int started = 0;
     for (int i = 0; i < n; i++)
-        if (start(vm, f, "park", "6f1c1f0e-0000-4000-8000-0000000000d5", &res[i], &steps[i]) ==
-            0)
+        if (start(vm, f, "park", "6f1c1f0e-0000-4000-8000-0000000000d5", &res[i], &steps[i]) == 0)
             started++;
     CHECK(started == n);
     spin(300); /* every step begins and parks */

@@ -5,7 +5,7 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
   1. parks N runs (default 10,000) on a stalled Tika stand-in (each run's tika
      step waits for a reply or for a service slot) and reads the server's RSS;
      the figure is (RSS parked - RSS before the upload) / N. The config lifts
-     the per-tenant cap for this part (max_runs_per_tenant and
+     the per-tenant cap for this part (limits: max_runs_per_tenant and
      max_runs_in_flight = N): with the default cap of 16 only 16 runs of the
      one tenant would ever park;
   2. with the stand-in answering at once, processes M text files (default
@@ -27,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "blackbox"))
 import sluice_harness as h  # noqa: E402
-from test_pipelines import Standin, services_yaml  # noqa: E402
+from sluice_harness import Standin  # noqa: E402
+from test_pipelines import services_yaml  # noqa: E402
 
 
 def metric(srv, name):
@@ -74,7 +75,8 @@ def park(args, factory, tika):
     # Every run may be in flight at once: no per-tenant cap (a config
     # override, so it holds whatever replaces the cap by default).
     cap = max(args.runs, 16)
-    yaml += f"\nmax_runs_per_tenant: {cap}\nmax_runs_in_flight: {max(cap, 10000)}\n"
+    yaml += (f"\nlimits: {{max_runs_per_tenant: {cap}, "
+             f"max_runs_in_flight: {max(cap, 10000)}}}\n")
     srv = factory(extra_yaml=yaml)
     client = srv.create_tenant("bench")
     ds = client.create_dataset("bench")["id"]

@@ -10,11 +10,18 @@
  *   build/test_flow_park [N]     prints parked_step_bytes: heap and Lua, per step
  */
 #include "actors/flow.h"
+#include "core/config.h"
+#include "core/curl.h"
 #include "core/err.h"
 
 #include <event2/event.h>
 #include <jansson.h>
+#include <arpa/inet.h>
 #include <malloc.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +30,7 @@
 #include "check.h"
 
 #define FLOW "tests/unit/flows/parked.lua"
+#define FLOW_TIKA "tests/unit/flows/parked_tika.lua"
 /* The step's side of a parked run (10.2 KiB before file.schema was shared and
  * the decoded copies dropped; 3.3 KiB after). The run actor's own struct
  * (actors/run.c) comes on top. */
@@ -103,6 +111,110 @@ static int run_one(sl_flowvm_t *vm, sl_flow_t *f, const char *step, res_t *res)
     return res->called == 1;
 }
 
+/*
+ * The bench's case: N runs of ai_record's tika step (lua-flows/lib/tika.lua)
+ * on a Tika that accepts and never answers, its service capped at 8 calls:
+ * 8 steps in curl, the rest waiting for a slot. Prints the heap per step.
+ */
+static void measure_tika(int n)
+{
+    char err[512], yaml[512], dir[64], path[128], doc[1024];
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    sl_config_t *cfg = NULL;
+    sl_curl_t *curl = NULL;
+    sl_flowvm_t *vm = NULL;
+    sl_flow_t *f = NULL;
+    sl_flow_host_t host;
+    res_t *res = calloc((size_t)n, sizeof *res);
+    sl_step_t **steps = calloc((size_t)n, sizeof *steps);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), started = 0;
+    FILE *fp;
+
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(res != NULL && steps != NULL && fd >= 0);
+    CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 64) == 0 &&
+          getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    snprintf(dir, sizeof dir, "/tmp/sl_park_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/doc.txt", dir);
+    if ((fp = fopen(path, "w")) != NULL) {
+        fputs("Document 1\nReference: REF-00001\n", fp);
+        fclose(fp);
+    }
+    snprintf(doc, sizeof doc,
+             "{\"id\":\"6f1c1f0e-0000-4000-8000-000000000001\",\"name\":\"park-00001.txt\","
+             "\"mime\":\"text/plain\",\"size\":33,\"sha256\":"
+             "\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\","
+             "\"path\":\"%s\",\"dataset_id\":\"6f1c1f0e-0000-4000-8000-0000000000d5\","
+             "\"schema\":{\"type\":\"object\",\"properties\":{\"title\":{\"type\":\"string\"},"
+             "\"total\":{\"type\":\"number\"}}}}",
+             path);
+    snprintf(yaml, sizeof yaml,
+             "database_url: x\nservices:\n"
+             "  tika: {url: \"http://127.0.0.1:%d\", timeout_ms: 3600000}\n",
+             ntohs(a.sin_port));
+    CHECK(sl_config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof err) == 0);
+    CHECK(sl_curl_new(base, &curl) == 0);
+    memset(&host, 0, sizeof host);
+    host.base = base;
+    host.curl = curl;
+    host.cfg = cfg;
+    host.lib_dir = "lua-flows/lib";
+    CHECK(sl_flowvm_new(&host, &vm, err, sizeof err) == 0);
+    CHECK(sl_flow_load(vm, "parked_tika", FLOW_TIKA, &f, err, sizeof err) == 0);
+    if (f == NULL || res == NULL || steps == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    spin(50);
+    struct mallinfo2 m0 = mallinfo2();
+    size_t l0 = sl_flowvm_memory(vm);
+    for (int i = 0; i < n; i++) {
+        sl_step_input_t in;
+        memset(&in, 0, sizeof in);
+        in.run_id = "6f1c1f0e-0000-4000-8000-0000000000a1";
+        in.tenant_id = "6f1c1f0e-0000-4000-8000-0000000000b2";
+        in.dataset_id = "6f1c1f0e-0000-4000-8000-0000000000d5";
+        in.file_id = "6f1c1f0e-0000-4000-8000-000000000001";
+        in.pipeline = "ai_record";
+        in.step = "tika";
+        in.attempt = 1;
+        in.ctx_json = "{}";
+        in.file_json = doc;
+        in.tmpdir = dir;
+        if (sl_step_start(vm, f, &in, step_cb, &res[i], &steps[i]) == 0)
+            started++;
+    }
+    CHECK(started == n);
+    spin(500);
+    CHECK(sl_flowvm_running(vm) == n);
+    struct mallinfo2 m1 = mallinfo2();
+    size_t l1 = sl_flowvm_memory(vm);
+    printf("parked_tika_step_bytes: %.0f heap (%.0f of it Lua) per step, %d tika steps parked "
+           "(8 in curl, the rest waiting for the service's slot)\n",
+           ((double)m1.uordblks - (double)m0.uordblks) / n, ((double)l1 - (double)l0) / n, n);
+    for (int i = 0; i < n; i++)
+        sl_step_cancel(steps[i]);
+    spin(100);
+    int called = 0;
+    for (int i = 0; i < n; i++)
+        called += res[i].called;
+    CHECK(called == n);
+out:
+    sl_flow_unref(f);
+    sl_flowvm_free(vm);
+    sl_curl_free(curl);
+    sl_config_free(cfg);
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+    free(res);
+    free(steps);
+}
+
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 1000;
@@ -115,6 +227,7 @@ int main(int argc, char **argv)
 
     if (n < 10)
         n = 10;
+    signal(SIGPIPE, SIG_IGN);
     base = event_base_new();
     memset(&host, 0, sizeof host);
     host.base = base;
@@ -194,6 +307,7 @@ int main(int argc, char **argv)
     free(steps);
     sl_flow_unref(f);
     sl_flowvm_free(vm);
+    measure_tika(n);
     event_base_free(base);
     return check_summary();
 }

@@ -1157,13 +1157,7 @@ static void step_free_fields(sl_step_t *s)
 {
     if (s->ev)
         event_free(s->ev);
-    free(s->run_id);
-    free(s->tenant_id);
-    free(s->dataset_id);
-    free(s->file_id);
-    free(s->pipeline);
-    free(s->step);
-    free(s->tmpdir);
+    free(s->ids); /* run_id ... tmpdir */
     free(s->ctx_in);
     free(s->file_in);
     free(s->file_path);
@@ -1456,6 +1450,34 @@ static void step_ev_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/*
+ * Copies the step's names (run_id, tenant_id, dataset_id, file_id, pipeline,
+ * step, tmpdir) into one block, s->ids (a parked step keeps one allocation,
+ * not seven). tmpdir stays NULL when the input has none; s->ids NULL: no memory.
+ */
+static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f)
+{
+    const char *src[7] = {in->run_id, in->tenant_id, in->dataset_id, in->file_id,
+                          in->pipeline ? in->pipeline : f->name, in->step, in->tmpdir};
+    char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
+                     &s->pipeline, &s->step, &s->tmpdir};
+    size_t len[7], total = 0, off = 0;
+
+    for (int i = 0; i < 7; i++) {
+        len[i] = src[i] != NULL ? strlen(src[i]) : 0;
+        total += len[i] + 1;
+    }
+    if ((s->ids = malloc(total)) == NULL)
+        return;
+    for (int i = 0; i < 7; i++) {
+        if (src[i] == NULL && i == 6)
+            continue; /* no tmpdir */
+        memcpy(s->ids + off, src[i] != NULL ? src[i] : "", len[i] + 1);
+        *dst[i] = s->ids + off;
+        off += len[i] + 1;
+    }
+}
+
 int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_step_cb cb,
                   void *arg, sl_step_t **out)
 {
@@ -1477,19 +1499,12 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->cb = cb;
     s->arg = arg;
     s->t0 = now_s();
-    s->run_id = xstrdup(in->run_id);
-    s->tenant_id = xstrdup(in->tenant_id);
-    s->dataset_id = xstrdup(in->dataset_id);
-    s->file_id = xstrdup(in->file_id);
-    s->pipeline = xstrdup(in->pipeline ? in->pipeline : f->name);
-    s->step = xstrdup(in->step);
-    s->tmpdir = in->tmpdir ? strdup(in->tmpdir) : NULL;
+    copy_ids(s, in, f);
     s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
     s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
     /* both decoded when the step begins (step_entry): a bad one fails the step there */
     s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
-    if (!s->run_id || !s->tenant_id || !s->dataset_id || !s->file_id || !s->pipeline || !s->step ||
-        (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev) {
+    if (!s->ids || !s->ctx_in || !s->file_in || !s->ev) {
         step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }

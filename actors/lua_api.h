@@ -118,7 +118,8 @@ struct sl_step_s {
     double held_s;       /* > 0: a service held this step's last call back this long */
     char held_reason[SL_SVC_REASON_MAX];
     double t0;
-    /* copied inputs */
+    /* copied inputs: the names point into one owned block, ids (tmpdir may be NULL) */
+    char *ids;
     char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
     char *ctx_in;    /* the ctx as given: decoded when the step begins; the fallback result */
     char *file_in;   /* the file document as given: freed once decoded when the step begins */

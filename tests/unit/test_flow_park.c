@@ -14,18 +14,18 @@
 #include "core/curl.h"
 #include "core/err.h"
 
+#include <arpa/inet.h>
 #include <event2/event.h>
 #include <jansson.h>
-#include <arpa/inet.h>
 #include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -264,7 +264,13 @@ int main(int argc, char **argv)
     json_decref(doc);
     json_decref(ctx);
 
-    /* Changing the shared schema fails the step, and the next step sees it unchanged. */
+    /* Changing the shared schema fails the step, and the next step sees it
+     * unchanged: the same shared table (a parked step keeps it alive), put back. */
+    res_t held;
+    sl_step_t *holder = NULL;
+    CHECK(start(vm, f, "park", "6f1c1f0e-0000-4000-8000-0000000000d5", &held, &holder) == 0);
+    spin(50);
+    CHECK(held.called == 0);
     CHECK(run_one(vm, f, "poke", &one));
     CHECK(!one.ok && strcmp(one.err, "lua_error") == 0 && strstr(one.detail, "read-only") != NULL);
     CHECK(run_one(vm, f, "add", &one));
@@ -272,6 +278,9 @@ int main(int argc, char **argv)
     CHECK(run_one(vm, f, "look", &one));
     CHECK(one.ok && strstr(one.ctx, "\"title\":\"string\"") != NULL &&
           strstr(one.ctx, "extra") == NULL);
+    sl_step_cancel(holder);
+    spin(50);
+    CHECK(held.called == 1 && strcmp(held.err, "cancelled") == 0);
 
     /* Measure: N steps parked on sl.sleep(3600). */
     res = calloc((size_t)n, sizeof *res);

@@ -908,6 +908,142 @@ int sl_flow_err_transient(const char *err)
 }
 
 /* ------------------------------------------------------------------------ */
+/* file.schema: one decoded table per dataset and schema, shared read-only    */
+/* ------------------------------------------------------------------------ */
+
+/* Takes a reference on the entry for s's dataset and this schema (borrowed), made if new. */
+static int schema_acquire(sl_step_t *s, json_t *schema)
+{
+    sl_flowvm_t *vm = s->vm;
+    char *text = json_dumps(schema, JSON_COMPACT), *key = NULL;
+    sl_flow_schema_t *e;
+    size_t dl = strlen(s->dataset_id), tl;
+    int rc = SL_ENOMEM;
+
+    if (text == NULL)
+        goto out;
+    tl = strlen(text);
+    if ((key = malloc(dl + 1 + tl + 1)) == NULL)
+        goto out;
+    memcpy(key, s->dataset_id, dl);
+    key[dl] = '\n';
+    memcpy(key + dl + 1, text, tl + 1);
+    for (e = vm->schemas; e != NULL; e = e->next)
+        if (strcmp(e->key, key) == 0)
+            break;
+    if (e == NULL) {
+        if ((e = calloc(1, sizeof(*e))) == NULL)
+            goto out;
+        e->key = key;
+        key = NULL;
+        e->j = json_incref(schema);
+        e->ref = LUA_NOREF;
+        e->next = vm->schemas;
+        if (vm->schemas != NULL)
+            vm->schemas->prev = e;
+        vm->schemas = e;
+        vm->nschemas++;
+    }
+    e->refs++;
+    s->schema = e;
+    rc = 0;
+out:
+    free(key);
+    free(text);
+    return rc;
+}
+
+/* Drops a step's reference (e may be NULL); the last one frees the entry and its table. */
+static void schema_release(sl_flowvm_t *vm, sl_flow_schema_t *e)
+{
+    if (e == NULL || --e->refs > 0)
+        return;
+    if (e->prev != NULL)
+        e->prev->next = e->next;
+    else
+        vm->schemas = e->next;
+    if (e->next != NULL)
+        e->next->prev = e->prev;
+    vm->nschemas--;
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, e->ref);
+    json_decref(e->j);
+    free(e->key);
+    free(e);
+}
+
+json_t *sl_flow__step_schema(const sl_step_t *s)
+{
+    return s->schema != NULL ? s->schema->j : NULL;
+}
+
+/*
+ * 1 when the shared table no longer holds the schema it was decoded from: the
+ * step that just ran changed it (or gave it a metatable). Checked after every
+ * resume, so before any other step runs; one walk of the schema.
+ */
+static int schema_changed(sl_step_t *s)
+{
+    lua_State *L = s->vm->L;
+    char err[64];
+    json_t *now;
+    int same, top = lua_gettop(L);
+
+    if (s->schema == NULL || s->schema->ref == LUA_NOREF)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->schema->ref);
+    now = sl_flow__to_json(L, -1, err, sizeof(err));
+    same = now != NULL && json_equal(now, s->schema->j) && !lua_getmetatable(L, -1);
+    lua_settop(L, top);
+    json_decref(now);
+    return !same;
+}
+
+/* Protected: refills the shared table (argument 1: the entry) from the schema, in place. */
+static int schema_restore_protected(lua_State *L)
+{
+    sl_flow_schema_t *e = lua_touserdata(L, 1);
+    const char *k;
+    json_t *v;
+
+    lua_settop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref); /* 2 */
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) { /* clearing fields while traversing is allowed */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, 2);
+    }
+    json_object_foreach(e->j, k, v)
+    {
+        lua_pushstring(L, k);
+        sl_flow__push_json(L, v);
+        lua_rawset(L, 2);
+    }
+    lua_pushnil(L);
+    lua_setmetatable(L, 2);
+    return 0;
+}
+
+/*
+ * Puts the shared table back as it was, so the other steps (parked with it)
+ * never see the change. Without memory for that, the entry gets a new table
+ * at its next use instead.
+ */
+static void schema_restore(sl_step_t *s)
+{
+    lua_State *L = s->vm->L;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, schema_restore_protected);
+    lua_pushlightuserdata(L, s->schema);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->schema->ref);
+        s->schema->ref = LUA_NOREF;
+    }
+    lua_settop(L, top);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Steps                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -991,7 +1127,7 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     lua_State *L = s->vm->L;
 
     cancel_op(s);
-    evtimer_del(s->timer);
+    evtimer_del(s->ev); /* the deadline; re-armed below for the delivery */
     s->ok = ok;
     /* on success err is the step's note (or NULL) */
     snprintf(s->err, sizeof(s->err), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
@@ -1021,19 +1157,12 @@ static void step_free_fields(sl_step_t *s)
 {
     if (s->ev)
         event_free(s->ev);
-    if (s->timer)
-        event_free(s->timer);
-    free(s->run_id);
-    free(s->tenant_id);
-    free(s->dataset_id);
-    free(s->file_id);
-    free(s->pipeline);
-    free(s->step);
-    free(s->tmpdir);
+    free(s->ids); /* run_id ... tmpdir */
     free(s->ctx_in);
     free(s->file_in);
-    json_decref(s->ctx_j);
-    json_decref(s->file_j);
+    free(s->file_path);
+    json_decref(s->entry_j);
+    schema_release(s->vm, s->schema);
     free(s->detail);
     free(s->ctx_out);
     free(s);
@@ -1078,12 +1207,56 @@ static int step_entry_k(lua_State *L, int status, lua_KContext k)
     return lua_gettop(L);
 }
 
-/* The inputs were parsed in sl_step_start (owned by the step, so a raise here leaks nothing). */
-static void push_input(lua_State *L, json_t *j, const char *what)
+/*
+ * Decodes the JSON object text (borrowed) into s->entry_j; raises
+ * "<what> is not a JSON object" otherwise. The step owns entry_j, so a raise
+ * while it is pushed leaks nothing (step_free_fields frees it).
+ */
+static json_t *parse_input(lua_State *L, sl_step_t *s, const char *text, const char *what)
 {
-    if (j == NULL || !json_is_object(j))
+    json_decref(s->entry_j);
+    s->entry_j = text != NULL ? json_loads(text, 0, NULL) : NULL;
+    if (s->entry_j == NULL || !json_is_object(s->entry_j))
         luaL_error(L, "%s is not a JSON object", what);
-    sl_flow__push_json(L, j);
+    return s->entry_j;
+}
+
+static void drop_input(sl_step_t *s)
+{
+    json_decref(s->entry_j);
+    s->entry_j = NULL;
+}
+
+/*
+ * Pushes the step's `file`: its own table of the document's fields, with
+ * file.schema the dataset's shared table (decoded by the first step that
+ * needs it). Only the path is kept in C (sl.exec); the document's text goes.
+ */
+static void push_file(lua_State *L, sl_step_t *s)
+{
+    json_t *f = parse_input(L, s, s->file_in, "file");
+    json_t *schema = json_object_get(f, "schema");
+    const char *path = json_string_value(json_object_get(f, "path"));
+
+    if (path != NULL && (s->file_path = strdup(path)) == NULL)
+        luaL_error(L, "out of memory");
+    if (json_is_object(schema)) {
+        if (schema_acquire(s, schema) != 0)
+            luaL_error(L, "out of memory");
+        json_object_del(f, "schema"); /* pushed below, shared */
+    }
+    sl_flow__push_json(L, f);
+    if (s->schema != NULL) {
+        if (s->schema->ref == LUA_NOREF) {
+            sl_flow__push_json(L, s->schema->j);
+            s->schema->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, s->schema->ref);
+        lua_setfield(L, -2, "schema");
+    }
+    drop_input(s);
+    free(s->file_in); /* decoded: the text is not needed again */
+    s->file_in = NULL;
 }
 
 static int step_entry(lua_State *L)
@@ -1091,10 +1264,11 @@ static int step_entry(lua_State *L)
     sl_step_t *s = sl_flow__step(L);
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->flow->run_refs[s->def - s->flow->steps]);
-    push_input(L, s->ctx_j, "ctx");
+    sl_flow__push_json(L, parse_input(L, s, s->ctx_in, "ctx"));
+    drop_input(s);
     lua_pushvalue(L, -1);
     s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    push_input(L, s->file_j, "file");
+    push_file(L, s);
     lua_callk(L, 2, LUA_MULTRET, 0, step_entry_k);
     return step_entry_k(L, LUA_OK, 0);
 }
@@ -1115,7 +1289,12 @@ static int begin_protected(lua_State *L)
 static void begin(sl_step_t *s)
 {
     lua_State *L = s->vm->L;
+    /* the deadline counts from sl_step_start, on the step's one event */
+    double left_ms = s->def->timeout_ms - (now_s() - s->t0) * 1000.0;
+    long ms = left_ms > 0 ? (long)left_ms : 0;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     s->state = SL_STEP_RUNNING;
+    evtimer_add(s->ev, &tv);
     lua_pushcfunction(L, begin_protected);
     lua_pushlightuserdata(L, s);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -1148,8 +1327,20 @@ void sl_flow__resume(sl_step_t *s, int nargs)
     vm->cur = s;
     st = lua_resume(co, vm->L, nargs, &nres);
     vm->cur = NULL;
+    if (schema_changed(s)) {
+        schema_restore(s);
+        if (st == LUA_YIELD || st == LUA_OK) {
+            finish(s, 0, "lua_error",
+                   "file.schema is read-only: the runs of a dataset share it "
+                   "(copy the values to change them)");
+            return;
+        }
+    }
     if (st == LUA_YIELD) {
-        lua_pop(co, nres);
+        /* Also the yielding primitive's arguments and locals (its request
+         * table, ...): its op copied what it needs, and the results of the
+         * resume replace the whole frame anyway. */
+        lua_settop(co, 0);
         if (s->op == NULL)
             finish(s, 0, "lua_error", "the step yielded outside an sl primitive");
         return;
@@ -1240,24 +1431,51 @@ void sl_flow__resume_err(sl_step_t *s, const char *err)
     sl_flow__resume_with(s, push_err, (void *)err);
 }
 
+/*
+ * The step's one event, by state: NEW, zero timer: begin; RUNNING: the
+ * deadline; DONE, zero timer: deliver.
+ */
 static void step_ev_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_step_t *s = arg;
-    if (s->state == SL_STEP_NEW)
+    char d[96];
+    if (s->state == SL_STEP_NEW) {
         begin(s);
-    else if (s->state == SL_STEP_DONE)
+    } else if (s->state == SL_STEP_DONE) {
         deliver(s);
+    } else {
+        snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
+                 s->def->timeout_ms / 1000.0);
+        finish(s, 0, "timeout", d);
+    }
 }
 
-static void step_timeout_cb(evutil_socket_t fd, short what, void *arg)
+/*
+ * Copies the step's names (run_id, tenant_id, dataset_id, file_id, pipeline,
+ * step, tmpdir) into one block, s->ids (a parked step keeps one allocation,
+ * not seven). tmpdir stays NULL when the input has none; s->ids NULL: no memory.
+ */
+static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f)
 {
-    sl_step_t *s = arg;
-    char d[96];
-    if (s->state == SL_STEP_DONE)
+    const char *src[7] = {in->run_id, in->tenant_id, in->dataset_id, in->file_id,
+                          in->pipeline ? in->pipeline : f->name, in->step, in->tmpdir};
+    char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
+                     &s->pipeline, &s->step, &s->tmpdir};
+    size_t len[7], total = 0, off = 0;
+
+    for (int i = 0; i < 7; i++) {
+        len[i] = src[i] != NULL ? strlen(src[i]) : 0;
+        total += len[i] + 1;
+    }
+    if ((s->ids = malloc(total)) == NULL)
         return;
-    snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
-             s->def->timeout_ms / 1000.0);
-    finish(s, 0, "timeout", d);
+    for (int i = 0; i < 7; i++) {
+        if (src[i] == NULL && i == 6)
+            continue; /* no tmpdir */
+        memcpy(s->ids + off, src[i] != NULL ? src[i] : "", len[i] + 1);
+        *dst[i] = s->ids + off;
+        off += len[i] + 1;
+    }
 }
 
 int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_step_cb cb,
@@ -1281,21 +1499,12 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->cb = cb;
     s->arg = arg;
     s->t0 = now_s();
-    s->run_id = xstrdup(in->run_id);
-    s->tenant_id = xstrdup(in->tenant_id);
-    s->dataset_id = xstrdup(in->dataset_id);
-    s->file_id = xstrdup(in->file_id);
-    s->pipeline = xstrdup(in->pipeline ? in->pipeline : f->name);
-    s->step = xstrdup(in->step);
-    s->tmpdir = in->tmpdir ? strdup(in->tmpdir) : NULL;
+    copy_ids(s, in, f);
     s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
     s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
-    s->ctx_j = s->ctx_in ? json_loads(s->ctx_in, 0, NULL) : NULL; /* NULL: fails in the step */
-    s->file_j = s->file_in ? json_loads(s->file_in, 0, NULL) : NULL;
+    /* both decoded when the step begins (step_entry): a bad one fails the step there */
     s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
-    s->timer = evtimer_new(vm->host.base, step_timeout_cb, s);
-    if (!s->run_id || !s->tenant_id || !s->dataset_id || !s->file_id || !s->pipeline || !s->step ||
-        (in->tmpdir && !s->tmpdir) || !s->ctx_in || !s->file_in || !s->ev || !s->timer) {
+    if (!s->ids || !s->ctx_in || !s->file_in || !s->ev) {
         step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }
@@ -1305,9 +1514,7 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
         vm->steps->prev = s;
     vm->steps = s;
     vm->nsteps++;
-    struct timeval tv = {def->timeout_ms / 1000, (def->timeout_ms % 1000) * 1000};
-    evtimer_add(s->timer, &tv);
-    evtimer_add(s->ev, &zero);
+    evtimer_add(s->ev, &zero); /* begin() arms the deadline */
     if (out != NULL)
         *out = s;
     return 0;

@@ -9,7 +9,9 @@
  *   1. checks its arguments and that it runs inside a step (sl_flow__check_step);
  *   2. allocates its op (a struct whose first member is sl_flow_op_t), starts
  *      the operation, and records it with sl_flow__set_op(s, &op->hdr, cancel);
- *   3. returns lua_yield(L, 0).
+ *   3. returns lua_yield(L, 0). The primitive's stack (its arguments) is
+ *      dropped when it yields (a parked step keeps less): the op must own
+ *      what it still needs, never borrow from the Lua stack past the yield.
  * When the operation completes (on the loop, later) its callback calls
  * sl_flow__op_take(&op->hdr): NULL means the op was detached (the step timed
  * out, was cancelled or the VM is gone) and the callback just frees the op;
@@ -51,6 +53,21 @@ struct sl_flow_op_s {
     sl_step_t *step; /* NULL once detached */
 };
 
+/*
+ * A dataset's record schema (file.schema), decoded once and shared read-only
+ * by the steps that run on files of that dataset (docs/internals/flow.md,
+ * "Memory of a parked run"). Keyed by dataset id and the schema's JSON text,
+ * so a changed schema gets an entry of its own; freed with its last step.
+ */
+typedef struct sl_flow_schema_s sl_flow_schema_t;
+struct sl_flow_schema_s {
+    char *key; /* owned: "<dataset id>\n<compact schema JSON>" */
+    json_t *j; /* owned: the schema as parsed, in the client's property order */
+    int ref;   /* registry ref of the decoded Lua table, or LUA_NOREF before the first use */
+    int refs;  /* steps holding it */
+    sl_flow_schema_t *prev, *next;
+};
+
 struct sl_flowvm_s {
     lua_State *L;
     sl_flow_host_t host; /* copy; lib_dir and tmp_root point at owned copies below */
@@ -66,6 +83,8 @@ struct sl_flowvm_s {
     sl_flow_t *flows; /* every flow still referenced (doubly linked) */
     int freeing;
     sl_flow_check_t *checking; /* the flow source being loaded and checked, or NULL */
+    sl_flow_schema_t *schemas; /* shared file.schema tables in use (doubly linked) */
+    int nschemas;
 };
 
 struct sl_flow_s {
@@ -92,18 +111,21 @@ struct sl_step_s {
     lua_State *co;
     int co_ref, ctx_ref;
     sl_flow_op_t *op;    /* the pending op, or NULL */
-    struct event *ev;    /* start (NEW) and delivery (DONE) */
-    struct event *timer; /* the step's deadline */
+    struct event *ev;    /* start (NEW), the deadline (RUNNING), delivery (DONE) */
     long instr;          /* instructions used by this attempt */
     long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
     const char *killed;  /* budget exceeded: every pcall re-raises */
     double held_s;       /* > 0: a service held this step's last call back this long */
     char held_reason[SL_SVC_REASON_MAX];
     double t0;
-    /* copied inputs */
+    /* copied inputs: the names point into one owned block, ids (tmpdir may be NULL) */
+    char *ids;
     char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
-    char *ctx_in, *file_in;
-    json_t *ctx_j, *file_j; /* parsed inputs (NULL if not JSON) */
+    char *ctx_in;    /* the ctx as given: decoded when the step begins; the fallback result */
+    char *file_in;   /* the file document as given: freed once decoded when the step begins */
+    char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step begins */
+    json_t *entry_j; /* a document being decoded as the step begins (freed if that raises) */
+    sl_flow_schema_t *schema; /* file.schema, shared by the dataset's steps; NULL: none */
     int attempt;
     /* result */
     int ok;
@@ -204,6 +226,10 @@ void sl_flow__resume_with(sl_step_t *s, lua_CFunction push, void *ud);
 
 /** Resumes with nil, err (err borrowed). */
 void sl_flow__resume_err(sl_step_t *s, const char *err);
+
+/** The dataset schema the running step's file.schema was decoded from, in the
+ *  client's property order (borrowed from s; valid while the step lives), or NULL. */
+json_t *sl_flow__step_schema(const sl_step_t *s);
 
 /** The registry key (light userdata address) of the metatable of decoded JSON arrays. */
 const void *sl_flow__array_mt_key(void);

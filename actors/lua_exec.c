@@ -209,7 +209,7 @@ static void add_input(lua_State *L, exec_op_t *op)
  * textract's base64) name it without saying so. */
 static void add_run_file(lua_State *L, exec_op_t *op, const sl_step_t *s)
 {
-    const char *path = json_string_value(json_object_get(s->file_j, "path"));
+    const char *path = s->file_path;
     if (path == NULL || path[0] == '\0')
         return;
     for (int i = 0; i < op->ninputs; i++)

@@ -51,7 +51,7 @@ static int schemabox_gc(lua_State *L)
 static json_t *in_order(lua_State *L, json_t *j)
 {
     sl_step_t *s = sl_flow__step(L);
-    json_t *written = s != NULL ? json_object_get(s->file_j, "schema") : NULL;
+    json_t *written = s != NULL ? sl_flow__step_schema(s) : NULL;
     json_t *sorted;
     char *text;
 

@@ -88,9 +88,10 @@ struct sl_run_s {
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
     struct event *timer; /* retry delay */
-    char tmpdir[640];
-    char blob_key[SL_STORE_KEY_MAX + 1]; /* s3 (issue 12): a blob with no local path, fetched
-                                            into tmpdir before the flow starts; "" otherwise */
+    char *tmpdir;        /* owned: this actor's scratch dir, "" when it could not be made */
+    char *blob_key;      /* owned; s3 (issue 12): a blob with no local path, fetched into tmpdir
+                            before the flow starts; NULL otherwise (heap, not fixed buffers: a
+                            parked run keeps only what it needs, issue 10) */
     sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
     lifelog_t ll;        /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
@@ -152,13 +153,15 @@ static void run_free(sl_run_t *r)
         sl_flow_unref(r->flow);
     free(r->ctx_json);
     free(r->file_json);
+    free(r->tmpdir);
+    free(r->blob_key);
     free(r);
 }
 
 /* The actor is done: scratch dir removed by a subprocess, scheduler told. */
 static void run_end(sl_run_t *r)
 {
-    if (r->tmpdir[0]) {
+    if (r->tmpdir && r->tmpdir[0]) {
         const char *argv[] = {"rm", "-rf", "--", r->tmpdir, NULL};
         sl_exec_opts_t o = {0};
         o.argv = argv;
@@ -584,8 +587,11 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     char path[1024];
     if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0)
         json_object_set_new(f, "path", json_string(path));
-    else if (key && sl_store_key_valid(key)) /* s3 (issue 12): fetched at the start */
-        snprintf(r->blob_key, sizeof r->blob_key, "%s", key);
+    else if (key && sl_store_key_valid(key) && /* s3 (issue 12): fetched at the start */
+             (r->blob_key = strdup(key)) == NULL) {
+        json_decref(f);
+        return NULL;
+    }
     const char *bucket = sl_store_s3_bucket(r->ctx.store);
     if (key && bucket) /* file.s3: where Textract's asynchronous API reads it */
         json_object_set_new(f, "s3", json_pack("{s:s, s:s}", "bucket", bucket, "key", key));
@@ -722,9 +728,12 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
      * removes its dir (rm -rf on a worker) while the run may already run again
      * here, in a new actor that must not share it (found by the faults pass). */
     static unsigned actor_seq;
-    snprintf(r->tmpdir, sizeof r->tmpdir, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id, (long)getpid(),
-             ++actor_seq);
-    if (!r->ctx_json || !r->file_json || !r->timer) {
+    int tlen =
+        snprintf(NULL, 0, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id, (long)getpid(), ++actor_seq);
+    if (tlen > 0 && (r->tmpdir = malloc((size_t)tlen + 1)) != NULL)
+        snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id,
+                 (long)getpid(), actor_seq);
+    if (!r->ctx_json || !r->file_json || !r->timer || !r->tmpdir) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;
@@ -742,7 +751,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
 
     /* s3 (issue 12): the blob has no local file (S3): copy it into the scratch
      * dir first; blob_fetched_cb goes on. */
-    if (r->blob_key[0] && r->tmpdir[0]) {
+    if (r->blob_key && r->tmpdir[0]) {
         rs->has_version = c->flow_version != NULL;
         snprintf(rs->version, sizeof rs->version, "%s", c->flow_version ? c->flow_version : "");
         r->busy = 1;

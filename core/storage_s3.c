@@ -81,13 +81,32 @@ typedef struct s3_part_s {
 
 enum { X_NONE, X_CREATE, X_PART, X_PUT, X_COMPLETE };
 
+/*
+ * A part on its way out. ship_part() moves the full buffer here and queues
+ * hash_work() on the pool; from then until hash_done() runs on the loop the
+ * job owns `buf` and the writer's `sha`: the loop neither reads nor writes
+ * them (it fills a fresh buffer meanwhile, and nothing else uses `sha`
+ * before commit, which waits for the job). hash_done() hands `buf` to curl
+ * (which copies it) and frees it.
+ */
+typedef struct s3_ship_s {
+    char *buf; /* owned by the job while hashing, then by hash_done */
+    size_t len;
+    int whole;            /* PutObject (no upload) rather than UploadPart */
+    int err;              /* worker: a digest failed */
+    unsigned char md[32]; /* worker: SHA-256 of buf */
+} s3_ship_t;
+
 typedef struct s3_writer_s {
     sl_store_writer_t base;
     s3_store_t *st;
     char key[SL_STORE_KEY_MAX + 1];
-    char *buf; /* the part being filled; cap grows past part_size only by what one write brings */
+    char *buf; /* loop: the part being filled; cap grows past part_size only by what one write
+                  brings */
     size_t len, cap;
-    EVP_MD_CTX *sha; /* whole object */
+    EVP_MD_CTX *sha; /* whole object: updated by hash_work on the pool, one part at a time */
+    s3_ship_t ship;  /* the part being hashed (hashing != 0) */
+    int hashing;     /* loop: hash_work is queued or running; counts as a request in flight */
     uint64_t size;
     char *head; /* first S3_HEAD_MAX bytes */
     size_t head_len;
@@ -101,6 +120,7 @@ typedef struct s3_writer_s {
     struct event *report_ev;
     int err; /* sticky */
     int committing, sniffing, aborted;
+    int finalized; /* sha finalised into info.sha256_hex */
     sl_store_info_t info;
 } s3_writer_t;
 
@@ -199,10 +219,12 @@ static int object_url(const s3_store_t *st, const char *key, const char *query, 
     return (n < 0 || (size_t)n >= cap) ? SL_ETOOBIG : 0;
 }
 
+/* payload_hex: the body's hex SHA-256 when the caller has it (hashed on the
+ * pool), else NULL (curl hashes a memory body: small ones only). */
 static int s3_request(s3_store_t *st, const char *method, const char *url,
                       const char *const *headers, size_t n_headers, const void *body,
-                      size_t body_len, long timeout_ms, size_t max_resp, sl_curl_cb cb, void *arg,
-                      sl_curl_xfer_t **out)
+                      size_t body_len, const char *payload_hex, long timeout_ms, size_t max_resp,
+                      sl_curl_cb cb, void *arg, sl_curl_xfer_t **out)
 {
     sl_sigv4_creds_t creds = {.access_key_id = st->akid,
                               .secret_access_key = st->secret,
@@ -218,7 +240,8 @@ static int s3_request(s3_store_t *st, const char *method, const char *url,
                             .timeout_ms = timeout_ms,
                             .max_response_bytes = max_resp,
                             .sigv4 = &creds,
-                            .sigv4_flags = SL_SIGV4_S3};
+                            .sigv4_flags = SL_SIGV4_S3,
+                            .sigv4_payload_sha256 = payload_hex};
     return sl_curl_request(st->curl, &o, cb, arg, out);
 }
 
@@ -254,6 +277,7 @@ static void writer_free(s3_writer_t *w)
     if (w->sha)
         EVP_MD_CTX_free(w->sha);
     free(w->buf);
+    free(w->ship.buf);
     free(w->head);
     free(w->parts);
     free(w);
@@ -284,8 +308,8 @@ static void send_abort(s3_store_t *st, const char *key, const char *upload_id)
     snprintf(q, sizeof q, "uploadId=%s", id);
     if (object_url(st, key, q, url, sizeof url) != 0)
         goto fail;
-    if (s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, abort_sent_cb, op,
-                   NULL) != 0)
+    if (s3_request(st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0, abort_sent_cb,
+                   op, NULL) != 0)
         goto fail;
     return;
 fail:
@@ -339,23 +363,26 @@ static int start_create(s3_writer_t *w)
     const char *hdr[] = {"x-amz-checksum-algorithm: SHA256"};
     int err = object_url(w->st, w->key, "uploads", url, sizeof url);
     if (err == 0)
-        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, xfer_done_cb,
-                         w, &w->xfer);
+        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         xfer_done_cb, w, &w->xfer);
     if (err == 0)
         w->xkind = X_CREATE;
     return err;
 }
 
-/* Sends the buffer as part nparts+1 (UploadPart) or as the whole object
- * (PutObject when there is no upload). curl copies the body: the buffer is
- * free for the next part as soon as this returns. */
-static int start_part(s3_writer_t *w)
-{
-    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 64], id[S3_ID_MAX * 3];
-    char cks[96];
-    unsigned char md[32], b64[48];
-    int err, whole = w->upload_id[0] == '\0';
+/*
+ * Ships the buffer as part nparts+1 (UploadPart) or as the whole object
+ * (PutObject when there is no upload): the buffer moves to w->ship (a fresh
+ * one fills meanwhile) and the pool hashes it, since ~8 MiB of SHA-256 twice
+ * (the part's digest and the object's running one) is 10+ ms the loop must
+ * not spend. hash_done() sends it. The job counts as the request in flight.
+ */
+static void hash_work(void *arg);
+static void hash_done(void *arg);
 
+static int ship_part(s3_writer_t *w)
+{
+    int whole = w->upload_id[0] == '\0';
     if (!whole && w->nparts >= S3_MAX_PARTS)
         return SL_ETOOBIG;
     if (!whole && w->nparts == w->parts_cap) {
@@ -366,14 +393,53 @@ static int start_part(s3_writer_t *w)
         w->parts = p;
         w->parts_cap = cap;
     }
+    w->ship.buf = w->buf; /* taken by the job until hash_done */
+    w->ship.len = w->len;
+    w->ship.whole = whole;
+    w->ship.err = 0;
+    /* Serial key w: the object's SHA-256 takes the parts in order (and after
+     * the commit's sniff job, which does not touch sha). */
+    int err = sl_workq_submit(w->st->base.wq, w, hash_work, hash_done, w);
+    if (err) {
+        w->ship.buf = NULL;
+        return err; /* the buffer stays the loop's */
+    }
+    w->buf = NULL; /* the next write allocates a fresh buffer */
+    w->len = w->cap = 0;
+    w->hashing = 1;
+    return 0;
+}
+
+/* Pool: the part's digest and the object's running one. Touches only
+ * w->ship and w->sha (see s3_ship_t). */
+static void hash_work(void *arg)
+{
+    s3_writer_t *w = arg;
+    const char *b = w->ship.buf ? w->ship.buf : "";
+    if (EVP_DigestUpdate(w->sha, b, w->ship.len) != 1 ||
+        EVP_Digest(b, w->ship.len, w->ship.md, NULL, EVP_sha256(), NULL) != 1)
+        w->ship.err = SL_ENOMEM;
+}
+
+/* Loop: the part is hashed; send it with its digest as both the payload hash
+ * (x-amz-content-sha256, signed) and x-amz-checksum-sha256. curl copies the
+ * body, so the part's buffer is freed here. */
+static int send_part(s3_writer_t *w)
+{
+    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 64], id[S3_ID_MAX * 3];
+    char cks[96], hex[65];
+    unsigned char b64[48];
+    int err;
+
+    if (w->ship.err)
+        return w->ship.err;
     /* x-amz-checksum-sha256: base64 of the part's SHA-256; S3 checks it and
      * keeps it (the payload hash in the signature is checked as well). */
-    if (EVP_Digest(w->buf, w->len, md, NULL, EVP_sha256(), NULL) != 1)
-        return SL_ENOMEM;
-    EVP_EncodeBlock(b64, md, 32);
+    EVP_EncodeBlock(b64, w->ship.md, 32);
+    sl_hex(w->ship.md, 32, hex);
     snprintf(cks, sizeof cks, "x-amz-checksum-sha256: %s", (const char *)b64);
     const char *hdr[] = {cks};
-    if (whole) {
+    if (w->ship.whole) {
         err = object_url(w->st, w->key, NULL, url, sizeof url);
     } else {
         if ((err = query_escape(w->upload_id, id, sizeof id)) != 0)
@@ -383,34 +449,55 @@ static int start_part(s3_writer_t *w)
     }
     if (err)
         return err;
-    err = s3_request(w->st, "PUT", url, hdr, 1, w->buf ? w->buf : "", w->len, S3_PART_TIMEOUT_MS, 0,
-                     xfer_done_cb, w, &w->xfer);
+    err = s3_request(w->st, "PUT", url, hdr, 1, w->ship.buf ? w->ship.buf : "", w->ship.len, hex,
+                     S3_PART_TIMEOUT_MS, 0, xfer_done_cb, w, &w->xfer);
     if (err)
         return err;
-    w->xkind = whole ? X_PUT : X_PART;
-    if (!whole) {
+    w->xkind = w->ship.whole ? X_PUT : X_PART;
+    if (!w->ship.whole) {
         s3_part_t *p = &w->parts[w->nparts++];
         p->etag[0] = '\0';
         snprintf(p->cksum, sizeof p->cksum, "%s", (const char *)b64);
     }
-    w->len = 0;
     return 0;
+}
+
+static void hash_done(void *arg)
+{
+    s3_writer_t *w = arg;
+    w->hashing = 0;
+    int err = 0;
+    if (!w->aborted && !w->err)
+        err = send_part(w);
+    free(w->ship.buf); /* curl has its copy */
+    w->ship.buf = NULL;
+    w->ship.len = 0;
+    if (err && !w->err)
+        w->err = err;
+    if (w->aborted) {
+        abort_step(w);
+        return;
+    }
+    if (w->xfer)
+        return; /* xfer_done_cb carries on */
+    writer_kick(w);
+    commit_step(w);
 }
 
 /* What the writer does next when nothing is in flight: ship a full buffer
  * (creating the upload first), then let held bytes count as written. */
 static void writer_kick(s3_writer_t *w)
 {
-    if (w->xfer || w->err || w->aborted)
+    if (w->xfer || w->hashing || w->err || w->aborted)
         goto report;
     if (w->len >= w->st->part_size) {
-        int err = w->upload_id[0] ? start_part(w) : start_create(w);
+        int err = w->upload_id[0] ? ship_part(w) : start_create(w);
         if (err && !w->err)
             w->err = err;
     }
 report:
     /* Held while a full buffer waits for the request in flight. */
-    w->blocked = !w->err && w->len >= w->st->part_size && w->xfer != NULL;
+    w->blocked = !w->err && w->len >= w->st->part_size && (w->xfer || w->hashing);
     schedule_report(w);
 }
 
@@ -452,9 +539,7 @@ static int s3_write(sl_store_writer_t *base, const void *data, size_t len)
         w->buf = b;
         w->cap = cap;
     }
-    if (EVP_DigestUpdate(w->sha, data, len) != 1)
-        return SL_ENOMEM;
-    memcpy(w->buf + w->len, data, len);
+    memcpy(w->buf + w->len, data, len); /* hashed on the pool when it ships */
     w->len += len;
     if (w->head_len < S3_HEAD_MAX) {
         size_t n = S3_HEAD_MAX - w->head_len < len ? S3_HEAD_MAX - w->head_len : len;
@@ -489,8 +574,22 @@ static void sniff_done(void *arg)
 {
     s3_writer_t *w = arg;
     w->sniffing = 0;
-    if (!w->xfer)
-        commit_step(w);
+    commit_step(w);
+}
+
+/* The object's SHA-256, once every byte went through hash_work (no job runs:
+ * the loop owns sha again). One final block: cheap. */
+static int finalize_sha(s3_writer_t *w)
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (w->finalized)
+        return 0;
+    if (EVP_DigestFinal_ex(w->sha, md, &mdlen) != 1)
+        return SL_ENOMEM;
+    sl_hex(md, 32, w->info.sha256_hex);
+    w->finalized = 1;
+    return 0;
 }
 
 /* Complete's body: one <Part> per part, bounded by S3_MAX_PARTS. */
@@ -525,8 +624,8 @@ static int start_complete(s3_writer_t *w)
     if (!x)
         return SL_ENOMEM;
     const char *hdr[] = {"Content-Type: application/xml"};
-    err = s3_request(w->st, "POST", url, hdr, 1, x, len, S3_PART_TIMEOUT_MS, 0, xfer_done_cb, w,
-                     &w->xfer);
+    err = s3_request(w->st, "POST", url, hdr, 1, x, len, NULL, S3_PART_TIMEOUT_MS, 0, xfer_done_cb,
+                     w, &w->xfer);
     free(x);
     if (err == 0)
         w->xkind = X_COMPLETE;
@@ -538,23 +637,27 @@ static int start_complete(s3_writer_t *w)
  * that came back, or on the first error, report and free. */
 static void commit_step(s3_writer_t *w)
 {
-    if (!w->committing || w->xfer || w->sniffing)
+    if (!w->committing || w->xfer || w->hashing || w->sniffing)
         return;
     if (!w->err && w->committing == 1) {
         int err;
         if (!w->upload_id[0]) {
-            err = start_part(w); /* PutObject: the whole object */
+            err = ship_part(w); /* PutObject: the whole object */
             w->committing = 2;
         } else if (w->len > 0) {
-            err = start_part(w); /* the last part; back here when it is done */
+            err = ship_part(w); /* the last part; back here when it is done */
         } else {
-            err = start_complete(w);
+            err = finalize_sha(w);
+            if (err == 0)
+                err = start_complete(w);
             w->committing = 2;
         }
         if (err == 0)
             return;
         w->err = err;
     }
+    if (!w->err)
+        w->err = finalize_sha(w); /* after the PutObject: every byte was hashed */
     if (w->err && w->upload_id[0])
         send_abort(w->st, w->key, w->upload_id); /* nothing left behind */
     w->info.size = w->size;
@@ -565,13 +668,8 @@ static void commit_step(s3_writer_t *w)
 static int s3_commit(sl_store_writer_t *base)
 {
     s3_writer_t *w = (s3_writer_t *)base;
-    unsigned char md[32];
-    unsigned int mdlen = 0;
     if (w->err)
         return w->err;
-    if (EVP_DigestFinal_ex(w->sha, md, &mdlen) != 1)
-        return SL_ENOMEM;
-    sl_hex(md, 32, w->info.sha256_hex);
     /* libmagic on the pool (it reads files of its own, and takes time). */
     int err = sl_workq_submit(w->st->base.wq, w, sniff_work, sniff_done, w);
     if (err)
@@ -586,6 +684,8 @@ static int s3_commit(sl_store_writer_t *base)
  * other request, then aborts the upload and frees the writer. */
 static void abort_step(s3_writer_t *w)
 {
+    if (w->hashing)
+        return; /* a pool job owns the part and sha: hash_done comes back here */
     if (w->xfer) {
         if (w->xkind != X_CREATE)
             sl_curl_cancel(w->xfer); /* xfer_done_cb comes back here */
@@ -643,8 +743,8 @@ static int ranged_get(s3_op_t *op, size_t len, sl_curl_cb cb)
     snprintf(range, sizeof range, "Range: bytes=%llu-%llu", (unsigned long long)op->offset,
              (unsigned long long)(op->offset + len - 1));
     const char *hdr[] = {range};
-    return s3_request(op->st, "GET", url, hdr, 1, NULL, 0, S3_PART_TIMEOUT_MS, len + 65536, cb, op,
-                      NULL);
+    return s3_request(op->st, "GET", url, hdr, 1, NULL, 0, NULL, S3_PART_TIMEOUT_MS, len + 65536,
+                      cb, op, NULL);
 }
 
 /* The bytes of a ranged GET's answer: 206 (the range), 200 (a server that
@@ -736,8 +836,8 @@ static int s3_stat(sl_store_t *base, const char *key, sl_store_stat_cb cb, void 
     op->cb.stat = cb;
     int err = object_url(st, key, NULL, url, sizeof url);
     if (err == 0)
-        err = s3_request(st, "HEAD", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, stat_done_cb,
-                         op, NULL);
+        err = s3_request(st, "HEAD", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         stat_done_cb, op, NULL);
     if (err)
         free(op);
     return err;
@@ -766,8 +866,8 @@ static int s3_del(sl_store_t *base, const char *key, sl_store_done_cb cb, void *
     op->cb.done = cb;
     int err = object_url(st, key, NULL, url, sizeof url);
     if (err == 0)
-        err = s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, del_done_cb,
-                         op, NULL);
+        err = s3_request(st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         del_done_cb, op, NULL);
     if (err)
         free(op);
     return err;

@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S3_HEAD_MAX (64 * 1024)         /* bytes libmagic sees, as fs */
@@ -72,6 +73,12 @@ typedef struct s3_store_s {
     char *akid, *secret, *token; /* owned */
     magic_t magic;               /* one cookie, used under magic_mu on the pool */
     pthread_mutex_t magic_mu;
+    struct s3_writer_s *live; /* loop: open writers (the sweeper spares their uploads) */
+    char prefixes[SL_STORE_PREFIXES_MAX][64]; /* own key prefixes: the sweeper's scope */
+    int nprefixes;
+    long stale_after_s;       /* sweeper: abort uploads older than this; < 0: off */
+    struct event *sweep_ev;   /* owned: the periodic sweep, or NULL */
+    struct s3_sweep_s *sweep; /* the sweep running, or NULL */
 } s3_store_t;
 
 typedef struct s3_part_s {
@@ -100,6 +107,7 @@ typedef struct s3_ship_s {
 typedef struct s3_writer_s {
     sl_store_writer_t base;
     s3_store_t *st;
+    struct s3_writer_s *live_prev, *live_next; /* st->live */
     char key[SL_STORE_KEY_MAX + 1];
     char *buf; /* loop: the part being filled; cap grows past part_size only by what one write
                   brings */
@@ -272,6 +280,12 @@ static void schedule_report(s3_writer_t *w)
 
 static void writer_free(s3_writer_t *w)
 {
+    if (w->live_prev)
+        w->live_prev->live_next = w->live_next;
+    else if (w->st->live == w)
+        w->st->live = w->live_next;
+    if (w->live_next)
+        w->live_next->live_prev = w->live_prev;
     if (w->report_ev)
         event_free(w->report_ev);
     if (w->sha)
@@ -519,6 +533,10 @@ static int s3_put_begin(sl_store_t *base, const char *key, sl_store_writer_t **o
         writer_free(w);
         return SL_ENOMEM;
     }
+    w->live_next = st->live;
+    if (st->live)
+        st->live->live_prev = w;
+    st->live = w;
     *out = &w->base;
     return 0;
 }
@@ -949,12 +967,315 @@ fail:
     return err;
 }
 
+/* ---- the stale multipart upload sweeper ---- */
+
+/*
+ * A crash mid-upload (or an abort that could not be sent) leaves a multipart
+ * upload whose parts S3 keeps, and bills, until it is completed or aborted.
+ * The sweeper lists the uploads under each of the store's own prefixes
+ * (ListMultipartUploads, max 1000 per page, paged with key-marker and
+ * upload-id-marker) and aborts those initiated more than stale_after_s ago.
+ * The age is taken on S3's clock (the answer's Date header against each
+ * upload's Initiated), so a skewed local clock cannot make a fresh upload
+ * look old. Uploads of this process's open writers are never aborted; other
+ * instances' uploads in progress are safe as long as the age is well above
+ * the longest upload. One sweep at a time per store; one request at a time.
+ */
+#define S3_LIST_MAX_BYTES (4u * 1024 * 1024) /* one page of 1000 uploads is ~400 KiB */
+#define S3_SWEEP_PAGE 1000
+
+typedef struct sweep_item_s {
+    char key[SL_STORE_KEY_MAX + 1];
+    char id[S3_ID_MAX];
+} sweep_item_t;
+
+typedef struct s3_sweep_s {
+    s3_store_t *st;
+    int prefix_i; /* st->prefixes[prefix_i] is being listed */
+    char key_marker[SL_STORE_KEY_MAX + 1], id_marker[S3_ID_MAX]; /* next page; "" = first */
+    int truncated;
+    sweep_item_t *items; /* owned: the stale uploads of the page, aborted one by one */
+    int n_items, next_item;
+    int aborted, err;
+    sl_store_sweep_cb cb;
+    void *arg;
+} s3_sweep_t;
+
+static int sweep_list(s3_sweep_t *sw);
+static int sweep_abort_next(s3_sweep_t *sw);
+
+static void sweep_finish(s3_sweep_t *sw, int err)
+{
+    s3_store_t *st = sw->st;
+    if (!sw->err)
+        sw->err = err;
+    if (sw->aborted || sw->err)
+        sl_log(sw->err ? SL_LOG_WARN : SL_LOG_INFO, "s3_stale_uploads_swept", "{s:i, s:s}",
+               "aborted", sw->aborted, "error", sw->err ? sl_strerror(sw->err) : "");
+    st->sweep = NULL;
+    if (sw->cb)
+        sw->cb(sw->err, sw->aborted, sw->arg);
+    free(sw->items);
+    free(sw);
+}
+
+/* The bucket's URL with a query (no escaping: the query is built escaped). */
+static int bucket_url(const s3_store_t *st, const char *query, char *out, size_t cap)
+{
+    int n;
+    if (st->path_style)
+        n = snprintf(out, cap, "%s/%s?%s", st->scheme_host, st->bucket, query);
+    else
+        n = snprintf(out, cap, "%s://%s.%s/?%s", st->scheme, st->bucket, st->host_only, query);
+    return (n < 0 || (size_t)n >= cap) ? SL_ETOOBIG : 0;
+}
+
+/* The text of <tag>...</tag> between p and end (XML entities decoded:
+ * &amp; &lt; &gt; &quot; &apos;), or SL_EPROTO. */
+static int xml_field(const char *p, const char *end, const char *tag, char *out, size_t cap)
+{
+    char open[64], close[64];
+    snprintf(open, sizeof open, "<%s>", tag);
+    snprintf(close, sizeof close, "</%s>", tag);
+    const char *a = strstr(p, open);
+    if (!a || a >= end)
+        return SL_EPROTO;
+    a += strlen(open);
+    const char *b = strstr(a, close);
+    if (!b || b > end)
+        return SL_EPROTO;
+    static const struct {
+        const char *ent;
+        char c;
+    } ents[] = {{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&quot;", '"'}, {"&apos;", '\''}};
+    size_t o = 0;
+    while (a < b) {
+        char c = *a++;
+        if (c == '&') {
+            size_t k;
+            for (k = 0; k < sizeof ents / sizeof ents[0]; k++) {
+                size_t l = strlen(ents[k].ent);
+                if ((size_t)(b - a + 1) >= l && strncmp(a - 1, ents[k].ent, l) == 0) {
+                    c = ents[k].c;
+                    a += l - 1;
+                    break;
+                }
+            }
+            if (k == sizeof ents / sizeof ents[0])
+                return SL_EPROTO; /* numeric references: not in anything of ours */
+        }
+        if (o + 1 >= cap)
+            return SL_EPROTO;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* "2026-12-03T17:31:24.000Z" (Initiated) -> seconds, or -1. */
+static time_t parse_iso8601(const char *s)
+{
+    struct tm tm = {0};
+    const char *e = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!e)
+        return -1;
+    return timegm(&tm);
+}
+
+/* The Date header (RFC 7231 IMF-fixdate), else our clock. */
+static time_t s3_now(const sl_curl_result_t *res)
+{
+    const char *d = header_value(res, "Date");
+    struct tm tm = {0};
+    if (d && strptime(d, "%a, %d %b %Y %H:%M:%S GMT", &tm))
+        return timegm(&tm);
+    return time(NULL);
+}
+
+static int writer_owns(const s3_store_t *st, const char *upload_id)
+{
+    for (const s3_writer_t *w = st->live; w; w = w->live_next)
+        if (w->upload_id[0] && strcmp(w->upload_id, upload_id) == 0)
+            return 1;
+    return 0;
+}
+
+static void sweep_next_step(s3_sweep_t *sw)
+{
+    int err = 0;
+    if (sw->next_item < sw->n_items) {
+        err = sweep_abort_next(sw);
+    } else if (sw->truncated) {
+        err = sweep_list(sw);
+    } else if (++sw->prefix_i < sw->st->nprefixes) {
+        sw->key_marker[0] = sw->id_marker[0] = '\0';
+        err = sweep_list(sw);
+    } else {
+        sweep_finish(sw, 0);
+        return;
+    }
+    if (err)
+        sweep_finish(sw, err); /* from a callback: never synchronous to the caller */
+}
+
+static void sweep_abort_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_sweep_t *sw = arg;
+    const sweep_item_t *it = &sw->items[sw->next_item++];
+    int err = map_result(res);
+    if (err == SL_ECANCELED) {
+        sweep_finish(sw, err);
+        return;
+    }
+    if (err == 0) {
+        sw->aborted++;
+        sl_log(SL_LOG_INFO, "s3_stale_upload_aborted", "{s:s, s:s}", "key", it->key, "upload_id",
+               it->id);
+    } else if (err != SL_ENOTFOUND) { /* 404: gone meanwhile (another instance) */
+        log_failure("AbortMultipartUpload", it->key, res);
+        if (!sw->err)
+            sw->err = err;
+    }
+    sweep_next_step(sw);
+}
+
+static int sweep_abort_next(s3_sweep_t *sw)
+{
+    const sweep_item_t *it = &sw->items[sw->next_item];
+    char q[S3_ID_MAX * 3 + 16], id[S3_ID_MAX * 3], url[S3_URL_MAX];
+    int err = query_escape(it->id, id, sizeof id);
+    if (err)
+        return err;
+    snprintf(q, sizeof q, "uploadId=%s", id);
+    if ((err = object_url(sw->st, it->key, q, url, sizeof url)) != 0)
+        return err;
+    return s3_request(sw->st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                      sweep_abort_cb, sw, NULL);
+}
+
+static void sweep_list_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_sweep_t *sw = arg;
+    s3_store_t *st = sw->st;
+    const char *prefix = st->prefixes[sw->prefix_i];
+    int err = map_result(res);
+    if (err) {
+        if (err != SL_ECANCELED)
+            log_failure("ListMultipartUploads", prefix, res);
+        sweep_finish(sw, err == SL_ENOTFOUND ? SL_EIO : err);
+        return;
+    }
+    time_t now = s3_now(res);
+    char trunc[8] = "";
+    xml_text(res->body, "IsTruncated", trunc, sizeof trunc);
+    sw->truncated = strcmp(trunc, "true") == 0;
+    if (sw->truncated &&
+        (xml_text(res->body, "NextKeyMarker", sw->key_marker, sizeof sw->key_marker) != 0 ||
+         xml_text(res->body, "NextUploadIdMarker", sw->id_marker, sizeof sw->id_marker) != 0)) {
+        sweep_finish(sw, SL_EPROTO); /* truncated without markers: cannot go on safely */
+        return;
+    }
+    sw->n_items = sw->next_item = 0;
+    const char *p = res->body;
+    while (sw->n_items < S3_SWEEP_PAGE && (p = strstr(p, "<Upload>")) != NULL) {
+        const char *end = strstr(p, "</Upload>");
+        if (!end)
+            break;
+        sweep_item_t *it = &sw->items[sw->n_items];
+        char when[64];
+        int ok = xml_field(p, end, "Key", it->key, sizeof it->key) == 0 &&
+                 xml_field(p, end, "UploadId", it->id, sizeof it->id) == 0 &&
+                 xml_field(p, end, "Initiated", when, sizeof when) == 0;
+        p = end + 9;
+        if (!ok)
+            continue;
+        time_t t = parse_iso8601(when);
+        /* Ours only: under the prefix asked for, a key Sluice could have
+         * written, not an upload this process is writing, old enough. */
+        if (strncmp(it->key, prefix, strlen(prefix)) != 0 || !sl_store_key_valid(it->key) ||
+            writer_owns(st, it->id) || t < 0 || now - t < st->stale_after_s)
+            continue;
+        sw->n_items++;
+    }
+    sweep_next_step(sw);
+}
+
+static int sweep_list(s3_sweep_t *sw)
+{
+    char q[4 * (SL_STORE_KEY_MAX + S3_ID_MAX) + 256], a[3 * SL_STORE_KEY_MAX + 4], b[3 * S3_ID_MAX],
+        c[3 * 64 + 4], url[S3_URL_MAX + sizeof q];
+    int err = query_escape(sw->st->prefixes[sw->prefix_i], c, sizeof c);
+    if (err)
+        return err;
+    /* Parameters in canonical (sorted) order; "uploads" is the subresource. */
+    if (sw->key_marker[0]) {
+        if ((err = query_escape(sw->key_marker, a, sizeof a)) != 0 ||
+            (err = query_escape(sw->id_marker, b, sizeof b)) != 0)
+            return err;
+        snprintf(q, sizeof q, "key-marker=%s&max-uploads=%d&prefix=%s&upload-id-marker=%s&uploads",
+                 a, S3_SWEEP_PAGE, c, b);
+    } else {
+        snprintf(q, sizeof q, "max-uploads=%d&prefix=%s&uploads", S3_SWEEP_PAGE, c);
+    }
+    if ((err = bucket_url(sw->st, q, url, sizeof url)) != 0)
+        return err;
+    return s3_request(sw->st, "GET", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS,
+                      S3_LIST_MAX_BYTES, sweep_list_cb, sw, NULL);
+}
+
+static int s3_sweep(sl_store_t *base, sl_store_sweep_cb cb, void *arg)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    if (st->sweep)
+        return SL_EAGAIN;
+    if (st->stale_after_s < 0 || st->nprefixes == 0)
+        return SL_EINVAL;
+    s3_sweep_t *sw = calloc(1, sizeof *sw);
+    if (!sw || !(sw->items = calloc(S3_SWEEP_PAGE, sizeof *sw->items))) {
+        free(sw);
+        return SL_ENOMEM;
+    }
+    sw->st = st;
+    sw->cb = cb;
+    sw->arg = arg;
+    int err = sweep_list(sw);
+    if (err) {
+        free(sw->items);
+        free(sw);
+        return err;
+    }
+    st->sweep = sw;
+    return 0;
+}
+
+/* At open (first turn of the loop), then every stale_after_s / 4 (1 s..1 h). */
+static struct timeval sweep_interval(const s3_store_t *st)
+{
+    long s = st->stale_after_s / 4;
+    struct timeval tv = {s < 1 ? 1 : s > 3600 ? 3600 : s, 0};
+    return tv;
+}
+
+static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s3_store_t *st = arg;
+    int err = st->sweep ? 0 : s3_sweep(&st->base, NULL, NULL);
+    if (err)
+        sl_log(SL_LOG_WARN, "s3_sweep_not_started", "{s:s}", "error", sl_strerror(err));
+    struct timeval tv = sweep_interval(st);
+    evtimer_add(st->sweep_ev, &tv);
+}
+
 /* ---- the store ---- */
 
 static void s3_free(sl_store_t *base)
 {
     s3_store_t *st = (s3_store_t *)base;
-    sl_curl_free(st->curl); /* in-flight reads and aborts end with SL_ECANCELED */
+    if (st->sweep_ev)
+        event_free(st->sweep_ev);
+    sl_curl_free(st->curl); /* in-flight reads, aborts, a sweep end with SL_ECANCELED */
     if (st->magic)
         magic_close(st->magic);
     pthread_mutex_destroy(&st->magic_mu);
@@ -978,6 +1299,7 @@ static const sl_store_ops_t s3_ops = {
     .del = s3_del,
     .local_path = NULL, /* no local file: callers use fetch_local */
     .fetch_local = s3_fetch_local,
+    .sweep = s3_sweep,
     .free = s3_free,
 };
 
@@ -1048,8 +1370,29 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
         err = SL_ECONFIG;
         goto fail;
     }
+    st->stale_after_s = conf->abort_stale_uploads_after_s ? conf->abort_stale_uploads_after_s
+                                                          : SL_STORE_S3_STALE_DEFAULT_S;
+    static const char *const own[] = SL_STORE_OWN_PREFIXES;
+    const char *const *pf = conf->own_prefixes ? conf->own_prefixes : own;
+    err = SL_ECONFIG;
+    for (; *pf; pf++) {
+        size_t n = strlen(*pf);
+        if (st->nprefixes == SL_STORE_PREFIXES_MAX || n == 0 || n >= sizeof st->prefixes[0])
+            goto fail;
+        memcpy(st->prefixes[st->nprefixes++], *pf, n + 1);
+    }
+    err = SL_ENOMEM;
     if ((err = sl_curl_new(evb, &st->curl)) != 0)
         goto fail;
+    if (st->stale_after_s > 0) {
+        struct timeval now = {0, 0};
+        if (!(st->sweep_ev = evtimer_new(evb, sweep_timer_cb, st))) {
+            sl_curl_free(st->curl);
+            err = SL_ENOMEM;
+            goto fail;
+        }
+        evtimer_add(st->sweep_ev, &now);
+    }
     st->magic = magic_open(MAGIC_MIME_TYPE);
     if (st->magic && magic_load(st->magic, NULL) != 0) {
         magic_close(st->magic);

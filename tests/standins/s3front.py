@@ -48,7 +48,9 @@ s3rver only once it verifies: a refused body is never stored.
 What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
 ._S3rver_uploads/UPLOADID/{key,metadata,N,N.md5}):
   AbortMultipartUpload   DELETE /B/K?uploadId=U    (s3rver: 405 MethodNotAllowed)
-  ListMultipartUploads   GET /B?uploads             (s3rver: 501 NotImplemented)
+  ListMultipartUploads   GET /B?uploads             (s3rver: 501 NotImplemented; prefix,
+                         delimiter, max-uploads, key-marker, upload-id-marker,
+                         encoding-type and paging as the S3 API reference says)
   ListParts              GET /B/K?uploadId=U        (s3rver: 405 MethodNotAllowed)
   CompleteMultipartUpload checks before s3rver assembles (s3rver checks nothing):
     unknown upload or another key's -> 404 NoSuchUpload; part numbers not
@@ -95,6 +97,8 @@ CHUNK = 1 << 20
 MAX_SKEW = 15 * 60              # S3: RequestTimeTooSkewed past 15 minutes
 MAX_EXPIRES = 7 * 24 * 3600     # S3: X-Amz-Expires at most a week
 MIN_PART = 5 * 1024 * 1024      # S3: every part but the last >= 5 MiB
+OWNER_ID = "75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a"  # canonical id
+OWNER_NAME = "sluice-tests"
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 PRESIGN = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
@@ -568,7 +572,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_complete(d, spooled)
             return False
         if not key and "uploads" in q and self.command == "GET":
-            self.list_uploads(bucket, q.get("prefix", ""))
+            self.list_uploads(bucket, q)
             return True
         return False
 
@@ -588,30 +592,112 @@ class Handler(BaseHTTPRequestHandler):
                         '%s</ListPartsResult>' % (escape(bucket), escape(key), upload_id,
                                                   "".join(rows)))
 
-    def list_uploads(self, bucket, prefix):
-        rows = []
+    def list_uploads(self, bucket, q):
+        """ListMultipartUploads as the S3 API reference gives it (GET /B?uploads):
+        parameters prefix, delimiter, max-uploads (1..1000, default 1000),
+        key-marker, upload-id-marker (ignored without key-marker), encoding-type
+        (url). Uploads sorted by key, then by initiation time within a key
+        (then by id, so paging is stable). After key-marker K: keys > K, and
+        with upload-id-marker U also K's uploads after U: after it in the
+        listing order when U is one of K's uploads (so NextUploadIdMarker
+        pages lose nothing when ids do not sort by time), else those whose id
+        is lexicographically greater than U (the reference's wording). With a delimiter, keys
+        sharing prefix+...+delimiter are rolled into one CommonPrefixes entry,
+        which counts against max-uploads. Truncated answers carry
+        NextKeyMarker and NextUploadIdMarker (the last upload listed). Initiated
+        is the mtime of the upload's `key` file, written once when s3rver
+        creates the upload (the directory's mtime moves with every part)."""
+        prefix = q.get("prefix", "")
+        delim = q.get("delimiter", "")
+        enc = q.get("encoding-type")
+        if enc is not None and enc != "url":
+            raise Refusal(400, "InvalidArgument", "Invalid Encoding Method specified in Request",
+                          ArgumentName="encoding-type", ArgumentValue=enc)
+        try:
+            max_up = int(q.get("max-uploads", "1000"))
+        except ValueError:
+            max_up = -1
+        if max_up < 0 or str(max_up) != q.get("max-uploads", "1000").lstrip("+"):
+            raise Refusal(400, "InvalidArgument", "Provided max-uploads not an integer or "
+                          "within integer range", ArgumentName="max-uploads",
+                          ArgumentValue=q.get("max-uploads"))
+        max_up = min(max_up, 1000)
+        kmark = q.get("key-marker", "")
+        umark = q.get("upload-id-marker", "") if kmark else ""
         ud = self.uploads_dir(bucket)
         found = []
         if ud.is_dir():
             for d in ud.iterdir():
                 try:
                     key = (d / "key").read_text()
+                    t = (d / "key").stat().st_mtime
                 except OSError:
                     continue
-                if key.startswith(prefix):
-                    found.append((key, d.stat().st_mtime, d.name))
-        for key, mtime, uid in sorted(found):
-            rows.append("<Upload><Key>%s</Key><UploadId>%s</UploadId><Initiated>%s</Initiated>"
-                        "<StorageClass>STANDARD</StorageClass></Upload>"
-                        % (escape(key), uid,
-                           time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(mtime))))
+                if not key.startswith(prefix):
+                    continue
+                if kmark and (key < kmark or (key == kmark and not umark)):
+                    continue
+                found.append((key, t, d.name))
+        found.sort()
+        if umark:
+            # K's uploads after the marker: in listing order (initiation time)
+            # when the marker is one of them, which is what paging hands back;
+            # else those with a lexicographically greater id.
+            same = [f for f in found if f[0] == kmark]
+            pos = [i for i, f in enumerate(same) if f[2] == umark]
+            after = same[pos[0] + 1:] if pos else [f for f in same if f[2] > umark]
+            found = [f for f in found if f[0] != kmark] + after
+            found.sort()
+
+        def e(v):
+            return escape(quote(v, safe="/") if enc == "url" else v)
+        rows, prefixes, seen, n, truncated, last = [], [], set(), 0, False, None
+        for key, t, uid in found:
+            cp = None
+            if delim:
+                i = key.find(delim, len(prefix))
+                if i >= 0:
+                    cp = key[:i + len(delim)]
+            if cp is not None and cp in seen:
+                continue
+            if n == max_up:
+                truncated = True
+                break
+            n += 1
+            if cp is not None:
+                seen.add(cp)
+                prefixes.append("<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>" % e(cp))
+                last = (cp, "")
+                continue
+            last = (key, uid)
+            rows.append("<Upload><Key>%s</Key><UploadId>%s</UploadId>"
+                        "<Initiator><ID>%s</ID><DisplayName>%s</DisplayName></Initiator>"
+                        "<Owner><ID>%s</ID><DisplayName>%s</DisplayName></Owner>"
+                        "<StorageClass>STANDARD</StorageClass><Initiated>%s</Initiated>"
+                        "</Upload>"
+                        % (e(key), escape(uid), OWNER_ID, OWNER_NAME, OWNER_ID, OWNER_NAME,
+                           time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                           + ".%03dZ" % int((t % 1) * 1000)))
+        body = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListMultipartUploadsResult '
+                'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+                "<Bucket>%s</Bucket>" % escape(bucket),
+                "<KeyMarker>%s</KeyMarker>" % e(kmark),
+                "<UploadIdMarker>%s</UploadIdMarker>" % escape(umark)]
+        if truncated and last:
+            body.append("<NextKeyMarker>%s</NextKeyMarker>" % e(last[0]))
+            body.append("<NextUploadIdMarker>%s</NextUploadIdMarker>" % escape(last[1]))
+        if enc:
+            body.append("<EncodingType>url</EncodingType>")
+        if delim:
+            body.append("<Delimiter>%s</Delimiter>" % e(delim))
+        body.append("<Prefix>%s</Prefix>" % e(prefix))
+        body.append("<MaxUploads>%d</MaxUploads>" % max_up)
+        body.append("<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false"))
+        body.extend(rows)
+        body.extend(prefixes)
+        body.append("</ListMultipartUploadsResult>")
         self.state.add("served")
-        self.send_plain(200, '<?xml version="1.0" encoding="UTF-8"?>\n'
-                        '<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/'
-                        '2006-03-01/"><Bucket>%s</Bucket><Prefix>%s</Prefix><MaxUploads>1000'
-                        '</MaxUploads><IsTruncated>false</IsTruncated>%s'
-                        '</ListMultipartUploadsResult>' % (escape(bucket), escape(prefix),
-                                                            "".join(rows)))
+        self.send_plain(200, "".join(body))
 
     def check_complete(self, d, spooled):
         f, n = spooled

@@ -58,6 +58,9 @@
 #define S3_PART_TIMEOUT_MS 120000L /* one part, PutObject or ranged GET: >= 70 KB/s for 8 MiB */
 #define S3_SMALL_TIMEOUT_MS 30000L /* everything else */
 #define S3_MAX_PARTS 10000         /* S3's limit */
+#define S3_FETCH_WAIT_MS (10L * 60 * 1000) /* a local copy waits this long for S3 to come back */
+#define S3_RETRY_FIRST_MS 250L             /* then doubling ... */
+#define S3_RETRY_MAX_MS 15000L             /* ... up to this */
 
 typedef struct s3_store_s {
     sl_store_t base;
@@ -79,6 +82,7 @@ typedef struct s3_store_s {
     long stale_after_s;       /* sweeper: abort uploads older than this; < 0: off */
     struct event *sweep_ev;   /* owned: the periodic sweep, or NULL */
     struct s3_sweep_s *sweep; /* the sweep running, or NULL */
+    struct s3_op_s *waiting;  /* loop: fetch_local copies waiting to retry (S3 down) */
 } s3_store_t;
 
 typedef struct s3_part_s {
@@ -737,6 +741,12 @@ typedef struct s3_op_s {
     void *arg;
     int fd;          /* fetch_local */
     char path[4096]; /* fetch_local */
+    /* fetch_local, S3 unavailable: the retry timer (owned), the next delay,
+     * the monotonic deadline (ms), and the link in st->waiting while it waits */
+    struct event *retry_ev;
+    long backoff_ms;
+    int64_t deadline_ms;
+    struct s3_op_s *wprev, *wnext;
 } s3_op_t;
 
 static s3_op_t *op_new(s3_store_t *st, const char *key, void *arg)
@@ -893,12 +903,77 @@ static int s3_del(sl_store_t *base, const char *key, sl_store_done_cb cb, void *
 
 static void fetch_finish(s3_op_t *op, int err)
 {
+    if (op->retry_ev)
+        event_free(op->retry_ev);
     if (op->fd >= 0)
         close(op->fd);
     if (err)
         unlink(op->path); /* nothing left behind */
     op->cb.local(err, err ? NULL : op->path, 1, op->arg);
     free(op);
+}
+
+static void fetch_cb(const sl_curl_result_t *res, void *arg);
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wait_unlink(s3_op_t *op)
+{
+    if (op->wprev)
+        op->wprev->wnext = op->wnext;
+    else if (op->st->waiting == op)
+        op->st->waiting = op->wnext;
+    if (op->wnext)
+        op->wnext->wprev = op->wprev;
+    op->wprev = op->wnext = NULL;
+}
+
+/* The retry timer: ask for the same range again (nothing of the failed one
+ * was written, so the file's position is still op->offset). */
+static void fetch_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s3_op_t *op = arg;
+    wait_unlink(op);
+    int err = ranged_get(op, S3_FETCH_STEP, fetch_cb);
+    if (err)
+        fetch_finish(op, err);
+}
+
+/*
+ * S3 is unavailable (refused, timed out, 5xx): a run's copy waits for it
+ * rather than fail, retrying the range with backoff (250 ms doubling to
+ * 15 s) for up to S3_FETCH_WAIT_MS; the run stays busy (and leased)
+ * meanwhile. Returns 1 when a retry was scheduled.
+ */
+static int fetch_wait(s3_op_t *op)
+{
+    int64_t now = mono_ms();
+    if (!op->backoff_ms) {
+        op->backoff_ms = S3_RETRY_FIRST_MS;
+        op->deadline_ms = now + S3_FETCH_WAIT_MS;
+        sl_log(SL_LOG_WARN, "s3_fetch_waiting", "{s:s, s:i}", "key", op->key, "max_wait_s",
+               (int)(S3_FETCH_WAIT_MS / 1000));
+    }
+    if (now + op->backoff_ms > op->deadline_ms)
+        return 0;
+    if (!op->retry_ev && !(op->retry_ev = evtimer_new(op->st->evb, fetch_retry_cb, op)))
+        return 0;
+    struct timeval tv = {op->backoff_ms / 1000, (op->backoff_ms % 1000) * 1000};
+    if (evtimer_add(op->retry_ev, &tv) != 0)
+        return 0;
+    op->backoff_ms = op->backoff_ms * 2 > S3_RETRY_MAX_MS ? S3_RETRY_MAX_MS : op->backoff_ms * 2;
+    op->wnext = op->st->waiting;
+    if (op->wnext)
+        op->wnext->wprev = op;
+    op->st->waiting = op;
+    return 1;
 }
 
 /* One 8 MiB range at a time into the file (the write is to the page cache,
@@ -910,10 +985,16 @@ static void fetch_cb(const sl_curl_result_t *res, void *arg)
     size_t n;
     int err = range_body(op, res, S3_FETCH_STEP, &data, &n);
     if (err) {
-        if (err != SL_ENOTFOUND && err != SL_ECANCELED)
-            log_failure("GetObject", op->key, res);
+        if (err != SL_ENOTFOUND && err != SL_ECANCELED && !op->backoff_ms)
+            log_failure("GetObject", op->key, res); /* once per outage */
+        if (err == SL_EUNAVAIL && fetch_wait(op))
+            return;
         fetch_finish(op, err);
         return;
+    }
+    if (op->backoff_ms) {
+        sl_log(SL_LOG_INFO, "s3_fetch_resumed", "{s:s}", "key", op->key);
+        op->backoff_ms = 0; /* a later outage waits its own full time */
     }
     for (size_t o = 0; o < n;) {
         ssize_t k = write(op->fd, data + o, n - o);
@@ -1275,6 +1356,11 @@ static void s3_free(sl_store_t *base)
     s3_store_t *st = (s3_store_t *)base;
     if (st->sweep_ev)
         event_free(st->sweep_ev);
+    while (st->waiting) { /* copies waiting for S3: cancelled, as the ones in flight */
+        s3_op_t *op = st->waiting;
+        wait_unlink(op);
+        fetch_finish(op, SL_ECANCELED);
+    }
     sl_curl_free(st->curl); /* in-flight reads, aborts, a sweep end with SL_ECANCELED */
     if (st->magic)
         magic_close(st->magic);

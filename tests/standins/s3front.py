@@ -60,8 +60,9 @@ What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
 Control (no signature): GET /_stats (counters), POST /_reset, POST /_control
 with {"upstream": "stop"|"start"} (s3rver killed/restarted on the same port and
 storage: the front answers 503 ServiceUnavailable meanwhile, as S3 does when
-it cannot serve), {"mode": "ok"|"down"} (down: every S3 request gets 503
-ServiceUnavailable with Retry-After: 1), or {"refuse_ms": N} (the front stops
+it cannot serve), {"mode": "ok"|"down"|"reads_down"} (down: every S3
+request gets 503 ServiceUnavailable with Retry-After: 1; reads_down: only
+GET and HEAD do, so an upload is stored and its run's copy waits), or {"refuse_ms": N} (the front stops
 listening for N ms: connections refused, as when S3 is unreachable).
 """
 
@@ -216,6 +217,7 @@ class State:
             self.forwarded = 0
             self.served = 0            # answered by the front itself (abort, lists)
             self.bytes_in = 0
+            self.unavailable = 0       # 503s while down, stopped or reads_down
             self.last_refusal = None
 
     def refuse(self, code, message):
@@ -231,7 +233,8 @@ class State:
         with self.lock:
             return {"mode": self.mode, "refused": dict(self.refused),
                     "forwarded": self.forwarded, "served": self.served,
-                    "bytes_in": self.bytes_in, "last_refusal": self.last_refusal}
+                    "bytes_in": self.bytes_in, "unavailable": self.unavailable,
+                    "last_refusal": self.last_refusal}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -311,7 +314,9 @@ class Handler(BaseHTTPRequestHandler):
         spooled = None
         try:
             spooled = self.spool_body(pre)
-            if self.state.mode == "down" or not self.upstream.running():
+            if self.state.mode == "down" or not self.upstream.running() or \
+                    (self.state.mode == "reads_down" and self.command in ("GET", "HEAD")):
+                self.state.add("unavailable")
                 raise Refusal(503, "ServiceUnavailable", "Service is unable to handle request.")
             if self.serve_locally(split, spooled):
                 return
@@ -812,10 +817,10 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(raw or b"{}")
             except ValueError:
                 return js(400, {"error": "the body must be JSON"})
-            if req.get("mode") in ("ok", "down"):
+            if req.get("mode") in ("ok", "down", "reads_down"):
                 self.state.mode = req["mode"]
             elif "mode" in req:
-                return js(400, {"error": "mode must be ok or down"})
+                return js(400, {"error": "mode must be ok, down or reads_down"})
             refuse = req.get("refuse_ms")
             if refuse is not None:
                 if not isinstance(refuse, int) or not 0 < refuse <= 60000:

@@ -62,8 +62,9 @@ with {"upstream": "stop"|"start"} (s3rver killed/restarted on the same port and
 storage: the front answers 503 ServiceUnavailable meanwhile, as S3 does when
 it cannot serve), {"mode": "ok"|"down"|"reads_down"} (down: every S3
 request gets 503 ServiceUnavailable with Retry-After: 1; reads_down: only
-GET and HEAD do, so an upload is stored and its run's copy waits), or {"refuse_ms": N} (the front stops
-listening for N ms: connections refused, as when S3 is unreachable).
+GET and HEAD do, so an upload is stored and its run's copy waits), or
+{"refuse_ms": N} (the front stops listening for N ms: connections refused,
+as when S3 is unreachable). /_stats counts those 503s as "unavailable".
 """
 
 import argparse

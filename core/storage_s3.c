@@ -1090,7 +1090,7 @@ static void sweep_finish(s3_sweep_t *sw, int err)
     s3_store_t *st = sw->st;
     if (!sw->err)
         sw->err = err;
-    if (sw->aborted || sw->err)
+    if (sw->aborted || (sw->err && sw->err != SL_ECANCELED))
         sl_log(sw->err ? SL_LOG_WARN : SL_LOG_INFO, "s3_stale_uploads_swept", "{s:i, s:s}",
                "aborted", sw->aborted, "error", sw->err ? sl_strerror(sw->err) : "");
     st->sweep = NULL;
@@ -1250,11 +1250,19 @@ static void sweep_list_cb(const sl_curl_result_t *res, void *arg)
     char trunc[8] = "";
     xml_text(res->body, "IsTruncated", trunc, sizeof trunc);
     sw->truncated = strcmp(trunc, "true") == 0;
-    if (sw->truncated &&
-        (xml_text(res->body, "NextKeyMarker", sw->key_marker, sizeof sw->key_marker) != 0 ||
-         xml_text(res->body, "NextUploadIdMarker", sw->id_marker, sizeof sw->id_marker) != 0)) {
-        sweep_finish(sw, SL_EPROTO); /* truncated without markers: cannot go on safely */
-        return;
+    if (sw->truncated) {
+        /* The next page starts after these; a truncated page without them, or
+         * with the ones we sent, would loop: stop there. */
+        char km[sizeof sw->key_marker], um[sizeof sw->id_marker];
+        const char *bend = res->body + res->body_len;
+        if (xml_field(res->body, bend, "NextKeyMarker", km, sizeof km) != 0 ||
+            xml_field(res->body, bend, "NextUploadIdMarker", um, sizeof um) != 0 ||
+            (strcmp(km, sw->key_marker) == 0 && strcmp(um, sw->id_marker) == 0)) {
+            sweep_finish(sw, SL_EPROTO);
+            return;
+        }
+        memcpy(sw->key_marker, km, sizeof km);
+        memcpy(sw->id_marker, um, sizeof um);
     }
     sw->n_items = sw->next_item = 0;
     const char *p = res->body;

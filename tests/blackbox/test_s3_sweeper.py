@@ -51,6 +51,24 @@ def test_sweeper_aborts_stale_uploads_only(start_server, s3front):
     assert set(refused) <= {"NoSuchUpload"}, front.stats()
 
 
+def test_sweeper_pages_through_the_listing(start_server, s3front):
+    """Pages of 2 (the front's list_page_cap): the sweep follows NextKeyMarker /
+    NextUploadIdMarker and aborts all 7 stale uploads in one pass."""
+    front = s3front()
+    front.control(list_page_cap=2)
+    ids = [_start_upload(front, "files/tp/%02d" % i) for i in range(7)]
+    for u in ids:
+        _backdate(front, u, 2 * 3600)
+    storage = front.storage_yaml("sluice").rstrip().rstrip("}") + \
+        ", abort_stale_uploads_after_s: 3600}\n"
+    start_server(extra_yaml=storage)
+    end = time.time() + 30
+    while time.time() < end and front.pending_uploads("sluice"):
+        time.sleep(0.2)
+    assert front.pending_uploads("sluice") == []
+    assert set(front.stats()["refused"]) <= {"NoSuchUpload"}, front.stats()
+
+
 def test_sweeper_runs_periodically(start_server, s3front):
     """With an age of 4 s the sweep runs every second: an upload that becomes
     old while Sluice runs is aborted without a restart."""

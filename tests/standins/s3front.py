@@ -65,6 +65,8 @@ request gets 503 ServiceUnavailable with Retry-After: 1; reads_down: only
 GET and HEAD do, so an upload is stored and its run's copy waits), or
 {"refuse_ms": N} (the front stops listening for N ms: connections refused,
 as when S3 is unreachable). /_stats counts those 503s as "unavailable".
+{"list_page_cap": N} makes ListMultipartUploads pages hold at most N uploads
+(0: off), so a client's paging can be tested with a few uploads.
 """
 
 import argparse
@@ -210,6 +212,7 @@ class State:
         self.lock = threading.Lock()
         self.mode = "ok"
         self.refuse_ms = 0
+        self.list_page_cap = 0         # > 0: ListMultipartUploads pages hold at most this
         self.reset()
 
     def reset(self):
@@ -628,6 +631,8 @@ class Handler(BaseHTTPRequestHandler):
                           "within integer range", ArgumentName="max-uploads",
                           ArgumentValue=q.get("max-uploads"))
         max_up = min(max_up, 1000)
+        if self.state.list_page_cap:   # a test's small pages: S3 may return fewer too
+            max_up = min(max_up, self.state.list_page_cap)
         kmark = q.get("key-marker", "")
         umark = q.get("upload-id-marker", "") if kmark else ""
         ud = self.uploads_dir(bucket)
@@ -822,6 +827,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.mode = req["mode"]
             elif "mode" in req:
                 return js(400, {"error": "mode must be ok, down or reads_down"})
+            cap = req.get("list_page_cap")
+            if cap is not None:
+                if not isinstance(cap, int) or not 0 <= cap <= 1000:
+                    return js(400, {"error": "list_page_cap must be an integer in 0..1000"})
+                self.state.list_page_cap = cap
             refuse = req.get("refuse_ms")
             if refuse is not None:
                 if not isinstance(refuse, int) or not 0 < refuse <= 60000:

@@ -25,7 +25,7 @@ def _backdate(front, upload_id, seconds):
     os.utime(f, (t, t))
 
 
-def test_sweeper_aborts_stale_uploads_only(start_server, s3front):
+def test_sweeper_aborts_stale_uploads_only(s3front, start_server):
     front = s3front()
     old = _start_upload(front, "files/t1/crashed-upload")
     old_art = _start_upload(front, "artifacts/t1/r1/text")
@@ -51,7 +51,7 @@ def test_sweeper_aborts_stale_uploads_only(start_server, s3front):
     assert set(refused) <= {"NoSuchUpload"}, front.stats()
 
 
-def test_sweeper_pages_through_the_listing(start_server, s3front):
+def test_sweeper_pages_through_the_listing(s3front, start_server):
     """Pages of 2 (the front's list_page_cap): the sweep follows NextKeyMarker /
     NextUploadIdMarker and aborts all 7 stale uploads in one pass."""
     front = s3front()
@@ -69,7 +69,7 @@ def test_sweeper_pages_through_the_listing(start_server, s3front):
     assert set(front.stats()["refused"]) <= {"NoSuchUpload"}, front.stats()
 
 
-def test_sweeper_runs_periodically(start_server, s3front):
+def test_sweeper_runs_periodically(s3front, start_server):
     """With an age of 4 s the sweep runs every second: an upload that becomes
     old while Sluice runs is aborted without a restart."""
     front = s3front()
@@ -86,7 +86,7 @@ def test_sweeper_runs_periodically(start_server, s3front):
     assert u not in left and keep in left, left
 
 
-def test_sweeper_off_when_age_is_zero(start_server, s3front):
+def test_sweeper_off_when_age_is_zero(s3front, start_server):
     front = s3front()
     u = _start_upload(front, "files/t3/crashed")
     _backdate(front, u, 30 * 24 * 3600)

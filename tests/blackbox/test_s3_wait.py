@@ -20,7 +20,7 @@ def _wait_unavailable(front, n, timeout=30):
     return False
 
 
-def test_run_waits_while_s3_reads_are_down(start_server, s3front, samples):
+def test_run_waits_while_s3_reads_are_down(s3front, start_server, samples):
     front = s3front()
     srv = start_server(extra_yaml=front.storage_yaml("sluice"))
     t = srv.create_tenant("s3wait")
@@ -45,7 +45,7 @@ def test_run_waits_while_s3_reads_are_down(start_server, s3front, samples):
     assert b"INV-2026-0042" in text
 
 
-def test_run_waits_while_s3_is_stopped(start_server, s3front, samples):
+def test_run_waits_while_s3_is_stopped(s3front, start_server, samples):
     """The same with s3rver itself stopped (the front answers 503) after the
     upload was stored but before the run could copy it: the upload is made
     with reads down, then s3rver is stopped and started again."""

@@ -83,6 +83,8 @@ typedef struct s3_store_s {
     struct event *sweep_ev;   /* owned: the periodic sweep, or NULL */
     struct s3_sweep_s *sweep; /* the sweep running, or NULL */
     struct s3_op_s *waiting;  /* loop: fetch_local copies waiting to retry (S3 down) */
+    int jobs;                 /* loop: pool jobs (hash, sniff) whose done callback has not run */
+    int closing; /* s3_free ran while jobs > 0: the last done callback frees the store */
 } s3_store_t;
 
 typedef struct s3_part_s {
@@ -133,6 +135,7 @@ typedef struct s3_writer_s {
     int err; /* sticky */
     int committing, sniffing, aborted;
     int finalized; /* sha finalised into info.sha256_hex */
+    int orphaned;  /* the store was freed first (a pool job was pending): no more requests */
     sl_store_info_t info;
 } s3_writer_t;
 
@@ -243,6 +246,8 @@ static int s3_request(s3_store_t *st, const char *method, const char *url,
                               .session_token = st->token,
                               .region = st->region,
                               .service = "s3"};
+    if (!st->curl)
+        return SL_ECLOSED; /* the store is being freed */
     sl_curl_req_opts_t o = {.method = method,
                             .url = url,
                             .headers = headers,
@@ -284,12 +289,14 @@ static void schedule_report(s3_writer_t *w)
 
 static void writer_free(s3_writer_t *w)
 {
-    if (w->live_prev)
-        w->live_prev->live_next = w->live_next;
-    else if (w->st->live == w)
-        w->st->live = w->live_next;
-    if (w->live_next)
-        w->live_next->live_prev = w->live_prev;
+    if (!w->orphaned) { /* (an orphan is in no list: s3_free emptied it) */
+        if (w->live_prev)
+            w->live_prev->live_next = w->live_next;
+        else if (w->st->live == w)
+            w->st->live = w->live_next;
+        if (w->live_next)
+            w->live_next->live_prev = w->live_prev;
+    }
     if (w->report_ev)
         event_free(w->report_ev);
     if (w->sha)
@@ -397,6 +404,7 @@ static int start_create(s3_writer_t *w)
  */
 static void hash_work(void *arg);
 static void hash_done(void *arg);
+static void hash_step(s3_writer_t *w);
 
 static int ship_part(s3_writer_t *w)
 {
@@ -425,6 +433,7 @@ static int ship_part(s3_writer_t *w)
     w->buf = NULL; /* the next write allocates a fresh buffer */
     w->len = w->cap = 0;
     w->hashing = 1;
+    w->st->jobs++;
     return 0;
 }
 
@@ -480,12 +489,21 @@ static int send_part(s3_writer_t *w)
     return 0;
 }
 
+static void store_job_done(s3_store_t *st);
+
 static void hash_done(void *arg)
 {
     s3_writer_t *w = arg;
+    s3_store_t *st = w->st; /* alive until store_job_done */
+    hash_step(w);
+    store_job_done(st);
+}
+
+static void hash_step(s3_writer_t *w)
+{
     w->hashing = 0;
-    int err = 0;
-    if (!w->aborted && !w->err)
+    int err = w->orphaned ? SL_ECANCELED : 0; /* the store (and its curl) is gone */
+    if (!err && !w->aborted && !w->err)
         err = send_part(w);
     free(w->ship.buf); /* curl has its copy */
     w->ship.buf = NULL;
@@ -595,8 +613,10 @@ static void sniff_work(void *arg)
 static void sniff_done(void *arg)
 {
     s3_writer_t *w = arg;
+    s3_store_t *st = w->st; /* alive until store_job_done */
     w->sniffing = 0;
     commit_step(w);
+    store_job_done(st);
 }
 
 /* The object's SHA-256, once every byte went through hash_work (no job runs:
@@ -661,6 +681,8 @@ static void commit_step(s3_writer_t *w)
 {
     if (!w->committing || w->xfer || w->hashing || w->sniffing)
         return;
+    if (w->orphaned && !w->err)
+        w->err = SL_ECANCELED;
     if (!w->err && w->committing == 1) {
         int err;
         if (!w->upload_id[0]) {
@@ -680,7 +702,7 @@ static void commit_step(s3_writer_t *w)
     }
     if (!w->err)
         w->err = finalize_sha(w); /* after the PutObject: every byte was hashed */
-    if (w->err && w->upload_id[0])
+    if (w->err && w->upload_id[0] && !w->orphaned)
         send_abort(w->st, w->key, w->upload_id); /* nothing left behind */
     w->info.size = w->size;
     sl_store__commit_done(&w->base, w->err, &w->info);
@@ -696,6 +718,7 @@ static int s3_commit(sl_store_writer_t *base)
     int err = sl_workq_submit(w->st->base.wq, w, sniff_work, sniff_done, w);
     if (err)
         return err; /* the digest is final: the caller can only abort now */
+    w->st->jobs++;
     w->committing = 1;
     w->sniffing = 1;
     w->blocked = 0;
@@ -713,8 +736,8 @@ static void abort_step(s3_writer_t *w)
             sl_curl_cancel(w->xfer); /* xfer_done_cb comes back here */
         return;
     }
-    if (w->upload_id[0])
-        send_abort(w->st, w->key, w->upload_id);
+    if (w->upload_id[0] && !w->orphaned)
+        send_abort(w->st, w->key, w->upload_id); /* else the sweeper's, later */
     writer_free(w);
 }
 
@@ -1359,6 +1382,14 @@ static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the store ---- */
 
+static void store_final_free(s3_store_t *st);
+
+static void store_job_done(s3_store_t *st)
+{
+    if (--st->jobs == 0 && st->closing)
+        store_final_free(st);
+}
+
 static void s3_free(sl_store_t *base)
 {
     s3_store_t *st = (s3_store_t *)base;
@@ -1370,6 +1401,27 @@ static void s3_free(sl_store_t *base)
         fetch_finish(op, SL_ECANCELED);
     }
     sl_curl_free(st->curl); /* in-flight reads, aborts, a sweep end with SL_ECANCELED */
+    /* Writers still alive (a hash or sniff job pending on the pool, whose
+     * done callback comes in sl_workq_free, or one its owner has not closed)
+     * must not touch the store from now on: they end with SL_ECANCELED and
+     * send nothing (an upload left behind is the sweeper's). */
+    for (s3_writer_t *w = st->live, *next; w; w = next) {
+        next = w->live_next;
+        w->orphaned = 1;
+        w->live_prev = w->live_next = NULL;
+    }
+    st->live = NULL;
+    st->curl = NULL;
+    if (st->jobs > 0) {
+        st->closing = 1; /* a pool job reads st (magic, part size): the last one frees */
+        return;
+    }
+    store_final_free(st);
+}
+
+/* Pool jobs pin the store: a sniff job uses its libmagic cookie. */
+static void store_final_free(s3_store_t *st)
+{
     if (st->magic)
         magic_close(st->magic);
     pthread_mutex_destroy(&st->magic_mu);

@@ -366,6 +366,18 @@ int main(void)
     CHECK(do_stat("t/down") == SL_EUNAVAIL);
     sl_store_free(st);
 
+    /* Freed with a pool job pending (the commit's sniff): the store lives on
+     * until the job is done, the commit ends SL_ECANCELED, nothing is sent
+     * (ASan: no use after free). */
+    CHECK(sl_store_open(&conf, wq, base, &st) == 0);
+    memset(&p, 0, sizeof p);
+    CHECK(sl_store_put_begin(st, "t/freed-early", &p.w) == 0);
+    CHECK(sl_store_write(p.w, "hello", 5) == 0);
+    CHECK(sl_store_put_commit(p.w, commit_cb, &p) == 0);
+    sl_store_free(st);
+    run_until(&p.done, 1);
+    CHECK(p.done == 1 && p.err == SL_ECANCELED);
+
     /* Configuration refused. */
     sl_store_conf_t bad = conf;
     bad.endpoint = "ftp://x";

@@ -609,7 +609,11 @@ int sl_app_open_backends(sl_app_t *app)
                           .access_key_id = cfg->s3_access_key_id,
                           .secret_access_key = cfg->s3_secret_access_key,
                           .path_style = cfg->s3_path_style && strcmp(cfg->s3_path_style, "true") == 0,
-                          .part_size = cfg->s3_part_size};
+                          .part_size = cfg->s3_part_size,
+                          /* config 0 (never) is the store's "off" (< 0) */
+                          .abort_stale_uploads_after_s =
+                              cfg->s3_abort_stale_after_s > 0 ? (long)cfg->s3_abort_stale_after_s
+                                                              : -1};
     if ((err = sl_store_open(&sc, app->wq, app->base, &app->store)) != 0) {
         sl_log(SL_LOG_ERROR, "storage_open_failed", "{s:s, s:s, s:s}", "backend",
                cfg->storage_backend, "path", cfg->storage_path, "error", sl_strerror(err));

@@ -584,6 +584,8 @@ static const field_t storage_fields[] = {
     FSTR(sl_config_t, "path_style", s3_path_style, check_bool_str), /* s3 (issue 12) */
     FSIZE(sl_config_t, "part_size", s3_part_size),                  /* s3 (issue 12) */
     FSTR(sl_config_t, "presigned_redirects", s3_presigned_redirects, check_bool_str),
+    /* s3: the stale multipart upload sweeper's age, seconds; 0 = no sweeper */
+    FINT64(sl_config_t, "abort_stale_uploads_after_s", s3_abort_stale_after_s, 0, INT32_MAX),
 };
 
 static int parse_storage(ctx_t *c, const field_t *f, void *base, struct fy_node *map, int line,
@@ -1137,6 +1139,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->auth_refresh_ttl_s = SL_CONFIG_REFRESH_TTL_S;
     cfg->database_pool = 4;
     cfg->max_file_bytes = 104857600;
+    cfg->s3_abort_stale_after_s = 24 * 3600;
     cfg->max_files_per_request = 1000;
     cfg->max_request_bytes = 0;
     cfg->max_json_bytes = 1024 * 1024;

@@ -109,6 +109,8 @@ typedef struct sl_config_s {
     char *s3_path_style; /* s3: "true" or "false" (NULL: false, virtual-host) */
     size_t s3_part_size; /* s3: multipart part size; 0: 8 MiB */
     char *s3_presigned_redirects; /* s3: "true": signed blob URLs redirect to presigned S3 URLs */
+    int64_t s3_abort_stale_after_s; /* s3: sweep multipart uploads older than this;
+                                       default 24 h; 0 = never */
 
     /* limits */
     int64_t max_file_bytes;        /* default 100 MiB */

@@ -618,9 +618,8 @@ static int check_opts(const sl_curl_req_opts_t *o, const char *method)
         if (o->max_redirects > 0)
             return SL_EINVAL;
         /* a file body is never hashed here (that would read it on the loop): its hash
-         * comes from the caller, or S3 takes UNSIGNED-PAYLOAD */
-        if (o->sigv4_payload_sha256 && !o->body_path)
-            return SL_EINVAL;
+         * comes from the caller, or S3 takes UNSIGNED-PAYLOAD; a memory body's hash
+         * may come from the caller too (hashed on the worker pool) */
         if (o->body_path && !o->sigv4_payload_sha256 &&
             (o->sigv4_flags & SL_SIGV4_S3) != SL_SIGV4_S3)
             return SL_EINVAL;
@@ -645,16 +644,18 @@ static int slist_add(sl_curl_xfer_t *x, const char *h)
 /*
  * Signs `sent` (exactly the headers that go on the wire, NULL-terminated) and
  * adds the headers sl_sigv4 returns (Authorization, X-Amz-Date, Host, ...).
- * The payload hash is the in-memory body's, the caller's for a file, or
- * UNSIGNED-PAYLOAD (S3 file bodies, checked in check_opts).
+ * The payload hash is the caller's (sigv4_payload_sha256), else the in-memory
+ * body's, or UNSIGNED-PAYLOAD (S3 file bodies, checked in check_opts).
  */
 static int sign_headers(sl_curl_xfer_t *x, const sl_curl_req_opts_t *o, const char *method,
                         const char *const *sent)
 {
     char hash[65];
     const char *payload = NULL; /* NULL: the empty body's hash */
-    if (o->body_path) {
-        payload = o->sigv4_payload_sha256 ? o->sigv4_payload_sha256 : SL_SIGV4_UNSIGNED_PAYLOAD;
+    if (o->sigv4_payload_sha256) {
+        payload = o->sigv4_payload_sha256; /* the caller's, not checked here */
+    } else if (o->body_path) {
+        payload = SL_SIGV4_UNSIGNED_PAYLOAD;
     } else if (o->body) {
         sl_sha256_hex(o->body, o->body_len, hash);
         payload = hash;

@@ -55,8 +55,10 @@ typedef struct sl_curl_req_opts_s {
     const sl_sigv4_creds_t *sigv4;    /* NULL: unsigned; else signed with these (borrowed for
                                          the call only: the secret is not kept) */
     unsigned sigv4_flags;             /* SL_SIGV4_* (SL_SIGV4_S3 for S3) */
-    const char *sigv4_payload_sha256; /* body_path only: the file's hex SHA-256, or NULL
-                                         (then UNSIGNED-PAYLOAD, S3 only) */
+    const char *sigv4_payload_sha256; /* the body's hex SHA-256 (not checked: the caller
+                                         hashed it, e.g. on the worker pool), or NULL: a
+                                         memory body is hashed here, a body_path is sent
+                                         UNSIGNED-PAYLOAD (S3 only) */
 } sl_curl_req_opts_t;
 
 /** One response header; both strings NUL-terminated, value trimmed. */
@@ -113,7 +115,7 @@ int sl_curl_new(struct event_base *base, sl_curl_t **out);
  * body_path; and with sigv4: anything sl_sigv4_sign() refuses (see sigv4.h:
  * uppercase method, printable-ASCII url, no Authorization/X-Amz-Date/... of
  * the caller's), a header that is a curl directive ("Name:" with no value, or
- * "Name;"), max_redirects > 0, sigv4_payload_sha256 with a memory body, a
+ * "Name;"), max_redirects > 0, a
  * body_path with neither sigv4_payload_sha256 nor SL_SIGV4_S3),
  * SL_ETOOBIG (a sigv4 limit), SL_ENOTFOUND / SL_EIO (body_path cannot be
  * opened), SL_ECLOSED (the sl_curl_t is being freed), SL_ENOMEM. `arg` is

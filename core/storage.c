@@ -158,6 +158,13 @@ int sl_store_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_st
     return st->ops->fetch_local(st, key, dir, cb, arg);
 }
 
+int sl_store_sweep_uploads(sl_store_t *st, sl_store_sweep_cb cb, void *arg)
+{
+    if (!st || !st->ops->sweep)
+        return SL_EINVAL;
+    return st->ops->sweep(st, cb, arg);
+}
+
 const char *sl_store_backend(const sl_store_t *st)
 {
     return st ? st->ops->name : "";

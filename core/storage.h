@@ -26,9 +26,9 @@
 #ifndef SL_STORAGE_H
 #define SL_STORAGE_H
 
+#include "workq.h"
 #include <stddef.h>
 #include <stdint.h>
-#include "workq.h"
 
 struct event_base;
 
@@ -43,7 +43,8 @@ typedef struct sl_store_writer_s sl_store_writer_t;
 typedef struct sl_store_info_s {
     uint64_t size;
     char sha256_hex[65];
-    char mime[SL_STORE_MIME_MAX]; /* sniffed, e.g. "application/pdf"; "application/x-empty" for 0 bytes */
+    char mime[SL_STORE_MIME_MAX]; /* sniffed, e.g. "application/pdf"; "application/x-empty" for 0
+                                     bytes */
 } sl_store_info_t;
 
 /** The storage section of the configuration. Strings borrowed for sl_store_open() only. */
@@ -56,7 +57,23 @@ typedef struct sl_store_conf_s {
     const char *endpoint, *bucket, *region, *access_key_id, *secret_access_key;
     int path_style;   /* s3: 1 = endpoint/bucket/key, 0 = bucket.host/key (virtual host) */
     size_t part_size; /* s3: multipart part size, >= 5 MiB; 0 = SL_STORE_S3_PART_DEFAULT */
+    /* s3: multipart uploads under own_prefixes older than this are aborted by
+     * the sweeper (at open, then every age/4, 1 s..1 h); 0 = SL_STORE_S3_STALE_DEFAULT_S,
+     * < 0 = no sweeper. */
+    long abort_stale_uploads_after_s;
+    /* s3: the key prefixes Sluice writes under (NULL-terminated, at most
+     * SL_STORE_PREFIXES_MAX, each < 64 bytes; copied); NULL = SL_STORE_OWN_PREFIXES.
+     * The sweeper never touches an upload outside them (a shared bucket). */
+    const char *const *own_prefixes;
 } sl_store_conf_t;
+
+#define SL_STORE_S3_STALE_DEFAULT_S (24L * 3600)
+#define SL_STORE_PREFIXES_MAX 8
+/* Where Sluice writes: uploads (api/upload.c), artifacts (actors/lua_run.c). */
+#define SL_STORE_OWN_PREFIXES                                                                      \
+    {                                                                                              \
+        "files/", "artifacts/", NULL                                                               \
+    }
 
 #define SL_STORE_S3_PART_MIN (5u * 1024 * 1024)
 #define SL_STORE_S3_PART_DEFAULT (8u * 1024 * 1024)
@@ -71,6 +88,21 @@ typedef struct sl_store_conf_s {
  */
 int sl_store_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_base *base,
                   sl_store_t **out);
+
+/** A sweep's end: err 0 or the first error; `aborted` uploads were aborted. */
+typedef void (*sl_store_sweep_cb)(int err, int aborted, void *arg);
+
+/**
+ * Sweeps once, now: lists the multipart uploads under the store's own
+ * prefixes (ListMultipartUploads, paged) and aborts those initiated longer
+ * ago than the configured age (by S3's clock: the answer's Date header),
+ * except this process's own uploads in progress. The S3 backend also sweeps
+ * by itself (see sl_store_conf_t); this call is for tests and operators. cb
+ * (may be NULL) fires once, on a later loop turn. Returns 0, SL_EINVAL (fs:
+ * nothing to sweep), SL_EAGAIN (a sweep is running), or a request error (then
+ * no callback). `arg` is borrowed.
+ */
+int sl_store_sweep_uploads(sl_store_t *st, sl_store_sweep_cb cb, void *arg);
 
 /** The backend's name: "fs" or "s3". Static string. */
 const char *sl_store_backend(const sl_store_t *st);
@@ -179,8 +211,8 @@ void sl_store_put_abort(sl_store_writer_t *w);
  * 0 past it), or err < 0 (SL_ENOTFOUND if no object). cb required; `arg` borrowed.
  */
 typedef void (*sl_store_read_cb)(int err, const char *data, size_t n, void *arg);
-int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len,
-                  sl_store_read_cb cb, void *arg);
+int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len, sl_store_read_cb cb,
+                  void *arg);
 
 /** Object size (SL_ENOTFOUND if none); cb gets err and size. */
 typedef void (*sl_store_stat_cb)(int err, uint64_t size, void *arg);

@@ -36,6 +36,8 @@ typedef struct sl_store_ops_s {
     /* A local file with the object's bytes (see sl_store_fetch_local). */
     int (*fetch_local)(sl_store_t *st, const char *key, const char *dir, sl_store_local_cb cb,
                        void *arg);
+    /* Sweep stale multipart uploads once (see sl_store_sweep_uploads); NULL: none. */
+    int (*sweep)(sl_store_t *st, sl_store_sweep_cb cb, void *arg);
     void (*free)(sl_store_t *st);
 } sl_store_ops_t;
 

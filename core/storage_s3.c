@@ -59,6 +59,9 @@
 #define S3_PART_TIMEOUT_MS 120000L /* one part, PutObject or ranged GET: >= 70 KB/s for 8 MiB */
 #define S3_SMALL_TIMEOUT_MS 30000L /* everything else */
 #define S3_MAX_PARTS 10000         /* S3's limit */
+#define S3_FETCH_WAIT_MS (10L * 60 * 1000) /* a local copy waits this long for S3 to come back */
+#define S3_RETRY_FIRST_MS 250L             /* then doubling ... */
+#define S3_RETRY_MAX_MS 15000L             /* ... up to this */
 
 typedef struct s3_store_s {
     sl_store_t base;
@@ -74,6 +77,15 @@ typedef struct s3_store_s {
     char *akid, *secret, *token; /* owned */
     magic_t magic;               /* one cookie, used under magic_mu on the pool */
     pthread_mutex_t magic_mu;
+    struct s3_writer_s *live; /* loop: open writers (the sweeper spares their uploads) */
+    char prefixes[SL_STORE_PREFIXES_MAX][64]; /* own key prefixes: the sweeper's scope */
+    int nprefixes;
+    long stale_after_s;       /* sweeper: abort uploads older than this; < 0: off */
+    struct event *sweep_ev;   /* owned: the periodic sweep, or NULL */
+    struct s3_sweep_s *sweep; /* the sweep running, or NULL */
+    struct s3_op_s *waiting;  /* loop: fetch_local copies waiting to retry (S3 down) */
+    int jobs;                 /* loop: pool jobs (hash, sniff) whose done callback has not run */
+    int closing; /* s3_free ran while jobs > 0: the last done callback frees the store */
 } s3_store_t;
 
 typedef struct s3_part_s {
@@ -83,13 +95,33 @@ typedef struct s3_part_s {
 
 enum { X_NONE, X_CREATE, X_PART, X_PUT, X_COMPLETE };
 
+/*
+ * A part on its way out. ship_part() moves the full buffer here and queues
+ * hash_work() on the pool; from then until hash_done() runs on the loop the
+ * job owns `buf` and the writer's `sha`: the loop neither reads nor writes
+ * them (it fills a fresh buffer meanwhile, and nothing else uses `sha`
+ * before commit, which waits for the job). hash_done() hands `buf` to curl
+ * (which copies it) and frees it.
+ */
+typedef struct s3_ship_s {
+    char *buf; /* owned by the job while hashing, then by hash_done */
+    size_t len;
+    int whole;            /* PutObject (no upload) rather than UploadPart */
+    int err;              /* worker: a digest failed */
+    unsigned char md[32]; /* worker: SHA-256 of buf */
+} s3_ship_t;
+
 typedef struct s3_writer_s {
     sl_store_writer_t base;
     s3_store_t *st;
+    struct s3_writer_s *live_prev, *live_next; /* st->live */
     char key[SL_STORE_KEY_MAX + 1];
-    char *buf; /* the part being filled; cap grows past part_size only by what one write brings */
+    char *buf; /* loop: the part being filled; cap grows past part_size only by what one write
+                  brings */
     size_t len, cap;
-    EVP_MD_CTX *sha; /* whole object */
+    EVP_MD_CTX *sha; /* whole object: updated by hash_work on the pool, one part at a time */
+    s3_ship_t ship;  /* the part being hashed (hashing != 0) */
+    int hashing;     /* loop: hash_work is queued or running; counts as a request in flight */
     uint64_t size;
     char *head; /* first S3_HEAD_MAX bytes */
     size_t head_len;
@@ -103,6 +135,8 @@ typedef struct s3_writer_s {
     struct event *report_ev;
     int err; /* sticky */
     int committing, sniffing, aborted;
+    int finalized; /* sha finalised into info.sha256_hex */
+    int orphaned;  /* the store was freed first (a pool job was pending): no more requests */
     sl_store_info_t info;
 } s3_writer_t;
 
@@ -201,16 +235,20 @@ static int object_url(const s3_store_t *st, const char *key, const char *query, 
     return (n < 0 || (size_t)n >= cap) ? SL_ETOOBIG : 0;
 }
 
+/* payload_hex: the body's hex SHA-256 when the caller has it (hashed on the
+ * pool), else NULL (curl hashes a memory body: small ones only). */
 static int s3_request(s3_store_t *st, const char *method, const char *url,
                       const char *const *headers, size_t n_headers, const void *body,
-                      size_t body_len, long timeout_ms, size_t max_resp, sl_curl_cb cb, void *arg,
-                      sl_curl_xfer_t **out)
+                      size_t body_len, const char *payload_hex, long timeout_ms, size_t max_resp,
+                      sl_curl_cb cb, void *arg, sl_curl_xfer_t **out)
 {
     sl_sigv4_creds_t creds = {.access_key_id = st->akid,
                               .secret_access_key = st->secret,
                               .session_token = st->token,
                               .region = st->region,
                               .service = "s3"};
+    if (!st->curl)
+        return SL_ECLOSED; /* the store is being freed */
     sl_curl_req_opts_t o = {.method = method,
                             .url = url,
                             .headers = headers,
@@ -220,7 +258,8 @@ static int s3_request(s3_store_t *st, const char *method, const char *url,
                             .timeout_ms = timeout_ms,
                             .max_response_bytes = max_resp,
                             .sigv4 = &creds,
-                            .sigv4_flags = SL_SIGV4_S3};
+                            .sigv4_flags = SL_SIGV4_S3,
+                            .sigv4_payload_sha256 = payload_hex};
     return sl_curl_request(st->curl, &o, cb, arg, out);
 }
 
@@ -251,11 +290,20 @@ static void schedule_report(s3_writer_t *w)
 
 static void writer_free(s3_writer_t *w)
 {
+    if (!w->orphaned) { /* (an orphan is in no list: s3_free emptied it) */
+        if (w->live_prev)
+            w->live_prev->live_next = w->live_next;
+        else if (w->st->live == w)
+            w->st->live = w->live_next;
+        if (w->live_next)
+            w->live_next->live_prev = w->live_prev;
+    }
     if (w->report_ev)
         event_free(w->report_ev);
     if (w->sha)
         EVP_MD_CTX_free(w->sha);
     free(w->buf);
+    free(w->ship.buf);
     free(w->head);
     free(w->parts);
     free(w);
@@ -286,8 +334,8 @@ static void send_abort(s3_store_t *st, const char *key, const char *upload_id)
     snprintf(q, sizeof q, "uploadId=%s", id);
     if (object_url(st, key, q, url, sizeof url) != 0)
         goto fail;
-    if (s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, abort_sent_cb, op,
-                   NULL) != 0)
+    if (s3_request(st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0, abort_sent_cb,
+                   op, NULL) != 0)
         goto fail;
     return;
 fail:
@@ -341,23 +389,27 @@ static int start_create(s3_writer_t *w)
     const char *hdr[] = {"x-amz-checksum-algorithm: SHA256"};
     int err = object_url(w->st, w->key, "uploads", url, sizeof url);
     if (err == 0)
-        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, xfer_done_cb,
-                         w, &w->xfer);
+        err = s3_request(w->st, "POST", url, hdr, 1, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         xfer_done_cb, w, &w->xfer);
     if (err == 0)
         w->xkind = X_CREATE;
     return err;
 }
 
-/* Sends the buffer as part nparts+1 (UploadPart) or as the whole object
- * (PutObject when there is no upload). curl copies the body: the buffer is
- * free for the next part as soon as this returns. */
-static int start_part(s3_writer_t *w)
-{
-    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 64], id[S3_ID_MAX * 3];
-    char cks[96];
-    unsigned char md[32], b64[48];
-    int err, whole = w->upload_id[0] == '\0';
+/*
+ * Ships the buffer as part nparts+1 (UploadPart) or as the whole object
+ * (PutObject when there is no upload): the buffer moves to w->ship (a fresh
+ * one fills meanwhile) and the pool hashes it, since ~8 MiB of SHA-256 twice
+ * (the part's digest and the object's running one) is 10+ ms the loop must
+ * not spend. hash_done() sends it. The job counts as the request in flight.
+ */
+static void hash_work(void *arg);
+static void hash_done(void *arg);
+static void hash_step(s3_writer_t *w);
 
+static int ship_part(s3_writer_t *w)
+{
+    int whole = w->upload_id[0] == '\0';
     if (!whole && w->nparts >= S3_MAX_PARTS)
         return SL_ETOOBIG;
     if (!whole && w->nparts == w->parts_cap) {
@@ -368,14 +420,54 @@ static int start_part(s3_writer_t *w)
         w->parts = p;
         w->parts_cap = cap;
     }
+    w->ship.buf = w->buf; /* taken by the job until hash_done */
+    w->ship.len = w->len;
+    w->ship.whole = whole;
+    w->ship.err = 0;
+    /* Serial key w: the object's SHA-256 takes the parts in order (and after
+     * the commit's sniff job, which does not touch sha). */
+    int err = sl_workq_submit(w->st->base.wq, w, hash_work, hash_done, w);
+    if (err) {
+        w->ship.buf = NULL;
+        return err; /* the buffer stays the loop's */
+    }
+    w->buf = NULL; /* the next write allocates a fresh buffer */
+    w->len = w->cap = 0;
+    w->hashing = 1;
+    w->st->jobs++;
+    return 0;
+}
+
+/* Pool: the part's digest and the object's running one. Touches only
+ * w->ship and w->sha (see s3_ship_t). */
+static void hash_work(void *arg)
+{
+    s3_writer_t *w = arg;
+    const char *b = w->ship.buf ? w->ship.buf : "";
+    if (EVP_DigestUpdate(w->sha, b, w->ship.len) != 1 ||
+        EVP_Digest(b, w->ship.len, w->ship.md, NULL, EVP_sha256(), NULL) != 1)
+        w->ship.err = SL_ENOMEM;
+}
+
+/* Loop: the part is hashed; send it with its digest as both the payload hash
+ * (x-amz-content-sha256, signed) and x-amz-checksum-sha256. curl copies the
+ * body, so the part's buffer is freed here. */
+static int send_part(s3_writer_t *w)
+{
+    char url[S3_URL_MAX], q[S3_ID_MAX * 3 + 64], id[S3_ID_MAX * 3];
+    char cks[96], hex[65];
+    unsigned char b64[48];
+    int err;
+
+    if (w->ship.err)
+        return w->ship.err;
     /* x-amz-checksum-sha256: base64 of the part's SHA-256; S3 checks it and
      * keeps it (the payload hash in the signature is checked as well). */
-    if (EVP_Digest(w->buf, w->len, md, NULL, EVP_sha256(), NULL) != 1)
-        return SL_ENOMEM;
-    EVP_EncodeBlock(b64, md, 32);
+    EVP_EncodeBlock(b64, w->ship.md, 32);
+    sl_hex(w->ship.md, 32, hex);
     snprintf(cks, sizeof cks, "x-amz-checksum-sha256: %s", (const char *)b64);
     const char *hdr[] = {cks};
-    if (whole) {
+    if (w->ship.whole) {
         err = object_url(w->st, w->key, NULL, url, sizeof url);
     } else {
         if ((err = query_escape(w->upload_id, id, sizeof id)) != 0)
@@ -385,34 +477,64 @@ static int start_part(s3_writer_t *w)
     }
     if (err)
         return err;
-    err = s3_request(w->st, "PUT", url, hdr, 1, w->buf ? w->buf : "", w->len, S3_PART_TIMEOUT_MS, 0,
-                     xfer_done_cb, w, &w->xfer);
+    err = s3_request(w->st, "PUT", url, hdr, 1, w->ship.buf ? w->ship.buf : "", w->ship.len, hex,
+                     S3_PART_TIMEOUT_MS, 0, xfer_done_cb, w, &w->xfer);
     if (err)
         return err;
-    w->xkind = whole ? X_PUT : X_PART;
-    if (!whole) {
+    w->xkind = w->ship.whole ? X_PUT : X_PART;
+    if (!w->ship.whole) {
         s3_part_t *p = &w->parts[w->nparts++];
         p->etag[0] = '\0';
         snprintf(p->cksum, sizeof p->cksum, "%s", (const char *)b64);
     }
-    w->len = 0;
     return 0;
+}
+
+static void store_job_done(s3_store_t *st);
+
+static void hash_done(void *arg)
+{
+    s3_writer_t *w = arg;
+    s3_store_t *st = w->st; /* alive until store_job_done */
+    hash_step(w);
+    store_job_done(st);
+}
+
+static void hash_step(s3_writer_t *w)
+{
+    w->hashing = 0;
+    int err = w->orphaned ? SL_ECANCELED : 0; /* the store (and its curl) is gone */
+    if (!err && !w->aborted && !w->err)
+        err = send_part(w);
+    free(w->ship.buf); /* curl has its copy */
+    w->ship.buf = NULL;
+    w->ship.len = 0;
+    if (err && !w->err)
+        w->err = err;
+    if (w->aborted) {
+        abort_step(w);
+        return;
+    }
+    if (w->xfer)
+        return; /* xfer_done_cb carries on */
+    writer_kick(w);
+    commit_step(w);
 }
 
 /* What the writer does next when nothing is in flight: ship a full buffer
  * (creating the upload first), then let held bytes count as written. */
 static void writer_kick(s3_writer_t *w)
 {
-    if (w->xfer || w->err || w->aborted)
+    if (w->xfer || w->hashing || w->err || w->aborted)
         goto report;
     if (w->len >= w->st->part_size) {
-        int err = w->upload_id[0] ? start_part(w) : start_create(w);
+        int err = w->upload_id[0] ? ship_part(w) : start_create(w);
         if (err && !w->err)
             w->err = err;
     }
 report:
     /* Held while a full buffer waits for the request in flight. */
-    w->blocked = !w->err && w->len >= w->st->part_size && w->xfer != NULL;
+    w->blocked = !w->err && w->len >= w->st->part_size && (w->xfer || w->hashing);
     schedule_report(w);
 }
 
@@ -434,6 +556,10 @@ static int s3_put_begin(sl_store_t *base, const char *key, sl_store_writer_t **o
         writer_free(w);
         return SL_ENOMEM;
     }
+    w->live_next = st->live;
+    if (st->live)
+        st->live->live_prev = w;
+    st->live = w;
     *out = &w->base;
     return 0;
 }
@@ -454,9 +580,7 @@ static int s3_write(sl_store_writer_t *base, const void *data, size_t len)
         w->buf = b;
         w->cap = cap;
     }
-    if (EVP_DigestUpdate(w->sha, data, len) != 1)
-        return SL_ENOMEM;
-    memcpy(w->buf + w->len, data, len);
+    memcpy(w->buf + w->len, data, len); /* hashed on the pool when it ships */
     w->len += len;
     if (w->head_len < S3_HEAD_MAX) {
         size_t n = S3_HEAD_MAX - w->head_len < len ? S3_HEAD_MAX - w->head_len : len;
@@ -490,9 +614,25 @@ static void sniff_work(void *arg)
 static void sniff_done(void *arg)
 {
     s3_writer_t *w = arg;
+    s3_store_t *st = w->st; /* alive until store_job_done */
     w->sniffing = 0;
-    if (!w->xfer)
-        commit_step(w);
+    commit_step(w);
+    store_job_done(st);
+}
+
+/* The object's SHA-256, once every byte went through hash_work (no job runs:
+ * the loop owns sha again). One final block: cheap. */
+static int finalize_sha(s3_writer_t *w)
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (w->finalized)
+        return 0;
+    if (EVP_DigestFinal_ex(w->sha, md, &mdlen) != 1)
+        return SL_ENOMEM;
+    sl_hex(md, 32, w->info.sha256_hex);
+    w->finalized = 1;
+    return 0;
 }
 
 /* Complete's body: one <Part> per part, bounded by S3_MAX_PARTS. */
@@ -527,8 +667,8 @@ static int start_complete(s3_writer_t *w)
     if (!x)
         return SL_ENOMEM;
     const char *hdr[] = {"Content-Type: application/xml"};
-    err = s3_request(w->st, "POST", url, hdr, 1, x, len, S3_PART_TIMEOUT_MS, 0, xfer_done_cb, w,
-                     &w->xfer);
+    err = s3_request(w->st, "POST", url, hdr, 1, x, len, NULL, S3_PART_TIMEOUT_MS, 0, xfer_done_cb,
+                     w, &w->xfer);
     free(x);
     if (err == 0)
         w->xkind = X_COMPLETE;
@@ -540,24 +680,30 @@ static int start_complete(s3_writer_t *w)
  * that came back, or on the first error, report and free. */
 static void commit_step(s3_writer_t *w)
 {
-    if (!w->committing || w->xfer || w->sniffing)
+    if (!w->committing || w->xfer || w->hashing || w->sniffing)
         return;
+    if (w->orphaned && !w->err)
+        w->err = SL_ECANCELED;
     if (!w->err && w->committing == 1) {
         int err;
         if (!w->upload_id[0]) {
-            err = start_part(w); /* PutObject: the whole object */
+            err = ship_part(w); /* PutObject: the whole object */
             w->committing = 2;
         } else if (w->len > 0) {
-            err = start_part(w); /* the last part; back here when it is done */
+            err = ship_part(w); /* the last part; back here when it is done */
         } else {
-            err = start_complete(w);
+            err = finalize_sha(w);
+            if (err == 0)
+                err = start_complete(w);
             w->committing = 2;
         }
         if (err == 0)
             return;
         w->err = err;
     }
-    if (w->err && w->upload_id[0])
+    if (!w->err)
+        w->err = finalize_sha(w); /* after the PutObject: every byte was hashed */
+    if (w->err && w->upload_id[0] && !w->orphaned)
         send_abort(w->st, w->key, w->upload_id); /* nothing left behind */
     w->info.size = w->size;
     sl_store__commit_done(&w->base, w->err, &w->info);
@@ -567,17 +713,13 @@ static void commit_step(s3_writer_t *w)
 static int s3_commit(sl_store_writer_t *base)
 {
     s3_writer_t *w = (s3_writer_t *)base;
-    unsigned char md[32];
-    unsigned int mdlen = 0;
     if (w->err)
         return w->err;
-    if (EVP_DigestFinal_ex(w->sha, md, &mdlen) != 1)
-        return SL_ENOMEM;
-    sl_hex(md, 32, w->info.sha256_hex);
     /* libmagic on the pool (it reads files of its own, and takes time). */
     int err = sl_workq_submit(w->st->base.wq, w, sniff_work, sniff_done, w);
     if (err)
         return err; /* the digest is final: the caller can only abort now */
+    w->st->jobs++;
     w->committing = 1;
     w->sniffing = 1;
     w->blocked = 0;
@@ -588,13 +730,15 @@ static int s3_commit(sl_store_writer_t *base)
  * other request, then aborts the upload and frees the writer. */
 static void abort_step(s3_writer_t *w)
 {
+    if (w->hashing)
+        return; /* a pool job owns the part and sha: hash_done comes back here */
     if (w->xfer) {
         if (w->xkind != X_CREATE)
             sl_curl_cancel(w->xfer); /* xfer_done_cb comes back here */
         return;
     }
-    if (w->upload_id[0])
-        send_abort(w->st, w->key, w->upload_id);
+    if (w->upload_id[0] && !w->orphaned)
+        send_abort(w->st, w->key, w->upload_id); /* else the sweeper's, later */
     writer_free(w);
 }
 
@@ -621,6 +765,12 @@ typedef struct s3_op_s {
     void *arg;
     int fd;          /* fetch_local */
     char path[4096]; /* fetch_local */
+    /* fetch_local, S3 unavailable: the retry timer (owned), the next delay,
+     * the monotonic deadline (ms), and the link in st->waiting while it waits */
+    struct event *retry_ev;
+    long backoff_ms;
+    int64_t deadline_ms;
+    struct s3_op_s *wprev, *wnext;
 } s3_op_t;
 
 static s3_op_t *op_new(s3_store_t *st, const char *key, void *arg)
@@ -645,8 +795,8 @@ static int ranged_get(s3_op_t *op, size_t len, sl_curl_cb cb)
     snprintf(range, sizeof range, "Range: bytes=%llu-%llu", (unsigned long long)op->offset,
              (unsigned long long)(op->offset + len - 1));
     const char *hdr[] = {range};
-    return s3_request(op->st, "GET", url, hdr, 1, NULL, 0, S3_PART_TIMEOUT_MS, len + 65536, cb, op,
-                      NULL);
+    return s3_request(op->st, "GET", url, hdr, 1, NULL, 0, NULL, S3_PART_TIMEOUT_MS, len + 65536,
+                      cb, op, NULL);
 }
 
 /* The bytes of a ranged GET's answer: 206 (the range), 200 (a server that
@@ -738,8 +888,8 @@ static int s3_stat(sl_store_t *base, const char *key, sl_store_stat_cb cb, void 
     op->cb.stat = cb;
     int err = object_url(st, key, NULL, url, sizeof url);
     if (err == 0)
-        err = s3_request(st, "HEAD", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, stat_done_cb,
-                         op, NULL);
+        err = s3_request(st, "HEAD", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         stat_done_cb, op, NULL);
     if (err)
         free(op);
     return err;
@@ -768,8 +918,8 @@ static int s3_del(sl_store_t *base, const char *key, sl_store_done_cb cb, void *
     op->cb.done = cb;
     int err = object_url(st, key, NULL, url, sizeof url);
     if (err == 0)
-        err = s3_request(st, "DELETE", url, NULL, 0, NULL, 0, S3_SMALL_TIMEOUT_MS, 0, del_done_cb,
-                         op, NULL);
+        err = s3_request(st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                         del_done_cb, op, NULL);
     if (err)
         free(op);
     return err;
@@ -777,12 +927,77 @@ static int s3_del(sl_store_t *base, const char *key, sl_store_done_cb cb, void *
 
 static void fetch_finish(s3_op_t *op, int err)
 {
+    if (op->retry_ev)
+        event_free(op->retry_ev);
     if (op->fd >= 0)
         close(op->fd);
     if (err)
         unlink(op->path); /* nothing left behind */
     op->cb.local(err, err ? NULL : op->path, 1, op->arg);
     free(op);
+}
+
+static void fetch_cb(const sl_curl_result_t *res, void *arg);
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wait_unlink(s3_op_t *op)
+{
+    if (op->wprev)
+        op->wprev->wnext = op->wnext;
+    else if (op->st->waiting == op)
+        op->st->waiting = op->wnext;
+    if (op->wnext)
+        op->wnext->wprev = op->wprev;
+    op->wprev = op->wnext = NULL;
+}
+
+/* The retry timer: ask for the same range again (nothing of the failed one
+ * was written, so the file's position is still op->offset). */
+static void fetch_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s3_op_t *op = arg;
+    wait_unlink(op);
+    int err = ranged_get(op, S3_FETCH_STEP, fetch_cb);
+    if (err)
+        fetch_finish(op, err);
+}
+
+/*
+ * S3 is unavailable (refused, timed out, 5xx): a run's copy waits for it
+ * rather than fail, retrying the range with backoff (250 ms doubling to
+ * 15 s) for up to S3_FETCH_WAIT_MS; the run stays busy (and leased)
+ * meanwhile. Returns 1 when a retry was scheduled.
+ */
+static int fetch_wait(s3_op_t *op)
+{
+    int64_t now = mono_ms();
+    if (!op->backoff_ms) {
+        op->backoff_ms = S3_RETRY_FIRST_MS;
+        op->deadline_ms = now + S3_FETCH_WAIT_MS;
+        sl_log(SL_LOG_WARN, "s3_fetch_waiting", "{s:s, s:i}", "key", op->key, "max_wait_s",
+               (int)(S3_FETCH_WAIT_MS / 1000));
+    }
+    if (now + op->backoff_ms > op->deadline_ms)
+        return 0;
+    if (!op->retry_ev && !(op->retry_ev = evtimer_new(op->st->evb, fetch_retry_cb, op)))
+        return 0;
+    struct timeval tv = {op->backoff_ms / 1000, (op->backoff_ms % 1000) * 1000};
+    if (evtimer_add(op->retry_ev, &tv) != 0)
+        return 0;
+    op->backoff_ms = op->backoff_ms * 2 > S3_RETRY_MAX_MS ? S3_RETRY_MAX_MS : op->backoff_ms * 2;
+    op->wnext = op->st->waiting;
+    if (op->wnext)
+        op->wnext->wprev = op;
+    op->st->waiting = op;
+    return 1;
 }
 
 /* One 8 MiB range at a time into the file (the write is to the page cache,
@@ -794,10 +1009,16 @@ static void fetch_cb(const sl_curl_result_t *res, void *arg)
     size_t n;
     int err = range_body(op, res, S3_FETCH_STEP, &data, &n);
     if (err) {
-        if (err != SL_ENOTFOUND && err != SL_ECANCELED)
-            log_failure("GetObject", op->key, res);
+        if (err != SL_ENOTFOUND && err != SL_ECANCELED && !op->backoff_ms)
+            log_failure("GetObject", op->key, res); /* once per outage */
+        if (err == SL_EUNAVAIL && fetch_wait(op))
+            return;
         fetch_finish(op, err);
         return;
+    }
+    if (op->backoff_ms) {
+        sl_log(SL_LOG_INFO, "s3_fetch_resumed", "{s:s}", "key", op->key);
+        op->backoff_ms = 0; /* a later outage waits its own full time */
     }
     for (size_t o = 0; o < n;) {
         ssize_t k = write(op->fd, data + o, n - o);
@@ -851,12 +1072,357 @@ fail:
     return err;
 }
 
+/* ---- the stale multipart upload sweeper ---- */
+
+/*
+ * A crash mid-upload (or an abort that could not be sent) leaves a multipart
+ * upload whose parts S3 keeps, and bills, until it is completed or aborted.
+ * The sweeper lists the uploads under each of the store's own prefixes
+ * (ListMultipartUploads, max 1000 per page, paged with key-marker and
+ * upload-id-marker) and aborts those initiated more than stale_after_s ago.
+ * The age is taken on S3's clock (the answer's Date header against each
+ * upload's Initiated), so a skewed local clock cannot make a fresh upload
+ * look old. Uploads of this process's open writers are never aborted; other
+ * instances' uploads in progress are safe as long as the age is well above
+ * the longest upload. One sweep at a time per store; one request at a time.
+ */
+#define S3_LIST_MAX_BYTES (4u * 1024 * 1024) /* one page of 1000 uploads is ~400 KiB */
+#define S3_SWEEP_PAGE 1000
+
+typedef struct sweep_item_s {
+    char key[SL_STORE_KEY_MAX + 1];
+    char id[S3_ID_MAX];
+} sweep_item_t;
+
+typedef struct s3_sweep_s {
+    s3_store_t *st;
+    int prefix_i; /* st->prefixes[prefix_i] is being listed */
+    char key_marker[SL_STORE_KEY_MAX + 1], id_marker[S3_ID_MAX]; /* next page; "" = first */
+    int truncated;
+    sweep_item_t *items; /* owned: the stale uploads of the page, aborted one by one */
+    int n_items, next_item;
+    int aborted, err;
+    sl_store_sweep_cb cb;
+    void *arg;
+} s3_sweep_t;
+
+static int sweep_list(s3_sweep_t *sw);
+static int sweep_abort_next(s3_sweep_t *sw);
+
+static void sweep_finish(s3_sweep_t *sw, int err)
+{
+    s3_store_t *st = sw->st;
+    if (!sw->err)
+        sw->err = err;
+    if (sw->aborted || (sw->err && sw->err != SL_ECANCELED))
+        sl_log(sw->err ? SL_LOG_WARN : SL_LOG_INFO, "s3_stale_uploads_swept", "{s:i, s:s}",
+               "aborted", sw->aborted, "error", sw->err ? sl_strerror(sw->err) : "");
+    st->sweep = NULL;
+    if (sw->cb)
+        sw->cb(sw->err, sw->aborted, sw->arg);
+    free(sw->items);
+    free(sw);
+}
+
+/* The bucket's URL with a query (no escaping: the query is built escaped). */
+static int bucket_url(const s3_store_t *st, const char *query, char *out, size_t cap)
+{
+    int n;
+    if (st->path_style)
+        n = snprintf(out, cap, "%s/%s?%s", st->scheme_host, st->bucket, query);
+    else
+        n = snprintf(out, cap, "%s://%s.%s/?%s", st->scheme, st->bucket, st->host_only, query);
+    return (n < 0 || (size_t)n >= cap) ? SL_ETOOBIG : 0;
+}
+
+/* The text of <tag>...</tag> between p and end (XML entities decoded:
+ * &amp; &lt; &gt; &quot; &apos;), or SL_EPROTO. */
+static int xml_field(const char *p, const char *end, const char *tag, char *out, size_t cap)
+{
+    char open[64], close[64];
+    snprintf(open, sizeof open, "<%s>", tag);
+    snprintf(close, sizeof close, "</%s>", tag);
+    const char *a = strstr(p, open);
+    if (!a || a >= end)
+        return SL_EPROTO;
+    a += strlen(open);
+    const char *b = strstr(a, close);
+    if (!b || b > end)
+        return SL_EPROTO;
+    static const struct {
+        const char *ent;
+        char c;
+    } ents[] = {{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&quot;", '"'}, {"&apos;", '\''}};
+    size_t o = 0;
+    while (a < b) {
+        char c = *a++;
+        if (c == '&') {
+            size_t k;
+            for (k = 0; k < sizeof ents / sizeof ents[0]; k++) {
+                size_t l = strlen(ents[k].ent);
+                if ((size_t)(b - a + 1) >= l && strncmp(a - 1, ents[k].ent, l) == 0) {
+                    c = ents[k].c;
+                    a += l - 1;
+                    break;
+                }
+            }
+            if (k == sizeof ents / sizeof ents[0])
+                return SL_EPROTO; /* numeric references: not in anything of ours */
+        }
+        if (o + 1 >= cap)
+            return SL_EPROTO;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* "2026-12-03T17:31:24.000Z" (Initiated) -> seconds, or -1. */
+static time_t parse_iso8601(const char *s)
+{
+    struct tm tm = {0};
+    const char *e = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!e)
+        return -1;
+    return timegm(&tm);
+}
+
+/* The Date header (RFC 7231 IMF-fixdate), else our clock. */
+static time_t s3_now(const sl_curl_result_t *res)
+{
+    const char *d = header_value(res, "Date");
+    struct tm tm = {0};
+    if (d && strptime(d, "%a, %d %b %Y %H:%M:%S GMT", &tm))
+        return timegm(&tm);
+    return time(NULL);
+}
+
+static int writer_owns(const s3_store_t *st, const char *upload_id)
+{
+    for (const s3_writer_t *w = st->live; w; w = w->live_next)
+        if (w->upload_id[0] && strcmp(w->upload_id, upload_id) == 0)
+            return 1;
+    return 0;
+}
+
+static void sweep_next_step(s3_sweep_t *sw)
+{
+    int err = 0;
+    if (sw->next_item < sw->n_items) {
+        err = sweep_abort_next(sw);
+    } else if (sw->truncated) {
+        err = sweep_list(sw);
+    } else if (++sw->prefix_i < sw->st->nprefixes) {
+        sw->key_marker[0] = sw->id_marker[0] = '\0';
+        err = sweep_list(sw);
+    } else {
+        sweep_finish(sw, 0);
+        return;
+    }
+    if (err)
+        sweep_finish(sw, err); /* from a callback: never synchronous to the caller */
+}
+
+static void sweep_abort_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_sweep_t *sw = arg;
+    const sweep_item_t *it = &sw->items[sw->next_item++];
+    int err = map_result(res);
+    if (err == SL_ECANCELED) {
+        sweep_finish(sw, err);
+        return;
+    }
+    if (err == 0) {
+        sw->aborted++;
+        sl_log(SL_LOG_INFO, "s3_stale_upload_aborted", "{s:s, s:s}", "key", it->key, "upload_id",
+               it->id);
+    } else if (err != SL_ENOTFOUND) { /* 404: gone meanwhile (another instance) */
+        log_failure("AbortMultipartUpload", it->key, res);
+        if (!sw->err)
+            sw->err = err;
+    }
+    sweep_next_step(sw);
+}
+
+static int sweep_abort_next(s3_sweep_t *sw)
+{
+    const sweep_item_t *it = &sw->items[sw->next_item];
+    char q[S3_ID_MAX * 3 + 16], id[S3_ID_MAX * 3], url[S3_URL_MAX];
+    int err = query_escape(it->id, id, sizeof id);
+    if (err)
+        return err;
+    snprintf(q, sizeof q, "uploadId=%s", id);
+    if ((err = object_url(sw->st, it->key, q, url, sizeof url)) != 0)
+        return err;
+    return s3_request(sw->st, "DELETE", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS, 0,
+                      sweep_abort_cb, sw, NULL);
+}
+
+static void sweep_list_cb(const sl_curl_result_t *res, void *arg)
+{
+    s3_sweep_t *sw = arg;
+    s3_store_t *st = sw->st;
+    const char *prefix = st->prefixes[sw->prefix_i];
+    int err = map_result(res);
+    if (err) {
+        if (err != SL_ECANCELED)
+            log_failure("ListMultipartUploads", prefix, res);
+        sweep_finish(sw, err == SL_ENOTFOUND ? SL_EIO : err);
+        return;
+    }
+    time_t now = s3_now(res);
+    char trunc[8] = "";
+    xml_text(res->body, "IsTruncated", trunc, sizeof trunc);
+    sw->truncated = strcmp(trunc, "true") == 0;
+    if (sw->truncated) {
+        /* The next page starts after these; a truncated page without them, or
+         * with the ones we sent, would loop: stop there. */
+        char km[sizeof sw->key_marker], um[sizeof sw->id_marker];
+        const char *bend = res->body + res->body_len;
+        if (xml_field(res->body, bend, "NextKeyMarker", km, sizeof km) != 0 ||
+            xml_field(res->body, bend, "NextUploadIdMarker", um, sizeof um) != 0 ||
+            (strcmp(km, sw->key_marker) == 0 && strcmp(um, sw->id_marker) == 0)) {
+            sweep_finish(sw, SL_EPROTO);
+            return;
+        }
+        memcpy(sw->key_marker, km, sizeof km);
+        memcpy(sw->id_marker, um, sizeof um);
+    }
+    sw->n_items = sw->next_item = 0;
+    const char *p = res->body;
+    while (sw->n_items < S3_SWEEP_PAGE && (p = strstr(p, "<Upload>")) != NULL) {
+        const char *end = strstr(p, "</Upload>");
+        if (!end)
+            break;
+        sweep_item_t *it = &sw->items[sw->n_items];
+        char when[64];
+        int ok = xml_field(p, end, "Key", it->key, sizeof it->key) == 0 &&
+                 xml_field(p, end, "UploadId", it->id, sizeof it->id) == 0 &&
+                 xml_field(p, end, "Initiated", when, sizeof when) == 0;
+        p = end + 9;
+        if (!ok)
+            continue;
+        time_t t = parse_iso8601(when);
+        /* Ours only: under the prefix asked for, a key Sluice could have
+         * written, not an upload this process is writing, old enough. */
+        if (strncmp(it->key, prefix, strlen(prefix)) != 0 || !sl_store_key_valid(it->key) ||
+            writer_owns(st, it->id) || t < 0 || now - t < st->stale_after_s)
+            continue;
+        sw->n_items++;
+    }
+    sweep_next_step(sw);
+}
+
+static int sweep_list(s3_sweep_t *sw)
+{
+    char q[4 * (SL_STORE_KEY_MAX + S3_ID_MAX) + 256], a[3 * SL_STORE_KEY_MAX + 4], b[3 * S3_ID_MAX],
+        c[3 * 64 + 4], url[S3_URL_MAX + sizeof q];
+    int err = query_escape(sw->st->prefixes[sw->prefix_i], c, sizeof c);
+    if (err)
+        return err;
+    /* Parameters in canonical (sorted) order; "uploads" is the subresource. */
+    if (sw->key_marker[0]) {
+        if ((err = query_escape(sw->key_marker, a, sizeof a)) != 0 ||
+            (err = query_escape(sw->id_marker, b, sizeof b)) != 0)
+            return err;
+        snprintf(q, sizeof q, "key-marker=%s&max-uploads=%d&prefix=%s&upload-id-marker=%s&uploads",
+                 a, S3_SWEEP_PAGE, c, b);
+    } else {
+        snprintf(q, sizeof q, "max-uploads=%d&prefix=%s&uploads", S3_SWEEP_PAGE, c);
+    }
+    if ((err = bucket_url(sw->st, q, url, sizeof url)) != 0)
+        return err;
+    return s3_request(sw->st, "GET", url, NULL, 0, NULL, 0, NULL, S3_SMALL_TIMEOUT_MS,
+                      S3_LIST_MAX_BYTES, sweep_list_cb, sw, NULL);
+}
+
+static int s3_sweep(sl_store_t *base, sl_store_sweep_cb cb, void *arg)
+{
+    s3_store_t *st = (s3_store_t *)base;
+    if (st->sweep)
+        return SL_EAGAIN;
+    if (st->stale_after_s < 0 || st->nprefixes == 0)
+        return SL_EINVAL;
+    s3_sweep_t *sw = calloc(1, sizeof *sw);
+    if (!sw || !(sw->items = calloc(S3_SWEEP_PAGE, sizeof *sw->items))) {
+        free(sw);
+        return SL_ENOMEM;
+    }
+    sw->st = st;
+    sw->cb = cb;
+    sw->arg = arg;
+    int err = sweep_list(sw);
+    if (err) {
+        free(sw->items);
+        free(sw);
+        return err;
+    }
+    st->sweep = sw;
+    return 0;
+}
+
+/* At open (first turn of the loop), then every stale_after_s / 4 (1 s..1 h). */
+static struct timeval sweep_interval(const s3_store_t *st)
+{
+    long s = st->stale_after_s / 4;
+    struct timeval tv = {s < 1 ? 1 : s > 3600 ? 3600 : s, 0};
+    return tv;
+}
+
+static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s3_store_t *st = arg;
+    int err = st->sweep ? 0 : s3_sweep(&st->base, NULL, NULL);
+    if (err)
+        sl_log(SL_LOG_WARN, "s3_sweep_not_started", "{s:s}", "error", sl_strerror(err));
+    struct timeval tv = sweep_interval(st);
+    evtimer_add(st->sweep_ev, &tv);
+}
+
 /* ---- the store ---- */
+
+static void store_final_free(s3_store_t *st);
+
+static void store_job_done(s3_store_t *st)
+{
+    if (--st->jobs == 0 && st->closing)
+        store_final_free(st);
+}
 
 static void s3_free(sl_store_t *base)
 {
     s3_store_t *st = (s3_store_t *)base;
-    sl_curl_free(st->curl); /* in-flight reads and aborts end with SL_ECANCELED */
+    if (st->sweep_ev)
+        event_free(st->sweep_ev);
+    while (st->waiting) { /* copies waiting for S3: cancelled, as the ones in flight */
+        s3_op_t *op = st->waiting;
+        wait_unlink(op);
+        fetch_finish(op, SL_ECANCELED);
+    }
+    sl_curl_free(st->curl); /* in-flight reads, aborts, a sweep end with SL_ECANCELED */
+    /* Writers still alive (a hash or sniff job pending on the pool, whose
+     * done callback comes in sl_workq_free, or one its owner has not closed)
+     * must not touch the store from now on: they end with SL_ECANCELED and
+     * send nothing (an upload left behind is the sweeper's). */
+    for (s3_writer_t *w = st->live, *next; w; w = next) {
+        next = w->live_next;
+        w->orphaned = 1;
+        w->live_prev = w->live_next = NULL;
+    }
+    st->live = NULL;
+    st->curl = NULL;
+    if (st->jobs > 0) {
+        st->closing = 1; /* a pool job reads st (magic, part size): the last one frees */
+        return;
+    }
+    store_final_free(st);
+}
+
+/* Pool jobs pin the store: a sniff job uses its libmagic cookie. */
+static void store_final_free(s3_store_t *st)
+{
     if (st->magic)
         magic_close(st->magic);
     pthread_mutex_destroy(&st->magic_mu);
@@ -880,6 +1446,7 @@ static const sl_store_ops_t s3_ops = {
     .del = s3_del,
     .local_path = NULL, /* no local file: callers use fetch_local */
     .fetch_local = s3_fetch_local,
+    .sweep = s3_sweep,
     .free = s3_free,
 };
 
@@ -950,8 +1517,29 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
         err = SL_ECONFIG;
         goto fail;
     }
+    st->stale_after_s = conf->abort_stale_uploads_after_s ? conf->abort_stale_uploads_after_s
+                                                          : SL_STORE_S3_STALE_DEFAULT_S;
+    static const char *const own[] = SL_STORE_OWN_PREFIXES;
+    const char *const *pf = conf->own_prefixes ? conf->own_prefixes : own;
+    err = SL_ECONFIG;
+    for (; *pf; pf++) {
+        size_t n = strlen(*pf);
+        if (st->nprefixes == SL_STORE_PREFIXES_MAX || n == 0 || n >= sizeof st->prefixes[0])
+            goto fail;
+        memcpy(st->prefixes[st->nprefixes++], *pf, n + 1);
+    }
+    err = SL_ENOMEM;
     if ((err = sl_curl_new(evb, &st->curl)) != 0)
         goto fail;
+    if (st->stale_after_s > 0) {
+        struct timeval now = {0, 0};
+        if (!(st->sweep_ev = evtimer_new(evb, sweep_timer_cb, st))) {
+            sl_curl_free(st->curl);
+            err = SL_ENOMEM;
+            goto fail;
+        }
+        evtimer_add(st->sweep_ev, &now);
+    }
     st->magic = magic_open(MAGIC_MIME_TYPE);
     if (st->magic && magic_load(st->magic, NULL) != 0) {
         magic_close(st->magic);

@@ -16,6 +16,9 @@ import pytest
 MIB = 1024 * 1024
 
 
+# Tests take (s3front, start_server) in that order: fixtures are torn down in
+# reverse, so Sluice stops before its S3 does (a run whose blob copy finds S3
+# gone waits for it, and would then be cut at exit).
 def _s3_server(start_server, s3front, extra=""):
     front = s3front()
     srv = start_server(extra_yaml=front.storage_yaml("sluice") + extra)
@@ -50,7 +53,7 @@ def _keys_of(front):
     return [k for k in front.keys("sluice")]
 
 
-def test_upload_small_and_multipart_objects(start_server, s3front, tmp_path):
+def test_upload_small_and_multipart_objects(s3front, start_server, tmp_path):
     front, srv = _s3_server(start_server, s3front)
     t = srv.create_tenant("s3")
     ds = t.create_dataset("s3")["id"]
@@ -91,7 +94,7 @@ def test_upload_small_and_multipart_objects(start_server, s3front, tmp_path):
 
 
 @pytest.mark.slow  # a big upload, and RSS means nothing under ASan (as test_upload's 1 GiB test)
-def test_big_upload_keeps_rss_flat(start_server, s3front, tmp_path):
+def test_big_upload_keeps_rss_flat(s3front, start_server, tmp_path):
     size = int(os.environ.get("SLUICE_S3_BIG_MIB", "200")) * MIB
     front, srv = _s3_server(start_server, s3front,
                             "limits: {max_file_bytes: %d}\n" % (size + MIB))
@@ -116,7 +119,7 @@ def test_big_upload_keeps_rss_flat(start_server, s3front, tmp_path):
     assert front.pending_uploads("sluice") == []
 
 
-def test_abort_mid_upload_leaves_nothing(start_server, s3front):
+def test_abort_mid_upload_leaves_nothing(s3front, start_server):
     front, srv = _s3_server(start_server, s3front)
     t = srv.create_tenant("s3abort")
     ds = t.create_dataset("s3abort")["id"]
@@ -150,7 +153,7 @@ def test_abort_mid_upload_leaves_nothing(start_server, s3front):
     assert r.status_code == 202, r.text
 
 
-def test_s3_down_means_503_with_retry_after(start_server, s3front):
+def test_s3_down_means_503_with_retry_after(s3front, start_server):
     front, srv = _s3_server(start_server, s3front)
     t = srv.create_tenant("s3down")
     ds = t.create_dataset("s3down")["id"]
@@ -188,7 +191,7 @@ def test_backend_unit_test_against_the_front(s3front):
     assert front.stats()["refused"] == {}, front.stats()
 
 
-def test_runs_read_their_blob_from_s3(start_server, s3front, samples):
+def test_runs_read_their_blob_from_s3(s3front, start_server, samples):
     """A run gets a local copy of its blob (sl_store_fetch_local into its
     scratch dir) so pdftotext and tesseract read a path; its artifacts are
     written to S3 and served back through Sluice with ranged GETs."""

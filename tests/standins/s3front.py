@@ -48,7 +48,9 @@ s3rver only once it verifies: a refused body is never stored.
 What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
 ._S3rver_uploads/UPLOADID/{key,metadata,N,N.md5}):
   AbortMultipartUpload   DELETE /B/K?uploadId=U    (s3rver: 405 MethodNotAllowed)
-  ListMultipartUploads   GET /B?uploads             (s3rver: 501 NotImplemented)
+  ListMultipartUploads   GET /B?uploads             (s3rver: 501 NotImplemented; prefix,
+                         delimiter, max-uploads, key-marker, upload-id-marker,
+                         encoding-type and paging as the S3 API reference says)
   ListParts              GET /B/K?uploadId=U        (s3rver: 405 MethodNotAllowed)
   CompleteMultipartUpload checks before s3rver assembles (s3rver checks nothing):
     unknown upload or another key's -> 404 NoSuchUpload; part numbers not
@@ -60,9 +62,13 @@ What s3rver lacks and the front serves itself, on s3rver's storage (DIR/BUCKET/
 Control (no signature): GET /_stats (counters), POST /_reset, POST /_control
 with {"upstream": "stop"|"start"} (s3rver killed/restarted on the same port and
 storage: the front answers 503 ServiceUnavailable meanwhile, as S3 does when
-it cannot serve), {"mode": "ok"|"down"} (down: every S3 request gets 503
-ServiceUnavailable with Retry-After: 1), or {"refuse_ms": N} (the front stops
-listening for N ms: connections refused, as when S3 is unreachable).
+it cannot serve), {"mode": "ok"|"down"|"reads_down"} (down: every S3
+request gets 503 ServiceUnavailable with Retry-After: 1; reads_down: only
+GET and HEAD do, so an upload is stored and its run's copy waits), or
+{"refuse_ms": N} (the front stops listening for N ms: connections refused,
+as when S3 is unreachable). /_stats counts those 503s as "unavailable".
+{"list_page_cap": N} makes ListMultipartUploads pages hold at most N uploads
+(0: off), so a client's paging can be tested with a few uploads.
 """
 
 import argparse
@@ -97,6 +103,8 @@ CHUNK = 1 << 20
 MAX_SKEW = 15 * 60              # S3: RequestTimeTooSkewed past 15 minutes
 MAX_EXPIRES = 7 * 24 * 3600     # S3: X-Amz-Expires at most a week
 MIN_PART = 5 * 1024 * 1024      # S3: every part but the last >= 5 MiB
+OWNER_ID = "75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a"  # canonical id
+OWNER_NAME = "sluice-tests"
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # GET Object's response header overrides (S3 API reference, GetObject)
@@ -213,6 +221,7 @@ class State:
         self.lock = threading.Lock()
         self.mode = "ok"
         self.refuse_ms = 0
+        self.list_page_cap = 0         # > 0: ListMultipartUploads pages hold at most this
         self.reset()
 
     def reset(self):
@@ -221,6 +230,7 @@ class State:
             self.forwarded = 0
             self.served = 0            # answered by the front itself (abort, lists)
             self.bytes_in = 0
+            self.unavailable = 0       # 503s while down, stopped or reads_down
             self.last_refusal = None
 
     def refuse(self, code, message):
@@ -236,7 +246,8 @@ class State:
         with self.lock:
             return {"mode": self.mode, "refused": dict(self.refused),
                     "forwarded": self.forwarded, "served": self.served,
-                    "bytes_in": self.bytes_in, "last_refusal": self.last_refusal}
+                    "bytes_in": self.bytes_in, "unavailable": self.unavailable,
+                    "last_refusal": self.last_refusal}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -316,7 +327,9 @@ class Handler(BaseHTTPRequestHandler):
         spooled = None
         try:
             spooled = self.spool_body(pre)
-            if self.state.mode == "down" or not self.upstream.running():
+            if self.state.mode == "down" or not self.upstream.running() or \
+                    (self.state.mode == "reads_down" and self.command in ("GET", "HEAD")):
+                self.state.add("unavailable")
                 raise Refusal(503, "ServiceUnavailable", "Service is unable to handle request.")
             if self.serve_locally(split, spooled):
                 return
@@ -577,7 +590,7 @@ class Handler(BaseHTTPRequestHandler):
             self.check_complete(d, spooled)
             return False
         if not key and "uploads" in q and self.command == "GET":
-            self.list_uploads(bucket, q.get("prefix", ""))
+            self.list_uploads(bucket, q)
             return True
         return False
 
@@ -597,30 +610,114 @@ class Handler(BaseHTTPRequestHandler):
                         '%s</ListPartsResult>' % (escape(bucket), escape(key), upload_id,
                                                   "".join(rows)))
 
-    def list_uploads(self, bucket, prefix):
-        rows = []
+    def list_uploads(self, bucket, q):
+        """ListMultipartUploads as the S3 API reference gives it (GET /B?uploads):
+        parameters prefix, delimiter, max-uploads (1..1000, default 1000),
+        key-marker, upload-id-marker (ignored without key-marker), encoding-type
+        (url). Uploads sorted by key, then by initiation time within a key
+        (then by id, so paging is stable). After key-marker K: keys > K, and
+        with upload-id-marker U also K's uploads after U: after it in the
+        listing order when U is one of K's uploads (so NextUploadIdMarker
+        pages lose nothing when ids do not sort by time), else those whose id
+        is lexicographically greater than U (the reference's wording). With a delimiter, keys
+        sharing prefix+...+delimiter are rolled into one CommonPrefixes entry,
+        which counts against max-uploads. Truncated answers carry
+        NextKeyMarker and NextUploadIdMarker (the last upload listed). Initiated
+        is the mtime of the upload's `key` file, written once when s3rver
+        creates the upload (the directory's mtime moves with every part)."""
+        prefix = q.get("prefix", "")
+        delim = q.get("delimiter", "")
+        enc = q.get("encoding-type")
+        if enc is not None and enc != "url":
+            raise Refusal(400, "InvalidArgument", "Invalid Encoding Method specified in Request",
+                          ArgumentName="encoding-type", ArgumentValue=enc)
+        try:
+            max_up = int(q.get("max-uploads", "1000"))
+        except ValueError:
+            max_up = -1
+        if max_up < 0 or str(max_up) != q.get("max-uploads", "1000").lstrip("+"):
+            raise Refusal(400, "InvalidArgument", "Provided max-uploads not an integer or "
+                          "within integer range", ArgumentName="max-uploads",
+                          ArgumentValue=q.get("max-uploads"))
+        max_up = min(max_up, 1000)
+        if self.state.list_page_cap:   # a test's small pages: S3 may return fewer too
+            max_up = min(max_up, self.state.list_page_cap)
+        kmark = q.get("key-marker", "")
+        umark = q.get("upload-id-marker", "") if kmark else ""
         ud = self.uploads_dir(bucket)
         found = []
         if ud.is_dir():
             for d in ud.iterdir():
                 try:
                     key = (d / "key").read_text()
+                    t = (d / "key").stat().st_mtime
                 except OSError:
                     continue
-                if key.startswith(prefix):
-                    found.append((key, d.stat().st_mtime, d.name))
-        for key, mtime, uid in sorted(found):
-            rows.append("<Upload><Key>%s</Key><UploadId>%s</UploadId><Initiated>%s</Initiated>"
-                        "<StorageClass>STANDARD</StorageClass></Upload>"
-                        % (escape(key), uid,
-                           time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(mtime))))
+                if not key.startswith(prefix):
+                    continue
+                if kmark and (key < kmark or (key == kmark and not umark)):
+                    continue
+                found.append((key, t, d.name))
+        found.sort()
+        if umark:
+            # K's uploads after the marker: in listing order (initiation time)
+            # when the marker is one of them, which is what paging hands back;
+            # else those with a lexicographically greater id.
+            same = [f for f in found if f[0] == kmark]
+            pos = [i for i, f in enumerate(same) if f[2] == umark]
+            after = same[pos[0] + 1:] if pos else [f for f in same if f[2] > umark]
+            found = [f for f in found if f[0] != kmark] + after
+            found.sort()
+
+        def e(v):
+            return escape(quote(v, safe="/") if enc == "url" else v)
+        rows, prefixes, seen, n, truncated, last = [], [], set(), 0, False, None
+        for key, t, uid in found:
+            cp = None
+            if delim:
+                i = key.find(delim, len(prefix))
+                if i >= 0:
+                    cp = key[:i + len(delim)]
+            if cp is not None and cp in seen:
+                continue
+            if n == max_up:
+                truncated = True
+                break
+            n += 1
+            if cp is not None:
+                seen.add(cp)
+                prefixes.append("<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>" % e(cp))
+                last = (cp, "")
+                continue
+            last = (key, uid)
+            rows.append("<Upload><Key>%s</Key><UploadId>%s</UploadId>"
+                        "<Initiator><ID>%s</ID><DisplayName>%s</DisplayName></Initiator>"
+                        "<Owner><ID>%s</ID><DisplayName>%s</DisplayName></Owner>"
+                        "<StorageClass>STANDARD</StorageClass><Initiated>%s</Initiated>"
+                        "</Upload>"
+                        % (e(key), escape(uid), OWNER_ID, OWNER_NAME, OWNER_ID, OWNER_NAME,
+                           time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                           + ".%03dZ" % int((t % 1) * 1000)))
+        body = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListMultipartUploadsResult '
+                'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+                "<Bucket>%s</Bucket>" % escape(bucket),
+                "<KeyMarker>%s</KeyMarker>" % e(kmark),
+                "<UploadIdMarker>%s</UploadIdMarker>" % escape(umark)]
+        if truncated and last:
+            body.append("<NextKeyMarker>%s</NextKeyMarker>" % e(last[0]))
+            body.append("<NextUploadIdMarker>%s</NextUploadIdMarker>" % escape(last[1]))
+        if enc:
+            body.append("<EncodingType>url</EncodingType>")
+        if delim:
+            body.append("<Delimiter>%s</Delimiter>" % e(delim))
+        body.append("<Prefix>%s</Prefix>" % e(prefix))
+        body.append("<MaxUploads>%d</MaxUploads>" % max_up)
+        body.append("<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false"))
+        body.extend(rows)
+        body.extend(prefixes)
+        body.append("</ListMultipartUploadsResult>")
         self.state.add("served")
-        self.send_plain(200, '<?xml version="1.0" encoding="UTF-8"?>\n'
-                        '<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/'
-                        '2006-03-01/"><Bucket>%s</Bucket><Prefix>%s</Prefix><MaxUploads>1000'
-                        '</MaxUploads><IsTruncated>false</IsTruncated>%s'
-                        '</ListMultipartUploadsResult>' % (escape(bucket), escape(prefix),
-                                                            "".join(rows)))
+        self.send_plain(200, "".join(body))
 
     def check_complete(self, d, spooled):
         f, n = spooled
@@ -753,10 +850,15 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(raw or b"{}")
             except ValueError:
                 return js(400, {"error": "the body must be JSON"})
-            if req.get("mode") in ("ok", "down"):
+            if req.get("mode") in ("ok", "down", "reads_down"):
                 self.state.mode = req["mode"]
             elif "mode" in req:
-                return js(400, {"error": "mode must be ok or down"})
+                return js(400, {"error": "mode must be ok, down or reads_down"})
+            cap = req.get("list_page_cap")
+            if cap is not None:
+                if not isinstance(cap, int) or not 0 <= cap <= 1000:
+                    return js(400, {"error": "list_page_cap must be an integer in 0..1000"})
+                self.state.list_page_cap = cap
             refuse = req.get("refuse_ms")
             if refuse is not None:
                 if not isinstance(refuse, int) or not 0 < refuse <= 60000:

@@ -223,6 +223,14 @@ static void test_defaults(void)
                &cfg) == 0);
     if (cfg != NULL) {
         CHECK(STREQ(cfg->s3_path_style, "true") && cfg->s3_part_size == 16777216);
+        CHECK(cfg->s3_abort_stale_after_s == 24 * 3600); /* the sweeper's default age */
+        sl_config_free(cfg);
+    }
+    CHECK(load("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+               "abort_stale_uploads_after_s: 60}\n",
+               &cfg) == 0);
+    if (cfg != NULL) {
+        CHECK(cfg->s3_abort_stale_after_s == 60);
         sl_config_free(cfg);
     }
 }
@@ -417,6 +425,10 @@ static void test_errors(void)
     EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
                  "presigned_redirects: yes}\n",
                  "sluice.yaml:2: storage.presigned_redirects: must be true or false");
+    EXPECT_ERROR("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+                 "abort_stale_uploads_after_s: -1}\n",
+                 "sluice.yaml:2: storage.abort_stale_uploads_after_s: must be a non-negative "
+                 "integer");
     EXPECT_ERROR("database_url: x\nstorage:\n  backend: s3\n  endpoint: http://s3\n",
                  "sluice.yaml:2: storage.bucket: is required for backend s3");
     EXPECT_ERROR("database_url: x\nservices:\n  openai: {rate_per_s: nan}\n",

@@ -766,11 +766,8 @@ static void test_sigv4(void)
     b.max_redirects = 1;
     CHECK(sl_curl_request(cu, &b, rec_cb, &r, NULL) == SL_EINVAL);
     b.max_redirects = 0;
-    b.body = "x";
+    b.body = "x"; /* (a memory body may carry the caller's payload hash: storage_s3.c) */
     b.body_len = 1;
-    b.sigv4_payload_sha256 = fh;
-    CHECK(sl_curl_request(cu, &b, rec_cb, &r, NULL) == SL_EINVAL);
-    b.sigv4_payload_sha256 = NULL;
     b.method = "post"; /* sent as is, so it must be signed as is: uppercase only */
     CHECK(sl_curl_request(cu, &b, rec_cb, &r, NULL) == SL_EINVAL);
     b.method = NULL;

@@ -65,7 +65,16 @@ typedef struct put_s {
     EVP_MD_CTX *sha;
     uint64_t abort_at; /* abort once this much was sent (0: never) */
     int aborted;
+    int committed; /* sl_store_put_commit was called */
 } put_t;
+
+/* Drains (the loop taking more bytes) seen while a pool job was pending
+ * before the commit: the only pool jobs then are the parts' hashes, so a
+ * count > 0 shows the loop went on while a part was hashed. An ordering, not
+ * a timing: when a part ships, the writer's buffer is free again and the
+ * drain comes on the next loop turn, long before 2 x 5 MiB of SHA-256 end;
+ * hashed on the loop, no job would ever be pending then. */
+static int drains_while_hashing;
 
 static void commit_cb(int err, const sl_store_info_t *info, void *arg)
 {
@@ -83,6 +92,8 @@ static void drain_cb(sl_store_writer_t *w, void *arg)
     (void)w;
     put_t *p = arg;
     p->drains++;
+    if (!p->committed && sl_workq_pending(wq) > 0)
+        drains_while_hashing++;
     if (p->paused) {
         p->paused = 0;
         feed(p);
@@ -118,6 +129,7 @@ static void feed(put_t *p)
             return;
         }
     }
+    p->committed = 1;
     if (sl_store_put_commit(p->w, commit_cb, p) != 0) {
         p->err = SL_EIO;
         p->done++;
@@ -280,8 +292,12 @@ int main(void)
     CHECK(rd_err == SL_ENOTFOUND);
 
     /* A multipart object (5 MiB parts), fed with backpressure: pending stays
-     * bounded, drains come, the digest matches, ranged reads cross parts. */
+     * bounded, drains come, the digest matches, ranged reads cross parts.
+     * The parts are hashed on the pool while the loop goes on. */
+    drains_while_hashing = 0;
     put(keys[1], 23 * MIB + 12345, 0, &p, want);
+    printf("drains while a part was hashed: %d\n", drains_while_hashing);
+    CHECK(drains_while_hashing > 0);
     CHECK(p.done == 1 && p.err == 0);
     CHECK(p.info.size == 23 * MIB + 12345 && strcmp(p.info.sha256_hex, want) == 0);
     CHECK(p.drains > 0);
@@ -349,6 +365,18 @@ int main(void)
     CHECK(p.done == 1 && p.err == SL_EUNAVAIL);
     CHECK(do_stat("t/down") == SL_EUNAVAIL);
     sl_store_free(st);
+
+    /* Freed with a pool job pending (the commit's sniff): the store lives on
+     * until the job is done, the commit ends SL_ECANCELED, nothing is sent
+     * (ASan: no use after free). */
+    CHECK(sl_store_open(&conf, wq, base, &st) == 0);
+    memset(&p, 0, sizeof p);
+    CHECK(sl_store_put_begin(st, "t/freed-early", &p.w) == 0);
+    CHECK(sl_store_write(p.w, "hello", 5) == 0);
+    CHECK(sl_store_put_commit(p.w, commit_cb, &p) == 0);
+    sl_store_free(st);
+    run_until(&p.done, 1);
+    CHECK(p.done == 1 && p.err == SL_ECANCELED);
 
     /* Configuration refused. */
     sl_store_conf_t bad = conf;

@@ -19,7 +19,7 @@ def _text_artifact(srv, samples):
     return t, art
 
 
-def test_signed_url_redirects_to_a_presigned_s3_url(start_server, s3front, samples):
+def test_signed_url_redirects_to_a_presigned_s3_url(s3front, start_server, samples):
     front = s3front()
     srv = start_server(extra_yaml=front.storage_yaml().replace(
         "path_style: true}", "path_style: true, presigned_redirects: true}"))
@@ -52,7 +52,7 @@ def test_signed_url_redirects_to_a_presigned_s3_url(start_server, s3front, sampl
     assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_signature", r.text
 
 
-def test_default_serves_the_bytes_itself(start_server, s3front, samples):
+def test_default_serves_the_bytes_itself(s3front, start_server, samples):
     front = s3front()
     srv = start_server(extra_yaml=front.storage_yaml())
     t, art = _text_artifact(srv, samples)

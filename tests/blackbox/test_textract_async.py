@@ -81,7 +81,7 @@ def aws_error(call, **kw):
 
 
 def test_multi_page_pdf_in_s3_is_read_by_an_async_textract_job(
-        start_server, standins, s3front, two_pages):
+        s3front, start_server, standins, two_pages):
     front = s3front()
     textract = standins("textract", "--s3-endpoint", front.url, "--s3-key-id", S3_KEY_ID,
                         "--s3-secret", S3_SECRET, "--async-polls", "2")
@@ -106,7 +106,7 @@ def test_multi_page_pdf_in_s3_is_read_by_an_async_textract_job(
     assert text.decode().count("DLV-77813") == 2, text.decode()[:2000]
 
 
-def test_thirty_pages_each_read_and_paged_through(start_server, standins, s3front, tmp_path):
+def test_thirty_pages_each_read_and_paged_through(s3front, start_server, standins, tmp_path):
     """Issue 12's acceptance: a 30-page PDF gets its text from every page. Its
     ~1,800 blocks are more than one GetDocumentTextDetection answer holds
     (1,000), so the flow pages through them with NextToken. Tika fails (500)

@@ -67,8 +67,8 @@ static sl_metric_t *m_group_size, *m_groups;
  * The group's rows in the columns run_event.h publishes, in seq order. One
  * statement whatever the group's size: prepared once per connection.
  */
-static const char GROUP_SQL[] = "SELECT " SL_RUN_EVENT_COLUMNS
-                                " FROM sluice_run_transitions($1, $2::json) ORDER BY seq";
+static const char GROUP_SQL[] =
+    "SELECT " SL_RUN_EVENT_COLUMNS " FROM sluice_run_transitions($1, $2::json) ORDER BY seq";
 enum { COL_RUN_ID = 3 }; /* run_id in SL_RUN_EVENT_COLUMNS */
 
 static void pump(sl_commit_t *c);
@@ -79,8 +79,8 @@ static void metrics_init(void)
     if (m_group_size)
         return;
     m_group_size = sl_metrics_histogram("sluice_commit_group_size",
-                                        "Run transitions committed together in one transaction",
-                                        "", buckets, (int)(sizeof buckets / sizeof buckets[0]));
+                                        "Run transitions committed together in one transaction", "",
+                                        buckets, (int)(sizeof buckets / sizeof buckets[0]));
     m_groups = sl_metrics_counter("sluice_commit_groups_total",
                                   "Group commits of run transitions by outcome", "outcome");
 }
@@ -165,8 +165,7 @@ static void fail_later(group_t *g, int err, const char *msg)
 {
     g->err = err;
     g->errmsg = msg;
-    if (event_base_once(g->c->base, -1, EV_TIMEOUT, fail_later_cb, g, &(struct timeval){0, 0}) !=
-        0)
+    if (event_base_once(g->c->base, -1, EV_TIMEOUT, fail_later_cb, g, &(struct timeval){0, 0}) != 0)
         group_fail(g, err, msg); /* cannot happen short of memory: then at once */
 }
 
@@ -289,8 +288,8 @@ static void pump(sl_commit_t *c)
         batch[off++] = ']';
         batch[off] = '\0';
         const char *params[] = {c->owner, batch};
-        int err = sl_pg_query_prepared(c->pg, "sl_run_transitions", GROUP_SQL, 2, params,
-                                       group_cb, g);
+        int err =
+            sl_pg_query_prepared(c->pg, "sl_run_transitions", GROUP_SQL, 2, params, group_cb, g);
         free(batch);
         if (err != 0) {
             fail_later(g, err, sl_strerror(err));

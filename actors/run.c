@@ -94,9 +94,9 @@ struct sl_run_s {
     char tmpdir[640];
     char blob_key[SL_STORE_KEY_MAX + 1]; /* s3 (issue 12): a blob with no local path, fetched
                                             into tmpdir before the flow starts; "" otherwise */
-    sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
+    sl_pubsub_t *pubsub;    /* borrowed from the scheduler's opts (outlives every actor) */
     sl_commit_t *committer; /* a reference: the group committer of ctx.pg */
-    lifelog_t ll;        /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
+    lifelog_t ll;           /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
 
 /* What a commit does once it holds. */

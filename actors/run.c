@@ -6,14 +6,17 @@
  * moves the actor on. Cancelling marks the actor and cancels that operation;
  * the actor ends when the operation reports back, never inside the cancel.
  *
- * Commits are one statement, sluice_run_transition() (db/functions/
- * run_transition.sql): an UPDATE of the runs row guarded by lease_owner, with
- * the timeline events inserted from its RETURNING row in the same statement —
- * so events are written only if the guard held, and an actor that finds no
- * row (lease lost, file deleted) ends without effects. Every transition goes
- * through it, the failure of a run whose pipeline is gone included.
+ * Commits go through the group committer (actors/commit.h): the transitions
+ * of many actors in one statement, sluice_run_transitions() (db/functions/
+ * run_transition.sql), each an UPDATE of its runs row guarded by lease_owner
+ * with its timeline events inserted from the row it updated — so events are
+ * written only if the guard held, and an actor whose guard finds no row
+ * (lease lost, file deleted) ends without effects while the rest of its group
+ * commits. Every transition goes through it, the failure of a run whose
+ * pipeline is gone included.
  */
 #include "actors/run.h"
+#include "actors/commit.h"
 #include "actors/run_event.h"
 #include "actors/service.h"
 #include "actors/transition.h"
@@ -88,12 +91,13 @@ struct sl_run_s {
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
     struct event *timer; /* retry delay */
-    char *tmpdir;        /* owned: this actor's scratch dir, "" when it could not be made */
-    char *blob_key;      /* owned; s3 (issue 12): a blob with no local path, fetched into tmpdir
-                            before the flow starts; NULL otherwise (heap, not fixed buffers: a
-                            parked run keeps only what it needs, issue 10) */
-    sl_pubsub_t *pubsub; /* borrowed from the scheduler's opts (outlives every actor) */
-    lifelog_t ll;        /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
+    char *tmpdir;           /* owned: this actor's scratch dir, "" when it could not be made */
+    char *blob_key;         /* owned; s3 (issue 12): a blob with no local path, fetched into
+                               tmpdir before the flow starts; NULL otherwise (heap, not fixed
+                               buffers: a parked run keeps only what it needs, issue 10) */
+    sl_pubsub_t *pubsub;    /* borrowed from the scheduler's opts (outlives every actor) */
+    sl_commit_t *committer; /* a reference: the group committer of ctx.pg */
+    lifelog_t ll;           /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
 
 /* What a commit does once it holds. */
@@ -151,6 +155,7 @@ static void run_free(sl_run_t *r)
         event_free(r->timer);
     if (r->flow)
         sl_flow_unref(r->flow);
+    sl_commit_release(r->committer);
     free(r->ctx_json);
     free(r->file_json);
     free(r->tmpdir);
@@ -258,38 +263,15 @@ static void ll_emit(sl_run_t *r)
 
 /* ---- commits ---- */
 
-/*
- * Publishes committed timeline rows (columns SL_RUN_EVENT_COLUMNS) on their
- * dataset's channel, in seq order, for SSE clients on every instance.
- */
-static void publish_rows(sl_pubsub_t *ps, PGresult *res)
-{
-    int n = ps && res ? PQntuples(res) : 0;
-    for (int i = 0; i < n; i++) {
-        const char *v[SL_RUN_EVENT_NCOLS];
-        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-            v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        sl_run_event_publish_values(ps, "run", v);
-    }
-}
-
-/*
- * A transition is sluice_run_transition() (db/functions/run_transition.sql):
- * the runs row guarded by the lease and the timeline events, in one
- * statement; it returns the events it wrote, selected here in the columns
- * publish_rows expects.
- */
-static const char COMMIT_SQL[] =
-    "SELECT " SL_RUN_EVENT_COLUMNS " FROM sluice_run_transition($1, $2, $3, $4, $5, $6, $7,"
-    " $8, $9, $10, $11, $12, $13) ORDER BY seq";
-
 static void lease_given_back_cb(const sl_pg_result_t *res, void *arg)
 {
     (void)res; /* if this is lost too, the lease lapses by itself (not renewed) */
     (void)arg;
 }
 
-static void commit_cb(const sl_pg_result_t *res, void *arg)
+/* The transition's outcome (commit.h); its events were published if it held,
+ * even if the actor was cancelled meanwhile. */
+static void commit_cb(int err, int held, const char *errmsg, void *arg)
 {
     commit_t *c = arg;
     sl_run_t *r = c->run;
@@ -297,24 +279,22 @@ static void commit_cb(const sl_pg_result_t *res, void *arg)
     int delay = c->delay_ms;
     free(c);
     r->busy = 0;
-    if (!res->err)
-        publish_rows(r->pubsub, res->res[0]); /* committed, even if the actor was cancelled */
-    if (!res->err && PQntuples(res->res[0]) > 0)
+    if (!err && held)
         ll_emit(r); /* the transition happened (a lost one logs run_commit_lost below) */
     r->ll.kind = LL_NONE;
     if (r->cancelled) {
         run_end(r);
         return;
     }
-    if (res->err || PQntuples(res->res[0]) == 0) {
+    if (err || !held) {
         /*
          * Not committed (database down) or not ours any more (lease lost, file
          * deleted): stop here. If the run still exists its lease lapses and
          * it resumes from its last committed step.
          */
         sl_log(SL_LOG_WARN, "run_commit_lost", "{s:s, s:s, s:s}", "run_id", r->id, "step", r->step,
-               "error", res->err ? res->errmsg : "lease lost or run deleted");
-        if (res->err) {
+               "error", err ? errmsg : "lease lost or run deleted");
+        if (err) {
             /* Give the lease back now rather than in lease_s: the run is
              * claimed again at once and resumes from its last committed step. */
             const char *params[] = {r->id, r->instance_id};
@@ -359,10 +339,6 @@ static void add_event(sl_run_t *r, json_t *events, const char *step, const char 
 static void commit(sl_run_t *r, const char *state, const char *error, double wait_s, json_t *events,
                    next_t next, int delay_ms)
 {
-    char attempt[16], wait_count[16], wait[32];
-    snprintf(attempt, sizeof attempt, "%d", r->attempt);
-    snprintf(wait_count, sizeof wait_count, "%d", r->wait_count);
-    snprintf(wait, sizeof wait, "%.3f", wait_s);
     char *ev = json_dumps(events, JSON_COMPACT);
     json_decref(events);
     commit_t *c = malloc(sizeof *c);
@@ -375,21 +351,20 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
     c->run = r;
     c->next = next;
     c->delay_ms = delay_ms;
-    const char *params[] = {r->id,
-                            r->instance_id,
-                            r->step[0] ? r->step : NULL,
-                            attempt,
-                            r->ctx_json,
-                            state,
-                            r->chain_start[0] ? r->chain_start : NULL,
-                            r->chain_transient ? "true" : "false",
-                            wait_count,
-                            error,
-                            wait,
-                            r->flow ? sl_flow_version(r->flow) : NULL,
-                            ev};
+    sl_commit_tr_t t = {.run_id = r->id,
+                        .step = r->step[0] ? r->step : NULL,
+                        .attempt = r->attempt,
+                        .ctx_json = r->ctx_json,
+                        .state = state,
+                        .chain_start = r->chain_start[0] ? r->chain_start : NULL,
+                        .chain_transient = r->chain_transient,
+                        .wait_count = r->wait_count,
+                        .word = error,
+                        .wait_s = wait_s,
+                        .flow_version = r->flow ? sl_flow_version(r->flow) : NULL,
+                        .events_json = ev};
     r->busy = 1;
-    if (sl_pg_query(r->ctx.pg, COMMIT_SQL, 13, params, commit_cb, c) != 0) {
+    if (sl_commit_submit(r->committer, &t, r->pubsub, commit_cb, c) != 0) {
         r->busy = 0;
         free(c);
         free(ev);
@@ -724,6 +699,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);
     r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
+    r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->instance_id);
     /* One scratch dir per actor, not per run: an actor that lost its commit
      * removes its dir (rm -rf on a worker) while the run may already run again
      * here, in a new actor that must not share it (found by the faults pass). */
@@ -733,7 +709,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     if (tlen > 0 && (r->tmpdir = malloc((size_t)tlen + 1)) != NULL)
         snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id,
                  (long)getpid(), actor_seq);
-    if (!r->ctx_json || !r->file_json || !r->timer || !r->tmpdir) {
+    if (!r->ctx_json || !r->file_json || !r->timer || !r->tmpdir || !r->committer) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;

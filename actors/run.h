@@ -13,8 +13,9 @@
  *     transient, attempts left -> retry (timer) -> attempt
  *     failed    -> fallback/always step | waiting (a transient link in the chain)
  *                                        | failed
- * Every arrow is one batch: the runs row (guarded by lease_owner) and the
- * timeline event(s) commit together. If the guard finds no row (the lease was
+ * Every arrow is one transition: the runs row (guarded by lease_owner) and the
+ * timeline event(s) commit together, in a group with other actors'
+ * transitions (actors/commit.h), each with its own guard. If the guard finds no row (the lease was
  * lost or the file deleted) the actor stops without further effects.
  *
  * A run taken over after a crash (claimed while `running` under a lapsed

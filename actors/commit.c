@@ -1,0 +1,349 @@
+/*
+ * commit.c — group commit of run transitions (see commit.h).
+ *
+ * A committer keeps the transitions that wait (`pending`, FIFO) and counts
+ * its groups in flight. pump() sends groups while there is room; a group's
+ * callback publishes its rows, tells each member, then pumps again, so what
+ * arrived meanwhile leaves together. Members' callbacks may submit again:
+ * during the dispatch those submissions only queue (`dispatching`), and go out
+ * together in the pump that follows.
+ *
+ * The committers live in a small list keyed by pool and owner (the scheduler
+ * is another helper's file: it does not hold one; its actors each take a
+ * reference). A committer whose pool was freed (a group came back with
+ * SL_ECANCELED) leaves the list and fails whatever is submitted to it.
+ */
+#include "actors/commit.h"
+#include "actors/run_event.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct member_s member_t;
+
+/* A group lives in its first member (no allocation to send one). */
+typedef struct group_s {
+    sl_commit_t *c;
+    member_t *head;
+    int n;
+    int err;            /* for a failure delivered later (fail_later_cb) */
+    const char *errmsg; /* static */
+} group_t;
+
+struct member_s {
+    member_t *next;
+    char run_id[37];
+    char *json; /* owned: the transition as a JSON object */
+    size_t len;
+    int alone; /* sent again by itself after its group failed in a statement */
+    int held;
+    sl_pubsub_t *ps;
+    sl_commit_cb cb;
+    void *arg;
+    group_t g; /* the group this member leads, if it does */
+};
+
+struct sl_commit_s {
+    sl_commit_t *next; /* the list of committers */
+    struct event_base *base;
+    sl_pg_t *pg;
+    char owner[128];
+    int refs;
+    int dead; /* the pool was freed */
+    int inflight, max_inflight;
+    int dispatching;
+    member_t *pending, **pending_tail;
+    int npending;
+};
+
+static sl_commit_t *committers;
+static sl_metric_t *m_group_size, *m_groups;
+
+/*
+ * The group's rows in the columns run_event.h publishes, in seq order. One
+ * statement whatever the group's size: prepared once per connection.
+ */
+static const char GROUP_SQL[] =
+    "SELECT " SL_RUN_EVENT_COLUMNS " FROM sluice_run_transitions($1, $2::json) ORDER BY seq";
+enum { COL_RUN_ID = 3 }; /* run_id in SL_RUN_EVENT_COLUMNS */
+
+static void pump(sl_commit_t *c);
+
+static void metrics_init(void)
+{
+    static const double buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    if (m_group_size)
+        return;
+    m_group_size = sl_metrics_histogram("sluice_commit_group_size",
+                                        "Run transitions committed together in one transaction", "",
+                                        buckets, (int)(sizeof buckets / sizeof buckets[0]));
+    m_groups = sl_metrics_counter("sluice_commit_groups_total",
+                                  "Group commits of run transitions by outcome", "outcome");
+}
+
+sl_commit_t *sl_commit_acquire(struct event_base *base, sl_pg_t *pg, const char *owner)
+{
+    metrics_init();
+    for (sl_commit_t *c = committers; c; c = c->next)
+        if (c->pg == pg && strcmp(c->owner, owner) == 0) {
+            c->refs++;
+            return c;
+        }
+    sl_commit_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    int total = 0;
+    sl_pg_stats(pg, &total, NULL, NULL, NULL);
+    c->base = base;
+    c->pg = pg;
+    snprintf(c->owner, sizeof c->owner, "%s", owner);
+    c->refs = 1;
+    c->max_inflight = total / 2 > 1 ? total / 2 : 1;
+    c->pending_tail = &c->pending;
+    c->next = committers;
+    committers = c;
+    return c;
+}
+
+static void unlist(sl_commit_t *c)
+{
+    for (sl_commit_t **p = &committers; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            return;
+        }
+}
+
+static void member_free(member_t *m)
+{
+    free(m->json);
+    free(m);
+}
+
+void sl_commit_release(sl_commit_t *c)
+{
+    if (!c || --c->refs > 0)
+        return;
+    /* Nothing can wait or be in flight: each member's owner holds a reference
+     * until its callback has run. */
+    unlist(c);
+    free(c);
+}
+
+/* ---- sending ---- */
+
+/* Tells each member of g (taken, and gone with its first member) its failure, in order. */
+static void group_fail(group_t *g, int err, const char *msg)
+{
+    for (member_t *m = g->head, *next; m; m = next) {
+        next = m->next;
+        m->cb(err, 0, msg, m->arg);
+        member_free(m);
+    }
+}
+
+static void fail_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    group_t *g = arg;
+    sl_commit_t *c = g->c;
+    (void)fd;
+    (void)what;
+    c->refs++; /* the callbacks may drop the last references */
+    c->dispatching = 1;
+    group_fail(g, g->err, g->errmsg);
+    c->dispatching = 0;
+    pump(c);
+    sl_commit_release(c);
+}
+
+/* Fails g on a later loop turn (the callbacks never run inside a submit). msg is static. */
+static void fail_later(group_t *g, int err, const char *msg)
+{
+    g->err = err;
+    g->errmsg = msg;
+    if (event_base_once(g->c->base, -1, EV_TIMEOUT, fail_later_cb, g, &(struct timeval){0, 0}) != 0)
+        group_fail(g, err, msg); /* cannot happen short of memory: then at once */
+}
+
+/* Which member a row belongs to: from `*cur` on (rows come in group order), else from the start. */
+static member_t *row_member(member_t *head, member_t **cur, const char *run_id)
+{
+    for (member_t *m = *cur; m; m = m->next)
+        if (strcmp(m->run_id, run_id) == 0)
+            return *cur = m;
+    for (member_t *m = head; m != *cur; m = m->next)
+        if (strcmp(m->run_id, run_id) == 0)
+            return *cur = m;
+    return NULL;
+}
+
+static void group_cb(const sl_pg_result_t *res, void *arg)
+{
+    group_t *g = arg;
+    sl_commit_t *c = g->c;
+
+    c->inflight--;
+    c->refs++; /* the callbacks may drop the last references */
+    c->dispatching = 1;
+    if (res->err == SL_ECANCELED && !c->dead) {
+        c->dead = 1; /* the pool is gone: nothing more goes to it */
+        unlist(c);
+    }
+    if (res->err == SL_EDB && g->n > 1) {
+        /* One statement failed, so nothing of the group committed: each member
+         * goes again alone, at the head of the queue, so a bad one fails by itself. */
+        sl_log(SL_LOG_WARN, "commit_group_split", "{s:i, s:s, s:s}", "members", g->n, "error",
+               res->errmsg, "sqlstate", res->sqlstate);
+        sl_metrics_add(m_groups, 1, "split");
+        member_t *last = g->head;
+        for (member_t *m = g->head; m; m = m->next) {
+            m->alone = 1;
+            last = m;
+        }
+        if (!c->pending)
+            c->pending_tail = &last->next;
+        last->next = c->pending;
+        c->pending = g->head;
+        c->npending += g->n;
+    } else if (res->err) {
+        sl_metrics_add(m_groups, 1, "failed");
+        group_fail(g, res->err, res->errmsg);
+    } else {
+        sl_metrics_add(m_groups, 1, "committed");
+        sl_metrics_observe(m_group_size, g->n);
+        /* Published first, all of them in seq order, then each member told. */
+        PGresult *r = res->res[0];
+        int nrows = PQntuples(r);
+        member_t *cur = g->head;
+        for (int i = 0; i < nrows; i++) {
+            const char *v[SL_RUN_EVENT_NCOLS];
+            for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
+                v[k] = PQgetisnull(r, i, k) ? NULL : PQgetvalue(r, i, k);
+            member_t *m = v[COL_RUN_ID] ? row_member(g->head, &cur, v[COL_RUN_ID]) : NULL;
+            if (!m)
+                continue; /* cannot happen: every row is a member's */
+            m->held = 1;
+            if (m->ps)
+                sl_run_event_publish_values(m->ps, "run", v);
+        }
+        for (member_t *m = g->head, *next; m; m = next) {
+            next = m->next;
+            m->cb(0, m->held, "", m->arg);
+            member_free(m);
+        }
+    }
+    c->dispatching = 0;
+    pump(c);
+    sl_commit_release(c);
+}
+
+/* Takes the next group off the queue: one member sent again alone, or up to the bounds. */
+static group_t *take_group(sl_commit_t *c, size_t *bytes)
+{
+    group_t *g = &c->pending->g;
+    memset(g, 0, sizeof *g);
+    g->c = c;
+    member_t **tail = &g->head;
+    *bytes = 2;
+    while (c->pending && g->n < SL_COMMIT_GROUP_MAX) {
+        member_t *m = c->pending;
+        if (g->n > 0 && (m->alone || g->head->alone || *bytes + m->len > SL_COMMIT_GROUP_BYTES))
+            break;
+        c->pending = m->next;
+        c->npending--;
+        m->next = NULL;
+        *tail = m;
+        tail = &m->next;
+        g->n++;
+        *bytes += m->len + 1;
+    }
+    if (!c->pending)
+        c->pending_tail = &c->pending;
+    return g;
+}
+
+static void pump(sl_commit_t *c)
+{
+    while (!c->dispatching && c->pending && c->inflight < c->max_inflight) {
+        size_t bytes;
+        group_t *g = take_group(c, &bytes);
+        char *batch = c->dead ? NULL : malloc(bytes + 1);
+        if (!batch) {
+            fail_later(g, c->dead ? SL_ECANCELED : SL_ENOMEM,
+                       c->dead ? "database pool closed" : "out of memory");
+            continue;
+        }
+        size_t off = 0;
+        batch[off++] = '[';
+        for (member_t *m = g->head; m; m = m->next) {
+            if (m != g->head)
+                batch[off++] = ',';
+            memcpy(batch + off, m->json, m->len);
+            off += m->len;
+        }
+        batch[off++] = ']';
+        batch[off] = '\0';
+        const char *params[] = {c->owner, batch};
+        int err =
+            sl_pg_query_prepared(c->pg, "sl_run_transitions", GROUP_SQL, 2, params, group_cb, g);
+        free(batch);
+        if (err != 0) {
+            fail_later(g, err, sl_strerror(err));
+            continue;
+        }
+        c->inflight++;
+    }
+}
+
+/* ---- submitting ---- */
+
+int sl_commit_submit(sl_commit_t *c, const sl_commit_tr_t *t, sl_pubsub_t *ps, sl_commit_cb cb,
+                     void *arg)
+{
+    if (!c || !t || !cb || !t->run_id || strlen(t->run_id) != 36 || !t->ctx_json || !t->state ||
+        !t->events_json)
+        return SL_EINVAL;
+    /* The events go in as they are (JSON text, spliced): a group that fails on
+     * a member's bad JSON is split, and only that member fails. */
+    json_t *o = json_pack("{s:s, s:s?, s:i, s:s, s:s, s:s?, s:b, s:i, s:s?, s:f, s:s?}", "run",
+                          t->run_id, "step", t->step, "attempt", t->attempt, "ctx", t->ctx_json,
+                          "state", t->state, "chain_start", t->chain_start, "chain_transient",
+                          t->chain_transient, "wait_count", t->wait_count, "word", t->word,
+                          "wait_s", t->wait_s, "flow_version", t->flow_version);
+    char *head = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    member_t *m = calloc(1, sizeof *m);
+    size_t hlen = head ? strlen(head) : 0, elen = strlen(t->events_json);
+    char *text = hlen >= 2 ? malloc(hlen + sizeof ",\"events\":" + elen + 1) : NULL;
+    if (!m || !text) {
+        free(head);
+        free(m);
+        free(text);
+        return SL_ENOMEM;
+    }
+    /* head is {...}: its closing brace becomes ,"events":<events>} */
+    size_t off = hlen - 1;
+    memcpy(text, head, off);
+    memcpy(text + off, ",\"events\":", sizeof ",\"events\":" - 1);
+    off += sizeof ",\"events\":" - 1;
+    memcpy(text + off, t->events_json, elen);
+    off += elen;
+    text[off++] = '}';
+    text[off] = '\0';
+    free(head);
+    m->len = off;
+    memcpy(m->run_id, t->run_id, 37);
+    m->json = text;
+    m->ps = ps;
+    m->cb = cb;
+    m->arg = arg;
+    *c->pending_tail = m;
+    c->pending_tail = &m->next;
+    c->npending++;
+    pump(c);
+    return 0;
+}

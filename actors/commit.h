@@ -1,0 +1,89 @@
+/*
+ * commit.h — group commit of run transitions: the transitions of many run
+ * actors, sent together in one round trip and committed in one transaction
+ * (sluice_run_transitions, db/functions/run_transition.sql).
+ *
+ * A committer belongs to one database pool and one lease owner (the engine's
+ * instance id). A transition submitted while fewer than `max_inflight` groups
+ * are in flight goes out at once, alone or with the others waiting; otherwise
+ * it waits, and every transition that waits goes out in the next group (at
+ * most SL_COMMIT_GROUP_MAX of them, and about SL_COMMIT_GROUP_BYTES of JSON),
+ * as soon as a group in flight comes back. So a lone transition pays one round
+ * trip, and under load the groups grow by themselves: as many transitions
+ * share a durable commit as arrived during the previous one.
+ *
+ * Each transition learns its own outcome: committed (its guard held: the
+ * events were written), or lost (its guard found no row: the lease was lost or
+ * the file deleted), which touches no other transition of the group. A failure
+ * of the whole group (connection lost, statement timeout) is every member's,
+ * as for one commit; a group that fails in a statement (SL_EDB, e.g. one
+ * member's ctx is not JSON) is split, and each of its members is sent again
+ * alone, so one bad transition fails only itself. Deadlocks and serialization
+ * failures are re-run by db/pg.c. The events a group wrote are published
+ * (actors/run_event.h) in seq order once it committed, before the callbacks.
+ * See docs/internals/scheduler.md, "Commits".
+ */
+#ifndef SL_COMMIT_H
+#define SL_COMMIT_H
+
+#include <event2/event.h>
+
+#include "core/pubsub.h"
+#include "db/pg.h"
+
+#define SL_COMMIT_GROUP_MAX 256
+#define SL_COMMIT_GROUP_BYTES (4u << 20)
+
+typedef struct sl_commit_s sl_commit_t;
+
+/**
+ * The committer of `pg` for `owner` (both borrowed; owner is copied), made on
+ * first use and shared: every call takes a reference, dropped with
+ * sl_commit_release. `base` (borrowed) must be pg's and outlive it. At most
+ * max(1, pool size / 2) groups are in flight, leaving the other connections
+ * to claims, heartbeats and the steps' own queries. NULL when out of memory.
+ */
+sl_commit_t *sl_commit_acquire(struct event_base *base, sl_pg_t *pg, const char *owner);
+
+/** Drops a reference (takes it; NULL is a no-op). The last one frees the committer. */
+void sl_commit_release(sl_commit_t *c);
+
+/**
+ * One transition: the parameters of sluice_run_transition (run_transition.sql).
+ * Every string is borrowed for the call; NULL is JSON null (step and
+ * flow_version NULL keep the row's).
+ */
+typedef struct sl_commit_tr_s {
+    const char *run_id;
+    const char *step;
+    int attempt;
+    const char *ctx_json; /* the ctx, JSON text */
+    const char *state;
+    const char *chain_start;
+    int chain_transient;
+    int wait_count;
+    const char *word; /* the error, or the note of a run that succeeded */
+    double wait_s;
+    const char *flow_version;
+    const char *events_json; /* [{step, kind, detail}], JSON text */
+} sl_commit_tr_t;
+
+/**
+ * A transition's outcome: err 0 and held 1 (committed; its events were
+ * published), err 0 and held 0 (the guard found no row: nothing written), or
+ * err < 0 with errmsg (borrowed until the callback returns): SL_EUNAVAIL (the
+ * database is unreachable, or the connection broke — then it may have
+ * committed), SL_EDB, SL_ECANCELED (the pool was freed), SL_ENOMEM.
+ */
+typedef void (*sl_commit_cb)(int err, int held, const char *errmsg, void *arg);
+
+/**
+ * Submits t (borrowed for the call; its fields are serialized at once). `ps`
+ * (borrowed; NULL: no publishing) must outlive the callback. The callback
+ * fires exactly once, on a later loop turn. Returns 0, or SL_EINVAL /
+ * SL_ENOMEM without calling back.
+ */
+int sl_commit_submit(sl_commit_t *c, const sl_commit_tr_t *t, sl_pubsub_t *ps, sl_commit_cb cb,
+                     void *arg);
+
+#endif

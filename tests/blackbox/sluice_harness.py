@@ -862,6 +862,8 @@ class ServerFactory:
             # bucket per storage_path, so servers sharing storage share it)
             bucket = shared_s3front().bucket_for(storage_path)
             values["storage_yaml"] = shared_s3front().storage_yaml(bucket)
+        else:  # a config of a test's own may say "{storage_yaml}" too
+            values["storage_yaml"] = 'storage: {backend: fs, path: "%s"}\n' % storage_path
         if config is None:
             text = default_config(values, extra_yaml)
         else:

@@ -14,7 +14,6 @@ import re
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 import requests

@@ -16,7 +16,6 @@ import re
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 

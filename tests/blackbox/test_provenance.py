@@ -15,7 +15,6 @@ import re
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from sluice_harness import pg_bindir
 

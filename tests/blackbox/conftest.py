@@ -155,7 +155,11 @@ def start_server(pg, redis, tmp_path, request):
     """Factory: start_server(config=None, env=None, database_url=None,
     storage_path=None, extra_yaml="", wait_path="/readyz") -> Server, started
     and ready (use wait_path="/healthz" to start one while Postgres is down).
-    All are stopped at teardown."""
+    All are stopped at teardown. Servers given the same storage_path share
+    their blobs (one S3 bucket per storage_path under SLUICE_TEST_STORAGE=s3);
+    a config of a test's own says "{storage_yaml}" to get the same storage.
+    Tests reach blobs through Server.put_blob / get_blob / blob_exists /
+    blob_keys / tmp_blobs, never through storage_path."""
     factory = ServerFactory(pg, redis, tmp_path)
     yield factory
     call = getattr(request.node, "rep_call", None)

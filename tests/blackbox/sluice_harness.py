@@ -552,7 +552,94 @@ class Server:
         # server started while Postgres is down.
         self.wait_path = wait_path
         self.proc = None
+        # The S3 bucket its blobs are in when the factory gave it the shared
+        # front's storage (SLUICE_TEST_STORAGE=s3), else None (fs at
+        # storage_path). The blob helpers below read and write whichever.
+        self.s3_bucket = None
         Path(self.config_path).write_text(config_text)
+
+    # -- blob storage (fs at storage_path, or the shared S3 front's bucket)
+
+    @property
+    def storage_backend(self):
+        return "s3" if self.s3_bucket is not None else "fs"
+
+    def _s3(self):
+        """The shared front's client for the blob helpers, made once
+        (botocore clients are thread-safe)."""
+        front = shared_s3front()
+        if getattr(front, "blob_client", None) is None:
+            front.blob_client = front.client()
+        return front.blob_client
+
+    def blob_path(self, key):
+        """The file of `key` in fs storage (fs only: tests that need a path)."""
+        assert self.s3_bucket is None, "blob_path: fs storage only"
+        return Path(self.storage_path) / key
+
+    def put_blob(self, key, data):
+        """Store `data` (bytes) under `key`, as the server's backend would."""
+        if self.s3_bucket is None:
+            path = self.blob_path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        else:
+            self._s3().put_object(Bucket=self.s3_bucket, Key=key, Body=data)
+
+    def get_blob(self, key):
+        """The bytes stored under `key`, or None if there is no such blob."""
+        if self.s3_bucket is None:
+            try:
+                return self.blob_path(key).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        from botocore.exceptions import ClientError
+        try:
+            return self._s3().get_object(Bucket=self.s3_bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def blob_exists(self, key):
+        if self.s3_bucket is None:
+            return self.blob_path(key).is_file()
+        from botocore.exceptions import ClientError
+        try:
+            self._s3().head_object(Bucket=self.s3_bucket, Key=key)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+
+    def blob_keys(self, prefix=""):
+        """Sorted keys of the stored blobs that start with `prefix` (the fs
+        backend's .tmp directories are not blobs: see tmp_blobs)."""
+        if self.s3_bucket is None:
+            root = Path(self.storage_path)
+            out = []
+            for d, dirs, files in os.walk(root):
+                dirs[:] = [x for x in dirs if x != ".tmp"]
+                for f in files:
+                    k = os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                    if k.startswith(prefix):
+                        out.append(k)
+            return sorted(out)
+        out = []
+        pages = self._s3().get_paginator("list_objects_v2").paginate(
+            Bucket=self.s3_bucket, Prefix=prefix)
+        for page in pages:
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def tmp_blobs(self):
+        """Blobs being written: files in the fs backend's .tmp directory, or
+        the bucket's multipart uploads neither completed nor aborted."""
+        if self.s3_bucket is None:
+            d = os.path.join(self.storage_path, ".tmp")
+            return os.listdir(d) if os.path.isdir(d) else []
+        return shared_s3front().pending_uploads(self.s3_bucket)
 
     # -- process control
 
@@ -770,10 +857,13 @@ class ServerFactory:
             "repo": str(REPO),
             "tmp": str(self.tmpdir),
         }
+        bucket = None
         if S3_STORAGE:  # s3front: the default config stores blobs in S3 (one
             # bucket per storage_path, so servers sharing storage share it)
-            values["storage_yaml"] = shared_s3front().storage_yaml(
-                shared_s3front().bucket_for(storage_path))
+            bucket = shared_s3front().bucket_for(storage_path)
+            values["storage_yaml"] = shared_s3front().storage_yaml(bucket)
+        else:  # a config of a test's own may say "{storage_yaml}" too
+            values["storage_yaml"] = 'storage: {backend: fs, path: "%s"}\n' % storage_path
         if config is None:
             text = default_config(values, extra_yaml)
         else:
@@ -791,6 +881,8 @@ class ServerFactory:
             start_timeout=float(os.environ.get("SLUICE_START_TIMEOUT", "20")),
             wait_path=wait_path,
         )
+        if bucket is not None and values["storage_yaml"] in text:
+            srv.s3_bucket = bucket  # (a config of its own keeps its own storage)
         self.servers.append(srv)
         srv.start()
         return srv
@@ -932,8 +1024,8 @@ def metric(server, name, **labels):
 # s3rver (npm, tests/s3) behind tests/standins/s3front.py, which checks SigV4
 # as S3 does. SLUICE_TEST_STORAGE=s3 makes every server the factory starts with
 # the default config store its blobs there (one shared front for the session,
-# a bucket per storage_path); tests that read blobs on disk through
-# Server.storage_path still look at the (then empty) fs dir.
+# a bucket per storage_path); tests reach blobs through Server.put_blob,
+# get_blob, blob_exists, blob_keys and tmp_blobs, which use the bucket then.
 
 S3FRONT = REPO / "tests" / "standins" / "s3front.py"
 S3_STORAGE = os.environ.get("SLUICE_TEST_STORAGE", "fs") == "s3"

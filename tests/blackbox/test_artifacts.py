@@ -4,8 +4,8 @@ GET /v1/artifacts/{id} (bytes, Content-Type, Content-Length, streamed),
 GET /v1/artifacts/{id}/url (a signed URL that works without auth until it
 expires; a changed one is 403) and GET /v1/blobs/{id}.
 
-Artifacts are seeded as a row plus a blob at storage_path/<storage_key>,
-the fs backend's layout, as a finished run would leave them.
+Artifacts are seeded as a row plus a blob under <storage_key> in the
+server's storage (fs or S3), as a finished run would leave them.
 """
 
 import hashlib
@@ -14,7 +14,6 @@ import re
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -33,9 +32,7 @@ def seed_artifact(server, client, dataset_id, data, mime="image/png", kind="thum
         file_id = seed_file(server, client, dataset_id, mime="application/pdf", name="src.pdf")
     aid = str(uuid.uuid4())
     key = "artifacts/%s/%s" % (client.tenant_id, aid)
-    path = Path(server.storage_path) / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    server.put_blob(key, data)
     psql(server, "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256,"
                  " storage_key) VALUES (%s, %s, %s, %s, %s, %s, %d, %s, %s)" % (
                      q(aid), q(client.tenant_id), q(file_id), q(run_id) if run_id else "NULL",

@@ -279,7 +279,7 @@ def test_workers_share_one_engine(start_server, tmp_path):
 
 
 NO_REDIS_CONFIG = ('listen: "{listen}"\ndatabase_url: "{database_url}"\nadmin_key: "{admin_key}"\n'
-                   'storage:\n  backend: fs\n  path: "{storage_path}"\n')
+                   '{storage_yaml}')  # fs, or S3 under SLUICE_TEST_STORAGE=s3
 
 
 def test_run_events_reach_sse_without_redis(start_server, tmp_path):

@@ -16,7 +16,6 @@ import re
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -51,12 +50,10 @@ def q(s):
 
 
 def seed_file(server, client, dataset_id, content=b"seeded\n", mime="text/plain", name="seed.txt"):
-    """A files row plus its blob (storage_path/<key>), with no runs. Returns the id."""
+    """A files row plus its blob (<key> in the server's storage), with no runs. Returns the id."""
     fid = str(uuid.uuid4())
     key = "files/%s/%s" % (client.tenant_id, fid)
-    path = Path(server.storage_path) / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
+    server.put_blob(key, content)
     psql(server, "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime,"
                  " storage_key) VALUES (%s, %s, %s, %s, %s, %d, %s, %s, %s)" % (
                      q(fid), q(client.tenant_id), q(dataset_id), q(uuid.uuid4()), q(name),
@@ -315,10 +312,10 @@ def test_upload_records_queued_events(server, tenant, samples):
 
 # ---------------------------------------------------------------- delete
 
-def wait_gone(path, timeout=10.0):
+def wait_gone(server, key, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not os.path.exists(path):
+        if not server.blob_exists(key):
             return True
         time.sleep(0.05)
     return False
@@ -329,15 +326,12 @@ def test_delete_removes_everything(server, tenant, samples):
     [f, keep] = upload_ok(tenant, ds["id"], [("blob.bin", os.urandom(4096)), ("keep.txt", b"stays\n")])
     fid = f["id"]
     key = psql(server, "SELECT storage_key FROM files WHERE id = %s" % q(fid))
-    blob = Path(server.storage_path) / key
-    assert blob.is_file()
+    assert server.blob_exists(key)
 
     # An artifact (row + blob) and a record, as a finished run would leave them.
     aid = str(uuid.uuid4())
     akey = "artifacts/%s/%s" % (tenant.tenant_id, aid)
-    apath = Path(server.storage_path) / akey
-    apath.parent.mkdir(parents=True, exist_ok=True)
-    apath.write_bytes(b"extracted text")
+    server.put_blob(akey, b"extracted text")
     psql(server, "INSERT INTO artifacts (id, tenant_id, file_id, kind, mime, size, sha256,"
                  " storage_key) VALUES (%s, %s, %s, 'text', 'text/plain', 14, %s, %s)" % (
                      q(aid), q(tenant.tenant_id), q(fid), q(hashlib.sha256(b"x").hexdigest()),
@@ -358,8 +352,8 @@ def test_delete_removes_everything(server, tenant, samples):
                        ("artifacts", "file_id"), ("records", "file_id")]:
         n = int(psql(server, "SELECT count(*) FROM %s WHERE %s = %s" % (table, col, q(fid))))
         assert n == 0, "%s still has %d rows of the deleted file" % (table, n)
-    assert wait_gone(blob), "the file's blob is still in storage"
-    assert wait_gone(apath), "the artifact's blob is still in storage"
+    assert wait_gone(server, key), "the file's blob is still in storage"
+    assert wait_gone(server, akey), "the artifact's blob is still in storage"
 
     # The other file of the same upload is untouched.
     listed = tenant.get("/v1/datasets/%s/files" % ds["id"]).json()["files"]

@@ -134,8 +134,8 @@ def send_chunked(port, head, body, chunk=4096, timeout=10):
 
 
 def stored_blobs(srv):
-    import os
-    return [os.path.join(d, f) for d, _, fs in os.walk(srv.storage_path) for f in fs]
+    """Every blob and every blob being written (fs: every file under the root)."""
+    return srv.blob_keys() + srv.tmp_blobs()
 
 
 def test_chunked_upload_over_max_request_bytes_is_413(start_server):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import requests
 
-from sluice_harness import default_config, fill_placeholders, pg_bindir
+from sluice_harness import S3_STORAGE, default_config, fill_placeholders, pg_bindir
 
 
 def psql(url, sql):
@@ -116,3 +116,27 @@ def test_server_smoke(start_server, pg):
     srv2.kill()
     assert not srv2.alive
     assert os.path.exists(srv.config_path) and "==== start" in srv.log()
+
+
+def test_blob_helpers_reach_the_servers_storage(start_server):
+    """Server.put_blob/get_blob/blob_exists/blob_keys see the storage the
+    server itself uses: the fs folder, or its bucket under SLUICE_TEST_STORAGE=s3
+    (then nothing is written under storage_path)."""
+    srv = start_server()
+    assert srv.storage_backend == ("s3" if S3_STORAGE else "fs")
+    t = srv.create_tenant("blobs")
+    ds = t.create_dataset("d")["id"]
+    r = t.upload(ds, [("a.txt", b"uploaded bytes\n")])
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    [key] = srv.blob_keys("files/")
+    assert key.startswith("files/") and srv.blob_exists(key)
+    assert srv.get_blob(key) == b"uploaded bytes\n"
+    assert srv.get_blob(key + "-none") is None and not srv.blob_exists(key + "-none")
+    # a blob put here is what the server serves
+    srv.put_blob(key, b"replaced\n")
+    assert t.get("/v1/files/%s/content" % fid).content == b"replaced\n"
+    srv.put_blob("other/x", b"x")
+    assert srv.blob_keys("other/") == ["other/x"] and srv.blob_keys("files/") == [key]
+    on_disk = [f for _, _, fs in os.walk(srv.storage_path) for f in fs]
+    assert bool(on_disk) == (not S3_STORAGE), on_disk

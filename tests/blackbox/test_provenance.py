@@ -15,7 +15,6 @@ import re
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from sluice_harness import pg_bindir
 
@@ -144,7 +143,7 @@ def test_three_versions_with_provenance_local(server, tenant):
         assert t.get("/v1/artifacts/%s" % aid).content == data
     for key in psql(server, "SELECT storage_key FROM artifacts WHERE file_id = '%s'" % fid) \
             .splitlines():
-        assert (Path(server.storage_path) / key).is_file(), key
+        assert server.blob_exists(key), key
 
     # the dataset listing shows each file's latest version only
     listing = t.get("/v1/datasets/%s/records" % ds).json()["records"]

@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -59,14 +58,14 @@ def upload_done(client, dataset_id, items):
 
 
 def blob_paths(server, file_ids):
-    """Storage paths of the files' blobs and of their artifacts' blobs."""
+    """Storage keys of the files' blobs and of their artifacts' blobs."""
     if not file_ids:
         return []
     ids = ",".join(q(i) for i in file_ids)
     keys = psql(server, "SELECT storage_key FROM files WHERE id IN (%s)"
                         " UNION ALL SELECT storage_key FROM artifacts WHERE file_id IN (%s)"
                         % (ids, ids)).split()
-    return [Path(server.storage_path) / k for k in keys]
+    return keys
 
 
 def wait_until(pred, timeout=20.0, interval=0.1):
@@ -92,11 +91,10 @@ def admin_post(server, body, key=None, **kw):
 
 
 def seed_files(server, tenant_id, dataset_id, n, size=16, days_old=0):
-    """n files rows (no runs) with real blobs, made by SQL; returns their blob dir."""
-    d = Path(server.storage_path) / "seed" / dataset_id
-    d.mkdir(parents=True, exist_ok=True)
+    """n files rows (no runs) with real blobs, made by SQL; returns their blobs' key prefix."""
+    d = "seed/%s/" % dataset_id
     for i in range(n):
-        (d / ("%d" % i)).write_bytes(b"x" * size)
+        server.put_blob(d + ("%d" % i), b"x" * size)
     psql(server,
          "INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime,"
          " storage_key, created_at)"
@@ -120,7 +118,7 @@ def test_dataset_delete_removes_everything_under_it(server, tenant):
     arts = [a["id"] for f in files for r in f["runs"] for a in r["artifacts"]]
     blobs = blob_paths(server, ids)
     keep_blobs = blob_paths(server, [keep["id"]])
-    assert blobs and all(p.is_file() for p in blobs)
+    assert blobs and all(server.blob_exists(p) for p in blobs)
     assert count(server, "SELECT count(*) FROM run_events WHERE file_id IN (%s)"
                  % ",".join(q(i) for i in ids)) > 0
 
@@ -153,8 +151,8 @@ def test_dataset_delete_removes_everything_under_it(server, tenant):
 
     # Purged in the background: rows, then blobs, then the dataset row itself.
     assert wait_until(lambda: not any(rows_of(server, ids).values())), rows_of(server, ids)
-    assert wait_until(lambda: not any(p.exists() for p in blobs)), \
-        [str(p) for p in blobs if p.exists()]
+    assert wait_until(lambda: not any(server.blob_exists(p) for p in blobs)), \
+        [p for p in blobs if server.blob_exists(p)]
     assert wait_until(lambda: count(server, "SELECT count(*) FROM datasets WHERE id = %s"
                                     % q(gone["id"])) == 0)
     assert wait_until(lambda: count(server, "SELECT count(*) FROM purge_blobs") == 0)
@@ -163,7 +161,7 @@ def test_dataset_delete_removes_everything_under_it(server, tenant):
     assert tenant.get("/v1/datasets/%s" % kept["id"]).status_code == 200
     assert tenant.get("/v1/files/%s" % keep["id"]).json()["status"] == keep["status"]
     assert tenant.get("/v1/files/%s/content" % keep["id"]).content == b"kept file\n"
-    assert all(p.is_file() for p in keep_blobs)
+    assert all(server.blob_exists(p) for p in keep_blobs)
     listed = tenant.get("/v1/datasets/%s/files" % kept["id"]).json()["files"]
     assert [f["id"] for f in listed] == [keep["id"]]
 
@@ -175,7 +173,7 @@ def test_dataset_purge_resumes_after_a_crash(start_server):
     ds = tenant.create_dataset("big")
     n = 400
     blob_dir = seed_files(server, tenant.tenant_id, ds["id"], n)
-    assert len(list(blob_dir.iterdir())) == n
+    assert len(server.blob_keys(blob_dir)) == n
 
     assert tenant.delete("/v1/datasets/%s" % ds["id"]).status_code == 204
     left = lambda: count(server, "SELECT count(*) FROM files WHERE dataset_id = %s" % q(ds["id"]))
@@ -189,9 +187,19 @@ def test_dataset_purge_resumes_after_a_crash(start_server):
     assert wait_until(lambda: left() == 0, timeout=60), left()
     assert wait_until(lambda: count(server, "SELECT count(*) FROM datasets WHERE id = %s"
                                     % q(ds["id"])) == 0)
-    assert wait_until(lambda: not any(blob_dir.iterdir()), timeout=30), \
-        "%d blobs left" % len(list(blob_dir.iterdir()))
-    assert count(server, "SELECT count(*) FROM purge_blobs") == 0
+    assert wait_until(lambda: not server.blob_keys(blob_dir), timeout=30), \
+        "%d blobs left" % len(server.blob_keys(blob_dir))
+    # (a blob goes before its purge_blobs row: on S3 the gap is a round trip)
+    queued = lambda: count(server, "SELECT count(*) FROM purge_blobs")
+    if server.storage_backend == "s3":
+        # A drainer killed between its batch's DELETEs and the rows' removal
+        # (on S3 a round trip per blob, so the kill can land there) leaves that
+        # batch claimed until the claim lapses (BLOB_CLAIM_S): nothing else.
+        assert wait_until(lambda: count(server, "SELECT count(*) FROM purge_blobs WHERE"
+                                        " claimed_until IS NULL OR claimed_until < now()") == 0)
+        assert queued() <= 20, queued()
+    else:
+        assert wait_until(lambda: queued() == 0), queued()
     # Every batch was one short transaction of at most 20 files.
     log = server.log()
     assert '"reason":"dataset_delete"' in log.replace(" ", "")
@@ -234,7 +242,7 @@ def test_cleanup_dry_run_then_real_run(server, tenant):
                  % ",".join(q(i) for i in old_ids + [theirs["id"]]))
     want_bytes = sum(f["size"] for f in old)
     blobs = blob_paths(server, old_ids)
-    assert blobs and all(p.is_file() for p in blobs)
+    assert blobs and all(server.blob_exists(p) for p in blobs)
 
     # Dry run: counted, nothing removed.
     r = admin_post(server, {"older_than_days": 7, "dry_run": True, "tenant_id": tenant.tenant_id})
@@ -242,7 +250,7 @@ def test_cleanup_dry_run_then_real_run(server, tenant):
     body = r.json()
     assert (body["files"], body["bytes"]) == (3, want_bytes), body
     assert all(tenant.get("/v1/files/%s" % i).status_code == 200 for i in old_ids)
-    assert all(p.is_file() for p in blobs)
+    assert all(server.blob_exists(p) for p in blobs)
     r = admin_post(server, {"older_than_days": 7, "dry_run": True})
     assert (r.json()["files"], r.json()["bytes"]) == (4, want_bytes + theirs["size"]), r.text
     r = admin_post(server, {"older_than_days": 30, "dry_run": True})
@@ -256,8 +264,8 @@ def test_cleanup_dry_run_then_real_run(server, tenant):
     for fid in old_ids:
         assert_error(tenant.get("/v1/files/%s" % fid), 404)
     assert not any(rows_of(server, old_ids).values()), rows_of(server, old_ids)
-    assert wait_until(lambda: not any(p.exists() for p in blobs)), \
-        [str(p) for p in blobs if p.exists()]
+    assert wait_until(lambda: not any(server.blob_exists(p) for p in blobs)), \
+        [p for p in blobs if server.blob_exists(p)]
     recs = tenant.get("/v1/datasets/%s/records" % ds["id"]).json()["records"]
     assert all(rec["file_id"] == new["id"] for rec in recs)
     assert tenant.get("/v1/files/%s" % new["id"]).status_code == 200
@@ -345,7 +353,7 @@ def test_sweep_purges_expired_idempotency_keys_and_files(start_server):
     assert wait_until(lambda: keys() == "fresh-key", timeout=20), keys()
     assert wait_until(lambda: families() == fams[1], timeout=20), families()
     assert wait_until(lambda: tenant.get("/v1/files/%s" % aged["id"]).status_code == 404, 20)
-    assert wait_until(lambda: not any(p.exists() for p in aged_blobs))
+    assert wait_until(lambda: not any(server.blob_exists(p) for p in aged_blobs))
     assert tenant.get("/v1/files/%s" % young["id"]).status_code == 200
     # Still there after more sweeps: a key within its 24 h and a young file stay.
     time.sleep(2.5)

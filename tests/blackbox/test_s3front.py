@@ -119,6 +119,31 @@ def test_round_trip_through_the_front(front):
     assert "multi" not in front.keys()
 
 
+def test_concurrent_deletes_in_one_prefix_all_succeed(front):
+    """s3rver removes a deleted key's emptied parent directories with a
+    check-then-rmdir: two deletes under one prefix at once could answer 500.
+    S3 does not, so the front sends deletes to s3rver one at a time."""
+    keys = ["race/d%d/k%d" % (r, i) for r in range(5) for i in range(8)]
+    c = front.client()
+    for k in keys:
+        c.put_object(Bucket="sluice", Key=k, Body=b"x")
+    statuses = []
+    signed = [sign(front, "DELETE", k) for k in keys]
+    go = threading.Barrier(len(keys))
+
+    def delete(url, headers):
+        go.wait()
+        statuses.append(requests.delete(url, headers=headers, timeout=60).status_code)
+
+    threads = [threading.Thread(target=delete, args=s) for s in signed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(set(statuses)) == [204], statuses
+    assert "Contents" not in c.list_objects_v2(Bucket="sluice", Prefix="race/")
+
+
 def test_presigned_urls(front):
     c = front.client()
     c.put_object(Bucket="sluice", Key="pre", Body=b"presigned body")

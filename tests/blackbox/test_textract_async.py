@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from sluice_harness import S3_KEY_ID, S3_REGION, S3_SECRET
+from sluice_harness import S3_KEY_ID, S3_REGION, S3_SECRET, S3_STORAGE
 from test_pipelines import artifact, events, run_of, services_yaml, upload, wait_files
 
 # OCR that reads nothing (a scan it cannot read): the chain goes on to Textract at once
@@ -140,6 +140,8 @@ def test_thirty_pages_each_read_and_paged_through(s3front, start_server, standin
 
 def test_multi_page_pdf_on_the_filesystem_is_not_sent_to_textract(
         start_server, standins, two_pages):
+    if S3_STORAGE:
+        pytest.skip("filesystem storage only")
     textract = standins("textract")
     srv = start_server(extra_yaml=services_yaml(textract=textract, ocr_cmd=NO_OCR))
     t = srv.create_tenant("tx-fs")

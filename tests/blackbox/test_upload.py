@@ -1,7 +1,8 @@
 """Black-box tests of POST /v1/datasets/{id}/files: streaming, all-or-nothing uploads.
 
 Every test talks to the real binary over HTTP, with a real Postgres, and checks
-the stored state through the API and the storage folder itself.
+the stored state through the API and the storage itself (the fs folder, or
+the S3 bucket under SLUICE_TEST_STORAGE=s3).
 """
 import hashlib
 import json
@@ -16,19 +17,17 @@ import requests
 BOUNDARY = "sluiceTestBoundary7MA4YWxkTrZu0gW"
 
 
-def blobs_in(storage_path):
-    """Every uploaded object under the fs storage root: the files/ prefix (the
-    pipelines' artifacts live under artifacts/; temp files are excluded)."""
-    found = []
-    for root, dirs, files in os.walk(os.path.join(storage_path, "files")):
-        dirs[:] = [d for d in dirs if d != ".tmp"]
-        found += [os.path.join(root, f) for f in files]
-    return found
+def blobs_in(server):
+    """The keys of every uploaded object in the server's storage: the files/
+    prefix (the pipelines' artifacts live under artifacts/; temp files are
+    excluded)."""
+    return server.blob_keys("files/")
 
 
-def tmp_files(storage_path):
-    d = os.path.join(storage_path, ".tmp")
-    return os.listdir(d) if os.path.isdir(d) else []
+def tmp_files(server):
+    """Blobs being written: the fs backend's .tmp files, or S3 multipart
+    uploads neither completed nor aborted."""
+    return server.tmp_blobs()
 
 
 def part_header(name, content_type="application/octet-stream", field="file"):
@@ -120,9 +119,9 @@ def test_upload_samples_sniffed_hashed_and_queued(tenant, samples, server):
     got = tenant.get(f"/v1/files/{files[0]['id']}")
     assert got.status_code == 200 and got.json()["sha256"] == files[0]["sha256"]
     # blobs are on disk with the exact bytes, under server-made names
-    blobs = blobs_in(server.storage_path)
+    blobs = blobs_in(server)
     assert len(blobs) == len(names)
-    digests = sorted(hashlib.sha256(open(b, "rb").read()).hexdigest() for b in blobs)
+    digests = sorted(hashlib.sha256(server.get_blob(b)).hexdigest() for b in blobs)
     assert digests == sorted(f["sha256"] for f in files)
     assert not any(n in b for b in blobs for n in names)
 
@@ -146,8 +145,11 @@ def test_hostile_filenames_are_kept_as_display_names_only(tenant, server):
     assert r.status_code == 202, r.text
     names = [f["name"] for f in r.json()["files"]]
     assert names == ["passwd", "a_b_.txt"]
-    for b in blobs_in(server.storage_path):
-        assert os.path.realpath(b).startswith(os.path.realpath(server.storage_path))
+    for b in blobs_in(server):
+        assert ".." not in b.split("/"), b
+        if server.storage_backend == "fs":
+            assert os.path.realpath(server.blob_path(b)).startswith(
+                os.path.realpath(server.storage_path))
 
 
 def test_not_multipart_is_415(tenant):
@@ -190,7 +192,7 @@ def test_file_too_large_keeps_nothing(start_server):
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "file_too_large"
     assert list_files(t, ds) == []
-    assert wait_until(lambda: blobs_in(srv.storage_path) == [] and tmp_files(srv.storage_path) == [])
+    assert wait_until(lambda: blobs_in(srv) == [] and tmp_files(srv) == [])
     # the server still serves, and a fitting upload works
     r = t.upload(ds, [("ok.bin", b"a" * 1000)])
     assert r.status_code == 202
@@ -204,7 +206,7 @@ def test_too_many_files_keeps_nothing(start_server):
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "too_many_files"
     assert list_files(t, ds) == []
-    assert wait_until(lambda: blobs_in(srv.storage_path) == [])
+    assert wait_until(lambda: blobs_in(srv) == [])
 
 
 def test_truncated_body_keeps_nothing(server, tenant):
@@ -214,9 +216,9 @@ def test_truncated_body_keeps_nothing(server, tenant):
     s.sendall(body)
     time.sleep(0.3)
     s.close()
-    assert wait_until(lambda: tmp_files(server.storage_path) == [])
+    assert wait_until(lambda: tmp_files(server) == [])
     assert list_files(tenant, ds) == []
-    assert blobs_in(server.storage_path) == []
+    assert blobs_in(server) == []
 
 
 def test_client_gone_after_first_complete_part_keeps_nothing(server, tenant):
@@ -228,8 +230,8 @@ def test_client_gone_after_first_complete_part_keeps_nothing(server, tenant):
     s.sendall(first + second)
     time.sleep(0.5)
     s.close()
-    assert wait_until(lambda: blobs_in(server.storage_path) == [] and
-                      tmp_files(server.storage_path) == [])
+    assert wait_until(lambda: blobs_in(server) == [] and
+                      tmp_files(server) == [])
     assert list_files(tenant, ds) == []
 
 
@@ -243,7 +245,7 @@ def test_body_without_closing_boundary_is_400(server, tenant):
     assert status == 400
     assert json.loads(payload)["error"]["code"] == "malformed_multipart"
     assert list_files(tenant, ds) == []
-    assert wait_until(lambda: blobs_in(server.storage_path) == [])
+    assert wait_until(lambda: blobs_in(server) == [])
 
 
 def test_chunked_upload(server, tenant):
@@ -272,7 +274,7 @@ def test_idempotency_key_replays_and_stores_nothing_new(server, tenant):
     assert r2.status_code == 202
     assert r2.json() == r1.json()
     assert len(list_files(tenant, ds)) == 2
-    assert len(blobs_in(server.storage_path)) == 2
+    assert len(blobs_in(server)) == 2
     r3 = tenant.upload(ds, [("c.txt", b"gamma")], headers={"Idempotency-Key": "batch-43"})
     assert r3.status_code == 202
     assert len(list_files(tenant, ds)) == 3

@@ -106,6 +106,10 @@ MIN_PART = 5 * 1024 * 1024      # S3: every part but the last >= 5 MiB
 OWNER_ID = "75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a"  # canonical id
 OWNER_NAME = "sluice-tests"
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+# s3rver's DeleteObject removes the key's emptied parent directories with a
+# check-then-rmdir, so two deletes in one "directory" at once can answer 500
+# (ENOENT): S3 does not. Deletes go to s3rver one at a time.
+DELETE_LOCK = threading.Lock()
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # GET Object's response header overrides (S3 API reference, GetObject)
 RESPONSE_OVERRIDES = {"response-content-type": "content-type",
@@ -333,7 +337,12 @@ class Handler(BaseHTTPRequestHandler):
                 raise Refusal(503, "ServiceUnavailable", "Service is unable to handle request.")
             if self.serve_locally(split, spooled):
                 return
-            self.forward(spooled)
+            if self.command == "DELETE" or (self.command == "POST" and "delete" in
+                                            dict(parse_qsl(split.query, True))):
+                with DELETE_LOCK:
+                    self.forward(spooled)
+            else:
+                self.forward(spooled)
         except Refusal as r:
             self.send_error_xml(r)
         finally:

@@ -106,6 +106,7 @@ def test_multi_page_pdf_in_s3_is_read_by_an_async_textract_job(
     assert text.decode().count("DLV-77813") == 2, text.decode()[:2000]
 
 
+@pytest.mark.slow  # ~45 s of OCR in the stand-in: the plain build's pass only
 def test_thirty_pages_each_read_and_paged_through(s3front, start_server, standins, tmp_path):
     """Issue 12's acceptance: a 30-page PDF gets its text from every page. Its
     ~1,800 blocks are more than one GetDocumentTextDetection answer holds

@@ -199,10 +199,34 @@ static void schedule_claim(sl_sched_t *s, int ms)
     evtimer_add(s->claim_timer, &tv);
 }
 
+#define RELEASE_SQL                                                                                \
+    "UPDATE runs SET lease_owner = NULL, lease_until = NULL "                                      \
+    "WHERE lease_owner = $1 AND state = 'running'"
+
+static void late_released_cb(const sl_pg_result_t *r, void *arg)
+{
+    (void)arg;
+    if (r->err)
+        sl_log(SL_LOG_WARN, "lease_release_failed", "{s:s, s:b}", "error", r->errmsg, "late", 1);
+    else
+        sl_log(SL_LOG_INFO, "leases_released", "{s:i, s:b}", "runs",
+               (int)strtol(PQcmdTuples(r->res[r->n - 1]), NULL, 10), "late", 1);
+}
+
 static void claim_cb(const sl_pg_result_t *r, void *arg)
 {
     sl_sched_t *s = arg;
     s->claiming = 0;
+    if (s->stopping && !r->err && PQntuples(r->res[0]) > 0) {
+        /*
+         * A claim that was out when the graceful stop handed the leases back:
+         * its runs were leased to this instance after (or while) the hand-back
+         * ran, and no actor will take them. Hand them back too, or they wait
+         * out the whole lease (test_instances' rolling restart caught it).
+         */
+        const char *params[] = {s->instance_id};
+        sl_pg_query(s->ctx.pg, RELEASE_SQL, 1, params, late_released_cb, NULL);
+    }
     if (query_done(s) || s->stopping)
         return;
     if (r->err) {
@@ -732,10 +756,7 @@ int sl_sched_stop(sl_sched_t *s, sl_sched_stopped_cb cb, void *arg)
     st->arg = arg;
     const char *params[] = {owner};
     /* Waiting runs keep no lease (leaving 'running' ends it: run_transition.sql). */
-    if ((err = sl_pg_query(pg,
-                           "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
-                           "WHERE lease_owner = $1 AND state = 'running'",
-                           1, params, leases_released_cb, st)) != 0) {
+    if ((err = sl_pg_query(pg, RELEASE_SQL, 1, params, leases_released_cb, st)) != 0) {
         free(st);
         return err;
     }

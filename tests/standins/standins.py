@@ -519,6 +519,31 @@ def pdf_pages(path):
     return int(m.group(1)) if m else None
 
 
+def pdf_pages_of(data):
+    """pdf_pages of a PDF held in memory."""
+    with tempfile.NamedTemporaryFile(prefix="standin-", suffix=".pdf") as f:
+        f.write(data)
+        f.flush()
+        return pdf_pages(f.name)
+
+
+def text_blocks(text, page=None):
+    """Textract's PAGE block, then a LINE block and its WORD blocks per
+    non-blank line of text; with `page`, every block carries its Page."""
+    extra = {} if page is None else {"Page": page}
+    blocks = [dict({"BlockType": "PAGE", "Id": str(uuid.uuid4()), "Confidence": 99.9}, **extra)]
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        blocks.append(dict({"BlockType": "LINE", "Id": str(uuid.uuid4()), "Text": line,
+                            "Confidence": 95.0}, **extra))
+        for word in line.split():
+            blocks.append(dict({"BlockType": "WORD", "Id": str(uuid.uuid4()), "Text": word,
+                                "TextType": "PRINTED", "Confidence": 95.0}, **extra))
+    return blocks
+
+
 def ocr_bytes(data, kind):
     """(text, error) of tesseract on an image or the first page of a PDF."""
     with tempfile.TemporaryDirectory(prefix="standin-") as d:
@@ -617,18 +642,7 @@ def textract_job(job, data, kind):
                     return
                 img = os.path.join(d, "p.png")
             rc, out, _ = run_tool(["tesseract", img, "stdout"])
-            text = out.decode("utf-8", "replace") if rc == 0 else ""
-            blocks.append({"BlockType": "PAGE", "Id": str(uuid.uuid4()), "Page": page,
-                           "Confidence": 99.9})
-            for line in text.splitlines():
-                line = line.strip()
-                if line:
-                    blocks.append({"BlockType": "LINE", "Id": str(uuid.uuid4()), "Text": line,
-                                   "Page": page, "Confidence": 95.0})
-                    for word in line.split():
-                        blocks.append({"BlockType": "WORD", "Id": str(uuid.uuid4()),
-                                       "Text": word, "TextType": "PRINTED", "Page": page,
-                                       "Confidence": 95.0})
+            blocks += text_blocks(out.decode("utf-8", "replace") if rc == 0 else "", page)
     with JOBS_LOCK:
         job["blocks"] = blocks
         job["status"] = "SUCCEEDED"
@@ -886,10 +900,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.aws_error(400, "UnsupportedDocumentException",
                                   "Request has unsupported document format")
         if kind == "application/pdf":
-            with tempfile.NamedTemporaryFile(prefix="standin-", suffix=".pdf") as f:
-                f.write(data)
-                f.flush()
-                pages = pdf_pages(f.name)
+            pages = pdf_pages_of(data)
             if pages is None:
                 return self.aws_error(400, "BadDocumentException", "Request has invalid document")
             if pages > 1:
@@ -898,17 +909,7 @@ class Handler(BaseHTTPRequestHandler):
         text, err = ocr_bytes(data, kind)
         if text is None:
             return self.aws_error(400, "BadDocumentException", err)
-        page_id = str(uuid.uuid4())
-        blocks = [{"BlockType": "PAGE", "Id": page_id, "Confidence": 99.9}]
-        for line in text.splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            blocks.append({"BlockType": "LINE", "Id": str(uuid.uuid4()), "Text": line,
-                           "Confidence": 95.0})
-            for word in line.split():
-                blocks.append({"BlockType": "WORD", "Id": str(uuid.uuid4()), "Text": word,
-                               "TextType": "PRINTED", "Confidence": 95.0})
+        blocks = text_blocks(text)
         self.send(200, {"DocumentMetadata": {"Pages": 1}, "Blocks": blocks,
                         "DetectDocumentTextModelVersion": "1.0"}, "application/x-amz-json-1.1")
 
@@ -964,10 +965,7 @@ class Handler(BaseHTTPRequestHandler):
                                   "S3 object size %d is more than the maximum limit" % len(data))
         pages = 1
         if kind == "application/pdf":
-            with tempfile.NamedTemporaryFile(prefix="standin-", suffix=".pdf") as f:
-                f.write(data)
-                f.flush()
-                pages = pdf_pages(f.name)
+            pages = pdf_pages_of(data)
             if pages is None:
                 return self.aws_error(400, "BadDocumentException", "Request has invalid document")
             if pages > 3000:

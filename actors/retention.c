@@ -101,15 +101,19 @@ struct loop_s {
 static const char *const LOOP_SQL[] = {
     [L_DATASETS] = "SELECT p.file_id, p.dataset_id, p.tenant_id, p.size, p.active"
                    " FROM sluice_purge_datasets_batch($1::int) p",
+    /* Each deleted file's "deleted" event takes a place in its dataset's series,
+     * the datasets in id order (the lock order of sluice_run_transitions). */
     [L_CLEANUP] = "SELECT p.file_id, p.dataset_id, p.tenant_id, p.size, p.active,"
-                  " nextval(pg_get_serial_sequence('run_events', 'seq')) AS seq,"
+                  " sluice_event_places(p.dataset_id, 1) AS seq,"
                   " sluice_ts(clock_timestamp()) AS at"
-                  " FROM sluice_cleanup_batch($2::timestamptz, $3::uuid, $1::int) p",
+                  " FROM (SELECT * FROM sluice_cleanup_batch($2::timestamptz, $3::uuid, $1::int)"
+                  "       ORDER BY dataset_id OFFSET 0) p",
     [L_EXPIRE] =
         "SELECT p.file_id, p.dataset_id, p.tenant_id, p.size, p.active,"
-        " nextval(pg_get_serial_sequence('run_events', 'seq')) AS seq,"
+        " sluice_event_places(p.dataset_id, 1) AS seq,"
         " sluice_ts(clock_timestamp()) AS at"
-        " FROM sluice_cleanup_batch(now() - make_interval(days => $2::int), NULL, $1::int) p",
+        " FROM (SELECT * FROM sluice_cleanup_batch(now() - make_interval(days => $2::int), NULL,"
+        "       $1::int) ORDER BY dataset_id OFFSET 0) p",
     [L_IDEM] = "SELECT sluice_purge_idempotency($2::int, $1::int) AS n",
     [L_TOKENS] = "SELECT sluice_purge_token_families($1::int) AS n",
 };

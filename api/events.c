@@ -12,13 +12,14 @@
  * Subscribing before the replay query is what closes the gap: anything
  * committed after the query's snapshot is held in memory (bounded by the
  * client buffer limit) and anything committed before it is in the replay.
- * Event inserts take a per-dataset advisory lock (see docs/internals/sse.md),
- * so a dataset's seqs become visible in order and "seq <= last replayed"
- * means "was in the replay". The id line carries the seq only when it is
- * above the last one sent; a live message that arrives late (seq below one
- * already sent, e.g. from a slower instance) is still delivered, without an
- * id line, so the browser's Last-Event-ID never goes backwards and a
- * reconnect repeats nothing.
+ * Every event has its place in its dataset's dense series, and a dataset's
+ * places commit in order (docs/internals/sse.md "Places"), so "seq <= last
+ * replayed" means "was in the replay", and live, the client knows the place it
+ * needs next: in order, an event goes out as soon as it arrives; past a hole
+ * it waits for the hole to close, or for a read of the hole from Postgres
+ * after GAP_MS. The id line carries the seq only when it is above the last one
+ * sent, so the browser's Last-Event-ID never goes backwards and a reconnect
+ * repeats nothing.
  *
  * Slow clients: a live event or keepalive finding more than
  * sse.client_buffer_bytes still unsent ends the stream (the client
@@ -39,7 +40,7 @@
 
 #define REPLAY_PAGE 10000
 #define KEEPALIVE_DEFAULT_S 15
-#define REORDER_MS 25 /* the reorder window for live messages */
+#define GAP_MS 1000 /* a hole in the places lasting this long is read from Postgres */
 #define CLIENT_BUFFER_DEFAULT (256 * 1024) /* ~1,000 events of backlog; bounds RSS with many clients */
 #define RETRY_MS 2000
 #define PEER_BUCKETS 256
@@ -58,14 +59,19 @@ typedef struct client_s {
     sl_http_req_t *req;
     sl_pubsub_sub_t *sub;
     struct event *keepalive;
-    struct event *reorder;  /* flushes held live messages in seq order */
+    struct event *gap;      /* a hole before the held messages: read it from Postgres */
     char tenant_id[37];
     char dataset_id[37];
     long long last_sent;    /* highest seq sent with an id line */
     long long replay_after; /* replay seq > this; -1: live only */
+    long long base;         /* the dataset's last place when the stream started */
+    long long replay_max;   /* the highest seq the replay sent (0: none) */
+    long long next;         /* live: the place to send next (0 until live) */
+    long long gap_upto;     /* a gap read is out for the places below this (0: none) */
     size_t limit;           /* client buffer bytes */
     int started;            /* the 200 and headers are out */
     int holding;            /* live messages are held (until the replay is done) */
+    int gap_busy;           /* the query in flight is a gap read */
     int pg_busy;            /* a query of ours is in flight */
     int finished;           /* the request is finished; free when !pg_busy */
     held_t *held, *held_tail;
@@ -165,8 +171,8 @@ static void client_free(client_t *c)
 {
     if (c->keepalive)
         event_free(c->keepalive);
-    if (c->reorder)
-        event_free(c->reorder);
+    if (c->gap)
+        event_free(c->gap);
     for (held_t *h = c->held; h;) {
         held_t *n = h->next;
         free(h);
@@ -233,7 +239,7 @@ static int send_event(client_t *c, long long seq, int is_file, const char *data,
                       int with_limit)
 {
     char id[24];
-    int with_id = seq > c->last_sent;
+    int with_id = seq > c->last_sent; /* the browser's Last-Event-ID never goes backwards */
     snprintf(id, sizeof id, "%lld", seq);
     int err = sl_sse_send(c->req, with_limit ? c->limit : (size_t)-1, with_id ? id : NULL,
                           is_file ? "file" : "run", data, len);
@@ -252,11 +258,17 @@ static int send_event(client_t *c, long long seq, int is_file, const char *data,
 }
 
 /*
- * Commits of one dataset are serialised (an advisory lock), but their result
- * callbacks come back over different pool connections, so messages can reach
- * us out of seq order (10, 11, 8, 9). Held messages are kept sorted by seq and
- * live ones are sent after a short window: a reorder buffer. A message later
- * than the window still goes out, without an id line (see send_event).
+ * Order. Every event of a dataset has its place in one dense series (1, 2, 3
+ * ... with no holes: sluice_event_places, docs/internals/sse.md "Places"), and
+ * the places of a dataset commit in order. Messages still reach us out of
+ * order (commit results come back over different pool connections; instances
+ * publish at their own pace), but a live client knows the place it needs next:
+ * a message at that place goes out at once, one past it waits in `held`
+ * (sorted) until the hole closes. A hole that lasts GAP_MS is read from
+ * Postgres (gap_read): the message after it committed, so every place before
+ * it has committed too; the run events found are sent, and the places not
+ * found are file events (not timeline rows) or events of a file deleted
+ * since, and are passed over.
  */
 static void held_insert_sorted(client_t *c, held_t *h)
 {
@@ -272,42 +284,116 @@ static void held_insert_sorted(client_t *c, held_t *h)
         c->held_tail = h;
 }
 
-/*
- * Sends every held message in seq order; skip_replayed drops run events the
- * replay sent. Returns 0, or -1 when a send finished the client: then c may be
- * freed already and the caller must not touch it.
- */
-static int flush_held(client_t *c, int skip_replayed)
+static held_t *held_pop(client_t *c)
 {
     held_t *h = c->held;
-    c->held = c->held_tail = NULL;
-    c->held_bytes = 0;
-    int alive = 1;
-    while (h) {
-        held_t *n = h->next;
-        if (alive && (!skip_replayed || h->is_file || h->seq > c->last_sent))
-            alive = send_event(c, h->seq, h->is_file, h->data, h->len, 1) == 0;
-        free(h);
-        h = n;
-    }
-    return alive ? 0 : -1;
+    c->held = h->next;
+    if (!c->held)
+        c->held_tail = NULL;
+    c->held_bytes -= h->len;
+    return h;
 }
 
-static void reorder_cb(evutil_socket_t fd, short what, void *arg)
+/* Holds a copy of a message (not if its place is held already). 0, or -1 when c was finished. */
+static int hold(client_t *c, long long seq, int is_file, const char *data, size_t len)
 {
-    client_t *c = arg;
-    (void)fd;
-    (void)what;
-    if (!c->finished && !c->holding)
-        flush_held(c, 0);
+    for (held_t *h = c->held; h && h->seq <= seq; h = h->next)
+        if (h->seq == seq)
+            return 0; /* one place, one event: a gap read found what was held, or the reverse */
+    if (c->held_bytes + len > c->limit) {
+        client_drop(c, "held_messages_over_limit");
+        return -1;
+    }
+    held_t *h = malloc(sizeof *h + len);
+    if (!h) {
+        client_drop(c, "out_of_memory");
+        return -1;
+    }
+    h->next = NULL;
+    h->seq = seq;
+    h->is_file = is_file;
+    h->len = len;
+    memcpy(h->data, data, len);
+    held_insert_sorted(c, h);
+    c->held_bytes += len;
+    return 0;
+}
+
+/*
+ * A message below the place the client needs next: a run event was sent
+ * already (live, replayed or read over a gap) unless it is from before the
+ * stream started and not replayed; a file event is never replayed nor read
+ * over a gap. Those go out without an id line (send_event): they are news to
+ * the client but must not move its Last-Event-ID back.
+ */
+static int late(client_t *c, long long seq, int is_file)
+{
+    return is_file || (seq <= c->base && seq > c->replay_max);
+}
+
+/*
+ * Sends what is in order from the head of `held`: places up to `next`, and
+ * below gap_upto (a gap read passed over the places it did not find). Arms the
+ * gap timer if a hole remains. 0, or -1 when c was finished (and may be freed).
+ */
+static int advance(client_t *c, long long gap_upto)
+{
+    while (c->held && (c->held->seq <= c->next || c->held->seq < gap_upto)) {
+        held_t *h = held_pop(c);
+        int rc = 0;
+        if (h->seq >= c->next) {
+            rc = send_event(c, h->seq, h->is_file, h->data, h->len, 1);
+            c->next = h->seq + 1;
+        } else if (late(c, h->seq, h->is_file)) {
+            rc = send_event(c, h->seq, h->is_file, h->data, h->len, 1);
+        }
+        free(h);
+        if (rc)
+            return -1;
+    }
+    if (c->next < gap_upto)
+        c->next = gap_upto;
+    if (c->held && !c->gap_busy && !evtimer_pending(c->gap, NULL)) {
+        static const struct timeval tv = {GAP_MS / 1000, (GAP_MS % 1000) * 1000};
+        evtimer_add(c->gap, &tv);
+    }
+    return 0;
+}
+
+/* A live message: at its place it goes out now, past it it waits for the hole to close. */
+static void deliver(client_t *c, long long seq, int is_file, const char *data, size_t len)
+{
+    if (seq < c->next) {
+        if (late(c, seq, is_file))
+            send_event(c, seq, is_file, data, len, 1);
+        return;
+    }
+    if (seq == c->next && !c->held) {
+        if (send_event(c, seq, is_file, data, len, 1) == 0)
+            c->next = seq + 1;
+        return;
+    }
+    if (hold(c, seq, is_file, data, len) == 0)
+        advance(c, 0);
 }
 
 /* The replay is complete: send what was held (skipping what the replay sent), go live. */
 static void go_live(client_t *c)
 {
     c->holding = 0;
-    /* Run events up to last_sent were in the replay; file events never are. */
-    flush_held(c, 1);
+    c->next = (c->base > c->replay_max ? c->base : c->replay_max) + 1;
+    advance(c, 0);
+}
+
+static void gap_read(client_t *c);
+
+static void gap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    client_t *c = arg;
+    (void)fd;
+    (void)what;
+    if (!c->finished && !c->holding && !c->pg_busy && c->held)
+        gap_read(c);
 }
 
 /* Parses a message's seq and event (cached per delivered message: one parse for all clients). */
@@ -345,32 +431,10 @@ static void message_cb(const char *channel, const char *msg, size_t len, uint64_
     int is_file;
     if (parse_msg(msg, len, msg_id, &seq, &is_file) != 0)
         return; /* not a status event */
-    if (!c->holding && c->held_bytes + len > c->limit / 4) {
-        /* A burst: send what the window holds now (in order); the output limit judges the client. */
-        evtimer_del(c->reorder);
-        if (flush_held(c, 0) != 0)
-            return; /* the client was finished (and may be freed) */
-    }
-    if (c->held_bytes + len > c->limit) {
-        client_drop(c, "held_messages_over_limit");
-        return;
-    }
-    held_t *h = malloc(sizeof *h + len);
-    if (!h) {
-        client_drop(c, "out_of_memory");
-        return;
-    }
-    h->next = NULL;
-    h->seq = seq;
-    h->is_file = is_file;
-    h->len = len;
-    memcpy(h->data, msg, len);
-    held_insert_sorted(c, h);
-    c->held_bytes += len;
-    if (!c->holding && !evtimer_pending(c->reorder, NULL)) {
-        static const struct timeval window = {0, REORDER_MS * 1000};
-        evtimer_add(c->reorder, &window);
-    }
+    if (c->holding) /* until the replay is done (go_live) */
+        hold(c, seq, is_file, msg, len);
+    else
+        deliver(c, seq, is_file, msg, len);
 }
 
 static void keepalive_cb(evutil_socket_t fd, short what, void *arg)
@@ -389,17 +453,24 @@ static void keepalive_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- replay ---- */
 
+/* One replayed or gap-read row (SL_RUN_EVENT_COLUMNS) as its message text, owned; NULL: no memory. */
+static char *row_json(PGresult *res, int i, long long *seq)
+{
+    const char *v[SL_RUN_EVENT_NCOLS];
+    for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
+        v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+    *seq = strtoll(v[0], NULL, 10);
+    sl_run_event_t ev = {"run", *seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    return sl_run_event_json(&ev);
+}
+
 /* Sends a page of replay rows; returns the number of rows, or -1 if the client was finished. */
 static int send_rows(client_t *c, PGresult *res)
 {
     int n = PQntuples(res);
     for (int i = 0; i < n; i++) {
-        const char *v[SL_RUN_EVENT_NCOLS];
-        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-            v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        long long seq = strtoll(v[0], NULL, 10);
-        sl_run_event_t ev = {"run", seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
-        char *data = sl_run_event_json(&ev);
+        long long seq;
+        char *data = row_json(res, i, &seq);
         if (!data) {
             client_finish(c, 0, NULL, NULL);
             return -1;
@@ -408,6 +479,8 @@ static int send_rows(client_t *c, PGresult *res)
         free(data);
         if (rc)
             return -1;
+        if (seq > c->replay_max)
+            c->replay_max = seq;
     }
     return n;
 }
@@ -463,6 +536,63 @@ static void replay_next(client_t *c)
     }
 }
 
+/* ---- gap reads ---- */
+
+static const char GAP_SQL[] =
+    "SELECT " SL_RUN_EVENT_COLUMNS " FROM run_events"
+    " WHERE dataset_id = $1 AND tenant_id = $2 AND seq >= $3::bigint AND seq < $4::bigint"
+    " ORDER BY seq";
+
+static void gap_cb_result(const sl_pg_result_t *r, void *arg)
+{
+    client_t *c = arg;
+    c->pg_busy = c->gap_busy = 0;
+    if (c->finished) {
+        client_free(c);
+        return;
+    }
+    long long upto = c->gap_upto;
+    c->gap_upto = 0;
+    if (r->err) {
+        sl_log(SL_LOG_WARN, "sse_gap_read_failed", "{s:s, s:s}", "dataset_id", c->dataset_id,
+               "error", r->errmsg);
+        client_finish(c, 0, NULL, NULL); /* it reconnects and replays from its last id */
+        return;
+    }
+    PGresult *res = r->res[0];
+    for (int i = 0; i < PQntuples(res); i++) {
+        long long seq;
+        char *data = row_json(res, i, &seq);
+        if (!data) {
+            client_drop(c, "out_of_memory");
+            return;
+        }
+        int rc = seq >= c->next ? hold(c, seq, 0, data, strlen(data)) : 0;
+        free(data);
+        if (rc)
+            return;
+    }
+    sl_log(SL_LOG_INFO, "sse_gap_read", "{s:s, s:I, s:I, s:i}", "dataset_id", c->dataset_id,
+           "from", (json_int_t)c->next, "to", (json_int_t)upto, "found", PQntuples(res));
+    advance(c, upto);
+}
+
+/* Reads the places from `next` up to the first held message: every one of them has committed. */
+static void gap_read(client_t *c)
+{
+    char from[24], to[24];
+    c->gap_upto = c->held->seq;
+    snprintf(from, sizeof from, "%lld", c->next);
+    snprintf(to, sizeof to, "%lld", c->gap_upto);
+    const char *params[] = {c->dataset_id, c->tenant_id, from, to};
+    c->pg_busy = c->gap_busy = 1;
+    if (sl_pg_query(c->app->pg, GAP_SQL, 4, params, gap_cb_result, c) != 0) {
+        c->pg_busy = c->gap_busy = 0;
+        c->gap_upto = 0;
+        client_finish(c, 0, NULL, NULL);
+    }
+}
+
 /* ---- start ---- */
 
 static void start_cb(const sl_pg_result_t *r, void *arg)
@@ -484,6 +614,8 @@ static void start_cb(const sl_pg_result_t *r, void *arg)
         client_finish(c, 404, "not_found", "no such dataset");
         return;
     }
+    /* Committed before this snapshot, so in the replay or before the stream. */
+    c->base = strtoll(PQgetvalue(r->res[0], 0, 0), NULL, 10);
     if (strcmp(sl_http_req_method(c->req), "HEAD") == 0) {
         sl_sse_start(c->req);
         c->started = 1;
@@ -568,7 +700,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     }
     client_t *c = calloc(1, sizeof *c);
     if (!c || !(c->keepalive = event_new(app->base, -1, EV_PERSIST, keepalive_cb, c)) ||
-        !(c->reorder = evtimer_new(app->base, reorder_cb, c))) {
+        !(c->gap = evtimer_new(app->base, gap_cb, c))) {
         if (c && c->keepalive)
             event_free(c->keepalive);
         free(c);
@@ -609,7 +741,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     const char *p2[] = {c->dataset_id, c->tenant_id, after_s};
     sl_pg_batch_t *b = sl_pg_batch_new(app->pg);
     if (!b ||
-        sl_pg_batch_add(b, "SELECT 1 FROM datasets WHERE tenant_id = $1 AND id = $2"
+        sl_pg_batch_add(b, "SELECT event_seq FROM datasets WHERE tenant_id = $1 AND id = $2"
                            " AND deleted_at IS NULL", 2, p1) < 0 || /* retention */
         (after >= 0 && sl_pg_batch_add(b, REPLAY_SQL, 3, p2) < 0)) {
         sl_pg_batch_free(b);

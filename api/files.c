@@ -422,22 +422,21 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
         free(fr);
         return;
     }
-    PGresult *arts = r->res[1], *files = r->res[2], *seq = r->res[3];
+    PGresult *arts = r->res[1], *files = r->res[2];
     if (PQntuples(files) < 1) {
         respond_not_found(fr->req, "no such file");
         free(fr);
         return;
     }
     /*
-     * Its timeline went with it (cascade), so the "deleted" event takes a fresh
-     * seq from the timeline's sequence and is live only: a replay cannot show it.
+     * Its timeline went with it (cascade), so the "deleted" event has a place
+     * in the dataset's series but no row: it is live only, a replay cannot
+     * show it.
      */
-    if (PQntuples(seq) == 1) {
-        const char *v[SL_RUN_EVENT_NCOLS] = {
-            PQgetvalue(seq, 0, 0), PQgetvalue(files, 0, 1), fr->id, NULL, NULL, NULL,
-            "deleted",             "deleted",               PQgetvalue(seq, 0, 1)};
-        sl_run_event_publish_values(fr->app->pubsub, "file", v);
-    }
+    const char *v[SL_RUN_EVENT_NCOLS] = {
+        PQgetvalue(files, 0, 2), PQgetvalue(files, 0, 1), fr->id, NULL, NULL, NULL,
+        "deleted",               "deleted",               PQgetvalue(files, 0, 3)};
+    sl_run_event_publish_values(fr->app->pubsub, "file", v);
     sl_log(SL_LOG_INFO, "file_deleted", "{s:s, s:s, s:i}", "tenant_id", fr->tenant_id, "file_id",
            fr->id, "artifacts", PQntuples(arts));
     for (int i = 0; i < PQntuples(files); i++)
@@ -464,12 +463,12 @@ static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, voi
     static const char *const sql[] = {
         "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2",
-        "DELETE FROM files WHERE tenant_id = $1 AND id = $2 AND NOT sluice_dataset_gone(dataset_id)"
-        " RETURNING storage_key, dataset_id",
-        "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')),"
-        " sluice_ts(clock_timestamp()) WHERE $1::uuid IS NOT NULL AND $2::uuid IS NOT NULL",
+        "WITH d AS (DELETE FROM files WHERE tenant_id = $1 AND id = $2"
+        "           AND NOT sluice_dataset_gone(dataset_id) RETURNING storage_key, dataset_id)"
+        " SELECT d.storage_key, d.dataset_id, sluice_event_places(d.dataset_id, 1),"
+        " sluice_ts(clock_timestamp()) FROM d",
     };
-    static file_query_t q = {sql, 4, delete_done_cb};
+    static file_query_t q = {sql, 3, delete_done_cb};
     sl_api_auth(arg, req, 0, file_query_auth_cb, &q);
 }
 
@@ -597,22 +596,22 @@ static const char RUN_SQL[] =
     "  WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)"
     "  ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING"
     "  RETURNING id, tenant_id, dataset_id, file_id, pipeline)"
-    " INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
-    " SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM ins"
-    " CROSS JOIN LATERAL"
-    "  (SELECT pg_advisory_xact_lock(hashtextextended(ins.dataset_id::text, 0))) lk"
+    " INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
+    " SELECT sluice_event_places(dataset_id, 1), tenant_id, dataset_id, file_id, id, pipeline,"
+    " 'queued', 'queued' FROM ins"
     " RETURNING " SL_RUN_EVENT_COLUMNS;
 
 /*
  * The file is processed now (no longer 'uploaded'), and says why when no
  * pipeline takes it and it has no run at all ($3: the reason, or NULL when
- * runs start). First in the batch: the file's row, then runs' (the lock order
- * of DELETE /v1/files/{id} and of sluice_run_transition).
+ * runs start). First in the batch: the file's row, then the dataset's event
+ * places (the row lock only: places 0), then runs' (the lock order of DELETE
+ * /v1/files/{id} and of sluice_run_transitions).
  */
 static const char PROCESS_FILE_SQL[] =
     "UPDATE files f SET awaiting_process = false,"
     " reason = CASE WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.file_id = f.id) THEN $3::text END"
-    " WHERE f.tenant_id = $1 AND f.id = $2";
+    " WHERE f.tenant_id = $1 AND f.id = $2 RETURNING sluice_event_places(f.dataset_id, 0)";
 
 /*
  * A process that starts no run changes the file (from 'uploaded' to 'done'
@@ -620,11 +619,9 @@ static const char PROCESS_FILE_SQL[] =
  * state its status) tells SSE clients, numbered as upload.c's file events are.
  */
 static const char PROCESS_FILE_EVENT_SQL[] =
-    "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')), f.dataset_id, f.id, NULL,"
+    "SELECT sluice_event_places(f.dataset_id, 1), f.dataset_id, f.id, NULL,"
     " NULL, NULL, 'processed', sluice_file_status(f.id), sluice_ts(clock_timestamp())"
-    " FROM files f CROSS JOIN LATERAL"
-    "  (SELECT pg_advisory_xact_lock(hashtextextended(f.dataset_id::text, 0))) lk"
-    " WHERE f.tenant_id = $1 AND f.id = $2";
+    " FROM files f WHERE f.tenant_id = $1 AND f.id = $2";
 
 static const char PROCESS_RESPONSE_SQL[] =
     "WITH j AS (SELECT sluice_file_json(f)::text AS body FROM files f"

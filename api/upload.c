@@ -473,31 +473,41 @@ static const char INSERT_FILES_SQL[] =
     "FROM json_to_recordset($4::json) AS x(id uuid, ord int, name text, size bigint, "
     "sha256 text, mime text, storage_key text, awaiting boolean, reason text) ORDER BY x.ord";
 
-static const char INSERT_RUNS_SQL[] =
-    "WITH r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline) "
-    "SELECT x.id, $1, $2, x.file_id, $3, x.pipeline FROM json_to_recordset($4::json) "
-    "AS x(id uuid, file_id uuid, pipeline text) RETURNING *) "
-    "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state) "
-    "SELECT tenant_id, dataset_id, file_id, id, pipeline, 'queued', 'queued' FROM r "
-    "RETURNING " SL_RUN_EVENT_COLUMNS;
-
 /*
  * The batch's "file" events (SSE): not timeline rows (a file's timeline is its
- * runs'), but they take their seq from the timeline's sequence so SSE ids stay
- * one ordered series. The dataset's advisory lock, held to the commit, orders
- * them and the 'queued' events after them before any later commit of the
- * dataset (docs/internals/sse.md). A file no pipeline took is "done" (its
- * document says why); one stored without processing is "uploaded".
+ * runs'), but they take places in the dataset's event series as timeline
+ * events do (sluice_event_places), so the stream's ids stay one dense series:
+ * the files' places first, in part order, then their runs' 'queued' events
+ * (INSERT_RUNS_SQL). The places' row lock, held to the commit, orders them
+ * before any later commit of the dataset (docs/internals/sse.md). A file no
+ * pipeline took is "done" (its document says why); one stored without
+ * processing is "uploaded".
  */
 static const char FILE_EVENTS_SQL[] =
-    "SELECT nextval(pg_get_serial_sequence('run_events', 'seq')), f.dataset_id, f.id, NULL,"
-    " NULL, NULL, 'uploaded',"
+    "WITH fs AS (SELECT f.id, f.dataset_id, f.awaiting_process,"
+    "                   row_number() OVER (ORDER BY f.seq) AS k"
+    "            FROM files f WHERE f.tenant_id = $1 AND f.batch_id = $3),"
+    " pl AS (SELECT sluice_event_places($2::uuid, (SELECT count(*) FROM fs)) AS first)"
+    " SELECT pl.first + fs.k - 1, fs.dataset_id, fs.id, NULL, NULL, NULL, 'uploaded',"
     " CASE WHEN EXISTS (SELECT 1 FROM json_to_recordset($4::json) AS x(file_id uuid)"
-    "                   WHERE x.file_id = f.id) THEN 'queued'"
-    "      WHEN f.awaiting_process THEN 'uploaded' ELSE 'done' END,"
+    "                   WHERE x.file_id = fs.id) THEN 'queued'"
+    "      WHEN fs.awaiting_process THEN 'uploaded' ELSE 'done' END,"
     " sluice_ts(clock_timestamp())"
-    " FROM (SELECT pg_advisory_xact_lock(hashtextextended($2::text, 0))) lk, files f"
-    " WHERE f.tenant_id = $1 AND f.batch_id = $3 ORDER BY f.seq";
+    " FROM fs, pl ORDER BY fs.k";
+
+/* The runs and their 'queued' events, placed after the files' (in the runs' JSON order). */
+static const char INSERT_RUNS_SQL[] =
+    "WITH x AS (SELECT * FROM ROWS FROM (json_to_recordset($4::json)"
+    "           AS (id uuid, file_id uuid, pipeline text)) WITH ORDINALITY AS x(id, file_id,"
+    "           pipeline, k)),"
+    " r AS (INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
+    "       SELECT x.id, $1, $2, x.file_id, $3, x.pipeline FROM x ORDER BY x.k RETURNING *),"
+    " rk AS (SELECT r.*, row_number() OVER (ORDER BY x.k) AS k FROM r JOIN x ON x.id = r.id),"
+    " pl AS (SELECT sluice_event_places($2::uuid, (SELECT count(*) FROM rk)) AS first)"
+    " INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
+    " SELECT pl.first + rk.k - 1, rk.tenant_id, rk.dataset_id, rk.file_id, rk.id, rk.pipeline,"
+    " 'queued', 'queued' FROM rk, pl ORDER BY rk.k"
+    " RETURNING " SL_RUN_EVENT_COLUMNS;
 
 /* Every part is durable: record the whole batch in one transaction. */
 static void store_rows(upload_t *up)

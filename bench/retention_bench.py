@@ -63,9 +63,12 @@ def seed(srv, tenant_id, ds, n, days_old):
          " finished_at) SELECT gen_random_uuid(), tenant_id, dataset_id, id, batch_id,"
          " 'ai_record', 'succeeded', now() FROM files WHERE dataset_id = '%s'" % ds)
     psql(srv,
-         "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
-         " SELECT r.tenant_id, r.dataset_id, r.file_id, r.id, r.pipeline, k, 'succeeded'"
+         "INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id, pipeline, kind,"
+         " state) SELECT row_number() OVER (), r.tenant_id, r.dataset_id, r.file_id, r.id,"
+         " r.pipeline, k, 'succeeded'"
          " FROM runs r, unnest(ARRAY['queued', 'succeeded']) k WHERE r.dataset_id = '%s'" % ds)
+    psql(srv, "UPDATE datasets SET event_seq = (SELECT max(seq) FROM run_events"
+              " WHERE dataset_id = '%s') WHERE id = '%s'" % (ds, ds))
     return d
 
 

@@ -1,104 +1,66 @@
--- run_transition: every transition of a run actor, in one statement
--- (actors/run.c, docs/internals/scheduler.md).
---
--- Writes the run's row, guarded by its lease (id = p_run AND lease_owner =
--- p_owner), and inserts the timeline events p_events ([{step, kind, detail}],
--- in order) from the row it updated: the events are written only if the guard
--- held, and a transition whose guard finds no row (lease lost, file deleted)
--- returns no rows and has no effect.
---
--- p_state is the run's new state. Leaving 'running' ends the lease. p_word is
--- the run's word: its error, or once it succeeded the note of its last step
--- (`return true, "no_text"`: done, and why there is no output). p_wait_s is how
--- long a 'waiting' run waits. A null p_step or p_flow_version keeps the row's.
---
--- The per-dataset advisory lock taken before the events get their seqs makes
--- a dataset's seqs commit in order, so an SSE replay of "seq > last id" never
--- skips one that commits later (docs/internals/sse.md).
---
--- Lock order: the file's row first, then the run's. DELETE /v1/files/{id}
--- (api/files.c) locks the file row FOR UPDATE, then deletes the runs by
--- cascade; a transition that took the run's row first (the UPDATE) and the
--- file's after (the run_events foreign key check, KEY SHARE) closed a cycle
--- with it, and Postgres aborted one of the two with 40P01. So the first
--- statement takes the file row's KEY SHARE lock — the one the foreign key
--- check takes anyway, so it waits only for a delete of the file (or a change
--- of its id), not for updates of its other columns. When the delete commits
--- first the row is gone, the lock finds nothing, the UPDATE finds no run (the
--- cascade took it) and the transition returns no rows, as for a lost lease.
--- Artifacts and records (actors/lua_run.c) take the file's row before the
--- run's too: their file_id key comes before run_id.
---
--- Returns the inserted run_events rows, in seq order.
-CREATE OR REPLACE FUNCTION sluice_run_transition(
-    p_run uuid, p_owner text, p_step text, p_attempt int, p_ctx jsonb, p_state text,
-    p_chain_start text, p_chain_transient boolean, p_wait_count int, p_word text,
-    p_wait_s double precision, p_flow_version text, p_events json)
-RETURNS SETOF run_events
+-- sluice_event_places: p_n places in dataset p_dataset's event series
+-- (migration 015, docs/internals/sse.md "Places"): returns the first, the
+-- others follow it. The row lock of the bump is held to the commit, so the
+-- places of a dataset commit in the order they were given; a rollback gives
+-- them back. Callers that take places of several datasets in one transaction
+-- take them in dataset id order (sluice_run_transitions), so that two of them
+-- never wait on each other in a cycle. p_n = 0 takes the lock only.
+CREATE OR REPLACE FUNCTION sluice_event_places(p_dataset uuid, p_n bigint)
+RETURNS bigint
 LANGUAGE sql VOLATILE AS $$
-    SELECT 1 FROM files f WHERE f.id = (SELECT r.file_id FROM runs r WHERE r.id = p_run)
-    FOR KEY SHARE OF f;
-    WITH u AS (
-        UPDATE runs SET step = coalesce(p_step, step), attempt = p_attempt, ctx = p_ctx,
-            state = p_state, chain_start = p_chain_start, chain_transient = p_chain_transient,
-            wait_count = p_wait_count,
-            error = CASE WHEN p_state = 'succeeded' THEN NULL ELSE p_word END,
-            note = CASE WHEN p_state = 'succeeded' THEN p_word ELSE note END,
-            flow_version = coalesce(p_flow_version, flow_version),
-            finished_at = CASE WHEN p_state IN ('succeeded','failed','cancelled') THEN now()
-                          ELSE finished_at END,
-            next_attempt_at = CASE WHEN p_state = 'waiting'
-                              THEN now() + make_interval(secs => p_wait_s)
-                              ELSE next_attempt_at END,
-            lease_owner = CASE WHEN p_state = 'running' THEN lease_owner END,
-            lease_until = CASE WHEN p_state = 'running' THEN lease_until END
-        WHERE id = p_run AND lease_owner = p_owner
-        RETURNING id, tenant_id, dataset_id, file_id, pipeline, state)
-    INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, step, kind,
-                            state, detail)
-    SELECT u.tenant_id, u.dataset_id, u.file_id, u.id, u.pipeline, e.step, e.kind, u.state,
-           coalesce(e.detail, '{}'::json)::jsonb
-    FROM u CROSS JOIN LATERAL
-        (SELECT pg_advisory_xact_lock(hashtextextended(u.dataset_id::text, 0))) lk,
-        ROWS FROM (json_to_recordset(p_events) AS (step text, kind text, detail json))
-        WITH ORDINALITY AS e(step, kind, detail, n)
-    ORDER BY e.n
-    RETURNING *
+    UPDATE datasets SET event_seq = event_seq + p_n WHERE id = p_dataset
+    RETURNING event_seq - p_n + 1
 $$;
 
--- run_transitions: a group of transitions of many runs (all leased by
--- p_owner), in one statement and so one transaction and one durable commit
--- (actors/commit.c, docs/internals/scheduler.md "Commits").
+-- run_transitions: every transition of the run actors, in groups of many
+-- runs (all leased by p_owner), in one statement and so one transaction and
+-- one durable commit (actors/commit.c, docs/internals/scheduler.md
+-- "Commits").
 --
--- p_batch is a JSON array of transitions, each an object with the parameters
--- of sluice_run_transition by name: {run, step, attempt, ctx (the ctx as JSON
--- text, a string), state, chain_start, chain_transient, wait_count, word,
--- wait_s, flow_version, events}; a missing or null step or flow_version keeps
--- the row's. A run appears at most once in a group (an actor has one commit in
--- flight at a time).
+-- p_batch is a JSON array of transitions, each an object: {run, step, attempt,
+-- ctx (the ctx as JSON text, a string), state, chain_start, chain_transient,
+-- wait_count, word, wait_s, flow_version, events}. A missing or null step or
+-- flow_version keeps the row's. state is the run's new state; leaving
+-- 'running' ends the lease. word is the run's word: its error, or once it
+-- succeeded the note of its last step (`return true, "no_text"`: done, and why
+-- there is no output). wait_s is how long a 'waiting' run waits. events is
+-- [{step, kind, detail}], the transition's timeline events in order. A run
+-- appears at most once in a group (an actor has one commit in flight at a
+-- time).
 --
--- Each transition is guarded by its own lease, as in sluice_run_transition:
--- one whose guard finds no row (lease lost, file deleted) writes nothing and
--- returns no rows, and the others commit. The caller tells them apart by the
--- run_id of the rows returned.
+-- Each transition is guarded by its own lease (id = run AND lease_owner =
+-- p_owner): one whose guard finds no row (lease lost, file deleted) writes
+-- nothing and returns no rows, and the others commit. The caller tells them
+-- apart by the run_id of the rows returned.
 --
--- Locks, always in the same order so that concurrent groups cannot wait on
--- each other in a cycle: the files' rows (KEY SHARE, by file id, before any
--- run row, as sluice_run_transition and for the same reason), then the runs'
--- rows (the UPDATE; the runs of two groups are disjoint: a run has one
--- leaseholder), then one advisory lock per dataset that has events in the
--- group, in the order of the lock keys, taken before any event gets its seq.
--- The advisory locks keep sse.md's rule — a dataset's seqs commit in order —
--- for a group as for a single transition. The events are inserted in group
--- order, each transition's in its own order, so a run's seqs follow its
--- transitions.
+-- Events get their places from their dataset's series (sluice_event_places,
+-- one bump per dataset per group), in group order, each transition's in its
+-- own order, so a run's places follow its transitions.
+--
+-- Locks, always in the same order so that concurrent transactions cannot wait
+-- on each other in a cycle:
+-- 1. the files' rows, KEY SHARE, by file id. DELETE /v1/files/{id}
+--    (api/files.c) locks the file row FOR UPDATE, then deletes the runs by
+--    cascade; a transition that took the run's row first (the UPDATE) and the
+--    file's after (the run_events foreign key check, KEY SHARE) closed a cycle
+--    with it, and Postgres aborted one of the two with 40P01. KEY SHARE is the
+--    lock the foreign key check takes anyway: it waits only for a delete of
+--    the file, not for updates of its other columns. When the delete commits
+--    first the row is gone, the UPDATE finds no run (the cascade took it) and
+--    the transition returns no rows, as for a lost lease. Artifacts and
+--    records (actors/lua_run.c) take the file's row before the run's too.
+-- 2. the datasets' rows (the places), by dataset id: the rows of the runs
+--    this owner holds, so a run whose lease is lost meanwhile costs at most a
+--    lock it did not need.
+-- 3. the runs' rows (the UPDATE; the runs of two groups are disjoint: a run
+--    has one leaseholder).
 --
 -- PL/pgSQL rather than SQL for its plan cache: a LANGUAGE sql function's
 -- statements are parsed and planned again at every call (about 1 ms for this
 -- one), PL/pgSQL's once per session: a group of 1 runs in 0.45 ms instead of
 -- 1.4, a group of 8 in 0.8 instead of 2.0 (docs/internals/scheduler.md).
 --
--- Returns the inserted run_events rows.
+-- Returns the inserted run_events rows, in group order.
 CREATE OR REPLACE FUNCTION sluice_run_transitions(p_owner text, p_batch json)
 RETURNS SETOF run_events
 LANGUAGE plpgsql VOLATILE AS $$
@@ -108,6 +70,12 @@ BEGIN
                    WHERE r.id IN (SELECT (t->>'run')::uuid FROM json_array_elements(p_batch) t))
     ORDER BY f.id
     FOR KEY SHARE OF f;
+    PERFORM 1 FROM datasets d
+    WHERE d.id IN (SELECT r.dataset_id FROM runs r
+                   WHERE r.id IN (SELECT (t->>'run')::uuid FROM json_array_elements(p_batch) t)
+                     AND r.lease_owner = p_owner)
+    ORDER BY d.id
+    FOR NO KEY UPDATE OF d;
     RETURN QUERY WITH b AS (
         SELECT t.n, (t.v->>'run')::uuid AS run, t.v->>'step' AS step,
                (t.v->>'attempt')::int AS attempt, (t.v->>'ctx')::jsonb AS ctx,
@@ -135,20 +103,40 @@ BEGIN
         WHERE runs.id = b.run AND runs.lease_owner = p_owner
         RETURNING runs.id, runs.tenant_id, runs.dataset_id, runs.file_id, runs.pipeline,
                   runs.state, b.n, b.events
-    ), lk AS MATERIALIZED (
-        SELECT count(pg_advisory_xact_lock(k.key)) AS held
-        FROM (SELECT DISTINCT hashtextextended(dataset_id::text, 0) AS key FROM u
-              ORDER BY 1) k
+    ), e AS (
+        SELECT u.*, x.step, x.kind, x.detail, x.k,
+               row_number() OVER (PARTITION BY u.dataset_id ORDER BY u.n, x.k) AS place
+        FROM u CROSS JOIN LATERAL
+            ROWS FROM (json_to_recordset(u.events) AS (step text, kind text, detail json))
+            WITH ORDINALITY AS x(step, kind, detail, k)
+    ), pl AS (
+        SELECT c.dataset_id, sluice_event_places(c.dataset_id, c.n) AS first
+        FROM (SELECT dataset_id, count(*) AS n FROM e GROUP BY dataset_id) c
     )
-    INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline, step, kind,
+    INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id, pipeline, step, kind,
                             state, detail)
-    SELECT u.tenant_id, u.dataset_id, u.file_id, u.id, u.pipeline, e.step, e.kind, u.state,
-           coalesce(e.detail, '{}'::json)::jsonb
-    FROM lk, u CROSS JOIN LATERAL
-        ROWS FROM (json_to_recordset(u.events) AS (step text, kind text, detail json))
-        WITH ORDINALITY AS e(step, kind, detail, n)
-    WHERE lk.held >= 0
-    ORDER BY u.n, e.n
+    SELECT pl.first + e.place - 1, e.tenant_id, e.dataset_id, e.file_id, e.id, e.pipeline,
+           e.step, e.kind, e.state, coalesce(e.detail, '{}'::json)::jsonb
+    FROM e JOIN pl ON pl.dataset_id = e.dataset_id
+    ORDER BY e.n, e.k
     RETURNING *;
 END
 $$;
+
+-- run_transition: one transition of a run actor: sluice_run_transitions with
+-- a group of one (tests and manual use; the engine sends groups). p_events is
+-- [{step, kind, detail}], in order. A transition whose guard finds no row
+-- (lease lost, file deleted) returns no rows and has no effect.
+CREATE OR REPLACE FUNCTION sluice_run_transition(
+    p_run uuid, p_owner text, p_step text, p_attempt int, p_ctx jsonb, p_state text,
+    p_chain_start text, p_chain_transient boolean, p_wait_count int, p_word text,
+    p_wait_s double precision, p_flow_version text, p_events json)
+RETURNS SETOF run_events
+LANGUAGE sql VOLATILE AS $$
+    SELECT * FROM sluice_run_transitions(p_owner, json_build_array(json_build_object(
+        'run', p_run, 'step', p_step, 'attempt', p_attempt, 'ctx', p_ctx::text,
+        'state', p_state, 'chain_start', p_chain_start, 'chain_transient', p_chain_transient,
+        'wait_count', p_wait_count, 'word', p_word, 'wait_s', p_wait_s,
+        'flow_version', p_flow_version, 'events', p_events)))
+$$;
+

@@ -776,6 +776,16 @@ class Server:
         """Peak resident set size (VmHWM) in KiB."""
         return self._status_kib("VmHWM")
 
+    def sql(self, query):
+        """Runs query on the server's database with psql; returns its output
+        (unaligned, tuples only), stripped. Fails the test when psql fails."""
+        r = subprocess.run(
+            [str(pg_bindir() / "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+             "-d", self.database_url, "-c", query],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 0, "psql failed: %s\n%s" % (query, r.stderr)
+        return r.stdout.strip()
+
     def log(self):
         """The full server log (stdout+stderr) so far."""
         try:

@@ -275,10 +275,10 @@ def test_events_timeline(server, tenant):
     assert tenant.get("/v1/files/%s/events" % fid).json() == {"events": []}
     rid = seed_run(server, tenant, ds["id"], fid, "ai_record", "waiting")
     for kind, step in [("queued", None), ("step_started", "tika"), ("waiting", "tika")]:
-        psql(server, "INSERT INTO run_events (tenant_id, dataset_id, file_id, run_id, pipeline,"
-                     " step, kind, state, detail) VALUES (%s, %s, %s, %s, 'ai_record', %s, %s,"
-                     " 'waiting', '{\"n\": 1}')" % (
-                         q(tenant.tenant_id), q(ds["id"]), q(fid), q(rid),
+        psql(server, "INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id,"
+                     " pipeline, step, kind, state, detail) VALUES (sluice_event_places(%s, 1),"
+                     " %s, %s, %s, %s, 'ai_record', %s, %s, 'waiting', '{\"n\": 1}')" % (
+                         q(ds["id"]), q(tenant.tenant_id), q(ds["id"]), q(fid), q(rid),
                          q(step) if step else "NULL", q(kind)))
     r = tenant.get("/v1/files/%s/events" % fid)
     assert r.status_code == 200, r.text

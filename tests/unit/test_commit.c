@@ -169,13 +169,23 @@ static void test_group_and_lost_lease(sl_pg_t *pg)
              runs[2], runs[2]);
     sql(q, v, sizeof v);
     CHECK_STREQ(v, "0 - thief");
-    /* the others: their row and their events, seqs in group order, each run's in order */
+    /* the others: their row and their events, each dataset's places in group order (runs
+     * 1, 3, 5, 7 are in d1, the even ones in d2), each run's in order */
     snprintf(q, sizeof q,
-             "SELECT string_agg(kind, ' ' ORDER BY seq) FROM run_events WHERE run_id IN "
+             "SELECT string_agg(e.kind, ' ' ORDER BY d.name, e.seq) FROM run_events e JOIN "
+             "datasets d ON d.id = e.dataset_id WHERE e.run_id IN "
              "(SELECT id FROM runs WHERE tenant_id = '%s')",
              tenant);
     sql(q, v, sizeof v);
-    CHECK_STREQ(v, "k0_a k0_b k1_a k1_b k3_a k3_b k4_a k4_b k5_a k5_b k6_a k6_b k7_a k7_b");
+    CHECK_STREQ(v, "k1_a k1_b k3_a k3_b k5_a k5_b k7_a k7_b k0_a k0_b k4_a k4_b k6_a k6_b");
+    /* the places: dense from 1 per dataset, and each dataset's last place is its count */
+    snprintf(q, sizeof q,
+             "SELECT string_agg(x, ' / ' ORDER BY name) FROM (SELECT d.name, d.event_seq || ': ' "
+             "|| string_agg(e.seq::text, ' ' ORDER BY e.seq) AS x FROM datasets d JOIN run_events "
+             "e ON e.dataset_id = d.id WHERE d.tenant_id = '%s' GROUP BY d.name, d.event_seq) y",
+             tenant);
+    sql(q, v, sizeof v);
+    CHECK_STREQ(v, "8: 1 2 3 4 5 6 7 8 / 6: 1 2 3 4 5 6");
     snprintf(q, sizeof q,
              "SELECT state || ' ' || note || ' ' || flow_version || ' ' || (lease_owner IS NULL) "
              "|| ' ' || step || ' ' || (ctx->>'i') FROM runs WHERE id = '%s'",

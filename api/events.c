@@ -297,7 +297,8 @@ static held_t *held_pop(client_t *c)
 /* Holds a copy of a message (not if its place is held already). 0, or -1 when c was finished. */
 static int hold(client_t *c, long long seq, int is_file, const char *data, size_t len)
 {
-    for (held_t *h = c->held; h && h->seq <= seq; h = h->next)
+    for (held_t *h = c->held_tail && c->held_tail->seq < seq ? NULL : c->held; h && h->seq <= seq;
+         h = h->next)
         if (h->seq == seq)
             return 0; /* one place, one event: a gap read found what was held, or the reverse */
     if (c->held_bytes + len > c->limit) {
@@ -342,8 +343,10 @@ static int advance(client_t *c, long long gap_upto)
         held_t *h = held_pop(c);
         int rc = 0;
         if (h->seq >= c->next) {
-            rc = send_event(c, h->seq, h->is_file, h->data, h->len, 1);
-            c->next = h->seq + 1;
+            long long seq = h->seq;
+            rc = send_event(c, seq, h->is_file, h->data, h->len, 1);
+            if (rc == 0) /* else c may be freed */
+                c->next = seq + 1;
         } else if (late(c, h->seq, h->is_file)) {
             rc = send_event(c, h->seq, h->is_file, h->data, h->len, 1);
         }

@@ -1161,6 +1161,7 @@ static void step_free_fields(sl_step_t *s)
     free(s->ctx_in);
     free(s->file_in);
     free(s->file_path);
+    free(s->held_reason);
     json_decref(s->entry_j);
     schema_release(s->vm, s->schema);
     free(s->detail);
@@ -1191,7 +1192,8 @@ static void deliver(sl_step_t *s)
     res.note = s->ok && s->err[0] ? s->err : NULL;
     if (!s->ok && s->held_s > 0) {
         res.wait_s = s->held_s;
-        snprintf(res.wait_reason, sizeof res.wait_reason, "%s", s->held_reason);
+        snprintf(res.wait_reason, sizeof res.wait_reason, "%s",
+                 s->held_reason ? s->held_reason : "");
     }
     res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
     res.detail = s->detail;

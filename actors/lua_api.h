@@ -116,7 +116,7 @@ struct sl_step_s {
     long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
     const char *killed;  /* budget exceeded: every pcall re-raises */
     double held_s;       /* > 0: a service held this step's last call back this long */
-    char held_reason[SL_SVC_REASON_MAX];
+    char *held_reason;   /* owned: why (< SL_SVC_REASON_MAX), or NULL; set with held_s */
     double t0;
     /* copied inputs: the names point into one owned block, ids (tmpdir may be NULL) */
     char *ids;

@@ -52,7 +52,12 @@ static void svcop_cancel(sl_flow_op_t *hdr)
 
 const char *sl_flow__note_hold(sl_step_t *s, const sl_svc_t *svc, const char *otherwise)
 {
-    s->held_s = sl_svc_hold_remaining_s(svc, s->held_reason, sizeof s->held_reason);
+    char reason[SL_SVC_REASON_MAX];
+    s->held_s = sl_svc_hold_remaining_s(svc, reason, sizeof reason);
+    /* The reason is kept only while held: a step carries a pointer, not the
+     * buffer (issue 10). Without memory for it the wait has no reason text. */
+    free(s->held_reason);
+    s->held_reason = s->held_s > 0 ? strdup(reason) : NULL;
     return s->held_s > 0 ? "rate_limited" : otherwise;
 }
 

@@ -40,9 +40,11 @@
 /*
  * The lifecycle log (docs/flows.md, "Lifecycle logs"): one JSON line per run
  * transition that matters, written once its commit held — never for a
- * transition that was lost. The decision code fills the actor's `ll` before
- * it commits (fixed-size fields: no allocation), commit_cb writes the line
- * with sl_log_line_* (on the stack) and clears it.
+ * transition that was lost. The decision code fills a lifelog_t on its stack
+ * (fixed-size fields) and hands it to commit(), which copies it into the
+ * commit's own record; commit_cb writes the line with sl_log_line_* once the
+ * commit held. Not in the actor: a parked run (issue 10) has no commit in
+ * flight, and the 496 bytes are only needed between a decision and its commit.
  */
 typedef enum {
     LL_NONE = 0,
@@ -73,10 +75,105 @@ typedef struct lifelog_s {
     long long delay_ms;    /* retry: the delay; waiting: how long it waits; -1: none */
 } lifelog_t;
 
+/*
+ * The lease owner's name, shared by the actors of an instance (refcounted):
+ * an actor outlives its scheduler once detached, so it cannot borrow the
+ * scheduler's copy, and a copy per actor cost 128 bytes per parked run.
+ */
+typedef struct owner_s {
+    char *id; /* owned */
+    int refs;
+    struct owner_s *next;
+} owner_t;
+
+static owner_t *owners;
+
+/* A reference on the shared copy of id (borrowed), or NULL (no memory). */
+static owner_t *owner_acquire(const char *id)
+{
+    owner_t *o;
+    for (o = owners; o; o = o->next)
+        if (strcmp(o->id, id) == 0)
+            break;
+    if (!o) {
+        if ((o = calloc(1, sizeof *o)) == NULL || (o->id = strdup(id)) == NULL) {
+            free(o);
+            return NULL;
+        }
+        o->next = owners;
+        owners = o;
+    }
+    o->refs++;
+    return o;
+}
+
+static void owner_release(owner_t *o)
+{
+    if (!o || --o->refs > 0)
+        return;
+    for (owner_t **pp = &owners; *pp; pp = &(*pp)->next)
+        if (*pp == o) {
+            *pp = o->next;
+            break;
+        }
+    free(o->id);
+    free(o);
+}
+
+/*
+ * A dataset's record schema as JSON text (the file document's "schema"),
+ * shared by the actors whose file documents carry the same one (refcounted,
+ * keyed by the text): a parked run keeps its file document for its next
+ * attempt, and the schema was most of it (issue 10). The flow VM shares the
+ * decoded table the same way (actors/flow.c, sl_flow_schema_t).
+ */
+typedef struct schema_text_s {
+    char *text; /* owned: compact JSON */
+    int refs;
+    struct schema_text_s *next;
+} schema_text_t;
+
+static schema_text_t *schema_texts;
+
+/* A reference on the shared copy of text (taken: freed if it is already there), or NULL. */
+static schema_text_t *schema_text_acquire(char *text)
+{
+    schema_text_t *t;
+    for (t = schema_texts; t; t = t->next)
+        if (strcmp(t->text, text) == 0)
+            break;
+    if (t) {
+        free(text);
+    } else {
+        if ((t = calloc(1, sizeof *t)) == NULL) {
+            free(text);
+            return NULL;
+        }
+        t->text = text;
+        t->next = schema_texts;
+        schema_texts = t;
+    }
+    t->refs++;
+    return t;
+}
+
+static void schema_text_release(schema_text_t *t)
+{
+    if (!t || --t->refs > 0)
+        return;
+    for (schema_text_t **pp = &schema_texts; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    free(t->text);
+    free(t);
+}
+
 struct sl_run_s {
     sl_sched_t *sched;  /* NULL once detached */
-    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone */
-    char instance_id[128];
+    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: owner's) */
+    owner_t *owner;     /* a reference: the lease owner, ctx.instance_id */
     int cancelled;
     int busy; /* an operation is in progress */
     char id[37], tenant_id[37], dataset_id[37], file_id[37];
@@ -84,20 +181,20 @@ struct sl_run_s {
     char step[64];
     int attempt;
     char *ctx_json;  /* owned */
-    char *file_json; /* owned; includes the local path */
+    char *file_json; /* owned; includes the local path, not the schema (see schema) */
+    schema_text_t *schema; /* a reference: the file document's "schema", or NULL: none */
     char chain_start[64];
     int chain_transient;
     int wait_count;
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
-    struct event *timer; /* retry delay */
+    struct event *timer; /* retry delay, made at the first retry (NULL before) */
     char *tmpdir;           /* owned: this actor's scratch dir, "" when it could not be made */
     char *blob_key;         /* owned; s3 (issue 12): a blob with no local path, fetched into
                                tmpdir before the flow starts; NULL otherwise (heap, not fixed
                                buffers: a parked run keeps only what it needs, issue 10) */
     sl_pubsub_t *pubsub;    /* borrowed from the scheduler's opts (outlives every actor) */
     sl_commit_t *committer; /* a reference: the group committer of ctx.pg */
-    lifelog_t ll;           /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
 };
 
 /* What a commit does once it holds. */
@@ -107,6 +204,7 @@ typedef struct commit_s {
     sl_run_t *run;
     next_t next;
     int delay_ms;
+    lifelog_t ll; /* the lifecycle line to write once it held (kind LL_NONE: none) */
 } commit_t;
 
 static sl_metric_t *m_step_seconds, *m_transitions, *m_retries, *m_fallbacks;
@@ -129,6 +227,7 @@ static void metrics_init(void)
 
 static void run_attempt(sl_run_t *r);
 static void run_end(sl_run_t *r);
+static void retry_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 const char *sl_run__file_id(const sl_run_t *r)
 {
@@ -156,8 +255,10 @@ static void run_free(sl_run_t *r)
     if (r->flow)
         sl_flow_unref(r->flow);
     sl_commit_release(r->committer);
+    owner_release(r->owner);
     free(r->ctx_json);
     free(r->file_json);
+    schema_text_release(r->schema);
     free(r->tmpdir);
     free(r->blob_key);
     free(r);
@@ -209,11 +310,10 @@ void sl_run__detach(sl_run_t *r)
 
 /* ---- the lifecycle log ---- */
 
-/* Fills r->ll for the commit about to be made. Strings are copied (cut to fit). */
-static void ll_set(sl_run_t *r, ll_kind_t kind, int level, const char *step, const char *error,
+/* Fills g for the commit about to be made. Strings are copied (cut to fit). */
+static void ll_set(lifelog_t *g, ll_kind_t kind, int level, const char *step, const char *error,
                    const char *detail, int attempt, double duration_s)
 {
-    lifelog_t *g = &r->ll;
     g->kind = kind;
     g->level = level;
     snprintf(g->step, sizeof g->step, "%s", step ? step : "");
@@ -231,10 +331,9 @@ static void ll_opt_str(sl_log_line_t *l, const char *key, const char *v)
         sl_log_line_str(l, key, v);
 }
 
-/* Writes r->ll (the commit held) and clears it. */
-static void ll_emit(sl_run_t *r)
+/* Writes g, the line of r's commit that held. */
+static void ll_emit(const sl_run_t *r, const lifelog_t *g)
 {
-    lifelog_t *g = &r->ll;
     sl_log_line_t l;
     if (g->kind == LL_NONE || !sl_log_line_begin(&l, g->level, ll_events[g->kind]))
         return;
@@ -277,11 +376,10 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
     sl_run_t *r = c->run;
     next_t next = c->next;
     int delay = c->delay_ms;
+    if (!err && held)
+        ll_emit(r, &c->ll); /* the transition happened (a lost one logs run_commit_lost below) */
     free(c);
     r->busy = 0;
-    if (!err && held)
-        ll_emit(r); /* the transition happened (a lost one logs run_commit_lost below) */
-    r->ll.kind = LL_NONE;
     if (r->cancelled) {
         run_end(r);
         return;
@@ -297,7 +395,7 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
         if (err) {
             /* Give the lease back now rather than in lease_s: the run is
              * claimed again at once and resumes from its last committed step. */
-            const char *params[] = {r->id, r->instance_id};
+            const char *params[] = {r->id, r->ctx.instance_id};
             sl_pg_query(r->ctx.pg,
                         "UPDATE runs SET lease_until = now() "
                         "WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -312,6 +410,13 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
         break;
     case NEXT_TIMER: {
         struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+        /* Made at the first retry: most runs never need one (issue 10). Without
+         * memory the actor ends here, as when a commit cannot be made: the
+         * retry was committed, the run resumes once its lease lapses. */
+        if (!r->timer && (r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r)) == NULL) {
+            run_end(r);
+            break;
+        }
         r->busy = 1;
         evtimer_add(r->timer, &tv);
         break;
@@ -335,9 +440,10 @@ static void add_event(sl_run_t *r, json_t *events, const char *step, const char 
  * Commits the actor's current fields with `state` and the events (taken),
  * then continues with `next`. `error` is the run's word (its error, or the
  * note of a run that succeeded); an empty step or no flow keeps the row's.
+ * ll (borrowed, copied; NULL: none) is the lifecycle line to write if it holds.
  */
 static void commit(sl_run_t *r, const char *state, const char *error, double wait_s, json_t *events,
-                   next_t next, int delay_ms)
+                   next_t next, int delay_ms, const lifelog_t *ll)
 {
     char *ev = json_dumps(events, JSON_COMPACT);
     json_decref(events);
@@ -351,6 +457,10 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
     c->run = r;
     c->next = next;
     c->delay_ms = delay_ms;
+    if (ll)
+        c->ll = *ll;
+    else
+        c->ll.kind = LL_NONE;
     sl_commit_tr_t t = {.run_id = r->id,
                         .step = r->step[0] ? r->step : NULL,
                         .attempt = r->attempt,
@@ -388,6 +498,7 @@ static json_t *fail_detail(const sl_step_result_t *res, int attempt)
 
 static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     sl_run_t *r = arg;
     (void)s;
     r->cur = NULL;
@@ -438,13 +549,13 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
         add_event(r, events, from, "step_succeeded", d);
         if (tr.kind == SL_TR_NEXT) {
             add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
-            commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+            commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
         } else {
             add_event(r, events, from, "succeeded",
                       res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail", res->detail)
                                 : NULL);
-            ll_set(r, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, attempt, res->duration_s);
-            commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
+            ll_set(&ll, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, attempt, res->duration_s);
+            commit(r, "succeeded", res->note, 0, events, NEXT_END, 0, &ll);
         }
         return;
     }
@@ -457,10 +568,10 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
                   json_pack("{s:s, s:s, s:f, s:s, s:i, s:b}", "reason", reason, "error", err,
                             "retry_in_s", tr.wait_s, "resume_step", r->step, "attempt", r->attempt,
                             "held", 1));
-        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
-        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
+        ll_set(&ll, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        ll.delay_ms = (long long)(tr.wait_s * 1000.0);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0, &ll);
         return;
     }
     default:
@@ -473,47 +584,78 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 
     switch (tr.kind) {
     case SL_TR_RETRY:
-        ll_set(r, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt, res->duration_s);
-        r->ll.delay_ms = tr.delay_ms;
+        ll_set(&ll, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt, res->duration_s);
+        ll.delay_ms = tr.delay_ms;
         sl_metrics_add(m_retries, 1, r->pipeline, r->step);
         add_event(r, events, from, "retry",
                   json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", tr.delay_ms,
                             "error", err));
-        commit(r, "running", NULL, 0, events, NEXT_TIMER, tr.delay_ms);
+        commit(r, "running", NULL, 0, events, NEXT_TIMER, tr.delay_ms, &ll);
         return;
     case SL_TR_FALLBACK:
-        ll_set(r, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
+        ll_set(&ll, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
                attempt, res->duration_s);
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        snprintf(r->ll.via, sizeof r->ll.via, "%s", tr.via);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        snprintf(ll.via, sizeof ll.via, "%s", tr.via);
         sl_metrics_add(m_fallbacks, 1, r->pipeline, from, r->step);
         add_event(r, events, from, tr.via,
                   json_pack("{s:s, s:s, s:s}", "from", from, "to", r->step, "error", err));
         add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
-        commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+        commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
         return;
     case SL_TR_WAITING: {
         char reason[128];
         snprintf(reason, sizeof reason, "waiting for %s", from);
-        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, attempt, res->duration_s);
-        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
+        ll_set(&ll, LL_WAITING, SL_LOG_WARN, from, err, reason, attempt, res->duration_s);
+        ll.delay_ms = (long long)(tr.wait_s * 1000.0);
         add_event(r, events, from, "waiting",
                   json_pack("{s:s, s:s, s:f, s:s}", "reason", reason, "error", err, "retry_in_s",
                             tr.wait_s, "resume_step", r->step));
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0, &ll);
         return;
     }
     default:
         add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, attempt, res->duration_s);
-        commit(r, "failed", err, 0, events, NEXT_END, 0);
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, attempt, res->duration_s);
+        commit(r, "failed", err, 0, events, NEXT_END, 0, &ll);
     }
+}
+
+/*
+ * The file document the step sees: r->file_json with "schema" put back (the
+ * step copies it: returns owned, freed once the step started), or NULL.
+ */
+static char *file_text(const sl_run_t *r)
+{
+    static const char key[] = "\"schema\":";
+    size_t dl = strlen(r->file_json), sl, kl = sizeof key - 1;
+    char *out;
+    if (!r->schema)
+        return strdup(r->file_json);
+    if (dl < 2 || r->file_json[dl - 1] != '}')
+        return NULL; /* file_doc made it: always an object */
+    sl = strlen(r->schema->text);
+    if ((out = malloc(dl + 1 + kl + sl + 1)) == NULL)
+        return NULL;
+    size_t n = dl - 1;
+    memcpy(out, r->file_json, n);
+    if (dl > 2)
+        out[n++] = ',';
+    memcpy(out + n, key, kl);
+    n += kl;
+    memcpy(out + n, r->schema->text, sl);
+    n += sl;
+    out[n++] = '}';
+    out[n] = '\0';
+    return out;
 }
 
 static void run_attempt(sl_run_t *r)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     sl_step_input_t in = {0};
+    char *file = file_text(r);
     in.run_id = r->id;
     in.tenant_id = r->tenant_id;
     in.dataset_id = r->dataset_id;
@@ -522,18 +664,20 @@ static void run_attempt(sl_run_t *r)
     in.step = r->step;
     in.attempt = r->attempt;
     in.ctx_json = r->ctx_json;
-    in.file_json = r->file_json;
+    in.file_json = file;
     in.tmpdir = r->tmpdir;
     r->busy = 1;
-    if (sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) != 0) {
+    int rc = file ? sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) : SL_ENOMEM;
+    free(file);
+    if (rc != 0) {
         r->busy = 0;
         r->cur = NULL;
         json_t *events = json_array();
         add_event(r, events, r->step, "failed",
                   json_pack("{s:s}", "error", "the step could not start"));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "internal_error", "the step could not start",
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, r->step, "internal_error", "the step could not start",
                r->attempt, -1);
-        commit(r, "failed", "internal_error", 0, events, NEXT_END, 0);
+        commit(r, "failed", "internal_error", 0, events, NEXT_END, 0, &ll);
     }
 }
 
@@ -571,6 +715,15 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     if (key && bucket) /* file.s3: where Textract's asynchronous API reads it */
         json_object_set_new(f, "s3", json_pack("{s:s, s:s}", "bucket", bucket, "key", key));
     json_object_del(f, "storage_key");
+    json_t *schema = json_object_get(f, "schema");
+    if (json_is_object(schema)) { /* kept apart, shared (see schema_text_t) */
+        char *text = json_dumps(schema, JSON_COMPACT);
+        if (!text || (r->schema = schema_text_acquire(text)) == NULL) {
+            json_decref(f);
+            return NULL;
+        }
+        json_object_del(f, "schema");
+    }
     char *out = json_dumps(f, JSON_COMPACT);
     json_decref(f);
     return out;
@@ -596,6 +749,7 @@ static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg);
  */
 static void run_begin(sl_run_t *r, const resume_t *rs)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     json_t *events = json_array();
     if (!r->flow) {
         /*
@@ -605,8 +759,8 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
         snprintf(r->step, sizeof r->step, "%s", rs->has_step ? rs->step : "");
         add_event(r, events, rs->has_step ? rs->step : NULL, "failed",
                   json_pack("{s:s}", "error", "unknown_pipeline"));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
-        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
+        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0, &ll);
         return;
     }
     const char *step = rs->has_step ? rs->step : NULL;
@@ -617,11 +771,11 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
         r->attempt = 1;
         if (strcmp(rs->old_state, "queued") == 0) {
             add_event(r, events, r->step, "started", NULL);
-            ll_set(r, LL_STARTED, SL_LOG_DEBUG, r->step, NULL, NULL, r->attempt, -1);
+            ll_set(&ll, LL_STARTED, SL_LOG_DEBUG, r->step, NULL, NULL, r->attempt, -1);
         } else {
             add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", rs->old_state));
-            ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
-            snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
+            ll_set(&ll, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+            snprintf(ll.via, sizeof ll.via, "%s", rs->old_state);
         }
     } else {
         snprintf(r->step, sizeof r->step, "%s", step);
@@ -629,11 +783,11 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
             r->attempt = 1;
         add_event(r, events, r->step, "resumed",
                   json_pack("{s:s, s:s}", "from", rs->old_state, "previous_owner", rs->old_owner));
-        ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
-        snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
+        ll_set(&ll, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+        snprintf(ll.via, sizeof ll.via, "%s", rs->old_state);
     }
     add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
-    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
 }
 
 /* The pinned version's source came back (or not): load it, or fall back to the current flow. */
@@ -685,8 +839,12 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->sched = s;
     r->ctx = *sl_sched__ctx(s);
     r->pubsub = sl_sched_pubsub(s);
-    snprintf(r->instance_id, sizeof r->instance_id, "%s", r->ctx.instance_id);
-    r->ctx.instance_id = r->instance_id;
+    if ((r->owner = owner_acquire(r->ctx.instance_id)) == NULL) {
+        free(r);
+        free(rs);
+        return SL_ENOMEM;
+    }
+    r->ctx.instance_id = r->owner->id;
     snprintf(r->id, sizeof r->id, "%s", c->id);
     snprintf(r->tenant_id, sizeof r->tenant_id, "%s", c->tenant_id);
     snprintf(r->dataset_id, sizeof r->dataset_id, "%s", c->dataset_id);
@@ -698,8 +856,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->chain_transient = c->chain_transient;
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);
-    r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
-    r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->instance_id);
+    r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->ctx.instance_id);
     /* One scratch dir per actor, not per run: an actor that lost its commit
      * removes its dir (rm -rf on a worker) while the run may already run again
      * here, in a new actor that must not share it (found by the faults pass). */
@@ -709,7 +866,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     if (tlen > 0 && (r->tmpdir = malloc((size_t)tlen + 1)) != NULL)
         snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id,
                  (long)getpid(), actor_seq);
-    if (!r->ctx_json || !r->file_json || !r->timer || !r->tmpdir || !r->committer) {
+    if (!r->ctx_json || !r->file_json || !r->tmpdir || !r->committer) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;

@@ -1130,7 +1130,11 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     evtimer_del(s->ev); /* the deadline; re-armed below for the delivery */
     s->ok = ok;
     /* on success err is the step's note (or NULL) */
-    snprintf(s->err, sizeof(s->err), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
+    /* the word is made when the step ends: a parked step has no buffer for it */
+    char word[SL_FLOW_ERR_MAX];
+    snprintf(word, sizeof(word), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
+    free(s->err);
+    s->err = strdup(word);
     free(s->detail);
     s->detail = detail ? strdup(detail) : NULL;
     cerr[0] = '\0';
@@ -1139,7 +1143,8 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
         char msg[320];
         snprintf(msg, sizeof(msg), "ctx holds a value that is not JSON: %s", cerr);
         s->ok = 0;
-        snprintf(s->err, sizeof(s->err), "lua_error");
+        free(s->err);
+        s->err = strdup("lua_error");
         free(s->detail);
         s->detail = strdup(msg);
         s->ctx_out = strdup(s->ctx_in);
@@ -1157,11 +1162,13 @@ static void step_free_fields(sl_step_t *s)
 {
     if (s->ev)
         event_free(s->ev);
-    free(s->ids); /* run_id ... tmpdir */
-    free(s->ctx_in);
+    free(s->ids); /* run_id ... tmpdir (NULL when borrowed) */
+    if (!s->borrowed)
+        free((char *)s->ctx_in);
     free(s->file_in);
     free(s->file_path);
     free(s->held_reason);
+    free(s->err);
     json_decref(s->entry_j);
     schema_release(s->vm, s->schema);
     free(s->detail);
@@ -1188,14 +1195,15 @@ static void deliver(sl_step_t *s)
     sl_step_result_t res;
     memset(&res, 0, sizeof(res));
     res.ok = s->ok;
-    res.err = s->ok ? NULL : s->err;
-    res.note = s->ok && s->err[0] ? s->err : NULL;
+    const char *err = s->err ? s->err : s->ok ? "" : "internal_error"; /* NULL: no memory */
+    res.err = s->ok ? NULL : err;
+    res.note = s->ok && err[0] ? err : NULL;
     if (!s->ok && s->held_s > 0) {
         res.wait_s = s->held_s;
         snprintf(res.wait_reason, sizeof res.wait_reason, "%s",
                  s->held_reason ? s->held_reason : "");
     }
-    res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
+    res.transient = s->ok ? 0 : sl_flow_err_transient(err);
     res.detail = s->detail;
     res.ctx_json = s->ctx_out ? s->ctx_out : "{}";
     res.duration_s = now_s() - s->t0;
@@ -1461,9 +1469,15 @@ static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f
 {
     const char *src[7] = {in->run_id, in->tenant_id, in->dataset_id, in->file_id,
                           in->pipeline ? in->pipeline : f->name, in->step, in->tmpdir};
-    char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
-                     &s->pipeline, &s->step, &s->tmpdir};
+    const char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
+                           &s->pipeline, &s->step, &s->tmpdir};
     size_t len[7], total = 0, off = 0;
+
+    if (in->borrow) { /* the caller's: they outlive the step */
+        for (int i = 0; i < 7; i++)
+            *dst[i] = src[i] != NULL || i == 6 ? src[i] : "";
+        return;
+    }
 
     for (int i = 0; i < 7; i++) {
         len[i] = src[i] != NULL ? strlen(src[i]) : 0;
@@ -1501,12 +1515,16 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->cb = cb;
     s->arg = arg;
     s->t0 = now_s();
+    s->borrowed = in->borrow != 0;
     copy_ids(s, in, f);
-    s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
+    if (s->borrowed)
+        s->ctx_in = in->ctx_json && *in->ctx_json ? in->ctx_json : "{}";
+    else
+        s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
     s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
     /* both decoded when the step begins (step_entry): a bad one fails the step there */
     s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
-    if (!s->ids || !s->ctx_in || !s->file_in || !s->ev) {
+    if ((!s->borrowed && !s->ids) || !s->ctx_in || !s->file_in || !s->ev) {
         step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }

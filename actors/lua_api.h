@@ -118,10 +118,13 @@ struct sl_step_s {
     double held_s;       /* > 0: a service held this step's last call back this long */
     char *held_reason;   /* owned: why (< SL_SVC_REASON_MAX), or NULL; set with held_s */
     double t0;
-    /* copied inputs: the names point into one owned block, ids (tmpdir may be NULL) */
+    /* inputs: the names point into one owned block, ids, or (borrowed) at the
+     * caller's (sl_step_input_t.borrow); tmpdir may be NULL */
     char *ids;
-    char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
-    char *ctx_in;    /* the ctx as given: decoded when the step begins; the fallback result */
+    int borrowed;    /* names and ctx_in are the caller's */
+    const char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
+    const char *ctx_in; /* the ctx as given (owned unless borrowed): decoded when the step
+                           begins; the fallback result */
     char *file_in;   /* the file document as given: freed once decoded when the step begins */
     char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step begins */
     json_t *entry_j; /* a document being decoded as the step begins (freed if that raises) */
@@ -129,7 +132,7 @@ struct sl_step_s {
     int attempt;
     /* result */
     int ok;
-    char err[SL_FLOW_ERR_MAX];
+    char *err;       /* owned (< SL_FLOW_ERR_MAX bytes), set when it ends; NULL: no memory */
     char *detail;
     char *ctx_out;
     sl_step_cb cb;

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,114 +77,90 @@ typedef struct lifelog_s {
 } lifelog_t;
 
 /*
- * The lease owner's name, shared by the actors of an instance (refcounted):
- * an actor outlives its scheduler once detached, so it cannot borrow the
- * scheduler's copy, and a copy per actor cost 128 bytes per parked run.
+ * Strings many actors hold the same (the lease owner's name, pipeline and
+ * step names, a dataset's record schema as JSON text): one refcounted copy
+ * each, in a small hash table. An actor outlives its scheduler once detached,
+ * so it cannot borrow the scheduler's copies; a copy per actor cost a parked
+ * run 128 bytes for the owner, 3 x 64 for the names and the schema's text
+ * (most of the file document it keeps for its next attempt; issue 10). The
+ * flow VM shares the decoded schema table the same way (sl_flow_schema_t).
  */
-typedef struct owner_s {
-    char *id; /* owned */
+typedef struct shared_s {
+    struct shared_s *next;
     int refs;
-    struct owner_s *next;
-} owner_t;
+    char s[]; /* NUL-terminated */
+} shared_t;
 
-static owner_t *owners;
+#define SHARED_BUCKETS 256
+static shared_t *shared_tab[SHARED_BUCKETS];
 
-/* A reference on the shared copy of id (borrowed), or NULL (no memory). */
-static owner_t *owner_acquire(const char *id)
+static unsigned shared_hash(const char *s)
 {
-    owner_t *o;
-    for (o = owners; o; o = o->next)
-        if (strcmp(o->id, id) == 0)
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % SHARED_BUCKETS;
+}
+
+/* A reference on the shared copy of s (borrowed), or NULL (no memory). */
+static const char *shared_get(const char *s)
+{
+    shared_t **b = &shared_tab[shared_hash(s)], *e;
+    for (e = *b; e; e = e->next)
+        if (strcmp(e->s, s) == 0)
             break;
-    if (!o) {
-        if ((o = calloc(1, sizeof *o)) == NULL || (o->id = strdup(id)) == NULL) {
-            free(o);
+    if (!e) {
+        size_t len = strlen(s);
+        if ((e = malloc(sizeof *e + len + 1)) == NULL)
             return NULL;
-        }
-        o->next = owners;
-        owners = o;
+        memcpy(e->s, s, len + 1);
+        e->refs = 0;
+        e->next = *b;
+        *b = e;
     }
-    o->refs++;
-    return o;
+    e->refs++;
+    return e->s;
 }
 
-static void owner_release(owner_t *o)
+/* Drops a reference taken with shared_get (NULL: none). */
+static void shared_put(const char *s)
 {
-    if (!o || --o->refs > 0)
+    if (!s)
         return;
-    for (owner_t **pp = &owners; *pp; pp = &(*pp)->next)
-        if (*pp == o) {
-            *pp = o->next;
-            break;
-        }
-    free(o->id);
-    free(o);
-}
-
-/*
- * A dataset's record schema as JSON text (the file document's "schema"),
- * shared by the actors whose file documents carry the same one (refcounted,
- * keyed by the text): a parked run keeps its file document for its next
- * attempt, and the schema was most of it (issue 10). The flow VM shares the
- * decoded table the same way (actors/flow.c, sl_flow_schema_t).
- */
-typedef struct schema_text_s {
-    char *text; /* owned: compact JSON */
-    int refs;
-    struct schema_text_s *next;
-} schema_text_t;
-
-static schema_text_t *schema_texts;
-
-/* A reference on the shared copy of text (taken: freed if it is already there), or NULL. */
-static schema_text_t *schema_text_acquire(char *text)
-{
-    schema_text_t *t;
-    for (t = schema_texts; t; t = t->next)
-        if (strcmp(t->text, text) == 0)
-            break;
-    if (t) {
-        free(text);
-    } else {
-        if ((t = calloc(1, sizeof *t)) == NULL) {
-            free(text);
-            return NULL;
-        }
-        t->text = text;
-        t->next = schema_texts;
-        schema_texts = t;
-    }
-    t->refs++;
-    return t;
-}
-
-static void schema_text_release(schema_text_t *t)
-{
-    if (!t || --t->refs > 0)
+    shared_t *e = (shared_t *)(void *)(s - offsetof(shared_t, s));
+    if (--e->refs > 0)
         return;
-    for (schema_text_t **pp = &schema_texts; *pp; pp = &(*pp)->next)
-        if (*pp == t) {
-            *pp = t->next;
+    for (shared_t **pp = &shared_tab[shared_hash(s)]; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
             break;
         }
-    free(t->text);
-    free(t);
+    free(e);
+}
+
+/* *dst = a reference on v's shared copy, the old one dropped; SL_ENOMEM: unchanged. */
+static int shared_set(const char **dst, const char *v)
+{
+    const char *n = shared_get(v);
+    if (!n)
+        return SL_ENOMEM;
+    shared_put(*dst);
+    *dst = n;
+    return 0;
 }
 
 struct sl_run_s {
     sl_sched_t *sched;  /* NULL once detached */
-    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: owner's) */
-    owner_t *owner;     /* a reference: the lease owner, ctx.instance_id */
+    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: shared) */
     int cancelled;
     int busy; /* an operation is in progress */
     char id[37], tenant_id[37], dataset_id[37], file_id[37];
-    char pipeline[64];
-    char step[64];
+    /* shared (shared_get): never NULL once started; "" for no step */
+    const char *pipeline, *step, *chain_start;
     int attempt;
     char *ctx_json;  /* owned */
-    char *file_json; /* owned; includes the local path, not the schema (see schema) */
-    schema_text_t *schema; /* a reference: the file document's "schema", or NULL: none */
-    char chain_start[64];
+    char *file_json;    /* owned; includes the local path, not the schema (see schema) */
+    const char *schema; /* shared: the file document's "schema" (compact JSON), or NULL */
     int chain_transient;
     int wait_count;
     sl_flow_t *flow;     /* a reference, for the life of the actor */
@@ -255,10 +232,13 @@ static void run_free(sl_run_t *r)
     if (r->flow)
         sl_flow_unref(r->flow);
     sl_commit_release(r->committer);
-    owner_release(r->owner);
+    shared_put(r->ctx.instance_id);
+    shared_put(r->pipeline);
+    shared_put(r->step);
+    shared_put(r->chain_start);
     free(r->ctx_json);
     free(r->file_json);
-    schema_text_release(r->schema);
+    shared_put(r->schema);
     free(r->tmpdir);
     free(r->blob_key);
     free(r);
@@ -462,11 +442,11 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
     else
         c->ll.kind = LL_NONE;
     sl_commit_tr_t t = {.run_id = r->id,
-                        .step = r->step[0] ? r->step : NULL,
+                        .step = r->step && r->step[0] ? r->step : NULL,
                         .attempt = r->attempt,
                         .ctx_json = r->ctx_json,
                         .state = state,
-                        .chain_start = r->chain_start[0] ? r->chain_start : NULL,
+                        .chain_start = r->chain_start && r->chain_start[0] ? r->chain_start : NULL,
                         .chain_transient = r->chain_transient,
                         .wait_count = r->wait_count,
                         .word = error,
@@ -527,9 +507,13 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
     pos.wait_count = r->wait_count;
     int attempt = r->attempt; /* the attempt that ended */
     sl_transition_decide(r->flow, &pos, res, &tr);
-    snprintf(r->step, sizeof r->step, "%s", pos.step);
+    if (shared_set(&r->step, pos.step) != 0 || shared_set(&r->chain_start, pos.chain_start) != 0) {
+        /* No memory: end without committing, as when a commit cannot be
+         * made; the lease lapses and the run resumes from its last commit. */
+        run_end(r);
+        return;
+    }
     r->attempt = pos.attempt;
-    snprintf(r->chain_start, sizeof r->chain_start, "%s", pos.chain_start);
     r->chain_transient = pos.chain_transient;
     r->wait_count = pos.wait_count;
 
@@ -635,7 +619,7 @@ static char *file_text(const sl_run_t *r)
         return strdup(r->file_json);
     if (dl < 2 || r->file_json[dl - 1] != '}')
         return NULL; /* file_doc made it: always an object */
-    sl = strlen(r->schema->text);
+    sl = strlen(r->schema);
     if ((out = malloc(dl + 1 + kl + sl + 1)) == NULL)
         return NULL;
     size_t n = dl - 1;
@@ -644,7 +628,7 @@ static char *file_text(const sl_run_t *r)
         out[n++] = ',';
     memcpy(out + n, key, kl);
     n += kl;
-    memcpy(out + n, r->schema->text, sl);
+    memcpy(out + n, r->schema, sl);
     n += sl;
     out[n++] = '}';
     out[n] = '\0';
@@ -666,6 +650,7 @@ static void run_attempt(sl_run_t *r)
     in.ctx_json = r->ctx_json;
     in.file_json = file;
     in.tmpdir = r->tmpdir;
+    in.borrow = 1; /* the actor's fields: unchanged until the step's callback */
     r->busy = 1;
     int rc = file ? sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) : SL_ENOMEM;
     free(file);
@@ -716,9 +701,11 @@ static char *file_doc(sl_run_t *r, const char *json_text)
         json_object_set_new(f, "s3", json_pack("{s:s, s:s}", "bucket", bucket, "key", key));
     json_object_del(f, "storage_key");
     json_t *schema = json_object_get(f, "schema");
-    if (json_is_object(schema)) { /* kept apart, shared (see schema_text_t) */
+    if (json_is_object(schema)) { /* kept apart, shared (see shared_t) */
         char *text = json_dumps(schema, JSON_COMPACT);
-        if (!text || (r->schema = schema_text_acquire(text)) == NULL) {
+        r->schema = text ? shared_get(text) : NULL;
+        free(text);
+        if (!r->schema) {
             json_decref(f);
             return NULL;
         }
@@ -756,7 +743,11 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
          * No flow for this pipeline (config changed): the run cannot go on. It
          * fails where it stands (its step, attempt and ctx as claimed).
          */
-        snprintf(r->step, sizeof r->step, "%s", rs->has_step ? rs->step : "");
+        if (shared_set(&r->step, rs->has_step ? rs->step : "") != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         add_event(r, events, rs->has_step ? rs->step : NULL, "failed",
                   json_pack("{s:s}", "error", "unknown_pipeline"));
         ll_set(&ll, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
@@ -767,7 +758,11 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
     if (step && !sl_flow_step(r->flow, step))
         step = NULL; /* the flow changed under a waiting run: start over */
     if (!step) {
-        snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
+        if (shared_set(&r->step, sl_flow_start(r->flow)) != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         r->attempt = 1;
         if (strcmp(rs->old_state, "queued") == 0) {
             add_event(r, events, r->step, "started", NULL);
@@ -778,7 +773,11 @@ static void run_begin(sl_run_t *r, const resume_t *rs)
             snprintf(ll.via, sizeof ll.via, "%s", rs->old_state);
         }
     } else {
-        snprintf(r->step, sizeof r->step, "%s", step);
+        if (shared_set(&r->step, step) != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         if (r->attempt < 1)
             r->attempt = 1;
         add_event(r, events, r->step, "resumed",
@@ -839,20 +838,21 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->sched = s;
     r->ctx = *sl_sched__ctx(s);
     r->pubsub = sl_sched_pubsub(s);
-    if ((r->owner = owner_acquire(r->ctx.instance_id)) == NULL) {
-        free(r);
+    r->ctx.instance_id = shared_get(r->ctx.instance_id);
+    r->pipeline = shared_get(c->pipeline);
+    r->step = shared_get("");
+    r->chain_start = shared_get(c->chain_start ? c->chain_start : "");
+    if (!r->ctx.instance_id || !r->pipeline || !r->step || !r->chain_start) {
         free(rs);
+        run_free(r);
         return SL_ENOMEM;
     }
-    r->ctx.instance_id = r->owner->id;
     snprintf(r->id, sizeof r->id, "%s", c->id);
     snprintf(r->tenant_id, sizeof r->tenant_id, "%s", c->tenant_id);
     snprintf(r->dataset_id, sizeof r->dataset_id, "%s", c->dataset_id);
     snprintf(r->file_id, sizeof r->file_id, "%s", c->file_id);
-    snprintf(r->pipeline, sizeof r->pipeline, "%s", c->pipeline);
     r->attempt = c->attempt;
     r->ctx_json = strdup(c->ctx);
-    snprintf(r->chain_start, sizeof r->chain_start, "%s", c->chain_start ? c->chain_start : "");
     r->chain_transient = c->chain_transient;
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);

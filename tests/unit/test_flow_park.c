@@ -98,6 +98,7 @@ static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *da
     in.ctx_json = "{}";
     in.file_json = file_json;
     in.tmpdir = "/tmp/sluice-park-test/6f1c1f0e-0000-4000-8000-0000000000a1.1234.1";
+    in.borrow = 1; /* as the run actor does: literals, they outlive the step */
     return sl_step_start(vm, f, &in, step_cb, res, out);
 }
 
@@ -185,6 +186,7 @@ static void measure_tika(int n)
         in.ctx_json = "{}";
         in.file_json = doc;
         in.tmpdir = dir;
+        in.borrow = 1; /* dir and doc outlive the steps */
         if (sl_step_start(vm, f, &in, step_cb, &res[i], &steps[i]) == 0)
             started++;
     }

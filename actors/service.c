@@ -365,22 +365,24 @@ static void arm_deadline(sl_svc_t *s)
  * its back: calls that wait as long as the ones before them go last), with
  * the timer re-armed if it is now the first. 0 or SL_ENOMEM.
  */
-static int enqueue(sl_svc_t *s, sl_svc_wait_t *w)
+static int enqueue(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant_in)
 {
+    char tenant[sizeof(((tq_t *)0)->tenant)]; /* as its queue keeps it */
+    snprintf(tenant, sizeof tenant, "%s", tenant_in);
     tq_t *q = s->tqs;
     if (q) {
         do {
-            if (strcmp(q->tenant, w->tenant) == 0)
+            if (strcmp(q->tenant, tenant) == 0)
                 break;
             q = q->next;
         } while (q != s->tqs);
-        if (strcmp(q->tenant, w->tenant) != 0)
+        if (strcmp(q->tenant, tenant) != 0)
             q = NULL;
     }
     if (!q) {
         if ((q = calloc(1, sizeof *q)) == NULL)
             return SL_ENOMEM;
-        memcpy(q->tenant, w->tenant, sizeof q->tenant);
+        memcpy(q->tenant, tenant, sizeof q->tenant);
         ring_append(s, q);
     }
     w->tq = q;
@@ -743,8 +745,8 @@ int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wa
 {
     memset(w, 0, sizeof(*w));
     w->svc = s;
-    if (tenant)
-        snprintf(w->tenant, sizeof w->tenant, "%s", tenant);
+    if (!tenant)
+        tenant = ""; /* only its queue keeps it (copied): the call needs no copy */
     if (s->tokens.rate > 0) {
         double est = est_tokens > 0 ? est_tokens : SL_SVC_DEFAULT_TOKEN_ESTIMATE;
         /* the limiter charges a cost above the burst as the burst */
@@ -788,7 +790,7 @@ int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wa
     if (!s->rd_ev && (s->rd_ev = evtimer_new(s->reg->base, ready_cb, s)) == NULL)
         return SL_ENOMEM;
     w->deadline = now_s() + (wait_ms > 0 ? wait_ms : 0) / 1000.0;
-    if (enqueue(s, w) != 0)
+    if (enqueue(s, w, tenant) != 0)
         return SL_ENOMEM;
     w->cb = cb;
     w->arg = arg;

@@ -75,8 +75,7 @@ struct sl_svc_wait_s {
     double deadline; /* while queued: when it gives up (monotonic seconds) */
     sl_svc_wait_t *next, *prev;   /* queued: in its tenant's queue; granted: the wake-up list */
     sl_svc_wait_t *dnext, *dprev; /* while queued: the service's list by deadline */
-    struct sl_svc_tq_s *tq;       /* that queue (the service's), while queued */
-    char tenant[37];              /* the calling run's tenant ("": none) */
+    struct sl_svc_tq_s *tq;       /* that queue (the service's, named by the tenant), while queued */
 };
 
 /**

@@ -154,24 +154,27 @@ struct sl_run_s {
     sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: shared) */
     int cancelled;
     int busy; /* an operation is in progress */
-    char id[37], tenant_id[37], dataset_id[37], file_id[37];
-    /* shared (shared_get): never NULL once started; "" for no step */
-    const char *pipeline, *step, *chain_start;
+    char id[37], file_id[37];
+    /* shared (shared_get): never NULL once started; step "" for no step */
+    const char *tenant_id, *dataset_id, *pipeline, *step, *chain_start;
     int attempt;
     char *ctx_json;  /* owned */
     char *file_json;    /* owned; includes the local path, not the schema (see schema) */
     const char *schema; /* shared: the file document's "schema" (compact JSON), or NULL */
+    int doc_ids;        /* file_json's "id" and "dataset_id" are file_id and dataset_id: kept
+                           once, put back by file_text */
     int chain_transient;
     int wait_count;
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
     struct event *timer; /* retry delay, made at the first retry (NULL before) */
-    char *tmpdir;           /* owned: this actor's scratch dir, "" when it could not be made */
+    char *tmpdir;           /* this actor's scratch dir (in tmpdir_buf), "" when not made */
     char *blob_key;         /* owned; s3 (issue 12): a blob with no local path, fetched into
                                tmpdir before the flow starts; NULL otherwise (heap, not fixed
                                buffers: a parked run keeps only what it needs, issue 10) */
     sl_pubsub_t *pubsub;    /* borrowed from the scheduler's opts (outlives every actor) */
     sl_commit_t *committer; /* a reference: the group committer of ctx.pg */
+    char tmpdir_buf[];      /* tmpdir: allocated with the actor (one block) */
 };
 
 /* What a commit does once it holds. */
@@ -233,13 +236,14 @@ static void run_free(sl_run_t *r)
         sl_flow_unref(r->flow);
     sl_commit_release(r->committer);
     shared_put(r->ctx.instance_id);
+    shared_put(r->tenant_id);
+    shared_put(r->dataset_id);
     shared_put(r->pipeline);
     shared_put(r->step);
     shared_put(r->chain_start);
     free(r->ctx_json);
     free(r->file_json);
     shared_put(r->schema);
-    free(r->tmpdir);
     free(r->blob_key);
     free(r);
 }
@@ -607,29 +611,30 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 }
 
 /*
- * The file document the step sees: r->file_json with "schema" put back (the
- * step copies it: returns owned, freed once the step started), or NULL.
+ * The file document the step sees: r->file_json with what file_doc took out
+ * of it put back ("id" and "dataset_id", the actor's own ids, and the shared
+ * "schema"). Returns owned (the step copies it: freed once it started), or NULL.
  */
 static char *file_text(const sl_run_t *r)
 {
-    static const char key[] = "\"schema\":";
-    size_t dl = strlen(r->file_json), sl, kl = sizeof key - 1;
+    size_t dl = strlen(r->file_json);
+    size_t extra = (r->doc_ids ? strlen(r->file_id) + strlen(r->dataset_id) + 32 : 0) +
+                   (r->schema ? strlen(r->schema) + 16 : 0);
     char *out;
-    if (!r->schema)
-        return strdup(r->file_json);
     if (dl < 2 || r->file_json[dl - 1] != '}')
         return NULL; /* file_doc made it: always an object */
-    sl = strlen(r->schema);
-    if ((out = malloc(dl + 1 + kl + sl + 1)) == NULL)
+    if ((out = malloc(dl + extra + 1)) == NULL)
         return NULL;
-    size_t n = dl - 1;
+    size_t n = dl - 1, cap = dl + extra + 1;
     memcpy(out, r->file_json, n);
-    if (dl > 2)
-        out[n++] = ',';
-    memcpy(out + n, key, kl);
-    n += kl;
-    memcpy(out + n, r->schema, sl);
-    n += sl;
+    int first = dl == 2;
+    if (r->doc_ids) {
+        n += (size_t)snprintf(out + n, cap - n, "%s\"id\":\"%s\",\"dataset_id\":\"%s\"",
+                              first ? "" : ",", r->file_id, r->dataset_id);
+        first = 0;
+    }
+    if (r->schema)
+        n += (size_t)snprintf(out + n, cap - n, "%s\"schema\":%s", first ? "" : ",", r->schema);
     out[n++] = '}';
     out[n] = '\0';
     return out;
@@ -710,6 +715,16 @@ static char *file_doc(sl_run_t *r, const char *json_text)
             return NULL;
         }
         json_object_del(f, "schema");
+    }
+    /* The ids are the actor's own (uuids: nothing to escape when put back). */
+    const char *fid = json_string_value(json_object_get(f, "id"));
+    const char *did = json_string_value(json_object_get(f, "dataset_id"));
+    if (fid && did && strcmp(fid, r->file_id) == 0 && strcmp(did, r->dataset_id) == 0 &&
+        strspn(fid, "0123456789abcdefABCDEF-") == strlen(fid) &&
+        strspn(did, "0123456789abcdefABCDEF-") == strlen(did)) {
+        json_object_del(f, "id");
+        json_object_del(f, "dataset_id");
+        r->doc_ids = 1;
     }
     char *out = json_dumps(f, JSON_COMPACT);
     json_decref(f);
@@ -828,7 +843,16 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     if (!c->id || !c->tenant_id || !c->dataset_id || !c->file_id || !c->pipeline || !c->ctx ||
         !c->old_state)
         return SL_EINVAL;
-    sl_run_t *r = calloc(1, sizeof *r);
+    /* One scratch dir per actor, not per run: an actor that lost its commit
+     * removes its dir (rm -rf on a worker) while the run may already run again
+     * here, in a new actor that must not share it (found by the faults pass). */
+    static unsigned actor_seq;
+    const char *tmp_root = sl_sched__ctx(s)->tmp_root;
+    unsigned seq = ++actor_seq;
+    int tlen = snprintf(NULL, 0, "%s/%.36s.%ld.%u", tmp_root, c->id, (long)getpid(), seq);
+    if (tlen < 0)
+        return SL_EINVAL;
+    sl_run_t *r = calloc(1, sizeof *r + (size_t)tlen + 1);
     resume_t *rs = calloc(1, sizeof *rs);
     if (!r || !rs) {
         free(r);
@@ -839,17 +863,18 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->ctx = *sl_sched__ctx(s);
     r->pubsub = sl_sched_pubsub(s);
     r->ctx.instance_id = shared_get(r->ctx.instance_id);
+    r->tenant_id = shared_get(c->tenant_id);
+    r->dataset_id = shared_get(c->dataset_id);
     r->pipeline = shared_get(c->pipeline);
     r->step = shared_get("");
     r->chain_start = shared_get(c->chain_start ? c->chain_start : "");
-    if (!r->ctx.instance_id || !r->pipeline || !r->step || !r->chain_start) {
+    if (!r->ctx.instance_id || !r->tenant_id || !r->dataset_id || !r->pipeline || !r->step ||
+        !r->chain_start) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;
     }
     snprintf(r->id, sizeof r->id, "%s", c->id);
-    snprintf(r->tenant_id, sizeof r->tenant_id, "%s", c->tenant_id);
-    snprintf(r->dataset_id, sizeof r->dataset_id, "%s", c->dataset_id);
     snprintf(r->file_id, sizeof r->file_id, "%s", c->file_id);
     r->attempt = c->attempt;
     r->ctx_json = strdup(c->ctx);
@@ -857,16 +882,9 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);
     r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->ctx.instance_id);
-    /* One scratch dir per actor, not per run: an actor that lost its commit
-     * removes its dir (rm -rf on a worker) while the run may already run again
-     * here, in a new actor that must not share it (found by the faults pass). */
-    static unsigned actor_seq;
-    int tlen =
-        snprintf(NULL, 0, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id, (long)getpid(), ++actor_seq);
-    if (tlen > 0 && (r->tmpdir = malloc((size_t)tlen + 1)) != NULL)
-        snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id,
-                 (long)getpid(), actor_seq);
-    if (!r->ctx_json || !r->file_json || !r->tmpdir || !r->committer) {
+    r->tmpdir = r->tmpdir_buf;
+    snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%.36s.%ld.%u", tmp_root, c->id, (long)getpid(), seq);
+    if (!r->ctx_json || !r->file_json || !r->committer) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;

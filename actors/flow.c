@@ -1286,7 +1286,8 @@ static void step_free_fields(sl_step_t *s)
     if (!s->borrowed)
         free((char *)s->ctx_in);
     free(s->file_in);
-    free(s->file_path);
+    if (!s->path_borrowed)
+        free((char *)s->file_path);
     free(s->held_reason);
     free(s->err);
     json_decref(s->entry_j);
@@ -1368,7 +1369,7 @@ static void push_file(lua_State *L, sl_step_t *s)
     json_t *schema = json_object_get(f, "schema");
     const char *path = json_string_value(json_object_get(f, "path"));
 
-    if (path != NULL && (s->file_path = strdup(path)) == NULL)
+    if (path != NULL && !s->path_borrowed && (s->file_path = strdup(path)) == NULL)
         luaL_error(L, "out of memory");
     if (json_is_object(schema)) {
         if (schema_acquire(s, schema) != 0)
@@ -1657,6 +1658,10 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->arg = arg;
     s->t0 = now_s();
     s->borrowed = in->borrow != 0;
+    if (s->borrowed && in->file_path != NULL) {
+        s->file_path = in->file_path;
+        s->path_borrowed = 1;
+    }
     copy_ids(s, in, f);
     if (s->borrowed)
         s->ctx_in = in->ctx_json && *in->ctx_json ? in->ctx_json : "{}";

@@ -143,6 +143,9 @@ typedef struct sl_step_input_s {
      * actor's own fields: a parked run keeps one copy, issue 10); file_json
      * is copied either way. */
     int borrow;
+    /* With borrow: file.path as file_json has it, borrowed like the names (the
+     * step needs it for sl.exec's run file); NULL: read from file_json. */
+    const char *file_path;
 } sl_step_input_t;
 
 /** The outcome of one attempt. Strings are borrowed until the callback returns. */

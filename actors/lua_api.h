@@ -145,7 +145,9 @@ struct sl_step_s {
     const char *ctx_in; /* the ctx as given (owned unless borrowed): decoded when the step
                            begins; the fallback result */
     char *file_in;   /* the file document as given: freed once decoded when the step begins */
-    char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step begins */
+    const char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step
+                              begins, or given (path_borrowed: the caller's) */
+    int path_borrowed;
     json_t *entry_j; /* a document being decoded as the step begins (freed if that raises) */
     sl_flow_schema_t *schema; /* file.schema, shared by the dataset's steps; NULL: none */
     int attempt;

@@ -159,7 +159,9 @@ struct sl_run_s {
     const char *tenant_id, *dataset_id, *pipeline, *step, *chain_start;
     int attempt;
     char *ctx_json;  /* owned */
-    char *file_json;    /* owned; includes the local path, not the schema (see schema) */
+    char *file_json;    /* owned; without path, schema and (doc_ids) the ids: see file_text */
+    char *path;         /* owned: file.path, the blob's local file (the step borrows it for
+                           sl.exec), or NULL: none */
     const char *schema; /* shared: the file document's "schema" (compact JSON), or NULL */
     int doc_ids;        /* file_json's "id" and "dataset_id" are file_id and dataset_id: kept
                            once, put back by file_text */
@@ -243,6 +245,7 @@ static void run_free(sl_run_t *r)
     shared_put(r->chain_start);
     free(r->ctx_json);
     free(r->file_json);
+    free(r->path);
     shared_put(r->schema);
     free(r->blob_key);
     free(r);
@@ -612,19 +615,27 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 
 /*
  * The file document the step sees: r->file_json with what file_doc took out
- * of it put back ("id" and "dataset_id", the actor's own ids, and the shared
- * "schema"). Returns owned (the step copies it: freed once it started), or NULL.
+ * of it put back ("id" and "dataset_id", the actor's own ids, "path", and the
+ * shared "schema"). Returns owned (the step copies it: freed once it
+ * started), or NULL.
  */
 static char *file_text(const sl_run_t *r)
 {
     size_t dl = strlen(r->file_json);
+    json_t *js = r->path ? json_string(r->path) : NULL; /* escaped as JSON */
+    char *path = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+    json_decref(js);
     size_t extra = (r->doc_ids ? strlen(r->file_id) + strlen(r->dataset_id) + 32 : 0) +
-                   (r->schema ? strlen(r->schema) + 16 : 0);
+                   (r->schema ? strlen(r->schema) + 16 : 0) + (path ? strlen(path) + 16 : 0);
     char *out;
-    if (dl < 2 || r->file_json[dl - 1] != '}')
+    if (dl < 2 || r->file_json[dl - 1] != '}' || (r->path && !path)) {
+        free(path);
         return NULL; /* file_doc made it: always an object */
-    if ((out = malloc(dl + extra + 1)) == NULL)
+    }
+    if ((out = malloc(dl + extra + 1)) == NULL) {
+        free(path);
         return NULL;
+    }
     size_t n = dl - 1, cap = dl + extra + 1;
     memcpy(out, r->file_json, n);
     int first = dl == 2;
@@ -632,6 +643,11 @@ static char *file_text(const sl_run_t *r)
         n += (size_t)snprintf(out + n, cap - n, "%s\"id\":\"%s\",\"dataset_id\":\"%s\"",
                               first ? "" : ",", r->file_id, r->dataset_id);
         first = 0;
+    }
+    if (path) {
+        n += (size_t)snprintf(out + n, cap - n, "%s\"path\":%s", first ? "" : ",", path);
+        first = 0;
+        free(path);
     }
     if (r->schema)
         n += (size_t)snprintf(out + n, cap - n, "%s\"schema\":%s", first ? "" : ",", r->schema);
@@ -655,6 +671,7 @@ static void run_attempt(sl_run_t *r)
     in.ctx_json = r->ctx_json;
     in.file_json = file;
     in.tmpdir = r->tmpdir;
+    in.file_path = r->path;
     in.borrow = 1; /* the actor's fields: unchanged until the step's callback */
     r->busy = 1;
     int rc = file ? sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) : SL_ENOMEM;
@@ -694,9 +711,12 @@ static char *file_doc(sl_run_t *r, const char *json_text)
         return NULL;
     const char *key = json_string_value(json_object_get(f, "storage_key"));
     char path[1024];
-    if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0)
-        json_object_set_new(f, "path", json_string(path));
-    else if (key && sl_store_key_valid(key) && /* s3 (issue 12): fetched at the start */
+    if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0) {
+        if ((r->path = strdup(path)) == NULL) { /* kept apart: see file_text */
+            json_decref(f);
+            return NULL;
+        }
+    } else if (key && sl_store_key_valid(key) && /* s3 (issue 12): fetched at the start */
              (r->blob_key = strdup(key)) == NULL) {
         json_decref(f);
         return NULL;
@@ -958,14 +978,10 @@ static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg)
         run_end(r);
         return;
     }
-    json_t *f = err ? NULL : json_loads(r->file_json, 0, NULL);
-    char *doc = NULL;
-    if (f && json_object_set_new(f, "path", json_string(path)) == 0)
-        doc = json_dumps(f, JSON_COMPACT);
-    json_decref(f);
-    if (doc) {
-        free(r->file_json);
-        r->file_json = doc;
+    char *p = err ? NULL : strdup(path);
+    if (p) {
+        free(r->path);
+        r->path = p;
     } else {
         sl_log(SL_LOG_WARN, "blob_fetch_failed", "{s:s, s:s, s:s}", "run_id", r->id, "storage_key",
                r->blob_key, "error", sl_strerror(err ? err : SL_ENOMEM));

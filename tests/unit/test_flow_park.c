@@ -99,6 +99,8 @@ static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *da
     in.file_json = file_json;
     in.tmpdir = "/tmp/sluice-park-test/6f1c1f0e-0000-4000-8000-0000000000a1.1234.1";
     in.borrow = 1; /* as the run actor does: literals, they outlive the step */
+    in.file_path = "/var/lib/sluice/blobs/9f/86/"
+                   "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* file_json's */
     return sl_step_start(vm, f, &in, step_cb, res, out);
 }
 
@@ -250,7 +252,8 @@ static void measure_tika(int n)
         in.ctx_json = "{}";
         in.file_json = doc;
         in.tmpdir = dir;
-        in.borrow = 1; /* dir and doc outlive the steps */
+        in.borrow = 1; /* dir, doc and path outlive the steps */
+        in.file_path = path;
         if (sl_step_start(vm, f, &in, step_cb, &res[i], &steps[i]) == 0)
             started++;
     }

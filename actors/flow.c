@@ -34,6 +34,9 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void due_cb(evutil_socket_t fd, short what, void *arg);
+static void deadline_cb(evutil_socket_t fd, short what, void *arg);
+
 static char *xstrdup(const char *s)
 {
     return strdup(s != NULL ? s : "");
@@ -549,6 +552,9 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
     lua_pushliteral(vm->L, "array");
     lua_setfield(vm->L, -2, "__name");
     lua_rawsetp(vm->L, LUA_REGISTRYINDEX, &key_array_mt);
+    if ((vm->due_ev = evtimer_new(host->base, due_cb, vm)) == NULL ||
+        (vm->dl_ev = evtimer_new(host->base, deadline_cb, vm)) == NULL)
+        goto fail;
     *out = vm;
     return 0;
 
@@ -557,6 +563,8 @@ fail:
     if (vm->L)
         lua_close(vm->L);
     sl_svcs_free(vm->svcs);
+    if (vm->due_ev)
+        event_free(vm->due_ev);
     free(vm->lib_dir);
     free(vm->tmp_root);
     free(vm);
@@ -609,9 +617,15 @@ void sl_flowvm_free(sl_flowvm_t *vm)
         sl_step_t *s = vm->steps;
         if (s->state != SL_STEP_DONE)
             finish(s, 0, "cancelled", "the flow VM is shutting down");
-        event_del(s->ev);
-        deliver(s);
+        deliver(s); /* (off the due list first) */
     }
+    while (vm->dlqs != NULL) {
+        sl_flow_dlq_t *q = vm->dlqs;
+        vm->dlqs = q->next;
+        free(q);
+    }
+    event_free(vm->due_ev);
+    event_free(vm->dl_ev);
     while (vm->flows != NULL)
         flow_drop_lua(vm->flows);
     lua_close(vm->L);
@@ -1079,6 +1093,114 @@ lua_State *sl_flow__co(sl_step_t *s)
     return s->co;
 }
 
+/* ---- the steps' timing: the due list and the deadline lists (see sl_flowvm_s) ---- */
+
+/* Takes s off the list it is on, if any. */
+static void q_unlink(sl_step_t *s)
+{
+    sl_flowvm_t *vm = s->vm;
+    sl_step_t **head, **tail;
+
+    if (s->queued == 0)
+        return;
+    if (s->queued == 1) {
+        head = &vm->due_head;
+        tail = &vm->due_tail;
+        vm->ndue--;
+    } else {
+        head = &s->dlq->head;
+        tail = &s->dlq->tail;
+    }
+    if (s->qprev != NULL)
+        s->qprev->qnext = s->qnext;
+    else
+        *head = s->qnext;
+    if (s->qnext != NULL)
+        s->qnext->qprev = s->qprev;
+    else
+        *tail = s->qprev;
+    s->qprev = s->qnext = NULL;
+    s->queued = 0;
+    s->dlq = NULL;
+}
+
+static void q_append(sl_step_t **head, sl_step_t **tail, sl_step_t *s)
+{
+    s->qnext = NULL;
+    s->qprev = *tail;
+    if (*tail != NULL)
+        (*tail)->qnext = s;
+    else
+        *head = s;
+    *tail = s;
+}
+
+/* Begins (NEW) or delivers (DONE) s on a later turn (due_cb). */
+static void post_due(sl_step_t *s)
+{
+    static const struct timeval zero = {0, 0};
+    sl_flowvm_t *vm = s->vm;
+
+    q_unlink(s);
+    q_append(&vm->due_head, &vm->due_tail, s);
+    s->queued = 1;
+    vm->ndue++;
+    evtimer_add(vm->due_ev, &zero);
+}
+
+/* Arms the deadline timer for the earliest deadline (a list's head), or stops it. */
+static void arm_deadline(sl_flowvm_t *vm)
+{
+    double first = 0;
+    int any = 0;
+
+    for (sl_flow_dlq_t *q = vm->dlqs; q != NULL; q = q->next)
+        if (q->head != NULL && (!any || q->head->deadline < first)) {
+            first = q->head->deadline;
+            any = 1;
+        }
+    if (!any) {
+        evtimer_del(vm->dl_ev);
+        return;
+    }
+    double left = first - now_s();
+    long us = left > 0 ? (long)(left * 1e6) + 1 : 0;
+    struct timeval tv = {us / 1000000, us % 1000000};
+    evtimer_add(vm->dl_ev, &tv);
+}
+
+/*
+ * Puts the running step s on its timeout's list (made at its first use):
+ * steps with one timeout that began in order are in deadline order, so the
+ * list is a FIFO. The timer moves only for a new head (a later deadline than
+ * the armed one needs nothing; a removed head leaves the timer early, and it
+ * re-arms). 0 or SL_ENOMEM.
+ */
+static int deadline_add(sl_step_t *s)
+{
+    sl_flowvm_t *vm = s->vm;
+    sl_flow_dlq_t *q;
+
+    for (q = vm->dlqs; q != NULL; q = q->next)
+        if (q->timeout_ms == s->def->timeout_ms)
+            break;
+    if (q == NULL) {
+        if ((q = calloc(1, sizeof(*q))) == NULL)
+            return SL_ENOMEM;
+        q->timeout_ms = s->def->timeout_ms;
+        q->next = vm->dlqs;
+        vm->dlqs = q;
+    }
+    s->deadline = s->t0 + s->def->timeout_ms / 1000.0;
+    q_unlink(s);
+    q_append(&q->head, &q->tail, s);
+    s->queued = 2;
+    s->dlq = q;
+    if (q->head == s)
+        arm_deadline(vm);
+    return 0;
+}
+
 static void cancel_op(sl_step_t *s)
 {
     sl_flow_op_t *op = s->op;
@@ -1122,15 +1244,18 @@ static char *encode_ctx(sl_step_t *s, char *err, size_t errlen)
  */
 static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
 {
-    static const struct timeval zero = {0, 0};
     char cerr[256];
     lua_State *L = s->vm->L;
 
     cancel_op(s);
-    evtimer_del(s->ev); /* the deadline; re-armed below for the delivery */
+    q_unlink(s); /* off its deadline's list (or the due list: posted again below) */
     s->ok = ok;
     /* on success err is the step's note (or NULL) */
-    snprintf(s->err, sizeof(s->err), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
+    /* the word is made when the step ends: a parked step has no buffer for it */
+    char word[SL_FLOW_ERR_MAX];
+    snprintf(word, sizeof(word), "%s", ok ? (err ? err : "") : (err && *err ? err : "failed"));
+    free(s->err);
+    s->err = strdup(word);
     free(s->detail);
     s->detail = detail ? strdup(detail) : NULL;
     cerr[0] = '\0';
@@ -1139,7 +1264,8 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
         char msg[320];
         snprintf(msg, sizeof(msg), "ctx holds a value that is not JSON: %s", cerr);
         s->ok = 0;
-        snprintf(s->err, sizeof(s->err), "lua_error");
+        free(s->err);
+        s->err = strdup("lua_error");
         free(s->detail);
         s->detail = strdup(msg);
         s->ctx_out = strdup(s->ctx_in);
@@ -1149,18 +1275,21 @@ static void finish(sl_step_t *s, int ok, const char *err, const char *detail)
     s->ctx_ref = s->co_ref = LUA_NOREF;
     s->co = NULL;
     s->state = SL_STEP_DONE;
-    evtimer_add(s->ev, &zero);
+    post_due(s);
 }
 
 /* Frees what a step owns besides its list links and flow reference (both paths of its life). */
 static void step_free_fields(sl_step_t *s)
 {
-    if (s->ev)
-        event_free(s->ev);
-    free(s->ids); /* run_id ... tmpdir */
-    free(s->ctx_in);
+    q_unlink(s);
+    free(s->ids); /* run_id ... tmpdir (NULL when borrowed) */
+    if (!s->borrowed)
+        free((char *)s->ctx_in);
     free(s->file_in);
-    free(s->file_path);
+    if (!s->path_borrowed)
+        free((char *)s->file_path);
+    free(s->held_reason);
+    free(s->err);
     json_decref(s->entry_j);
     schema_release(s->vm, s->schema);
     free(s->detail);
@@ -1187,13 +1316,15 @@ static void deliver(sl_step_t *s)
     sl_step_result_t res;
     memset(&res, 0, sizeof(res));
     res.ok = s->ok;
-    res.err = s->ok ? NULL : s->err;
-    res.note = s->ok && s->err[0] ? s->err : NULL;
+    const char *err = s->err ? s->err : s->ok ? "" : "internal_error"; /* NULL: no memory */
+    res.err = s->ok ? NULL : err;
+    res.note = s->ok && err[0] ? err : NULL;
     if (!s->ok && s->held_s > 0) {
         res.wait_s = s->held_s;
-        snprintf(res.wait_reason, sizeof res.wait_reason, "%s", s->held_reason);
+        snprintf(res.wait_reason, sizeof res.wait_reason, "%s",
+                 s->held_reason ? s->held_reason : "");
     }
-    res.transient = s->ok ? 0 : sl_flow_err_transient(s->err);
+    res.transient = s->ok ? 0 : sl_flow_err_transient(err);
     res.detail = s->detail;
     res.ctx_json = s->ctx_out ? s->ctx_out : "{}";
     res.duration_s = now_s() - s->t0;
@@ -1238,7 +1369,7 @@ static void push_file(lua_State *L, sl_step_t *s)
     json_t *schema = json_object_get(f, "schema");
     const char *path = json_string_value(json_object_get(f, "path"));
 
-    if (path != NULL && (s->file_path = strdup(path)) == NULL)
+    if (path != NULL && !s->path_borrowed && (s->file_path = strdup(path)) == NULL)
         luaL_error(L, "out of memory");
     if (json_is_object(schema)) {
         if (schema_acquire(s, schema) != 0)
@@ -1289,12 +1420,12 @@ static int begin_protected(lua_State *L)
 static void begin(sl_step_t *s)
 {
     lua_State *L = s->vm->L;
-    /* the deadline counts from sl_step_start, on the step's one event */
-    double left_ms = s->def->timeout_ms - (now_s() - s->t0) * 1000.0;
-    long ms = left_ms > 0 ? (long)left_ms : 0;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     s->state = SL_STEP_RUNNING;
-    evtimer_add(s->ev, &tv);
+    /* the deadline counts from sl_step_start */
+    if (deadline_add(s) != 0) {
+        finish(s, 0, "lua_error", "out of memory starting the step");
+        return;
+    }
     lua_pushcfunction(L, begin_protected);
     lua_pushlightuserdata(L, s);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -1432,22 +1563,44 @@ void sl_flow__resume_err(sl_step_t *s, const char *err)
 }
 
 /*
- * The step's one event, by state: NEW, zero timer: begin; RUNNING: the
- * deadline; DONE, zero timer: deliver.
+ * The due list: steps posted to begin (NEW) or to be delivered (DONE) on a
+ * later turn. Only the steps due when the turn began are handled: the ones
+ * posted meanwhile (a step that ended at once, a callback that started one)
+ * re-armed due_ev and wait for the next turn, as with an event each.
  */
-static void step_ev_cb(evutil_socket_t fd, short what, void *arg)
+static void due_cb(evutil_socket_t fd, short what, void *arg)
 {
-    sl_step_t *s = arg;
-    char d[96];
-    if (s->state == SL_STEP_NEW) {
-        begin(s);
-    } else if (s->state == SL_STEP_DONE) {
-        deliver(s);
-    } else {
-        snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
-                 s->def->timeout_ms / 1000.0);
-        finish(s, 0, "timeout", d);
+    sl_flowvm_t *vm = arg;
+    int n = vm->ndue;
+    (void)fd;
+    (void)what;
+    while (n-- > 0 && vm->due_head != NULL) {
+        sl_step_t *s = vm->due_head;
+        q_unlink(s);
+        if (s->state == SL_STEP_NEW)
+            begin(s);
+        else if (s->state == SL_STEP_DONE)
+            deliver(s);
     }
+}
+
+/* The deadline timer: the running steps whose time is up end with "timeout". */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_flowvm_t *vm = arg;
+    double now = now_s();
+    char d[96];
+    (void)fd;
+    (void)what;
+    for (sl_flow_dlq_t *q = vm->dlqs; q != NULL; q = q->next) {
+        while (q->head != NULL && q->head->deadline <= now) {
+            sl_step_t *s = q->head;
+            snprintf(d, sizeof(d), "step '%s' ran past its timeout of %.3g s", s->step,
+                     s->def->timeout_ms / 1000.0);
+            finish(s, 0, "timeout", d); /* takes it off q */
+        }
+    }
+    arm_deadline(vm);
 }
 
 /*
@@ -1459,9 +1612,15 @@ static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f
 {
     const char *src[7] = {in->run_id, in->tenant_id, in->dataset_id, in->file_id,
                           in->pipeline ? in->pipeline : f->name, in->step, in->tmpdir};
-    char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
-                     &s->pipeline, &s->step, &s->tmpdir};
+    const char **dst[7] = {&s->run_id, &s->tenant_id, &s->dataset_id, &s->file_id,
+                           &s->pipeline, &s->step, &s->tmpdir};
     size_t len[7], total = 0, off = 0;
+
+    if (in->borrow) { /* the caller's: they outlive the step */
+        for (int i = 0; i < 7; i++)
+            *dst[i] = src[i] != NULL || i == 6 ? src[i] : "";
+        return;
+    }
 
     for (int i = 0; i < 7; i++) {
         len[i] = src[i] != NULL ? strlen(src[i]) : 0;
@@ -1481,7 +1640,6 @@ static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f
 int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_step_cb cb,
                   void *arg, sl_step_t **out)
 {
-    static const struct timeval zero = {0, 0};
     const sl_flow_step_t *def;
     sl_step_t *s;
 
@@ -1499,12 +1657,19 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
     s->cb = cb;
     s->arg = arg;
     s->t0 = now_s();
+    s->borrowed = in->borrow != 0;
+    if (s->borrowed && in->file_path != NULL) {
+        s->file_path = in->file_path;
+        s->path_borrowed = 1;
+    }
     copy_ids(s, in, f);
-    s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
+    if (s->borrowed)
+        s->ctx_in = in->ctx_json && *in->ctx_json ? in->ctx_json : "{}";
+    else
+        s->ctx_in = xstrdup(in->ctx_json && *in->ctx_json ? in->ctx_json : "{}");
     s->file_in = xstrdup(in->file_json && *in->file_json ? in->file_json : "{}");
     /* both decoded when the step begins (step_entry): a bad one fails the step there */
-    s->ev = evtimer_new(vm->host.base, step_ev_cb, s);
-    if (!s->ids || !s->ctx_in || !s->file_in || !s->ev) {
+    if ((!s->borrowed && !s->ids) || !s->ctx_in || !s->file_in) {
         step_free_fields(s); /* detail and ctx_out are still NULL here */
         return SL_ENOMEM;
     }
@@ -1514,7 +1679,7 @@ int sl_step_start(sl_flowvm_t *vm, sl_flow_t *f, const sl_step_input_t *in, sl_s
         vm->steps->prev = s;
     vm->steps = s;
     vm->nsteps++;
-    evtimer_add(s->ev, &zero); /* begin() arms the deadline */
+    post_due(s); /* begin() sets the deadline */
     if (out != NULL)
         *out = s;
     return 0;

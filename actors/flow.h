@@ -138,6 +138,14 @@ typedef struct sl_step_input_s {
     const char *ctx_json;    /* the run's ctx (a JSON object) */
     const char *file_json;   /* {id, name, mime, size, sha256, path, dataset_id, schema} */
     const char *tmpdir;      /* this run's scratch dir (created by the caller) */
+    /* 0: every string above is copied. 1: the names (run_id ... step, tmpdir)
+     * and ctx_json are borrowed until the step's callback returns (the run
+     * actor's own fields: a parked run keeps one copy, issue 10); file_json
+     * is copied either way. */
+    int borrow;
+    /* With borrow: file.path as file_json has it, borrowed like the names (the
+     * step needs it for sl.exec's run file); NULL: read from file_json. */
+    const char *file_path;
 } sl_step_input_t;
 
 /** The outcome of one attempt. Strings are borrowed until the callback returns. */

@@ -68,6 +68,14 @@ struct sl_flow_schema_s {
     sl_flow_schema_t *prev, *next;
 };
 
+/* The running steps with one timeout, in deadline order (they began in order). */
+typedef struct sl_flow_dlq_s sl_flow_dlq_t;
+struct sl_flow_dlq_s {
+    int timeout_ms;
+    sl_step_t *head, *tail;
+    sl_flow_dlq_t *next;
+};
+
 struct sl_flowvm_s {
     lua_State *L;
     sl_flow_host_t host; /* copy; lib_dir and tmp_root point at owned copies below */
@@ -85,6 +93,14 @@ struct sl_flowvm_s {
     sl_flow_check_t *checking; /* the flow source being loaded and checked, or NULL */
     sl_flow_schema_t *schemas; /* shared file.schema tables in use (doubly linked) */
     int nschemas;
+    /* The steps' timing: a step has no event of its own (a parked run keeps
+     * less, issue 10). Steps to begin (NEW) or to deliver (DONE) wait in the
+     * due list, FIFO, for due_ev (armed at 0); a running step's deadline is
+     * in its timeout's dlq, and dl_ev is armed at or before the earliest. */
+    sl_step_t *due_head, *due_tail;
+    int ndue;
+    struct event *due_ev, *dl_ev;
+    sl_flow_dlq_t *dlqs; /* owned, one per step timeout seen; freed with the VM */
 };
 
 struct sl_flow_s {
@@ -111,25 +127,33 @@ struct sl_step_s {
     lua_State *co;
     int co_ref, ctx_ref;
     sl_flow_op_t *op;    /* the pending op, or NULL */
-    struct event *ev;    /* start (NEW), the deadline (RUNNING), delivery (DONE) */
+    int queued;          /* 0: on no list, 1: the VM's due list, 2: dlq (RUNNING) */
+    sl_flow_dlq_t *dlq;  /* while queued == 2 */
+    double deadline;     /* while RUNNING: when it times out (sl_flow__now_s) */
+    sl_step_t *qprev, *qnext; /* on that list */
     long instr;          /* instructions used by this attempt */
     long long mem;       /* net bytes allocated while it ran (may go negative: GC) */
     const char *killed;  /* budget exceeded: every pcall re-raises */
     double held_s;       /* > 0: a service held this step's last call back this long */
-    char held_reason[SL_SVC_REASON_MAX];
+    char *held_reason;   /* owned: why (< SL_SVC_REASON_MAX), or NULL; set with held_s */
     double t0;
-    /* copied inputs: the names point into one owned block, ids (tmpdir may be NULL) */
+    /* inputs: the names point into one owned block, ids, or (borrowed) at the
+     * caller's (sl_step_input_t.borrow); tmpdir may be NULL */
     char *ids;
-    char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
-    char *ctx_in;    /* the ctx as given: decoded when the step begins; the fallback result */
+    int borrowed;    /* names and ctx_in are the caller's */
+    const char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
+    const char *ctx_in; /* the ctx as given (owned unless borrowed): decoded when the step
+                           begins; the fallback result */
     char *file_in;   /* the file document as given: freed once decoded when the step begins */
-    char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step begins */
+    const char *file_path; /* its "path" (sl.exec's run file), or NULL; set when the step
+                              begins, or given (path_borrowed: the caller's) */
+    int path_borrowed;
     json_t *entry_j; /* a document being decoded as the step begins (freed if that raises) */
     sl_flow_schema_t *schema; /* file.schema, shared by the dataset's steps; NULL: none */
     int attempt;
     /* result */
     int ok;
-    char err[SL_FLOW_ERR_MAX];
+    char *err;       /* owned (< SL_FLOW_ERR_MAX bytes), set when it ends; NULL: no memory */
     char *detail;
     char *ctx_out;
     sl_step_cb cb;

@@ -32,7 +32,10 @@
 typedef struct http_op_s {
     sl_flow_svcop_t so; /* first; so.svc NULL: no service policy */
     void *xfer;         /* in flight: the effects' handle (a transfer in the engine) */
-    char *method, *url, *body_file;
+    char *method, *url, *body_file; /* owned; body_file: unless body_file_step */
+    int body_file_step; /* body_file is the step's file.path (borrowed: it is only read
+                           when the op starts, and an op that has not started dies
+                           with its step): a parked run keeps one copy, issue 10 */
     const sl_config_service_t
         *auth_cfg; /* SigV4: borrowed (the config outlives the VM); NULL: unsigned */
     char **headers;
@@ -51,7 +54,8 @@ static void op_free(sl_flow_svcop_t *so)
     free(op->headers);
     free(op->method);
     free(op->url);
-    free(op->body_file);
+    if (!op->body_file_step)
+        free(op->body_file);
     free(op->body);
     free(op);
 }
@@ -241,7 +245,7 @@ static void add_credentials(lua_State *L, http_op_t *op, const sl_config_service
 }
 
 /* Parses the request table into op; raises on bad arguments (the op is in a box). */
-static void parse(lua_State *L, http_op_t *op)
+static void parse(lua_State *L, sl_step_t *s, http_op_t *op)
 {
     static const char *const known[] = {"method",  "url",       "headers", "body", "body_file",
                                         "timeout", "max_bytes", "service", NULL};
@@ -253,6 +257,11 @@ static void parse(lua_State *L, http_op_t *op)
     if (op->url == NULL)
         luaL_error(L, "sl.http.request: url is required");
     op->body_file = sl_flow__opt_str(L, t, "body_file", "sl.http.request");
+    if (op->body_file != NULL && s->file_path != NULL && strcmp(op->body_file, s->file_path) == 0) {
+        free(op->body_file);
+        op->body_file = (char *)s->file_path;
+        op->body_file_step = 1;
+    }
 
     int ty = lua_getfield(L, t, "body");
     if (ty == LUA_TSTRING) {
@@ -345,7 +354,7 @@ static int l_request(lua_State *L)
     s = sl_flow__check_step(L, "sl.http.request");
     box = sl_flow__svcop_box(L, sizeof(*op), &http_ops, vm, "sl.http.request");
     op = (http_op_t *)*box;
-    parse(L, op);
+    parse(L, s, op);
     *box = NULL; /* ours from here on */
     lua_settop(L, 1);
 

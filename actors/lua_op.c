@@ -52,7 +52,12 @@ static void svcop_cancel(sl_flow_op_t *hdr)
 
 const char *sl_flow__note_hold(sl_step_t *s, const sl_svc_t *svc, const char *otherwise)
 {
-    s->held_s = sl_svc_hold_remaining_s(svc, s->held_reason, sizeof s->held_reason);
+    char reason[SL_SVC_REASON_MAX];
+    s->held_s = sl_svc_hold_remaining_s(svc, reason, sizeof reason);
+    /* The reason is kept only while held: a step carries a pointer, not the
+     * buffer (issue 10). Without memory for it the wait has no reason text. */
+    free(s->held_reason);
+    s->held_reason = s->held_s > 0 ? strdup(reason) : NULL;
     return s->held_s > 0 ? "rate_limited" : otherwise;
 }
 
@@ -80,6 +85,9 @@ static void slot_cb(sl_svc_wait_t *w, int err, void *arg)
         sl_flow__resume_err(s, word);
 }
 
+/* The registry key (its address) of the boxes' metatable. */
+static const char box_mt_key = 'b';
+
 /* The op lives in a box until it is handed to the step, so a raise frees it. */
 static int box_gc(lua_State *L)
 {
@@ -97,9 +105,16 @@ sl_flow_svcop_t **sl_flow__svcop_box(lua_State *L, size_t size, const sl_flow_sv
 
     box = lua_newuserdatauv(L, sizeof(*box), 0);
     *box = NULL;
-    lua_newtable(L);
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__gc");
+    /* One metatable per VM, made at the first call (a new one per call was
+     * garbage that a parked run's memory figure carried until collected). */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &box_mt_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushcfunction(L, box_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &box_mt_key);
+    }
     lua_setmetatable(L, -2);
     if ((op = calloc(1, size)) == NULL)
         luaL_error(L, "%s: out of memory", what);

@@ -27,7 +27,13 @@ static int l_service(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     const sl_config_service_t *c = sl_config_service(vm->host.cfg, name);
 
-    lua_createtable(L, 0, 9);
+    /* Sized to its fields: a flow keeps it in a local while it calls the
+     * service, i.e. for as long as a run is parked on it (issue 10), and a
+     * hash part of 9 rounds up to 16 nodes (384 bytes) where 5 fields use 8. */
+    int nf = 4;
+    if (c != NULL)
+        nf += (c->url != NULL) + (c->region != NULL) + (c->model != NULL) + (c->command[0] != NULL);
+    lua_createtable(L, 0, nf);
     lua_pushboolean(L, c != NULL && c->configured);
     lua_setfield(L, -2, "configured");
     lua_pushstring(L, name);

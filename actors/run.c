@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +41,11 @@
 /*
  * The lifecycle log (docs/flows.md, "Lifecycle logs"): one JSON line per run
  * transition that matters, written once its commit held — never for a
- * transition that was lost. The decision code fills the actor's `ll` before
- * it commits (fixed-size fields: no allocation), commit_cb writes the line
- * with sl_log_line_* (on the stack) and clears it.
+ * transition that was lost. The decision code fills a lifelog_t on its stack
+ * (fixed-size fields) and hands it to commit(), which copies it into the
+ * commit's own record; commit_cb writes the line with sl_log_line_* once the
+ * commit held. Not in the actor: a parked run (issue 10) has no commit in
+ * flight, and the 496 bytes are only needed between a decision and its commit.
  */
 typedef enum {
     LL_NONE = 0,
@@ -73,31 +76,107 @@ typedef struct lifelog_s {
     long long delay_ms;    /* retry: the delay; waiting: how long it waits; -1: none */
 } lifelog_t;
 
+/*
+ * Strings many actors hold the same (the lease owner's name, pipeline and
+ * step names, a dataset's record schema as JSON text): one refcounted copy
+ * each, in a small hash table. An actor outlives its scheduler once detached,
+ * so it cannot borrow the scheduler's copies; a copy per actor cost a parked
+ * run 128 bytes for the owner, 3 x 64 for the names and the schema's text
+ * (most of the file document it keeps for its next attempt; issue 10). The
+ * flow VM shares the decoded schema table the same way (sl_flow_schema_t).
+ */
+typedef struct shared_s {
+    struct shared_s *next;
+    int refs;
+    char s[]; /* NUL-terminated */
+} shared_t;
+
+#define SHARED_BUCKETS 256
+static shared_t *shared_tab[SHARED_BUCKETS];
+
+static unsigned shared_hash(const char *s)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % SHARED_BUCKETS;
+}
+
+/* A reference on the shared copy of s (borrowed), or NULL (no memory). */
+static const char *shared_get(const char *s)
+{
+    shared_t **b = &shared_tab[shared_hash(s)], *e;
+    for (e = *b; e; e = e->next)
+        if (strcmp(e->s, s) == 0)
+            break;
+    if (!e) {
+        size_t len = strlen(s);
+        if ((e = malloc(sizeof *e + len + 1)) == NULL)
+            return NULL;
+        memcpy(e->s, s, len + 1);
+        e->refs = 0;
+        e->next = *b;
+        *b = e;
+    }
+    e->refs++;
+    return e->s;
+}
+
+/* Drops a reference taken with shared_get (NULL: none). */
+static void shared_put(const char *s)
+{
+    if (!s)
+        return;
+    shared_t *e = (shared_t *)(void *)(s - offsetof(shared_t, s));
+    if (--e->refs > 0)
+        return;
+    for (shared_t **pp = &shared_tab[shared_hash(s)]; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    free(e);
+}
+
+/* *dst = a reference on v's shared copy, the old one dropped; SL_ENOMEM: unchanged. */
+static int shared_set(const char **dst, const char *v)
+{
+    const char *n = shared_get(v);
+    if (!n)
+        return SL_ENOMEM;
+    shared_put(*dst);
+    *dst = n;
+    return 0;
+}
+
 struct sl_run_s {
     sl_sched_t *sched;  /* NULL once detached */
-    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone */
-    char instance_id[128];
+    sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: shared) */
     int cancelled;
     int busy; /* an operation is in progress */
-    char id[37], tenant_id[37], dataset_id[37], file_id[37];
-    char pipeline[64];
-    char step[64];
+    char id[37], file_id[37];
+    /* shared (shared_get): never NULL once started; step "" for no step */
+    const char *tenant_id, *dataset_id, *pipeline, *step, *chain_start;
     int attempt;
     char *ctx_json;  /* owned */
-    char *file_json; /* owned; includes the local path */
-    char chain_start[64];
+    char *file_json;    /* owned; without path, schema and (doc_ids) the ids: see file_text */
+    char *path;         /* owned: file.path, the blob's local file (the step borrows it for
+                           sl.exec), or NULL: none */
+    const char *schema; /* shared: the file document's "schema" (compact JSON), or NULL */
+    int doc_ids;        /* file_json's "id" and "dataset_id" are file_id and dataset_id: kept
+                           once, put back by file_text */
     int chain_transient;
     int wait_count;
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
-    struct event *timer; /* retry delay */
-    char *tmpdir;           /* owned: this actor's scratch dir, "" when it could not be made */
+    struct event *timer; /* retry delay, made at the first retry (NULL before) */
+    char *tmpdir;           /* this actor's scratch dir (in tmpdir_buf), "" when not made */
     char *blob_key;         /* owned; s3 (issue 12): a blob with no local path, fetched into
                                tmpdir before the flow starts; NULL otherwise (heap, not fixed
                                buffers: a parked run keeps only what it needs, issue 10) */
     sl_pubsub_t *pubsub;    /* borrowed from the scheduler's opts (outlives every actor) */
     sl_commit_t *committer; /* a reference: the group committer of ctx.pg */
-    lifelog_t ll;           /* the lifecycle line of the commit in flight (kind LL_NONE: none) */
+    char tmpdir_buf[];      /* tmpdir: allocated with the actor (one block) */
 };
 
 /* What a commit does once it holds. */
@@ -107,6 +186,7 @@ typedef struct commit_s {
     sl_run_t *run;
     next_t next;
     int delay_ms;
+    lifelog_t ll; /* the lifecycle line to write once it held (kind LL_NONE: none) */
 } commit_t;
 
 static sl_metric_t *m_step_seconds, *m_transitions, *m_retries, *m_fallbacks;
@@ -129,6 +209,7 @@ static void metrics_init(void)
 
 static void run_attempt(sl_run_t *r);
 static void run_end(sl_run_t *r);
+static void retry_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 const char *sl_run__file_id(const sl_run_t *r)
 {
@@ -156,9 +237,16 @@ static void run_free(sl_run_t *r)
     if (r->flow)
         sl_flow_unref(r->flow);
     sl_commit_release(r->committer);
+    shared_put(r->ctx.instance_id);
+    shared_put(r->tenant_id);
+    shared_put(r->dataset_id);
+    shared_put(r->pipeline);
+    shared_put(r->step);
+    shared_put(r->chain_start);
     free(r->ctx_json);
     free(r->file_json);
-    free(r->tmpdir);
+    free(r->path);
+    shared_put(r->schema);
     free(r->blob_key);
     free(r);
 }
@@ -209,11 +297,10 @@ void sl_run__detach(sl_run_t *r)
 
 /* ---- the lifecycle log ---- */
 
-/* Fills r->ll for the commit about to be made. Strings are copied (cut to fit). */
-static void ll_set(sl_run_t *r, ll_kind_t kind, int level, const char *step, const char *error,
+/* Fills g for the commit about to be made. Strings are copied (cut to fit). */
+static void ll_set(lifelog_t *g, ll_kind_t kind, int level, const char *step, const char *error,
                    const char *detail, int attempt, double duration_s)
 {
-    lifelog_t *g = &r->ll;
     g->kind = kind;
     g->level = level;
     snprintf(g->step, sizeof g->step, "%s", step ? step : "");
@@ -231,10 +318,9 @@ static void ll_opt_str(sl_log_line_t *l, const char *key, const char *v)
         sl_log_line_str(l, key, v);
 }
 
-/* Writes r->ll (the commit held) and clears it. */
-static void ll_emit(sl_run_t *r)
+/* Writes g, the line of r's commit that held. */
+static void ll_emit(const sl_run_t *r, const lifelog_t *g)
 {
-    lifelog_t *g = &r->ll;
     sl_log_line_t l;
     if (g->kind == LL_NONE || !sl_log_line_begin(&l, g->level, ll_events[g->kind]))
         return;
@@ -277,11 +363,10 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
     sl_run_t *r = c->run;
     next_t next = c->next;
     int delay = c->delay_ms;
+    if (!err && held)
+        ll_emit(r, &c->ll); /* the transition happened (a lost one logs run_commit_lost below) */
     free(c);
     r->busy = 0;
-    if (!err && held)
-        ll_emit(r); /* the transition happened (a lost one logs run_commit_lost below) */
-    r->ll.kind = LL_NONE;
     if (r->cancelled) {
         run_end(r);
         return;
@@ -297,7 +382,7 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
         if (err) {
             /* Give the lease back now rather than in lease_s: the run is
              * claimed again at once and resumes from its last committed step. */
-            const char *params[] = {r->id, r->instance_id};
+            const char *params[] = {r->id, r->ctx.instance_id};
             sl_pg_query(r->ctx.pg,
                         "UPDATE runs SET lease_until = now() "
                         "WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -312,6 +397,13 @@ static void commit_cb(int err, int held, const char *errmsg, void *arg)
         break;
     case NEXT_TIMER: {
         struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+        /* Made at the first retry: most runs never need one (issue 10). Without
+         * memory the actor ends here, as when a commit cannot be made: the
+         * retry was committed, the run resumes once its lease lapses. */
+        if (!r->timer && (r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r)) == NULL) {
+            run_end(r);
+            break;
+        }
         r->busy = 1;
         evtimer_add(r->timer, &tv);
         break;
@@ -335,9 +427,10 @@ static void add_event(sl_run_t *r, json_t *events, const char *step, const char 
  * Commits the actor's current fields with `state` and the events (taken),
  * then continues with `next`. `error` is the run's word (its error, or the
  * note of a run that succeeded); an empty step or no flow keeps the row's.
+ * ll (borrowed, copied; NULL: none) is the lifecycle line to write if it holds.
  */
 static void commit(sl_run_t *r, const char *state, const char *error, double wait_s, json_t *events,
-                   next_t next, int delay_ms)
+                   next_t next, int delay_ms, const lifelog_t *ll)
 {
     char *ev = json_dumps(events, JSON_COMPACT);
     json_decref(events);
@@ -351,12 +444,16 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
     c->run = r;
     c->next = next;
     c->delay_ms = delay_ms;
+    if (ll)
+        c->ll = *ll;
+    else
+        c->ll.kind = LL_NONE;
     sl_commit_tr_t t = {.run_id = r->id,
-                        .step = r->step[0] ? r->step : NULL,
+                        .step = r->step && r->step[0] ? r->step : NULL,
                         .attempt = r->attempt,
                         .ctx_json = r->ctx_json,
                         .state = state,
-                        .chain_start = r->chain_start[0] ? r->chain_start : NULL,
+                        .chain_start = r->chain_start && r->chain_start[0] ? r->chain_start : NULL,
                         .chain_transient = r->chain_transient,
                         .wait_count = r->wait_count,
                         .word = error,
@@ -388,6 +485,7 @@ static json_t *fail_detail(const sl_step_result_t *res, int attempt)
 
 static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     sl_run_t *r = arg;
     (void)s;
     r->cur = NULL;
@@ -416,9 +514,13 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
     pos.wait_count = r->wait_count;
     int attempt = r->attempt; /* the attempt that ended */
     sl_transition_decide(r->flow, &pos, res, &tr);
-    snprintf(r->step, sizeof r->step, "%s", pos.step);
+    if (shared_set(&r->step, pos.step) != 0 || shared_set(&r->chain_start, pos.chain_start) != 0) {
+        /* No memory: end without committing, as when a commit cannot be
+         * made; the lease lapses and the run resumes from its last commit. */
+        run_end(r);
+        return;
+    }
     r->attempt = pos.attempt;
-    snprintf(r->chain_start, sizeof r->chain_start, "%s", pos.chain_start);
     r->chain_transient = pos.chain_transient;
     r->wait_count = pos.wait_count;
 
@@ -438,13 +540,13 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
         add_event(r, events, from, "step_succeeded", d);
         if (tr.kind == SL_TR_NEXT) {
             add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
-            commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+            commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
         } else {
             add_event(r, events, from, "succeeded",
                       res->note ? json_pack("{s:s, s:s?}", "note", res->note, "detail", res->detail)
                                 : NULL);
-            ll_set(r, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, attempt, res->duration_s);
-            commit(r, "succeeded", res->note, 0, events, NEXT_END, 0);
+            ll_set(&ll, LL_SUCCEEDED, SL_LOG_INFO, from, res->note, NULL, attempt, res->duration_s);
+            commit(r, "succeeded", res->note, 0, events, NEXT_END, 0, &ll);
         }
         return;
     }
@@ -457,10 +559,10 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
                   json_pack("{s:s, s:s, s:f, s:s, s:i, s:b}", "reason", reason, "error", err,
                             "retry_in_s", tr.wait_s, "resume_step", r->step, "attempt", r->attempt,
                             "held", 1));
-        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
-        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
+        ll_set(&ll, LL_WAITING, SL_LOG_WARN, from, err, reason, r->attempt, res->duration_s);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        ll.delay_ms = (long long)(tr.wait_s * 1000.0);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0, &ll);
         return;
     }
     default:
@@ -473,47 +575,92 @@ static void step_done_cb(sl_step_t *s, const sl_step_result_t *res, void *arg)
 
     switch (tr.kind) {
     case SL_TR_RETRY:
-        ll_set(r, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt, res->duration_s);
-        r->ll.delay_ms = tr.delay_ms;
+        ll_set(&ll, LL_RETRY, SL_LOG_WARN, from, err, res->detail, r->attempt, res->duration_s);
+        ll.delay_ms = tr.delay_ms;
         sl_metrics_add(m_retries, 1, r->pipeline, r->step);
         add_event(r, events, from, "retry",
                   json_pack("{s:i, s:i, s:s}", "attempt", r->attempt, "delay_ms", tr.delay_ms,
                             "error", err));
-        commit(r, "running", NULL, 0, events, NEXT_TIMER, tr.delay_ms);
+        commit(r, "running", NULL, 0, events, NEXT_TIMER, tr.delay_ms, &ll);
         return;
     case SL_TR_FALLBACK:
-        ll_set(r, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
+        ll_set(&ll, LL_FALLBACK, res->transient ? SL_LOG_WARN : SL_LOG_INFO, from, err, res->detail,
                attempt, res->duration_s);
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        snprintf(r->ll.via, sizeof r->ll.via, "%s", tr.via);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        snprintf(ll.via, sizeof ll.via, "%s", tr.via);
         sl_metrics_add(m_fallbacks, 1, r->pipeline, from, r->step);
         add_event(r, events, from, tr.via,
                   json_pack("{s:s, s:s, s:s}", "from", from, "to", r->step, "error", err));
         add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", 1));
-        commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+        commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
         return;
     case SL_TR_WAITING: {
         char reason[128];
         snprintf(reason, sizeof reason, "waiting for %s", from);
-        ll_set(r, LL_WAITING, SL_LOG_WARN, from, err, reason, attempt, res->duration_s);
-        r->ll.delay_ms = (long long)(tr.wait_s * 1000.0);
+        ll_set(&ll, LL_WAITING, SL_LOG_WARN, from, err, reason, attempt, res->duration_s);
+        ll.delay_ms = (long long)(tr.wait_s * 1000.0);
         add_event(r, events, from, "waiting",
                   json_pack("{s:s, s:s, s:f, s:s}", "reason", reason, "error", err, "retry_in_s",
                             tr.wait_s, "resume_step", r->step));
-        snprintf(r->ll.to, sizeof r->ll.to, "%s", r->step);
-        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0);
+        snprintf(ll.to, sizeof ll.to, "%s", r->step);
+        commit(r, "waiting", err, tr.wait_s, events, NEXT_END, 0, &ll);
         return;
     }
     default:
         add_event(r, events, from, "failed", json_pack("{s:s}", "error", err));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, attempt, res->duration_s);
-        commit(r, "failed", err, 0, events, NEXT_END, 0);
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, from, err, res->detail, attempt, res->duration_s);
+        commit(r, "failed", err, 0, events, NEXT_END, 0, &ll);
     }
+}
+
+/*
+ * The file document the step sees: r->file_json with what file_doc took out
+ * of it put back ("id" and "dataset_id", the actor's own ids, "path", and the
+ * shared "schema"). Returns owned (the step copies it: freed once it
+ * started), or NULL.
+ */
+static char *file_text(const sl_run_t *r)
+{
+    size_t dl = strlen(r->file_json);
+    json_t *js = r->path ? json_string(r->path) : NULL; /* escaped as JSON */
+    char *path = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+    json_decref(js);
+    size_t extra = (r->doc_ids ? strlen(r->file_id) + strlen(r->dataset_id) + 32 : 0) +
+                   (r->schema ? strlen(r->schema) + 16 : 0) + (path ? strlen(path) + 16 : 0);
+    char *out;
+    if (dl < 2 || r->file_json[dl - 1] != '}' || (r->path && !path)) {
+        free(path);
+        return NULL; /* file_doc made it: always an object */
+    }
+    if ((out = malloc(dl + extra + 1)) == NULL) {
+        free(path);
+        return NULL;
+    }
+    size_t n = dl - 1, cap = dl + extra + 1;
+    memcpy(out, r->file_json, n);
+    int first = dl == 2;
+    if (r->doc_ids) {
+        n += (size_t)snprintf(out + n, cap - n, "%s\"id\":\"%s\",\"dataset_id\":\"%s\"",
+                              first ? "" : ",", r->file_id, r->dataset_id);
+        first = 0;
+    }
+    if (path) {
+        n += (size_t)snprintf(out + n, cap - n, "%s\"path\":%s", first ? "" : ",", path);
+        first = 0;
+        free(path);
+    }
+    if (r->schema)
+        n += (size_t)snprintf(out + n, cap - n, "%s\"schema\":%s", first ? "" : ",", r->schema);
+    out[n++] = '}';
+    out[n] = '\0';
+    return out;
 }
 
 static void run_attempt(sl_run_t *r)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     sl_step_input_t in = {0};
+    char *file = file_text(r);
     in.run_id = r->id;
     in.tenant_id = r->tenant_id;
     in.dataset_id = r->dataset_id;
@@ -522,18 +669,22 @@ static void run_attempt(sl_run_t *r)
     in.step = r->step;
     in.attempt = r->attempt;
     in.ctx_json = r->ctx_json;
-    in.file_json = r->file_json;
+    in.file_json = file;
     in.tmpdir = r->tmpdir;
+    in.file_path = r->path;
+    in.borrow = 1; /* the actor's fields: unchanged until the step's callback */
     r->busy = 1;
-    if (sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) != 0) {
+    int rc = file ? sl_step_start(r->ctx.vm, r->flow, &in, step_done_cb, r, &r->cur) : SL_ENOMEM;
+    free(file);
+    if (rc != 0) {
         r->busy = 0;
         r->cur = NULL;
         json_t *events = json_array();
         add_event(r, events, r->step, "failed",
                   json_pack("{s:s}", "error", "the step could not start"));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "internal_error", "the step could not start",
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, r->step, "internal_error", "the step could not start",
                r->attempt, -1);
-        commit(r, "failed", "internal_error", 0, events, NEXT_END, 0);
+        commit(r, "failed", "internal_error", 0, events, NEXT_END, 0, &ll);
     }
 }
 
@@ -560,9 +711,12 @@ static char *file_doc(sl_run_t *r, const char *json_text)
         return NULL;
     const char *key = json_string_value(json_object_get(f, "storage_key"));
     char path[1024];
-    if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0)
-        json_object_set_new(f, "path", json_string(path));
-    else if (key && sl_store_key_valid(key) && /* s3 (issue 12): fetched at the start */
+    if (key && sl_store_local_path(r->ctx.store, key, path, sizeof path) == 0) {
+        if ((r->path = strdup(path)) == NULL) { /* kept apart: see file_text */
+            json_decref(f);
+            return NULL;
+        }
+    } else if (key && sl_store_key_valid(key) && /* s3 (issue 12): fetched at the start */
              (r->blob_key = strdup(key)) == NULL) {
         json_decref(f);
         return NULL;
@@ -571,6 +725,27 @@ static char *file_doc(sl_run_t *r, const char *json_text)
     if (key && bucket) /* file.s3: where Textract's asynchronous API reads it */
         json_object_set_new(f, "s3", json_pack("{s:s, s:s}", "bucket", bucket, "key", key));
     json_object_del(f, "storage_key");
+    json_t *schema = json_object_get(f, "schema");
+    if (json_is_object(schema)) { /* kept apart, shared (see shared_t) */
+        char *text = json_dumps(schema, JSON_COMPACT);
+        r->schema = text ? shared_get(text) : NULL;
+        free(text);
+        if (!r->schema) {
+            json_decref(f);
+            return NULL;
+        }
+        json_object_del(f, "schema");
+    }
+    /* The ids are the actor's own (uuids: nothing to escape when put back). */
+    const char *fid = json_string_value(json_object_get(f, "id"));
+    const char *did = json_string_value(json_object_get(f, "dataset_id"));
+    if (fid && did && strcmp(fid, r->file_id) == 0 && strcmp(did, r->dataset_id) == 0 &&
+        strspn(fid, "0123456789abcdefABCDEF-") == strlen(fid) &&
+        strspn(did, "0123456789abcdefABCDEF-") == strlen(did)) {
+        json_object_del(f, "id");
+        json_object_del(f, "dataset_id");
+        r->doc_ids = 1;
+    }
     char *out = json_dumps(f, JSON_COMPACT);
     json_decref(f);
     return out;
@@ -596,44 +771,57 @@ static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg);
  */
 static void run_begin(sl_run_t *r, const resume_t *rs)
 {
+    lifelog_t ll = {0}; /* the lifecycle line of the commit below (LL_NONE: none) */
     json_t *events = json_array();
     if (!r->flow) {
         /*
          * No flow for this pipeline (config changed): the run cannot go on. It
          * fails where it stands (its step, attempt and ctx as claimed).
          */
-        snprintf(r->step, sizeof r->step, "%s", rs->has_step ? rs->step : "");
+        if (shared_set(&r->step, rs->has_step ? rs->step : "") != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         add_event(r, events, rs->has_step ? rs->step : NULL, "failed",
                   json_pack("{s:s}", "error", "unknown_pipeline"));
-        ll_set(r, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
-        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0);
+        ll_set(&ll, LL_FAILED, SL_LOG_ERROR, r->step, "unknown_pipeline", NULL, r->attempt, -1);
+        commit(r, "failed", "unknown_pipeline", 0, events, NEXT_END, 0, &ll);
         return;
     }
     const char *step = rs->has_step ? rs->step : NULL;
     if (step && !sl_flow_step(r->flow, step))
         step = NULL; /* the flow changed under a waiting run: start over */
     if (!step) {
-        snprintf(r->step, sizeof r->step, "%s", sl_flow_start(r->flow));
+        if (shared_set(&r->step, sl_flow_start(r->flow)) != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         r->attempt = 1;
         if (strcmp(rs->old_state, "queued") == 0) {
             add_event(r, events, r->step, "started", NULL);
-            ll_set(r, LL_STARTED, SL_LOG_DEBUG, r->step, NULL, NULL, r->attempt, -1);
+            ll_set(&ll, LL_STARTED, SL_LOG_DEBUG, r->step, NULL, NULL, r->attempt, -1);
         } else {
             add_event(r, events, r->step, "resumed", json_pack("{s:s}", "from", rs->old_state));
-            ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
-            snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
+            ll_set(&ll, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+            snprintf(ll.via, sizeof ll.via, "%s", rs->old_state);
         }
     } else {
-        snprintf(r->step, sizeof r->step, "%s", step);
+        if (shared_set(&r->step, step) != 0) {
+            json_decref(events);
+            run_end(r);
+            return;
+        }
         if (r->attempt < 1)
             r->attempt = 1;
         add_event(r, events, r->step, "resumed",
                   json_pack("{s:s, s:s}", "from", rs->old_state, "previous_owner", rs->old_owner));
-        ll_set(r, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
-        snprintf(r->ll.via, sizeof r->ll.via, "%s", rs->old_state);
+        ll_set(&ll, LL_RESUMED, SL_LOG_INFO, r->step, NULL, NULL, r->attempt, -1);
+        snprintf(ll.via, sizeof ll.via, "%s", rs->old_state);
     }
     add_event(r, events, r->step, "step_started", json_pack("{s:i}", "attempt", r->attempt));
-    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0);
+    commit(r, "running", NULL, 0, events, NEXT_ATTEMPT, 0, &ll);
 }
 
 /* The pinned version's source came back (or not): load it, or fall back to the current flow. */
@@ -675,7 +863,16 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     if (!c->id || !c->tenant_id || !c->dataset_id || !c->file_id || !c->pipeline || !c->ctx ||
         !c->old_state)
         return SL_EINVAL;
-    sl_run_t *r = calloc(1, sizeof *r);
+    /* One scratch dir per actor, not per run: an actor that lost its commit
+     * removes its dir (rm -rf on a worker) while the run may already run again
+     * here, in a new actor that must not share it (found by the faults pass). */
+    static unsigned actor_seq;
+    const char *tmp_root = sl_sched__ctx(s)->tmp_root;
+    unsigned seq = ++actor_seq;
+    int tlen = snprintf(NULL, 0, "%s/%.36s.%ld.%u", tmp_root, c->id, (long)getpid(), seq);
+    if (tlen < 0)
+        return SL_EINVAL;
+    sl_run_t *r = calloc(1, sizeof *r + (size_t)tlen + 1);
     resume_t *rs = calloc(1, sizeof *rs);
     if (!r || !rs) {
         free(r);
@@ -685,31 +882,29 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     r->sched = s;
     r->ctx = *sl_sched__ctx(s);
     r->pubsub = sl_sched_pubsub(s);
-    snprintf(r->instance_id, sizeof r->instance_id, "%s", r->ctx.instance_id);
-    r->ctx.instance_id = r->instance_id;
+    r->ctx.instance_id = shared_get(r->ctx.instance_id);
+    r->tenant_id = shared_get(c->tenant_id);
+    r->dataset_id = shared_get(c->dataset_id);
+    r->pipeline = shared_get(c->pipeline);
+    r->step = shared_get("");
+    r->chain_start = shared_get(c->chain_start ? c->chain_start : "");
+    if (!r->ctx.instance_id || !r->tenant_id || !r->dataset_id || !r->pipeline || !r->step ||
+        !r->chain_start) {
+        free(rs);
+        run_free(r);
+        return SL_ENOMEM;
+    }
     snprintf(r->id, sizeof r->id, "%s", c->id);
-    snprintf(r->tenant_id, sizeof r->tenant_id, "%s", c->tenant_id);
-    snprintf(r->dataset_id, sizeof r->dataset_id, "%s", c->dataset_id);
     snprintf(r->file_id, sizeof r->file_id, "%s", c->file_id);
-    snprintf(r->pipeline, sizeof r->pipeline, "%s", c->pipeline);
     r->attempt = c->attempt;
     r->ctx_json = strdup(c->ctx);
-    snprintf(r->chain_start, sizeof r->chain_start, "%s", c->chain_start ? c->chain_start : "");
     r->chain_transient = c->chain_transient;
     r->wait_count = c->wait_count;
     r->file_json = file_doc(r, c->file);
-    r->timer = evtimer_new(r->ctx.base, retry_timer_cb, r);
-    r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->instance_id);
-    /* One scratch dir per actor, not per run: an actor that lost its commit
-     * removes its dir (rm -rf on a worker) while the run may already run again
-     * here, in a new actor that must not share it (found by the faults pass). */
-    static unsigned actor_seq;
-    int tlen =
-        snprintf(NULL, 0, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id, (long)getpid(), ++actor_seq);
-    if (tlen > 0 && (r->tmpdir = malloc((size_t)tlen + 1)) != NULL)
-        snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%s.%ld.%u", r->ctx.tmp_root, r->id,
-                 (long)getpid(), actor_seq);
-    if (!r->ctx_json || !r->file_json || !r->timer || !r->tmpdir || !r->committer) {
+    r->committer = sl_commit_acquire(r->ctx.base, r->ctx.pg, r->ctx.instance_id);
+    r->tmpdir = r->tmpdir_buf;
+    snprintf(r->tmpdir, (size_t)tlen + 1, "%s/%.36s.%ld.%u", tmp_root, c->id, (long)getpid(), seq);
+    if (!r->ctx_json || !r->file_json || !r->committer) {
         free(rs);
         run_free(r);
         return SL_ENOMEM;
@@ -783,14 +978,10 @@ static void blob_fetched_cb(int err, const char *path, int is_copy, void *arg)
         run_end(r);
         return;
     }
-    json_t *f = err ? NULL : json_loads(r->file_json, 0, NULL);
-    char *doc = NULL;
-    if (f && json_object_set_new(f, "path", json_string(path)) == 0)
-        doc = json_dumps(f, JSON_COMPACT);
-    json_decref(f);
-    if (doc) {
-        free(r->file_json);
-        r->file_json = doc;
+    char *p = err ? NULL : strdup(path);
+    if (p) {
+        free(r->path);
+        r->path = p;
     } else {
         sl_log(SL_LOG_WARN, "blob_fetch_failed", "{s:s, s:s, s:s}", "run_id", r->id, "storage_key",
                r->blob_key, "error", sl_strerror(err ? err : SL_ENOMEM));

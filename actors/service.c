@@ -3,9 +3,13 @@
  * calls flows make (sl.http.request / sl.exec with `service = "name"`).
  *
  * A call asks for a slot before it starts and gives it back with its outcome.
- * Slots are granted FIFO; a waiting call is woken on a later loop turn (its
- * own timer, re-armed at 0), never from inside the release that freed the
- * slot, so a release never re-enters another step's code. The breaker is
+ * Slots are granted FIFO; a waiting call is woken on a later loop turn (the
+ * service's wake-up event, armed at 0, calls every granted call back), never
+ * from inside the release that freed the slot, so a release never re-enters
+ * another step's code. A queued call's timeout is the service's one deadline
+ * timer, armed for the earliest deadline of a list kept in deadline order (a
+ * call is inserted from the back: with the usual one timeout per service that
+ * is O(1)); a timer per waiting call cost ~150 bytes a parked run (issue 10). The breaker is
  * checked both when a call asks and when a queued call is finally granted.
  *
  * Outbound rate limits (services.X.rate_per_s, services.openai.tokens_per_min)
@@ -74,6 +78,10 @@ struct sl_svc_s {
     char rl_name[SL_SVC_NAME_MAX + 8], rl_key[SL_SVC_NAME_MAX + 8], tok_key[SL_SVC_NAME_MAX + 8];
     char hold_key[SL_SVC_NAME_MAX + 8];
     tok_t *toks; /* calls waiting for a token */
+    sl_svc_wait_t *dl_head, *dl_tail; /* queued calls by deadline (earliest first) */
+    sl_svc_wait_t *rd_head, *rd_tail; /* granted calls, to be called back (FIFO) */
+    struct event *dl_ev;              /* the deadline timer: pending at or before dl_head's */
+    struct event *rd_ev;              /* the wake-up: pending (at 0) while rd_head is set */
 };
 
 struct sl_svcs_s {
@@ -326,6 +334,15 @@ static void unqueue(sl_svc_wait_t *w)
     else
         q->tail = w->prev;
     w->next = w->prev = NULL;
+    if (w->dprev)
+        w->dprev->dnext = w->dnext;
+    else
+        s->dl_head = w->dnext;
+    if (w->dnext)
+        w->dnext->dprev = w->dprev;
+    else
+        s->dl_tail = w->dprev;
+    w->dnext = w->dprev = NULL;
     w->queued = 0;
     w->tq = NULL;
     if (!q->head) {
@@ -334,23 +351,38 @@ static void unqueue(sl_svc_wait_t *w)
     }
 }
 
-/* Queues w at the back of its tenant's queue. 0 or SL_ENOMEM. */
-static int enqueue(sl_svc_t *s, sl_svc_wait_t *w)
+/* Arms s's deadline timer for the first queued call's deadline. */
+static void arm_deadline(sl_svc_t *s)
 {
+    double left = s->dl_head->deadline - now_s();
+    long us = left > 0 ? (long)(left * 1e6) + 1 : 0;
+    struct timeval tv = {us / 1000000, us % 1000000};
+    evtimer_add(s->dl_ev, &tv);
+}
+
+/*
+ * Queues w at the back of its tenant's queue, and in the deadline list (from
+ * its back: calls that wait as long as the ones before them go last), with
+ * the timer re-armed if it is now the first. 0 or SL_ENOMEM.
+ */
+static int enqueue(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant_in)
+{
+    char tenant[sizeof(((tq_t *)0)->tenant)]; /* as its queue keeps it */
+    snprintf(tenant, sizeof tenant, "%s", tenant_in);
     tq_t *q = s->tqs;
     if (q) {
         do {
-            if (strcmp(q->tenant, w->tenant) == 0)
+            if (strcmp(q->tenant, tenant) == 0)
                 break;
             q = q->next;
         } while (q != s->tqs);
-        if (strcmp(q->tenant, w->tenant) != 0)
+        if (strcmp(q->tenant, tenant) != 0)
             q = NULL;
     }
     if (!q) {
         if ((q = calloc(1, sizeof *q)) == NULL)
             return SL_ENOMEM;
-        memcpy(q->tenant, w->tenant, sizeof q->tenant);
+        memcpy(q->tenant, tenant, sizeof q->tenant);
         ring_append(s, q);
     }
     w->tq = q;
@@ -362,6 +394,21 @@ static int enqueue(sl_svc_t *s, sl_svc_wait_t *w)
     else
         q->head = w;
     q->tail = w;
+    sl_svc_wait_t *after = s->dl_tail;
+    while (after && after->deadline > w->deadline)
+        after = after->dprev;
+    w->dprev = after;
+    w->dnext = after ? after->dnext : s->dl_head;
+    if (w->dnext)
+        w->dnext->dprev = w;
+    else
+        s->dl_tail = w;
+    if (after)
+        after->dnext = w;
+    else
+        s->dl_head = w;
+    if (s->dl_head == w)
+        arm_deadline(s);
     return 0;
 }
 
@@ -578,41 +625,82 @@ static int tok_cancel(sl_svc_wait_t *w)
     return 0;
 }
 
-static void wait_cb(evutil_socket_t fd, short what, void *arg)
+/* A granted call's wake-up (w is off every list): it starts, or fails. */
+static void wait_granted(sl_svc_wait_t *w)
 {
-    sl_svc_wait_t *w = arg;
     sl_svc_t *s = w->svc;
-    int err = 0;
+    /* The slot was reserved at release time; the breaker may have opened since. */
+    int err = admit(s, w);
 
-    event_free(w->ev);
-    w->ev = NULL;
-    if (w->granted) {
-        /* The slot was reserved at release time; the breaker may have opened since. */
-        err = admit(s, w);
-        if (err == 0 && limited(s)) {
-            w->granted = 0;
-            int rc = tok_start(w, s->timeout_ms);
-            if (rc == 0)
-                return; /* w->cb fires once the token comes */
-            if (rc < 0) {
-                unreserve(s, w);
-                w->cb(w, rc, w->arg);
-                return;
-            }
+    if (err == 0 && limited(s)) {
+        w->granted = 0;
+        int rc = tok_start(w, s->timeout_ms);
+        if (rc == 0)
+            return; /* w->cb fires once the token comes */
+        if (rc < 0) {
+            unreserve(s, w);
+            w->cb(w, rc, w->arg);
+            return;
         }
-        if (err == 0) {
-            w->holds = 1;
-        } else {
-            set_inflight(s, -1);
-            count_call(s, "circuit_open");
-        }
+    }
+    if (err == 0) {
+        w->holds = 1;
     } else {
-        unqueue(w);
-        err = SL_EAGAIN;
-        count_call(s, "busy");
+        set_inflight(s, -1);
+        count_call(s, "circuit_open");
     }
     w->granted = 0;
     w->cb(w, err, w->arg);
+}
+
+/* The wake-up: calls back the granted calls (their callbacks may grant more:
+ * those are called back in this same turn, still not inside a release). */
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_svc_t *s = arg;
+    (void)fd;
+    (void)what;
+    while (s->rd_head) {
+        sl_svc_wait_t *w = s->rd_head;
+        s->rd_head = w->next;
+        if (s->rd_head)
+            s->rd_head->prev = NULL;
+        else
+            s->rd_tail = NULL;
+        w->next = w->prev = NULL;
+        wait_granted(w);
+    }
+}
+
+/* The deadline timer: the queued calls whose time is up fail with "busy". */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_svc_t *s = arg;
+    (void)fd;
+    (void)what;
+    double now = now_s();
+    while (s->dl_head && s->dl_head->deadline <= now) {
+        sl_svc_wait_t *w = s->dl_head;
+        unqueue(w);
+        count_call(s, "busy");
+        w->cb(w, SL_EAGAIN, w->arg); /* may queue or cancel other calls: re-read the head */
+    }
+    if (s->dl_head)
+        arm_deadline(s);
+}
+
+/* Removes a granted call from the wake-up list. */
+static void ready_remove(sl_svc_t *s, sl_svc_wait_t *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        s->rd_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        s->rd_tail = w->prev;
+    w->next = w->prev = NULL;
 }
 
 /* Hands free slots to the queue head(s); their callbacks run on a later turn. */
@@ -626,7 +714,13 @@ static void grant_waiters(sl_svc_t *s)
         unqueue(w);       /* (frees q if that was its last call) */
         w->granted = 1;
         set_inflight(s, 1);
-        evtimer_add(w->ev, &zero);
+        w->prev = s->rd_tail;
+        if (s->rd_tail)
+            s->rd_tail->next = w;
+        else
+            s->rd_head = w;
+        s->rd_tail = w;
+        evtimer_add(s->rd_ev, &zero);
     }
 }
 
@@ -651,8 +745,8 @@ int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wa
 {
     memset(w, 0, sizeof(*w));
     w->svc = s;
-    if (tenant)
-        snprintf(w->tenant, sizeof w->tenant, "%s", tenant);
+    if (!tenant)
+        tenant = ""; /* only its queue keeps it (copied): the call needs no copy */
     if (s->tokens.rate > 0) {
         double est = est_tokens > 0 ? est_tokens : SL_SVC_DEFAULT_TOKEN_ESTIMATE;
         /* the limiter charges a cost above the burst as the burst */
@@ -690,15 +784,14 @@ int sl_svc_acquire_for(sl_svc_t *s, sl_svc_wait_t *w, const char *tenant, int wa
             return 1;
         }
     }
-    if ((w->ev = evtimer_new(s->reg->base, wait_cb, w)) == NULL)
+    /* The service's two events, made by its first queued call. */
+    if (!s->dl_ev && (s->dl_ev = evtimer_new(s->reg->base, deadline_cb, s)) == NULL)
         return SL_ENOMEM;
-    if (enqueue(s, w) != 0) {
-        event_free(w->ev);
-        w->ev = NULL;
+    if (!s->rd_ev && (s->rd_ev = evtimer_new(s->reg->base, ready_cb, s)) == NULL)
         return SL_ENOMEM;
-    }
-    struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
-    evtimer_add(w->ev, &tv);
+    w->deadline = now_s() + (wait_ms > 0 ? wait_ms : 0) / 1000.0;
+    if (enqueue(s, w, tenant) != 0)
+        return SL_ENOMEM;
     w->cb = cb;
     w->arg = arg;
     return 0;
@@ -708,12 +801,12 @@ void sl_svc_cancel_wait(sl_svc_wait_t *w)
 {
     if (tok_cancel(w))
         return;
-    if (w->ev == NULL)
+    if (w->queued) {
+        unqueue(w); /* the deadline timer may fire once for nothing */
         return;
-    event_free(w->ev);
-    w->ev = NULL;
-    unqueue(w);
+    }
     if (w->granted) {
+        ready_remove(w->svc, w);
         w->granted = 0;
         set_inflight(w->svc, -1);
         grant_waiters(w->svc);
@@ -1147,8 +1240,13 @@ void sl_svcs_free(sl_svcs_t *r)
         while (s->tqs) {
             sl_svc_wait_t *w = s->tqs->head;
             unqueue(w);
-            event_free(w->ev);
-            w->ev = NULL;
+            w->cb(w, SL_ECANCELED, w->arg);
+        }
+        while (s->rd_head) { /* granted, not yet called back: their slots go with s */
+            sl_svc_wait_t *w = s->rd_head;
+            ready_remove(s, w);
+            w->granted = 0;
+            set_inflight(s, -1);
             w->cb(w, SL_ECANCELED, w->arg);
         }
         while (s->toks) {
@@ -1160,6 +1258,10 @@ void sl_svcs_free(sl_svcs_t *r)
             set_inflight(s, -1);
             w->cb(w, SL_ECANCELED, w->arg);
         }
+        if (s->dl_ev)
+            event_free(s->dl_ev);
+        if (s->rd_ev)
+            event_free(s->rd_ev);
         free(s);
     }
     free(r);

@@ -61,17 +61,21 @@ typedef struct sl_svc_wait_s sl_svc_wait_t;
  */
 typedef void (*sl_svc_ready_cb)(sl_svc_wait_t *w, int err, void *arg);
 
-/** A queued call. Embedded in the caller's op; fields are private. */
+/**
+ * A queued call. Embedded in the caller's op; fields are private. It has no
+ * timer of its own (a parked run keeps less, issue 10): the service's one
+ * deadline timer and one wake-up event serve all its waiting calls.
+ */
 struct sl_svc_wait_s {
     sl_svc_t *svc;
-    struct event *ev;
     sl_svc_ready_cb cb;
     void *arg;
     int queued, granted, probe, holds;
-    double tokens; /* the token estimate charged for this call (0: none) */
-    sl_svc_wait_t *next, *prev; /* in its tenant's queue */
-    struct sl_svc_tq_s *tq;     /* that queue (the service's), while queued */
-    char tenant[37];            /* the calling run's tenant ("": none) */
+    double tokens;   /* the token estimate charged for this call (0: none) */
+    double deadline; /* while queued: when it gives up (monotonic seconds) */
+    sl_svc_wait_t *next, *prev;   /* queued: in its tenant's queue; granted: the wake-up list */
+    sl_svc_wait_t *dnext, *dprev; /* while queued: the service's list by deadline */
+    struct sl_svc_tq_s *tq;       /* that queue (the service's, named by the tenant), while queued */
 };
 
 /**

@@ -32,9 +32,10 @@
 #define FLOW "tests/unit/flows/parked.lua"
 #define FLOW_TIKA "tests/unit/flows/parked_tika.lua"
 /* The step's side of a parked run (10.2 KiB before file.schema was shared and
- * the decoded copies dropped; 3.3 KiB after). The run actor's own struct
- * (actors/run.c) comes on top. */
-#define STEP_BYTES_MAX 3584
+ * the decoded copies dropped; 3.3 KiB after; 2.4 KiB once the step borrowed
+ * the run's names, ctx and path and lost its event, issue 10). The run
+ * actor's own struct (actors/run.c) comes on top. */
+#define STEP_BYTES_MAX 2560
 
 static struct event_base *base;
 
@@ -98,6 +99,9 @@ static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *da
     in.ctx_json = "{}";
     in.file_json = file_json;
     in.tmpdir = "/tmp/sluice-park-test/6f1c1f0e-0000-4000-8000-0000000000a1.1234.1";
+    in.borrow = 1; /* as the run actor does: literals, they outlive the step */
+    in.file_path = "/var/lib/sluice/blobs/9f/86/"
+                   "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* file_json's */
     return sl_step_start(vm, f, &in, step_cb, res, out);
 }
 
@@ -109,6 +113,70 @@ static int run_one(sl_flowvm_t *vm, sl_flow_t *f, const char *step, res_t *res)
     while (res->called == 0 && now_ms() < end)
         event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
     return res->called == 1;
+}
+
+/*
+ * A step has no event of its own: the VM keeps one deadline list per step
+ * timeout and one due list. A step with a short timeout started after
+ * long-timeout steps still times out on time, each at its own deadline; a
+ * step cancelled before it began is delivered once, "cancelled".
+ */
+static void test_deadlines(void)
+{
+    char err[512];
+    sl_flowvm_t *vm = NULL;
+    sl_flow_t *basic = NULL, *parked = NULL;
+    sl_flow_host_t host;
+    res_t held, nap1, nap2, early;
+    sl_step_t *holder = NULL, *e = NULL;
+    sl_step_input_t in;
+
+    memset(&host, 0, sizeof host);
+    host.base = base;
+    host.lib_dir = "tests/unit/flows/lib"; /* basic.lua's helper */
+    CHECK(sl_flowvm_new(&host, &vm, err, sizeof err) == 0);
+    CHECK(sl_flow_load(vm, "basic", "tests/unit/flows/basic.lua", &basic, err, sizeof err) == 0);
+    CHECK(sl_flow_load(vm, "parked", FLOW, &parked, err, sizeof err) == 0);
+    if (basic == NULL || parked == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    CHECK(start(vm, parked, "park", "6f1c1f0e-0000-4000-8000-0000000000d5", &held, &holder) == 0);
+    spin(30);
+    memset(&in, 0, sizeof in);
+    in.step = "long_nap"; /* sleeps 5 s, times out after 0.2 s */
+    in.ctx_json = "{}";
+    in.file_json = "{}";
+    memset(&nap1, 0, sizeof nap1);
+    memset(&nap2, 0, sizeof nap2);
+    memset(&early, 0, sizeof early);
+    double t0 = now_ms();
+    CHECK(sl_step_start(vm, basic, &in, step_cb, &nap1, NULL) == 0);
+    spin(100);
+    CHECK(sl_step_start(vm, basic, &in, step_cb, &nap2, NULL) == 0);
+    CHECK(sl_step_start(vm, basic, &in, step_cb, &early, &e) == 0);
+    sl_step_cancel(e); /* before it began */
+    double end = now_ms() + 3000, at1 = 0, at2 = 0;
+    while ((nap1.called == 0 || nap2.called == 0) && now_ms() < end) {
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        if (nap1.called && at1 == 0)
+            at1 = now_ms() - t0;
+        if (nap2.called && at2 == 0)
+            at2 = now_ms() - t0;
+    }
+    CHECK(nap1.called == 1 && strcmp(nap1.err, "timeout") == 0);
+    CHECK(nap2.called == 1 && strcmp(nap2.err, "timeout") == 0);
+    CHECK(at1 >= 190 && at1 < 290);
+    CHECK(at2 >= 290 && at2 < 400);
+    CHECK(early.called == 1 && strcmp(early.err, "cancelled") == 0);
+    CHECK(held.called == 0); /* its deadline is two hours away */
+    sl_step_cancel(holder);
+    spin(30);
+    CHECK(held.called == 1 && strcmp(held.err, "cancelled") == 0 && early.called == 1);
+out:
+    sl_flow_unref(basic);
+    sl_flow_unref(parked);
+    sl_flowvm_free(vm);
 }
 
 /*
@@ -185,6 +253,8 @@ static void measure_tika(int n)
         in.ctx_json = "{}";
         in.file_json = doc;
         in.tmpdir = dir;
+        in.borrow = 1; /* dir, doc and path outlive the steps */
+        in.file_path = path;
         if (sl_step_start(vm, f, &in, step_cb, &res[i], &steps[i]) == 0)
             started++;
     }
@@ -281,6 +351,8 @@ int main(int argc, char **argv)
     sl_step_cancel(holder);
     spin(50);
     CHECK(held.called == 1 && strcmp(held.err, "cancelled") == 0);
+
+    test_deadlines();
 
     /* Measure: N steps parked on sl.sleep(3600). */
     res = calloc((size_t)n, sizeof *res);

@@ -642,6 +642,54 @@ static void test_tenant_turns(void)
     sl_ratelimit_free(rl);
 }
 
+/*
+ * Queued calls have no timer each (issue 10): the service's one deadline
+ * timer serves them in deadline order, whatever their queue order, and a
+ * call cancelled after its grant but before its wake-up passes the slot on.
+ */
+static void test_wait_deadlines(void)
+{
+    sl_ratelimit_t *rl;
+    sl_svcs_t *r;
+    char name[64];
+    CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
+    CHECK(sl_svcs_new(base, NULL, rl, 0, &r) == 0);
+    sl_svcs_set_aimd(r, 0, 1000000);
+    sl_svc_t *s = sl_svcs_get(r, name_of(name, sizeof name, "deadlines"));
+    for (int i = 0; i < 4; i++)
+        sl_svc_observe(s, 429, NULL, NULL);
+    CHECK(sl_svc_concurrency_limit(s) == 1);
+
+    call_t first, a, b, c, d;
+    CHECK(acquire(s, &first, 1000, 0) == 0);
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    memset(&c, 0, sizeof c);
+    memset(&d, 0, sizeof d);
+    double t0 = looptest_now_s();
+    CHECK(sl_svc_acquire(s, &a.w, 5000, ready_cb, &a) == 0);
+    CHECK(sl_svc_acquire(s, &b.w, 100, ready_cb, &b) == 0); /* queued after a, due first */
+    CHECK(sl_svc_acquire(s, &c.w, 300, ready_cb, &c) == 0);
+    CHECK(sl_svc_acquire(s, &d.w, 5000, ready_cb, &d) == 0);
+    looptest_run_until(base, &b.done, 1, 5);
+    CHECK(b.done == 1 && b.err == SL_EAGAIN && a.done == 0 && c.done == 0);
+    CHECK(b.at - t0 >= 0.09 && b.at - t0 < 0.25);
+    looptest_run_until(base, &c.done, 1, 5);
+    CHECK(c.done == 1 && c.err == SL_EAGAIN && a.done == 0 && d.done == 0);
+    CHECK(c.at - t0 >= 0.29 && c.at - t0 < 0.5);
+
+    /* a is granted, then cancelled before its wake-up: d gets the slot */
+    sl_svc_release(&first.w, "ok", 0.01);
+    sl_svc_cancel_wait(&a.w);
+    looptest_run_until(base, &d.done, 1, 5);
+    CHECK(d.done == 1 && d.err == 0 && a.done == 0);
+    sl_svc_release(&d.w, "ok", 0.01);
+    spin(0.02);
+    CHECK(a.done == 0);
+    sl_svcs_free(r);
+    sl_ratelimit_free(rl);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -653,6 +701,7 @@ int main(void)
     test_hold_local();
     test_aimd();
     test_tenant_turns();
+    test_wait_deadlines();
     sl_ratelimit_t *rl;
     CHECK(sl_ratelimit_new(base, NULL, &rl) == 0);
     test_tokens(rl, "tokens-local");

@@ -332,6 +332,8 @@ static int late(client_t *c, long long seq, int is_file)
     return is_file || (seq <= c->base && seq > c->replay_max);
 }
 
+static void gap_read(client_t *c);
+
 /*
  * Sends what is in order from the head of `held`: places up to `next`, and
  * below gap_upto (a gap read passed over the places it did not find). Arms the
@@ -356,7 +358,14 @@ static int advance(client_t *c, long long gap_upto)
     }
     if (c->next < gap_upto)
         c->next = gap_upto;
-    if (c->held && !c->gap_busy && !evtimer_pending(c->gap, NULL)) {
+    if (!c->held || c->gap_busy)
+        return 0;
+    if (c->held_bytes > c->limit / 4) {
+        /* A burst waits behind the hole (one publisher lags, say the engine behind an
+         * upload's events): what it waits for has committed, read it now. */
+        evtimer_del(c->gap);
+        gap_read(c);
+    } else if (!evtimer_pending(c->gap, NULL)) {
         static const struct timeval tv = {GAP_MS / 1000, (GAP_MS % 1000) * 1000};
         evtimer_add(c->gap, &tv);
     }
@@ -387,8 +396,6 @@ static void go_live(client_t *c)
     c->next = (c->base > c->replay_max ? c->base : c->replay_max) + 1;
     advance(c, 0);
 }
-
-static void gap_read(client_t *c);
 
 static void gap_cb(evutil_socket_t fd, short what, void *arg)
 {

@@ -119,6 +119,9 @@ def main():
             print(f"sse_latency_median: {statistics.median(lat) * 1000:.1f} ms "
                   f"(timeline row timestamp -> arrival at the client, one process, Redis up)")
             print(f"sse_latency_p99: {p99 * 1000:.1f} ms")
+        m = h.requests.get(srv.url + "/metrics", timeout=30).text
+        drops = [l for l in m.splitlines() if l.startswith("sluice_sse_clients_dropped_total")]
+        print("sse_clients_dropped: %s" % (drops[0].split()[-1] if drops else "?"))
 
         # 2. concurrent clients: wait until the first phase's runs are all done,
         # so the figure is the cost of idle connected clients, not of backlog

@@ -294,7 +294,39 @@ static held_t *held_pop(client_t *c)
     return h;
 }
 
-/* Holds a copy of a message (not if its place is held already). 0, or -1 when c was finished. */
+static void held_free(client_t *c)
+{
+    while (c->held)
+        free(held_pop(c));
+}
+
+/*
+ * Live, a burst held behind a hole outgrew the client buffer (one upload of
+ * thousands of files publishes its events at once, while the engine's earlier
+ * places are still on their way): forget what is held and replay from the
+ * last place sent in order, paced like any replay. The run events come back
+ * from Postgres; the file events that were held are not in a replay (as for
+ * any reconnect). While a gap read is out, its callback starts the replay.
+ */
+static void replay_again(client_t *c)
+{
+    held_free(c);
+    evtimer_del(c->gap);
+    c->holding = 1;
+    c->replay_after = c->next - 1;
+    sl_log(SL_LOG_INFO, "sse_replay_again", "{s:s, s:s, s:I}", "request_id",
+           sl_http_req_id(c->req), "dataset_id", c->dataset_id, "after",
+           (json_int_t)c->replay_after);
+    if (!c->pg_busy && sl_http_resp_pending(c->req) == 0)
+        replay_next(c);
+    /* else: the gap read's callback, or the drain callback, asks for it */
+}
+
+/*
+ * Holds a copy of a message (not if its place is held already). 0 (held, or
+ * a duplicate), 1 (not held: it overflowed and the client replays again), or
+ * -1 when c was finished.
+ */
 static int hold(client_t *c, long long seq, int is_file, const char *data, size_t len)
 {
     for (held_t *h = c->held_tail && c->held_tail->seq < seq ? NULL : c->held; h && h->seq <= seq;
@@ -302,6 +334,10 @@ static int hold(client_t *c, long long seq, int is_file, const char *data, size_
         if (h->seq == seq)
             return 0; /* one place, one event: a gap read found what was held, or the reverse */
     if (c->held_bytes + len > c->limit) {
+        if (!c->holding) {
+            replay_again(c);
+            return 1;
+        }
         client_drop(c, "held_messages_over_limit");
         return -1;
     }
@@ -393,7 +429,9 @@ static void deliver(client_t *c, long long seq, int is_file, const char *data, s
 static void go_live(client_t *c)
 {
     c->holding = 0;
-    c->next = (c->base > c->replay_max ? c->base : c->replay_max) + 1;
+    long long from = (c->base > c->replay_max ? c->base : c->replay_max) + 1;
+    if (from > c->next) /* a replay again resumes from where the stream was */
+        c->next = from;
     advance(c, 0);
 }
 
@@ -563,6 +601,11 @@ static void gap_cb_result(const sl_pg_result_t *r, void *arg)
     }
     long long upto = c->gap_upto;
     c->gap_upto = 0;
+    if (c->holding) { /* it overflowed meanwhile (replay_again) */
+        if (sl_http_resp_pending(c->req) == 0)
+            replay_next(c);
+        return;
+    }
     if (r->err) {
         sl_log(SL_LOG_WARN, "sse_gap_read_failed", "{s:s, s:s}", "dataset_id", c->dataset_id,
                "error", r->errmsg);
@@ -579,7 +622,7 @@ static void gap_cb_result(const sl_pg_result_t *r, void *arg)
         }
         int rc = seq >= c->next ? hold(c, seq, 0, data, strlen(data)) : 0;
         free(data);
-        if (rc)
+        if (rc) /* finished, or replaying again */
             return;
     }
     sl_log(SL_LOG_INFO, "sse_gap_read", "{s:s, s:I, s:I, s:i}", "dataset_id", c->dataset_id,

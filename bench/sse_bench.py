@@ -122,6 +122,10 @@ def main():
         m = h.requests.get(srv.url + "/metrics", timeout=30).text
         drops = [l for l in m.splitlines() if l.startswith("sluice_sse_clients_dropped_total")]
         print("sse_clients_dropped: %s" % (drops[0].split()[-1] if drops else "?"))
+        time.sleep(1)  # the log is buffered
+        for line in srv.log().splitlines():
+            if '"sse_client_dropped"' in line:
+                print("  " + line)
 
         # 2. concurrent clients: wait until the first phase's runs are all done,
         # so the figure is the cost of idle connected clients, not of backlog

@@ -589,3 +589,48 @@ def test_reconnects_across_instances_at_any_instant_miss_and_repeat_nothing(
             assert e["data"][k] == want[k], (k, e, want)
     ids = [int(e["id"]) for e in got if e["id"] is not None]
     assert ids == sorted(ids) and len(ids) == len(set(ids))
+
+
+def test_a_burst_behind_a_hole_past_the_buffer_replays_again(start_server, redis, samples):
+    """Live, messages held behind a hole outgrow the client buffer (an upload's
+    burst while the engine's earlier places are on their way): the stream does
+    not drop the client, it replays from its last place (sse.md "Delivery order")."""
+    srv = start_server(extra_yaml="sse: {client_buffer_bytes: 65536}\n")
+    t = srv.create_tenant("burst")
+    ds = t.create_dataset("burst")["id"]
+    wait_redis(srv, "ok")
+    r = t.upload(ds, [samples / NOTES], params={"process": "false"})
+    assert r.status_code == 202, r.text
+    fid = r.json()["files"][0]["id"]
+    s = stream(srv, t, ds)
+    try:
+        end = time.monotonic() + 10
+        while metric(srv, "sluice_sse_clients") != 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        # places 2 and 3 committed (rows in Postgres); only 3's message comes, bigger
+        # than the whole client buffer
+        srv.sql("INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, pipeline, step,"
+                " kind, state) SELECT sluice_event_places('%s', 1), '%s', '%s', '%s', 'p', 's',"
+                " k, 'running' FROM unnest(ARRAY['two', 'three']) k"
+                % (ds, t.tenant_id, ds, fid))
+        assert srv.sql("SELECT string_agg(seq || ':' || kind, ' ' ORDER BY seq) FROM run_events"
+                       " WHERE dataset_id = '%s'" % ds) == "2:two 3:three"
+        big = json.loads(fake_event(ds, 3, kind="three").split(b"\n", 1)[1])
+        big["pad"] = "x" * 70000
+        _resp_publish(redis.port, "sluice:ds:" + ds,
+                      [b"other-instance\n" + json.dumps(big).encode()])
+        got = s.take(n=2, timeout=15)
+        assert [(e["id"], e["data"]["kind"]) for e in got] == [("2", "two"), ("3", "three")]
+        assert "pad" not in got[1]["data"]  # from Postgres, not the held message
+        # and it is live again, in order
+        assert srv.sql("SELECT sluice_event_places('%s', 1)" % ds) == "4"
+        _resp_publish(redis.port, "sluice:ds:" + ds, [fake_event(ds, 4, kind="four")])
+        got = s.take(n=1, timeout=10)
+        assert [(e["id"], e["data"]["kind"]) for e in got] == [("4", "four")]
+        assert metric(srv, "sluice_sse_clients_dropped_total") == 0
+        end = time.monotonic() + 10  # the log is buffered
+        while '"sse_replay_again"' not in srv.log() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert '"sse_replay_again"' in srv.log()
+    finally:
+        s.close()

@@ -469,15 +469,14 @@ def test_places_out_of_order_go_out_in_order_and_a_hole_is_read_from_postgres(
     t = srv.create_tenant("places")
     ds = t.create_dataset("places")["id"]
     wait_redis(srv, "ok")
-    r = t.upload(ds, [samples / NOTES], params={"process": "false"})
-    assert r.status_code == 202, r.text
-    fid = r.json()["files"][0]["id"]
-    assert srv.sql("SELECT event_seq FROM datasets WHERE id = '%s'" % ds) == "1"
-    s = stream(srv, t, ds)  # live only: it starts after place 1
+    s = stream(srv, t, ds)  # live only, from place 1
     try:
-        end = time.monotonic() + 10
-        while metric(srv, "sluice_sse_clients") != 1 and time.monotonic() < end:
-            time.sleep(0.05)
+        r = t.upload(ds, [samples / NOTES], params={"process": "false"})
+        assert r.status_code == 202, r.text
+        fid = r.json()["files"][0]["id"]
+        assert srv.sql("SELECT event_seq FROM datasets WHERE id = '%s'" % ds) == "1"
+        got = s.take(n=1, timeout=10)
+        assert [(e["id"], e["data"]["kind"]) for e in got] == [("1", "uploaded")]
         # places 2 and 3 taken as a commit would, published 3 first
         assert srv.sql("SELECT sluice_event_places('%s', 2)" % ds) == "2"
         chan = "sluice:ds:" + ds
@@ -599,14 +598,13 @@ def test_a_burst_behind_a_hole_past_the_buffer_replays_again(start_server, redis
     t = srv.create_tenant("burst")
     ds = t.create_dataset("burst")["id"]
     wait_redis(srv, "ok")
-    r = t.upload(ds, [samples / NOTES], params={"process": "false"})
-    assert r.status_code == 202, r.text
-    fid = r.json()["files"][0]["id"]
-    s = stream(srv, t, ds)
+    s = stream(srv, t, ds)  # live only, from place 1
     try:
-        end = time.monotonic() + 10
-        while metric(srv, "sluice_sse_clients") != 1 and time.monotonic() < end:
-            time.sleep(0.05)
+        r = t.upload(ds, [samples / NOTES], params={"process": "false"})
+        assert r.status_code == 202, r.text
+        fid = r.json()["files"][0]["id"]
+        got = s.take(n=1, timeout=10)
+        assert [(e["id"], e["data"]["kind"]) for e in got] == [("1", "uploaded")]
         # places 2 and 3 committed (rows in Postgres); only 3's message comes, bigger
         # than the whole client buffer
         srv.sql("INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, pipeline, step,"

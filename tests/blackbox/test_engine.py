@@ -268,6 +268,13 @@ def test_workers_share_one_engine(start_server, tmp_path):
     srv = start_server(extra_yaml=flows_yaml(tmp_path, {"mini": QUICK_FLOW}, "workers: 2\n"))
     names = sorted(srv.children().values())
     assert names == ["sluice-engine", "sluice-http", "sluice-http"], names
+    # The start waited for one /readyz; the other HTTP process (SO_REUSEPORT) may
+    # still be waiting for its schema and answer 503: wait until 20 fresh
+    # connections in a row are ready (each lands on either process).
+    ok, end = 0, time.monotonic() + 30
+    while ok < 20 and time.monotonic() < end:
+        ok = ok + 1 if requests.get(srv.url + "/readyz", timeout=10).status_code == 200 else 0
+    assert ok == 20, "both HTTP processes ready"
     t = srv.create_tenant("w2")
     ds = t.create_dataset()["id"]
     ids = [upload_text(t, ds, "f%d.txt" % i) for i in range(6)]   # both HTTP processes send kicks

@@ -144,21 +144,28 @@ try {
   await page.click('.pg-item[data-name="ai_record"]');
   const svgSel = 'svg.pgraph[data-pipeline="ai_record"]';
   await page.locator(svgSel).waitFor();
-  // The click re-renders the graph: wait until the drawn one is in the document
-  // and styled (under ASan a read in between once saw a detached copy, whose
-  // computed dash is ""). A graph that is never dashed still fails below.
-  await page.waitForFunction((sel) => {
-    const e = document.querySelector(sel + " path.edge.fallback");
-    return e && e.isConnected && getComputedStyle(e).strokeDasharray !== "";
-  }, svgSel, { timeout: 10000 }).catch(() => {});
-  const drawn = await page.$$eval(svgSel, ([svg]) => ({
-    nodes: [...svg.querySelectorAll("g.node")].map((g) => g.dataset.id),
-    edges: [...svg.querySelectorAll("path.edge")].map((p) => ({
-      from: p.dataset.from, to: p.dataset.to, on: p.dataset.on,
-      dash: getComputedStyle(p).strokeDasharray, title: p.querySelector("title")?.textContent || "" })),
-    label: svg.getAttribute("aria-label"),
-    titles: [...svg.querySelectorAll("g.node > title")].length,
-  }));
+  // Read the graph in the page, in one go, once it is drawn and styled: the click
+  // re-renders it, and a read between the wait and the read once saw a detached
+  // copy whose computed dash is "" (under ASan, and once in CI without it). So
+  // the wait itself returns the reading; after 10 s the graph is read as it is,
+  // and a graph that is never dashed still fails below.
+  const read = ([sel, stable]) => {
+    const svg = document.querySelector(sel);
+    if (!svg || !svg.isConnected) return null;
+    const r = {
+      nodes: [...svg.querySelectorAll("g.node")].map((g) => g.dataset.id),
+      edges: [...svg.querySelectorAll("path.edge")].map((p) => ({
+        from: p.dataset.from, to: p.dataset.to, on: p.dataset.on,
+        dash: getComputedStyle(p).strokeDasharray, title: p.querySelector("title")?.textContent || "" })),
+      label: svg.getAttribute("aria-label"),
+      titles: [...svg.querySelectorAll("g.node > title")].length,
+    };
+    const fb = r.edges.filter((e) => e.on === "fallback");
+    return !stable || (fb.length > 0 && fb.every((e) => e.dash !== "")) ? r : null;
+  };
+  const stable = await page.waitForFunction(read, [svgSel, true], { timeout: 10000 })
+    .then((h) => h.jsonValue()).catch(() => null);
+  const drawn = stable || await page.evaluate(read, [svgSel, false]);
   result.nodes = drawn.nodes;
   result.edges = drawn.edges.length;
   assert(JSON.stringify([...drawn.nodes].sort()) === JSON.stringify(api.graph.nodes.map((n) => n.id).sort()),

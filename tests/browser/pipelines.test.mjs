@@ -150,7 +150,9 @@ try {
   // the wait itself returns the reading; after 10 s the graph is read as it is,
   // and a graph that is never dashed still fails below.
   const read = ([sel, stable]) => {
-    const svg = document.querySelector(sel);
+    // the one on screen: a hidden copy (a view drawn before) computes no dash
+    const all = [...document.querySelectorAll(sel)];
+    const svg = all.find((e) => e.getClientRects().length > 0) || all[0];
     if (!svg || !svg.isConnected) return null;
     const r = {
       nodes: [...svg.querySelectorAll("g.node")].map((g) => g.dataset.id),

@@ -13,13 +13,11 @@ everything else goes through the real upload endpoint.
 import hashlib
 import os
 import re
-import subprocess
 import time
 import uuid
 
 import pytest
 
-from sluice_harness import pg_bindir
 
 pytestmark = pytest.mark.server_smoke
 
@@ -35,13 +33,7 @@ STATUSES = {"queued", "processing", "done", "failed"}
 # ---------------------------------------------------------------- helpers
 
 def psql(server, sql):
-    """Runs sql on the server's database; returns stdout (unaligned, tuples only)."""
-    r = subprocess.run(
-        [str(pg_bindir() / "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-         "-d", server.database_url, "-c", sql],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 0, "psql failed: %s\n%s" % (sql, r.stderr)
-    return r.stdout.strip()
+    return server.sql(sql)  # sluice_harness.Server.sql
 
 
 def q(s):

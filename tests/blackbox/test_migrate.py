@@ -2,11 +2,9 @@
 every start, so a database whose functions drifted gets this binary's back;
 and the engine's transitions go through them, a run whose pipeline is gone
 included."""
-import subprocess
 import time
 import uuid
 
-from sluice_harness import pg_bindir
 from test_files import q, seed_file
 
 FUNCTIONS = [
@@ -19,12 +17,7 @@ FUNCTIONS = [
 
 
 def psql(server, sql):
-    r = subprocess.run(
-        [str(pg_bindir() / "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-         "-d", server.database_url, "-c", sql],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 0, "psql failed: %s\n%s" % (sql, r.stderr)
-    return r.stdout.strip()
+    return server.sql(sql)  # sluice_harness.Server.sql
 
 
 def prosrc(server, sig):

@@ -20,18 +20,12 @@ import uuid
 import pytest
 import requests
 
-from sluice_harness import pg_bindir
 
 pytestmark = pytest.mark.server_smoke
 
 
 def psql(server, sql):
-    r = subprocess.run(
-        [str(pg_bindir() / "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-         "-d", server.database_url, "-c", sql],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 0, "psql failed: %s\n%s" % (sql, r.stderr)
-    return r.stdout.strip()
+    return server.sql(sql)  # sluice_harness.Server.sql
 
 
 def q(s):

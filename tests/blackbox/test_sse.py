@@ -460,6 +460,29 @@ def fake_event(ds, seq, event="run", kind="fake", file_id=None):
          "at": "2026-01-01T00:00:00.000Z"}, separators=(",", ":"))).encode()
 
 
+def live_stream_with_a_stored_file(srv, t, ds, samples):
+    """A live-only stream of a new dataset, then one file stored without processing:
+    its "uploaded" event is place 1, taken here. Returns (stream, file id)."""
+    s = stream(srv, t, ds)
+    try:
+        r = t.upload(ds, [samples / NOTES], params={"process": "false"})
+        assert r.status_code == 202, r.text
+        got = s.take(n=1, timeout=10)
+        assert [(e["id"], e["data"]["kind"]) for e in got] == [("1", "uploaded")]
+    except BaseException:
+        s.close()
+        raise
+    return s, r.json()["files"][0]["id"]
+
+
+def wait_log(srv, event, timeout=10):
+    """True once the server's log has an `event` line (the log is buffered)."""
+    end = time.monotonic() + timeout
+    while '"%s"' % event not in srv.log() and time.monotonic() < end:
+        time.sleep(0.1)
+    return '"%s"' % event in srv.log()
+
+
 def test_places_out_of_order_go_out_in_order_and_a_hole_is_read_from_postgres(
         start_server, redis, samples):
     """Every event of a dataset has its place in one dense series (sse.md "Places"):
@@ -469,14 +492,9 @@ def test_places_out_of_order_go_out_in_order_and_a_hole_is_read_from_postgres(
     t = srv.create_tenant("places")
     ds = t.create_dataset("places")["id"]
     wait_redis(srv, "ok")
-    s = stream(srv, t, ds)  # live only, from place 1
+    s, fid = live_stream_with_a_stored_file(srv, t, ds, samples)
     try:
-        r = t.upload(ds, [samples / NOTES], params={"process": "false"})
-        assert r.status_code == 202, r.text
-        fid = r.json()["files"][0]["id"]
         assert srv.sql("SELECT event_seq FROM datasets WHERE id = '%s'" % ds) == "1"
-        got = s.take(n=1, timeout=10)
-        assert [(e["id"], e["data"]["kind"]) for e in got] == [("1", "uploaded")]
         # places 2 and 3 taken as a commit would, published 3 first
         assert srv.sql("SELECT sluice_event_places('%s', 2)" % ds) == "2"
         chan = "sluice:ds:" + ds
@@ -497,10 +515,7 @@ def test_places_out_of_order_go_out_in_order_and_a_hole_is_read_from_postgres(
         assert [(e["id"], e["data"]["kind"]) for e in got] == [
             ("4", "from_postgres"), ("5", "fifth")]
         assert got[0]["data"]["file_id"] == fid
-        end = time.monotonic() + 10  # the log is buffered
-        while '"sse_gap_read"' not in srv.log() and time.monotonic() < end:
-            time.sleep(0.1)
-        assert '"sse_gap_read"' in srv.log()
+        assert wait_log(srv, "sse_gap_read")
 
         # place 6: a file event that was never delivered (not a timeline row): the
         # hole is read, nothing is found, 7 goes on; 6 arriving late goes out, no id
@@ -598,13 +613,8 @@ def test_a_burst_behind_a_hole_past_the_buffer_replays_again(start_server, redis
     t = srv.create_tenant("burst")
     ds = t.create_dataset("burst")["id"]
     wait_redis(srv, "ok")
-    s = stream(srv, t, ds)  # live only, from place 1
+    s, fid = live_stream_with_a_stored_file(srv, t, ds, samples)
     try:
-        r = t.upload(ds, [samples / NOTES], params={"process": "false"})
-        assert r.status_code == 202, r.text
-        fid = r.json()["files"][0]["id"]
-        got = s.take(n=1, timeout=10)
-        assert [(e["id"], e["data"]["kind"]) for e in got] == [("1", "uploaded")]
         # places 2 and 3 committed (rows in Postgres); only 3's message comes, bigger
         # than the whole client buffer
         srv.sql("INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, pipeline, step,"
@@ -626,9 +636,6 @@ def test_a_burst_behind_a_hole_past_the_buffer_replays_again(start_server, redis
         got = s.take(n=1, timeout=10)
         assert [(e["id"], e["data"]["kind"]) for e in got] == [("4", "four")]
         assert metric(srv, "sluice_sse_clients_dropped_total") == 0
-        end = time.monotonic() + 10  # the log is buffered
-        while '"sse_replay_again"' not in srv.log() and time.monotonic() < end:
-            time.sleep(0.1)
-        assert '"sse_replay_again"' in srv.log()
+        assert wait_log(srv, "sse_replay_again")
     finally:
         s.close()

@@ -731,6 +731,7 @@ int sl_app_open_flows(sl_app_t *app)
     so.base = app->base;
     so.pg = app->pg;
     so.store = app->store;
+    so.wq = app->wq;
     so.vm = app->vm;
     so.pubsub = app->pubsub;
     so.instance_id = app->instance_id;

@@ -22,12 +22,15 @@
 #include "actors/transition.h"
 #include "core/crypto.h"
 #include "core/err.h"
-#include "core/exec.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pubsub.h"
+#include "core/rmtree.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <jansson.h>
 #include <math.h>
 #include <stddef.h>
@@ -223,13 +226,6 @@ const char *sl_run__id(const sl_run_t *r)
 
 /* ---- ending ---- */
 
-static void rm_done_cb(sl_exec_t *x, const sl_exec_result_t *res, void *arg)
-{
-    (void)x;
-    (void)res;
-    (void)arg;
-}
-
 static void run_free(sl_run_t *r)
 {
     if (r->timer)
@@ -251,16 +247,82 @@ static void run_free(sl_run_t *r)
     free(r);
 }
 
-/* The actor is done: scratch dir removed by a subprocess, scheduler told. */
+/* ---- scratch dirs: removed on the worker pool (core/rmtree.h) ---- */
+
+typedef struct rm_job_s {
+    int err;      /* set on the worker */
+    char path[];  /* the dir, or (sweep) tmp_root */
+} rm_job_t;
+
+static void rm_work(void *arg)
+{
+    rm_job_t *j = arg;
+    j->err = sl_rmtree_at(AT_FDCWD, j->path);
+}
+
+static void rm_done(void *arg)
+{
+    rm_job_t *j = arg;
+    if (j->err)
+        sl_log(SL_LOG_WARN, "scratch_dir_left", "{s:s, s:s}", "path", j->path, "error",
+               strerror(j->err));
+    free(j);
+}
+
+/* Is `name` a scratch dir of a process that is gone? "<run id>.<pid>.<seq>",
+ * as sl_run__start names them; anything else under tmp_root (flows/) stays. */
+static int stale_scratch_name(const char *name)
+{
+    const char *dot = strchr(name, '.');
+    if (!dot || dot - name != 36)
+        return 0;
+    char *end;
+    errno = 0;
+    long pid = strtol(dot + 1, &end, 10);
+    if (errno || pid <= 0 || *end != '.' || pid == (long)getpid())
+        return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+static void sweep_work(void *arg)
+{
+    rm_job_t *j = arg;
+    DIR *d = opendir(j->path);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!stale_scratch_name(e->d_name))
+            continue;
+        int rc = sl_rmtree_at(dirfd(d), e->d_name);
+        if (rc && !j->err)
+            j->err = rc;
+    }
+    closedir(d);
+}
+
+void sl_run__sweep_scratch(const sl_sched_ctx_t *ctx)
+{
+    size_t len = strlen(ctx->tmp_root);
+    rm_job_t *j = ctx->wq ? calloc(1, sizeof *j + len + 1) : NULL;
+    if (!j)
+        return;
+    memcpy(j->path, ctx->tmp_root, len + 1);
+    if (sl_workq_submit(ctx->wq, NULL, sweep_work, rm_done, j) != 0)
+        free(j);
+}
+
+/* The actor is done: its scratch dir goes on a worker, the scheduler is told. */
 static void run_end(sl_run_t *r)
 {
-    if (r->tmpdir && r->tmpdir[0]) {
-        const char *argv[] = {"rm", "-rf", "--", r->tmpdir, NULL};
-        sl_exec_opts_t o = {0};
-        o.argv = argv;
-        o.timeout_ms = 60000;
-        sl_exec_t *x;
-        sl_exec_start(r->ctx.base, &o, rm_done_cb, NULL, &x);
+    if (r->tmpdir && r->tmpdir[0] && r->ctx.wq) {
+        size_t len = strlen(r->tmpdir);
+        rm_job_t *j = calloc(1, sizeof *j + len + 1);
+        if (j) {
+            memcpy(j->path, r->tmpdir, len + 1);
+            if (sl_workq_submit(r->ctx.wq, NULL, rm_work, rm_done, j) != 0)
+                free(j);
+        }
     }
     if (r->sched)
         sl_sched__remove(r->sched, r);
@@ -864,7 +926,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
         !c->old_state)
         return SL_EINVAL;
     /* One scratch dir per actor, not per run: an actor that lost its commit
-     * removes its dir (rm -rf on a worker) while the run may already run again
+     * removes its dir (on a worker) while the run may already run again
      * here, in a new actor that must not share it (found by the faults pass). */
     static unsigned actor_seq;
     const char *tmp_root = sl_sched__ctx(s)->tmp_root;

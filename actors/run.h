@@ -79,7 +79,15 @@ typedef struct sl_sched_ctx_s {
     sl_flowvm_t *vm;
     const char *instance_id;
     const char *tmp_root;
+    sl_workq_t *wq; /* scratch dirs are removed there (core/rmtree.h) */
 } sl_sched_ctx_t;
+
+/**
+ * At the engine's start: removes, on the worker pool, the scratch dirs under
+ * ctx->tmp_root that an earlier engine process left (it crashed or was
+ * killed): those named for a process that no longer exists.
+ */
+void sl_run__sweep_scratch(const sl_sched_ctx_t *ctx);
 
 /** The scheduler's shared context (borrowed). */
 const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s);

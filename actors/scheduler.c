@@ -404,6 +404,7 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->ctx.base = o->base;
     s->ctx.pg = o->pg;
     s->ctx.store = o->store;
+    s->ctx.wq = o->wq;
     s->ctx.vm = o->vm;
     s->pubsub = o->pubsub;
     s->ctx.instance_id = s->instance_id;
@@ -587,6 +588,7 @@ void sl_sched_start(sl_sched_t *s)
     if (s->started)
         return;
     s->started = 1;
+    sl_run__sweep_scratch(&s->ctx);
     for (int i = 0; i < s->npipelines; i++)
         store_flow(s, &s->pipelines[i]);
     schedule_claim(s, 0);

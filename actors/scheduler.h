@@ -21,6 +21,7 @@ typedef struct sl_sched_opts_s {
     struct event_base *base;  /* borrowed */
     sl_pg_t *pg;              /* borrowed */
     sl_store_t *store;        /* borrowed */
+    sl_workq_t *wq;           /* borrowed: scratch dirs are removed on it */
     sl_flowvm_t *vm;          /* borrowed */
     sl_pubsub_t *pubsub;      /* borrowed, may be NULL: committed transitions are published here */
     const char *instance_id;  /* copied: the lease owner */

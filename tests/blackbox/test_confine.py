@@ -10,12 +10,16 @@
 """
 import json
 import os
+import shutil
 import struct
+import subprocess
 import time
+import uuid
 import zlib
 
 import pytest
 
+from sluice_harness import REPO
 from test_pipelines import FINAL, events, pipelines_yaml, run_of, wait_files
 
 
@@ -336,3 +340,81 @@ def test_default_per_ip_sse_stream_cap(server, tenant):
     finally:
         for s in streams:
             s.close()
+
+
+# A flow whose tool leaves a messy scratch dir: nesting, and symlinks to a
+# file and a directory outside it (the removal must unlink them, not follow).
+MESSY = r'''
+return flow { start = "mess", steps = { mess = { run = function(ctx, file)
+  local res = sl.exec { argv = { "sh", "-c",
+    "mkdir -p a/b/c/d && echo x > a/b/c/d/f && ln -s \"$1\" a/b/to_file && " ..
+    "ln -s \"$2\" a/to_dir && ln -s / root", "sh", ctx.outside_file, ctx.outside_dir } }
+  return res ~= nil and res.status == 0
+end } } }
+'''
+
+
+def scratch_dirs(prefix):
+    root = REPO / "var" / "tmp"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(prefix)) \
+        if root.is_dir() else []
+
+
+def test_scratch_dirs_are_removed_without_following_links(start_server, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(outside, 0o755)
+    flow = MESSY.replace("ctx.outside_file", '"%s"' % (outside / "keep.txt")) \
+                .replace("ctx.outside_dir", '"%s"' % outside)
+    srv = start_server(extra_yaml=pipelines_yaml(tmp_path, {"messy": (flow, ["text/*"])}))
+    t = srv.create_tenant("messy")
+    ds = t.create_dataset()["id"]
+    r = t.upload(ds, [("m%d.txt" % i, b"mess\n", "text/plain") for i in range(5)])
+    fids = [f["id"] for f in r.json()["files"]]
+    docs = wait_files(t, fids, timeout=60)
+    run_ids = []
+    for fid in fids:
+        run = run_of(docs[fid], "messy")
+        assert run["state"] == "succeeded", (run, events(t, fid))
+        run_ids.append(run["id"])
+    deadline = time.monotonic() + 15
+    left = None
+    while time.monotonic() < deadline:
+        left = [d for rid in run_ids for d in scratch_dirs(rid)]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, left
+    assert (outside / "keep.txt").read_text() == "keep"
+    assert os.path.isdir("/bin")
+
+
+def test_scratch_dirs_of_a_dead_engine_are_swept_at_start(start_server, tmp_path):
+    root = REPO / "var" / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    stale = root / ("%s.%d.1" % (uuid.uuid4(), dead.pid))
+    (stale / "x" / "y").mkdir(parents=True)
+    (stale / "x" / "y" / "f").write_text("x")
+    (stale / "x" / "link").symlink_to(outside)
+    live = root / ("%s.%d.1" % (uuid.uuid4(), os.getpid()))  # this process lives
+    live.mkdir()
+    other = root / "not-a-scratch-dir"
+    other.mkdir(exist_ok=True)
+    try:
+        start_server()
+        deadline = time.monotonic() + 15
+        while stale.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not stale.exists()
+        assert live.is_dir() and other.is_dir()
+        assert outside.read_text() == "keep"
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)

@@ -74,6 +74,7 @@ def a_done(pg, srv, tenant_id):
 
 def scenario(factory, pg, nfiles, samples, ceiling, shares, max_in_flight):
     srv = factory(extra_yaml=config(ceiling, shares, max_in_flight))
+    print(f"postgres: {srv.durability()}")
     a = srv.create_tenant("a")
     b = srv.create_tenant("b")
     ds_a = a.create_dataset("a")["id"]

@@ -130,6 +130,7 @@ def transitions(args, factory, tika):
     # 2. transitions per second with an instant stand-in
     tika.control(mode="ok")
     srv = factory(extra_yaml=services_yaml(tika=tika))
+    print(f"postgres: {srv.durability()}")
     client = srv.create_tenant("bench2")
     ds = client.create_dataset("bench2")["id"]
     before = metric(srv, "sluice_run_transitions_total")

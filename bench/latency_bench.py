@@ -10,7 +10,8 @@ uploads --files one-file requests one after the other. For each file:
     `at` of the run's last timeline event (clock_timestamp() at its insert,
     just before that transition's commit), both Postgres clocks: the engine's
     share, without HTTP, the SSE path or the client.
-Prints p50 / p90 / p99 of both. Durable commits (synchronous_commit on).
+Prints p50 / p90 / p99 of both. Durable commits (fsync and synchronous_commit on:
+local_stack's Postgres; the settings are printed).
 
     /usr/bin/python3 bench/latency_bench.py [--binary build/sluice] [--files 300]
 """
@@ -83,6 +84,7 @@ def main():
         srv = factory(extra_yaml=(
             f"pipelines:\n  - {{name: tick, flow: \"{tmp / 'tick.lua'}\", match: [\"text/*\"]}}\n"
             "rate_limits: {requests_per_s: {uploads: 0, reads: 0}}\n"))
+        print(f"postgres: {srv.durability()}")
         client = srv.create_tenant("bench")
         ds = client.create_dataset("bench")["id"]
         seen, cond = {}, threading.Condition()

@@ -95,6 +95,7 @@ def main():
             f"limits: {{max_connections: {args.clients + 1000}, max_connections_per_ip: 0}}\n"
             "sse: {max_streams_per_ip: 0}\n"
             "rate_limits: {requests_per_s: {uploads: 0, reads: 0}}\n"))
+        print(f"postgres: {srv.durability()}")
         client = srv.create_tenant("bench")
         ds = client.create_dataset("bench")["id"]
 

@@ -185,9 +185,15 @@ def _ensure_pg_user():
 class PgCluster:
     """A throwaway Postgres cluster in a temp dir, reachable only over a unix
     socket in `sockdir` named after `port`. The superuser role is named after
-    our OS user, so a URI without a user name works."""
+    our OS user, so a URI without a user name works.
 
-    def __init__(self, base=None):
+    The tests' cluster trades durability for speed (fsync, synchronous_commit
+    and full_page_writes off: a crash of this machine loses nothing a test
+    needs). durable=True keeps Postgres's defaults, every commit flushed to
+    disk: the benches (local_stack) measure with it, as production runs."""
+
+    def __init__(self, base=None, durable=False):
+        self.durable = durable
         self.bindir = pg_bindir()
         self.uid, self.gid = _ensure_pg_user()
         self.base = Path(base) if base else _mkbase("sluice-pgt-")
@@ -230,9 +236,10 @@ class PgCluster:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.datadir),
                  "-k", self.sockdir, "-c", "listen_addresses=", "-p", str(self.port),
-                 "-c", "max_connections=300", "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "shared_buffers=32MB"],
+                 "-c", "max_connections=300", "-c", "shared_buffers=32MB",
+                 *([] if self.durable else
+                   ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off"])],
                 cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_preexec(self.uid, self.gid),
             )
@@ -786,6 +793,15 @@ class Server:
         assert r.returncode == 0, "psql failed: %s\n%s" % (query, r.stderr)
         return r.stdout.strip()
 
+    def durability(self):
+        """Postgres's durability settings as the server's database sees them,
+        one line for a bench's output: "fsync=on synchronous_commit=on ..."."""
+        names = ("fsync", "synchronous_commit", "full_page_writes")
+        vals = self.sql("SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) "
+                        "FROM pg_settings WHERE name IN (%s)"
+                        % ", ".join("'%s'" % n for n in names))
+        return vals
+
     def log(self):
         """The full server log (stdout+stderr) so far."""
         try:
@@ -958,11 +974,11 @@ class ServerFactory:
 
 @contextlib.contextmanager
 def local_stack(prefix="sluice-bench-"):
-    """For scripts outside pytest (bench/): a private Postgres and Redis and a
-    ServerFactory over them, all stopped and removed on exit. Yields
-    (factory, tmpdir)."""
+    """For scripts outside pytest (bench/): a private Postgres (durable: every
+    commit flushed, Postgres's defaults) and Redis and a ServerFactory over
+    them, all stopped and removed on exit. Yields (factory, tmpdir)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    pg, redis = PgCluster(), RedisServer()
+    pg, redis = PgCluster(durable=True), RedisServer()
     factory = None
     try:
         pg.start()

@@ -261,6 +261,8 @@ static int art_start(sl_flow_svcop_t *so)
         return rc;
     }
     sl_store_on_drain(op->w, art_drain_cb, op);
+    if (op->mime && *op->mime)
+        (void)sl_store_put_mime(op->w, op->mime); /* the row says op->mime: no sniff */
     if (op->path == NULL) {
         /* the writer copies; its queue is bounded by the step's own data */
         rc = sl_store_write(op->w, op->data, op->dlen);

@@ -84,6 +84,15 @@ int sl_store_write(sl_store_writer_t *w, const void *data, size_t len)
     return err;
 }
 
+int sl_store_put_mime(sl_store_writer_t *w, const char *mime)
+{
+    if (!w || w->state != SL_STORE__W_OPEN || !mime || !*mime ||
+        strlen(mime) >= sizeof w->mime)
+        return SL_EINVAL;
+    memcpy(w->mime, mime, strlen(mime) + 1);
+    return 0;
+}
+
 size_t sl_store_pending(const sl_store_writer_t *w)
 {
     return w ? w->pending : 0;

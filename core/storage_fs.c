@@ -441,7 +441,10 @@ static void commit_work(void *arg)
         goto out;
     if ((err = writer_buffered(w)) != 0) /* the sniff's pread is not aligned */
         goto out;
-    sniff_mime(w); /* before the fsync: the cookie is never held across one */
+    if (w->base.mime[0]) /* the caller's type (sl_store_put_mime): no sniff */
+        snprintf(w->info.mime, sizeof w->info.mime, "%s", w->base.mime);
+    else
+        sniff_mime(w); /* before the fsync: the cookie is never held across one */
     if (fsync(w->fd) != 0) {
         err = SL_EIO;
         goto out;

@@ -57,6 +57,7 @@ struct sl_store_writer_s {
     void *drain_arg;
     sl_store_commit_cb commit_cb; /* loop */
     void *commit_arg;
+    char mime[SL_STORE_MIME_MAX]; /* loop, before commit: the caller's type; "" = sniff */
 };
 
 /* Called by a backend on the loop when `n` queued bytes have been written

@@ -598,6 +598,10 @@ static void sniff_work(void *arg)
     s3_writer_t *w = arg;
     s3_store_t *st = w->st;
     const char *m = NULL;
+    if (w->base.mime[0]) { /* the caller's type (sl_store_put_mime): no sniff */
+        snprintf(w->info.mime, sizeof w->info.mime, "%s", w->base.mime);
+        return;
+    }
     if (w->size == 0) {
         m = "application/x-empty";
     } else {

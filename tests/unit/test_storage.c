@@ -420,6 +420,33 @@ static void test_mime(void)
     CHECK(dir_entries(tmpdir) == 0);
 }
 
+/* ---- the caller's type: no sniff ---- */
+
+static void test_put_mime(void)
+{
+    static const char pdf[] = "%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< >>\nendobj\n";
+    char longmime[SL_STORE_MIME_MAX + 8];
+    memset(longmime, 'a', sizeof longmime - 1);
+    longmime[sizeof longmime - 1] = '\0';
+    for (int given = 0; given < 2; given++) {
+        sl_store_writer_t *w = NULL;
+        commit_res_t r = {0};
+        CHECK(sl_store_put_begin(st, given ? "t4/given" : "t4/sniffed", &w) == 0);
+        if (!w)
+            return;
+        CHECK(sl_store_put_mime(w, "") == SL_EINVAL);
+        CHECK(sl_store_put_mime(w, longmime) == SL_EINVAL);
+        CHECK(sl_store_put_mime(NULL, "text/plain") == SL_EINVAL);
+        if (given)
+            CHECK(sl_store_put_mime(w, "text/x-from-the-flow") == 0);
+        CHECK(sl_store_write(w, pdf, sizeof pdf - 1) == 0);
+        CHECK(sl_store_put_commit(w, commit_cb, &r) == 0);
+        run_until(&r.called, 1);
+        CHECK(r.called == 1 && r.err == 0);
+        CHECK_STREQ(r.info.mime, given ? "text/x-from-the-flow" : "application/pdf");
+    }
+}
+
 /* ---- abort ---- */
 
 static int abort_drains;
@@ -879,6 +906,7 @@ int main(void)
         test_interface();
         test_big_object();
         test_mime();
+        test_put_mime();
         test_abort();
         test_delete();
         test_backpressure();

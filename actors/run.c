@@ -154,6 +154,7 @@ static int shared_set(const char **dst, const char *v)
 
 struct sl_run_s {
     sl_sched_t *sched;  /* NULL once detached */
+    struct run_node_s *sched_node; /* the scheduler's (sl_sched__add), handed back at the end */
     sl_sched_ctx_t ctx; /* a copy: valid after the scheduler is gone (instance_id: shared) */
     int cancelled;
     int busy; /* an operation is in progress */
@@ -325,7 +326,7 @@ static void run_end(sl_run_t *r)
         }
     }
     if (r->sched)
-        sl_sched__remove(r->sched, r);
+        sl_sched__remove(r->sched, r->sched_node);
     run_free(r);
 }
 
@@ -980,7 +981,7 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     mkdir(r->ctx.tmp_root, 0700);
     if (mkdir(r->tmpdir, 0700) != 0 && errno != EEXIST)
         r->tmpdir[0] = '\0';
-    sl_sched__add(s, r);
+    r->sched_node = sl_sched__add(s, r);
 
     /* s3 (issue 12): the blob has no local file (S3): copy it into the scratch
      * dir first; blob_fetched_cb goes on. */

@@ -92,8 +92,11 @@ void sl_run__sweep_scratch(const sl_sched_ctx_t *ctx);
 /** The scheduler's shared context (borrowed). */
 const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s);
 /** Registers / unregisters a live actor (for cancel, counts and shutdown). */
-void sl_sched__add(sl_sched_t *s, sl_run_t *r);
-void sl_sched__remove(sl_sched_t *s, sl_run_t *r);
+/* The node is the run's place in the scheduler's list (owned by the
+ * scheduler, NULL if it could not be made): the run keeps it and hands it
+ * back, so a removal is O(1) with 10,000 actors live. */
+struct run_node_s *sl_sched__add(sl_sched_t *s, sl_run_t *r);
+void sl_sched__remove(sl_sched_t *s, struct run_node_s *node);
 /** The current flow of a pipeline, or NULL (borrowed). */
 sl_flow_t *sl_sched__flow_for(sl_sched_t *s, const char *pipeline);
 /**

@@ -630,24 +630,23 @@ const sl_sched_ctx_t *sl_sched__ctx(const sl_sched_t *s)
     return &s->ctx;
 }
 
-void sl_sched__add(sl_sched_t *s, sl_run_t *r)
+run_node_t *sl_sched__add(sl_sched_t *s, sl_run_t *r)
 {
     run_node_t *n = calloc(1, sizeof *n);
     if (!n)
-        return; /* only bookkeeping: cancel-by-file won't see it */
+        return NULL; /* only bookkeeping: cancel-by-file won't see it */
     n->run = r;
     n->next = s->runs;
     if (s->runs)
         s->runs->prev = n;
     s->runs = n;
     s->in_flight++;
+    return n;
 }
 
-void sl_sched__remove(sl_sched_t *s, sl_run_t *r)
+void sl_sched__remove(sl_sched_t *s, run_node_t *n)
 {
-    for (run_node_t *n = s->runs; n; n = n->next) {
-        if (n->run != r)
-            continue;
+    if (n) {
         if (n->prev)
             n->prev->next = n->next;
         else
@@ -656,7 +655,6 @@ void sl_sched__remove(sl_sched_t *s, sl_run_t *r)
             n->next->prev = n->prev;
         free(n);
         s->in_flight--;
-        break;
     }
     if (!s->stopping && !s->drained && !s->claiming)
         schedule_claim(s, 0);

@@ -1004,10 +1004,12 @@ static void start_flow(sl_sched_t *s, sl_run_t *r, resume_t *rs, const char *flo
 {
     sl_flow_t *cur = sl_sched__flow_for(s, r->pipeline);
     r->flow = cur;
-    /* issue 14: also when the pipeline was deleted since (cur NULL): in flight, it finishes */
-    if (flow_version && strcmp(rs->old_state, "running") == 0 &&
+    /* issue 14: a run that began goes on with the version it started with,
+     * whether taken over ('running', its lease lapsed) or back from 'waiting';
+     * also when the pipeline was deleted since (cur NULL): in flight, it finishes.
+     * Only a queued run (it never ran a step) takes the current flow. */
+    if (flow_version && strcmp(rs->old_state, "queued") != 0 &&
         (!cur || strcmp(flow_version, sl_flow_version(cur)) != 0)) {
-        /* Taken over: the run goes on with the version it started with. */
         r->flow = sl_sched__flow_version(s, r->pipeline, flow_version);
         if (!r->flow) {
             if (flow_version != rs->version)

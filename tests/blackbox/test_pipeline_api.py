@@ -195,6 +195,56 @@ def test_new_version_while_100_runs_are_in_flight(start_server, tmp_path):
     assert [(v["revision"], v["version"]) for v in versions] == [(2, sha(v2)), (1, sha(NOTES))]
 
 
+# One step through Tika (lua-flows/lib/tika.lua): with Tika failing, the run
+# is `waiting` (a transient chain) until Tika is back.
+THROUGH_TIKA = '''local tika = require "tika"
+return flow {
+  start = "read",
+  steps = {
+    read = {
+      run = function(ctx, file)
+        local text, err = tika.extract(file)
+        if not text then return nil, err end
+        ctx.chars = #text
+        return true
+      end,
+    },
+  },
+}
+'''
+
+
+def test_a_waiting_run_resumes_on_the_version_it_started_with(start_server, standins, tmp_path):
+    """A run back from `waiting` is in flight too: it finishes on its version,
+    while a new upload takes the version put meanwhile."""
+    tika = standins("tika")
+    tika.control(mode="fail")
+    srv = start_server(extra_yaml=config(tmp_path) + (
+        "services:\n  tika: {url: \"%s\", timeout_ms: 5000,"
+        " retry: {max_attempts: 2, base_ms: 100, max_ms: 200}}\n" % tika.url))
+    t = srv.create_tenant("pin")
+    assert put(srv, "notes", {"match": ["text/plain"], "flow": THROUGH_TIKA}).status_code == 200
+    wait_version(t, "notes", sha(THROUGH_TIKA))
+    ds = t.create_dataset("d")["id"]
+    fid = upload_one(t, ds, "early.txt")
+    deadline = time.monotonic() + 30
+    run = None
+    while time.monotonic() < deadline:
+        run = notes_run(t.get("/v1/files/" + fid).json())
+        if run["state"] == "waiting":
+            break
+        time.sleep(0.1)
+    assert run["state"] == "waiting" and run["flow_version"] == sha(THROUGH_TIKA), run
+    v2 = THROUGH_TIKA.replace("ctx.chars = #text", "ctx.chars = -1")
+    assert put(srv, "notes", {"match": ["text/plain"], "flow": v2}).status_code == 200
+    wait_version(t, "notes", sha(v2))
+    tika.control(mode="ok")
+    run = notes_run(t.wait_file(fid, timeout=60))
+    assert run["state"] == "succeeded" and run["flow_version"] == sha(THROUGH_TIKA), run
+    later = notes_run(t.wait_file(upload_one(t, ds, "later.txt"), timeout=60))
+    assert later["state"] == "succeeded" and later["flow_version"] == sha(v2), later
+
+
 def test_yaml_export_round_trip_delete_and_refusals(start_server, tmp_path):
     a = start_server(extra_yaml=config(tmp_path))
     t = a.create_tenant("pipes")

@@ -141,6 +141,23 @@ def test_put_validates_runs_on_every_instance_and_shows_its_graph(start_server, 
             assert run["flow_version"] == sha(NOTES)
 
 
+def test_a_put_replaces_the_config_pipeline_of_the_same_name(start_server, tmp_path):
+    a, b, ta, tb = two(start_server, tmp_path)
+    assert ta.get("/v1/pipelines/seed").json()["source"] == "config"
+    r = put(a, "seed", {"match": ["text/plain"], "flow": NOTES})
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "api" and r.json()["version"] == sha(NOTES)
+    for c in (ta, tb):
+        wait_version(c, "seed", sha(NOTES))
+        got = c.get("/v1/pipelines/seed").json()
+        assert got["source"] == "api" and got["match"] == ["text/plain"], got
+    ds = tb.create_dataset("d")["id"]
+    run = [r for r in tb.wait_file(upload_one(tb, ds, "ok.txt"), timeout=60)["runs"]
+           if r["pipeline"] == "seed"]
+    assert len(run) == 1 and run[0]["state"] == "succeeded", run
+    assert run[0]["flow_version"] == sha(NOTES) and run[0]["step"] == "wait", run
+
+
 def test_broken_version_is_refused_with_every_error_and_the_old_keeps_serving(start_server,
                                                                              tmp_path):
     a, b, ta, tb = two(start_server, tmp_path)

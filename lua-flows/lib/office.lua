@@ -434,6 +434,13 @@ function M.to_pdf(what, file, ctx)
       "soffice could not convert the document" ..
       (text.short(res.stderr, 200) and (": " .. text.short(res.stderr, 200)) or ""))
   end
+  -- soffice exits 0 when it cannot load the document: it then prints
+  -- "Error: source file could not be loaded" and writes no PDF. Only its
+  -- "convert SRC -> PDF" line on stdout says a PDF was written.
+  if not (res.stdout or ""):find(" -> ", 1, true) then
+    return text.fail(what, "bad_input", "soffice could not load the document" ..
+      (text.short(res.stderr, 200) and (": " .. text.short(res.stderr, 200)) or ""))
+  end
   if ctx then
     ctx.office_pdf = pdf
   end

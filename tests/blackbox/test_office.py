@@ -12,6 +12,8 @@ import shutil
 import time
 import zipfile
 
+import pytest
+
 from test_pipelines import artifact, events, run_of, services_yaml, wait_files
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -83,7 +85,7 @@ def pptx():
     return b.getvalue()
 
 
-def odt():
+def odt(manifest_lists_content=True):
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w") as z:
         # ODF: "mimetype" first and stored, which is what libmagic reads
@@ -92,7 +94,9 @@ def odt():
             '<?xml version="1.0" encoding="UTF-8"?><manifest:manifest xmlns:manifest="urn:oasis:'
             'names:tc:opendocument:xmlns:manifest:1.0" manifest:version="1.2"><manifest:file-entry'
             ' manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.text"'
-            '/></manifest:manifest>'), compress_type=zipfile.ZIP_DEFLATED)
+            '/>' + ('<manifest:file-entry manifest:full-path="content.xml" manifest:media-type='
+                    '"text/xml"/>' if manifest_lists_content else '') +
+            '</manifest:manifest>'), compress_type=zipfile.ZIP_DEFLATED)
         z.writestr("content.xml", (
             '<?xml version="1.0" encoding="UTF-8"?><office:document-content xmlns:office="urn:'
             'oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:text="urn:oasis:names:tc:'
@@ -193,6 +197,26 @@ def test_damaged_docx_fails_with_bad_input_and_unzips_reason(server, tenant):
     assert first["step"] == "tika" and first["detail"]["error"] == "bad_input", evs
     assert "not a readable Office document (unzip exited 9)" in first["detail"]["detail"], first
     assert first["detail"]["transient"] is False
+
+
+def test_an_office_file_soffice_cannot_load_fails_its_views_clearly(server, tenant):
+    """soffice exits 0 when it cannot load a document (and writes no PDF):
+    an ODT whose manifest does not list its content.xml. unzip still reads
+    its text; the preview and the thumbnail fail with bad_input and
+    soffice's own words, not with an I/O error about a missing PDF."""
+    if not shutil.which("soffice"):
+        pytest.skip("soffice (LibreOffice, optional) is not installed")
+    ds = tenant.create_dataset()["id"]
+    fid = upload(tenant, ds, [("odd.odt", odt(manifest_lists_content=False))])["odd.odt"]
+    doc = wait_files(tenant, [fid], timeout=180)[fid]
+    assert run_of(doc, "ai_record")["state"] == "succeeded", doc
+    fv = run_of(doc, "file_view")
+    assert fv["state"] == "failed" and fv["error"] == "bad_input", fv
+    fails = [e for e in events(tenant, fid)
+             if e["pipeline"] == "file_view" and e["kind"] == "step_failed"]
+    assert {e["step"] for e in fails} == {"preview", "thumbnail"}, fails
+    for e in fails:
+        assert "soffice could not load the document" in e["detail"]["detail"], e
 
 
 def test_zip_bomb_hits_the_unzipped_bytes_bound(server, tenant):

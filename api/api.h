@@ -133,6 +133,17 @@ void sl_api_auth(sl_app_t *app, sl_http_req_t *req, int allow_query_token, sl_ap
  */
 typedef void (*sl_api_release_fn)(void *arg);
 
+/**
+ * Inside an sl_api_auth callback only (loop thread), for a response that
+ * outlives the request's check (an SSE stream): the revocation tags of the
+ * credential (api/cache.h sl_cache_revoke_tag: an API key's hash; an access
+ * token's family and its key), 0 where unused, into ids. Returns 1 when no
+ * revocation reached this process since the check began; 0 when one did,
+ * or outside a callback: the answer may predate that revocation, so the
+ * caller checks again (sl_api_auth) before it holds the stream open.
+ */
+int sl_api_auth_revocation_ids(sl_app_t *app, uint64_t ids[2]);
+
 /** sl_api_auth; when cb is not called, release(arg) is (release may be NULL). */
 void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
                        sl_api_auth_cb cb, void *arg, sl_api_release_fn release);

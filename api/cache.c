@@ -61,6 +61,8 @@ struct sl_cache_s {
     uint64_t auth_gen, file_gen, qgen;
     uint64_t clock; /* LRU stamps */
     size_t bytes;   /* bodies held */
+    sl_cache_revoke_fn on_revoke; /* the listener (sl_cache_on_revoke), or NULL */
+    void *on_revoke_arg;
     auth_ent_t auth[SL_CACHE_AUTH_SETS][SL_CACHE_WAYS];
     file_ent_t files[SL_CACHE_FILE_SETS][SL_CACHE_WAYS];
 };
@@ -149,6 +151,39 @@ static void forget_auth(sl_cache_t *c, const char *hash)
     c->auth_gen++;
 }
 
+uint64_t sl_cache_revoke_tag(const char *id)
+{
+    uint64_t tag = 0;
+    if (!id || strnlen(id, HASH_HEX + 1) != HASH_HEX)
+        return 0;
+    for (int i = 0; i < 16; i++) {
+        char ch = id[i];
+        unsigned v = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
+                     : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10)
+                     : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
+                                              : 16u;
+        if (v > 15)
+            return 0;
+        tag = tag << 4 | v;
+    }
+    return tag ? tag : 1;
+}
+
+void sl_cache_on_revoke(sl_cache_t *c, sl_cache_revoke_fn fn, void *arg)
+{
+    if (!c)
+        return;
+    c->on_revoke = fn;
+    c->on_revoke_arg = arg;
+}
+
+/* A revocation applied here: tell the listener (tag 0: every credential). */
+static void revoked(sl_cache_t *c, const char *hash)
+{
+    if (c->on_revoke)
+        c->on_revoke(hash ? sl_cache_revoke_tag(hash) : 0, c->on_revoke_arg);
+}
+
 static void forget_file(sl_cache_t *c, const char *id)
 {
     file_ent_t *set = c->files[hash_str(id, UUID_LEN) % SL_CACHE_FILE_SETS];
@@ -186,14 +221,16 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
         data = nl + 1;
     }
     if (strcmp(channel, SL_CACHE_AUTH_CHANNEL) == 0) {
-        if (len == 1 && data[0] == '*') {
-            flush_auth(c);
-        } else if (len == HASH_HEX) {
+        if (len == HASH_HEX) {
             memcpy(buf, data, HASH_HEX);
             buf[HASH_HEX] = '\0';
+        }
+        if (len == HASH_HEX && sl_cache_revoke_tag(buf) != 0) {
             forget_auth(c, buf);
+            revoked(c, buf);
         } else {
-            flush_auth(c); /* unreadable: be safe */
+            flush_auth(c); /* "*", or unreadable: be safe */
+            revoked(c, NULL);
         }
     } else if (strcmp(channel, SL_CACHE_FILE_CHANNEL) == 0) {
         if (len == UUID_LEN) {
@@ -518,6 +555,7 @@ int sl_cache_publish_revoke(sl_cache_t *c, const char *key_hash, sl_cache_done_c
     if (!c || !key_hash || strlen(key_hash) != HASH_HEX)
         return SL_EINVAL;
     forget_auth(c, key_hash);
+    revoked(c, key_hash); /* here at once, Redis or not; the echo finds nothing more */
     return publish(c, c->base, SL_CACHE_AUTH_CHANNEL, key_hash, done, arg);
 }
 

@@ -104,6 +104,19 @@ void sl_cache_cred_put(sl_cache_t *c, const char *id, const sl_cache_cred_t *cre
 /** The fill ticket for an auth query: take it before sending the query. */
 uint64_t sl_cache_auth_ticket(sl_cache_t *c);
 
+/*
+ * Revocations, for what outlives one request (an SSE stream): a credential id
+ * is reduced to its tag, the first 64 bits of its 64 hex digits (never 0).
+ * Each revocation this process applies (a message on SL_CACHE_AUTH_CHANNEL, or
+ * its own sl_cache_publish_revoke) calls the listener with its tag, or with 0
+ * for "*" (every credential). One listener per cache (a later call replaces
+ * it; fn NULL removes it); `arg` borrowed. c NULL: nothing is ever called.
+ */
+typedef void (*sl_cache_revoke_fn)(uint64_t tag, void *arg);
+void sl_cache_on_revoke(sl_cache_t *c, sl_cache_revoke_fn fn, void *arg);
+/** The tag of a credential id (borrowed, 64 hex; anything else: 0). */
+uint64_t sl_cache_revoke_tag(const char *id);
+
 /**
  * Looks the key's SHA-256 hex (borrowed) up, after sl_cache_sync. 1 and the
  * tenant id in tenant_id (NUL-terminated), or 0 on a miss.

@@ -85,8 +85,12 @@ typedef struct auth_ctx_s {
     int jwt;                /* the credential is an access token (tok) */
     sl_auth_token_t tok;
     unsigned need;          /* the scope the route needs (sl_auth_route_scope) */
+    uint64_t rev_ticket;    /* sl_cache_auth_ticket when the check began (revocations since?) */
     sl_cache_cred_t cred;   /* who it is: tenant, key id, scopes */
 } auth_ctx_t;
+
+/* The context whose callback is running (loop thread only), else NULL. */
+static const auth_ctx_t *g_authed;
 
 static void release_arg(sl_api_release_fn release, void *arg)
 {
@@ -140,8 +144,22 @@ static void auth_finish(auth_ctx_t *ctx)
         const char *p[1] = {ctx->cred.key_id};
         sl_pg_query(app->pg, "SELECT sluice_key_touch($1)", 1, p, touch_done_cb, NULL);
     }
+    g_authed = ctx; /* sl_api_auth_revocation_ids, during the callback only */
     ctx->cb(app, req, ctx->cred.tenant_id, ctx->h.arg);
+    g_authed = NULL;
     free(ctx);
+}
+
+int sl_api_auth_revocation_ids(sl_app_t *app, uint64_t ids[2])
+{
+    const auth_ctx_t *ctx = g_authed;
+    ids[0] = ids[1] = 0;
+    if (!ctx)
+        return 0;
+    ids[0] = sl_cache_revoke_tag(ctx->id);
+    if (ctx->jwt)
+        ids[1] = sl_cache_revoke_tag(ctx->key_cid);
+    return ctx->rev_ticket == sl_cache_auth_ticket(app->cache);
 }
 
 static void auth_done_cb(const sl_pg_result_t *r, void *arg)
@@ -269,6 +287,7 @@ void sl_api_auth_owned(sl_app_t *app, sl_http_req_t *req, int allow_query_token,
         return;
     }
     ctx->cb = cb;
+    ctx->rev_ticket = sl_cache_auth_ticket(app->cache); /* before any lookup */
     /* The router named the route before dispatch (main.c): its scope (issue 13). */
     ctx->need = sl_auth_route_scope(sl_http_req_route(req), sl_http_req_method(req));
     if (sl_auth_is_jwt(key, (size_t)n)) {

@@ -77,6 +77,8 @@ typedef struct client_s {
     held_t *held, *held_tail;
     size_t held_bytes;
     struct peer_s *peer; /* its address's stream count, while subscribed; NULL if none */
+    uint64_t cred[2];    /* its credential's revocation tags (sl_api_auth_revocation_ids) */
+    struct client_s *live_prev, *live_next; /* g_live, while subscribed */
 } client_t;
 
 /*
@@ -92,6 +94,7 @@ typedef struct peer_s {
 
 static peer_t *g_peers[PEER_BUCKETS];
 static int g_clients;
+static client_t *g_live; /* every subscribed client: a revocation ends its streams */
 static sl_metric_t *m_sent, *m_dropped;
 
 /* The address part of "1.2.3.4:5555" or "[::1]:5555". */
@@ -195,6 +198,13 @@ static void client_finish(client_t *c, int status, const char *code, const char 
         sl_pubsub_unsubscribe(c->app->pubsub, c->sub);
         c->sub = NULL;
         g_clients--;
+        if (c->live_prev)
+            c->live_prev->live_next = c->live_next;
+        else
+            g_live = c->live_next;
+        if (c->live_next)
+            c->live_next->live_prev = c->live_prev;
+        c->live_prev = c->live_next = NULL;
         peer_release(c->peer);
         c->peer = NULL;
     }
@@ -220,6 +230,31 @@ static void client_drop(client_t *c, const char *why)
            sl_http_req_id(c->req), "dataset_id", c->dataset_id, "reason", why, "pending",
            (json_int_t)sl_http_resp_pending(c->req), "last_event_id", (json_int_t)c->last_sent);
     client_finish(c, 0, NULL, NULL);
+}
+
+/*
+ * A revocation reached this process (api/cache.h sl_cache_on_revoke): the
+ * streams opened with that credential end (tag 0, "*": every stream). A
+ * started stream just ends, so EventSource reconnects and authenticates again
+ * (a live credential resumes from Last-Event-ID; a revoked one gets 401). One
+ * not yet started answers 401, or 503 to retry for "*" (it may be live).
+ */
+static void revoked_cb(uint64_t tag, void *arg)
+{
+    (void)arg;
+    for (client_t *c = g_live, *n; c; c = n) {
+        n = c->live_next;
+        if (tag && c->cred[0] != tag && c->cred[1] != tag)
+            continue;
+        sl_log(SL_LOG_INFO, "sse_stream_revoked", "{s:s, s:s, s:b}", "request_id",
+               sl_http_req_id(c->req), "dataset_id", c->dataset_id, "every_credential", !tag);
+        if (c->started)
+            client_finish(c, 0, NULL, NULL);
+        else if (tag)
+            client_finish(c, 401, "unauthorized", "this API key or token was revoked");
+        else
+            client_finish(c, 503, "unavailable", "credentials were revoked: try again");
+    }
 }
 
 static void close_cb(sl_http_req_t *req, void *arg)
@@ -727,7 +762,14 @@ static int parse_last_id(sl_http_req_t *req, long long *after)
 
 static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, void *arg)
 {
-    (void)arg;
+    /* A revocation that arrived while the credential was checked may be of
+     * it: check again (the check then sees it), twice at most. */
+    uint64_t cred[2];
+    intptr_t rechecks = (intptr_t)arg;
+    if (!sl_api_auth_revocation_ids(app, cred) && rechecks < 2) {
+        sl_api_auth_owned(app, req, 1, auth_cb, (void *)(rechecks + 1), NULL);
+        return;
+    }
     sl_http_params_t params;
     const char *id = NULL;
     if (sl_api_route_params(app, req, &params) == 0)
@@ -786,6 +828,11 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     }
     g_clients++;
     c->peer = peer; /* released with the subscription */
+    memcpy(c->cred, cred, sizeof c->cred);
+    c->live_next = g_live;
+    if (g_live)
+        g_live->live_prev = c;
+    g_live = c;
     sl_http_req_on_close(req, close_cb, c);
 
     char after_s[24];
@@ -823,4 +870,5 @@ void sl_api_register_events(sl_app_t *app)
     sl_metrics_gauge_fn("sluice_sse_clients", "Open SSE streams", gauge_clients, NULL);
     sl_http_router_add(app->router, "GET", "/v1/datasets/{id}/events", "datasets_events",
                        route_events, app);
+    sl_cache_on_revoke(app->cache, revoked_cb, NULL);
 }

@@ -351,3 +351,49 @@ def test_revocation_without_redis(start_server, redis):
     wait_redis(b, "ok", timeout=30)
     assert get(b, p2["access_token"]).status_code == 401
     assert get(b, exchange(b, t.key)["access_token"]).status_code == 200
+
+
+def test_revocation_ends_open_event_streams_on_every_instance(start_server):
+    """API.md: after DELETE /v1/keys/{id} "that key -> 401 on every
+    instance": a stream opened before is no exception. Streams opened with the
+    key, or with a token made from it, end on both instances (a reconnect then
+    gets 401); a token family revoked by refresh-token reuse ends its streams;
+    a stream of another key goes on and still gets events."""
+    from test_sse import SSE  # the EventSource-like reader
+
+    a = start_server()
+    b = start_server(database_url=a.database_url, storage_path=a.storage_path)
+    t = a.create_tenant("streams")
+    ds = t.create_dataset("d")["id"]
+    doomed = t.post("/v1/keys", json={}).json()["api_key"]
+    kept = t.post("/v1/keys", json={}).json()["api_key"]
+    url = lambda srv: "%s/v1/datasets/%s/events" % (srv.url, ds)  # noqa: E731
+    by_key = [SSE(url(s), headers={"Authorization": "Bearer " + doomed}) for s in (a, b)]
+    by_token = SSE(url(b), params={"access_token": exchange(a, doomed)["access_token"]})
+    fam = exchange(b, kept)
+    by_family = SSE(url(a), params={"access_token": fam["access_token"]})
+    other = SSE(url(a), headers={"Authorization": "Bearer " + kept})
+    for s in by_key + [by_token, by_family, other]:
+        assert s.resp.status_code == 200, s.resp.text
+    time.sleep(0.3)
+    assert not any(s.ended.is_set() for s in by_key + [by_token, by_family, other])
+
+    doomed_id = [k["id"] for k in t.get("/v1/keys").json()["keys"]
+                 if doomed.startswith(k["prefix"])][0]
+    assert Client(b.url, kept).delete("/v1/keys/" + doomed_id).status_code == 204
+    for s in by_key + [by_token]:
+        assert s.ended.wait(5), "a stream of the revoked key is still open"
+    for srv in (a, b):
+        r = requests.get(url(srv), headers={"Authorization": "Bearer " + doomed}, timeout=10)
+        assert r.status_code == 401, r.text
+
+    # refresh-token reuse revokes the family: its stream ends, the key's stays
+    assert refresh(a, fam["refresh_token"]).status_code == 200
+    assert refresh(b, fam["refresh_token"]).status_code == 401
+    assert by_family.ended.wait(5), "the revoked family's stream is still open"
+    assert not other.ended.is_set()
+    r = Client(a.url, kept).upload(ds, [("n.txt", b"words\n", "text/plain")])
+    assert r.status_code == 202, r.text
+    got = other.take(n=1, timeout=30)
+    assert got[0]["event"] in ("file", "run"), got
+    other.close()

@@ -325,12 +325,54 @@ static void test_cred(struct event_base *base)
     sl_cache_free(c);
 }
 
+static uint64_t heard[8];
+static int nheard;
+
+static void heard_cb(uint64_t tag, void *arg)
+{
+    CHECK(arg == &nheard);
+    if (nheard < 8)
+        heard[nheard++] = tag;
+}
+
+/* Revocations reach the listener (api/events.c ends streams with them): a
+ * message's tag, 0 for "*" or an unreadable message, and a local publish. */
+static void test_revoke_listener(struct event_base *base)
+{
+    sl_cache_t *c;
+    CHECK(sl_cache_revoke_tag(HASH_A) == 0xaaaaaaaaaaaaaaaaull);
+    char zeros[65];
+    memcpy(zeros, HASH_A, sizeof zeros);
+    memset(zeros, '0', 16);
+    CHECK(sl_cache_revoke_tag(zeros) == 1); /* never 0 */
+    CHECK(sl_cache_revoke_tag("short") == 0);
+    CHECK(sl_cache_revoke_tag(NULL) == 0);
+    CHECK(sl_cache_new(base, NULL, NULL, &c) == 0);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_B, 64); /* no listener yet */
+    sl_cache_on_revoke(c, heard_cb, &nheard);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_A, 64);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, "inst 9\n" HASH_B, 7 + 64);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, "*", 1);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, "x", 1);
+    sl_cache_on_message(c, SL_CACHE_FILE_CHANNEL, FILE1, 36); /* not a revocation */
+    CHECK(sl_cache_publish_revoke(c, HASH_A, (sl_cache_done_cb)free, malloc(1)) == 0);
+    CHECK_EQ(nheard, 5);
+    CHECK(heard[0] == 0xaaaaaaaaaaaaaaaaull && heard[1] == 0xbbbbbbbbbbbbbbbbull);
+    CHECK(heard[2] == 0 && heard[3] == 0 && heard[4] == 0xaaaaaaaaaaaaaaaaull);
+    sl_cache_on_revoke(c, NULL, NULL);
+    sl_cache_on_message(c, SL_CACHE_AUTH_CHANNEL, HASH_A, 64);
+    CHECK_EQ(nheard, 5);
+    event_base_loop(base, EVLOOP_NONBLOCK); /* the publish's callback (no Redis) */
+    sl_cache_free(c);
+}
+
 int main(void)
 {
     struct event_base *base = event_base_new();
     test_etag();
     test_auth(base);
     test_cred(base);
+    test_revoke_listener(base);
     test_files(base);
     test_redis();
     event_base_free(base);

@@ -210,14 +210,19 @@ def test_stop_during_a_purge_pause_ends_cleanly_and_resumes(start_server):
     blob_dir = seed_files(server, tenant.tenant_id, ds["id"], 100)
     assert tenant.delete("/v1/datasets/%s" % ds["id"]).status_code == 204
     left = lambda: count(server, "SELECT count(*) FROM files WHERE dataset_id = %s" % q(ds["id"]))
-    assert wait_until(lambda: left() == 80, timeout=30), left()  # one batch, then the pause
+    # one batch, then the pause; two when the start's sweep pass ran one too
+    # (seen on a loaded machine in the S3 pass): never more before 60 s
+    assert wait_until(lambda: left() <= 80, timeout=30), left()
+    time.sleep(1.0)
+    paused = left()
+    assert paused in (60, 80), paused
     t0 = time.monotonic()
     assert server.stop() == 0
     assert time.monotonic() - t0 < 10, "the stop waited for the purge's pause"
-    assert left() == 80
+    assert left() == paused
     server.start()
     # the new start's pass runs a batch at once (the sweep's pass may run another)
-    assert wait_until(lambda: left() < 80, timeout=30), left()
+    assert wait_until(lambda: left() < paused, timeout=30), left()
 
 
 # ---------------------------------------------------------------- POST /v1/admin/cleanup

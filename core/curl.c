@@ -500,6 +500,14 @@ static void done_event_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- public API ---- */
 
+int sl_curl_max_host_connections(sl_curl_t *c, long max)
+{
+    if (!c || max < 0 ||
+        curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max) != CURLM_OK)
+        return SL_EINVAL;
+    return 0;
+}
+
 int sl_curl_new(struct event_base *base, sl_curl_t **out)
 {
     int err = SL_ENOMEM;

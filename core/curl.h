@@ -107,6 +107,13 @@ typedef void (*sl_curl_cb)(const sl_curl_result_t *res, void *arg);
 int sl_curl_new(struct event_base *base, sl_curl_t **out);
 
 /**
+ * At most `max` connections open to one host (0: no limit, libcurl's default).
+ * Transfers past it wait inside libcurl for a connection, and their
+ * CURLOPT_TIMEOUT counts that wait. 0, or SL_EINVAL.
+ */
+int sl_curl_max_host_connections(sl_curl_t *c, long max);
+
+/**
  * Starts a transfer. On 0, *out (may be NULL if the caller never cancels) is
  * a handle borrowed until the callback returns, and cb will fire exactly once.
  * On error nothing started and cb never fires: SL_EINVAL (no url, not

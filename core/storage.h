@@ -68,6 +68,8 @@ typedef struct sl_store_conf_s {
 } sl_store_conf_t;
 
 #define SL_STORE_S3_STALE_DEFAULT_S (24L * 3600)
+/** Connections to the S3 endpoint at once (more requests wait for one). */
+#define SL_STORE_S3_MAX_CONNECTIONS 64
 #define SL_STORE_PREFIXES_MAX 8
 /* Where Sluice writes: uploads (api/upload.c), artifacts (actors/lua_run.c). */
 #define SL_STORE_OWN_PREFIXES                                                                      \

@@ -1535,6 +1535,13 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
     err = SL_ENOMEM;
     if ((err = sl_curl_new(evb, &st->curl)) != 0)
         goto fail;
+    /* A batch of 2,000 small files made 2,000 PUTs at once, one connection
+     * each (a SYN flood at the test front; fds without bound): past this many
+     * they wait for a connection inside libcurl, which reuses them. */
+    if ((err = sl_curl_max_host_connections(st->curl, SL_STORE_S3_MAX_CONNECTIONS)) != 0) {
+        sl_curl_free(st->curl);
+        goto fail;
+    }
     if (st->stale_after_s > 0) {
         struct timeval now = {0, 0};
         if (!(st->sweep_ev = evtimer_new(evb, sweep_timer_cb, st))) {

@@ -34,8 +34,8 @@
 /* 64, not 256: a group holds its datasets' place locks to its commit, so a
  * smaller group lets an upload or another group's events in sooner; with
  * durable commits flow_bench's throughput was the same within noise (1,210
- * and 1,388 vs 1,446 transitions/s) and sse_bench's latency halved (median 24-30 vs 58-63 ms,
- * p99 110-124 vs 212-249 ms; docs/internals/scheduler.md). */
+ * and 1,388 vs 1,446 transitions/s) and sse_bench's latency halved (median
+ * 24-30 vs 58-63 ms, p99 110-124 vs 212-249 ms; docs/internals/scheduler.md). */
 #define SL_COMMIT_GROUP_MAX 64
 #define SL_COMMIT_GROUP_BYTES (4u << 20)
 

@@ -157,14 +157,10 @@ uint64_t sl_cache_revoke_tag(const char *id)
     if (!id || strnlen(id, HASH_HEX + 1) != HASH_HEX)
         return 0;
     for (int i = 0; i < 16; i++) {
-        char ch = id[i];
-        unsigned v = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
-                     : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10)
-                     : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
-                                              : 16u;
-        if (v > 15)
+        int v = sl_hex_digit((unsigned char)id[i]);
+        if (v < 0)
             return 0;
-        tag = tag << 4 | v;
+        tag = tag << 4 | (uint64_t)v;
     }
     return tag ? tag : 1;
 }
@@ -221,11 +217,12 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
         data = nl + 1;
     }
     if (strcmp(channel, SL_CACHE_AUTH_CHANNEL) == 0) {
+        buf[0] = '\0'; /* a tag only for 64 hex digits (sl_cache_revoke_tag) */
         if (len == HASH_HEX) {
             memcpy(buf, data, HASH_HEX);
             buf[HASH_HEX] = '\0';
         }
-        if (len == HASH_HEX && sl_cache_revoke_tag(buf) != 0) {
+        if (sl_cache_revoke_tag(buf) != 0) {
             forget_auth(c, buf);
             revoked(c, buf);
         } else {

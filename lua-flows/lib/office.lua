@@ -392,6 +392,12 @@ end
 
 -- ---------------------------------------------------------------- to PDF
 
+-- ": " and the start of soffice's stderr, or "" (a failure's detail).
+local function soffice_says(res)
+  local err = text.short(res.stderr, 200)
+  return err and (": " .. err) or ""
+end
+
 --- The document converted to PDF by LibreOffice (`soffice --headless`) in
 --- this run's scratch dir: the PDF's path, or nil, err, detail. err is
 --- "no_converter" when soffice is not installed (LibreOffice is optional:
@@ -431,15 +437,13 @@ function M.to_pdf(what, file, ctx)
   end
   if res.limit or res.status ~= 0 or (res.signal and res.signal ~= 0) then
     return text.fail(what, res.limit and "too_large" or "bad_input",
-      "soffice could not convert the document" ..
-      (text.short(res.stderr, 200) and (": " .. text.short(res.stderr, 200)) or ""))
+      "soffice could not convert the document" .. soffice_says(res))
   end
   -- soffice exits 0 when it cannot load the document: it then prints
   -- "Error: source file could not be loaded" and writes no PDF. Only its
   -- "convert SRC -> PDF" line on stdout says a PDF was written.
   if not (res.stdout or ""):find(" -> ", 1, true) then
-    return text.fail(what, "bad_input", "soffice could not load the document" ..
-      (text.short(res.stderr, 200) and (": " .. text.short(res.stderr, 200)) or ""))
+    return text.fail(what, "bad_input", "soffice could not load the document" .. soffice_says(res))
   end
   if ctx then
     ctx.office_pdf = pdf

@@ -140,6 +140,15 @@ def _restore_services(request):
 
 # FAULTS: the faults the servers of this session logged, by kind
 FAULTS_SEEN = {}
+NO_FAULTS = []  # set at session finish: a pass of 20+ tests injected none
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A fault pass that injected nothing tested nothing: with per-test seeds
+    # (sluice_harness.fault_seed) a pass of 20 or more tests injects dozens.
+    if FAULTS and session.testscollected >= 20 and not FAULTS_SEEN:
+        NO_FAULTS.append(session.testscollected)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -148,6 +157,9 @@ def pytest_terminal_summary(terminalreporter):
             "faults injected (SL_FAULT_SEED=%s, SL_FAULT_RATE=%s): %s" % (
                 os.environ.get("SL_FAULT_SEED", "?"), os.environ.get("SL_FAULT_RATE", "?"),
                 ", ".join("%s %d" % kv for kv in sorted(FAULTS_SEEN.items())) or "none"))
+        if NO_FAULTS:
+            terminalreporter.write_line("error: a fault pass that injected no fault could not "
+                                        "fail (exit status set to 1)", red=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import zlib
 import tempfile
 import time
 import urllib.parse
@@ -40,6 +41,17 @@ try:
 except ValueError:
     FAULTS = False
 FAULT_RETRIES = 30
+
+
+def fault_seed(base, n):
+    """The seed of the n-th server of the running test: the pass's seed
+    (SL_FAULT_SEED) mixed with the test's id and n. Every server counts its
+    decisions from 0, so one seed for all would make every server of the pass
+    draw the same first few hundred decisions: with rate 0.005, about half the
+    seeds then injected no fault at all. Replaying a seed replays each test's
+    faults (as far as its operations happen in the same order)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    return (base * 1000003 + zlib.crc32(test.encode()) * 101 + n) % (1 << 63)
 _IDEMPOTENT_POSTS = re.compile(r"^/v1/(datasets/[^/]+/files|files/[^/]+/process)$")
 
 _PR_SET_PDEATHSIG = 1
@@ -897,6 +909,8 @@ class ServerFactory:
             if extra_yaml:
                 text += "\n" + extra_yaml
         full_env = dict(os.environ)
+        if FAULTS and full_env.get("SL_FAULT_SEED", "").isdigit():
+            full_env["SL_FAULT_SEED"] = str(fault_seed(int(full_env["SL_FAULT_SEED"]), n))
         full_env.update({k: str(v) for k, v in (env or {}).items()})
         srv = Server(
             binary=sluice_binary(), config_text=text,

@@ -551,11 +551,11 @@ def ocr_bytes(data, kind):
         with open(src, "wb") as f:
             f.write(data)
         if kind == "application/pdf":
-            rc, _, err = run_tool(["pdftoppm", "-r", "200", "-png", "-f", "1", "-l", "1",
+            rc, _, err = run_tool(["pdftoppm", "-r", "200", "-tiff", "-gray", "-f", "1", "-l", "1",
                                    "-singlefile", src, os.path.join(d, "page")])
             if rc != 0:
                 return None, err.strip() or "pdftoppm failed"
-            src = os.path.join(d, "page.png")
+            src = os.path.join(d, "page.tif")  # (poppler's PNG took ~10 s a scanned page)
         rc, out, err = run_tool(["tesseract", src, "stdout"])
         if rc != 0:
             return None, err.strip() or "tesseract failed"
@@ -634,13 +634,13 @@ def textract_job(job, data, kind):
         for page in range(1, job["pages"] + 1):
             img = src
             if kind == "application/pdf":
-                rc, _, err = run_tool(["pdftoppm", "-r", "150", "-png", "-f", str(page), "-l",
+                rc, _, err = run_tool(["pdftoppm", "-r", "150", "-tiff", "-gray", "-f", str(page), "-l",
                                        str(page), "-singlefile", src, os.path.join(d, "p")])
                 if rc != 0:
                     with JOBS_LOCK:
                         job["status"], job["message"] = "FAILED", "Request has invalid document"
                     return
-                img = os.path.join(d, "p.png")
+                img = os.path.join(d, "p.tif")
             rc, out, _ = run_tool(["tesseract", img, "stdout"])
             blocks += text_blocks(out.decode("utf-8", "replace") if rc == 0 else "", page)
     with JOBS_LOCK:

@@ -105,6 +105,12 @@ class SSE:
                 return got
 
     def close(self):
+        # Closing the socket does not wake the reader blocked in recv() (it
+        # waited for the next keepalive, up to 15 s); shutting it down does.
+        try:
+            self.resp.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
         self.resp.close()
         self.ended.wait(5)
 

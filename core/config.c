@@ -722,9 +722,10 @@ static int check_engine_process(ctx_t *c, const field_t *f, void *base, struct f
     return 0;
 }
 
-/* engine: {process: separate | inline} (docs/internals/engine.md) */
+/* engine: {process: separate | inline, lease_s} (docs/internals/engine.md) */
 static const field_t engine_fields[] = {
     FSTR(sl_config_t, "process", engine_process, check_engine_process),
+    FINT(sl_config_t, "lease_s", engine_lease_s, 3, 3600),
 };
 
 /* fairness.shares: false claims oldest first (no shares; for benchmarks). */
@@ -1171,6 +1172,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->log_level = strdup("info");
     cfg->web_root = strdup("web");
     cfg->engine_process = strdup("separate");
+    cfg->engine_lease_s = 30;
     if (cfg->listen == NULL || cfg->storage_backend == NULL || cfg->storage_path == NULL ||
         cfg->log_level == NULL || cfg->web_root == NULL || cfg->exec_user == NULL ||
         cfg->engine_process == NULL)

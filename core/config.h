@@ -97,6 +97,7 @@ typedef struct sl_config_s {
     char *listen;             /* "127.0.0.1:8080" */
     int workers;              /* processes (SO_REUSEPORT); default 1 */
     char *engine_process;     /* engine.process: "separate" (default) or "inline" */
+    int engine_lease_s;       /* engine.lease_s: a run's lease (default 30; heartbeat a third) */
     char *database_url;
     int database_pool;        /* connections per process; default 4 */
     char *redis_url;          /* may be NULL: Redis not configured */

@@ -515,7 +515,8 @@ def test_broken_flow_is_refused_at_start_with_file_and_line(start_server, tmp_pa
 def test_kill_9_mid_flow_every_file_finishes_once(start_server, standins, tmp_path):
     tika = standins("tika")
     tika.control(mode="ok", delay_ms=400)      # slow, but answers
-    srv = start_server(extra_yaml=services_yaml(tika=tika))
+    # a short lease: the restarted instance takes its old runs over when it lapses
+    srv = start_server(extra_yaml=services_yaml(tika=tika) + "engine: {lease_s: 5}\n")
     t = srv.create_tenant("crash")
     ds = t.create_dataset()["id"]
     parts = [(f"doc-{i:03d}.txt", f"Document {i}\nReference: REF-{i:05d}\n".encode())

@@ -180,6 +180,7 @@ static void test_defaults(void)
     CHECK(STREQ(cfg->listen, "127.0.0.1:8080"));
     CHECK(cfg->workers == 1);
     CHECK(cfg->database_pool == 4);
+    CHECK(cfg->engine_lease_s == 30);
     CHECK(cfg->redis_url == NULL);
     CHECK(cfg->admin_key == NULL);
     CHECK(cfg->public_url == NULL);
@@ -410,6 +411,8 @@ static void test_errors(void)
                  "sluice.yaml:2: log.level: must be debug, info, warn or error");
     EXPECT_ERROR("database_url: x\nlog: {levle: warn}\n", "sluice.yaml:2: log.levle: unknown key");
     EXPECT_ERROR("database_url: x\nlisten: {a: 1}\n", "sluice.yaml:2: listen: must be a string");
+    EXPECT_ERROR("database_url: x\nengine: {lease_s: 2}\n",
+                 "sluice.yaml:2: engine.lease_s: must be an integer between 3 and 3600");
     EXPECT_ERROR("database_url: x\nstorage: {backend: nfs}\n",
                  "sluice.yaml:2: storage.backend: must be fs or s3");
     /* s3 (issue 12): path_style is a boolean, part_size 5..64 MiB */

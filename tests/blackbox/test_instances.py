@@ -47,12 +47,12 @@ def nap_flow(secs):
             '  end } } }\n' % secs)
 
 
-def instances_yaml(tmp_path, nap, drain_s=30, announce_s=0, lease_s=LEASE_S):
+def instances_yaml(tmp_path, nap, drain_s=30, announce_s=0, lease_s=LEASE_S, process="separate"):
     p = tmp_path / ("nap_%s.lua" % str(nap).replace(".", "_"))
     p.write_text(nap_flow(nap))
     return ('pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
             'shutdown: {drain_timeout_s: %d, announce_s: %d}\n'
-            'engine: {lease_s: %d}\n' % (p, drain_s, announce_s, lease_s))
+            'engine: {lease_s: %d, process: %s}\n' % (p, drain_s, announce_s, lease_s, process))
 
 
 def three(start_server, extra):
@@ -492,7 +492,7 @@ def test_sse_ends_at_sigterm_and_resumes_elsewhere(start_server, pg, tmp_path):
 def test_second_sigterm_stops_at_once(start_server, pg, tmp_path, mode):
     """The first SIGTERM drains (here up to 20 s for an upload still sending);
     a second one ends the instance at once, and the cut upload keeps nothing."""
-    extra = instances_yaml(tmp_path, 0.1, drain_s=20) + "engine: {process: %s}\n" % mode
+    extra = instances_yaml(tmp_path, 0.1, drain_s=20, process=mode)
     srv = start_server(extra_yaml=extra)
     t = srv.create_tenant("twice")
     ds = t.create_dataset()["id"]

@@ -17,10 +17,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import zlib
 import tempfile
 import time
 import urllib.parse
+import zlib
 from pathlib import Path
 
 import requests
@@ -52,6 +52,8 @@ def fault_seed(base, n):
     faults (as far as its operations happen in the same order)."""
     test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     return (base * 1000003 + zlib.crc32(test.encode()) * 101 + n) % (1 << 63)
+
+
 _IDEMPOTENT_POSTS = re.compile(r"^/v1/(datasets/[^/]+/files|files/[^/]+/process)$")
 
 _PR_SET_PDEATHSIG = 1

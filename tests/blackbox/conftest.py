@@ -64,6 +64,8 @@ def pytest_configure(config):
         signal.signal(signal.SIGTERM, _on_sigterm)
     config.addinivalue_line("markers", "slow: big uploads / many files; run only against the normal build")
     config.addinivalue_line("markers", "server_smoke: needs a working sluice binary")
+    config.addinivalue_line("markers", "no_retry: a status asserted on a request the harness "
+                            "cannot replay; not in the fault pass")
     config.addinivalue_line("markers", "timeout(seconds): per-test time limit")
 
 

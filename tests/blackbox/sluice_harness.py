@@ -941,9 +941,11 @@ class ServerFactory:
             reports += [(i, l) for l in s.sanitizer_reports()]
         return reports
 
-    def lost_files(self, timeout=60.0):
+    def lost_files(self, timeout=120.0):
         """FAULTS: the files these servers accepted with 202 that were lost:
-        not done or failed within `timeout`, failed only because of an
+        not done or failed within `timeout` (two leases and more: a claim or
+        a commit whose answer was lost strands its runs until their lease
+        lapses, 30 s, and it can happen twice to the same run), failed only because of an
         injected fault, or done by a record-making pipeline (ai_record, with
         no "no_text" note) without exactly one record version per such run
         (provenance: a re-process adds a version). Returns a list of strings (empty: none

@@ -429,7 +429,7 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->max_in_flight = o->max_in_flight > 0 ? o->max_in_flight : 10000;
     s->claim_batch = o->claim_batch > 0 ? o->claim_batch : 200;
     s->lease_s = o->lease_s > 0 ? o->lease_s : 30;
-    s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : 10;
+    s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : (s->lease_s >= 3 ? s->lease_s / 3 : 1);
     s->poll_ms = o->poll_ms > 0 ? o->poll_ms : 250;
     s->per_tenant = o->max_in_flight_per_tenant > 0 ? o->max_in_flight_per_tenant : 0;
     s->no_shares = o->no_shares != 0;

@@ -32,7 +32,7 @@ typedef struct sl_sched_opts_s {
     int no_shares;            /* 1: claim oldest first, no shares (fairness.shares: false) */
     int claim_batch;          /* runs per claim query; default 200 */
     int lease_s;              /* default 30 */
-    int heartbeat_s;          /* default 10 */
+    int heartbeat_s;          /* default a third of the lease (10) */
     int poll_ms;              /* idle poll interval; default 250 */
 } sl_sched_opts_t;
 

@@ -114,6 +114,23 @@ def main():
             fid, created, last = line.split("|")
             done[fid] = float(last) - float(created)
         engine = [done[f] for f in ids if f in done]
+        # Where the time goes: each timeline event's offset from created_at,
+        # by its position in the run's timeline (median over the files).
+        rows = psql(srv, "SELECT e.file_id, e.kind, coalesce(e.step, ''), "
+                           "extract(epoch FROM e.at - f.created_at) FROM run_events e "
+                           "JOIN files f ON f.id = e.file_id WHERE f.dataset_id = '%s' "
+                           "ORDER BY e.seq" % ds)
+        by_file = {}
+        for line in rows.strip().splitlines():
+            fid, kind, step, off = line.split("|")
+            by_file.setdefault(fid, []).append((kind, step, float(off)))
+        timelines = [by_file[f] for f in ids if f in by_file]
+        if timelines:
+            print("timeline (median ms after the upload's transaction began):")
+            for n in range(max(len(t) for t in timelines)):
+                at = [t[n][2] for t in timelines if len(t) > n]
+                kind, step = timelines[0][n][:2] if len(timelines[0]) > n else ("?", "")
+                print(f"  {n:2d} {kind:16s} {step:8s} {statistics.median(at) * 1000:7.2f}")
         for name, xs in (("client (POST -> succeeded event over SSE)", wall),
                          ("server (upload commit -> last transition commit)", engine)):
             print(f"{name}: n={len(xs)} p50={statistics.median(xs) * 1000:.1f} ms "

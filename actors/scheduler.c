@@ -71,6 +71,11 @@ struct sl_sched_s {
      * dead instance). Cleared by a kick, a full claim or a claim cut by room. */
     int drained;
     int kicked;       /* a kick came while the claim was in flight: claim again */
+    /* A claim's outcome is unknown (its answer was lost, or unreadable): it
+     * may have leased runs to this instance that no actor holds. They are
+     * released (release_orphans) before the next claim, not left to wait out
+     * their lease. */
+    int orphans;
     int queries;      /* claim/heartbeat/gauge queries in flight (they point at s) */
     int free_pending; /* sl_sched_free ran: the last query callback frees s */
     int in_flight;
@@ -222,6 +227,76 @@ static void late_released_cb(const sl_pg_result_t *r, void *arg)
                (int)strtol(PQcmdTuples(r->res[r->n - 1]), NULL, 10), "late", 1);
 }
 
+/* "{id,id,...}": a uuid[] literal of the live actors' runs ("{}" if none);
+ * malloc'ed (the caller frees it), NULL without memory. */
+static char *live_ids(const sl_sched_t *s)
+{
+    size_t n = 0;
+    for (run_node_t *rn = s->runs; rn; rn = rn->next)
+        n++;
+    char *ids = malloc(n * 37 + 3);
+    if (!ids)
+        return NULL;
+    size_t off = 0;
+    ids[off++] = '{';
+    for (run_node_t *rn = s->runs; rn; rn = rn->next) {
+        memcpy(ids + off, sl_run__id(rn->run), 36);
+        off += 36;
+        if (rn->next)
+            ids[off++] = ',';
+    }
+    ids[off++] = '}';
+    ids[off] = '\0';
+    return ids;
+}
+
+static void claim(sl_sched_t *s);
+
+static void orphans_released_cb(const sl_pg_result_t *r, void *arg)
+{
+    sl_sched_t *s = arg;
+    s->claiming = 0;
+    if (query_done(s) || s->stopping)
+        return;
+    if (r->err) {
+        sl_log(SL_LOG_WARN, "lease_release_failed", "{s:s, s:b}", "error", r->errmsg, "orphans", 1);
+        schedule_claim(s, 1000); /* s->orphans stays: tried again before the next claim */
+        return;
+    }
+    s->orphans = 0;
+    int n = (int)strtol(PQcmdTuples(r->res[r->n - 1]), NULL, 10);
+    if (n > 0)
+        sl_log(SL_LOG_INFO, "leases_released", "{s:i, s:b}", "runs", n, "orphans", 1);
+    claim(s);
+}
+
+/*
+ * After a claim whose outcome is unknown: hands back this instance's running
+ * runs that no live actor holds, so they are claimed again now rather than
+ * when their lease lapses (lease_s; the heartbeat renews only live actors').
+ * Runs one at a time with the claims (s->claiming): no claim is in flight, so
+ * every run leased to this instance and not live is such an orphan (an actor
+ * whose commit was lost ended and gave its lease back already, or tries to).
+ */
+static void release_orphans(sl_sched_t *s)
+{
+    char *ids = live_ids(s);
+    if (!ids) {
+        schedule_claim(s, 1000);
+        return;
+    }
+    const char *params[] = {s->instance_id, ids};
+    s->claiming = 1;
+    if (send_query(s,
+                   "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
+                   "WHERE lease_owner = $1 AND state = 'running' AND NOT (id = ANY ($2::uuid[]))",
+                   2, params, orphans_released_cb) != 0) {
+        s->claiming = 0;
+        schedule_claim(s, 1000);
+    }
+    free(ids);
+}
+
 static void claim_cb(const sl_pg_result_t *r, void *arg)
 {
     sl_sched_t *s = arg;
@@ -240,14 +315,18 @@ static void claim_cb(const sl_pg_result_t *r, void *arg)
         return;
     if (r->err) {
         sl_log(SL_LOG_WARN, "claim_failed", "{s:s}", "error", r->errmsg);
-        schedule_claim(s, 1000);
+        /* SL_EDB: the statement failed, nothing was claimed. Otherwise (the
+         * connection dropped) it may have committed. */
+        s->orphans |= r->err != SL_EDB;
+        schedule_claim(s, s->orphans ? 0 : 1000);
         return;
     }
     PGresult *res = r->res[0];
     int n = PQntuples(res);
     claim_cols_t cols;
     if (n > 0 && claim_cols(res, &cols) != 0) {
-        /* Claimed, but unreadable: the leases lapse and the runs are claimed again. */
+        /* Claimed, but unreadable: hand the runs back, claim again later. */
+        s->orphans = 1;
         schedule_claim(s, 1000);
         return;
     }
@@ -270,6 +349,10 @@ static void claim(sl_sched_t *s)
 {
     if (s->claiming || s->stopping || !s->started)
         return;
+    if (s->orphans) {
+        release_orphans(s); /* then claims */
+        return;
+    }
     int room = s->max_in_flight - s->in_flight;
     if (room <= 0) {
         s->drained = 0; /* full: an actor ending claims again */
@@ -315,20 +398,8 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
     sl_sched_t *s = arg;
     (void)fd;
     (void)what;
-    size_t n = 0;
-    for (run_node_t *rn = s->runs; rn; rn = rn->next)
-        n++;
-    /* "{id,id,...}": a uuid[] literal of the live actors' runs */
-    char *ids = n > 0 ? malloc(n * 37 + 3) : NULL;
+    char *ids = s->runs ? live_ids(s) : NULL;
     if (ids) {
-        size_t off = 0;
-        ids[off++] = '{';
-        for (run_node_t *rn = s->runs; rn; rn = rn->next) {
-            memcpy(ids + off, sl_run__id(rn->run), 36);
-            off += 36;
-            ids[off++] = rn->next ? ',' : '}';
-        }
-        ids[off] = '\0';
         char lease[16];
         snprintf(lease, sizeof lease, "%d", s->lease_s);
         const char *params[] = {s->instance_id, lease, ids};

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,5 +87,31 @@ int sl_fault_hit(const char *kind)
     if (m)
         sl_metrics_add(m, 1, kind);
     sl_log(SL_LOG_INFO, "fault_injected", "{s:s, s:I}", "kind", kind, "n", (json_int_t)n);
+    return 1;
+}
+
+int sl_fault_pg_lose(const char *sql)
+{
+    static atomic_int left = -1; /* -1: not read yet */
+    static char text[128];
+    if (atomic_load(&left) < 0) {
+        const char *e = getenv("SL_FAULT_PG_LOSE");
+        int n = 0;
+        if (e && *e) {
+            const char *colon = strrchr(e, ':');
+            size_t len = colon ? (size_t)(colon - e) : strlen(e);
+            n = colon ? atoi(colon + 1) : 1;
+            if (len >= sizeof text)
+                len = sizeof text - 1;
+            memcpy(text, e, len);
+            text[len] = '\0';
+        }
+        atomic_store(&left, n > 0 && text[0] ? n : 0);
+    }
+    if (!sql || atomic_load(&left) <= 0 || !strstr(sql, text))
+        return 0;
+    if (atomic_fetch_sub(&left, 1) <= 0)
+        return 0;
+    sl_log(SL_LOG_INFO, "fault_injected", "{s:s, s:s}", "kind", "pg_lose", "match", text);
     return 1;
 }

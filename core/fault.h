@@ -12,6 +12,12 @@
  * at start ("faults_enabled"), so a failing run can be replayed: the decisions
  * are a pure function of (seed, the order of calls). Each fault is counted in
  * sluice_faults_injected_total{kind}.
+ *
+ * SL_FAULT_PG_LOSE=<text>[:<count>] (default count 1) is a targeted fault for
+ * one test: of the Postgres batches whose first statement contains <text>,
+ * the first <count> that ran and returned rows lose their answer (as a
+ * connection that drops after the commit). It does not depend on the rate
+ * (SL_FAULT_RATE=0 leaves only it).
  */
 #ifndef SL_FAULT_H
 #define SL_FAULT_H
@@ -30,9 +36,14 @@ void sl_fault_init(void);
  * touched from the loop thread, where every injection point runs).
  */
 int sl_fault_hit(const char *kind);
+
+/** 1 if a batch that ran and returned rows, whose first statement is `sql`, is
+ * one SL_FAULT_PG_LOSE names (counted). */
+int sl_fault_pg_lose(const char *sql);
 #else
 #define sl_fault_init() ((void)0)
 #define sl_fault_hit(kind) 0
+#define sl_fault_pg_lose(sql) 0
 #endif
 
 #endif

@@ -362,6 +362,9 @@ static void conn_batch_done(sl_pg_conn_t *c)
         conn_send(c, b);
         return;
     }
+    if (!b->fault && b->first_err < 0 && b->res[0] && PQntuples(b->res[0]) > 0 &&
+        sl_fault_pg_lose(b->stmts[0].sql))
+        b->fault = 1; /* SL_FAULT_PG_LOSE: it ran and returned rows; lose them */
     if (b->fault) {
         /* As a connection that drops after the server committed: "unknown". */
         batch_finish(b, SL_EUNAVAIL, "fault injected: connection lost after the batch ran");

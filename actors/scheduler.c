@@ -195,14 +195,23 @@ static int query_done(sl_sched_t *s)
     return 0;
 }
 
-static int send_query(sl_sched_t *s, const char *sql, int n, const char *const *params, sl_pg_cb cb)
+/* `name`: a prepared statement's (a literal), or NULL for an unnamed one. */
+static int send_named(sl_sched_t *s, const char *name, const char *sql, int n,
+                      const char *const *params, sl_pg_cb cb)
 {
     s->queries++;
-    if (sl_pg_query(s->ctx.pg, sql, n, params, cb, s) != 0) {
+    int rc = name ? sl_pg_query_prepared(s->ctx.pg, name, sql, n, params, cb, s)
+                  : sl_pg_query(s->ctx.pg, sql, n, params, cb, s);
+    if (rc != 0) {
         s->queries--;
         return -1;
     }
     return 0;
+}
+
+static int send_query(sl_sched_t *s, const char *sql, int n, const char *const *params, sl_pg_cb cb)
+{
+    return send_named(s, NULL, sql, n, params, cb);
 }
 
 static void schedule_claim(sl_sched_t *s, int ms)
@@ -370,7 +379,7 @@ static void claim(sl_sched_t *s)
     s->claiming = 1;
     s->asked = room;
     s->kicked = 0;
-    if (send_query(s, CLAIM_SQL, 6, params, claim_cb) != 0) {
+    if (send_named(s, "sched_claim", CLAIM_SQL, 6, params, claim_cb) != 0) {
         s->claiming = 0;
         schedule_claim(s, 1000);
     }

@@ -401,6 +401,10 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
     }
     PGresult *resp = r->res[r->n - 3]; /* RESPONSE_SQL, before the two event statements */
     const char *body = PQgetvalue(resp, 0, 0);
+    /* Its runs are queued: the engine claims them now. First, before the
+     * events and the response (syscalls that wake their readers), and even
+     * if the client went away meanwhile (it used to wait for the poll then). */
+    sl_api_engine_kick(app);
     publish_batch(app, r);
     sl_metrics_add(app->m_upload_files, (double)up->nparts);
     sl_log(SL_LOG_INFO, "upload_stored", "{s:s, s:s, s:s, s:i, s:I}", "tenant_id", up->tenant_id,
@@ -411,7 +415,6 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
         up->req = NULL;
         app->active_uploads--;
         sl_api_json_text(req, 202, body, strlen(body));
-        sl_api_engine_kick(app); /* its runs are queued: claim them now */
         up->refs--; /* the request's reference; the batch's is released below */
     }
     upload_release(up);
@@ -517,7 +520,9 @@ static const char RUN_EVENTS_SQL[] =
     " 'queued', 'queued' FROM rk, pl ORDER BY rk.k"
     " RETURNING " SL_RUN_EVENT_COLUMNS;
 
-/* Every part is durable: record the whole batch in one transaction. */
+/* Every part is durable: record the whole batch in one transaction (prepared
+ * statements: parsing and planning them was about a third of the upload's
+ * SQL time for one small file, bench/latency_bench.py). */
 static void store_rows(upload_t *up)
 {
     json_t *runs = NULL;
@@ -529,8 +534,8 @@ static void store_rows(upload_t *up)
         goto fail;
     const char *fp[] = {up->tenant_id, up->dataset_id, up->batch_id, files_txt};
     const char *rp[] = {up->tenant_id, up->dataset_id, up->batch_id, runs_txt};
-    if (sl_pg_batch_add(b, INSERT_FILES_SQL, 4, fp) < 0 ||
-        sl_pg_batch_add(b, INSERT_RUNS_SQL, 4, rp) < 0)
+    if (sl_pg_batch_add_prepared(b, "upload_files", INSERT_FILES_SQL, 4, fp) < 0 ||
+        sl_pg_batch_add_prepared(b, "upload_runs", INSERT_RUNS_SQL, 4, rp) < 0)
         goto fail;
     const char *params[] = {up->tenant_id, up->batch_id, up->idem_key};
     if (up->idem_reserved) {
@@ -547,9 +552,9 @@ static void store_rows(upload_t *up)
      * and every transition of the dataset waits for it, so nothing slow (the
      * runs' trigger, the response's documents: 0.2 s for 500 files) comes
      * after them (the SSE tail of bench/sse_bench.py was that wait). */
-    if (sl_pg_batch_add(b, RESPONSE_SQL, 2, params) < 0 ||
-        sl_pg_batch_add(b, FILE_EVENTS_SQL, 3, rp) < 0 ||
-        sl_pg_batch_add(b, RUN_EVENTS_SQL, 4, rp) < 0)
+    if (sl_pg_batch_add_prepared(b, "upload_response", RESPONSE_SQL, 2, params) < 0 ||
+        sl_pg_batch_add_prepared(b, "upload_file_events", FILE_EVENTS_SQL, 3, rp) < 0 ||
+        sl_pg_batch_add_prepared(b, "upload_run_events", RUN_EVENTS_SQL, 4, rp) < 0)
         goto fail;
     json_decref(files);
     json_decref(runs);
@@ -829,7 +834,7 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     }
     app->active_uploads++;
     const char *params[] = {up->tenant_id, up->dataset_id};
-    if (sl_pg_query(app->pg,
+    if (sl_pg_query_prepared(app->pg, "upload_dataset",
                     "SELECT auto_process, to_json(pipelines)::text FROM datasets"
                     " WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL", /* retention */
                     2, params, dataset_cb, up) != 0) {

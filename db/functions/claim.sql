@@ -35,6 +35,12 @@
 -- the file's document for the flow (with its storage_key and the dataset's
 -- record schema), null if the file went away meanwhile. Callers read the
 -- columns by name.
+--
+-- PL/pgSQL, not LANGUAGE sql: a sql function's body is parsed and planned
+-- at every call (3-4 ms here, even on an empty queue), PL/pgSQL keeps the
+-- plan per session (0.17 ms on an empty queue). The output columns are
+-- variables in PL/pgSQL; every column reference is qualified, and
+-- variable_conflict says a bare name is the column.
 
 -- A run's weight in flight from its file's size: 1 under 1 MiB, then one more
 -- per doubling (1 MiB: 2, 2 MiB: 3, 100 MiB: 8), at most 16.
@@ -69,7 +75,10 @@ CREATE OR REPLACE FUNCTION sluice_claim_runs(p_owner text, p_limit int, p_lease_
 RETURNS TABLE (id uuid, tenant_id uuid, dataset_id uuid, file_id uuid, pipeline text,
                step text, attempt int, ctx jsonb, chain_start text, chain_transient boolean,
                wait_count int, flow_version text, old_state text, old_owner text, file json)
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH w AS (
         SELECT t.id AS tenant_id, max(x.value::int) AS weight FROM tenants t
         JOIN json_each_text(p_weights) x ON x.key = t.id::text OR x.key = t.name
@@ -141,5 +150,6 @@ LANGUAGE sql VOLATILE AS $$
         (SELECT json_build_object('id', f.id, 'name', f.name, 'mime', f.mime, 'size', f.size,
              'sha256', f.sha256, 'storage_key', f.storage_key, 'dataset_id', f.dataset_id,
              'schema', d.record_schema)
-         FROM files f JOIN datasets d ON d.id = f.dataset_id WHERE f.id = r.file_id)
+         FROM files f JOIN datasets d ON d.id = f.dataset_id WHERE f.id = r.file_id);
+END
 $$;

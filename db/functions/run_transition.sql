@@ -7,9 +7,16 @@
 -- never wait on each other in a cycle. p_n = 0 takes the lock only.
 CREATE OR REPLACE FUNCTION sluice_event_places(p_dataset uuid, p_n bigint)
 RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_first bigint;
+BEGIN
+    -- PL/pgSQL: its plan is kept per session (a LANGUAGE sql function with
+    -- an UPDATE is planned at every call; it runs once per dataset per group)
     UPDATE datasets SET event_seq = event_seq + p_n WHERE id = p_dataset
-    RETURNING event_seq - p_n + 1
+    RETURNING event_seq - p_n + 1 INTO v_first;
+    RETURN v_first;
+END
 $$;
 
 -- run_transitions: every transition of the run actors, in groups of many

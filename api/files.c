@@ -561,10 +561,11 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
         process_fail(pr, 404, "not_found", "no such file");
         return;
     }
-    /* Statement 0 marks the file (PROCESS_FILE_SQL); then one per run; then, when no
-     * run was started, the file's event (PROCESS_FILE_EVENT_SQL); then the response. */
-    for (int i = 1; i <= pr->npipelines && i < r->n - 1; i++)
-        publish_rows(pr->app, "run", r->res[i]);
+    /* Statement 0 marks the file (PROCESS_FILE_SQL); then one per run and their
+     * events (RUN_EVENTS_SQL), or when no run was started the file's event
+     * (PROCESS_FILE_EVENT_SQL); then the response. */
+    if (pr->npipelines > 0 && r->n == pr->npipelines + 3)
+        publish_rows(pr->app, "run", r->res[pr->npipelines + 1]);
     if (pr->npipelines == 0 && r->n == 3)
         publish_rows(pr->app, "file", r->res[1]);
     sl_api_engine_kick(pr->app);
@@ -584,40 +585,49 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
 
 /*
  * One run per pipeline unless one is active already (the partial unique index
- * runs_one_active makes the check atomic), a 'queued' timeline event for each
- * run actually inserted, and the response. With an idempotency reservation the
- * response document is stored by the same statement that returns it, so the
- * replay is byte for byte what was answered, and commits with the runs.
+ * runs_one_active makes the check atomic; a run in flight makes the insert
+ * wait for its transition's commit), then RUN_EVENTS_SQL, then the response.
+ * With an idempotency reservation the response document is stored by the
+ * same statement that returns it, so the replay is byte for byte what was
+ * answered, and commits with the runs.
  */
 static const char RUN_SQL[] =
-    "WITH ins AS ("
-    "  INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
-    "  SELECT $3::uuid, f.tenant_id, f.dataset_id, f.id, $4::uuid, $5::text FROM files f"
-    "  WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)"
-    "  ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING"
-    "  RETURNING id, tenant_id, dataset_id, file_id, pipeline)"
+    "INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
+    " SELECT $3::uuid, f.tenant_id, f.dataset_id, f.id, $4::uuid, $5::text FROM files f"
+    " WHERE f.tenant_id = $1 AND f.id = $2 AND NOT sluice_dataset_gone(f.dataset_id)"
+    " ON CONFLICT (file_id, pipeline) WHERE state IN ('queued','running','waiting') DO NOTHING";
+
+/*
+ * A 'queued' timeline event for each run the batch ($2) inserted, in the
+ * request's pipeline order ($3, a JSON array of names), at places taken last
+ * (docs/internals/sse.md "Places": every writer of events takes its dataset's
+ * places last, after the runs, as sluice_run_transitions does).
+ */
+static const char RUN_EVENTS_SQL[] =
+    "WITH rk AS (SELECT r.tenant_id, r.dataset_id, r.file_id, r.id, r.pipeline,"
+    "                   row_number() OVER (ORDER BY p.k) AS k"
+    "            FROM runs r JOIN json_array_elements_text($3::json) WITH ORDINALITY"
+    "                 AS p(name, k) ON p.name = r.pipeline"
+    "            WHERE r.tenant_id = $1 AND r.batch_id = $2::uuid),"
+    " pl AS (SELECT sluice_event_places((SELECT rk.dataset_id FROM rk LIMIT 1),"
+    "                                   (SELECT count(*) FROM rk)) AS first)"
     " INSERT INTO run_events (seq, tenant_id, dataset_id, file_id, run_id, pipeline, kind, state)"
-    " SELECT sluice_event_places(dataset_id, 1), tenant_id, dataset_id, file_id, id, pipeline,"
-    " 'queued', 'queued' FROM ins"
+    " SELECT pl.first + rk.k - 1, rk.tenant_id, rk.dataset_id, rk.file_id, rk.id, rk.pipeline,"
+    " 'queued', 'queued' FROM rk, pl ORDER BY rk.k"
     " RETURNING " SL_RUN_EVENT_COLUMNS;
 
 /*
  * The file is processed now (no longer 'uploaded'), and says why when no
  * pipeline takes it and it has no run at all ($3: the reason, or NULL when
- * runs start). First in the batch: the file's row, then the dataset's event
- * places (the row lock only: places 0), then runs' (the lock order of DELETE
- * /v1/files/{id} and of sluice_run_transitions).
+ * runs start). First in the batch: the file's row, then the runs', then the
+ * dataset's places (the lock order of DELETE /v1/files/{id} and of
+ * sluice_run_transitions).
  */
 static const char PROCESS_FILE_SQL[] =
     "UPDATE files f SET awaiting_process = false,"
     " reason = CASE WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.file_id = f.id) THEN $3::text END"
-    " WHERE f.tenant_id = $1 AND f.id = $2 RETURNING sluice_event_places(f.dataset_id, 0)";
+    " WHERE f.tenant_id = $1 AND f.id = $2 RETURNING f.dataset_id";
 
-/*
- * A process that starts no run changes the file (from 'uploaded' to 'done'
- * with its reason) without a run event: a "file" event (kind 'processed',
- * state its status) tells SSE clients, numbered as upload.c's file events are.
- */
 static const char PROCESS_FILE_EVENT_SQL[] =
     "SELECT sluice_event_places(f.dataset_id, 1), f.dataset_id, f.id, NULL,"
     " NULL, NULL, 'processed', sluice_file_status(f.id), sluice_ts(clock_timestamp())"
@@ -644,6 +654,19 @@ static void process_run(process_t *pr)
             goto fail;
         const char *rp[] = {pr->tenant_id, pr->id, run_id, batch_id, pr->pipelines[i]};
         if (sl_pg_batch_add(b, RUN_SQL, 5, rp) < 0)
+            goto fail;
+    }
+    if (pr->npipelines > 0) {
+        json_t *names = json_array();
+        for (int i = 0; names && i < pr->npipelines; i++)
+            if (json_array_append_new(names, json_string(pr->pipelines[i])) != 0)
+                json_decref(names), names = NULL;
+        char *names_txt = names ? json_dumps(names, JSON_COMPACT) : NULL;
+        json_decref(names);
+        const char *ep[] = {pr->tenant_id, batch_id, names_txt};
+        int rc = names_txt ? sl_pg_batch_add(b, RUN_EVENTS_SQL, 3, ep) : -1;
+        free(names_txt);
+        if (rc < 0)
             goto fail;
     }
     if (pr->npipelines == 0 && sl_pg_batch_add(b, PROCESS_FILE_EVENT_SQL, 2, fp) < 0)

@@ -41,6 +41,9 @@ try:
 except ValueError:
     FAULTS = False
 FAULT_RETRIES = 30
+# SLUICE_PG_STATEMENTS=1: clusters load pg_stat_statements, and local_stack
+# (the benches) prints the top statements at the end: where Postgres's time went.
+PG_STATEMENTS = os.environ.get("SLUICE_PG_STATEMENTS") == "1"
 
 
 def fault_seed(base, n):
@@ -253,7 +256,9 @@ class PgCluster:
                  "-c", "max_connections=300", "-c", "shared_buffers=32MB",
                  *([] if self.durable else
                    ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off"])],
+                    "-c", "full_page_writes=off"]),
+                 *(["-c", "shared_preload_libraries=pg_stat_statements",
+                    "-c", "pg_stat_statements.track=all"] if PG_STATEMENTS else [])],
                 cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_preexec(self.uid, self.gid),
             )
@@ -990,11 +995,29 @@ class ServerFactory:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def print_pg_statements(pg, top=15):
+    """Where Postgres's time went (SLUICE_PG_STATEMENTS=1): the top statements
+    of every database by total execution time, nested ones included."""
+    for db in pg.psql("SELECT datname FROM pg_database WHERE datname LIKE 'sl_t%'").split():
+        pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=db)
+        out = pg.psql(
+            "SELECT calls, round(total_exec_time::numeric, 1), "
+            "round((total_exec_time / calls)::numeric, 3), rows, "
+            "regexp_replace(left(query, 90), '\\s+', ' ', 'g') "
+            "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT %d" % top,
+            dbname=db)
+        print("pg_stat_statements of %s: calls | total ms | ms per call | rows | query" % db)
+        for line in out.strip().splitlines():
+            print("  " + line)
+
+
 @contextlib.contextmanager
 def local_stack(prefix="sluice-bench-"):
     """For scripts outside pytest (bench/): a private Postgres (durable: every
     commit flushed, Postgres's defaults) and Redis and a ServerFactory over
-    them, all stopped and removed on exit. Yields (factory, tmpdir)."""
+    them, all stopped and removed on exit. Yields (factory, tmpdir). With
+    SLUICE_PG_STATEMENTS=1, prints where Postgres's time went at the end."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     pg, redis = PgCluster(durable=True), RedisServer()
     factory = None
@@ -1003,6 +1026,8 @@ def local_stack(prefix="sluice-bench-"):
         redis.start()
         factory = ServerFactory(pg, redis, tmp)
         yield factory, tmp
+        if PG_STATEMENTS:
+            print_pg_statements(pg)
     finally:
         if factory is not None:
             factory.teardown()

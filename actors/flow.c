@@ -22,6 +22,7 @@
 
 #include "core/crypto.h"
 #include "core/err.h"
+#include "core/slab.h"
 #include "core/log.h"
 
 /* Registry keys (their addresses). */
@@ -63,7 +64,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     void *p;
 
     if (nsize == 0) {
-        free(ptr);
+        sl_slab_realloc(vm->slab, ptr, old, 0);
         vm->mem -= old;
         if (s != NULL)
             s->mem -= (long long)old;
@@ -76,7 +77,8 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         if (s != NULL && s->mem + (long long)grow > (long long)vm->host.step_memory)
             return NULL;
     }
-    p = realloc(ptr, nsize);
+    /* small blocks from the VM's pool, without malloc's header (core/slab.h) */
+    p = sl_slab_realloc(vm->slab, ptr, old, nsize);
     if (p == NULL)
         return nsize <= old ? ptr : NULL; /* a failed shrink keeps the block */
     vm->mem = vm->mem - old + nsize;
@@ -521,7 +523,7 @@ int sl_flowvm_new(const sl_flow_host_t *host, sl_flowvm_t **out, char *err, size
                           &vm->svcs)) != 0)
         goto fail;
     rc = SL_ENOMEM;
-    if ((vm->L = lua_newstate(vm_alloc, vm)) == NULL)
+    if ((vm->slab = sl_slab_new()) == NULL || (vm->L = lua_newstate(vm_alloc, vm)) == NULL)
         goto fail;
     lua_atpanic(vm->L, vm_panic);
     *(sl_step_t **)lua_getextraspace(vm->L) = NULL;
@@ -562,6 +564,7 @@ fail:
     snprintf(err, errlen, "cannot create the flow VM: %s", sl_strerror(rc));
     if (vm->L)
         lua_close(vm->L);
+    sl_slab_free(vm->slab);
     sl_svcs_free(vm->svcs);
     if (vm->due_ev)
         event_free(vm->due_ev);
@@ -629,6 +632,7 @@ void sl_flowvm_free(sl_flowvm_t *vm)
     while (vm->flows != NULL)
         flow_drop_lua(vm->flows);
     lua_close(vm->L);
+    sl_slab_free(vm->slab); /* after lua_close: every Lua block is back */
     sl_svcs_free(vm->svcs);
     free(vm->lib_dir);
     free(vm->tmp_root);

@@ -82,6 +82,7 @@ struct sl_flowvm_s {
     char *lib_dir;
     char *tmp_root;
     sl_svcs_t *svcs;
+    struct sl_slab_s *slab; /* owned: the Lua heap's small blocks (core/slab.h) */
     size_t mem; /* bytes the allocator handed out, net */
     size_t mem_cap;
     sl_step_t *cur;   /* the step whose coroutine runs now (allocator attribution) */

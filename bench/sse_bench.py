@@ -53,6 +53,9 @@ def parse_at(at):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
+by_kind = {}  # event kind -> latencies (where the tail comes from)
+
+
 def latency_reader(sock, want, out, done):
     buf = b""
     sock.settimeout(120)
@@ -75,6 +78,7 @@ def latency_reader(sock, want, out, done):
                         continue  # a chunk-size line of the chunked encoding
                     if "at" in ev:
                         out.append(now - parse_at(ev["at"]))
+                        by_kind.setdefault(ev.get("kind", "?"), []).append(now - parse_at(ev["at"]))
     done.set()
 
 
@@ -120,6 +124,10 @@ def main():
             print(f"sse_latency_median: {statistics.median(lat) * 1000:.1f} ms "
                   f"(timeline row timestamp -> arrival at the client, one process, Redis up)")
             print(f"sse_latency_p99: {p99 * 1000:.1f} ms")
+            for kind, xs in sorted(by_kind.items()):
+                xs.sort()
+                print(f"  {kind}: n={len(xs)} median {statistics.median(xs) * 1000:.1f} ms, "
+                      f"p99 {xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000:.1f} ms")
         m = h.requests.get(srv.url + "/metrics", timeout=30).text
         drops = [l for l in m.splitlines() if l.startswith("sluice_sse_clients_dropped_total")]
         print("sse_clients_dropped: %s" % (drops[0].split()[-1] if drops else "?"))

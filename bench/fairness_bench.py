@@ -63,7 +63,22 @@ def b_latency(b, ds):
     ev = b.get("/v1/files/%s/events" % fid).json()["events"]
     q = [e["at"] for e in ev if e["kind"] == "queued"][0]
     s = [e["at"] for e in ev if e["kind"] == "succeeded"][0]
+    TIMELINES.append([(e["kind"], e.get("step") or "", ts(e["at"]) - ts(q)) for e in ev])
     return ts(s) - ts(q)
+
+
+TIMELINES = []  # B's timelines (kind, step, seconds after `queued`), the latest last
+
+
+def print_timeline(samples):
+    """Where B's time went while A's files were queued: each event's median
+    offset from `queued` over the busy samples."""
+    tl = TIMELINES[-samples:]
+    n = min(len(t) for t in tl)
+    print("fairness: B's timeline while A's files queue (median ms after queued):")
+    for i in range(n):
+        at = statistics.median(t[i][2] for t in tl)
+        print("  %-16s %-10s %8.0f" % (tl[0][i][0], tl[0][i][1], at * 1000))
 
 
 def a_done(pg, srv, tenant_id):
@@ -87,6 +102,7 @@ def scenario(factory, pg, nfiles, samples, ceiling, shares, max_in_flight):
     for _ in range(samples):
         busy.append(b_latency(b, ds_b))
         time.sleep(0.2)
+    print_timeline(samples)
     left = nfiles - a_done(pg, srv, a.tenant_id)
     while a_done(pg, srv, a.tenant_id) < nfiles and time.monotonic() - t0 < 900:
         time.sleep(0.5)
@@ -104,6 +120,8 @@ def main():
                     help="limits.max_runs_per_tenant with shares (0: none)")
     ap.add_argument("--max-in-flight", type=int, default=0,
                     help="limits.max_runs_in_flight (0: the default)")
+    ap.add_argument("--shares-only", action="store_true",
+                    help="skip the second scenario (fairness off)")
     args = ap.parse_args()
     if args.binary:
         import os
@@ -122,6 +140,8 @@ def main():
         print("fairness: A's %d files took %.1f s (%.0f files/s with shares, ceiling %s, "
               "OCR concurrency 8 x 50 ms)" % (args.files, a_secs, args.files / a_secs,
                                              args.ceiling or "none"))
+        if args.shares_only:
+            return
         idle2, busy2, _, a2 = scenario(factory, pg, args.files, 1, 0, False, args.max_in_flight)
         print("fairness: with fairness off (fairness.shares: false, oldest first): B %.0f ms, "
               "ratio %.1f; A's files took %.1f s (%.0f files/s)"

@@ -1,7 +1,8 @@
 /*
  * commit.c — group commit of run transitions (see commit.h).
  *
- * A committer keeps the transitions that wait (`pending`, FIFO) and counts
+ * A committer keeps the transitions that wait (`pending`, oldest first; a
+ * group takes each tenant's oldest before the rest: take_group) and counts
  * its groups in flight. pump() sends groups while there is room; a group's
  * callback publishes its rows, tells each member, then pumps again, so what
  * arrived meanwhile leaves together. Members' callbacks may submit again:
@@ -37,6 +38,7 @@ typedef struct group_s {
 struct member_s {
     member_t *next;
     char run_id[37];
+    char tenant[37]; /* whose turn it is; "" when the transition named none */
     char *json; /* owned: the transition as a JSON object */
     size_t len;
     int alone; /* sent again by itself after its group failed in a statement */
@@ -241,28 +243,72 @@ static void group_cb(const sl_pg_result_t *res, void *arg)
     sl_commit_release(c);
 }
 
-/* Takes the next group off the queue: one member sent again alone, or up to the bounds. */
+/* How far take_group looks for other tenants' transitions (bounds its cost). */
+#define FAIR_SCAN 4096
+
+/* Unlinks *pp (a pending member) from the queue and returns it. */
+static member_t *unqueue(sl_commit_t *c, member_t **pp)
+{
+    member_t *m = *pp;
+    *pp = m->next;
+    if (c->pending_tail == &m->next)
+        c->pending_tail = pp;
+    c->npending--;
+    m->next = NULL;
+    return m;
+}
+
+/*
+ * Takes the next group off the queue: one member sent again alone, or up to
+ * the bounds. When more wait than a group holds, each tenant's oldest waiting
+ * transition first (among the first FAIR_SCAN), then the oldest. The group
+ * lives in its first member.
+ */
 static group_t *take_group(sl_commit_t *c, size_t *bytes)
 {
-    group_t *g = &c->pending->g;
+    member_t *head = NULL, **tail = &head;
+    int n = 0;
+    *bytes = 2;
+    if (c->pending->alone) {
+        head = unqueue(c, &c->pending);
+        n = 1;
+        *bytes += head->len + 1;
+    } else {
+        if (c->npending > SL_COMMIT_GROUP_MAX) {
+            const char *seen[SL_COMMIT_GROUP_MAX];
+            int nseen = 0, scanned = 0;
+            member_t **pp = &c->pending;
+            while (*pp && n < SL_COMMIT_GROUP_MAX && scanned++ < FAIR_SCAN) {
+                member_t *m = *pp;
+                int known = m->alone; /* sent alone later, at the head */
+                for (int i = 0; i < nseen && !known; i++)
+                    known = strcmp(seen[i], m->tenant) == 0;
+                if (known || (n > 0 && *bytes + m->len > SL_COMMIT_GROUP_BYTES)) {
+                    pp = &m->next;
+                    continue;
+                }
+                seen[nseen++] = m->tenant;
+                *tail = unqueue(c, pp); /* *pp is the next one now */
+                tail = &m->next;
+                n++;
+                *bytes += m->len + 1;
+            }
+        }
+        while (c->pending && n < SL_COMMIT_GROUP_MAX) {
+            member_t *m = c->pending;
+            if (n > 0 && (m->alone || *bytes + m->len > SL_COMMIT_GROUP_BYTES))
+                break;
+            *tail = unqueue(c, &c->pending);
+            tail = &m->next;
+            n++;
+            *bytes += m->len + 1;
+        }
+    }
+    group_t *g = &head->g;
     memset(g, 0, sizeof *g);
     g->c = c;
-    member_t **tail = &g->head;
-    *bytes = 2;
-    while (c->pending && g->n < SL_COMMIT_GROUP_MAX) {
-        member_t *m = c->pending;
-        if (g->n > 0 && (m->alone || g->head->alone || *bytes + m->len > SL_COMMIT_GROUP_BYTES))
-            break;
-        c->pending = m->next;
-        c->npending--;
-        m->next = NULL;
-        *tail = m;
-        tail = &m->next;
-        g->n++;
-        *bytes += m->len + 1;
-    }
-    if (!c->pending)
-        c->pending_tail = &c->pending;
+    g->head = head;
+    g->n = n;
     return g;
 }
 
@@ -337,6 +383,8 @@ int sl_commit_submit(sl_commit_t *c, const sl_commit_tr_t *t, sl_pubsub_t *ps, s
     free(head);
     m->len = off;
     memcpy(m->run_id, t->run_id, 37);
+    if (t->tenant_id)
+        snprintf(m->tenant, sizeof m->tenant, "%s", t->tenant_id);
     m->json = text;
     m->ps = ps;
     m->cb = cb;

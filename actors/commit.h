@@ -12,6 +12,12 @@
  * trip, and under load the groups grow by themselves: as many transitions
  * share a durable commit as arrived during the previous one.
  *
+ * Tenants take turns: when more transitions wait than a group holds, a group
+ * first takes the oldest waiting transition of each tenant (`tenant`), then
+ * fills up oldest first. A tenant with one run is not queued behind another's
+ * backlog of thousands (bench/fairness_bench.py: B's transitions waited
+ * ~0.5 s each behind A's 10,000 runs' first steps).
+ *
  * Each transition learns its own outcome: committed (its guard held: the
  * events were written), or lost (its guard found no row: the lease was lost or
  * the file deleted), which touches no other transition of the group. A failure
@@ -60,6 +66,7 @@ void sl_commit_release(sl_commit_t *c);
  */
 typedef struct sl_commit_tr_s {
     const char *run_id;
+    const char *tenant_id; /* whose turn it is (36 characters), or NULL: none */
     const char *step;
     int attempt;
     const char *ctx_json; /* the ctx, JSON text */

@@ -19,6 +19,7 @@ none, the default config); --max-in-flight sets limits.max_runs_in_flight
 for both runs (default: the config's default).
 """
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -64,9 +65,11 @@ def b_latency(b, ds):
     q = [e["at"] for e in ev if e["kind"] == "queued"][0]
     s = [e["at"] for e in ev if e["kind"] == "succeeded"][0]
     TIMELINES.append([(e["kind"], e.get("step") or "", ts(e["at"]) - ts(q)) for e in ev])
+    B_FILES.append(fid)
     return ts(s) - ts(q)
 
 
+B_FILES = []  # B's file ids, the latest last
 TIMELINES = []  # B's timelines (kind, step, seconds after `queued`), the latest last
 
 
@@ -103,6 +106,10 @@ def scenario(factory, pg, nfiles, samples, ceiling, shares, max_in_flight):
         busy.append(b_latency(b, ds_b))
         time.sleep(0.2)
     print_timeline(samples)
+    if os.environ.get("FAIR_LOG"):
+        for line in srv.log().splitlines():
+            if B_FILES[-1] in line:
+                print("  log: " + line[:400])
     left = nfiles - a_done(pg, srv, a.tenant_id)
     while a_done(pg, srv, a.tenant_id) < nfiles and time.monotonic() - t0 < 900:
         time.sleep(0.5)

@@ -11,6 +11,8 @@
  *   only that member fails;
  * - the events of a group get their seqs in group order, each run's in its
  *   own order;
+ * - tenants take turns: one tenant's transition queued behind another's
+ *   backlog leaves in the next group;
  * - freeing the pool fails what is in flight and what waits, once each.
  */
 #include "actors/commit.h"
@@ -57,6 +59,8 @@ static void done_cb(int err, int held, const char *errmsg, void *arg)
     ndone++;
 }
 
+static const char *submit_tenant; /* the tenant submit() names, or NULL */
+
 static int submit(sl_commit_t *c, int i, const char *ctx, const char *state, outcome_t *o)
 {
     char events[160];
@@ -65,6 +69,7 @@ static int submit(sl_commit_t *c, int i, const char *ctx, const char *state, out
              "{\"n\":%d}}]",
              i, i, i);
     sl_commit_tr_t t = {.run_id = runs[i],
+                        .tenant_id = submit_tenant,
                         .step = "s",
                         .attempt = 1,
                         .ctx_json = ctx,
@@ -251,6 +256,42 @@ static void test_bounds(sl_pg_t *pg)
     sl_commit_release(c);
 }
 
+/* Two runs' transaction ids are the same (the same group). */
+static int same_xact(int a, int b)
+{
+    char q[256], v[64];
+    snprintf(q, sizeof q,
+             "SELECT (SELECT xmin::text FROM runs WHERE id = '%s') = "
+             "(SELECT xmin::text FROM runs WHERE id = '%s')",
+             runs[a], runs[b]);
+    sql(q, v, sizeof v);
+    return strcmp(v, "t") == 0;
+}
+
+/* Tenants take turns: B's one transition, queued behind 200 of A's, leaves in
+ * the next group, not after A's backlog (three groups later). */
+static void test_tenant_turns(sl_pg_t *pg)
+{
+    sl_commit_t *c = sl_commit_acquire(base, pg, "me");
+    ndone = 0;
+    memset(out, 0, sizeof out);
+    const char *a = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", *b = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb";
+    submit_tenant = a;
+    CHECK(submit(c, 221, "{}", "running", &out[221]) == 0); /* in flight: the rest waits */
+    for (int i = 20; i < 220; i++)
+        CHECK(submit(c, i, "{}", "running", &out[i]) == 0);
+    submit_tenant = b;
+    CHECK(submit(c, 220, "{}", "running", &out[220]) == 0);
+    submit_tenant = NULL;
+    looptest_run_until(base, &ndone, 202, 20.0);
+    CHECK_EQ(ndone, 202);
+    CHECK(same_xact(220, 20));  /* B with A's oldest, in the group after the lone one */
+    CHECK(!same_xact(221, 20)); /* (which left alone) */
+    CHECK(same_xact(20, 20 + SL_COMMIT_GROUP_MAX - 2)); /* A's 63 oldest */
+    CHECK(!same_xact(20, 20 + SL_COMMIT_GROUP_MAX - 1)); /* the 64th waits */
+    sl_commit_release(c);
+}
+
 /* The pool freed with a group in flight and one waiting: both fail, once. */
 static void test_pool_freed(void)
 {
@@ -291,6 +332,7 @@ int main(void)
         test_group_and_lost_lease(pg);
         test_split(pg);
         test_bounds(pg);
+        test_tenant_turns(pg);
     }
     sl_pg_free(pg);
     event_base_loop(base, EVLOOP_NONBLOCK);

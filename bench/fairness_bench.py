@@ -108,7 +108,7 @@ def scenario(factory, pg, nfiles, samples, ceiling, shares, max_in_flight):
     print_timeline(samples)
     if os.environ.get("FAIR_LOG"):
         for line in srv.log().splitlines():
-            if B_FILES[-1] in line:
+            if B_FILES[-1] in line and '"http_request"' not in line:
                 print("  log: " + line[:400])
     left = nfiles - a_done(pg, srv, a.tenant_id)
     while a_done(pg, srv, a.tenant_id) < nfiles and time.monotonic() - t0 < 900:

@@ -23,6 +23,11 @@ cd "$REPO"
 for t in nginx wrk bc curl; do
     command -v "$t" >/dev/null || { echo "edge: $t missing (apt-get install nginx-light wrk bc curl)" >&2; exit 2; }
 done
+case " $* " in *" status "*)
+    /usr/bin/python3 -c "import fastapi, uvicorn, asyncpg" 2>/dev/null || {
+        echo "edge: the FastAPI peer needs apt-get install python3-fastapi python3-uvicorn python3-asyncpg" >&2
+        exit 2; } ;;
+esac
 
 mkdir -p var
 cfg="$REPO/var/bench.yaml"

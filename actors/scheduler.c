@@ -78,8 +78,8 @@ struct sl_sched_s {
      * their lease. */
     int orphans;
     int queries;      /* claim/heartbeat/gauge queries in flight (they point at s) */
-    char *hb_ids;     /* owned: the heartbeat's snapshot of live run ids (36 bytes each,
-                         packed) while its chunks go out, else NULL */
+    char *hb_ids;     /* owned: the heartbeat's snapshot of live run ids (live_ids)
+                         while its chunks go out, else NULL */
     int hb_n, hb_next; /* ids in it; the first not sent yet */
     int free_pending; /* sl_sched_free ran: the last query callback frees s */
     int in_flight;
@@ -240,27 +240,37 @@ static void late_released_cb(const sl_pg_result_t *r, void *arg)
                (int)strtol(PQcmdTuples(r->res[r->n - 1]), NULL, 10), "late", 1);
 }
 
-/* "{id,id,...}": a uuid[] literal of the live actors' runs ("{}" if none);
- * malloc'ed (the caller frees it), NULL without memory. */
-static char *live_ids(const sl_sched_t *s)
+/* The live actors' run ids, 36 bytes each, packed (malloc'ed: the caller
+ * frees it; at least 1 byte), *n of them; NULL without memory. */
+static char *live_ids(const sl_sched_t *s, int *n)
 {
-    size_t n = 0;
+    int k = 0;
     for (run_node_t *rn = s->runs; rn; rn = rn->next)
-        n++;
-    char *ids = malloc(n * 37 + 3);
+        k++;
+    char *ids = malloc(k > 0 ? (size_t)k * 36 : 1);
     if (!ids)
         return NULL;
-    size_t off = 0;
-    ids[off++] = '{';
-    for (run_node_t *rn = s->runs; rn; rn = rn->next) {
-        memcpy(ids + off, sl_run__id(rn->run), 36);
-        off += 36;
-        if (rn->next)
-            ids[off++] = ',';
-    }
-    ids[off++] = '}';
-    ids[off] = '\0';
+    int i = 0;
+    for (run_node_t *rn = s->runs; rn && i < k; rn = rn->next)
+        memcpy(ids + (size_t)i++ * 36, sl_run__id(rn->run), 36);
+    *n = i;
     return ids;
+}
+
+/* Writes "{id,id,...}", a uuid[] literal of the k packed ids ("{}" for none),
+ * into out (k * 37 + 3 bytes at least). */
+static void uuid_array(char *out, const char *ids, int k)
+{
+    size_t off = 0;
+    out[off++] = '{';
+    for (int i = 0; i < k; i++) {
+        if (i)
+            out[off++] = ',';
+        memcpy(out + off, ids + (size_t)i * 36, 36);
+        off += 36;
+    }
+    out[off++] = '}';
+    out[off] = '\0';
 }
 
 static void claim(sl_sched_t *s);
@@ -293,11 +303,15 @@ static void orphans_released_cb(const sl_pg_result_t *r, void *arg)
  */
 static void release_orphans(sl_sched_t *s)
 {
-    char *ids = live_ids(s);
+    int n = 0;
+    char *live = live_ids(s, &n), *ids = live ? malloc((size_t)n * 37 + 3) : NULL;
     if (!ids) {
+        free(live);
         schedule_claim(s, 1000);
         return;
     }
+    uuid_array(ids, live, n);
+    free(live);
     const char *params[] = {s->instance_id, ids};
     s->claiming = 1;
     if (send_query(s,
@@ -438,14 +452,7 @@ static void heartbeat_chunk(sl_sched_t *s)
 {
     int k = s->hb_n - s->hb_next < HB_CHUNK ? s->hb_n - s->hb_next : HB_CHUNK;
     char ids[HB_CHUNK * 37 + 3];
-    size_t off = 0;
-    ids[off++] = '{';
-    for (int i = 0; i < k; i++) {
-        memcpy(ids + off, s->hb_ids + (size_t)(s->hb_next + i) * 36, 36);
-        off += 36;
-        ids[off++] = i + 1 < k ? ',' : '}';
-    }
-    ids[off] = '\0';
+    uuid_array(ids, s->hb_ids + (size_t)s->hb_next * 36, k);
     s->hb_next += k;
     char lease[16];
     snprintf(lease, sizeof lease, "%d", s->lease_s);
@@ -472,14 +479,9 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     int n = 0;
-    for (run_node_t *rn = s->runs; rn; rn = rn->next)
-        n++;
-    if (n == 0 || (s->hb_ids = malloc((size_t)n * 36)) == NULL)
+    if (!s->runs || (s->hb_ids = live_ids(s, &n)) == NULL)
         return;
-    int i = 0;
-    for (run_node_t *rn = s->runs; rn && i < n; rn = rn->next)
-        memcpy(s->hb_ids + (size_t)i++ * 36, sl_run__id(rn->run), 36);
-    s->hb_n = i;
+    s->hb_n = n;
     s->hb_next = 0;
     heartbeat_chunk(s);
 }

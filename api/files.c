@@ -628,6 +628,11 @@ static const char PROCESS_FILE_SQL[] =
     " reason = CASE WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.file_id = f.id) THEN $3::text END"
     " WHERE f.tenant_id = $1 AND f.id = $2 RETURNING f.dataset_id";
 
+/*
+ * A process that starts no run changes the file (from 'uploaded' to 'done'
+ * with its reason) without a run event: a "file" event (kind 'processed',
+ * state its status) tells SSE clients, numbered as upload.c's file events are.
+ */
 static const char PROCESS_FILE_EVENT_SQL[] =
     "SELECT sluice_event_places(f.dataset_id, 1), f.dataset_id, f.id, NULL,"
     " NULL, NULL, 'processed', sluice_file_status(f.id), sluice_ts(clock_timestamp())"
@@ -658,10 +663,10 @@ static void process_run(process_t *pr)
     }
     if (pr->npipelines > 0) {
         json_t *names = json_array();
-        for (int i = 0; names && i < pr->npipelines; i++)
-            if (json_array_append_new(names, json_string(pr->pipelines[i])) != 0)
-                json_decref(names), names = NULL;
-        char *names_txt = names ? json_dumps(names, JSON_COMPACT) : NULL;
+        int ok = names != NULL;
+        for (int i = 0; ok && i < pr->npipelines; i++)
+            ok = json_array_append_new(names, json_string(pr->pipelines[i])) == 0;
+        char *names_txt = ok ? json_dumps(names, JSON_COMPACT) : NULL;
         json_decref(names);
         const char *ep[] = {pr->tenant_id, batch_id, names_txt};
         int rc = names_txt ? sl_pg_batch_add(b, RUN_EVENTS_SQL, 3, ep) : -1;

@@ -72,6 +72,13 @@ $$;
 -- group (flow_bench: 8,480 sequential scans of runs, 16 M rows read, for
 -- 2,000 runs; Postgres was the bottleneck). What the UPDATE changed travels
 -- to the events' insert in arrays (one per column, in group order).
+--
+-- PL/pgSQL rather than SQL for its plan cache: a LANGUAGE sql function's
+-- statements are parsed and planned again at every call (about 1 ms for this
+-- one), PL/pgSQL's once per session: a group of 1 runs in 0.45 ms instead of
+-- 1.4, a group of 8 in 0.8 instead of 2.0 (docs/internals/scheduler.md).
+--
+-- Returns the inserted run_events rows, in group order.
 CREATE OR REPLACE FUNCTION sluice_run_transitions(p_owner text, p_batch json)
 RETURNS SETOF run_events
 LANGUAGE plpgsql VOLATILE AS $$

@@ -948,9 +948,10 @@ class ServerFactory:
 
     def lost_files(self, timeout=120.0):
         """FAULTS: the files these servers accepted with 202 that were lost:
-        not done or failed within `timeout` (two leases and more: a claim or
-        a commit whose answer was lost strands its runs until their lease
-        lapses, 30 s, and it can happen twice to the same run), failed only because of an
+        not done or failed within `timeout` (two leases and more: a commit
+        whose answer was lost gives its lease back, but if that statement is
+        lost too the run waits for its lease to lapse, 30 s, and it can happen
+        twice to the same run), failed only because of an
         injected fault, or done by a record-making pipeline (ai_record, with
         no "no_text" note) without exactly one record version per such run
         (provenance: a re-process adds a version). Returns a list of strings (empty: none

@@ -105,17 +105,9 @@ def main():
                 wall.append(arrived - t0)
                 ids.append(fid)
         sock.close()
-        rows = psql(srv, "SELECT f.id, extract(epoch FROM f.created_at), "
-                           "extract(epoch FROM max(e.at)) FROM files f JOIN run_events e "
-                           "ON e.file_id = f.id WHERE f.dataset_id = '%s' GROUP BY f.id, "
-                           "f.created_at" % ds)
-        done = {}
-        for line in rows.strip().splitlines():
-            fid, created, last = line.split("|")
-            done[fid] = float(last) - float(created)
-        engine = [done[f] for f in ids if f in done]
-        # Where the time goes: each timeline event's offset from created_at,
-        # by its position in the run's timeline (median over the files).
+        # Each timeline event's offset from the file's created_at (the upload's
+        # transaction), in place order: the last one is the engine's share,
+        # and by position in the timeline they say where the time goes.
         rows = psql(srv, "SELECT e.file_id, e.kind, coalesce(e.step, ''), "
                            "extract(epoch FROM e.at - f.created_at) FROM run_events e "
                            "JOIN files f ON f.id = e.file_id WHERE f.dataset_id = '%s' "
@@ -125,6 +117,7 @@ def main():
             fid, kind, step, off = line.split("|")
             by_file.setdefault(fid, []).append((kind, step, float(off)))
         timelines = [by_file[f] for f in ids if f in by_file]
+        engine = [max(e[2] for e in t) for t in timelines]
         if timelines:
             print("timeline (median ms after the upload's transaction began):")
             for n in range(max(len(t) for t in timelines)):

@@ -737,6 +737,7 @@ int sl_app_open_flows(sl_app_t *app)
     so.instance_id = app->instance_id;
     so.tmp_root = tmp_root;
     so.max_in_flight = cfg->max_runs_in_flight;
+    so.max_active = cfg->max_runs_active;
     so.lease_s = cfg->engine_lease_s; /* the heartbeat is a third of it */
     so.max_in_flight_per_tenant = cfg->max_runs_per_tenant;
     so.no_shares = cfg->fairness_shares && strcmp(cfg->fairness_shares, "false") == 0;

@@ -589,6 +589,11 @@ int sl_flowvm_running(const sl_flowvm_t *vm)
     return vm->nsteps;
 }
 
+int sl_flowvm_parked(const sl_flowvm_t *vm)
+{
+    return vm ? vm->parked : 0;
+}
+
 static void flow_drop_lua(sl_flow_t *f)
 {
     sl_flowvm_t *vm = f->vm;

@@ -185,6 +185,14 @@ void sl_step_cancel(sl_step_t *s);
 /** Steps running now (for metrics). */
 int sl_flowvm_running(const sl_flowvm_t *vm);
 
+/**
+ * Of those, the steps parked: waiting on an operation in flight off the loop
+ * (a service call, a command, a worker's read; not one still queued for its
+ * service's slot) or on sl.sleep's timer. The scheduler admits new runs by
+ * the others, the runs that have work to do now (limits.max_runs_active).
+ */
+int sl_flowvm_parked(const sl_flowvm_t *vm); /* vm NULL: 0 */
+
 /** Bytes the VM's allocator holds now (all flows, modules and steps). Addition. */
 size_t sl_flowvm_memory(const sl_flowvm_t *vm);
 

@@ -89,6 +89,7 @@ struct sl_flowvm_s {
     long load_instr;  /* instructions used by the flow file being loaded */
     sl_step_t *steps; /* every step not yet delivered (doubly linked) */
     int nsteps;
+    int parked;       /* steps parked on an outbound call in flight or a timer (sl_flowvm_parked) */
     sl_flow_t *flows; /* every flow still referenced (doubly linked) */
     int freeing;
     sl_flow_check_t *checking; /* the flow source being loaded and checked, or NULL */

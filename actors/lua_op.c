@@ -32,6 +32,7 @@ static int svcop_start(sl_flow_svcop_t *op)
         return rc;
     }
     op->running = 1;
+    op->vm->parked++;
     return 0;
 }
 
@@ -39,6 +40,8 @@ static void svcop_cancel(sl_flow_op_t *hdr)
 {
     sl_flow_svcop_t *op = (sl_flow_svcop_t *)hdr;
     if (op->running) {
+        op->running = 0;
+        op->vm->parked--;
         /* the completion still fires (ECANCELED) and frees the op */
         sl_svc_release(&op->wait, "cancelled", sl_flow__now_s() - op->t0);
         if (op->ops->abort(op))
@@ -160,6 +163,8 @@ void sl_flow__svcop_done(sl_flow_svcop_t *op, const char *outcome, lua_CFunction
 {
     sl_step_t *s;
 
+    if (op->running)
+        op->vm->parked--;
     op->running = 0;
     sl_svc_release(&op->wait, outcome, sl_flow__now_s() - op->t0);
     s = sl_flow__op_take(&op->hdr);

@@ -9,11 +9,13 @@
 typedef struct sleep_op_s {
     sl_flow_op_t hdr;
     struct event *ev;
+    sl_flowvm_t *vm; /* borrowed: its parked count holds this sleep */
 } sleep_op_t;
 
 static void sleep_cancel(sl_flow_op_t *op)
 {
     sleep_op_t *so = (sleep_op_t *)op;
+    so->vm->parked--;
     event_free(so->ev);
     free(so);
 }
@@ -22,6 +24,7 @@ static void sleep_cb(evutil_socket_t fd, short what, void *arg)
 {
     sleep_op_t *so = arg;
     sl_step_t *s = sl_flow__op_take(&so->hdr);
+    so->vm->parked--;
     event_free(so->ev);
     free(so);
     if (s != NULL)
@@ -44,6 +47,8 @@ static int l_sleep(lua_State *L)
     }
     struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (lua_Number)(time_t)secs) * 1e6)};
     evtimer_add(so->ev, &tv);
+    so->vm = vm;
+    vm->parked++;
     sl_flow__set_op(s, &so->hdr, sleep_cancel);
     return lua_yield(L, 0);
 }

@@ -1,8 +1,10 @@
 /*
  * scheduler.c — claims runs from Postgres with leases and holds their actors.
  *
- * One claim query at a time: when there is room (in_flight < max_in_flight) it
- * claims up to claim_batch runnable runs (queued, waiting whose time has come,
+ * One claim query at a time: when there is room (in_flight < max_in_flight,
+ * and fewer than max_active of the runs held have work to do now, i.e. are
+ * not parked on a call or a timer: admission) it claims up to claim_batch
+ * runnable runs (queued, waiting whose time has come,
  * or running under an expired lease — a dead instance's) with FOR UPDATE SKIP
  * LOCKED, so instances sharing the database never claim the same run. A full
  * batch claims again at once; an empty one sleeps poll_ms (uploads kick it).
@@ -44,6 +46,7 @@
 
 #define MAX_PIPELINES 32
 #define MAX_PINNED 32                 /* older flow versions held for taken-over runs */
+#define ADMIT_RECHECK_MS 5            /* admission full: when to look at the parked count again */
 
 typedef struct pipeline_flow_s {
     char name[64];
@@ -61,6 +64,7 @@ struct sl_sched_s {
     char instance_id[128];
     char tmp_root[512];
     int max_in_flight, claim_batch, lease_s, heartbeat_s, poll_ms;
+    int max_active;   /* admission: runs held that are not parked (claim()) */
     int started, stopping;
     int claiming;     /* a claim query is in flight */
     int asked;        /* the in-flight claim's limit */
@@ -381,6 +385,23 @@ static void claim(sl_sched_t *s)
         return;
     }
     int room = s->max_in_flight - s->in_flight;
+    /*
+     * Admission: the runs held that are not parked on a call or a timer have
+     * work to do now (a step, a commit, a turn in a service's queue). Beyond
+     * max_active, a claimed run would only wait in memory, where the claim's
+     * order no longer acts, and add its first step to a burst every tenant
+     * waits behind (docs/internals/scheduler.md, "Admission").
+     */
+    int active_room = s->max_active - (s->in_flight - sl_flowvm_parked(s->ctx.vm));
+    if (active_room < room) {
+        room = active_room;
+        if (room <= 0) {
+            /* runs parking make room without ending: look again soon (no query) */
+            s->drained = 0;
+            schedule_claim(s, ADMIT_RECHECK_MS);
+            return;
+        }
+    }
     if (room <= 0) {
         s->drained = 0; /* full: an actor ending claims again */
         return;
@@ -571,6 +592,7 @@ int sl_sched_new(const sl_sched_opts_t *o, sl_sched_t **out)
     s->ctx.instance_id = s->instance_id;
     s->ctx.tmp_root = s->tmp_root;
     s->max_in_flight = o->max_in_flight > 0 ? o->max_in_flight : 10000;
+    s->max_active = o->max_active > 0 ? o->max_active : SL_SCHED_MAX_ACTIVE;
     s->claim_batch = o->claim_batch > 0 ? o->claim_batch : 200;
     s->lease_s = o->lease_s > 0 ? o->lease_s : 30;
     s->heartbeat_s = o->heartbeat_s > 0 ? o->heartbeat_s : (s->lease_s >= 3 ? s->lease_s / 3 : 1);

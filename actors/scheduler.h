@@ -17,6 +17,8 @@
 
 typedef struct sl_sched_s sl_sched_t;
 
+#define SL_SCHED_MAX_ACTIVE 256 /* limits.max_runs_active's default */
+
 typedef struct sl_sched_opts_s {
     struct event_base *base;  /* borrowed */
     sl_pg_t *pg;              /* borrowed */
@@ -27,6 +29,7 @@ typedef struct sl_sched_opts_s {
     const char *instance_id;  /* copied: the lease owner */
     const char *tmp_root;     /* copied: parent of per-run scratch dirs */
     int max_in_flight;        /* default 10000 */
+    int max_active;           /* of those, not parked on a call or timer; default SL_SCHED_MAX_ACTIVE */
     int max_in_flight_per_tenant; /* hard ceiling per tenant (x its weight); <= 0: none */
     const char *weights_json; /* copied; {"tenant name or id": weight, ...}: shares; NULL: all 1 */
     int no_shares;            /* 1: claim oldest first, no shares (fairness.shares: false) */

@@ -6,9 +6,10 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
      step waits for a reply or for a service slot) and reads the engine
      process's RSS; the figure is (RSS parked - RSS before the upload) / N, and
      the second half's growth / N/2. The config lifts
-     the per-tenant cap for this part (limits: max_runs_per_tenant and
-     max_runs_in_flight = N): with the default cap of 16 only 16 runs of the
-     one tenant would ever park;
+     the per-tenant cap for this part (limits: max_runs_per_tenant,
+     max_runs_in_flight and max_runs_active = N): with the default cap of 16
+     only 16 runs of the one tenant would ever park, and admission holds 256
+     runs that wait for Tika's 8 slots;
   2. with the stand-in answering at once, processes M text files (default
      2,000) through ai_record and counts committed transitions per second
      (timeline events written by the actors, from /metrics).
@@ -90,8 +91,10 @@ def park(args, factory, tika):
     # Every run may be in flight at once: no per-tenant cap (a config
     # override, so it holds whatever replaces the cap by default).
     cap = max(args.runs, 16)
+    # Admission (limits.max_runs_active) counts a run waiting for Tika's slot
+    # as active, not parked: lifted too, so all N runs are claimed and wait.
     yaml += (f"\nlimits: {{max_runs_per_tenant: {cap}, "
-             f"max_runs_in_flight: {max(cap, 10000)}}}\n")
+             f"max_runs_in_flight: {max(cap, 10000)}, max_runs_active: {max(cap, 10000)}}}\n")
     srv = factory(extra_yaml=yaml)
     client = srv.create_tenant("bench")
     ds = client.create_dataset("bench")["id"]

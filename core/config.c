@@ -610,6 +610,7 @@ static const field_t limits_fields[] = {
     FINT(sl_config_t, "max_uploads_per_tenant", max_uploads_per_tenant, 0, INT_MAX),
     FINT(sl_config_t, "max_runs_in_flight", max_runs_in_flight, 1, 1000000),
     FINT(sl_config_t, "max_runs_per_tenant", max_runs_per_tenant, 0, 1000000),
+    FINT(sl_config_t, "max_runs_active", max_runs_active, 1, 1000000),
     FINT64(sl_config_t, "max_image_pixels", max_image_pixels, 0, INT64_MAX),
     FINT(sl_config_t, "max_connections_per_ip", max_connections_per_ip, 0, INT_MAX),
 };
@@ -1147,6 +1148,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_header_bytes = 65536;
     cfg->max_connections = 10000;
     cfg->max_runs_in_flight = 10000;
+    cfg->max_runs_active = 256; /* SL_SCHED_MAX_ACTIVE */
     cfg->max_runs_per_tenant = 0; /* no ceiling: shares (actors/scheduler.h) */
     cfg->retention_interval_s = 3600; /* retention (actors/retention.h) */
     cfg->retention_idempotency_hours = 24;

@@ -127,3 +127,70 @@ def test_lone_tenant_fills_the_engine_and_a_newcomer_starts_first(start_server, 
           % (peak, a_ahead, a_after))
     assert a_after >= 80, (a_ahead, a_after)  # A still had most of its queue to go ...
     assert a_ahead < 40, (a_ahead, a_after)   # ... and B did not wait behind it
+
+
+@pytest.mark.timeout(120)
+def test_admission_claims_only_runs_that_can_work(start_server, pg):
+    """Admission (limits.max_runs_active): runs waiting for a service's slot
+    have work to do and count; the claim stops at 4 of them, plus the one
+    parked on the OCR call in flight. Without it the engine claims all of A's
+    20 runs into the OCR queue in memory, where the claim's order no longer
+    acts. A newcomer's file still goes through at once, while A's runs wait
+    in Postgres."""
+    srv = start_server(extra_yaml=(
+        'services:\n'
+        '  ocr: {command: ["/bin/sh", "-c", "sleep 0.3; echo text {input}"], concurrency: 1, '
+        'timeout_ms: 60000}\n'
+        'pipelines:\n'
+        '  - {name: ai_record, flow: lua-flows/ai_record.lua, match: ["image/png"]}\n'
+        'limits: {max_runs_active: 4}\n'))
+    a = srv.create_tenant("busy")
+    b = srv.create_tenant("newcomer")
+    ds_a = a.create_dataset("a")["id"]
+    ds_b = b.create_dataset("b")["id"]
+    db = dbname(srv.database_url)
+
+    def count(tenant_id, state):
+        return int(pg.psql("SELECT count(*) FROM runs WHERE tenant_id = '%s' AND state = '%s'"
+                           % (tenant_id, state), dbname=db).strip())
+
+    r = a.upload(ds_a, [("a%02d.png" % i, PNG, "image/png") for i in range(20)])
+    assert r.status_code == 202, r.text[:500]
+    peak, end = 0, time.monotonic() + 2.0
+    while time.monotonic() < end:
+        peak = max(peak, count(a.tenant_id, "running"))
+        time.sleep(0.02)
+    assert 4 <= peak <= 5, peak  # 4 active + 1 in the OCR call; not 20
+
+    r = b.upload(ds_b, ("b.png", PNG, "image/png"))
+    assert r.status_code == 202, r.text
+    doc = b.wait_file(r.json()["files"][0]["id"], timeout=30, interval=0.05)
+    assert doc["status"] == "done", doc
+    left = count(a.tenant_id, "queued") + count(a.tenant_id, "running")
+    assert left >= 8, left  # B did not wait for A's batch (~6 s of OCR)
+
+
+SLEEPY = ('return flow { start = "nap", steps = {\n'
+          '  nap = { run = function(ctx, file) sl.sleep(3) return true end } } }\n')
+
+
+@pytest.mark.timeout(120)
+def test_admission_does_not_count_parked_runs(start_server, pg, tmp_path):
+    """A run parked on a timer (or a call in flight) has nothing to do now:
+    with max_runs_active 2, all 10 sleeping runs are claimed at once."""
+    flow = tmp_path / "sleepy.lua"
+    flow.write_text(SLEEPY)
+    srv = start_server(extra_yaml=(
+        'pipelines:\n  - {name: sleepy, flow: "%s", match: ["text/*"]}\n'
+        'limits: {max_runs_active: 2}\n' % flow))
+    a = srv.create_tenant("sleepy")
+    ds = a.create_dataset("a")["id"]
+    db = dbname(srv.database_url)
+    r = a.upload(ds, [("s%d.txt" % i, b"sleep %d\n" % i, "text/plain") for i in range(10)])
+    assert r.status_code == 202, r.text
+    peak, end = 0, time.monotonic() + 2.5
+    while time.monotonic() < end and peak < 10:
+        peak = max(peak, int(pg.psql("SELECT count(*) FROM runs WHERE tenant_id = '%s' AND "
+                                     "state = 'running'" % a.tenant_id, dbname=db).strip()))
+        time.sleep(0.05)
+    assert peak == 10, peak

@@ -205,7 +205,11 @@ int sl_elink_listen_events(sl_elink_t *l, struct event_base *base, sl_elink_even
 
 void sl_elink_set_engine_pid(sl_elink_t *l, int pid)
 {
-    atomic_store(&l->page->ready, 0);
+    /* Only an engine gone clears "ready": the new one may have published
+     * before its parent got here (after the fork), and that is its own
+     * state; the one before it was cleared when it exited (pid 0). */
+    if (pid == 0)
+        atomic_store(&l->page->ready, 0);
     atomic_store(&l->page->pid, pid);
 }
 

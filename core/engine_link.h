@@ -46,7 +46,11 @@ void sl_elink_free(sl_elink_t *l);
 
 /* ---- the supervisor ---- */
 
-/** Records the engine's pid (0: no engine running now) and clears "ready". */
+/**
+ * Records the engine's pid. 0 (no engine running now) clears "ready"; a new
+ * pid keeps what its engine may already have published (the parent records
+ * the pid after the fork, maybe after the child's first publish).
+ */
 void sl_elink_set_engine_pid(sl_elink_t *l, int pid);
 
 /** 1 once the engine running now published its first state (its flows loaded). */

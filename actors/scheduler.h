@@ -17,7 +17,7 @@
 
 typedef struct sl_sched_s sl_sched_t;
 
-#define SL_SCHED_MAX_ACTIVE 256 /* limits.max_runs_active's default */
+#define SL_SCHED_MAX_ACTIVE 64 /* limits.max_runs_active's default */
 
 typedef struct sl_sched_opts_s {
     struct event_base *base;  /* borrowed */

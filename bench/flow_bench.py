@@ -8,7 +8,7 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
      the second half's growth / N/2. The config lifts
      the per-tenant cap for this part (limits: max_runs_per_tenant,
      max_runs_in_flight and max_runs_active = N): with the default cap of 16
-     only 16 runs of the one tenant would ever park, and admission holds 256
+     only 16 runs of the one tenant would ever park, and admission holds 64
      runs that wait for Tika's 8 slots;
   2. with the stand-in answering at once, processes M text files (default
      2,000) through ai_record and counts committed transitions per second

@@ -2,7 +2,8 @@
 """Live status: event latency and concurrent SSE clients.
 
 Starts its own Postgres, Redis and sluice, then:
-  1. one SSE client on a dataset while --files text files run through a small
+  1. one SSE client (a process of its own) on a dataset while --files text
+     files run through a small
      three-step flow (no I/O in the steps, so transitions come fast): for each
      of the first --events events, latency = arrival time at the client minus
      the event's `at` (the commit-time timestamp Postgres gave its timeline
@@ -21,7 +22,7 @@ import selectors
 import socket
 import statistics
 import sys
-import threading
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -53,33 +54,39 @@ def parse_at(at):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
-by_kind = {}  # event kind -> latencies (where the tail comes from)
-
-
-def latency_reader(sock, want, out, done):
-    buf = b""
+def latency_reader(sock, want, conn):
+    """In a process of its own (the uploads' multipart encoding in this one
+    held the GIL for ms at a time, and parsing a burst of events delayed the
+    next recv: both were counted as the server's latency). Records each recv's
+    arrival time with its bytes and parses them only after the last one; sends
+    back (latency, kind) for the first `want` events."""
+    chunks, seen = [], 0
     sock.settimeout(120)
-    while len(out) < want:
+    while seen < want:
         try:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(1 << 20)
         except socket.timeout:
             break
         if not chunk:
             break
-        now = time.time()
+        chunks.append((time.time(), chunk))
+        seen += chunk.count(b'"at":')
+    out, buf = [], b""
+    for now, chunk in chunks:
         buf += chunk
-        while b"\n\n" in buf:
-            block, buf = buf.split(b"\n\n", 1)
+        blocks = buf.split(b"\n\n")
+        buf = blocks.pop()
+        for block in blocks:
             for line in block.split(b"\n"):
                 if line.startswith(b"data: "):
                     try:
                         ev = json.loads(line[6:])
                     except ValueError:
                         continue  # a chunk-size line of the chunked encoding
-                    if "at" in ev:
-                        out.append(now - parse_at(ev["at"]))
-                        by_kind.setdefault(ev.get("kind", "?"), []).append(now - parse_at(ev["at"]))
-    done.set()
+                    if "at" in ev and len(out) < want:
+                        out.append((now - parse_at(ev["at"]), ev.get("kind", "?")))
+    conn.send(out)
+    conn.close()
 
 
 def main():
@@ -104,10 +111,11 @@ def main():
         ds = client.create_dataset("bench")["id"]
 
         # 1. latency
-        lat, done = [], threading.Event()
         sock = open_stream(srv.port, client.key, ds)
-        t = threading.Thread(target=latency_reader, args=(sock, args.events, lat, done))
-        t.start()
+        mine, theirs = multiprocessing.Pipe(duplex=False)
+        reader = multiprocessing.get_context("fork").Process(
+            target=latency_reader, args=(sock, args.events, theirs))
+        reader.start()
         time.sleep(0.5)
         sent = 0
         while sent < args.files:
@@ -115,9 +123,13 @@ def main():
             r = client.upload(ds, [(f"f{sent + i}.txt", b"x\n") for i in range(n)])
             assert r.status_code == 202, r.text[:200]
             sent += n
-        done.wait(300)
+        got = mine.recv() if mine.poll(300) else []
+        reader.join(10)
         sock.close()
-        lat = sorted(lat[:args.events])
+        by_kind = {}  # event kind -> latencies (where the tail comes from)
+        for x, kind in got:
+            by_kind.setdefault(kind, []).append(x)
+        lat = sorted(x for x, _ in got)
         if lat:
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             print(f"sse_events_measured: {len(lat)}")

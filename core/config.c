@@ -1148,7 +1148,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->max_header_bytes = 65536;
     cfg->max_connections = 10000;
     cfg->max_runs_in_flight = 10000;
-    cfg->max_runs_active = 256; /* SL_SCHED_MAX_ACTIVE */
+    cfg->max_runs_active = 64; /* SL_SCHED_MAX_ACTIVE */
     cfg->max_runs_per_tenant = 0; /* no ceiling: shares (actors/scheduler.h) */
     cfg->retention_interval_s = 3600; /* retention (actors/retention.h) */
     cfg->retention_idempotency_hours = 24;

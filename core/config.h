@@ -125,7 +125,7 @@ typedef struct sl_config_s {
     int max_uploads_per_tenant;    /* same, per tenant; 0 = unlimited (429 past it) */
     int max_runs_in_flight;        /* runs held by a process's actors; default 10000 */
     int max_runs_per_tenant;       /* ceiling per tenant (x weight) and process; 0 = none */
-    int max_runs_active;           /* of the runs held, those not parked on a call or timer; 256 */
+    int max_runs_active;           /* of the runs held, those not parked on a call or timer; 64 */
     int64_t max_image_pixels;      /* images over it fail too_large; 0 = unlimited */
     int max_connections_per_ip;    /* open connections from one address; 0 = unlimited */
 

@@ -377,17 +377,20 @@ static void test_outcomes(void)
     CHECK(r.ok == 0 && strcmp(r.err, "timeout") == 0 && r.transient == 1);
     CHECK(r.dur >= 0.19 && r.dur < 2);
     CHECK(strcmp(ctx_get(&r, "started"), "true") == 0);
+    CHECK(sl_flowvm_parked(vm) == 0); /* the timed-out sleep is no longer parked */
 
     /* cancel */
     s = start_step(basic, "long_nap", "{}", &r);
     spin_ms(30);
     CHECK(r.called == 0);
+    CHECK(sl_flowvm_parked(vm) == 1); /* parked on sl.sleep (admission's count) */
     r.returned = 0;
     sl_step_cancel(s);
     CHECK(r.called == 0); /* never from inside the cancel */
     r.returned = 1;
     CHECK(wait_int(&r.called, 1, 2000));
     CHECK(r.ok == 0 && strcmp(r.err, "cancelled") == 0 && r.transient == 0);
+    CHECK(sl_flowvm_parked(vm) == 0);
 
     /* cancel before it even began */
     s = start_step(basic, "ok", "{}", &r);
@@ -488,10 +491,12 @@ static void test_many(void)
     CHECK(started == 1000);
     CHECK(sl_flowvm_running(vm) == 1000);
     event_base_loop(base, EVLOOP_ONCE); /* every step begins and yields in sl.sleep */
+    CHECK(sl_flowvm_parked(vm) == 1000);
     fprintf(stderr, "info: 1000 suspended steps: %zu bytes of Lua memory each\n",
             (sl_flowvm_memory(vm) - before) / 1000);
     CHECK(wait_int(&many_called, 1000, 10000));
     CHECK(many_ok == 1000);
+    CHECK(sl_flowvm_parked(vm) == 0);
     fprintf(stderr, "info: 1000 concurrent 50 ms steps took %.0f ms\n", now_ms() - t0);
     CHECK(sl_flowvm_running(vm) == 0);
     sl_flow_unref(f); /* the steps' references are gone already */
@@ -574,13 +579,18 @@ static void test_concurrency(void)
     start_step(basic, "http", ctx, &r[1]);
     spin_ms(40); /* both hold their slots */
     CHECK(peer_inflight == 2);
+    CHECK(sl_flowvm_parked(vm) == 2); /* calls in flight park their steps */
     start_step(basic, "http", quick, &r[2]);
+    spin_ms(10);
+    CHECK(r[2].called == 0);
+    CHECK(sl_flowvm_parked(vm) == 2); /* waiting for a slot is not parked (admission) */
     CHECK(wait_int(&r[2].called, 1, 3000));
     CHECK(r[2].ok == 0 && strcmp(r[2].err, "busy") == 0 && r[2].transient == 1);
     if (strcmp(r[2].err, "busy") != 0)
         fprintf(stderr, "  got %s (%s)\n", r[2].err, r[2].detail);
     CHECK(wait_int(&r[0].called, 1, 3000) && wait_int(&r[1].called, 1, 3000));
     CHECK(r[0].ok == 1 && r[1].ok == 1);
+    CHECK(sl_flowvm_parked(vm) == 0);
 }
 
 /* ---- the database primitives ---- */

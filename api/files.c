@@ -210,12 +210,16 @@ static void route_get(sl_http_req_t *req, const sl_http_params_t *params, void *
  */
 static const char LIST_SQL[] =
     "WITH page AS ("
-    "  SELECT f.seq, sluice_file_json(f) AS j FROM files f"
+    "  SELECT f FROM files f"
     "  WHERE f.tenant_id = $1 AND f.dataset_id = $2"
     "    AND ($3::bigint IS NULL OR f.seq < $3::bigint)"
     "    AND ($4::text IS NULL OR sluice_file_status(f.id) = $4::text)"
     "  ORDER BY f.seq DESC LIMIT $5::int + 1),"
-    " numbered AS (SELECT seq, j, row_number() OVER (ORDER BY seq DESC) AS rn FROM page)"
+    /* the page's queued runs numbered in one pass (json.sql), not one count each */
+    " pos AS MATERIALIZED (SELECT sluice_queue_positions($1,"
+    "                             ARRAY(SELECT (page.f).id FROM page)) AS p),"
+    " numbered AS (SELECT (page.f).seq AS seq, sluice_file_json(page.f, pos.p) AS j,"
+    "                     row_number() OVER (ORDER BY (page.f).seq DESC) AS rn FROM page, pos)"
     " SELECT json_build_object("
     "  'files', coalesce(json_agg(j ORDER BY seq DESC) FILTER (WHERE rn <= $5::int), '[]'::json),"
     "  'next_cursor', CASE WHEN count(*) > $5::int"

@@ -420,10 +420,16 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
     upload_release(up);
 }
 
-/* The JSON response: every file of this batch in part order. */
+/* The JSON response: every file of this batch in part order, their queued
+ * runs' places numbered in one pass (sluice_queue_positions, json.sql;
+ * MATERIALIZED: a plain subquery is pulled up, and the function then ran
+ * once per file). */
 static const char RESPONSE_SQL[] =
-    "SELECT json_build_object('files', coalesce(json_agg(sluice_file_json(f) ORDER BY f.seq),"
-    " '[]'::json))::text FROM files f WHERE f.tenant_id = $1 AND f.batch_id = $2";
+    "WITH p AS MATERIALIZED (SELECT sluice_queue_positions($1, ARRAY(SELECT b.id FROM files b"
+    "   WHERE b.tenant_id = $1 AND b.batch_id = $2)) AS pos)"
+    " SELECT json_build_object('files', coalesce(json_agg(sluice_file_json(f, p.pos)"
+    " ORDER BY f.seq), '[]'::json))::text"
+    " FROM files f, p WHERE f.tenant_id = $1 AND f.batch_id = $2";
 
 /*
  * The batch's rows travel as two JSON documents (built by jansson), so the

@@ -55,7 +55,41 @@ $$;
 -- (migration 011): runs show flow_version, artifacts sha256, and record is the
 -- file's latest record version (record_version its number). The file's
 -- reason (migration 010) says why no pipeline took it, or is null.
+--
+-- queue_position: a queued run's place among its tenant's queued runs, in
+-- the claim's order within a tenant (fair_rank, created_at, id: claim.sql),
+-- 1 = next. One file's document counts the runs ahead of it; a document of
+-- many files at once takes p_pos, their runs' places numbered in one pass
+-- over the queue (sluice_queue_positions): the upload's response counted the
+-- head of the queue again for every file, O(files x queue) (0.74 ms a file,
+-- 813 ms per 1,000 files in bench/flow_bench.py).
 CREATE OR REPLACE FUNCTION sluice_file_json(f files) RETURNS json
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN sluice_file_json(f, NULL);
+END
+$$;
+
+-- The queue places of the queued runs of p_files ({run id: place}), from one
+-- numbering of p_tenant's queue (runs_claim_queued, in order: no sort); {}
+-- without a look at the queue when none of them is queued (a page of files
+-- that are done).
+CREATE OR REPLACE FUNCTION sluice_queue_positions(p_tenant uuid, p_files uuid[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM runs r WHERE r.file_id = ANY (p_files) AND r.state = 'queued') THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    RETURN (
+    SELECT coalesce(jsonb_object_agg(q.id, q.pos), '{}'::jsonb)
+    FROM (SELECT r.id, r.file_id,
+                 row_number() OVER (ORDER BY r.fair_rank, r.created_at, r.id) AS pos
+          FROM runs r WHERE r.tenant_id = p_tenant AND r.state = 'queued') q
+    JOIN unnest(p_files) AS x(id) ON x.id = q.file_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION sluice_file_json(f files, p_pos jsonb) RETURNS json
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
@@ -80,10 +114,12 @@ BEGIN
                         'sha256', a.sha256,                         -- provenance (011)
                         'url', '/v1/artifacts/' || a.id) ORDER BY a.created_at, a.id)
                     FROM artifacts a WHERE a.run_id = r.id), '[]'::json),
-                'queue_position', CASE WHEN r.state = 'queued' THEN (
-                    SELECT count(*) + 1 FROM runs q
-                    WHERE q.tenant_id = r.tenant_id AND q.state = 'queued'
-                      AND (q.created_at, q.id) < (r.created_at, r.id)) END
+                'queue_position', CASE WHEN r.state = 'queued' THEN coalesce(
+                    (p_pos ->> r.id::text)::bigint,
+                    (SELECT count(*) + 1 FROM runs q
+                     WHERE q.tenant_id = r.tenant_id AND q.state = 'queued'
+                       AND (q.fair_rank, q.created_at, q.id)
+                           < (r.fair_rank, r.created_at, r.id))) END
             ) ORDER BY r.created_at, r.pipeline)
             FROM runs r WHERE r.file_id = f.id), '[]'::json),
         'reason', f.reason, -- 010_process

@@ -223,6 +223,46 @@ def test_queue_position_and_depth(start_server):
     assert depth is not None and 1 <= depth <= 4, depth
 
 
+def test_queue_positions_agree_across_documents(start_server, tmp_path):
+    """queue_position follows the claim's order (upload batches round-robin),
+    and the three ways to read it agree: the upload's response (its files'
+    places numbered in one pass over the queue), a listing page (the same),
+    and one file's document (a count of the runs ahead)."""
+    flow = tmp_path / "nap.lua"
+    flow.write_text('return flow { start = "nap", steps = {\n'
+                    '  nap = { run = function(ctx, file) sl.sleep(30) return true end } } }\n')
+    srv = start_server(extra_yaml=(
+        'pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
+        'limits: {max_runs_in_flight: 1}\n' % flow))
+    t = srv.create_tenant("positions")
+    ds = t.create_dataset("d")["id"]
+    first = t.upload(ds, [("a%d.txt" % i, b"a %d\n" % i, "text/plain") for i in range(4)])
+    assert first.status_code == 202, first.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # one run is claimed (max_runs_in_flight 1)
+        runs = [t.get("/v1/files/%s" % f["id"]).json()["runs"][0] for f in first.json()["files"]]
+        if any(x["state"] == "running" for x in runs):
+            break
+        time.sleep(0.1)
+    second = t.upload(ds, [("b%d.txt" % i, b"b %d\n" % i, "text/plain") for i in range(4)])
+    assert second.status_code == 202, second.text
+
+    def places(docs):
+        return {d["name"]: d["runs"][0]["queue_position"] for d in docs
+                if d["runs"][0]["state"] == "queued"}
+
+    in_response = places(second.json()["files"])
+    one_by_one = places(t.get("/v1/files/%s" % f["id"]).json()
+                        for f in first.json()["files"] + second.json()["files"])
+    listed = places(t.get("/v1/datasets/%s/files?limit=100" % ds).json()["files"])
+    assert listed == one_by_one, (listed, one_by_one)
+    assert all(one_by_one[n] == p for n, p in in_response.items()), (in_response, one_by_one)
+    # a1..a3 queued behind the running a0; b0..b3 interleave with them
+    order = [n[:-4] for n in sorted(one_by_one, key=one_by_one.get)]
+    assert sorted(one_by_one.values()) == list(range(1, 8)), one_by_one
+    assert order == ["a1", "b0", "a2", "b1", "a3", "b2", "b3"], order
+
+
 @pytest.mark.slow
 def test_outbound_rate_limit_spaces_calls(start_server, tmp_path):
     port_sock = socket.socket()

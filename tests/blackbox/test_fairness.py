@@ -72,8 +72,15 @@ def test_single_file_is_not_stuck_behind_a_big_batch(start_server, pg):
     assert a_during < 50, (a_before, a_during)
 
 
-NAP = ('return flow { start = "nap", steps = {\n'
-       '  nap = { run = function(ctx, file) sl.sleep(1.5) return true end } } }\n')
+def nap_server(start_server, tmp_path, seconds, limits):
+    """A server whose one pipeline (text files) sleeps `seconds` in its one step."""
+    flow = tmp_path / "nap.lua"
+    flow.write_text('return flow { start = "nap", steps = {\n'
+                    '  nap = { run = function(ctx, file) sl.sleep(%s) return true end } } }\n'
+                    % seconds)
+    return start_server(extra_yaml=(
+        'pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
+        'limits: {%s}\n' % (flow, limits)))
 
 
 @pytest.mark.timeout(170)
@@ -83,11 +90,8 @@ def test_lone_tenant_fills_the_engine_and_a_newcomer_starts_first(start_server, 
     40 here); when B's single file arrives while A has over a hundred queued,
     B's run is claimed before A's next ones: at most the claims already under
     way go first, never A's queue (FIFO would start 40 or more of A's first)."""
-    flow = tmp_path / "nap.lua"
-    flow.write_text(NAP)
-    srv = start_server(extra_yaml=(
-        'pipelines:\n  - {name: nap, flow: "%s", match: ["text/*"]}\n'
-        'limits: {max_runs_in_flight: 40, max_files_per_request: 1000}\n' % flow))
+    srv = nap_server(start_server, tmp_path, 1.5,
+                     "max_runs_in_flight: 40, max_files_per_request: 1000")
     a = srv.create_tenant("busy")
     b = srv.create_tenant("newcomer")
     ds_a = a.create_dataset("a")["id"]
@@ -172,19 +176,11 @@ def test_admission_claims_only_runs_that_can_work(start_server, pg):
     assert left >= 8, left  # B did not wait for A's batch (~6 s of OCR)
 
 
-SLEEPY = ('return flow { start = "nap", steps = {\n'
-          '  nap = { run = function(ctx, file) sl.sleep(3) return true end } } }\n')
-
-
 @pytest.mark.timeout(120)
 def test_admission_does_not_count_parked_runs(start_server, pg, tmp_path):
     """A run parked on a timer (or a call in flight) has nothing to do now:
     with max_runs_active 2, all 10 sleeping runs are claimed at once."""
-    flow = tmp_path / "sleepy.lua"
-    flow.write_text(SLEEPY)
-    srv = start_server(extra_yaml=(
-        'pipelines:\n  - {name: sleepy, flow: "%s", match: ["text/*"]}\n'
-        'limits: {max_runs_active: 2}\n' % flow))
+    srv = nap_server(start_server, tmp_path, 3, "max_runs_active: 2")
     a = srv.create_tenant("sleepy")
     ds = a.create_dataset("a")["id"]
     db = dbname(srv.database_url)

@@ -80,7 +80,7 @@ CREATE OR REPLACE FUNCTION sluice_claim_runs(p_owner text, p_limit int, p_lease_
 RETURNS TABLE (id uuid, tenant_id uuid, dataset_id uuid, file_id uuid, pipeline text,
                step text, attempt int, ctx jsonb, chain_start text, chain_transient boolean,
                wait_count int, flow_version text, old_state text, old_owner text, file json)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -141,7 +141,7 @@ BEGIN
         LIMIT p_limit),
     c AS (
         SELECT r.id, r.state AS old_state, r.lease_owner AS old_owner FROM runs r
-        WHERE r.id IN (SELECT pick.id FROM pick)
+        WHERE r.id = ANY (ARRAY(SELECT pick.id FROM pick))
           AND r.state IN ('queued','running','waiting') AND r.next_attempt_at <= now()
           AND (r.lease_until IS NULL OR r.lease_until < now())
         FOR UPDATE SKIP LOCKED)

@@ -44,6 +44,9 @@ FAULT_RETRIES = 30
 # SLUICE_PG_STATEMENTS=1: clusters load pg_stat_statements, and local_stack
 # (the benches) prints the top statements at the end: where Postgres's time went.
 PG_STATEMENTS = os.environ.get("SLUICE_PG_STATEMENTS") == "1"
+# SLUICE_PG_EXPLAIN=MS: clusters log (auto_explain, in their log file) the
+# plan of every statement, nested ones included, that took MS ms or more.
+PG_EXPLAIN_MS = os.environ.get("SLUICE_PG_EXPLAIN", "")
 
 
 def fault_seed(base, n):
@@ -258,7 +261,11 @@ class PgCluster:
                    ["-c", "fsync=off", "-c", "synchronous_commit=off",
                     "-c", "full_page_writes=off"]),
                  *(["-c", "shared_preload_libraries=pg_stat_statements",
-                    "-c", "pg_stat_statements.track=all"] if PG_STATEMENTS else [])],
+                    "-c", "pg_stat_statements.track=all"] if PG_STATEMENTS else []),
+                 *(["-c", "session_preload_libraries=auto_explain",
+                    "-c", "auto_explain.log_min_duration=" + PG_EXPLAIN_MS,
+                    "-c", "auto_explain.log_nested_statements=on",
+                    "-c", "auto_explain.log_analyze=on"] if PG_EXPLAIN_MS else [])],
                 cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_preexec(self.uid, self.gid),
             )
@@ -1011,6 +1018,13 @@ def print_pg_statements(pg, top=15):
         print("pg_stat_statements of %s: calls | total ms | ms per call | rows | query" % db)
         for line in out.strip().splitlines():
             print("  " + line)
+        out = pg.psql(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del "
+            "FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0 "
+            "ORDER BY n_tup_upd + n_tup_ins DESC LIMIT 8", dbname=db)
+        print("tables of %s: name | inserted | updated | of them HOT | deleted" % db)
+        for line in out.strip().splitlines():
+            print("  " + line)
 
 
 @contextlib.contextmanager
@@ -1029,6 +1043,11 @@ def local_stack(prefix="sluice-bench-"):
         yield factory, tmp
         if PG_STATEMENTS:
             print_pg_statements(pg)
+        if PG_EXPLAIN_MS:
+            keep = Path(tempfile.gettempdir()) / ("%spostgres.log" % prefix)
+            shutil.copyfile(pg.logfile, keep)
+            print("postgres log with the plans of statements over %s ms: %s"
+                  % (PG_EXPLAIN_MS, keep))
     finally:
         if factory is not None:
             factory.teardown()

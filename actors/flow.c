@@ -1612,6 +1612,39 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     arm_deadline(vm);
 }
 
+int sl_scratch_make(const char *dir)
+{
+    if (mkdir(dir, 0700) == 0 || errno == EEXIST)
+        return 0;
+    if (errno == ENOENT) { /* the tmp root went away: make it, once */
+        char parent[PATH_MAX];
+        const char *slash = strrchr(dir, '/');
+        if (slash != NULL && slash > dir && (size_t)(slash - dir) < sizeof parent) {
+            memcpy(parent, dir, (size_t)(slash - dir));
+            parent[slash - dir] = '\0';
+            if ((mkdir(parent, 0700) == 0 || errno == EEXIST) &&
+                (mkdir(dir, 0700) == 0 || errno == EEXIST))
+                return 0;
+        }
+    }
+    return SL_EIO;
+}
+
+const char *sl_flow__scratch(sl_step_t *s)
+{
+    if (s->tmpdir == NULL || s->tmpdir[0] == '\0') {
+        errno = ENOENT;
+        return NULL;
+    }
+    if (s->tmpdir_made != NULL && *s->tmpdir_made)
+        return s->tmpdir;
+    if (sl_scratch_make(s->tmpdir) != 0)
+        return NULL;
+    if (s->tmpdir_made != NULL)
+        *s->tmpdir_made = 1;
+    return s->tmpdir;
+}
+
 /*
  * Copies the step's names (run_id, tenant_id, dataset_id, file_id, pipeline,
  * step, tmpdir) into one block, s->ids (a parked step keeps one allocation,
@@ -1625,6 +1658,7 @@ static void copy_ids(sl_step_t *s, const sl_step_input_t *in, const sl_flow_t *f
                            &s->pipeline, &s->step, &s->tmpdir};
     size_t len[7], total = 0, off = 0;
 
+    s->tmpdir_made = in->tmpdir_made; /* the caller's either way: it outlives the step */
     if (in->borrow) { /* the caller's: they outlive the step */
         for (int i = 0; i < 7; i++)
             *dst[i] = src[i] != NULL || i == 6 ? src[i] : "";

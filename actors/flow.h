@@ -124,6 +124,16 @@ int sl_flow_nsteps(const sl_flow_t *f);
 const sl_flow_step_t *sl_flow_step_at(const sl_flow_t *f, int i);
 const sl_flow_step_t *sl_flow_step(const sl_flow_t *f, const char *name);
 
+/**
+ * Makes a run's scratch dir `dir` (0700) if it is not there, and its parent
+ * (the tmp root) if that went away. 0, or SL_EIO (errno says why). A
+ * metadata syscall on the caller's thread: called only where a flow asks for
+ * the dir (sl.tmpdir, sl.exec) or the run fetches its blob into it. Making
+ * one for every run cost a quarter of the engine's CPU in flow_bench: ext4's
+ * inode allocator searches past the inodes of the dirs recently removed.
+ */
+int sl_scratch_make(const char *dir);
+
 /* ---- running a step ---- */
 
 /** What a step attempt runs with. Every string is borrowed for the call (copied). */
@@ -137,7 +147,10 @@ typedef struct sl_step_input_s {
     int attempt;             /* 1-based attempt of this step */
     const char *ctx_json;    /* the run's ctx (a JSON object) */
     const char *file_json;   /* {id, name, mime, size, sha256, path, dataset_id, schema} */
-    const char *tmpdir;      /* this run's scratch dir (created by the caller) */
+    const char *tmpdir;      /* this run's scratch dir, or NULL: none. Its path only: it is
+                                made when a step first needs it (sl_step_scratch) */
+    int *tmpdir_made;        /* borrowed, or NULL: set to 1 once tmpdir was made (the caller
+                                removes the dir at the end only then); outlives the step */
     /* 0: every string above is copied. 1: the names (run_id ... step, tmpdir)
      * and ctx_json are borrowed until the step's callback returns (the run
      * actor's own fields: a parked run keeps one copy, issue 10); file_json

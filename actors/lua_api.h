@@ -144,6 +144,7 @@ struct sl_step_s {
     char *ids;
     int borrowed;    /* names and ctx_in are the caller's */
     const char *run_id, *tenant_id, *dataset_id, *file_id, *pipeline, *step, *tmpdir;
+    int *tmpdir_made;    /* the input's (borrowed, may be NULL): sl_flow__scratch sets it */
     const char *ctx_in; /* the ctx as given (owned unless borrowed): decoded when the step
                            begins; the fallback result */
     char *file_in;   /* the file document as given: freed once decoded when the step begins */
@@ -222,6 +223,10 @@ sl_step_t *sl_flow__step(lua_State *L);
 
 /** Same, but raises "<what> can only be called inside a step" when there is none. */
 sl_step_t *sl_flow__check_step(lua_State *L, const char *what);
+
+/** The step's scratch dir, made if it is not yet (sl_scratch_make): its path,
+ *  or NULL with errno set (ENOENT: this run has none). */
+const char *sl_flow__scratch(sl_step_t *s);
 
 /** Records op as s's pending op (s must have none). */
 void sl_flow__set_op(sl_step_t *s, sl_flow_op_t *op, sl_flow_cancel_fn cancel);
@@ -380,6 +385,10 @@ void sl_lua_inject_service(lua_State *L, sl_flowvm_t *vm); /* sl.service */
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);    /* sl.http */
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
 void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm);   /* sl.image_info */
+/* The step's scratch dir, made if it is not yet (sl_scratch_make): its path,
+ * or NULL with errno set (no dir for this run: errno ENOENT). */
+const char *sl_flow__scratch(sl_step_t *s);
+
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
 /* on the VM's own libraries (package.loaded), before any sandbox copies them: */

@@ -342,9 +342,11 @@ static int l_exec(lua_State *L)
     parse(L, op);
     add_run_file(L, op, s);
     rewrite_inputs(L, op);
-    if (s->tmpdir != NULL && (op->cwd = strdup(s->tmpdir)) == NULL)
+    /* the scratch dir is made at the run's first need of it: here, or sl.tmpdir */
+    const char *dir = sl_flow__scratch(s);
+    if (dir != NULL && (op->cwd = strdup(dir)) == NULL)
         return luaL_error(L, "sl.exec: out of memory");
-    build_env(L, op, s->tmpdir);
+    build_env(L, op, dir);
     if (pol->drop_broken) {
         lua_pushnil(L);
         lua_pushliteral(L, "unavailable");
@@ -353,7 +355,7 @@ static int l_exec(lua_State *L)
     }
     /* The scratch dir becomes the tool user's (a metadata syscall: done on the
      * loop). Its files written by the server stay readable through `input`. */
-    if (pol->drop && s->tmpdir != NULL && chown(s->tmpdir, pol->uid, pol->gid) != 0) {
+    if (pol->drop && dir != NULL && chown(dir, pol->uid, pol->gid) != 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "unavailable");
         lua_pushfstring(L, "chown scratch dir: %s", strerror(errno));

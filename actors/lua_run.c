@@ -680,9 +680,13 @@ static int l_tmpdir(lua_State *L)
     sl_step_t *s = sl_flow__step(L);
     if (s == NULL)
         return luaL_error(L, "sl.tmpdir can only be called inside a step");
-    if (s->tmpdir == NULL)
+    const char *dir = sl_flow__scratch(s); /* made here, at the first call */
+    if (dir == NULL && errno == ENOENT && (s->tmpdir == NULL || !s->tmpdir[0]))
         return luaL_error(L, "sl.tmpdir: this run has no scratch directory");
-    lua_pushstring(L, s->tmpdir);
+    if (dir == NULL)
+        return luaL_error(L, "sl.tmpdir: cannot make the scratch directory: %s",
+                          strerror(errno));
+    lua_pushstring(L, dir);
     return 1;
 }
 

@@ -174,7 +174,10 @@ struct sl_run_s {
     sl_flow_t *flow;     /* a reference, for the life of the actor */
     sl_step_t *cur;      /* the running attempt, or NULL */
     struct event *timer; /* retry delay, made at the first retry (NULL before) */
-    char *tmpdir;           /* this actor's scratch dir (in tmpdir_buf), "" when not made */
+    char *tmpdir;           /* this actor's scratch dir's path (in tmpdir_buf) */
+    int tmpdir_made;        /* 1 once the dir was made: at a step's first need of it
+                               (sl_flow__scratch) or for the blob's fetch; removed at the
+                               end only then */
     char *blob_key;         /* owned; s3 (issue 12): a blob with no local path, fetched into
                                tmpdir before the flow starts; NULL otherwise (heap, not fixed
                                buffers: a parked run keeps only what it needs, issue 10) */
@@ -316,7 +319,7 @@ void sl_run__sweep_scratch(const sl_sched_ctx_t *ctx)
 /* The actor is done: its scratch dir goes on a worker, the scheduler is told. */
 static void run_end(sl_run_t *r)
 {
-    if (r->tmpdir && r->tmpdir[0] && r->ctx.wq) {
+    if (r->tmpdir_made && r->ctx.wq) {
         size_t len = strlen(r->tmpdir);
         rm_job_t *j = calloc(1, sizeof *j + len + 1);
         if (j) {
@@ -735,6 +738,7 @@ static void run_attempt(sl_run_t *r)
     in.ctx_json = r->ctx_json;
     in.file_json = file;
     in.tmpdir = r->tmpdir;
+    in.tmpdir_made = &r->tmpdir_made;
     in.file_path = r->path;
     in.borrow = 1; /* the actor's fields: unchanged until the step's callback */
     r->busy = 1;
@@ -978,15 +982,14 @@ int sl_run__start(sl_sched_t *s, const sl_run_claim_t *c)
     snprintf(rs->step, sizeof rs->step, "%s", c->step ? c->step : "");
     snprintf(rs->old_state, sizeof rs->old_state, "%s", c->old_state);
     snprintf(rs->old_owner, sizeof rs->old_owner, "%s", c->old_owner ? c->old_owner : "");
-    /* a metadata syscall, like opening a socket: not worth a thread hop */
-    mkdir(r->ctx.tmp_root, 0700);
-    if (mkdir(r->tmpdir, 0700) != 0 && errno != EEXIST)
-        r->tmpdir[0] = '\0';
     r->sched_node = sl_sched__add(s, r);
 
     /* s3 (issue 12): the blob has no local file (S3): copy it into the scratch
-     * dir first; blob_fetched_cb goes on. */
-    if (r->blob_key && r->tmpdir[0]) {
+     * dir first (made here: a metadata syscall, like opening a socket, not worth
+     * a thread hop; other runs make theirs only if a step asks for it);
+     * blob_fetched_cb goes on. */
+    if (r->blob_key && sl_scratch_make(r->tmpdir) == 0) {
+        r->tmpdir_made = 1;
         rs->has_version = c->flow_version != NULL;
         snprintf(rs->version, sizeof rs->version, "%s", c->flow_version ? c->flow_version : "");
         r->busy = 1;

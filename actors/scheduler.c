@@ -440,7 +440,11 @@ static void claim_timer_cb(evutil_socket_t fd, short what, void *arg)
  * (bench/fairness_bench.py with SLUICE_PG_STATEMENTS=1). A chunk holds at most
  * HB_CHUNK rows, for a few ms, and leaves the pool's other connections free.
  * The ids are a snapshot taken at the tick: a run that ends meanwhile is not
- * renewed (the statement's guard: still this owner's and running).
+ * renewed (the statement's guard: still this owner's and running). The rows
+ * are locked by id (ORDER BY id FOR NO KEY UPDATE), the order a group commit
+ * takes them in (db/functions/run_transition.sql): in the UPDATE's own order
+ * the two met in a cycle, and Postgres broke it only after deadlock_timeout,
+ * 1 s, with a group's runs or the renewal standing still meanwhile.
  */
 #define HB_CHUNK 256
 
@@ -479,8 +483,10 @@ static void heartbeat_chunk(sl_sched_t *s)
     snprintf(lease, sizeof lease, "%d", s->lease_s);
     const char *params[] = {s->instance_id, lease, ids};
     if (send_named(s, "sched_renew",
-                   "UPDATE runs SET lease_until = now() + make_interval(secs => $2) "
-                   "WHERE lease_owner = $1 AND state = 'running' AND id = ANY ($3::uuid[])",
+                   "UPDATE runs r SET lease_until = now() + make_interval(secs => $2) "
+                   "FROM (SELECT id FROM runs WHERE lease_owner = $1 AND state = 'running' "
+                   "AND id = ANY ($3::uuid[]) ORDER BY id FOR NO KEY UPDATE) l "
+                   "WHERE r.id = l.id",
                    3, params, heartbeat_done) != 0)
         heartbeat_end(s);
 }

@@ -56,8 +56,13 @@ $$;
 --    first the row is gone, the UPDATE finds no run (the cascade took it) and
 --    the transition returns no rows, as for a lost lease. Artifacts and
 --    records (actors/lua_run.c) take the file's row before the run's too.
--- 2. the runs' rows (the UPDATE; the runs of two groups are disjoint: a run
---    has one leaseholder).
+-- 2. the runs' rows, by run id, before the UPDATE (which takes them in its
+--    plan's order). The runs of two groups are disjoint (a run has one
+--    leaseholder), but the heartbeat's lease renewal (actors/scheduler.c)
+--    updates many of them at once: while both took them in no particular
+--    order they met in a cycle, Postgres found it after deadlock_timeout and
+--    aborted one, so a group or a renewal stood still for 1 s (flow_bench:
+--    two renewals of 1,018 ms each in 22 s). Both take them by id now.
 -- 3. last, the datasets' rows (the places), by dataset id, of the runs the
 --    UPDATE changed that have events. Every writer of events takes its places
 --    last (docs/internals/sse.md "Places"), so a transaction that holds a
@@ -104,6 +109,10 @@ BEGIN
     WHERE f.id IN (SELECT r.file_id FROM runs r WHERE r.id = ANY (v_runs))
     ORDER BY f.id
     FOR KEY SHARE OF f;
+    PERFORM 1 FROM runs r
+    WHERE r.id = ANY (v_runs) AND r.lease_owner = p_owner
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r;
     WITH b AS (
         SELECT t.n, (t.v->>'run')::uuid AS run, t.v->>'step' AS step,
                (t.v->>'attempt')::int AS attempt, (t.v->>'ctx')::jsonb AS ctx,

@@ -148,7 +148,7 @@ typedef struct sl_step_input_s {
     const char *ctx_json;    /* the run's ctx (a JSON object) */
     const char *file_json;   /* {id, name, mime, size, sha256, path, dataset_id, schema} */
     const char *tmpdir;      /* this run's scratch dir, or NULL: none. Its path only: it is
-                                made when a step first needs it (sl_step_scratch) */
+                                made when a step first needs it (sl_flow__scratch) */
     int *tmpdir_made;        /* borrowed, or NULL: set to 1 once tmpdir was made (the caller
                                 removes the dir at the end only then); outlives the step */
     /* 0: every string above is copied. 1: the names (run_id ... step, tmpdir)

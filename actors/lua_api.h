@@ -385,10 +385,6 @@ void sl_lua_inject_service(lua_State *L, sl_flowvm_t *vm); /* sl.service */
 void sl_lua_inject_http(lua_State *L, sl_flowvm_t *vm);    /* sl.http */
 void sl_lua_inject_exec(lua_State *L, sl_flowvm_t *vm);    /* sl.exec */
 void sl_lua_inject_image(lua_State *L, sl_flowvm_t *vm);   /* sl.image_info */
-/* The step's scratch dir, made if it is not yet (sl_scratch_make): its path,
- * or NULL with errno set (no dir for this run: errno ENOENT). */
-const char *sl_flow__scratch(sl_step_t *s);
-
 void sl_lua_inject_run(lua_State *L, sl_flowvm_t *vm);     /* sl.artifact, sl.record, ... */
 void sl_lua_inject_schema(lua_State *L, sl_flowvm_t *vm);  /* sl.schema.openai */
 /* on the VM's own libraries (package.loaded), before any sandbox copies them: */

@@ -129,7 +129,7 @@ const sl_flow_step_t *sl_flow_step(const sl_flow_t *f, const char *name);
  * (the tmp root) if that went away. 0, or SL_EIO (errno says why). A
  * metadata syscall on the caller's thread: called only where a flow asks for
  * the dir (sl.tmpdir, sl.exec) or the run fetches its blob into it. Making
- * one for every run cost a quarter of the engine's CPU in flow_bench: ext4's
+ * one for every run cost about a fifth of the engine's CPU in flow_bench: ext4's
  * inode allocator searches past the inodes of the dirs recently removed.
  */
 int sl_scratch_make(const char *dir);

@@ -479,7 +479,7 @@ static void many_cb(sl_step_t *s, const sl_step_result_t *r, void *arg)
 
 /* A run's scratch dir is made at a step's first need of it (sl.tmpdir here;
  * sl.exec too), not for every run (a mkdir and a removal per run cost a
- * quarter of the engine's CPU in flow_bench): a step that asks for none
+ * fifth of the engine's CPU in flow_bench): a step that asks for none
  * leaves none, and the flag tells the run it has nothing to remove. The tmp
  * root is made again if it went away. */
 static void test_scratch_lazy(void)

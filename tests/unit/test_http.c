@@ -291,7 +291,6 @@ static sl_http_router_t *g_router;
 static int g_marker;
 static int g_inflight, g_max_inflight, g_finished, g_handled;
 static int g_last_finish_status;
-static double g_last_duration;
 static sl_http_req_t *g_delay_req; /* the /delay request answered last, until it finishes */
 static double g_delay_duration;     /* its duration (no other request's) */
 
@@ -306,7 +305,6 @@ static void finish_cb(sl_http_req_t *req, int status, double duration_s, void *a
     }
     g_finished++;
     g_last_finish_status = status;
-    g_last_duration = duration_s;
 }
 
 static void dispatch(sl_http_req_t *req, void *arg)

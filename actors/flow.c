@@ -1615,25 +1615,24 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 int sl_scratch_make(const char *dir)
 {
     if (mkdir(dir, 0700) == 0 || errno == EEXIST)
-        return 0;
-    if (errno == ENOENT) { /* the tmp root went away: make it, once */
-        char parent[PATH_MAX];
-        const char *slash = strrchr(dir, '/');
-        if (slash != NULL && slash > dir && (size_t)(slash - dir) < sizeof parent) {
-            memcpy(parent, dir, (size_t)(slash - dir));
-            parent[slash - dir] = '\0';
-            if ((mkdir(parent, 0700) == 0 || errno == EEXIST) &&
-                (mkdir(dir, 0700) == 0 || errno == EEXIST))
-                return 0;
+        return 0; /* the common case: one syscall */
+    char buf[PATH_MAX];
+    if (errno != ENOENT || snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+        return SL_EIO;
+    for (char *p = buf + 1; *p; p++) /* a parent is missing: make each, as mkdir -p */
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return SL_EIO;
+            *p = '/';
         }
-    }
-    return SL_EIO;
+    return mkdir(buf, 0700) == 0 || errno == EEXIST ? 0 : SL_EIO;
 }
 
 const char *sl_flow__scratch(sl_step_t *s)
 {
     if (s->tmpdir == NULL || s->tmpdir[0] == '\0') {
-        errno = ENOENT;
+        errno = ENOENT; /* this run has none */
         return NULL;
     }
     if (s->tmpdir_made != NULL && *s->tmpdir_made)

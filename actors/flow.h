@@ -125,8 +125,10 @@ const sl_flow_step_t *sl_flow_step_at(const sl_flow_t *f, int i);
 const sl_flow_step_t *sl_flow_step(const sl_flow_t *f, const char *name);
 
 /**
- * Makes a run's scratch dir `dir` (0700) if it is not there, and its parent
- * (the tmp root) if that went away. 0, or SL_EIO (errno says why). A
+ * Makes a run's scratch dir `dir` (0700) if it is not there, and its missing
+ * parents (mkdir -p; one mkdir when only `dir` is missing). 0, or SL_EIO
+ * (errno says why). Also the tmp root's other dirs (flows/, the offline
+ * runner's). A
  * metadata syscall on the caller's thread: called only where a flow asks for
  * the dir (sl.tmpdir, sl.exec) or the run fetches its blob into it. Making
  * one for every run cost about a fifth of the engine's CPU in flow_bench: ext4's

@@ -893,19 +893,6 @@ static json_t *report(drv_t *d)
                      "unrecorded", off->unrecorded);
 }
 
-static int mkdirs(const char *path)
-{
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(buf, 0700);
-            *p = '/';
-        }
-    return mkdir(buf, 0700) == 0 || errno == EEXIST ? 0 : SL_EIO;
-}
-
 int sl_offline_run(const sl_offline_opts_t *o, json_t **out, char *err, size_t errlen)
 {
     offhost_t off = {0};
@@ -936,7 +923,7 @@ int sl_offline_run(const sl_offline_opts_t *o, json_t **out, char *err, size_t e
     snprintf(root, sizeof root, "%.900s/store", o->work_dir);
     snprintf(tmp_root, sizeof tmp_root, "%.900s/tmp", o->work_dir);
     snprintf(off.tmpdir, sizeof off.tmpdir, "%.900s/run", tmp_root);
-    if ((rc = mkdirs(root)) != 0 || (rc = mkdirs(off.tmpdir)) != 0) {
+    if ((rc = sl_scratch_make(root)) != 0 || (rc = sl_scratch_make(off.tmpdir)) != 0) {
         snprintf(err, errlen, "%s: cannot create the scratch dirs", o->work_dir);
         goto out;
     }

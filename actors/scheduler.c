@@ -695,8 +695,7 @@ int sl_sched__load_flow_version(sl_sched_t *s, const char *pipeline, const char 
         return SL_EINVAL; /* not that version's bytes */
     /* sl_flow_load reads a file: the version's own, under tmp_root (its name in tracebacks) */
     snprintf(dir, sizeof dir, "%s/flows", s->tmp_root);
-    mkdir(s->tmp_root, 0700);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    if (sl_scratch_make(dir) != 0)
         return SL_EIO;
     snprintf(path, sizeof path, "%s/%s-%s.lua", dir, pipeline, version);
     fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -225,7 +225,8 @@ sl_step_t *sl_flow__step(lua_State *L);
 sl_step_t *sl_flow__check_step(lua_State *L, const char *what);
 
 /** The step's scratch dir, made if it is not yet (sl_scratch_make): its path,
- *  or NULL with errno set (ENOENT: this run has none). */
+ *  or NULL with errno set (ENOENT too when this run has none: callers that
+ *  tell the two apart look at s->tmpdir first). */
 const char *sl_flow__scratch(sl_step_t *s);
 
 /** Records op as s's pending op (s must have none). */

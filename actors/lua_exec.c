@@ -342,8 +342,16 @@ static int l_exec(lua_State *L)
     parse(L, op);
     add_run_file(L, op, s);
     rewrite_inputs(L, op);
-    /* the scratch dir is made at the run's first need of it: here, or sl.tmpdir */
-    const char *dir = sl_flow__scratch(s);
+    /* the scratch dir is made at the run's first need of it: here, or sl.tmpdir.
+     * One that cannot be made refuses the tool (it used to fail its chdir):
+     * it never runs in the server's own directory. */
+    const char *dir = NULL;
+    if (s->tmpdir != NULL && s->tmpdir[0] && (dir = sl_flow__scratch(s)) == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "unavailable");
+        lua_pushfstring(L, "scratch dir: %s", strerror(errno));
+        return 3; /* the box still owns the op: freed with it */
+    }
     if (dir != NULL && (op->cwd = strdup(dir)) == NULL)
         return luaL_error(L, "sl.exec: out of memory");
     build_env(L, op, dir);

@@ -680,9 +680,9 @@ static int l_tmpdir(lua_State *L)
     sl_step_t *s = sl_flow__step(L);
     if (s == NULL)
         return luaL_error(L, "sl.tmpdir can only be called inside a step");
-    const char *dir = sl_flow__scratch(s); /* made here, at the first call */
-    if (dir == NULL && errno == ENOENT && (s->tmpdir == NULL || !s->tmpdir[0]))
+    if (s->tmpdir == NULL || !s->tmpdir[0])
         return luaL_error(L, "sl.tmpdir: this run has no scratch directory");
+    const char *dir = sl_flow__scratch(s); /* made here, at the first call */
     if (dir == NULL)
         return luaL_error(L, "sl.tmpdir: cannot make the scratch directory: %s",
                           strerror(errno));

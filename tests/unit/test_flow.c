@@ -507,6 +507,29 @@ static void test_scratch_lazy(void)
     /* made once: a later step finds it */
     run_step(basic, "util", "{}", &r, 5000);
     CHECK(r.ok == 1 && made == 1);
+
+    /* sl.exec makes it too (its cwd; right under the tmp root, as the engine's
+     * are: as root the tool runs as exec.user, who may only traverse the root) */
+    snprintf(dir, sizeof dir, "%s/lazy-run2", tmpdir);
+    made = 0;
+    run_step(basic, "echo", "{}", &r, 5000);
+    CHECK(r.ok == 1 && made == 1);
+    CHECK(stat(dir, &st) == 0 && S_ISDIR(st.st_mode));
+
+    /* one that cannot be made (its parent is a file): the tool is refused,
+     * never run elsewhere, and sl.tmpdir raises */
+    snprintf(want, sizeof want, "%s/lazy-file", tmpdir);
+    FILE *fp = fopen(want, "w");
+    CHECK(fp != NULL);
+    if (fp)
+        fclose(fp);
+    snprintf(dir, sizeof dir, "%s/lazy-file/run3", tmpdir);
+    made = 0;
+    run_step(basic, "echo", "{}", &r, 5000);
+    CHECK(r.ok == 0 && strcmp(r.err, "unavailable") == 0 && made == 0);
+    run_step(basic, "util", "{}", &r, 5000);
+    CHECK(r.ok == 0 && strcmp(r.err, "lua_error") == 0 &&
+          strstr(r.detail, "cannot make the scratch directory") != NULL);
     step_tmpdir = NULL;
     step_tmpdir_made = NULL;
 }

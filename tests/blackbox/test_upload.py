@@ -7,9 +7,11 @@ the S3 bucket under SLUICE_TEST_STORAGE=s3).
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -390,3 +392,42 @@ def test_one_gib_upload_memory_stays_flat(start_server):
     growth_mib = (peak - rss_before) / 1024
     print(f"1 GiB upload: RSS before {rss_before/1024:.1f} MiB, peak {peak/1024:.1f} MiB")
     assert growth_mib < 64, f"server RSS grew {growth_mib:.1f} MiB during a 1 GiB upload"
+
+
+def test_upload_reads_only_its_own_batch(start_server, pg):
+    """An upload's statements find its files through files_batch (migration
+    017) and make its runs' 'queued' events from the JSON it inserted: none
+    reads the whole files table (before 017 every upload read every file ever
+    stored, of every tenant), and none compares the batch's runs pairwise (a
+    nested loop compared 500,000 pairs for 1,000 runs, under the dataset's
+    event lock). The plans are auto_explain's, on for this test's database
+    only, from the cluster's log."""
+    url = pg.new_database()
+    dbname = urllib.parse.urlparse(url).path.lstrip("/")
+    for setting in ("session_preload_libraries = 'auto_explain'",
+                    "auto_explain.log_min_duration = 0",
+                    "auto_explain.log_analyze = on",
+                    "auto_explain.log_nested_statements = on"):
+        pg.psql('ALTER DATABASE "%s" SET %s' % (dbname, setting))
+    srv = start_server(database_url=url)
+    c = srv.create_tenant("plans")
+    ds = c.create_dataset("plans")["id"]
+    tenant = srv.sql("SELECT tenant_id FROM datasets WHERE id = '%s'" % ds)
+    # the files table of a server that has stored 20,000 files before
+    srv.sql("INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime, "
+            "storage_key) SELECT gen_random_uuid(), '%s', '%s', gen_random_uuid(), 'f' || g, 10, "
+            "'x', 'text/plain', 'k' || g FROM generate_series(1, 20000) g" % (tenant, ds))
+    srv.sql("ANALYZE files")
+    start = pg.logfile.stat().st_size
+    r = c.upload(ds, [("p%03d.txt" % i, b"text %d\n" % i) for i in range(200)])
+    assert r.status_code == 202, r.text
+    assert len(r.json()["files"]) == 200
+    log = pg.logfile.read_bytes()[start:].decode(errors="replace")
+    plans = [p for p in log.split("LOG:  duration:")
+             if "batch_id" in p or "INSERT INTO run_events" in p]
+    assert any("files_batch" in p for p in plans), log[-4000:]
+    assert any("INSERT INTO run_events" in p for p in plans), log[-4000:]
+    for p in plans:
+        assert "Seq Scan on files" not in p, p
+        for removed in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", p):
+            assert int(removed) < 1000, p

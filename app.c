@@ -24,6 +24,7 @@
 #include "core/err.h"
 #include "core/exec.h" /* sl_exec_live: the drain waits for children (issue 12) */
 #include "core/log.h"
+#include "core/looplag.h"
 #include "core/supervise.h"
 
 #include <errno.h>
@@ -878,6 +879,7 @@ static void close_signals(void)
 int sl_app_serve(sl_config_t *cfg, int role, sl_elink_t *link)
 {
     sl_app_t *app = &g_app;
+    sl_looplag_t *lag = NULL;
     int err;
     char pid[32];
     char rnd[9];
@@ -898,6 +900,8 @@ int sl_app_serve(sl_config_t *cfg, int role, sl_elink_t *link)
     if (!app->base)
         return SL_ENOMEM;
     register_metrics(app);
+    /* no probe (out of memory) only means no lag metrics */
+    (void)sl_looplag_start(app->base, SL_LOOPLAG_PERIOD_MS, &lag);
     sl_fault_init(); /* SL_FAULTS builds: logs the seed; otherwise nothing */
 
     if ((err = sl_app_open_backends(app)) != 0)
@@ -932,6 +936,7 @@ out:
     sl_app_close_flows(app);
     sl_app_close_backends(app);
     sl_metrics_reset();
+    sl_looplag_free(lag); /* after the reset: its gauge reads it until then */
     event_base_free(app->base);
     return err;
 }

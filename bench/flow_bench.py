@@ -137,6 +137,7 @@ def transitions(args, factory, tika):
     client = srv.create_tenant("bench2")
     ds = client.create_dataset("bench2")["id"]
     before = metric(srv, "sluice_run_transitions_total")
+    lag0 = h.loop_lag(srv)
     t0 = time.time()
     upload_many(client, ds, args.files, "fast")
     t_up = time.time() - t0
@@ -162,6 +163,8 @@ def transitions(args, factory, tika):
         print(f"transitions_per_s_after_uploads: {(n - (at_up - before)) / (dt - t_up):.0f} "
               f"({n - (at_up - before):.0f} transitions in the last {dt - t_up:.1f} s, "
               f"the engine alone)")
+    for line in h.lag_summary(lag0, h.loop_lag(srv)):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def main():
         ds = client.create_dataset("bench")["id"]
 
         # 1. latency
+        lag0 = h.loop_lag(srv)
         sock = open_stream(srv.port, client.key, ds)
         mine, theirs = multiprocessing.Pipe(duplex=False)
         reader = multiprocessing.get_context("fork").Process(
@@ -140,6 +141,9 @@ def main():
                 xs.sort()
                 print(f"  {kind}: n={len(xs)} median {statistics.median(xs) * 1000:.1f} ms, "
                       f"p99 {xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000:.1f} ms")
+        # stalls of the loops during the latency phase (core/looplag.h)
+        for line in h.lag_summary(lag0, h.loop_lag(srv)):
+            print(line)
         m = h.requests.get(srv.url + "/metrics", timeout=30).text
         drops = [l for l in m.splitlines() if l.startswith("sluice_sse_clients_dropped_total")]
         print("sse_clients_dropped: %s" % (drops[0].split()[-1] if drops else "?"))

@@ -1003,6 +1003,49 @@ class ServerFactory:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def loop_lag(server):
+    """The event loops' lag (core/looplag.h) from /metrics, per process:
+    {"http": {...}, "engine": {...}} (no "engine" when the engine runs
+    inline), each {"count": wake-ups, "over": {bound s: wake-ups later than
+    it}, "max": the largest lag since start, s}. Subtract two readings'
+    counts to see a phase of a bench (lag_summary)."""
+    out = {}
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if not line.startswith("sluice_event_loop_lag"):
+            continue
+        m = re.match(r'^(sluice_event_loop_lag_\w+?)(?:\{([^}]*)\})?\s+(\S+)$', line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        role = "engine" if 'role="engine"' in labels else "http"
+        d = out.setdefault(role, {"count": 0, "le": {}, "max": 0.0})
+        if name == "sluice_event_loop_lag_seconds_count":
+            d["count"] = value
+        elif name == "sluice_event_loop_lag_max_seconds":
+            d["max"] = value
+        elif name == "sluice_event_loop_lag_seconds_bucket":
+            le = re.search(r'(?:^|,)le="([^"]+)"', labels).group(1)
+            if le != "+Inf":
+                d["le"][float(le)] = value
+    for d in out.values():
+        d["over"] = {b: d["count"] - n for b, n in d.pop("le").items()}
+    return out
+
+
+def lag_summary(before, after):
+    """One line per process: wake-ups between two loop_lag readings, how many
+    were late by more than 10 and 50 ms, and the largest lag since start."""
+    lines = []
+    for role in sorted(after):
+        a, b = after[role], before.get(role, {"count": 0, "over": {}})
+        n = a["count"] - b["count"]
+        late = {x: a["over"].get(x, 0) - b["over"].get(x, 0) for x in (0.01, 0.05)}
+        lines.append("loop_lag %s: %d wake-ups, %d over 10 ms, %d over 50 ms; max since start "
+                     "%.1f ms" % (role, n, late[0.01], late[0.05], a["max"] * 1000))
+    return lines
+
+
 def print_pg_statements(pg, top=15):
     """Where Postgres's time went (SLUICE_PG_STATEMENTS=1): the top statements
     of every database by total execution time, nested ones included."""

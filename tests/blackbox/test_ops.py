@@ -129,6 +129,30 @@ def test_metrics_format_and_request_counter(server, tenant):
     assert count(after, "datasets_list") >= count(before, "datasets_list") + 3
 
 
+
+def test_event_loop_lag_metrics(server):
+    """Each process measures its loop's lag (core/looplag.h): the HTTP process's
+    series and the engine's (role="engine") count the probe's wake-ups, which
+    keep coming, and the worst lag is a gauge. Nothing is asserted about how
+    large the lag is: a timed figure, for bench/ (its loop_lag lines)."""
+    import sluice_harness as h
+    first = h.loop_lag(server)
+    assert set(first) == ({"http", "engine"} if server.engine_pid() else {"http"}), first
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        time.sleep(0.5)
+        second = h.loop_lag(server)
+        if all(second[r]["count"] >= first[r]["count"] + 5 for r in first):
+            break
+    for role in first:
+        assert second[role]["count"] >= first[role]["count"] + 5, (role, first, second)
+        assert second[role]["max"] >= 0
+        # the buckets are cumulative: fewer wake-ups over 50 ms than over 10 ms
+        assert second[role]["over"][0.05] <= second[role]["over"][0.01] <= second[role]["count"]
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    assert "# TYPE sluice_event_loop_lag_seconds histogram" in text
+    assert "# TYPE sluice_event_loop_lag_max_seconds gauge" in text
+
 def test_pipelines(server, tenant):
     assert_error(requests.get(server.url + "/v1/pipelines", timeout=10), 401, "unauthorized")
     r = tenant.get("/v1/pipelines")

@@ -620,7 +620,8 @@ int sl_app_open_backends(sl_app_t *app)
                cfg->storage_backend, "path", cfg->storage_path, "error", sl_strerror(err));
         return err;
     }
-    if ((err = sl_pg_new(app->base, cfg->database_url, cfg->database_pool, 30000, &app->pg)) != 0)
+    if ((err = sl_pg_new(app->base, cfg->database_url, cfg->database_pool,
+                         cfg->database_statement_timeout_ms, &app->pg)) != 0)
         return err;
     if (cfg->redis_url && (err = sl_redis_new(app->base, cfg->redis_url, &app->redis)) != 0) {
         sl_log(SL_LOG_ERROR, "redis_url_invalid", "{s:s}", "redis_url", cfg->redis_url);

@@ -424,6 +424,23 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r)
                               1);
         return;
     }
+    /*
+     * The database is overloaded, not wrong: a statement cancelled by
+     * database_statement_timeout_ms (57014, lock waits included), a lock
+     * timeout (55P03), no connection slot (53300). The transaction rolled
+     * back; the same request can succeed later. A 500 told clients it never
+     * would.
+     */
+    if (r->err == SL_EDB && r->sqlstate &&
+        (strcmp(r->sqlstate, "57014") == 0 || strcmp(r->sqlstate, "55P03") == 0 ||
+         strcmp(r->sqlstate, "53300") == 0)) {
+        sl_log(SL_LOG_WARN, "db_busy", "{s:s, s:s, s:s}", "request_id",
+               sl_http_req_id(req) ? sl_http_req_id(req) : "", "errmsg",
+               r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate);
+        sl_http_respond_error(req, 503, "database_busy",
+                              "the database did not answer in time; retry", 2);
+        return;
+    }
     sl_log(SL_LOG_ERROR, "db_error", "{s:s, s:s, s:s, s:s}", "request_id",
            sl_http_req_id(req) ? sl_http_req_id(req) : "", "error", sl_strerror(r->err), "errmsg",
            r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate ? r->sqlstate : "");

@@ -1077,6 +1077,8 @@ static const field_t root_fields[] = {
     FINT(sl_config_t, "workers", workers, 1, 1024),
     FSTR(sl_config_t, "database_url", database_url, NULL),
     FINT(sl_config_t, "database_pool", database_pool, 1, 64),
+    FINT(sl_config_t, "database_statement_timeout_ms", database_statement_timeout_ms, 100,
+         3600000),
     FSTR(sl_config_t, "redis_url", redis_url, NULL),
     FSTR(sl_config_t, "admin_key", admin_key, NULL),
     FSTR(sl_config_t, "public_url", public_url, NULL),
@@ -1140,6 +1142,7 @@ static int set_defaults(sl_config_t *cfg)
     cfg->auth_access_ttl_s = SL_CONFIG_ACCESS_TTL_S;
     cfg->auth_refresh_ttl_s = SL_CONFIG_REFRESH_TTL_S;
     cfg->database_pool = 4;
+    cfg->database_statement_timeout_ms = 30000;
     cfg->max_file_bytes = 104857600;
     cfg->s3_abort_stale_after_s = 24 * 3600;
     cfg->max_files_per_request = 1000;

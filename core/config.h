@@ -100,6 +100,7 @@ typedef struct sl_config_s {
     int engine_lease_s;       /* engine.lease_s: a run's lease (default 30; heartbeat a third) */
     char *database_url;
     int database_pool;        /* connections per process; default 4 */
+    int database_statement_timeout_ms; /* per statement, lock waits included; default 30000 */
     char *redis_url;          /* may be NULL: Redis not configured */
     char *admin_key;          /* config admin_key, else env SLUICE_ADMIN_KEY; may be NULL */
     char *public_url;         /* optional, for printed links */

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -16,7 +17,7 @@ import urllib.parse
 import pytest
 import requests
 
-from sluice_harness import FAULTS
+from sluice_harness import FAULTS, pg_bindir
 
 BOUNDARY = "sluiceTestBoundary7MA4YWxkTrZu0gW"
 
@@ -431,3 +432,45 @@ def test_upload_reads_only_its_own_batch(start_server, pg):
         assert "Seq Scan on files" not in p, p
         for removed in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", p):
             assert int(removed) < 1000, p
+
+
+def test_statement_timeout_answers_503_and_keeps_nothing(start_server):
+    """A statement that runs or waits past database_statement_timeout_ms is
+    cancelled by Postgres: the upload answers 503 database_busy with
+    Retry-After (it was a 500 internal_error, which told clients not to
+    retry), records nothing and keeps none of its blobs, and the same upload
+    goes through once the database answers again. Here another session holds
+    the dataset's row (FOR UPDATE) for 3 s, which the upload's rows need (the
+    files' foreign key, the events' places)."""
+    srv = start_server(extra_yaml="database_statement_timeout_ms: 300\n")
+    c = srv.create_tenant("busy")
+    ds = c.create_dataset("busy")["id"]
+    parts = [("b%d.txt" % i, b"busy %d\n" % i) for i in range(3)]
+    holder = subprocess.Popen(
+        [str(pg_bindir() / "psql"), "-X", "-q", "-d", srv.database_url, "-c",
+         "BEGIN; SELECT 1 FROM datasets WHERE id = '%s' FOR UPDATE; SELECT pg_sleep(3); "
+         "COMMIT;" % ds], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and srv.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(3)%%' "
+                "AND state = 'active' AND pid <> pg_backend_pid()") != "1":
+            time.sleep(0.05)
+        r = requests.post(srv.url + "/v1/datasets/%s/files" % ds,
+                          headers={"Authorization": "Bearer " + c.key},
+                          files=[("file", (n, b, "text/plain")) for n, b in parts], timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "database_busy", r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert srv.sql("SELECT count(*) FROM files WHERE dataset_id = '%s'" % ds) == "0"
+    finally:
+        holder.wait(timeout=30)
+    deadline = time.time() + 10  # the failed upload's blobs are deleted on a worker
+    while time.time() < deadline and blobs_in(srv):
+        time.sleep(0.1)
+    assert blobs_in(srv) == []
+    r = c.upload(ds, parts)
+    assert r.status_code == 202, r.text
+    assert len(r.json()["files"]) == 3
+    assert srv.sql("SELECT count(*) FROM files WHERE dataset_id = '%s'" % ds) == "3"
+    assert '"db_busy"' in srv.log()

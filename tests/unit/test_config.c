@@ -49,6 +49,7 @@ static void test_full(void)
                        "workers: 4\n"
                        "database_url: \"postgresql:///sluice?host=/tmp\"\n"
                        "database_pool: 16\n"
+                       "database_statement_timeout_ms: 5000\n"
                        "redis_url: redis://127.0.0.1:6379/0\n"
                        "admin_key: adm1n\n"
                        "public_url: https://sluice.example\n"
@@ -103,6 +104,7 @@ static void test_full(void)
     CHECK(cfg->workers == 4);
     CHECK(STREQ(cfg->database_url, "postgresql:///sluice?host=/tmp"));
     CHECK(cfg->database_pool == 16);
+    CHECK(cfg->database_statement_timeout_ms == 5000);
     CHECK(STREQ(cfg->redis_url, "redis://127.0.0.1:6379/0"));
     CHECK(STREQ(cfg->admin_key, "adm1n"));
     CHECK(STREQ(cfg->public_url, "https://sluice.example"));
@@ -158,10 +160,10 @@ static void test_full(void)
     CHECK(STREQ(cfg->pipelines[0].match[1], "image/*"));
     CHECK(STREQ(cfg->pipelines[0].match[2], "text/*"));
     CHECK(cfg->pipelines[0].match[3] == NULL);
-    CHECK(cfg->pipelines[0].line == 39);
+    CHECK(cfg->pipelines[0].line == 40);
     CHECK(STREQ(cfg->pipelines[1].name, "file_view"));
     CHECK(STREQ(cfg->pipelines[1].match[0], "*/*") && cfg->pipelines[1].match[1] == NULL);
-    CHECK(cfg->pipelines[1].line == 41);
+    CHECK(cfg->pipelines[1].line == 42);
 
     CHECK(cfg->ntenants == 2);
     CHECK(STREQ(cfg->tenants[0].name, "acme") && STREQ(cfg->tenants[0].api_key, "k1"));
@@ -180,6 +182,7 @@ static void test_defaults(void)
     CHECK(STREQ(cfg->listen, "127.0.0.1:8080"));
     CHECK(cfg->workers == 1);
     CHECK(cfg->database_pool == 4);
+    CHECK(cfg->database_statement_timeout_ms == 30000);
     CHECK(cfg->engine_lease_s == 30);
     CHECK(cfg->redis_url == NULL);
     CHECK(cfg->admin_key == NULL);
@@ -403,6 +406,9 @@ static void test_errors(void)
     EXPECT_ERROR("database_url: x\nlimits: 5\n", "sluice.yaml:2: limits: must be a mapping");
     EXPECT_ERROR("database_url: x\ndatabase_pool: 65\n",
                  "sluice.yaml:2: database_pool: must be an integer between 1 and 64");
+    EXPECT_ERROR("database_url: x\ndatabase_statement_timeout_ms: 0\n",
+                 "sluice.yaml:2: database_statement_timeout_ms: must be an integer between 100 and "
+                 "3600000");
     EXPECT_ERROR("database_url: x\nworkers: \" 2\"\n",
                  "sluice.yaml:2: workers: must be an integer between 1 and 1024");
     EXPECT_ERROR("database_url: x\nlog_level: verbose\n",

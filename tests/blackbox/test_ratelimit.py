@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
@@ -301,3 +302,45 @@ def test_outbound_rate_limit_spaces_calls(start_server, tmp_path):
     finally:
         tika.terminate()
         tika.wait(5)
+
+
+def test_queue_position_counts_to_ten_thousand(start_server):
+    """Behind 10,000 queued runs or more, queue_position is 10001 ("more than
+    10,000 ahead"), in one file's document and a listing alike; in front of
+    the cap it is exact. Counted in full, every
+    read and every upload of a tenant with a backlog cost Postgres in
+    proportion to the backlog (db/functions/json.sql). The runs are put in
+    the queue with SQL, due in an hour, so the engine claims none of them."""
+    srv = start_server()
+    t = srv.create_tenant("backlog")
+    ds = t.create_dataset("d")["id"]
+    srv.sql("WITH f AS (INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, "
+            "sha256, mime, storage_key) SELECT gen_random_uuid(), '{t}', '{d}', '{b}', "
+            "'q' || lpad(g::text, 5, '0'), 10, 'x', 'text/plain', 'k' || g "
+            "FROM generate_series(1, 10005) g RETURNING id, name) "
+            "INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline, "
+            "next_attempt_at) SELECT gen_random_uuid(), '{t}', '{d}', f.id, '{b}', 'p', "
+            "now() + interval '1 hour' FROM f ORDER BY f.name".format(
+                t=t.tenant_id, d=ds, b=str(uuid.uuid4())))
+    ids = dict(line.split("|") for line in srv.sql(
+        "SELECT name, id FROM files WHERE name IN ('q00005', 'q10000', 'q10001', 'q10005')"
+    ).splitlines())
+
+    def position(doc):
+        return doc["runs"][0]["queue_position"]
+
+    assert position(t.get("/v1/files/%s" % ids["q00005"]).json()) == 5
+    assert position(t.get("/v1/files/%s" % ids["q10000"]).json()) == 10000
+    assert position(t.get("/v1/files/%s" % ids["q10001"]).json()) == 10001
+    assert position(t.get("/v1/files/%s" % ids["q10005"]).json()) == 10001
+    listed = {d["name"]: position(d) for d in
+              t.get("/v1/datasets/%s/files?limit=10" % ds).json()["files"] if d["runs"]}
+    # each at its place, the ones past 10,000 at 10001: q09996 ... q10005
+    assert listed and all(p == min(int(n[1:]), 10001) for n, p in listed.items()), listed
+    assert 10001 in listed.values(), listed
+    # a new upload's run goes round-robin with the backlog's batch, near the
+    # front: its response numbers the head of the queue (it may be claimed at
+    # once, so its document is not compared)
+    r = t.upload(ds, [("late.txt", b"late\n", "text/plain")])
+    assert r.status_code == 202, r.text
+    assert 1 <= position(r.json()["files"][0]) <= 2, r.text

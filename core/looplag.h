@@ -17,7 +17,7 @@
 
 #include <event2/event.h>
 
-/** Wakes per second at the default period: cheap, and fine enough to see 20 ms stalls. */
+/** The probe's period in every process: 50 wake-ups a second, fine enough for 20 ms stalls. */
 #define SL_LOOPLAG_PERIOD_MS 20
 
 typedef struct sl_looplag_s sl_looplag_t;

@@ -76,3 +76,112 @@ int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
     sl_run_event_t ev = {event, seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
     return sl_run_event_publish(ps, &ev);
 }
+
+/* ---- the outbox ---- */
+
+typedef struct obrow_s {
+    struct obrow_s *next;
+    const char *v[SL_RUN_EVENT_NCOLS]; /* into buf, or NULL */
+    const char *event;                 /* into buf */
+    char buf[];
+} obrow_t;
+
+struct sl_run_event_outbox_s {
+    sl_pubsub_t *ps;
+    struct event *ev; /* zero timeout: one slice per loop turn */
+    obrow_t *head, *tail;
+    size_t n;
+};
+
+static void outbox_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_run_event_outbox_t *o = arg;
+    (void)fd;
+    (void)what;
+    for (int k = 0; k < SL_RUN_EVENT_OUTBOX_SLICE && o->head; k++) {
+        obrow_t *r = o->head;
+        o->head = r->next;
+        o->n--;
+        (void)sl_run_event_publish_values(o->ps, r->event, r->v);
+        free(r);
+    }
+    if (o->head == NULL) {
+        o->tail = NULL;
+    } else {
+        static const struct timeval zero = {0, 0};
+        evtimer_add(o->ev, &zero);
+    }
+}
+
+sl_run_event_outbox_t *sl_run_event_outbox_new(struct event_base *base, sl_pubsub_t *ps)
+{
+    sl_run_event_outbox_t *o = calloc(1, sizeof *o);
+    if (o == NULL)
+        return NULL;
+    o->ps = ps;
+    if ((o->ev = evtimer_new(base, outbox_cb, o)) == NULL) {
+        free(o);
+        return NULL;
+    }
+    return o;
+}
+
+int sl_run_event_outbox_add(sl_run_event_outbox_t *o, const char *event,
+                            const char *const v[SL_RUN_EVENT_NCOLS])
+{
+    if (o == NULL)
+        return 0;
+    if (event == NULL || v[0] == NULL || v[1] == NULL)
+        return SL_EINVAL;
+    size_t len = strlen(event) + 1;
+    for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
+        len += v[k] ? strlen(v[k]) + 1 : 0;
+    obrow_t *r = malloc(sizeof *r + len);
+    if (r == NULL)
+        return SL_ENOMEM;
+    char *p = r->buf;
+    size_t el = strlen(event) + 1;
+    memcpy(p, event, el);
+    r->event = p;
+    p += el;
+    for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++) {
+        if (v[k] == NULL) {
+            r->v[k] = NULL;
+            continue;
+        }
+        size_t l = strlen(v[k]) + 1;
+        memcpy(p, v[k], l);
+        r->v[k] = p;
+        p += l;
+    }
+    r->next = NULL;
+    if (o->tail)
+        o->tail->next = r;
+    else
+        o->head = r;
+    o->tail = r;
+    o->n++;
+    if (!evtimer_pending(o->ev, NULL)) {
+        static const struct timeval zero = {0, 0};
+        evtimer_add(o->ev, &zero);
+    }
+    return 0;
+}
+
+size_t sl_run_event_outbox_pending(const sl_run_event_outbox_t *o)
+{
+    return o ? o->n : 0;
+}
+
+void sl_run_event_outbox_free(sl_run_event_outbox_t *o)
+{
+    if (o == NULL)
+        return;
+    event_free(o->ev);
+    while (o->head) {
+        obrow_t *r = o->head;
+        o->head = r->next;
+        free(r);
+    }
+    free(o);
+}

@@ -17,6 +17,10 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
     /usr/bin/python3 bench/flow_bench.py [--binary build/sluice] [--runs 10000] [--files 2000]
 
 --files 0 measures only the parked runs; --runs 0 only the transitions.
+--flow F [--level N] runs part 2 with flow file F as the ai_record pipeline
+(a copy with its `local LEVEL = ...` line set to N): bench/flows/steps.lua
+switches ai_record's work on level by level (docs/internals/scheduler.md,
+"stop 24").
 The parked step's own share, without a server: build/test_flow_park [N].
 """
 import argparse
@@ -71,6 +75,8 @@ def main():
     ap.add_argument("--binary", default=str(HERE.parent / "build" / "sluice"))
     ap.add_argument("--runs", type=int, default=10000)
     ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--flow", help="a flow file to run as the ai_record pipeline (part 2)")
+    ap.add_argument("--level", type=int, default=3, help="its LEVEL (bench/flows/steps.lua)")
     args = ap.parse_args()
     os.environ["SLUICE_BIN"] = args.binary
     with h.local_stack("sluice-flowbench-") as (factory, tmp):
@@ -79,7 +85,7 @@ def main():
             if args.runs > 0:
                 park(args, factory, tika)
             if args.files > 0:
-                transitions(args, factory, tika)
+                transitions(args, factory, tika, tmp)
         finally:
             tika.stop()
 
@@ -129,10 +135,18 @@ def park(args, factory, tika):
     srv.kill()
 
 
-def transitions(args, factory, tika):
+def transitions(args, factory, tika, tmp):
     # 2. transitions per second with an instant stand-in
     tika.control(mode="ok")
-    srv = factory(extra_yaml=services_yaml(tika=tika))
+    yaml = services_yaml(tika=tika)
+    if args.flow:
+        text = re.sub(r"(?m)^local LEVEL = \d+", "local LEVEL = %d" % args.level,
+                      Path(args.flow).read_text())
+        (tmp / "bench_flow.lua").write_text(text)
+        yaml += ('\npipelines:\n  - {name: ai_record, flow: "%s", match: ["text/*"]}\n'
+                 % (tmp / "bench_flow.lua"))
+        print(f"flow: {args.flow} at level {args.level} as ai_record")
+    srv = factory(extra_yaml=yaml)
     print(f"postgres: {srv.durability()}")
     client = srv.create_tenant("bench2")
     ds = client.create_dataset("bench2")["id"]

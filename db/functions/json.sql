@@ -67,7 +67,7 @@ $$;
 -- The count stops at sluice_queue_position_cap() (10,000) runs ahead: a run
 -- further back shows cap + 1 (10001), "more than 10,000 ahead". Counted in
 -- full, one file's document at the back of a tenant's 100,000 queued runs
--- took 39.5 ms of Postgres, and every upload's response numbered the whole
+-- took 35-40 ms of Postgres, and every upload's response numbered the whole
 -- queue: every read and every upload of a tenant with a backlog cost in
 -- proportion to the backlog. Capped, both read at most 10,000 index entries.
 CREATE OR REPLACE FUNCTION sluice_queue_position_cap() RETURNS bigint

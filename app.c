@@ -641,8 +641,6 @@ int sl_app_open_backends(sl_app_t *app)
                              role == SL_ROLE_ENGINE ? NULL : cfg->redis_url,
                              SL_RUN_EVENT_PATTERN, app->instance_id, &app->pubsub)) != 0)
         return err;
-    if ((app->outbox = sl_run_event_outbox_new(app->base, app->pubsub)) == NULL)
-        return SL_ENOMEM;
     /* Run events that could not go through Redis reach this instance's SSE clients anyway. */
     if (role == SL_ROLE_ENGINE)
         sl_pubsub_set_forward(app->pubsub, forward_event_cb, app->link);
@@ -683,8 +681,6 @@ void sl_app_close_backends(sl_app_t *app)
     /* let cancelled operations deliver their callbacks (they free their state) */
     for (int i = 0; i < 3; i++)
         event_base_loop(app->base, EVLOOP_NONBLOCK);
-    sl_run_event_outbox_free(app->outbox); /* the loops above sent what it held */
-    app->outbox = NULL;
     if (app->pubsub) /* after those callbacks: they may publish or unsubscribe */
         sl_pubsub_free(app->pubsub);
     app->pubsub = NULL;

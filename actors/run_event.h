@@ -13,7 +13,6 @@
 #ifndef SL_RUN_EVENT_H
 #define SL_RUN_EVENT_H
 
-#include <event2/event.h>
 #include <stddef.h>
 
 #include "core/pubsub.h"
@@ -70,32 +69,5 @@ int sl_run_event_publish(sl_pubsub_t *ps, const sl_run_event_t *ev);
     "seq, dataset_id, file_id, run_id, pipeline, step, kind, state, sluice_ts(at)"
 int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
                                 const char *const v[SL_RUN_EVENT_NCOLS]);
-
-/*
- * An outbox: rows to publish later, SL_RUN_EVENT_OUTBOX_SLICE per loop turn,
- * in the order they were added. For a publisher with many rows at once (an
- * upload of 1,000 files has 2,000 events): each costs its JSON, envelope and
- * Redis command, and 2,000 in one callback held the loop for 20-30 ms, every
- * SSE client and request of the process waiting. The rows are copied.
- */
-#define SL_RUN_EVENT_OUTBOX_SLICE 128
-
-typedef struct sl_run_event_outbox_s sl_run_event_outbox_t;
-
-/** A new outbox on base for ps (both borrowed: they outlive it); NULL on no memory. */
-sl_run_event_outbox_t *sl_run_event_outbox_new(struct event_base *base, sl_pubsub_t *ps);
-
-/**
- * Queues one row (as sl_run_event_publish_values: `event` and v[] borrowed,
- * copied here). 0, SL_EINVAL (no seq or dataset), SL_ENOMEM. NULL outbox: a no-op.
- */
-int sl_run_event_outbox_add(sl_run_event_outbox_t *o, const char *event,
-                            const char *const v[SL_RUN_EVENT_NCOLS]);
-
-/** Rows queued and not yet published. */
-size_t sl_run_event_outbox_pending(const sl_run_event_outbox_t *o);
-
-/** Frees the outbox; rows not yet published are dropped (NULL is a no-op). */
-void sl_run_event_outbox_free(sl_run_event_outbox_t *o);
 
 #endif

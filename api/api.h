@@ -61,8 +61,6 @@ typedef struct sl_app_s {
     sl_redis_t *redis;         /* owned by app.c; NULL when redis_url is not configured */
     sl_ratelimit_t *ratelimit; /* owned by app.c: request/byte limits, upload concurrency holds */
     sl_pubsub_t *pubsub;       /* owned by app.c; status events (local fan-out + Redis) */
-    struct sl_run_event_outbox_s *outbox; /* owned by app.c; many events at once go out
-                                           * through it, a slice per loop turn (run_event.h) */
     sl_cache_t *cache;         /* owned by app.c; API key and file document caches (api/cache.h);
                                   NULL in the engine process */
     struct sl_auth_s *auth;    /* owned by app.c; access tokens, scopes (api/auth.h); issue 13 */

@@ -367,15 +367,14 @@ static void route_events(sl_http_req_t *req, const sl_http_params_t *params, voi
 
 /* ---- status events (SSE) ---- */
 
-/* Publishes rows of SL_RUN_EVENT_COLUMNS as `event` events (through the outbox: a
- * slice per loop turn). */
+/* Publishes rows of SL_RUN_EVENT_COLUMNS as `event` events. */
 static void publish_rows(sl_app_t *app, const char *event, PGresult *res)
 {
     for (int i = 0; i < PQntuples(res); i++) {
         const char *v[SL_RUN_EVENT_NCOLS];
         for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
             v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        sl_run_event_outbox_add(app->outbox, event, v);
+        sl_run_event_publish_values(app->pubsub, event, v);
     }
 }
 

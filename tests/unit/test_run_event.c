@@ -1,8 +1,7 @@
 /*
  * test_run_event.c — unit tests for actors/run_event.c: the status event's
  * exact JSON (the wire format SSE clients and api/cache.c read), its dataset
- * channel, publishing database rows through a local pubsub, and the outbox
- * that publishes many rows a slice per loop turn, in order.
+ * channel, and publishing database rows through a local pubsub.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +45,6 @@ static void test_event_json(void)
 
 typedef struct rec_s {
     int calls;
-    long long last_seq;
-    int out_of_order;
     char channel[SL_PUBSUB_MAX_CHANNEL];
     char last[512];
 } rec_t;
@@ -59,11 +56,6 @@ static void rec_cb(const char *channel, const char *msg, size_t len, uint64_t ms
     if (!msg)
         return;
     r->calls++;
-    const char *sq = strstr(msg, "\"seq\":");
-    long long seq = sq ? atoll(sq + 6) : -1;
-    if (seq <= r->last_seq)
-        r->out_of_order++;
-    r->last_seq = seq;
     snprintf(r->channel, sizeof r->channel, "%s", channel);
     snprintf(r->last, sizeof r->last, "%.*s", (int)len, msg);
 }
@@ -109,68 +101,9 @@ static void test_publish_values(void)
     event_base_free(base);
 }
 
-/* 300 rows: the outbox copies them, publishes SL_RUN_EVENT_OUTBOX_SLICE per
- * loop turn (the pubsub delivers each slice on the turn after), in order; a
- * freed outbox drops what it still holds. EVLOOP_ONCE: one turn. */
-static void test_outbox(void)
-{
-    struct event_base *base = event_base_new();
-    sl_pubsub_t *ps = NULL;
-    CHECK(sl_pubsub_new(base, NULL, NULL, NULL, "inst-a", &ps) == 0);
-    rec_t r = {0};
-    sl_pubsub_sub_t *sub = NULL;
-    CHECK(sl_pubsub_subscribe(ps, "sluice:ds:d1", rec_cb, &r, &sub) == 0);
-    sl_run_event_outbox_t *o = sl_run_event_outbox_new(base, ps);
-    CHECK(o != NULL);
-    int n = 2 * SL_RUN_EVENT_OUTBOX_SLICE + 44;
-    for (int i = 1; i <= n; i++) {
-        char seq[16], file[16];
-        snprintf(seq, sizeof seq, "%d", i);
-        snprintf(file, sizeof file, "f%d", i);
-        const char *v[SL_RUN_EVENT_NCOLS] = {seq,  "d1", file,      "r1",    "p",
-                                             NULL, "k",  "running", "2024-01-01T00:00:00.000Z"};
-        CHECK(sl_run_event_outbox_add(o, i % 2 ? "run" : "file", v) == 0);
-    }
-    /* the copies are the outbox's: the caller's strings are gone */
-    CHECK(sl_run_event_outbox_pending(o) == (size_t)n);
-    CHECK(r.calls == 0); /* never inside the call */
-    event_base_loop(base, EVLOOP_ONCE);
-    CHECK(r.calls == 0 && sl_run_event_outbox_pending(o) == (size_t)n - SL_RUN_EVENT_OUTBOX_SLICE);
-    event_base_loop(base, EVLOOP_ONCE);
-    CHECK(r.calls == SL_RUN_EVENT_OUTBOX_SLICE);
-    event_base_loop(base, EVLOOP_ONCE);
-    CHECK(r.calls == 2 * SL_RUN_EVENT_OUTBOX_SLICE && sl_run_event_outbox_pending(o) == 0);
-    event_base_loop(base, EVLOOP_ONCE);
-    CHECK(r.calls == n);
-    CHECK(r.out_of_order == 0);
-    CHECK(strstr(r.last, "\"file_id\":\"f300\"") != NULL);
-
-    /* refused rows are not queued */
-    const char *bad[SL_RUN_EVENT_NCOLS] = {NULL, "d1", "f1", NULL, NULL, NULL, "k", "s", NULL};
-    CHECK(sl_run_event_outbox_add(o, "run", bad) == SL_EINVAL);
-    bad[0] = "5";
-    bad[1] = NULL;
-    CHECK(sl_run_event_outbox_add(o, "run", bad) == SL_EINVAL);
-    CHECK(sl_run_event_outbox_pending(o) == 0);
-    CHECK(sl_run_event_outbox_add(NULL, "run", bad) == 0);
-
-    /* freed with rows in it: dropped, nothing published afterwards (and no leak) */
-    const char *v[SL_RUN_EVENT_NCOLS] = {"999", "d1", "f", NULL, NULL, NULL, "k", "s", NULL};
-    CHECK(sl_run_event_outbox_add(o, "run", v) == 0);
-    sl_run_event_outbox_free(o);
-    sl_run_event_outbox_free(NULL);
-    event_base_loop(base, EVLOOP_NONBLOCK);
-    CHECK(r.calls == n);
-
-    sl_pubsub_unsubscribe(ps, sub);
-    sl_pubsub_free(ps);
-    event_base_free(base);
-}
-
 int main(void)
 {
     test_event_json();
     test_publish_values();
-    test_outbox();
     return check_summary_prefixed("test_run_event: ");
 }

@@ -411,34 +411,32 @@ void sl_api_db_error(sl_http_req_t *req, const sl_pg_result_t *r)
         return;
     }
     /*
-     * A race the database settled by aborting this transaction (db/pg.c has
-     * already re-run it, up to its bound): nothing was written, the request
-     * can be sent again as it is.
-     */
-    if (r->err == SL_EDB && r->sqlstate &&
-        (strcmp(r->sqlstate, "40001") == 0 || strcmp(r->sqlstate, "40P01") == 0)) {
-        sl_log(SL_LOG_WARN, "db_conflict", "{s:s, s:s, s:s}", "request_id",
-               sl_http_req_id(req) ? sl_http_req_id(req) : "", "errmsg",
-               r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate);
-        sl_http_respond_error(req, 503, "database_busy", "a concurrent change got in the way; retry",
-                              1);
-        return;
-    }
-    /*
-     * The database is overloaded, not wrong: a statement cancelled by
+     * 503, with the same request worth sending again: a race the database
+     * settled by aborting this transaction (db/pg.c has already re-run it, up
+     * to its bound), or an overloaded database — a statement cancelled by
      * database_statement_timeout_ms (57014, lock waits included), a lock
-     * timeout (55P03), no connection slot (53300). The transaction rolled
-     * back; the same request can succeed later. A 500 told clients it never
-     * would.
+     * timeout (55P03), no connection slot (53300). Nothing was written; a 500
+     * told clients it never would be.
      */
-    if (r->err == SL_EDB && r->sqlstate &&
-        (strcmp(r->sqlstate, "57014") == 0 || strcmp(r->sqlstate, "55P03") == 0 ||
-         strcmp(r->sqlstate, "53300") == 0)) {
-        sl_log(SL_LOG_WARN, "db_busy", "{s:s, s:s, s:s}", "request_id",
+    static const struct {
+        const char *sqlstate, *event, *message;
+        int retry_after_s;
+    } transient[] = {
+        {"40001", "db_conflict", "a concurrent change got in the way; retry", 1},
+        {"40P01", "db_conflict", "a concurrent change got in the way; retry", 1},
+        {"57014", "db_busy", "the database did not answer in time; retry", 2},
+        {"55P03", "db_busy", "the database did not answer in time; retry", 2},
+        {"53300", "db_busy", "the database did not answer in time; retry", 2},
+    };
+    for (size_t i = 0; r->err == SL_EDB && r->sqlstate && i < sizeof transient / sizeof *transient;
+         i++) {
+        if (strcmp(r->sqlstate, transient[i].sqlstate) != 0)
+            continue;
+        sl_log(SL_LOG_WARN, transient[i].event, "{s:s, s:s, s:s}", "request_id",
                sl_http_req_id(req) ? sl_http_req_id(req) : "", "errmsg",
                r->errmsg ? r->errmsg : "", "sqlstate", r->sqlstate);
-        sl_http_respond_error(req, 503, "database_busy",
-                              "the database did not answer in time; retry", 2);
+        sl_http_respond_error(req, 503, "database_busy", transient[i].message,
+                              transient[i].retry_after_s);
         return;
     }
     sl_log(SL_LOG_ERROR, "db_error", "{s:s, s:s, s:s, s:s}", "request_id",

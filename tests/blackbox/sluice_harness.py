@@ -1007,8 +1007,8 @@ def loop_lag(server):
     """The event loops' lag (core/looplag.h) from /metrics, per process:
     {"http": {...}, "engine": {...}} (no "engine" when the engine runs
     inline), each {"count": wake-ups, "over": {bound s: wake-ups later than
-    it}, "max": the largest lag since start, s}. Subtract two readings'
-    counts to see a phase of a bench (lag_summary)."""
+    it}, "max": the largest lag since start, s, or None without the gauge}.
+    Subtract two readings' counts to see a phase of a bench (lag_summary)."""
     out = {}
     text = requests.get(server.url + "/metrics", timeout=30).text
     for line in text.splitlines():
@@ -1019,7 +1019,7 @@ def loop_lag(server):
             continue
         name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
         role = "engine" if 'role="engine"' in labels else "http"
-        d = out.setdefault(role, {"count": 0, "le": {}, "max": 0.0})
+        d = out.setdefault(role, {"count": 0, "le": {}, "max": None})
         if name == "sluice_event_loop_lag_seconds_count":
             d["count"] = value
         elif name == "sluice_event_loop_lag_max_seconds":
@@ -1042,7 +1042,7 @@ def lag_summary(before, after):
         n = a["count"] - b["count"]
         late = {x: a["over"].get(x, 0) - b["over"].get(x, 0) for x in (0.01, 0.05)}
         lines.append("loop_lag %s: %d wake-ups, %d over 10 ms, %d over 50 ms; max since start "
-                     "%.1f ms" % (role, n, late[0.01], late[0.05], a["max"] * 1000))
+                     "%.1f ms" % (role, n, late[0.01], late[0.05], (a["max"] or 0) * 1000))
     return lines
 
 

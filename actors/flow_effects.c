@@ -1,7 +1,8 @@
 /*
  * flow_effects.c — the engine's side of the effects seam (flow_effects.h):
- * a step's rows are one Postgres statement each, its calls go to libcurl and
- * core/exec. The statements were lua_run.c's; the SQL functions they call are
+ * a step's rows are one Postgres statement each, shared (db/pg.h
+ * sl_pg_query_shared: many steps' rows commit together under load), its
+ * calls go to libcurl and core/exec. The statements were lua_run.c's; the SQL functions they call are
  * db/functions/provenance.sql (sluice_record_put) and the artifacts table of
  * db/migrations/003_flows.sql (unique on run_id, kind).
  */
@@ -56,8 +57,11 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
     free(op);
 }
 
-static int row_query(void *self, const char *sql, int n, const char *const *params, row_want_t want,
-                     sl_flow_fx_cb cb, void *arg)
+/* One statement of a step, prepared as `name` and shared: under load the
+ * statements of many steps wait together for a connection and commit in one
+ * transaction (sl_pg_query_shared); each still learns its own result. */
+static int row_query(void *self, const char *name, const char *sql, int n,
+                     const char *const *params, row_want_t want, sl_flow_fx_cb cb, void *arg)
 {
     const sl_flow_host_t *h = self;
     row_op_t *op;
@@ -70,7 +74,7 @@ static int row_query(void *self, const char *sql, int n, const char *const *para
     op->cb = cb;
     op->arg = arg;
     op->want = want;
-    if ((rc = sl_pg_query(h->pg, sql, n, params, row_cb, op)) != 0)
+    if ((rc = sl_pg_query_shared(h->pg, name, sql, n, params, row_cb, op)) != 0)
         free(op);
     return rc;
 }
@@ -93,7 +97,7 @@ static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_f
     snprintf(size, sizeof size, "%llu", (unsigned long long)a->size);
     const char *params[] = {a->id,   ids->tenant_id, ids->file_id,  ids->run_id, a->kind,
                             a->mime, size,           a->sha256_hex, a->key};
-    return row_query(self, sql, 9, params, ROW_ID, cb, arg);
+    return row_query(self, "sl_fx_artifact_put", sql, 9, params, ROW_ID, cb, arg);
 }
 
 static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
@@ -102,7 +106,7 @@ static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kin
     static const char sql[] = "SELECT storage_key, size FROM artifacts "
                               "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
     const char *params[] = {ids->run_id, kind, ids->tenant_id};
-    return row_query(self, sql, 3, params, ROW_KEY_SIZE, cb, arg);
+    return row_query(self, "sl_fx_artifact_get", sql, 3, params, ROW_KEY_SIZE, cb, arg);
 }
 
 static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *record_json,
@@ -114,7 +118,7 @@ static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *recor
         return SL_EIO;
     const char *params[] = {id,          ids->tenant_id, ids->dataset_id, ids->file_id,
                             ids->run_id, record_json,    prov_json};
-    return row_query(self, sql, 7, params, ROW_VERSION, cb, arg);
+    return row_query(self, "sl_fx_record_put", sql, 7, params, ROW_VERSION, cb, arg);
 }
 
 static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
@@ -122,7 +126,7 @@ static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name
 {
     static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
     const char *params[] = {name, ids->file_id, ids->tenant_id};
-    return row_query(self, sql, 3, params, ROW_UPDATED, cb, arg);
+    return row_query(self, "sl_fx_text_source", sql, 3, params, ROW_UPDATED, cb, arg);
 }
 
 static int http(void *self, const char *service, const sl_curl_req_opts_t *o, sl_curl_cb cb,

@@ -37,6 +37,8 @@
 #define SL_PG_ERRMSG_MAX 1024
 #define SL_PG_OPTIONS_MAX 1024
 #define SL_PG_PREPARED_MAX 32 /* named statements prepared per connection; more run unnamed */
+#define SL_PG_SHARE_MAX 64    /* shared batches carried in one transaction */
+#define SL_PG_SHARE_SCAN 1024 /* how far conn_next looks down the queue for them */
 #define SL_PG_RETRY_MAX 3     /* re-runs of a batch that lost a deadlock or serialization race */
 
 typedef enum { CONN_DOWN, CONN_CONNECTING, CONN_IDLE, CONN_BUSY } conn_state_t;
@@ -63,6 +65,13 @@ struct sl_pg_batch_s {
     int err;
     int fault; /* SL_FAULTS: the batch runs, then its answer is lost */
     int retries; /* times re-run after a 40001/40P01 (at most SL_PG_RETRY_MAX) */
+    int share;   /* may share its transaction with other shared batches (sl_pg_query_shared) */
+    int alone;   /* split from a carrier whose transaction failed: runs by itself */
+    /* A carrier (made by conn_next, never queued): the shared batches whose
+     * statements it sends in one transaction. Its stmts are copies of theirs
+     * (the strings stay theirs); its results go back to them at the end. */
+    sl_pg_batch_t **subs;
+    int nsubs;
     struct event ev_done;
     char errmsg[SL_PG_ERRMSG_MAX];
 };
@@ -151,6 +160,11 @@ static void batch_destroy(sl_pg_batch_t *b)
 {
     for (int i = 0; i < b->n; i++) {
         sl_pg_stmt_t *s = &b->stmts[i];
+        if (b->subs) { /* a carrier: the statements are its subs' */
+            if (b->res && b->res[i])
+                PQclear(b->res[i]);
+            continue;
+        }
         for (int j = 0; j < s->nparams; j++)
             free(s->params[j]);
         free(s->params);
@@ -160,6 +174,7 @@ static void batch_destroy(sl_pg_batch_t *b)
     }
     free(b->res);
     free(b->stmts);
+    free(b->subs);
     free(b);
 }
 
@@ -189,6 +204,19 @@ static void done_cb(evutil_socket_t fd, short what, void *arg)
  */
 static void batch_finish(sl_pg_batch_t *b, int err, const char *msg)
 {
+    if (b->subs) {
+        /* A carrier: each of its batches gets its own results, or the error. */
+        for (int i = 0, off = 0; i < b->nsubs; i++) {
+            sl_pg_batch_t *sub = b->subs[i];
+            for (int j = 0; j < sub->n; j++, off++) {
+                sub->res[j] = b->res[off];
+                b->res[off] = NULL;
+            }
+            batch_finish(sub, err, err == SL_EDB ? b->errmsg : msg);
+        }
+        batch_destroy(b);
+        return;
+    }
     b->err = err;
     if (err != 0 && err != SL_EDB)
         copy_msg(b->errmsg, sizeof b->errmsg, msg);
@@ -368,6 +396,21 @@ static void conn_batch_done(sl_pg_conn_t *c)
     if (b->fault) {
         /* As a connection that drops after the server committed: "unknown". */
         batch_finish(b, SL_EUNAVAIL, "fault injected: connection lost after the batch ran");
+    } else if (b->first_err >= 0 && b->subs) {
+        /* One statement failed, so nothing of the carrier committed: each of
+         * its batches goes again by itself, at the head of the queue, and
+         * only the bad one fails. */
+        sl_log(SL_LOG_INFO, "pg_shared_split", "{s:i, s:s}", "batches", b->nsubs, "sqlstate",
+               PQresultErrorField(b->res[b->first_err], PG_DIAG_SQLSTATE));
+        for (int i = b->nsubs - 1; i >= 0; i--) {
+            b->subs[i]->alone = 1;
+            TAILQ_INSERT_HEAD(&c->pg->queue, b->subs[i], link);
+            c->pg->nqueued++;
+        }
+        batch_destroy(b);
+        for (int i = 0; i < c->pg->nconns; i++)
+            if (&c->pg->conns[i] != c)
+                conn_next(&c->pg->conns[i]); /* idle ones take the others at once */
     } else if (b->first_err >= 0) {
         copy_msg(b->errmsg, sizeof b->errmsg, PQresultErrorMessage(b->res[b->first_err]));
         batch_finish(b, SL_EDB, NULL);
@@ -460,6 +503,15 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
         conn_lost(c, PQerrorMessage(c->pc));
 }
 
+/* 1 if a statement before i in b sends the Parse of stmts[i]'s name (a name is parsed once). */
+static int parsed_before(const sl_pg_batch_t *b, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (b->stmts[j].prep == 1 && strcmp(b->stmts[j].name, b->stmts[i].name) == 0)
+            return 1;
+    return 0;
+}
+
 /* Sends a batch on an idle connection (IDLE -> BUSY). */
 static void conn_send(sl_pg_conn_t *c, sl_pg_batch_t *b)
 {
@@ -470,7 +522,7 @@ static void conn_send(sl_pg_conn_t *c, sl_pg_batch_t *b)
         sl_pg_stmt_t *s = &b->stmts[i];
         const char *const *params = (const char *const *)s->params;
         int ok;
-        if (s->name && conn_prepared(c, s->name)) {
+        if (s->name && (conn_prepared(c, s->name) || parsed_before(b, i))) {
             ok = PQsendQueryPrepared(c->pc, s->name, s->nparams, params, NULL, NULL, 0);
         } else if (s->name && c->nprepared < SL_PG_PREPARED_MAX) {
             s->prep = 1; /* its result is consumed by conn_collect */
@@ -488,6 +540,53 @@ static void conn_send(sl_pg_conn_t *c, sl_pg_batch_t *b)
         conn_lost(c, PQerrorMessage(c->pc));
 }
 
+static int shareable(const sl_pg_batch_t *b)
+{
+    return b->share && !b->alone && !b->fault;
+}
+
+/*
+ * b (shareable, just taken off the queue) and the other shareable batches
+ * waiting (up to SL_PG_SHARE_MAX, among the first SL_PG_SHARE_SCAN) in one
+ * carrier, in queue order; b itself when none waits or memory is short.
+ */
+static sl_pg_batch_t *gather(sl_pg_t *pg, sl_pg_batch_t *b)
+{
+    sl_pg_batch_t *found[SL_PG_SHARE_MAX], *carrier;
+    int nfound = 1, nstmts = b->n, scanned = 0;
+
+    found[0] = b;
+    for (sl_pg_batch_t *q = TAILQ_FIRST(&pg->queue);
+         q && nfound < SL_PG_SHARE_MAX && scanned++ < SL_PG_SHARE_SCAN; q = TAILQ_NEXT(q, link))
+        if (shareable(q) && nstmts + q->n <= SL_PG_BATCH_MAX_STMTS) {
+            found[nfound++] = q;
+            nstmts += q->n;
+        }
+    if (nfound == 1 || !(carrier = calloc(1, sizeof *carrier)))
+        return b;
+    carrier->stmts = malloc((size_t)nstmts * sizeof *carrier->stmts);
+    carrier->res = calloc((size_t)nstmts, sizeof *carrier->res);
+    carrier->subs = malloc((size_t)nfound * sizeof *carrier->subs);
+    if (!carrier->stmts || !carrier->res || !carrier->subs) {
+        batch_destroy(carrier);
+        return b;
+    }
+    carrier->pg = pg;
+    carrier->base = pg->base;
+    carrier->first_err = -1;
+    for (int i = 0; i < nfound; i++) {
+        sl_pg_batch_t *sub = found[i];
+        if (i > 0) {
+            TAILQ_REMOVE(&pg->queue, sub, link);
+            pg->nqueued--;
+        }
+        memcpy(carrier->stmts + carrier->n, sub->stmts, (size_t)sub->n * sizeof *sub->stmts);
+        carrier->n += sub->n;
+        carrier->subs[carrier->nsubs++] = sub;
+    }
+    return carrier;
+}
+
 static void conn_next(sl_pg_conn_t *c)
 {
     sl_pg_t *pg = c->pg;
@@ -497,6 +596,8 @@ static void conn_next(sl_pg_conn_t *c)
         return;
     TAILQ_REMOVE(&pg->queue, b, link);
     pg->nqueued--;
+    if (shareable(b))
+        b = gather(pg, b);
     conn_send(c, b);
 }
 
@@ -880,6 +981,23 @@ int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int npa
         sl_pg_batch_free(b);
         return rc;
     }
+    return sl_pg_batch_exec(b, cb, arg);
+}
+
+int sl_pg_query_shared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                       const char *const *params, sl_pg_cb cb, void *arg)
+{
+    sl_pg_batch_t *b = sl_pg_batch_new(pg);
+    int rc;
+
+    if (!b)
+        return pg ? SL_ENOMEM : SL_EINVAL;
+    rc = sl_pg_batch_add_prepared(b, name, sql, nparams, params);
+    if (rc < 0) {
+        sl_pg_batch_free(b);
+        return rc;
+    }
+    b->share = 1;
     return sl_pg_batch_exec(b, cb, arg);
 }
 

@@ -143,6 +143,23 @@ int sl_pg_batch_add_prepared(sl_pg_batch_t *b, const char *name, const char *sql
 int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
                          const char *const *params, sl_pg_cb cb, void *arg);
 
+/**
+ * One prepared statement (as sl_pg_query_prepared) that may share its
+ * transaction, and so its durable commit, with other shared statements: when
+ * it has to wait for a connection, the connection that takes it also takes
+ * the other shared statements waiting (at most 64, in queue order) and sends
+ * them all in one pipeline with one Sync. Each still gets its own callback
+ * with its own result (n = 1). If one of them fails (SL_EDB), nothing of that
+ * transaction committed: each goes again by itself, so only the bad one
+ * fails. A statement sent when a connection is idle goes alone, at once. So
+ * use it for statements that are correct in any order with any other shared
+ * statement and need no atomicity with anything but themselves: a step's own
+ * rows (actors/flow_effects.c). Same ownership and returns as
+ * sl_pg_query_prepared.
+ */
+int sl_pg_query_shared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                       const char *const *params, sl_pg_cb cb, void *arg);
+
 /** One schema migration, embedded in the binary at build time from db/migrations/. */
 typedef struct sl_pg_migration_s {
     int version;      /* NNN of NNN_name.sql */

@@ -1075,6 +1075,84 @@ static void cap_cb(const sl_pg_result_t *r, void *arg)
         cap_again++;
 }
 
+/* Shared statements (sl_pg_query_shared): those that wait for a connection go
+ * together in one transaction, each with its own result; a failing one is
+ * split off and fails alone; freeing the pool cancels a carrier's every one. */
+static int shared_query(sl_pg_t *pg, q_t *q, const char *name, const char *sql, int np,
+                        const char *const *params)
+{
+    memset(q, 0, sizeof *q);
+    int rc = sl_pg_query_shared(pg, name, sql, np, params, rec_cb, q);
+    q->returned = 1;
+    return rc;
+}
+
+static void test_shared(void)
+{
+    sl_pg_t *pg = NULL;
+    q_t blocker, plain, sh[5];
+    int queued = 0, busy = 0;
+
+    CHECK(sl_pg_new(base, conninfo, 1, 5000, &pg) == 0);
+    CHECK(wait_ready(pg, 1, 5000));
+
+    /* 1. Five shared (one name, parsed once), a plain one queued among them. */
+    CHECK(query(pg, &blocker, "SELECT pg_sleep(0.3)", 0, NULL) == 0);
+    CHECK(shared_query(pg, &sh[0], "sl_test_share", "SELECT txid_current()::text", 0, NULL) == 0);
+    CHECK(query(pg, &plain, "SELECT txid_current()::text", 0, NULL) == 0);
+    for (int i = 1; i < 5; i++)
+        CHECK(shared_query(pg, &sh[i], "sl_test_share", "SELECT txid_current()::text", 0, NULL) ==
+              0);
+    sl_pg_stats(pg, NULL, NULL, NULL, &queued);
+    CHECK(queued == 6);
+    CHECK(wait_int(&plain.called, 1, 5000));
+    for (int i = 0; i < 5; i++) {
+        CHECK(wait_int(&sh[i].called, 1, 5000));
+        CHECK(sh[i].called == 1 && sh[i].sync_call == 0);
+        CHECK(sh[i].err == 0 && sh[i].n == 1);
+        CHECK(sh[i].val0[0][0] != '\0');
+        CHECK_STREQ(sh[i].val0[0], sh[0].val0[0]); /* one transaction */
+    }
+    CHECK(plain.err == 0);
+    CHECK(strcmp(plain.val0[0], sh[0].val0[0]) != 0); /* not in it */
+    CHECK(sh[0].at <= plain.at); /* the carrier went first: it was at the head */
+
+    /* 2. One fails: the others still commit, and only it reports the error. */
+    const char *ka[] = {"share-a"}, *kb[] = {"share-b"}, *kc[] = {"share-c"};
+    static const char ins[] = "INSERT INTO sl_pg_test VALUES ($1, 's') RETURNING k";
+    CHECK(query(pg, &blocker, "SELECT pg_sleep(0.3)", 0, NULL) == 0);
+    CHECK(shared_query(pg, &sh[0], "sl_test_share_ins", ins, 1, ka) == 0);
+    CHECK(shared_query(pg, &sh[1], "sl_test_share_ins", ins, 1, kb) == 0);
+    CHECK(shared_query(pg, &sh[2], "sl_test_share_bad", "SELECT 1/0", 0, NULL) == 0);
+    CHECK(shared_query(pg, &sh[3], "sl_test_share_ins", ins, 1, kc) == 0);
+    for (int i = 0; i < 4; i++)
+        CHECK(wait_int(&sh[i].called, 1, 5000));
+    CHECK(sh[0].err == 0 && sh[1].err == 0 && sh[3].err == 0);
+    CHECK_STREQ(sh[0].val0[0], "share-a");
+    CHECK_STREQ(sh[1].val0[0], "share-b");
+    CHECK_STREQ(sh[3].val0[0], "share-c");
+    CHECK(sh[2].err == SL_EDB && sh[2].called == 1);
+    CHECK_STREQ(sh[2].sqlstate, "22012");
+    char v[64];
+    sql_scalar("SELECT count(*) FROM sl_pg_test WHERE k LIKE 'share-%'", v, sizeof v);
+    CHECK_STREQ(v, "3");
+
+    /* 3. Freeing the pool with a carrier in flight cancels each of its statements. */
+    CHECK(query(pg, &blocker, "SELECT 1", 0, NULL) == 0);
+    for (int i = 0; i < 3; i++)
+        CHECK(shared_query(pg, &sh[i], "sl_test_share_sleep", "SELECT pg_sleep(0.5)", 0, NULL) ==
+              0);
+    CHECK(wait_int(&blocker.called, 1, 5000));
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    sl_pg_stats(pg, NULL, NULL, &busy, &queued);
+    CHECK(busy == 1 && queued == 0); /* the three went out together */
+    sl_pg_free(pg);
+    for (int i = 0; i < 3; i++) {
+        CHECK(wait_int(&sh[i].called, 1, 2000));
+        CHECK(sh[i].err == SL_ECANCELED);
+    }
+}
+
 static void test_queue_cap(void)
 {
     sl_pg_t *pg = NULL;
@@ -1263,6 +1341,7 @@ int main(void)
     test_concurrent(pg);
     test_params(pg);
     test_statement_timeout();
+    test_shared();
     test_queue_cap();
     test_free_cancels();
     test_unreachable();

@@ -401,8 +401,9 @@ def test_upload_reads_only_its_own_batch(start_server, pg):
     reads the whole files table (before 017 every upload read every file ever
     stored, of every tenant), and none compares the batch's runs pairwise (a
     nested loop compared 500,000 pairs for 1,000 runs, under the dataset's
-    event lock). The plans are auto_explain's, on for this test's database
-    only, from the cluster's log."""
+    event lock), and the response numbers the queue's head once, not once per
+    file of the batch. The plans are auto_explain's, on for this test's
+    database only, from the cluster's log."""
     url = pg.new_database()
     dbname = urllib.parse.urlparse(url).path.lstrip("/")
     for setting in ("session_preload_libraries = 'auto_explain'",
@@ -419,14 +420,28 @@ def test_upload_reads_only_its_own_batch(start_server, pg):
             "storage_key) SELECT gen_random_uuid(), '%s', '%s', gen_random_uuid(), 'f' || g, 10, "
             "'x', 'text/plain', 'k' || g FROM generate_series(1, 20000) g" % (tenant, ds))
     srv.sql("ANALYZE files")
+    # and a queue: 2,000 runs ahead of the upload's, not due for an hour (so
+    # the engine leaves them queued), which its response numbers
+    srv.sql("INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline, "
+            "next_attempt_at) SELECT gen_random_uuid(), f.tenant_id, f.dataset_id, f.id, "
+            "f.batch_id, 'ai_record', now() + interval '1 hour' FROM files f "
+            "WHERE f.dataset_id = '%s' LIMIT 2000" % ds)
+    # PL/pgSQL plans a statement for its values 5 times, then keeps a generic
+    # plan (an array parameter of unknown size): warm every connection up
+    for i in range(40):
+        assert c.upload(ds, [("w%02d.txt" % i, b"warm\n")]).status_code == 202
     start = pg.logfile.stat().st_size
     r = c.upload(ds, [("p%03d.txt" % i, b"text %d\n" % i) for i in range(200)])
     assert r.status_code == 202, r.text
     assert len(r.json()["files"]) == 200
     log = pg.logfile.read_bytes()[start:].decode(errors="replace")
     plans = [p for p in log.split("LOG:  duration:")
-             if "batch_id" in p or "INSERT INTO run_events" in p]
+             if "batch_id" in p or "INSERT INTO run_events" in p or "jsonb_object_agg(q.id" in p]
     assert any("files_batch" in p for p in plans), log[-4000:]
+    # the response's queue places: the head of the queue joined to the batch's
+    # files once (a nested loop walked the 200 files for each of the 2,000+
+    # queued runs: 400,000 rows removed)
+    assert any("jsonb_object_agg(q.id" in p for p in plans), log[-4000:]
     assert any("INSERT INTO run_events" in p for p in plans), log[-4000:]
     for p in plans:
         assert "Seq Scan on files" not in p, p

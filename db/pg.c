@@ -968,8 +968,9 @@ int sl_pg_batch_add_prepared(sl_pg_batch_t *b, const char *name, const char *sql
     return idx;
 }
 
-int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
-                         const char *const *params, sl_pg_cb cb, void *arg)
+/* One prepared statement in a batch of its own, shared (sl_pg_query_shared) or not. */
+static int query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                          const char *const *params, int share, sl_pg_cb cb, void *arg)
 {
     sl_pg_batch_t *b = sl_pg_batch_new(pg);
     int rc;
@@ -981,24 +982,20 @@ int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int npa
         sl_pg_batch_free(b);
         return rc;
     }
+    b->share = share;
     return sl_pg_batch_exec(b, cb, arg);
+}
+
+int sl_pg_query_prepared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
+                         const char *const *params, sl_pg_cb cb, void *arg)
+{
+    return query_prepared(pg, name, sql, nparams, params, 0, cb, arg);
 }
 
 int sl_pg_query_shared(sl_pg_t *pg, const char *name, const char *sql, int nparams,
                        const char *const *params, sl_pg_cb cb, void *arg)
 {
-    sl_pg_batch_t *b = sl_pg_batch_new(pg);
-    int rc;
-
-    if (!b)
-        return pg ? SL_ENOMEM : SL_EINVAL;
-    rc = sl_pg_batch_add_prepared(b, name, sql, nparams, params);
-    if (rc < 0) {
-        sl_pg_batch_free(b);
-        return rc;
-    }
-    b->share = 1;
-    return sl_pg_batch_exec(b, cb, arg);
+    return query_prepared(pg, name, sql, nparams, params, 1, cb, arg);
 }
 
 int sl_pg_query(sl_pg_t *pg, const char *sql, int nparams, const char *const *params, sl_pg_cb cb,

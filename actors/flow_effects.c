@@ -2,9 +2,10 @@
  * flow_effects.c — the engine's side of the effects seam (flow_effects.h):
  * a step's rows are one Postgres statement each, shared (db/pg.h
  * sl_pg_query_shared: many steps' rows commit together under load), its
- * calls go to libcurl and core/exec. The statements were lua_run.c's; the SQL functions they call are
- * db/functions/provenance.sql (sluice_record_put) and the artifacts table of
- * db/migrations/003_flows.sql (unique on run_id, kind).
+ * calls go to libcurl and core/exec. The statements were lua_run.c's; the
+ * SQL functions they call are db/functions/provenance.sql
+ * (sluice_record_put) and the artifacts table of db/migrations/003_flows.sql
+ * (unique on run_id, kind).
  */
 #include "actors/flow_effects.h"
 

@@ -65,7 +65,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: big uploads / many files; run only against the normal build")
     config.addinivalue_line("markers", "server_smoke: needs a working sluice binary")
     config.addinivalue_line("markers", "no_retry: a status asserted on a request the harness "
-                            "cannot replay; not in the fault pass")
+                            "cannot replay, or a 503 of one kind; not in the fault pass")
     config.addinivalue_line("markers", "timeout(seconds): per-test time limit")
 
 

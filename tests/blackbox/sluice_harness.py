@@ -1041,8 +1041,9 @@ def lag_summary(before, after):
         a, b = after[role], before.get(role, {"count": 0, "over": {}})
         n = a["count"] - b["count"]
         late = {x: a["over"].get(x, 0) - b["over"].get(x, 0) for x in (0.01, 0.05)}
-        lines.append("loop_lag %s: %d wake-ups, %d over 10 ms, %d over 50 ms; max since start "
-                     "%.1f ms" % (role, n, late[0.01], late[0.05], (a["max"] or 0) * 1000))
+        worst = "%.1f ms" % (a["max"] * 1000) if a["max"] is not None else "n/a (no gauge)"
+        lines.append("loop_lag %s: %d wake-ups, %d over 10 ms, %d over 50 ms; max since start %s"
+                     % (role, n, late[0.01], late[0.05], worst))
     return lines
 
 

@@ -223,8 +223,7 @@ static void group_cb(const sl_pg_result_t *res, void *arg)
         member_t *cur = g->head;
         for (int i = 0; i < nrows; i++) {
             const char *v[SL_RUN_EVENT_NCOLS];
-            for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-                v[k] = PQgetisnull(r, i, k) ? NULL : PQgetvalue(r, i, k);
+            sl_run_event_row_values(r, i, v);
             member_t *m = v[COL_RUN_ID] ? row_member(g->head, &cur, v[COL_RUN_ID]) : NULL;
             if (!m)
                 continue; /* cannot happen: every row is a member's */

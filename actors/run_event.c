@@ -7,6 +7,7 @@
 #include "core/err.h"
 
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,17 +63,42 @@ int sl_run_event_publish(sl_pubsub_t *ps, const sl_run_event_t *ev)
     return err;
 }
 
-int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
-                                const char *const v[SL_RUN_EVENT_NCOLS])
+int sl_run_event_from_values(const char *event, const char *const v[SL_RUN_EVENT_NCOLS],
+                             sl_run_event_t *ev)
 {
-    if (!ps)
-        return 0;
     if (!v[0])
         return SL_EINVAL;
     char *end = NULL;
     long long seq = strtoll(v[0], &end, 10);
     if (!end || *end || end == v[0])
         return SL_EINVAL;
-    sl_run_event_t ev = {event, seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
-    return sl_run_event_publish(ps, &ev);
+    *ev = (sl_run_event_t){event, seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    return 0;
+}
+
+int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
+                                const char *const v[SL_RUN_EVENT_NCOLS])
+{
+    if (!ps)
+        return 0;
+    sl_run_event_t ev;
+    int err = sl_run_event_from_values(event, v, &ev);
+    return err ? err : sl_run_event_publish(ps, &ev);
+}
+
+void sl_run_event_row_values(const PGresult *res, int i, const char *v[SL_RUN_EVENT_NCOLS])
+{
+    for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
+        v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
+}
+
+void sl_run_event_publish_rows(sl_pubsub_t *ps, const char *event, const PGresult *res)
+{
+    if (!ps)
+        return;
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *v[SL_RUN_EVENT_NCOLS];
+        sl_run_event_row_values(res, i, v);
+        (void)sl_run_event_publish_values(ps, event, v);
+    }
 }

@@ -70,4 +70,27 @@ int sl_run_event_publish(sl_pubsub_t *ps, const sl_run_event_t *ev);
 int sl_run_event_publish_values(sl_pubsub_t *ps, const char *event,
                                 const char *const v[SL_RUN_EVENT_NCOLS]);
 
+/**
+ * v[] as above into *ev (its strings borrowed from v, `event` too). 0, or
+ * SL_EINVAL when seq is not a number.
+ */
+int sl_run_event_from_values(const char *event, const char *const v[SL_RUN_EVENT_NCOLS],
+                             sl_run_event_t *ev);
+
+struct pg_result; /* libpq's PGresult */
+
+/**
+ * Row `i` of res (borrowed; its columns SL_RUN_EVENT_COLUMNS) into v[]: text
+ * borrowed from res, NULL for SQL NULL.
+ */
+void sl_run_event_row_values(const struct pg_result *res, int i,
+                             const char *v[SL_RUN_EVENT_NCOLS]);
+
+/**
+ * Publishes every row of res (borrowed; columns SL_RUN_EVENT_COLUMNS) as
+ * `event` events through ps (borrowed), in row order: seq order when the
+ * statement returned them so. ps NULL is a no-op.
+ */
+void sl_run_event_publish_rows(sl_pubsub_t *ps, const char *event, const struct pg_result *res);
+
 #endif

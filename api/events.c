@@ -536,14 +536,16 @@ static void keepalive_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- replay ---- */
 
-/* One replayed or gap-read row (SL_RUN_EVENT_COLUMNS) as its message text, owned; NULL: no memory. */
+/* One replayed or gap-read row (SL_RUN_EVENT_COLUMNS) as its message text, owned; NULL: no
+ * memory (or a row without a seq, which the schema rules out). */
 static char *row_json(PGresult *res, int i, long long *seq)
 {
     const char *v[SL_RUN_EVENT_NCOLS];
-    for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-        v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-    *seq = strtoll(v[0], NULL, 10);
-    sl_run_event_t ev = {"run", *seq, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    sl_run_event_t ev;
+    sl_run_event_row_values(res, i, v);
+    if (sl_run_event_from_values("run", v, &ev) != 0)
+        return NULL;
+    *seq = ev.seq;
     return sl_run_event_json(&ev);
 }
 

@@ -367,17 +367,6 @@ static void route_events(sl_http_req_t *req, const sl_http_params_t *params, voi
 
 /* ---- status events (SSE) ---- */
 
-/* Publishes rows of SL_RUN_EVENT_COLUMNS as `event` events. */
-static void publish_rows(sl_app_t *app, const char *event, PGresult *res)
-{
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *v[SL_RUN_EVENT_NCOLS];
-        for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-            v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-        sl_run_event_publish_values(app->pubsub, event, v);
-    }
-}
-
 /* ---- DELETE /v1/files/{id} ---- */
 
 static void blob_deleted_cb(int err, void *arg)
@@ -569,9 +558,9 @@ static void process_done_cb(const sl_pg_result_t *r, void *arg)
      * events (RUN_EVENTS_SQL), or when no run was started the file's event
      * (PROCESS_FILE_EVENT_SQL); then the response. */
     if (pr->npipelines > 0 && r->n == pr->npipelines + 3)
-        publish_rows(pr->app, "run", r->res[pr->npipelines + 1]);
+        sl_run_event_publish_rows(pr->app->pubsub, "run", r->res[pr->npipelines + 1]);
     if (pr->npipelines == 0 && r->n == 3)
-        publish_rows(pr->app, "file", r->res[1]);
+        sl_run_event_publish_rows(pr->app->pubsub, "file", r->res[1]);
     sl_api_engine_kick(pr->app);
     /* Answered once every instance's file cache has been told (api/cache.h). */
     pr->body_len = (size_t)PQgetlength(last, 0, 0);

@@ -355,24 +355,6 @@ static void upload_fail(upload_t *up, int status, const char *code, const char *
     }
 }
 
-/*
- * Publishes what the batch committed, in seq order: one "file" event per file
- * (statement 1), then the runs' 'queued' events (statement 2); columns are
- * SL_RUN_EVENT_COLUMNS.
- */
-static void publish_batch(sl_app_t *app, const sl_pg_result_t *r)
-{
-    for (int s = r->n - 2; s >= 0 && s < r->n; s++) { /* the batch's last two: its events */
-        PGresult *res = r->res[s];
-        for (int i = 0; i < PQntuples(res); i++) {
-            const char *v[SL_RUN_EVENT_NCOLS];
-            for (int k = 0; k < SL_RUN_EVENT_NCOLS; k++)
-                v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
-            sl_run_event_publish_values(app->pubsub, s == r->n - 2 ? "file" : "run", v);
-        }
-    }
-}
-
 static void batch_done_cb(const sl_pg_result_t *r, void *arg)
 {
     upload_t *up = arg;
@@ -405,7 +387,10 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
      * events and the response (syscalls that wake their readers), and even
      * if the client went away meanwhile (it used to wait for the poll then). */
     sl_api_engine_kick(app);
-    publish_batch(app, r);
+    /* What the batch committed, in seq order: one "file" event per file (the
+     * batch's statement n-2), then the runs' 'queued' events (n-1). */
+    sl_run_event_publish_rows(app->pubsub, "file", r->res[r->n - 2]);
+    sl_run_event_publish_rows(app->pubsub, "run", r->res[r->n - 1]);
     sl_metrics_add(app->m_upload_files, (double)up->nparts);
     sl_log(SL_LOG_INFO, "upload_stored", "{s:s, s:s, s:s, s:i, s:I}", "tenant_id", up->tenant_id,
            "dataset_id", up->dataset_id, "batch_id", up->batch_id, "files", up->nparts, "bytes",

@@ -39,7 +39,25 @@ cfg="$REPO/var/bench.yaml"
 scripts/run --stop >/dev/null 2>&1 || true
 SLUICE_CONFIG="$cfg" scripts/run --no-install --no-build --detach >var/edge-run.log 2>&1 ||
     { cat var/edge-run.log >&2; exit 1; }
-trap 'scripts/run --stop >/dev/null 2>&1 || true' EXIT
+# On exit: the bench's dataset is deleted (its files and blobs: each upload run
+# stores 1 GiB under var/blobs, and repeated runs filled this machine's disk,
+# which slowed every later upload), then Sluice is stopped.
+cleanup() {
+    if [ -n "${SLUICE_DATASET:-}" ]; then
+        curl -s -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" \
+            "$URL/v1/datasets/$SLUICE_DATASET" || true
+        # The purge runs in the background: wait for it (up to 2 minutes), or
+        # the next start would delete these blobs during its own measurement.
+        for _ in $(seq 1 240); do
+            left="$(psql -XAtq "$SLUICE_DSN" -c "SELECT (SELECT count(*) FROM files
+                WHERE dataset_id = '$SLUICE_DATASET') + (SELECT count(*) FROM purge_blobs)" 2>/dev/null || echo 0)"
+            [ "${left:-0}" = 0 ] && break
+            sleep 0.5
+        done
+    fi
+    scripts/run --stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 URL="$(cat var/url)" KEY="$(cat var/demo_api_key)" PID="$(cat var/sluice.pid)"
 # var/sluice.pid is the supervisor (engine: {process: separate}); the uploads

@@ -62,6 +62,7 @@ typedef struct upload_s {
     sl_store_writer_t *writer; /* the part being written, or NULL */
     int in_file_part;         /* current part has a filename (else its data is ignored) */
     int commits_pending;
+    int synced;               /* the parts' names: 0 not synced, 1 sync in flight, 2 durable */
     int body_done;            /* end_cb(0) seen */
     int failed;               /* a response was (or will be) an error */
     int fail_status;
@@ -79,6 +80,7 @@ typedef struct upload_s {
 static void upload_release(upload_t *up);
 static void upload_fail(upload_t *up, int status, const char *code, const char *msg);
 static void upload_maybe_finish(upload_t *up);
+static void synced_cb(int err, void *arg);
 
 /* ---- helpers ---- */
 
@@ -195,6 +197,8 @@ static int part_begin_cb(void *arg, const sl_multipart_part_t *part)
         upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
         return 1;
     }
+    /* Its name is made durable with the others', once, before the rows (upload_maybe_finish). */
+    (void)sl_store_put_defer_sync(up->writer);
     sl_store_on_drain(up->writer, writer_drain_cb, up);
     return 0;
 }
@@ -584,7 +588,35 @@ static void upload_maybe_finish(upload_t *up)
         upload_fail(up, 400, "no_files", "the body has no part with a filename");
         return;
     }
-    store_rows(up);
+    if (up->synced == 0) {
+        /*
+         * The parts were committed with their names' sync deferred: one sync
+         * of their directory (every key is files/<tenant>/<id>), shared with
+         * the tenant's other uploads committing now, makes them all durable
+         * before any row points at them (core/storage.h, sl_store_sync).
+         */
+        up->synced = 1;
+        up->refs++;
+        if (sl_store_sync(up->app->store, up->parts[0].key, synced_cb, up) != 0) {
+            up->refs--;
+            upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+        }
+        return;
+    }
+    if (up->synced == 2)
+        store_rows(up);
+}
+
+static void synced_cb(int err, void *arg)
+{
+    upload_t *up = arg;
+    if (err) {
+        upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
+    } else {
+        up->synced = 2;
+        upload_maybe_finish(up);
+    }
+    upload_release(up);
 }
 
 /* ---- http body callbacks ---- */

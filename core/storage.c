@@ -10,6 +10,7 @@
 #include "storage_int.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 int sl_store_key_valid(const char *key)
@@ -91,6 +92,50 @@ int sl_store_put_mime(sl_store_writer_t *w, const char *mime)
         return SL_EINVAL;
     memcpy(w->mime, mime, strlen(mime) + 1);
     return 0;
+}
+
+int sl_store_put_defer_sync(sl_store_writer_t *w)
+{
+    if (!w || w->state != SL_STORE__W_OPEN)
+        return SL_EINVAL;
+    w->defer_sync = 1;
+    return 0;
+}
+
+/* sl_store_sync on a backend with nothing to sync: the callback, on a later
+ * loop turn (the pool's done callbacks run there), with 0. */
+typedef struct nosync_s {
+    sl_store_done_cb cb;
+    void *arg;
+} nosync_t;
+
+static void nosync_work(void *arg)
+{
+    (void)arg;
+}
+
+static void nosync_done(void *arg)
+{
+    nosync_t *n = arg;
+    n->cb(0, n->arg);
+    free(n);
+}
+
+int sl_store_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
+{
+    if (!st || !cb || !sl_store_key_valid(key))
+        return SL_EINVAL;
+    if (st->ops->sync)
+        return st->ops->sync(st, key, cb, arg);
+    nosync_t *n = malloc(sizeof *n);
+    if (!n)
+        return SL_ENOMEM;
+    n->cb = cb;
+    n->arg = arg;
+    int err = sl_workq_submit(st->wq, NULL, nosync_work, nosync_done, n);
+    if (err)
+        free(n);
+    return err;
 }
 
 size_t sl_store_pending(const sl_store_writer_t *w)

@@ -187,6 +187,37 @@ int sl_store_write(sl_store_writer_t *w, const void *data, size_t len);
  */
 int sl_store_put_mime(sl_store_writer_t *w, const char *mime);
 
+/**
+ * The caller makes the object's *name* durable later, with sl_store_sync()
+ * on its key, instead of the commit doing it: many objects committed under
+ * one prefix (an upload's files, all in files/<tenant>/) then share one
+ * directory sync on the fs backend. The commit still makes the bytes durable
+ * and still answers only once the object is in place; until the sync's
+ * callback a crash may lose the object's name, so nothing may point at the
+ * object before it. Backends without names to sync (S3: an object is durable
+ * when its PUT answers) ignore it. Call before sl_store_put_commit(). 0, or
+ * SL_EINVAL (not open).
+ */
+int sl_store_put_defer_sync(sl_store_writer_t *w);
+
+/**
+ * Makes durable the names of the objects committed with
+ * sl_store_put_defer_sync() under the prefix of `key` (up to its last '/').
+ * fs: one sync of that directory, shared with concurrent callers
+ * (core/dirsync.h); it covers every such commit whose callback came before
+ * this call. cb (required; `arg` borrowed) gets 0 or the error (then those
+ * objects may not survive a crash) on a later loop turn. Other backends: cb
+ * with 0. Returns 0, or SL_EINVAL / SL_ENOMEM (then no callback).
+ */
+typedef void (*sl_store_done_cb)(int err, void *arg);
+int sl_store_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
+
+/**
+ * How many directory syncs the fs backend has run (commits and
+ * sl_store_sync together; for tests). 0 for other backends.
+ */
+uint64_t sl_store_fs_dir_syncs(sl_store_t *st);
+
 /** Bytes queued and not yet written. */
 size_t sl_store_pending(const sl_store_writer_t *w);
 
@@ -229,8 +260,7 @@ int sl_store_read(sl_store_t *st, const char *key, uint64_t offset, size_t len, 
 typedef void (*sl_store_stat_cb)(int err, uint64_t size, void *arg);
 int sl_store_stat(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *arg);
 
-/** Deletes key; a missing key is not an error. cb may be NULL. */
-typedef void (*sl_store_done_cb)(int err, void *arg);
+/** Deletes key; a missing key is not an error. cb (sl_store_done_cb) may be NULL. */
 int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
 
 /**

@@ -13,6 +13,7 @@
  * shared and guarded by the writer's mutex.
  */
 #include "crypto.h"
+#include "dirsync.h"
 #include "err.h"
 #include "storage_int.h"
 
@@ -72,6 +73,12 @@ typedef struct fs_store_s {
      */
     pthread_mutex_t magic_mu; /* guards magic */
     magic_t magic;            /* NULL until loaded; closed by fs_free */
+    /*
+     * Commit jobs share the fsyncs of the directories they rename into
+     * (core/dirsync.h): one tenant's files all go to files/<tenant>/, so a
+     * batch of a thousand needs a few directory fsyncs, not a thousand.
+     */
+    sl_dirsync_t *dsync; /* owned */
 } fs_store_t;
 
 /*
@@ -167,6 +174,13 @@ static int fsync_dir(const char *dir)
     int err = fsync(fd) == 0 ? 0 : SL_EIO;
     close(fd);
     return err;
+}
+
+/* The directory sync that sl_dirsync_wait shares between commit jobs. */
+static int dir_sync_fn(const char *dir, void *arg)
+{
+    (void)arg;
+    return fsync_dir(dir);
 }
 
 /*
@@ -462,12 +476,14 @@ static void commit_work(void *arg)
         goto out;
     }
     renamed = 1;
-    char *slash = strrchr(w->final_path, '/'); /* there is one: after the root */
-    *slash = '\0';
-    err = fsync_dir(w->final_path);
-    *slash = '/';
-    if (err)
-        goto out;
+    if (!w->base.defer_sync) { /* else the caller's sl_store_sync makes the name durable */
+        char *slash = strrchr(w->final_path, '/'); /* there is one: after the root */
+        *slash = '\0';
+        err = sl_dirsync_wait(((fs_store_t *)w->base.st)->dsync, w->final_path);
+        *slash = '/';
+        if (err)
+            goto out;
+    }
 
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
@@ -993,6 +1009,48 @@ static int fs_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_s
     return err;
 }
 
+/* sl_store_sync: one (shared) sync of the key's directory, on a worker. */
+typedef struct fs_sync_op_s {
+    fs_store_t *fs;
+    char dir[FS_PATH_MAX];
+    int err;
+    sl_store_done_cb cb;
+    void *arg;
+} fs_sync_op_t;
+
+static void sync_work(void *arg)
+{
+    fs_sync_op_t *op = arg;
+    op->err = sl_dirsync_wait(op->fs->dsync, op->dir);
+}
+
+static void sync_done(void *arg)
+{
+    fs_sync_op_t *op = arg;
+    op->cb(op->err, op->arg);
+    free(op);
+}
+
+static int fs_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
+{
+    fs_store_t *fs = (fs_store_t *)st;
+    fs_sync_op_t *op = malloc(sizeof *op);
+    if (!op)
+        return SL_ENOMEM;
+    int err = fs_path(fs, key, op->dir, sizeof op->dir);
+    if (err) {
+        free(op);
+        return err;
+    }
+    *strrchr(op->dir, '/') = '\0'; /* the key's directory: at least the root */
+    op->fs = fs;
+    op->cb = cb;
+    op->arg = arg;
+    if ((err = sl_workq_submit(st->wq, NULL, sync_work, sync_done, op)) != 0)
+        free(op);
+    return err;
+}
+
 static void fs_free(sl_store_t *st)
 {
     fs_store_t *fs = (fs_store_t *)st;
@@ -1003,6 +1061,7 @@ static void fs_free(sl_store_t *st)
     }
     if (fs->magic)
         magic_close(fs->magic);
+    sl_dirsync_free(fs->dsync);
     pthread_mutex_destroy(&fs->magic_mu);
     free(fs);
 }
@@ -1018,8 +1077,16 @@ static const sl_store_ops_t fs_ops = {
     .del = fs_del,
     .local_path = fs_local_path,
     .fetch_local = fs_fetch_local,
+    .sync = fs_sync,
     .free = fs_free,
 };
+
+uint64_t sl_store_fs_dir_syncs(sl_store_t *st)
+{
+    if (!st || st->ops != &fs_ops)
+        return 0;
+    return sl_dirsync_count(((fs_store_t *)st)->dsync);
+}
 
 /* Removes what a crash left in <root>/.tmp (synchronous: runs at start-up). */
 static int clean_tmp_dir(const char *dir)
@@ -1078,6 +1145,8 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     if ((err = mkdir_all(tmp)) != 0)
         goto fail;
     if ((err = clean_tmp_dir(tmp)) != 0)
+        goto fail;
+    if ((err = sl_dirsync_new(dir_sync_fn, NULL, &fs->dsync)) != 0)
         goto fail;
     *out = &fs->base;
     return 0;

@@ -36,6 +36,9 @@ typedef struct sl_store_ops_s {
     /* A local file with the object's bytes (see sl_store_fetch_local). */
     int (*fetch_local)(sl_store_t *st, const char *key, const char *dir, sl_store_local_cb cb,
                        void *arg);
+    /* Make the names of deferred commits under key's prefix durable (see
+     * sl_store_sync); NULL: a commit is durable as it answers, nothing to do. */
+    int (*sync)(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
     /* Sweep stale multipart uploads once (see sl_store_sweep_uploads); NULL: none. */
     int (*sweep)(sl_store_t *st, sl_store_sweep_cb cb, void *arg);
     void (*free)(sl_store_t *st);
@@ -58,6 +61,7 @@ struct sl_store_writer_s {
     sl_store_commit_cb commit_cb; /* loop */
     void *commit_arg;
     char mime[SL_STORE_MIME_MAX]; /* loop, before commit: the caller's type; "" = sniff */
+    int defer_sync; /* loop, before commit: sl_store_put_defer_sync was called */
 };
 
 /* Called by a backend on the loop when `n` queued bytes have been written

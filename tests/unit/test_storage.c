@@ -447,6 +447,71 @@ static void test_put_mime(void)
     }
 }
 
+/* ---- deferred name syncs (sl_store_put_defer_sync + sl_store_sync) ---- */
+
+static int sync_called, sync_err;
+
+static void sync_cb(int err, void *arg)
+{
+    (void)arg;
+    on_loop_check();
+    sync_called++;
+    sync_err = err;
+}
+
+/*
+ * Commits with deferred syncs run no directory sync; one sl_store_sync of
+ * their prefix runs one, for all of them; a commit without deferral runs its
+ * own. (The old store synced the directory in every commit: 8 here.)
+ */
+static void test_deferred_sync(void)
+{
+    enum { N = 8 };
+    commit_res_t r[N];
+    char key[64], path[256];
+    uint64_t before = sl_store_fs_dir_syncs(st);
+    for (int i = 0; i < N; i++) {
+        sl_store_writer_t *w = NULL;
+        memset(&r[i], 0, sizeof r[i]);
+        snprintf(key, sizeof key, "t9/obj%d", i);
+        CHECK(sl_store_put_begin(st, key, &w) == 0);
+        if (!w)
+            return;
+        CHECK(sl_store_put_defer_sync(w) == 0);
+        CHECK(sl_store_write(w, "deferred\n", 9) == 0);
+        CHECK(sl_store_put_commit(w, commit_cb, &r[i]) == 0);
+    }
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        run_until(&r[i].called, 1);
+        done += r[i].called == 1 && r[i].err == 0;
+    }
+    CHECK_EQ(done, N);
+    uint64_t after_commits = sl_store_fs_dir_syncs(st);
+    CHECK_EQ(after_commits - before, 0);
+    for (int i = 0; i < N; i++) {
+        snprintf(path, sizeof path, "%s/t9/obj%d", root, i);
+        CHECK(file_exists(path));
+    }
+    sync_called = 0;
+    sync_err = 1;
+    CHECK(sl_store_sync(st, "t9/obj0", sync_cb, NULL) == 0);
+    CHECK_EQ(sync_called, 0); /* never inside the call */
+    run_until(&sync_called, 1);
+    CHECK_EQ(sync_called, 1);
+    CHECK_EQ(sync_err, 0);
+    CHECK_EQ(sl_store_fs_dir_syncs(st) - after_commits, 1);
+    /* Without deferral the commit syncs the directory itself. */
+    commit_res_t one;
+    uint64_t b2 = sl_store_fs_dir_syncs(st);
+    put_object("t9/plain", "x", 1, &one);
+    CHECK(one.err == 0);
+    CHECK_EQ(sl_store_fs_dir_syncs(st) - b2, 1);
+    CHECK(sl_store_sync(st, "../bad", sync_cb, NULL) == SL_EINVAL);
+    CHECK(sl_store_sync(st, "t9/obj0", NULL, NULL) == SL_EINVAL);
+    CHECK(sl_store_put_defer_sync(NULL) == SL_EINVAL);
+}
+
 /* ---- abort ---- */
 
 static int abort_drains;
@@ -907,6 +972,7 @@ int main(void)
         test_big_object();
         test_mime();
         test_put_mime();
+        test_deferred_sync();
         test_abort();
         test_delete();
         test_backpressure();

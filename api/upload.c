@@ -9,9 +9,11 @@
  *
  * All or nothing: blobs are written under fresh server-made keys, and the rows
  * (files, runs, timeline events, the idempotency response) are inserted in one
- * batch — one transaction — only after every part is durable. Any failure
- * before that (a limit, a truncated body, a client that goes away, the
- * database) deletes the blobs this request wrote; no row ever points at them.
+ * batch — one transaction — only after every part is durable (its bytes by its
+ * commit, the names of all of them by one shared directory sync after the
+ * last commit: sl_store_sync). Any failure before that (a limit, a truncated
+ * body, a client that goes away, the database) deletes the blobs this request
+ * wrote; no row ever points at them.
  *
  * Runs: one per pipeline that matches a file's sniffed MIME type and that its
  * dataset allows (datasets.pipelines), unless the upload does not process:
@@ -20,8 +22,8 @@
  * pipeline takes records why (api/pipesel.h, docs/lifecycle.md).
  *
  * Lifetime: the upload state is refcounted: one reference for the request and
- * one per outstanding storage commit or database batch; it is freed by the last
- * release, never inside a callback chain that still uses it.
+ * one per outstanding storage commit, directory sync or database batch; it is
+ * freed by the last release, never inside a callback chain that still uses it.
  */
 #include "api/api.h"
 #include "api/pipesel.h"

@@ -34,6 +34,7 @@ struct sl_dirsync_s {
     pthread_cond_t cv;  /* a sync finished */
     entry_t *entries;
     uint64_t syncs;
+    int refs;
 };
 
 int sl_dirsync_new(sl_dirsync_fn fn, void *arg, sl_dirsync_t **out)
@@ -54,13 +55,27 @@ int sl_dirsync_new(sl_dirsync_fn fn, void *arg, sl_dirsync_t **out)
     }
     ds->fn = fn;
     ds->arg = arg;
+    ds->refs = 1;
     *out = ds;
     return 0;
+}
+
+sl_dirsync_t *sl_dirsync_ref(sl_dirsync_t *ds)
+{
+    pthread_mutex_lock(&ds->mu);
+    ds->refs++;
+    pthread_mutex_unlock(&ds->mu);
+    return ds;
 }
 
 void sl_dirsync_free(sl_dirsync_t *ds)
 {
     if (!ds)
+        return;
+    pthread_mutex_lock(&ds->mu);
+    int last = --ds->refs == 0;
+    pthread_mutex_unlock(&ds->mu);
+    if (!last)
         return;
     while (ds->entries) { /* none: every caller frees its entry on the way out */
         entry_t *next = ds->entries->next;

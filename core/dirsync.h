@@ -29,7 +29,16 @@ typedef struct sl_dirsync_s sl_dirsync_t;
 /** A new set of shared syncs that runs `fn(dir, arg)` (arg borrowed); owned in *out. */
 int sl_dirsync_new(sl_dirsync_fn fn, void *arg, sl_dirsync_t **out);
 
-/** Frees it: no thread may be inside sl_dirsync_wait. NULL is a no-op. */
+/**
+ * Another reference to ds (for a job that may outlive its first owner, as a
+ * store's sync job outlives sl_store_free); returns ds.
+ */
+sl_dirsync_t *sl_dirsync_ref(sl_dirsync_t *ds);
+
+/**
+ * Drops one reference (of sl_dirsync_new or sl_dirsync_ref); the last one
+ * frees it, when no thread may be inside sl_dirsync_wait. NULL is a no-op.
+ */
 void sl_dirsync_free(sl_dirsync_t *ds);
 
 /**

@@ -1009,9 +1009,11 @@ static int fs_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_s
     return err;
 }
 
-/* sl_store_sync: one (shared) sync of the key's directory, on a worker. */
+/* sl_store_sync: one (shared) sync of the key's directory, on a worker. The
+ * job holds its own reference to the store's dirsync: like a read or a
+ * delete, it does not use the store, which may be freed before it runs. */
 typedef struct fs_sync_op_s {
-    fs_store_t *fs;
+    sl_dirsync_t *dsync; /* a reference of its own */
     char dir[FS_PATH_MAX];
     int err;
     sl_store_done_cb cb;
@@ -1021,7 +1023,8 @@ typedef struct fs_sync_op_s {
 static void sync_work(void *arg)
 {
     fs_sync_op_t *op = arg;
-    op->err = sl_dirsync_wait(op->fs->dsync, op->dir);
+    op->err = sl_dirsync_wait(op->dsync, op->dir);
+    sl_dirsync_free(op->dsync);
 }
 
 static void sync_done(void *arg)
@@ -1043,11 +1046,13 @@ static int fs_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *a
         return err;
     }
     *strrchr(op->dir, '/') = '\0'; /* the key's directory: at least the root */
-    op->fs = fs;
+    op->dsync = sl_dirsync_ref(fs->dsync);
     op->cb = cb;
     op->arg = arg;
-    if ((err = sl_workq_submit(st->wq, NULL, sync_work, sync_done, op)) != 0)
+    if ((err = sl_workq_submit(st->wq, NULL, sync_work, sync_done, op)) != 0) {
+        sl_dirsync_free(op->dsync);
         free(op);
+    }
     return err;
 }
 

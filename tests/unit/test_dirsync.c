@@ -181,5 +181,15 @@ int main(void)
     test_a_failed_sync_fails_every_caller_it_covered();
     test_directories_do_not_share();
     CHECK_EQ(sl_dirsync_new(NULL, NULL, &(sl_dirsync_t *){NULL}), SL_EINVAL);
+    /* A second reference keeps it usable after the first owner let go. */
+    sl_dirsync_t *ds = NULL;
+    CHECK_EQ(sl_dirsync_new(fake_sync, NULL, &ds), 0);
+    CHECK(sl_dirsync_ref(ds) == ds);
+    sl_dirsync_free(ds);
+    reset(1, 0);
+    caller_t c = {.ds = ds, .dir = "/r"};
+    caller_main(&c);
+    CHECK_EQ(c.rc, 0);
+    sl_dirsync_free(ds);
     return check_summary_prefixed("test_dirsync: ");
 }

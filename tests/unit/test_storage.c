@@ -507,6 +507,21 @@ static void test_deferred_sync(void)
     put_object("t9/plain", "x", 1, &one);
     CHECK(one.err == 0);
     CHECK_EQ(sl_store_fs_dir_syncs(st) - b2, 1);
+    /* A sync still queued when its store is freed completes (as reads and
+     * deletes do): it holds its own reference to what it needs. */
+    sl_store_t *other = NULL;
+    char oroot[200];
+    snprintf(oroot, sizeof oroot, "%s/other", top);
+    CHECK(sl_store_fs_open(wq, oroot, &other) == 0);
+    if (other) {
+        sync_called = 0;
+        sync_err = 1;
+        CHECK(sl_store_sync(other, "t9/x", sync_cb, NULL) == 0);
+        sl_store_free(other);
+        run_until(&sync_called, 1);
+        CHECK_EQ(sync_called, 1);
+        CHECK_EQ(sync_err, SL_ENOTFOUND); /* <oroot>/t9 was never made */
+    }
     CHECK(sl_store_sync(st, "../bad", sync_cb, NULL) == SL_EINVAL);
     CHECK(sl_store_sync(st, "t9/obj0", NULL, NULL) == SL_EINVAL);
     CHECK(sl_store_put_defer_sync(NULL) == SL_EINVAL);

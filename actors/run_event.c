@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Events of one dataset per pub/sub message at most (one PUBLISH, see core/pubsub.h). */
+#define RUN_EVENT_BATCH 256
+
 static json_t *str_or_null(const char *s)
 {
     return s ? json_string(s) : json_null();
@@ -92,13 +95,45 @@ void sl_run_event_row_values(const PGresult *res, int i, const char *v[SL_RUN_EV
         v[k] = PQgetisnull(res, i, k) ? NULL : PQgetvalue(res, i, k);
 }
 
+/* Rows [from, to) of res, all of one dataset, as one batch on its channel. */
+static void publish_batch(sl_pubsub_t *ps, const char *event, const PGresult *res, int from,
+                          int to)
+{
+    char channel[SL_PUBSUB_MAX_CHANNEL];
+    const char *msgs[RUN_EVENT_BATCH];
+    size_t lens[RUN_EVENT_BATCH];
+    size_t n = 0;
+    const char *ds = PQgetisnull(res, from, 1) ? NULL : PQgetvalue(res, from, 1);
+    if (!ds || sl_run_event_channel(ds, channel, sizeof channel) < 0)
+        return;
+    for (int i = from; i < to; i++) {
+        const char *v[SL_RUN_EVENT_NCOLS];
+        sl_run_event_t ev;
+        sl_run_event_row_values(res, i, v);
+        char *msg = sl_run_event_from_values(event, v, &ev) == 0 ? sl_run_event_json(&ev) : NULL;
+        if (msg) {
+            msgs[n] = msg;
+            lens[n++] = strlen(msg);
+        }
+    }
+    (void)sl_pubsub_publish_many(ps, channel, msgs, lens, n);
+    for (size_t i = 0; i < n; i++)
+        free((char *)msgs[i]);
+}
+
 void sl_run_event_publish_rows(sl_pubsub_t *ps, const char *event, const PGresult *res)
 {
     if (!ps)
         return;
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *v[SL_RUN_EVENT_NCOLS];
-        sl_run_event_row_values(res, i, v);
-        (void)sl_run_event_publish_values(ps, event, v);
+    int rows = PQntuples(res);
+    for (int from = 0; from < rows;) {
+        /* a run of rows of one dataset (the same channel), at most RUN_EVENT_BATCH */
+        const char *ds = PQgetisnull(res, from, 1) ? NULL : PQgetvalue(res, from, 1);
+        int to = from + 1;
+        while (to < rows && to - from < RUN_EVENT_BATCH && ds && !PQgetisnull(res, to, 1) &&
+               strcmp(PQgetvalue(res, to, 1), ds) == 0)
+            to++;
+        publish_batch(ps, event, res, from, to);
+        from = to;
     }
 }

@@ -189,18 +189,27 @@ static void forget_file(sl_cache_t *c, const char *id)
     c->file_gen++;
 }
 
-/* The value of "file_id" in an event (sl_run_event_json's compact text), into id. */
-static int event_file_id(const char *data, size_t len, char id[UUID_LEN + 1])
+/*
+ * The value of the next "file_id" in events (sl_run_event_json's compact
+ * text) at or after *at, into id; *at moves past it. 0, or -1 when none is
+ * left. A batch of events (core/pubsub.h) names one per event: inside a JSON
+ * string a quote is escaped, so the key's text is only ever a key.
+ */
+static int event_file_id(const char *data, size_t len, size_t *at, char id[UUID_LEN + 1])
 {
     static const char key[] = "\"file_id\":\"";
     const size_t kl = sizeof key - 1;
-    for (size_t i = 0; i + kl + UUID_LEN < len; i++) {
+    for (size_t i = *at; i + kl + UUID_LEN < len; i++) {
         if (data[i] == '"' && memcmp(data + i, key, kl) == 0) {
+            *at = i + kl;
+            if (data[i + kl + UUID_LEN] != '"')
+                continue;
             memcpy(id, data + i + kl, UUID_LEN);
             id[UUID_LEN] = '\0';
-            return data[i + kl + UUID_LEN] == '"' ? 0 : -1;
+            return 0;
         }
     }
+    *at = len;
     return -1;
 }
 
@@ -240,9 +249,13 @@ void sl_cache_on_message(sl_cache_t *c, const char *channel, const char *data, s
     } else if (ds) {
         /* Any event: its file changed, and queue positions of every queued run may have. */
         c->qgen++;
-        if (event_file_id(data, len, buf) == 0)
+        size_t at = 0;
+        int named = 0;
+        while (event_file_id(data, len, &at, buf) == 0) {
             forget_file(c, buf);
-        else
+            named++;
+        }
+        if (!named)
             c->file_gen++; /* no file named: fills in flight are still suspect */
     }
 }

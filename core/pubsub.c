@@ -10,7 +10,10 @@
  * its own callback chain).
  *
  * Envelope on Redis: "<instance_id> <n>\n<message>", n counting this
- * instance's publishes. One order for every instance: while Redis is up both
+ * instance's publishes; a batch (sl_pubsub_publish_many) is one PUBLISH of
+ * "<instance_id> <n>:<count>\n" and then count frames "<len>\n<message>",
+ * the messages numbered n, n+1, ... and handled on arrival exactly as that
+ * many single envelopes in that order. One order for every instance: while Redis is up both
  * ways, our own messages reach our subscribers through their Redis echo (kept
  * meanwhile in a pending FIFO), not directly, so every instance delivers the
  * messages of every instance in the one order Redis saw them. Delivering ours
@@ -33,7 +36,6 @@
 #include <time.h>
 
 #define NBUCKETS 1024
-#define ENVELOPE_STACK 2048
 #define ECHO_TIMEOUT_MS 2000
 #define ECHO_CHECK_MS 100
 
@@ -281,24 +283,12 @@ static void echo_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* A message from Redis: another instance's, or the echo of ours. */
-static void redis_message_cb(const char *channel, const char *data, size_t len, void *arg)
+/* One message from Redis, numbered n by its publisher (own: ours, or another instance's). */
+static void on_redis_message(sl_pubsub_t *ps, const char *channel, int own, uint64_t n,
+                             const char *msg, size_t len)
 {
-    sl_pubsub_t *ps = arg;
-    const char *nl = memchr(data, '\n', len);
-    if (!nl)
-        return; /* not an envelope */
-    size_t hl = (size_t)(nl - data);
-    const char *sp = NULL;
-    for (size_t i = hl; i > 0; i--)
-        if (data[i - 1] == ' ') {
-            sp = data + i - 1;
-            break;
-        }
-    size_t idlen = sp ? (size_t)(sp - data) : hl;
-    if (idlen == ps->idlen && memcmp(data, ps->instance_id, idlen) == 0) {
+    if (own) {
         /* our echo: n orders it against what is pending */
-        uint64_t n = sp ? strtoull(sp + 1, NULL, 10) : 0;
         if (n == 0 || n <= ps->flushed_upto)
             return;               /* delivered locally already */
         flush_pending(ps, n - 1); /* earlier ones whose echo was lost */
@@ -313,15 +303,75 @@ static void redis_message_cb(const char *channel, const char *data, size_t len, 
             return;
         }
         ps->flushed_upto = n;
-        if (strlen(channel) < SL_PUBSUB_MAX_CHANNEL && chan_find(ps, channel))
-            enqueue(ps, channel, nl + 1, len - hl - 1); /* subscribed after publishing */
+        if (chan_find(ps, channel))
+            enqueue(ps, channel, msg, len); /* subscribed after publishing */
         return;
     }
-    if (strlen(channel) >= SL_PUBSUB_MAX_CHANNEL || !chan_find(ps, channel))
+    if (!chan_find(ps, channel))
         return; /* nobody here listens */
     sl_metrics_add(ps->m_messages, 1, "in");
-    if (enqueue(ps, channel, nl + 1, len - hl - 1) != 0)
+    if (enqueue(ps, channel, msg, len) != 0)
         sl_log(SL_LOG_WARN, "pubsub_dropped", "{s:s}", "channel", channel);
+}
+
+/*
+ * Parses "<len>\n" at *p (before end): the frame's message is [*p, *p + len)
+ * after it. 0 and *p moved to the message, or -1 (malformed or truncated).
+ */
+static int frame_len(const char **p, const char *end, size_t *len)
+{
+    size_t v = 0;
+    const char *s = *p;
+    int digits = 0;
+    while (s < end && *s >= '0' && *s <= '9' && digits < 12) {
+        v = v * 10 + (size_t)(*s++ - '0');
+        digits++;
+    }
+    if (digits == 0 || s >= end || *s != '\n' || (size_t)(end - s - 1) < v)
+        return -1;
+    *p = s + 1;
+    *len = v;
+    return 0;
+}
+
+/* A message from Redis: another instance's, or the echo of ours; one envelope or a batch. */
+static void redis_message_cb(const char *channel, const char *data, size_t len, void *arg)
+{
+    sl_pubsub_t *ps = arg;
+    const char *nl = memchr(data, '\n', len);
+    if (!nl || strlen(channel) >= SL_PUBSUB_MAX_CHANNEL)
+        return; /* not an envelope */
+    size_t hl = (size_t)(nl - data);
+    const char *sp = NULL;
+    for (size_t i = hl; i > 0; i--)
+        if (data[i - 1] == ' ') {
+            sp = data + i - 1;
+            break;
+        }
+    size_t idlen = sp ? (size_t)(sp - data) : hl;
+    int own = idlen == ps->idlen && memcmp(data, ps->instance_id, idlen) == 0;
+    char *after = NULL;
+    uint64_t n = sp ? strtoull(sp + 1, &after, 10) : 0;
+    if (!after || after != nl) {
+        if (after && *after == ':') { /* a batch: count frames follow */
+            uint64_t count = strtoull(after + 1, NULL, 10);
+            const char *p = nl + 1, *end = data + len;
+            for (uint64_t i = 0; i < count; i++) {
+                size_t ml;
+                if (frame_len(&p, end, &ml) != 0) {
+                    sl_log(SL_LOG_WARN, "pubsub_bad_batch", "{s:s, s:i}", "channel", channel,
+                           "frame", (int)i);
+                    return;
+                }
+                on_redis_message(ps, channel, own, n + i, p, ml);
+                p += ml;
+            }
+            return;
+        }
+        if (own)
+            n = 0; /* no number: never ordered against ours */
+    }
+    on_redis_message(ps, channel, own, n, nl + 1, len - hl - 1);
 }
 
 int sl_pubsub_new(struct event_base *base, sl_redis_t *publisher, const char *redis_url,
@@ -361,38 +411,38 @@ fail:
     return err;
 }
 
-int sl_pubsub_publish(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len)
+/* The envelope of msgs[0..count) numbered from n (see the file comment): malloc'd, *total bytes. */
+static char *envelope(const sl_pubsub_t *ps, uint64_t n, const char *const *msgs,
+                      const size_t *lens, size_t count, size_t *total)
 {
-    size_t cl = channel ? strlen(channel) : 0;
-    if (!ps || cl == 0 || cl >= SL_PUBSUB_MAX_CHANNEL || (!msg && len))
-        return SL_EINVAL;
-    if (!msg)
-        msg = "";
-    int local = chan_find(ps, channel) != NULL;
-    int sent = 0;
-    uint64_t n = ++ps->pub_counter;
-    if (ps->pub && sl_redis_up(ps->pub)) {
-        char stack[ENVELOPE_STACK];
-        char head[160];
-        int hl = snprintf(head, sizeof head, "%s %llu\n", ps->instance_id, (unsigned long long)n);
-        size_t total = (size_t)hl + len;
-        char *env = total <= sizeof stack ? stack : malloc(total);
-        if (!env)
-            return SL_ENOMEM;
-        memcpy(env, head, (size_t)hl);
-        if (len)
-            memcpy(env + hl, msg, len);
-        const char *argv[] = {"PUBLISH", channel, env};
-        size_t lens[] = {7, cl, total};
-        sent = sl_redis_command(ps->pub, 3, argv, lens) == 0;
-        if (env != stack)
-            free(env);
+    char head[160];
+    int hl = count == 1 ? snprintf(head, sizeof head, "%s %llu\n", ps->instance_id,
+                                   (unsigned long long)n)
+                        : snprintf(head, sizeof head, "%s %llu:%zu\n", ps->instance_id,
+                                   (unsigned long long)n, count);
+    size_t size = (size_t)hl;
+    for (size_t i = 0; i < count; i++)
+        size += lens[i] + (count == 1 ? 0 : 21);
+    char *env = malloc(size);
+    if (!env)
+        return NULL;
+    memcpy(env, head, (size_t)hl);
+    size_t at = (size_t)hl;
+    for (size_t i = 0; i < count; i++) {
+        if (count > 1)
+            at += (size_t)snprintf(env + at, 22, "%zu\n", lens[i]);
+        if (lens[i])
+            memcpy(env + at, msgs[i], lens[i]);
+        at += lens[i];
     }
-    sl_metrics_add(ps->m_messages, 1, sent ? "out" : "local");
-    if (!sent && ps->forward)
-        ps->forward(channel, msg, len, ps->forward_arg);
-    if (!local)
-        return 0;
+    *total = at;
+    return env;
+}
+
+/* This process's subscribers of one message we published as number n (sent: to Redis). */
+static int publish_local(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len,
+                         uint64_t n, int sent)
+{
     if (sent && both_up(ps) && ps->npending < SL_PUBSUB_MAX_QUEUED) {
         /* delivered here when its echo comes back (see the file comment) */
         qmsg_t *q = qmsg_new(channel, msg, len);
@@ -419,6 +469,55 @@ int sl_pubsub_publish(sl_pubsub_t *ps, const char *channel, const char *msg, siz
     if (ps->nqueued >= SL_PUBSUB_MAX_QUEUED)
         return SL_EAGAIN;
     return enqueue(ps, channel, msg, len);
+}
+
+int sl_pubsub_publish_many(sl_pubsub_t *ps, const char *channel, const char *const *msgs,
+                           const size_t *lens, size_t count)
+{
+    size_t cl = channel ? strlen(channel) : 0;
+    if (!ps || cl == 0 || cl >= SL_PUBSUB_MAX_CHANNEL || (count && (!msgs || !lens)) ||
+        count > SL_PUBSUB_MAX_BATCH)
+        return SL_EINVAL;
+    for (size_t i = 0; i < count; i++)
+        if (!msgs[i] && lens[i])
+            return SL_EINVAL;
+    if (count == 0)
+        return 0;
+    int local = chan_find(ps, channel) != NULL;
+    int sent = 0;
+    uint64_t n = ps->pub_counter + 1;
+    ps->pub_counter += count;
+    if (ps->pub && sl_redis_up(ps->pub)) {
+        size_t total = 0;
+        char *env = envelope(ps, n, msgs, lens, count, &total);
+        if (!env) {
+            ps->pub_counter -= count;
+            return SL_ENOMEM;
+        }
+        const char *argv[] = {"PUBLISH", channel, env};
+        size_t argl[] = {7, cl, total};
+        sent = sl_redis_command(ps->pub, 3, argv, argl) == 0;
+        free(env);
+    }
+    sl_metrics_add(ps->m_messages, (double)count, sent ? "out" : "local");
+    if (!sent && ps->forward)
+        for (size_t i = 0; i < count; i++)
+            ps->forward(channel, msgs[i] ? msgs[i] : "", lens[i], ps->forward_arg);
+    if (!local)
+        return 0;
+    int err = 0;
+    for (size_t i = 0; i < count; i++) {
+        int e = publish_local(ps, channel, msgs[i] ? msgs[i] : "", lens[i], n + i, sent);
+        if (e && !err)
+            err = e;
+    }
+    return err;
+}
+
+int sl_pubsub_publish(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len)
+{
+    const char *msgs[] = {msg};
+    return sl_pubsub_publish_many(ps, channel, msgs, &len, 1);
 }
 
 int sl_pubsub_subscribe(sl_pubsub_t *ps, const char *channel, sl_pubsub_msg_cb cb, void *arg,

@@ -66,6 +66,21 @@ int sl_pubsub_new(struct event_base *base, sl_redis_t *publisher, const char *re
  */
 int sl_pubsub_publish(sl_pubsub_t *ps, const char *channel, const char *msg, size_t len);
 
+/** Most messages in one sl_pubsub_publish_many. */
+#define SL_PUBSUB_MAX_BATCH 1024
+
+/**
+ * Publishes msgs[0..count) (lens[i] bytes each, copied) on channel, as count
+ * sl_pubsub_publish calls in a row would, but in one Redis PUBLISH: every
+ * subscriber, here or in another instance, gets them one by one, in order,
+ * each exactly once. For the rows of one commit (actors/run_event.h): one
+ * command and one message per subscribing connection instead of one each.
+ * 0, SL_EINVAL (bad channel, count > SL_PUBSUB_MAX_BATCH, a NULL message with
+ * a length), SL_EAGAIN (local queue full: the rest dropped here), SL_ENOMEM.
+ */
+int sl_pubsub_publish_many(sl_pubsub_t *ps, const char *channel, const char *const *msgs,
+                           const size_t *lens, size_t count);
+
 /**
  * Subscribes cb(arg) to channel (copied); `arg` borrowed until unsubscribe.
  * Returns the subscription (owned by the pubsub; release it with

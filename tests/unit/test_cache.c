@@ -145,6 +145,19 @@ static void test_files(struct event_base *base)
     ev = strchr(event_for(FILE1), '\n') + 1;
     sl_cache_on_message(c, "sluice:ds:" OTHER, ev, strlen(ev));
     CHECK(!sl_cache_file_get(c, TENANT, FILE1, &body, &len, &etag));
+    /* a batch of events (core/pubsub.h sl_pubsub_publish_many) forgets every file it names */
+    put_doc(c, FILE1, DONE_DOC);
+    put_doc(c, FILE2, DONE_DOC);
+    {
+        char e2[512], batch[1200];
+        snprintf(e2, sizeof e2, "%s", strchr(event_for(FILE2), '\n') + 1);
+        const char *e1 = strchr(event_for("55555555-5555-4555-8555-555555555555"), '\n') + 1;
+        int bl = snprintf(batch, sizeof batch, "inst 3:2\n%zu\n%s", strlen(e1), e1);
+        bl += snprintf(batch + bl, sizeof batch - (size_t)bl, "%zu\n%s", strlen(e2), e2);
+        sl_cache_on_message(c, "sluice:ds:" OTHER, batch, (size_t)bl);
+        CHECK(!sl_cache_file_get(c, TENANT, FILE2, &body, &len, &etag)); /* the second named */
+        CHECK(sl_cache_file_get(c, TENANT, FILE1, &body, &len, &etag));
+    }
     /* a document with a queued run goes with the next event of any file */
     put_doc(c, FILE2, QUEUED_DOC);
     put_doc(c, FILE1, DONE_DOC);

@@ -2,8 +2,10 @@
  * test_sse.c — unit tests for core/sse.c (event formatting: ids, event names,
  * multi-line data, truncation) and for the local half of core/pubsub.c
  * (fan-out by channel, never synchronous, order, unsubscribing during a
- * delivery, the shutdown notice), which the SSE endpoint is built on. The
- * Redis half is covered by tests/blackbox/test_sse.py against real servers.
+ * delivery, the shutdown notice), which the SSE endpoint is built on; with a
+ * redis-server of its own, the batch envelope (sl_pubsub_publish_many) across
+ * two instances. The rest of the Redis half is covered by
+ * tests/blackbox/test_sse.py against real servers.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,10 +15,13 @@
 
 #include "core/err.h"
 #include "core/pubsub.h"
+#include "core/redis.h"
 #include "core/sse.h"
 
 #define CHECK_STREAM stdout
 #include "check.h"
+#include "looptest.h"
+#include "redistmp.h"
 
 /* Formats and compares with the exact expected text. */
 static int fmt_is(const char *id, const char *event, const char *data, const char *want)
@@ -163,9 +168,130 @@ static void test_pubsub_local(void)
     event_base_free(base);
 }
 
+/* ---- pubsub over Redis: batches ---- */
+
+typedef struct seq_s {
+    int calls;
+    char log[1024]; /* every message, "[msg]" each, in arrival order */
+} seq_t;
+
+static void seq_cb(const char *channel, const char *msg, size_t len, uint64_t msg_id, void *arg)
+{
+    seq_t *r = arg;
+    (void)channel;
+    (void)msg_id;
+    if (!msg)
+        return;
+    r->calls++;
+    size_t at = strlen(r->log);
+    snprintf(r->log + at, sizeof r->log - at, "[%.*s]", (int)len, msg);
+}
+
+static void run_until_both(struct event_base *base, seq_t *a, seq_t *b, int target)
+{
+    int both = 0;
+    double deadline = looptest_now_s() + 10;
+    while (looptest_now_s() < deadline) {
+        both = a->calls < b->calls ? a->calls : b->calls;
+        if (both >= target)
+            break;
+        looptest_run_until(base, &both, target, 0.05);
+    }
+}
+
+static void wait_up(struct event_base *base, sl_pubsub_t *a, sl_pubsub_t *b)
+{
+    int up = 0;
+    for (int i = 0; i < 400 && !up; i++) {
+        looptest_run_until(base, &up, 1, 0.05);
+        up = sl_pubsub_redis_up(a) && sl_pubsub_redis_up(b);
+    }
+}
+
+static void test_pubsub_batches(void)
+{
+    if (system("command -v redis-server >/dev/null 2>&1") != 0) {
+        CHECK_SKIPPED("redis-server not installed: the Redis tests did not run");
+        return;
+    }
+    int port = redistmp_free_port();
+    pid_t pid = redistmp_start(port);
+    CHECK(pid > 0);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
+    struct event_base *base = event_base_new();
+    sl_redis_t *ra = NULL, *rb = NULL, *raw = NULL;
+    sl_pubsub_t *a = NULL, *b = NULL;
+    CHECK(sl_redis_new(base, url, &ra) == 0 && sl_redis_new(base, url, &rb) == 0 &&
+          sl_redis_new(base, url, &raw) == 0);
+    CHECK(sl_pubsub_new(base, ra, url, "sluice:ds:*", "inst-a", &a) == 0);
+    CHECK(sl_pubsub_new(base, rb, url, "sluice:ds:*", "inst-b", &b) == 0);
+    seq_t sa = {0}, sb = {0};
+    sl_pubsub_sub_t *suba, *subb;
+    CHECK(sl_pubsub_subscribe(a, "sluice:ds:1", seq_cb, &sa, &suba) == 0);
+    CHECK(sl_pubsub_subscribe(b, "sluice:ds:1", seq_cb, &sb, &subb) == 0);
+    wait_up(base, a, b);
+    CHECK(sl_pubsub_redis_up(a) && sl_pubsub_redis_up(b));
+
+    /* single, batch, single: both instances see every message once, in order;
+     * a message may be empty or hold newlines and digits (frames are counted) */
+    const char *msgs[] = {"two", "", "3\n4\nfive"};
+    size_t lens[] = {3, 0, 10};
+    CHECK(sl_pubsub_publish(a, "sluice:ds:1", "one", 3) == 0);
+    CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", msgs, lens, 3) == 0);
+    CHECK(sl_pubsub_publish(a, "sluice:ds:1", "six", 3) == 0);
+    CHECK(sa.calls == 0); /* never inside the call */
+    run_until_both(base, &sa, &sb, 5);
+    const char *want = "[one][two][][3\n4\nfive][six]";
+    CHECK(strcmp(sa.log, want) == 0);
+    CHECK(strcmp(sb.log, want) == 0);
+    if (strcmp(sb.log, want) != 0)
+        printf("  b got %s\n", sb.log);
+    /* B's batch interleaved with A's singles: one order for both */
+    sa.calls = sb.calls = 0;
+    sa.log[0] = sb.log[0] = '\0';
+    const char *bm[] = {"b1", "b2"};
+    size_t bl[] = {2, 2};
+    CHECK(sl_pubsub_publish(a, "sluice:ds:1", "a1", 2) == 0);
+    CHECK(sl_pubsub_publish_many(b, "sluice:ds:1", bm, bl, 2) == 0);
+    CHECK(sl_pubsub_publish(a, "sluice:ds:1", "a2", 2) == 0);
+    run_until_both(base, &sa, &sb, 4);
+    CHECK(sa.calls == 4 && strcmp(sa.log, sb.log) == 0);
+
+    /* a foreign batch cut short: the whole frames before the cut are delivered, no more */
+    sa.calls = sb.calls = 0;
+    sa.log[0] = sb.log[0] = '\0';
+    const char *bad = "inst-c 1:3\n3\nabc9\nxy";
+    const char *argv[] = {"PUBLISH", "sluice:ds:1", bad};
+    size_t argl[] = {7, 11, strlen(bad)};
+    CHECK(sl_redis_command(raw, 3, argv, argl) == 0);
+    CHECK(sl_pubsub_publish(a, "sluice:ds:1", "after", 5) == 0);
+    run_until_both(base, &sa, &sb, 2);
+    CHECK(strcmp(sa.log, "[abc][after]") == 0 && strcmp(sb.log, "[abc][after]") == 0);
+
+    /* limits */
+    CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", msgs, lens, 0) == 0);
+    CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", msgs, lens, SL_PUBSUB_MAX_BATCH + 1) ==
+          SL_EINVAL);
+    const char *nullmsg[] = {NULL};
+    size_t one = 1;
+    CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", nullmsg, &one, 1) == SL_EINVAL);
+
+    sl_pubsub_unsubscribe(a, suba);
+    sl_pubsub_unsubscribe(b, subb);
+    sl_pubsub_free(a);
+    sl_pubsub_free(b);
+    sl_redis_free(ra);
+    sl_redis_free(rb);
+    sl_redis_free(raw);
+    event_base_free(base);
+    redistmp_stop(pid);
+}
+
 int main(void)
 {
     test_format();
     test_pubsub_local();
+    test_pubsub_batches();
     return check_summary_prefixed("test_sse: ");
 }

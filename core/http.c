@@ -84,10 +84,12 @@ typedef struct conn_s conn_t;
 
 #define SL_HTTP_BODY_LOWAT (64 * 1024) /* read low-water mark of a streamed body (conn_update_lowat) */
 #define SL_HTTP_BODY_RCVBUF (512 * 1024) /* SO_RCVBUF then (the kernel doubles it) */
-/* Bytes of a streamed body read per readiness (conn_read_body): just under
+/* Bytes of a streamed body read per readiness (conn_sock_readcb): just under
  * 128 KiB, so that libevent's chain (header + data, rounded up to a power of
  * two) is a 128 KiB allocation, not 256. */
 #define SL_HTTP_BODY_READ (128 * 1024 - 512)
+/* Bytes read per readiness otherwise: a request's head and small bodies. */
+#define SL_HTTP_READ (16 * 1024)
 
 /* Open connections from one client address: IPv4, or the /64 of an IPv6
  * address (one host usually owns a whole /64, so counting single IPv6
@@ -146,7 +148,8 @@ struct sl_http_req_s {
 struct conn_s {
     sl_http_server_t *srv;
     conn_t *prev, *next;
-    struct bufferevent *bev; /* NULL once the socket is closed */
+    struct bufferevent *bev; /* NULL once the socket is closed; writes only */
+    struct event *rev;       /* reads: the socket's own event (conn_sock_readcb) */
     struct event *timer;
     struct event *defer;
     http_parser parser;
@@ -166,6 +169,9 @@ struct conn_s {
     unsigned rcvbuf_set : 1; /* SO_RCVBUF raised for a streamed body (kept for the connection) */
     unsigned running : 1, msg_begun : 1, discard : 1, parse_dead : 1, close_after_flush : 1,
         lingering : 1, read_eof : 1, hdr_overflow : 1, overload : 1, yield : 1;
+    /* Reading wanted (read_on), held by the input's high-water mark (wm_held),
+     * and whether rev is added now: rev is added exactly when on and not held. */
+    unsigned read_on : 1, wm_held : 1, rev_added : 1;
 };
 
 struct sl_http_server_s {
@@ -190,6 +196,8 @@ struct sl_http_server_s {
 
 static void conn_schedule(conn_t *c);
 static void conn_close(conn_t *c, int why);
+static void conn_read_set(conn_t *c, int on);
+static void conn_eventcb(struct bufferevent *bev, short what, void *arg);
 
 /* ---- per-address connection counts ---- */
 
@@ -810,6 +818,11 @@ static void conn_close(conn_t *c, int why)
     if (!conn_open(c))
         return;
     if (c->bev) {
+        if (c->rev) {
+            event_free(c->rev); /* before the bufferevent closes the socket */
+            c->rev = NULL;
+            c->rev_added = 0;
+        }
         bufferevent_free(c->bev);
         c->bev = NULL;
         evtimer_del(c->timer);
@@ -847,7 +860,7 @@ static void conn_start_close(conn_t *c)
     shutdown(bufferevent_getfd(c->bev), SHUT_WR);
     evbuffer_drain(bufferevent_get_input(c->bev),
                    evbuffer_get_length(bufferevent_get_input(c->bev)));
-    bufferevent_enable(c->bev, EV_READ);
+    conn_read_set(c, 1);
     conn_set_timer(c, TK_LINGER, 1);
 }
 
@@ -1053,7 +1066,6 @@ static void conn_update_lowat(conn_t *c)
          */
         int rcvbuf = SL_HTTP_BODY_RCVBUF;
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-        bufferevent_set_max_single_read(c->bev, 2 * SL_HTTP_BODY_LOWAT);
         c->rcvbuf_set = 1;
     }
     c->lowat = want;
@@ -1073,7 +1085,7 @@ static void conn_req_done(conn_t *c)
         else if (c->msg_begun)
             c->discard = 1; /* the small rest of an unread body */
         if (c->bev && !c->lingering)
-            bufferevent_enable(c->bev, EV_READ); /* a handler's pause ends here */
+            conn_read_set(c, 1); /* a handler's pause ends here */
     }
     req_free(srv, r, report);
 }
@@ -1212,32 +1224,80 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * libevent 2.1 reads at most 4 KiB per readiness (EVBUFFER_MAX_READ), so a
- * 20 MiB body took ~5,000 callbacks, each a readv, an ioctl and a chain
- * malloc/free. While a streamed body with a known length arrives, this reads
- * what the socket has, up to SL_HTTP_BODY_READ and never past the body, into
- * the same input buffer, in one readv. EOF and errors are left for libevent's
- * own next read to report.
+ * Reading. The bufferevent only writes: libevent 2.1's own read asks the
+ * kernel how much is waiting (an ioctl(FIONREAD) before every readv: a third
+ * of the syscalls of a keep-alive request) and then reads at most 4 KiB
+ * (EVBUFFER_MAX_READ), so a 20 MiB body took ~5,000 callbacks. The socket
+ * has its own read event instead; each readiness reads, in one readv into
+ * the bufferevent's input, up to SL_HTTP_READ, or while a streamed body with
+ * a known length arrives up to SL_HTTP_BODY_READ of it, and never past the
+ * input's high-water mark (read_high_watermark: reading stops there and
+ * resumes when the parser has taken the input below it, as libevent's
+ * watermark did). EOF and errors go to conn_eventcb as libevent reported them.
  */
-static void conn_read_body(conn_t *c)
+static void conn_read_update(conn_t *c)
 {
+    int want = c->rev && c->read_on && !c->wm_held;
+    if (want && !c->rev_added) {
+        event_add(c->rev, NULL);
+        c->rev_added = 1;
+    } else if (!want && c->rev_added) {
+        event_del(c->rev);
+        c->rev_added = 0;
+    }
+}
+
+static void conn_read_set(conn_t *c, int on)
+{
+    c->read_on = on != 0;
+    conn_read_update(c);
+}
+
+/* The input shrank below the high-water mark: reading resumes. */
+static void conn_inbuf_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    conn_t *c = arg;
+    size_t hw = c->srv->limits.read_high_watermark;
+    if (c->wm_held && info->n_deleted > 0 && (hw == 0 || evbuffer_get_length(in) < hw)) {
+        c->wm_held = 0;
+        conn_read_update(c);
+    }
+}
+
+static void conn_readcb(conn_t *c);
+
+static void conn_sock_readcb(evutil_socket_t fd, short what, void *arg)
+{
+    conn_t *c = arg;
+    (void)what;
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    uint64_t rest = conn_body_rest(c);
     size_t len = evbuffer_get_length(in);
-    size_t room = c->srv->limits.read_high_watermark > len
-                      ? c->srv->limits.read_high_watermark - len
-                      : 0;
-    size_t want = rest < SL_HTTP_BODY_READ ? (size_t)rest : SL_HTTP_BODY_READ;
-    if (want > room)
-        want = room;
-    if (want < 4096 || c->req->paused)
-        return;
+    size_t hw = c->srv->limits.read_high_watermark;
+    size_t want = SL_HTTP_READ;
+    if (c->lowat > 1 && c->req && !c->lingering) {
+        uint64_t rest = conn_body_rest(c);
+        if (rest > want)
+            want = rest < SL_HTTP_BODY_READ ? (size_t)rest : SL_HTTP_BODY_READ;
+    }
+    if (hw > 0) {
+        if (len >= hw) {
+            c->wm_held = 1;
+            conn_read_update(c);
+            return;
+        }
+        if (want > hw - len)
+            want = hw - len;
+    }
     /* The bufferevent keeps its input's end frozen outside its own reads. */
     evbuffer_unfreeze(in, 0);
     struct evbuffer_iovec v[2];
     int n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
-    if (n < 1)
-        goto out;
+    if (n < 1) {
+        evbuffer_freeze(in, 0);
+        conn_read_set(c, 0);
+        conn_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+        return;
+    }
     size_t left = want;
     for (int i = 0; i < n; i++) {
         if (v[i].iov_len > left)
@@ -1247,13 +1307,10 @@ static void conn_read_body(conn_t *c)
     ssize_t r;
     do {
         /* evbuffer_iovec is struct iovec's layout on POSIX systems. */
-        r = readv(bufferevent_getfd(c->bev), (struct iovec *)v, n);
+        r = readv(fd, (struct iovec *)v, n);
     } while (r < 0 && errno == EINTR);
-    if (r <= 0) {
-        evbuffer_commit_space(in, v, 0);
-        goto out;
-    }
-    size_t got = (size_t)r;
+    int err = r < 0 ? errno : 0;
+    size_t got = r > 0 ? (size_t)r : 0;
     int used = 0;
     while (used < n && got > 0) {
         if (v[used].iov_len > got)
@@ -1262,19 +1319,25 @@ static void conn_read_body(conn_t *c)
         used++;
     }
     evbuffer_commit_space(in, v, used);
-out:
     evbuffer_freeze(in, 0);
+    if (r > 0) {
+        conn_readcb(c);
+    } else if (r == 0) {
+        conn_read_set(c, 0);
+        conn_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
+    } else if (err != EAGAIN && err != EWOULDBLOCK) {
+        conn_read_set(c, 0);
+        conn_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+    }
 }
 
-static void conn_readcb(struct bufferevent *bev, void *arg)
+static void conn_readcb(conn_t *c)
 {
-    conn_t *c = arg;
     if (c->lingering) {
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
-    if (c->lowat > 1)
-        conn_read_body(c);
     conn_run(c);
 }
 
@@ -1347,10 +1410,13 @@ static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *p
     if (!c->bev)
         goto fail;
     fd = -1;
-    bufferevent_setcb(c->bev, conn_readcb, conn_writecb, conn_eventcb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, srv->limits.read_high_watermark);
-    if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) != 0)
+    bufferevent_setcb(c->bev, NULL, conn_writecb, conn_eventcb, c);
+    c->rev = event_new(srv->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST,
+                       conn_sock_readcb, c);
+    if (!c->rev || !evbuffer_add_cb(bufferevent_get_input(c->bev), conn_inbuf_cb, c) ||
+        bufferevent_enable(c->bev, EV_WRITE) != 0)
         goto fail;
+    conn_read_set(c, 1);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->next = srv->conns;
@@ -1379,6 +1445,8 @@ static conn_t *conn_new(sl_http_server_t *srv, evutil_socket_t fd, const char *p
 fail:
     ip_release(srv, ip);
     if (c) {
+        if (c->rev)
+            event_free(c->rev);
         if (c->bev)
             bufferevent_free(c->bev);
         if (c->timer)
@@ -1946,7 +2014,7 @@ void sl_http_req_pause(sl_http_req_t *req)
         return;
     req->paused = 1;
     if (c->bev && !c->lingering) {
-        bufferevent_disable(c->bev, EV_READ);
+        conn_read_set(c, 0);
         conn_update_timer(c, 0);
     }
 }
@@ -1958,7 +2026,7 @@ void sl_http_req_resume(sl_http_req_t *req)
         return;
     req->paused = 0;
     if (c->bev && !c->lingering)
-        bufferevent_enable(c->bev, EV_READ);
+        conn_read_set(c, 1);
     conn_schedule(c);
 }
 

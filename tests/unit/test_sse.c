@@ -172,7 +172,7 @@ static void test_pubsub_local(void)
 
 typedef struct seq_s {
     int calls;
-    char log[1024]; /* every message, "[msg]" each, in arrival order */
+    char log[1024]; /* every message, "[len:msg]" each, in arrival order */
 } seq_t;
 
 static void seq_cb(const char *channel, const char *msg, size_t len, uint64_t msg_id, void *arg)
@@ -184,7 +184,7 @@ static void seq_cb(const char *channel, const char *msg, size_t len, uint64_t ms
         return;
     r->calls++;
     size_t at = strlen(r->log);
-    snprintf(r->log + at, sizeof r->log - at, "[%.*s]", (int)len, msg);
+    snprintf(r->log + at, sizeof r->log - at, "[%zu:%.*s]", len, (int)len, msg);
 }
 
 static void run_until_both(struct event_base *base, seq_t *a, seq_t *b, int target)
@@ -236,13 +236,13 @@ static void test_pubsub_batches(void)
     /* single, batch, single: both instances see every message once, in order;
      * a message may be empty or hold newlines and digits (frames are counted) */
     const char *msgs[] = {"two", "", "3\n4\nfive"};
-    size_t lens[] = {3, 0, 10};
+    size_t lens[] = {3, 0, 8};
     CHECK(sl_pubsub_publish(a, "sluice:ds:1", "one", 3) == 0);
     CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", msgs, lens, 3) == 0);
     CHECK(sl_pubsub_publish(a, "sluice:ds:1", "six", 3) == 0);
     CHECK(sa.calls == 0); /* never inside the call */
     run_until_both(base, &sa, &sb, 5);
-    const char *want = "[one][two][][3\n4\nfive][six]";
+    const char *want = "[3:one][3:two][0:][8:3\n4\nfive][3:six]";
     CHECK(strcmp(sa.log, want) == 0);
     CHECK(strcmp(sb.log, want) == 0);
     if (strcmp(sb.log, want) != 0)
@@ -267,7 +267,7 @@ static void test_pubsub_batches(void)
     CHECK(sl_redis_command(raw, 3, argv, argl) == 0);
     CHECK(sl_pubsub_publish(a, "sluice:ds:1", "after", 5) == 0);
     run_until_both(base, &sa, &sb, 2);
-    CHECK(strcmp(sa.log, "[abc][after]") == 0 && strcmp(sb.log, "[abc][after]") == 0);
+    CHECK(strcmp(sa.log, "[3:abc][5:after]") == 0 && strcmp(sb.log, "[3:abc][5:after]") == 0);
 
     /* limits */
     CHECK(sl_pubsub_publish_many(a, "sluice:ds:1", msgs, lens, 0) == 0);

@@ -6,6 +6,11 @@
  *     pid_t pid = redistmp_start(port);   // > 0, or -1
  *     ...
  *     redistmp_stop(pid);
+ *
+ * or, with the check that redis-server is installed and the URL made:
+ *
+ *     char url[64];
+ *     pid_t pid = redistmp_open(url, sizeof url, &port);  // 0: not installed
  */
 #ifndef SL_TESTS_UNIT_REDISTMP_H
 #define SL_TESTS_UNIT_REDISTMP_H
@@ -15,6 +20,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -55,6 +61,24 @@ static pid_t redistmp_start(int port)
         _exit(127);
     }
     return pid;
+}
+
+/*
+ * A redis-server for one test: 0 when none is installed (the caller skips),
+ * else its pid (-1: it could not start) with its URL in url and its port in
+ * *port (may be NULL; for a restart with redistmp_start).
+ */
+static pid_t redistmp_open(char *url, size_t len, int *port)
+{
+    if (system("command -v redis-server >/dev/null 2>&1") != 0)
+        return 0;
+    int p = redistmp_free_port();
+    if (p <= 0)
+        return -1;
+    snprintf(url, len, "redis://127.0.0.1:%d/0", p);
+    if (port)
+        *port = p;
+    return redistmp_start(p);
 }
 
 static void redistmp_stop(pid_t pid)

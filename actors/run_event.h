@@ -90,8 +90,8 @@ void sl_run_event_row_values(const struct pg_result *res, int i,
  * Publishes every row of res (borrowed; columns SL_RUN_EVENT_COLUMNS) as
  * `event` events through ps (borrowed), in row order: seq order when the
  * statement returned them so. Consecutive rows of one dataset go out together
- * (sl_pubsub_publish_many, up to 256 a message): a commit's events cost one
- * Redis PUBLISH, not one each. ps NULL is a no-op.
+ * (sl_pubsub_publish_many, up to 256 a message): a statement's events cost
+ * one Redis PUBLISH per dataset, not one each. ps NULL is a no-op.
  */
 void sl_run_event_publish_rows(sl_pubsub_t *ps, const char *event, const struct pg_result *res);
 

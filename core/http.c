@@ -1264,8 +1264,6 @@ static void conn_inbuf_cb(struct evbuffer *in, const struct evbuffer_cb_info *in
     }
 }
 
-static void conn_readcb(conn_t *c);
-
 static void conn_sock_readcb(evutil_socket_t fd, short what, void *arg)
 {
     conn_t *c = arg;
@@ -1320,8 +1318,10 @@ static void conn_sock_readcb(evutil_socket_t fd, short what, void *arg)
     }
     evbuffer_commit_space(in, v, used);
     evbuffer_freeze(in, 0);
-    if (r > 0) {
-        conn_readcb(c);
+    if (r > 0 && c->lingering) {
+        evbuffer_drain(in, evbuffer_get_length(in)); /* closing: what comes is dropped */
+    } else if (r > 0) {
+        conn_run(c);
     } else if (r == 0) {
         conn_read_set(c, 0);
         conn_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
@@ -1329,16 +1329,6 @@ static void conn_sock_readcb(evutil_socket_t fd, short what, void *arg)
         conn_read_set(c, 0);
         conn_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
     }
-}
-
-static void conn_readcb(conn_t *c)
-{
-    if (c->lingering) {
-        struct evbuffer *in = bufferevent_get_input(c->bev);
-        evbuffer_drain(in, evbuffer_get_length(in));
-        return;
-    }
-    conn_run(c);
 }
 
 static void conn_writecb(struct bufferevent *bev, void *arg)

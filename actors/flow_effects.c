@@ -32,6 +32,7 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
     sl_flow_fx_res_t res = {0};
     char *end = NULL;
     PGresult *pr = r->err == 0 && r->n >= 1 ? r->res[0] : NULL;
+    unsigned char *bytes = NULL;
 
     if (r->err != 0) {
         res.err = r->err;
@@ -44,10 +45,16 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
         res.err = op->want == ROW_ID ? SL_EDB : SL_ENOTFOUND;
     } else if (op->want == ROW_ID) {
         res.id = PQgetvalue(pr, 0, 0);
-    } else if (op->want == ROW_KEY_SIZE) {
-        res.key = PQgetvalue(pr, 0, 0);
-        res.n = strtoll(PQgetvalue(pr, 0, 1), &end, 10);
-        if (*end != '\0' || res.n < 0)
+    } else if (op->want == ROW_KEY_SIZE) { /* size, storage_key, data: one of the last two */
+        size_t len = 0;
+        res.n = strtoll(PQgetvalue(pr, 0, 0), &end, 10);
+        if (!PQgetisnull(pr, 0, 1))
+            res.key = PQgetvalue(pr, 0, 1);
+        else if (!PQgetisnull(pr, 0, 2) &&
+                 (bytes = PQunescapeBytea((const unsigned char *)PQgetvalue(pr, 0, 2), &len)))
+            res.data = (const char *)bytes;
+        if (*end != '\0' || res.n < 0 || (res.key == NULL && res.data == NULL) ||
+            (res.data != NULL && (size_t)res.n != len))
             res.err = SL_EDB;
     } else {
         res.n = strtoll(PQgetvalue(pr, 0, 0), &end, 10);
@@ -55,6 +62,8 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
             res.err = SL_EDB;
     }
     op->cb(&res, op->arg);
+    if (bytes != NULL)
+        PQfreemem(bytes);
     free(op);
 }
 
@@ -88,23 +97,37 @@ static int rows_ready(void *self)
 static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_fx_artifact_t *a,
                         sl_flow_fx_cb cb, void *arg)
 {
+    /* Exactly one of storage_key and data is set (migration 018). A rewrite
+     * that moves the bytes into the row leaves the run's older blob behind
+     * (docs/internals/storage.md "Small artifacts in their row"). */
     static const char sql[] =
         "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256, "
-        "storage_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "storage_key, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::bytea) "
         "ON CONFLICT (run_id, kind) DO UPDATE SET mime = EXCLUDED.mime, size = EXCLUDED.size, "
-        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, "
+        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, data = EXCLUDED.data, "
         "created_at = clock_timestamp() RETURNING id";
-    char size[32];
+    char size[32], *hex = NULL;
+    int rc;
     snprintf(size, sizeof size, "%llu", (unsigned long long)a->size);
-    const char *params[] = {a->id,   ids->tenant_id, ids->file_id,  ids->run_id, a->kind,
-                            a->mime, size,           a->sha256_hex, a->key};
-    return row_query(self, "sl_fx_artifact_put", sql, 9, params, ROW_ID, cb, arg);
+    if (a->data != NULL) { /* bytea's hex input form: \x then two digits a byte */
+        if (a->size > SL_ARTIFACT_INLINE_MAX || (hex = malloc(2 * (size_t)a->size + 3)) == NULL)
+            return a->size > SL_ARTIFACT_INLINE_MAX ? SL_EINVAL : SL_ENOMEM;
+        hex[0] = '\\';
+        hex[1] = 'x';
+        sl_hex(a->data, (size_t)a->size, hex + 2);
+    }
+    const char *params[] = {a->id,   ids->tenant_id, ids->file_id,  ids->run_id,
+                            a->kind, a->mime,        size,          a->sha256_hex,
+                            a->data != NULL ? NULL : a->key,         hex};
+    rc = row_query(self, "sl_fx_artifact_put", sql, 10, params, ROW_ID, cb, arg);
+    free(hex); /* the statement holds its own copy */
+    return rc;
 }
 
 static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
                         void *arg)
 {
-    static const char sql[] = "SELECT storage_key, size FROM artifacts "
+    static const char sql[] = "SELECT size, storage_key, data FROM artifacts "
                               "WHERE run_id = $1 AND kind = $2 AND tenant_id = $3";
     const char *params[] = {ids->run_id, kind, ids->tenant_id};
     return row_query(self, "sl_fx_artifact_get", sql, 3, params, ROW_KEY_SIZE, cb, arg);
@@ -167,5 +190,5 @@ static void exec_cancel(void *self, void *handle)
 
 const sl_flow_effects_t sl_flow_effects_engine = {
     rows_ready, artifact_put, artifact_get, record_put,  text_source,
-    http,       http_cancel,  exec_start,   exec_cancel,
+    http,       http_cancel,  exec_start,   exec_cancel, SL_ARTIFACT_INLINE_MAX,
 };

@@ -36,16 +36,28 @@ typedef struct sl_flow_fx_ids_s {
 typedef struct sl_flow_fx_res_s {
     int err;         /* 0, or SL_E*: SL_ENOTFOUND = no such row (the file is gone) */
     const char *id;  /* artifact_put: the artifact's id */
-    const char *key; /* artifact_get: its storage key */
+    const char *key; /* artifact_get: its storage key; NULL when the row holds the bytes */
     long long n;     /* artifact_get: its size in bytes; record_put: the record's version */
+    const char *data; /* artifact_get: the bytes (n of them) when the row holds them, else NULL */
 } sl_flow_fx_res_t;
 
 typedef void (*sl_flow_fx_cb)(const sl_flow_fx_res_t *res, void *arg);
 
-/** An artifact whose bytes are stored (under key) and whose row is to be written. */
+/*
+ * An artifact's bytes of at most this many, given as data with a mime, go in
+ * its row (artifacts.data, migration 018) when the host takes them
+ * (sl_flow_effects_t.inline_max), not in the store.
+ */
+#define SL_ARTIFACT_INLINE_MAX (32 * 1024)
+
+/**
+ * An artifact whose row is to be written: its bytes stored under key (data
+ * NULL), or in the row itself (data: size bytes, borrowed for the call; key NULL).
+ */
 typedef struct sl_flow_fx_artifact_s {
     const char *id; /* a new uuid (the row keeps its old id on a rewrite) */
     const char *kind, *mime, *sha256_hex, *key;
+    const char *data;
     uint64_t size;
 } sl_flow_fx_artifact_t;
 
@@ -55,7 +67,10 @@ typedef struct sl_flow_effects_s {
     /** Upserts the run's artifact of a->kind (one per run and kind); res.id. */
     int (*artifact_put)(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_fx_artifact_t *a,
                         sl_flow_fx_cb cb, void *arg);
-    /** The run's artifact of `kind`: res.key and res.n (size); SL_ENOTFOUND when none. */
+    /**
+     * The run's artifact of `kind`: res.n (size) and res.key, or res.data when
+     * the row holds the bytes; SL_ENOTFOUND when none.
+     */
     int (*artifact_get)(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
                         void *arg);
     /** A new version of the file's record for this run (record and prov are JSON text); res.n. */
@@ -75,6 +90,13 @@ typedef struct sl_flow_effects_s {
     /** A tool run, as sl_exec_start (the callback's sl_exec_t may be NULL); cancel as above. */
     int (*exec)(void *self, const sl_exec_opts_t *o, sl_exec_cb cb, void *arg, void **handle);
     void (*exec_cancel)(void *self, void *handle);
+    /**
+     * Artifacts given as data with a mime, of at most this many bytes, are
+     * written in their row (artifact_put with data): SL_ARTIFACT_INLINE_MAX
+     * for the engine; 0 = every artifact goes to the store (`sluice flow
+     * test`, whose report names each artifact's file).
+     */
+    size_t inline_max;
 } sl_flow_effects_t;
 
 /**

@@ -699,9 +699,11 @@ static void exec_cancel(void *self, void *handle)
         ((later_t *)handle)->cancelled = 1;
 }
 
+/* inline_max 0: every artifact is a file in the scratch store, which the
+ * report names (its "path"). */
 static const sl_flow_effects_t offline_fx = {
     rows_ready, artifact_put, artifact_get, record_put,  text_source,
-    http,       http_cancel,  exec_start,   exec_cancel,
+    http,       http_cancel,  exec_start,   exec_cancel, 0,
 };
 
 /* ------------------------------------------------------------------------ */

@@ -11,6 +11,10 @@
  * the engine, unique on run_id, kind; in memory under `sluice flow test`). A
  * `path` is read on the worker pool in chunks and fed to the store writer
  * with its backpressure, so neither the loop nor memory sees the whole file.
+ * Small `data` with a mime (at most the host's inline_max, 32 KiB in the
+ * engine) skips the store: the bytes go in the row's own statement
+ * (migration 018), durable with it, and sl.read_artifact gets them back with
+ * the row.
  *
  * Every op copies what it needs from the host (store, effects, workq) and the step
  * (ids), so once detached (step timed out or cancelled) its pending callback
@@ -250,12 +254,35 @@ static void art_read_done(void *arg)
         art_end(op, sl_strerror(rc));
 }
 
+/*
+ * Small data with a type: the row holds the bytes (no writer, no sniff, no
+ * fsync). The digest is taken here, on the loop: at most
+ * SL_ARTIFACT_INLINE_MAX bytes, tens of microseconds.
+ */
+static int art_inline(art_op_t *op)
+{
+    char sha[65];
+    sl_sha256_hex(op->data, op->dlen, sha);
+    sl_flow_fx_ids_t ids = {op->tenant_id, NULL, op->file_id, op->run_id, NULL};
+    sl_flow_fx_artifact_t a = {.id = op->id,
+                               .kind = op->kind,
+                               .mime = op->mime,
+                               .sha256_hex = sha,
+                               .data = op->data,
+                               .size = op->dlen};
+    op->data = NULL; /* the statement copied it */
+    op->phase = A_DB;
+    return op->fx->artifact_put(op->fx_self, &ids, &a, art_db_cb, op);
+}
+
 /* Opens the writer and feeds it the first bytes; 0 or an SL_E* code (nothing left running). */
 static int art_start(sl_flow_svcop_t *so)
 {
     art_op_t *op = (art_op_t *)so;
     int rc;
 
+    if (op->path == NULL && op->mime && *op->mime && op->dlen <= op->fx->inline_max)
+        return art_inline(op);
     if ((rc = sl_store_put_begin(op->store, op->key, &op->w)) != 0) {
         op->w = NULL;
         return rc;
@@ -433,6 +460,14 @@ static void rd_db_cb(const sl_flow_fx_res_t *r, void *arg)
     }
     if (r->err != 0) {
         rd_fail(op, sl_strerror(r->err)); /* SL_ENOTFOUND: "not_found" */
+        return;
+    }
+    if (r->data != NULL) { /* the row holds the bytes (borrowed until we return) */
+        sl_step_t *s = sl_flow__op_take(&op->hdr);
+        bytes_t b = {r->data, (size_t)size};
+        if (s != NULL)
+            sl_flow__resume_with(s, push_bytes, &b);
+        rd_free(op);
         return;
     }
     snprintf(op->key, sizeof(op->key), "%s", r->key);

@@ -51,6 +51,14 @@ typedef struct blob_stream_s {
 
 static void stream_read_next(blob_stream_t *bs);
 
+/* Stored content is the client's own upload: never let a browser sniff or run it. */
+static void blob_headers(sl_http_req_t *req)
+{
+    sl_http_resp_header(req, "X-Content-Type-Options", "nosniff");
+    sl_http_resp_header(req, "Content-Security-Policy", "sandbox");
+    sl_http_resp_header(req, "Cache-Control", "private, max-age=0");
+}
+
 /*
  * Finishes the request exactly once and frees the stream. Before the headers
  * are out a failure is a proper error response; after, the response can only
@@ -113,10 +121,7 @@ static void stream_read_cb(int err, const char *data, size_t n, void *arg)
         n = (size_t)(bs->size - bs->off);
     if (!bs->started) {
         bs->started = 1;
-        /* Stored content is the client's own upload: never let a browser sniff or run it. */
-        sl_http_resp_header(bs->req, "X-Content-Type-Options", "nosniff");
-        sl_http_resp_header(bs->req, "Content-Security-Policy", "sandbox");
-        sl_http_resp_header(bs->req, "Cache-Control", "private, max-age=0");
+        blob_headers(bs->req);
         sl_http_resp_start(bs->req, 200, bs->mime, (int64_t)bs->size);
     }
     if (sl_http_resp_write(bs->req, data, n) != 0) {
@@ -214,7 +219,28 @@ static void art_query(art_req_t *ar, const char *sql, int nparams, const char *c
     }
 }
 
-/* Streams row 0 of (storage_key, mime, size), or 404. */
+/* The columns every download reads: where the bytes are (a key, or the row's
+ * own data: small artifacts, migration 018), their type and size. */
+#define ART_COLS "storage_key, mime, size, data"
+
+/* Answers with the bytes row 0 holds itself (column 3, a small artifact). */
+static void send_row_bytes(sl_http_req_t *req, const PGresult *res)
+{
+    size_t n = 0;
+    unsigned char *b = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 3), &n);
+    const char *mime = PQgetvalue(res, 0, 1);
+    if (!b) {
+        sl_http_respond_error(req, 500, "internal_error", "out of memory", -1);
+        return;
+    }
+    blob_headers(req);
+    sl_http_resp_start(req, 200, *mime ? mime : "application/octet-stream", (int64_t)n);
+    if (n == 0 || sl_http_resp_write(req, b, n) == 0)
+        sl_http_resp_end(req);
+    PQfreemem(b);
+}
+
+/* Streams row 0 of (ART_COLS), or 404. */
 static void stream_row_cb(const sl_pg_result_t *r, void *arg)
 {
     art_req_t *ar = arg;
@@ -222,6 +248,8 @@ static void stream_row_cb(const sl_pg_result_t *r, void *arg)
         sl_api_db_error(ar->req, r);
     } else if (PQntuples(r->res[0]) < 1) {
         sl_http_respond_error(ar->req, 404, "not_found", "no such artifact", -1);
+    } else if (!PQgetisnull(r->res[0], 0, 3)) {
+        send_row_bytes(ar->req, r->res[0]);
     } else {
         PGresult *res = r->res[0];
         uint64_t size = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
@@ -244,7 +272,7 @@ static void get_auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id
     if (!ar)
         return;
     const char *params[] = {tenant_id, ar->id};
-    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE tenant_id = $1 AND id = $2"
+    art_query(ar, "SELECT " ART_COLS " FROM artifacts WHERE tenant_id = $1 AND id = $2"
               SL_ARTIFACT_LIVE,
               2, params, stream_row_cb);
 }
@@ -314,6 +342,8 @@ static void route_url(sl_http_req_t *req, const sl_http_params_t *params, void *
  * storage.presigned_redirects: a valid signed URL answers 307 to a presigned
  * S3 URL of the blob that ends when the signed URL does (at most 7 days, SigV4's
  * limit), so the bytes go from S3 to the client without passing through here.
+ * An artifact whose row holds its bytes (migration 018) has no object there:
+ * it is answered here, 200 with the bytes.
  */
 static void redirect_row_cb(const sl_pg_result_t *r, void *arg)
 {
@@ -328,6 +358,8 @@ static void redirect_row_cb(const sl_pg_result_t *r, void *arg)
         sl_http_respond_error(ar->req, 404, "not_found", "no such artifact", -1);
     } else if (left < 1) {
         sl_http_respond_error(ar->req, 403, "url_expired", "the signed URL has expired", -1);
+    } else if (!PQgetisnull(r->res[0], 0, 3)) {
+        send_row_bytes(ar->req, r->res[0]); /* no object in S3 to send the client to */
     } else if (sl_store_presign_get(ar->app->store, PQgetvalue(r->res[0], 0, 0),
                                     PQgetvalue(r->res[0], 0, 1), left, url, sizeof url) != 0) {
         sl_log(SL_LOG_ERROR, "presign_failed", "{s:s}", "artifact_id", ar->id);
@@ -375,7 +407,7 @@ static void route_blob(sl_http_req_t *req, const sl_http_params_t *params, void 
     const char *ps = app->cfg->s3_presigned_redirects;
     int redirect = ps && strcmp(ps, "true") == 0 &&
                    sl_api_parse_long(expires, 0, 999999999999999999L, &ar->expires) == 0;
-    art_query(ar, "SELECT storage_key, mime, size FROM artifacts WHERE id = $1" SL_ARTIFACT_LIVE, 1, qp,
+    art_query(ar, "SELECT " ART_COLS " FROM artifacts WHERE id = $1" SL_ARTIFACT_LIVE, 1, qp,
               redirect ? redirect_row_cb : stream_row_cb);
 }
 

@@ -455,7 +455,8 @@ static void route_delete(sl_http_req_t *req, const sl_http_params_t *params, voi
      */
     static const char *const sql[] = {
         "SELECT 1 FROM files WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-        "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2",
+        "SELECT storage_key FROM artifacts WHERE tenant_id = $1 AND file_id = $2"
+        " AND storage_key IS NOT NULL", /* small ones have their bytes in the row (018) */
         "WITH d AS (DELETE FROM files WHERE tenant_id = $1 AND id = $2"
         "           AND NOT sluice_dataset_gone(dataset_id) RETURNING storage_key, dataset_id)"
         " SELECT d.storage_key, d.dataset_id, sluice_event_places(d.dataset_id, 1),"

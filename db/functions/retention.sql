@@ -38,6 +38,7 @@ LANGUAGE sql VOLATILE AS $$
     WITH q AS (
         INSERT INTO purge_blobs (storage_key, size)
         SELECT a.storage_key, a.size FROM artifacts a WHERE a.file_id = ANY (p_ids)
+            AND a.storage_key IS NOT NULL -- a small one's bytes are in its row (018)
         UNION ALL
         SELECT f.storage_key, f.size FROM files f WHERE f.id = ANY (p_ids))
     DELETE FROM files f WHERE f.id = ANY (p_ids)

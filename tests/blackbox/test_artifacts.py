@@ -5,18 +5,22 @@ GET /v1/artifacts/{id}/url (a signed URL that works without auth until it
 expires; a changed one is 403) and GET /v1/blobs/{id}.
 
 Artifacts are seeded as a row plus a blob under <storage_key> in the
-server's storage (fs or S3), as a finished run would leave them.
+server's storage (fs or S3), as a finished run would leave them, or as a
+row holding its bytes (a small artifact, migration 018).
 """
 
 import hashlib
 import os
 import re
+import subprocess
 import time
 import urllib.parse
 import uuid
 
 import pytest
 import requests
+
+from sluice_harness import pg_bindir
 
 from test_files import assert_error, psql, q, seed_file, seed_run
 
@@ -38,6 +42,17 @@ def seed_artifact(server, client, dataset_id, data, mime="image/png", kind="thum
                      q(aid), q(client.tenant_id), q(file_id), q(run_id) if run_id else "NULL",
                      q(kind), q(mime), len(data), q(hashlib.sha256(data).hexdigest()), q(key)))
     return aid, file_id
+
+
+def seed_row_artifact(server, client, dataset_id, data, mime="text/plain", kind="text"):
+    """An artifact whose bytes are in its row (migration 018: no blob). Returns its id."""
+    file_id = seed_file(server, client, dataset_id, mime="text/plain", name="src.txt")
+    aid = str(uuid.uuid4())
+    psql(server, "INSERT INTO artifacts (id, tenant_id, file_id, kind, mime, size, sha256, data)"
+                 " VALUES (%s, %s, %s, %s, %s, %d, %s, '\\x%s'::bytea)" % (
+                     q(aid), q(client.tenant_id), q(file_id), q(kind), q(mime), len(data),
+                     q(hashlib.sha256(data).hexdigest()), data.hex()))
+    return aid
 
 
 def signed_url(client, aid, ttl=None):
@@ -71,6 +86,40 @@ def test_download_byte_exact(server, tenant):
     eid, _ = seed_artifact(server, tenant, ds["id"], b"", mime="text/plain", kind="text")
     r = tenant.get("/v1/artifacts/%s" % eid)
     assert r.status_code == 200 and r.content == b""
+
+
+def test_download_of_bytes_kept_in_the_row(server, tenant):
+    """A small artifact's bytes live in its row: served byte-exact with the
+    same headers as a stored one, by id and through a signed URL."""
+    ds = tenant.create_dataset("inrow")
+    data = "extracted text — ünïcödé\n".encode() + bytes(range(256))
+    aid = seed_row_artifact(server, tenant, ds["id"], data, mime="text/plain; charset=utf-8")
+    r = tenant.get("/v1/artifacts/%s" % aid)
+    assert r.status_code == 200, r.text
+    assert r.content == data
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert int(r.headers["Content-Length"]) == len(data)
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Content-Security-Policy"] == "sandbox"
+    body = signed_url(tenant, aid)
+    r = requests.get(server.url + body["url"], timeout=10)
+    assert r.status_code == 200 and r.content == data
+
+    eid = seed_row_artifact(server, tenant, ds["id"], b"")
+    r = tenant.get("/v1/artifacts/%s" % eid)
+    assert r.status_code == 200 and r.content == b"" and r.headers["Content-Length"] == "0"
+
+    # the bytes are in exactly one place: a key or the row, never both nor neither
+    fid = seed_file(server, tenant, ds["id"], mime="text/plain", name="x.txt")
+    for cols, vals in [("storage_key, data", "'artifacts/x/y', '\\x00'::bytea"),
+                       ("storage_key, data", "NULL, NULL")]:
+        r = subprocess.run(
+            [str(pg_bindir() / "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", server.database_url,
+             "-c", "INSERT INTO artifacts (id, tenant_id, file_id, kind, mime, size, sha256, %s)"
+                   " VALUES (gen_random_uuid(), %s, %s, 'k', 'text/plain', 1, 'x', %s)" % (
+                       cols, q(tenant.tenant_id), q(fid), vals)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        assert r.returncode != 0 and "artifacts_bytes_somewhere" in r.stderr, r.stderr
 
 
 def test_download_large_streamed(server, tenant):

@@ -9,13 +9,22 @@ import requests
 from test_pipelines import run_of, upload, wait_files
 
 
-def _text_artifact(srv, samples):
+def _text_artifact(srv, samples, big=True):
+    """The text artifact of a text file: over 32 KiB (big), a blob in S3; the
+    sample notes.txt, small, kept in the artifact's row (migration 018)."""
     t = srv.create_tenant("presign")
     ds = t.create_dataset()["id"]
-    ids = upload(t, ds, samples, ["notes.txt"])
-    doc = wait_files(t, ids.values())[ids["notes.txt"]]
+    if big:
+        r = t.upload(ds, [("big.txt", (samples / "notes.txt").read_bytes() + b"z" * 40000,
+                           "text/plain")])
+        assert r.status_code == 202, r.text
+        fid = r.json()["files"][0]["id"]
+    else:
+        fid = upload(t, ds, samples, ["notes.txt"])["notes.txt"]
+    doc = wait_files(t, [fid])[fid]
     assert doc["status"] == "done", doc
     [art] = [a for a in run_of(doc, "ai_record")["artifacts"] if a["kind"] == "text"]
+    assert (art["size"] > 32 * 1024) == big, art
     return t, art
 
 
@@ -50,6 +59,22 @@ def test_signed_url_redirects_to_a_presigned_s3_url(s3front, start_server, sampl
     r = requests.get(srv.url + signed["url"].replace("sig=", "sig=0"), allow_redirects=False,
                      timeout=10)
     assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_signature", r.text
+
+
+def test_an_artifact_in_its_row_is_served_by_sluice(s3front, start_server, samples):
+    """With redirects on, a small artifact (its bytes in its row, no object in
+    S3) is answered by Sluice itself: 200 and the bytes, never a 307 to an
+    object that does not exist."""
+    front = s3front()
+    srv = start_server(extra_yaml=front.storage_yaml().replace(
+        "path_style: true}", "path_style: true, presigned_redirects: true}"))
+    t, art = _text_artifact(srv, samples, big=False)
+    signed = t.get(art["url"] + "/url?ttl=60").json()
+    r = requests.get(srv.url + signed["url"], allow_redirects=False, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.content == t.get(art["url"]).content and len(r.content) == art["size"] > 0
+    assert r.headers["Content-Type"] == art["mime"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_default_serves_the_bytes_itself(s3front, start_server, samples):

@@ -98,12 +98,13 @@ def check_versions(t, fid, doc, model, extractor="plain_text", text_source="text
 
 
 def check_artifacts(t, server, doc):
-    """Every ai_record run's text artifact: sha256 of the bytes served, stored
-    under artifacts/<tenant>/<run>/text. Returns {artifact id: bytes}."""
+    """Every ai_record run's text artifact: sha256 of the bytes served, kept in
+    its own row (a small text: migration 018) or stored under
+    artifacts/<tenant>/<run>/text. Returns {artifact id: bytes}."""
     got = {}
     keys = dict(line.split("|") for line in psql(
-        server, "SELECT id, storage_key FROM artifacts WHERE file_id = '%s'" % doc["id"])
-        .splitlines())
+        server, "SELECT id, coalesce(storage_key, 'row:' || length(data))"
+                " FROM artifacts WHERE file_id = '%s'" % doc["id"]).splitlines())
     for run in ai_runs(doc):
         [art] = [a for a in run["artifacts"] if a["kind"] == "text"]
         r = t.get("/v1/artifacts/%s" % art["id"])
@@ -111,9 +112,12 @@ def check_artifacts(t, server, doc):
         assert HEX64.match(art["sha256"]), art
         assert art["sha256"] == hashlib.sha256(r.content).hexdigest()
         assert art["size"] == len(r.content)
-        assert keys[art["id"]] == "artifacts/%s/%s/text" % (t.tenant_id, run["id"])
+        if len(r.content) <= 32 * 1024:
+            assert keys[art["id"]] == "row:%d" % len(r.content)
+        else:
+            assert keys[art["id"]] == "artifacts/%s/%s/text" % (t.tenant_id, run["id"])
         got[art["id"]] = r.content
-    assert len(set(keys[a] for a in got)) == len(got)  # one key per run: none shared
+    assert len(got) == len(set(got))  # one artifact per run: none shared
     return got
 
 
@@ -141,9 +145,9 @@ def test_three_versions_with_provenance_local(server, tenant):
     for aid, data in first_arts.items():
         assert arts[aid] == data
         assert t.get("/v1/artifacts/%s" % aid).content == data
-    for key in psql(server, "SELECT storage_key FROM artifacts WHERE file_id = '%s'" % fid) \
-            .splitlines():
-        assert server.blob_exists(key), key
+    # small texts: every byte is in the artifact's row, none in the store
+    assert psql(server, "SELECT count(*) FROM artifacts WHERE file_id = '%s'"
+                        " AND storage_key IS NULL AND data IS NOT NULL" % fid) == "3"
 
     # the dataset listing shows each file's latest version only
     listing = t.get("/v1/datasets/%s/records" % ds).json()["records"]
@@ -159,6 +163,35 @@ def test_three_versions_with_provenance_local(server, tenant):
     assert r.headers.get("ETag")
     r2 = t.get("/v1/files/%s/records" % fid, headers={"If-None-Match": r.headers["ETag"]})
     assert r2.status_code == 304
+
+
+def test_text_artifact_in_its_row_or_in_the_store(server, tenant):
+    """A text of at most 32 KiB is kept in its artifact's row (migration 018);
+    a longer one is a blob under artifacts/<tenant>/<run>/text, as before.
+    Both read back byte-exact: by the record step (the record is made from
+    the text) and by the download."""
+    t = tenant
+    ds = t.create_dataset("prov-sizes")["id"]
+    small = INVOICE + b"x" * (32 * 1024 - len(INVOICE))  # exactly the limit
+    big = INVOICE + b"y" * (32 * 1024 + 1 - len(INVOICE))  # one byte over
+    fids = [upload_text(t, ds, "small.txt", small), upload_text(t, ds, "big.txt", big)]
+    for fid, data in zip(fids, [small, big]):
+        doc = wait_runs(t, fid, 1)
+        check_versions(t, fid, doc, "local")  # the record step read the text back
+        arts = check_artifacts(t, server, doc)
+        assert list(arts.values()) == [data]
+    [small_key, big_key] = [psql(server, "SELECT coalesce(storage_key, '-') FROM artifacts"
+                                         " WHERE file_id = '%s'" % fid) for fid in fids]
+    assert small_key == "-"
+    assert big_key.startswith("artifacts/%s/" % t.tenant_id) and server.blob_exists(big_key)
+
+    # deleting the files removes the big one's blob; the small one had none
+    for fid in fids:
+        assert t.delete("/v1/files/%s" % fid).status_code == 204
+    end = time.time() + 10
+    while server.blob_exists(big_key) and time.time() < end:
+        time.sleep(0.05)
+    assert not server.blob_exists(big_key)
 
 
 def test_record_model_from_openai(start_server, standins):

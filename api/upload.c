@@ -452,9 +452,10 @@ static json_t *rows_json(upload_t *up, json_t **runs_out)
             if (!(set & ((sl_pipeset_t)1 << k)))
                 continue;
             if (sl_uuid_v4(run_id) != 0 ||
-                json_array_append_new(runs, json_pack("{s:s, s:s, s:s}", "id", run_id, "file_id",
-                                                      p->file_id, "pipeline",
-                                                      app->pipelines[k].name)) != 0)
+                json_array_append_new(runs, json_pack("{s:s, s:s, s:s, s:I}", "id", run_id,
+                                                      "file_id", p->file_id, "pipeline",
+                                                      app->pipelines[k].name, "size",
+                                                      (json_int_t)p->info.size)) != 0)
                 goto fail;
         }
     }
@@ -496,12 +497,10 @@ static const char FILE_EVENTS_SQL[] =
     " sluice_ts(clock_timestamp())"
     " FROM fs, pl ORDER BY fs.k";
 
-/* The batch's runs (in the runs' JSON order); their events come last (RUN_EVENTS_SQL). */
-static const char INSERT_RUNS_SQL[] =
-    "INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline)"
-    " SELECT x.id, $1, $2, x.file_id, $3, x.pipeline FROM ROWS FROM (json_to_recordset($4::json)"
-    "      AS (id uuid, file_id uuid, pipeline text)) WITH ORDINALITY AS x(id, file_id, pipeline, k)"
-    " ORDER BY x.k";
+/* The batch's runs (in the runs' JSON order), queued with their cost and rank
+ * in one statement (sluice_queue_runs, claim.sql); their events come last
+ * (RUN_EVENTS_SQL). */
+static const char INSERT_RUNS_SQL[] = "SELECT sluice_queue_runs($1, $2, $3, $4::json)";
 
 /* The runs' 'queued' events, placed after the files' (in the runs' JSON
  * order), made from the same JSON that INSERT_RUNS_SQL inserted a moment

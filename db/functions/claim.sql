@@ -82,6 +82,40 @@ BEGIN
 END
 $$;
 
+-- sluice_queue_runs: an upload's runs, queued in one statement with the cost
+-- and fair_rank the trigger would give them one row at a time (a PL/pgSQL
+-- call, a files probe and two runs probes per row: 141 ms of each 1,000-file
+-- upload's transaction in bench/flow_bench.py, pg_stat_statements). The
+-- trigger's rule, row after row, is rank = greatest(the batch's last + 1,
+-- the tenant's head); after the first row the batch's last is the row before
+-- and the head no higher, so row k (1-based, in p_runs order) ranks
+-- greatest(last, head - 1) + k, both read once. The trigger skips rows that
+-- come with a rank (its WHEN, migration 019). p_runs: [{id, file_id,
+-- pipeline, size}], size the file's bytes (the run's cost).
+CREATE OR REPLACE FUNCTION sluice_queue_runs(p_tenant uuid, p_dataset uuid, p_batch uuid,
+                                             p_runs json)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_base int;
+BEGIN
+    v_base := greatest(
+        coalesce((SELECT r.fair_rank FROM runs r
+                  WHERE r.batch_id = p_batch AND r.state = 'queued'
+                  ORDER BY r.fair_rank DESC LIMIT 1), 0),
+        coalesce((SELECT r.fair_rank FROM runs r
+                  WHERE r.tenant_id = p_tenant AND r.state = 'queued'
+                  ORDER BY r.fair_rank LIMIT 1), 0) - 1);
+    INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline, cost, fair_rank)
+    SELECT x.id, p_tenant, p_dataset, x.file_id, p_batch, x.pipeline, sluice_run_cost(x.size),
+           v_base + x.k::int
+    FROM ROWS FROM (json_to_recordset(p_runs) AS (id uuid, file_id uuid, pipeline text,
+                                                   size bigint))
+         WITH ORDINALITY AS x(id, file_id, pipeline, size, k)
+    ORDER BY x.k;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION sluice_claim_runs(p_owner text, p_limit int, p_lease_s int,
                                              p_per_tenant int, p_weights json,
                                              p_shares boolean DEFAULT true)

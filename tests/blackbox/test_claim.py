@@ -146,6 +146,49 @@ def test_batches_of_a_tenant_round_robin(db):
     assert claimed.count(b1) == 5 and claimed.count(b2) == 5, claimed
 
 
+def test_queue_runs_ranks_as_the_trigger_does(db):
+    """sluice_queue_runs (an upload's runs, ranked and costed for the whole
+    batch at once) gives every run the cost and fair_rank that the row-by-row
+    trigger gives the same rows after the same history: a tenant whose head
+    moved (50 of 100 done), a new batch, then more runs of that batch."""
+    sizes = [100, 2 << 20, 64 << 20, 0, 1 << 20, 5, 3 << 30]
+
+    def history(t):
+        queue(db, t, 100)
+        db("UPDATE runs SET state = 'succeeded' WHERE tenant_id = '%s' AND fair_rank <= 50"
+           % t[0])
+
+    def files(t, bid, tag):
+        db("INSERT INTO files (id, tenant_id, dataset_id, batch_id, name, size, sha256, mime, "
+           "storage_key) SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid"
+           " , '%s', '%s', '%s', 'f', (ARRAY%s)[g - %d], 'x', 'text/plain', 'k' FROM "
+           "generate_series(%d, %d) g" % (t[0], t[1], bid, sizes, tag, tag + 1, tag + len(sizes)))
+
+    def ranks(bid):
+        return db("SELECT fair_rank, cost FROM runs WHERE batch_id = '%s' ORDER BY fair_rank"
+                  % bid).split()
+
+    a, b = tenant(db, "a"), tenant(db, "b")
+    history(a)
+    history(b)
+    ba, bb = str(uuid.uuid4()), str(uuid.uuid4())
+    for part in (0, 1):  # a new batch, then the same batch again (its last rank counts)
+        tag_a, tag_b = 1000 + 100 * part, 5000 + 100 * part
+        files(a, ba, tag_a)
+        files(b, bb, tag_b)
+        runs = ",".join('{"id": "%s", "file_id": "00000000-0000-4000-8000-%012d", '
+                        '"pipeline": "p", "size": %d}' % (uuid.uuid4(), tag_a + i + 1, sz)
+                        for i, sz in enumerate(sizes))
+        db("SELECT sluice_queue_runs('%s', '%s', '%s', '[%s]')" % (a[0], a[1], ba, runs))
+        db("INSERT INTO runs (id, tenant_id, dataset_id, file_id, batch_id, pipeline) SELECT "
+           "gen_random_uuid(), '%s', '%s', ('00000000-0000-4000-8000-' || lpad(g::text, 12, "
+           "'0'))::uuid, '%s', 'p' FROM generate_series(%d, %d) g ORDER BY g"
+           % (b[0], b[1], bb, tag_b + 1, tag_b + len(sizes)))
+    got, want = ranks(ba), ranks(bb)
+    assert got == want, (got, want)
+    assert got[0].split("|")[0] == "51" and len(got) == 2 * len(sizes), got
+
+
 CLAIMS = 8
 
 

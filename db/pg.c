@@ -711,10 +711,18 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- public API ---- */
 
 /*
- * Builds the options for every connection: the caller's own "options" (if
- * the conninfo has any) followed by -c statement_timeout=N. Keywords are
- * processed in order, so "options" after the expanded "dbname" wins; keeping
- * the caller's options in front preserves them.
+ * Builds the options for every connection: -c jit=off, the caller's own
+ * "options" (if the conninfo has any), then -c statement_timeout=N. Keywords
+ * are processed in order, so "options" after the expanded "dbname" wins;
+ * keeping the caller's options after jit=off lets them turn JIT back on.
+ *
+ * jit=off: Postgres compiles a query's expressions with LLVM when its
+ * estimated cost passes jit_above_cost (100,000), at every execution, cached
+ * plan or not. Every statement here is short and keyed, but the claim's
+ * estimate passes that mark as soon as the planner guesses a few hundred
+ * tenants (an unanalysed tenants table says 970): one claim of 16 runs then
+ * took 1,251-1,277 ms, 7 ms without JIT (auto_explain, 6,000 queued runs;
+ * docs/internals/pg.md "JIT off").
  */
 static int build_options(const char *conninfo, int timeout_ms, char **out)
 {
@@ -735,10 +743,10 @@ static int build_options(const char *conninfo, int timeout_ms, char **out)
         if (strcmp(o->keyword, "options") == 0 && o->val)
             user = o->val;
     if (timeout_ms > 0)
-        len = snprintf(buf, sizeof buf, "%s%s-c statement_timeout=%d", user, *user ? " " : "",
-                       timeout_ms);
+        len = snprintf(buf, sizeof buf, "-c jit=off %s%s-c statement_timeout=%d", user,
+                       *user ? " " : "", timeout_ms);
     else
-        len = snprintf(buf, sizeof buf, "%s", user);
+        len = snprintf(buf, sizeof buf, "-c jit=off%s%s", *user ? " " : "", user);
     PQconninfoFree(opts);
     if (len < 0 || (size_t)len >= sizeof buf)
         return SL_EINVAL;

@@ -1063,6 +1063,14 @@ def print_pg_statements(pg, top=15):
         for line in out.strip().splitlines():
             print("  " + line)
         out = pg.psql(
+            "SELECT count(*), coalesce(sum(jit_functions), 0), round(coalesce(sum("
+            "jit_generation_time + jit_inlining_time + jit_optimization_time + "
+            "jit_emission_time), 0)::numeric, 1) FROM pg_stat_statements "
+            "WHERE jit_functions > 0 AND dbid = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())", dbname=db)
+        print("jit of %s: statements compiled | functions | ms compiling: %s"
+              % (db, out.strip()))
+        out = pg.psql(
             "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del "
             "FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0 "
             "ORDER BY n_tup_upd + n_tup_ins DESC LIMIT 8", dbname=db)

@@ -1061,6 +1061,22 @@ static void test_statement_timeout(void)
     CHECK(wait_int(&q.called, 1, 5000));
     CHECK(q.err == 0);
     CHECK(strcmp(q.val0[0], "150ms") == 0);
+    /* every connection runs without JIT (build_options) */
+    CHECK(query(pg, &q, "SELECT current_setting('jit')", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "off") == 0);
+    sl_pg_free(pg);
+
+    /* the caller's own options come after it: they may turn it back on */
+    char ci[1024];
+    snprintf(ci, sizeof ci, "%s options='-c jit=on'", conninfo);
+    CHECK(sl_pg_new(base, ci, 1, 0, &pg) == 0);
+    CHECK(wait_ready(pg, 1, 5000));
+    CHECK(query(pg, &q, "SELECT current_setting('jit')", 0, NULL) == 0);
+    CHECK(wait_int(&q.called, 1, 5000));
+    CHECK(q.err == 0);
+    CHECK(strcmp(q.val0[0], "on") == 0);
     sl_pg_free(pg);
 }
 

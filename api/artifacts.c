@@ -235,8 +235,9 @@ static void send_row_bytes(sl_http_req_t *req, const PGresult *res)
     }
     blob_headers(req);
     sl_http_resp_start(req, 200, *mime ? mime : "application/octet-stream", (int64_t)n);
-    if (n == 0 || sl_http_resp_write(req, b, n) == 0)
-        sl_http_resp_end(req);
+    if (n > 0)
+        (void)sl_http_resp_write(req, b, n); /* a client gone: ended all the same, as a stream */
+    sl_http_resp_end(req);
     PQfreemem(b);
 }
 

@@ -1043,6 +1043,36 @@ static void test_params(sl_pg_t *pg)
     CHECK(strcmp(q.sqlstate, "42601") == 0);
 }
 
+/*
+ * conninfo (keywords or a URI: SL_TEST_DATABASE_URL may be either) as
+ * keyword='value' pairs, with kw set to val; values quoted as libpq reads them.
+ */
+static void conninfo_with(const char *kw, const char *val, char *out, size_t cap)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    size_t n = 0;
+    out[0] = '\0';
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL && n < cap; o++) {
+        const char *v = strcmp(o->keyword, kw) == 0 ? NULL : o->val;
+        if (v == NULL || *v == '\0')
+            continue;
+        n += (size_t)snprintf(out + n, cap - n, "%s='", o->keyword);
+        for (; *v && n + 3 < cap; v++) {
+            if (*v == '\'' || *v == '\\')
+                out[n++] = '\\';
+            out[n++] = *v;
+        }
+        if (n + 2 < cap) {
+            out[n++] = '\'';
+            out[n++] = ' ';
+            out[n] = '\0';
+        }
+    }
+    PQconninfoFree(opts);
+    if (n < cap)
+        snprintf(out + n, cap - n, "%s='%s'", kw, val);
+}
+
 static void test_statement_timeout(void)
 {
     sl_pg_t *pg = NULL;
@@ -1070,7 +1100,7 @@ static void test_statement_timeout(void)
 
     /* the caller's own options come after it: they may turn it back on */
     char ci[1024];
-    snprintf(ci, sizeof ci, "%s options='-c jit=on'", conninfo);
+    conninfo_with("options", "-c jit=on", ci, sizeof ci);
     CHECK(sl_pg_new(base, ci, 1, 0, &pg) == 0);
     CHECK(wait_ready(pg, 1, 5000));
     CHECK(query(pg, &q, "SELECT current_setting('jit')", 0, NULL) == 0);

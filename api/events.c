@@ -65,7 +65,8 @@ typedef struct client_s {
     long long last_sent;    /* highest seq sent with an id line */
     long long replay_after; /* replay seq > this; -1: live only */
     long long base;         /* the dataset's last place when the stream started */
-    long long replay_max;   /* the highest seq the replay sent (0: none) */
+    long long replay_max;   /* the highest seq the replay sent, or the client's
+                               Last-Event-ID if higher (0: none) */
     long long next;         /* live: the place to send next (0 until live) */
     long long gap_upto;     /* a gap read is out for the places below this (0: none) */
     size_t limit;           /* client buffer bytes */
@@ -812,6 +813,10 @@ static void auth_cb(sl_app_t *app, sl_http_req_t *req, const char *tenant_id, vo
     c->dataset_id[36] = '\0';
     c->replay_after = after;
     c->last_sent = after < 0 ? 0 : after;
+    /* The client has every place up to its Last-Event-ID: one of those that
+     * is published only now (committed and replayed by its previous stream,
+     * elsewhere, before the engine published it) is not news (late()). */
+    c->replay_max = after < 0 ? 0 : after;
     c->limit = app->cfg->sse_client_buffer_bytes ? app->cfg->sse_client_buffer_bytes
                                                  : CLIENT_BUFFER_DEFAULT;
     c->holding = 1;

@@ -411,16 +411,12 @@ static void batch_done_cb(const sl_pg_result_t *r, void *arg)
     upload_release(up);
 }
 
-/* The JSON response: every file of this batch in part order, their queued
- * runs' places numbered in one pass (sluice_queue_positions, json.sql;
- * MATERIALIZED: a plain subquery is pulled up, and the function then ran
- * once per file). */
+/* The JSON response: every file of this batch in part order, built set-wise
+ * by sluice_files_json (json.sql; their queued runs' places numbered in one
+ * pass over the queue). */
 static const char RESPONSE_SQL[] =
-    "WITH p AS MATERIALIZED (SELECT sluice_queue_positions($1, ARRAY(SELECT b.id FROM files b"
-    "   WHERE b.tenant_id = $1 AND b.batch_id = $2)) AS pos)"
-    " SELECT json_build_object('files', coalesce(json_agg(sluice_file_json(f, p.pos)"
-    " ORDER BY f.seq), '[]'::json))::text"
-    " FROM files f, p WHERE f.tenant_id = $1 AND f.batch_id = $2";
+    "SELECT json_build_object('files', sluice_files_json($1, ARRAY(SELECT f.id FROM files f"
+    "   WHERE f.tenant_id = $1 AND f.batch_id = $2 ORDER BY f.seq)))::text";
 
 /*
  * The batch's rows travel as two JSON documents (built by jansson), so the

@@ -15,13 +15,13 @@
 #include "crypto.h"
 #include "dirsync.h"
 #include "err.h"
+#include "sniff.h"
 #include "storage_int.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <magic.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -65,14 +65,7 @@ typedef struct fs_store_s {
      */
     chunk_t *spare;
     int nspare;
-    /*
-     * One libmagic cookie for the whole store, loaded on first use: a cookie
-     * is not thread-safe, so commit jobs take turns (a sniff is one
-     * magic_buffer over at most FS_HEAD_MAX bytes, ~0.5 ms); one per worker
-     * thread would cost a copy of the database (~7 MiB) each.
-     */
-    pthread_mutex_t magic_mu; /* guards magic */
-    magic_t magic;            /* NULL until loaded; closed by fs_free */
+    sl_sniff_t *sniff; /* owned: libmagic cookies, one per core at most (core/sniff.h) */
     /*
      * Commit jobs share the fsyncs of the directories they rename into
      * (core/dirsync.h): one tenant's files all go to files/<tenant>/, so a
@@ -407,17 +400,13 @@ static void write_work(void *arg)
  * Sniffs the object's type from its first FS_HEAD_MAX bytes, read back from
  * the temp file (they are in the page cache: the writer keeps no copy, so an
  * upload costs no head buffer while it streams). The read goes to this worker
- * thread's stack; only the magic_buffer call holds the store's cookie.
+ * thread's stack; only the sniff itself holds a cookie (core/sniff.h).
  */
 static void sniff_mime(fs_writer_t *w)
 {
     fs_store_t *fs = (fs_store_t *)w->base.st;
     unsigned char head[FS_HEAD_MAX];
     size_t len = 0;
-    if (w->size == 0) {
-        snprintf(w->info.mime, sizeof w->info.mime, "application/x-empty");
-        return;
-    }
     while (len < sizeof head && len < w->size) {
         ssize_t r = pread(w->fd, head + len, sizeof head - len, (off_t)len);
         if (r < 0 && errno == EINTR)
@@ -426,17 +415,10 @@ static void sniff_mime(fs_writer_t *w)
             break;
         len += (size_t)r;
     }
-    pthread_mutex_lock(&fs->magic_mu);
-    if (!fs->magic && (fs->magic = magic_open(MAGIC_MIME_TYPE)) != NULL &&
-        magic_load(fs->magic, NULL) != 0) {
-        magic_close(fs->magic);
-        fs->magic = NULL; /* tried again by the next commit */
-    }
-    const char *mime = fs->magic && len > 0 ? magic_buffer(fs->magic, head, len) : NULL;
-    /* The string lives in the cookie: copied before letting go of it. */
-    snprintf(w->info.mime, sizeof w->info.mime, "%s",
-             mime && *mime ? mime : "application/octet-stream");
-    pthread_mutex_unlock(&fs->magic_mu);
+    if (len == 0 && w->size > 0) /* the read failed: not "empty" */
+        snprintf(w->info.mime, sizeof w->info.mime, "application/octet-stream");
+    else
+        sl_sniff_mime(fs->sniff, head, len, w->info.mime, sizeof w->info.mime);
 }
 
 static void commit_work(void *arg)
@@ -1064,10 +1046,8 @@ static void fs_free(sl_store_t *st)
         chunk_free(fs->spare);
         fs->spare = next;
     }
-    if (fs->magic)
-        magic_close(fs->magic);
+    sl_sniff_free(fs->sniff);
     sl_dirsync_free(fs->dsync);
-    pthread_mutex_destroy(&fs->magic_mu);
     free(fs);
 }
 
@@ -1130,7 +1110,7 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     fs_store_t *fs = calloc(1, sizeof *fs);
     if (!fs)
         return SL_ENOMEM;
-    if (pthread_mutex_init(&fs->magic_mu, NULL) != 0) {
+    if (!(fs->sniff = sl_sniff_new())) {
         free(fs);
         return SL_ENOMEM;
     }
@@ -1157,7 +1137,7 @@ int sl_store_fs_open(sl_workq_t *wq, const char *root, sl_store_t **out)
     return 0;
 
 fail:
-    pthread_mutex_destroy(&fs->magic_mu);
+    sl_sniff_free(fs->sniff);
     free(fs);
     return err;
 }

@@ -35,13 +35,13 @@
 #include "curl.h"
 #include "err.h"
 #include "log.h"
+#include "sniff.h"
 #include "storage_int.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
-#include <magic.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -75,8 +75,7 @@ typedef struct s3_store_s {
     size_t part_size;
     char region[64];
     char *akid, *secret, *token; /* owned */
-    magic_t magic;               /* one cookie, used under magic_mu on the pool */
-    pthread_mutex_t magic_mu;
+    sl_sniff_t *sniff;           /* owned: libmagic cookies, used on the pool (core/sniff.h) */
     struct s3_writer_s *live; /* loop: open writers (the sweeper spares their uploads) */
     char prefixes[SL_STORE_PREFIXES_MAX][64]; /* own key prefixes: the sweeper's scope */
     int nprefixes;
@@ -597,22 +596,12 @@ static void sniff_work(void *arg)
 {
     s3_writer_t *w = arg;
     s3_store_t *st = w->st;
-    const char *m = NULL;
     if (w->base.mime[0]) { /* the caller's type (sl_store_put_mime): no sniff */
         snprintf(w->info.mime, sizeof w->info.mime, "%s", w->base.mime);
         return;
     }
-    if (w->size == 0) {
-        m = "application/x-empty";
-    } else {
-        pthread_mutex_lock(&st->magic_mu);
-        if (st->magic)
-            m = magic_buffer(st->magic, w->head, w->head_len);
-        snprintf(w->info.mime, sizeof w->info.mime, "%s", m ? m : "application/octet-stream");
-        pthread_mutex_unlock(&st->magic_mu);
-        return;
-    }
-    snprintf(w->info.mime, sizeof w->info.mime, "%s", m);
+    sl_sniff_mime(st->sniff, w->head, w->size == 0 ? 0 : w->head_len, w->info.mime,
+                  sizeof w->info.mime);
 }
 
 static void sniff_done(void *arg)
@@ -1427,9 +1416,7 @@ static void s3_free(sl_store_t *base)
 /* Pool jobs pin the store: a sniff job uses its libmagic cookie. */
 static void store_final_free(s3_store_t *st)
 {
-    if (st->magic)
-        magic_close(st->magic);
-    pthread_mutex_destroy(&st->magic_mu);
+    sl_sniff_free(st->sniff);
     if (st->secret)
         sl_secure_zero(st->secret, strlen(st->secret));
     free(st->secret);
@@ -1472,7 +1459,7 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
     s3_store_t *st = calloc(1, sizeof *st);
     if (!st)
         return SL_ENOMEM;
-    if (pthread_mutex_init(&st->magic_mu, NULL) != 0) {
+    if (!(st->sniff = sl_sniff_new())) {
         free(st);
         return SL_ENOMEM;
     }
@@ -1551,11 +1538,6 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
         }
         evtimer_add(st->sweep_ev, &now);
     }
-    st->magic = magic_open(MAGIC_MIME_TYPE);
-    if (st->magic && magic_load(st->magic, NULL) != 0) {
-        magic_close(st->magic);
-        st->magic = NULL;
-    }
     *out = &st->base;
     return 0;
 fail:
@@ -1563,7 +1545,7 @@ fail:
     free(st->akid);
     free(st->secret);
     free(st->token);
-    pthread_mutex_destroy(&st->magic_mu);
+    sl_sniff_free(st->sniff);
     free(st);
     return err;
 }

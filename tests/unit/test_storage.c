@@ -8,6 +8,7 @@
  */
 #include "core/crypto.h"
 #include "core/err.h"
+#include "core/sniff.h"
 #include "core/storage.h"
 #include "core/workq.h"
 
@@ -841,7 +842,7 @@ static void test_writeback_policy(void)
     CHECK(sl_store_fs_writeback_len(MIB, 2 * MIB) == 0); /* never backwards */
 }
 
-/* ---- one libmagic cookie, shared by 4 worker threads committing at once ---- */
+/* ---- the store's libmagic cookies (core/sniff.h), 4 worker threads committing at once ---- */
 
 static void test_magic_threads(void)
 {
@@ -898,6 +899,74 @@ static void test_magic_threads(void)
     sl_store_free(st4);
     sl_workq_free(wq4);
     for (int k = 0; k < NK; k++)
+        free(data[k]);
+}
+
+/* ---- core/sniff.h: cookies loaded when sniffs meet, right answers from many threads ---- */
+
+typedef struct {
+    sl_sniff_t *s;
+    const char *buf[3];
+    size_t len[3];
+    const char *want[3];
+    int bad;
+} sniff_arg_t;
+
+static void *sniff_thread(void *arg)
+{
+    sniff_arg_t *a = arg;
+    char out[128];
+    for (int i = 0; i < 60; i++) {
+        sl_sniff_mime(a->s, a->buf[i % 3], a->len[i % 3], out, sizeof out);
+        if (strcmp(out, a->want[i % 3]) != 0)
+            __atomic_add_fetch(&a->bad, 1, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+static void test_sniff(void)
+{
+    char out[64];
+    sl_sniff_t *s = sl_sniff_new();
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    CHECK(sl_sniff_loaded(s) == 0); /* nothing loaded before the first sniff */
+    sl_sniff_mime(s, "", 0, out, sizeof out);
+    CHECK(strcmp(out, "application/x-empty") == 0 && sl_sniff_loaded(s) == 0);
+    for (int i = 0; i < 5; i++) { /* one at a time: one cookie is enough */
+        sl_sniff_mime(s, "Document 1\nReference: REF-00001\n", 33, out, sizeof out);
+        CHECK(strcmp(out, "text/plain") == 0);
+    }
+    CHECK(sl_sniff_loaded(s) == 1);
+    sl_sniff_mime(s, "%PDF-1.4\n", 9, out, 4); /* truncated to fit, terminated */
+    CHECK(strcmp(out, "app") == 0);
+
+    sniff_arg_t a = {.s = s};
+    const char *paths[3] = {"/work/shared/samples/invoice-acme.pdf",
+                            "/work/shared/samples/photo.jpg", "/work/shared/samples/notes.txt"};
+    const char *want[3] = {"application/pdf", "image/jpeg", "text/plain"};
+    char *data[3];
+    for (int k = 0; k < 3; k++) {
+        data[k] = slurp(paths[k], &a.len[k]);
+        CHECK(data[k] != NULL);
+        if (!data[k])
+            return;
+        a.buf[k] = data[k];
+        a.want[k] = want[k];
+    }
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        CHECK(pthread_create(&t[i], NULL, sniff_thread, &a) == 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    CHECK(a.bad == 0);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int room = cpus < 1 ? 1 : cpus > SL_SNIFF_MAX ? SL_SNIFF_MAX : (int)cpus;
+    CHECK(sl_sniff_loaded(s) >= 1 && sl_sniff_loaded(s) <= room);
+    fprintf(stderr, "sniff: %d of %d cookies loaded by 4 threads\n", sl_sniff_loaded(s), room);
+    sl_sniff_free(s);
+    for (int k = 0; k < 3; k++)
         free(data[k]);
 }
 
@@ -995,6 +1064,7 @@ int main(void)
         test_batching();
         test_writeback_policy();
         test_magic_threads();
+        test_sniff();
         test_reopen();
     }
     CHECK(off_loop_cbs == 0);

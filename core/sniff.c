@@ -17,9 +17,9 @@
 #include <unistd.h>
 
 typedef struct {
-    pthread_mutex_t mu;  /* guards cookie's use */
-    magic_t cookie;      /* NULL until loaded; closed by sl_sniff_free */
-    atomic_int loaded;   /* cookie is set (read without mu to pick a slot) */
+    pthread_mutex_t mu; /* guards cookie's use */
+    magic_t cookie;     /* NULL until loaded; closed by sl_sniff_free */
+    atomic_int loaded;  /* cookie is set (read without mu to pick a slot) */
 } slot_t;
 
 struct sl_sniff_s {

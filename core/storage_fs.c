@@ -251,8 +251,8 @@ static int writer_open_tmp(fs_writer_t *w, int direct)
             w->direct = 1;
             return 0;
         }
-        if (errno != EINVAL)
-            return SL_EIO; /* even ENOENT (no .tmp dir) is an I/O error here */
+        if (errno != EINVAL) /* even ENOENT (no .tmp dir) is an I/O error here */
+            return SL_EIO;
         unlink(w->tmp_path); /* some filesystems create the file, then refuse the flag */
     }
     w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

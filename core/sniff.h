@@ -7,11 +7,13 @@
  * tests, then the text tests): under one cookie, a store's worker threads
  * took turns, and an upload of a thousand small files sniffed on one core
  * while the others waited. An sl_sniff_t holds up to one cookie per online
- * CPU (at most SL_SNIFF_MAX), each loaded on first need: a sniff takes a
+ * CPU, at most SL_SNIFF_MAX (2), each loaded on first need: a sniff takes a
  * free cookie, loads a new one when all are busy and there is room, and
- * waits for one otherwise. A second cookie costs about 8 MiB of RSS (2.3
- * anonymous, the rest the database's mapped file), so it is loaded only
- * when two sniffs meet.
+ * waits for one otherwise. A cookie costs about 8 MiB of RSS (2.3
+ * anonymous, the rest the database's mapped file), so the second is loaded
+ * only when two sniffs meet, and there is no third: issue 11 asked for one
+ * shared handle because four (one per worker thread) cost ~40 MiB; two
+ * cover both cores of the machines this runs on, for 8 MiB more at most.
  *
  * Blocking: sl_sniff_mime runs libmagic (CPU, and its first use per cookie
  * reads the database file): worker threads only, never an event loop.
@@ -22,7 +24,7 @@
 
 #include <stddef.h>
 
-#define SL_SNIFF_MAX 4 /* cookies at most, whatever the CPU count */
+#define SL_SNIFF_MAX 2 /* cookies at most, whatever the CPU count */
 
 typedef struct sl_sniff_s sl_sniff_t;
 

@@ -65,7 +65,7 @@ typedef struct fs_store_s {
      */
     chunk_t *spare;
     int nspare;
-    sl_sniff_t *sniff; /* owned: libmagic cookies, one per core at most (core/sniff.h) */
+    sl_sniff_t *sniff; /* owned: libmagic cookies, at most two (core/sniff.h) */
     /*
      * Commit jobs share the fsyncs of the directories they rename into
      * (core/dirsync.h): one tenant's files all go to files/<tenant>/, so a

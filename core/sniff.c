@@ -2,10 +2,11 @@
  * sniff.c — a small pool of libmagic cookies (sniff.h).
  *
  * Each slot has its own mutex; a sniff tries every loaded slot's lock
- * without waiting, then claims an unloaded slot (under the pool's mutex),
- * and only when every slot is loaded and busy waits on one, chosen round
- * robin. A slot whose load failed stays unloaded and is tried again by the
- * next sniff that needs one.
+ * without waiting, then claims an unloaded slot the same way (its trylock
+ * is the claim: no other lock is needed), and only when every slot is
+ * loaded and busy waits on one, chosen round robin. A slot whose load
+ * failed stays unloaded and is tried again by the next sniff that needs
+ * one.
  */
 #include "sniff.h"
 
@@ -23,9 +24,8 @@ typedef struct {
 } slot_t;
 
 struct sl_sniff_s {
-    pthread_mutex_t grow_mu; /* guards claiming an unloaded slot */
-    int nslots;              /* min(online CPUs, SL_SNIFF_MAX), >= 1 */
-    atomic_uint next;        /* round robin among busy slots */
+    int nslots;       /* min(online CPUs, SL_SNIFF_MAX), >= 1 */
+    atomic_uint next; /* round robin among busy slots */
     slot_t slot[SL_SNIFF_MAX];
 };
 
@@ -36,15 +36,10 @@ sl_sniff_t *sl_sniff_new(void)
         return NULL;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     s->nslots = n < 1 ? 1 : n > SL_SNIFF_MAX ? SL_SNIFF_MAX : (int)n;
-    if (pthread_mutex_init(&s->grow_mu, NULL) != 0) {
-        free(s);
-        return NULL;
-    }
     for (int i = 0; i < s->nslots; i++) {
         if (pthread_mutex_init(&s->slot[i].mu, NULL) != 0) {
             while (i-- > 0)
                 pthread_mutex_destroy(&s->slot[i].mu);
-            pthread_mutex_destroy(&s->grow_mu);
             free(s);
             return NULL;
         }
@@ -61,11 +56,10 @@ void sl_sniff_free(sl_sniff_t *s)
             magic_close(s->slot[i].cookie);
         pthread_mutex_destroy(&s->slot[i].mu);
     }
-    pthread_mutex_destroy(&s->grow_mu);
     free(s);
 }
 
-/* Loads slot i's cookie; called with its mu held. */
+/* Loads sl's cookie; called with sl->mu held. */
 static void slot_load(slot_t *sl)
 {
     magic_t m = magic_open(MAGIC_MIME_TYPE);
@@ -85,18 +79,16 @@ static slot_t *slot_take(sl_sniff_t *s)
         if (atomic_load(&sl->loaded) && pthread_mutex_trylock(&sl->mu) == 0)
             return sl;
     }
-    /* every loaded slot is busy: load another if there is room */
-    pthread_mutex_lock(&s->grow_mu);
+    /* every loaded slot is busy: load another if there is room (another
+     * thread may have loaded it since the check: then it is used as is) */
     for (int i = 0; i < s->nslots; i++) {
         slot_t *sl = &s->slot[i];
         if (!atomic_load(&sl->loaded) && pthread_mutex_trylock(&sl->mu) == 0) {
-            pthread_mutex_unlock(&s->grow_mu);
             if (!sl->cookie)
                 slot_load(sl);
             return sl;
         }
     }
-    pthread_mutex_unlock(&s->grow_mu);
     slot_t *sl = &s->slot[atomic_fetch_add(&s->next, 1) % (unsigned)s->nslots];
     pthread_mutex_lock(&sl->mu);
     if (!sl->cookie) /* a slot that failed to load: try once more */

@@ -59,10 +59,10 @@ def test_many_files_set_wise_are_each_files_document(db):  # noqa: F811
     run(db, t, busy, "ai_record", "running", "'extract', NULL, NULL, now(), NULL, 'v1', 1")
     run(db, t, busy, "preview", "waiting")
     foreign = seed(db, other, "foreign")
-    queue(db, t, 10001)                  # pushes the next file's run past the cap
+    queue(db, t, 10001)                  # more than the cap of queued runs
     behind = seed(db, t, "behind")
     rb = run(db, t, behind, "ai_record", "queued")
-    db("UPDATE runs SET fair_rank = 20000 WHERE id = '%s'" % rb)  # behind all 10,034 others
+    db("UPDATE runs SET fair_rank = 20000 WHERE id = '%s'" % rb)  # behind the 10,033 others
     ids = [uploaded, nomatch, done, failed, queued, foreign, busy, behind]
     arr = "ARRAY[%s]::uuid[]" % ",".join("'%s'" % i for i in ids)
 

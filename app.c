@@ -40,6 +40,7 @@
 
 #define DRAIN_GRACE_S 10 /* after shutdown.drain_timeout_s: complete requests get this long */
 #define SNAPSHOT_MS 250 /* the engine's heartbeat and metrics snapshot */
+#define SL_CURL_CONNECTS_SPARE 16 /* idle connections kept beyond the services' concurrency */
 
 static sl_app_t g_app;
 static char g_instance[128];
@@ -704,6 +705,13 @@ int sl_app_open_flows(sl_app_t *app)
     static char tmp_root[600];
     char cwd[512];
     if ((err = sl_curl_new(app->base, &app->curl)) != 0)
+        return err;
+    /* Room for every service's calls in flight to stay open between bursts
+     * (core/curl.h sl_curl_max_connects), and some for the flows' sl.http. */
+    long conns = SL_CURL_CONNECTS_SPARE;
+    for (int i = 0; i < cfg->nservices; i++)
+        conns += cfg->services[i].configured ? cfg->services[i].concurrency : 0;
+    if ((err = sl_curl_max_connects(app->curl, conns)) != 0)
         return err;
     if (!getcwd(cwd, sizeof cwd))
         return SL_EIO;

@@ -508,6 +508,13 @@ int sl_curl_max_host_connections(sl_curl_t *c, long max)
     return 0;
 }
 
+int sl_curl_max_connects(sl_curl_t *c, long max)
+{
+    if (!c || max < 1 || curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, max) != CURLM_OK)
+        return SL_EINVAL;
+    return 0;
+}
+
 int sl_curl_new(struct event_base *base, sl_curl_t **out)
 {
     int err = SL_ENOMEM;

@@ -114,6 +114,16 @@ int sl_curl_new(struct event_base *base, sl_curl_t **out);
 int sl_curl_max_host_connections(sl_curl_t *c, long max);
 
 /**
+ * Keeps up to `max` idle connections for reuse (CURLMOPT_MAXCONNECTS; at
+ * least 1). Without it libcurl keeps four per transfer in progress, so after
+ * a lull with few transfers it closed the idle connections a burst had
+ * opened, and the next burst opened them again (bench/flow_bench.py: one
+ * Tika call in nine on a new connection; over TLS, a handshake each).
+ * 0, or SL_EINVAL.
+ */
+int sl_curl_max_connects(sl_curl_t *c, long max);
+
+/**
  * Starts a transfer. On 0, *out (may be NULL if the caller never cancels) is
  * a handle borrowed until the callback returns, and cb will fire exactly once.
  * On error nothing started and cb never fires: SL_EINVAL (no url, not

@@ -1524,8 +1524,10 @@ int sl_store_s3_open(const sl_store_conf_t *conf, sl_workq_t *wq, struct event_b
         goto fail;
     /* A batch of 2,000 small files made 2,000 PUTs at once, one connection
      * each (a SYN flood at the test front; fds without bound): past this many
-     * they wait for a connection inside libcurl, which reuses them. */
-    if ((err = sl_curl_max_host_connections(st->curl, SL_STORE_S3_MAX_CONNECTIONS)) != 0) {
+     * they wait for a connection inside libcurl, which reuses them; and as
+     * many stay open between batches (core/curl.h sl_curl_max_connects). */
+    if ((err = sl_curl_max_host_connections(st->curl, SL_STORE_S3_MAX_CONNECTIONS)) != 0 ||
+        (err = sl_curl_max_connects(st->curl, SL_STORE_S3_MAX_CONNECTIONS)) != 0) {
         sl_curl_free(st->curl);
         goto fail;
     }

@@ -213,7 +213,15 @@ static void server_cb(struct evhttp_request *req, void *arg)
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     struct evkeyvalq *outh = evhttp_request_get_output_headers(req);
 
-    if (strcmp(uri, "/ok") == 0) {
+    if (strcmp(uri, "/peer") == 0) {
+        /* the client's port: one per connection it opened */
+        char *addr = NULL;
+        ev_uint16_t peer = 0;
+        evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &peer);
+        char body[16];
+        snprintf(body, sizeof body, "%u", (unsigned)peer);
+        reply(req, 200, body);
+    } else if (strcmp(uri, "/ok") == 0) {
         srv_ok_count++;
         evhttp_add_header(outh, "X-Test", "  yes  ");
         reply(req, 200, "hello");
@@ -579,6 +587,59 @@ static void test_concurrent(void)
     CHECK(conc_calls == NCONC);
     CHECK(conc_ok == NCONC);
     CHECK(sl_curl_pending(cu) == 0);
+}
+
+/*
+ * Connections stay open between bursts (sl_curl_max_connects): two bursts of
+ * BURST requests at once, the second after the first is over, reach the
+ * server on BURST connections, not more. libcurl's own cache keeps four per
+ * transfer in progress: as the first burst ended, it closed the connections
+ * past that, and the second burst opened them again.
+ */
+#define BURST 8
+static int peer_calls;
+static unsigned peers[2 * BURST];
+static void peer_cb(const sl_curl_result_t *r, void *arg)
+{
+    (void)arg;
+    if (r->err == 0 && r->status == 200 && r->body_len > 0 && r->body_len < 8) {
+        char b[8];
+        memcpy(b, r->body, r->body_len);
+        b[r->body_len] = '\0';
+        peers[peer_calls] = (unsigned)strtoul(b, NULL, 10);
+    }
+    peer_calls++;
+}
+
+static void test_keeps_connections(void)
+{
+    sl_curl_t *c = NULL;
+    CHECK(sl_curl_new(base, &c) == 0);
+    CHECK(sl_curl_max_connects(c, 0) == SL_EINVAL);
+    CHECK(sl_curl_max_connects(c, BURST + 2) == 0);
+    peer_calls = 0;
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < BURST; i++) {
+            sl_curl_req_opts_t o = {.method = "GET", .url = url("/peer")};
+            CHECK(sl_curl_request(c, &o, peer_cb, NULL, NULL) == 0);
+        }
+        run_until(&peer_calls, (round + 1) * BURST);
+        run_for(20);
+    }
+    CHECK(peer_calls == 2 * BURST);
+    int distinct = 0;
+    for (int i = 0; i < 2 * BURST; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++)
+            seen |= peers[j] == peers[i];
+        distinct += !seen && peers[i] != 0;
+    }
+    if (distinct != BURST)
+        fprintf(stderr, "keeps_connections: %d connections for two bursts of %d\n", distinct,
+                BURST);
+    CHECK(distinct == BURST);
+    sl_curl_free(c);
+    run_for(20);
 }
 
 static void test_file_body(void)
@@ -1010,6 +1071,7 @@ int main(void)
     test_too_big();
     test_refused();
     test_concurrent();
+    test_keeps_connections();
     test_file_body();
     test_sigv4();
     test_cancel();

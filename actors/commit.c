@@ -21,25 +21,34 @@
 #include "core/metrics.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct member_s member_t;
 
 /* A group lives in its first member (no allocation to send one). */
-typedef struct group_s {
+typedef struct group_s group_t;
+struct group_s {
     sl_commit_t *c;
     member_t *head;
     int n;
     int err;            /* for a failure delivered later (fail_later_cb) */
     const char *errmsg; /* static */
-} group_t;
+    /* in flight: */
+    group_t *fly_next; /* the committer's list of groups in flight */
+    const char **ds;   /* owned array, borrowed strings (its members'): its datasets, distinct */
+    int nds;
+    uint64_t ds_mask; /* the OR of their ds_bit */
+};
 
 struct member_s {
     member_t *next;
     char run_id[37];
-    char tenant[37]; /* whose turn it is; "" when the transition named none */
-    char *json; /* owned: the transition as a JSON object */
+    char tenant[37];  /* whose turn it is; "" when the transition named none */
+    char dataset[37]; /* whose places its events take; "" when it named none */
+    uint64_t ds_bit;  /* one bit of 64 from the dataset's hash (0 for none) */
+    char *json;       /* owned: the transition as a JSON object */
     size_t len;
     int alone; /* sent again by itself after its group failed in a statement */
     int held;
@@ -57,6 +66,8 @@ struct sl_commit_s {
     int refs;
     int dead; /* the pool was freed */
     int inflight, max_inflight;
+    group_t *flying;    /* the groups in flight */
+    uint64_t busy_mask; /* the OR of their ds_mask: most "not in flight" answers in one test */
     int dispatching;
     member_t *pending, **pending_tail;
     int npending;
@@ -136,6 +147,67 @@ void sl_commit_release(sl_commit_t *c)
     free(c);
 }
 
+/* One bit of 64 for a dataset id: FNV-1a. */
+static uint64_t ds_bit(const char *ds)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *ds; ds++)
+        h = (h ^ (unsigned char)*ds) * 1099511628211ull;
+    return 1ull << (h >> 58);
+}
+
+/* Whether m's dataset is in a group in flight (so m's events would wait for
+ * that group's commit to take their places). */
+static int ds_busy(const sl_commit_t *c, const member_t *m)
+{
+    if (!(c->busy_mask & m->ds_bit))
+        return 0;
+    for (const group_t *g = c->flying; g; g = g->fly_next)
+        for (int i = 0; i < g->nds; i++)
+            if (memcmp(g->ds[i], m->dataset, 36) == 0)
+                return 1;
+    return 0;
+}
+
+/* Puts g (just sent) in the list of groups in flight, with its datasets. */
+static void fly(sl_commit_t *c, group_t *g, const char **ds)
+{
+    g->ds = ds;
+    g->nds = 0;
+    g->ds_mask = 0;
+    for (member_t *m = g->head; m; m = m->next) {
+        if (!m->dataset[0])
+            continue;
+        int seen = 0;
+        for (int i = 0; i < g->nds && !seen; i++)
+            seen = (g->ds_mask & m->ds_bit) && memcmp(g->ds[i], m->dataset, 36) == 0;
+        if (!seen) {
+            ds[g->nds++] = m->dataset;
+            g->ds_mask |= m->ds_bit;
+        }
+    }
+    g->fly_next = c->flying;
+    c->flying = g;
+    c->busy_mask |= g->ds_mask;
+}
+
+/* Takes g (come back) out of the list of groups in flight. */
+static void land(sl_commit_t *c, group_t *g)
+{
+    c->busy_mask = 0;
+    for (group_t **pp = &c->flying; *pp;) {
+        if (*pp == g) {
+            *pp = g->fly_next;
+            continue;
+        }
+        c->busy_mask |= (*pp)->ds_mask;
+        pp = &(*pp)->fly_next;
+    }
+    free(g->ds);
+    g->ds = NULL;
+    g->nds = 0;
+}
+
 /* ---- sending ---- */
 
 /* Tells each member of g (taken, and gone with its first member) its failure, in order. */
@@ -189,6 +261,7 @@ static void group_cb(const sl_pg_result_t *res, void *arg)
     sl_commit_t *c = g->c;
 
     c->inflight--;
+    land(c, g);
     c->refs++; /* the callbacks may drop the last references */
     c->dispatching = 1;
     if (res->err == SL_ECANCELED && !c->dead) {
@@ -260,8 +333,10 @@ static member_t *unqueue(sl_commit_t *c, member_t **pp)
 /*
  * Takes the next group off the queue: one member sent again alone, or up to
  * the bounds. When more wait than a group holds, each tenant's oldest waiting
- * transition first (among the first FAIR_SCAN), then the oldest. The group
- * lives in its first member.
+ * transition first (among the first FAIR_SCAN), then the oldest. Either way
+ * it passes over those whose dataset is in a group in flight (ds_busy): they
+ * wait for it. The group lives in its first member; NULL when every waiting
+ * transition that it looked at waits for a group in flight.
  */
 static group_t *take_group(sl_commit_t *c, size_t *bytes)
 {
@@ -282,7 +357,7 @@ static group_t *take_group(sl_commit_t *c, size_t *bytes)
                 int known = m->alone; /* sent alone later, at the head */
                 for (int i = 0; i < nseen && !known; i++)
                     known = strcmp(seen[i], m->tenant) == 0;
-                if (known || (n > 0 && *bytes + m->len > SL_COMMIT_GROUP_BYTES)) {
+                if (known || (n > 0 && *bytes + m->len > SL_COMMIT_GROUP_BYTES) || ds_busy(c, m)) {
                     pp = &m->next;
                     continue;
                 }
@@ -293,16 +368,24 @@ static group_t *take_group(sl_commit_t *c, size_t *bytes)
                 *bytes += m->len + 1;
             }
         }
-        while (c->pending && n < SL_COMMIT_GROUP_MAX) {
-            member_t *m = c->pending;
-            if (n > 0 && (m->alone || *bytes + m->len > SL_COMMIT_GROUP_BYTES))
+        member_t **pp = &c->pending;
+        int scanned = 0;
+        while (*pp && n < SL_COMMIT_GROUP_MAX && scanned++ < FAIR_SCAN) {
+            member_t *m = *pp;
+            if (m->alone || (n > 0 && *bytes + m->len > SL_COMMIT_GROUP_BYTES))
                 break;
-            *tail = unqueue(c, &c->pending);
+            if (ds_busy(c, m)) {
+                pp = &m->next;
+                continue;
+            }
+            *tail = unqueue(c, pp);
             tail = &m->next;
             n++;
             *bytes += m->len + 1;
         }
     }
+    if (!head)
+        return NULL;
     group_t *g = &head->g;
     memset(g, 0, sizeof *g);
     g->c = c;
@@ -316,8 +399,12 @@ static void pump(sl_commit_t *c)
     while (!c->dispatching && c->pending && c->inflight < c->max_inflight) {
         size_t bytes;
         group_t *g = take_group(c, &bytes);
+        if (!g)
+            break; /* what waits, waits for the groups in flight */
         char *batch = c->dead ? NULL : malloc(bytes + 1);
-        if (!batch) {
+        const char **ds = batch ? malloc((size_t)g->n * sizeof *ds) : NULL;
+        if (!ds) {
+            free(batch);
             fail_later(g, c->dead ? SL_ECANCELED : SL_ENOMEM,
                        c->dead ? "database pool closed" : "out of memory");
             continue;
@@ -337,9 +424,11 @@ static void pump(sl_commit_t *c)
             sl_pg_query_prepared(c->pg, "sl_run_transitions", GROUP_SQL, 2, params, group_cb, g);
         free(batch);
         if (err != 0) {
+            free(ds);
             fail_later(g, err, sl_strerror(err));
             continue;
         }
+        fly(c, g, ds);
         c->inflight++;
     }
 }
@@ -384,6 +473,10 @@ int sl_commit_submit(sl_commit_t *c, const sl_commit_tr_t *t, sl_pubsub_t *ps, s
     memcpy(m->run_id, t->run_id, 37);
     if (t->tenant_id)
         snprintf(m->tenant, sizeof m->tenant, "%s", t->tenant_id);
+    if (t->dataset_id && strlen(t->dataset_id) == 36) {
+        memcpy(m->dataset, t->dataset_id, 37);
+        m->ds_bit = ds_bit(m->dataset);
+    }
     m->json = text;
     m->ps = ps;
     m->cb = cb;

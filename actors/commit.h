@@ -12,6 +12,15 @@
  * trip, and under load the groups grow by themselves: as many transitions
  * share a durable commit as arrived during the previous one.
  *
+ * A group never waits for another's datasets: the events of a dataset take
+ * their places under its row's lock, held to the commit (run_transition.sql),
+ * so a second group of the same dataset in flight only waited for the first
+ * one's commit, holding its runs' rows meanwhile. A transition whose dataset
+ * is in a group in flight waits for that group and leaves in the next one
+ * (bigger); the others go out at once, so groups of different datasets still
+ * commit side by side (bench/flow_bench.py, one dataset: 4,828 vs 4,492
+ * transitions/s over four runs each; docs/internals/scheduler.md).
+ *
  * Tenants take turns: when more transitions wait than a group holds, a group
  * first takes the oldest waiting transition of each tenant (`tenant`), then
  * fills up oldest first. A tenant with one run is not queued behind another's
@@ -66,7 +75,8 @@ void sl_commit_release(sl_commit_t *c);
  */
 typedef struct sl_commit_tr_s {
     const char *run_id;
-    const char *tenant_id; /* whose turn it is (36 characters), or NULL: none */
+    const char *tenant_id;  /* whose turn it is (36 characters), or NULL: none */
+    const char *dataset_id; /* whose places its events take (36 characters), or NULL */
     const char *step;
     int attempt;
     const char *ctx_json; /* the ctx, JSON text */

@@ -516,6 +516,7 @@ static void commit(sl_run_t *r, const char *state, const char *error, double wai
         c->ll.kind = LL_NONE;
     sl_commit_tr_t t = {.run_id = r->id,
                         .tenant_id = r->tenant_id,
+                        .dataset_id = r->dataset_id,
                         .step = r->step && r->step[0] ? r->step : NULL,
                         .attempt = r->attempt,
                         .ctx_json = r->ctx_json,

@@ -13,6 +13,9 @@
  *   own order;
  * - tenants take turns: one tenant's transition queued behind another's
  *   backlog leaves in the next group;
+ * - a group never waits for another's dataset: a transition whose dataset
+ *   is in a group in flight waits for the next group, one of another dataset
+ *   goes out at once beside it;
  * - freeing the pool fails what is in flight and what waits, once each.
  */
 #include "actors/commit.h"
@@ -37,6 +40,7 @@ static pgtmp_t pgt;
 static struct event_base *base;
 static char tenant[37];
 static char runs[NRUNS][37];
+static char datasets[NRUNS][37]; /* each run's */
 
 typedef struct outcome_s {
     int done, err, held;
@@ -60,6 +64,7 @@ static void done_cb(int err, int held, const char *errmsg, void *arg)
 }
 
 static const char *submit_tenant; /* the tenant submit() names, or NULL */
+static int submit_datasets;       /* submit() names each run's dataset */
 
 static int submit(sl_commit_t *c, int i, const char *ctx, const char *state, outcome_t *o)
 {
@@ -70,6 +75,7 @@ static int submit(sl_commit_t *c, int i, const char *ctx, const char *state, out
              i, i, i);
     sl_commit_tr_t t = {.run_id = runs[i],
                         .tenant_id = submit_tenant,
+                        .dataset_id = submit_datasets ? datasets[i] : NULL,
                         .step = "s",
                         .attempt = 1,
                         .ctx_json = ctx,
@@ -137,6 +143,15 @@ static int setup(void)
         return -1;
     for (int i = 0; i < NRUNS; i++)
         snprintf(runs[i], 37, "%.36s", v + i * 37);
+    snprintf(q, sizeof q,
+             "SELECT string_agg(r.dataset_id::text, ',' ORDER BY f.seq) FROM runs r JOIN files f "
+             "ON f.id = r.file_id WHERE r.tenant_id = '%s'",
+             tenant);
+    sql(q, v, sizeof v);
+    if (strlen(v) != NRUNS * 37 - 1)
+        return -1;
+    for (int i = 0; i < NRUNS; i++)
+        snprintf(datasets[i], 37, "%.36s", v + i * 37);
     return 0;
 }
 
@@ -275,7 +290,8 @@ static void test_tenant_turns(sl_pg_t *pg)
     sl_commit_t *c = sl_commit_acquire(base, pg, "me");
     ndone = 0;
     memset(out, 0, sizeof out);
-    const char *a = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", *b = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb";
+    const char *a = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+               *b = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb";
     submit_tenant = a;
     CHECK(submit(c, 221, "{}", "running", &out[221]) == 0); /* in flight: the rest waits */
     for (int i = 20; i < 220; i++)
@@ -287,9 +303,53 @@ static void test_tenant_turns(sl_pg_t *pg)
     CHECK_EQ(ndone, 202);
     CHECK(same_xact(220, 20));  /* B with A's oldest, in the group after the lone one */
     CHECK(!same_xact(221, 20)); /* (which left alone) */
-    CHECK(same_xact(20, 20 + SL_COMMIT_GROUP_MAX - 2)); /* A's 63 oldest */
+    CHECK(same_xact(20, 20 + SL_COMMIT_GROUP_MAX - 2));  /* A's 63 oldest */
     CHECK(!same_xact(20, 20 + SL_COMMIT_GROUP_MAX - 1)); /* the 64th waits */
     sl_commit_release(c);
+}
+
+/* Datasets in flight, with two groups in flight at most (a pool of 4): x
+ * leaves alone; y, of x's dataset, waits for x's group; z, of the other
+ * dataset, leaves at once beside it; w, of x's dataset, waits (two in
+ * flight) and leaves with y once x's group is back. Without the rule y left
+ * beside x, to wait there for x's commit, and z went with w. */
+static void test_datasets_in_flight(void)
+{
+    sl_pg_t *pg = NULL;
+    CHECK(sl_pg_new(base, conninfo, 4, 0, &pg) == 0);
+    sl_commit_t *c = sl_commit_acquire(base, pg, "me");
+    ndone = 0;
+    memset(out, 0, sizeof out);
+    int x = 14, y = -1, z = -1, w = -1;
+    for (int i = 15; i < 20; i++) {
+        if (strcmp(datasets[i], datasets[x]) != 0)
+            z = z < 0 ? i : z;
+        else if (y < 0)
+            y = i;
+        else if (w < 0)
+            w = i;
+    }
+    CHECK(y > 0 && z > 0 && w > 0);
+    if (y < 0 || z < 0 || w < 0) {
+        sl_commit_release(c);
+        sl_pg_free(pg);
+        return;
+    }
+    submit_datasets = 1;
+    CHECK(submit(c, x, "{}", "running", &out[x]) == 0);
+    CHECK(submit(c, y, "{}", "running", &out[y]) == 0);
+    CHECK(submit(c, z, "{}", "running", &out[z]) == 0);
+    CHECK(submit(c, w, "{}", "running", &out[w]) == 0);
+    submit_datasets = 0;
+    looptest_run_until(base, &ndone, 4, 10.0);
+    CHECK_EQ(ndone, 4);
+    CHECK(out[x].held == 1 && out[y].held == 1 && out[z].held == 1 && out[w].held == 1);
+    CHECK(same_xact(y, w));
+    CHECK(!same_xact(x, y));
+    CHECK(!same_xact(z, y) && !same_xact(z, x));
+    sl_commit_release(c);
+    sl_pg_free(pg);
+    event_base_loop(base, EVLOOP_NONBLOCK);
 }
 
 /* The pool freed with a group in flight and one waiting: both fail, once. */
@@ -333,6 +393,7 @@ int main(void)
         test_split(pg);
         test_bounds(pg);
         test_tenant_turns(pg);
+        test_datasets_in_flight();
     }
     sl_pg_free(pg);
     event_base_loop(base, EVLOOP_NONBLOCK);

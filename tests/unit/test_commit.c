@@ -107,6 +107,22 @@ static int xacts(int from, int to)
     return xacts_but(from, to, -1);
 }
 
+/* Column `col` of every run of the tenant, in file order, into ids[NRUNS]. */
+static int read_ids(const char *col, char (*ids)[37])
+{
+    char q[512], v[NRUNS * 37 + 64];
+    snprintf(q, sizeof q,
+             "SELECT string_agg(%s::text, ',' ORDER BY f.seq) FROM runs r JOIN files f ON "
+             "f.id = r.file_id WHERE r.tenant_id = '%s'",
+             col, tenant);
+    sql(q, v, sizeof v);
+    if (strlen(v) != NRUNS * 37 - 1)
+        return -1;
+    for (int i = 0; i < NRUNS; i++)
+        snprintf(ids[i], 37, "%.36s", v + i * 37);
+    return 0;
+}
+
 static int setup(void)
 {
     char q[2048], v[NRUNS * 37 + 64];
@@ -134,24 +150,8 @@ static int setup(void)
              "WHERE tenant_id = '%s'",
              tenant);
     sql(q, v, sizeof v);
-    snprintf(q, sizeof q,
-             "SELECT string_agg(r.id::text, ',' ORDER BY f.seq) FROM runs r JOIN files f ON "
-             "f.id = r.file_id WHERE r.tenant_id = '%s'",
-             tenant);
-    sql(q, v, sizeof v);
-    if (strlen(v) != NRUNS * 37 - 1)
+    if (read_ids("r.id", runs) != 0 || read_ids("r.dataset_id", datasets) != 0)
         return -1;
-    for (int i = 0; i < NRUNS; i++)
-        snprintf(runs[i], 37, "%.36s", v + i * 37);
-    snprintf(q, sizeof q,
-             "SELECT string_agg(r.dataset_id::text, ',' ORDER BY f.seq) FROM runs r JOIN files f "
-             "ON f.id = r.file_id WHERE r.tenant_id = '%s'",
-             tenant);
-    sql(q, v, sizeof v);
-    if (strlen(v) != NRUNS * 37 - 1)
-        return -1;
-    for (int i = 0; i < NRUNS; i++)
-        snprintf(datasets[i], 37, "%.36s", v + i * 37);
     return 0;
 }
 

@@ -534,7 +534,11 @@ static int parse_fields(ctx_t *c, struct fy_node *map, int line, const char *pre
             rc = f->hook(c, f, base, v, kl, path, arg);
             break;
         }
-        if (rc == 0 && f->kind != F_HOOK && f->hook != NULL)
+        /* A string's check sees a string: null or "" leave the field as it
+         * was, unset for the fields with no default (storage.path_style: ""
+         * passed NULL to check_bool_str's strcmp; fuzz_config found it). */
+        if (rc == 0 && f->kind != F_HOOK && f->hook != NULL &&
+            !(f->kind == F_STR && *(char **)dst == NULL))
             rc = f->hook(c, f, base, v, kl, path, arg);
         if (rc < 0)
             return rc;

@@ -230,6 +230,16 @@ static void test_defaults(void)
         CHECK(cfg->s3_abort_stale_after_s == 24 * 3600); /* the sweeper's default age */
         sl_config_free(cfg);
     }
+    /* A checked string with no default, given empty or null, stays unset (its
+     * check once got NULL: fuzz_config's crash, a SEGV in strcmp). */
+    CHECK(load("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
+               "path_style: \"\", presigned_redirects: ~}\nfairness: {shares: }\n",
+               &cfg) == 0);
+    if (cfg != NULL) {
+        CHECK(cfg->s3_path_style == NULL && cfg->s3_presigned_redirects == NULL);
+        CHECK(cfg->fairness_shares == NULL);
+        sl_config_free(cfg);
+    }
     CHECK(load("database_url: x\nstorage: {backend: s3, endpoint: http://s3, bucket: b, "
                "abort_stale_uploads_after_s: 60}\n",
                &cfg) == 0);

@@ -167,8 +167,9 @@ def transitions(args, factory, tika, tmp):
     polled = time.time() - t0
     n = metric(srv, "sluice_run_transitions_total") - before
     # The end is the last event's insert (run_events.at, clock_timestamp() in
-    # the commit's transaction, this host's clock), not the poll that saw it:
-    # the poll's 0.2 s period (and its psql) added 0.1-0.3 s to a 7 s run.
+    # its group's transaction, this host's clock; the commit follows within
+    # milliseconds), not the poll that saw it: the poll's 0.2 s period (and
+    # its psql) added 0.0-0.18 s to a 6.5-9.4 s run (stop 30).
     last = float(srv.sql("SELECT extract(epoch FROM max(at)) FROM run_events"
                          " WHERE dataset_id = '%s'" % ds))
     dt = last - t0
@@ -177,7 +178,7 @@ def transitions(args, factory, tika, tmp):
           f"the uploads took the first {t_up:.1f} s)")
     print(f"transitions_per_s: {n / dt:.0f} (timeline events committed by actors; "
           f"{n / max(done, 1):.1f} per run; from the first upload to the last event's "
-          f"commit; {n / polled:.0f} to the poll that saw it, {polled:.2f} s)")
+          f"insert; {n / polled:.0f} to the poll that saw it, {polled:.2f} s)")
     # The engine alone: from the end of the uploads (which compete with it
     # for the 2 cores: blob writes, fsyncs, libmagic) to the last run's end.
     if dt > t_up:

@@ -18,8 +18,10 @@
  * one's commit, holding its runs' rows meanwhile. A transition whose dataset
  * is in a group in flight waits for that group and leaves in the next one
  * (bigger); the others go out at once, so groups of different datasets still
- * commit side by side (bench/flow_bench.py, one dataset: 4,828 vs 4,492
- * transitions/s over four runs each; docs/internals/scheduler.md).
+ * commit side by side (bench/flow_bench.py, one dataset, alternating: one
+ * group in flight against two, 4,828 vs 4,492 transitions/s over four runs
+ * each; this rule against none, 4,852 vs 4,773 over three, within noise;
+ * docs/internals/scheduler.md, "stop 30").
  *
  * Tenants take turns: when more transitions wait than a group holds, a group
  * first takes the oldest waiting transition of each tenant (`tenant`), then

@@ -277,6 +277,14 @@ void sl_flow__push_json(lua_State *L, json_t *v);
  */
 json_t *sl_flow__to_json(lua_State *L, int idx, char *err, size_t errlen);
 
+/**
+ * 1 when the value at idx is still what sl_flow__push_json(L, j) pushed: the
+ * same types, keys and values, an object's tables without a metatable and an
+ * array's with the array one (raw access; never raises, allocates nothing).
+ * 0 at the first difference, or past SL_FLOW_JSON_DEPTH. j borrowed.
+ */
+int sl_flow__json_same(lua_State *L, int idx, const json_t *j);
+
 /* Error words: sl_strerror (core/err.h) is the one map from SL_E* codes to
  * the words flows see ("timeout", "unavailable", "bad_input", ...). */
 

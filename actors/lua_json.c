@@ -209,6 +209,79 @@ json_t *sl_flow__to_json(lua_State *L, int idx, char *err, size_t errlen)
     return to_json(L, lua_absindex(L, idx), 0, err, errlen);
 }
 
+/* ---- Lua == JSON ---- */
+
+/* A table's entries against j's (an object's members or an array's elements):
+ * every key finds its own member and is the same, and there are as many. */
+static int same_json(lua_State *L, int idx, const json_t *j, int depth);
+
+static int same_entries(lua_State *L, int t, const json_t *j, int depth)
+{
+    int arr = json_is_array(j);
+    size_t want = arr ? json_array_size(j) : json_object_size(j), count = 0;
+
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        const json_t *e = NULL;
+        if (!arr && lua_type(L, -2) == LUA_TSTRING) {
+            size_t klen;
+            const char *k = lua_tolstring(L, -2, &klen); /* a string already: no conversion */
+            e = json_object_getn(j, k, klen);
+        } else if (arr && lua_isinteger(L, -2)) {
+            lua_Integer i = lua_tointeger(L, -2);
+            if (i >= 1 && (lua_Unsigned)i <= want)
+                e = json_array_get(j, (size_t)i - 1);
+        }
+        if (e == NULL || ++count > want || !same_json(L, lua_gettop(L), e, depth + 1)) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);
+    }
+    return count == want; /* distinct keys, each found: one entry each */
+}
+
+static int same_json(lua_State *L, int idx, const json_t *j, int depth)
+{
+    int t = lua_type(L, idx);
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        if (t != LUA_TTABLE || depth > SL_FLOW_JSON_DEPTH || !lua_checkstack(L, 4))
+            return 0;
+        if (json_is_array(j) ? !is_array_mt(L, idx) : lua_getmetatable(L, idx)) {
+            if (!json_is_array(j))
+                lua_pop(L, 1);
+            return 0;
+        }
+        return same_entries(L, idx, j, depth);
+    case JSON_STRING: {
+        size_t len;
+        const char *s;
+        if (t != LUA_TSTRING)
+            return 0;
+        s = lua_tolstring(L, idx, &len);
+        return len == json_string_length(j) && memcmp(s, json_string_value(j), len) == 0;
+    }
+    case JSON_INTEGER:
+        return t == LUA_TNUMBER && lua_isinteger(L, idx) &&
+               lua_tointeger(L, idx) == (lua_Integer)json_integer_value(j);
+    case JSON_REAL:
+        return t == LUA_TNUMBER && !lua_isinteger(L, idx) &&
+               lua_tonumber(L, idx) == json_real_value(j);
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return t == LUA_TBOOLEAN && lua_toboolean(L, idx) == json_is_true(j);
+    default: /* null */
+        return t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == JSON_NULL;
+    }
+}
+
+int sl_flow__json_same(lua_State *L, int idx, const json_t *j)
+{
+    return same_json(L, lua_absindex(L, idx), j, 0);
+}
+
 /* ---- sl.json ---- */
 
 static int jsonbox_gc(lua_State *L)

@@ -345,6 +345,12 @@ int main(int argc, char **argv)
     CHECK(!one.ok && strcmp(one.err, "lua_error") == 0 && strstr(one.detail, "read-only") != NULL);
     CHECK(run_one(vm, f, "add", &one));
     CHECK(!one.ok && strcmp(one.err, "lua_error") == 0 && strstr(one.detail, "read-only") != NULL);
+    static const char *const more[] = {"drop", "swap", "meta", "copy"};
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        CHECK(run_one(vm, f, more[i], &one));
+        CHECK(!one.ok && strcmp(one.err, "lua_error") == 0 &&
+              strstr(one.detail, "read-only") != NULL);
+    }
     CHECK(run_one(vm, f, "look", &one));
     CHECK(one.ok && strstr(one.ctx, "\"title\":\"string\"") != NULL &&
           strstr(one.ctx, "extra") == NULL);

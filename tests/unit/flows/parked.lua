@@ -52,6 +52,31 @@ return flow {
         file.schema.extra = 1
         return true
       end,
+      next = "drop",
+    },
+    -- More changes, each refused: deep, a removal, an order, a metatable, a
+    -- table put in an array's place (equal values, but not the shared table's).
+    drop = {
+      run = function(ctx, file) file.schema.properties.email = nil return true end,
+      next = "swap",
+    },
+    swap = {
+      run = function(ctx, file)
+        local r = file.schema.required
+        r[1], r[2] = r[2], r[1]
+        return true
+      end,
+      next = "meta",
+    },
+    meta = {
+      run = function(ctx, file) setmetatable(file.schema.properties.date, {}) return true end,
+      next = "copy",
+    },
+    copy = {
+      run = function(ctx, file)
+        file.schema.required = { "title", "reference" }
+        return true
+      end,
     },
   },
 }

@@ -61,7 +61,7 @@ struct sl_flow_op_s {
  */
 typedef struct sl_flow_schema_s sl_flow_schema_t;
 struct sl_flow_schema_s {
-    char *key; /* owned: "<dataset id>\n<compact schema JSON>" */
+    char *dataset; /* owned: the dataset's id (one entry per dataset and schema) */
     json_t *j; /* owned: the schema as parsed, in the client's property order */
     int ref;   /* registry ref of the decoded Lua table, or LUA_NOREF before the first use */
     int refs;  /* steps holding it */

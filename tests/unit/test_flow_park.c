@@ -10,6 +10,7 @@
  *   build/test_flow_park [N]     prints parked_step_bytes: heap and Lua, per step
  */
 #include "actors/flow.h"
+#include "actors/lua_api.h"
 #include "core/config.h"
 #include "core/curl.h"
 #include "core/err.h"
@@ -83,8 +84,17 @@ static void spin(int ms)
         event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 }
 
+static int start_doc(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *dataset,
+                     const char *doc, res_t *res, sl_step_t **out);
+
 static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *dataset, res_t *res,
                  sl_step_t **out)
+{
+    return start_doc(vm, f, step, dataset, file_json, res, out);
+}
+
+static int start_doc(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *dataset,
+                     const char *doc, res_t *res, sl_step_t **out)
 {
     sl_step_input_t in;
     memset(&in, 0, sizeof in);
@@ -97,7 +107,7 @@ static int start(sl_flowvm_t *vm, sl_flow_t *f, const char *step, const char *da
     in.step = step;
     in.attempt = 1;
     in.ctx_json = "{}";
-    in.file_json = file_json;
+    in.file_json = doc;
     in.tmpdir = "/tmp/sluice-park-test/6f1c1f0e-0000-4000-8000-0000000000a1.1234.1";
     in.borrow = 1; /* as the run actor does: literals, they outlive the step */
     in.file_path = "/var/lib/sluice/blobs/9f/86/"
@@ -285,6 +295,40 @@ out:
     free(steps);
 }
 
+/* The decoded schemas are one per dataset and schema, the schema's member
+ * order included (sl.schema.openai keeps it): parked steps of one dataset
+ * share an entry, another dataset or the same members in another order get
+ * their own, and the last step out frees it. */
+static void test_schema_entries(sl_flowvm_t *vm, sl_flow_t *f)
+{
+    static const char *const D1 = "6f1c1f0e-0000-4000-8000-0000000000d5",
+                             *D2 = "6f1c1f0e-0000-4000-8000-0000000000d6";
+    static const char *const ab = "{\"id\":\"6f1c1f0e-0000-4000-8000-000000000001\","
+                                  "\"name\":\"a.txt\",\"mime\":\"text/plain\",\"schema\":"
+                                  "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":"
+                                  "\"string\"},\"b\":{\"type\":\"string\"}},\"required\":[]}}";
+    static const char *const ba = "{\"id\":\"6f1c1f0e-0000-4000-8000-000000000001\","
+                                  "\"name\":\"a.txt\",\"mime\":\"text/plain\",\"schema\":"
+                                  "{\"type\":\"object\",\"properties\":{\"b\":{\"type\":"
+                                  "\"string\"},\"a\":{\"type\":\"string\"}},\"required\":[]}}";
+    struct {
+        const char *ds, *doc;
+        int want;
+    } steps[] = {{D1, ab, 1}, {D1, ab, 1}, {D2, ab, 2}, {D1, ba, 3}, {D2, ab, 3}};
+    res_t res[5];
+    sl_step_t *held[5] = {NULL};
+    int base0 = vm->nschemas;
+    for (int i = 0; i < 5; i++) {
+        CHECK(start_doc(vm, f, "park", steps[i].ds, steps[i].doc, &res[i], &held[i]) == 0);
+        spin(20);
+        CHECK(vm->nschemas - base0 == steps[i].want);
+    }
+    for (int i = 0; i < 5; i++)
+        sl_step_cancel(held[i]);
+    spin(50);
+    CHECK(vm->nschemas == base0);
+}
+
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 1000;
@@ -359,6 +403,7 @@ int main(int argc, char **argv)
     CHECK(held.called == 1 && strcmp(held.err, "cancelled") == 0);
 
     test_deadlines();
+    test_schema_entries(vm, f);
 
     /* Measure: N steps parked on sl.sleep(3600). */
     res = calloc((size_t)n, sizeof *res);

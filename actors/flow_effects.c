@@ -4,8 +4,8 @@
  * sl_pg_query_shared: many steps' rows commit together under load), its
  * calls go to libcurl and core/exec. The statements were lua_run.c's; the
  * SQL functions they call are db/functions/provenance.sql
- * (sluice_record_put) and the artifacts table of db/migrations/003_flows.sql
- * (unique on run_id, kind).
+ * (sluice_record_put) and db/functions/artifacts.sql (sluice_artifact_put:
+ * one row per run and kind).
  */
 #include "actors/flow_effects.h"
 
@@ -45,6 +45,8 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
         res.err = op->want == ROW_ID ? SL_EDB : SL_ENOTFOUND;
     } else if (op->want == ROW_ID) {
         res.id = PQgetvalue(pr, 0, 0);
+        if (PQnfields(pr) > 1 && !PQgetisnull(pr, 0, 1))
+            res.replaced = PQgetvalue(pr, 0, 1);
     } else if (op->want == ROW_KEY_SIZE) { /* size, storage_key, data: one of the last two */
         size_t len = 0;
         res.n = strtoll(PQgetvalue(pr, 0, 0), &end, 10);
@@ -98,14 +100,9 @@ static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_f
                         sl_flow_fx_cb cb, void *arg)
 {
     /* Exactly one of storage_key and data is set (migration 018). A rewrite
-     * that moves the bytes into the row leaves the run's older blob behind
-     * (docs/internals/storage.md "Small artifacts in their row"). */
-    static const char sql[] =
-        "INSERT INTO artifacts (id, tenant_id, file_id, run_id, kind, mime, size, sha256, "
-        "storage_key, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::bytea) "
-        "ON CONFLICT (run_id, kind) DO UPDATE SET mime = EXCLUDED.mime, size = EXCLUDED.size, "
-        "sha256 = EXCLUDED.sha256, storage_key = EXCLUDED.storage_key, data = EXCLUDED.data, "
-        "created_at = clock_timestamp() RETURNING id";
+     * of the kind names the key it replaced (db/functions/artifacts.sql). */
+    static const char sql[] = "SELECT id, replaced FROM sluice_artifact_put($1, $2, $3, $4, $5, "
+                              "$6, $7, $8, $9, $10::bytea)";
     char size[32], *hex = NULL;
     int rc;
     snprintf(size, sizeof size, "%llu", (unsigned long long)a->size);

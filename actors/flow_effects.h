@@ -36,6 +36,8 @@ typedef struct sl_flow_fx_ids_s {
 typedef struct sl_flow_fx_res_s {
     int err;         /* 0, or SL_E*: SL_ENOTFOUND = no such row (the file is gone) */
     const char *id;  /* artifact_put: the artifact's id */
+    const char *replaced; /* artifact_put: the store key the row pointed at before and no longer
+                             does (a rewrite of the kind), for the caller to delete; else NULL */
     const char *key; /* artifact_get: its storage key; NULL when the row holds the bytes */
     long long n;     /* artifact_get: its size in bytes; record_put: the record's version */
     const char *data; /* artifact_get: the bytes (n of them) when the row holds them, else NULL */

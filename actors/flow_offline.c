@@ -76,6 +76,7 @@ typedef struct later_s {
     sl_flow_fx_res_t row;
     char id[37];
     char key[256];
+    char replaced[256]; /* artifact_put: the key of the row's bytes before a rewrite */
     sl_curl_cb http_cb;
     sl_exec_cb exec_cb;
     json_t *resp; /* the cassette's response (a reference) */
@@ -178,7 +179,7 @@ static int post_recorded(later_t *l, json_t *resp, void **handle)
 }
 
 static int row_later(offhost_t *off, int err, const char *id, const char *key, long long n,
-                     sl_flow_fx_cb cb, void *arg)
+                     const char *replaced, sl_flow_fx_cb cb, void *arg)
 {
     later_t *l = later_new(off, L_ROW, arg);
     if (l == NULL)
@@ -190,6 +191,10 @@ static int row_later(offhost_t *off, int err, const char *id, const char *key, l
     l->row.id = l->id;
     l->row.key = l->key;
     l->row.n = n;
+    if (replaced != NULL) {
+        snprintf(l->replaced, sizeof l->replaced, "%s", replaced);
+        l->row.replaced = l->replaced;
+    }
     return later_post(l);
 }
 
@@ -215,10 +220,13 @@ static int artifact_put(void *self, const sl_flow_fx_ids_t *ids, const sl_flow_f
     (void)ids;
     if (row == NULL)
         return SL_ENOMEM;
-    char idc[37];
+    char idc[37], replaced[256] = "";
+    const char *was = old ? json_string_value(json_object_get(old, "key")) : NULL;
     snprintf(idc, sizeof idc, "%s", id);
+    if (was != NULL && (a->key == NULL || strcmp(was, a->key) != 0))
+        snprintf(replaced, sizeof replaced, "%s", was); /* its file goes, as in the engine */
     json_object_set_new(off->artifacts, a->kind, row); /* old (and id) may be freed here */
-    return row_later(off, 0, idc, NULL, 0, cb, arg);
+    return row_later(off, 0, idc, NULL, 0, replaced[0] ? replaced : NULL, cb, arg);
 }
 
 static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kind, sl_flow_fx_cb cb,
@@ -228,9 +236,9 @@ static int artifact_get(void *self, const sl_flow_fx_ids_t *ids, const char *kin
     json_t *row = json_object_get(off->artifacts, kind);
     (void)ids;
     if (row == NULL)
-        return row_later(off, SL_ENOTFOUND, NULL, NULL, 0, cb, arg);
+        return row_later(off, SL_ENOTFOUND, NULL, NULL, 0, NULL, cb, arg);
     return row_later(off, 0, NULL, json_string_value(json_object_get(row, "key")),
-                     (long long)json_integer_value(json_object_get(row, "size")), cb, arg);
+                     (long long)json_integer_value(json_object_get(row, "size")), NULL, cb, arg);
 }
 
 static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *record_json,
@@ -253,7 +261,7 @@ static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *recor
     off->prov = prov;
     /* one version per run in the engine: a step that runs again replaces it */
     off->record_version = 1;
-    return row_later(off, 0, NULL, NULL, off->record_version, cb, arg);
+    return row_later(off, 0, NULL, NULL, off->record_version, NULL, cb, arg);
 }
 
 static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
@@ -262,7 +270,7 @@ static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name
     offhost_t *off = self;
     (void)ids;
     snprintf(off->text_source, sizeof off->text_source, "%s", name);
-    return row_later(off, 0, NULL, NULL, 0, cb, arg);
+    return row_later(off, 0, NULL, NULL, 0, NULL, cb, arg);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -3,12 +3,15 @@
  * data | path}, sl.read_artifact(kind), sl.record(tbl [, {extractor, model}]),
  * sl.set_text_source(name), sl.tmpdir().
  *
- * Artifacts: the bytes go to storage under "artifacts/<tenant>/<run>/<kind>",
- * a key made of the run and the kind only (a retried step of the run
- * overwrites the same key atomically; another run, a re-process included,
- * never writes an older run's key), then the row is
+ * Artifacts: the bytes go to storage under
+ * "artifacts/<tenant>/<run>/<kind>.<uuid>", a key of this write's own (no
+ * other write, of this run or another, ever uses it), then the row is
  * upserted through the effects seam (actors/flow_effects.h: one statement in
- * the engine, unique on run_id, kind; in memory under `sluice flow test`). A
+ * the engine, unique on run_id, kind; in memory under `sluice flow test`).
+ * A rewrite of the kind (a retried step, or a later step writing it again)
+ * names the key the row pointed at before: deleted once the row no longer
+ * points at it, in the background (a failure leaves an unreferenced blob,
+ * never a row without its bytes). A
  * `path` is read on the worker pool in chunks and fed to the store writer
  * with its backpressure, so neither the loop nor memory sees the whole file.
  * Small `data` with a mime (at most the host's inline_max, 32 KiB in the
@@ -30,6 +33,7 @@
 
 #include "core/crypto.h"
 #include "core/err.h"
+#include "core/log.h"
 
 #define READ_CHUNK (256 * 1024)
 #define READ_ARTIFACT_MAX (16u * 1024 * 1024)
@@ -149,6 +153,27 @@ static int art_abort(sl_flow_svcop_t *so)
     return op->phase == A_DRAIN;
 }
 
+static void replaced_deleted_cb(int err, void *arg)
+{
+    char *key = arg;
+    if (err != 0)
+        sl_log(SL_LOG_WARN, "artifact_blob_delete_failed", "{s:s, s:s}", "storage_key", key,
+               "error", sl_strerror(err));
+    free(key);
+}
+
+/* The blob a rewrite's row no longer points at: deleted in the background. */
+static void delete_replaced(sl_store_t *st, const char *key)
+{
+    char *copy = strdup(key);
+    int rc = copy != NULL ? sl_store_delete(st, copy, replaced_deleted_cb, copy) : SL_ENOMEM;
+    if (rc != 0) {
+        sl_log(SL_LOG_WARN, "artifact_blob_delete_failed", "{s:s, s:s}", "storage_key", key,
+               "error", sl_strerror(rc));
+        free(copy);
+    }
+}
+
 static void art_db_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     art_op_t *op = arg;
@@ -156,6 +181,8 @@ static void art_db_cb(const sl_flow_fx_res_t *r, void *arg)
         art_end(op, sl_strerror(r->err));
         return;
     }
+    if (r->replaced != NULL && op->store != NULL)
+        delete_replaced(op->store, r->replaced);
     snprintf(op->id, sizeof(op->id), "%s", r->id);
     art_end(op, NULL);
 }
@@ -363,11 +390,14 @@ static int l_artifact(lua_State *L)
     op->fx = vm->host.fx;
     op->fx_self = vm->host.fx_self;
     op->wq = vm->host.wq;
-    snprintf(op->key, sizeof(op->key), "artifacts/%s/%s/%s", s->tenant_id, s->run_id, op->kind);
+    /* op->id: the row's id if the row is new, and this write's own part of the key */
     if (op->store == NULL || !op->fx->rows_ready(op->fx_self) ||
         (op->path != NULL && op->wq == NULL))
         word = "not_configured";
-    else if (!sl_store_key_valid(op->key) || sl_uuid_v4(op->id) != 0)
+    else if (sl_uuid_v4(op->id) != 0 ||
+             snprintf(op->key, sizeof(op->key), "artifacts/%s/%s/%s.%s", s->tenant_id, s->run_id,
+                      op->kind, op->id) >= (int)sizeof(op->key) ||
+             !sl_store_key_valid(op->key))
         word = "bad_input";
     if (word != NULL) {
         art_free(&op->so);

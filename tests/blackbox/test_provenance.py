@@ -100,7 +100,7 @@ def check_versions(t, fid, doc, model, extractor="plain_text", text_source="text
 def check_artifacts(t, server, doc):
     """Every ai_record run's text artifact: sha256 of the bytes served, kept in
     its own row (a small text: migration 018) or stored under
-    artifacts/<tenant>/<run>/text. Returns {artifact id: bytes}."""
+    artifacts/<tenant>/<run>/text.<uuid>. Returns {artifact id: bytes}."""
     got = {}
     keys = dict(line.split("|") for line in psql(
         server, "SELECT id, coalesce(storage_key, 'row:' || length(data))"
@@ -115,7 +115,8 @@ def check_artifacts(t, server, doc):
         if len(r.content) <= 32 * 1024:
             assert keys[art["id"]] == "row:%d" % len(r.content)
         else:
-            assert keys[art["id"]] == "artifacts/%s/%s/text" % (t.tenant_id, run["id"])
+            assert re.fullmatch(r"artifacts/%s/%s/text\.[0-9a-f-]{36}" % (t.tenant_id, run["id"]),
+                                keys[art["id"]]), keys[art["id"]]
         got[art["id"]] = r.content
     assert len(got) == len(set(got))  # one artifact per run: none shared
     return got
@@ -167,7 +168,7 @@ def test_three_versions_with_provenance_local(server, tenant):
 
 def test_text_artifact_in_its_row_or_in_the_store(server, tenant):
     """A text of at most 32 KiB is kept in its artifact's row (migration 018);
-    a longer one is a blob under artifacts/<tenant>/<run>/text, as before.
+    a longer one is a blob under artifacts/<tenant>/<run>/text.<uuid>.
     Both read back byte-exact: by the record step (the record is made from
     the text) and by the download."""
     t = tenant
@@ -192,6 +193,50 @@ def test_text_artifact_in_its_row_or_in_the_store(server, tenant):
     while server.blob_exists(big_key) and time.time() < end:
         time.sleep(0.05)
     assert not server.blob_exists(big_key)
+
+
+REWRITE_FLOW = r"""
+return flow { start = "w", steps = { w = { run = function(ctx, file)
+  local ids = {}
+  for i, d in ipairs({ string.rep("a", 40000), "small", string.rep("b", 40000),
+                       string.rep("c", 40000) }) do
+    local id, err = sl.artifact { kind = "text", mime = "text/plain", data = d }
+    if not id then return nil, err end
+    ids[i] = id
+  end
+  ctx.ids = ids
+  return true
+end } } }
+"""
+
+
+def test_a_rewritten_artifact_leaves_no_blob_behind(start_server, tmp_path):
+    """A step (or its retry) that writes a kind again: big (a blob), small
+    (the row), big, big. The row keeps its id and ends with the last bytes;
+    every blob it no longer points at is deleted, the one that went back into
+    the row included (it was left behind before), and no key is written twice."""
+    flow = tmp_path / "rewrite.lua"
+    flow.write_text(REWRITE_FLOW)
+    srv = start_server(extra_yaml='pipelines:\n  - {name: rewrite, flow: "%s", match: ["text/*"]}\n'
+                       % flow)
+    t = srv.create_tenant("rewrite")
+    ds = t.create_dataset("rw")["id"]
+    fid = upload_text(t, ds, "a.txt", b"some text\n")
+    doc = t.wait_file(fid, timeout=60)
+    [run] = [r for r in doc["runs"] if r["pipeline"] == "rewrite"]
+    assert run["state"] == "succeeded", doc
+    [art] = [a for a in run["artifacts"] if a["kind"] == "text"]
+    assert t.get("/v1/artifacts/%s" % art["id"]).content == b"c" * 40000
+    ids = json.loads(psql(srv, "SELECT ctx->'ids' FROM runs WHERE id = '%s'" % run["id"]))
+    assert ids == [art["id"]] * 4  # one row, rewritten
+    key = psql(srv, "SELECT storage_key FROM artifacts WHERE id = '%s'" % art["id"])
+    assert re.fullmatch(r"artifacts/%s/%s/text\.[0-9a-f-]{36}" % (t.tenant_id, run["id"]), key)
+    prefix = "artifacts/%s/%s/" % (t.tenant_id, run["id"])
+    end = time.time() + 10
+    while srv.blob_keys(prefix) != [key] and time.time() < end:
+        time.sleep(0.05)
+    assert srv.blob_keys(prefix) == [key]
+    assert srv.get_blob(key) == b"c" * 40000
 
 
 def test_record_model_from_openai(start_server, standins):

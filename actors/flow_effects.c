@@ -40,7 +40,8 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
         if (pr == NULL || strcmp(PQcmdTuples(pr), "0") == 0)
             res.err = SL_ENOTFOUND;
     } else if (pr == NULL || PQntuples(pr) < 1 || PQgetisnull(pr, 0, 0)) {
-        /* an upsert that returned nothing is a database fault; a lookup or a
+        /* an upsert that returned nothing is a database fault (or, for
+         * sluice_artifact_put, its file deleted meanwhile); a lookup or a
          * record of a file that is gone is "not_found" */
         res.err = op->want == ROW_ID ? SL_EDB : SL_ENOTFOUND;
     } else if (op->want == ROW_ID) {

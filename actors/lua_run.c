@@ -33,7 +33,6 @@
 
 #include "core/crypto.h"
 #include "core/err.h"
-#include "core/log.h"
 
 #define READ_CHUNK (256 * 1024)
 #define READ_ARTIFACT_MAX (16u * 1024 * 1024)
@@ -153,27 +152,6 @@ static int art_abort(sl_flow_svcop_t *so)
     return op->phase == A_DRAIN;
 }
 
-static void replaced_deleted_cb(int err, void *arg)
-{
-    char *key = arg;
-    if (err != 0)
-        sl_log(SL_LOG_WARN, "artifact_blob_delete_failed", "{s:s, s:s}", "storage_key", key,
-               "error", sl_strerror(err));
-    free(key);
-}
-
-/* The blob a rewrite's row no longer points at: deleted in the background. */
-static void delete_replaced(sl_store_t *st, const char *key)
-{
-    char *copy = strdup(key);
-    int rc = copy != NULL ? sl_store_delete(st, copy, replaced_deleted_cb, copy) : SL_ENOMEM;
-    if (rc != 0) {
-        sl_log(SL_LOG_WARN, "artifact_blob_delete_failed", "{s:s, s:s}", "storage_key", key,
-               "error", sl_strerror(rc));
-        free(copy);
-    }
-}
-
 static void art_db_cb(const sl_flow_fx_res_t *r, void *arg)
 {
     art_op_t *op = arg;
@@ -182,7 +160,7 @@ static void art_db_cb(const sl_flow_fx_res_t *r, void *arg)
         return;
     }
     if (r->replaced != NULL && op->store != NULL)
-        delete_replaced(op->store, r->replaced);
+        sl_store_delete_bg(op->store, r->replaced, "artifact_blob_delete_failed");
     snprintf(op->id, sizeof(op->id), "%s", r->id);
     art_end(op, NULL);
 }

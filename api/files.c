@@ -369,32 +369,6 @@ static void route_events(sl_http_req_t *req, const sl_http_params_t *params, voi
 
 /* ---- DELETE /v1/files/{id} ---- */
 
-static void blob_deleted_cb(int err, void *arg)
-{
-    char *key = arg;
-    if (err)
-        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
-               sl_strerror(err));
-    free(key);
-}
-
-/* Deletes the blob at key in the background; a failure leaves a harmless orphan. */
-static void delete_blob(sl_app_t *app, const char *key)
-{
-    char *copy = strdup(key);
-    if (!copy) {
-        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
-               "out of memory");
-        return;
-    }
-    int err = sl_store_delete(app->store, copy, blob_deleted_cb, copy);
-    if (err) {
-        sl_log(SL_LOG_WARN, "blob_delete_failed", "{s:s, s:s}", "storage_key", key, "error",
-               sl_strerror(err));
-        free(copy);
-    }
-}
-
 static void delete_published_cb(void *arg)
 {
     file_req_t *fr = arg;
@@ -433,9 +407,9 @@ static void delete_done_cb(const sl_pg_result_t *r, void *arg)
     sl_log(SL_LOG_INFO, "file_deleted", "{s:s, s:s, s:i}", "tenant_id", fr->tenant_id, "file_id",
            fr->id, "artifacts", PQntuples(arts));
     for (int i = 0; i < PQntuples(files); i++)
-        delete_blob(fr->app, PQgetvalue(files, i, 0));
+        sl_store_delete_bg(fr->app->store, PQgetvalue(files, i, 0), "blob_delete_failed");
     for (int i = 0; i < PQntuples(arts); i++)
-        delete_blob(fr->app, PQgetvalue(arts, i, 0));
+        sl_store_delete_bg(fr->app->store, PQgetvalue(arts, i, 0), "blob_delete_failed");
     /* Actors of this file on this instance stop now; elsewhere at their next commit. */
     sl_api_engine_cancel_file(fr->app, fr->id);
     /* Answered once every instance's file cache has been told (api/cache.h). */

@@ -7,6 +7,7 @@
  * docs/internals/storage.md explains the interface and both backends.
  */
 #include "err.h"
+#include "log.h"
 #include "storage_int.h"
 
 #include <stdint.h>
@@ -195,6 +196,35 @@ int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *
     if (!st || !sl_store_key_valid(key))
         return SL_EINVAL;
     return st->ops->del(st, key, cb, arg);
+}
+
+typedef struct bg_del_s {
+    const char *event; /* borrowed: a literal */
+    char key[];        /* the key, copied */
+} bg_del_t;
+
+static void bg_deleted_cb(int err, void *arg)
+{
+    bg_del_t *d = arg;
+    if (err)
+        sl_log(SL_LOG_WARN, d->event, "{s:s, s:s}", "storage_key", d->key, "error",
+               sl_strerror(err));
+    free(d);
+}
+
+void sl_store_delete_bg(sl_store_t *st, const char *key, const char *event)
+{
+    size_t n = strlen(key) + 1;
+    bg_del_t *d = malloc(sizeof *d + n);
+    int err = SL_ENOMEM;
+    if (d) {
+        d->event = event;
+        memcpy(d->key, key, n);
+        if ((err = sl_store_delete(st, d->key, bg_deleted_cb, d)) != 0)
+            free(d);
+    }
+    if (err)
+        sl_log(SL_LOG_WARN, event, "{s:s, s:s}", "storage_key", key, "error", sl_strerror(err));
 }
 
 int sl_store_local_path(sl_store_t *st, const char *key, char *buf, size_t buflen)

@@ -264,6 +264,15 @@ int sl_store_stat(sl_store_t *st, const char *key, sl_store_stat_cb cb, void *ar
 int sl_store_delete(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
 
 /**
+ * Deletes key (copied) in the background, for an object no row points at any
+ * more (rows first, objects after: a failed delete leaves an unreferenced
+ * object, never a row without its bytes). A failure, now or in the backend,
+ * is logged at warn as `event` (a string that outlives the call: a literal)
+ * with the key and the error.
+ */
+void sl_store_delete_bg(sl_store_t *st, const char *key, const char *event);
+
+/**
  * The object's own local filesystem path, synchronously. Only the fs backend
  * has one: returns SL_EINVAL otherwise (use sl_store_fetch_local()).
  */

@@ -41,14 +41,7 @@ BEGIN
     SELECT a.id, a.storage_key INTO v_id, v_old FROM artifacts a
     WHERE a.run_id = p_run AND a.kind = p_kind FOR UPDATE;
     IF v_id IS NULL THEN
-        -- gone since the INSERT (its file was deleted): this one fails on
-        -- the foreign key, as a first write would
-        INSERT INTO artifacts AS a (id, tenant_id, file_id, run_id, kind, mime, size, sha256,
-                                    storage_key, data)
-        VALUES (p_id, p_tenant, p_file, p_run, p_kind, p_mime, p_size, p_sha256, p_key, p_data)
-        RETURNING a.id INTO v_id;
-        RETURN QUERY SELECT v_id, NULL::text;
-        RETURN;
+        RETURN; -- gone since the INSERT with its file (deleted): no row, the caller's error
     END IF;
     UPDATE artifacts a SET mime = p_mime, size = p_size, sha256 = p_sha256,
         storage_key = p_key, data = p_data, created_at = clock_timestamp()

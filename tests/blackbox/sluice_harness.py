@@ -325,6 +325,20 @@ class PgCluster:
         """Stop the cluster and remove its directory."""
         self.stop("immediate" if self.running else "fast")
         shutil.rmtree(self.base, ignore_errors=True)
+        sync_deletions()
+
+
+def sync_deletions():
+    """After removing a tree: write the freed inodes back (os.sync). On ext4
+    without a journal (these VMs' root filesystem) the inode allocator skips
+    every free inode deleted less than 60 s ago, or 360 s while its inode
+    table block is still dirty (fs/ext4/ialloc.c, recently_deleted), and pays
+    a buffer lookup for each one it skips: after a run deleted thousands of
+    files, every file created on the filesystem cost that much more for up
+    to six minutes (perf: find_get_block_common and recently_deleted, 16 % of
+    the HTTP process's samples in bench/flow_bench.py right after a test
+    run; docs/internals/scheduler.md "stop 32"). Synced, the window is 60 s."""
+    os.sync()
 
 
 # ---------------------------------------------------------------- Redis
@@ -1108,6 +1122,7 @@ def local_stack(prefix="sluice-bench-"):
         pg.destroy()
         redis.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
+        sync_deletions()
 
 
 # ---------------------------------------------------------------- stand-ins

@@ -9,10 +9,9 @@
  *
  * All or nothing: blobs are written under fresh server-made keys, and the rows
  * (files, runs, timeline events, the idempotency response) are inserted in one
- * batch — one transaction — only after every part is durable: the parts are
- * one storage batch (core/storage.h), synced once after the last commit (on
- * the fs store, the first few fsync their own bytes and share a directory
- * sync; past them one syncfs covers every part). Any failure before that (a limit, a truncated
+ * batch — one transaction — only after every part is durable (its bytes by its
+ * commit, the names of all of them by one shared directory sync after the
+ * last commit: sl_store_sync). Any failure before that (a limit, a truncated
  * body, a client that goes away, the database) deletes the blobs this request
  * wrote; no row ever points at them.
  *
@@ -63,10 +62,9 @@ typedef struct upload_s {
     upload_part_t *parts;     /* owned array */
     int nparts, cap;
     sl_store_writer_t *writer; /* the part being written, or NULL */
-    sl_store_batch_t *batch;  /* owned: the parts, made durable together (core/storage.h) */
     int in_file_part;         /* current part has a filename (else its data is ignored) */
     int commits_pending;
-    int synced;               /* the parts (the batch): 0 not synced, 1 sync in flight, 2 durable */
+    int synced;               /* the parts' names: 0 not synced, 1 sync in flight, 2 durable */
     int body_done;            /* end_cb(0) seen */
     int failed;               /* a response was (or will be) an error */
     int fail_status;
@@ -196,17 +194,13 @@ static int part_begin_cb(void *arg, const sl_multipart_part_t *part)
     snprintf(p->key, sizeof p->key, "files/%s/%s", up->tenant_id, p->file_id);
     sanitize_name(part->filename, p->name, sizeof p->name);
     up->nparts++;
-    int err = up->batch ? 0 : sl_store_batch_new(up->app->store, &up->batch);
+    int err = sl_store_put_begin(up->app->store, p->key, &up->writer);
     if (err) {
-        upload_fail(up, 500, "internal_error", "out of memory");
-        return 1;
-    }
-    if ((err = sl_store_put_begin(up->app->store, p->key, &up->writer)) != 0) {
         upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
         return 1;
     }
-    /* It is made durable with the others, once, before the rows (upload_maybe_finish). */
-    (void)sl_store_put_batch(up->writer, up->batch);
+    /* Its name is made durable with the others', once, before the rows (upload_maybe_finish). */
+    (void)sl_store_put_defer_sync(up->writer);
     sl_store_on_drain(up->writer, writer_drain_cb, up);
     return 0;
 }
@@ -292,7 +286,6 @@ static void upload_free(upload_t *up)
     if (up->tenant_held)
         sl_ratelimit_unhold(up->app->ratelimit, up->tenant_id);
     sl_multipart_free(up->mp);
-    sl_store_batch_free(up->batch);
     free(up->parts);
     free(up);
 }
@@ -594,14 +587,14 @@ static void upload_maybe_finish(upload_t *up)
     }
     if (up->synced == 0) {
         /*
-         * The parts were committed as one batch: its sync (on the fs store, a
-         * shared sync of their directory, every key being files/<tenant>/<id>,
-         * or past a few parts one syncfs for all of them) makes them all
-         * durable before any row points at them (core/storage.h).
+         * The parts were committed with their names' sync deferred: one sync
+         * of their directory (every key is files/<tenant>/<id>), shared with
+         * the tenant's other uploads committing now, makes them all durable
+         * before any row points at them (core/storage.h, sl_store_sync).
          */
         up->synced = 1;
         up->refs++;
-        if (sl_store_batch_sync(up->batch, synced_cb, up) != 0) {
+        if (sl_store_sync(up->app->store, up->parts[0].key, synced_cb, up) != 0) {
             up->refs--;
             upload_fail(up, 503, "storage_unavailable", "cannot write to storage");
         }

@@ -77,8 +77,6 @@ int sl_store_write(sl_store_writer_t *w, const void *data, size_t len)
 {
     if (!w || w->state != SL_STORE__W_OPEN || (!data && len))
         return SL_EINVAL;
-    if (len > 0)
-        w->written = 1;
     int err = w->st->ops->write(w, data, len);
     if (err == 0) {
         w->pending += len;
@@ -97,52 +95,16 @@ int sl_store_put_mime(sl_store_writer_t *w, const char *mime)
     return 0;
 }
 
-/* ---- batches ---- */
-
-int sl_store_batch_new(sl_store_t *st, sl_store_batch_t **out)
+int sl_store_put_defer_sync(sl_store_writer_t *w)
 {
-    if (!st || !out)
+    if (!w || w->state != SL_STORE__W_OPEN)
         return SL_EINVAL;
-    sl_store_batch_t *b = st->ops->batch_new ? st->ops->batch_new(st) : calloc(1, sizeof *b);
-    if (!b)
-        return SL_ENOMEM;
-    b->st = st;
-    b->ops = st->ops;
-    b->refs = 1;
-    *out = b;
+    w->defer_sync = 1;
     return 0;
 }
 
-void sl_store__batch_unref(sl_store_batch_t *b)
-{
-    if (!b || --b->refs > 0)
-        return;
-    if (b->ops->batch_free)
-        b->ops->batch_free(b);
-    else
-        free(b);
-}
-
-void sl_store_batch_free(sl_store_batch_t *b)
-{
-    sl_store__batch_unref(b);
-}
-
-int sl_store_put_batch(sl_store_writer_t *w, sl_store_batch_t *b)
-{
-    if (!w || !b || w->state != SL_STORE__W_OPEN || w->batch || w->written || b->st != w->st)
-        return SL_EINVAL;
-    b->members++;
-    if (!w->st->ops->batch_new) /* nothing to sync: the writer need not know its batch */
-        return 0;
-    w->batch = b;
-    w->batch_index = b->members;
-    b->refs++;
-    return 0;
-}
-
-/* A batch sync with nothing to do: the callback, on a later loop turn (the
- * pool's done callbacks run there), with 0. */
+/* sl_store_sync on a backend with nothing to sync: the callback, on a later
+ * loop turn (the pool's done callbacks run there), with 0. */
 typedef struct nosync_s {
     sl_store_done_cb cb;
     void *arg;
@@ -160,18 +122,18 @@ static void nosync_done(void *arg)
     free(n);
 }
 
-int sl_store_batch_sync(sl_store_batch_t *b, sl_store_done_cb cb, void *arg)
+int sl_store_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
 {
-    if (!b || !cb)
+    if (!st || !cb || !sl_store_key_valid(key))
         return SL_EINVAL;
-    if (b->st->ops->batch_sync)
-        return b->st->ops->batch_sync(b, cb, arg);
+    if (st->ops->sync)
+        return st->ops->sync(st, key, cb, arg);
     nosync_t *n = malloc(sizeof *n);
     if (!n)
         return SL_ENOMEM;
     n->cb = cb;
     n->arg = arg;
-    int err = sl_workq_submit(b->st->wq, NULL, nosync_work, nosync_done, n);
+    int err = sl_workq_submit(st->wq, NULL, nosync_work, nosync_done, n);
     if (err)
         free(n);
     return err;

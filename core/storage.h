@@ -187,61 +187,36 @@ int sl_store_write(sl_store_writer_t *w, const void *data, size_t len);
  */
 int sl_store_put_mime(sl_store_writer_t *w, const char *mime);
 
-/*
- * A batch: objects committed together and made durable together, once, before
- * anything points at them (an upload's files). A member's commit answers as
- * soon as the object is in place; sl_store_batch_sync() then makes every
- * member durable. Until its callback a crash may lose a member (its name, and
- * on the fs backend past the first SL_STORE_BATCH_OWN_SYNC members its bytes
- * too), so nothing may point at a member before it.
- *
- * fs: the first SL_STORE_BATCH_OWN_SYNC members fsync their own bytes in
- * their commit, as a lone object does, and leave only their name (their
- * directory's sync, shared: core/dirsync.h). The members after them leave
- * their bytes too: the batch's sync is then one syncfs(2) of the store's
- * filesystem, which writes every member's bytes, inode and name at once
- * (docs/internals/storage.md "Batches": a thousand small files written and
- * fsynced one by one cost ~0.4 s of CPU on this project's VMs, with one
- * syncfs ~15 ms). A lone file or a small upload keeps per-file fsyncs and never
- * waits for other writers' dirty data, which a syncfs would also write.
- * Other backends (S3: an object is durable when its PUT answers): nothing to
- * sync, the callback gets 0.
+/**
+ * The caller makes the object's *name* durable later, with sl_store_sync()
+ * on its key, instead of the commit doing it: many objects committed under
+ * one prefix (an upload's files, all in files/<tenant>/) then share one
+ * directory sync on the fs backend. The commit still makes the bytes durable
+ * and still answers only once the object is in place; until the sync's
+ * callback a crash may lose the object's name, so nothing may point at the
+ * object before it. Backends without names to sync (S3: an object is durable
+ * when its PUT answers) ignore it. Call before sl_store_put_commit(). 0, or
+ * SL_EINVAL (not open).
  */
-#define SL_STORE_BATCH_OWN_SYNC 8
+int sl_store_put_defer_sync(sl_store_writer_t *w);
 
-typedef struct sl_store_batch_s sl_store_batch_t;
+/**
+ * Makes durable the names of the objects committed with
+ * sl_store_put_defer_sync() under the prefix of `key` (up to its last '/').
+ * fs: one sync of that directory, shared with concurrent callers
+ * (core/dirsync.h); it covers every such commit whose callback came before
+ * this call. cb (required; `arg` borrowed) gets 0 or the error (then those
+ * objects may not survive a crash) on a later loop turn. Other backends: cb
+ * with 0. Returns 0, or SL_EINVAL / SL_ENOMEM (then no callback).
+ */
 typedef void (*sl_store_done_cb)(int err, void *arg);
-
-/** A new, empty batch of st's, owned in *out (sl_store_batch_free). 0, SL_EINVAL or SL_ENOMEM. */
-int sl_store_batch_new(sl_store_t *st, sl_store_batch_t **out);
+int sl_store_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
 
 /**
- * w (a writer of b's store, before its first byte) joins b: its commit leaves
- * its durability to sl_store_batch_sync(b). The batch lives on while a member's
- * commit or abort is in flight. 0, or SL_EINVAL (w not open, already in a
- * batch, of another store, or already written to).
- */
-int sl_store_put_batch(sl_store_writer_t *w, sl_store_batch_t *b);
-
-/**
- * Makes durable every member of b whose commit callback came before this call.
- * cb (required; arg borrowed) gets 0, or the error (then those members may not
- * survive a crash), on a later loop turn; b may be freed before it fires.
- * Returns 0, or SL_EINVAL / SL_ENOMEM (then no callback).
- */
-int sl_store_batch_sync(sl_store_batch_t *b, sl_store_done_cb cb, void *arg);
-
-/** Drops the owner's reference; members and syncs in flight keep theirs. NULL is a no-op. */
-void sl_store_batch_free(sl_store_batch_t *b);
-
-/**
- * How many directory syncs the fs backend has run (commits and batch syncs
- * together; for tests). 0 for other backends.
+ * How many directory syncs the fs backend has run (commits and
+ * sl_store_sync together; for tests). 0 for other backends.
  */
 uint64_t sl_store_fs_dir_syncs(sl_store_t *st);
-
-/** How many syncfs(2) calls the fs backend's batch syncs have made (tests). 0 for other backends. */
-uint64_t sl_store_fs_fs_syncs(sl_store_t *st);
 
 /** Bytes queued and not yet written. */
 size_t sl_store_pending(const sl_store_writer_t *w);

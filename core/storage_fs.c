@@ -230,53 +230,6 @@ static int mkdir_all(const char *path)
     return 0;
 }
 
-/* ---- batches (sl_store_batch_new) ---- */
-
-/* syncfs(2) calls of every fs store's batch syncs (sl_store_fs_fs_syncs: tests). */
-static atomic_ulong fs_syncs_total;
-
-typedef struct fs_batch_s {
-    sl_store_batch_t base;
-    sl_dirsync_t *dsync; /* a reference of its own: the batch may outlive the store */
-    char root[FS_PATH_MAX];
-    pthread_mutex_t mu; /* guards fd, fd_err and sync_err; held across a sync */
-    /*
-     * The store's root, opened before the first byte of the first member that
-     * leaves its bytes to the batch (writer_open_tmp, on a worker): syncfs on
-     * it reports the filesystem's write-back errors since it was opened
-     * (Linux 5.8 on; each open file has its own cursor), so an error in any
-     * member's write-back fails the batch, whoever else syncs meanwhile. -1.
-     */
-    int fd;
-    int fd_err;   /* opening it failed: every member that needed it failed too */
-    int sync_err; /* a sync of the batch failed: sticky */
-    /* loop */
-    char **dirs; /* the members' directories (for their names' syncs), distinct */
-    int ndirs;
-    int deferred; /* members that committed leaving their bytes to the batch */
-} fs_batch_t;
-
-/* The writer joined a batch past its first SL_STORE_BATCH_OWN_SYNC members:
- * its commit does not fsync its bytes, the batch's syncfs does. */
-static int writer_leaves_bytes(const fs_writer_t *w)
-{
-    return w->base.batch && w->base.batch_index > SL_STORE_BATCH_OWN_SYNC;
-}
-
-/* Worker: opens b's root once, before a member that leaves its bytes writes any. */
-static int batch_open_root(fs_batch_t *b)
-{
-    pthread_mutex_lock(&b->mu);
-    if (b->fd < 0 && !b->fd_err) {
-        b->fd = open(b->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (b->fd < 0)
-            b->fd_err = errno_to_sl(errno);
-    }
-    int err = b->fd_err;
-    pthread_mutex_unlock(&b->mu);
-    return err;
-}
-
 /* ---- writer: worker side ---- */
 
 /*
@@ -292,9 +245,6 @@ static int writer_open_tmp(fs_writer_t *w, int direct)
 {
     if (w->fd >= 0)
         return 0;
-    int err = writer_leaves_bytes(w) ? batch_open_root((fs_batch_t *)w->base.batch) : 0;
-    if (err)
-        return err;
     if (direct) {
         w->fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
         if (w->fd >= 0) {
@@ -494,7 +444,7 @@ static void commit_work(void *arg)
         snprintf(w->info.mime, sizeof w->info.mime, "%s", w->base.mime);
     else
         sniff_mime(w); /* before the fsync: the cookie is never held across one */
-    if (!writer_leaves_bytes(w) && fsync(w->fd) != 0) { /* else the batch's syncfs */
+    if (fsync(w->fd) != 0) {
         err = SL_EIO;
         goto out;
     }
@@ -515,7 +465,7 @@ static void commit_work(void *arg)
         }
     }
     renamed = 1;
-    if (!w->base.batch) { /* else the batch's sync makes the name durable */
+    if (!w->base.defer_sync) { /* else the caller's sl_store_sync makes the name durable */
         char *slash = strrchr(w->final_path, '/'); /* there is one: after the root */
         *slash = '\0';
         err = sl_dirsync_wait(((fs_store_t *)w->base.st)->dsync, w->final_path);
@@ -571,7 +521,6 @@ static void writer_free(fs_writer_t *w)
         close(w->fd);
     EVP_MD_CTX_free(w->md);
     pthread_mutex_destroy(&w->mu);
-    sl_store__batch_unref(w->base.batch);
     free(w);
 }
 
@@ -828,13 +777,9 @@ static int fs_write(sl_store_writer_t *base, const void *data, size_t len)
     return err;
 }
 
-static int batch_note(fs_batch_t *b, fs_writer_t *w);
-
 static int fs_commit(sl_store_writer_t *base)
 {
     fs_writer_t *w = (fs_writer_t *)base;
-    if (base->batch && batch_note((fs_batch_t *)base->batch, w) != 0)
-        return SL_ENOMEM;
     if (w->fill) { /* the partly filled last chunk: the commit job writes it */
         (void)writer_push(w, w->fill, PUSH_HOLD);
         w->fill = NULL;
@@ -1053,135 +998,51 @@ static int fs_fetch_local(sl_store_t *st, const char *key, const char *dir, sl_s
     return err;
 }
 
-static sl_store_batch_t *fs_batch_new(sl_store_t *st)
-{
-    fs_store_t *fs = (fs_store_t *)st;
-    fs_batch_t *b = calloc(1, sizeof *b);
-    if (!b || pthread_mutex_init(&b->mu, NULL) != 0) {
-        free(b);
-        return NULL;
-    }
-    b->fd = -1;
-    memcpy(b->root, fs->root, fs->root_len + 1);
-    b->dsync = sl_dirsync_ref(fs->dsync);
-    return &b->base;
-}
-
-static void fs_batch_free(sl_store_batch_t *base)
-{
-    fs_batch_t *b = (fs_batch_t *)base;
-    if (b->fd >= 0)
-        close(b->fd);
-    for (int i = 0; i < b->ndirs; i++)
-        free(b->dirs[i]);
-    free(b->dirs);
-    sl_dirsync_free(b->dsync);
-    pthread_mutex_destroy(&b->mu);
-    free(b);
-}
-
-/* Loop, at a member's commit: its directory (once) and whether it left its bytes. */
-static int batch_note(fs_batch_t *b, fs_writer_t *w)
-{
-    const char *slash = strrchr(w->final_path, '/'); /* there is one: after the root */
-    size_t n = (size_t)(slash - w->final_path);
-    int known = 0;
-    for (int i = 0; i < b->ndirs && !known; i++)
-        known = strlen(b->dirs[i]) == n && memcmp(b->dirs[i], w->final_path, n) == 0;
-    if (!known) {
-        char **nd = realloc(b->dirs, (size_t)(b->ndirs + 1) * sizeof *nd);
-        if (!nd)
-            return SL_ENOMEM;
-        b->dirs = nd;
-        if (!(nd[b->ndirs] = strndup(w->final_path, n)))
-            return SL_ENOMEM;
-        b->ndirs++;
-    }
-    if (writer_leaves_bytes(w))
-        b->deferred++;
-    return 0;
-}
-
-/* sl_store_batch_sync: on a worker. The op holds a reference to the batch
- * (which holds its own to the store's dirsync): like a read or a delete, it
- * does not use the store, which may be freed before it runs. */
-typedef struct fs_bsync_s {
-    fs_batch_t *b;
-    int deferred; /* members that left their bytes, at the call */
-    int ndirs;    /* directories to sync when none did, at the call */
-    char **dirs;  /* owned array; the strings are b's (freed with it, after this op) */
+/* sl_store_sync: one (shared) sync of the key's directory, on a worker. The
+ * job holds its own reference to the store's dirsync: like a read or a
+ * delete, it does not use the store, which may be freed before it runs. */
+typedef struct fs_sync_op_s {
+    sl_dirsync_t *dsync; /* a reference of its own */
+    char dir[FS_PATH_MAX];
     int err;
     sl_store_done_cb cb;
     void *arg;
-} fs_bsync_t;
+} fs_sync_op_t;
 
-static void bsync_work(void *arg)
+static void sync_work(void *arg)
 {
-    fs_bsync_t *op = arg;
-    fs_batch_t *b = op->b;
-    pthread_mutex_lock(&b->mu); /* one sync of the batch at a time: one errseq cursor */
-    int err = b->sync_err ? b->sync_err : b->fd_err;
-    if (!err && op->deferred > 0 && b->fd >= 0) {
-        /*
-         * Every dirty byte, inode and directory entry of the filesystem, the
-         * members' among them, with the write-back errors since b->fd was
-         * opened. Then an fsync of the root: ext4 without a journal sends its
-         * cache flush before the last metadata that syncfs writes, and the
-         * fsync's flush comes after it (journaled filesystems flush at their
-         * commit; the fsync costs them little).
-         */
-        atomic_fetch_add(&fs_syncs_total, 1);
-        if (syncfs(b->fd) != 0 || fsync(b->fd) != 0)
-            err = SL_EIO;
-    } else if (!err) {
-        /* Members that all fsynced their own bytes (or none that left them
-         * wrote any): their names, one shared sync per directory. */
-        for (int i = 0; i < op->ndirs && !err; i++)
-            err = sl_dirsync_wait(b->dsync, op->dirs[i]);
-    }
-    if (err)
-        b->sync_err = err;
-    pthread_mutex_unlock(&b->mu);
-    op->err = err;
+    fs_sync_op_t *op = arg;
+    op->err = sl_dirsync_wait(op->dsync, op->dir);
+    sl_dirsync_free(op->dsync);
 }
 
-static void bsync_done(void *arg)
+static void sync_done(void *arg)
 {
-    fs_bsync_t *op = arg;
-    sl_store__batch_unref(&op->b->base);
+    fs_sync_op_t *op = arg;
     op->cb(op->err, op->arg);
-    free(op->dirs);
     free(op);
 }
 
-static int fs_batch_sync(sl_store_batch_t *base, sl_store_done_cb cb, void *arg)
+static int fs_sync(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg)
 {
-    fs_batch_t *b = (fs_batch_t *)base;
-    fs_bsync_t *op = malloc(sizeof *op);
+    fs_store_t *fs = (fs_store_t *)st;
+    fs_sync_op_t *op = malloc(sizeof *op);
     if (!op)
         return SL_ENOMEM;
-    op->b = b;
-    op->deferred = b->deferred;
-    op->ndirs = b->ndirs;
-    /* a copy: a member committing meanwhile may grow b->dirs on the loop */
-    op->dirs = malloc((size_t)(b->ndirs > 0 ? b->ndirs : 1) * sizeof *op->dirs);
-    if (!op->dirs) {
-        free(op);
-        return SL_ENOMEM;
-    }
-    if (b->ndirs > 0)
-        memcpy(op->dirs, b->dirs, (size_t)b->ndirs * sizeof *op->dirs);
-    op->err = 0;
-    op->cb = cb;
-    op->arg = arg;
-    int err = sl_workq_submit(base->st->wq, NULL, bsync_work, bsync_done, op);
+    int err = fs_path(fs, key, op->dir, sizeof op->dir);
     if (err) {
-        free(op->dirs);
         free(op);
         return err;
     }
-    base->refs++;
-    return 0;
+    *strrchr(op->dir, '/') = '\0'; /* the key's directory: at least the root */
+    op->dsync = sl_dirsync_ref(fs->dsync);
+    op->cb = cb;
+    op->arg = arg;
+    if ((err = sl_workq_submit(st->wq, NULL, sync_work, sync_done, op)) != 0) {
+        sl_dirsync_free(op->dsync);
+        free(op);
+    }
+    return err;
 }
 
 static void fs_free(sl_store_t *st)
@@ -1208,9 +1069,7 @@ static const sl_store_ops_t fs_ops = {
     .del = fs_del,
     .local_path = fs_local_path,
     .fetch_local = fs_fetch_local,
-    .batch_new = fs_batch_new,
-    .batch_free = fs_batch_free,
-    .batch_sync = fs_batch_sync,
+    .sync = fs_sync,
     .free = fs_free,
 };
 
@@ -1219,13 +1078,6 @@ uint64_t sl_store_fs_dir_syncs(sl_store_t *st)
     if (!st || st->ops != &fs_ops)
         return 0;
     return sl_dirsync_count(((fs_store_t *)st)->dsync);
-}
-
-uint64_t sl_store_fs_fs_syncs(sl_store_t *st)
-{
-    if (!st || st->ops != &fs_ops)
-        return 0;
-    return atomic_load(&fs_syncs_total);
 }
 
 /* Removes what a crash left in <root>/.tmp (synchronous: runs at start-up). */

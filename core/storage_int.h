@@ -36,14 +36,9 @@ typedef struct sl_store_ops_s {
     /* A local file with the object's bytes (see sl_store_fetch_local). */
     int (*fetch_local)(sl_store_t *st, const char *key, const char *dir, sl_store_local_cb cb,
                        void *arg);
-    /* Batches (see sl_store_batch_new). NULL batch_new: a commit is durable as
-     * it answers; members are not tracked and a batch's sync has nothing to do.
-     * batch_new allocates the backend's batch (the generic part first, zeroed);
-     * batch_free frees it once the last reference is gone (loop); batch_sync
-     * makes its members durable (see sl_store_batch_sync). */
-    sl_store_batch_t *(*batch_new)(sl_store_t *st);
-    void (*batch_free)(sl_store_batch_t *b);
-    int (*batch_sync)(sl_store_batch_t *b, sl_store_done_cb cb, void *arg);
+    /* Make the names of deferred commits under key's prefix durable (see
+     * sl_store_sync); NULL: a commit is durable as it answers, nothing to do. */
+    int (*sync)(sl_store_t *st, const char *key, sl_store_done_cb cb, void *arg);
     /* Sweep stale multipart uploads once (see sl_store_sweep_uploads); NULL: none. */
     int (*sweep)(sl_store_t *st, sl_store_sweep_cb cb, void *arg);
     void (*free)(sl_store_t *st);
@@ -66,21 +61,8 @@ struct sl_store_writer_s {
     sl_store_commit_cb commit_cb; /* loop */
     void *commit_arg;
     char mime[SL_STORE_MIME_MAX]; /* loop, before commit: the caller's type; "" = sniff */
-    sl_store_batch_t *batch; /* loop, before the first write: the batch it joined (holds a
-                                reference, dropped by the backend when it frees the writer), or NULL */
-    int batch_index;         /* its place in the batch: 1, 2, ... */
-    int written;             /* loop: sl_store_write took bytes (too late to join a batch) */
+    int defer_sync; /* loop, before commit: sl_store_put_defer_sync was called */
 };
-
-struct sl_store_batch_s {
-    sl_store_t *st;             /* compared, and used by sl_store_batch_sync (its caller's store lives) */
-    const sl_store_ops_t *ops;  /* st's: the last reference may go after the store */
-    int refs;    /* loop: the owner's, one per member writer, one per sync in flight */
-    int members; /* loop: writers that joined */
-};
-
-/* Drops one reference of b (loop); the last frees it. NULL is a no-op. */
-void sl_store__batch_unref(sl_store_batch_t *b);
 
 /* Called by a backend on the loop when `n` queued bytes have been written
  * (or otherwise left its buffer): may fire the drain callback. */

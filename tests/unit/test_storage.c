@@ -448,7 +448,7 @@ static void test_put_mime(void)
     }
 }
 
-/* ---- batches (sl_store_batch_new, sl_store_put_batch, sl_store_batch_sync) ---- */
+/* ---- deferred name syncs (sl_store_put_defer_sync + sl_store_sync) ---- */
 
 static int sync_called, sync_err;
 
@@ -460,132 +460,72 @@ static void sync_cb(int err, void *arg)
     sync_err = err;
 }
 
-/* n objects <prefix>/obj<i> ("batch <i>\n") committed as members of b. */
-static void put_members(sl_store_batch_t *b, const char *prefix, int n)
+/*
+ * Commits with deferred syncs run no directory sync; one sl_store_sync of
+ * their prefix runs one, for all of them; a commit without deferral runs its
+ * own. (The old store synced the directory in every commit: 8 here.)
+ */
+static void test_deferred_sync(void)
 {
-    commit_res_t *r = calloc((size_t)n, sizeof *r);
-    char key[64], data[32];
-    for (int i = 0; i < n; i++) {
+    enum { N = 8 };
+    commit_res_t r[N];
+    char key[64], path[256];
+    uint64_t before = sl_store_fs_dir_syncs(st);
+    for (int i = 0; i < N; i++) {
         sl_store_writer_t *w = NULL;
-        snprintf(key, sizeof key, "%s/obj%d", prefix, i);
+        memset(&r[i], 0, sizeof r[i]);
+        snprintf(key, sizeof key, "t9/obj%d", i);
         CHECK(sl_store_put_begin(st, key, &w) == 0);
         if (!w)
-            break;
-        CHECK(sl_store_put_batch(w, b) == 0);
-        CHECK(sl_store_put_batch(w, b) == SL_EINVAL); /* one batch */
-        int len = snprintf(data, sizeof data, "batch %d\n", i);
-        CHECK(sl_store_write(w, data, (size_t)len) == 0);
+            return;
+        CHECK(sl_store_put_defer_sync(w) == 0);
+        CHECK(sl_store_write(w, "deferred\n", 9) == 0);
         CHECK(sl_store_put_commit(w, commit_cb, &r[i]) == 0);
     }
     int done = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < N; i++) {
         run_until(&r[i].called, 1);
         done += r[i].called == 1 && r[i].err == 0;
     }
-    CHECK_EQ(done, n);
-    free(r);
-}
-
-static void batch_sync_ok(sl_store_batch_t *b)
-{
+    CHECK_EQ(done, N);
+    uint64_t after_commits = sl_store_fs_dir_syncs(st);
+    CHECK_EQ(after_commits - before, 0);
+    for (int i = 0; i < N; i++) {
+        snprintf(path, sizeof path, "%s/t9/obj%d", root, i);
+        CHECK(file_exists(path));
+    }
     sync_called = 0;
     sync_err = 1;
-    CHECK(sl_store_batch_sync(b, sync_cb, NULL) == 0);
+    CHECK(sl_store_sync(st, "t9/obj0", sync_cb, NULL) == 0);
     CHECK_EQ(sync_called, 0); /* never inside the call */
     run_until(&sync_called, 1);
     CHECK_EQ(sync_called, 1);
     CHECK_EQ(sync_err, 0);
-}
-
-/*
- * A batch's commits run no directory sync. Its sync: one shared sync of the
- * members' directory while they fsynced their own bytes (the first
- * SL_STORE_BATCH_OWN_SYNC), one syncfs and no directory sync once members
- * left their bytes to it. A commit outside a batch syncs its directory
- * itself. (The old store synced the directory in every commit.)
- */
-static void test_batch_sync(void)
-{
-    char path[256], want[32], got[64];
-    sl_store_batch_t *b = NULL;
-
-    /* small: the members fsync their bytes, the batch syncs their directory */
-    CHECK(sl_store_batch_new(st, &b) == 0);
-    uint64_t d0 = sl_store_fs_dir_syncs(st), f0 = sl_store_fs_fs_syncs(st);
-    put_members(b, "t9", SL_STORE_BATCH_OWN_SYNC);
-    CHECK_EQ(sl_store_fs_dir_syncs(st) - d0, 0);
-    batch_sync_ok(b);
-    CHECK_EQ(sl_store_fs_dir_syncs(st) - d0, 1);
-    CHECK_EQ(sl_store_fs_fs_syncs(st) - f0, 0);
-    sl_store_batch_free(b);
-
-    /* big: past the first few, members leave their bytes to one syncfs */
-    enum { BIG = SL_STORE_BATCH_OWN_SYNC + 12 };
-    CHECK(sl_store_batch_new(st, &b) == 0);
-    d0 = sl_store_fs_dir_syncs(st);
-    f0 = sl_store_fs_fs_syncs(st);
-    put_members(b, "t10", BIG);
-    CHECK_EQ(sl_store_fs_dir_syncs(st) - d0, 0);
-    CHECK_EQ(sl_store_fs_fs_syncs(st) - f0, 0); /* none yet: the commits synced nothing */
-    batch_sync_ok(b);
-    CHECK_EQ(sl_store_fs_fs_syncs(st) - f0, 1);
-    CHECK_EQ(sl_store_fs_dir_syncs(st) - d0, 0); /* the syncfs covered the names */
-    for (int i = 0; i < BIG; i++) {
-        snprintf(path, sizeof path, "%s/t10/obj%d", root, i);
-        snprintf(want, sizeof want, "batch %d\n", i);
-        FILE *f = fopen(path, "rb");
-        size_t n = f ? fread(got, 1, sizeof got - 1, f) : 0;
-        if (f)
-            fclose(f);
-        got[n] = '\0';
-        CHECK_STREQ(got, want);
-    }
-    /* a later sync of the same batch: again, and again fine */
-    batch_sync_ok(b);
-    CHECK_EQ(sl_store_fs_fs_syncs(st) - f0, 2);
-    /* too late to join: a writer that was written to, or of another store */
-    sl_store_writer_t *w = NULL;
-    CHECK(sl_store_put_begin(st, "t10/late", &w) == 0);
-    if (w) {
-        CHECK(sl_store_write(w, "x", 1) == 0);
-        CHECK(sl_store_put_batch(w, b) == SL_EINVAL);
-        sl_store_put_abort(w);
-    }
-    CHECK(sl_store_put_batch(NULL, b) == SL_EINVAL);
-    CHECK(sl_store_batch_sync(b, NULL, NULL) == SL_EINVAL);
-    CHECK(sl_store_batch_sync(NULL, sync_cb, NULL) == SL_EINVAL);
-    CHECK(sl_store_batch_new(NULL, &b) == SL_EINVAL);
-    sl_store_batch_free(b);
-    sl_store_batch_free(NULL);
-
-    /* Without a batch the commit syncs the directory itself. */
+    CHECK_EQ(sl_store_fs_dir_syncs(st) - after_commits, 1);
+    /* Without deferral the commit syncs the directory itself. */
     commit_res_t one;
     uint64_t b2 = sl_store_fs_dir_syncs(st);
     put_object("t9/plain", "x", 1, &one);
     CHECK(one.err == 0);
     CHECK_EQ(sl_store_fs_dir_syncs(st) - b2, 1);
-
-    /* The owner may drop the batch with a sync queued, and the store may go
-     * before it runs (as reads and deletes may): it holds what it needs. */
+    /* A sync still queued when its store is freed completes (as reads and
+     * deletes do): it holds its own reference to what it needs. */
     sl_store_t *other = NULL;
     char oroot[200];
     snprintf(oroot, sizeof oroot, "%s/other", top);
     CHECK(sl_store_fs_open(wq, oroot, &other) == 0);
     if (other) {
-        sl_store_t *mine = st;
-        st = other; /* put_members writes to st */
-        CHECK(sl_store_batch_new(st, &b) == 0);
-        put_members(b, "t11", SL_STORE_BATCH_OWN_SYNC + 2);
-        st = mine;
         sync_called = 0;
         sync_err = 1;
-        CHECK(sl_store_batch_sync(b, sync_cb, NULL) == 0);
-        sl_store_batch_free(b);
+        CHECK(sl_store_sync(other, "t9/x", sync_cb, NULL) == 0);
         sl_store_free(other);
         run_until(&sync_called, 1);
         CHECK_EQ(sync_called, 1);
-        CHECK_EQ(sync_err, 0);
+        CHECK_EQ(sync_err, SL_ENOTFOUND); /* <oroot>/t9 was never made */
     }
+    CHECK(sl_store_sync(st, "../bad", sync_cb, NULL) == SL_EINVAL);
+    CHECK(sl_store_sync(st, "t9/obj0", NULL, NULL) == SL_EINVAL);
+    CHECK(sl_store_put_defer_sync(NULL) == SL_EINVAL);
 }
 
 /* ---- abort ---- */
@@ -1116,7 +1056,7 @@ int main(void)
         test_big_object();
         test_mime();
         test_put_mime();
-        test_batch_sync();
+        test_deferred_sync();
         test_abort();
         test_delete();
         test_backpressure();

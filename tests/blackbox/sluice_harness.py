@@ -1119,10 +1119,9 @@ def local_stack(prefix="sluice-bench-"):
             factory.teardown()
         redis.stop()
         pg.stop()
-        pg.destroy()
         redis.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
-        sync_deletions()
+        pg.destroy()  # last: its sync_deletions covers every tree removed here
 
 
 # ---------------------------------------------------------------- stand-ins

@@ -95,16 +95,41 @@ def _preexec(uid=None, gid=None):
 _handed_out = set()
 
 
+def ready_port(proc, what):
+    """The port a child that binds port 0 itself reports on its first line,
+    "ready port=N ...": no window between choosing a port and binding it.
+    If the child does not start, the assertion carries all it printed (a CI
+    run once showed only the first line of a traceback).""" 
+    line = proc.stdout.readline()
+    m = re.match(r"ready port=(\d+)", line)
+    if m is None:
+        try:
+            proc.wait(10)
+            rest = proc.stdout.read()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = "(still running after 10 s; killed)"
+        raise AssertionError("%s did not start: %s%s" % (what, line, rest))
+    return int(m.group(1))
+
+
 def free_port():
     """A currently free TCP port on 127.0.0.1, never the same one twice in
-    this process (so two fixtures can't race for one)."""
+    this process (so two fixtures can't race for one), and held back from
+    other processes' port-0 binds until its user binds it: the probe accepts
+    one connection and closes its end first, which leaves the port in
+    TIME_WAIT for 60 s. Linux's ephemeral choice (bind to port 0, as s3rver
+    does) skips a port with a TIME_WAIT socket, while an explicit bind with
+    SO_REUSEADDR (Postgres, Redis, Sluice, Python's servers) takes it."""
     for _ in range(200):
-        s = socket.socket()
-        try:
+        with contextlib.closing(socket.socket()) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", 0))
+            s.listen(1)
             port = s.getsockname()[1]
-        finally:
-            s.close()
+            with contextlib.closing(socket.create_connection(("127.0.0.1", port))):
+                conn, _ = s.accept()
+                conn.close()
         if port not in _handed_out:
             _handed_out.add(port)
             return port
@@ -1135,14 +1160,11 @@ class Standin:
 
     def __init__(self, kind, *extra):
         self.kind = kind
-        self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
         self.proc = subprocess.Popen(
-            ["/usr/bin/python3", str(STANDINS), kind, "--port", str(self.port), *extra],
+            ["/usr/bin/python3", str(STANDINS), kind, "--port", "0", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), "%s stand-in did not start: %r" % (kind, line)
-        assert ("port=%d" % self.port) in line
+        self.port = ready_port(self.proc, "%s stand-in" % kind)
+        self.url = "http://127.0.0.1:%d" % self.port
 
     def control(self, **kw):
         r = requests.post(self.url + "/_control", json=kw, timeout=5)
@@ -1196,18 +1218,15 @@ class S3Front:
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-s3-"))
         self.data = self.dir / "data"
         (self.dir / "spool").mkdir()
-        self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
-        argv = ["/usr/bin/python3", str(S3FRONT), "--port", str(self.port),
+        argv = ["/usr/bin/python3", str(S3FRONT), "--port", "0",
                 "--data", str(self.data), "--spool", str(self.dir / "spool"),
                 "--key-id", S3_KEY_ID, "--secret", S3_SECRET, "--region", S3_REGION]
         for b in buckets:
             argv += ["--bucket", b]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, preexec_fn=_preexec())
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), "s3front did not start: %r %s" % (
-            line, self.proc.stdout.read() if self.proc.poll() is not None else "")
+        self.port = ready_port(self.proc, "s3front")
+        self.url = "http://127.0.0.1:%d" % self.port
         self.buckets = set(buckets)
 
     def storage(self, bucket="sluice"):

@@ -97,8 +97,16 @@ def test_free_ports_are_distinct():
     ports = {free_port() for _ in range(20)}
     assert len(ports) == 20
     for p in ports:
+        # held back (TIME_WAIT) from a bind without SO_REUSEADDR, as from
+        # other processes' port-0 binds; free for the servers, which set it
         s = socket.socket()
+        with pytest.raises(OSError):
+            s.bind(("127.0.0.1", p))
+        s.close()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", p))
+        s.listen(1)
         s.close()
 
 

@@ -18,7 +18,8 @@
 #include "core/err.h"
 
 /* What a row statement waits with: the caller's callback and what to read back. */
-typedef enum { ROW_ID, ROW_KEY_SIZE, ROW_VERSION, ROW_UPDATED } row_want_t;
+/* ROW_COUNT: a positive integer (a record's version, a count), null when the file is gone */
+typedef enum { ROW_ID, ROW_KEY_SIZE, ROW_COUNT } row_want_t;
 
 typedef struct row_op_s {
     sl_flow_fx_cb cb;
@@ -36,9 +37,6 @@ static void row_cb(const sl_pg_result_t *r, void *arg)
 
     if (r->err != 0) {
         res.err = r->err;
-    } else if (op->want == ROW_UPDATED) {
-        if (pr == NULL || strcmp(PQcmdTuples(pr), "0") == 0)
-            res.err = SL_ENOTFOUND;
     } else if (pr == NULL || PQntuples(pr) < 1 || PQgetisnull(pr, 0, 0)) {
         /* an upsert that returned nothing is a database fault (or, for
          * sluice_artifact_put, its file deleted meanwhile); a lookup or a
@@ -140,15 +138,15 @@ static int record_put(void *self, const sl_flow_fx_ids_t *ids, const char *recor
         return SL_EIO;
     const char *params[] = {id,          ids->tenant_id, ids->dataset_id, ids->file_id,
                             ids->run_id, record_json,    prov_json};
-    return row_query(self, "sl_fx_record_put", sql, 7, params, ROW_VERSION, cb, arg);
+    return row_query(self, "sl_fx_record_put", sql, 7, params, ROW_COUNT, cb, arg);
 }
 
 static int text_source(void *self, const sl_flow_fx_ids_t *ids, const char *name, sl_flow_fx_cb cb,
                        void *arg)
 {
-    static const char sql[] = "UPDATE files SET text_source = $1 WHERE id = $2 AND tenant_id = $3";
-    const char *params[] = {name, ids->file_id, ids->tenant_id};
-    return row_query(self, "sl_fx_text_source", sql, 3, params, ROW_UPDATED, cb, arg);
+    static const char sql[] = "SELECT sluice_text_source_put($1, $2, $3)";
+    const char *params[] = {ids->file_id, ids->tenant_id, name};
+    return row_query(self, "sl_fx_text_source", sql, 3, params, ROW_COUNT, cb, arg);
 }
 
 static int http(void *self, const char *service, const sl_curl_req_opts_t *o, sl_curl_cb cb,

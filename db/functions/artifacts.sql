@@ -34,9 +34,19 @@ BEGIN
     ON CONFLICT (run_id, kind) DO NOTHING
     RETURNING a.id INTO v_id;
     IF v_id IS NOT NULL THEN
+        -- a first write with its bytes in the row: durable with the run's
+        -- next transition (sluice_commit_lazily). With its bytes in the
+        -- store it stays durable by itself: lost, its blob would be left
+        -- with no row.
+        IF p_key IS NULL THEN
+            PERFORM sluice_commit_lazily();
+        END IF;
         RETURN QUERY SELECT v_id, NULL::text;
         RETURN;
     END IF;
+    -- a rewrite: the caller deletes the replaced blob once this commits, so
+    -- the commit must be durable before that
+    PERFORM sluice_commit_durably();
     PERFORM 1 FROM files f WHERE f.id = p_file FOR KEY SHARE;
     SELECT a.id, a.storage_key INTO v_id, v_old FROM artifacts a
     WHERE a.run_id = p_run AND a.kind = p_kind FOR UPDATE;

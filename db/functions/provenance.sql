@@ -47,6 +47,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    PERFORM sluice_commit_lazily(); -- durable with the run's next transition
     v_prov := jsonb_build_object(
         'extractor', p_prov->'extractor', 'model', p_prov->'model',
         'pipeline', p_prov->'pipeline', 'flow_version', p_prov->'flow_version',
@@ -70,5 +71,21 @@ BEGIN
                          provenance)
     VALUES (p_id, p_tenant, p_dataset, p_file, p_run, p_data, v_version, true, v_prov);
     RETURN v_version;
+END
+$$;
+
+-- The file's text_source (sl.text_source: which extractor gave its text),
+-- committed lazily as the step's other rows (sluice_commit_lazily). Returns
+-- 1, or null when the file is gone.
+CREATE OR REPLACE FUNCTION sluice_text_source_put(p_file uuid, p_tenant uuid, p_name text)
+RETURNS int
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    UPDATE files SET text_source = p_name WHERE id = p_file AND tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM sluice_commit_lazily();
+    RETURN 1;
 END
 $$;

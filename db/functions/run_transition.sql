@@ -1,3 +1,38 @@
+-- A step's own rows (sl.record, sl.artifact with its bytes in the row, the
+-- file's text_source: actors/flow_effects.c) are committed without waiting
+-- for their WAL flush: sluice_commit_lazily() turns synchronous_commit off
+-- for the rest of the calling transaction. They need no flush of their own:
+-- the run's next transition (sluice_run_transitions) commits durably, and a
+-- flush makes durable everything the WAL holds before it, so those rows are
+-- on disk before the transition that depends on them is acknowledged. If
+-- Postgres crashes first, both are lost together and the step runs again
+-- (docs/internals/scheduler.md "Lazy commits"). A statement whose commit
+-- must be durable by itself (an artifact rewrite, after which the caller
+-- deletes the replaced blob) calls sluice_commit_durably(), which wins over
+-- every lazy call of the same transaction, before or after it (step rows
+-- share transactions: db/pg.h sl_pg_query_shared). Both return true, for
+-- use in a WHERE or a PERFORM.
+CREATE OR REPLACE FUNCTION sluice_commit_lazily() RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF coalesce(current_setting('sluice.commit_durably', true), '') <> 'on' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION sluice_commit_durably() RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM set_config('sluice.commit_durably', 'on', true);
+    -- back to the server's setting (postgresql.conf, the role's, the
+    -- database's): not 'on', which would weaken remote_apply
+    SET LOCAL synchronous_commit TO DEFAULT;
+    RETURN true;
+END
+$$;
+
 -- sluice_event_places: p_n places in dataset p_dataset's event series
 -- (migration 015, docs/internals/sse.md "Places"): returns the first, the
 -- others follow it. The row lock of the bump is held to the commit, so the

@@ -1086,9 +1086,11 @@ def lag_summary(before, after):
     return lines
 
 
-def print_pg_statements(pg, top=15):
+def print_pg_statements(pg, top=None):
     """Where Postgres's time went (SLUICE_PG_STATEMENTS=1): the top statements
-    of every database by total execution time, nested ones included."""
+    of every database by total execution time, nested ones included (top, or
+    SLUICE_PG_STATEMENTS_TOP, or 15 of them)."""
+    top = top or int(os.environ.get("SLUICE_PG_STATEMENTS_TOP") or 15)
     for db in pg.psql("SELECT datname FROM pg_database WHERE datname LIKE 'sl_t%'").split():
         pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=db)
         out = pg.psql(
@@ -1116,6 +1118,11 @@ def print_pg_statements(pg, top=15):
         print("tables of %s: name | inserted | updated | of them HOT | deleted" % db)
         for line in out.strip().splitlines():
             print("  " + line)
+    # the whole cluster: WAL flushes are what a durable commit waits for
+    out = pg.psql("SELECT (SELECT sum(xact_commit) FROM pg_stat_database), wal_records, "
+                  "wal_fpi, pg_size_pretty(wal_bytes), wal_write, wal_sync FROM pg_stat_wal")
+    print("cluster: commits | wal records | full-page images | wal bytes | wal writes | "
+          "wal syncs: %s" % out.strip())
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sluice_harness import (  # noqa: E402
     FAULTS, REPO, Client, PgCluster, RedisServer, Server, ServerFactory, Standin, free_port,
+    sluice_binary,
 )
 
 __all__ = ["Client", "Server", "free_port"]
@@ -114,6 +117,19 @@ def pg():
     cluster.destroy()
     if cluster in _live:
         _live.remove(cluster)
+
+
+@pytest.fixture
+def migrated_db(pg, tmp_path):
+    """A fresh database of pg, migrated by `sluice migrate` (no server):
+    its name, for pg.psql(..., dbname=) or psql scripts."""
+    url = pg.new_database()
+    cfg = tmp_path / "migrate.yaml"
+    cfg.write_text('database_url: "%s"\n' % url)
+    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return urllib.parse.unquote(urllib.parse.urlparse(url).path.lstrip("/"))
 
 
 @pytest.fixture(scope="session")

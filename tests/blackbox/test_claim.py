@@ -8,7 +8,6 @@ here).
 """
 import re
 import subprocess
-import urllib.parse
 import uuid
 
 import pytest
@@ -17,15 +16,8 @@ from sluice_harness import sluice_binary
 
 
 @pytest.fixture
-def db(pg, tmp_path):
-    url = pg.new_database()
-    cfg = tmp_path / "migrate.yaml"
-    cfg.write_text('database_url: "%s"\n' % url)
-    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    name = urllib.parse.unquote(urllib.parse.urlparse(url).path.lstrip("/"))
-    return lambda sql: pg.psql(sql, dbname=name)
+def db(pg, migrated_db):
+    return lambda sql: pg.psql(sql, dbname=migrated_db)
 
 
 def tenant(db, name):

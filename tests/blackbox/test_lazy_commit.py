@@ -10,26 +10,18 @@ transactions), whichever came first; and "durable" is the server's own
 setting, not a hard-coded 'on'.
 """
 import subprocess
-import urllib.parse
 import uuid
 
 import pytest
 
-from sluice_harness import sluice_binary
 
 
 @pytest.fixture
-def db(pg, tmp_path):
-    """(run, ids): run(script) feeds a psql script to a freshly migrated
-    database and returns its output lines; ids: a tenant, dataset, file and
-    run to write rows for."""
-    url = pg.new_database()
-    cfg = tmp_path / "migrate.yaml"
-    cfg.write_text('database_url: "%s"\n' % url)
-    r = subprocess.run([str(sluice_binary()), "migrate", "--config", str(cfg)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    name = urllib.parse.unquote(urllib.parse.urlparse(url).path.lstrip("/"))
+def db(pg, migrated_db):
+    """(run, ids, name): run(script) feeds a psql script to a freshly
+    migrated database and returns its output lines; ids: a tenant, dataset,
+    file and run to write rows for."""
+    name = migrated_db
 
     def run(script):
         r = subprocess.run([str(pg.bindir / "psql"), "-X", "-A", "-t", "-q",

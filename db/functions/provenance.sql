@@ -74,7 +74,7 @@ BEGIN
 END
 $$;
 
--- The file's text_source (sl.text_source: which extractor gave its text),
+-- The file's text_source (sl.set_text_source: which extractor gave its text),
 -- committed lazily as the step's other rows (sluice_commit_lazily). Returns
 -- 1, or null when the file is gone.
 CREATE OR REPLACE FUNCTION sluice_text_source_put(p_file uuid, p_tenant uuid, p_name text)

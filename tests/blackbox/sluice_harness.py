@@ -99,7 +99,7 @@ def ready_port(proc, what):
     """The port a child that binds port 0 itself reports on its first line,
     "ready port=N ...": no window between choosing a port and binding it.
     If the child does not start, the assertion carries all it printed (a CI
-    run once showed only the first line of a traceback).""" 
+    run once showed only the first line of a traceback)."""
     line = proc.stdout.readline()
     m = re.match(r"ready port=(\d+)", line)
     if m is None:

@@ -15,7 +15,6 @@ import uuid
 import pytest
 
 
-
 @pytest.fixture
 def db(pg, migrated_db):
     """(run, ids, name): run(script) feeds a psql script to a freshly

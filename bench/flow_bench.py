@@ -12,7 +12,11 @@ Starts its own Postgres, Redis, Tika stand-in and sluice, then:
      runs that wait for Tika's 8 slots;
   2. with the stand-in answering at once, processes M text files (default
      2,000) through ai_record and counts committed transitions per second
-     (timeline events written by the actors, from /metrics).
+     (timeline events written by the actors, from /metrics). Before its
+     uploads it prints fs_create_cost, the CPU a file's creation costs on the
+     disk the blobs go to: the uploads create one file each, and on ext4
+     without a journal that cost is 20-50 times its quiet figure for minutes
+     after a large deletion (docs/internals/scheduler.md, "stop 34").
 
     /usr/bin/python3 bench/flow_bench.py [--binary build/sluice] [--runs 10000] [--files 2000]
 
@@ -150,6 +154,9 @@ def transitions(args, factory, tika, tmp):
     print(f"postgres: {srv.durability()}")
     client = srv.create_tenant("bench2")
     ds = client.create_dataset("bench2")["id"]
+    print(f"fs_create_cost: {h.fs_create_cost(tmp):.0f} us of CPU a file created "
+          f"(h.fs_create_cost; on ext4 without a journal, hundreds while files "
+          f"deleted in the last six minutes are near)")
     before = metric(srv, "sluice_run_transitions_total")
     lag0 = h.loop_lag(srv)
     t0 = time.time()

@@ -362,7 +362,11 @@ def sync_deletions():
     files, every file created on the filesystem cost that much more for up
     to six minutes (perf: find_get_block_common and recently_deleted, 16 % of
     the HTTP process's samples in bench/flow_bench.py right after a test
-    run; docs/internals/scheduler.md "stop 32"). Synced, the window is 60 s."""
+    run; docs/internals/scheduler.md "stop 32"). Synced, an idle disk's files
+    cost their usual ~20 us again 60-110 s after the deletion (stop 34, the
+    probe fs_create_cost every 30 s); a workload creating files meanwhile
+    dirties those blocks again and keeps the tax longer (benches back to back
+    65 s apart grew slower run after run): flow_bench.py prints the probe."""
     os.sync()
 
 
@@ -1084,6 +1088,21 @@ def lag_summary(before, after):
         lines.append("loop_lag %s: %d wake-ups, %d over 10 ms, %d over 50 ms; max since start %s"
                      % (role, n, late[0.01], late[0.05], worst))
     return lines
+
+
+def fs_create_cost(directory, n=1000):
+    """The CPU one empty file's creation costs in `directory` (microseconds,
+    the mean of n, made in a fresh subdirectory that is left for the caller's
+    tree to remove). Benches print it: on ext4 without a journal (these VMs'
+    root filesystem) it is ~20 us on a quiet disk and grows to hundreds of
+    microseconds while inodes deleted in the last six minutes lie in dirty
+    inode-table blocks (sync_deletions; docs/internals/scheduler.md "stop 34"),
+    and a bench's uploads create a file each."""
+    d = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=directory))
+    c0 = time.process_time()
+    for i in range(n):
+        os.close(os.open(d / ("f%05d" % i), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    return (time.process_time() - c0) / n * 1e6
 
 
 def print_pg_statements(pg, top=None):

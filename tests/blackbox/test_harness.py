@@ -92,6 +92,16 @@ def test_config_placeholders():
     assert "limits: {max_files_per_request: 2}" in cfg and 'listen: "127.0.0.1:1"' in cfg
 
 
+def test_fs_create_cost_creates_its_files_in_a_subdirectory(tmp_path):
+    """The benches' disk probe: n files made, in a fresh subdirectory of the
+    directory given (removed with the caller's tree), and a CPU time each."""
+    from sluice_harness import fs_create_cost
+    us = fs_create_cost(tmp_path, n=50)
+    (sub,) = list(tmp_path.iterdir())
+    assert sub.name.startswith("fs-probe-") and len(list(sub.iterdir())) == 50
+    assert 0 <= us < 1e6, us
+
+
 def test_free_ports_are_distinct():
     from sluice_harness import free_port
     ports = {free_port() for _ in range(20)}

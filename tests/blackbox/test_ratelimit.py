@@ -7,16 +7,14 @@ nothing refills while a burst is being sent: counts are exact.
 """
 import json
 import socket
-import subprocess
 import time
 import uuid
 
 import pytest
 import requests
 
-from sluice_harness import REPO, metric
+from sluice_harness import Standin, metric
 
-STANDINS = REPO / "tests" / "standins" / "standins.py"
 
 # A 1x1 PNG (libmagic: image/png).
 PNG = bytes.fromhex(
@@ -266,15 +264,9 @@ def test_queue_positions_agree_across_documents(start_server, tmp_path):
 
 @pytest.mark.slow
 def test_outbound_rate_limit_spaces_calls(start_server, tmp_path):
-    port_sock = socket.socket()
-    port_sock.bind(("127.0.0.1", 0))
-    port = port_sock.getsockname()[1]
-    port_sock.close()
-    tika = subprocess.Popen(["/usr/bin/python3", str(STANDINS), "tika", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tika = Standin("tika")  # binds port 0 itself: no window for another bind
     try:
-        assert "ready" in tika.stdout.readline()
-        url = "http://127.0.0.1:%d" % port
+        url = tika.url
         srv = start_server(extra_yaml=(
             "services:\n  tika: {url: \"%s\", rate_per_s: 5, concurrency: 8}\n"
             "pipelines:\n  - {name: ai_record, flow: lua-flows/ai_record.lua, "
@@ -300,8 +292,7 @@ def test_outbound_rate_limit_spaces_calls(start_server, tmp_path):
         assert metric(srv, "sluice_ratelimit_decisions_total", limit="service_tika",
                       decision="waited") >= 10
     finally:
-        tika.terminate()
-        tika.wait(5)
+        tika.stop()
 
 
 def test_queue_position_counts_to_ten_thousand(start_server):

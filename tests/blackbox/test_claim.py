@@ -243,6 +243,17 @@ def test_claim_plan_with_100k_queued(db, pg):
     print("claim of 200 with 100,000 queued: %s ms" % times)
 
 
+def test_claim_keeps_one_generic_plan(db):
+    """The claim runs with plan_cache_mode = force_generic_plan: left to the
+    plan cache, PL/pgSQL re-planned its statement at every call (its LIMITs by
+    parameter make the generic plan's estimate look worse than the custom
+    ones), 3.35 against 1.87-1.93 ms a call (docs/internals/scheduler.md,
+    "stop 33"). The plan that setting keeps is the one the test above checks."""
+    conf = db("SELECT array_to_string(proconfig, ',') FROM pg_proc "
+              "WHERE proname = 'sluice_claim_runs'").strip()
+    assert "plan_cache_mode=force_generic_plan" in conf.split(","), conf
+
+
 def test_claim_locks_its_picks_by_key_on_a_grown_table(db, pg):
     """The claim locks the runs it picked through the primary key, whatever
     the statistics say. Planned from a runs table never analyzed (or analyzed

@@ -363,8 +363,9 @@ def sync_deletions():
     to six minutes (perf: find_get_block_common and recently_deleted, 16 % of
     the HTTP process's samples in bench/flow_bench.py right after a test
     run; docs/internals/scheduler.md "stop 32"). Synced, an idle disk's files
-    cost their usual ~20 us again 60-110 s after the deletion (stop 34, the
-    probe fs_create_cost every 30 s); a workload creating files meanwhile
+    cost their usual ~20 us again within two minutes (stop 34, the probe
+    fs_create_cost every 30 s: first quiet 94 and 113 s after two
+    deletions); a workload creating files meanwhile
     dirties those blocks again and keeps the tax longer (benches back to back
     65 s apart grew slower run after run): flow_bench.py prints the probe."""
     os.sync()

@@ -215,10 +215,11 @@ def test_claim_plan_with_100k_queued(db, pg):
               "SET auto_explain.log_nested_statements = on;\n"
               "SET client_min_messages = log;\n"
               "\\timing on\n" +
-              # PL/pgSQL plans the first 5 calls of a session for their
-              # values, and may then keep a generic plan: the engine's
-              # session makes thousands of claims, so the last plan is the one
-              # that counts
+              # the function forces the generic plan (claim.sql; checked by
+              # test_claim_keeps_one_generic_plan), so every call runs the
+              # plan the engine's session keeps; without it the plan cache
+              # plans the first five calls for their values: the last of
+              # CLAIMS calls is the one checked either way
               "BEGIN;\n"
               "SELECT count(*) FROM sluice_claim_runs('me', 200, 30, 0, '{}');\n"
               "ROLLBACK;\n" * CLAIMS)
